@@ -1,0 +1,78 @@
+r"""Default config: the embedded `digits` dataset at 32x32, small enough for 2 CPU cores.
+
+Run it with:
+
+  python -m dcgan_jax.main --config=configs/default.py --workdir=/tmp/dcgan_digits
+
+Other configs import this one and override a few fields; every field is documented here.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the default configuration."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # --- Data -------------------------------------------------------------------------------------
+  # 'digits' (embedded, offline), any tfds image dataset name ('mnist', 'cifar10', 'celeb_a', ...)
+  # or 'folder' (a directory or .zip of images given by dataset_path).
+  config.dataset = 'digits'
+  config.data_dir = ''  # tfds data_dir; '' means tfds' default (~/tensorflow_datasets).
+  # For 'folder': the directory or .zip. For 'celeb_a': optional hand-downloaded
+  # img_align_celeba.zip or its extracted folder (used instead of tfds' broken download).
+  config.dataset_path = ''
+  config.split = 'train'
+  config.image_size = 32  # Must be 4*2^k: 8, 16, 32, 64, 128 or 256.
+  config.channels = 1  # Images are converted to this many channels (1 grey, 3 RGB).
+  config.crop_size = 0  # Center crop before resizing; 0 means the largest centred square.
+  config.shuffle_buffer_size = 10_000
+  # Keep the whole prepared dataset on the accelerators and draw batches there:
+  # 'auto' (when it fits in device_resident_max_bytes), 'always' or 'never'.
+  config.device_resident = 'auto'
+  config.device_resident_max_bytes = 4 * 1024**3
+
+  # --- Model ------------------------------------------------------------------------------------
+  config.latent_dim = 100
+  config.generator_width = 64  # ngf in the reference: width of G's last hidden block.
+  config.discriminator_width = 64  # ndf: width of D's first block.
+  config.upsample = 'transpose'  # 'transpose' (the paper) or 'resize_conv' (no checkerboard).
+  config.output_activation = 'tanh'  # 'tanh' for data in [-1, 1], 'sigmoid' for [0, 1].
+  config.dtype = 'float32'  # Computation dtype: 'float32' or 'bfloat16'; params stay float32.
+
+  # --- Objective --------------------------------------------------------------------------------
+  # 'non_saturating', 'minimax', 'hinge', 'least_squares' or 'wasserstein'.
+  config.loss = 'non_saturating'
+  config.real_label = 1.0  # One-sided label smoothing: e.g. 0.9.
+  config.gradient_penalty_weight = 0.0  # WGAN-GP lambda (10 in the paper); 0 disables.
+  config.r1_weight = 0.0  # R1 gamma; 0 disables.
+  config.d_steps = 1  # Discriminator updates per generator update.
+
+  # --- Optimisation -----------------------------------------------------------------------------
+  config.batch_size = 64  # Global batch over all devices and processes.
+  config.g_learning_rate = 2e-4
+  config.d_learning_rate = 2e-4  # Differs from g_learning_rate for TTUR.
+  config.adam_b1 = 0.5
+  config.adam_b2 = 0.999
+  config.lr_schedule = 'constant'  # 'constant', 'cosine' or 'linear' decay to 0.
+  config.warmup_steps = 0
+  config.ema_decay = 0.999  # EMA of G's params and stats for sampling; 0 disables.
+
+  # --- Duration (each '*_steps' field: -1 means derive from the matching '*_epochs') -------------
+  config.num_train_steps = -1
+  config.num_epochs = 60.0
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 3
+  config.sample_every_steps = 500
+  config.num_sample_images = 64
+  config.quality_every_steps = 500  # Digits quality score (only for dataset='digits'); 0 disables.
+
+  # --- Evaluation (FID / IS / KID) --------------------------------------------------------------
+  config.inception_weights = ''  # Path to pt_inception-2015-12-05-6726825d.pth or .npz.
+  config.eval_every_steps = 0  # 0 disables in-training FID.
+  config.eval_num_samples = 5000
+
+  # --- Parallelism ------------------------------------------------------------------------------
+  config.parallelism = 'shard_map'  # 'shard_map' (jit over a 1-D mesh) or 'pmap'.
+  return config

@@ -1,0 +1,149 @@
+"""GAN objectives as pure functions of discriminator logits, plus gradient penalties.
+
+Every loss takes the raw logits (no sigmoid inside the discriminator): the sigmoid
+cross-entropies are computed with ``log_sigmoid``/``softplus``, which stay finite for any logit
+and in bfloat16. The discriminator loss is the sum of a real and a fake term, each a mean over the
+batch, as the DCGAN reference computes ``errD_real + errD_fake``.
+
+Select objectives by name with :func:`get_loss`; penalties take a ``logits_fn`` so that they work
+with any discriminator (and with BatchNorm in training mode).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from dcgan_jax.errors import UserError
+
+Array = jax.Array
+
+
+def _bce_with_logits(logits: Array, target: float | Array) -> Array:
+  """Mean binary cross-entropy of ``sigmoid(logits)`` against ``target`` (a probability)."""
+  logits = logits.astype(jnp.float32)
+  return jnp.mean(-target * jax.nn.log_sigmoid(logits) - (1.0 - target) * jax.nn.log_sigmoid(-logits))
+
+
+# --- Discriminator losses: (real_logits, fake_logits, real_label) -> scalar -----------------------
+
+def non_saturating_d_loss(real_logits: Array, fake_logits: Array, real_label: float = 1.0) -> Array:
+  """-log D(x) - log(1 - D(G(z))), with the real target optionally smoothed to ``real_label``."""
+  return _bce_with_logits(real_logits, real_label) + _bce_with_logits(fake_logits, 0.0)
+
+
+def hinge_d_loss(real_logits: Array, fake_logits: Array, real_label: float = 1.0) -> Array:
+  """mean relu(1 - D(x)) + mean relu(1 + D(G(z))); ``real_label`` scales the real margin."""
+  real_logits = real_logits.astype(jnp.float32)
+  fake_logits = fake_logits.astype(jnp.float32)
+  return jnp.mean(jax.nn.relu(real_label - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits))
+
+
+def least_squares_d_loss(real_logits: Array, fake_logits: Array, real_label: float = 1.0) -> Array:
+  """LSGAN: 0.5 mean (D(x) - real_label)^2 + 0.5 mean D(G(z))^2 on the raw outputs."""
+  real_logits = real_logits.astype(jnp.float32)
+  fake_logits = fake_logits.astype(jnp.float32)
+  return 0.5 * jnp.mean((real_logits - real_label) ** 2) + 0.5 * jnp.mean(fake_logits**2)
+
+
+def wasserstein_d_loss(real_logits: Array, fake_logits: Array, real_label: float = 1.0) -> Array:
+  """WGAN critic: mean D(G(z)) - mean D(x). ``real_label`` is ignored (no targets)."""
+  del real_label
+  return jnp.mean(fake_logits.astype(jnp.float32)) - jnp.mean(real_logits.astype(jnp.float32))
+
+
+# --- Generator losses: fake_logits -> scalar ------------------------------------------------------
+
+def non_saturating_g_loss(fake_logits: Array) -> Array:
+  """-log D(G(z)): the paper's practical generator objective (strong early gradients)."""
+  return _bce_with_logits(fake_logits, 1.0)
+
+
+def minimax_g_loss(fake_logits: Array) -> Array:
+  """log(1 - D(G(z))): the original minimax objective (saturates when D wins)."""
+  return -_bce_with_logits(fake_logits, 0.0)
+
+
+def hinge_g_loss(fake_logits: Array) -> Array:
+  """-mean D(G(z))."""
+  return -jnp.mean(fake_logits.astype(jnp.float32))
+
+
+def least_squares_g_loss(fake_logits: Array) -> Array:
+  """LSGAN: 0.5 mean (D(G(z)) - 1)^2."""
+  return 0.5 * jnp.mean((fake_logits.astype(jnp.float32) - 1.0) ** 2)
+
+
+class GANLoss(NamedTuple):
+  """A named pair of discriminator and generator objectives."""
+
+  name: str
+  d_loss: Callable[..., Array]
+  g_loss: Callable[[Array], Array]
+
+
+LOSSES: dict[str, GANLoss] = {
+    'non_saturating': GANLoss('non_saturating', non_saturating_d_loss, non_saturating_g_loss),
+    'minimax': GANLoss('minimax', non_saturating_d_loss, minimax_g_loss),
+    'hinge': GANLoss('hinge', hinge_d_loss, hinge_g_loss),
+    'least_squares': GANLoss('least_squares', least_squares_d_loss, least_squares_g_loss),
+    'wasserstein': GANLoss('wasserstein', wasserstein_d_loss, hinge_g_loss),
+}
+
+
+def get_loss(name: str) -> GANLoss:
+  """Returns the objective called ``name``; unknown names raise a UserError listing valid ones."""
+  if name not in LOSSES:
+    names = list(LOSSES)
+    raise UserError(f'loss must be one of {", ".join(names[:-1])} or {names[-1]} (got {name!r}).')
+  return LOSSES[name]
+
+
+# --- Penalties on the discriminator ---------------------------------------------------------------
+
+def _per_example_grad_sq_norm(logits_fn: Callable[[Array], Array], images: Array) -> Array:
+  # D scores each example independently of the others (up to BatchNorm's batch statistics, which
+  # the usual implementations also differentiate through), so the gradient of the summed logits
+  # holds each example's own input gradient.
+  grads = jax.grad(lambda x: jnp.sum(logits_fn(x).astype(jnp.float32)))(images)
+  grads = grads.astype(jnp.float32).reshape((images.shape[0], -1))
+  return jnp.sum(grads**2, axis=-1)
+
+
+def gradient_penalty(logits_fn: Callable[[Array], Array], real_images: Array, fake_images: Array,
+                     rng: Array | None = None, eps: Array | None = None,
+                     target_norm: float = 1.0) -> Array:
+  """WGAN-GP penalty E[(||grad D(x_hat)|| - target)^2] on random interpolates (Gulrajani 2017).
+
+  Args:
+    logits_fn: Maps images ``[N, H, W, C]`` to logits ``[N]``.
+    real_images: ``[N, H, W, C]``.
+    fake_images: ``[N, H, W, C]``.
+    rng: Key for the interpolation coefficients (one uniform draw per example).
+    eps: The interpolation coefficients ``[N]`` themselves, instead of ``rng``.
+    target_norm: The norm the gradient is pushed towards (1 in the paper).
+
+  Returns:
+    The scalar penalty, unweighted.
+  """
+  if eps is None:
+    if rng is None:
+      raise ValueError('gradient_penalty needs rng or eps.')
+    eps = jax.random.uniform(rng, (real_images.shape[0],))
+  eps = eps.reshape((real_images.shape[0],) + (1,) * (real_images.ndim - 1))
+  interpolates = eps * real_images + (1.0 - eps) * fake_images
+  sq_norm = _per_example_grad_sq_norm(logits_fn, interpolates)
+  # sqrt has an infinite derivative at 0; the tiny offset keeps the gradient finite there.
+  norm = jnp.sqrt(sq_norm + 1e-12)
+  return jnp.mean((norm - target_norm) ** 2)
+
+
+def r1_penalty(logits_fn: Callable[[Array], Array], real_images: Array) -> Array:
+  """R1 penalty 0.5 * E[||grad D(x)||^2] on real data (Mescheder 2018), unweighted by gamma.
+
+  The conventional weight is ``gamma``; the factor 0.5 here makes ``r1_weight = gamma`` give the
+  paper's ``gamma / 2 * E||grad||^2``.
+  """
+  return 0.5 * jnp.mean(_per_example_grad_sq_norm(logits_fn, real_images))

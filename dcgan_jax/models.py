@@ -1,0 +1,233 @@
+"""DCGAN generator and discriminator (Radford et al., 2015) in flax.linen.
+
+The layer layout, widths and initialisation follow the DCGAN paper and the pytorch/examples
+reference implementation, so that with the defaults (64x64x3, latent 100, width 64) the trainable
+parameter counts are exactly the reference's: 3,576,704 for G and 2,765,568 for D.
+
+Shape arithmetic, for ``image_size = 4 * 2**k``:
+
+* G: ``z [N, latent]`` -> dense projection to ``[N, 4, 4, width * 2**(k-1)]`` -> ``k - 1`` blocks
+  that double the side and halve the width -> one last block to ``[N, size, size, channels]``.
+  A transposed convolution with kernel 4, stride 2 and padding 1 (PyTorch terms; 'SAME' here)
+  exactly doubles the side, and its kernel is divisible by its stride, which avoids the uneven
+  overlap that makes checkerboards worse.
+* D: ``k`` stride-2 convolutions (kernel 4, padding 1) halve the side from ``size`` to 4 and
+  double the width from ``width``; a final 4x4 'VALID' convolution maps ``4x4`` to one logit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dcgan_jax.errors import UserError
+
+VALID_IMAGE_SIZES: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+UPSAMPLE_MODES: tuple[str, ...] = ('transpose', 'resize_conv')
+OUTPUT_ACTIVATIONS: tuple[str, ...] = ('tanh', 'sigmoid')
+COMPUTE_DTYPES: dict[str, Any] = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+# The reference initialises every conv kernel N(0, 0.02) and BN scale N(1, 0.02), bias 0.
+kernel_init = nn.initializers.normal(stddev=0.02)
+
+
+def bn_scale_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+  """BatchNorm scale initialiser: N(1, 0.02), as the DCGAN reference does."""
+  return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
+def _join(options: Sequence[Any]) -> str:
+  items = [str(o) for o in options]
+  return ', '.join(items[:-1]) + ' or ' + items[-1]
+
+
+def validate_image_size(image_size: int) -> int:
+  """Returns ``k`` such that ``image_size == 4 * 2**k``, or raises a UserError naming valid sizes."""
+  if image_size not in VALID_IMAGE_SIZES:
+    raise UserError(f'image_size must be 4·2^k: {_join(VALID_IMAGE_SIZES)} (got {image_size!r}).')
+  return int(math.log2(image_size // 4))
+
+
+def _validate_choice(name: str, value: Any, options: Sequence[Any]) -> None:
+  if value not in options:
+    raise UserError(f'{name} must be one of {_join(options)} (got {value!r}).')
+
+
+def resolve_dtype(dtype: Any) -> Any:
+  """Maps a dtype name ('float32', 'bfloat16') or a jnp dtype to the jnp dtype."""
+  if isinstance(dtype, str):
+    _validate_choice('dtype', dtype, tuple(COMPUTE_DTYPES))
+    return COMPUTE_DTYPES[dtype]
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+    raise UserError(f'dtype must be one of float32 or bfloat16 (got {dtype!r}).')
+  return dtype
+
+
+def _check_common(image_size: int, channels: int, width: int, dtype: Any) -> None:
+  validate_image_size(image_size)
+  if not isinstance(channels, int) or channels < 1:
+    raise UserError(f'channels must be a positive integer such as 1 or 3 (got {channels!r}).')
+  if not isinstance(width, int) or width < 1:
+    raise UserError(f'width must be a positive integer such as 64 (got {width!r}).')
+  resolve_dtype(dtype)
+
+
+class Generator(nn.Module):
+  """DCGAN generator: latent vectors to images.
+
+  Attributes:
+    image_size: Side of the square output, 4·2^k (8 ... 256).
+    channels: Output channels (1 for MNIST-like data, 3 for RGB).
+    latent_dim: Size of z.
+    width: Width of the last hidden block (``ngf``); earlier blocks are wider by powers of 2.
+    upsample: 'transpose' (4x4 stride-2 transposed conv, the paper) or 'resize_conv'
+      (nearest x2 then 3x3 conv, free of checkerboard artefacts).
+    output_activation: 'tanh' for data in [-1, 1] or 'sigmoid' for data in [0, 1].
+    dtype: Computation dtype ('float32' or 'bfloat16'); params, BN statistics and the output
+      stay float32.
+    axis_name: Mapped axis over which BatchNorm averages its batch statistics (data parallel
+      training), or None on one device.
+  """
+
+  image_size: int = 64
+  channels: int = 3
+  latent_dim: int = 100
+  width: int = 64
+  upsample: str = 'transpose'
+  output_activation: str = 'tanh'
+  dtype: Any = 'float32'
+  axis_name: str | None = None
+
+  def __post_init__(self):
+    # Fail at construction, not at first use, so a config mistake surfaces at once.
+    _check_common(self.image_size, self.channels, self.width, self.dtype)
+    _validate_choice('upsample', self.upsample, UPSAMPLE_MODES)
+    _validate_choice('output_activation', self.output_activation, OUTPUT_ACTIVATIONS)
+    if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
+      raise UserError(f'latent_dim must be a positive integer such as 100 (got {self.latent_dim!r}).')
+    super().__post_init__()
+
+  def _batch_norm(self, train: bool, dtype: Any) -> nn.BatchNorm:
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+        param_dtype=jnp.float32, scale_init=bn_scale_init, axis_name=self.axis_name)
+
+  def _upsample(self, x: jax.Array, features: int, dtype: Any) -> jax.Array:
+    if self.upsample == 'transpose':
+      # 'SAME' here pads the dilated input by 2 on each side, which is PyTorch's padding=1.
+      return nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding='SAME', use_bias=False,
+                              kernel_init=kernel_init, dtype=dtype, param_dtype=jnp.float32)(x)
+    n, h, w, c = x.shape
+    x = jax.image.resize(x, (n, 2 * h, 2 * w, c), method='nearest')
+    return nn.Conv(features, (3, 3), padding='SAME', use_bias=False, kernel_init=kernel_init,
+                   dtype=dtype, param_dtype=jnp.float32)(x)
+
+  @nn.compact
+  def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
+    """Generates images.
+
+    Args:
+      z: Latent vectors ``[N, latent_dim]``.
+      train: Use batch statistics (and update the running ones) if True, running ones if False.
+
+    Returns:
+      float32 images ``[N, image_size, image_size, channels]`` in [-1, 1] (tanh) or [0, 1].
+    """
+    dtype = resolve_dtype(self.dtype)
+    k = validate_image_size(self.image_size)
+    if z.ndim != 2 or z.shape[-1] != self.latent_dim:
+      raise ValueError(f'z must have shape [N, {self.latent_dim}], got {z.shape}.')
+    features = self.width * 2 ** (k - 1)
+    # A dense projection of z is the reference's 4x4 transposed conv on a 1x1 input: same
+    # function, same parameter count (latent * 16 * features, no bias).
+    x = nn.Dense(4 * 4 * features, use_bias=False, kernel_init=kernel_init, dtype=dtype,
+                 param_dtype=jnp.float32, name='project')(z.astype(dtype))
+    x = x.reshape((z.shape[0], 4, 4, features))
+    x = nn.relu(self._batch_norm(train, dtype)(x))
+    for _ in range(k - 1):
+      features //= 2
+      x = self._upsample(x, features, dtype)
+      x = nn.relu(self._batch_norm(train, dtype)(x))
+    x = self._upsample(x, self.channels, dtype)
+    x = x.astype(jnp.float32)
+    return jnp.tanh(x) if self.output_activation == 'tanh' else nn.sigmoid(x)
+
+
+class Discriminator(nn.Module):
+  """DCGAN discriminator: images to one real/fake logit each (no sigmoid: the losses own it).
+
+  Attributes:
+    image_size: Side of the square input, 4·2^k (8 ... 256).
+    channels: Input channels.
+    width: Width of the first block (``ndf``); later blocks are wider by powers of 2.
+    dtype: Computation dtype ('float32' or 'bfloat16'); params, statistics and logits stay float32.
+    axis_name: Mapped axis for BatchNorm statistics under data parallelism, or None.
+  """
+
+  image_size: int = 64
+  channels: int = 3
+  width: int = 64
+  dtype: Any = 'float32'
+  axis_name: str | None = None
+
+  def __post_init__(self):
+    _check_common(self.image_size, self.channels, self.width, self.dtype)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = True) -> jax.Array:
+    """Scores images.
+
+    Args:
+      images: ``[N, image_size, image_size, channels]`` in the generator's output range.
+      train: Use batch statistics (and update the running ones) if True.
+
+    Returns:
+      float32 logits ``[N]``.
+    """
+    dtype = resolve_dtype(self.dtype)
+    k = validate_image_size(self.image_size)
+    expected = (self.image_size, self.image_size, self.channels)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+      raise ValueError(f'images must have shape [N, {", ".join(map(str, expected))}], '
+                       f'got {images.shape}.')
+    x = images.astype(dtype)
+    for i in range(k):
+      x = nn.Conv(self.width * 2**i, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
+                  use_bias=False, kernel_init=kernel_init, dtype=dtype,
+                  param_dtype=jnp.float32)(x)
+      if i > 0:  # The paper leaves BN off D's input layer.
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                         param_dtype=jnp.float32, scale_init=bn_scale_init,
+                         axis_name=self.axis_name)(x)
+      x = nn.leaky_relu(x, negative_slope=0.2)
+    x = nn.Conv(1, (4, 4), padding='VALID', use_bias=False, kernel_init=kernel_init, dtype=dtype,
+                param_dtype=jnp.float32, name='logit')(x)
+    return x.reshape((images.shape[0],)).astype(jnp.float32)
+
+
+def count_params(params: Any) -> int:
+  """Number of scalars in a params pytree."""
+  return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def generator_from_config(config: Any, axis_name: str | None = None) -> Generator:
+  """Builds the generator a run config describes (see configs/default.py)."""
+  return Generator(
+      image_size=config.image_size, channels=config.channels, latent_dim=config.latent_dim,
+      width=config.generator_width, upsample=config.upsample,
+      output_activation=config.output_activation, dtype=config.dtype, axis_name=axis_name)
+
+
+def discriminator_from_config(config: Any, axis_name: str | None = None) -> Discriminator:
+  """Builds the discriminator a run config describes (see configs/default.py)."""
+  return Discriminator(
+      image_size=config.image_size, channels=config.channels, width=config.discriminator_width,
+      dtype=config.dtype, axis_name=axis_name)
+
+
+ModelFn = Callable[..., jax.Array]

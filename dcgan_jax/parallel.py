@@ -1,0 +1,181 @@
+"""Data parallelism for the GAN step: ``jit(shard_map(...))`` over a 1-D mesh, or ``pmap``.
+
+The per-device step (see :func:`dcgan_jax.train_step.make_train_step`) averages gradients,
+metrics and BatchNorm statistics over a named axis. This module maps it over devices:
+
+* ``'shard_map'`` (default): the state is replicated (``P()``) and the global batch is split
+  along the mesh axis (``P('batch')``); one jitted program spans every device of every process.
+* ``'pmap'``: the classic form, kept because many users and papers still use it; the state
+  carries a leading device axis.
+
+Multi-host: when devices span processes (``jax.distributed.initialize``), each process holds
+its own shard of the global batch and :meth:`DataParallelStep.place_batch` assembles the global
+array from the process-local rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dcgan_jax.errors import UserError
+from dcgan_jax.state import GANState
+from dcgan_jax.train_step import Metrics, StepConfig, make_train_step
+
+AXIS_NAME = 'batch'
+PARALLELISM_MODES = ('shard_map', 'pmap')
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = AXIS_NAME) -> jax.sharding.Mesh:
+  """A 1-D data-parallel mesh over ``devices`` (default: all devices of all processes).
+
+  ``jax.make_mesh`` defaults to Explicit axis types since jax 0.9; the step relies on
+  shard_map's manual collectives, so the axis is declared Auto.
+  """
+  devices = list(devices) if devices is not None else jax.devices()
+  return jax.make_mesh((len(devices),), (axis_name,),
+                       axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def check_batch_size(global_batch: int, num_devices: int, process_count: int = 1) -> None:
+  """Raises a UserError unless the global batch splits evenly over devices and processes."""
+  if global_batch <= 0 or global_batch % num_devices:
+    valid = ', '.join(str(num_devices * m) for m in (1, 2, 4, 8, 16))
+    raise UserError(f'batch_size {global_batch} is not divisible by the {num_devices} devices; '
+                    f'use a multiple of {num_devices} such as {valid}.')
+  if global_batch % process_count:
+    raise UserError(f'batch_size {global_batch} is not divisible by the {process_count} '
+                    'processes.')
+
+
+class DataParallelStep:
+  """A jitted, donated, data-parallel GAN step plus the helpers to place its inputs.
+
+  Example::
+
+    step = DataParallelStep(generator, discriminator, StepConfig(), parallelism='shard_map')
+    state = step.place_state(create_gan_state(key, generator, discriminator))
+    state, metrics = step(state, step.place_batch(local_uint8_batch), rng)
+    host_state = step.host_state(state)
+
+  Attributes:
+    mesh: The 1-D mesh (shard_map) the step runs on.
+    num_devices: Devices the global batch is split over.
+  """
+
+  def __init__(self, generator, discriminator, step_config: StepConfig = StepConfig(), *,
+               parallelism: str = 'shard_map', devices: Sequence[jax.Device] | None = None,
+               axis_name: str = AXIS_NAME, donate: bool = True):
+    if parallelism not in PARALLELISM_MODES:
+      raise UserError(f'parallelism must be shard_map or pmap (got {parallelism!r}).')
+    self.parallelism = parallelism
+    self.axis_name = axis_name
+    self.mesh = make_mesh(devices, axis_name)
+    self.devices = list(self.mesh.devices.flat)
+    self.num_devices = len(self.devices)
+    self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
+    per_device = make_train_step(generator, discriminator, step_config, axis_name=axis_name)
+    donate_argnums = (0,) if donate else ()
+    if parallelism == 'shard_map':
+      # check_vma=False keeps pmap's semantics: each device differentiates its own loss and the
+      # step averages gradients itself, so one body serves both modes.
+      mapped = jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), P(axis_name), P()),
+                             out_specs=(P(), P()), check_vma=False)
+      self._step = jax.jit(mapped, donate_argnums=donate_argnums)
+    else:
+      if jax.process_count() > 1 and len(self.local_devices) != self.num_devices // jax.process_count():
+        raise UserError('pmap needs the same number of devices in every process.')
+      self._step = jax.pmap(per_device, axis_name=axis_name, in_axes=(0, 0, None),
+                            donate_argnums=donate_argnums, devices=self.devices)
+
+  @property
+  def replicated_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P(self.axis_name))
+
+  def place_state(self, state: GANState) -> GANState:
+    """Puts a host (or single-device) state where the step expects it."""
+    if self.parallelism == 'shard_map':
+      return _put_global(state, self.replicated_sharding)
+    local = self.local_devices
+    return jax.tree.map(lambda x: _replicate_to(x, local), state)
+
+  def place_batch(self, local_images: np.ndarray | jax.Array) -> jax.Array:
+    """Turns this process's rows of the global batch into the step's batch argument.
+
+    Args:
+      local_images: ``[global_batch / process_count, H, W, C]``; with one process, the whole
+        global batch. Arrays already laid out for the step pass through unchanged.
+    """
+    if self.parallelism == 'shard_map':
+      if isinstance(local_images, jax.Array) and local_images.sharding == self.batch_sharding:
+        return local_images
+      global_rows = local_images.shape[0] * jax.process_count()
+      check_batch_size(global_rows, self.num_devices, jax.process_count())
+      if jax.process_count() == 1:
+        return jax.device_put(local_images, self.batch_sharding)
+      return jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local_images))
+    n = len(self.local_devices)
+    check_batch_size(local_images.shape[0] * jax.process_count(), self.num_devices,
+                     jax.process_count())
+    rows = np.asarray(local_images).reshape((n, -1) + tuple(local_images.shape[1:]))
+    return jax.device_put(rows, _leading_axis_sharding(self.local_devices))
+
+  def __call__(self, state: GANState, batch: jax.Array, rng: jax.Array) -> tuple[GANState, Metrics]:
+    return self._step(state, batch, rng)
+
+  def host_state(self, state: GANState) -> GANState:
+    """One copy of the state as numpy arrays (drops pmap's device axis)."""
+    if self.parallelism == 'pmap':
+      state = jax.tree.map(lambda x: x[0], state)
+    return jax.tree.map(_to_host, state)
+
+  def host_metrics(self, metrics: Metrics) -> dict[str, float]:
+    if self.parallelism == 'pmap':
+      metrics = jax.tree.map(lambda x: x[0], metrics)
+    return {k: float(np.asarray(jax.device_get(v))) for k, v in metrics.items()}
+
+
+def _to_host(x: Any) -> Any:
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return x  # Typed keys stay jax arrays; their data is tiny.
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = jax.experimental.multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(jax.device_get(x))
+
+
+def _put_global(tree: Any, sharding: NamedSharding) -> Any:
+  """device_put that also works when the sharding spans several processes."""
+  if jax.process_count() == 1:
+    # may_alias=False: the step donates its state, which must not delete the caller's arrays.
+    # (device_put may still alias the shard on the source device, so copy explicitly.)
+    return jax.device_put(jax.tree.map(jnp.copy, tree), sharding, may_alias=False)
+
+  def put(x):
+    x = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+  return jax.tree.map(put, tree)
+
+
+def _leading_axis_sharding(devices: Sequence[jax.Device]) -> NamedSharding:
+  """Splits an array's leading axis over ``devices``: the layout pmap takes and returns."""
+  mesh = jax.make_mesh((len(devices),), ('pmap_devices',),
+                       axis_types=(jax.sharding.AxisType.Auto,), devices=list(devices))
+  return NamedSharding(mesh, P('pmap_devices'))
+
+
+def _replicate_to(x: Any, devices: Sequence[jax.Device]) -> jax.Array:
+  """Stacks one copy of ``x`` per device along a new leading axis (pmap's replicated layout)."""
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    stacked = jnp.stack([x] * len(devices))
+  else:
+    stacked = np.stack([np.asarray(jax.device_get(x))] * len(devices))
+  return jax.device_put(stacked, _leading_axis_sharding(devices))

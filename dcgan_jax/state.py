@@ -1,0 +1,142 @@
+"""The GAN training state: two flax TrainStates (G and D), an optional EMA of G, and the step.
+
+A GAN needs more than one ``TrainState``: each network has its own params, BatchNorm statistics
+and optimizer. :class:`GANState` is a small pytree that holds both, so the whole thing can be
+jitted, sharded, donated and checkpointed as one value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.training import train_state
+
+from dcgan_jax.errors import UserError
+
+
+class TrainState(train_state.TrainState):
+  """A flax TrainState that also carries the network's BatchNorm running statistics."""
+
+  batch_stats: Any = None
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    """The ``{'params', 'batch_stats'}`` dict that ``Module.apply`` takes."""
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+class EMAState(struct.PyTreeNode):
+  """Exponential moving averages of the generator's params and BatchNorm statistics."""
+
+  params: Any
+  batch_stats: Any
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+class GANState(struct.PyTreeNode):
+  """Everything a GAN update reads and writes.
+
+  Attributes:
+    step: Number of generator updates done so far (int32 scalar).
+    generator: G's TrainState (``apply_fn`` is ``Generator.apply``).
+    discriminator: D's TrainState.
+    ema: EMA of G's variables, or None when disabled.
+  """
+
+  step: jax.Array
+  generator: TrainState
+  discriminator: TrainState
+  ema: EMAState | None = None
+
+  def sampling_variables(self, use_ema: bool = True) -> dict[str, Any]:
+    """Variables to sample from: the EMA ones when present and asked for, else G's own."""
+    if use_ema and self.ema is not None:
+      return self.ema.variables
+    return self.generator.variables
+
+
+Schedule = Callable[[jax.Array], jax.Array]
+
+
+def make_schedule(learning_rate: float, kind: str = 'constant', num_steps: int = 0,
+                  warmup_steps: int = 0) -> optax.Schedule:
+  """A learning-rate schedule: 'constant', 'cosine' or 'linear' decay to 0, with linear warmup.
+
+  Args:
+    learning_rate: Peak learning rate.
+    kind: 'constant', 'cosine' or 'linear'.
+    num_steps: Total number of updates (needed by the decaying schedules).
+    warmup_steps: Linear warmup from 0 over this many updates.
+  """
+  kinds = ('constant', 'cosine', 'linear')
+  if kind not in kinds:
+    raise UserError(f'lr_schedule must be one of constant, cosine or linear (got {kind!r}).')
+  if learning_rate <= 0:
+    raise UserError(f'learning rates must be positive (got {learning_rate!r}).')
+  decay_steps = max(num_steps - warmup_steps, 1)
+  if kind == 'constant':
+    main = optax.constant_schedule(learning_rate)
+  elif kind == 'cosine':
+    main = optax.cosine_decay_schedule(learning_rate, decay_steps)
+  else:
+    main = optax.linear_schedule(learning_rate, 0.0, decay_steps)
+  if warmup_steps <= 0:
+    return main
+  warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+  return optax.join_schedules([warmup, main], [warmup_steps])
+
+
+def make_optimizer(learning_rate: float | optax.Schedule = 2e-4, b1: float = 0.5,
+                   b2: float = 0.999) -> optax.GradientTransformation:
+  """Adam as the DCGAN paper tunes it (lr 2e-4, beta1 0.5); a schedule may replace the rate."""
+  return optax.adam(learning_rate, b1=b1, b2=b2)
+
+
+def create_gan_state(rng: jax.Array, generator: flax.linen.Module,
+                     discriminator: flax.linen.Module,
+                     generator_tx: optax.GradientTransformation | None = None,
+                     discriminator_tx: optax.GradientTransformation | None = None,
+                     use_ema: bool = False) -> GANState:
+  """Initialises both networks and their optimizers.
+
+  Args:
+    rng: PRNG key.
+    generator: A module mapping ``[N, latent_dim]`` to images (``latent_dim`` attribute required).
+    discriminator: A module mapping images to logits ``[N]``.
+    generator_tx: G's optimizer (default: :func:`make_optimizer`).
+    discriminator_tx: D's optimizer (default: :func:`make_optimizer`).
+    use_ema: Keep an EMA of G's params and statistics (initialised to G's own).
+
+  Returns:
+    A :class:`GANState` at step 0.
+  """
+  g_rng, d_rng = jax.random.split(rng)
+  generator_tx = generator_tx or make_optimizer()
+  discriminator_tx = discriminator_tx or make_optimizer()
+  # Modules with an axis_name cannot initialise outside a mapped context; init without it (the
+  # variables are the same).
+  if getattr(generator, 'axis_name', None) is not None:
+    generator = generator.clone(axis_name=None)
+  if getattr(discriminator, 'axis_name', None) is not None:
+    discriminator = discriminator.clone(axis_name=None)
+  z = jnp.zeros((2, generator.latent_dim), jnp.float32)
+  g_vars = generator.init(g_rng, z, train=False)
+  images = jax.eval_shape(lambda v: generator.apply(v, z, train=False), g_vars)
+  d_vars = discriminator.init(d_rng, jnp.zeros(images.shape, jnp.float32), train=False)
+  g_state = TrainState.create(apply_fn=generator.apply, params=g_vars['params'],
+                              tx=generator_tx, batch_stats=g_vars.get('batch_stats', {}))
+  d_state = TrainState.create(apply_fn=discriminator.apply, params=d_vars['params'],
+                              tx=discriminator_tx, batch_stats=d_vars.get('batch_stats', {}))
+  ema = None
+  if use_ema:
+    ema = EMAState(params=jax.tree.map(jnp.copy, g_state.params),
+                   batch_stats=jax.tree.map(jnp.copy, g_state.batch_stats))
+  return GANState(step=jnp.zeros((), jnp.int32), generator=g_state, discriminator=d_state, ema=ema)

@@ -1,0 +1,217 @@
+"""One GAN update as a pure function: ``(state, real_images, rng) -> (state, metrics)``.
+
+The step is written once, for one device. Given an ``axis_name`` it becomes the per-device body
+of a data-parallel step (under ``jax.shard_map`` or ``jax.pmap``, see :mod:`dcgan_jax.parallel`):
+gradients, metrics and BatchNorm statistics are averaged over that axis, so BatchNorm sees the
+global batch. Random numbers (latents, penalty interpolation) are drawn for the *global* batch
+from the one replicated key and each device takes its slice, which makes the data-parallel step
+compute the same update as one device fed the whole batch.
+
+The order follows the pytorch/examples DCGAN loop: one G forward per iteration; D updated with
+separate real and fake passes (BatchNorm statistics of each batch kept apart); then G updated
+through the updated D on the same latents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from dcgan_jax import losses
+from dcgan_jax.errors import UserError
+from dcgan_jax.state import EMAState, GANState
+
+Metrics = dict[str, jax.Array]
+StepFn = Callable[[GANState, jax.Array, jax.Array], tuple[GANState, Metrics]]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Static settings of the GAN update.
+
+  Attributes:
+    loss: Objective name, see :data:`dcgan_jax.losses.LOSSES`.
+    real_label: Target for real images in the BCE/LS losses (<1 for one-sided label smoothing).
+    gradient_penalty_weight: WGAN-GP weight (0 disables).
+    r1_weight: R1 weight gamma (0 disables).
+    d_steps: Discriminator updates per generator update; each draws fresh latents and reuses
+      the same real batch.
+    ema_decay: Decay of G's EMA, used when the state carries one.
+  """
+
+  loss: str = 'non_saturating'
+  real_label: float = 1.0
+  gradient_penalty_weight: float = 0.0
+  r1_weight: float = 0.0
+  d_steps: int = 1
+  ema_decay: float = 0.999
+
+  def __post_init__(self):
+    losses.get_loss(self.loss)  # Raises a UserError naming the valid losses.
+    if not 0.0 < self.real_label <= 1.0:
+      raise UserError(f'real_label must be in (0, 1] (got {self.real_label!r}).')
+    if self.gradient_penalty_weight < 0 or self.r1_weight < 0:
+      raise UserError('gradient_penalty_weight and r1_weight must be >= 0.')
+    if not isinstance(self.d_steps, int) or self.d_steps < 1:
+      raise UserError(f'd_steps must be a positive integer (got {self.d_steps!r}).')
+    if not 0.0 <= self.ema_decay < 1.0:
+      raise UserError(f'ema_decay must be in [0, 1) (got {self.ema_decay!r}).')
+
+  @classmethod
+  def from_config(cls, config: Any) -> 'StepConfig':
+    """Reads the objective fields of a run config (see configs/default.py)."""
+    return cls(loss=config.loss, real_label=float(config.real_label),
+               gradient_penalty_weight=float(config.gradient_penalty_weight),
+               r1_weight=float(config.r1_weight), d_steps=int(config.d_steps),
+               ema_decay=float(config.ema_decay))
+
+
+def images_to_model_range(images: jax.Array, output_activation: str = 'tanh') -> jax.Array:
+  """Scales a batch to the generator's output range on the device.
+
+  uint8 images (what input pipelines yield) map to [-1, 1] for tanh or [0, 1] for sigmoid;
+  floating images are assumed to be in that range already.
+  """
+  if images.dtype == jnp.uint8:
+    images = images.astype(jnp.float32)
+    return images / 127.5 - 1.0 if output_activation == 'tanh' else images / 255.0
+  return images.astype(jnp.float32)
+
+
+def _mean_sigmoid(logits: jax.Array) -> jax.Array:
+  return jnp.mean(nn.sigmoid(logits.astype(jnp.float32)))
+
+
+def make_train_step(generator: nn.Module, discriminator: nn.Module,
+                    step_config: StepConfig = StepConfig(),
+                    axis_name: str | None = None) -> StepFn:
+  """Builds the per-device GAN update.
+
+  Args:
+    generator: The generator module (``latent_dim`` and optionally ``output_activation``
+      attributes are read); its BatchNorm is rebound to ``axis_name``.
+    discriminator: The discriminator module, likewise rebound.
+    step_config: Objective and schedule of the update.
+    axis_name: The mapped axis to average over, or None for a single device.
+
+  Returns:
+    ``step(state, real_images, rng) -> (state, metrics)``. ``real_images`` is this device's
+    ``[B, H, W, C]`` share (uint8 or already scaled floats); ``rng`` is the same key on every
+    device. Metrics (scalars, averaged over devices): ``d_loss``, ``g_loss``, ``d_real``
+    (D(x)), ``d_fake_before`` and ``d_fake_after`` (D(G(z)) before and after the D update),
+    ``d_grad_norm``, ``g_grad_norm``, and the penalties when enabled.
+  """
+  if hasattr(generator, 'axis_name'):
+    generator = generator.clone(axis_name=axis_name)
+  if hasattr(discriminator, 'axis_name'):
+    discriminator = discriminator.clone(axis_name=axis_name)
+  objective = losses.get_loss(step_config.loss)
+  output_activation = getattr(generator, 'output_activation', 'tanh')
+  latent_dim = generator.latent_dim
+
+  def pmean(tree):
+    return jax.lax.pmean(tree, axis_name) if axis_name is not None else tree
+
+  def global_normal_slice(key, local_batch, shape_tail):
+    """Draws noise for the global batch and returns this device's rows."""
+    if axis_name is None:
+      return jax.random.normal(key, (local_batch,) + shape_tail)
+    num_devices = jax.lax.axis_size(axis_name)
+    index = jax.lax.axis_index(axis_name)
+    full = jax.random.normal(key, (local_batch * num_devices,) + shape_tail)
+    return jax.lax.dynamic_slice_in_dim(full, index * local_batch, local_batch, axis=0)
+
+  def global_uniform_slice(key, local_batch):
+    if axis_name is None:
+      return jax.random.uniform(key, (local_batch,))
+    num_devices = jax.lax.axis_size(axis_name)
+    index = jax.lax.axis_index(axis_name)
+    full = jax.random.uniform(key, (local_batch * num_devices,))
+    return jax.lax.dynamic_slice_in_dim(full, index * local_batch, local_batch, axis=0)
+
+  def generate(g_params, g_stats, z):
+    return generator.apply({'params': g_params, 'batch_stats': g_stats}, z, train=True,
+                           mutable=['batch_stats'])
+
+  def discriminate(d_params, d_stats, images):
+    logits, updates = discriminator.apply({'params': d_params, 'batch_stats': d_stats}, images,
+                                          train=True, mutable=['batch_stats'])
+    return logits, updates['batch_stats']
+
+  def d_update(state: GANState, real, z, penalty_key):
+    d = state.discriminator
+    fake, _ = generate(state.generator.params, state.generator.batch_stats, z)
+    fake = jax.lax.stop_gradient(fake)
+
+    def loss_fn(d_params):
+      real_logits, stats = discriminate(d_params, d.batch_stats, real)
+      fake_logits, stats = discriminate(d_params, stats, fake)
+      loss = objective.d_loss(real_logits, fake_logits, step_config.real_label)
+      aux = {'d_real': _mean_sigmoid(real_logits), 'd_fake_before': _mean_sigmoid(fake_logits)}
+      # Penalty passes use the statistics of this step but do not update them.
+      logits_fn = lambda x: discriminate(d_params, stats, x)[0]
+      if step_config.gradient_penalty_weight > 0:
+        eps = global_uniform_slice(penalty_key, real.shape[0])
+        penalty = losses.gradient_penalty(logits_fn, real, fake, eps=eps)
+        aux['gradient_penalty'] = penalty
+        loss = loss + step_config.gradient_penalty_weight * penalty
+      if step_config.r1_weight > 0:
+        penalty = losses.r1_penalty(logits_fn, real)
+        aux['r1_penalty'] = penalty
+        loss = loss + step_config.r1_weight * penalty
+      aux['d_loss'] = loss
+      return loss, (stats, aux)
+
+    grads, (stats, aux) = jax.grad(loss_fn, has_aux=True)(d.params)
+    grads = pmean(grads)
+    aux = dict(aux, d_grad_norm=optax.tree.norm(grads))
+    d = d.apply_gradients(grads=grads, batch_stats=stats)
+    return state.replace(discriminator=d), aux
+
+  def g_update(state: GANState, z):
+    g, d = state.generator, state.discriminator
+
+    def loss_fn(g_params):
+      fake, g_updates = generate(g_params, g.batch_stats, z)
+      fake_logits, d_stats = discriminate(d.params, d.batch_stats, fake)
+      loss = objective.g_loss(fake_logits)
+      return loss, (g_updates['batch_stats'], d_stats,
+                    {'g_loss': loss, 'd_fake_after': _mean_sigmoid(fake_logits)})
+
+    grads, (g_stats, d_stats, aux) = jax.grad(loss_fn, has_aux=True)(g.params)
+    grads = pmean(grads)
+    aux = dict(aux, g_grad_norm=optax.tree.norm(grads))
+    g = g.apply_gradients(grads=grads, batch_stats=g_stats)
+    # The reference's G step runs D in training mode, which moves D's running statistics too.
+    d = d.replace(batch_stats=d_stats)
+    return state.replace(generator=g, discriminator=d), aux
+
+  def step(state: GANState, real_images: jax.Array, rng: jax.Array) -> tuple[GANState, Metrics]:
+    real = images_to_model_range(real_images, output_activation)
+    local_batch = real.shape[0]
+    metrics: Metrics = {}
+    z = None
+    for i in range(step_config.d_steps):
+      z_key, penalty_key = jax.random.split(jax.random.fold_in(rng, i))
+      z = global_normal_slice(z_key, local_batch, (latent_dim,))
+      state, d_metrics = d_update(state, real, z, penalty_key)
+      metrics.update(d_metrics)  # The last D update's metrics are reported.
+    state, g_metrics = g_update(state, z)
+    metrics.update(g_metrics)
+    if state.ema is not None:
+      decay = step_config.ema_decay
+      # incremental_update(new, old, step_size) = step_size * new + (1 - step_size) * old.
+      ema = EMAState(
+          params=optax.incremental_update(state.generator.params, state.ema.params, 1.0 - decay),
+          batch_stats=optax.incremental_update(state.generator.batch_stats,
+                                               state.ema.batch_stats, 1.0 - decay))
+      state = state.replace(ema=ema)
+    state = state.replace(step=state.step + 1)
+    return state, pmean(metrics)
+
+  return step
