@@ -147,7 +147,11 @@ def _to_host(x: Any) -> Any:
   if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
     return x  # Typed keys stay jax arrays; their data is tiny.
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    x = jax.experimental.multihost_utils.process_allgather(x, tiled=True)
+    if x.sharding.is_fully_replicated:
+      x = x.addressable_data(0)  # Every process holds the whole value.
+    else:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      x = multihost_utils.process_allgather(x, tiled=True)
   return np.asarray(jax.device_get(x))
 
 

@@ -1,0 +1,44 @@
+r"""MNIST at 32x32 (28x28 digits resized), with the paper's model and optimiser settings.
+
+Run it with (tfds downloads MNIST into --config.data_dir once):
+
+  python -m dcgan_jax.main --config=configs/mnist.py --workdir=/tmp/dcgan_mnist
+
+Overrides work as for every config, e.g. --config.num_epochs=5 --config.batch_size=256.
+"""
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def _default_config() -> ml_collections.ConfigDict:
+  """configs/default.py, loaded from next to this file so the config works from any directory."""
+  spec = importlib.util.spec_from_file_location(
+      'dcgan_jax_default_config', pathlib.Path(__file__).with_name('default.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """MNIST: 60,000 grey 28x28 digits, upsampled to 32x32."""
+  config = _default_config()
+  config.dataset = 'mnist'
+  config.image_size = 32
+  config.channels = 1
+  # The DCGAN paper's model and Adam settings.
+  config.generator_width = 64
+  config.discriminator_width = 64
+  config.upsample = 'transpose'
+  config.batch_size = 128
+  config.ema_decay = 0.999
+  config.num_epochs = 20.0  # 9,375 steps.
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = -1
+  config.checkpoint_every_epochs = 1.0
+  config.sample_every_steps = 1000
+  config.quality_every_steps = 0  # The digits quality score is for dataset='digits' only.
+  config.eval_every_steps = -1  # Inception FID every 5 epochs, when inception_weights is set.
+  config.eval_every_epochs = 5.0
+  return config

@@ -1,0 +1,186 @@
+"""Device-resident data: the whole prepared dataset on the accelerators, batches drawn there.
+
+When the uint8 dataset fits (digits, MNIST, CIFAR-10, CelebA at 64x64 ≈ 2.4 GB), copying it to
+the devices once removes the host input pipeline from the training loop: each step's batch is a
+gather on the device, computed from the step number alone.
+
+Layout: the images are **replicated** on every device of the mesh (each holds the full dataset),
+so any device can gather any example without communication; each batch comes out sharded along
+its first axis over the mesh axis ``'batch'`` (``NamedSharding(mesh, P('batch'))``). The cost is
+memory: every device holds ``num_bytes`` of images, which :func:`use_device_resident` checks.
+
+Order: epoch ``e`` is a permutation of all examples drawn with
+``jax.random.permutation(fold_in(key(seed) folded with a data tag, e), num_examples)``; step ``s``
+reads the ``s % steps_per_epoch``-th slice of ``global_batch`` indices of epoch
+``s // steps_per_epoch``, where ``steps_per_epoch = num_examples // global_batch``. Within an epoch
+every example is used at most once; the ``num_examples % global_batch`` examples left at the end
+of each epoch's permutation are dropped for that epoch (a different few each epoch). The batch
+depends only on ``(seed, step)``: resuming at any step needs no state.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from dcgan_jax.errors import UserError
+
+BATCH_AXIS = 'batch'
+DEVICE_RESIDENT_MODES = ('auto', 'always', 'never')
+# Keeps the data stream's randomness apart from model init / noise keys made from the same seed.
+_DATA_KEY_TAG = 0x0DA7A
+
+
+def use_device_resident(config, num_bytes: int) -> bool:
+  """Whether to keep the dataset on the devices.
+
+  Args:
+    config: reads ``device_resident`` ('auto', 'always' or 'never') and
+      ``device_resident_max_bytes``.
+    num_bytes: size of the prepared dataset in uint8 (``DatasetInfo.num_bytes``).
+
+  Returns:
+    'always' -> True; 'never' -> False; 'auto' -> True when ``num_bytes`` is at most
+    ``device_resident_max_bytes`` and, where the device reports its memory, at most a quarter
+    of it (the rest is left to the models and activations).
+
+  Raises:
+    UserError: an unknown mode.
+  """
+  mode = str(config.get('device_resident', 'auto'))
+  if mode not in DEVICE_RESIDENT_MODES:
+    raise UserError(f'device_resident is {mode!r}; use one of {", ".join(DEVICE_RESIDENT_MODES)}.')
+  if mode != 'auto':
+    return mode == 'always'
+  if num_bytes > int(config.get('device_resident_max_bytes', 4 * 1024**3)):
+    return False
+  stats = _memory_stats(jax.local_devices()[0])
+  return not stats or num_bytes <= stats.get('bytes_limit', float('inf')) // 4
+
+
+def _memory_stats(device) -> dict | None:
+  try:
+    return device.memory_stats()
+  except Exception:  # pylint: disable=broad-except  # Not every backend implements it.
+    return None
+
+
+def data_key(seed: int) -> jax.Array:
+  """The typed PRNG key of the data order for a run seed."""
+  return jax.random.fold_in(jax.random.key(seed), _DATA_KEY_TAG)
+
+
+def batch_indices(key: jax.Array, step, num_examples: int, global_batch: int) -> jax.Array:
+  """Dataset indices of one step's batch (traceable: ``step`` may be a traced scalar).
+
+  Args:
+    key: from :func:`data_key`.
+    step: the step number (int or int32 scalar array).
+    num_examples: dataset size (static).
+    global_batch: batch size (static), at most ``num_examples``.
+
+  Returns:
+    ``int32 [global_batch]``, distinct within an epoch.
+  """
+  steps_per_epoch = num_examples // global_batch
+  step = jnp.asarray(step, jnp.int32)
+  epoch, position = step // steps_per_epoch, step % steps_per_epoch
+  permutation = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+  return jax.lax.dynamic_slice_in_dim(permutation, position * global_batch, global_batch)
+
+
+def default_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over all devices with the axis ``'batch'``."""
+  return jax.make_mesh((jax.device_count(),), (BATCH_AXIS,), axis_types=(AxisType.Auto,))
+
+
+class DeviceResidentSampler:
+  """Keeps uint8 images on the devices and draws each global batch there.
+
+  Example::
+
+    sampler = DeviceResidentSampler(load_all_images(config), config.batch_size, config.seed)
+    for step in range(start, end):
+      images = sampler.batch(step)  # uint8 [batch, H, W, C], sharded over 'batch'
+
+  Attributes:
+    images: the dataset, ``uint8 [num_examples, H, W, C]``, replicated over the mesh.
+    num_examples: dataset size.
+    global_batch: batch size over all devices and processes.
+    steps_per_epoch: ``num_examples // global_batch``.
+    mesh: the mesh; batches are sharded along its ``'batch'`` axis.
+    batch_sharding: ``NamedSharding(mesh, P('batch'))``.
+  """
+
+  def __init__(self, images_uint8: np.ndarray, global_batch: int, seed: int,
+               mesh: jax.sharding.Mesh | None = None):
+    """Copies the images to every device of the mesh.
+
+    Args:
+      images_uint8: ``uint8 [num_examples, H, W, C]``, the same on every process.
+      global_batch: batch size over all devices (and processes).
+      seed: the run seed; the data order is derived from it.
+      mesh: a mesh with an axis named ``'batch'``; defaults to :func:`default_mesh`.
+
+    Raises:
+      UserError: the batch does not divide over the devices or exceeds the dataset.
+    """
+    images_uint8 = np.asarray(images_uint8)
+    if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4:
+      raise ValueError(f'images must be uint8 [N, H, W, C], got {images_uint8.dtype} '
+                       f'{images_uint8.shape}.')
+    self.mesh = mesh if mesh is not None else default_mesh()
+    if BATCH_AXIS not in self.mesh.axis_names:
+      raise ValueError(f"mesh has axes {self.mesh.axis_names}; it needs one named '{BATCH_AXIS}'.")
+    num_shards = self.mesh.shape[BATCH_AXIS]
+    self.num_examples = int(images_uint8.shape[0])
+    self.global_batch = int(global_batch)
+    if self.global_batch <= 0 or self.global_batch % num_shards:
+      raise UserError(f'batch_size {self.global_batch} must be a positive multiple of the '
+                      f'number of devices ({num_shards}).')
+    if self.global_batch > self.num_examples:
+      raise UserError(f'batch_size {self.global_batch} exceeds the {self.num_examples} examples '
+                      'of the dataset; use a batch_size of at most the dataset size.')
+    self.steps_per_epoch = self.num_examples // self.global_batch
+    self.batch_sharding = NamedSharding(self.mesh, P(BATCH_AXIS))
+    replicated = NamedSharding(self.mesh, P())
+    # make_array_from_callback works in multi-process runs too: each process fills its own
+    # devices from its (identical) copy of the images.
+    self.images = jax.make_array_from_callback(
+        images_uint8.shape, replicated, lambda index: images_uint8[index])
+    self._key = data_key(seed)
+
+  def indices(self, step) -> jax.Array:
+    """``int32 [global_batch]`` dataset indices of step ``step``'s batch."""
+    return _jitted_batch_indices(self._key, jnp.asarray(step, jnp.int32), self.num_examples,
+                                 self.global_batch)
+
+  def batch(self, step) -> jax.Array:
+    """The batch of step ``step``.
+
+    Args:
+      step: the step number (int or int32 scalar array, e.g. the train state's step).
+
+    Returns:
+      ``uint8 [global_batch, H, W, C]`` sharded as ``NamedSharding(mesh, P('batch'))``.
+    """
+    return _gather_batch(self.images, self._key, jnp.asarray(step, jnp.int32),
+                         num_examples=self.num_examples, global_batch=self.global_batch,
+                         sharding=self.batch_sharding)
+
+
+_jitted_batch_indices = jax.jit(batch_indices, static_argnums=(2, 3))
+
+
+@functools.partial(jax.jit, static_argnames=('num_examples', 'global_batch', 'sharding'))
+def _gather_batch(images, key, step, *, num_examples, global_batch, sharding):
+  """One batch, ``uint8 [global_batch, H, W, C]`` with the given sharding."""
+  indices = batch_indices(key, step, num_examples, global_batch)
+  # Sharding the indices first lets each device gather only its own slice of the batch from
+  # its replica of the images, with no communication.
+  indices = jax.lax.with_sharding_constraint(indices, sharding)
+  return jax.lax.with_sharding_constraint(jnp.take(images, indices, axis=0, mode='clip'),
+                                          sharding)

@@ -1,0 +1,35 @@
+"""The ``folder`` source: any directory or .zip of JPEG/PNG/WebP/BMP images, searched recursively.
+
+The images are squared (centre crop, antialiased resize), converted to the configured channels and
+stored once as a tfds dataset with a single ``train`` split (see :mod:`dcgan_jax.data.prepared`).
+Files that cannot be decoded are skipped and counted in the log; a folder that is missing, empty
+or holds no readable image is a :class:`~dcgan_jax.errors.UserError`.
+"""
+from __future__ import annotations
+
+from dcgan_jax.data import image_files as image_files_lib
+from dcgan_jax.data import prepared
+
+
+def prepare_folder(path: str, *, image_size: int, channels: int, crop_size: int = 0,
+                   data_dir: str | None = None):
+  """Prepares (once) the images under ``path`` as a tfds dataset.
+
+  Args:
+    path: a directory (searched recursively) or a .zip archive.
+    image_size: side of the stored squares.
+    channels: 1 or 3.
+    crop_size: centre-crop side before resizing (0: largest square).
+    data_dir: tfds data directory; ``None`` for tfds' default.
+
+  Returns:
+    The prepared ``tfds.core.DatasetBuilder`` with one split, ``train``, whose examples are
+    ``{'image': uint8 [image_size, image_size, channels], 'file_name': string}``.
+
+  Raises:
+    UserError: ``path`` is missing or empty, or none of its images can be read.
+  """
+  files = image_files_lib.ImageFiles(path, what='The folder dataset_path')
+  return prepared.prepare_image_files(
+      files, kind='folder_images', splits={'train': files.names}, image_size=image_size,
+      channels=channels, crop_size=crop_size, data_dir=data_dir)

@@ -1,0 +1,217 @@
+"""Image files in a directory tree or a .zip archive, decoded and squared with PIL.
+
+Shared by the ``folder`` and hand-downloaded CelebA sources, which both turn a pile of image files
+into a prepared tfds dataset once. This module imports neither TensorFlow nor JAX.
+
+One file becomes one ``uint8 [image_size, image_size, channels]`` array (:func:`square_image`):
+EXIF orientation applied; transparency composited onto white; grey replicated to RGB or colour
+reduced to luma (ITU-R 601-2, PIL's ``convert('L')``); the centred square of side
+``min(crop_size or inf, width, height)`` cut out; that square resized to ``image_size`` with PIL's
+bilinear filter, which widens its support when shrinking (antialiased), the same filter as the
+``tf.image.resize(..., antialias=True)`` used for named tfds datasets.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import io
+import os
+import re
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from dcgan_jax.errors import UserError
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
+# Bump when the preprocessing below changes, so prepared datasets are rebuilt.
+PREPROCESSING_VERSION = 1
+_DECODE_CHUNK = 256
+
+
+def _is_image_name(relative_name: str) -> bool:
+  """Whether a path inside the source looks like an image we should read."""
+  parts = relative_name.replace('\\', '/').split('/')
+  # Hidden files and macOS zip metadata (`__MACOSX/`, `._name.jpg`) are not images even when
+  # their extension says so; counting them as unreadable would only alarm the user.
+  if any(part.startswith('.') or part == '__MACOSX' for part in parts):
+    return False
+  return parts[-1].lower().endswith(IMAGE_EXTENSIONS)
+
+
+class ImageFiles:
+  """The image files under a directory (recursively) or inside a .zip archive.
+
+  Attributes:
+    path: the absolute directory or archive path.
+    is_zip: whether ``path`` is a .zip archive.
+    names: sorted relative names (``/``-separated) of the files with an image extension.
+  """
+
+  def __init__(self, path: str, *, what: str = 'dataset_path'):
+    """Lists the images under ``path``.
+
+    Args:
+      path: a directory or a .zip file.
+      what: how error messages name the setting that gave ``path``.
+
+    Raises:
+      UserError: the path is empty, missing, not a directory or .zip, or holds no images.
+    """
+    if not path:
+      raise UserError(f'{what} is empty; set it to a directory or .zip file of images.')
+    self.path = os.path.abspath(os.path.expanduser(path))
+    self.is_zip = os.path.isfile(self.path) and zipfile.is_zipfile(self.path)
+    if not os.path.exists(self.path):
+      raise UserError(f'{what} {self.path!r} does not exist; give a directory or .zip of images.')
+    if self.is_zip:
+      with zipfile.ZipFile(self.path) as archive:
+        infos = [i for i in archive.infolist() if not i.is_dir()]
+      self.names = sorted(i.filename for i in infos if _is_image_name(i.filename))
+      self._stats = (os.path.getsize(self.path), os.stat(self.path).st_mtime_ns)
+    elif os.path.isdir(self.path):
+      entries = sorted(_walk(self.path))
+      self.names = [name for name, _, _ in entries]
+      self._stats = tuple(entries)
+    else:
+      raise UserError(f'{what} {self.path!r} is neither a directory nor a .zip file; '
+                      'give a directory or .zip of images.')
+    if not self.names:
+      raise UserError(f'{what} {self.path!r} holds no images; it must contain (in any '
+                      f'subfolder) files ending in {", ".join(IMAGE_EXTENSIONS)}.')
+
+  def fingerprint(self, *extra) -> str:
+    """A short hash of the path, the files' names, sizes and times, and ``extra``.
+
+    Args:
+      *extra: anything else the prepared data depends on (image size, channels, ...).
+
+    Returns:
+      16 hex digits; it changes when a file is added, removed, resized or touched.
+    """
+    digest = hashlib.sha256()
+    for item in (PREPROCESSING_VERSION, self.path, self.is_zip, self._stats, extra):
+      digest.update(repr(item).encode())
+    return digest.hexdigest()[:16]
+
+  def label(self) -> str:
+    """A readable, filesystem-safe name for the source (its base name)."""
+    base = os.path.basename(self.path.rstrip(os.sep))
+    if self.is_zip:
+      base = os.path.splitext(base)[0]
+    return re.sub(r'[^a-z0-9]+', '_', base.lower()).strip('_')[:40] or 'images'
+
+  def read_all(self, names: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
+    """Yields ``(name, bytes)`` for ``names`` in order; ``None`` bytes when a read fails."""
+    if self.is_zip:
+      with zipfile.ZipFile(self.path) as archive:
+        for name in names:
+          try:
+            yield name, archive.read(name)
+          except (OSError, zipfile.BadZipFile, KeyError, ValueError):
+            yield name, None
+    else:
+      for name in names:
+        try:
+          with open(os.path.join(self.path, name), 'rb') as f:
+            yield name, f.read()
+        except OSError:
+          yield name, None
+
+
+def _walk(root: str) -> Iterator[tuple[str, int, int]]:
+  """Yields ``(relative name, size, mtime_ns)`` of the image files under ``root``."""
+  for directory, subdirs, files in os.walk(root, followlinks=True):
+    subdirs[:] = [d for d in subdirs if not d.startswith('.') and d != '__MACOSX']
+    for file_name in files:
+      full = os.path.join(directory, file_name)
+      relative = os.path.relpath(full, root).replace(os.sep, '/')
+      if _is_image_name(relative) and os.path.isfile(full):
+        stat = os.stat(full)
+        yield relative, stat.st_size, stat.st_mtime_ns
+
+
+def _to_channels(image: Image.Image, channels: int) -> Image.Image:
+  """Converts any PIL mode to 'L' (channels=1) or 'RGB' (channels=3)."""
+  if image.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+    # 16/32-bit grey: PIL's convert('L') clips instead of scaling, so scale by hand.
+    array = np.asarray(image, dtype=np.float64)
+    peak = 65535.0 if image.mode.startswith('I;16') or array.max() > 255 else 255.0
+    image = Image.fromarray(np.clip(array * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8))
+  if image.mode == 'P' or 'transparency' in image.info:
+    image = image.convert('RGBA')
+  if image.mode in ('RGBA', 'LA', 'RGBa', 'La', 'PA'):
+    rgba = image.convert('RGBA')
+    # Transparent pixels carry arbitrary colour values; show them on white as a viewer would.
+    background = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+    image = Image.alpha_composite(background, rgba)
+  return image.convert('L' if channels == 1 else 'RGB')
+
+
+def square_image(data: bytes, image_size: int, channels: int, crop_size: int = 0) -> np.ndarray:
+  """Decodes one image file and turns it into a square of the configured size.
+
+  Args:
+    data: the encoded file (JPEG, PNG, WebP, BMP, ...).
+    image_size: side of the output square.
+    channels: 1 (grey) or 3 (RGB).
+    crop_size: side of the centred square cut out before resizing; 0 (or more than the short
+      side) means the largest centred square.
+
+  Returns:
+    ``uint8 [image_size, image_size, channels]``.
+
+  Raises:
+    Exception: whatever PIL raises for an unreadable or truncated file.
+  """
+  with Image.open(io.BytesIO(data)) as opened:
+    opened.load()  # Decode fully now: truncated files fail here, not later.
+    image = _to_channels(ImageOps.exif_transpose(opened), channels)
+  width, height = image.size
+  side = min(width, height) if crop_size <= 0 else min(crop_size, width, height)
+  left, top = (width - side) // 2, (height - side) // 2
+  image = image.crop((left, top, left + side, top + side))
+  if side != image_size:
+    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+  array = np.asarray(image, dtype=np.uint8)
+  return array.reshape(image_size, image_size, channels)
+
+
+def decode_all(
+    files: ImageFiles,
+    names: Sequence[str],
+    decode: Callable[[bytes], np.ndarray],
+    num_threads: int | None = None,
+) -> Iterator[tuple[str, np.ndarray | None]]:
+  """Decodes ``names`` in order on a thread pool (PIL releases the GIL while decoding).
+
+  Args:
+    files: where the files live.
+    names: which files, in the order wanted.
+    decode: bytes -> array, e.g. a ``functools.partial`` of :func:`square_image`.
+    num_threads: pool size; defaults to the number of CPUs.
+
+  Yields:
+    ``(name, array)``, with ``None`` instead of the array for a file that could not be read.
+  """
+
+  def safe_decode(data: bytes | None) -> np.ndarray | None:
+    if data is None:
+      return None
+    try:
+      return decode(data)
+    except Exception:  # pylint: disable=broad-except  # Any failure means "unreadable file".
+      return None
+
+  workers = num_threads or os.cpu_count() or 1
+  reader = files.read_all(names)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    while True:
+      # Bounded chunks keep memory flat for archives of hundreds of thousands of files.
+      chunk = [item for _, item in zip(range(_DECODE_CHUNK), reader)]
+      if not chunk:
+        return
+      arrays = pool.map(safe_decode, [data for _, data in chunk])
+      yield from zip([name for name, _ in chunk], arrays)

@@ -1,0 +1,133 @@
+"""Turns image files into a tfds dataset under ``data_dir`` once, then reuses it.
+
+The ``folder`` source and the hand-downloaded CelebA source decode, crop and resize every image a
+single time with PIL (:mod:`dcgan_jax.data.image_files`) and store the squares as a tfds dataset;
+training then reads small PNG records instead of decoding large JPEGs every epoch.
+
+Each preparation gets its own builder config, named ``<source base name>_<fingerprint>``, where
+the fingerprint hashes the source path, its files' names, sizes and modification times, and the
+preprocessing settings (image size, channels, crop size). The data lands in
+``data_dir/<kind>/<config name>/1.0.0``: a changed folder or setting is prepared anew; an
+unchanged one is found there and reused without opening a single image.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+
+from absl import logging
+
+from dcgan_jax.data import image_files as image_files_lib
+from dcgan_jax.errors import UserError
+
+_VERSION = '1.0.0'
+# How many unreadable files are named one by one in the log before only counting them.
+_NAMED_FAILURES = 10
+
+
+def prepare_image_files(
+    files: image_files_lib.ImageFiles,
+    *,
+    kind: str,
+    splits: Mapping[str, Sequence[str]],
+    image_size: int,
+    channels: int,
+    crop_size: int,
+    data_dir: str | None,
+    fingerprint_extra: tuple = (),
+    description: str = '',
+):
+  """Prepares (or finds already prepared) a tfds dataset of squared images.
+
+  Args:
+    files: the source directory or archive.
+    kind: the builder name, the folder under ``data_dir`` (e.g. ``'folder_images'``).
+    splits: split name -> names in ``files`` that form it.
+    image_size: side of the stored squares.
+    channels: 1 or 3.
+    crop_size: centre-crop side before resizing (0: largest square).
+    data_dir: tfds data directory; ``None`` for tfds' default.
+    fingerprint_extra: anything else the split contents depend on (e.g. a partition file).
+    description: one line stored in the dataset's info.
+
+  Returns:
+    The prepared ``tfds.core.DatasetBuilder``; its examples are
+    ``{'image': uint8 [image_size, image_size, channels], 'file_name': string}``.
+
+  Raises:
+    UserError: no file of some split could be read as an image.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  fingerprint = files.fingerprint(kind, image_size, channels, crop_size, fingerprint_extra,
+                                  sorted((s, len(n)) for s, n in splits.items()))
+  config = tfds.core.BuilderConfig(
+      name=f'{files.label()}_{fingerprint}', version=_VERSION,
+      description=description or f'Images from {files.path}')
+  decode = functools.partial(image_files_lib.square_image, image_size=image_size,
+                             channels=channels, crop_size=crop_size)
+
+  class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """One preparation: a fixed source and preprocessing (never registered by name)."""
+    name = kind
+    VERSION = tfds.core.Version(_VERSION)
+    BUILDER_CONFIGS = [config]
+    # Nothing is downloaded, so there is no checksums file to look for. (Looking for it trips
+    # tfds 4.9's `code_path` on Python >= 3.9 when `importlib_resources` is not installed.)
+    code_path = None
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self,
+          description=config.description,
+          features=tfds.features.FeaturesDict({
+              'image': tfds.features.Image(shape=(image_size, image_size, channels)),
+              'file_name': tfds.features.Text(),
+          }),
+      )
+
+    def _split_generators(self, dl_manager):
+      del dl_manager  # Nothing to download: the files are local.
+      return {split: self._generate_examples(split, names) for split, names in splits.items()}
+
+    def _generate_examples(self, split, names):
+      failed = []
+      for name, image in image_files_lib.decode_all(files, names, decode):
+        if image is None:
+          failed.append(name)
+          if len(failed) <= _NAMED_FAILURES:
+            logging.warning('Skipping %s in %s: not a readable image.', name, files.path)
+          continue
+        yield name, {'image': image, 'file_name': name}
+      if failed:
+        logging.warning('Skipped %d of %d files of split %r in %s that could not be read as '
+                        'images.', len(failed), len(names), split, files.path)
+      if len(failed) == len(names):
+        raise UserError(f'None of the {len(names)} image files of split {split!r} in '
+                        f'{files.path!r} could be read; give a source of valid JPEG, PNG, WebP '
+                        'or BMP images.')
+
+  builder = Builder(config=config.name, data_dir=data_dir)
+  if not builder.is_prepared():
+    logging.info('Preparing %d images from %s into %s (once).',
+                 sum(len(n) for n in splits.values()), files.path, builder.data_dir)
+  try:
+    builder.download_and_prepare()
+  except Exception as error:  # pylint: disable=broad-except
+    # tfds may wrap exceptions from the generator; surface our own message if one is inside.
+    user_error = _find_user_error(error)
+    if user_error is not None:
+      raise user_error from None
+    raise
+  return builder
+
+
+def _find_user_error(error: BaseException) -> UserError | None:
+  """The first UserError in an exception's cause/context chain, if any."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, UserError):
+      return error
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return None

@@ -1,0 +1,168 @@
+"""From ``config.dataset`` to a prepared tfds builder, a split and the image feature's name.
+
+Sources:
+
+* ``digits``: scikit-learn's 8x8 digits (:mod:`dcgan_jax.data.digits`), offline.
+* ``folder``: a directory or .zip of images given by ``dataset_path`` (:mod:`.folder`).
+* ``celeb_a`` with a ``dataset_path``: hand-downloaded CelebA files (:mod:`.celeba`).
+* any other tfds dataset with an image feature, by name (``mnist``, ``fashion_mnist``,
+  ``cifar10``, ``celeb_a``, ``name/config:version``, ...), prepared into ``data_dir`` by tfds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from absl import logging
+
+from dcgan_jax.errors import UserError
+
+LOCAL_SOURCES = ('digits', 'folder')
+# Named in the error for an unknown dataset; any other tfds image dataset works too.
+TFDS_IMAGE_DATASETS = ('mnist', 'fashion_mnist', 'kmnist', 'emnist', 'cifar10', 'cifar100',
+                       'svhn_cropped', 'celeb_a', 'stl10', 'oxford_flowers102', 'lsun')
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A prepared dataset and what to read from it.
+
+  Attributes:
+    name: a readable name for logs (``'digits'``, ``'folder:/path'``, ``'mnist'``, ...).
+    builder: the prepared ``tfds.core.DatasetBuilder``.
+    split: the tfds split string to read (slices like ``'train[:90%]'`` allowed).
+    image_key: the feature holding the image.
+    crop_size: centre crop the pipeline still has to apply (0: largest square). Prepared
+      sources (folder, CelebA files) were cropped when prepared, so theirs is 0.
+  """
+  name: str
+  builder: Any
+  split: str
+  image_key: str = 'image'
+  crop_size: int = 0
+
+
+def known_dataset_names() -> tuple[str, ...]:
+  """The names listed when ``config.dataset`` is unknown."""
+  return LOCAL_SOURCES + TFDS_IMAGE_DATASETS
+
+
+def _unknown_dataset(name: str) -> UserError:
+  return UserError(f'Unknown dataset {name!r}; use one of {", ".join(known_dataset_names())} '
+                   'or the name of any other tensorflow-datasets image dataset.')
+
+
+def _data_dir(config) -> str | None:
+  return config.get('data_dir', '') or None
+
+
+def _image_key(builder, name: str) -> str:
+  """The name of the builder's image feature ('image' when there are several)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  features = builder.info.features
+  if isinstance(features, tfds.features.FeaturesDict):
+    image_keys = [key for key, feature in features.items()
+                  if isinstance(feature, tfds.features.Image)]
+    if 'image' in image_keys:
+      return 'image'
+    if image_keys:
+      return image_keys[0]
+  raise UserError(f'tfds dataset {name!r} has no image feature; use an image dataset such as '
+                  f'{", ".join(TFDS_IMAGE_DATASETS)}.')
+
+
+def _check_split(builder, split: str, name: str) -> None:
+  """Raises UserError when the split's base name is not one of the prepared splits."""
+  available = list(builder.info.splits.keys())
+  if not available:  # Unknown before preparation (e.g. under tfds' mock_data): let tfds decide.
+    return
+  for part in split.split('+'):
+    base = re.split(r'[\[(]', part.strip(), maxsplit=1)[0]
+    if base not in available:
+      raise UserError(f'Split {split!r} is not available for dataset {name!r}; its splits are '
+                      f'{", ".join(sorted(available))} (tfds slices like "train[:90%]" work).')
+
+
+def _prepare_named_tfds(name: str, data_dir: str | None):
+  """Builds and prepares a tfds dataset by name, turning failures into UserErrors."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.DatasetNotFoundError:
+    raise _unknown_dataset(name) from None
+  except ValueError as error:  # E.g. an unknown config or version of a known dataset.
+    first_line = (str(error).strip().splitlines() or [''])[0][:200]
+    raise UserError(f'tfds cannot build dataset {name!r} ({first_line}); check the name, config '
+                    'and version.') from None
+  if not builder.is_prepared():
+    logging.info('Preparing tfds dataset %s into %s (once).', name, builder.data_dir)
+  try:
+    builder.download_and_prepare()
+  except Exception as error:  # pylint: disable=broad-except
+    first_line = (str(error).strip().splitlines() or [''])[0][:200]
+    raise UserError(f'tfds could not download or prepare {name!r} into {builder.data_dir} '
+                    f'({type(error).__name__}: {first_line}); check the network or the '
+                    'manual-download instructions of that dataset.') from error
+  return builder
+
+
+def resolve_source(config, *, split: str | None = None) -> Source:
+  """Prepares (once) the dataset the config names and says what to read.
+
+  Args:
+    config: reads ``dataset``, ``data_dir``, ``dataset_path``, ``split``, ``image_size``,
+      ``channels`` and ``crop_size``.
+    split: overrides ``config.split``.
+
+  Returns:
+    The :class:`Source`.
+
+  Raises:
+    UserError: unknown dataset, bad path or split, or a failed download.
+  """
+  name = str(config.dataset).strip()
+  data_dir = _data_dir(config)
+  dataset_path = config.get('dataset_path', '')
+  split = split or config.get('split', 'train') or 'train'
+  image_size, channels = int(config.image_size), int(config.channels)
+  crop_size = int(config.get('crop_size', 0))
+  if channels not in (1, 3):
+    raise UserError(f'channels is {channels}; use 1 (grey) or 3 (RGB).')
+  if image_size <= 0:
+    raise UserError(f'image_size is {image_size}; use a positive size such as 32 or 64.')
+  if crop_size < 0:
+    raise UserError(f'crop_size is {crop_size}; use 0 (largest centred square) or a positive side.')
+
+  if name == 'folder':
+    from dcgan_jax.data import folder  # pylint: disable=g-import-not-at-top
+    builder = folder.prepare_folder(dataset_path, image_size=image_size, channels=channels,
+                                    crop_size=crop_size, data_dir=data_dir)
+    source = Source(f'folder:{dataset_path}', builder, split)
+  elif name == 'celeb_a' and dataset_path:
+    from dcgan_jax.data import celeba  # pylint: disable=g-import-not-at-top
+    builder = celeba.prepare_celeba_files(dataset_path, image_size=image_size, channels=channels,
+                                          crop_size=crop_size, data_dir=data_dir)
+    source = Source(f'celeb_a:{dataset_path}', builder, split)
+  elif name == 'digits':
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    from dcgan_jax.data import digits  # pylint: disable=g-import-not-at-top,unused-import
+    builder = tfds.builder('digits', data_dir=data_dir)
+    builder.download_and_prepare()
+    source = Source('digits', builder, split, crop_size=crop_size)
+  elif not name or not re.fullmatch(r'[\w\-./:]+', name):
+    raise _unknown_dataset(name)
+  else:
+    if dataset_path:
+      logging.warning('dataset_path=%r is ignored for dataset %r (it is read only for folder and '
+                      'celeb_a).', dataset_path, name)
+    if name == 'celeb_a':
+      from dcgan_jax.data import celeba  # pylint: disable=g-import-not-at-top
+      builder = celeba.prepare_tfds_celeb_a(data_dir)
+    else:
+      builder = _prepare_named_tfds(name, data_dir)
+    source = Source(name, builder, split, _image_key(builder, name), crop_size)
+  _check_split(source.builder, split, name)
+  return source

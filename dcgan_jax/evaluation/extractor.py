@@ -1,0 +1,130 @@
+"""The jitted, data-parallel Inception feature extractor."""
+import functools
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+from dcgan_jax.errors import UserError
+from dcgan_jax.evaluation import inception
+from dcgan_jax.evaluation import preprocessing as preprocessing_lib
+from dcgan_jax.evaluation import weights
+
+_BATCH_AXIS = 'batch'
+
+
+@functools.partial(jax.jit, static_argnames=('precision',))
+def _forward(variables: dict[str, Any], images: jax.Array, precision: str) -> dict[str, jax.Array]:
+  # Module-level so that every extractor with the same precision and batch shape shares one
+  # compiled program (compiling Inception takes tens of seconds on CPU).
+  return inception.FIDInceptionV3(precision=precision).apply(variables, images)
+
+
+class InceptionExtractor:
+  """Maps uint8 images to Inception pool_3 features and logits, batched over local devices.
+
+  Images are cut into batches of `batch_size` (rounded up to a multiple of the local device
+  count), each batch is split across the devices of a 1-D mesh, preprocessed and run through the
+  network in two jitted steps (so new input sizes recompile only the cheap preprocessing). The
+  last partial batch is padded and the padding dropped from the result, so every image counts.
+
+  In multi-process runs each process extracts the features of the images it holds on its own
+  devices; combine their `FeatureStatistics` with `merge` (after gathering them).
+
+  Example:
+    extractor = InceptionExtractor.from_file('pt_inception-2015-12-05-6726825d.pth')
+    out = extractor(images)  # images: [N, H, W, 3] uint8.
+    out['pool']    # [N, 2048] float32, for FID and KID.
+    out['logits']  # [N, 1008] float32 without the fc bias, for the Inception Score.
+  """
+
+  def __init__(self, variables: dict[str, Any], preprocessing: str = 'pytorch_fid',
+               precision: str = 'default', batch_size: int = 200,
+               devices: Sequence[jax.Device] | None = None):
+    """Builds an extractor from already converted variables.
+
+    Args:
+      variables: {'params', 'batch_stats'} of `inception.FIDInceptionV3`
+        (see `weights.load_inception_variables`).
+      preprocessing: 'pytorch_fid' (default) or 'tf'; see `preprocessing`.
+      precision: 'default' (fast: TF32 on GPUs that have it, as PyTorch's cuDNN convolutions
+        use by default), 'high' or 'highest' (full float32, for parity with references).
+      batch_size: images per step over all local devices.
+      devices: devices to shard over; default all local devices.
+    """
+    self.preprocessing = preprocessing_lib.check_mode(preprocessing)
+    if precision not in inception.PRECISIONS:
+      raise UserError(f'Unknown precision {precision!r}; valid: '
+                      f'{", ".join(inception.PRECISIONS)}.')
+    if batch_size < 1:
+      raise UserError(f'batch_size must be positive, got {batch_size}.')
+    self.precision = precision
+    devices = list(devices) if devices is not None else jax.local_devices()
+    self.num_devices = len(devices)
+    self.batch_size = -(-batch_size // self.num_devices) * self.num_devices
+    mesh = jax.make_mesh((self.num_devices,), (_BATCH_AXIS,), axis_types=(AxisType.Auto,),
+                         devices=devices)
+    self._data_sharding = NamedSharding(mesh, PartitionSpec(_BATCH_AXIS))
+    self._variables = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
+
+  @classmethod
+  def from_file(cls, path: str | os.PathLike | None, preprocessing: str = 'pytorch_fid',
+                precision: str = 'default', **kwargs) -> 'InceptionExtractor':
+    """Loads `.pth`/`.npz` weights safely (see `weights`) and builds an extractor.
+
+    Args:
+      path: the weights file; empty or None means the cached download.
+      preprocessing, precision, **kwargs: as for the constructor.
+
+    Raises:
+      UserError: weights missing (the message says how to get them), corrupt or wrong.
+    """
+    return cls(weights.load_inception_variables(path), preprocessing=preprocessing,
+               precision=precision, **kwargs)
+
+  def __call__(self, images: np.ndarray | jax.Array) -> dict[str, np.ndarray]:
+    """Extracts features.
+
+    Args:
+      images: [N, H, W, C] uint8, C = 1 or 3, any H and W (resized to 299).
+
+    Returns:
+      {'pool': [N, 2048], 'logits': [N, 1008] (no fc bias), 'logits_with_bias': [N, 1008]},
+      float32 numpy arrays in the order of `images`.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
+      raise UserError(f'Images must be a uint8 [N, H, W, 1 or 3] array, got {images.dtype} '
+                      f'{images.shape}; convert float images with dcgan_jax.evaluation.to_uint8.')
+    n = images.shape[0]
+    # Small inputs get a smaller (device-count multiple) batch instead of mostly padding.
+    batch_size = min(self.batch_size, -(-max(n, 1) // self.num_devices) * self.num_devices)
+    results = []
+    pending = None
+    for start in range(0, n, batch_size):
+      chunk = images[start:start + batch_size]
+      valid = chunk.shape[0]
+      if valid < batch_size:
+        chunk = np.concatenate([chunk, np.zeros((batch_size - valid,) + chunk.shape[1:],
+                                                chunk.dtype)])
+      x = jax.device_put(chunk, self._data_sharding)
+      x = preprocessing_lib.preprocess(x, mode=self.preprocessing)
+      out = _forward(self._variables, x, precision=self.precision)
+      # Fetch the previous batch only after dispatching this one, so the devices stay busy
+      # while the host copies results.
+      if pending is not None:
+        results.append(_fetch(*pending))
+      pending = (out, valid)
+    if pending is not None:
+      results.append(_fetch(*pending))
+    if not results:
+      return {'pool': np.zeros((0, inception.POOL_FEATURES), np.float32),
+              'logits': np.zeros((0, inception.NUM_CLASSES), np.float32),
+              'logits_with_bias': np.zeros((0, inception.NUM_CLASSES), np.float32)}
+    return {key: np.concatenate([r[key] for r in results]) for key in results[0]}
+
+
+def _fetch(out: dict[str, jax.Array], valid: int) -> dict[str, np.ndarray]:
+  return {key: np.asarray(value)[:valid] for key, value in out.items()}

@@ -1,0 +1,252 @@
+"""Inception-v3 in Flax, the FID variant ("inception-2015-12-05", 1008 classes).
+
+This is the network every FID/IS/KID reference uses: torchvision's Inception-v3 layout with the
+patches pytorch-fid applies so that it reproduces the original TensorFlow graph:
+
+* the average pools of the A, C and first E blocks exclude padding from their count
+  (TensorFlow's behaviour; torchvision's own blocks count it);
+* the second E block (Mixed_7c) pools with a 3x3 MAX pool instead of an average pool;
+* the classifier has 1008 outputs.
+
+Module and variable names mirror the PyTorch state dict (``Mixed_6b/branch7x7_2/conv/kernel``
+for ``Mixed_6b.branch7x7_2.conv.weight``), so weights are mapped by name, never by position.
+Inference only: BatchNorm always uses its running statistics (eps 1e-3).
+"""
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# The spatial size the network was trained at; inputs are resized to it.
+INPUT_SIZE = 299
+POOL_FEATURES = 2048
+NUM_CLASSES = 1008
+
+PRECISIONS = {
+    'default': jax.lax.Precision.DEFAULT,
+    'high': jax.lax.Precision.HIGH,
+    'highest': jax.lax.Precision.HIGHEST,
+}
+
+Padding = Sequence[tuple[int, int]]
+
+
+def _same_padding(kernel_size: tuple[int, int]) -> Padding:
+  """Symmetric padding that keeps the size for odd kernels (PyTorch's `padding=k//2`)."""
+  return tuple((k // 2, k // 2) for k in kernel_size)
+
+
+class ConvBN(nn.Module):
+  """Conv (no bias) -> BatchNorm (running stats, eps 1e-3) -> ReLU: torchvision's BasicConv2d.
+
+  Attributes:
+    features: output channels.
+    kernel_size: (height, width) of the kernel.
+    strides: (height, width) strides.
+    padding: 'VALID' or explicit ((top, bottom), (left, right)) zero padding.
+    precision: 'default', 'high' or 'highest' for the convolution.
+  """
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  padding: str | Padding = 'VALID'
+  precision: str = 'default'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Maps [N, H, W, C_in] to [N, H', W', features]."""
+    x = nn.Conv(
+        self.features,
+        self.kernel_size,
+        strides=self.strides,
+        padding=self.padding,
+        use_bias=False,
+        precision=PRECISIONS[self.precision],
+        name='conv',
+    )(x)
+    x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name='bn')(x)
+    return nn.relu(x)
+
+
+def _avg_pool_3x3_exclude_pad(x: jax.Array) -> jax.Array:
+  # TensorFlow averages only the in-bounds pixels at the borders (count_include_pad=False).
+  return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
+                     count_include_pad=False)
+
+
+def _max_pool_3x3_stride2(x: jax.Array) -> jax.Array:
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
+
+
+class InceptionA(nn.Module):
+  """Mixed_5b/5c/5d: 1x1, 5x5, double 3x3 and pooled branches -> 224 + pool_features channels."""
+  pool_features: int
+  precision: str = 'default'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    conv = lambda name, f, k: ConvBN(f, k, padding=_same_padding(k), precision=self.precision,
+                                     name=name)
+    branch1x1 = conv('branch1x1', 64, (1, 1))(x)
+    branch5x5 = conv('branch5x5_1', 48, (1, 1))(x)
+    branch5x5 = conv('branch5x5_2', 64, (5, 5))(branch5x5)
+    branch3x3dbl = conv('branch3x3dbl_1', 64, (1, 1))(x)
+    branch3x3dbl = conv('branch3x3dbl_2', 96, (3, 3))(branch3x3dbl)
+    branch3x3dbl = conv('branch3x3dbl_3', 96, (3, 3))(branch3x3dbl)
+    branch_pool = conv('branch_pool', self.pool_features, (1, 1))(_avg_pool_3x3_exclude_pad(x))
+    return jnp.concatenate([branch1x1, branch5x5, branch3x3dbl, branch_pool], axis=-1)
+
+
+class InceptionB(nn.Module):
+  """Mixed_6a: grid reduction 35 -> 17 with 3x3/2, double 3x3 (last /2) and max-pool branches."""
+  precision: str = 'default'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    branch3x3 = ConvBN(384, (3, 3), strides=(2, 2), precision=self.precision,
+                       name='branch3x3')(x)
+    branch3x3dbl = ConvBN(64, (1, 1), precision=self.precision, name='branch3x3dbl_1')(x)
+    branch3x3dbl = ConvBN(96, (3, 3), padding=((1, 1), (1, 1)), precision=self.precision,
+                          name='branch3x3dbl_2')(branch3x3dbl)
+    branch3x3dbl = ConvBN(96, (3, 3), strides=(2, 2), precision=self.precision,
+                          name='branch3x3dbl_3')(branch3x3dbl)
+    branch_pool = _max_pool_3x3_stride2(x)
+    return jnp.concatenate([branch3x3, branch3x3dbl, branch_pool], axis=-1)
+
+
+class InceptionC(nn.Module):
+  """Mixed_6b..6e: factorised 7x7 branches of width `channels_7x7` -> 768 channels."""
+  channels_7x7: int
+  precision: str = 'default'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    conv = lambda name, f, k: ConvBN(f, k, padding=_same_padding(k), precision=self.precision,
+                                     name=name)
+    c7 = self.channels_7x7
+    branch1x1 = conv('branch1x1', 192, (1, 1))(x)
+    branch7x7 = conv('branch7x7_1', c7, (1, 1))(x)
+    branch7x7 = conv('branch7x7_2', c7, (1, 7))(branch7x7)
+    branch7x7 = conv('branch7x7_3', 192, (7, 1))(branch7x7)
+    branch7x7dbl = conv('branch7x7dbl_1', c7, (1, 1))(x)
+    branch7x7dbl = conv('branch7x7dbl_2', c7, (7, 1))(branch7x7dbl)
+    branch7x7dbl = conv('branch7x7dbl_3', c7, (1, 7))(branch7x7dbl)
+    branch7x7dbl = conv('branch7x7dbl_4', c7, (7, 1))(branch7x7dbl)
+    branch7x7dbl = conv('branch7x7dbl_5', 192, (1, 7))(branch7x7dbl)
+    branch_pool = conv('branch_pool', 192, (1, 1))(_avg_pool_3x3_exclude_pad(x))
+    return jnp.concatenate([branch1x1, branch7x7, branch7x7dbl, branch_pool], axis=-1)
+
+
+class InceptionD(nn.Module):
+  """Mixed_7a: grid reduction 17 -> 8 with 3x3/2, 7x7-then-3x3/2 and max-pool branches."""
+  precision: str = 'default'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    conv = lambda name, f, k, s=(1, 1), p=None: ConvBN(
+        f, k, strides=s, padding=_same_padding(k) if p is None else p,
+        precision=self.precision, name=name)
+    branch3x3 = conv('branch3x3_1', 192, (1, 1))(x)
+    branch3x3 = conv('branch3x3_2', 320, (3, 3), (2, 2), 'VALID')(branch3x3)
+    branch7x7x3 = conv('branch7x7x3_1', 192, (1, 1))(x)
+    branch7x7x3 = conv('branch7x7x3_2', 192, (1, 7))(branch7x7x3)
+    branch7x7x3 = conv('branch7x7x3_3', 192, (7, 1))(branch7x7x3)
+    branch7x7x3 = conv('branch7x7x3_4', 192, (3, 3), (2, 2), 'VALID')(branch7x7x3)
+    branch_pool = _max_pool_3x3_stride2(x)
+    return jnp.concatenate([branch3x3, branch7x7x3, branch_pool], axis=-1)
+
+
+class InceptionE(nn.Module):
+  """Mixed_7b (average pool) and Mixed_7c (max pool): expanded 3x3 branches -> 2048 channels."""
+  pool: str  # 'avg' (Mixed_7b) or 'max' (Mixed_7c, a quirk of the original graph).
+  precision: str = 'default'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    conv = lambda name, f, k: ConvBN(f, k, padding=_same_padding(k), precision=self.precision,
+                                     name=name)
+    branch1x1 = conv('branch1x1', 320, (1, 1))(x)
+    branch3x3 = conv('branch3x3_1', 384, (1, 1))(x)
+    branch3x3 = jnp.concatenate([conv('branch3x3_2a', 384, (1, 3))(branch3x3),
+                                 conv('branch3x3_2b', 384, (3, 1))(branch3x3)], axis=-1)
+    branch3x3dbl = conv('branch3x3dbl_1', 448, (1, 1))(x)
+    branch3x3dbl = conv('branch3x3dbl_2', 384, (3, 3))(branch3x3dbl)
+    branch3x3dbl = jnp.concatenate([conv('branch3x3dbl_3a', 384, (1, 3))(branch3x3dbl),
+                                    conv('branch3x3dbl_3b', 384, (3, 1))(branch3x3dbl)], axis=-1)
+    if self.pool == 'avg':
+      pooled = _avg_pool_3x3_exclude_pad(x)
+    else:
+      pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+    branch_pool = conv('branch_pool', 192, (1, 1))(pooled)
+    return jnp.concatenate([branch1x1, branch3x3, branch3x3dbl, branch_pool], axis=-1)
+
+
+class Classifier(nn.Module):
+  """The 2048 -> 1008 fully connected layer, returning logits with and without its bias."""
+  precision: str = 'default'
+
+  @nn.compact
+  def __call__(self, pool: jax.Array) -> tuple[jax.Array, jax.Array]:
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (POOL_FEATURES, NUM_CLASSES))
+    bias = self.param('bias', nn.initializers.zeros, (NUM_CLASSES,))
+    logits = jnp.dot(pool, kernel, precision=PRECISIONS[self.precision])
+    return logits, logits + bias
+
+
+class FIDInceptionV3(nn.Module):
+  """The FID Inception-v3: [N, 299, 299, 3] preprocessed images -> pool_3 features and logits.
+
+  Attributes:
+    precision: matmul/conv precision, 'default' (TF32 on GPUs that have it, as PyTorch uses by
+      default), 'high' or 'highest' (full float32, for parity checks).
+  """
+  precision: str = 'default'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+    """Runs the network.
+
+    Args:
+      x: [N, H, W, 3] float32 images already preprocessed to the network's input range
+        (H = W = 299 for the reference protocol; any size >= 75 runs).
+
+    Returns:
+      {'pool': [N, 2048], 'logits': [N, 1008] without the fc bias (what the Inception Score
+      uses), 'logits_with_bias': [N, 1008]}.
+    """
+    p = self.precision
+    x = ConvBN(32, (3, 3), strides=(2, 2), precision=p, name='Conv2d_1a_3x3')(x)
+    x = ConvBN(32, (3, 3), precision=p, name='Conv2d_2a_3x3')(x)
+    x = ConvBN(64, (3, 3), padding=((1, 1), (1, 1)), precision=p, name='Conv2d_2b_3x3')(x)
+    x = _max_pool_3x3_stride2(x)
+    x = ConvBN(80, (1, 1), precision=p, name='Conv2d_3b_1x1')(x)
+    x = ConvBN(192, (3, 3), precision=p, name='Conv2d_4a_3x3')(x)
+    x = _max_pool_3x3_stride2(x)
+    x = InceptionA(32, precision=p, name='Mixed_5b')(x)
+    x = InceptionA(64, precision=p, name='Mixed_5c')(x)
+    x = InceptionA(64, precision=p, name='Mixed_5d')(x)
+    x = InceptionB(precision=p, name='Mixed_6a')(x)
+    x = InceptionC(128, precision=p, name='Mixed_6b')(x)
+    x = InceptionC(160, precision=p, name='Mixed_6c')(x)
+    x = InceptionC(160, precision=p, name='Mixed_6d')(x)
+    x = InceptionC(192, precision=p, name='Mixed_6e')(x)
+    x = InceptionD(precision=p, name='Mixed_7a')(x)
+    x = InceptionE('avg', precision=p, name='Mixed_7b')(x)
+    x = InceptionE('max', precision=p, name='Mixed_7c')(x)
+    pool = jnp.mean(x, axis=(1, 2))
+    logits, logits_with_bias = Classifier(precision=p, name='fc')(pool)
+    return {'pool': pool, 'logits': logits, 'logits_with_bias': logits_with_bias}
+
+
+@functools.cache
+def variable_shapes() -> dict:
+  """Shapes of every variable `init` creates, without computing anything.
+
+  Returns:
+    A pytree {'params': ..., 'batch_stats': ...} of `jax.ShapeDtypeStruct`.
+  """
+  model = FIDInceptionV3()
+  dummy = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
+  return jax.eval_shape(model.init, jax.random.key(0), dummy)

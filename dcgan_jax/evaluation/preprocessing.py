@@ -1,0 +1,119 @@
+"""Turning uint8 images into the Inception's input, the way each reference implementation does.
+
+Two protocols exist, and their FIDs differ (mostly because of the resize):
+
+* `pytorch_fid` (default; pytorch-fid, clean-fid's "legacy_pytorch"): x/255, bilinear resize to
+  299 with half-pixel centres and no antialiasing (PyTorch's `F.interpolate(...,
+  align_corners=False)`), then 2x - 1.
+* `tf` (the original TTUR code, torch-fidelity, torchmetrics, OpenAI's evaluator): TensorFlow 1's
+  `resize_bilinear` without half-pixel centres on the 0..255 values, then (x - 128) / 128.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dcgan_jax.errors import UserError
+from dcgan_jax.evaluation.inception import INPUT_SIZE
+
+MODES = ('pytorch_fid', 'tf')
+
+
+def check_mode(mode: str) -> str:
+  """Returns `mode` if it is a known preprocessing mode, else raises UserError."""
+  if mode not in MODES:
+    raise UserError(f'Unknown Inception preprocessing {mode!r}; valid: {", ".join(MODES)}.')
+  return mode
+
+
+def _tf1_source_coordinates(in_size: int, out_size: int):
+  """TF1's legacy sampling grid: source = dest * (in/out), computed in float32 as TF does.
+
+  Returns:
+    (lower [out] int32, upper [out] int32, lerp [out] float32).
+  """
+  scale = np.float32(in_size) / np.float32(out_size)
+  source = np.arange(out_size, dtype=np.float32) * scale
+  floor = np.floor(source)
+  lower = np.maximum(floor.astype(np.int32), 0)
+  upper = np.minimum(np.ceil(source).astype(np.int32), in_size - 1)
+  return lower, upper, (source - floor).astype(np.float32)
+
+
+def resize_bilinear_tf1(images: jax.Array, size: int) -> jax.Array:
+  """TensorFlow 1 `resize_bilinear(align_corners=False, half_pixel_centers=False)`.
+
+  Interpolates along x first, then y, with TF's operation order, so results match TF to float32
+  rounding.
+
+  Args:
+    images: [N, H, W, C] float32.
+    size: output height and width.
+
+  Returns:
+    [N, size, size, C] float32.
+  """
+  y_lo, y_hi, y_lerp = _tf1_source_coordinates(images.shape[1], size)
+  x_lo, x_hi, x_lerp = _tf1_source_coordinates(images.shape[2], size)
+  x_lerp = jnp.asarray(x_lerp)[None, None, :, None]
+  y_lerp = jnp.asarray(y_lerp)[None, :, None, None]
+  top = images[:, y_lo]
+  bottom = images[:, y_hi]
+  top = top[:, :, x_lo] + (top[:, :, x_hi] - top[:, :, x_lo]) * x_lerp
+  bottom = bottom[:, :, x_lo] + (bottom[:, :, x_hi] - bottom[:, :, x_lo]) * x_lerp
+  return top + (bottom - top) * y_lerp
+
+
+def resize_bilinear_pytorch(images: jax.Array, size: int) -> jax.Array:
+  """PyTorch's `F.interpolate(mode='bilinear', align_corners=False)` without antialiasing.
+
+  Args:
+    images: [N, H, W, C] float32.
+    size: output height and width.
+
+  Returns:
+    [N, size, size, C] float32.
+  """
+  shape = (images.shape[0], size, size, images.shape[3])
+  return jax.image.resize(images, shape, 'bilinear', antialias=False,
+                          precision=jax.lax.Precision.HIGHEST)
+
+
+@functools.partial(jax.jit, static_argnames=('mode', 'size'))
+def preprocess(images: jax.Array, mode: str = 'pytorch_fid', size: int = INPUT_SIZE) -> jax.Array:
+  """uint8 images -> the Inception's input.
+
+  Args:
+    images: [N, H, W, C] uint8 with C = 1 (replicated to RGB) or 3; any H, W.
+    mode: 'pytorch_fid' or 'tf' (see the module docstring).
+    size: network input size (299 for every reference protocol).
+
+  Returns:
+    [N, size, size, 3] float32 in about [-1, 1].
+  """
+  x = images.astype(jnp.float32)
+  if x.shape[-1] == 1:
+    x = jnp.broadcast_to(x, x.shape[:-1] + (3,))
+  if mode == 'pytorch_fid':
+    return 2.0 * resize_bilinear_pytorch(x / 255.0, size) - 1.0
+  if mode == 'tf':
+    return (resize_bilinear_tf1(x, size) - 128.0) / 128.0
+  raise ValueError(f'unknown mode {mode!r}')
+
+
+def to_uint8(images: np.ndarray | jax.Array, low: float = -1.0, high: float = 1.0) -> np.ndarray:
+  """Quantises generated images in [low, high] to uint8 the way image files would store them.
+
+  FID compares against real images that were stored as uint8, so generated images go through the
+  same quantisation: round(255 * (x - low) / (high - low)), clipped to 0..255.
+
+  Args:
+    images: [N, H, W, C] floats.
+    low, high: the value range of `images` (-1, 1 for tanh generators; 0, 1 for sigmoid).
+
+  Returns:
+    [N, H, W, C] uint8 numpy array.
+  """
+  x = (np.asarray(images, np.float32) - low) * (255.0 / (high - low))
+  return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)

@@ -1,0 +1,153 @@
+r"""Command line of the DCGAN trainer.
+
+  python -m dcgan_jax.main --config=configs/default.py --workdir=/tmp/dcgan_digits \
+      [--config.batch_size=128 --config.num_epochs=10 ...]
+
+Re-running with the same --workdir resumes from its latest checkpoint. Multi-process runs
+(several hosts, or several processes on one machine) pass --coordinator_address,
+--num_processes and --process_id, or --distributed to let JAX detect them (TPU pods, SLURM).
+
+Mistakes (an unknown config field, a bad value, a missing dataset, an unwritable workdir, ...)
+print one sentence on stderr and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from dcgan_jax.errors import EXIT_USER_ERROR, UserError
+
+FLAGS = flags.FLAGS
+
+config_flags.DEFINE_config_file(
+    'config', None, 'Path to a config file (configs/*.py); fields can be overridden with '
+    '--config.<field>=<value>.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples; re-using it '
+                    'resumes the run.')
+flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (auto-detected '
+                  'cluster settings, e.g. on TPU pods or SLURM; implied when the environment '
+                  'sets JAX_COORDINATOR_ADDRESS).')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 for multi-process runs '
+                    '(implies --distributed).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes of a multi-process run.')
+flags.DEFINE_integer('process_id', None, 'Index of this process in a multi-process run.')
+
+
+def _fail(message: str) -> None:
+  """Prints one line on stderr and exits with the user-error status."""
+  sys.stderr.write(' '.join(str(message).split()) + '\n')
+  sys.stderr.flush()
+  sys.exit(EXIT_USER_ERROR)
+
+
+def _config_arg(argv: list[str]) -> str | None:
+  """The value of the last --config flag (absl keeps the last), or None."""
+  path = None
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      path = arg.split('=', 1)[1]
+    elif arg == '--config' and i + 1 < len(argv):
+      path = argv[i + 1]
+  return path
+
+
+def _unknown_field_message(error: Exception, argv: list[str]) -> str:
+  """'Unknown config field ...' naming the offending --config.<field> and close matches."""
+  text = error
+  while isinstance(text, BaseException) and text.args:  # AttributeError(KeyError("'name'..."))
+    text = text.args[0]
+  match = re.search(r"'([^']+)'", str(text))
+  name = match.group(1) if match else str(text).strip('\'" ')
+  overrides = [arg[len('--config.'):].split('=', 1)[0] for arg in argv
+               if arg.startswith('--config.')]
+  path = next((p for p in overrides if name in p.split('.')), name)
+  suggestion = re.search(r'Did you mean "([^"]+)"', str(text))  # ml_collections' guess.
+  hint = f'did you mean {suggestion.group(1)!r}? ' if suggestion else ''
+  return (f'Unknown config field {path!r} (--config.{path}); {hint}the valid fields are listed '
+          'in configs/default.py.')
+
+
+def _config_load_message(error: Exception, config_path: str | None) -> str:
+  """'Cannot load the config file ...' with the root cause (e.g. the missing file)."""
+  reason = error
+  while reason.__cause__ is not None:
+    reason = reason.__cause__
+  detail = next((line.strip() for line in str(reason).splitlines() if 'Errno' in line),
+                f'{type(reason).__name__}: {(str(reason).splitlines() or [""])[0]}')
+  return (f'Cannot load the config file {config_path!r} ({detail}); pass --config=configs/'
+          '<name>.py.')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every mistake turned into one line on stderr and exit 2."""
+  config_path = _config_arg(argv)
+  try:
+    remaining = FLAGS(argv)
+  except flags.Error as e:
+    _fail((str(e).strip().splitlines() or ['bad command line'])[0])
+  except (AttributeError, KeyError) as e:  # ml_collections: --config.<unknown field>=...
+    _fail(_unknown_field_message(e, argv))
+  except Exception as e:  # pylint: disable=broad-except  # A config file that cannot load.
+    _fail(_config_load_message(e, config_path))
+  if len(remaining) > 1:
+    _fail(f'Unexpected arguments {" ".join(remaining[1:])!r}; pass options as --name=value.')
+  if config_path is None:
+    _fail('--config is required, e.g. --config=configs/default.py.')
+  try:
+    FLAGS.config.keys()  # The file is loaded lazily, on first use.
+  except Exception as e:  # pylint: disable=broad-except
+    _fail(_config_load_message(e, config_path))
+  if not FLAGS.workdir:
+    _fail('--workdir is required, e.g. --workdir=/tmp/dcgan_digits.')
+  return remaining
+
+
+def _initialize_distributed() -> None:
+  """jax.distributed.initialize() when the flags or the environment ask for it."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  wanted = (FLAGS.distributed or FLAGS.coordinator_address or (FLAGS.num_processes or 1) > 1
+            or os.environ.get('JAX_COORDINATOR_ADDRESS'))
+  if not wanted:
+    return
+  # Cross-process collectives on CPU devices need an implementation; gloo ships with jaxlib.
+  # (It only affects the CPU backend, so it is harmless on GPU/TPU hosts.)
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                             num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  logging.info('JAX process %d of %d.', jax.process_index(), jax.process_count())
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  from dcgan_jax import train  # pylint: disable=g-import-not-at-top
+
+  try:
+    _initialize_distributed()  # Before anything else touches the JAX backends.
+    # Config mistakes are reported in a second, before TensorFlow (seconds to import) loads.
+    train.validate_config(FLAGS.config)
+    train.check_workdir_path(FLAGS.workdir)
+    # TensorFlow (tfds input pipelines only) must not take GPU memory that JAX needs.
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.experimental.set_visible_devices([], 'GPU')
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except UserError as e:
+    logging.flush()
+    _fail(str(e))
+
+
+def run() -> None:
+  """Console entry point."""
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()

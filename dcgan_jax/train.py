@@ -1,0 +1,710 @@
+"""The DCGAN training program: ``train_and_evaluate(config, workdir)``.
+
+One readable loop in the flax-examples shape. Everything a user can get wrong is checked before
+anything is written (model settings, batch vs. device count, the dataset, the workdir); then the
+workdir is locked, the latest readable checkpoint (if any) is restored and training runs in
+steps. Durations given in epochs are converted to steps in one place
+(:func:`resolve_durations`), and every periodic hook asks one helper whether it is due
+(:func:`is_due`).
+
+Exact resume: the batch of step ``i`` is a pure function of ``(seed, i)`` (device-resident
+sampler, or the tf.data stream restarted at ``i``), the step's random key is
+``fold_in(train_key, i)``, and checkpoints hold everything else (both TrainStates with their
+optimizer states, the EMA, the step, the key). A run interrupted at any checkpoint and restarted
+with the same config therefore ends bit-identical (on CPU) to an uninterrupted one; so does a
+finished N/2-step run extended to N steps when the learning rates are constant (decaying
+schedules depend on num_train_steps).
+
+What lands in the workdir (process 0 writes all but the checkpoints, which every process
+writes together)::
+
+  config.json                   the run's config
+  checkpoints/<step>/           orbax: both TrainStates (params, batch_stats, opt_state), EMA,
+                                the step, the training key and the config
+  events.out.tfevents.*         TensorBoard scalars (losses, D(x), D(G(z)), grad norms, learning
+                                rates, steps/s, img/s, ETA, quality) and sample images
+  samples/step_XXXXXX.png       sample grids from a fixed noise batch (EMA weights when kept)
+  quality.json                  (digits only) the offline quality score of the final generator
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dcgan_jax import checkpointing
+from dcgan_jax import data
+from dcgan_jax import models
+from dcgan_jax import parallel
+from dcgan_jax import sample_grid
+from dcgan_jax import state as state_lib
+from dcgan_jax import train_step as train_step_lib
+from dcgan_jax.errors import UserError
+
+# Tags folded into the run seed, one per independent stream of randomness. (The data order uses
+# its own tag inside dcgan_jax.data.)
+_INIT_TAG, _TRAIN_TAG, _SAMPLE_TAG, _QUALITY_TAG, _EVAL_TAG = 1, 2, 3, 4, 5
+# Generated images per forward pass when scoring many samples (bounds host/device memory).
+_GENERATE_CHUNK = 250
+QUALITY_FILE = 'quality.json'
+SAMPLES_DIR = 'samples'
+# The quality bar of the default run (issue: digits quality after the default budget).
+QUALITY_BAR = {'max_frechet_distance_ratio': 0.10, 'num_classes_covered': 10,
+               'min_class_fraction': 0.03}
+
+
+class NonFiniteLossError(UserError):
+  """A loss became NaN or infinite; the run stopped without saving the bad state."""
+
+
+# ---- durations ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Durations:
+  """Every duration of a run, in generator steps (0 disables a periodic hook).
+
+  Attributes:
+    steps_per_epoch: Global batches per pass over the dataset (fractional).
+    num_train_steps: Total generator updates.
+    log_every_steps: Scalars and progress.
+    checkpoint_every_steps: Periodic checkpoints (one is always saved at the end).
+    sample_every_steps: Sample grids (one is always written at the end).
+    quality_every_steps: Digits quality score (also at step 0 and at the end when enabled).
+    eval_every_steps: Inception FID.
+  """
+
+  steps_per_epoch: float
+  num_train_steps: int
+  log_every_steps: int
+  checkpoint_every_steps: int
+  sample_every_steps: int
+  quality_every_steps: int
+  eval_every_steps: int
+
+
+def _steps_from_config(config: ml_collections.ConfigDict, name: str, steps_per_epoch: float,
+                       epochs_field: str | None = None) -> int:
+  """Reads ``<name>_steps``; -1 means derive it from ``<name>_epochs`` and the epoch length."""
+  steps_field = f'{name}_steps'
+  epochs_field = epochs_field or f'{name}_epochs'
+  steps = int(config.get(steps_field, 0))
+  if steps >= 0:
+    return steps
+  if steps != -1:
+    raise UserError(f'{steps_field} is {steps}; use a number of steps, 0 to disable or -1 to '
+                    f'derive it from {epochs_field}.')
+  epochs = float(config.get(epochs_field, 0.0))
+  if epochs < 0:
+    raise UserError(f'{epochs_field} is {epochs}; use a non-negative number of epochs.')
+  if epochs == 0:
+    return 0
+  return max(1, math.ceil(epochs * steps_per_epoch))
+
+
+def resolve_durations(config: ml_collections.ConfigDict, num_examples: int) -> Durations:
+  """Converts every step-or-epoch duration of the config to steps (the only place that does).
+
+  Args:
+    config: The run config: ``num_train_steps``/``num_epochs``, ``log_every_steps``,
+      ``checkpoint_every_steps``, ``sample_every_steps``, ``quality_every_steps``,
+      ``eval_every_steps``; each ``*_steps`` field may be -1, meaning derive it from the matching
+      ``*_epochs`` field.
+    num_examples: Examples in the training split.
+
+  Returns:
+    The :class:`Durations`.
+
+  Raises:
+    UserError: the run would have no steps, or a field is negative.
+  """
+  steps_per_epoch = num_examples / int(config.batch_size)
+  num_train_steps = _steps_from_config(config, 'num_train', steps_per_epoch,
+                                       epochs_field='num_epochs')
+  if num_train_steps <= 0:
+    raise UserError('The run has no steps; set num_train_steps to a positive number, or -1 with '
+                    f'a positive num_epochs (got num_train_steps={config.num_train_steps}, '
+                    f'num_epochs={config.num_epochs}).')
+  return Durations(
+      steps_per_epoch=steps_per_epoch,
+      num_train_steps=num_train_steps,
+      log_every_steps=_steps_from_config(config, 'log_every', steps_per_epoch),
+      checkpoint_every_steps=_steps_from_config(config, 'checkpoint_every', steps_per_epoch),
+      sample_every_steps=_steps_from_config(config, 'sample_every', steps_per_epoch),
+      quality_every_steps=_steps_from_config(config, 'quality_every', steps_per_epoch),
+      eval_every_steps=_steps_from_config(config, 'eval_every', steps_per_epoch),
+  )
+
+
+def is_due(step: int, every_steps: int, num_train_steps: int | None = None) -> bool:
+  """The one "is it time?" rule: every ``every_steps`` steps, and at the last step if given."""
+  if num_train_steps is not None and step == num_train_steps:
+    return True
+  return every_steps > 0 and step > 0 and step % every_steps == 0
+
+
+# ---- state ----------------------------------------------------------------------------------
+
+
+def make_schedules(config: ml_collections.ConfigDict,
+                   num_train_steps: int) -> tuple[Any, Any]:
+  """Learning-rate schedules of G and D, indexed by each optimizer's own update count.
+
+  D makes ``d_steps`` updates per generator step, so its schedule (and warmup) is stretched by
+  that factor: both reach the same point of their schedule at the same generator step.
+  """
+  d_steps = int(config.d_steps)
+  g_schedule = state_lib.make_schedule(float(config.g_learning_rate), config.lr_schedule,
+                                       num_train_steps, int(config.warmup_steps))
+  d_schedule = state_lib.make_schedule(float(config.d_learning_rate), config.lr_schedule,
+                                       num_train_steps * d_steps,
+                                       int(config.warmup_steps) * d_steps)
+  return g_schedule, d_schedule
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
+                       num_train_steps: int) -> state_lib.GANState:
+  """A fresh GAN state for the config, on the default device.
+
+  Args:
+    config: The run config.
+    rng: Initialisation key.
+    num_train_steps: Length of the run (the decaying learning-rate schedules need it).
+
+  Returns:
+    A :class:`~dcgan_jax.state.GANState` at step 0 whose leaves are all arrays (no Python
+    scalars), so a fresh and a restored state trace to the same jitted program.
+  """
+  generator = models.generator_from_config(config)
+  discriminator = models.discriminator_from_config(config)
+  g_schedule, d_schedule = make_schedules(config, num_train_steps)
+  b1, b2 = float(config.adam_b1), float(config.adam_b2)
+  g_tx = state_lib.make_optimizer(g_schedule, b1=b1, b2=b2)
+  d_tx = state_lib.make_optimizer(d_schedule, b1=b1, b2=b2)
+  use_ema = float(config.ema_decay) > 0
+  state = state_lib.create_gan_state(rng, generator, discriminator, g_tx, d_tx, use_ema=use_ema)
+  return jax.tree.map(jnp.asarray, state)
+
+
+def _replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Places a pytree replicated over ``mesh`` (also across processes)."""
+  sharding = NamedSharding(mesh, P())
+  if jax.process_count() == 1:
+    return jax.device_put(jax.tree.map(jnp.copy, tree), sharding, may_alias=False)
+
+  def put(x):
+    x = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(put, tree)
+
+
+def _sync_processes(name: str) -> None:
+  """Waits until every process reaches this point (a no-op with one process).
+
+  Uses the coordination service's barrier, which waits up to an hour, rather than a device
+  collective: on CPU, gloo gives up when processes arrive more than ~30 s apart, which work done
+  by process 0 alone (data preparation, classifier training, sample grids, FID) easily exceeds.
+  """
+  if jax.process_count() == 1:
+    return
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  ocp.multihost.get_barrier_sync_fn()(key=f'dcgan_jax_{name}', timeout_ms=3600 * 1000)
+
+
+def _local_copy(x: jax.Array, pmap_layout: bool) -> jax.Array:
+  """One device's copy of a replicated array (pmap layout: the first row of the device axis)."""
+  if pmap_layout:
+    return x[0]
+  return x.addressable_data(0)
+
+
+# ---- validation -----------------------------------------------------------------------------
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the settings that need no data and no files; raises a UserError on the first mistake.
+
+  Covers the image size (4·2^k), model choices (upsampling, activation, dtype, widths), the
+  objective, the parallelism mode and the batch size against the device and process counts.
+  """
+  models.validate_image_size(config.image_size)
+  models.generator_from_config(config)  # Constructing validates every model field.
+  models.discriminator_from_config(config)
+  train_step_lib.StepConfig.from_config(config)
+  if config.parallelism not in parallel.PARALLELISM_MODES:
+    raise UserError(f'parallelism must be shard_map or pmap (got {config.parallelism!r}).')
+  parallel.check_batch_size(int(config.batch_size), jax.device_count(), jax.process_count())
+  for name in ('g_learning_rate', 'd_learning_rate'):
+    if not float(config[name]) > 0:
+      raise UserError(f'{name} must be positive (got {config[name]!r}).')
+  if int(config.num_sample_images) < 1:
+    raise UserError(f'num_sample_images must be positive (got {config.num_sample_images}).')
+  if int(config.keep_checkpoints) < 1:
+    raise UserError(f'keep_checkpoints must be positive (got {config.keep_checkpoints}).')
+
+
+def check_workdir_path(workdir: str | os.PathLike) -> None:
+  """Fails early, without creating anything, when ``workdir`` can obviously not be created.
+
+  The nearest existing ancestor must be a writable directory. (The definitive check, which
+  writes a probe file, runs after the dataset is validated; this one keeps a mistyped path from
+  costing the seconds that loading TensorFlow and the dataset take.)
+  """
+  path = os.path.abspath(os.path.expanduser(os.fspath(workdir)))
+  ancestor = path
+  while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
+    ancestor = os.path.dirname(ancestor)
+  if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
+    what = 'is not a directory' if not os.path.isdir(ancestor) else 'is not writable'
+    raise checkpointing.CheckpointError(
+        f'The workdir {path} is not writable ({ancestor} {what}); pass a --workdir in a '
+        'directory you can write to.')
+
+
+# ---- sampling and quality -------------------------------------------------------------------
+
+
+class _Sampler:
+  """Generates images from the current state on one local device (train=False)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, step_fn: parallel.DataParallelStep):
+    generator = models.generator_from_config(config)
+    self._pmap_layout = step_fn.parallelism == 'pmap'
+    self._apply = jax.jit(lambda variables, z: generator.apply(variables, z, train=False))
+    self.output_activation = config.output_activation
+    self.value_range = (-1.0, 1.0) if config.output_activation == 'tanh' else (0.0, 1.0)
+
+  def variables(self, state: state_lib.GANState) -> dict[str, Any]:
+    """G's sampling variables (EMA when kept) as single-device arrays."""
+    variables = state.sampling_variables(use_ema=True)
+    return jax.tree.map(lambda x: _local_copy(x, self._pmap_layout), variables)
+
+  def generate(self, variables: dict[str, Any], z: np.ndarray | jax.Array) -> np.ndarray:
+    """Images ``float32 [N, H, W, C]`` in the generator's range for latents ``[N, latent_dim]``."""
+    chunks = [np.asarray(self._apply(variables, z[start:start + _GENERATE_CHUNK]))
+              for start in range(0, z.shape[0], _GENERATE_CHUNK)]
+    return np.concatenate(chunks)
+
+
+def _latents(seed: int, tag: int, num: int, latent_dim: int) -> jax.Array:
+  """A fixed batch of latents ``[num, latent_dim]`` for a seed and purpose."""
+  key = jax.random.fold_in(jax.random.key(seed), tag)
+  return jax.random.normal(key, (num, latent_dim), jnp.float32)
+
+
+class _DigitsQualityHook:
+  """Scores generated digits with :class:`dcgan_jax.quality.DigitsQuality` (process 0 only)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, sampler: _Sampler):
+    from dcgan_jax import quality  # pylint: disable=g-import-not-at-top  # Digits runs only.
+
+    cache_dir = config.get('quality_cache_dir', '') or None
+    self._quality = quality.DigitsQuality.load_or_train(cache_dir)
+    self._sampler = sampler
+    self._latents = _latents(int(config.seed), _QUALITY_TAG,
+                             int(config.get('num_quality_samples', 1000)),
+                             int(config.latent_dim))
+    self.untrained: dict[str, Any] | None = None
+    self.history: list[dict[str, Any]] = []
+
+  def score(self, variables: dict[str, Any]) -> dict[str, Any]:
+    images = self._sampler.generate(variables, self._latents)
+    return self._quality.score(images, value_range=self._sampler.value_range)
+
+  def score_untrained(self, variables: dict[str, Any]) -> None:
+    self.untrained = self.score(variables)
+    logging.info('Digits quality of the untrained generator: Fréchet distance %.3f, %d classes '
+                 'covered.', self.untrained['frechet_distance'],
+                 self.untrained['num_classes_covered'])
+
+  def __call__(self, step: int, variables: dict[str, Any], writer) -> dict[str, Any]:
+    result = self.score(variables)
+    scalars = {
+        'quality/frechet_distance': result['frechet_distance'],
+        'quality/num_classes_covered': result['num_classes_covered'],
+        'quality/min_class_fraction': result['min_class_fraction'],
+        'quality/mean_confidence': result['mean_confidence'],
+    }
+    if self.untrained is not None:
+      scalars['quality/frechet_distance_ratio'] = (result['frechet_distance']
+                                                   / self.untrained['frechet_distance'])
+    writer.write_scalars(step, scalars)
+    self.history.append({'step': step, **_jsonable(result)})
+    return result
+
+  def write_json(self, workdir: str, step: int, result: dict[str, Any], used_ema: bool) -> None:
+    """Writes ``quality.json``: the final score, the untrained one, their ratio and the bar."""
+    summary = {'step': step, 'num_samples': int(self._latents.shape[0]), 'used_ema': used_ema,
+               **_jsonable(result)}
+    if self.untrained is not None:
+      ratio = result['frechet_distance'] / self.untrained['frechet_distance']
+      summary['untrained_frechet_distance'] = float(self.untrained['frechet_distance'])
+      summary['untrained_num_classes_covered'] = int(self.untrained['num_classes_covered'])
+      summary['frechet_distance_ratio'] = float(ratio)
+      summary['quality_bar'] = dict(QUALITY_BAR)
+      summary['meets_quality_bar'] = bool(
+          ratio <= QUALITY_BAR['max_frechet_distance_ratio']
+          and result['num_classes_covered'] >= QUALITY_BAR['num_classes_covered']
+          and result['min_class_fraction'] >= QUALITY_BAR['min_class_fraction'])
+    summary['history'] = self.history
+    _write_json_atomically(os.path.join(workdir, QUALITY_FILE), summary)
+
+
+class _InceptionFIDHook:
+  """In-training Inception FID against the training images (needs ``inception_weights``)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, sampler: _Sampler):
+    from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
+
+    self._evaluation = evaluation
+    self._sampler = sampler
+    num_samples = int(config.eval_num_samples)
+    self._extractor = evaluation.InceptionExtractor.from_file(config.inception_weights)
+    real = data.load_all_images(config, max_examples=num_samples)
+    self._real = evaluation.FeatureStatistics().update(self._extractor(real)['pool'])
+    self._latents = _latents(int(config.seed), _EVAL_TAG, num_samples, int(config.latent_dim))
+
+  def __call__(self, step: int, variables: dict[str, Any], writer) -> float:
+    images = self._sampler.generate(variables, self._latents)
+    uint8_images = self._evaluation.to_uint8(images, *self._sampler.value_range)
+    fake = self._evaluation.FeatureStatistics().update(self._extractor(uint8_images)['pool'])
+    fid = self._evaluation.frechet_distance(self._real.mean, self._real.covariance, fake.mean,
+                                            fake.covariance)
+    writer.write_scalars(step, {'eval/fid': fid})
+    logging.info('Step %d: FID %.3f (%d samples).', step, fid, self._latents.shape[0])
+    return fid
+
+
+def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
+  return {k: (np.asarray(v).tolist() if isinstance(v, (np.ndarray, np.generic)) else v)
+          for k, v in result.items()}
+
+
+def _write_json_atomically(path: str, value: Any) -> None:
+  tmp_path = f'{path}.tmp'
+  with open(tmp_path, 'w', encoding='utf-8') as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp_path, path)
+
+
+def write_sample_grid(workdir: str, step: int, images: np.ndarray, writer,
+                      value_range: tuple[float, float]) -> str:
+  """Writes ``samples/step_XXXXXX.png`` and the same grid to TensorBoard; returns the path."""
+  path = os.path.join(workdir, SAMPLES_DIR, f'step_{step:06d}.png')
+  grid = sample_grid.save_grid(images, path, value_range=value_range)
+  writer.write_images(step, {'samples': grid[None]})
+  return path
+
+
+# ---- metrics --------------------------------------------------------------------------------
+
+
+def _make_metrics_collection(names: list[str]):
+  """A clu Collection averaging each named scalar over the steps between two logs."""
+  from clu import metrics as clu_metrics  # pylint: disable=g-import-not-at-top
+  return clu_metrics.Collection.create(
+      **{name: clu_metrics.Average.from_output(name) for name in sorted(names)})
+
+
+@flax.struct.dataclass
+class _NonFiniteTracker:
+  """The first step whose d_loss or g_loss was not finite (-1: none), found on the device.
+
+  Checking on the host every step would stall asynchronous dispatch; this is read only when
+  logging, saving or sampling.
+  """
+
+  step: jax.Array
+  which: jax.Array  # 0: d_loss, 1: g_loss.
+
+  @classmethod
+  def empty(cls) -> _NonFiniteTracker:
+    return cls(step=jnp.asarray(-1, jnp.int32), which=jnp.asarray(0, jnp.int32))
+
+  def update(self, metrics: dict[str, jax.Array], step: jax.Array) -> _NonFiniteTracker:
+    d_bad = ~jnp.isfinite(metrics['d_loss'])
+    g_bad = ~jnp.isfinite(metrics['g_loss'])
+    first = (self.step < 0) & (d_bad | g_bad)
+    return _NonFiniteTracker(step=jnp.where(first, step, self.step),
+                             which=jnp.where(first, jnp.where(d_bad, 0, 1), self.which))
+
+
+def _make_accumulate(collection_cls, pmap_layout: bool):
+  """Jitted ``(collection, tracker, metrics, step) -> (collection, tracker)`` (no host sync)."""
+
+  def accumulate(collection, tracker, metrics, step):
+    if pmap_layout:
+      metrics = jax.tree.map(lambda x: x[0], metrics)
+    update = collection_cls.single_from_model_output(**metrics)
+    return collection.merge(update), tracker.update(metrics, step)
+
+  return jax.jit(accumulate, donate_argnums=(0, 1))
+
+
+def _check_finite(tracker: _NonFiniteTracker, checkpointer: checkpointing.Checkpointer) -> None:
+  """Raises NonFiniteLossError (naming the step and the kept checkpoint) if a loss blew up."""
+  bad_step = int(jax.device_get(tracker.step))
+  if bad_step < 0:
+    return
+  which = ('d_loss', 'g_loss')[int(jax.device_get(tracker.which))]
+  checkpointer.wait_until_finished()
+  kept = checkpointer.latest_step()
+  kept_text = (f'the last good checkpoint (step {kept}) is kept' if kept is not None
+               else 'no checkpoint was saved')
+  raise NonFiniteLossError(
+      f'non-finite {which} at step {bad_step}; {kept_text} (lower the learning rates, or try '
+      'another loss or seed).')
+
+
+# ---- the program ----------------------------------------------------------------------------
+
+
+def _save(checkpointer: checkpointing.Checkpointer, step: int, state: state_lib.GANState,
+          train_key: jax.Array, config: ml_collections.ConfigDict,
+          step_fn: parallel.DataParallelStep, force: bool = False) -> None:
+  # Host (numpy) copies: orbax would otherwise slice every replicated array per device, one
+  # compiled op each; the state is small, and either parallelism mode can resume the other's.
+  # The key travels as its raw uint32 data for the same reason (and because a single-device key
+  # cannot be saved in a multi-process run).
+  state = step_fn.host_state(state)
+  key_data = np.asarray(jax.device_get(jax.random.key_data(train_key)))
+  checkpointer.save(step, {'gan': state, 'train_key': key_data}, config.to_dict(), force=force)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.GANState:
+  """Trains a DCGAN as the config says, resuming from the workdir's latest checkpoint.
+
+  Args:
+    config: The run config (see configs/default.py).
+    workdir: The run's directory: checkpoints, TensorBoard events, sample grids, config.json
+      and (digits) quality.json land here.
+
+  Returns:
+    The final GANState as host (numpy) arrays.
+
+  Raises:
+    UserError: a mistake in the config, the dataset or the workdir (raised before anything is
+      written), a workdir in use by another run, or a non-finite loss
+      (:class:`NonFiniteLossError`, after which the last good checkpoint is kept).
+  """
+  # clu (and with it TensorFlow) loads here, so that importing this module and validating a
+  # config stay fast.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+
+  config = ml_collections.ConfigDict(config.to_dict())  # A private copy we may annotate.
+  workdir = os.fspath(workdir)
+  is_chief = jax.process_index() == 0
+
+  # --- 1. Everything that can be wrong is checked before anything is written. ----------------
+  validate_config(config)
+  check_workdir_path(workdir)
+  info = data.dataset_info(config)
+  logging.info('Dataset %s (split %s): %d examples of %s.', info.name, info.split,
+               info.num_examples, info.image_shape)
+  durations = resolve_durations(config, info.num_examples)
+  step_fn = parallel.DataParallelStep(
+      models.generator_from_config(config), models.discriminator_from_config(config),
+      train_step_lib.StepConfig.from_config(config), parallelism=config.parallelism)
+  device_resident = data.use_device_resident(config, info.num_bytes)
+  if device_resident and config.parallelism == 'pmap' and jax.process_count() > 1:
+    # pmap takes host rows per device; the sampler's global batch would need a cross-process
+    # gather, so multi-process pmap runs read through tf.data instead.
+    device_resident = False
+  sampler = None
+  if device_resident:
+    if int(config.batch_size) > info.num_examples:
+      raise UserError(f'batch_size {config.batch_size} exceeds the {info.num_examples} examples '
+                      'of the dataset; use a smaller batch_size.')
+    sampler = data.DeviceResidentSampler(data.load_all_images(config), int(config.batch_size),
+                                         int(config.seed), mesh=step_fn.mesh)
+  image_sampler = _Sampler(config, step_fn)
+  fid_hook = None
+  if durations.eval_every_steps > 0 and config.inception_weights and is_chief:
+    fid_hook = _InceptionFIDHook(config, image_sampler)  # Loads (and checks) the weights now.
+  workdir = os.fspath(checkpointing.check_workdir_writable(workdir))
+  _sync_processes('validated')
+  logging.info('Run: %d steps (%.1f per epoch), global batch %d on %d devices (%s), data %s.',
+               durations.num_train_steps, durations.steps_per_epoch, config.batch_size,
+               step_fn.num_devices, config.parallelism,
+               'device-resident' if device_resident else 'tf.data')
+
+  # --- 2. Lock, restore, write the run's config. ---------------------------------------------
+  with checkpointing.acquire_workdir_lock(workdir), checkpointing.Checkpointer(
+      workdir, max_to_keep=int(config.keep_checkpoints)) as checkpointer:
+    root_key = jax.random.key(int(config.seed))
+    initial_state = create_train_state(config, jax.random.fold_in(root_key, _INIT_TAG),
+                                       durations.num_train_steps)
+    train_key = jax.random.fold_in(root_key, _TRAIN_TAG)
+    state = _replicate(initial_state, step_fn.mesh)
+    start_step = 0
+    if checkpointer.latest_step() is not None:
+      target = {'gan': state,
+                'train_key': _replicate(jax.random.key_data(train_key), step_fn.mesh)}
+      restored, _, start_step = checkpointer.restore(target)
+      state = restored['gan']
+      # Rebuilt from host data, the key is uncommitted like a fresh one, free to follow the
+      # replicated state into the step.
+      key_data = np.asarray(restored['train_key'].addressable_data(0))
+      train_key = jax.random.wrap_key_data(key_data, impl=jax.random.key_impl(train_key))
+      logging.info('Resumed from the checkpoint of step %d.', start_step)
+    if step_fn.parallelism == 'pmap':
+      # pmap wants host values to stack per device; every process holds a full replica.
+      state = step_fn.place_state(
+          jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state))
+    if is_chief:
+      checkpointing.save_config_json(workdir, config.to_dict())
+
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    try:
+      return _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid_hook,
+                         checkpointer, writer, initial_state, state, train_key, start_step)
+    finally:
+      writer.flush()
+      writer.close()
+
+
+def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid_hook,
+                checkpointer, writer, initial_state, state, train_key,
+                start_step) -> state_lib.GANState:
+  """The loop itself (see :func:`train_and_evaluate`)."""
+  from clu import parameter_overview  # pylint: disable=g-import-not-at-top
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+
+  is_chief = jax.process_index() == 0
+  num_train_steps = durations.num_train_steps
+  batch_size = int(config.batch_size)
+  pmap_layout = step_fn.parallelism == 'pmap'
+
+  if start_step == 0 and is_chief:
+    writer.write_hparams({k: v for k, v in config.to_dict().items()
+                          if isinstance(v, (int, float, str, bool))})
+  parameter_overview.log_parameter_overview(initial_state.generator.params, msg='Generator')
+  parameter_overview.log_parameter_overview(initial_state.discriminator.params,
+                                            msg='Discriminator')
+
+  sample_latents = _latents(int(config.seed), _SAMPLE_TAG, int(config.num_sample_images),
+                            int(config.latent_dim))
+  quality_hook = None
+  if config.dataset == 'digits' and durations.quality_every_steps > 0 and is_chief:
+    quality_hook = _DigitsQualityHook(config, image_sampler)
+    quality_hook.score_untrained(image_sampler.variables(initial_state))
+  if durations.eval_every_steps > 0 and not config.inception_weights:
+    logging.info('FID evaluation skipped: no inception_weights')
+  del initial_state
+  _sync_processes('start')
+
+  g_schedule, d_schedule = make_schedules(config, num_train_steps)
+  d_steps = int(config.d_steps)
+  iterator = None
+  if sampler is None:
+    iterator = data.create_train_iterator(config, start_step=start_step)
+
+  report_progress = periodic_actions.ReportProgress(
+      num_train_steps=num_train_steps, writer=writer if is_chief else None,
+      every_steps=durations.log_every_steps or None, every_secs=None)
+  collection_cls = None
+  accumulate = None
+  collection = None
+  tracker = _NonFiniteTracker.empty()
+  last_log_time, last_log_step = time.monotonic(), start_step
+
+  def hooks_due(step: int) -> bool:
+    """Whether any sample/quality/FID hook fires at ``step`` (the same on every process)."""
+    return (is_due(step, durations.sample_every_steps)
+            or is_due(step, durations.quality_every_steps)
+            or is_due(step, durations.eval_every_steps))
+
+  def hooks(step: int, state: state_lib.GANState, final: bool) -> None:
+    """Sample grids, quality and FID at ``step`` (after the finite check); process 0 only."""
+    # At the end every enabled hook runs, whatever its period.
+    need_samples = final or is_due(step, durations.sample_every_steps)
+    need_quality = quality_hook is not None and (final
+                                                 or is_due(step, durations.quality_every_steps))
+    need_fid = fid_hook is not None and (final or is_due(step, durations.eval_every_steps))
+    if is_chief and (need_samples or need_quality or need_fid):
+      variables = image_sampler.variables(state)
+      if need_samples:
+        with report_progress.timed('samples'):
+          images = image_sampler.generate(variables, sample_latents)
+          write_sample_grid(workdir, step, images, writer, image_sampler.value_range)
+      if need_quality:
+        with report_progress.timed('quality'):
+          result = quality_hook(step, variables, writer)
+          logging.info('Step %d digits quality: Fréchet distance %.3f (%.1f%% of untrained), '
+                       '%d classes covered, smallest class %.3f.', step,
+                       result['frechet_distance'],
+                       100 * result['frechet_distance'] / quality_hook.untrained['frechet_distance'],
+                       result['num_classes_covered'], result['min_class_fraction'])
+          if final:
+            quality_hook.write_json(workdir, step, result, used_ema=state.ema is not None)
+      if need_fid:
+        with report_progress.timed('fid'):
+          fid_hook(step, variables, writer)
+    _sync_processes(f'hooks_{step}')  # The others wait here, not in the next step's collective.
+
+  for step in range(start_step, num_train_steps):
+    if sampler is not None:
+      batch = sampler.batch(step)
+      if pmap_layout:
+        batch = step_fn.place_batch(np.asarray(batch))
+    else:
+      batch = step_fn.place_batch(next(iterator))
+    rng = jax.random.fold_in(train_key, step)
+    state, metrics = step_fn(state, batch, rng)
+    if collection_cls is None:
+      collection_cls = _make_metrics_collection(list(metrics))
+      accumulate = _make_accumulate(collection_cls, pmap_layout)
+      collection = collection_cls.empty()
+    collection, tracker = accumulate(collection, tracker, metrics, jnp.asarray(step + 1))
+    done = step + 1
+    report_progress(done)
+
+    if is_due(done, durations.log_every_steps, num_train_steps):
+      _check_finite(tracker, checkpointer)
+      now = time.monotonic()
+      steps_per_sec = (done - last_log_step) / max(now - last_log_time, 1e-9)
+      scalars = {k: float(v) for k, v in collection.compute().items()}
+      scalars.update({
+          'g_learning_rate': float(g_schedule(done - 1)),
+          'd_learning_rate': float(d_schedule(done * d_steps - 1)),
+          'img_per_sec': steps_per_sec * batch_size,
+          'eta_seconds': (num_train_steps - done) / steps_per_sec,
+          'epoch': done / durations.steps_per_epoch,
+      })
+      writer.write_scalars(done, scalars)
+      collection = collection_cls.empty()
+      last_log_time, last_log_step = time.monotonic(), done
+    if is_due(done, durations.checkpoint_every_steps) and done < num_train_steps:
+      _check_finite(tracker, checkpointer)
+      with report_progress.timed('checkpoint'):
+        _save(checkpointer, done, state, train_key, config, step_fn)
+    if done < num_train_steps and hooks_due(done):
+      _check_finite(tracker, checkpointer)
+      hooks(done, state, final=False)
+
+  # --- The end: a last checkpoint, samples and scores of the final state. -------------------
+  _check_finite(tracker, checkpointer)
+  final_step = max(start_step, num_train_steps)
+  if start_step >= num_train_steps:
+    logging.info('The checkpoint is already at step %d >= num_train_steps %d; nothing to train.',
+                 start_step, num_train_steps)
+  _save(checkpointer, final_step, state, train_key, config, step_fn, force=True)
+  hooks(final_step, state, final=True)
+  checkpointer.wait_until_finished()
+  logging.info('Finished at step %d; outputs in %s.', final_step, workdir)
+  return step_fn.host_state(state)

@@ -1,0 +1,500 @@
+"""Tests of dcgan_jax.checkpointing: exact resume, fallback, crashes, workdir lock, disk errors."""
+import logging
+import os
+import pathlib
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import struct
+from flax.training import train_state
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dcgan_jax import checkpointing
+from dcgan_jax.checkpointing import (CheckpointError, Checkpointer, acquire_workdir_lock,
+                                     check_workdir_writable, restore_config, save_config_json)
+from dcgan_jax.errors import UserError
+
+# Orbax's failed reads leave asyncio tasks that complain after their loop closed: harmless noise.
+_ORBAX_READ_NOISE = pytest.mark.filterwarnings(
+    'ignore::pytest.PytestUnraisableExceptionWarning')
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+IS_ROOT = hasattr(os, 'geteuid') and os.geteuid() == 0
+CONFIG = {'dataset': 'digits', 'image_size': 32, 'betas': (0.5, 0.999), 'seed': 0}
+
+
+# ---- a small GAN-shaped state --------------------------------------------------------------
+
+
+class _Net(nn.Module):
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    x = nn.Dense(8)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    return nn.Dense(1)(nn.relu(x))
+
+
+class _TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+class _GanState(struct.PyTreeNode):
+  step: jax.Array
+  generator: _TrainState
+  discriminator: _TrainState
+  ema_params: Any
+  rng: jax.Array
+
+
+_MODEL = _Net()
+_TX = optax.adam(1e-2, b1=0.5)  # Shared, so every state has the same static fields (one jit).
+
+
+_init = jax.jit(_MODEL.init)  # Eager init runs dozens of tiny ops, each compiled: slow.
+
+
+@jax.jit
+def _update(state: _TrainState, x: jax.Array) -> _TrainState:
+  def loss_fn(params):
+    out, new = _MODEL.apply({'params': params, 'batch_stats': state.batch_stats}, x,
+                            mutable=['batch_stats'])
+    return jnp.mean(out ** 2), new['batch_stats']
+  grads, stats = jax.grad(loss_fn, has_aux=True)(state.params)
+  return state.apply_gradients(grads=grads, batch_stats=stats)
+
+
+def _trained(seed: int, updates: int) -> _TrainState:
+  """A TrainState after `updates` Adam steps, so opt_state and batch_stats are not at init."""
+  x = jax.random.normal(jax.random.key(seed + 100), (4, 3))
+  variables = _init(jax.random.key(seed), x)
+  state = _TrainState.create(apply_fn=_MODEL.apply, params=variables['params'], tx=_TX,
+                             batch_stats=variables['batch_stats'])
+  for _ in range(updates):
+    state = _update(state, x)
+  return state
+
+
+def _gan_state(seed: int = 0, updates: int = 3, ema: bool = True) -> _GanState:
+  generator = _trained(seed, updates)
+  return _GanState(
+      step=jnp.asarray(updates, jnp.int32),
+      generator=generator,
+      discriminator=_trained(seed + 1, updates),
+      ema_params=jax.tree.map(lambda p: 0.5 * p, generator.params) if ema else None,
+      rng=jax.random.split(jax.random.key(seed + 7))[0],
+  )
+
+
+def _leaves(tree):
+  """(path, numpy value, is_key) per leaf; typed keys compared through their key data."""
+  out = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    is_key = checkpointing._is_prng_key(leaf)
+    value = np.asarray(jax.random.key_data(leaf) if is_key else leaf)
+    out.append((jax.tree_util.keystr(path), value, is_key))
+  return out
+
+
+def _assert_bit_identical(actual, expected):
+  # Paths, not treedefs: static fields (each TrainState's own `tx` closures) differ by identity.
+  assert [p for p, *_ in _leaves(actual)] == [p for p, *_ in _leaves(expected)]
+  for (path, a, a_key), (_, e, e_key) in zip(_leaves(actual), _leaves(expected)):
+    assert a_key == e_key, path
+    assert (a.dtype, a.shape) == (e.dtype, e.shape), path
+    assert a.tobytes() == e.tobytes(), path
+
+
+def _assert_differs(actual, expected):
+  assert any(a.tobytes() != e.tobytes()
+             for (_, a, _), (_, e, _) in zip(_leaves(actual), _leaves(expected)))
+
+
+# ---- round trip, retention ------------------------------------------------------------------
+
+
+def test_round_trip_is_bit_identical(tmp_path):
+  saved = _gan_state(seed=0, updates=3)
+  with Checkpointer(tmp_path) as checkpointer:
+    assert checkpointer.save(3, saved, CONFIG)
+  target = _gan_state(seed=1, updates=1)  # Same structure, other values.
+  _assert_differs(target, saved)
+  with Checkpointer(tmp_path) as checkpointer:
+    assert checkpointer.latest_step() == 3
+    restored, config, step = checkpointer.restore(target)
+  assert step == 3
+  assert config == {'dataset': 'digits', 'image_size': 32, 'betas': [0.5, 0.999], 'seed': 0}
+  _assert_bit_identical(restored, saved)
+  assert restored.rng.dtype == saved.rng.dtype  # Still a typed key, not raw uint32.
+  # Static fields come from the target: the restored state is usable as it is.
+  assert restored.generator.apply_fn is not None
+  restored.generator.apply_gradients(grads=restored.generator.params)
+
+
+def test_python_scalars_in_the_target_stay_python_scalars(tmp_path):
+  saved = {'epoch': 7, 'scale': 0.25, 'train_state': _trained(0, updates=2)}
+  assert isinstance(saved['train_state'].step, jax.Array)  # An array after a jitted update.
+  with Checkpointer(tmp_path) as checkpointer:
+    checkpointer.save(2, saved, CONFIG)
+    # A fresh TrainState has `step=0`, a Python int: it comes back as one, with the saved value.
+    target = {'epoch': 0, 'scale': 1.0, 'train_state': _trained(1, updates=0)}
+    restored, _, _ = checkpointer.restore(target)
+  assert restored['epoch'] == 7 and type(restored['epoch']) is int
+  assert restored['scale'] == 0.25 and type(restored['scale']) is float
+  assert restored['train_state'].step == 2 and type(restored['train_state'].step) is int
+  _assert_bit_identical(restored['train_state'].opt_state, saved['train_state'].opt_state)
+
+
+def test_restore_into_abstract_target_without_ema(tmp_path):
+  saved = _gan_state(seed=2, updates=2, ema=False)
+  with Checkpointer(tmp_path) as checkpointer:
+    checkpointer.save(5, saved, CONFIG)
+    abstract = jax.eval_shape(lambda: _gan_state(seed=0, updates=2, ema=False))
+    restored, _, step = checkpointer.restore(abstract)
+  assert step == 5 and restored.ema_params is None
+  _assert_bit_identical(restored, saved)
+
+
+def test_keeps_last_k_and_interval(tmp_path):
+  state = _gan_state(updates=1)
+  with Checkpointer(tmp_path, save_interval_steps=2, max_to_keep=2) as checkpointer:
+    started = [checkpointer.save(step, state, CONFIG) for step in range(1, 8)]
+    assert started == [False, True, False, True, False, True, False]
+    checkpointer.wait_until_finished()
+    assert checkpointer.all_steps() == [4, 6]
+    assert checkpointer.latest_step() == 6
+    assert checkpointer.save(7, state, CONFIG, force=True)  # The final step, off-interval.
+    assert not checkpointer.save(7, state, CONFIG, force=True)  # Already saved: a no-op.
+  step_dirs = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
+  assert step_dirs == ['6', '7']
+  with Checkpointer(tmp_path, max_to_keep=2) as reopened:
+    assert reopened.all_steps() == [6, 7] and reopened.latest_step() == 7
+
+
+# ---- damaged checkpoints, crashes -----------------------------------------------------------
+
+
+def _save_steps(workdir, steps, *, max_to_keep=5):
+  states = {step: _gan_state(seed=step, updates=step) for step in steps}
+  with Checkpointer(workdir, max_to_keep=max_to_keep) as checkpointer:
+    for step in steps:
+      checkpointer.save(step, states[step], dict(CONFIG, seed=step))
+  return states
+
+
+def _truncate_largest_file(step_dir):
+  largest = max((p for p in step_dir.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+  largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+
+
+def _delete_array_data(step_dir):
+  for path in (step_dir / 'state' / 'd').iterdir():
+    path.unlink()
+
+
+def _empty_step_dir(step_dir):
+  shutil.rmtree(step_dir)
+  step_dir.mkdir()
+
+
+@_ORBAX_READ_NOISE
+@pytest.mark.parametrize('damage', [_truncate_largest_file, _delete_array_data, _empty_step_dir])
+def test_damaged_latest_falls_back_to_previous(tmp_path, caplog, damage):
+  states = _save_steps(tmp_path, [1, 2, 3])
+  damage(tmp_path / 'checkpoints' / '3')
+  with caplog.at_level(logging.WARNING), Checkpointer(tmp_path) as checkpointer:
+    assert checkpointer.latest_step() == 3
+    restored, config, step = checkpointer.restore(_gan_state(seed=9, updates=1))
+    assert step == 2 and config['seed'] == 2
+    _assert_bit_identical(restored, states[2])
+    assert any('step 3' in record.getMessage() and record.levelno == logging.WARNING
+               for record in caplog.records)
+    # The damaged step is moved aside, so the resumed run can write step 3 again.
+    moved = list((tmp_path / 'corrupt_checkpoints').iterdir())
+    assert [p.name.split('_')[1] for p in moved] == ['3']
+    assert checkpointer.all_steps() == [1, 2]
+    assert checkpointer.save(3, states[3], CONFIG, force=True)
+    checkpointer.wait_until_finished()
+    assert checkpointer.restore(_gan_state(seed=9, updates=1))[2] == 3
+
+
+@_ORBAX_READ_NOISE
+def test_no_restorable_checkpoint_is_a_user_error(tmp_path):
+  _save_steps(tmp_path, [1, 2])
+  for step in (1, 2):
+    _delete_array_data(tmp_path / 'checkpoints' / str(step))
+  with Checkpointer(tmp_path) as checkpointer:
+    with pytest.raises(UserError, match=r'No checkpoint in .* can be restored'):
+      checkpointer.restore(_gan_state())
+  # Nothing is moved when no step works: the cause might be the target, not the files.
+  assert not (tmp_path / 'corrupt_checkpoints').exists()
+
+
+@_ORBAX_READ_NOISE
+def test_mismatched_target_is_a_user_error_and_moves_nothing(tmp_path):
+  _save_steps(tmp_path, [1, 2])
+  other = _gan_state()
+  other = other.replace(ema_params={'extra': jnp.zeros((3,))})
+  with Checkpointer(tmp_path) as checkpointer:
+    with pytest.raises(UserError, match='can be restored'):
+      checkpointer.restore(other)
+    assert checkpointer.all_steps() == [1, 2]
+
+
+def test_explicit_step(tmp_path):
+  states = _save_steps(tmp_path, [1, 2])
+  with Checkpointer(tmp_path, read_only=True) as checkpointer:
+    restored, _, step = checkpointer.restore(_gan_state(), step=1)
+    assert step == 1
+    _assert_bit_identical(restored, states[1])
+    with pytest.raises(UserError, match=r'no checkpoint of step 7 .* saved steps are \[1, 2\]'):
+      checkpointer.restore(_gan_state(), step=7)
+
+
+def test_empty_directory_restore_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match='does not exist'):
+    Checkpointer(tmp_path / 'missing', read_only=True)
+  assert not (tmp_path / 'missing').exists()
+  for read_only in (True, False):
+    with Checkpointer(tmp_path, read_only=read_only) as checkpointer:
+      assert checkpointer.latest_step() is None
+      with pytest.raises(UserError, match='There is no checkpoint'):
+        checkpointer.restore(_gan_state())
+
+
+def test_leftover_tmp_dir_of_a_killed_save_is_ignored_and_cleaned(tmp_path):
+  states = _save_steps(tmp_path, [1, 2])
+  checkpoint_dir = tmp_path / 'checkpoints'
+  # What a kill -9 in the middle of writing step 3 leaves: orbax's uncommitted temporary dir.
+  leftover = checkpoint_dir / '3.orbax-checkpoint-tmp'
+  shutil.copytree(checkpoint_dir / '2', leftover)
+  _truncate_largest_file(leftover)
+  with Checkpointer(tmp_path) as checkpointer:
+    assert checkpointer.latest_step() == 2
+    restored, _, step = checkpointer.restore(_gan_state(seed=9, updates=1))
+    assert step == 2
+    _assert_bit_identical(restored, states[2])
+    state_3 = _gan_state(seed=3, updates=3)
+    assert checkpointer.save(3, state_3, CONFIG)  # The resumed run reaches step 3 again.
+  assert not leftover.exists()
+  with Checkpointer(tmp_path) as checkpointer:
+    _assert_bit_identical(checkpointer.restore(_gan_state())[0], state_3)
+
+
+_KILLED_WHILE_SAVING = """
+import os, signal, sys
+import jax, jax.numpy as jnp
+from dcgan_jax.checkpointing import Checkpointer
+checkpointer = Checkpointer(sys.argv[1])
+weights = jax.random.normal(jax.random.key(0), (4_000_000,))
+checkpointer.save(1, {'w': weights}, {'step': 1})
+checkpointer.wait_until_finished()
+checkpointer.save(2, {'w': weights + 1}, {'step': 2})  # Asynchronous: files still being written.
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _subprocess_env():
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join([str(REPO_ROOT), env.get('PYTHONPATH', '')])
+  return env
+
+
+def test_kill_9_during_async_save_leaves_a_usable_workdir(tmp_path):
+  result = subprocess.run([sys.executable, '-c', _KILLED_WHILE_SAVING, str(tmp_path)],
+                          env=_subprocess_env(), capture_output=True, timeout=120)
+  assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
+  leftovers = [n for n in os.listdir(tmp_path / 'checkpoints') if 'tmp' in n]
+  weights = jax.random.normal(jax.random.key(0), (4_000_000,))
+  target = {'w': jnp.zeros_like(weights)}
+  with Checkpointer(tmp_path) as checkpointer:
+    restored, config, step = checkpointer.restore(target)
+    # Step 2 is usually still a temporary dir at the kill; if it made it, it is whole.
+    assert step == (1 if leftovers else 2) and config == {'step': step}
+    expected = weights + (step - 1)
+    assert np.asarray(restored['w']).tobytes() == np.asarray(expected).tobytes()
+    assert checkpointer.save(3, restored, {'step': 3})
+  names = os.listdir(tmp_path / 'checkpoints')
+  assert not [name for name in names if 'tmp' in name], names
+  assert '3' in names
+
+
+# ---- sharding -------------------------------------------------------------------------------
+
+
+def test_restore_into_replicated_and_sharded_targets(tmp_path):
+  assert jax.device_count() == 8, 'tests/conftest.py should give 8 CPU devices'
+  mesh = jax.make_mesh((8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+  replicated = NamedSharding(mesh, P())
+  split = NamedSharding(mesh, P('data'))
+  saved = {'gan': _gan_state(updates=2), 'per_device': jnp.arange(32.).reshape(8, 4)}
+  with Checkpointer(tmp_path) as checkpointer:
+    checkpointer.save(2, saved, CONFIG)
+  target = {'gan': jax.device_put(_gan_state(seed=5, updates=2), replicated),
+            'per_device': jax.device_put(jnp.zeros((8, 4)), split)}
+  with Checkpointer(tmp_path) as checkpointer:
+    restored, _, _ = checkpointer.restore(target)
+  _assert_bit_identical(restored, saved)
+  for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(target)):
+    if isinstance(want, jax.Array):
+      assert got.sharding == want.sharding
+  assert restored['per_device'].sharding.spec == P('data')
+  assert restored['gan'].rng.sharding == replicated
+  # An abstract target (no memory for a throwaway state) carries the shardings just the same.
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+      if isinstance(x, jax.Array) else x, target)
+  with Checkpointer(tmp_path, read_only=True) as checkpointer:
+    from_abstract, _, _ = checkpointer.restore(abstract)
+  _assert_bit_identical(from_abstract, saved)
+  for got, want in zip(jax.tree.leaves(from_abstract), jax.tree.leaves(target)):
+    if isinstance(want, jax.Array):
+      assert got.sharding == want.sharding
+
+
+# ---- the workdir lock -----------------------------------------------------------------------
+
+
+_HOLD_LOCK = """
+import sys, time
+from dcgan_jax.checkpointing import acquire_workdir_lock
+lock = acquire_workdir_lock(sys.argv[1], process_index=0)
+print('locked', flush=True)
+time.sleep(300)
+"""
+
+
+def test_lock_refuses_a_second_run_and_is_freed_by_kill_9(tmp_path):
+  holder = subprocess.Popen([sys.executable, '-c', _HOLD_LOCK, str(tmp_path)],
+                            env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  try:
+    assert holder.stdout.readline().strip() == b'locked', holder.stderr.read().decode()[-2000:]
+    with pytest.raises(UserError) as excinfo:
+      acquire_workdir_lock(tmp_path, process_index=0)
+    message = str(excinfo.value)
+    assert f'is in use by another run (pid {holder.pid})' in message
+    assert 'use another --workdir' in message
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=60)
+  with acquire_workdir_lock(tmp_path, process_index=0) as lock:
+    assert lock.held
+    assert (tmp_path / '.lock').read_text().strip() == str(os.getpid())
+  assert not lock.held
+  # Released on exit from the block: a later run on the same workdir gets it.
+  acquire_workdir_lock(tmp_path, process_index=0).release()
+
+
+def test_lock_files_are_per_process_index(tmp_path):
+  with acquire_workdir_lock(tmp_path, process_index=0), \
+       acquire_workdir_lock(tmp_path, process_index=1) as second:
+    assert second.path.name == '.lock.process1'
+    with pytest.raises(UserError, match='in use by another run'):
+      acquire_workdir_lock(tmp_path, process_index=1)
+
+
+# ---- unwritable workdirs and failed saves ---------------------------------------------------
+
+
+def test_workdir_under_a_regular_file_is_a_clear_error(tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a directory')
+  workdir = blocker / 'run'
+  for start in (check_workdir_writable, acquire_workdir_lock, Checkpointer,
+                lambda w: save_config_json(w, CONFIG)):
+    with pytest.raises(CheckpointError, match=r'not writable \(Not a directory\)'):
+      start(workdir)
+  assert issubclass(CheckpointError, UserError)
+
+
+@pytest.mark.skipif(IS_ROOT, reason='root ignores directory permissions; covered by the '
+                    'regular-file and file-size-limit tests')
+def test_read_only_workdir_is_a_clear_error(tmp_path):
+  workdir = tmp_path / 'run'
+  workdir.mkdir(mode=0o500)
+  try:
+    with pytest.raises(CheckpointError, match='Permission denied'):
+      Checkpointer(workdir)
+  finally:
+    workdir.chmod(0o700)
+
+
+def _failing_writes(limit_bytes):
+  """Makes writes past `limit_bytes` of any file fail with EFBIG, like a disk that fills up.
+
+  Works as root too (unlike chmod). SIGXFSZ would kill the process, so it is ignored.
+  """
+  class _Limit:
+    def __enter__(self):
+      self.handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+      self.limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+      resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, self.limits[1]))
+
+    def __exit__(self, *exc_info):
+      resource.setrlimit(resource.RLIMIT_FSIZE, self.limits)
+      signal.signal(signal.SIGXFSZ, self.handler)
+  return _Limit()
+
+
+def test_failed_save_is_reported_and_keeps_earlier_checkpoints(tmp_path):
+  def state_at(step):
+    # Random bits do not compress: the array file is ~16 MB, far above the limit below.
+    return {'w': jax.random.normal(jax.random.key(step), (4_000_000,)), 'step': step}
+  target = {'w': jnp.zeros((4_000_000,)), 'step': 0}
+  with Checkpointer(tmp_path, max_to_keep=1) as checkpointer:
+    checkpointer.save(1, state_at(1), CONFIG)
+    checkpointer.wait_until_finished()
+    with _failing_writes(4 * 1024 * 1024):
+      with pytest.raises(CheckpointError) as excinfo:
+        checkpointer.save(2, state_at(2), CONFIG)
+        checkpointer.wait_until_finished()
+    message = str(excinfo.value)
+    assert 'step 2' in message and 'File too large' in message
+    assert 'the checkpoint of step 1 is kept' in message
+    assert checkpointer.all_steps() == [1]
+    restored, _, step = checkpointer.restore(target)
+    assert step == 1
+    _assert_bit_identical(restored, state_at(1))
+    # Once space is back, the same step saves normally.
+    assert checkpointer.save(2, state_at(2), CONFIG)
+  with Checkpointer(tmp_path) as checkpointer:
+    restored, _, step = checkpointer.restore(target)
+  assert step == 2
+  _assert_bit_identical(restored, state_at(2))
+
+
+# ---- the run's config -----------------------------------------------------------------------
+
+
+def test_save_config_json_is_atomic_and_round_trips(tmp_path):
+  path = save_config_json(tmp_path, CONFIG)
+  assert path == tmp_path / 'config.json'
+  save_config_json(tmp_path, dict(CONFIG, seed=np.int64(4)))  # Replaces; numpy scalars are ok.
+  assert restore_config(tmp_path)['seed'] == 4
+  assert sorted(os.listdir(tmp_path)) == ['config.json']  # No temporary files left behind.
+  with pytest.raises(TypeError, match='not JSON-able'):
+    save_config_json(tmp_path, {'bad': object()})
+  assert restore_config(tmp_path)['seed'] == 4  # A failed write keeps the old file.
+
+
+@_ORBAX_READ_NOISE
+def test_restore_config_prefers_the_checkpoint(tmp_path):
+  with pytest.raises(UserError, match='does not exist'):
+    restore_config(tmp_path / 'missing')
+  with pytest.raises(UserError, match='holds no run config'):
+    restore_config(tmp_path)
+  save_config_json(tmp_path, dict(CONFIG, seed=100))
+  _save_steps(tmp_path, [1, 2])
+  assert restore_config(tmp_path) == dict(CONFIG, seed=2, betas=[0.5, 0.999])
+  shutil.rmtree(tmp_path / 'checkpoints' / '2' / 'config')  # Damaged: the previous step's.
+  assert restore_config(tmp_path)['seed'] == 1
+  shutil.rmtree(tmp_path / 'checkpoints')
+  assert restore_config(tmp_path)['seed'] == 100

@@ -1,0 +1,101 @@
+"""DeviceResidentSampler: batches drawn on the devices from per-epoch permutations."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dcgan_jax.data import device_resident
+from dcgan_jax.errors import UserError
+
+_NUM_EXAMPLES = 100
+
+
+def _indexed_images(num_examples=_NUM_EXAMPLES):
+  """uint8 [N, 2, 2, 1] images whose pixels spell their own index (N <= 256)."""
+  return np.broadcast_to(np.arange(num_examples, dtype=np.uint8)[:, None, None, None],
+                         (num_examples, 2, 2, 1)).copy()
+
+
+def _indices_of(batch):
+  return np.asarray(batch)[:, 0, 0, 0].astype(int)
+
+
+@pytest.fixture(scope='module')
+def sampler():
+  assert jax.device_count() == 8, 'tests/conftest.py should give 8 CPU devices'
+  return device_resident.DeviceResidentSampler(_indexed_images(), global_batch=16, seed=0)
+
+
+def test_each_epoch_is_a_permutation(sampler):
+  assert sampler.steps_per_epoch == 6  # 100 // 16; 4 examples left out per epoch.
+  epochs = []
+  for epoch in range(3):
+    steps = range(epoch * 6, epoch * 6 + 6)
+    drawn = np.concatenate([_indices_of(sampler.batch(step)) for step in steps])
+    assert len(set(drawn.tolist())) == 96  # No example twice within an epoch.
+    epochs.append(drawn)
+  assert not np.array_equal(epochs[0], epochs[1])  # A new order each epoch...
+  assert set(epochs[0]) != set(epochs[1]) or set(epochs[1]) != set(epochs[2])  # ...and leftovers.
+  # Over a few epochs every example is seen (the dropped remainder differs between epochs).
+  many = np.concatenate([_indices_of(sampler.batch(step)) for step in range(60)])
+  assert set(many.tolist()) == set(range(_NUM_EXAMPLES))
+
+
+def test_batches_depend_only_on_seed_and_step(sampler):
+  again = device_resident.DeviceResidentSampler(_indexed_images(), global_batch=16, seed=0)
+  other = device_resident.DeviceResidentSampler(_indexed_images(), global_batch=16, seed=1)
+  for step in (0, 5, 6, 1234):
+    np.testing.assert_array_equal(sampler.batch(step), again.batch(step))
+    np.testing.assert_array_equal(_indices_of(sampler.batch(step)), sampler.indices(step))
+  assert not np.array_equal(sampler.batch(0), other.batch(0))
+  # Steps in any order (as after a resume) give the same batches.
+  np.testing.assert_array_equal(sampler.batch(7), again.batch(jnp.int32(7)))
+
+
+def test_batch_is_sharded_over_all_devices(sampler):
+  batch = sampler.batch(3)
+  assert batch.shape == (16, 2, 2, 1) and batch.dtype == jnp.uint8
+  assert batch.sharding == NamedSharding(sampler.mesh, P('batch'))
+  shards = sorted(batch.addressable_shards, key=lambda shard: shard.index[0].start)
+  assert len({shard.device for shard in shards}) == 8
+  expected = sampler.indices(3)
+  for position, shard in enumerate(shards):
+    assert shard.data.shape == (2, 2, 2, 1)
+    np.testing.assert_array_equal(_indices_of(shard.data), expected[2 * position:2 * position + 2])
+  # The images themselves are replicated: every device holds the whole dataset.
+  assert sampler.images.sharding.is_fully_replicated
+
+
+def test_works_on_a_custom_mesh_and_inside_jit():
+  mesh = jax.make_mesh((4,), ('batch',), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:4])
+  sampler = device_resident.DeviceResidentSampler(_indexed_images(40), 8, seed=3, mesh=mesh)
+  assert sampler.batch(0).sharding.mesh.shape['batch'] == 4
+  key = device_resident.data_key(3)
+  traced = jax.jit(lambda step: device_resident.batch_indices(key, step, 40, 8))
+  np.testing.assert_array_equal(traced(jnp.int32(9)), _indices_of(sampler.batch(9)))
+
+
+@pytest.mark.parametrize('global_batch,message', [
+    (12, r'multiple of the number of devices \(8\)'),
+    (128, 'exceeds the 100 examples'),
+])
+def test_bad_batch_sizes(global_batch, message):
+  with pytest.raises(UserError, match=message):
+    device_resident.DeviceResidentSampler(_indexed_images(), global_batch, seed=0)
+
+
+def test_use_device_resident_modes():
+  config = ml_collections.ConfigDict(dict(device_resident='auto',
+                                          device_resident_max_bytes=1000))
+  assert device_resident.use_device_resident(config, 1000)
+  assert not device_resident.use_device_resident(config, 1001)
+  config.device_resident = 'always'
+  assert device_resident.use_device_resident(config, 10**12)
+  config.device_resident = 'never'
+  assert not device_resident.use_device_resident(config, 1)
+  config.device_resident = 'sometimes'
+  with pytest.raises(UserError, match="device_resident is 'sometimes'; use one of auto, always"):
+    device_resident.use_device_resident(config, 1)

@@ -1,0 +1,186 @@
+"""The `folder` source: directories and .zip archives of images, prepared once."""
+import importlib.util
+import logging
+import os
+import pathlib
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip('tensorflow_datasets')
+
+from dcgan_jax.data import image_files  # pylint: disable=g-import-not-at-top
+from dcgan_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+from dcgan_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(**overrides):
+  spec = importlib.util.spec_from_file_location('default_config', _ROOT / 'configs/default.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.update(dict(dataset='folder', image_size=16, channels=3), **overrides)
+  return config
+
+
+def _centre_white(height, width, mode='RGB'):
+  """A black image whose largest centred square is white: a centre crop gives pure white."""
+  pixels = np.zeros((height, width), np.uint8)
+  side = min(height, width)
+  top, left = (height - side) // 2, (width - side) // 2
+  pixels[top:top + side, left:left + side] = 255
+  image = Image.fromarray(pixels, 'L')
+  return image if mode == 'L' else image.convert(mode)
+
+
+def _make_folder(root: pathlib.Path) -> dict[str, int]:
+  """Writes readable images of every kind plus junk; returns counts of what was written."""
+  (root / 'a' / 'b').mkdir(parents=True)
+  _centre_white(40, 60).save(root / 'wide.png')
+  _centre_white(50, 30).save(root / 'a' / 'tall.JPG', quality=95)
+  _centre_white(32, 32).save(root / 'a' / 'b' / 'square.bmp')
+  _centre_white(24, 36).save(root / 'a' / 'b' / 'photo.webp', lossless=True)
+  _centre_white(20, 20, 'L').save(root / 'a' / 'grey.png')
+  transparent = Image.new('RGBA', (20, 20), (10, 200, 30, 0))  # Invisible green.
+  transparent.save(root / 'a' / 'b' / 'clear.png')
+  (root / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
+  (root / 'notes.txt').write_text('not an image, not counted')
+  (root / '.hidden.png').write_bytes(b'ignored hidden file')
+  return {'readable': 6, 'corrupt': 1}
+
+
+def _zip_folder(folder: pathlib.Path, archive: pathlib.Path) -> None:
+  with zipfile.ZipFile(archive, 'w') as zf:
+    for path in sorted(folder.rglob('*')):
+      if path.is_file():
+        zf.write(path, path.relative_to(folder).as_posix())
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+  folder = tmp_path / 'my images'
+  counts = _make_folder(folder)
+  return folder, counts
+
+
+def test_folder_decodes_crops_and_counts_unreadable(image_folder, tmp_path, caplog):
+  folder, counts = image_folder
+  config = _config(dataset_path=str(folder), data_dir=str(tmp_path / 'tfds'))
+  with caplog.at_level(logging.WARNING):
+    images = input_pipeline.load_all_images(config)
+  assert images.shape == (counts['readable'], 16, 16, 3)
+  # Every image is white inside its centred square, black outside: cropping that square and
+  # resizing gives white everywhere (JPEG ringing allowed for).
+  assert images.min() >= 235, images.reshape(len(images), -1).min(axis=1)
+  assert f"Skipped {counts['corrupt']} of 7 files" in caplog.text
+  assert 'broken.jpg' in caplog.text
+  assert input_pipeline.dataset_info(config).num_examples == counts['readable']
+
+
+def test_grey_output_and_transparency_on_white(tmp_path):
+  folder = tmp_path / 'imgs'
+  folder.mkdir()
+  Image.new('RGBA', (12, 12), (0, 0, 0, 0)).save(folder / 'clear.png')
+  Image.new('RGB', (12, 12), (255, 0, 0)).save(folder / 'red.png')
+  config = _config(dataset_path=str(folder), data_dir=str(tmp_path / 'tfds'), channels=1)
+  images = input_pipeline.load_all_images(config)
+  assert images.shape == (2, 16, 16, 1)
+  # Transparent -> white (255); pure red -> luma 0.299 * 255 = 76.
+  assert sorted(np.unique(images).tolist()) == [76, 255]
+
+
+def test_zip_gives_the_same_images_as_the_folder(image_folder, tmp_path, caplog):
+  folder, counts = image_folder
+  archive = tmp_path / 'images.zip'
+  _zip_folder(folder, archive)
+  from_folder = input_pipeline.load_all_images(
+      _config(dataset_path=str(folder), data_dir=str(tmp_path / 'tfds')))
+  with caplog.at_level(logging.WARNING):
+    from_zip = input_pipeline.load_all_images(
+        _config(dataset_path=str(archive), data_dir=str(tmp_path / 'tfds')))
+  assert from_zip.shape == (counts['readable'], 16, 16, 3)
+  assert 'Skipped 1 of 7 files' in caplog.text
+  # Same relative names -> same examples in the same (key-hashed) order.
+  np.testing.assert_array_equal(from_zip, from_folder)
+  preparations = sorted(p.parent.name.rsplit('_', 1)[0]
+                        for p in (tmp_path / 'tfds' / 'folder_images').glob('*/1.0.0'))
+  assert preparations == ['images', 'my_images']  # One per source, named after it.
+
+
+def test_prepared_once_then_reused_until_the_folder_changes(image_folder, tmp_path, monkeypatch):
+  folder, counts = image_folder
+  config = _config(dataset_path=str(folder), data_dir=str(tmp_path / 'tfds'))
+  first = input_pipeline.load_all_images(config)
+
+  def no_reading(*args, **kwargs):
+    raise AssertionError('images were read again although the dataset was prepared')
+
+  with monkeypatch.context() as patch:
+    patch.setattr(image_files.ImageFiles, 'read_all', no_reading)
+    again = input_pipeline.load_all_images(config)
+    np.testing.assert_array_equal(again, first)
+    # Another image size is another preparation: it must read the files.
+    with pytest.raises(AssertionError, match='read again'):
+      input_pipeline.load_all_images(_config(dataset_path=str(folder),
+                                             data_dir=str(tmp_path / 'tfds'), image_size=8))
+  # A new file changes the fingerprint: prepared anew, with the extra image.
+  _centre_white(16, 16).save(folder / 'new.png')
+  assert input_pipeline.load_all_images(config).shape[0] == counts['readable'] + 1
+
+
+@pytest.mark.parametrize('setup,message', [
+    ('missing', 'does not exist'),
+    ('empty', 'holds no images'),
+    ('corrupt', 'None of the 2 image files'),
+    ('not_a_folder', 'neither a directory nor a .zip'),
+    ('unset', 'dataset_path is empty'),
+])
+def test_bad_folders_are_user_errors(tmp_path, setup, message):
+  path = tmp_path / 'data'
+  if setup == 'empty':
+    path.mkdir()
+    (path / 'readme.txt').write_text('no images here')
+  elif setup == 'corrupt':
+    (path / 'sub').mkdir(parents=True)
+    (path / 'a.png').write_bytes(b'not a png')
+    (path / 'sub' / 'b.jpg').write_bytes(b'')
+  elif setup == 'not_a_folder':
+    path = tmp_path / 'file.txt'
+    path.write_text('hello')
+  config = _config(dataset_path='' if setup == 'unset' else str(path),
+                   data_dir=str(tmp_path / 'tfds'))
+  with pytest.raises(UserError, match=message) as caught:
+    input_pipeline.dataset_info(config)
+  assert '\n' not in str(caught.value)  # One sentence, printable as is by the CLI.
+  # Nothing half-prepared is left behind to be mistaken for a dataset later.
+  prepared_dir = tmp_path / 'tfds' / 'folder_images'
+  leftovers = [p for p in prepared_dir.rglob('dataset_info.json')] if prepared_dir.exists() else []
+  assert not leftovers
+
+
+def test_fingerprint_tracks_files_and_settings(image_folder):
+  folder, _ = image_folder
+  files = image_files.ImageFiles(str(folder))
+  assert files.fingerprint(16, 3) == image_files.ImageFiles(str(folder)).fingerprint(16, 3)
+  assert files.fingerprint(16, 3) != files.fingerprint(32, 3)
+  os.utime(folder / 'wide.png', ns=(1, 1))
+  assert image_files.ImageFiles(str(folder)).fingerprint(16, 3) != files.fingerprint(16, 3)
+  assert files.label() == 'my_images'
+
+
+def test_crop_is_applied_once_and_matches_the_pil_reference(tmp_path):
+  folder = tmp_path / 'ramps'
+  folder.mkdir()
+  ramp = np.tile(np.linspace(0, 255, 48).astype(np.uint8), (40, 1))  # 40x48, bright to the right.
+  Image.fromarray(ramp, 'L').save(folder / 'ramp.png')
+  config = _config(dataset_path=str(folder), data_dir=str(tmp_path / 'tfds'), channels=1,
+                   crop_size=8)
+  images = input_pipeline.load_all_images(config)
+  expected = image_files.square_image((folder / 'ramp.png').read_bytes(), 16, 1, crop_size=8)
+  np.testing.assert_array_equal(images[0], expected)
+  # An 8-pixel window in the middle of a 48-pixel ramp spans about 8/48 of the range.
+  assert 100 < expected.min() < expected.max() < 160

@@ -1,0 +1,90 @@
+"""The two preprocessing protocols against PyTorch, TensorFlow 1 and a plain numpy resize."""
+import numpy as np
+import pytest
+
+from dcgan_jax import evaluation
+from dcgan_jax.errors import UserError
+from dcgan_jax.evaluation import preprocessing
+
+SIZES = [(32, 32), (64, 64), (299, 299), (400, 333), (17, 45)]
+
+
+def _images(shape, channels=3, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (2, *shape, channels), dtype=np.uint8)
+
+
+def _tf1_resize_numpy(images, size):
+  """TF1 resize_bilinear (align_corners=False, half_pixel_centers=False), row by row."""
+  n, h, w, c = images.shape
+  out = np.empty((n, size, size, c), np.float32)
+  x = np.arange(size, dtype=np.float32) * (np.float32(w) / np.float32(size))
+  x0 = np.floor(x).astype(int)
+  x1, dx = np.minimum(x0 + 1, w - 1), (x - x0).astype(np.float32)[:, None]
+  for i in range(size):
+    y = np.float32(i) * (np.float32(h) / np.float32(size))
+    y0 = int(np.floor(y))
+    y1, dy = min(y0 + 1, h - 1), np.float32(y - y0)
+    top = images[:, y0, x0] + (images[:, y0, x1] - images[:, y0, x0]) * dx
+    bottom = images[:, y1, x0] + (images[:, y1, x1] - images[:, y1, x0]) * dx
+    out[:, i] = top + (bottom - top) * dy
+  return out
+
+
+@pytest.mark.parametrize('shape', SIZES, ids=str)
+def test_pytorch_fid_mode_matches_torch_interpolate(shape):
+  torch = pytest.importorskip('torch')
+  images = _images(shape)
+  ours = np.asarray(evaluation.preprocess(images, mode='pytorch_fid'))
+  x = torch.from_numpy(images.astype(np.float32) / 255).permute(0, 3, 1, 2)
+  # pytorch-fid's InceptionV3.forward: resize_input then normalize_input.
+  x = torch.nn.functional.interpolate(x, size=(299, 299), mode='bilinear', align_corners=False)
+  expected = (2 * x - 1).permute(0, 2, 3, 1).numpy()
+  assert ours.shape == (2, 299, 299, 3) and ours.dtype == np.float32
+  np.testing.assert_allclose(ours, expected, atol=2e-6)
+
+
+@pytest.mark.parametrize('shape', SIZES, ids=str)
+def test_tf_mode_matches_tensorflow1_resize_bilinear(shape):
+  tf = pytest.importorskip('tensorflow')
+  images = _images(shape, seed=1)
+  ours = np.asarray(evaluation.preprocess(images, mode='tf'))
+  resized = tf.compat.v1.image.resize_bilinear(images.astype(np.float32), (299, 299),
+                                               align_corners=False, half_pixel_centers=False)
+  expected = (resized.numpy() - 128) / 128
+  np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape', [(32, 32), (17, 45)], ids=str)
+def test_tf1_resize_matches_numpy_reference(shape):
+  images = _images(shape, seed=2).astype(np.float32)
+  ours = np.asarray(preprocessing.resize_bilinear_tf1(images, 299))
+  np.testing.assert_allclose(ours, _tf1_resize_numpy(images, 299), atol=1e-4)
+
+
+def test_the_two_modes_really_differ_on_small_images():
+  # The reason both modes exist: at 32 -> 299 the resizes disagree by a lot.
+  images = _images((32, 32), seed=3)
+  difference = np.abs(np.asarray(evaluation.preprocess(images, mode='tf'))
+                      - np.asarray(evaluation.preprocess(images, mode='pytorch_fid')))
+  assert difference.max() > 0.3
+
+
+def test_grayscale_is_replicated_to_rgb():
+  gray = _images((32, 32), channels=1, seed=4)
+  for mode in preprocessing.MODES:
+    np.testing.assert_array_equal(np.asarray(evaluation.preprocess(gray, mode=mode)),
+                                  np.asarray(evaluation.preprocess(np.repeat(gray, 3, -1),
+                                                                   mode=mode)))
+
+
+def test_unknown_mode_is_a_user_error():
+  with pytest.raises(UserError, match='pytorch_fid'):
+    preprocessing.check_mode('clean')
+
+
+def test_to_uint8_rounds_like_image_files():
+  images = np.array([-1.0, -0.999, 0.0, 0.5, 1.0, 1.5, -3.0], np.float32).reshape(1, 1, 7, 1)
+  expected = np.array([0, 0, 128, 191, 255, 255, 0], np.uint8).reshape(1, 1, 7, 1)
+  np.testing.assert_array_equal(evaluation.to_uint8(images), expected)
+  np.testing.assert_array_equal(evaluation.to_uint8((images + 1) / 2, low=0.0, high=1.0),
+                                expected)

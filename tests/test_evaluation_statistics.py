@@ -1,0 +1,221 @@
+"""FID / IS / KID and feature statistics against pytorch-fid and independent numpy formulas."""
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dcgan_jax import evaluation
+from dcgan_jax.errors import UserError
+
+
+def _features(rng, n, dim, rank=None, shift=0.0):
+  """Non-negative, correlated features like Inception's (rank < dim -> rank-deficient)."""
+  rank = rank or dim
+  mixing = rng.normal(size=(rank, dim)) / np.sqrt(rank)
+  return np.abs(rng.normal(size=(n, rank)) @ mixing + shift).astype(np.float32)
+
+
+def _moments(features):
+  return features.astype(np.float64).mean(0), np.cov(features, rowvar=False)
+
+
+@pytest.mark.parametrize('n1,n2,dim', [(500, 400, 64), (40, 30, 64)],
+                         ids=['full_rank', 'rank_deficient'])
+def test_frechet_distance_matches_pytorch_fid(n1, n2, dim):
+  fid_score = pytest.importorskip('pytorch_fid.fid_score')
+  rng = np.random.default_rng(0)
+  mu1, sigma1 = _moments(_features(rng, n1, dim))
+  mu2, sigma2 = _moments(_features(rng, n2, dim, shift=0.3))
+  expected = fid_score.calculate_frechet_distance(mu1, sigma1, mu2, sigma2)
+  ours = evaluation.frechet_distance(mu1, sigma1, mu2, sigma2)
+  assert isinstance(ours, float)
+  assert ours == pytest.approx(expected, rel=1e-6)
+  assert ours > 0.1  # A real distance, not a trivially matching 0.
+
+
+def test_frechet_distance_is_zero_for_identical_and_symmetric():
+  rng = np.random.default_rng(1)
+  mu1, sigma1 = _moments(_features(rng, 300, 32))
+  mu2, sigma2 = _moments(_features(rng, 300, 32, shift=0.5))
+  assert abs(evaluation.frechet_distance(mu1, sigma1, mu1, sigma1)) < 1e-9
+  assert evaluation.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(
+      evaluation.frechet_distance(mu2, sigma2, mu1, sigma1), rel=1e-9)
+
+
+def test_frechet_distance_is_float64_jittable_and_leaves_x64_off():
+  rng = np.random.default_rng(2)
+  mu1, sigma1 = _moments(_features(rng, 200, 16))
+  mu2, sigma2 = _moments(_features(rng, 200, 16, shift=0.2))
+  assert not jax.config.jax_enable_x64
+  value = evaluation.frechet_distance(mu1, sigma1, mu2, sigma2)
+  assert not jax.config.jax_enable_x64  # Not flipped for the rest of the program.
+  assert jnp.zeros(1, jnp.float32).astype(float).dtype == jnp.float32
+  with jax.enable_x64(True):
+    jitted = jax.jit(evaluation.frechet_distance_jax)(
+        *[jnp.asarray(a, jnp.float64) for a in (mu1, sigma1, mu2, sigma2)])
+    assert jitted.dtype == jnp.float64
+  assert float(jitted) == pytest.approx(value, rel=1e-12)
+
+
+def test_frechet_distance_rejects_mismatched_shapes():
+  with pytest.raises(UserError, match='shape'):
+    evaluation.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def _inception_score_reference(logits, splits):
+  """The original OpenAI / torch-fidelity formula (without shuffling), written out directly."""
+  logits = logits.astype(np.float64)
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  n = len(p)
+  scores = []
+  for k in range(splits):
+    part = p[k * n // splits:(k + 1) * n // splits]
+    py = part.mean(0, keepdims=True)
+    scores.append(np.exp(np.mean(np.sum(part * (np.log(part) - np.log(py)), 1))))
+  return np.mean(scores), np.std(scores)
+
+
+@pytest.mark.parametrize('n,splits', [(1000, 10), (103, 10), (50, 1)])
+def test_inception_score_matches_reference_formula(n, splits):
+  rng = np.random.default_rng(3)
+  logits = (rng.normal(size=(n, 1008)) * 3).astype(np.float32)
+  mean, std = evaluation.inception_score(logits, splits=splits)
+  ref_mean, ref_std = _inception_score_reference(logits, splits)
+  assert mean == pytest.approx(ref_mean, rel=1e-9)
+  assert std == pytest.approx(ref_std, rel=1e-6, abs=1e-12)
+  assert 1 < mean < 1008
+
+
+def test_inception_score_bounds():
+  # One confident class per sample, all classes equally used -> IS equals the number of classes.
+  logits = np.full((100, 10), -50.0, np.float32)
+  logits[np.arange(100), np.arange(100) % 10] = 50.0
+  mean, std = evaluation.inception_score(logits, splits=10)
+  assert mean == pytest.approx(10.0, rel=1e-6) and std < 1e-6
+  # Identical predictions -> IS of 1.
+  mean, _ = evaluation.inception_score(np.tile(logits[:1], (100, 1)), splits=10)
+  assert mean == pytest.approx(1.0, abs=1e-9)
+
+
+def _kid_reference(f1, f2, num_subsets, subset_size, seed):
+  """Direct numpy KID: same subset draws, explicit double loops over i != j for the diagonals."""
+  rng = np.random.RandomState(seed)
+  d = f1.shape[1]
+  mmds = []
+  for _ in range(num_subsets):
+    x = f1[rng.choice(len(f1), subset_size, replace=False)].astype(np.float64)
+    y = f2[rng.choice(len(f2), subset_size, replace=False)].astype(np.float64)
+    k = lambda a, b: (a @ b.T / d + 1) ** 3
+    m = subset_size
+    off_diagonal = ~np.eye(m, dtype=bool)
+    mmds.append(k(x, x)[off_diagonal].mean() + k(y, y)[off_diagonal].mean() - 2 * k(x, y).mean())
+  return np.mean(mmds), np.std(mmds)
+
+
+def test_kernel_inception_distance_matches_numpy():
+  rng = np.random.default_rng(4)
+  f1 = _features(rng, 300, 48)
+  f2 = _features(rng, 250, 48, shift=0.5)
+  mean, std = evaluation.kernel_inception_distance(f1, f2, num_subsets=7, subset_size=100)
+  ref_mean, ref_std = _kid_reference(f1, f2, 7, 100, 2020)
+  assert mean == pytest.approx(ref_mean, rel=1e-9)
+  assert std == pytest.approx(ref_std, rel=1e-6)
+  assert mean > 3 * std  # The two sets really differ.
+  # Unbiased: about zero for two independent samples of one distribution.
+  g = _features(rng, 600, 48)
+  same, _ = evaluation.kernel_inception_distance(g[:300], g[300:], num_subsets=30,
+                                                 subset_size=100)
+  assert abs(same) < mean / 10
+
+
+def test_kernel_inception_distance_rejects_oversized_subsets():
+  f = np.ones((10, 4), np.float32)
+  with pytest.raises(UserError, match='subset_size'):
+    evaluation.kernel_inception_distance(f, f, subset_size=1000)
+
+
+def test_feature_statistics_stream_matches_np_cov():
+  rng = np.random.default_rng(5)
+  features = _features(rng, 700, 40, shift=3.0)  # Large mean: cancellation would show.
+  stats = evaluation.FeatureStatistics()
+  for batch in np.array_split(features, [1, 250, 256, 600]):
+    stats.update(batch)
+  assert stats.count == 700
+  np.testing.assert_allclose(stats.mean, features.astype(np.float64).mean(0), rtol=1e-12)
+  np.testing.assert_allclose(stats.covariance, np.cov(features, rowvar=False), rtol=1e-9,
+                             atol=1e-12)
+  assert stats.mean.dtype == np.float64 and stats.covariance.dtype == np.float64
+
+
+def test_feature_statistics_merge_equals_single_stream():
+  rng = np.random.default_rng(6)
+  features = _features(rng, 300, 8)
+  whole = evaluation.FeatureStatistics().update(features)
+  merged = evaluation.FeatureStatistics().merge(
+      evaluation.FeatureStatistics().update(features[:120])).merge(
+          evaluation.FeatureStatistics().update(features[120:]))
+  assert merged.count == 300
+  np.testing.assert_allclose(merged.covariance, whole.covariance, rtol=1e-12)
+
+
+def test_feature_statistics_warns_when_rank_deficient():
+  stats = evaluation.FeatureStatistics().update(np.random.default_rng(7).normal(size=(10, 16)))
+  with pytest.warns(UserWarning, match='rank-deficient'):
+    _ = stats.covariance
+  full = evaluation.FeatureStatistics().update(np.random.default_rng(7).normal(size=(20, 16)))
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    _ = full.covariance
+
+
+def test_feature_statistics_rejects_bad_batches():
+  stats = evaluation.FeatureStatistics().update(np.zeros((3, 5)))
+  with pytest.raises(UserError):
+    stats.update(np.zeros((3, 6)))
+  with pytest.raises(UserError):
+    evaluation.FeatureStatistics().mean  # pylint: disable=expression-not-assigned
+
+
+def test_statistics_save_load_round_trip(tmp_path):
+  rng = np.random.default_rng(8)
+  stats = evaluation.FeatureStatistics().update(_features(rng, 50, 12))
+  path = tmp_path / 'stats.npz'
+  stats.save(path, preprocessing='pytorch_fid', image_size=32)
+  loaded, metadata = evaluation.FeatureStatistics.load(path)
+  np.testing.assert_array_equal(loaded.mean, stats.mean)
+  np.testing.assert_array_equal(loaded.covariance, stats.covariance)
+  assert loaded.count == 50
+  assert metadata == {'preprocessing': 'pytorch_fid', 'image_size': 32}
+  with pytest.raises(UserError):
+    loaded.update(np.zeros((2, 12)))
+
+
+def test_statistics_files_are_compatible_with_pytorch_fid(tmp_path):
+  fid_score = pytest.importorskip('pytorch_fid.fid_score')
+  rng = np.random.default_rng(9)
+  stats = evaluation.FeatureStatistics().update(_features(rng, 80, 12))
+  ours = tmp_path / 'ours.npz'
+  stats.save(ours)
+  # pytorch-fid reads .npz paths directly (its model and device are not used for them).
+  mu, sigma = fid_score.compute_statistics_of_path(str(ours), None, 50, 12, 'cpu')
+  np.testing.assert_array_equal(mu, stats.mean)
+  np.testing.assert_array_equal(sigma, stats.covariance)
+  # And the other way: a file written the way pytorch-fid's --save-stats writes it.
+  theirs = tmp_path / 'theirs.npz'
+  np.savez_compressed(theirs, mu=mu + 1, sigma=sigma * 2)
+  loaded, metadata = evaluation.FeatureStatistics.load(theirs)
+  np.testing.assert_array_equal(loaded.mean, mu + 1)
+  np.testing.assert_array_equal(loaded.covariance, sigma * 2)
+  assert metadata == {}
+
+
+def test_statistics_load_rejects_other_files(tmp_path):
+  path = tmp_path / 'other.npz'
+  np.savez(path, weights=np.zeros(3))
+  with pytest.raises(UserError, match='mu'):
+    evaluation.FeatureStatistics.load(path)
+  with pytest.raises(UserError):
+    evaluation.FeatureStatistics.load(tmp_path / 'missing.npz')

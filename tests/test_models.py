@@ -1,0 +1,108 @@
+"""Generator/discriminator: reference parameter counts, shapes, ranges, dtypes, bad sizes."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dcgan_jax import Discriminator, Generator, UserError, count_params
+
+
+def _init(module, x):
+  return module.init(jax.random.key(0), x, train=False)
+
+
+def _shapes(module, x):
+  # eval_shape: the counts need shapes only, and compiling the 64x64 init costs seconds on CPU.
+  return jax.eval_shape(lambda: _init(module, x))
+
+
+def test_default_parameter_counts_match_pytorch_reference():
+  # pytorch/examples dcgan with nz=100, ngf=ndf=64, nc=3: G 3,576,704 and D 2,765,568.
+  g_vars = _shapes(Generator(), jnp.zeros((2, 100)))
+  d_vars = _shapes(Discriminator(), jnp.zeros((2, 64, 64, 3)))
+  assert count_params(g_vars['params']) == 3_576_704
+  assert count_params(d_vars['params']) == 2_765_568
+
+
+@pytest.mark.parametrize('upsample', ['transpose', 'resize_conv'])
+@pytest.mark.parametrize('size', [16, 32, 64, 128])
+def test_shapes_and_ranges(size, upsample):
+  g = Generator(image_size=size, channels=3, latent_dim=16, width=8, upsample=upsample)
+  d = Discriminator(image_size=size, channels=3, width=8)
+  z = jax.random.normal(jax.random.key(1), (3, 16))
+
+  @jax.jit
+  def run(z):
+    g_vars = _init(g, z)
+    images, _ = g.apply(g_vars, z, train=True, mutable=['batch_stats'])
+    return images, d.apply(_init(d, images), images, train=False)
+
+  images, logits = run(z)
+  assert images.shape == (3, size, size, 3) and images.dtype == jnp.float32
+  assert float(jnp.min(images)) >= -1.0 and float(jnp.max(images)) <= 1.0
+  assert float(jnp.std(images)) > 0  # Not a constant output.
+  assert logits.shape == (3,) and logits.dtype == jnp.float32
+
+
+def test_sigmoid_output_in_unit_interval():
+  g = Generator(image_size=16, channels=1, latent_dim=8, width=8, output_activation='sigmoid')
+  z = jax.random.normal(jax.random.key(1), (4, 8))
+  images = g.apply(_init(g, z), z, train=False)
+  assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+
+
+def test_layer_structure_follows_reference():
+  g_params = _shapes(Generator(), jnp.zeros((2, 100)))
+  # 100 -> 4x4x512 projection, then 512 -> 256 -> 128 -> 64 -> 3 with 4x4 kernels.
+  assert g_params['params']['project']['kernel'].shape == (100, 4 * 4 * 512)
+  ups = [g_params['params'][f'ConvTranspose_{i}']['kernel'].shape for i in range(4)]
+  assert ups == [(4, 4, 512, 256), (4, 4, 256, 128), (4, 4, 128, 64), (4, 4, 64, 3)]
+  assert len(g_params['batch_stats']) == 4  # BN after every layer but the last.
+  d_params = _shapes(Discriminator(), jnp.zeros((2, 64, 64, 3)))
+  downs = [d_params['params'][f'Conv_{i}']['kernel'].shape for i in range(4)]
+  assert downs == [(4, 4, 3, 64), (4, 4, 64, 128), (4, 4, 128, 256), (4, 4, 256, 512)]
+  assert d_params['params']['logit']['kernel'].shape == (4, 4, 512, 1)
+  assert len(d_params['batch_stats']) == 3  # No BN on D's first layer nor its logit.
+
+
+def test_initialisation_statistics():
+  g_vars = jax.jit(lambda: _init(Generator(), jnp.zeros((2, 100))))()
+  kernel = np.asarray(g_vars['params']['project']['kernel'])
+  assert abs(kernel.std() - 0.02) < 0.001 and abs(kernel.mean()) < 0.001
+  scale = np.asarray(g_vars['params']['BatchNorm_0']['scale'])
+  bias = np.asarray(g_vars['params']['BatchNorm_0']['bias'])
+  assert abs(scale.mean() - 1.0) < 0.01 and 0.01 < scale.std() < 0.03
+  assert np.all(bias == 0)
+
+
+@pytest.mark.parametrize('bad', [48, 0, 4, 512, 100])
+def test_bad_image_size_rejected_at_construction(bad):
+  with pytest.raises(UserError, match=r'image_size must be 4·2\^k: 8, 16, 32, 64, 128 or 256'):
+    Generator(image_size=bad)
+  with pytest.raises(UserError, match='image_size must be'):
+    Discriminator(image_size=bad)
+
+
+def test_bad_choices_list_valid_ones():
+  with pytest.raises(UserError, match='transpose or resize_conv'):
+    Generator(upsample='bilinear')
+  with pytest.raises(UserError, match='float32 or bfloat16'):
+    Generator(dtype='float16')
+
+
+def test_bfloat16_compute_keeps_params_stats_and_outputs_float32():
+  g = Generator(image_size=16, channels=3, latent_dim=8, width=8, dtype='bfloat16')
+  d = Discriminator(image_size=16, channels=3, width=8, dtype='bfloat16')
+  z = jax.random.normal(jax.random.key(0), (4, 8))
+  g_vars = _init(g, z)
+  images, g_updates = g.apply(g_vars, z, train=True, mutable=['batch_stats'])
+  d_vars = _init(d, images)
+  logits, d_updates = d.apply(d_vars, images, train=True, mutable=['batch_stats'])
+  for tree in (g_vars, d_vars, g_updates, d_updates):
+    assert {x.dtype for x in jax.tree.leaves(tree)} == {jnp.dtype(jnp.float32)}
+  assert images.dtype == jnp.float32 and logits.dtype == jnp.float32
+  # The computation really ran in bfloat16: results differ from float32 by bf16 rounding.
+  g32 = g.clone(dtype='float32')
+  images32 = g32.apply(g_vars, z, train=False)
+  diff = float(jnp.max(jnp.abs(images32 - g.apply(g_vars, z, train=False))))
+  assert 0 < diff < 0.1

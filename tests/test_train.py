@@ -1,0 +1,330 @@
+"""End-to-end tests of dcgan_jax.train: outputs, exact resume, corrupt checkpoints, NaN stops.
+
+Every run uses a tiny variant of the default config (8x8 images, width 8) so that a run costs a
+few seconds; the 8 fake CPU devices of conftest make each run data parallel.
+"""
+import importlib.util
+import json
+import logging
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from dcgan_jax import parallel
+from dcgan_jax import train
+from dcgan_jax.errors import UserError
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Orbax's failed reads of a damaged checkpoint leave asyncio tasks that complain later.
+_ORBAX_READ_NOISE = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+
+
+def load_config(name='default'):
+  spec = importlib.util.spec_from_file_location(f'{name}_config', _ROOT / 'configs' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.fixture(scope='module')
+def tfds_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture(scope='module')
+def cache_home(tmp_path_factory):
+  """An XDG_CACHE_HOME for the module: the digits classifier is trained once, then reused."""
+  return tmp_path_factory.mktemp('cache_home')
+
+
+def tiny_config(tfds_dir, **overrides):
+  """The default config shrunk to seconds per run: 8x8 digits, width 8, batch 16, 4 steps."""
+  config = load_config()
+  config.update(dict(
+      data_dir=tfds_dir, image_size=8, generator_width=8, discriminator_width=8, latent_dim=8,
+      batch_size=16, num_train_steps=4, log_every_steps=2, checkpoint_every_steps=2,
+      sample_every_steps=2, quality_every_steps=0, num_sample_images=6, keep_checkpoints=3,
+      lr_schedule='constant'))
+  config.update(overrides)
+  return config
+
+
+def _tree_leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
+def _event_tags(workdir):
+  """Tags of all scalars and images in the TensorBoard event files under ``workdir``."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  files = sorted(pathlib.Path(workdir).glob('events.out.tfevents*'))
+  tags = set()
+  for path in files:
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for value in event.summary.value:
+        tags.add(value.tag)
+  return files, tags
+
+
+def _checkpoint_steps(workdir):
+  directory = pathlib.Path(workdir) / 'checkpoints'
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+# ---- durations (pure) -----------------------------------------------------------------------
+
+
+def test_durations_from_epochs_and_steps(tfds_dir):
+  config = tiny_config(tfds_dir, batch_size=100, num_train_steps=-1, num_epochs=2.5,
+                       checkpoint_every_steps=-1, checkpoint_every_epochs=1.0,
+                       sample_every_steps=7, quality_every_steps=0)
+  durations = train.resolve_durations(config, num_examples=1000)
+  assert durations.steps_per_epoch == 10
+  assert durations.num_train_steps == 25
+  assert durations.checkpoint_every_steps == 10
+  assert durations.sample_every_steps == 7
+  assert durations.quality_every_steps == 0
+  config.num_train_steps = 3  # Steps win over epochs.
+  assert train.resolve_durations(config, num_examples=1000).num_train_steps == 3
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'num_train_steps': -1, 'num_epochs': 0.0}, 'no steps'),
+    ({'sample_every_steps': -2}, 'sample_every_steps'),
+    ({'log_every_steps': -1, 'log_every_epochs': -1.0}, 'log_every_epochs'),
+])
+def test_bad_durations_are_user_errors(tfds_dir, overrides, message):
+  with pytest.raises(UserError, match=message):
+    train.resolve_durations(tiny_config(tfds_dir, **overrides), num_examples=100)
+
+
+def test_is_due():
+  assert [s for s in range(1, 11) if train.is_due(s, 4)] == [4, 8]
+  assert [s for s in range(1, 11) if train.is_due(s, 4, num_train_steps=10)] == [4, 8, 10]
+  assert not any(train.is_due(s, 0) for s in range(1, 11))
+
+
+# ---- configs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('name', ['default', 'mnist', 'cifar10', 'celeba', 'folder'])
+def test_every_config_is_valid_and_resolves_to_steps(name):
+  config = load_config(name)
+  train.validate_config(config)  # 8 devices: every batch size must split over them.
+  durations = train.resolve_durations(config, num_examples=10_000)
+  assert durations.num_train_steps > 0 and durations.checkpoint_every_steps > 0
+
+
+def test_celeba_config_has_the_paper_model():
+  from dcgan_jax import models  # pylint: disable=g-import-not-at-top
+
+  config = load_config('celeba')
+  assert (config.image_size, config.channels, config.batch_size) == (64, 3, 128)
+  assert (config.g_learning_rate, config.adam_b1) == (2e-4, 0.5)
+  state = jax.eval_shape(lambda key: train.create_train_state(config, key, 10),
+                         jax.random.key(0))
+  assert models.count_params(state.generator.params) == 3_576_704
+  assert models.count_params(state.discriminator.params) == 2_765_568
+
+
+# ---- end to end -----------------------------------------------------------------------------
+
+
+def _assert_run_outputs(workdir, steps, image_shape):
+  """Checkpoints, TensorBoard events (scalars and images), sample grids and config.json."""
+  workdir = pathlib.Path(workdir)
+  assert _checkpoint_steps(workdir) == steps
+  files, tags = _event_tags(workdir)
+  assert files, 'no TensorBoard event file'
+  for tag in ('d_loss', 'g_loss', 'd_real', 'd_fake_before', 'd_fake_after', 'd_grad_norm',
+              'g_grad_norm', 'g_learning_rate', 'd_learning_rate', 'img_per_sec', 'eta_seconds',
+              'steps_per_sec', 'samples'):
+    assert tag in tags, f'{tag} missing from the TensorBoard events ({sorted(tags)})'
+  for step in steps:
+    png = workdir / 'samples' / f'step_{step:06d}.png'
+    assert png.is_file()
+    with Image.open(png) as image:
+      # 6 samples of image_shape in a 3x2 grid with 2-pixel padding.
+      assert image.size == (3 * (image_shape[1] + 2) + 2, 2 * (image_shape[0] + 2) + 2)
+  saved = json.loads((workdir / 'config.json').read_text())
+  assert saved['image_size'] == image_shape[0]
+
+
+@pytest.mark.filterwarnings('ignore:Digits classifier reached only')
+def test_digits_run_leaves_checkpoints_events_samples_and_quality(tfds_dir, tmp_path,
+                                                                   monkeypatch):
+  from dcgan_jax import quality  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  # The loop's plumbing is under test here, not the scorer (tests/test_quality.py): an untrained
+  # classifier saves the seconds of training one. The slow test below uses the real one.
+  def untrained_classifier():
+    variables = quality.DigitClassifier().init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    return jax.tree.map(np.asarray, variables['params'])
+
+  monkeypatch.setattr(quality, 'train_classifier', untrained_classifier)
+
+  # Likewise an Inception stand-in (per-image mean and row means): the FID hook's plumbing
+  # (real statistics, uint8 quantisation, Fréchet distance, logging) is what runs here.
+  from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
+  extracted_shapes = []
+
+  def fake_extractor(images):
+    extracted_shapes.append(images.shape)
+    assert images.dtype == np.uint8
+    pixels = images.astype(np.float32)
+    return {'pool': np.concatenate([pixels.mean(axis=(1, 2, 3))[:, None],
+                                    pixels.mean(axis=(2, 3))], axis=1)}
+
+  monkeypatch.setattr(evaluation.InceptionExtractor, 'from_file',
+                      classmethod(lambda cls, path, **kwargs: fake_extractor))
+  config = tiny_config(tfds_dir, quality_every_steps=2, num_quality_samples=200,
+                       quality_cache_dir=str(tmp_path / 'quality_cache'),
+                       inception_weights='stand_in.pth', eval_every_steps=4, eval_num_samples=40)
+  tmp_path = tmp_path / 'run'
+  state = train.train_and_evaluate(config, tmp_path)
+  assert int(state.step) == 4
+  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(state.generator.params))
+  _assert_run_outputs(tmp_path, [2, 4], (8, 8, 1))
+  summary = json.loads((tmp_path / 'quality.json').read_text())
+  assert summary['step'] == 4 and summary['num_samples'] == 200 and summary['used_ema']
+  assert len(summary['class_fractions']) == 10
+  assert np.isclose(sum(summary['class_fractions']), 1.0)
+  assert summary['untrained_frechet_distance'] > 0
+  assert np.isclose(summary['frechet_distance_ratio'],
+                    summary['frechet_distance'] / summary['untrained_frechet_distance'])
+  assert [h['step'] for h in summary['history']] == [2, 4]
+  _, tags = _event_tags(tmp_path)
+  assert {'quality/frechet_distance', 'quality/num_classes_covered',
+          'quality/min_class_fraction', 'quality/frechet_distance_ratio', 'eval/fid'} <= tags
+  # 40 real images once, then 40 generated ones at step 4 (the end).
+  assert extracted_shapes == [(40, 8, 8, 1), (40, 8, 8, 1)]
+
+
+def test_tfds_mock_dataset_run_through_tf_data(tfds_dir, tmp_path):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  config = tiny_config(str(tmp_path / 'tfds'), dataset='mnist', device_resident='never',
+                       num_train_steps=2, checkpoint_every_steps=1, sample_every_steps=0,
+                       parallelism='pmap')
+  with tfds.testing.mock_data(num_examples=24):
+    state = train.train_and_evaluate(config, tmp_path / 'run')
+  assert int(state.step) == 2
+  assert state.generator.params['project']['kernel'].ndim == 2  # pmap's device axis dropped.
+  assert _checkpoint_steps(tmp_path / 'run') == [1, 2]
+  # sample_every_steps=0 disables periodic grids; the final one is always written.
+  assert sorted(p.name for p in (tmp_path / 'run' / 'samples').iterdir()) == ['step_000002.png']
+  files, tags = _event_tags(tmp_path / 'run')
+  assert files and {'d_loss', 'g_loss', 'samples'} <= tags
+
+
+# ---- resume ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('device_resident', ['always', 'never'])
+def test_resume_is_bit_identical(tfds_dir, tmp_path, device_resident):
+  """N steps straight == N/2 steps, a restart from the checkpoint, then N/2 more."""
+  config = tiny_config(tfds_dir, device_resident=device_resident, num_train_steps=4,
+                       checkpoint_every_steps=0, sample_every_steps=0, log_every_steps=1)
+  straight = train.train_and_evaluate(config, tmp_path / 'straight')
+  config.num_train_steps = 2
+  half = train.train_and_evaluate(config, tmp_path / 'resumed')
+  config.num_train_steps = 4
+  resumed = train.train_and_evaluate(config, tmp_path / 'resumed')
+  assert _checkpoint_steps(tmp_path / 'resumed') == [2, 4]
+  assert int(resumed.step) == int(straight.step) == 4
+  # The halfway state really differs, so equality below is not vacuous.
+  assert any(not np.array_equal(a, b) for a, b in zip(_tree_leaves(half.generator.params),
+                                                      _tree_leaves(straight.generator.params)))
+  for a, b in zip(_tree_leaves(straight), _tree_leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+
+
+@_ORBAX_READ_NOISE
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tfds_dir, tmp_path, caplog):
+  config = tiny_config(tfds_dir, sample_every_steps=0)
+  train.train_and_evaluate(config, tmp_path)
+  assert _checkpoint_steps(tmp_path) == [2, 4]
+  for path in (tmp_path / 'checkpoints' / '4' / 'state').rglob('*'):
+    if path.is_file() and path.parent.name == 'd':
+      path.write_bytes(b'garbage')  # The array data of step 4 is destroyed.
+  config.num_train_steps = 6
+  with caplog.at_level(logging.INFO):
+    state = train.train_and_evaluate(config, tmp_path)
+  text = caplog.text
+  assert 'checkpoint of step 4' in text and 'falling back' in text
+  assert 'Resumed from the checkpoint of step 2' in text
+  assert int(state.step) == 6
+  assert _checkpoint_steps(tmp_path) == [2, 4, 6]  # Step 4 was trained and saved again.
+  assert any((tmp_path / 'corrupt_checkpoints').iterdir())
+
+
+# ---- failures -------------------------------------------------------------------------------
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+    tfds_dir, tmp_path, monkeypatch):
+  original = parallel.DataParallelStep.__call__
+
+  def poisoned(self, state, batch, rng):
+    step = int(jax.device_get(state.step))  # Steps done before this update.
+    state, metrics = original(self, state, batch, rng)
+    if step + 1 == 3:
+      metrics = dict(metrics, g_loss=metrics['g_loss'] * np.nan)
+    return state, metrics
+
+  monkeypatch.setattr(parallel.DataParallelStep, '__call__', poisoned)
+  config = tiny_config(tfds_dir, num_train_steps=6)
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r'non-finite g_loss at step 3; the last good checkpoint \(step 2\)'):
+    train.train_and_evaluate(config, tmp_path)
+  assert _checkpoint_steps(tmp_path) == [2]
+  assert sorted(p.name for p in (tmp_path / 'samples').iterdir()) == ['step_000002.png']
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'image_size': 48}, r'image_size must be 4·2\^k: 8, 16, 32, 64, 128 or 256'),
+    ({'batch_size': 12}, 'batch_size 12 is not divisible by the 8 devices'),
+    ({'dataset': 'no_such_dataset'}, "Unknown dataset 'no_such_dataset'; use one of digits"),
+    ({'loss': 'nope'}, 'nope'),
+])
+def test_bad_config_fails_before_touching_the_workdir(tfds_dir, tmp_path, overrides, message):
+  marker = tmp_path / 'checkpoints' / '7' / 'marker'
+  marker.parent.mkdir(parents=True)
+  marker.write_text('an earlier run')
+  before = sorted(str(p) for p in tmp_path.rglob('*'))
+  with pytest.raises(UserError, match=message):
+    train.train_and_evaluate(tiny_config(tfds_dir, **overrides), tmp_path)
+  assert sorted(str(p) for p in tmp_path.rglob('*')) == before
+  assert marker.read_text() == 'an earlier run'
+
+
+# ---- the default config's quality bar (the README run) --------------------------------------
+
+
+@pytest.mark.slow
+def test_default_config_meets_the_quality_bar(tmp_path, cache_home, tfds_dir):
+  """Runs the README command (one CPU device, like a plain install) and reads quality.json."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)  # A plain machine: one CPU device.
+  env['XDG_CACHE_HOME'] = str(cache_home)
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, '-m', 'dcgan_jax.main', '--config=configs/default.py',
+       f'--workdir={workdir}', f"--config.data_dir={tfds_dir}"],
+      cwd=_ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((workdir / 'quality.json').read_text())
+  assert summary['frechet_distance_ratio'] <= 0.10, summary
+  assert summary['num_classes_covered'] == 10, summary
+  assert summary['min_class_fraction'] >= 0.03, summary
+  assert summary['meets_quality_bar']
+  assert _checkpoint_steps(workdir)
+  assert list(workdir.glob('events.out.tfevents*'))
+  assert list((workdir / 'samples').glob('step_*.png'))
