@@ -1,0 +1,110 @@
+"""The GAN step: one device == shard_map == pmap (8 CPU devices), bf16, options, bad batches."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dcgan_jax import (DataParallelStep, Discriminator, Generator, StepConfig, UserError,
+                       create_gan_state, make_train_step)
+
+G = Generator(image_size=16, channels=3, latent_dim=16, width=8)
+D = Discriminator(image_size=16, channels=3, width=8)
+
+
+def _images(n=32, seed=0):
+  return np.random.RandomState(seed).randint(0, 256, (n, 16, 16, 3)).astype(np.uint8)
+
+
+def _leaves(state):
+  return (jax.tree.leaves(state.generator.params) + jax.tree.leaves(state.discriminator.params)
+          + jax.tree.leaves(state.generator.batch_stats)
+          + jax.tree.leaves(state.discriminator.batch_stats)
+          + jax.tree.leaves(state.generator.opt_state) + jax.tree.leaves(state.ema))
+
+
+@pytest.fixture(scope='module')
+def initial_state():
+  return create_gan_state(jax.random.key(0), G, D, use_ema=True)
+
+
+@pytest.mark.parametrize('step_config', [
+    StepConfig(),
+    pytest.param(StepConfig(loss='wasserstein', gradient_penalty_weight=10.0, d_steps=2),
+                 marks=pytest.mark.slow),
+], ids=['default', 'wgan_gp'])
+def test_single_device_shard_map_and_pmap_agree(initial_state, step_config):
+  assert jax.device_count() == 8
+  images, rng = _images(), jax.random.key(1)
+  single = jax.jit(make_train_step(G, D, step_config))
+  ref_state, ref_metrics = single(initial_state, images, rng)
+  for mode in ('shard_map', 'pmap'):
+    step = DataParallelStep(G, D, step_config, parallelism=mode)
+    assert step.num_devices == 8
+    state = step.place_state(initial_state)
+    state, metrics = step(state, step.place_batch(images), rng)
+    host = step.host_state(state)
+    metrics = step.host_metrics(metrics)
+    assert set(metrics) == set(ref_metrics)
+    for key, value in ref_metrics.items():
+      assert metrics[key] == pytest.approx(float(value), abs=1e-5, rel=1e-5), (mode, key)
+    for ours, ref in zip(_leaves(host), _leaves(ref_state)):
+      np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), atol=1e-5, rtol=1e-5)
+    assert int(host.step) == 1
+
+
+def test_step_updates_everything_and_reports_metrics(initial_state):
+  step = jax.jit(make_train_step(G, D, StepConfig(ema_decay=0.5)))
+  new, metrics = step(initial_state, _images(8), jax.random.key(3))
+  expected = {'d_loss', 'g_loss', 'd_real', 'd_fake_before', 'd_fake_after', 'd_grad_norm',
+              'g_grad_norm'}
+  assert set(metrics) == expected
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  # The G step sees the updated D: D(G(z)) moves between the two passes.
+  assert float(metrics['d_fake_before']) != float(metrics['d_fake_after'])
+  for old_tree, new_tree in [(initial_state.generator.params, new.generator.params),
+                             (initial_state.discriminator.params, new.discriminator.params),
+                             (initial_state.generator.batch_stats, new.generator.batch_stats),
+                             (initial_state.discriminator.batch_stats,
+                              new.discriminator.batch_stats)]:
+    changed = [not np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(old_tree), jax.tree.leaves(new_tree))]
+    assert all(changed)
+  # EMA with decay 0.5 sits halfway between the old and the new params.
+  for e0, p1, e1 in zip(jax.tree.leaves(initial_state.ema.params),
+                        jax.tree.leaves(new.generator.params), jax.tree.leaves(new.ema.params)):
+    np.testing.assert_allclose(e1, 0.5 * e0 + 0.5 * p1, rtol=1e-6, atol=1e-7)
+  assert int(new.step) == 1 and int(new.generator.step) == 1
+
+
+def test_d_steps_update_discriminator_more_often(initial_state):
+  step = jax.jit(make_train_step(G, D, StepConfig(d_steps=3)))
+  new, _ = step(initial_state, _images(8), jax.random.key(3))
+  assert int(new.discriminator.step) == 3 and int(new.generator.step) == 1
+
+
+def test_bfloat16_step_keeps_float32_state():
+  g, d = G.clone(dtype='bfloat16'), D.clone(dtype='bfloat16')
+  state = create_gan_state(jax.random.key(0), g, d)
+  step = DataParallelStep(g, d, StepConfig(), parallelism='shard_map')
+  new, metrics = step(step.place_state(state), step.place_batch(_images()), jax.random.key(1))
+  host = step.host_state(new)
+  dtypes = {np.asarray(x).dtype for x in jax.tree.leaves(
+      (host.generator.params, host.generator.batch_stats, host.discriminator.params,
+       host.discriminator.batch_stats, host.generator.opt_state))}
+  assert dtypes <= {np.dtype(np.float32), np.dtype(np.int32)}
+  assert all(np.isfinite(v) for v in step.host_metrics(metrics).values())
+
+
+def test_batch_not_divisible_by_devices_is_a_clear_error(initial_state):
+  step = DataParallelStep(G, D, StepConfig(), parallelism='shard_map')
+  with pytest.raises(UserError, match='not divisible by the 8 devices'):
+    step.place_batch(_images(12))
+
+
+def test_bad_step_options_are_rejected():
+  with pytest.raises(UserError, match='loss must be one of'):
+    StepConfig(loss='nope')
+  with pytest.raises(UserError, match='d_steps'):
+    StepConfig(d_steps=0)
+  with pytest.raises(UserError, match='parallelism'):
+    DataParallelStep(G, D, parallelism='dp')
