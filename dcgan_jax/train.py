@@ -24,7 +24,10 @@ writes together)::
   events.out.tfevents.*         TensorBoard scalars (losses, D(x), D(G(z)), grad norms, learning
                                 rates, steps/s, img/s, ETA, quality) and sample images
   samples/step_XXXXXX.png       sample grids from a fixed noise batch (EMA weights when kept)
+  samples/progress.gif          those grids as an animation, written at the end of the run
   quality.json                  (digits only) the offline quality score of the final generator
+  best_fid.json, best_fid/      (with inception_weights and eval_every_steps) the best
+                                in-training FID with its protocol, and that step's checkpoint
 """
 
 from __future__ import annotations
@@ -44,12 +47,14 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from dcgan_jax import animation
 from dcgan_jax import checkpointing
 from dcgan_jax import data
 from dcgan_jax import models
 from dcgan_jax import parallel
 from dcgan_jax import sample_grid
 from dcgan_jax import state as state_lib
+from dcgan_jax import summary
 from dcgan_jax import train_step as train_step_lib
 from dcgan_jax.errors import UserError
 
@@ -59,6 +64,11 @@ _INIT_TAG, _TRAIN_TAG, _SAMPLE_TAG, _QUALITY_TAG, _EVAL_TAG = 1, 2, 3, 4, 5
 # Generated images per forward pass when scoring many samples (bounds host/device memory).
 _GENERATE_CHUNK = 250
 QUALITY_FILE = 'quality.json'
+# The best in-training FID so far: its step, value and protocol; its checkpoint (the whole state,
+# restorable with `python -m dcgan_jax.evaluate --workdir=<workdir>/best_fid`) is kept in
+# <workdir>/best_fid/checkpoints/<step>.
+BEST_FID_FILE = 'best_fid.json'
+BEST_FID_DIR = 'best_fid'
 SAMPLES_DIR = 'samples'
 # The quality bar of the default run (issue: digits quality after the default budget).
 QUALITY_BAR = {'max_frechet_distance_ratio': 0.10, 'num_classes_covered': 10,
@@ -365,7 +375,12 @@ class _DigitsQualityHook:
 
 
 class _InceptionFIDHook:
-  """In-training Inception FID against the training images (needs ``inception_weights``)."""
+  """In-training Inception FID against the training images (needs ``inception_weights``).
+
+  The protocol (generated and real image counts, preprocessing, EMA or not) is logged with every
+  number: FID from ``eval_num_samples`` images is biased upwards and only comparable to FIDs of
+  the same count; ``python -m dcgan_jax.evaluate`` gives the standard 50,000-sample number.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, sampler: _Sampler):
     from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
@@ -373,10 +388,23 @@ class _InceptionFIDHook:
     self._evaluation = evaluation
     self._sampler = sampler
     num_samples = int(config.eval_num_samples)
-    self._extractor = evaluation.InceptionExtractor.from_file(config.inception_weights)
+    if num_samples < 2:
+      raise UserError(f'eval_num_samples must be at least 2 (got {num_samples}); FID needs '
+                      '2048+ samples to be meaningful, 50000 is the standard.')
+    # eval_preprocessing is not a configs/default.py field yet; pytorch_fid is the default.
+    preprocessing = config.get('eval_preprocessing', 'pytorch_fid')
+    self._extractor = evaluation.InceptionExtractor.from_file(config.inception_weights,
+                                                              preprocessing=preprocessing)
     real = data.load_all_images(config, max_examples=num_samples)
     self._real = evaluation.FeatureStatistics().update(self._extractor(real)['pool'])
     self._latents = _latents(int(config.seed), _EVAL_TAG, num_samples, int(config.latent_dim))
+    self.protocol = {'num_generated': num_samples, 'num_real': int(self._real.count),
+                     'real': f'{config.dataset} ({config.get("split", "train")} split)',
+                     'preprocessing': preprocessing,
+                     'inception_weights': os.fspath(config.inception_weights)}
+    logging.info('FID every %s steps: %d generated vs %d %s images, preprocessing %s.',
+                 config.eval_every_steps, num_samples, self._real.count, self.protocol['real'],
+                 preprocessing)
 
   def __call__(self, step: int, variables: dict[str, Any], writer) -> float:
     images = self._sampler.generate(variables, self._latents)
@@ -385,8 +413,25 @@ class _InceptionFIDHook:
     fid = self._evaluation.frechet_distance(self._real.mean, self._real.covariance, fake.mean,
                                             fake.covariance)
     writer.write_scalars(step, {'eval/fid': fid})
-    logging.info('Step %d: FID %.3f (%d samples).', step, fid, self._latents.shape[0])
+    logging.info('Step %d: FID %.3f (%d generated vs %d %s images, preprocessing %s).', step,
+                 fid, self.protocol['num_generated'], self.protocol['num_real'],
+                 self.protocol['real'], self.protocol['preprocessing'])
     return fid
+
+
+def _fid_enabled(config: ml_collections.ConfigDict, durations: Durations) -> bool:
+  """Whether in-training FID runs (the same answer on every process)."""
+  return durations.eval_every_steps > 0 and bool(config.inception_weights)
+
+
+def _read_best_fid(workdir: str) -> float:
+  """The best FID recorded by an earlier (interrupted) part of this run, else infinity."""
+  path = os.path.join(workdir, BEST_FID_FILE)
+  try:
+    with open(path, encoding='utf-8') as f:
+      return float(json.load(f)['fid'])
+  except (OSError, ValueError, KeyError, TypeError):
+    return math.inf
 
 
 def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
@@ -542,6 +587,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                durations.num_train_steps, durations.steps_per_epoch, config.batch_size,
                step_fn.num_devices, config.parallelism,
                'device-resident' if device_resident else 'tf.data')
+  if is_chief:
+    logging.info('Models:\n%s', summary.summarize(config))
 
   # --- 2. Lock, restore, write the run's config. ---------------------------------------------
   with checkpointing.acquire_workdir_lock(workdir), checkpointing.Checkpointer(
@@ -570,17 +617,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       checkpointing.save_config_json(workdir, config.to_dict())
 
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    # Every process saves the best-FID checkpoint together (orbax writes collectively).
+    best_checkpointer = (checkpointing.Checkpointer(os.path.join(workdir, BEST_FID_DIR),
+                                                    max_to_keep=1)
+                         if _fid_enabled(config, durations) else None)
     try:
       return _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid_hook,
-                         checkpointer, writer, initial_state, state, train_key, start_step)
+                         checkpointer, writer, initial_state, state, train_key, start_step,
+                         best_checkpointer)
     finally:
+      if best_checkpointer is not None:
+        best_checkpointer.close()
       writer.flush()
       writer.close()
 
 
 def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid_hook,
                 checkpointer, writer, initial_state, state, train_key,
-                start_step) -> state_lib.GANState:
+                start_step, best_checkpointer=None) -> state_lib.GANState:
   """The loop itself (see :func:`train_and_evaluate`)."""
   from clu import parameter_overview  # pylint: disable=g-import-not-at-top
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
@@ -604,7 +658,10 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     quality_hook = _DigitsQualityHook(config, image_sampler)
     quality_hook.score_untrained(image_sampler.variables(initial_state))
   if durations.eval_every_steps > 0 and not config.inception_weights:
-    logging.info('FID evaluation skipped: no inception_weights')
+    logging.warning('FID evaluation skipped: eval_every_steps is %d but no inception_weights '
+                    'is set (python -m dcgan_jax.evaluation.download_weights gets them).',
+                    durations.eval_every_steps)
+  best_fid = _read_best_fid(workdir)
   del initial_state
   _sync_processes('start')
 
@@ -636,6 +693,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     need_quality = quality_hook is not None and (final
                                                  or is_due(step, durations.quality_every_steps))
     need_fid = fid_hook is not None and (final or is_due(step, durations.eval_every_steps))
+    fid = None
     if is_chief and (need_samples or need_quality or need_fid):
       variables = image_sampler.variables(state)
       if need_samples:
@@ -654,8 +712,29 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
             quality_hook.write_json(workdir, step, result, used_ema=state.ema is not None)
       if need_fid:
         with report_progress.timed('fid'):
-          fid_hook(step, variables, writer)
+          fid = fid_hook(step, variables, writer)
     _sync_processes(f'hooks_{step}')  # The others wait here, not in the next step's collective.
+    if best_checkpointer is not None and (final or is_due(step, durations.eval_every_steps)):
+      keep_best(step, state, fid)
+
+  def keep_best(step: int, state: state_lib.GANState, fid: float | None) -> None:
+    """Saves the state as the best-FID checkpoint when process 0 measured a new best FID."""
+    nonlocal best_fid
+    improved = fid is not None and fid < best_fid
+    if jax.process_count() > 1:  # Only process 0 measured; every process takes part in saving.
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      improved = bool(multihost_utils.broadcast_one_to_all(np.asarray(improved)))
+    if not improved:
+      return
+    _save(best_checkpointer, step, state, train_key, config, step_fn, force=True)
+    if is_chief:
+      best_fid = fid
+      _write_json_atomically(os.path.join(workdir, BEST_FID_FILE),
+                             {'step': step, 'fid': fid, 'used_ema': state.ema is not None,
+                              'checkpoint': os.path.join(workdir, BEST_FID_DIR),
+                              **fid_hook.protocol})
+      logging.info('Step %d: best FID so far (%.3f); checkpoint kept in %s.', step, fid,
+                   os.path.join(workdir, BEST_FID_DIR))
 
   for step in range(start_step, num_train_steps):
     if sampler is not None:
@@ -706,5 +785,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   _save(checkpointer, final_step, state, train_key, config, step_fn, force=True)
   hooks(final_step, state, final=True)
   checkpointer.wait_until_finished()
+  if is_chief:  # The sample grids over the run, as one animation.
+    animation.write_progress_gif(os.path.join(workdir, SAMPLES_DIR))
   logging.info('Finished at step %d; outputs in %s.', final_step, workdir)
   return step_fn.host_state(state)

@@ -136,5 +136,7 @@ def test_two_processes_train_one_run(tmp_path):
     assert f'JAX process {i} of 2' in stderr
     assert 'on 4 devices' in stderr  # One global batch over both processes' devices.
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['2']
-  assert [p.name for p in (workdir / 'samples').iterdir()] == ['step_000002.png']
+  # Process 0 alone writes samples: one grid per sampling step, and the progress animation.
+  assert sorted(p.name for p in (workdir / 'samples').iterdir()) == ['progress.gif',
+                                                                      'step_000002.png']
   assert len(list(workdir.glob('events.out.tfevents*'))) == 1  # Only process 0 writes events.

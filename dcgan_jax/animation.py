@@ -1,0 +1,85 @@
+"""Animated GIFs of image grids (numpy and PIL only; nothing here needs JAX).
+
+Used for the latent-space walks of ``dcgan_jax.sample --interpolate`` and for the training
+progress animation ``<workdir>/samples/progress.gif`` made from the ``samples/step_*.png`` grids
+at the end of a run.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tempfile
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+PROGRESS_GIF = 'progress.gif'
+_STEP_PNG = re.compile(r'step_(\d+)\.png$')
+
+
+def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike,
+             duration_ms: int | Sequence[int] = 200, loop: int = 0) -> None:
+  """Writes uint8 frames as an animated GIF, atomically.
+
+  Args:
+    frames: uint8 images ``[H, W, C]`` (C in {1, 3}) of one shared size.
+    path: The file to write; its directory is created if needed.
+    duration_ms: Display time of each frame, or one per frame.
+    loop: Number of repetitions; 0 loops forever.
+  """
+  if not frames:
+    raise ValueError('A GIF needs at least one frame.')
+  images = [Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in frames]
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix='.gif', dir=directory)
+  os.close(fd)
+  try:
+    # disposal=1 and no optimisation keep every frame a full picture, so PIL reports (and
+    # viewers show) exactly one frame per input even where consecutive grids barely differ.
+    images[0].save(tmp, format='GIF', save_all=True, append_images=images[1:],
+                   duration=duration_ms if isinstance(duration_ms, int) else list(duration_ms),
+                   loop=loop, disposal=1, optimize=False)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def step_pngs(samples_dir: str | os.PathLike) -> list[str]:
+  """The ``step_XXXXXX.png`` files of a samples directory, in step order."""
+  paths = glob.glob(os.path.join(os.fspath(samples_dir), 'step_*.png'))
+  numbered = [(int(m.group(1)), p) for p in paths if (m := _STEP_PNG.search(p))]
+  return [p for _, p in sorted(numbered)]
+
+
+def write_progress_gif(samples_dir: str | os.PathLike, duration_ms: int = 300) -> str | None:
+  """Animates the sample grids of a run: ``<samples_dir>/progress.gif``, one frame per step.
+
+  Args:
+    samples_dir: A run's ``samples`` directory holding ``step_XXXXXX.png`` grids.
+    duration_ms: Display time of each frame (the last one is held three times as long).
+
+  Returns:
+    The GIF's path, or None when there is no grid to animate.
+  """
+  paths = step_pngs(samples_dir)
+  if not paths:
+    return None
+  frames = []
+  for path in paths:
+    with Image.open(path) as image:
+      frames.append(np.asarray(image.convert('RGB')))
+  # Grids of one run share a size; should a run have changed num_sample_images on resume,
+  # keep the frames that match the final grid rather than failing at the end of training.
+  frames = [f for f in frames if f.shape == frames[-1].shape]
+  # Hold the final samples longer before looping (a longer duration, not repeated frames, which
+  # PIL would merge anyway).
+  durations = [duration_ms] * (len(frames) - 1) + [3 * duration_ms]
+  out = os.path.join(os.fspath(samples_dir), PROGRESS_GIF)
+  save_gif(frames, out, duration_ms=durations)
+  return out

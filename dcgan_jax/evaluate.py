@@ -1,0 +1,362 @@
+r"""Scores a trained generator with FID, Inception Score and KID.
+
+  python -m dcgan_jax.evaluate --workdir=/tmp/dcgan_celeba \
+      --inception_weights=pt_inception-2015-12-05-6726825d.pth [--num_samples=50000] \
+      [--reference=stats.npz] [--step=N] [--batch_size=200] [--preprocessing=pytorch_fid|tf] \
+      [--no_ema]
+
+The run's config is read from the workdir, the generator of the latest (or `--step`) checkpoint
+is restored (its EMA weights when the run kept them, unless --no_ema), `--num_samples` images
+are generated from seeded latents and scored:
+
+* FID against `--reference` (a `mu`/`sigma` .npz, e.g. pytorch-fid's `--save-stats` output), or
+  else against the run's own dataset, whose statistics are computed once and cached as
+  ``<workdir>/fid_reference_<dataset>_<size>_<preprocessing>.npz`` (with a subset of the
+  reference features, for KID);
+* the Inception Score (10 splits);
+* KID against the cached reference features (skipped, with a note, when only `--reference`
+  statistics are given: KID needs features, not moments).
+
+The numbers are printed with their protocol (samples, reference, preprocessing) and written to
+``<workdir>/eval_step_XXXXXX.json``. Mistakes (missing workdir, checkpoint, weights, a bad
+reference file, ...) print one sentence on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from dcgan_jax.errors import EXIT_USER_ERROR, UserError
+
+# A private flag set, so that this module and dcgan_jax.main (which also defines --workdir) can
+# be imported into one process (tests, notebooks).
+FLAGS = flags.FlagValues()
+
+flags.DEFINE_string('workdir', None, "The training run's directory.", flag_values=FLAGS)
+flags.DEFINE_string('inception_weights', None, 'pt_inception-2015-12-05-6726825d.pth or an .npz '
+                    'copy; empty means the cached download (python -m '
+                    'dcgan_jax.evaluation.download_weights).', flag_values=FLAGS)
+flags.DEFINE_integer('num_samples', 50_000, 'Generated images to score (50,000 is the standard; '
+                     'FID is comparable only at equal counts).', flag_values=FLAGS)
+flags.DEFINE_string('reference', '', 'A mu/sigma .npz of reference statistics; empty means the '
+                    "run's dataset (computed once, cached in the workdir).", flag_values=FLAGS)
+flags.DEFINE_integer('num_reference', 50_000, 'Dataset images used for the cached reference '
+                     '(all of them when the split is smaller).', flag_values=FLAGS)
+flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate; default the latest.',
+                     flag_values=FLAGS)
+flags.DEFINE_integer('batch_size', 200, 'Images per generator / Inception batch.',
+                     flag_values=FLAGS)
+flags.DEFINE_enum('preprocessing', 'pytorch_fid', ['pytorch_fid', 'tf'], 'Inception input '
+                  'preprocessing: pytorch_fid (default) or tf (TTUR, torch-fidelity).',
+                  flag_values=FLAGS)
+flags.DEFINE_enum('precision', 'default', ['default', 'high', 'highest'], 'Matmul/conv '
+                  'precision of the Inception network.', flag_values=FLAGS)
+flags.DEFINE_bool('no_ema', False, "Use the trained weights even when the checkpoint holds EMA "
+                  'ones (the default uses the EMA weights when present).', flag_values=FLAGS)
+flags.DEFINE_integer('seed', 0, 'Seed of the generated latents.', flag_values=FLAGS)
+
+REFERENCE_PREFIX = 'fid_reference'
+# Reference features kept for KID (KID draws subsets of at most 1000 from each side).
+MAX_KID_FEATURES = 10_000
+KID_SUBSET_SIZE = 1000
+KID_SUBSETS = 100
+IS_SPLITS = 10
+_FEATURES_KEY = 'kid_features'
+
+
+def _fail(message: str) -> None:
+  """Prints one line on stderr and exits with the user-error status."""
+  sys.stderr.write(' '.join(str(message).split()) + '\n')
+  sys.stderr.flush()
+  sys.exit(EXIT_USER_ERROR)
+
+
+# ---- restoring the generator ------------------------------------------------------------------
+
+
+def load_run_config(workdir: str | os.PathLike):
+  """The run's config as an ``ml_collections.ConfigDict`` (raises UserError without one)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import checkpointing  # pylint: disable=g-import-not-at-top
+
+  return ml_collections.ConfigDict(checkpointing.restore_config(workdir))
+
+
+def load_generator(workdir: str, config, step: int | None, use_ema: bool):
+  """Restores G's sampling variables from a checkpoint of the run in `workdir`.
+
+  Returns:
+    (generator module, variables {'params', 'batch_stats'}, step, whether EMA weights are used).
+
+  Raises:
+    UserError: no checkpoint (of that step), or none restorable with the run's config.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import models  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import train  # pylint: disable=g-import-not-at-top
+
+  # The restore target: the shapes of a fresh state (schedules do not change its structure),
+  # traced with eval_shape so that nothing is initialised or compiled.
+  num_steps = max(1, int(config.get('num_train_steps', 1)))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.eval_shape(
+      lambda: {'gan': train.create_train_state(config, jax.random.key(0), num_steps),
+               'train_key': jax.random.key_data(jax.random.key(0))})
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        abstract)
+  with checkpointing.Checkpointer(workdir, read_only=True) as checkpointer:
+    restored, _, restored_step = checkpointer.restore(target, step=step)
+  state = restored['gan']
+  used_ema = use_ema and state.ema is not None
+  return (models.generator_from_config(config), state.sampling_variables(use_ema=used_ema),
+          int(restored_step), used_ema)
+
+
+def generate(generator, variables, num_samples: int, latent_dim: int, batch_size: int,
+             seed: int):
+  """Yields batches of generated images ``float32 [b, H, W, C]``, `num_samples` in all.
+
+  Batch i uses latents ``normal(fold_in(key(seed), i))``, so the samples depend only on the
+  seed and the batch size.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  @jax.jit
+  def sample(variables, key):
+    z = jax.random.normal(key, (batch_size, latent_dim))
+    return generator.apply(variables, z, train=False)
+
+  base = jax.random.key(seed)
+  for i, start in enumerate(range(0, num_samples, batch_size)):
+    images = np.asarray(sample(variables, jax.random.fold_in(base, i)))
+    yield images[:num_samples - start]
+
+
+# ---- reference statistics ----------------------------------------------------------------------
+
+
+def reference_cache_path(workdir: str | os.PathLike, config, preprocessing: str) -> pathlib.Path:
+  """``<workdir>/fid_reference_<dataset>_<size>_<preprocessing>.npz``."""
+  name = f'{REFERENCE_PREFIX}_{config.dataset}_{int(config.image_size)}_{preprocessing}.npz'
+  return pathlib.Path(workdir) / name
+
+
+def dataset_reference(workdir: str, config, extractor, num_reference: int,
+                      batch_size: int) -> tuple[Any, np.ndarray, dict[str, Any]]:
+  """Statistics (and KID features) of the run's dataset, from the cache or computed and cached.
+
+  Returns:
+    (FeatureStatistics, features [<= MAX_KID_FEATURES, 2048] float32, protocol dict).
+  """
+  from dcgan_jax import data  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
+
+  path = reference_cache_path(workdir, config, extractor.preprocessing)
+  description = {'dataset': str(config.dataset), 'split': str(config.get('split', 'train')),
+                 'image_size': int(config.image_size), 'channels': int(config.channels),
+                 'preprocessing': extractor.preprocessing, 'requested': int(num_reference)}
+  if path.is_file():
+    try:
+      stats, metadata = evaluation.FeatureStatistics.load(path)
+      cached = {key: metadata.get(key) for key in description}
+      if cached == description and _FEATURES_KEY in metadata:
+        logging.info('Using the cached reference statistics %s.', path)
+        protocol = {'source': str(path), 'cached': True, 'num_samples': int(stats.count),
+                    **description}
+        return stats, np.asarray(metadata[_FEATURES_KEY], np.float32), protocol
+      logging.info('The cached reference %s was made with other settings; recomputing it.', path)
+    except UserError as e:
+      logging.warning('Ignoring the unreadable cached reference %s (%s).', path, e)
+  images = data.load_all_images(config, max_examples=num_reference)
+  stats = evaluation.FeatureStatistics()
+  kid_features = []
+  kept = 0
+  for start in range(0, images.shape[0], batch_size):
+    pool = extractor(images[start:start + batch_size])['pool']
+    stats.update(pool)
+    if kept < MAX_KID_FEATURES:
+      kid_features.append(pool[:MAX_KID_FEATURES - kept])
+      kept += kid_features[-1].shape[0]
+  features = np.concatenate(kid_features) if kid_features else np.zeros((0, 2048), np.float32)
+  tmp_path = path.with_name(path.name + '.tmp.npz')
+  stats.save(tmp_path, **description, **{_FEATURES_KEY: features})
+  os.replace(tmp_path, path)  # Readers never see half a file.
+  logging.info('Cached the reference statistics of %d images in %s.', stats.count, path)
+  protocol = {'source': str(path), 'cached': False, 'num_samples': int(stats.count),
+              **description}
+  return stats, features, protocol
+
+
+def file_reference(path: str, preprocessing: str) -> tuple[Any, dict[str, Any]]:
+  """Statistics from a `mu`/`sigma` file; raises UserError when it is not one of 2048 dims."""
+  from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
+
+  if not os.path.isfile(path):
+    raise UserError(f'The reference statistics file {path} does not exist; pass a mu/sigma .npz '
+                    '(e.g. from pytorch-fid --save-stats) or omit --reference.')
+  stats, metadata = evaluation.FeatureStatistics.load(path)
+  if stats.dim != 2048:
+    raise UserError(f'{path} holds {stats.dim}-dim statistics; FID needs the 2048-dim Inception '
+                    'pool_3 statistics.')
+  file_mode = metadata.get('preprocessing')
+  if file_mode is not None and str(file_mode) != preprocessing:
+    logging.warning('%s was computed with preprocessing=%s, but --preprocessing=%s.', path,
+                    file_mode, preprocessing)
+  return stats, {'source': os.path.abspath(path), 'num_samples': int(stats.count) or None,
+                 'preprocessing': None if file_mode is None else str(file_mode)}
+
+
+# ---- the evaluation ---------------------------------------------------------------------------
+
+
+def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 50_000,
+             reference: str = '', num_reference: int = 50_000, step: int | None = None,
+             batch_size: int = 200, preprocessing: str = 'pytorch_fid',
+             precision: str = 'default', use_ema: bool = True, seed: int = 0) -> dict[str, Any]:
+  """Generates `num_samples` images from a run's checkpoint and scores them.
+
+  Returns:
+    The result written to ``<workdir>/eval_step_XXXXXX.json``: step, fid, inception_score,
+    inception_score_std, kid, kid_std (None when skipped) and protocol.
+
+  Raises:
+    UserError: any mistake in the arguments or files (one sentence).
+  """
+  from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
+
+  if num_samples < 2:
+    raise UserError(f'--num_samples must be at least 2 (got {num_samples}); 50000 is standard.')
+  if batch_size < 1:
+    raise UserError(f'--batch_size must be positive (got {batch_size}).')
+  workdir = os.fspath(pathlib.Path(workdir).expanduser().absolute())
+  # Cheap checks first: the run, its checkpoint, the reference file, then the weights.
+  config = load_run_config(workdir)
+  ref_stats = ref_features = None
+  if reference:
+    ref_stats, ref_protocol = file_reference(reference, preprocessing)
+  extractor = evaluation.InceptionExtractor.from_file(
+      inception_weights, preprocessing=preprocessing, precision=precision, batch_size=batch_size)
+  generator, variables, step, used_ema = load_generator(workdir, config, step, use_ema)
+  if ref_stats is None:
+    ref_stats, ref_features, ref_protocol = dataset_reference(workdir, config, extractor,
+                                                              num_reference, batch_size)
+
+  value_range = (-1.0, 1.0) if config.output_activation == 'tanh' else (0.0, 1.0)
+  fake = evaluation.FeatureStatistics()
+  logits, kid_features = [], []
+  kept = 0
+  for images in generate(generator, variables, num_samples, int(config.latent_dim), batch_size,
+                         seed):
+    out = extractor(evaluation.to_uint8(images, *value_range))
+    fake.update(out['pool'])
+    logits.append(out['logits'])
+    if ref_features is not None and kept < MAX_KID_FEATURES:
+      kid_features.append(out['pool'][:MAX_KID_FEATURES - kept])
+      kept += kid_features[-1].shape[0]
+
+  fid = evaluation.frechet_distance(fake.mean, fake.covariance, ref_stats.mean,
+                                    ref_stats.covariance)
+  splits = min(IS_SPLITS, num_samples)
+  is_mean, is_std = evaluation.inception_score(np.concatenate(logits), splits=splits)
+  kid_mean = kid_std = None
+  kid_protocol: dict[str, Any] = {'skipped': 'a --reference file holds statistics only; KID '
+                                             'needs reference features (omit --reference)'}
+  if ref_features is not None:
+    fake_features = np.concatenate(kid_features)
+    subset = min(KID_SUBSET_SIZE, fake_features.shape[0], ref_features.shape[0])
+    if subset >= 2:
+      kid_mean, kid_std = evaluation.kernel_inception_distance(
+          fake_features, ref_features, num_subsets=KID_SUBSETS, subset_size=subset)
+      kid_protocol = {'subsets': KID_SUBSETS, 'subset_size': subset,
+                      'num_generated_features': int(fake_features.shape[0]),
+                      'num_reference_features': int(ref_features.shape[0])}
+    else:
+      kid_protocol = {'skipped': 'fewer than 2 reference features'}
+
+  result = {
+      'step': step, 'fid': fid, 'inception_score': is_mean, 'inception_score_std': is_std,
+      'kid': kid_mean, 'kid_std': kid_std,
+      'protocol': {
+          'num_samples': int(num_samples), 'seed': int(seed), 'used_ema': bool(used_ema),
+          'preprocessing': extractor.preprocessing, 'precision': extractor.precision,
+          'inception_weights': os.path.abspath(inception_weights) if inception_weights else None,
+          'reference': ref_protocol, 'inception_score_splits': splits, 'kid': kid_protocol,
+          'dataset': str(config.dataset), 'image_size': int(config.image_size)},
+  }
+  path = pathlib.Path(workdir) / f'eval_step_{step:06d}.json'
+  tmp_path = path.with_name(path.name + '.tmp')
+  tmp_path.write_text(json.dumps(result, indent=2, sort_keys=True) + '\n', encoding='utf-8')
+  os.replace(tmp_path, path)
+  result['path'] = str(path)
+  return result
+
+
+def format_result(result: dict[str, Any]) -> str:
+  """A few human-readable lines: the scores and the protocol they were measured with."""
+  protocol = result['protocol']
+  reference = protocol['reference']
+  ref_count = reference.get('num_samples')
+  ref_text = (f"{reference['source']} ({ref_count if ref_count else 'unknown number of'} "
+              'images)')
+  kid = protocol['kid']
+  kid_text = (f"KID {result['kid']:.6f} ± {result['kid_std']:.6f} ({kid['subsets']} subsets of "
+              f"{kid['subset_size']})" if result['kid'] is not None
+              else f"KID skipped: {kid['skipped']}")
+  return '\n'.join([
+      f"Step {result['step']} ({'EMA' if protocol['used_ema'] else 'trained'} weights): "
+      f"{protocol['num_samples']} generated images, seed {protocol['seed']}.",
+      f"Reference: {ref_text}; preprocessing {protocol['preprocessing']}, precision "
+      f"{protocol['precision']}.",
+      f"FID {result['fid']:.4f}",
+      f"IS {result['inception_score']:.4f} ± {result['inception_score_std']:.4f} "
+      f"({protocol['inception_score_splits']} splits)",
+      kid_text,
+      f"Written to {result['path']}",
+  ])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    _fail(f'Unexpected arguments {" ".join(argv[1:])!r}; pass options as --name=value.')
+  if not FLAGS.workdir:
+    _fail('--workdir is required: the directory of a training run.')
+  try:
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    result = evaluate(FLAGS.workdir, FLAGS.inception_weights, num_samples=FLAGS.num_samples,
+                      reference=FLAGS.reference, num_reference=FLAGS.num_reference,
+                      step=FLAGS.step, batch_size=FLAGS.batch_size,
+                      preprocessing=FLAGS.preprocessing, precision=FLAGS.precision,
+                      use_ema=not FLAGS.no_ema, seed=FLAGS.seed)
+  except UserError as e:
+    logging.flush()
+    _fail(str(e))
+  print(format_result(result))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parses this program's flags, then absl's own (--verbosity, ...); mistakes exit 2."""
+  FLAGS.unparse_flags()  # A fresh parse (tests call this more than once in one process).
+  try:
+    remaining = FLAGS(argv, known_only=True)
+    return flags.FLAGS(remaining)
+  except flags.Error as e:
+    _fail((str(e).strip().splitlines() or ['bad command line'])[0])
+
+
+def run() -> None:
+  """Console entry point."""
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()

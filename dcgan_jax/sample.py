@@ -1,0 +1,237 @@
+r"""Samples from a trained run: an image grid, or walks through the latent space.
+
+  python -m dcgan_jax.sample --workdir=/tmp/dcgan_digits --num=64 --out=grid.png \
+      [--seed=0] [--ema|--noema] [--step=N]
+  python -m dcgan_jax.sample --workdir=/tmp/dcgan_digits --interpolate --rows=4 --steps=8 \
+      --out=walk.png [--gif_out=walk.gif] [--bounce|--nobounce]
+
+The model is rebuilt from the config saved with the checkpoint, and the newest readable
+checkpoint is used unless --step names one; a live training run may keep using the workdir.
+
+``--interpolate`` draws ``rows`` pairs of random latents and walks from the first of each pair
+to the second in ``steps`` points along the great circle between them (spherical interpolation,
+"slerp": Gaussian latents concentrate near a sphere, and a straight line between two of them
+passes through the unlikely low-norm interior). It writes
+
+* ``--out``: a PNG grid, one walk per row, one step per column;
+* ``--gif_out`` (default: ``--out`` with a .gif suffix): an animation whose frame ``t`` is the
+  grid of every walk's image at step ``t``. With ``--bounce`` (default) the animation runs
+  forward then back (``2 * steps - 2`` frames) so that its loop has no jump; with
+  ``--nobounce`` it has ``steps`` frames and jumps back to the start.
+
+Mistakes (no checkpoint, a bad --num, ...) print one sentence on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dcgan_jax import animation
+from dcgan_jax import checkpointing
+from dcgan_jax import models
+from dcgan_jax import sample_grid
+from dcgan_jax.errors import EXIT_USER_ERROR, UserError
+
+MAX_NUM = 4096  # Images per grid; more make an unreadable picture and a slow PNG.
+GRID_PADDING = 2  # Pixels between and around the images of every grid written here.
+_CHUNK = 256  # Images per generator call (bounds memory for large --num).
+
+
+def slerp(a: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
+  """Spherical interpolation between latent vectors.
+
+  Args:
+    a: Start points ``[N, D]``.
+    b: End points ``[N, D]``.
+    t: Positions ``[T]`` in [0, 1] (0 gives ``a``, 1 gives ``b``).
+
+  Returns:
+    ``[N, T, D]``: the points at angle fraction ``t`` along the great circle from ``a`` to ``b``,
+    with norms interpolated between theirs (exactly linear interpolation where ``a`` and ``b``
+    are parallel, whose angle is 0).
+  """
+  a_unit = a / jnp.linalg.norm(a, axis=-1, keepdims=True)
+  b_unit = b / jnp.linalg.norm(b, axis=-1, keepdims=True)
+  omega = jnp.arccos(jnp.clip(jnp.sum(a_unit * b_unit, axis=-1), -1.0, 1.0))[:, None, None]
+  sin_omega = jnp.sin(omega)
+  t = t[None, :, None]
+  parallel = sin_omega < 1e-6
+  safe_sin = jnp.where(parallel, 1.0, sin_omega)
+  wa = jnp.where(parallel, 1.0 - t, jnp.sin((1.0 - t) * omega) / safe_sin)
+  wb = jnp.where(parallel, t, jnp.sin(t * omega) / safe_sin)
+  return wa * a[:, None, :] + wb * b[:, None, :]
+
+
+def load_generator(workdir: str | os.PathLike, step: int | None = None,
+                   use_ema: bool = True) -> tuple[Any, dict[str, Any], ml_collections.ConfigDict,
+                                                  int]:
+  """Restores a run's generator for sampling.
+
+  Args:
+    workdir: A training run's directory.
+    step: The checkpoint to use; None for the newest readable one.
+    use_ema: Use the EMA weights when the run kept them (else G's own).
+
+  Returns:
+    ``(generator, variables, config, step)``: the flax module (``train=False`` sampling uses the
+    running BatchNorm statistics), its variables, the run's config and the restored step.
+
+  Raises:
+    UserError: the workdir does not exist, holds no (readable) checkpoint, or has no such step.
+  """
+  from dcgan_jax import train  # pylint: disable=g-import-not-at-top  # Builds the state layout.
+
+  config = ml_collections.ConfigDict(checkpointing.restore_config(workdir))
+  # The optimizer layout does not depend on the run length, so any num_train_steps restores.
+  target = {'gan': train.create_train_state(config, jax.random.key(0), num_train_steps=1),
+            'train_key': jax.random.key_data(jax.random.key(0))}
+  with checkpointing.Checkpointer(workdir, read_only=True) as checkpointer:
+    if checkpointer.latest_step() is None:
+      raise UserError(f'The workdir {workdir} has no checkpoint yet; train first or pass the '
+                      '--workdir of a run that saved one.')
+    restored, _, restored_step = checkpointer.restore(target, step=step)
+  variables = restored['gan'].sampling_variables(use_ema=use_ema)
+  return models.generator_from_config(config), variables, config, int(restored_step)
+
+
+def generate(generator: Any, variables: dict[str, Any], z: jax.Array) -> np.ndarray:
+  """Images ``float32 [N, H, W, C]`` for latents ``[N, latent_dim]`` (in chunks, train=False)."""
+  apply = jax.jit(lambda v, z: generator.apply(v, z, train=False))
+  return np.concatenate([np.asarray(apply(variables, z[i:i + _CHUNK]))
+                         for i in range(0, z.shape[0], _CHUNK)])
+
+
+def _value_range(config: ml_collections.ConfigDict) -> tuple[float, float]:
+  return (-1.0, 1.0) if config.output_activation == 'tanh' else (0.0, 1.0)
+
+
+def sample_grid_png(workdir: str, out: str, num: int = 64, seed: int = 0, use_ema: bool = True,
+                    step: int | None = None) -> np.ndarray:
+  """Writes a grid of ``num`` samples (``ceil(sqrt(num))`` columns) and returns it.
+
+  Returns:
+    The uint8 grid ``[H', W', C]`` written to ``out`` (see :func:`sample_grid.make_grid`).
+
+  Raises:
+    UserError: a bad ``num``, or see :func:`load_generator`.
+  """
+  if not 1 <= num <= MAX_NUM:
+    raise UserError(f'--num must be between 1 and {MAX_NUM} (got {num}).')
+  generator, variables, config, _ = load_generator(workdir, step, use_ema)
+  z = jax.random.normal(jax.random.key(seed), (num, int(config.latent_dim)), jnp.float32)
+  images = generate(generator, variables, z)
+  return sample_grid.save_grid(images, out, padding=GRID_PADDING,
+                               value_range=_value_range(config))
+
+
+def interpolation(workdir: str, out: str, gif_out: str, rows: int = 4, steps: int = 8,
+                  seed: int = 0, use_ema: bool = True, step: int | None = None,
+                  bounce: bool = True, frame_ms: int = 150) -> tuple[np.ndarray, list[np.ndarray]]:
+  """Writes latent walks as a PNG grid (rows = walks, columns = steps) and an animated GIF.
+
+  Args:
+    workdir: A training run's directory.
+    out: The PNG to write.
+    gif_out: The GIF to write.
+    rows: Number of walks, each between two random latents.
+    steps: Points per walk, both ends included (>= 2).
+    seed: Seed of the random end points.
+    use_ema: See :func:`load_generator`.
+    step: See :func:`load_generator`.
+    bounce: Animate forward then backward (``2 * steps - 2`` frames) instead of ``steps``.
+    frame_ms: Display time of each GIF frame.
+
+  Returns:
+    ``(grid, frames)``: the uint8 PNG grid and the GIF's uint8 frames.
+
+  Raises:
+    UserError: ``rows`` or ``steps`` out of range, or see :func:`load_generator`.
+  """
+  if not 1 <= rows <= MAX_NUM:
+    raise UserError(f'--rows must be between 1 and {MAX_NUM} (got {rows}).')
+  if not 2 <= steps <= 256:
+    raise UserError(f'--steps must be between 2 and 256 (got {steps}).')
+  if rows * steps > MAX_NUM:
+    raise UserError(f'--rows times --steps must be at most {MAX_NUM} (got {rows * steps}).')
+  generator, variables, config, _ = load_generator(workdir, step, use_ema)
+  key_a, key_b = jax.random.split(jax.random.key(seed))
+  shape = (rows, int(config.latent_dim))
+  z = slerp(jax.random.normal(key_a, shape), jax.random.normal(key_b, shape),
+            jnp.linspace(0.0, 1.0, steps))  # [rows, steps, latent]
+  images = generate(generator, variables, z.reshape((rows * steps, -1)))
+  value_range = _value_range(config)
+  grid = sample_grid.save_grid(images, out, num_columns=steps, padding=GRID_PADDING,
+                               value_range=value_range)
+  by_step = images.reshape((rows, steps) + images.shape[1:]).swapaxes(0, 1)  # [steps, rows, ...]
+  order = list(range(steps)) + (list(range(steps - 2, 0, -1)) if bounce else [])
+  frames = [sample_grid.make_grid(by_step[t], padding=GRID_PADDING, value_range=value_range)
+            for t in order]
+  animation.save_gif(frames, gif_out, duration_ms=frame_ms)
+  return grid, frames
+
+
+def _define_flags(flag_values):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  def define(kind, name, default, help_text):
+    getattr(flags, f'DEFINE_{kind}')(name, default, help_text, flag_values=flag_values)
+
+  define('string', 'workdir', None, 'A training run\'s directory (its checkpoints are used).')
+  define('string', 'out', 'samples.png', 'The PNG to write.')
+  define('integer', 'num', 64, f'Images in the grid (1..{MAX_NUM}).')
+  define('integer', 'seed', 0, 'Seed of the latent vectors.')
+  define('bool', 'ema', True, 'Sample from the EMA weights when the run kept them.')
+  define('integer', 'step', None, 'Checkpoint step to use; default: the newest.')
+  define('bool', 'interpolate', False, 'Write latent-space walks (PNG grid and GIF) instead.')
+  define('integer', 'rows', 4, 'With --interpolate: number of walks (grid rows).')
+  define('integer', 'steps', 8, 'With --interpolate: points per walk, ends included (grid '
+         'columns, GIF frames one way).')
+  define('string', 'gif_out', '', 'With --interpolate: the GIF to write; default: --out with a '
+         '.gif suffix.')
+  define('bool', 'bounce', True, 'With --interpolate: the GIF walks forward then back '
+         '(2*steps-2 frames) so it loops smoothly; --nobounce: steps frames.')
+
+
+def main(argv: list[str] | None = None) -> None:
+  """Command line (see the module docstring); mistakes exit 2 with one line on stderr."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  flag_values = flags.FlagValues()
+  _define_flags(flag_values)
+
+  def fail(message: str) -> None:
+    sys.stderr.write(' '.join(str(message).split()) + '\n')
+    sys.stderr.flush()
+    sys.exit(EXIT_USER_ERROR)
+
+  try:
+    remaining = flag_values(list(sys.argv if argv is None else argv))
+  except flags.Error as e:
+    fail((str(e).strip().splitlines() or ['bad command line'])[0])
+  if len(remaining) > 1:
+    fail(f'Unexpected arguments {" ".join(remaining[1:])!r}; pass options as --name=value.')
+  f = flag_values
+  if not f.workdir:
+    fail('--workdir is required, e.g. --workdir=/tmp/dcgan_digits.')
+  try:
+    if f.interpolate:
+      gif_out = f.gif_out or os.path.splitext(f.out)[0] + '.gif'
+      interpolation(f.workdir, f.out, gif_out, rows=f.rows, steps=f.steps, seed=f.seed,
+                    use_ema=f.ema, step=f.step, bounce=f.bounce)
+      print(f'Wrote {f.out} and {gif_out}.')
+    else:
+      sample_grid_png(f.workdir, f.out, num=f.num, seed=f.seed, use_ema=f.ema, step=f.step)
+      print(f'Wrote {f.out}.')
+  except UserError as e:
+    fail(str(e))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,190 @@
+r"""A Keras-``summary()``-like table of the generator and discriminator of a config.
+
+  python -m dcgan_jax.summary --config=configs/default.py [--config.image_size=64]
+
+For every layer (flax submodule) it lists the output shape and the number of parameters, then
+the totals, plus the shape arithmetic that answers the usual DCGAN question: how many
+(transposed) convolutions does a given image size need? Shapes come from ``jax.eval_shape``, so
+nothing is compiled or run: the summary of a 256x256 model costs well under a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dcgan_jax import models
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerRow:
+  """One row of the table.
+
+  Attributes:
+    name: The submodule's name ('project', 'ConvTranspose_0', ...), or 'output' for the model's
+      final (activated) output.
+    kind: Its class name ('Dense', 'BatchNorm', ...).
+    output_shape: Output shape, batch dimension included (``(N, H, W, C)``).
+    num_params: Number of trainable parameters (BatchNorm running statistics excluded).
+  """
+
+  name: str
+  kind: str
+  output_shape: tuple[int, ...]
+  num_params: int
+
+
+def layer_rows(module: nn.Module, example_input: jax.ShapeDtypeStruct) -> list[LayerRow]:
+  """The layers of ``module`` in call order, with output shapes and parameter counts.
+
+  Args:
+    module: A flax module called as ``module(x, train=True)``.
+    example_input: The abstract input, e.g. ``ShapeDtypeStruct((1, 100), float32)``.
+
+  Returns:
+    One :class:`LayerRow` per direct submodule call, then one 'output' row for the model output.
+  """
+
+  kinds: dict[str, str] = {}  # Submodule name -> class name, in call order.
+
+  def capture(mdl: nn.Module, method_name: str) -> bool:
+    # Called for every module method during init: remember each submodule's class as well.
+    if mdl.name is not None and mdl.name not in kinds:
+      kinds[mdl.name] = type(mdl).__name__
+    return method_name == '__call__'
+
+  def init(x):
+    # capture_intermediates records every module's __call__ output, in call order.
+    return module.init_with_output(jax.random.key(0), x, train=True,
+                                   capture_intermediates=capture, mutable=True)
+
+  output, variables = jax.eval_shape(init, example_input)
+  params = variables.get('params', {})
+  intermediates = variables['intermediates']
+  rows = []
+  # eval_shape returns dicts sorted by key; ``kinds`` keeps the order of the calls.
+  for name in kinds:
+    if name not in intermediates:
+      continue
+    out = intermediates[name]['__call__'][0]
+    rows.append(LayerRow(name, kinds.get(name, ''), tuple(out.shape),
+                         models.count_params(params.get(name, {}))))
+  rows.append(LayerRow('output', type(module).__name__, tuple(output.shape), 0))
+  return rows
+
+
+def _format_table(title: str, rows: list[LayerRow], input_shape: tuple[int, ...]) -> str:
+  header = ('Layer (type)', 'Output shape', 'Param #')
+  body = [('input', str(input_shape), '')]
+  body += [(f'{r.name} ({r.kind})', str(r.output_shape), f'{r.num_params:,}' if r.num_params
+            else '0' if r.name != 'output' else '') for r in rows]
+  widths = [max(len(line[i]) for line in [header] + body) for i in range(3)]
+
+  def fmt(line):
+    return f'{line[0]:<{widths[0]}}  {line[1]:<{widths[1]}}  {line[2]:>{widths[2]}}'
+
+  rule = '-' * len(fmt(header))
+  total = sum(r.num_params for r in rows)
+  return '\n'.join([title, rule, fmt(header), rule] + [fmt(line) for line in body] +
+                   [rule, f'Total params: {total:,}', ''])
+
+
+def shape_arithmetic(image_size: int, upsample: str = 'transpose') -> str:
+  """A few lines explaining how the layers reach ``image_size``.
+
+  Args:
+    image_size: 4·2^k.
+    upsample: The generator's upsampling mode ('transpose' or 'resize_conv').
+  """
+  k = models.validate_image_size(image_size)
+  sides = ' -> '.join(str(4 * 2**i) for i in range(k + 1))
+  if upsample == 'transpose':
+    up = ('a transposed conv with kernel 4, stride 2, padding 1 doubles the side: '
+          'out = (in - 1)*2 - 2*1 + 4 = 2*in')
+  else:
+    up = 'nearest x2 resize then a 3x3 conv with padding 1 doubles the side: out = 2*in'
+  return '\n'.join([
+      f'Shape arithmetic for {image_size}x{image_size}: log2({image_size}/4) = {k} up/down '
+      'blocks.',
+      f'  G: z -> dense projection to 4x4 -> {k} upsampling blocks ({sides}); {up}.',
+      f'  D: {k} stride-2 convs ({" -> ".join(reversed(sides.split(" -> ")))}); kernel 4, '
+      'stride 2, padding 1 halves the side: out = (in + 2*1 - 4)/2 + 1 = in/2; a final 4x4 '
+      "'VALID' conv maps 4x4 to 1x1 (one logit).",
+  ])
+
+
+def summarize(config: Any) -> str:
+  """The summary table of G and D for a run config, as text.
+
+  Args:
+    config: A run config (``image_size``, ``channels``, ``latent_dim``, widths, ``upsample``,
+      ``output_activation``, ``dtype``; see configs/default.py).
+
+  Returns:
+    Multi-line text: G's table, D's table (per layer output shape ``(1, H, W, C)`` for a batch of
+    one and parameter count, then the totals) and the shape arithmetic.
+
+  Raises:
+    UserError: the config describes an invalid model (e.g. an image size that is not 4·2^k).
+  """
+  generator = models.generator_from_config(config)
+  discriminator = models.discriminator_from_config(config)
+  z = jax.ShapeDtypeStruct((1, int(config.latent_dim)), jnp.float32)
+  size, channels = int(config.image_size), int(config.channels)
+  images = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+  g_rows, d_rows = layer_rows(generator, z), layer_rows(discriminator, images)
+  g_total = sum(r.num_params for r in g_rows)
+  d_total = sum(r.num_params for r in d_rows)
+  # D returns logits [N]; show the last conv's (N, 1, 1, 1) too, which the rows already hold.
+  return '\n'.join([
+      _format_table(f'Generator ({config.upsample}, width {config.generator_width})', g_rows,
+                    z.shape),
+      _format_table(f'Discriminator (width {config.discriminator_width})', d_rows, images.shape),
+      f'Total params: G {g_total:,} + D {d_total:,} = {g_total + d_total:,}',
+      shape_arithmetic(size, config.upsample),
+  ])
+
+
+def main(argv: list[str] | None = None) -> None:
+  """Command line: prints :func:`summarize` of ``--config`` (one-line errors, exit 2)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  from dcgan_jax.errors import EXIT_USER_ERROR, UserError  # pylint: disable=g-import-not-at-top
+
+  argv = list(sys.argv if argv is None else argv)
+  flag_values = flags.FlagValues()
+  # The override flags (--config.<field>) are found in the argv given at definition time.
+  config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py); fields '
+                                  'can be overridden with --config.<field>=<value>.',
+                                  flag_values=flag_values, lock_config=True, sys_argv=argv)
+
+  def fail(message: str) -> None:
+    sys.stderr.write(' '.join(str(message).split()) + '\n')
+    sys.exit(EXIT_USER_ERROR)
+
+  try:
+    flag_values(argv)
+    config = flag_values.config
+    if config is not None:
+      config.keys()  # The file is loaded lazily, on first use.
+  except flags.Error as e:
+    fail((str(e).strip().splitlines() or ['bad command line'])[0])
+  except Exception as e:  # pylint: disable=broad-except  # Unknown field, unloadable file.
+    fail(f'Cannot load the config ({type(e).__name__}: {(str(e).splitlines() or [""])[0]}); '
+         'pass --config=configs/<name>.py and fields listed in configs/default.py.')
+  if config is None:
+    fail('--config is required, e.g. --config=configs/default.py.')
+  try:
+    print(summarize(config))
+  except UserError as e:
+    fail(str(e))
+
+if __name__ == '__main__':
+  main()

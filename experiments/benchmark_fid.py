@@ -1,0 +1,253 @@
+r"""Inception feature throughput, ours vs torchvision, and the wall time of a full FID-N.
+
+  python experiments/benchmark_fid.py --out experiments/results/fid_h100.json
+  python experiments/benchmark_fid.py --tiny --out /tmp/fid_cpu.json   # seconds on CPU
+
+Both Inception-v3 networks get random weights built in memory (speed does not depend on the
+values, and nothing is downloaded). Each side keeps its default GPU precision: ours
+``precision='default'`` (TF32 convolutions on GPUs that have them), torch's defaults (cuDNN
+convolutions may use TF32, matmuls do not).
+
+Methods timed on 64x64 uint8 images (a DCGAN's output size), resized to 299 by each side:
+
+* ``dcgan_jax_extractor``: ``InceptionExtractor(images)``: numpy in, numpy features out, the
+  public API pytorch-fid users would swap in (includes the host->device copy).
+* ``dcgan_jax_device``: the same jitted preprocessing and network on a device-resident batch.
+* ``torchvision``: ``inception_v3(weights=None, aux_logits=False, init_weights=False)`` in eval
+  mode under ``no_grad`` on a device-resident batch, with pytorch-fid's resize and scaling, and
+  the pool features copied to the host per batch as pytorch-fid does.
+
+FID-N: generate N images with our (random) generator, quantise to uint8, extract features,
+accumulate statistics, and compute the distance to a reference; timed cold (with compilation)
+and warm. Imports only the library core, numpy and (optionally) torch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchmark_train as common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dcgan_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dcgan_jax.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dcgan_jax.evaluation import extractor as extractor_lib  # pylint: disable=wrong-import-position
+from dcgan_jax.evaluation import inception  # pylint: disable=wrong-import-position
+
+IMAGE_SIZE = 64
+
+
+def random_inception_variables(seed: int = 0) -> dict[str, Any]:
+  """FIDInceptionV3 variables of the right shapes with random values (no weights file)."""
+  rng = np.random.default_rng(seed)
+  shapes = inception.variable_shapes()
+
+  def make(path, s):
+    name = jax.tree_util.keystr(path)
+    if 'var' in name:
+      return np.ones(s.shape, s.dtype)  # BN variances must be positive.
+    if 'mean' in name or 'bias' in name:
+      return np.zeros(s.shape, s.dtype)
+    fan_in = int(np.prod(s.shape[:-1])) or 1
+    return (rng.standard_normal(s.shape) / np.sqrt(fan_in)).astype(s.dtype)
+
+  return jax.tree_util.tree_map_with_path(make, shapes)
+
+
+def bench_extractor(variables, batch: int, images: np.ndarray, args) -> dict[str, Any]:
+  extractor = evaluation.InceptionExtractor(variables, batch_size=batch, precision='default')
+
+  def run_steps(n: int) -> None:
+    for _ in range(n):
+      out = extractor(images)
+    assert out['pool'].shape == (images.shape[0], inception.POOL_FEATURES)
+
+  return common.time_method(run_steps, 1, args.repeats, 1)
+
+
+def bench_device(variables, batch: int, images: np.ndarray, args) -> dict[str, Any]:
+  """The extractor's two jitted programs on device-resident batches (no host copies)."""
+  device_vars = jax.device_put(variables)
+  chunks = [jax.device_put(images[i:i + batch]) for i in range(0, images.shape[0], batch)]
+
+  def run_steps(n: int) -> None:
+    for _ in range(n):
+      outs = [extractor_lib._forward(device_vars, evaluation.preprocess(c), precision='default')  # pylint: disable=protected-access
+              for c in chunks]
+    jax.block_until_ready(outs)
+
+  return common.time_method(run_steps, 1, args.repeats, 1)
+
+
+def bench_torch(batch: int, images: np.ndarray, args) -> dict[str, Any]:
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  import torchvision  # pylint: disable=g-import-not-at-top
+  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
+  torch.backends.cudnn.benchmark = True
+  net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False,
+                                        transform_input=False).to(device).eval()
+  net.fc = torch.nn.Identity()  # pool_3 features, as FID uses.
+  data = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
+  chunks = list(torch.split(data, batch))
+
+  def run_steps(n: int) -> None:
+    with torch.no_grad():
+      for _ in range(n):
+        for c in chunks:
+          x = F.interpolate(c.float() / 255.0, size=(299, 299), mode='bilinear',
+                            align_corners=False)
+          feats = net(2 * x - 1).cpu()
+    if device.type == 'cuda':
+      torch.cuda.synchronize()
+    assert feats.shape[1] == inception.POOL_FEATURES
+
+  return common.time_method(run_steps, 1, args.repeats, 1)
+
+
+def fid_wall_time(variables, args) -> dict[str, Any]:
+  """Generate N, features, statistics, distance; cold (incl. compilation) and warm."""
+  generator = models.Generator(image_size=IMAGE_SIZE, channels=3, width=args.width,
+                               upsample='transpose')
+  g_vars = generator.init(jax.random.key(0), jnp.zeros((2, generator.latent_dim)), train=False)
+  apply = jax.jit(lambda v, z: generator.apply(v, z, train=False))
+  extractor = evaluation.InceptionExtractor(variables, batch_size=args.fid_batch)
+  # A 2048-dim float64 eigendecomposition takes about a minute on a loaded 2-core CPU, so smoke
+  # runs keep the first fid_dims features; real runs use all 2048.
+  dims = args.fid_dims
+  ref_mu, ref_sigma = np.zeros(dims), np.eye(dims)
+
+  def fid_once() -> tuple[float, dict[str, float]]:
+    phases = {'generate_s': 0.0, 'features_s': 0.0, 'statistics_s': 0.0}
+    stats = evaluation.FeatureStatistics()
+    for start in range(0, args.fid_n, args.fid_batch):
+      n = min(args.fid_batch, args.fid_n - start)
+      t0 = time.perf_counter()
+      z = jax.random.normal(jax.random.fold_in(jax.random.key(1), start),
+                            (args.fid_batch, generator.latent_dim))
+      images = evaluation.to_uint8(apply(g_vars, z))[:n]
+      t1 = time.perf_counter()
+      pool = extractor(images)['pool']
+      t2 = time.perf_counter()
+      stats.update(pool[:, :dims])
+      t3 = time.perf_counter()
+      phases['generate_s'] += t1 - t0
+      phases['features_s'] += t2 - t1
+      phases['statistics_s'] += t3 - t2
+    t0 = time.perf_counter()
+    fid = evaluation.frechet_distance(stats.mean, stats.covariance, ref_mu, ref_sigma)
+    phases['distance_s'] = time.perf_counter() - t0
+    return fid, phases
+
+  runs = []
+  for _ in range(args.repeats):
+    t0 = time.perf_counter()
+    fid, phases = fid_once()
+    runs.append(dict(phases, wall_s=time.perf_counter() - t0, fid=fid))
+  warm = runs[1:] or runs
+  return {'n': args.fid_n, 'batch': args.fid_batch, 'dims': dims, 'cold_s': runs[0]['wall_s'],
+          'warm_s': float(np.median([r['wall_s'] for r in warm])), 'runs': runs}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--batch_sizes', default='50,500', help='feature batch sizes')
+  parser.add_argument('--num_images', type=int, default=5000,
+                      help='images per timed feature run (a multiple of each batch is used)')
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--fid_n', type=int, default=50000, help='samples of the FID run (0: skip)')
+  parser.add_argument('--fid_batch', type=int, default=500)
+  parser.add_argument('--width', type=int, default=64, help="generator width (ngf)")
+  parser.add_argument('--no_torch', action='store_true')
+  parser.add_argument('--torch_threads', type=int, default=0)
+  parser.add_argument('--out', default='')
+  parser.add_argument('--device_kind', default='')
+  parser.add_argument('--tiny', action='store_true',
+                      help='CPU smoke run: batch 8, 8 images, FID-16 with batch 8, 2 repeats')
+  parser.add_argument('--fid_dims', type=int, default=inception.POOL_FEATURES,
+                      help='feature dims kept for statistics and distance (smoke runs only)')
+  if '--tiny' in (sys.argv[1:] if argv is None else argv):
+    # Tiny defaults; flags given explicitly still win.
+    parser.set_defaults(batch_sizes='8', num_images=8, repeats=2, fid_n=16, fid_batch=8, width=8,
+                        torch_threads=1, fid_dims=64)
+  args = parser.parse_args(argv)
+  args.batch_sizes = common._positive_ints(args.batch_sizes)  # pylint: disable=protected-access
+  if min(args.num_images, args.repeats, args.fid_batch, args.width) < 1 or args.fid_n < 0:
+    raise UserError('num_images, repeats, fid_batch and width must be positive, fid_n >= 0.')
+  if not 2 <= args.fid_dims <= inception.POOL_FEATURES:
+    raise UserError(f'fid_dims must be in 2..{inception.POOL_FEATURES} (got {args.fid_dims}).')
+  if 0 < args.fid_n < 2:
+    raise UserError('fid_n must be 0 (skip) or at least 2 (a covariance needs two samples).')
+  return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  variables = random_inception_variables()
+  rows = []
+  use_torch = not args.no_torch and common._have_torch()  # pylint: disable=protected-access
+  rng = np.random.default_rng(0)
+  for batch in args.batch_sizes:
+    count = max(batch, args.num_images // batch * batch)
+    images = rng.integers(0, 256, (count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    group = []
+    if use_torch:
+      group.append(dict(bench_torch(batch, images, args), method='torchvision'))
+    group.append(dict(bench_extractor(variables, batch, images, args),
+                      method='dcgan_jax_extractor'))
+    group.append(dict(bench_device(variables, batch, images, args), method='dcgan_jax_device'))
+    anchor = None
+    for row in group:
+      row.update(batch=batch, images=count, img_per_s=count / (row['ms_per_step'] * 1e-3))
+      if row['method'] == 'torchvision':
+        anchor = row['img_per_s']
+    for row in group:
+      row['vs_torch'] = row['img_per_s'] / anchor if anchor else None
+    rows += group
+  table = common.print_table(rows, [('method', 'method', 's'), ('batch', 'batch', 'd'),
+                                    ('images', 'images', 'd'), ('img_per_s', 'img/s', '.1f'),
+                                    ('vs_torch', 'x torch', '.2f')])
+  fid = fid_wall_time(variables, args) if args.fid_n else None
+  if fid:
+    print(f"FID-{fid['n']} (batch {fid['batch']}): cold {fid['cold_s']:.2f} s, "
+          f"warm {fid['warm_s']:.2f} s", flush=True)
+  env = common.environment(args.device_kind or None)
+  return {
+      'benchmark': 'inception_fid',
+      'environment': env,
+      'settings': {'image_size': IMAGE_SIZE, 'inception_input': inception.INPUT_SIZE,
+                   'repeats': args.repeats, 'tiny': args.tiny, 'precision_ours': 'default',
+                   'precision_torch': 'PyTorch defaults', 'weights': 'random, in memory'},
+      'rows': rows,
+      'ratios_vs_torch': {f"b{r['batch']}_{r['method']}": r['vs_torch'] for r in rows
+                          if r['method'] != 'torchvision' and r['vs_torch'] is not None},
+      'fid': fid,
+      'targets': {'features_b50_vs_torch': 3.0, 'fid50k_warm_s': 10.0},
+      'targets_apply': not args.tiny and 'H100' in env['device_kind'],
+      'table': table,
+  }
+
+
+def main(argv: list[str] | None = None) -> int:
+  try:
+    args = parse_args(argv)
+  except UserError as e:
+    print(e, file=sys.stderr)
+    return 2
+  record = run(args)
+  if args.out:
+    common.write_json(args.out, record)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,219 @@
+r"""Whole training loop vs step-only throughput on a prepared synthetic image folder.
+
+  python experiments/benchmark_loop.py --out experiments/results/loop_h100.json
+  python experiments/benchmark_loop.py --tiny --out /tmp/loop_cpu.json   # seconds on CPU
+
+Writes ``--num_images`` smooth random PNGs (default 20,000 at 64x64) into a folder, prepares it
+once as the ``folder`` dataset, then runs :func:`dcgan_jax.train.train_and_evaluate` (input,
+metrics, logging, periodic checkpoints; no samples or quality hooks) for ``--short_steps`` and
+``--long_steps``. Fixed costs (compilation, setup, the final checkpoint) cancel in the
+difference, so the loop's steady-state rate is ``(long - short) · batch / (T_long - T_short)``.
+Step-only img/s is the same config's :class:`DataParallelStep` on one device-resident batch.
+Target (issue 5): loop ≥ 90% of step-only.
+
+Needs the training dependencies (TensorFlow, tensorflow-datasets, clu, ml_collections); where
+they are missing it says so, writes a JSON record marked skipped, and exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchmark_train as common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from dcgan_jax.errors import UserError  # pylint: disable=wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAINING_MODULES = ('tensorflow', 'tensorflow_datasets', 'clu', 'ml_collections', 'PIL')
+
+
+def missing_training_modules() -> list[str]:
+  return [m for m in TRAINING_MODULES if importlib.util.find_spec(m) is None]
+
+
+def write_image_folder(path: str, num_images: int, image_size: int, seed: int = 0) -> None:
+  """Writes smooth random RGB PNGs (upsampled 8x8 noise: realistic PNG sizes, fast to make)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  os.makedirs(path, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  factor = max(image_size // 8, 1)
+  for i in range(num_images):
+    small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    image = np.repeat(np.repeat(small, factor, axis=0), factor, axis=1)
+    Image.fromarray(image).save(os.path.join(path, f'{i:06d}.png'))
+
+
+def make_config(args, dataset_path: str, data_dir: str, num_steps: int):
+  """configs/default.py with the benchmark's dataset, model and hooks."""
+  spec = importlib.util.spec_from_file_location('dcgan_default_config',
+                                                os.path.join(REPO, 'configs', 'default.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.dataset = 'folder'
+  config.dataset_path = dataset_path
+  config.data_dir = data_dir
+  config.image_size = args.image_size
+  config.channels = 3
+  config.generator_width = config.discriminator_width = args.width
+  config.upsample = 'transpose'
+  config.dtype = args.dtype
+  config.batch_size = args.batch
+  config.device_resident = args.device_resident
+  config.num_train_steps = num_steps
+  config.log_every_steps = args.log_every
+  config.checkpoint_every_steps = args.checkpoint_every
+  config.sample_every_steps = 0
+  config.quality_every_steps = 0
+  config.eval_every_steps = 0
+  return config
+
+
+def step_only(config, args) -> dict[str, Any]:
+  """The loop's own step (same config, EMA included) on one device-resident batch."""
+  from dcgan_jax import models, parallel  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import train  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
+  step = parallel.DataParallelStep(models.generator_from_config(config),
+                                   models.discriminator_from_config(config),
+                                   train_step_lib.StepConfig.from_config(config))
+  state = step.place_state(train.create_train_state(config, jax.random.key(0),
+                                                    int(config.num_train_steps)))
+  real = step.place_batch(np.random.default_rng(0).integers(
+      0, 256, (args.batch, args.image_size, args.image_size, 3), dtype=np.uint8))
+  key = jax.random.key(1)
+  holder = {'state': state, 'i': 0}
+
+  def run_steps(n: int) -> None:
+    s = holder['state']
+    for _ in range(n):
+      s, metrics = step(s, real, jax.random.fold_in(key, holder['i']))
+      holder['i'] += 1
+    jax.block_until_ready((s, metrics))
+    holder['state'] = s
+
+  result = common.time_method(run_steps, args.long_steps - args.short_steps, args.repeats, 2)
+  result['img_per_s'] = args.batch / result['ms_per_step'] * 1e3
+  return result
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--num_images', type=int, default=20000)
+  parser.add_argument('--image_size', type=int, default=64)
+  parser.add_argument('--width', type=int, default=64)
+  parser.add_argument('--batch', type=int, default=128)
+  parser.add_argument('--dtype', default='bfloat16')
+  parser.add_argument('--short_steps', type=int, default=100)
+  parser.add_argument('--long_steps', type=int, default=1100)
+  parser.add_argument('--log_every', type=int, default=100)
+  parser.add_argument('--checkpoint_every', type=int, default=500)
+  parser.add_argument('--device_resident', default='auto', help="'auto', 'always' or 'never'")
+  parser.add_argument('--repeats', type=int, default=3, help='repeats of the step-only timing')
+  parser.add_argument('--workdir', default='', help='where data and runs go (default: a temp dir)')
+  parser.add_argument('--out', default='')
+  parser.add_argument('--device_kind', default='')
+  parser.add_argument('--tiny', action='store_true',
+                      help='CPU smoke run: 64 images of 16x16, width 8, batch 16, 2 vs 12 steps')
+  if '--tiny' in (sys.argv[1:] if argv is None else argv):
+    parser.set_defaults(num_images=64, image_size=16, width=8, batch=16, dtype='float32',
+                        short_steps=2, long_steps=12, log_every=2, checkpoint_every=4, repeats=2)
+  args = parser.parse_args(argv)
+  if args.long_steps <= args.short_steps or args.short_steps < 1:
+    raise UserError('long_steps must exceed short_steps, and short_steps must be positive.')
+  if args.num_images < args.batch:
+    raise UserError(f'num_images must be at least the batch ({args.batch}).')
+  return args
+
+
+def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
+  from dcgan_jax import data, train  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(root, 'images')
+  t0 = time.perf_counter()
+  if not os.path.isdir(folder):
+    write_image_folder(folder, args.num_images, args.image_size)
+  write_s = time.perf_counter() - t0
+  data_dir = os.path.join(root, 'tfds')
+  t0 = time.perf_counter()
+  info = data.dataset_info(make_config(args, folder, data_dir, args.short_steps))  # Prepares.
+  prepare_s = time.perf_counter() - t0
+  # The loop imports clu and TensorFlow lazily; load them now so the first timed run does not
+  # pay for it alone (the difference below assumes equal fixed costs).
+  from clu import metric_writers, parameter_overview, periodic_actions  # pylint: disable=g-import-not-at-top,unused-import
+  wall = {}
+  for steps in (args.short_steps, args.long_steps):
+    config = make_config(args, folder, data_dir, steps)
+    workdir = os.path.join(root, f'run_{steps}_{time.time_ns()}')
+    t0 = time.perf_counter()
+    state = train.train_and_evaluate(config, workdir)
+    wall[steps] = time.perf_counter() - t0
+    if int(np.asarray(state.step)) != steps:
+      raise RuntimeError(f'the loop stopped at step {state.step}, not {steps}')
+  extra = args.long_steps - args.short_steps
+  delta = wall[args.long_steps] - wall[args.short_steps]
+  # On a noisy machine the fixed costs can vary by more than the extra steps take.
+  loop_ips = extra * args.batch / delta if delta > 0 else float('nan')
+  step = step_only(make_config(args, folder, data_dir, args.long_steps), args)
+  rows = [
+      {'method': 'loop (steady state)', 'img_per_s': loop_ips, 'ms_per_step': args.batch / loop_ips * 1e3},
+      {'method': 'loop (end to end)', 'img_per_s': args.long_steps * args.batch / wall[args.long_steps],
+       'ms_per_step': wall[args.long_steps] / args.long_steps * 1e3},
+      {'method': 'step only', 'img_per_s': step['img_per_s'], 'ms_per_step': step['ms_per_step']},
+  ]
+  for row in rows:
+    row['vs_step'] = row['img_per_s'] / step['img_per_s']
+  table = common.print_table(rows, [('method', 'method', 's'), ('ms_per_step', 'ms/step', '.3f'),
+                                    ('img_per_s', 'img/s', '.1f'), ('vs_step', 'x step', '.3f')])
+  env = common.environment(args.device_kind or None)
+  return {
+      'benchmark': 'train_loop',
+      'skipped': False,
+      'environment': env,
+      'settings': {k: v for k, v in vars(args).items() if k not in ('out', 'workdir')},
+      'dataset': {'num_examples': info.num_examples, 'write_s': write_s, 'prepare_s': prepare_s},
+      'loop_wall_s': {str(k): v for k, v in wall.items()},
+      'rows': rows,
+      'loop_vs_step': loop_ips / step['img_per_s'] if delta > 0 else None,
+      'step_only': step,
+      'target_loop_vs_step': 0.9,
+      'targets_apply': not args.tiny and 'H100' in env['device_kind'],
+      'table': table,
+  }
+
+
+def main(argv: list[str] | None = None) -> int:
+  try:
+    args = parse_args(argv)
+  except UserError as e:
+    print(e, file=sys.stderr)
+    return 2
+  missing = missing_training_modules()
+  if missing:
+    message = (f'benchmark_loop skipped: the training loop needs {", ".join(missing)}, '
+               'which is not installed here.')
+    print(message, flush=True)
+    record = {'benchmark': 'train_loop', 'skipped': True, 'reason': message,
+              'environment': common.environment(args.device_kind or None)}
+  else:
+    if args.workdir:
+      os.makedirs(args.workdir, exist_ok=True)
+      record = run(args, args.workdir)
+    else:
+      with tempfile.TemporaryDirectory() as root:
+        record = run(args, root)
+  if args.out:
+    common.write_json(args.out, record)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,127 @@
+"""The experiments/ benchmarks: their work models, and --tiny smoke runs so none of them rots."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = os.path.join(REPO, 'experiments')
+sys.path.insert(0, EXPERIMENTS)
+
+import benchmark_train  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from dcgan_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _conv_kernel_count(params) -> int:
+  """Scalars in the conv/dense kernels only (the FLOP model ignores BN scales and biases)."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return sum(int(np.prod(v.shape)) for p, v in flat if 'kernel' in jax.tree_util.keystr(p))
+
+
+@pytest.mark.parametrize('image_size,width', [(64, 64), (32, 16), (16, 8)])
+def test_work_model_matches_the_models(image_size, width):
+  # The FLOP model counts layers analytically; their kernels must be the ones our models build.
+  g = models.Generator(image_size=image_size, channels=3, width=width, upsample='transpose')
+  d = models.Discriminator(image_size=image_size, channels=3, width=width)
+  g_vars = jax.eval_shape(lambda k, z: g.init(k, z, train=False), jax.random.key(0),
+                          jax.numpy.zeros((1, 100)))
+  d_vars = jax.eval_shape(lambda k, x: d.init(k, x, train=False), jax.random.key(0),
+                          jax.numpy.zeros((1, image_size, image_size, 3)))
+  expected = _conv_kernel_count(g_vars['params']) + _conv_kernel_count(d_vars['params'])
+  assert benchmark_train.param_count(image_size, width) == expected
+
+
+def test_flops_per_image_is_the_quoted_2_5_gflop():
+  flops = benchmark_train.step_flops(64, 64)
+  assert 2.4e9 < flops < 2.6e9
+  # Doubling the width quadruples every conv except the first/last: close to 4x overall.
+  assert 3.5 < benchmark_train.step_flops(64, 128) / flops < 4.0
+  # Bytes scale with batch and dtype width.
+  assert benchmark_train.step_bytes(256, 2) > 1.8 * benchmark_train.step_bytes(128, 2)
+  assert benchmark_train.step_bytes(128, 4) > benchmark_train.step_bytes(128, 2)
+
+
+def test_torch_anchor_has_the_same_layers():
+  torch = pytest.importorskip('torch')
+  net_g, net_d = benchmark_train.torch_models(32, 16)
+  kernels = sum(p.numel() for n, p in net_g.named_parameters() if p.dim() == 4)
+  kernels += sum(p.numel() for n, p in net_d.named_parameters() if p.dim() == 4)
+  assert kernels == benchmark_train.param_count(32, 16)
+  with torch.no_grad():
+    images = net_g(torch.zeros(2, 100, 1, 1))
+    assert tuple(images.shape) == (2, 3, 32, 32)
+    assert tuple(net_d(images).shape) == (2, 1, 1, 1)
+
+
+def test_bad_flags_are_user_errors(capsys):
+  assert benchmark_train.main(['--batch_sizes', '0']) == 2
+  assert benchmark_train.main(['--dtypes', 'float16']) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 2 and 'float16' in err[1]
+
+
+def _run(script, tmp_path, *flags):
+  out = tmp_path / f'{script}.json'
+  proc = subprocess.run([sys.executable, os.path.join(EXPERIMENTS, f'{script}.py'), '--tiny',
+                         '--out', str(out), *flags],
+                        capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+  return json.loads(out.read_text()), proc.stdout
+
+
+def _check_environment(record):
+  env = record['environment']
+  for key in ('date_utc', 'device_kind', 'jax_version', 'jax_backend'):
+    assert env[key]
+  assert record['targets_apply'] is False  # A tiny run is never an H100 result.
+
+
+@pytest.mark.slow
+def test_benchmark_train_tiny(tmp_path):
+  record, stdout = _run('benchmark_train', tmp_path, '--repeats', '1')
+  _check_environment(record)
+  assert record['table'] in stdout and 'img/s' in stdout
+  ours = [r for r in record['rows'] if r['method'] == 'dcgan_jax']
+  assert {r['dtype'] for r in ours} == {'float32', 'bfloat16'}
+  for row in record['rows']:
+    assert row['batch'] == 16 and row['ms_per_step'] > 0
+    assert row['img_per_s'] == pytest.approx(16 / row['ms_per_step'] * 1e3)
+    expected_tflops = record['flop_model']['flops_per_image_step'] * row['img_per_s'] / 1e12
+    assert row['tflop_per_s'] == pytest.approx(expected_tflops)
+  if record['environment'].get('torch_version'):
+    assert any(r['method'] == 'torch_examples' for r in record['rows'])
+    assert set(record['ratios_vs_torch']) == {'b16_float32', 'b16_bfloat16'}
+
+
+@pytest.mark.slow
+def test_benchmark_fid_tiny(tmp_path):
+  record, stdout = _run('benchmark_fid', tmp_path, '--batch_sizes', '4', '--num_images', '4',
+                        '--fid_n', '8', '--fid_batch', '4')
+  _check_environment(record)
+  assert record['table'] in stdout and 'FID-8' in stdout
+  methods = {r['method'] for r in record['rows']}
+  assert {'dcgan_jax_extractor', 'dcgan_jax_device'} <= methods
+  for row in record['rows']:
+    assert row['batch'] == 4 and row['img_per_s'] > 0
+  fid = record['fid']
+  assert fid['n'] == 8 and len(fid['runs']) == 2
+  assert np.isfinite(fid['runs'][0]['fid']) and fid['warm_s'] > 0
+  assert fid['runs'][0]['fid'] == pytest.approx(fid['runs'][1]['fid'])  # Same latents.
+
+
+@pytest.mark.slow
+def test_benchmark_loop_tiny(tmp_path):
+  record, stdout = _run('benchmark_loop', tmp_path)
+  _check_environment(record)
+  if record['skipped']:
+    assert 'skipped' in stdout
+    return
+  assert record['table'] in stdout
+  assert record['dataset']['num_examples'] == 64
+  assert record['step_only']['img_per_s'] > 0
+  assert set(record['loop_wall_s']) == {'2', '12'}

@@ -1,0 +1,243 @@
+"""The evaluation program (python -m dcgan_jax.evaluate) on a tiny trained run.
+
+One 8x8 run of 2 steps and random (but well-scaled) Inception weights are shared by the module.
+Inception at 299x299 costs about half a second per image on CPU, so the in-process runs score
+only 16 generated and 16 reference images; the numbers are meaningless, the plumbing is what is
+under test (the metrics themselves are tested in tests/test_evaluation_statistics.py).
+"""
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from dcgan_jax import evaluate
+from dcgan_jax import evaluation
+from dcgan_jax import train
+from dcgan_jax.errors import EXIT_USER_ERROR
+from dcgan_jax.evaluation import weights
+
+from test_train import tiny_config  # pylint: disable=g-bad-import-order
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+NUM = 2  # Images per side: Inception costs ~0.5 s per image on CPU.
+
+
+def _random_inception_npz(path, seed=0):
+  """Correctly shaped FID Inception weights, He-scaled so activations stay finite."""
+  rng = np.random.default_rng(seed)
+  state = {}
+  for name, shape in weights.expected_torch_shapes().items():
+    if name.endswith('running_var'):
+      array = np.ones(shape)
+    elif name.endswith('running_mean') or name.endswith('bias'):
+      array = np.zeros(shape)
+    elif name.endswith('bn.weight'):
+      array = np.ones(shape)
+    else:  # Convolution [O, I, H, W] or fc [1008, 2048] weights.
+      fan_in = int(np.prod(shape[1:]))
+      array = rng.normal(size=shape) * np.sqrt(2.0 / fan_in)
+    state[name] = array.astype(np.float32)
+  weights.save_npz(state, path)
+  return path
+
+
+@pytest.fixture(autouse=True)
+def one_device_extractor(monkeypatch):
+  """Runs Inception on one device: on 8 (fake) devices every batch would be padded to 8."""
+  from_file = evaluation.InceptionExtractor.from_file
+
+  def one_device(cls, path, **kwargs):
+    del cls
+    return from_file(path, devices=jax.local_devices()[:1], **kwargs)
+
+  monkeypatch.setattr(evaluation.InceptionExtractor, 'from_file', classmethod(one_device))
+
+
+@pytest.fixture(scope='module')
+def inception_npz(tmp_path_factory):
+  return str(_random_inception_npz(tmp_path_factory.mktemp('weights') / 'inception.npz'))
+
+
+class _Records(logging.Handler):
+
+  def __init__(self):
+    super().__init__()
+    self.messages = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+  """A 2-step run asked for FID every step but given no weights (so FID is skipped)."""
+  tmp = tmp_path_factory.mktemp('eval_run')
+  config = tiny_config(str(tmp / 'tfds'), num_train_steps=2, checkpoint_every_steps=2,
+                       sample_every_steps=0, log_every_steps=1, eval_every_steps=1)
+  records = _Records()
+  logging.getLogger().addHandler(records)
+  try:
+    train.train_and_evaluate(config, tmp / 'run')
+  finally:
+    logging.getLogger().removeHandler(records)
+  run = tmp / 'run'
+  run.joinpath('train_log.txt').write_text('\n'.join(records.messages))
+  return run
+
+
+def test_training_without_weights_says_fid_is_skipped(run_dir):
+  log = run_dir.joinpath('train_log.txt').read_text()
+  assert 'FID evaluation skipped' in log
+  assert not (run_dir / train.BEST_FID_FILE).exists()
+  assert not (run_dir / train.BEST_FID_DIR).exists()
+
+
+def test_training_keeps_the_best_fid_checkpoint(tmp_path, monkeypatch):
+  # A stand-in extractor (as in test_train.py) whose FID is 1/step: every evaluation improves,
+  # so the kept checkpoint must follow the latest evaluated step.
+  calls = []
+
+  def fake_extractor(images):
+    calls.append(images.shape[0])
+    pixels = images.astype(np.float32)
+    # Real images (the first call) are all zeros; generated ones are shifted further each time.
+    shift = 0.0 if len(calls) == 1 else 1e4 / (len(calls) - 1)
+    features = np.concatenate([pixels.mean(axis=(1, 2, 3))[:, None] * 0 + shift,
+                               pixels.mean(axis=(2, 3))], axis=1)
+    return {'pool': features}
+
+  monkeypatch.setattr(evaluation.InceptionExtractor, 'from_file',
+                      classmethod(lambda cls, path, **kwargs: fake_extractor))
+  config = tiny_config(str(tmp_path / 'tfds'), num_train_steps=4, checkpoint_every_steps=4,
+                       sample_every_steps=0, inception_weights='stand_in.npz',
+                       eval_every_steps=2, eval_num_samples=20)
+  final_state = train.train_and_evaluate(config, tmp_path / 'run')
+  best = json.loads((tmp_path / 'run' / train.BEST_FID_FILE).read_text())
+  assert best['step'] == 4 and np.isfinite(best['fid'])
+  assert best['num_generated'] == 20 and best['num_real'] == 20
+  assert best['preprocessing'] == 'pytorch_fid'
+  best_dir = tmp_path / 'run' / train.BEST_FID_DIR
+  steps = sorted(p.name for p in (best_dir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps == ['4']  # max_to_keep=1: step 2's checkpoint was replaced.
+  # The evaluation program reads the best checkpoint like any run directory.
+  config = evaluate.load_run_config(best_dir)
+  _, variables, step, used_ema = evaluate.load_generator(str(best_dir), config, None, True)
+  assert step == 4 and used_ema
+  for restored, trained in zip(jax.tree.leaves(variables),
+                               jax.tree.leaves(final_state.ema.variables)):
+    np.testing.assert_array_equal(np.asarray(restored), np.asarray(trained))
+
+
+def _cli(argv, capsys):
+  """Runs the program in-process; returns (exit status, stdout, stderr)."""
+  status = 0
+  try:
+    remaining = evaluate.parse_flags(['evaluate', *argv])
+    evaluate.main(remaining)
+  except SystemExit as e:
+    status = e.code
+  out, err = capsys.readouterr()
+  return status, out, err
+
+
+def test_evaluate_writes_json_and_reuses_the_reference_cache(run_dir, inception_npz, capsys,
+                                                             monkeypatch):
+  args = [f'--workdir={run_dir}', f'--inception_weights={inception_npz}',
+          f'--num_samples={NUM}', f'--num_reference={NUM}', '--batch_size=8']
+  status, out, _ = _cli(args, capsys)
+  assert status == 0
+  result_path = run_dir / 'eval_step_000002.json'
+  result = json.loads(result_path.read_text())
+  assert {'step', 'fid', 'inception_score', 'inception_score_std', 'kid', 'kid_std',
+          'protocol'} <= set(result)
+  assert result['step'] == 2
+  assert np.isfinite(result['fid']) and result['fid'] >= 0
+  assert np.isfinite(result['inception_score']) and result['inception_score'] >= 1 - 1e-6
+  assert np.isfinite(result['kid'])
+  protocol = result['protocol']
+  assert protocol['num_samples'] == NUM and protocol['used_ema']
+  assert protocol['preprocessing'] == 'pytorch_fid'
+  assert protocol['reference']['num_samples'] == NUM and not protocol['reference']['cached']
+  assert protocol['kid']['subset_size'] == NUM
+  cache = run_dir / 'fid_reference_digits_8_pytorch_fid.npz'
+  assert protocol['reference']['source'] == str(cache) and cache.is_file()
+  stats, metadata = evaluation.FeatureStatistics.load(cache)
+  assert stats.count == NUM and metadata['kid_features'].shape == (NUM, 2048)
+  assert f'{NUM} generated images' in out and 'pytorch_fid' in out and 'FID' in out
+
+  # Second call: the dataset is not read again, and the same latents give the same FID.
+  def no_data(*args, **kwargs):
+    raise AssertionError('the cached reference statistics should have been used')
+
+  from dcgan_jax import data  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(data, 'load_all_images', no_data)
+  status, _, _ = _cli(args + ['--step=2', '--no_ema'], capsys)
+  assert status == 0
+  again = json.loads(result_path.read_text())
+  assert again['protocol']['reference']['cached']
+  assert not again['protocol']['used_ema']
+  # Other weights (trained rather than EMA) give another FID against the same reference.
+  assert again['fid'] != result['fid']
+
+
+def test_reference_file_gives_fid_and_skips_kid(run_dir, inception_npz, tmp_path, capsys):
+  # Statistics of random features stand in for a pytorch-fid --save-stats file.
+  rng = np.random.default_rng(1)
+  stats_path = tmp_path / 'stats.npz'
+  evaluation.FeatureStatistics().update(rng.normal(size=(40, 2048))).save(stats_path)
+  status, out, _ = _cli([f'--workdir={run_dir}', f'--inception_weights={inception_npz}',
+                         f'--num_samples={NUM}', '--batch_size=8', f'--reference={stats_path}'],
+                        capsys)
+  assert status == 0
+  result = json.loads((run_dir / 'eval_step_000002.json').read_text())
+  assert np.isfinite(result['fid']) and result['fid'] > 0
+  assert result['kid'] is None and 'statistics only' in result['protocol']['kid']['skipped']
+  assert result['protocol']['reference']['source'] == str(stats_path)
+  assert 'KID skipped' in out
+
+
+@pytest.mark.parametrize('case,message', [
+    ('missing_workdir', 'does not exist'),
+    ('no_checkpoint', 'no run config'),
+    ('missing_weights', 'Inception weights not found'),
+    ('bad_reference', 'not a statistics file'),
+    ('missing_reference', 'reference statistics file'),
+    ('bad_step', 'no checkpoint of step 7'),
+])
+def test_user_mistakes_are_one_line(case, message, run_dir, inception_npz, tmp_path, capsys):
+  args = {'workdir': str(run_dir), 'inception_weights': inception_npz, 'num_samples': str(NUM)}
+  if case == 'missing_workdir':
+    args['workdir'] = str(tmp_path / 'nope')
+  elif case == 'no_checkpoint':
+    args['workdir'] = str(tmp_path)
+  elif case == 'missing_weights':
+    args['inception_weights'] = str(tmp_path / 'missing.pth')
+  elif case == 'bad_reference':
+    bad = tmp_path / 'bad.npz'
+    np.savez(bad, something=np.zeros(3))
+    args['reference'] = str(bad)
+  elif case == 'missing_reference':
+    args['reference'] = str(tmp_path / 'missing.npz')
+  elif case == 'bad_step':
+    args['step'] = '7'
+  status, out, err = _cli([f'--{k}={v}' for k, v in args.items()], capsys)
+  assert status == EXIT_USER_ERROR
+  assert message.lower() in err.lower()
+  assert 'Traceback' not in err and out == ''
+
+
+def test_subprocess_error_is_one_line_exit_2(tmp_path, inception_npz):
+  env = dict(os.environ, PYTHONPATH=str(_ROOT))
+  proc = subprocess.run(
+      [sys.executable, '-m', 'dcgan_jax.evaluate', f'--workdir={tmp_path / "missing"}',
+       f'--inception_weights={inception_npz}'],
+      cwd=_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == EXIT_USER_ERROR
+  assert proc.stderr.strip().splitlines()[-1].startswith('The workdir ')
+  assert 'does not exist' in proc.stderr and 'Traceback' not in proc.stderr

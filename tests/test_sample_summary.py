@@ -1,0 +1,229 @@
+"""Tests of the model summary, the sampling / latent-walk CLI and the progress animation.
+
+One tiny training run (8x8 digits, width 8, 4 steps) is shared by the whole module; the sample
+CLI then runs on its checkpoint in-process and once as a subprocess.
+"""
+import importlib.util
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image, ImageSequence
+
+from dcgan_jax import animation
+from dcgan_jax import sample
+from dcgan_jax import summary
+from dcgan_jax.errors import EXIT_USER_ERROR
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_PAD = sample.GRID_PADDING
+
+
+def load_config(name='default'):
+  spec = importlib.util.spec_from_file_location(f'{name}_config', _ROOT / 'configs' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def grid_size(rows, columns, side):
+  """(width, height) in pixels of a grid with GRID_PADDING around and between the images."""
+  return columns * (side + _PAD) + _PAD, rows * (side + _PAD) + _PAD
+
+
+# ---- summary --------------------------------------------------------------------------------
+
+
+def _shapes(rows, kind):
+  return [r.output_shape for r in rows if r.kind == kind]
+
+
+@pytest.mark.parametrize('size', [32, 64, 128])
+@pytest.mark.parametrize('upsample', ['transpose', 'resize_conv'])
+def test_summary_shapes_follow_the_shape_arithmetic(size, upsample):
+  config = load_config()
+  config.update(dict(image_size=size, channels=3, upsample=upsample))
+  k = int(math.log2(size // 4))
+  z = jax.ShapeDtypeStruct((1, config.latent_dim), jnp.float32)
+  g_rows = summary.layer_rows(summary.models.generator_from_config(config), z)
+  up_kind = 'ConvTranspose' if upsample == 'transpose' else 'Conv'
+  # G: 4x4 after the projection (its BN), then k doublings to the image size.
+  g_sides = [s[1] for s in _shapes(g_rows, 'BatchNorm')[:1]] + [s[1] for s in
+                                                               _shapes(g_rows, up_kind)]
+  assert g_sides == [4 * 2**i for i in range(k + 1)]
+  assert g_rows[-1].output_shape == (1, size, size, 3)
+  images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  d_rows = summary.layer_rows(summary.models.discriminator_from_config(config), images)
+  # D: k halvings from size to 4, then the 4x4 VALID conv to a 1x1 logit.
+  assert [s[1] for s in _shapes(d_rows, 'Conv')] == [size // 2**i for i in range(1, k + 1)] + [1]
+  assert d_rows[-1].output_shape == (1,)
+  text = summary.summarize(config)
+  assert f'log2({size}/4) = {k}' in text
+  assert f'(1, {size}, {size}, 3)' in text
+
+
+def test_summary_totals_match_the_paper_model():
+  config = load_config()
+  config.update(dict(image_size=64, channels=3, generator_width=64, discriminator_width=64,
+                     upsample='transpose'))
+  text = summary.summarize(config)
+  assert 'Total params: 3,576,704' in text
+  assert 'Total params: 2,765,568' in text
+  assert 'G 3,576,704 + D 2,765,568 = 6,342,272' in text
+
+
+def test_summary_cli(capsys):
+  summary.main(['summary', f'--config={_ROOT}/configs/default.py', '--config.image_size=16'])
+  out = capsys.readouterr().out
+  assert '(1, 16, 16, 1)' in out and 'log2(16/4) = 2' in out
+
+
+def test_summary_cli_bad_size_is_one_line(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    summary.main(['summary', f'--config={_ROOT}/configs/default.py', '--config.image_size=48'])
+  assert exit_info.value.code == EXIT_USER_ERROR
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and 'image_size' in err
+
+
+# ---- slerp ----------------------------------------------------------------------------------
+
+
+def test_slerp_ends_and_norms():
+  a = jax.random.normal(jax.random.key(0), (3, 16))
+  b = jax.random.normal(jax.random.key(1), (3, 16))
+  path = sample.slerp(a, b, jnp.linspace(0.0, 1.0, 5))
+  assert path.shape == (3, 5, 16)
+  np.testing.assert_allclose(path[:, 0], a, atol=1e-5)
+  np.testing.assert_allclose(path[:, -1], b, atol=1e-5)
+  # Unlike a straight line, the midpoint does not shrink towards 0: it is longer than the chord's
+  # midpoint, and for ends of equal norm the whole path stays on their sphere.
+  mid, lerp_mid = jnp.linalg.norm(path[:, 2], axis=-1), jnp.linalg.norm((a + b) / 2, axis=-1)
+  assert bool(jnp.all(mid > lerp_mid))
+  b_same_norm = b * jnp.linalg.norm(a, axis=-1, keepdims=True) / jnp.linalg.norm(b, axis=-1,
+                                                                              keepdims=True)
+  norms = jnp.linalg.norm(sample.slerp(a, b_same_norm, jnp.linspace(0.0, 1.0, 7)), axis=-1)
+  np.testing.assert_allclose(norms, jnp.broadcast_to(jnp.linalg.norm(a, axis=-1)[:, None],
+                                                     norms.shape), rtol=1e-4)
+  same = sample.slerp(a, a, jnp.linspace(0.0, 1.0, 3))  # Parallel ends: no NaN.
+  np.testing.assert_allclose(same[:, 1], a, atol=1e-5)
+
+
+# ---- a tiny run, then sampling ----------------------------------------------------------------
+
+_SIDE = 8
+_SAMPLE_STEPS = [2, 4]
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+  """A 4-step 8x8 digits run with checkpoints and sample grids at steps 2 and 4."""
+  from dcgan_jax import train  # pylint: disable=g-import-not-at-top
+
+  workdir = tmp_path_factory.mktemp('run')
+  config = load_config()
+  config.update(dict(
+      data_dir=str(tmp_path_factory.mktemp('tfds')), image_size=_SIDE, generator_width=8,
+      discriminator_width=8, latent_dim=8, batch_size=16, num_train_steps=4, log_every_steps=2,
+      checkpoint_every_steps=2, sample_every_steps=2, quality_every_steps=0,
+      num_sample_images=6, keep_checkpoints=3,
+      # Large steps and a short EMA, so that the grids of steps 2 and 4 differ visibly.
+      g_learning_rate=2e-2, d_learning_rate=2e-2, ema_decay=0.5))
+  train.train_and_evaluate(config, str(workdir))
+  return workdir
+
+
+def test_training_writes_the_progress_animation(run_dir):
+  pngs = animation.step_pngs(run_dir / 'samples')
+  assert [int(pathlib.Path(p).stem.split('_')[1]) for p in pngs] == _SAMPLE_STEPS
+  grids = [np.asarray(Image.open(p)) for p in pngs]
+  assert not np.array_equal(grids[0], grids[-1])  # (PIL merges identical frames.)
+  with Image.open(run_dir / 'samples' / animation.PROGRESS_GIF) as gif:
+    assert gif.n_frames == len(pngs)
+    assert gif.size == Image.open(pngs[-1]).size
+
+
+def test_sample_grid_in_process(run_dir, tmp_path):
+  out = tmp_path / 'grid.png'
+  sample.main(['sample', f'--workdir={run_dir}', '--num=10', f'--out={out}', '--seed=3'])
+  with Image.open(out) as image:
+    assert image.size == grid_size(rows=3, columns=4, side=_SIDE)  # ceil(sqrt(10)) = 4 columns.
+    first = np.asarray(image)
+  # Another seed gives other samples; an older step (--step) and G's own weights work too.
+  again = tmp_path / 'again.png'
+  sample.main(['sample', f'--workdir={run_dir}', '--num=10', f'--out={again}', '--seed=4',
+               '--step=2', '--noema'])
+  assert not np.array_equal(first, np.asarray(Image.open(again)))
+
+
+def test_interpolation_in_process(run_dir, tmp_path):
+  out = tmp_path / 'walk.png'
+  sample.main(['sample', f'--workdir={run_dir}', '--interpolate', '--rows=3', '--steps=5',
+               f'--out={out}', '--nobounce'])
+  with Image.open(out) as image:
+    assert image.size == grid_size(rows=3, columns=5, side=_SIDE)
+  with Image.open(tmp_path / 'walk.gif') as gif:
+    frames = [np.asarray(f.convert('L')) for f in ImageSequence.Iterator(gif)]
+  assert len(frames) == 5
+  # Each frame is the grid of the 3 walks at one step: 2 columns x 2 rows.
+  assert frames[0].shape[::-1] == grid_size(rows=2, columns=2, side=_SIDE)
+  assert not np.array_equal(frames[0], frames[-1])
+
+
+@pytest.mark.slow
+def test_interpolation_subprocess_bounces(run_dir, tmp_path):
+  out, gif = tmp_path / 'walk.png', tmp_path / 'loop.gif'
+  result = subprocess.run(
+      [sys.executable, '-m', 'dcgan_jax.sample', f'--workdir={run_dir}', '--interpolate',
+       '--rows=2', '--steps=4', f'--out={out}', f'--gif_out={gif}'],
+      cwd=_ROOT, capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert Image.open(out).size == grid_size(rows=2, columns=4, side=_SIDE)
+  with Image.open(gif) as animated:
+    assert animated.n_frames == 2 * 4 - 2  # Forward 4, back 2 (ends not repeated).
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--num=0'], '--num'),
+    (['--interpolate', '--steps=1'], '--steps'),
+])
+def test_sample_bad_flags_are_one_line(run_dir, tmp_path, capsys, args, message):
+  with pytest.raises(SystemExit) as exit_info:
+    sample.main(['sample', f'--workdir={run_dir}', f'--out={tmp_path}/x.png'] + args)
+  assert exit_info.value.code == EXIT_USER_ERROR
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and message in err
+  assert not os.path.exists(tmp_path / 'x.png')
+
+
+def test_sample_without_checkpoint_subprocess(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'dcgan_jax.sample', f'--workdir={tmp_path}', '--num=4',
+       f'--out={tmp_path}/x.png'],
+      cwd=_ROOT, capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == EXIT_USER_ERROR
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  assert 'checkpoint' in result.stderr or 'config' in result.stderr
+
+
+# ---- the README's "build your own GAN" example ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_custom_gan_example_runs(capsys):
+  import runpy  # pylint: disable=g-import-not-at-top
+
+  namespace = runpy.run_path(str(_ROOT / 'experiments' / 'custom_gan_example.py'),
+                             run_name='custom_gan_example')
+  state, samples = namespace['main']()  # What `python experiments/custom_gan_example.py` runs.
+  lines = capsys.readouterr().out.splitlines()
+  assert [line.split(':')[0] for line in lines[:3]] == ['step 1', 'step 2', 'step 3']
+  assert lines[-1] == 'samples (4, 8, 8, 1)'
+  assert int(state.step) == 3
+  assert np.all(np.isfinite(samples)) and np.all(np.abs(samples) <= 1.0)
