@@ -261,6 +261,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for name in ('g_learning_rate', 'd_learning_rate'):
     if not float(config[name]) > 0:
       raise UserError(f'{name} must be positive (got {config[name]!r}).')
+  # Building a schedule validates its kind before anything is written.
+  state_lib.make_schedule(float(config.g_learning_rate), config.lr_schedule, 1,
+                          int(config.get('warmup_steps', 0)))
+  if int(config.get('warmup_steps', 0)) < 0:
+    raise UserError(f'warmup_steps must be >= 0 (got {config.warmup_steps}).')
   if int(config.num_sample_images) < 1:
     raise UserError(f'num_sample_images must be positive (got {config.num_sample_images}).')
   if int(config.keep_checkpoints) < 1:

@@ -146,6 +146,7 @@ def _cli(argv, capsys):
   return status, out, err
 
 
+@pytest.mark.slow  # Compiles Inception at 299x299 and computes two 2048-dim FIDs.
 def test_evaluate_writes_json_and_reuses_the_reference_cache(run_dir, inception_npz, capsys,
                                                              monkeypatch):
   args = [f'--workdir={run_dir}', f'--inception_weights={inception_npz}',

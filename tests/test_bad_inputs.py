@@ -1,0 +1,110 @@
+"""The bad-input table of README.md ("What a mistake looks like"): one test per row.
+
+Each row runs a real CLI entry point in a subprocess and checks the contract: exit status 2,
+no traceback, the last line of stderr names what was wrong and what is valid, and a sentinel
+file already in the workdir (standing for earlier checkpoints) is untouched.
+"""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = '--config=configs/default.py'
+
+# (id, module, args (with {w} = workdir, {t} = tmp dir), expected text in the last stderr line)
+ROWS = [
+    ('unknown_config_field', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.batch_sise=8'],
+     'batch_sise'),
+    ('bad_field_value', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.batch_size=abc'],
+     'batch_size'),
+    ('missing_config_file', 'dcgan_jax.main', ['--config=configs/nope.py', '--workdir={w}'],
+     'configs/nope.py'),
+    ('missing_workdir_flag', 'dcgan_jax.main', [CONFIG], '--workdir is required'),
+    ('unknown_dataset', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.dataset=nope'],
+     'use one of digits, folder, mnist'),
+    ('image_size_not_4_2k', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.image_size=48'],
+     'image_size must be 4·2^k: 8, 16, 32, 64, 128 or 256'),
+    ('batch_not_divisible', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.batch_size=12'],
+     'not divisible by the 8 devices'),
+    ('unknown_loss', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.loss=bce'],
+     'loss must be one of non_saturating'),
+    ('unknown_upsample', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.upsample=bilinear'],
+     'transpose or resize_conv'),
+    ('unknown_dtype', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.dtype=float16'],
+     'float32 or bfloat16'),
+    ('unknown_parallelism', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.parallelism=dp'],
+     'shard_map or pmap'),
+    ('zero_d_steps', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.d_steps=0'],
+     'd_steps must be a positive integer'),
+    ('unknown_lr_schedule', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.lr_schedule=step'],
+     'constant, cosine or linear'),
+    ('negative_learning_rate', 'dcgan_jax.main',
+     [CONFIG, '--workdir={w}', '--config.g_learning_rate=-1'], 'g_learning_rate must be positive'),
+    ('ema_decay_out_of_range', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.ema_decay=1.5'],
+     'ema_decay must be in [0, 1)'),
+    ('real_label_zero', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.real_label=0'],
+     'real_label must be in (0, 1]'),
+    ('bad_device_resident', 'dcgan_jax.main',
+     [CONFIG, '--workdir={w}', '--config.device_resident=maybe'], 'auto, always, never'),
+    ('zero_channels', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.channels=0'],
+     'channels must be a positive integer'),
+    ('missing_folder', 'dcgan_jax.main',
+     [CONFIG, '--workdir={w}', '--config.dataset=folder', '--config.dataset_path={t}/missing'],
+     'does not exist'),
+    ('empty_folder', 'dcgan_jax.main',
+     [CONFIG, '--workdir={w}', '--config.dataset=folder', '--config.dataset_path={t}/empty',
+      '--config.data_dir={t}/tfds'], 'empty'),
+    ('only_corrupt_images', 'dcgan_jax.main',
+     [CONFIG, '--workdir={w}', '--config.dataset=folder', '--config.dataset_path={t}/corrupt',
+      '--config.data_dir={t}/tfds'], 'could be read'),
+    ('workdir_under_a_file', 'dcgan_jax.main', [CONFIG, '--workdir={t}/a_file/run'],
+     'not writable'),
+    ('sample_missing_workdir', 'dcgan_jax.sample', ['--workdir={t}/nowhere'], 'does not exist'),
+    ('sample_workdir_without_run', 'dcgan_jax.sample', ['--workdir={w}'], 'no run config'),
+    ('sample_bad_num', 'dcgan_jax.sample', ['--workdir={w}', '--num=0'],
+     '--num must be between 1 and 4096'),
+    ('evaluate_missing_workdir', 'dcgan_jax.evaluate',
+     ['--workdir={t}/nowhere', '--inception_weights={t}/w.pth'], 'does not exist'),
+    ('evaluate_workdir_without_run', 'dcgan_jax.evaluate',
+     ['--workdir={w}', '--inception_weights={t}/w.pth'], 'no run config'),
+    ('weights_download_bad_url', 'dcgan_jax.evaluation.download_weights',
+     ['--url=file://{t}/missing.pth', '--cache_dir={t}/cache'], 'download it by hand'),
+    ('summary_bad_image_size', 'dcgan_jax.summary', [CONFIG, '--config.image_size=48'],
+     'image_size must be 4·2^k'),
+]
+
+
+@pytest.fixture
+def places(tmp_path):
+  workdir = tmp_path / 'work'
+  (workdir / 'checkpoints').mkdir(parents=True)
+  sentinel = workdir / 'checkpoints' / 'earlier_run.txt'
+  sentinel.write_text('saved before the mistake')
+  (tmp_path / 'empty').mkdir()
+  (tmp_path / 'corrupt').mkdir()
+  (tmp_path / 'corrupt' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really')
+  (tmp_path / 'a_file').write_text('a regular file, not a directory')
+  return workdir, sentinel
+
+
+@pytest.mark.parametrize('module,args,expected', [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
+def test_mistake_is_one_clear_line(tmp_path, places, module, args, expected):
+  workdir, sentinel = places
+  argv = [a.format(w=workdir, t=tmp_path) for a in args]
+  env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / 'xdg'))
+  proc = subprocess.run([sys.executable, '-m', module] + argv, cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+  assert expected in last, last
+  assert sentinel.read_text() == 'saved before the mistake'
+
+
+def test_table_in_readme_lists_every_row():
+  readme = (ROOT / 'README.md').read_text()
+  for row_id, *_ in ROWS:
+    assert f'`{row_id}`' in readme, row_id
