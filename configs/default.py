@@ -88,6 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 0  # 0 disables in-training FID.
   config.eval_every_epochs = 0.0
   config.eval_num_samples = 5000
+  config.eval_preprocessing = 'pytorch_fid'  # 'pytorch_fid' or 'tf' (TTUR / torch-fidelity).
 
   # --- Parallelism ------------------------------------------------------------------------------
   config.parallelism = 'shard_map'  # 'shard_map' (jit over a 1-D mesh) or 'pmap'.
