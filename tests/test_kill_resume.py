@@ -10,7 +10,7 @@ interrupted.
 Process start-up (JAX, TensorFlow, compiling) costs seconds, so kills are chained: in one workdir
 a run is killed, its restart is killed later, and so on; a few such chains and the uninterrupted
 reference run go concurrently. Each process uses one CPU device (the reference too), which makes
-start-up cheaper than conftest's eight.
+start-up cheaper than conftest's eight, and all share JAX's persistent compilation cache.
 """
 import os
 import pathlib
@@ -153,8 +153,14 @@ def runs(tmp_path_factory):
   from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
   data.dataset_info(ConfigDict({'dataset': 'digits', 'data_dir': str(tfds_dir),
                                 'image_size': 8, 'channels': 1}))
+  # JAX's persistent compilation cache, shared by all the processes: each restart then loads
+  # the programs the first runs compiled (every op of the eager model init included) instead of
+  # compiling them again, which is most of a start's cost.
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
-             XDG_CACHE_HOME=str(base / 'cache'), TF_CPP_MIN_LOG_LEVEL='2')
+             XDG_CACHE_HOME=str(base / 'cache'), TF_CPP_MIN_LOG_LEVEL='2',
+             JAX_COMPILATION_CACHE_DIR=str(base / 'jax_cache'),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
   results = {}
 
   def reference():
@@ -217,9 +223,10 @@ def test_every_kill_leaves_a_workdir_that_resumes(runs, chain):
 def test_kills_hit_steps_and_checkpoint_writes(runs):
   kills = [hit for chain in range(NUM_CHAINS) for hit in runs[chain]['kills'] if hit]
   assert len(kills) >= 10
-  # At least one kill landed while orbax had a checkpoint half-written, one while none was.
+  assert {hit['mode'] for hit in kills} == set(MODES)
+  # At least one kill landed while orbax had a checkpoint half-written. (A kill after a step may
+  # too: with a save every 2 fast steps, a write is in flight most of the time.)
   assert any(hit['tmp_dirs'] for hit in kills), kills
-  assert any(not hit['tmp_dirs'] for hit in kills), kills
 
 
 @pytest.mark.parametrize('chain', range(NUM_CHAINS))
