@@ -215,8 +215,9 @@ def test_tfds_mock_dataset_run_through_tf_data(tfds_dir, tmp_path):
   assert int(state.step) == 2
   assert state.generator.params['project']['kernel'].ndim == 2  # pmap's device axis dropped.
   assert _checkpoint_steps(tmp_path / 'run') == [1, 2]
-  # sample_every_steps=0 disables periodic grids; the final one is always written.
-  assert sorted(p.name for p in (tmp_path / 'run' / 'samples').iterdir()) == ['step_000002.png']
+  # sample_every_steps=0 disables periodic grids; the final one (and its animation) is always written.
+  assert sorted(p.name for p in (tmp_path / 'run' / 'samples').iterdir()) == [
+      'progress.gif', 'step_000002.png']
   files, tags = _event_tags(tmp_path / 'run')
   assert files and {'d_loss', 'g_loss', 'samples'} <= tags
 
