@@ -45,7 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.dtype = 'float32'  # Computation dtype: 'float32' or 'bfloat16'; params stay float32.
 
   # --- Objective --------------------------------------------------------------------------------
-  # 'non_saturating', 'minimax', 'hinge', 'least_squares' or 'wasserstein'.
+  # 'non_saturating', 'minimax', 'hinge', 'least_squares' or 'wasserstein', or a name given to
+  # dcgan_jax.register_loss in the process that calls dcgan_jax.train.train_and_evaluate.
   config.loss = 'non_saturating'
   config.real_label = 1.0  # One-sided label smoothing: e.g. 0.9.
   config.gradient_penalty_weight = 0.0  # WGAN-GP lambda (10 in the paper); 0 disables.

@@ -93,6 +93,44 @@ LOSSES: dict[str, GANLoss] = {
 }
 
 
+_BUILTIN_LOSSES = frozenset(LOSSES)
+
+
+def register_loss(name: str, d_loss: Callable[..., Array], g_loss: Callable[[Array], Array],
+                  *, overwrite: bool = False) -> GANLoss:
+  """Makes a custom objective selectable by name (``StepConfig(loss=name)``, ``config.loss``).
+
+  Registration lives in the Python process: register before building the step or calling
+  ``dcgan_jax.train.train_and_evaluate`` (e.g. in the notebook or script that starts the run).
+
+  Args:
+    name: The name to select it by; built-in names cannot be replaced.
+    d_loss: ``(real_logits, fake_logits, real_label) -> scalar``, minimised by D.
+    g_loss: ``fake_logits -> scalar``, minimised by G.
+    overwrite: Replace an objective registered earlier under ``name`` (e.g. when a notebook
+      cell runs twice).
+
+  Returns:
+    The registered :class:`GANLoss`.
+
+  Raises:
+    UserError: a name that is not an identifier-like string, a built-in name, a name already
+      registered (without ``overwrite``) or non-callable objectives.
+  """
+  if not isinstance(name, str) or not name.isidentifier():
+    raise UserError(f'A loss name must be an identifier such as "my_loss" (got {name!r}).')
+  if name in _BUILTIN_LOSSES:
+    raise UserError(f'{name!r} is a built-in loss and cannot be replaced; pick another name.')
+  if name in LOSSES and not overwrite:
+    raise UserError(f'A loss named {name!r} is already registered; pass overwrite=True to '
+                    'replace it.')
+  if not callable(d_loss) or not callable(g_loss):
+    raise UserError('d_loss and g_loss must be callables: d_loss(real_logits, fake_logits, '
+                    'real_label) -> scalar and g_loss(fake_logits) -> scalar.')
+  LOSSES[name] = GANLoss(name, d_loss, g_loss)
+  return LOSSES[name]
+
+
 def get_loss(name: str) -> GANLoss:
   """Returns the objective called ``name``; unknown names raise a UserError listing valid ones."""
   if name not in LOSSES:

@@ -245,6 +245,47 @@ def _local_copy(x: jax.Array, pmap_layout: bool) -> jax.Array:
 # ---- validation -----------------------------------------------------------------------------
 
 
+def load_config(path: str | os.PathLike, **overrides: Any) -> ml_collections.ConfigDict:
+  """Loads a config file (``configs/*.py``) as the CLI's ``--config=`` does, for notebooks.
+
+  Args:
+    path: A Python file defining ``get_config()``.
+    **overrides: Fields to change, as ``--config.<field>=<value>`` would, e.g.
+      ``load_config('configs/default.py', num_train_steps=200)``.
+
+  Returns:
+    The config, with the overrides applied.
+
+  Raises:
+    UserError: a missing or broken file, or an override that names no field or has the wrong
+      type.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise UserError(f'No config file at {path!r}; pass e.g. configs/default.py (relative to the '
+                    f'working directory {os.getcwd()!r}).')
+  spec = importlib.util.spec_from_file_location(
+      '_dcgan_jax_config_' + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    config = module.get_config()
+  except Exception as e:  # pylint: disable=broad-except  # Any error in the user's file.
+    raise UserError(f'Cannot load the config file {path!r} ({type(e).__name__}: {e}); it must '
+                    'define get_config() returning an ml_collections.ConfigDict.') from e
+  for name, value in overrides.items():
+    if name not in config:
+      raise UserError(f'Unknown config field {name!r}; the valid fields are listed in '
+                      'configs/default.py.')
+    try:
+      config[name] = value
+    except (TypeError, ValueError) as e:  # ml_collections refuses a type change.
+      raise UserError(f'config.{name} cannot be set to {value!r}: {e}') from e
+  return config
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks the settings that need no data and no files; raises a UserError on the first mistake.
 

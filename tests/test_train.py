@@ -3,7 +3,6 @@
 Every run uses a tiny variant of the default config (8x8 images, width 8) so that a run costs a
 few seconds; the 8 fake CPU devices of conftest make each run data parallel.
 """
-import importlib.util
 import json
 import logging
 import os
@@ -15,6 +14,7 @@ import pytest
 from PIL import Image
 
 from dcgan_jax import parallel
+from dcgan_jax import run_logs
 from dcgan_jax import train
 from dcgan_jax.errors import UserError
 
@@ -23,11 +23,8 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _ORBAX_READ_NOISE = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 
 
-def load_config(name='default'):
-  spec = importlib.util.spec_from_file_location(f'{name}_config', _ROOT / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+def load_config(name='default', **overrides):
+  return train.load_config(_ROOT / 'configs' / f'{name}.py', **overrides)
 
 
 @pytest.fixture(scope='module')
@@ -119,6 +116,28 @@ def test_every_config_is_valid_and_resolves_to_steps(name):
   assert durations.num_train_steps > 0 and durations.checkpoint_every_steps > 0
 
 
+def test_load_config_applies_overrides_and_rejects_mistakes(tmp_path):
+  config = load_config('mnist', num_train_steps=7, loss='hinge')
+  assert (config.num_train_steps, config.loss, config.dataset) == (7, 'hinge', 'mnist')
+  with pytest.raises(UserError, match="Unknown config field 'batch_sise'"):
+    load_config(batch_sise=3)
+  with pytest.raises(UserError, match="config.num_train_steps cannot be set to 'many'"):
+    load_config(num_train_steps='many')
+  with pytest.raises(UserError, match="No config file at .*nope.py"):
+    load_config('nope')
+  broken = tmp_path / 'broken.py'
+  broken.write_text('def get_config():\n  return undefined_name\n')
+  with pytest.raises(UserError, match="Cannot load the config file .*NameError"):
+    train.load_config(broken)
+
+
+def test_read_scalars_needs_a_run(tmp_path):
+  with pytest.raises(UserError, match='No run directory'):
+    run_logs.read_scalars(tmp_path / 'missing')
+  with pytest.raises(UserError, match='holds no TensorBoard event files'):
+    run_logs.read_scalars(tmp_path)
+
+
 def test_celeba_config_has_the_paper_model():
   from dcgan_jax import models  # pylint: disable=g-import-not-at-top
 
@@ -152,6 +171,14 @@ def _assert_run_outputs(workdir, steps, image_shape):
       assert image.size == (3 * (image_shape[1] + 2) + 2, 2 * (image_shape[0] + 2) + 2)
   saved = json.loads((workdir / 'config.json').read_text())
   assert saved['image_size'] == image_shape[0]
+  # The same scalars read back as numpy for plots: one point per log_every_steps.
+  scalars = run_logs.read_scalars(workdir)
+  assert 'samples' not in scalars  # Images are not scalars.
+  logged = list(range(2, steps[-1] + 1, 2))
+  for tag in ('d_loss', 'g_loss', 'd_real'):
+    np.testing.assert_array_equal(scalars[tag][0], logged)
+    assert np.all(np.isfinite(scalars[tag][1]))
+  assert np.all((scalars['d_real'][1] > 0) & (scalars['d_real'][1] < 1))  # Mean of a sigmoid.
 
 
 @pytest.mark.filterwarnings('ignore:Digits classifier reached only')

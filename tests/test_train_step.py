@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dcgan_jax import (DataParallelStep, Discriminator, Generator, StepConfig, UserError,
-                       create_gan_state, make_train_step)
+                       create_gan_state, losses, make_train_step, register_loss)
 
 G = Generator(image_size=16, channels=3, latent_dim=16, width=8)
 D = Discriminator(image_size=16, channels=3, width=8)
@@ -108,3 +108,53 @@ def test_bad_step_options_are_rejected():
     StepConfig(d_steps=0)
   with pytest.raises(UserError, match='parallelism'):
     DataParallelStep(G, D, parallelism='dp')
+
+
+@pytest.fixture
+def registry():
+  """Registers custom losses for one test and removes them afterwards."""
+  before = dict(losses.LOSSES)
+  yield
+  losses.LOSSES.clear()
+  losses.LOSSES.update(before)
+
+
+def test_registered_loss_drives_the_step(initial_state, registry):
+  # The hinge objective under a new name gives the built-in hinge step exactly; a scaled copy
+  # (2x both losses) reports twice the losses and moves the parameters differently.
+  register_loss('my_hinge', losses.hinge_d_loss, losses.hinge_g_loss)
+  register_loss('double_hinge', lambda r, f, label: 2 * losses.hinge_d_loss(r, f, label),
+                lambda f: 2 * losses.hinge_g_loss(f))
+  images, rng = _images(8), jax.random.key(5)
+  results = {name: jax.jit(make_train_step(G, D, StepConfig(loss=name)))(initial_state, images,
+                                                                         rng)
+             for name in ('hinge', 'my_hinge', 'double_hinge')}
+  (ref, ref_m), (mine, mine_m), (double, double_m) = results.values()
+  for a, b in zip(_leaves(ref), _leaves(mine)):
+    np.testing.assert_array_equal(a, b)
+  assert float(double_m['d_loss']) == pytest.approx(2 * float(ref_m['d_loss']), rel=1e-5)
+  assert float(double_m['g_loss']) == pytest.approx(2 * float(ref_m['g_loss']), rel=1e-3)
+  assert float(double_m['d_grad_norm']) == pytest.approx(2 * float(ref_m['d_grad_norm']),
+                                                         rel=1e-5)
+  assert 'double_hinge' in str(pytest.raises(UserError, StepConfig, loss='nope').value)
+
+
+@pytest.mark.parametrize('name,kwargs,message', [
+    ('hinge', {}, "'hinge' is a built-in loss and cannot be replaced"),
+    ('has space', {}, 'A loss name must be an identifier'),
+    ('custom', {'g_loss': 3}, 'd_loss and g_loss must be callables'),
+])
+def test_register_loss_rejects_bad_input(registry, name, kwargs, message):
+  args = {'d_loss': losses.hinge_d_loss, 'g_loss': losses.hinge_g_loss, **kwargs}
+  with pytest.raises(UserError, match=message):
+    register_loss(name, **args)
+  assert name not in losses.LOSSES or name == 'hinge'
+
+
+def test_register_loss_twice_needs_overwrite(registry):
+  register_loss('mine', losses.hinge_d_loss, losses.hinge_g_loss)
+  with pytest.raises(UserError, match="'mine' is already registered; pass overwrite=True"):
+    register_loss('mine', losses.least_squares_d_loss, losses.least_squares_g_loss)
+  assert losses.get_loss('mine').d_loss is losses.hinge_d_loss  # Kept.
+  register_loss('mine', losses.least_squares_d_loss, losses.least_squares_g_loss, overwrite=True)
+  assert losses.get_loss('mine').d_loss is losses.least_squares_d_loss

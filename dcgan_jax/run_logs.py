@@ -1,0 +1,66 @@
+"""Reads a run's TensorBoard scalars back into numpy, for plots in notebooks and scripts.
+
+The training program writes its scalars (losses, D(x), D(G(z)), gradient norms, learning rates,
+throughput, quality) as TensorBoard events in the workdir; :func:`read_scalars` returns them as
+``{tag: (steps, values)}`` so that a loss curve is one ``plt.plot(*scalars['g_loss'])`` away,
+without starting TensorBoard. TensorFlow (a dependency of the training program) parses the files.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+
+from dcgan_jax.errors import UserError
+
+EVENTS_GLOB = 'events.out.tfevents*'
+
+
+def _scalar_value(value) -> float | None:
+  """The number in a summary value, or None when it holds an image or text."""
+  if value.HasField('simple_value'):  # TF1-style summaries.
+    return float(value.simple_value)
+  if value.HasField('tensor') and not value.tensor.tensor_shape.dim:  # TF2: rank-0 tensors.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    array = tf.make_ndarray(value.tensor)
+    if array.dtype.kind in 'fiu':
+      return float(array)
+  return None
+
+
+def read_scalars(workdir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """All scalars a run logged, by tag.
+
+  Args:
+    workdir: The run's directory (holding ``events.out.tfevents.*``).
+
+  Returns:
+    ``{tag: (steps, values)}`` with int64 steps in increasing order and float64 values. When a
+    resumed run logged a step twice, the later value is kept.
+
+  Raises:
+    UserError: the workdir does not exist or holds no event files.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  directory = pathlib.Path(workdir)
+  if not directory.is_dir():
+    raise UserError(f'No run directory at {os.fspath(workdir)!r}; pass the --workdir of a run.')
+  files = sorted(directory.glob(EVENTS_GLOB))
+  if not files:
+    raise UserError(f'{os.fspath(workdir)!r} holds no TensorBoard event files ({EVENTS_GLOB}); '
+                    'pass the workdir of a run that has logged at least once.')
+  by_tag: dict[str, dict[int, float]] = {}
+  for path in files:  # Sorted by creation time, so later writes win.
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for value in event.summary.value:
+        number = _scalar_value(value)
+        if number is not None:
+          by_tag.setdefault(value.tag, {})[int(event.step)] = number
+  result = {}
+  for tag, points in sorted(by_tag.items()):
+    steps = np.array(sorted(points), dtype=np.int64)
+    result[tag] = (steps, np.array([points[s] for s in steps], dtype=np.float64))
+  return result
