@@ -22,6 +22,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from dcgan_jax import writers
 from dcgan_jax.errors import EXIT_USER_ERROR, UserError
 
 FLAGS = flags.FLAGS
@@ -134,10 +135,12 @@ def main(argv: list[str]) -> None:
     # Config mistakes are reported in a second, before TensorFlow (seconds to import) loads.
     train.validate_config(FLAGS.config)
     train.check_workdir_path(FLAGS.workdir)
-    # TensorFlow (tfds input pipelines only) must not take GPU memory that JAX needs.
+    # TensorFlow (tfds input pipelines, TensorBoard) must not take GPU memory that JAX needs.
+    # Without it (dataset 'array'), the run logs to metrics.jsonl instead.
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.experimental.set_visible_devices([], 'GPU')
+    if writers.have_tensorflow():
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      tf.config.experimental.set_visible_devices([], 'GPU')
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except UserError as e:
     logging.flush()

@@ -1,13 +1,15 @@
 """Reads a run's TensorBoard scalars back into numpy, for plots in notebooks and scripts.
 
 The training program writes its scalars (losses, D(x), D(G(z)), gradient norms, learning rates,
-throughput, quality) as TensorBoard events in the workdir; :func:`read_scalars` returns them as
+throughput, quality) as TensorBoard events in the workdir (or, without TensorFlow, as
+``metrics.jsonl``); :func:`read_scalars` returns them as
 ``{tag: (steps, values)}`` so that a loss curve is one ``plt.plot(*scalars['g_loss'])`` away,
 without starting TensorBoard. TensorFlow (a dependency of the training program) parses the files.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 
@@ -16,6 +18,7 @@ import numpy as np
 from dcgan_jax.errors import UserError
 
 EVENTS_GLOB = 'events.out.tfevents*'
+METRICS_JSONL = 'metrics.jsonl'  # dcgan_jax.writers.METRICS_JSONL (runs without TensorFlow).
 
 
 def _scalar_value(value) -> float | None:
@@ -34,7 +37,7 @@ def read_scalars(workdir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.n
   """All scalars a run logged, by tag.
 
   Args:
-    workdir: The run's directory (holding ``events.out.tfevents.*``).
+    workdir: The run's directory (holding ``events.out.tfevents.*`` or ``metrics.jsonl``).
 
   Returns:
     ``{tag: (steps, values)}`` with int64 steps in increasing order and float64 values. When a
@@ -43,22 +46,33 @@ def read_scalars(workdir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.n
   Raises:
     UserError: the workdir does not exist or holds no event files.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
   directory = pathlib.Path(workdir)
   if not directory.is_dir():
     raise UserError(f'No run directory at {os.fspath(workdir)!r}; pass the --workdir of a run.')
   files = sorted(directory.glob(EVENTS_GLOB))
-  if not files:
-    raise UserError(f'{os.fspath(workdir)!r} holds no TensorBoard event files ({EVENTS_GLOB}); '
-                    'pass the workdir of a run that has logged at least once.')
+  jsonl = directory / METRICS_JSONL
+  if not files and not jsonl.is_file():
+    raise UserError(f'{os.fspath(workdir)!r} holds no TensorBoard event files ({EVENTS_GLOB}) '
+                    f'and no {METRICS_JSONL}; pass the workdir of a run that has logged at '
+                    'least once.')
   by_tag: dict[str, dict[int, float]] = {}
+  if files:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
   for path in files:  # Sorted by creation time, so later writes win.
     for event in tf.compat.v1.train.summary_iterator(str(path)):
       for value in event.summary.value:
         number = _scalar_value(value)
         if number is not None:
           by_tag.setdefault(value.tag, {})[int(event.step)] = number
+  if jsonl.is_file():  # Written where TensorFlow is not installed (dcgan_jax.writers).
+    for line in jsonl.read_text(encoding='utf-8').splitlines():
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # A line cut short by a killed run.
+      step = int(record.pop('step'))
+      for tag, number in record.items():
+        by_tag.setdefault(tag, {})[step] = float(number)  # float('nan') reads 'nan' back.
   result = {}
   for tag, points in sorted(by_tag.items()):
     steps = np.array(sorted(points), dtype=np.int64)

@@ -23,6 +23,8 @@ writes together)::
                                 the step, the training key and the config
   events.out.tfevents.*         TensorBoard scalars (losses, D(x), D(G(z)), grad norms, learning
                                 rates, steps/s, img/s, ETA, quality) and sample images
+  metrics.jsonl, hparams.json   instead of the events where TensorFlow is not installed
+                                (dcgan_jax.writers; dataset 'array' needs no TensorFlow)
   samples/step_XXXXXX.png       sample grids from a fixed noise batch (EMA weights when kept)
   samples/progress.gif          those grids as an animation, written at the end of the run
   quality.json                  (digits only) the offline quality score of the final generator
@@ -56,6 +58,7 @@ from dcgan_jax import sample_grid
 from dcgan_jax import state as state_lib
 from dcgan_jax import summary
 from dcgan_jax import train_step as train_step_lib
+from dcgan_jax import writers
 from dcgan_jax.errors import UserError
 
 # Tags folded into the run seed, one per independent stream of randomness. (The data order uses
@@ -596,10 +599,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       written), a workdir in use by another run, or a non-finite loss
       (:class:`NonFiniteLossError`, after which the last good checkpoint is kept).
   """
-  # clu (and with it TensorFlow) loads here, so that importing this module and validating a
-  # config stay fast.
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-
   config = ml_collections.ConfigDict(config.to_dict())  # A private copy we may annotate.
   workdir = os.fspath(workdir)
   is_chief = jax.process_index() == 0
@@ -619,6 +618,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     # pmap takes host rows per device; the sampler's global batch would need a cross-process
     # gather, so multi-process pmap runs read through tf.data instead.
     device_resident = False
+  if not device_resident and str(config.dataset).strip() == 'array':
+    raise UserError(f"dataset 'array' ({info.num_bytes / 2**20:.0f} MiB) is read on the devices "
+                    "only; set device_resident to 'auto' or 'always' (with auto, raise "
+                    "device_resident_max_bytes), and use shard_map for multi-process runs.")
   sampler = None
   if device_resident:
     if int(config.batch_size) > info.num_examples:
@@ -665,7 +668,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     if is_chief:
       checkpointing.save_config_json(workdir, config.to_dict())
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    # TensorBoard through clu (TensorFlow loads here, keeping imports and config checks fast),
+    # or metrics.jsonl where TensorFlow is not installed.
+    writer = writers.create_writer(workdir, just_logging=not is_chief)
     # Every process saves the best-FID checkpoint together (orbax writes collectively).
     best_checkpointer = (checkpointing.Checkpointer(os.path.join(workdir, BEST_FID_DIR),
                                                     max_to_keep=1)
@@ -686,7 +691,6 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
                 start_step, best_checkpointer=None) -> state_lib.GANState:
   """The loop itself (see :func:`train_and_evaluate`)."""
   from clu import parameter_overview  # pylint: disable=g-import-not-at-top
-  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
 
   is_chief = jax.process_index() == 0
   num_train_steps = durations.num_train_steps
@@ -720,9 +724,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   if sampler is None:
     iterator = data.create_train_iterator(config, start_step=start_step)
 
-  report_progress = periodic_actions.ReportProgress(
-      num_train_steps=num_train_steps, writer=writer if is_chief else None,
-      every_steps=durations.log_every_steps or None, every_secs=None)
+  report_progress = writers.create_progress(num_train_steps, writer if is_chief else None,
+                                            durations.log_every_steps or None)
   collection_cls = None
   accumulate = None
   collection = None

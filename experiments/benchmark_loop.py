@@ -3,16 +3,18 @@ r"""Whole training loop vs step-only throughput on a prepared synthetic image fo
   python experiments/benchmark_loop.py --out experiments/results/loop_h100.json
   python experiments/benchmark_loop.py --tiny --out /tmp/loop_cpu.json   # seconds on CPU
 
-Writes ``--num_images`` smooth random PNGs (default 20,000 at 64x64) into a folder, prepares it
-once as the ``folder`` dataset, then runs :func:`dcgan_jax.train.train_and_evaluate` (input,
+Writes ``--num_images`` smooth random images (default 20,000 at 64x64) as one ``.npy`` file (the
+``array`` dataset, read by numpy and kept on the devices: no TensorFlow needed) or, with
+``--dataset folder``, as PNGs prepared once through tensorflow-datasets; then runs :func:`dcgan_jax.train.train_and_evaluate` (input,
 metrics, logging, periodic checkpoints; no samples or quality hooks) for ``--short_steps`` and
 ``--long_steps`` (after an untimed warm-up run). Fixed costs (compilation, setup, the final
 checkpoint) cancel in the difference, so the loop's steady-state rate is ``(long - short) · batch / (T_long - T_short)``.
 Step-only img/s is the same config's :class:`DataParallelStep` on one device-resident batch.
 Target (issue 5): loop ≥ 90% of step-only.
 
-Needs the training dependencies (TensorFlow, tensorflow-datasets, clu, ml_collections); where
-they are missing it says so, writes a JSON record marked skipped, and exits 0.
+Needs clu and ml_collections (small pure-Python wheels), plus TensorFlow, tensorflow-datasets and
+Pillow for ``--dataset folder``; where they are missing it says so, writes a JSON record marked
+skipped, and exits 0. Without TensorFlow the loop logs to metrics.jsonl instead of TensorBoard.
 """
 from __future__ import annotations
 
@@ -33,22 +35,40 @@ import benchmark_train as common  # pylint: disable=g-import-not-at-top,wrong-im
 from dcgan_jax.errors import UserError  # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAINING_MODULES = ('tensorflow', 'tensorflow_datasets', 'clu', 'ml_collections', 'PIL')
+TRAINING_MODULES = ('clu', 'ml_collections')
+FOLDER_MODULES = ('tensorflow', 'tensorflow_datasets', 'PIL')
 
 
-def missing_training_modules() -> list[str]:
-  return [m for m in TRAINING_MODULES if importlib.util.find_spec(m) is None]
+def missing_training_modules(dataset: str = 'array') -> list[str]:
+  needed = TRAINING_MODULES + (FOLDER_MODULES if dataset == 'folder' else ())
+  return [m for m in needed if importlib.util.find_spec(m) is None]
+
+
+def smooth_random_images(num_images: int, image_size: int, seed: int = 0):
+  """uint8 [N, size, size, 3]: upsampled 8x8 noise, one image at a time (bounded memory)."""
+  rng = np.random.default_rng(seed)
+  factor = max(image_size // 8, 1)
+  for _ in range(num_images):
+    small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    yield np.repeat(np.repeat(small, factor, axis=0), factor, axis=1)
+
+
+def write_image_array(path: str, num_images: int, image_size: int, seed: int = 0) -> None:
+  """The same images as :func:`write_image_folder`, as one .npy file (dataset 'array')."""
+  images = np.lib.format.open_memmap(path + '.tmp.npy', mode='w+', dtype=np.uint8,
+                                     shape=(num_images, image_size, image_size, 3))
+  for i, image in enumerate(smooth_random_images(num_images, image_size, seed)):
+    images[i] = image
+  images.flush()
+  del images
+  os.replace(path + '.tmp.npy', path)
 
 
 def write_image_folder(path: str, num_images: int, image_size: int, seed: int = 0) -> None:
   """Writes smooth random RGB PNGs (upsampled 8x8 noise: realistic PNG sizes, fast to make)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   os.makedirs(path, exist_ok=True)
-  rng = np.random.default_rng(seed)
-  factor = max(image_size // 8, 1)
-  for i in range(num_images):
-    small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    image = np.repeat(np.repeat(small, factor, axis=0), factor, axis=1)
+  for i, image in enumerate(smooth_random_images(num_images, image_size, seed)):
     Image.fromarray(image).save(os.path.join(path, f'{i:06d}.png'))
 
 
@@ -59,7 +79,7 @@ def make_config(args, dataset_path: str, data_dir: str, num_steps: int):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
-  config.dataset = 'folder'
+  config.dataset = args.dataset
   config.dataset_path = dataset_path
   config.data_dir = data_dir
   config.image_size = args.image_size
@@ -109,6 +129,9 @@ def step_only(config, args) -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--num_images', type=int, default=20000)
+  parser.add_argument('--dataset', default='array', choices=('array', 'folder'),
+                      help="'array': one .npy read by numpy (no TensorFlow); 'folder': PNGs "
+                      'prepared through tensorflow-datasets')
   parser.add_argument('--image_size', type=int, default=64)
   parser.add_argument('--width', type=int, default=64)
   parser.add_argument('--batch', type=int, default=128)
@@ -137,18 +160,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
   from dcgan_jax import data, train  # pylint: disable=g-import-not-at-top
-  folder = os.path.join(root, 'images')
   t0 = time.perf_counter()
-  if not os.path.isdir(folder):
-    write_image_folder(folder, args.num_images, args.image_size)
+  if args.dataset == 'folder':
+    folder = os.path.join(root, 'images')
+    if not os.path.isdir(folder):
+      write_image_folder(folder, args.num_images, args.image_size)
+  else:
+    folder = os.path.join(root, f'images_{args.num_images}_{args.image_size}.npy')
+    if not os.path.isfile(folder):
+      write_image_array(folder, args.num_images, args.image_size)
   write_s = time.perf_counter() - t0
   data_dir = os.path.join(root, 'tfds')
   t0 = time.perf_counter()
   info = data.dataset_info(make_config(args, folder, data_dir, args.short_steps))  # Prepares.
   prepare_s = time.perf_counter() - t0
-  # The loop imports clu and TensorFlow lazily; load them now so the first timed run does not
-  # pay for it alone (the difference below assumes equal fixed costs).
-  from clu import metric_writers, parameter_overview, periodic_actions  # pylint: disable=g-import-not-at-top,unused-import
+  # The loop imports clu (and TensorFlow, where installed) lazily; load them now so the first
+  # timed run does not pay for it alone (the difference below assumes equal fixed costs).
+  from clu import parameter_overview  # pylint: disable=g-import-not-at-top,unused-import
+  from dcgan_jax import writers  # pylint: disable=g-import-not-at-top
+  if writers.have_tensorflow():
+    from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top,unused-import
   # The first run in a process also pays one-time costs (lazy imports in checkpointing and
   # tf.data, first-use initialisation: ~40 s of a 50 s tiny run on CPU), so an untimed run of
   # short_steps goes first.
@@ -183,7 +214,8 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
       'skipped': False,
       'environment': env,
       'settings': {k: v for k, v in vars(args).items() if k not in ('out', 'workdir')},
-      'dataset': {'num_examples': info.num_examples, 'write_s': write_s, 'prepare_s': prepare_s},
+      'dataset': {'kind': args.dataset, 'num_examples': info.num_examples, 'write_s': write_s,
+                  'prepare_s': prepare_s},
       'loop_wall_s': {str(k): v for k, v in wall.items()},
       'rows': rows,
       'loop_vs_step': loop_ips / step['img_per_s'] if delta > 0 else None,
@@ -200,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
   except UserError as e:
     print(e, file=sys.stderr)
     return 2
-  missing = missing_training_modules()
+  missing = missing_training_modules(args.dataset)
   if missing:
     message = (f'benchmark_loop skipped: the training loop needs {", ".join(missing)}, '
                'which is not installed here.')

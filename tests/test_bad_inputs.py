@@ -9,6 +9,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ ROWS = [
      'configs/nope.py'),
     ('missing_workdir_flag', 'dcgan_jax.main', [CONFIG], '--workdir is required'),
     ('unknown_dataset', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.dataset=nope'],
-     'use one of digits, folder, mnist'),
+     'use one of digits, folder, array, mnist'),
     ('image_size_not_4_2k', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.image_size=48'],
      'image_size must be 4·2^k: 8, 16, 32, 64, 128 or 256'),
     ('batch_not_divisible', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.batch_size=12'],
@@ -60,6 +61,12 @@ ROWS = [
     ('only_corrupt_images', 'dcgan_jax.main',
      [CONFIG, '--workdir={w}', '--config.dataset=folder', '--config.dataset_path={t}/corrupt',
       '--config.data_dir={t}/tfds'], 'could be read'),
+    ('array_wrong_shape', 'dcgan_jax.main',
+     [CONFIG, '--workdir={w}', '--config.dataset=array', '--config.dataset_path={t}/rgb64.npy'],
+     'expected uint8 [N, 32, 32, 1]'),
+    ('array_not_device_resident', 'dcgan_jax.main',
+     [CONFIG, '--workdir={w}', '--config.dataset=array', '--config.dataset_path={t}/grey32.npy',
+      '--config.device_resident=never'], "is read on the devices only"),
     ('workdir_under_a_file', 'dcgan_jax.main', [CONFIG, '--workdir={t}/a_file/run'],
      'not writable'),
     ('sample_missing_workdir', 'dcgan_jax.sample', ['--workdir={t}/nowhere'], 'does not exist'),
@@ -87,6 +94,8 @@ def places(tmp_path):
   (tmp_path / 'corrupt').mkdir()
   (tmp_path / 'corrupt' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really')
   (tmp_path / 'a_file').write_text('a regular file, not a directory')
+  np.save(tmp_path / 'rgb64.npy', np.zeros((4, 64, 64, 3), np.uint8))
+  np.save(tmp_path / 'grey32.npy', np.zeros((4, 32, 32, 1), np.uint8))
   return workdir, sentinel
 
 

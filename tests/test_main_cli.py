@@ -19,7 +19,7 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 CASES = {
     'unknown_dataset': (
         ['--config.dataset=no_such_dataset'],
-        "Unknown dataset 'no_such_dataset'; use one of digits, folder, mnist"),
+        "Unknown dataset 'no_such_dataset'; use one of digits, folder, array, mnist"),
     'missing_folder': (
         ['--config.dataset=folder', '--config.dataset_path={tmp}/does_not_exist'],
         'does_not_exist'),

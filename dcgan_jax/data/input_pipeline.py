@@ -28,6 +28,7 @@ from collections.abc import Iterator
 import numpy as np
 from absl import logging
 
+from dcgan_jax.data import array
 from dcgan_jax.data import sources
 from dcgan_jax.errors import UserError
 
@@ -57,6 +58,18 @@ class DatasetInfo:
   def num_bytes(self) -> int:
     """Size of the whole split as uint8 images (what device-resident mode would hold)."""
     return self.num_examples * int(np.prod(self.image_shape))
+
+
+def _is_array(config) -> bool:
+  return str(config.dataset).strip() == array.NAME
+
+
+def _load_array(config) -> np.ndarray:
+  if int(config.get('crop_size', 0)):
+    raise UserError("crop_size applies only to datasets read through tensorflow-datasets; for "
+                    "dataset 'array' crop the images beforehand and set crop_size to 0.")
+  return array.load_array(str(config.get('dataset_path', '')), int(config.image_size),
+                          int(config.channels))
 
 
 def hide_accelerators_from_tensorflow() -> None:
@@ -172,10 +185,14 @@ def dataset_info(config) -> DatasetInfo:
   Raises:
     UserError: see :func:`dcgan_jax.data.sources.resolve_source`.
   """
+  shape = (int(config.image_size), int(config.image_size), int(config.channels))
+  if _is_array(config):  # numpy only: no TensorFlow.
+    images = _load_array(config)
+    return DatasetInfo(f'array:{config.dataset_path}', config.get('split', 'train') or 'train',
+                       len(images), shape)
   hide_accelerators_from_tensorflow()
   source = sources.resolve_source(config)
   dataset = _image_dataset(source, source.split, config)
-  shape = (int(config.image_size), int(config.image_size), int(config.channels))
   return DatasetInfo(source.name, source.split, _num_examples(dataset, source, source.split),
                      shape)
 
@@ -207,6 +224,9 @@ def create_train_iterator(
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+  if _is_array(config):
+    raise UserError("dataset 'array' is read on the devices only; set device_resident to 'auto' "
+                    "or 'always' (and make the array fit in device memory).")
   hide_accelerators_from_tensorflow()
   process_index, process_count = _process_layout(process_index, process_count)
   batch_size = int(config.batch_size)
@@ -263,6 +283,9 @@ def load_all_images(config, *, split: str | None = None,
   Raises:
     UserError: see :func:`dcgan_jax.data.sources.resolve_source`.
   """
+  if _is_array(config):  # numpy only: no TensorFlow.
+    images = _load_array(config)
+    return np.array(images[:max_examples])  # A copy in memory, not the memory map.
   hide_accelerators_from_tensorflow()
   source = sources.resolve_source(config, split=split)
   dataset = _image_dataset(source, source.split, config)

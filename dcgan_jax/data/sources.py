@@ -4,6 +4,7 @@ Sources:
 
 * ``digits``: scikit-learn's 8x8 digits (:mod:`dcgan_jax.data.digits`), offline.
 * ``folder``: a directory or .zip of images given by ``dataset_path`` (:mod:`.folder`).
+* ``array``: a .npy/.npz file of images (:mod:`.array`; read by numpy, not through this module).
 * ``celeb_a`` with a ``dataset_path``: hand-downloaded CelebA files (:mod:`.celeba`).
 * any other tfds dataset with an image feature, by name (``mnist``, ``fashion_mnist``,
   ``cifar10``, ``celeb_a``, ``name/config:version``, ...), prepared into ``data_dir`` by tfds.
@@ -18,7 +19,7 @@ from absl import logging
 
 from dcgan_jax.errors import UserError
 
-LOCAL_SOURCES = ('digits', 'folder')
+LOCAL_SOURCES = ('digits', 'folder', 'array')
 # Named in the error for an unknown dataset; any other tfds image dataset works too.
 TFDS_IMAGE_DATASETS = ('mnist', 'fashion_mnist', 'kmnist', 'emnist', 'cifar10', 'cifar100',
                        'svhn_cropped', 'celeb_a', 'stl10', 'oxford_flowers102', 'lsun')

@@ -1,0 +1,69 @@
+"""The ``array`` dataset: images from one ``.npy`` / ``.npz`` file, read without TensorFlow.
+
+For data a user already holds as a numpy array (a preprocessed dataset, a synthetic one, a
+benchmark's), and for environments without TensorFlow: the array is loaded with numpy and kept on
+the devices (device-resident sampling), so neither tensorflow nor tensorflow-datasets is imported.
+
+The file holds ``uint8 [N, image_size, image_size, channels]`` (``[N, H, W]`` when channels is 1);
+an ``.npz`` holds it under the key ``images`` or as its only array. Images are used as they are:
+resize and crop them beforehand. Every ``split`` names the whole array.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+
+from dcgan_jax.errors import UserError
+
+NAME = 'array'
+NPZ_KEY = 'images'
+
+
+def _expected(image_size: int, channels: int) -> str:
+  return f'uint8 [N, {image_size}, {image_size}, {channels}]'
+
+
+def load_array(path: str, image_size: int, channels: int) -> np.ndarray:
+  """Reads and checks the images of an ``array`` dataset.
+
+  Args:
+    path: the ``.npy`` or ``.npz`` file (``config.dataset_path``).
+    image_size: the configured side; the array's height and width must equal it.
+    channels: the configured channel count (1 or 3).
+
+  Returns:
+    ``uint8 [N, image_size, image_size, channels]`` (memory-mapped for ``.npy``).
+
+  Raises:
+    UserError: no path, a missing or unreadable file, or an array of the wrong shape or dtype.
+  """
+  expected = _expected(image_size, channels)
+  if not path:
+    raise UserError(f"dataset 'array' needs dataset_path: a .npy or .npz file of {expected}.")
+  if not os.path.isfile(path):
+    raise UserError(f'dataset_path {path!r} is not a file; pass a .npy or .npz file of '
+                    f'{expected}.')
+  try:
+    if path.endswith('.npz'):
+      with np.load(path, allow_pickle=False) as archive:
+        keys = list(archive.keys())
+        if NPZ_KEY not in keys and len(keys) != 1:
+          raise UserError(f'{path!r} holds the arrays {keys}; store the images under the key '
+                          f'{NPZ_KEY!r} (np.savez(path, {NPZ_KEY}=images)).')
+        images = archive[NPZ_KEY if NPZ_KEY in keys else keys[0]]
+    else:
+      images = np.load(path, mmap_mode='r', allow_pickle=False)
+  except UserError:
+    raise
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise UserError(f'Cannot read {path!r} as a numpy array ({type(e).__name__}: {e}); pass a '
+                    f'.npy or .npz file of {expected} (np.save / np.savez).') from e
+  if images.ndim == 3 and channels == 1:
+    images = images[..., None]
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (
+      image_size, image_size, channels) or images.shape[0] < 1:
+    raise UserError(f'{path!r} holds {images.dtype} {list(images.shape)}; expected {expected} '
+                    '(values 0..255). Resize the images or set image_size and channels to match.')
+  return images

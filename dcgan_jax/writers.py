@@ -1,0 +1,132 @@
+"""Where the training loop's scalars go: TensorBoard through clu, or JSON lines without TensorFlow.
+
+With TensorFlow installed (the normal case) :func:`create_writer` returns clu's default writer
+(TensorBoard event files plus the log) and :func:`create_progress` clu's ``ReportProgress``.
+Without it (e.g. a JAX-only GPU container, with ``dataset='array'``) both fall back to the small
+classes here: scalars are appended to ``<workdir>/metrics.jsonl`` (one ``{"step": ..., tag:
+value}`` object per line, read back by :func:`dcgan_jax.run_logs.read_scalars`), images are left
+to the sample PNGs, and progress (steps/s, ETA, time spent in hooks) goes to the log.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import time
+from typing import Any, Iterator, Mapping
+
+from absl import logging
+
+METRICS_JSONL = 'metrics.jsonl'
+HPARAMS_JSON = 'hparams.json'
+
+
+def have_tensorflow() -> bool:
+  """Whether TensorFlow is importable (without importing it)."""
+  return importlib.util.find_spec('tensorflow') is not None
+
+
+class JsonlWriter:
+  """clu's MetricWriter interface, writing scalars as JSON lines and to the log.
+
+  Args:
+    workdir: The run's directory (``metrics.jsonl`` and ``hparams.json`` land there).
+    just_logging: Only log (processes other than 0 write no files).
+  """
+
+  def __init__(self, workdir: str, just_logging: bool = False):
+    self._path = None if just_logging else os.path.join(workdir, METRICS_JSONL)
+    self._workdir = workdir
+    self._file = None
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    values = {k: float(v) for k, v in scalars.items()}
+    logging.info('[%d] %s', step, ', '.join(f'{k}={v:.6g}' for k, v in values.items()))
+    if self._path is None:
+      return
+    if self._file is None:
+      self._file = open(self._path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+    # NaN/inf stay readable: JSON has no literal for them, so they are written as strings.
+    record = {k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}
+    self._file.write(json.dumps({'step': int(step), **record}) + '\n')
+
+  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+    del step, images  # The sample grids are saved as PNGs by the loop itself.
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    if self._path is not None:
+      with open(os.path.join(self._workdir, HPARAMS_JSON), 'w', encoding='utf-8') as f:
+        json.dump(dict(hparams), f, indent=2, sort_keys=True)
+
+  def flush(self) -> None:
+    if self._file is not None:
+      self._file.flush()
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+
+class ProgressLogger:
+  """The parts of clu's ``ReportProgress`` the loop uses, without TensorFlow.
+
+  Every ``every_steps`` it logs the step, steps/s, the ETA and the share of time spent in
+  :meth:`timed` sections, and writes ``steps_per_sec`` and ``uptime`` scalars.
+  """
+
+  def __init__(self, num_train_steps: int, writer: Any = None, every_steps: int | None = None):
+    self._num_train_steps = num_train_steps
+    self._writer = writer
+    self._every_steps = every_steps
+    self._start = self._last_time = time.monotonic()
+    self._last_step: int | None = None
+    self._timed: dict[str, float] = {}
+
+  def __call__(self, step: int) -> None:
+    if self._last_step is None:
+      self._last_step = step - 1  # The first call starts the clock.
+    if not self._every_steps or step % self._every_steps:
+      return
+    now = time.monotonic()
+    steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    eta_min = (self._num_train_steps - step) / steps_per_sec / 60
+    spent = ', '.join(f'{name} {100 * t / max(now - self._last_time, 1e-9):.1f}%'
+                      for name, t in sorted(self._timed.items()))
+    logging.info('Step %d/%d: %.2f steps/s, ETA %.1f min%s', step, self._num_train_steps,
+                 steps_per_sec, eta_min, f' (time in {spent})' if spent else '')
+    if self._writer is not None:
+      self._writer.write_scalars(step, {'steps_per_sec': steps_per_sec,
+                                        'uptime': now - self._start})
+    self._last_step, self._last_time, self._timed = step, now, {}
+
+  @contextlib.contextmanager
+  def timed(self, name: str) -> Iterator[None]:
+    start = time.monotonic()
+    try:
+      yield
+    finally:
+      self._timed[name] = self._timed.get(name, 0.0) + time.monotonic() - start
+
+
+def create_writer(workdir: str, just_logging: bool = False) -> Any:
+  """clu's default writer (TensorBoard + log) when TensorFlow is installed, else a JsonlWriter."""
+  if have_tensorflow():
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    return metric_writers.create_default_writer(workdir, just_logging=just_logging)
+  if not just_logging:
+    logging.warning('TensorFlow is not installed: scalars go to %s (read them with '
+                    'dcgan_jax.run_logs.read_scalars) instead of TensorBoard.',
+                    os.path.join(workdir, METRICS_JSONL))
+  return JsonlWriter(workdir, just_logging=just_logging)
+
+
+def create_progress(num_train_steps: int, writer: Any, every_steps: int | None) -> Any:
+  """clu's ``ReportProgress`` when TensorFlow is installed, else a :class:`ProgressLogger`."""
+  if have_tensorflow():
+    from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+    return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer,
+                                           every_steps=every_steps, every_secs=None)
+  return ProgressLogger(num_train_steps, writer=writer, every_steps=every_steps)
