@@ -86,8 +86,9 @@ class ProgressLogger:
     self._timed: dict[str, float] = {}
 
   def __call__(self, step: int) -> None:
-    if self._last_step is None:
-      self._last_step = step - 1  # The first call starts the clock.
+    if self._last_step is None:  # The first call (after the first, compiling step) starts the
+      self._last_step, self._last_time = step, time.monotonic()  # clock, as clu's does.
+      return
     if not self._every_steps or step % self._every_steps:
       return
     now = time.monotonic()

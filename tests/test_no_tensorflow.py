@@ -85,6 +85,7 @@ def test_jsonl_writer_and_progress_round_trip(tmp_path):
   np.testing.assert_array_equal(scalars['d_loss'][0], [1, 2, 3, 4])
   np.testing.assert_allclose(scalars['d_loss'][1], [0.1, 0.2, 0.3, 0.4])
   assert np.isnan(scalars['g_loss'][1][2])
+  # The first call only starts the clock (it follows the compiling step), as clu's does.
   np.testing.assert_array_equal(scalars['steps_per_sec'][0], [2, 4])
   assert np.all(scalars['steps_per_sec'][1] > 0)
   assert json.loads((tmp_path / 'hparams.json').read_text()) == {'lr': 2e-4}
