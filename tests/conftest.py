@@ -29,6 +29,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 1024**3))
 
 
+# torchvision (through pytorch-fid, in the parity tests) segfaults when it loads after TensorFlow
+# in one process; loaded first, both work. Each xdist worker runs whichever tests it is given, so
+# load them here, before any test module imports TensorFlow. (torch is test-only.)
+try:
+  import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+except ImportError:
+  pass
+
+
 def pytest_unconfigure(config):
   if _CREATED_CACHE and not hasattr(config, "workerinput"):  # The process that made it.
     shutil.rmtree(_CREATED_CACHE, ignore_errors=True)
