@@ -432,6 +432,10 @@ class _InceptionFIDHook:
   The protocol (generated and real image counts, preprocessing, EMA or not) is logged with every
   number: FID from ``eval_num_samples`` images is biased upwards and only comparable to FIDs of
   the same count; ``python -m dcgan_jax.evaluate`` gives the standard 50,000-sample number.
+
+  Every process takes part: each generates and scores its share of the latents (and of the real
+  images) on its own devices, and the feature statistics are summed across processes, so every
+  process gets the same FID (process 0 logs it).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, sampler: _Sampler):
@@ -445,11 +449,15 @@ class _InceptionFIDHook:
                       '2048+ samples to be meaningful, 50000 is the standard.')
     # eval_preprocessing is not a configs/default.py field yet; pytorch_fid is the default.
     preprocessing = config.get('eval_preprocessing', 'pytorch_fid')
+    if num_samples < jax.process_count():
+      raise UserError(f'eval_num_samples ({num_samples}) must be at least the number of '
+                      f'processes ({jax.process_count()}).')
     self._extractor = evaluation.InceptionExtractor.from_file(config.inception_weights,
                                                               preprocessing=preprocessing)
     real = data.load_all_images(config, max_examples=num_samples)
-    self._real = evaluation.FeatureStatistics().update(self._extractor(real)['pool'])
-    self._latents = _latents(int(config.seed), _EVAL_TAG, num_samples, int(config.latent_dim))
+    self._real = self._statistics(real[evaluation.process_share(len(real))])
+    self._latents = _latents(int(config.seed), _EVAL_TAG, num_samples,
+                             int(config.latent_dim))[evaluation.process_share(num_samples)]
     self.protocol = {'num_generated': num_samples, 'num_real': int(self._real.count),
                      'real': f'{config.dataset} ({config.get("split", "train")} split)',
                      'preprocessing': preprocessing,
@@ -458,16 +466,22 @@ class _InceptionFIDHook:
                  config.eval_every_steps, num_samples, self._real.count, self.protocol['real'],
                  preprocessing)
 
+  def _statistics(self, uint8_images: np.ndarray):
+    """Feature statistics of every process's images (a collective: all processes call it)."""
+    stats = self._evaluation.FeatureStatistics().update(self._extractor(uint8_images)['pool'])
+    return self._evaluation.allgather_statistics(stats, stats.dim)
+
   def __call__(self, step: int, variables: dict[str, Any], writer) -> float:
+    """The FID at ``step``, on every process; process 0 writes and logs it."""
     images = self._sampler.generate(variables, self._latents)
-    uint8_images = self._evaluation.to_uint8(images, *self._sampler.value_range)
-    fake = self._evaluation.FeatureStatistics().update(self._extractor(uint8_images)['pool'])
+    fake = self._statistics(self._evaluation.to_uint8(images, *self._sampler.value_range))
     fid = self._evaluation.frechet_distance(self._real.mean, self._real.covariance, fake.mean,
                                             fake.covariance)
-    writer.write_scalars(step, {'eval/fid': fid})
-    logging.info('Step %d: FID %.3f (%d generated vs %d %s images, preprocessing %s).', step,
-                 fid, self.protocol['num_generated'], self.protocol['num_real'],
-                 self.protocol['real'], self.protocol['preprocessing'])
+    if jax.process_index() == 0:
+      writer.write_scalars(step, {'eval/fid': fid})
+      logging.info('Step %d: FID %.3f (%d generated vs %d %s images, preprocessing %s).', step,
+                   fid, self.protocol['num_generated'], self.protocol['num_real'],
+                   self.protocol['real'], self.protocol['preprocessing'])
     return fid
 
 
@@ -631,8 +645,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                                          int(config.seed), mesh=step_fn.mesh)
   image_sampler = _Sampler(config, step_fn)
   fid_hook = None
-  if durations.eval_every_steps > 0 and config.inception_weights and is_chief:
-    fid_hook = _InceptionFIDHook(config, image_sampler)  # Loads (and checks) the weights now.
+  if durations.eval_every_steps > 0 and config.inception_weights:
+    # Every process loads (and checks) the weights now; each scores its share of the images.
+    fid_hook = _InceptionFIDHook(config, image_sampler)
   workdir = os.fspath(checkpointing.check_workdir_writable(workdir))
   _sync_processes('validated')
   logging.info('Run: %d steps (%.1f per epoch), global batch %d on %d devices (%s), data %s.',
@@ -739,14 +754,14 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
             or is_due(step, durations.eval_every_steps))
 
   def hooks(step: int, state: state_lib.GANState, final: bool) -> None:
-    """Sample grids, quality and FID at ``step`` (after the finite check); process 0 only."""
+    """Sample grids and quality (process 0) and FID (all processes) at ``step``."""
     # At the end every enabled hook runs, whatever its period.
     need_samples = final or is_due(step, durations.sample_every_steps)
     need_quality = quality_hook is not None and (final
                                                  or is_due(step, durations.quality_every_steps))
     need_fid = fid_hook is not None and (final or is_due(step, durations.eval_every_steps))
     fid = None
-    if is_chief and (need_samples or need_quality or need_fid):
+    if is_chief and (need_samples or need_quality):
       variables = image_sampler.variables(state)
       if need_samples:
         with report_progress.timed('samples'):
@@ -762,15 +777,15 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
                        result['num_classes_covered'], result['min_class_fraction'])
           if final:
             quality_hook.write_json(workdir, step, result, used_ema=state.ema is not None)
-      if need_fid:
-        with report_progress.timed('fid'):
-          fid = fid_hook(step, variables, writer)
+    if need_fid:  # Every process scores its share of the images; all get the same FID.
+      with report_progress.timed('fid'):
+        fid = fid_hook(step, image_sampler.variables(state), writer)
     _sync_processes(f'hooks_{step}')  # The others wait here, not in the next step's collective.
     if best_checkpointer is not None and (final or is_due(step, durations.eval_every_steps)):
       keep_best(step, state, fid)
 
   def keep_best(step: int, state: state_lib.GANState, fid: float | None) -> None:
-    """Saves the state as the best-FID checkpoint when process 0 measured a new best FID."""
+    """Saves the state as the best-FID checkpoint when the FID (process 0's) is a new best."""
     nonlocal best_fid
     improved = fid is not None and fid < best_fid
     if jax.process_count() > 1:  # Only process 0 measured; every process takes part in saving.

@@ -48,10 +48,12 @@ from dcgan_jax.evaluation.inception import FIDInceptionV3
 from dcgan_jax.evaluation.preprocessing import preprocess
 from dcgan_jax.evaluation.preprocessing import to_uint8
 from dcgan_jax.evaluation.statistics import FeatureStatistics
+from dcgan_jax.evaluation.statistics import allgather_statistics
 from dcgan_jax.evaluation.statistics import frechet_distance
 from dcgan_jax.evaluation.statistics import frechet_distance_jax
 from dcgan_jax.evaluation.statistics import inception_score
 from dcgan_jax.evaluation.statistics import kernel_inception_distance
+from dcgan_jax.evaluation.statistics import process_share
 from dcgan_jax.evaluation.weights import PYTORCH_FID_WEIGHTS_URL
 from dcgan_jax.evaluation.weights import download_inception_weights
 from dcgan_jax.evaluation.weights import load_inception_variables
@@ -61,6 +63,7 @@ __all__ = [
     'FeatureStatistics',
     'InceptionExtractor',
     'PYTORCH_FID_WEIGHTS_URL',
+    'allgather_statistics',
     'download_inception_weights',
     'frechet_distance',
     'frechet_distance_jax',
@@ -68,5 +71,6 @@ __all__ = [
     'kernel_inception_distance',
     'load_inception_variables',
     'preprocess',
+    'process_share',
     'to_uint8',
 ]

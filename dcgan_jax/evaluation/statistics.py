@@ -155,6 +155,56 @@ class FeatureStatistics:
     return stats, metadata
 
 
+def _allgather_float64(x: np.ndarray) -> np.ndarray:
+  """``[num_processes, *x.shape]``: every process's ``x``, bit-exact in float64.
+
+  JAX arrays are float32 unless x64 is enabled, so the float64 values travel as their raw bits.
+  """
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  bits = np.ascontiguousarray(x, np.float64).view(np.uint32)
+  return np.asarray(multihost_utils.process_allgather(bits)).view(np.float64)
+
+
+def allgather_statistics(stats: FeatureStatistics, dim: int) -> FeatureStatistics:
+  """The statistics of every process's samples, on every process.
+
+  A collective: all processes must call it, each with the statistics of its own share of the
+  samples (possibly none). The sums are added in process order, so every process gets the same
+  result. With one process, ``stats`` comes back as it is.
+
+  Args:
+    stats: this process's statistics (not loaded from a file).
+    dim: the feature dimension (needed where this process saw no samples).
+
+  Returns:
+    Statistics of all samples of all processes.
+  """
+  if jax.process_count() == 1:
+    return stats
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  if stats._loaded is not None:  # pylint: disable=protected-access
+    raise UserError('Statistics loaded from a file without sample sums cannot be gathered.')
+  empty = stats._sum is None  # pylint: disable=protected-access
+  total = np.zeros(dim, np.float64) if empty else stats._sum  # pylint: disable=protected-access
+  outer = (np.zeros((dim, dim), np.float64) if empty
+           else stats._outer_sum)  # pylint: disable=protected-access
+  counts = np.asarray(multihost_utils.process_allgather(np.asarray(stats.count, np.int32)))
+  sums, outers = _allgather_float64(total), _allgather_float64(outer)
+  merged = FeatureStatistics(dim)
+  for count, part_sum, part_outer in zip(counts.reshape(-1), sums, outers):
+    part = FeatureStatistics(dim)
+    part.count = int(count)
+    part._sum, part._outer_sum = part_sum, part_outer  # pylint: disable=protected-access
+    merged.merge(part)
+  return merged
+
+
+def process_share(num: int) -> slice:
+  """This process's contiguous share of ``num`` items (the shares cover them exactly once)."""
+  index, count = jax.process_index(), jax.process_count()
+  return slice(num * index // count, num * (index + 1) // count)
+
+
 def frechet_distance_jax(mu1: jax.Array, sigma1: jax.Array, mu2: jax.Array,
                          sigma2: jax.Array) -> jax.Array:
   """Fréchet distance between two Gaussians; pure jnp, jittable, in the inputs' dtype.
