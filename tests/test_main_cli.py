@@ -5,6 +5,7 @@ of stderr (INFO logs may precede it), with no traceback, and must leave an exist
 was. The processes are started together, so the suite pays for their start-up (importing JAX
 and TensorFlow) about once rather than once per case.
 """
+import json
 import pathlib
 import subprocess
 import sys
@@ -121,11 +122,15 @@ def test_two_processes_train_one_run(tmp_path):
   from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
   data.dataset_info(ConfigDict({'dataset': 'digits', 'data_dir': str(tmp_path / 'tfds'),
                                 'image_size': 8, 'channels': 1}))
-  common = [sys.executable, '-m', 'dcgan_jax.main', '--config=configs/default.py',
+  # In-training FID too, with a stand-in extractor: each process scores its share of the images.
+  common = [sys.executable, str(_ROOT / 'tests' / 'stand_in_inception.py'), '-m',
+            'dcgan_jax.main', '--config=configs/default.py',
             f'--workdir={workdir}', f'--config.data_dir={tmp_path / "tfds"}',
             '--config.image_size=8', '--config.generator_width=8',
             '--config.discriminator_width=8', '--config.batch_size=16',
             '--config.num_train_steps=2', '--config.quality_every_steps=0',
+            '--config.inception_weights=stand_in.pth', '--config.eval_every_steps=2',
+            '--config.eval_num_samples=40',
             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
   processes = [subprocess.Popen(common + [f'--process_id={i}'], cwd=_ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -140,3 +145,23 @@ def test_two_processes_train_one_run(tmp_path):
   assert sorted(p.name for p in (workdir / 'samples').iterdir()) == ['progress.gif',
                                                                       'step_000002.png']
   assert len(list(workdir.glob('events.out.tfevents*'))) == 1  # Only process 0 writes events.
+  # The FID of both processes' shares equals the one computed here in one process.
+  best = json.loads((workdir / 'best_fid.json').read_text())
+  assert best['step'] == 2 and best['num_generated'] == 40 and best['num_real'] == 40
+  assert 'Step 2: FID' in outputs[0][1] and 'Step 2: FID' not in outputs[1][1]
+  assert best['fid'] == pytest.approx(_expected_stand_in_fid(workdir, 40), rel=1e-5)
+
+
+def _expected_stand_in_fid(workdir, num):
+  """The stand-in FID of the run's final EMA generator, computed in this (single) process."""
+  from dcgan_jax import data, evaluation, sample, train  # pylint: disable=g-import-not-at-top
+  from stand_in_inception import stand_in_features  # pylint: disable=g-import-not-at-top
+
+  generator, variables, config, _ = sample.load_generator(workdir)
+  z = train._latents(int(config.seed), train._EVAL_TAG, num, int(config.latent_dim))  # pylint: disable=protected-access
+  fake = stand_in_features(evaluation.to_uint8(sample.generate(generator, variables, z)))
+  real = stand_in_features(data.load_all_images(config, max_examples=num))
+  fake_stats = evaluation.FeatureStatistics().update(fake['pool'])
+  real_stats = evaluation.FeatureStatistics().update(real['pool'])
+  return evaluation.frechet_distance(real_stats.mean, real_stats.covariance, fake_stats.mean,
+                                     fake_stats.covariance)
