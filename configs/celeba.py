@@ -13,19 +13,16 @@ of many GAN papers) and resized to 64x64 once, stored as a tfds dataset under da
 reused. With dataset_path empty, tfds' own builder is tried (it needs the network).
 At 64x64 the prepared split (~162k images, ~2 GB uint8) is kept on the accelerator when it fits.
 """
-import importlib.util
 import pathlib
 
 import ml_collections
 
+from dcgan_jax.config_files import load_config
+
 
 def _default_config() -> ml_collections.ConfigDict:
   """configs/default.py, loaded from next to this file so the config works from any directory."""
-  spec = importlib.util.spec_from_file_location(
-      'dcgan_jax_default_config', pathlib.Path(__file__).with_name('default.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config(pathlib.Path(__file__).with_name('default.py'))
 
 
 def get_config() -> ml_collections.ConfigDict:

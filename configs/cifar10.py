@@ -7,19 +7,16 @@ Run it with (tfds downloads CIFAR-10 into --config.data_dir once):
 With --config.inception_weights=/path/to/pt_inception-2015-12-05-6726825d.pth the run also
 reports Inception FID (against the training images) every 10 epochs.
 """
-import importlib.util
 import pathlib
 
 import ml_collections
 
+from dcgan_jax.config_files import load_config
+
 
 def _default_config() -> ml_collections.ConfigDict:
   """configs/default.py, loaded from next to this file so the config works from any directory."""
-  spec = importlib.util.spec_from_file_location(
-      'dcgan_jax_default_config', pathlib.Path(__file__).with_name('default.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config(pathlib.Path(__file__).with_name('default.py'))
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -9,19 +9,16 @@ The images are centre-cropped to squares, resized and converted to `channels` on
 tfds dataset under data_dir and reused; unreadable files are skipped and counted in the log.
 Use --config.image_size=32 (or 128, ...) and --config.channels=1 for other shapes.
 """
-import importlib.util
 import pathlib
 
 import ml_collections
 
+from dcgan_jax.config_files import load_config
+
 
 def _default_config() -> ml_collections.ConfigDict:
   """configs/default.py, loaded from next to this file so the config works from any directory."""
-  spec = importlib.util.spec_from_file_location(
-      'dcgan_jax_default_config', pathlib.Path(__file__).with_name('default.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config(pathlib.Path(__file__).with_name('default.py'))
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -6,19 +6,16 @@ Run it with (tfds downloads MNIST into --config.data_dir once):
 
 Overrides work as for every config, e.g. --config.num_epochs=5 --config.batch_size=256.
 """
-import importlib.util
 import pathlib
 
 import ml_collections
 
+from dcgan_jax.config_files import load_config
+
 
 def _default_config() -> ml_collections.ConfigDict:
   """configs/default.py, loaded from next to this file so the config works from any directory."""
-  spec = importlib.util.spec_from_file_location(
-      'dcgan_jax_default_config', pathlib.Path(__file__).with_name('default.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config(pathlib.Path(__file__).with_name('default.py'))
 
 
 def get_config() -> ml_collections.ConfigDict:

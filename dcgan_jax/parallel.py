@@ -169,6 +169,11 @@ def _put_global(tree: Any, sharding: NamedSharding) -> Any:
   return jax.tree.map(put, tree)
 
 
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Places a pytree replicated over ``mesh`` (also across processes), as copies."""
+  return _put_global(tree, NamedSharding(mesh, P()))
+
+
 def _leading_axis_sharding(devices: Sequence[jax.Device]) -> NamedSharding:
   """Splits an array's leading axis over ``devices``: the layout pmap takes and returns."""
   mesh = jax.make_mesh((len(devices),), ('pmap_devices',),

@@ -47,10 +47,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dcgan_jax import animation
 from dcgan_jax import checkpointing
+from dcgan_jax.config_files import load_config  # pylint: disable=unused-import  # Public here too.
 from dcgan_jax import data
 from dcgan_jax import models
 from dcgan_jax import parallel
@@ -214,19 +214,6 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
   return jax.tree.map(jnp.asarray, state)
 
 
-def _replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-  """Places a pytree replicated over ``mesh`` (also across processes)."""
-  sharding = NamedSharding(mesh, P())
-  if jax.process_count() == 1:
-    return jax.device_put(jax.tree.map(jnp.copy, tree), sharding, may_alias=False)
-
-  def put(x):
-    x = np.asarray(jax.device_get(x))
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-  return jax.tree.map(put, tree)
-
-
 def _sync_processes(name: str) -> None:
   """Waits until every process reaches this point (a no-op with one process).
 
@@ -249,47 +236,6 @@ def _local_copy(x: jax.Array, pmap_layout: bool) -> jax.Array:
 
 
 # ---- validation -----------------------------------------------------------------------------
-
-
-def load_config(path: str | os.PathLike, **overrides: Any) -> ml_collections.ConfigDict:
-  """Loads a config file (``configs/*.py``) as the CLI's ``--config=`` does, for notebooks.
-
-  Args:
-    path: A Python file defining ``get_config()``.
-    **overrides: Fields to change, as ``--config.<field>=<value>`` would, e.g.
-      ``load_config('configs/default.py', num_train_steps=200)``.
-
-  Returns:
-    The config, with the overrides applied.
-
-  Raises:
-    UserError: a missing or broken file, or an override that names no field or has the wrong
-      type.
-  """
-  import importlib.util  # pylint: disable=g-import-not-at-top
-
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise UserError(f'No config file at {path!r}; pass e.g. configs/default.py (relative to the '
-                    f'working directory {os.getcwd()!r}).')
-  spec = importlib.util.spec_from_file_location(
-      '_dcgan_jax_config_' + os.path.splitext(os.path.basename(path))[0], path)
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-    config = module.get_config()
-  except Exception as e:  # pylint: disable=broad-except  # Any error in the user's file.
-    raise UserError(f'Cannot load the config file {path!r} ({type(e).__name__}: {e}); it must '
-                    'define get_config() returning an ml_collections.ConfigDict.') from e
-  for name, value in overrides.items():
-    if name not in config:
-      raise UserError(f'Unknown config field {name!r}; the valid fields are listed in '
-                      'configs/default.py.')
-    try:
-      config[name] = value
-    except (TypeError, ValueError) as e:  # ml_collections refuses a type change.
-      raise UserError(f'config.{name} cannot be set to {value!r}: {e}') from e
-  return config
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -664,11 +610,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     initial_state = create_train_state(config, jax.random.fold_in(root_key, _INIT_TAG),
                                        durations.num_train_steps)
     train_key = jax.random.fold_in(root_key, _TRAIN_TAG)
-    state = _replicate(initial_state, step_fn.mesh)
+    state = parallel.replicate(initial_state, step_fn.mesh)
     start_step = 0
     if checkpointer.latest_step() is not None:
       target = {'gan': state,
-                'train_key': _replicate(jax.random.key_data(train_key), step_fn.mesh)}
+                'train_key': parallel.replicate(jax.random.key_data(train_key), step_fn.mesh)}
       restored, _, start_step = checkpointer.restore(target)
       state = restored['gan']
       # Rebuilt from host data, the key is uncommitted like a fresh one, free to follow the
@@ -761,8 +707,10 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
                                                  or is_due(step, durations.quality_every_steps))
     need_fid = fid_hook is not None and (final or is_due(step, durations.eval_every_steps))
     fid = None
-    if is_chief and (need_samples or need_quality):
-      variables = image_sampler.variables(state)
+    chief_hooks = is_chief and (need_samples or need_quality)
+    if chief_hooks or need_fid:
+      variables = image_sampler.variables(state)  # One local copy for every hook due.
+    if chief_hooks:
       if need_samples:
         with report_progress.timed('samples'):
           images = image_sampler.generate(variables, sample_latents)
@@ -779,7 +727,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
             quality_hook.write_json(workdir, step, result, used_ema=state.ema is not None)
     if need_fid:  # Every process scores its share of the images; all get the same FID.
       with report_progress.timed('fid'):
-        fid = fid_hook(step, image_sampler.variables(state), writer)
+        fid = fid_hook(step, variables, writer)
     _sync_processes(f'hooks_{step}')  # The others wait here, not in the next step's collective.
     if best_checkpointer is not None and (final or is_due(step, durations.eval_every_steps)):
       keep_best(step, state, fid)

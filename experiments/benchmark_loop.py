@@ -74,11 +74,8 @@ def write_image_folder(path: str, num_images: int, image_size: int, seed: int = 
 
 def make_config(args, dataset_path: str, data_dir: str, num_steps: int):
   """configs/default.py with the benchmark's dataset, model and hooks."""
-  spec = importlib.util.spec_from_file_location('dcgan_default_config',
-                                                os.path.join(REPO, 'configs', 'default.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  from dcgan_jax.config_files import load_config  # pylint: disable=g-import-not-at-top
+  config = load_config(os.path.join(REPO, 'configs', 'default.py'))
   config.dataset = args.dataset
   config.dataset_path = dataset_path
   config.data_dir = data_dir
@@ -110,17 +107,7 @@ def step_only(config, args) -> dict[str, Any]:
                                                     int(config.num_train_steps)))
   real = step.place_batch(np.random.default_rng(0).integers(
       0, 256, (args.batch, args.image_size, args.image_size, 3), dtype=np.uint8))
-  key = jax.random.key(1)
-  holder = {'state': state, 'i': 0}
-
-  def run_steps(n: int) -> None:
-    s = holder['state']
-    for _ in range(n):
-      s, metrics = step(s, real, jax.random.fold_in(key, holder['i']))
-      holder['i'] += 1
-    jax.block_until_ready((s, metrics))
-    holder['state'] = s
-
+  run_steps, _ = common.step_runner(step, state, real)
   result = common.time_method(run_steps, args.long_steps - args.short_steps, args.repeats, 2)
   result['img_per_s'] = args.batch / result['ms_per_step'] * 1e3
   return result

@@ -226,18 +226,7 @@ def bench_jax(batch: int, dtype: str, args) -> dict[str, Any]:
   state = step.place_state(_initial_state(args.image_size, args.width))
   images = np.random.default_rng(0).integers(
       0, 256, (batch, args.image_size, args.image_size, 3), dtype=np.uint8)
-  real = step.place_batch(images)
-  key = jax.random.key(1)
-  holder = {'state': state, 'i': 0}
-
-  def run_steps(n: int) -> None:
-    s = holder['state']
-    for _ in range(n):
-      s, metrics = step(s, real, jax.random.fold_in(key, holder['i']))
-      holder['i'] += 1
-    jax.block_until_ready((s, metrics))
-    holder['state'] = s
-
+  run_steps, holder = step_runner(step, state, step.place_batch(images))
   result = time_method(run_steps, args.steps, args.repeats, args.warmup)
   if not np.isfinite(float(np.asarray(metrics_probe(holder)))):
     raise RuntimeError('the JAX step produced a non-finite state')
@@ -259,6 +248,26 @@ def _initial_state(image_size: int, width: int):
     _STATES[image_size, width] = state_lib.create_gan_state(jax.random.key(0), generator,
                                                             discriminator)
   return _STATES[image_size, width]
+
+
+def step_runner(step, state, real) -> tuple[Callable[[int], None], dict[str, Any]]:
+  """``run_steps(n)`` for :func:`time_method`: n steps on one placed batch, then a device sync.
+
+  The state is carried in the returned holder (``holder['state']``) from call to call, as the
+  step donates it; each step gets a fresh key.
+  """
+  key = jax.random.key(1)
+  holder = {'state': state, 'i': 0}
+
+  def run_steps(n: int) -> None:
+    s = holder['state']
+    for _ in range(n):
+      s, metrics = step(s, real, jax.random.fold_in(key, holder['i']))
+      holder['i'] += 1
+    jax.block_until_ready((s, metrics))
+    holder['state'] = s
+
+  return run_steps, holder
 
 
 def metrics_probe(holder: dict[str, Any]) -> jax.Array:

@@ -1,5 +1,4 @@
 """CelebA from hand-downloaded files (a fake img_align_celeba.zip), and tfds' failing download."""
-import importlib.util
 import io
 import pathlib
 import zipfile
@@ -10,6 +9,7 @@ from PIL import Image
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
+from dcgan_jax.config_files import load_config  # pylint: disable=g-import-not-at-top
 from dcgan_jax.data import celeba  # pylint: disable=g-import-not-at-top
 from dcgan_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
 from dcgan_jax.errors import UserError  # pylint: disable=g-import-not-at-top
@@ -19,10 +19,7 @@ _PARTITIONS = [0, 0, 0, 1, 1, 2]  # Images 000001..000006: 3 train, 2 validation
 
 
 def _config(**overrides):
-  spec = importlib.util.spec_from_file_location('default_config', _ROOT / 'configs/default.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = load_config(_ROOT / 'configs/default.py')
   config.update(dict(dataset='celeb_a', image_size=16, channels=3), **overrides)
   return config
 

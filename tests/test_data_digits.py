@@ -1,5 +1,4 @@
 """The embedded `digits` tfds builder and its resizing/channel conversion in the pipeline."""
-import importlib.util
 import pathlib
 
 import numpy as np
@@ -7,6 +6,7 @@ import pytest
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
+from dcgan_jax.config_files import load_config  # pylint: disable=g-import-not-at-top
 from dcgan_jax.data import digits  # pylint: disable=g-import-not-at-top
 from dcgan_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
 
@@ -14,10 +14,7 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _default_config(**overrides):
-  spec = importlib.util.spec_from_file_location('default_config', _ROOT / 'configs/default.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = load_config(_ROOT / 'configs/default.py')
   config.update(overrides)
   return config
 

@@ -1,5 +1,4 @@
 """The `folder` source: directories and .zip archives of images, prepared once."""
-import importlib.util
 import logging
 import os
 import pathlib
@@ -11,6 +10,7 @@ from PIL import Image
 
 pytest.importorskip('tensorflow_datasets')
 
+from dcgan_jax.config_files import load_config  # pylint: disable=g-import-not-at-top
 from dcgan_jax.data import image_files  # pylint: disable=g-import-not-at-top
 from dcgan_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
 from dcgan_jax.errors import UserError  # pylint: disable=g-import-not-at-top
@@ -19,10 +19,7 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(**overrides):
-  spec = importlib.util.spec_from_file_location('default_config', _ROOT / 'configs/default.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = load_config(_ROOT / 'configs/default.py')
   config.update(dict(dataset='folder', image_size=16, channels=3), **overrides)
   return config
 

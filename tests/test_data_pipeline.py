@@ -1,5 +1,4 @@
 """create_train_iterator: named tfds datasets, seeded order, resuming, per-process sharding."""
-import importlib.util
 import itertools
 import pathlib
 
@@ -8,6 +7,7 @@ import pytest
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
+from dcgan_jax.config_files import load_config  # pylint: disable=g-import-not-at-top
 from dcgan_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
 from dcgan_jax.data import sources  # pylint: disable=g-import-not-at-top
 from dcgan_jax.errors import UserError  # pylint: disable=g-import-not-at-top
@@ -16,10 +16,7 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(**overrides):
-  spec = importlib.util.spec_from_file_location('default_config', _ROOT / 'configs/default.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = load_config(_ROOT / 'configs/default.py')
   config.update(overrides)
   return config
 

@@ -3,7 +3,6 @@
 One tiny training run (8x8 digits, width 8, 4 steps) is shared by the whole module; the sample
 CLI then runs on its checkpoint in-process and once as a subprocess.
 """
-import importlib.util
 import math
 import os
 import pathlib
@@ -17,6 +16,7 @@ import pytest
 from PIL import Image, ImageSequence
 
 from dcgan_jax import animation
+from dcgan_jax import config_files
 from dcgan_jax import sample
 from dcgan_jax import summary
 from dcgan_jax.errors import EXIT_USER_ERROR
@@ -26,10 +26,7 @@ _PAD = sample.GRID_PADDING
 
 
 def load_config(name='default'):
-  spec = importlib.util.spec_from_file_location(f'{name}_config', _ROOT / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_files.load_config(_ROOT / 'configs' / f'{name}.py')
 
 
 def grid_size(rows, columns, side):

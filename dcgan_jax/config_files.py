@@ -1,0 +1,54 @@
+"""Loading a config file (``configs/*.py``) by path: for notebooks, tests and other configs.
+
+Light on purpose (importlib and ml_collections only): the configs in ``configs/`` import it to
+build on ``default.py`` from any working directory. ``dcgan_jax.train.load_config`` is the same
+function.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+import ml_collections
+
+from dcgan_jax.errors import UserError
+
+
+def load_config(path: str | os.PathLike, **overrides: Any) -> ml_collections.ConfigDict:
+  """Loads a config file (``configs/*.py``) as the CLI's ``--config=`` does.
+
+  Args:
+    path: A Python file defining ``get_config()``.
+    **overrides: Fields to change, as ``--config.<field>=<value>`` would, e.g.
+      ``load_config('configs/default.py', num_train_steps=200)``.
+
+  Returns:
+    The config, with the overrides applied.
+
+  Raises:
+    UserError: a missing or broken file, or an override that names no field or has the wrong
+      type.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise UserError(f'No config file at {path!r}; pass e.g. configs/default.py (relative to the '
+                    f'working directory {os.getcwd()!r}).')
+  spec = importlib.util.spec_from_file_location(
+      '_dcgan_jax_config_' + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    config = module.get_config()
+  except Exception as e:  # pylint: disable=broad-except  # Any error in the user's file.
+    raise UserError(f'Cannot load the config file {path!r} ({type(e).__name__}: {e}); it must '
+                    'define get_config() returning an ml_collections.ConfigDict.') from e
+  for name, value in overrides.items():
+    if name not in config:
+      raise UserError(f'Unknown config field {name!r}; the valid fields are listed in '
+                      'configs/default.py.')
+    try:
+      config[name] = value
+    except (TypeError, ValueError) as e:  # ml_collections refuses a type change.
+      raise UserError(f'config.{name} cannot be set to {value!r}: {e}') from e
+  return config
