@@ -171,6 +171,8 @@ def environment(device_kind: str | None = None) -> dict[str, Any]:
       'jax_version': jax.__version__,
       'python': platform.python_version(),
       'host': platform.node(),
+      # Which copy of the library ran (a baseline copy can be timed beside the current one).
+      'dcgan_jax_path': os.path.dirname(os.path.abspath(models.__file__)),
   }
   try:
     import torch  # pylint: disable=g-import-not-at-top

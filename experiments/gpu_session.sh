@@ -1,23 +1,42 @@
 #!/usr/bin/env bash
-# All three benchmarks in one call on a GPU machine (issue 5), JSON + tables into $OUT (or
-# experiments/results/). Budgeted for one 10-minute device call: each benchmark has a timeout.
+# Issue 5's benchmarks and a profile in one call on a GPU machine; JSON, tables and logs go to
+# $OUT (or experiments/results/). Budgeted for one device call of under 10 minutes: every part
+# has its own timeout, the most important first.
 #
-#   Here:  pip download --no-deps -d wheels clu ml_collections wrapt PyYAML  (wheels/ git-ignored)
-#   There: bash experiments/gpu_session.sh "H100 SXM"       (carry: wheels)
+#   Here:  pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl clu ml_collections
+#          (the GPU image has jax, flax, optax, orbax, torch but not clu/ml_collections; .whl/ is
+#          git-ignored). Optional: a copy of an older dcgan_jax in .baseline/dcgan_jax, to time
+#          the step before a change in the same run (git archive REV dcgan_jax | tar -x -C .baseline).
+#   There: bash experiments/gpu_session.sh "H100 SXM"      (carry: .whl, .baseline)
 set -u
+export PYTHONUNBUFFERED=1
 kind="${1:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)}"
 out="${OUT:-experiments/results}"
 mkdir -p "$out"
-if [ -d wheels ]; then
-  python -m pip install -q --no-deps wheels/*.whl || echo "wheel install failed"
+py=python3
+site=/tmp/dcgan_site
+if [ -d .whl ]; then
+  $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$site" .whl/*.whl || echo "wheel install failed"
 fi
-nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv 2>/dev/null | tee "$out/gpu.txt"
-python -c "import jax; print(jax.__version__, jax.devices())"
+export PYTHONPATH="$PWD:$site"
+nvidia-smi --query-gpu=name,clocks.max.sm,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+$py -c "import jax, flax, optax, orbax.checkpoint as o, numpy; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'numpy', numpy.__version__, jax.devices())" 2>&1 | tee -a "$out/gpu.txt"
 tag=$(echo "$kind" | tr 'A-Z ' 'a-z_' | tr -cd 'a-z0-9_')
-timeout 200 python experiments/benchmark_train.py --device_kind "$kind" \
-  --out "$out/train_${tag}.json" 2>&1 | tail -30
-timeout 200 python experiments/benchmark_fid.py --device_kind "$kind" \
-  --out "$out/fid_${tag}.json" 2>&1 | tail -30
-timeout 150 python experiments/benchmark_loop.py --device_kind "$kind" \
-  --out "$out/loop_${tag}.json" 2>&1 | tail -20
+log="$out/session_${tag}.log"
+run() {  # run SECONDS CMD...: one part under a timeout, output to the log and the reply.
+  local t=$1; shift
+  echo "=== $(date -u +%H:%M:%S) $*" | tee -a "$log"
+  timeout "$t" "$@" 2>&1 | grep -v "^WARNING: All log messages before absl" | tee -a "$log" | tail -40
+  echo "=== exit ${PIPESTATUS[0]}" | tee -a "$log"
+}
+run "${T_TRAIN:-170}" $py experiments/benchmark_train.py ${BENCH_ARGS:-} --device_kind "$kind" --out "$out/train_${tag}.json"
+run "${T_PROFILE:-80}" $py experiments/profile_step.py ${BENCH_ARGS:-} --out_dir /tmp/profile
+run "${T_FID:-130}" $py experiments/benchmark_fid.py ${BENCH_ARGS:-} --device_kind "$kind" --out "$out/fid_${tag}.json"
+run "${T_LOOP:-100}" $py experiments/benchmark_loop.py ${BENCH_ARGS:-} --device_kind "$kind" --out "$out/loop_${tag}.json"
+if [ -d .baseline/dcgan_jax ]; then
+  PYTHONPATH="$PWD/.baseline:$site" run "${T_BASE:-70}" $py experiments/benchmark_train.py \
+    ${BENCH_ARGS:-} --no_torch --device_kind "$kind" --out "$out/train_baseline_${tag}.json"
+fi
+tar czf "$out/profile.tgz" -C /tmp profile 2>/dev/null
 ls -la "$out"

@@ -1,0 +1,173 @@
+r"""Where the train step's device time goes: a jax.profiler trace summarised per kernel and op.
+
+  python experiments/profile_step.py --out_dir /tmp/prof            # GPU: b128, both dtypes
+  python experiments/profile_step.py --tiny --out_dir /tmp/prof     # seconds on CPU
+
+For each dtype: compile and warm up the benchmark's step (``benchmark_train.bench_jax``'s
+setup), write the optimized HLO (``step_<dtype>.hlo.txt``: which convs became cuDNN calls,
+what got fused), trace ``--steps`` steps with ``jax.profiler`` (a Perfetto JSON trace, read here
+without TensorBoard) and print:
+
+* wall ms/step during the trace, device-busy ms/step (union of kernel intervals), and the
+  number of kernels per step: wall >> busy means the host (dispatch, launches) is the limit;
+* the top kernels by device time, and the top XLA ops (fusions, custom calls) by device time.
+
+The summary also goes to ``profile_<dtype>.json``. Imports only the library core and numpy.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchmark_train as common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from dcgan_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dcgan_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dcgan_jax import train_step as train_step_lib  # pylint: disable=wrong-import-position
+
+
+def _union_ms(intervals: list[tuple[float, float]]) -> float:
+  """Total length (in the trace's µs, returned as ms) covered by possibly overlapping spans."""
+  total, end = 0.0, -np.inf
+  for start, stop in sorted(intervals):
+    if stop <= end:
+      continue
+    total += stop - max(start, end)
+    end = stop
+  return total / 1e3
+
+
+def summarise_trace(trace_dir: str, steps: int, top: int = 25) -> dict[str, Any]:
+  """Per-kernel and per-op device time from the Perfetto JSON that ``jax.profiler`` wrote."""
+  paths = glob.glob(os.path.join(trace_dir, '**', 'perfetto_trace.json.gz'), recursive=True)
+  if not paths:
+    return {'error': f'no perfetto_trace.json.gz under {trace_dir}'}
+  with gzip.open(sorted(paths)[-1]) as f:
+    data = json.load(f)
+  events = data['traceEvents'] if isinstance(data, dict) else data
+  process, thread = {}, {}
+  for e in events:
+    if e.get('ph') == 'M' and e.get('name') == 'process_name':
+      process[e['pid']] = e['args']['name']
+    elif e.get('ph') == 'M' and e.get('name') == 'thread_name':
+      thread[e['pid'], e.get('tid')] = e['args']['name']
+  device_pids = {p for p, n in process.items() if 'GPU' in n or 'TPU' in n}
+  kernels = collections.defaultdict(lambda: [0, 0.0])
+  ops = collections.defaultdict(lambda: [0, 0.0])
+  spans = []
+  threads_seen = collections.Counter()
+  for e in events:
+    if e.get('ph') != 'X' or e.get('pid') not in device_pids:
+      continue
+    name = thread.get((e['pid'], e.get('tid')), '')
+    threads_seen[name] += 1
+    dur = float(e.get('dur', 0.0))
+    if 'XLA Ops' not in name and 'XLA Modules' not in name and 'Steps' not in name:
+      # Kernel rows: 'Stream #N(...)' on GPUs; any other device row is counted here too.
+      kernels[e['name']][0] += 1
+      kernels[e['name']][1] += dur
+      spans.append((float(e['ts']), float(e['ts']) + dur))
+    elif 'XLA Ops' in name:
+      ops[e['name']][0] += 1
+      ops[e['name']][1] += dur
+
+  def table(d):
+    rows = sorted(d.items(), key=lambda kv: -kv[1][1])[:top]
+    return [{'name': k[:120], 'count_per_step': c / steps, 'ms_per_step': t / 1e3 / steps}
+            for k, (c, t) in rows]
+
+  return {
+      'device_processes': sorted(process[p] for p in device_pids),
+      'device_threads': dict(threads_seen.most_common(12)),
+      'kernels_per_step': sum(c for c, _ in kernels.values()) / steps,
+      'kernel_ms_per_step': sum(t for _, t in kernels.values()) / 1e3 / steps,
+      'busy_ms_per_step': _union_ms(spans) / steps,
+      'top_kernels': table(kernels),
+      'top_ops': table(ops),
+  }
+
+
+def profile(dtype: str, args) -> dict[str, Any]:
+  """Compiles, warms up, dumps HLO, traces ``args.steps`` steps; returns the summary."""
+  generator = models.Generator(image_size=args.image_size, channels=3,
+                               latent_dim=common.LATENT_DIM, width=args.width,
+                               upsample='transpose', dtype=dtype)
+  discriminator = models.Discriminator(image_size=args.image_size, channels=3, width=args.width,
+                                       dtype=dtype)
+  step = parallel.DataParallelStep(generator, discriminator, train_step_lib.StepConfig())
+  state = step.place_state(common._initial_state(args.image_size, args.width))  # pylint: disable=protected-access
+  images = np.random.default_rng(0).integers(
+      0, 256, (args.batch, args.image_size, args.image_size, 3), dtype=np.uint8)
+  batch = step.place_batch(images)
+  key = jax.random.key(1)
+  compiled = step._step.lower(state, batch, key).compile()  # pylint: disable=protected-access
+  hlo_path = os.path.join(args.out_dir, f'step_{dtype}.hlo.txt')
+  with open(hlo_path, 'w') as f:
+    f.write(compiled.as_text())
+  run_steps, holder = common.step_runner(step, state, batch)
+  run_steps(args.warmup)
+  trace_dir = os.path.join(args.out_dir, f'trace_{dtype}')
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    t0 = time.perf_counter()
+    run_steps(args.steps)
+    wall_ms = (time.perf_counter() - t0) / args.steps * 1e3
+  del holder
+  summary = summarise_trace(trace_dir, args.steps)
+  summary.update(dtype=dtype, batch=args.batch, wall_ms_per_step_traced=wall_ms,
+                 hlo=os.path.basename(hlo_path),
+                 custom_calls=sorted(collections.Counter(
+                     line.split('custom_call_target="')[1].split('"')[0]
+                     for line in compiled.as_text().splitlines()
+                     if 'custom_call_target="' in line).items()))
+  return summary
+
+
+def print_summary(s: dict[str, Any]) -> None:
+  print(f"\n== {s['dtype']} batch {s['batch']}: wall {s['wall_ms_per_step_traced']:.3f} ms/step "
+        f"(traced), device busy {s.get('busy_ms_per_step', float('nan')):.3f} ms/step, "
+        f"{s.get('kernels_per_step', float('nan')):.0f} kernels/step", flush=True)
+  print('custom calls:', s['custom_calls'])
+  print('device rows:', s.get('device_threads'))
+  for title in ('top_kernels', 'top_ops'):
+    print(f'-- {title} (ms/step, count/step)')
+    for row in s.get(title, [])[:20]:
+      print(f"{row['ms_per_step']:8.4f} {row['count_per_step']:6.1f}  {row['name']}")
+  if 'error' in s:
+    print(s['error'])
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--batch', type=int, default=128)
+  parser.add_argument('--dtypes', default='bfloat16,float32')
+  parser.add_argument('--image_size', type=int, default=64)
+  parser.add_argument('--width', type=int, default=64)
+  parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--warmup', type=int, default=5)
+  parser.add_argument('--out_dir', default='profile_out')
+  parser.add_argument('--tiny', action='store_true', help='CPU smoke run: image 16, width 8')
+  args = parser.parse_args(argv)
+  if args.tiny:
+    args.image_size, args.width, args.batch, args.steps, args.warmup = 16, 8, 16, 2, 1
+  os.makedirs(args.out_dir, exist_ok=True)
+  for dtype in [d for d in args.dtypes.split(',') if d]:
+    summary = profile(dtype, args)
+    print_summary(summary)
+    with open(os.path.join(args.out_dir, f'profile_{dtype}.json'), 'w') as f:
+      json.dump(summary, f, indent=1)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
