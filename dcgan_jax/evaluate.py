@@ -123,23 +123,40 @@ def load_generator(workdir: str, config, step: int | None, use_ema: bool):
 
 
 def generate(generator, variables, num_samples: int, latent_dim: int, batch_size: int,
-             seed: int):
-  """Yields batches of generated images ``float32 [b, H, W, C]``, `num_samples` in all.
+             seed: int, value_range: tuple[float, float] | None = None):
+  """Yields batches of generated images, `num_samples` in all, as device arrays.
 
   Batch i uses latents ``normal(fold_in(key(seed), i))``, so the samples depend only on the
-  seed and the batch size.
+  seed and the batch size. Sampling (and quantisation) is one jitted program per batch; nothing
+  waits for the device, so the caller can queue the scoring of each batch behind it.
+
+  Args:
+    generator, variables: the flax generator and its sampling variables.
+    num_samples: images in all (the last batch may be smaller).
+    latent_dim: the generator's latent size.
+    batch_size: images per batch.
+    seed: seed of the latents.
+    value_range: None yields ``float32 [b, H, W, C]`` in the generator's range; ``(low, high)``
+      yields them quantised on the device, ``uint8 [b, H, W, C]`` (`evaluation.to_uint8_jax`).
   """
   import jax  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
 
   @jax.jit
   def sample(variables, key):
     z = jax.random.normal(key, (batch_size, latent_dim))
-    return generator.apply(variables, z, train=False)
+    images = generator.apply(variables, z, train=False)
+    return images if value_range is None else evaluation.to_uint8_jax(images, *value_range)
 
   base = jax.random.key(seed)
   for i, start in enumerate(range(0, num_samples, batch_size)):
-    images = np.asarray(sample(variables, jax.random.fold_in(base, i)))
-    yield images[:num_samples - start]
+    images = sample(variables, jax.random.fold_in(base, i))
+    yield images if num_samples - start >= batch_size else images[:num_samples - start]
+
+
+def _first_rows(x, count: int):
+  """``x[:count]``, without a slicing program (compiled per count) when all rows are kept."""
+  return x if x.shape[0] <= count else x[:count]
 
 
 # ---- reference statistics ----------------------------------------------------------------------
@@ -181,13 +198,13 @@ def dataset_reference(workdir: str, config, extractor, num_reference: int,
   stats = evaluation.FeatureStatistics()
   kid_features = []
   kept = 0
-  for start in range(0, images.shape[0], batch_size):
-    pool = extractor(images[start:start + batch_size])['pool']
-    stats.update(pool)
+  for out in extractor.device_batches(images):  # Statistics accumulate on the device.
+    stats.update(out['pool'])
     if kept < MAX_KID_FEATURES:
-      kid_features.append(pool[:MAX_KID_FEATURES - kept])
+      kid_features.append(_first_rows(out['pool'], MAX_KID_FEATURES - kept))
       kept += kid_features[-1].shape[0]
-  features = np.concatenate(kid_features) if kid_features else np.zeros((0, 2048), np.float32)
+  features = (np.concatenate([np.asarray(x) for x in kid_features]) if kid_features
+              else np.zeros((0, 2048), np.float32))
   tmp_path = path.with_name(path.name + '.tmp.npz')
   stats.save(tmp_path, **description, **{_FEATURES_KEY: features})
   os.replace(tmp_path, path)  # Readers never see half a file.
@@ -255,19 +272,24 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
   fake = evaluation.FeatureStatistics()
   logits, kid_features = [], []
   kept = 0
+  # Images, features and statistics stay on the device and nothing waits for it inside the
+  # loop: the logits (for IS) and the first KID features are gathered on the device and copied
+  # to the host once, after the last batch.
   for images in generate(generator, variables, num_samples, int(config.latent_dim), batch_size,
-                         seed):
-    out = extractor(evaluation.to_uint8(images, *value_range))
-    fake.update(out['pool'])
-    logits.append(out['logits'])
-    if ref_features is not None and kept < MAX_KID_FEATURES:
-      kid_features.append(out['pool'][:MAX_KID_FEATURES - kept])
-      kept += kid_features[-1].shape[0]
+                         seed, value_range=value_range):
+    for out in extractor.device_batches(images):
+      fake.update(out['pool'])
+      logits.append(out['logits'])
+      if ref_features is not None and kept < MAX_KID_FEATURES:
+        kid_features.append(_first_rows(out['pool'], MAX_KID_FEATURES - kept))
+        kept += kid_features[-1].shape[0]
+  logits = np.concatenate([np.asarray(x) for x in logits])
+  kid_features = [np.asarray(x) for x in kid_features]
 
   fid = evaluation.frechet_distance(fake.mean, fake.covariance, ref_stats.mean,
                                     ref_stats.covariance)
   splits = min(IS_SPLITS, num_samples)
-  is_mean, is_std = evaluation.inception_score(np.concatenate(logits), splits=splits)
+  is_mean, is_std = evaluation.inception_score(logits, splits=splits)
   kid_mean = kid_std = None
   kid_protocol: dict[str, Any] = {'skipped': 'a --reference file holds statistics only; KID '
                                              'needs reference features (omit --reference)'}

@@ -1,4 +1,6 @@
 """InceptionExtractor plumbing: devices, batch sizes, input checks (no network compilation)."""
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -44,3 +46,32 @@ def test_extractor_input_validation(extractor, variables):
     evaluation.InceptionExtractor(variables, precision='fp8')
   with pytest.raises(UserError, match='preprocessing'):
     evaluation.InceptionExtractor(variables, preprocessing='clean')
+
+
+def test_device_batches_keep_device_inputs_and_outputs_on_the_device(variables, monkeypatch):
+  # A cheap stand-in for the network (per-image channel means), so nothing big compiles.
+  from dcgan_jax.evaluation import extractor as extractor_lib  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  @functools.partial(jax.jit, static_argnames=('precision',))
+  def forward(variables, images, precision):
+    del variables, precision
+    pool = jnp.tile(images.mean(axis=(1, 2)), (1, 2048 // 3 + 1))[:, :2048]
+    logits = jnp.tile(images.mean(axis=(1, 2)), (1, 336))
+    return {'pool': pool, 'logits': logits, 'logits_with_bias': logits + 1}
+
+  monkeypatch.setattr(extractor_lib, '_forward', forward)
+  extractor = evaluation.InceptionExtractor(variables, batch_size=BATCH_SIZE)
+  images = np.random.default_rng(0).integers(0, 256, (21, 8, 8, 3), dtype=np.uint8)
+  expected = extractor(images)
+  assert expected['pool'].shape == (21, 2048)
+  batches = list(extractor.device_batches(jax.device_put(images, jax.local_devices()[3])))
+  assert [b['pool'].shape[0] for b in batches] == [8, 8, 5]
+  assert all(isinstance(b['pool'], jax.Array) for b in batches)
+  for key in expected:
+    np.testing.assert_array_equal(np.concatenate([np.asarray(b[key]) for b in batches]),
+                                  expected[key])
+  from_device = extractor(jnp.asarray(images))  # __call__ takes device arrays too.
+  np.testing.assert_array_equal(from_device['pool'], expected['pool'])
+  with pytest.raises(UserError, match='uint8'):
+    next(extractor.device_batches(jnp.zeros((2, 8, 8, 3))))

@@ -88,3 +88,19 @@ def test_to_uint8_rounds_like_image_files():
   np.testing.assert_array_equal(evaluation.to_uint8(images), expected)
   np.testing.assert_array_equal(evaluation.to_uint8((images + 1) / 2, low=0.0, high=1.0),
                                 expected)
+
+
+def test_to_uint8_jax_equals_to_uint8_on_rounding_boundaries():
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1.2, 1.2, (4, 16, 16, 3)).astype(np.float32)
+  # Values at, just above and just below every x.5 boundary between two uint8 levels.
+  boundaries = ((np.arange(256) + 0.5) / 255 * 2 - 1).astype(np.float32)
+  flat = images.reshape(-1)
+  for i, values in enumerate([boundaries, np.nextafter(boundaries, np.float32(2)),
+                              np.nextafter(boundaries, np.float32(-2))]):
+    flat[i * 256:(i + 1) * 256] = values
+  for low, high in [(-1.0, 1.0), (0.0, 1.0)]:
+    x = images if low == -1.0 else (images + 1) / 2
+    ours = evaluation.to_uint8_jax(x, low, high)
+    assert ours.dtype == np.uint8
+    np.testing.assert_array_equal(np.asarray(ours), evaluation.to_uint8(x, low, high))

@@ -219,3 +219,61 @@ def test_statistics_load_rejects_other_files(tmp_path):
     evaluation.FeatureStatistics.load(path)
   with pytest.raises(UserError):
     evaluation.FeatureStatistics.load(tmp_path / 'missing.npz')
+
+
+def _relative_error(ours, expected):
+  return np.abs(ours - expected).max() / np.abs(expected).max()
+
+
+def test_device_statistics_match_float64_despite_a_large_mean():
+  # Inception-like: the mean (5) dwarfs the spread (0.1). A float32 f^T f on the device would
+  # cancel ~3.4 of float32's 7 digits; the shifted, double-float device sums must not.
+  rng = np.random.default_rng(8)
+  features = (5.0 + 0.1 * rng.standard_normal((2000, 64))).astype(np.float32)
+  mean, covariance = _moments(features)
+  naive = (features.T @ features - 2000 * np.outer(*[features.mean(0)] * 2)) / 1999
+  assert _relative_error(naive, covariance) > 1e-4  # The test can tell the naive way apart.
+  stats = evaluation.FeatureStatistics()
+  for batch in np.array_split(features, [1, 250, 256, 1000, 1500]):  # Uneven, one single row.
+    stats.update(jnp.asarray(batch))
+  assert stats.count == 2000 and stats.dim == 64
+  assert stats.mean.dtype == np.float64 and stats.covariance.dtype == np.float64
+  assert _relative_error(stats.mean, mean) < 1e-7
+  assert _relative_error(stats.covariance, covariance) < 1e-6
+  np.testing.assert_array_equal(stats.covariance, stats.covariance.T)
+
+
+def test_device_statistics_of_sharded_features_merge_with_host_ones(tmp_path):
+  # As the extractor's device_batches gives them: batches sharded over the 8 local devices.
+  mesh = jax.make_mesh((8,), ('batch',), axis_types=(jax.sharding.AxisType.Auto,))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('batch'))
+  rng = np.random.default_rng(9)
+  features = _features(rng, 640, 48, shift=3.0)
+  device = evaluation.FeatureStatistics()
+  for batch in np.split(features[:320], 4):
+    device.update(jax.device_put(batch, sharding))
+  device.update(jnp.asarray(features[320:400]))  # Other devices: folded, then a new device sum.
+  merged = device.merge(evaluation.FeatureStatistics().update(features[400:]))
+  assert merged.count == 640
+  mean, covariance = _moments(features)
+  assert _relative_error(merged.mean, mean) < 1e-7
+  assert _relative_error(merged.covariance, covariance) < 1e-6
+  # One process: allgather returns the statistics themselves; saving reads the device sums.
+  assert evaluation.allgather_statistics(merged, 48) is merged
+  merged.save(tmp_path / 'stats.npz')
+  loaded, _ = evaluation.FeatureStatistics.load(tmp_path / 'stats.npz')
+  np.testing.assert_array_equal(loaded.covariance, merged.covariance)
+
+
+def test_device_statistics_can_be_merged_into_host_ones():
+  rng = np.random.default_rng(10)
+  features = _features(rng, 200, 16, shift=2.0)
+  host = evaluation.FeatureStatistics().update(features[:50])
+  host.merge(evaluation.FeatureStatistics().update(jnp.asarray(features[50:])))
+  host.update(jnp.asarray(features[:0]))  # An empty device batch changes nothing.
+  assert host.count == 200
+  mean, covariance = _moments(features)
+  assert _relative_error(host.mean, mean) < 1e-7
+  assert _relative_error(host.covariance, covariance) < 1e-6
+  with pytest.raises(UserError, match=r'\[n, 16\]'):
+    host.update(jnp.zeros((2, 15)))

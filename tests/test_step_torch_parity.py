@@ -27,6 +27,10 @@ One documented difference: torch's running variance averages the *unbiased* batc
 normalise with the biased one). It only touches the running variances, which training never
 reads; ``test_batchnorm_running_statistics_match`` checks our variances against torch's batch
 variances under flax's convention, and checks that torch's differ exactly by Bessel's factor.
+Here, after two iterations, they differ by up to 9e-5 relative (G's first BN, n = 128).
+
+Not exercised: torch's BCELoss clamps log(p) at -100, our losses take log_sigmoid of the logits,
+so the two part only once sigmoid saturates (|logit| > ~17 in float32), far from these logits.
 """
 import os
 import sys
@@ -36,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dcgan_jax import Discriminator, Generator, StepConfig, create_gan_state, make_train_step
+
 torch = pytest.importorskip('torch')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,18 +49,17 @@ sys.path.insert(0, os.path.join(REPO, 'experiments'))
 
 import benchmark_train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from dcgan_jax import (Discriminator, Generator, StepConfig, create_gan_state,  # pylint: disable=g-import-not-at-top,wrong-import-position
-                       make_train_step)
-
 IMAGE_SIZE, WIDTH, BATCH, LATENT = 16, 8, 8, 100
 G = Generator(image_size=IMAGE_SIZE, channels=3, latent_dim=LATENT, width=WIDTH)
 D = Discriminator(image_size=IMAGE_SIZE, channels=3, width=WIDTH)
 STEP_KEYS = (1, 2)  # One rng per iteration; two iterations exercise Adam's bias correction.
 
 # Largest difference relative to the tensor's largest entry. Measured (float32 step vs float64
-# torch): ~1e-6 for outputs, losses and gradients, ~1e-7 for params; 1e-4 leaves room for other
-# CPUs' summation orders.
+# torch): ~1e-7 for losses and metrics, ~1e-6 for images, logits, gradients and statistics;
+# 1e-4 leaves room for other CPUs' summation orders.
 RTOL = 1e-4
+# The optimizer create_gan_state builds (make_optimizer's defaults), and torch's Adam defaults.
+LR, ADAM_B1, ADAM_B2, ADAM_EPS = 2e-4, 0.5, 0.999, 1e-8
 
 
 # --- Layout conversion ----------------------------------------------------------------------------
@@ -176,7 +181,10 @@ def _torch_z(z):
 
 @pytest.fixture(scope='module', autouse=True)
 def torch_deterministic():
-  """Deterministic torch kernels for this module only (a process-wide switch)."""
+  """Deterministic torch kernels for this module only (a process-wide switch).
+
+  The reference is then a fixed number on a given machine, so a failure is never torch's noise.
+  """
   previous = torch.are_deterministic_algorithms_enabled()
   torch.use_deterministic_algorithms(True)
   yield
@@ -234,8 +242,8 @@ def torch_run(initial_state):
   net_g, net_d, g_entries, d_entries = _torch_models(initial_state)
   records = {'g': _bn_recorder(net_g), 'd': _bn_recorder(net_d)}
   criterion = torch.nn.BCELoss()
-  opt_d = torch.optim.Adam(net_d.parameters(), lr=2e-4, betas=(0.5, 0.999))
-  opt_g = torch.optim.Adam(net_g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+  opt_d = torch.optim.Adam(net_d.parameters(), lr=LR, betas=(ADAM_B1, ADAM_B2), eps=ADAM_EPS)
+  opt_g = torch.optim.Adam(net_g.parameters(), lr=LR, betas=(ADAM_B1, ADAM_B2), eps=ADAM_EPS)
   per_iteration = []
   for i, seed in enumerate(STEP_KEYS):
     real = _torch_images(_images(i))
@@ -339,20 +347,43 @@ def test_gradients_match(jax_run, torch_run, iteration):
     _assert_trees_close(nu, ref[name]['nu'], f'{name} iteration {iteration} Adam nu')
 
 
+def _adam_step_tolerance(nu, steps):
+  """Elementwise bound on how far float32 gradient noise may move one of our Adam steps.
+
+  Adam steps by ``lr * m_hat / (sqrt(v_hat) + eps)``, about lr per entry whatever the gradient's
+  size. So where a gradient is tiny (``sqrt(v_hat)`` near eps; the latent projection has entries
+  at 1e-6 of the largest) a gradient error delta moves the step by up to
+  ``lr * delta / (sqrt(v_hat) + eps)``, up to 2 lr: float32 noise, not a different update.
+  delta is what ``test_gradients_match`` allows, RTOL times the leaf's largest gradient; the
+  well-conditioned entries get 1e-3 lr.
+
+  Args:
+    nu: Torch's second moments after the step (flax-layout tree).
+    steps: Adam steps taken, for the bias correction.
+  """
+  def bound(v):
+    root = np.sqrt(v / (1.0 - ADAM_B2**steps))
+    return LR * np.minimum(1e-3 + RTOL * root.max() / (root + ADAM_EPS), 2.0)
+  return jax.tree.map(bound, nu)
+
+
 @pytest.mark.parametrize('iteration', range(len(STEP_KEYS)))
-def test_updated_params_match(initial_state, jax_run, torch_run, iteration):
+def test_updated_params_match(jax_run, torch_run, iteration):
+  # Entrywise: a relative-to-the-largest check cannot see a wrong update of a BN scale (~1) by lr.
   state, _ = jax_run[iteration]
-  ref = torch_run[0][iteration]
-  for name, ours, before in [('g', state.generator, initial_state.generator),
-                             ('d', state.discriminator, initial_state.discriminator)]:
-    params, before = _np(ours.params), _np(before.params)
-    _assert_trees_close(params, ref[name]['params'], f'{name} iteration {iteration} params')
-    # The params themselves barely move (lr 2e-4 on weights ~0.02, or ~1 for BN scales), so
-    # also compare what the updates moved them by: ~lr * sign(g) per entry in Adam's first steps.
-    moved = jax.tree.map(lambda a, b: a - b, params, before)
-    ref_moved = jax.tree.map(lambda a, b: a - b, ref[name]['params'], before)
-    _assert_trees_close(moved, ref_moved, f'{name} iteration {iteration} param updates',
-                        rtol=1e-2)
+  per_iteration = torch_run[0]
+  for name, ours in [('g', state.generator), ('d', state.discriminator)]:
+    params, ref = _np(ours.params), per_iteration[iteration][name]['params']
+    # Step errors add up over the iterations; 1e-6 of the largest entry covers float32 rounding.
+    tolerance = jax.tree.map(lambda *t: sum(t), *[
+        _adam_step_tolerance(per_iteration[t][name]['nu'], t + 1) for t in range(iteration + 1)])
+    for module in ref:
+      for leaf in ref[module]:
+        diff = np.abs(params[module][leaf] - ref[module][leaf])
+        allowed = tolerance[module][leaf] + 1e-6 * np.max(np.abs(ref[module][leaf]))
+        worst = float(np.max(diff / allowed))
+        assert worst <= 1.0, (f'{name} iteration {iteration} {module}/{leaf}: '
+                              f'{worst:.2f} of the tolerance')
 
 
 def _running_var(v0, records, bessel):

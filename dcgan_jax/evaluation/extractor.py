@@ -1,9 +1,10 @@
 """The jitted, data-parallel Inception feature extractor."""
 import functools
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
@@ -84,34 +85,73 @@ class InceptionExtractor:
     return cls(weights.load_inception_variables(path), preprocessing=preprocessing,
                precision=precision, **kwargs)
 
+  def _check(self, images: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
+    # Device arrays stay where they are: copying generated images to the host and back is what
+    # made FID-50k spend seconds outside the network.
+    if not isinstance(images, jax.Array):
+      images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
+      raise UserError(f'Images must be a uint8 [N, H, W, 1 or 3] array, got {images.dtype} '
+                      f'{images.shape}; convert float images with dcgan_jax.evaluation.to_uint8 '
+                      '(or to_uint8_jax on the device).')
+    return images
+
+  def _padded_batches(self, images: np.ndarray | jax.Array):
+    """Yields (device outputs of one padded batch, number of valid rows), dispatched async."""
+    n = images.shape[0]
+    # Small inputs get a smaller (device-count multiple) batch instead of mostly padding.
+    batch_size = min(self.batch_size, -(-max(n, 1) // self.num_devices) * self.num_devices)
+    on_device = isinstance(images, jax.Array)
+    for start in range(0, n, batch_size):
+      valid = min(batch_size, n - start)
+      if on_device:
+        chunk = images if (start == 0 and valid == n) else _slice_rows(images, start, valid)
+        if valid < batch_size:
+          chunk = _pad_rows(chunk, batch_size - valid)
+      else:
+        chunk = images[start:start + batch_size]
+        if valid < batch_size:
+          chunk = np.concatenate([chunk, np.zeros((batch_size - valid,) + chunk.shape[1:],
+                                                  chunk.dtype)])
+      x = jax.device_put(chunk, self._data_sharding)
+      x = preprocessing_lib.preprocess(x, mode=self.preprocessing)
+      yield _forward(self._variables, x, precision=self.precision), valid
+
+  def device_batches(self, images: np.ndarray | jax.Array) -> Iterator[dict[str, jax.Array]]:
+    """Extracts features batch by batch, leaving them on the devices.
+
+    Nothing waits for the devices: every batch is only dispatched, so generation, the network
+    and a `FeatureStatistics` fed with the results (which sums device arrays on the device)
+    queue up back to back. Use this for FID; `__call__` copies everything to the host.
+
+    Args:
+      images: [N, H, W, C] uint8, C = 1 or 3, any H and W; a `jax.Array` (e.g. from
+        `to_uint8_jax`) is batched on its devices without a host round trip.
+
+    Yields:
+      Per batch of at most `batch_size` images, in order: {'pool': [b, 2048], 'logits':
+      [b, 1008] (no fc bias), 'logits_with_bias': [b, 1008]} float32 arrays sharded over this
+      extractor's devices.
+    """
+    for out, valid in self._padded_batches(self._check(images)):
+      if valid < out['pool'].shape[0]:
+        out = _slice_outputs(out, valid)
+      yield out
+
   def __call__(self, images: np.ndarray | jax.Array) -> dict[str, np.ndarray]:
     """Extracts features.
 
     Args:
-      images: [N, H, W, C] uint8, C = 1 or 3, any H and W (resized to 299).
+      images: [N, H, W, C] uint8, C = 1 or 3, any H and W (resized to 299); numpy or a
+        `jax.Array` (which is not copied to the host).
 
     Returns:
       {'pool': [N, 2048], 'logits': [N, 1008] (no fc bias), 'logits_with_bias': [N, 1008]},
       float32 numpy arrays in the order of `images`.
     """
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
-      raise UserError(f'Images must be a uint8 [N, H, W, 1 or 3] array, got {images.dtype} '
-                      f'{images.shape}; convert float images with dcgan_jax.evaluation.to_uint8.')
-    n = images.shape[0]
-    # Small inputs get a smaller (device-count multiple) batch instead of mostly padding.
-    batch_size = min(self.batch_size, -(-max(n, 1) // self.num_devices) * self.num_devices)
     results = []
     pending = None
-    for start in range(0, n, batch_size):
-      chunk = images[start:start + batch_size]
-      valid = chunk.shape[0]
-      if valid < batch_size:
-        chunk = np.concatenate([chunk, np.zeros((batch_size - valid,) + chunk.shape[1:],
-                                                chunk.dtype)])
-      x = jax.device_put(chunk, self._data_sharding)
-      x = preprocessing_lib.preprocess(x, mode=self.preprocessing)
-      out = _forward(self._variables, x, precision=self.precision)
+    for out, valid in self._padded_batches(self._check(images)):
       # Fetch the previous batch only after dispatching this one, so the devices stay busy
       # while the host copies results.
       if pending is not None:
@@ -124,6 +164,22 @@ class InceptionExtractor:
               'logits': np.zeros((0, inception.NUM_CLASSES), np.float32),
               'logits_with_bias': np.zeros((0, inception.NUM_CLASSES), np.float32)}
     return {key: np.concatenate([r[key] for r in results]) for key in results[0]}
+
+
+@functools.partial(jax.jit, static_argnames=('size',))
+def _slice_rows(images: jax.Array, start: jax.Array, size: int) -> jax.Array:
+  # A traced start: one program per batch size, not one per batch.
+  return jax.lax.dynamic_slice_in_dim(images, start, size, axis=0)
+
+
+@functools.partial(jax.jit, static_argnames=('count',))
+def _pad_rows(images: jax.Array, count: int) -> jax.Array:
+  return jnp.pad(images, [(0, count)] + [(0, 0)] * (images.ndim - 1))
+
+
+@functools.partial(jax.jit, static_argnames=('valid',))
+def _slice_outputs(out: dict[str, jax.Array], valid: int) -> dict[str, jax.Array]:
+  return {key: value[:valid] for key, value in out.items()}
 
 
 def _fetch(out: dict[str, jax.Array], valid: int) -> dict[str, np.ndarray]:

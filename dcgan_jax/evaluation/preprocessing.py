@@ -117,3 +117,26 @@ def to_uint8(images: np.ndarray | jax.Array, low: float = -1.0, high: float = 1.
   """
   x = (np.asarray(images, np.float32) - low) * (255.0 / (high - low))
   return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
+
+
+@functools.partial(jax.jit, static_argnames=('low', 'high'))
+def to_uint8_jax(images: jax.Array, low: float = -1.0, high: float = 1.0) -> jax.Array:
+  """`to_uint8` on the device: the same uint8 values, without copying the images to the host.
+
+  Generated images can so go from the generator to the Inception network without leaving the
+  device (a 50k-image FID otherwise spends seconds copying and quantising float32 images in
+  numpy).
+
+  Args:
+    images: [N, H, W, C] floats.
+    low, high: the value range of `images` (-1, 1 for tanh generators; 0, 1 for sigmoid).
+
+  Returns:
+    [N, H, W, C] uint8 `jax.Array` on the devices of `images`, equal to `to_uint8(images)`.
+  """
+  x = (images.astype(jnp.float32) - low) * (255.0 / (high - low))
+  # The barrier keeps the compiler from contracting the multiply and the +0.5 below into one
+  # fused multiply-add (GPUs do so by default), whose single rounding could move values that
+  # sit on a rounding boundary to the other uint8 than numpy's two-step `to_uint8` gives.
+  x = jax.lax.optimization_barrier(x)
+  return jnp.clip(jnp.floor(x + 0.5), 0, 255).astype(jnp.uint8)

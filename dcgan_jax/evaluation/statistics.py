@@ -4,6 +4,14 @@ Everything that decides a reported number runs in float64: the network's float32
 accumulated into float64 sums, and the Fréchet distance's matrix square root, the IS softmax and
 the KID kernels are computed in float64. JAX's 64-bit mode is switched on only inside these
 functions (`jax.enable_x64` as a context manager), never for the rest of the program.
+
+Features that are still on the device (a `jax.Array`, e.g. the extractor's `device_batches`) are
+summed there, so a 50k-sample FID never copies features to the host nor runs 420 GFLOP of float64
+BLAS on it: each batch's sum and Gram matrix of the features minus a fixed per-run shift (the
+first batch's mean, so that the large common mean of Inception features does not cancel) are
+computed in float32 at `Precision.HIGHEST` (never TF32) and added into float32 hi/lo pairs
+(error-free "double-float" sums, about 48 significant bits). The host converts them to float64
+only when the statistics are read, merged, gathered or saved.
 """
 import os
 import warnings
@@ -26,6 +34,10 @@ class FeatureStatistics:
   Keeps only sum(f) and sum(f^T f) (O(dim^2) memory), so 50k x 2048 features need never be held.
   Sums from several processes or shards add up exactly with `merge`.
 
+  numpy features are accumulated on the host in float64. Features given as a `jax.Array` are
+  accumulated on their devices without a host sync (see the module docstring; the result agrees
+  with the float64 one to about 1e-7 relative) and folded into the float64 sums on first read.
+
   Example:
     stats = FeatureStatistics()
     for batch in batches:
@@ -39,6 +51,7 @@ class FeatureStatistics:
     self._sum = None
     self._outer_sum = None
     self._loaded = None  # (mean, covariance) of a file without sums.
+    self._device = None  # _DeviceSums not yet folded into the float64 host sums.
 
   @property
   def dim(self) -> int | None:
@@ -48,7 +61,8 @@ class FeatureStatistics:
     """Adds a batch of features.
 
     Args:
-      features: [n, dim] (float32 from the network; accumulated in float64).
+      features: [n, dim] (float32 from the network). numpy arrays are accumulated in float64 on
+        the host; a `jax.Array` (not float64) is accumulated on its devices asynchronously.
 
     Returns:
       self, for chaining.
@@ -56,17 +70,56 @@ class FeatureStatistics:
     if self._loaded is not None:
       raise UserError('Statistics loaded from a file without sample sums cannot be updated; '
                       'accumulate new features into a fresh FeatureStatistics.')
+    if np.ndim(features) != 2 or (self._dim is not None and np.shape(features)[1] != self._dim):
+      raise UserError(f'Features must be [n, {self._dim or "dim"}], got {np.shape(features)}.')
+    if isinstance(features, jax.Array) and features.dtype != np.float64:
+      return self._update_device(features)
     features = np.asarray(features, dtype=np.float64)
-    if features.ndim != 2 or (self._dim is not None and features.shape[1] != self._dim):
-      raise UserError(f'Features must be [n, {self._dim or "dim"}], got {features.shape}.')
-    if self._sum is None:
-      self._dim = features.shape[1]
-      self._sum = np.zeros(self._dim, np.float64)
-      self._outer_sum = np.zeros((self._dim, self._dim), np.float64)
+    self._init_sums(features.shape[1])
     self.count += features.shape[0]
     self._sum += features.sum(axis=0)
     self._outer_sum += features.T @ features
     return self
+
+  def _init_sums(self, dim: int) -> None:
+    if self._sum is None:
+      self._dim = dim
+      self._sum = np.zeros(self._dim, np.float64)
+      self._outer_sum = np.zeros((self._dim, self._dim), np.float64)
+
+  def _update_device(self, features: jax.Array) -> 'FeatureStatistics':
+    n = features.shape[0]
+    self._dim = features.shape[1]
+    if n == 0:
+      return self
+    if self._device is not None and self._device.devices != features.sharding.device_set:
+      # One jitted program needs all its inputs on the same devices; features from elsewhere
+      # start a new device accumulator (with its own shift) after folding in the current one.
+      self._flush()
+    if self._device is None:
+      self._device = _DeviceSums.start(features)
+    self._device.add(features)
+    self.count += n
+    return self
+
+  def _flush(self) -> None:
+    """Folds the device sums (if any) into the float64 host sums (one device->host copy)."""
+    if self._device is None:
+      return
+    device, self._device = self._device, None
+    shifted_sum, shifted_outer, shift = device.fetch()
+    n = device.count
+    # sum f = sum x + n c and sum f f^T = sum x x^T + (sum x) c^T + c (sum x)^T + n c c^T for
+    # f = x + c; in float64 the re-added mean costs ~1e-16 * mean^2 / variance (negligible).
+    self._init_sums(shift.shape[0])
+    self._sum += shifted_sum + n * shift
+    self._outer_sum += (shifted_outer + np.outer(shifted_sum, shift) + np.outer(shift, shifted_sum)
+                        + n * np.outer(shift, shift))
+
+  def _host_sums(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(sum f, sum f^T f) in float64 after folding in pending device sums."""
+    self._flush()
+    return self._sum, self._outer_sum
 
   def merge(self, other: 'FeatureStatistics') -> 'FeatureStatistics':
     """Adds the samples summarised by `other` (e.g. another process's), returning self."""
@@ -74,15 +127,14 @@ class FeatureStatistics:
       return self
     if self._loaded is not None or other._loaded is not None:  # pylint: disable=protected-access
       raise UserError('Statistics loaded from a file without sample sums cannot be merged.')
-    if self._sum is None:
-      self._dim = other.dim
-      self._sum = np.zeros(self._dim, np.float64)
-      self._outer_sum = np.zeros((self._dim, self._dim), np.float64)
-    if other.dim != self._dim:
+    other_sum, other_outer = other._host_sums()  # pylint: disable=protected-access
+    self._flush()
+    if self._sum is not None and other.dim != self._dim:
       raise UserError(f'Cannot merge {other.dim}-dim statistics into {self._dim}-dim ones.')
+    self._init_sums(other.dim)
     self.count += other.count
-    self._sum += other._sum  # pylint: disable=protected-access
-    self._outer_sum += other._outer_sum  # pylint: disable=protected-access
+    self._sum += other_sum
+    self._outer_sum += other_outer
     return self
 
   @property
@@ -91,6 +143,7 @@ class FeatureStatistics:
     if self._loaded is not None:
       return self._loaded[0]
     self._require(1)
+    self._flush()
     return self._sum / self.count
 
   @property
@@ -104,6 +157,7 @@ class FeatureStatistics:
           f'Covariance of {self.count} samples in {self._dim} dimensions is rank-deficient; '
           f'FID needs at least {self._dim} samples and is comparable only at equal sample counts '
           f'(10,000+ recommended, 50,000 is the standard).', UserWarning, stacklevel=2)
+    self._flush()
     mean = self._sum / self.count
     covariance = (self._outer_sum - self.count * np.outer(mean, mean)) / (self.count - 1)
     return (covariance + covariance.T) / 2  # Exactly symmetric despite rounding.
@@ -155,6 +209,86 @@ class FeatureStatistics:
     return stats, metadata
 
 
+def _two_sum(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Knuth's error-free sum: a + b == s + e exactly (adds only, so no FMA contraction applies)."""
+  s = a + b
+  b_virtual = s - a
+  return s, (a - (s - b_virtual)) + (b - b_virtual)
+
+
+def _add_double_float(hi: jax.Array, lo: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(hi, lo) + x for a float32 double-float value hi + lo (|lo| <= ulp(hi) / 2 afterwards)."""
+  s, e = _two_sum(hi, x)
+  e = e + lo
+  new_hi = s + e  # Fast two-sum renormalisation (|e| is much smaller than |s|).
+  return new_hi, e - (new_hi - s)
+
+
+def _shifted_moments(features: jax.Array, shift: jax.Array) -> tuple[jax.Array, jax.Array]:
+  # Subtracting a mean-like shift first keeps the float32 Gram matrix from cancelling: for
+  # Inception-like features (mean >> std) the raw f^T f loses ~log10(mean^2 / var) digits.
+  x = features.astype(jnp.float32) - shift
+  gram = jax.lax.dot_general(x, x, (((0,), (0,)), ((), ())),
+                             precision=jax.lax.Precision.HIGHEST,
+                             preferred_element_type=jnp.float32)
+  return jnp.sum(x, axis=0), gram
+
+
+@jax.jit
+def _shift_of(features: jax.Array) -> jax.Array:
+  return jnp.mean(features.astype(jnp.float32), axis=0)
+
+
+@jax.jit
+def _accumulate(sums: tuple[jax.Array, ...], features: jax.Array,
+                shift: jax.Array) -> tuple[jax.Array, ...]:
+  # One program per batch shape: the batch's shifted moments in float32 at HIGHEST precision,
+  # then error-free additions into the running float32 hi/lo pairs.
+  sum_hi, sum_lo, outer_hi, outer_lo = sums
+  batch_sum, batch_outer = _shifted_moments(features, shift)
+  sum_hi, sum_lo = _add_double_float(sum_hi, sum_lo, batch_sum)
+  outer_hi, outer_lo = _add_double_float(outer_hi, outer_lo, batch_outer)
+  return sum_hi, sum_lo, outer_hi, outer_lo
+
+
+@jax.jit
+def _zero_sums(shift: jax.Array) -> tuple[jax.Array, ...]:
+  # Derived from `shift` so that the sums live on (and are sharded like) the features' devices.
+  zeros = jnp.zeros_like(shift, jnp.float32)
+  outer = zeros[:, None] * zeros[None, :]
+  return zeros, zeros, outer, outer
+
+
+class _DeviceSums:
+  """Running sums of shifted features on the devices; nothing is copied to the host until fetch.
+
+  Attributes:
+    devices: the device set of the features (all batches must live there).
+    count: number of feature vectors added.
+  """
+
+  def __init__(self, shift: jax.Array, devices: set[jax.Device]):
+    self.shift = shift
+    self.devices = devices
+    self.count = 0
+    self._sums = _zero_sums(shift)
+
+  @classmethod
+  def start(cls, features: jax.Array) -> '_DeviceSums':
+    """A new accumulator whose shift is the mean of ``features`` (a fixed per-run constant)."""
+    return cls(_shift_of(features), features.sharding.device_set)
+
+  def add(self, features: jax.Array) -> None:
+    self._sums = _accumulate(self._sums, features, self.shift)
+    self.count += int(features.shape[0])
+
+  def fetch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sum (f - c), sum (f - c)^T (f - c), c) in float64 on the host (waits for the device)."""
+    sum_hi, sum_lo, outer_hi, outer_lo, shift = jax.device_get((*self._sums, self.shift))
+    as64 = lambda a: np.asarray(a, np.float64)
+    return (as64(sum_hi) + as64(sum_lo), as64(outer_hi) + as64(outer_lo), as64(shift))
+
+
 def _allgather_float64(x: np.ndarray) -> np.ndarray:
   """``[num_processes, *x.shape]``: every process's ``x``, bit-exact in float64.
 
@@ -184,10 +318,9 @@ def allgather_statistics(stats: FeatureStatistics, dim: int) -> FeatureStatistic
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   if stats._loaded is not None:  # pylint: disable=protected-access
     raise UserError('Statistics loaded from a file without sample sums cannot be gathered.')
-  empty = stats._sum is None  # pylint: disable=protected-access
-  total = np.zeros(dim, np.float64) if empty else stats._sum  # pylint: disable=protected-access
-  outer = (np.zeros((dim, dim), np.float64) if empty
-           else stats._outer_sum)  # pylint: disable=protected-access
+  total, outer = stats._host_sums()  # pylint: disable=protected-access
+  if total is None:  # This process saw no samples.
+    total, outer = np.zeros(dim, np.float64), np.zeros((dim, dim), np.float64)
   counts = np.asarray(multihost_utils.process_allgather(np.asarray(stats.count, np.int32)))
   sums, outers = _allgather_float64(total), _allgather_float64(outer)
   merged = FeatureStatistics(dim)
