@@ -18,7 +18,7 @@ Shape arithmetic, for ``image_size = 4 * 2**k``:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -156,6 +156,61 @@ class TransposedConv(nn.Module):
     return conv_transpose_4x4_s2(x.astype(self.dtype), w)
 
 
+class GroupedBatchNorm(nn.Module):
+  """BatchNorm that can normalise several batches stacked in one call, each with its own statistics.
+
+  With ``groups=g`` the leading axis holds ``g`` equal batches; each is normalised with its
+  own batch statistics (averaged over ``axis_name``) and the running averages are updated as if
+  the batches had been passed one after another in order. With ``groups=1`` it is
+  ``flax.linen.BatchNorm`` (feature axis -1, ``use_fast_variance``, float32 statistics), with the
+  same variable names ('scale', 'bias'; 'mean', 'var').
+
+  Why: the DCGAN reference scores real and fake images in separate D passes (their batch
+  statistics must stay apart); stacking them lets every convolution run once at twice the
+  batch instead of twice, which halves the kernel launches of D's update and fills the GPU.
+
+  Attributes:
+    use_running_average: Normalise with the running statistics (evaluation).
+    momentum: Decay of the running averages.
+    epsilon: Added to the variance.
+    dtype: Output dtype (statistics and normalisation are computed in float32).
+    axis_name: Mapped axis to average batch statistics over, or None.
+  """
+
+  use_running_average: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, groups: int = 1) -> jax.Array:
+    features = x.shape[-1]
+    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((features,), jnp.float32))
+    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((features,), jnp.float32))
+    scale = self.param('scale', bn_scale_init, (features,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
+    xg = x.reshape((groups, x.shape[0] // groups) + x.shape[1:]).astype(jnp.float32)
+    if self.use_running_average:
+      mean = jnp.broadcast_to(ra_mean.value, (groups, features))
+      var = jnp.broadcast_to(ra_var.value, (groups, features))
+    else:
+      axes = tuple(range(1, xg.ndim - 1))
+      mean, mean_sq = xg.mean(axes), (xg * xg).mean(axes)
+      if self.axis_name is not None:
+        mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
+      var = jnp.maximum(0.0, mean_sq - mean * mean)
+      if not self.is_initializing():
+        m = self.momentum
+        for g in range(groups):  # In order: the same averages as g consecutive calls.
+          ra_mean.value = m * ra_mean.value + (1 - m) * mean[g]
+          ra_var.value = m * ra_var.value + (1 - m) * var[g]
+    shape = (groups,) + (1,) * (xg.ndim - 2) + (features,)
+    mul = jax.lax.rsqrt(var.reshape(shape) + self.epsilon) * scale
+    y = (xg - mean.reshape(shape)) * mul + bias
+    return y.reshape(x.shape).astype(self.dtype)
+
+
 class Generator(nn.Module):
   """DCGAN generator: latent vectors to images.
 
@@ -251,18 +306,23 @@ class Discriminator(nn.Module):
   width: int = 64
   dtype: Any = 'float32'
   axis_name: str | None = None
+  # The train step may stack real and fake batches in one call (see ``groups``).
+  supports_groups: ClassVar[bool] = True
 
   def __post_init__(self):
     _check_common(self.image_size, self.channels, self.width, self.dtype)
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = True) -> jax.Array:
+  def __call__(self, images: jax.Array, train: bool = True, groups: int = 1) -> jax.Array:
     """Scores images.
 
     Args:
       images: ``[N, image_size, image_size, channels]`` in the generator's output range.
       train: Use batch statistics (and update the running ones) if True.
+      groups: ``images`` holds this many equal batches, stacked; in training each gets its
+        own BatchNorm statistics and the running averages are updated batch after batch, so
+        the result equals ``groups`` separate calls (see :class:`GroupedBatchNorm`).
 
     Returns:
       float32 logits ``[N]``.
@@ -273,15 +333,16 @@ class Discriminator(nn.Module):
     if images.ndim != 4 or tuple(images.shape[1:]) != expected:
       raise ValueError(f'images must have shape [N, {", ".join(map(str, expected))}], '
                        f'got {images.shape}.')
+    if images.shape[0] % groups:
+      raise ValueError(f'{images.shape[0]} images cannot form {groups} equal groups.')
     x = images.astype(dtype)
     for i in range(k):
       x = nn.Conv(self.width * 2**i, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
                   use_bias=False, kernel_init=kernel_init, dtype=dtype,
                   param_dtype=jnp.float32)(x)
       if i > 0:  # The paper leaves BN off D's input layer.
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                         param_dtype=jnp.float32, scale_init=bn_scale_init,
-                         axis_name=self.axis_name)(x)
+        x = GroupedBatchNorm(use_running_average=not train, dtype=dtype,
+                             axis_name=self.axis_name, name=f'BatchNorm_{i - 1}')(x, groups)
       x = nn.leaky_relu(x, negative_slope=0.2)
     x = nn.Conv(1, (4, 4), padding='VALID', use_bias=False, kernel_init=kernel_init, dtype=dtype,
                 param_dtype=jnp.float32, name='logit')(x)

@@ -138,18 +138,32 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     return generator.apply({'params': g_params, 'batch_stats': g_stats}, z, train=True,
                            mutable=['batch_stats'])
 
-  def discriminate(d_params, d_stats, images):
+  def discriminate(d_params, d_stats, images, **kwargs):
     logits, updates = discriminator.apply({'params': d_params, 'batch_stats': d_stats}, images,
-                                          train=True, mutable=['batch_stats'])
+                                          train=True, mutable=['batch_stats'], **kwargs)
     return logits, updates['batch_stats']
+
+  # Our D can score the real and the fake batch in one stacked call with separate BatchNorm
+  # statistics (models.GroupedBatchNorm): same result, half the convolution launches. Other
+  # discriminators get two calls.
+  stack_real_and_fake = getattr(discriminator, 'supports_groups', False)
+
+  def discriminate_real_then_fake(d_params, d_stats, real, fake):
+    if stack_real_and_fake:
+      both = jnp.concatenate([real, fake.astype(real.dtype)], axis=0)
+      logits, stats = discriminate(d_params, d_stats, both, groups=2)
+      return logits[:real.shape[0]], logits[real.shape[0]:], stats
+    real_logits, stats = discriminate(d_params, d_stats, real)
+    fake_logits, stats = discriminate(d_params, stats, fake)
+    return real_logits, fake_logits, stats
 
   def d_update(state: GANState, real, fake, penalty_key):
     d = state.discriminator
     fake = jax.lax.stop_gradient(fake)
 
     def loss_fn(d_params):
-      real_logits, stats = discriminate(d_params, d.batch_stats, real)
-      fake_logits, stats = discriminate(d_params, stats, fake)
+      real_logits, fake_logits, stats = discriminate_real_then_fake(d_params, d.batch_stats,
+                                                                    real, fake)
       loss = objective.d_loss(real_logits, fake_logits, step_config.real_label)
       aux = {'d_real': _mean_sigmoid(real_logits), 'd_fake_before': _mean_sigmoid(fake_logits)}
       # Penalty passes use the statistics of this step but do not update them.

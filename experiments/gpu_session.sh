@@ -30,13 +30,24 @@ run() {  # run SECONDS CMD...: one part under a timeout, output to the log and t
   timeout "$t" "$@" 2>&1 | grep -v "^WARNING: All log messages before absl" | tee -a "$log" | tail -40
   echo "=== exit ${PIPESTATUS[0]}" | tee -a "$log"
 }
-run "${T_TRAIN:-170}" $py experiments/benchmark_train.py ${BENCH_ARGS:-} --device_kind "$kind" --out "$out/train_${tag}.json"
-run "${T_PROFILE:-80}" $py experiments/profile_step.py ${BENCH_ARGS:-} --out_dir /tmp/profile
-run "${T_FID:-130}" $py experiments/benchmark_fid.py ${BENCH_ARGS:-} --device_kind "$kind" --out "$out/fid_${tag}.json"
-run "${T_LOOP:-100}" $py experiments/benchmark_loop.py ${BENCH_ARGS:-} --device_kind "$kind" --out "$out/loop_${tag}.json"
-if [ -d .baseline/dcgan_jax ]; then
-  PYTHONPATH="$PWD/.baseline:$site" run "${T_BASE:-70}" $py experiments/benchmark_train.py \
-    ${BENCH_ARGS:-} --no_torch --device_kind "$kind" --out "$out/train_baseline_${tag}.json"
-fi
+parts="${PARTS:-train profile fid loop baseline}"  # Which parts, in order (PARTS=... to pick).
+for part in $parts; do
+  case $part in
+    train) run "${T_TRAIN:-170}" $py experiments/benchmark_train.py ${BENCH_ARGS:-} ${TRAIN_ARGS:-} \
+             --device_kind "$kind" --out "$out/train_${tag}.json" ;;
+    profile) run "${T_PROFILE:-80}" $py experiments/profile_step.py ${BENCH_ARGS:-} \
+             ${PROFILE_ARGS:-} --out_dir /tmp/profile ;;
+    fid) run "${T_FID:-130}" $py experiments/benchmark_fid.py ${BENCH_ARGS:-} ${FID_ARGS:-} \
+             --device_kind "$kind" --out "$out/fid_${tag}.json" ;;
+    loop) run "${T_LOOP:-100}" $py experiments/benchmark_loop.py ${BENCH_ARGS:-} ${LOOP_ARGS:-} \
+             --device_kind "$kind" --out "$out/loop_${tag}.json" ;;
+    baseline) if [ -d .baseline/dcgan_jax ]; then
+               PYTHONPATH="$PWD/.baseline:$site" run "${T_BASE:-70}" $py experiments/benchmark_train.py \
+                 ${BENCH_ARGS:-} ${TRAIN_ARGS:-} --no_torch --device_kind "$kind" \
+                 --out "$out/train_baseline_${tag}.json"
+             fi ;;
+    *) echo "unknown part $part (train, profile, fid, loop, baseline)" ;;
+  esac
+done
 tar czf "$out/profile.tgz" -C /tmp profile 2>/dev/null
 ls -la "$out"

@@ -174,3 +174,45 @@ def test_transposed_conv_gradients_use_strided_convs_only():
   assert 'lhs_dilation=(2, 2)' in convs[0]
   assert all('lhs_dilation=(1, 1)' in c for c in convs[1:])
   assert sum('rhs_dilation=(2, 2)' in c for c in convs[1:]) == 1
+
+
+def test_grouped_batch_norm_equals_flax_batch_norm_called_per_group():
+  """groups=1 is flax's BatchNorm; groups=2 equals two consecutive calls (outputs, stats)."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((2, 6, 5, 5, 4)) * 3 + 1, jnp.float32)
+  ours = models.GroupedBatchNorm()
+  reference = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5,
+                           scale_init=models.bn_scale_init)
+  variables = reference.init(jax.random.key(0), x[0])
+  assert (jax.tree.map(jnp.shape, variables)
+          == jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x[0])))
+  variables = {'params': jax.tree.map(lambda a: a + 0.1 * jnp.arange(a.size), variables['params']),
+               'batch_stats': variables['batch_stats']}
+  y0, s0 = reference.apply(variables, x[0], mutable=['batch_stats'])
+  y1, s1 = reference.apply({**variables, **s0}, x[1], mutable=['batch_stats'])
+  y_one, s_one = ours.apply(variables, x[0], mutable=['batch_stats'])
+  y_two, s_two = ours.apply(variables, x.reshape((12, 5, 5, 4)), groups=2,
+                            mutable=['batch_stats'])
+  np.testing.assert_allclose(y_one, y0, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(y_two, jnp.concatenate([y0, y1]), rtol=1e-5, atol=1e-5)
+  for a, b in [(s_one, s0), (s_two, s1)]:
+    for k in ('mean', 'var'):
+      np.testing.assert_allclose(a['batch_stats'][k], b['batch_stats'][k], rtol=1e-5)
+
+
+def test_discriminator_groups_equal_separate_calls():
+  disc = Discriminator(image_size=16, channels=3, width=8)
+  rng = np.random.default_rng(4)
+  real = jnp.asarray(rng.uniform(-1, 1, (4, 16, 16, 3)), jnp.float32)
+  fake = jnp.asarray(rng.uniform(-1, 1, (4, 16, 16, 3)), jnp.float32)
+  variables = disc.init(jax.random.key(1), real)
+  params = variables['params']
+  l_real, s = disc.apply(variables, real, mutable=['batch_stats'])
+  l_fake, s = disc.apply({'params': params, **s}, fake, mutable=['batch_stats'])
+  logits, s_both = disc.apply(variables, jnp.concatenate([real, fake]), groups=2,
+                              mutable=['batch_stats'])
+  np.testing.assert_allclose(logits, jnp.concatenate([l_real, l_fake]), rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(s_both), jax.tree.leaves(s)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match='equal groups'):
+    disc.apply(variables, real[:3], groups=2, mutable=['batch_stats'])
