@@ -779,13 +779,13 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
         batch = step_fn.place_batch(np.asarray(batch))
     else:
       batch = step_fn.place_batch(next(iterator))
-    rng = jax.random.fold_in(train_key, step)
+    rng = parallel.fold_in(train_key, step)
     state, metrics = step_fn(state, batch, rng)
     if collection_cls is None:
       collection_cls = _make_metrics_collection(list(metrics))
       accumulate = _make_accumulate(collection_cls, pmap_layout)
       collection = collection_cls.empty()
-    collection, tracker = accumulate(collection, tracker, metrics, jnp.asarray(step + 1))
+    collection, tracker = accumulate(collection, tracker, metrics, np.int32(step + 1))
     done = step + 1
     report_progress(done)
 

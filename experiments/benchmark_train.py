@@ -264,7 +264,7 @@ def step_runner(step, state, real) -> tuple[Callable[[int], None], dict[str, Any
   def run_steps(n: int) -> None:
     s = holder['state']
     for _ in range(n):
-      s, metrics = step(s, real, jax.random.fold_in(key, holder['i']))
+      s, metrics = step(s, real, parallel.fold_in(key, holder['i']))
       holder['i'] += 1
     jax.block_until_ready((s, metrics))
     holder['state'] = s

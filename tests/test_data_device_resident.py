@@ -99,3 +99,13 @@ def test_use_device_resident_modes():
   config.device_resident = 'sometimes'
   with pytest.raises(UserError, match="device_resident is 'sometimes'; use one of auto, always"):
     device_resident.use_device_resident(config, 1)
+
+
+def test_cached_epoch_permutation_gives_the_traced_batches_across_epochs():
+  """The loop's int steps use a per-epoch permutation kept on the devices; the batches must be
+  the ones the traceable definition gives, also across epoch boundaries and going back."""
+  images = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1) * np.ones((1, 2, 2, 1), np.uint8)
+  sampler = device_resident.DeviceResidentSampler(images, 8, seed=5)
+  for step in [0, 1, 4, 5, 9, 3, 12, 0]:  # 5 steps per epoch: several epochs, out of order.
+    np.testing.assert_array_equal(_indices_of(sampler.batch(step)),
+                                  _indices_of(sampler.batch(jnp.int32(step))))

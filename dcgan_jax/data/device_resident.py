@@ -88,7 +88,7 @@ def batch_indices(key: jax.Array, step, num_examples: int, global_batch: int) ->
   steps_per_epoch = num_examples // global_batch
   step = jnp.asarray(step, jnp.int32)
   epoch, position = step // steps_per_epoch, step % steps_per_epoch
-  permutation = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+  permutation = epoch_permutation(key, epoch, num_examples)
   return jax.lax.dynamic_slice_in_dim(permutation, position * global_batch, global_batch)
 
 
@@ -152,6 +152,18 @@ class DeviceResidentSampler:
     self.images = jax.make_array_from_callback(
         images_uint8.shape, replicated, lambda index: images_uint8[index])
     self._key = data_key(seed)
+    # The current epoch's permutation, kept on the devices: drawing it (a sort of every
+    # example's random key) once per epoch instead of once per step takes it off the step's path.
+    self._epoch: int | None = None
+    self._permutation: jax.Array | None = None
+    # Replicated like the images, so every process's gather reads its own devices' copy.
+    self._permute = jax.jit(epoch_permutation, static_argnums=(2,), out_shardings=replicated)
+
+  def _epoch_permutation(self, epoch: int) -> jax.Array:
+    if epoch != self._epoch:
+      self._permutation = self._permute(self._key, np.int32(epoch), self.num_examples)
+      self._epoch = epoch
+    return self._permutation
 
   def indices(self, step) -> jax.Array:
     """``int32 [global_batch]`` dataset indices of step ``step``'s batch."""
@@ -167,12 +179,31 @@ class DeviceResidentSampler:
     Returns:
       ``uint8 [global_batch, H, W, C]`` sharded as ``NamedSharding(mesh, P('batch'))``.
     """
+    if isinstance(step, (int, np.integer)):  # The training loop's case: one gather per step.
+      epoch, position = divmod(int(step), self.steps_per_epoch)
+      return _gather_slice(self.images, self._epoch_permutation(epoch),
+                           np.int32(position * self.global_batch),
+                           global_batch=self.global_batch, sharding=self.batch_sharding)
     return _gather_batch(self.images, self._key, jnp.asarray(step, jnp.int32),
                          num_examples=self.num_examples, global_batch=self.global_batch,
                          sharding=self.batch_sharding)
 
 
+def epoch_permutation(key: jax.Array, epoch, num_examples: int) -> jax.Array:
+  """``int32 [num_examples]``: the data order of one epoch (traceable)."""
+  return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+
+
 _jitted_batch_indices = jax.jit(batch_indices, static_argnums=(2, 3))
+
+
+@functools.partial(jax.jit, static_argnames=('global_batch', 'sharding'))
+def _gather_slice(images, permutation, start, *, global_batch, sharding):
+  """Rows ``permutation[start:start + global_batch]`` of ``images``, with the given sharding."""
+  indices = jax.lax.dynamic_slice_in_dim(permutation, start, global_batch)
+  indices = jax.lax.with_sharding_constraint(indices, sharding)
+  return jax.lax.with_sharding_constraint(jnp.take(images, indices, axis=0, mode='clip'),
+                                          sharding)
 
 
 @functools.partial(jax.jit, static_argnames=('num_examples', 'global_batch', 'sharding'))
