@@ -10,7 +10,8 @@ without TensorBoard) and print:
 
 * wall ms/step during the trace, device-busy ms/step (union of kernel intervals), and the
   number of kernels per step: wall >> busy means the host (dispatch, launches) is the limit;
-* the top kernels by device time, and the top XLA ops (fusions, custom calls) by device time.
+* the top kernels by device time, and the top JAX source operations (layer and pass, e.g.
+  ``transpose(jvp(Discriminator))/Conv_1/conv_general_dilated``) by device time.
 
 The summary also goes to ``profile_<dtype>.json``. Imports only the library core and numpy.
 """
@@ -78,9 +79,13 @@ def summarise_trace(trace_dir: str, steps: int, top: int = 25) -> dict[str, Any]
       kernels[e['name']][0] += 1
       kernels[e['name']][1] += dur
       spans.append((float(e['ts']), float(e['ts']) + dur))
-    elif 'XLA Ops' in name:
-      ops[e['name']][0] += 1
-      ops[e['name']][1] += dur
+      # Each kernel names the JAX operation it came from ('jit(step)/transpose(jvp(
+      # Discriminator))/Conv_1/conv_general_dilated'): the per-layer view of the step.
+      source = e.get('args', {}).get('name')
+      if source:
+        source = source.split('/', 1)[-1] if source.startswith('jit(') else source
+        ops[source][0] += 1
+        ops[source][1] += dur
 
   def table(d):
     rows = sorted(d.items(), key=lambda kv: -kv[1][1])[:top]
