@@ -218,17 +218,23 @@ def write_json(path: str, record: dict[str, Any]) -> None:
 
 # --- Ours ------------------------------------------------------------------------------------
 
-def bench_jax(batch: int, dtype: str, args) -> dict[str, Any]:
-  """Our DataParallelStep (jit of shard_map over all devices, donated state)."""
-  generator = models.Generator(image_size=args.image_size, channels=3, latent_dim=LATENT_DIM,
-                               width=args.width, upsample='transpose', dtype=dtype)
-  discriminator = models.Discriminator(image_size=args.image_size, channels=3, width=args.width,
+def make_step(batch: int, dtype: str, image_size: int, width: int):
+  """Our DataParallelStep (jit of shard_map over all devices, donated state) with its placed
+  initial state and one placed batch of random uint8 images: ``(step, state, images)``."""
+  generator = models.Generator(image_size=image_size, channels=3, latent_dim=LATENT_DIM,
+                               width=width, upsample='transpose', dtype=dtype)
+  discriminator = models.Discriminator(image_size=image_size, channels=3, width=width,
                                        dtype=dtype)
   step = parallel.DataParallelStep(generator, discriminator, train_step_lib.StepConfig())
-  state = step.place_state(_initial_state(args.image_size, args.width))
+  state = step.place_state(_initial_state(image_size, width))
   images = np.random.default_rng(0).integers(
-      0, 256, (batch, args.image_size, args.image_size, 3), dtype=np.uint8)
-  run_steps, holder = step_runner(step, state, step.place_batch(images))
+      0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
+  return step, state, step.place_batch(images)
+
+
+def bench_jax(batch: int, dtype: str, args) -> dict[str, Any]:
+  """Times our step (:func:`make_step`)."""
+  run_steps, holder = step_runner(*make_step(batch, dtype, args.image_size, args.width))
   result = time_method(run_steps, args.steps, args.repeats, args.warmup)
   if not np.isfinite(float(np.asarray(metrics_probe(holder)))):
     raise RuntimeError('the JAX step produced a non-finite state')

@@ -33,9 +33,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark_train as common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from dcgan_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from dcgan_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
-from dcgan_jax import train_step as train_step_lib  # pylint: disable=wrong-import-position
 
 
 def _union_ms(intervals: list[tuple[float, float]]) -> float:
@@ -105,16 +102,7 @@ def summarise_trace(trace_dir: str, steps: int, top: int = 25) -> dict[str, Any]
 
 def profile(dtype: str, args) -> dict[str, Any]:
   """Compiles, warms up, dumps HLO, traces ``args.steps`` steps; returns the summary."""
-  generator = models.Generator(image_size=args.image_size, channels=3,
-                               latent_dim=common.LATENT_DIM, width=args.width,
-                               upsample='transpose', dtype=dtype)
-  discriminator = models.Discriminator(image_size=args.image_size, channels=3, width=args.width,
-                                       dtype=dtype)
-  step = parallel.DataParallelStep(generator, discriminator, train_step_lib.StepConfig())
-  state = step.place_state(common._initial_state(args.image_size, args.width))  # pylint: disable=protected-access
-  images = np.random.default_rng(0).integers(
-      0, 256, (args.batch, args.image_size, args.image_size, 3), dtype=np.uint8)
-  batch = step.place_batch(images)
+  step, state, batch = common.make_step(args.batch, dtype, args.image_size, args.width)
   key = jax.random.key(1)
   compiled = step._step.lower(state, batch, key).compile()  # pylint: disable=protected-access
   hlo_path = os.path.join(args.out_dir, f'step_{dtype}.hlo.txt')

@@ -103,8 +103,8 @@ def test_failed_tfds_download_explains_the_manual_route(tmp_path, monkeypatch):
   from tensorflow_datasets.core.download import download_manager  # pylint: disable=g-import-not-at-top
 
   def quota_exceeded(self, *args, **kwargs):
-    raise download_manager.NonMatchingChecksumError(
-        'https://drive.google.com/uc?export=download&id=0B7EVK8r0v71pZjFTYXZWM3FlRnM')
+    # A simulated failure (no network): what tfds raises when Google Drive serves its quota page.
+    raise download_manager.NonMatchingChecksumError('simulated: wrong checksum')
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', quota_exceeded)
   config = _config(data_dir=str(tmp_path / 'tfds'))

@@ -200,7 +200,14 @@ _jitted_batch_indices = jax.jit(batch_indices, static_argnums=(2, 3))
 @functools.partial(jax.jit, static_argnames=('global_batch', 'sharding'))
 def _gather_slice(images, permutation, start, *, global_batch, sharding):
   """Rows ``permutation[start:start + global_batch]`` of ``images``, with the given sharding."""
-  indices = jax.lax.dynamic_slice_in_dim(permutation, start, global_batch)
+  return _take_rows(images, jax.lax.dynamic_slice_in_dim(permutation, start, global_batch),
+                    sharding)
+
+
+def _take_rows(images, indices, sharding):
+  """``images[indices]`` with the batch sharding (traced inside the gathers above)."""
+  # Sharding the indices first lets each device gather only its own slice of the batch from
+  # its replica of the images, with no communication.
   indices = jax.lax.with_sharding_constraint(indices, sharding)
   return jax.lax.with_sharding_constraint(jnp.take(images, indices, axis=0, mode='clip'),
                                           sharding)
@@ -209,9 +216,4 @@ def _gather_slice(images, permutation, start, *, global_batch, sharding):
 @functools.partial(jax.jit, static_argnames=('num_examples', 'global_batch', 'sharding'))
 def _gather_batch(images, key, step, *, num_examples, global_batch, sharding):
   """One batch, ``uint8 [global_batch, H, W, C]`` with the given sharding."""
-  indices = batch_indices(key, step, num_examples, global_batch)
-  # Sharding the indices first lets each device gather only its own slice of the batch from
-  # its replica of the images, with no communication.
-  indices = jax.lax.with_sharding_constraint(indices, sharding)
-  return jax.lax.with_sharding_constraint(jnp.take(images, indices, axis=0, mode='clip'),
-                                          sharding)
+  return _take_rows(images, batch_indices(key, step, num_examples, global_batch), sharding)
