@@ -93,4 +93,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Parallelism ------------------------------------------------------------------------------
   config.parallelism = 'shard_map'  # 'shard_map' (jit over a 1-D mesh) or 'pmap'.
+  # With device-resident data and shard_map, up to this many steps run in one device program
+  # (a loop on the device; chunks still end at every log, checkpoint, hook and epoch end, so the
+  # results are those of per-step dispatch). 1 dispatches each step from Python.
+  config.steps_per_dispatch = 100
   return config

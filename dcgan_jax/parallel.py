@@ -71,6 +71,8 @@ class DataParallelStep:
   Attributes:
     mesh: The 1-D mesh (shard_map) the step runs on.
     num_devices: Devices the global batch is split over.
+    mapped: With shard_map, the un-jitted ``(state, batch, rng) -> (state, metrics)`` over the
+      whole mesh, to trace inside a larger program (:mod:`dcgan_jax.step_loop`); None with pmap.
   """
 
   def __init__(self, generator, discriminator, step_config: StepConfig = StepConfig(), *,
@@ -92,7 +94,10 @@ class DataParallelStep:
       mapped = jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), P(axis_name), P()),
                              out_specs=(P(), P()), check_vma=False)
       self._step = jax.jit(mapped, donate_argnums=donate_argnums)
+      # The un-jitted global step, for programs that run several steps (dcgan_jax.step_loop).
+      self.mapped = mapped
     else:
+      self.mapped = None
       if jax.process_count() > 1 and len(self.local_devices) != self.num_devices // jax.process_count():
         raise UserError('pmap needs the same number of devices in every process.')
       self._step = jax.pmap(per_device, axis_name=axis_name, in_axes=(0, 0, None),

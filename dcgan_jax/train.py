@@ -56,6 +56,7 @@ from dcgan_jax import models
 from dcgan_jax import parallel
 from dcgan_jax import sample_grid
 from dcgan_jax import state as state_lib
+from dcgan_jax import step_loop
 from dcgan_jax import summary
 from dcgan_jax import train_step as train_step_lib
 from dcgan_jax import writers
@@ -261,6 +262,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise UserError(f'warmup_steps must be >= 0 (got {config.warmup_steps}).')
   if int(config.num_sample_images) < 1:
     raise UserError(f'num_sample_images must be positive (got {config.num_sample_images}).')
+  step_loop.check_steps_per_dispatch(config.get('steps_per_dispatch', 1))
   if int(config.keep_checkpoints) < 1:
     raise UserError(f'keep_checkpoints must be positive (got {config.keep_checkpoints}).')
 
@@ -522,8 +524,12 @@ class _NonFiniteTracker:
                              which=jnp.where(first, jnp.where(d_bad, 0, 1), self.which))
 
 
-def _make_accumulate(collection_cls, pmap_layout: bool):
-  """Jitted ``(collection, tracker, metrics, step) -> (collection, tracker)`` (no host sync)."""
+def _make_accumulate(collection_cls, pmap_layout: bool, jit: bool = True):
+  """``(collection, tracker, metrics, step) -> (collection, tracker)`` (no host sync).
+
+  Jitted for step-by-step dispatch; ``jit=False`` gives the traceable function that
+  :class:`~dcgan_jax.step_loop.FusedSteps` runs inside its loop.
+  """
 
   def accumulate(collection, tracker, metrics, step):
     if pmap_layout:
@@ -531,7 +537,7 @@ def _make_accumulate(collection_cls, pmap_layout: bool):
     update = collection_cls.single_from_model_output(**metrics)
     return collection.merge(update), tracker.update(metrics, step)
 
-  return jax.jit(accumulate, donate_argnums=(0, 1))
+  return jax.jit(accumulate, donate_argnums=(0, 1)) if jit else accumulate
 
 
 def _check_finite(tracker: _NonFiniteTracker, checkpointer: checkpointing.Checkpointer) -> None:
@@ -772,22 +778,46 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       logging.info('Step %d: best FID so far (%.3f); checkpoint kept in %s.', step, fid,
                    os.path.join(workdir, BEST_FID_DIR))
 
-  for step in range(start_step, num_train_steps):
-    if sampler is not None:
-      batch = sampler.batch(step)
-      if pmap_layout:
-        batch = step_fn.place_batch(np.asarray(batch))
+  fused = None
+  steps_per_dispatch = step_loop.check_steps_per_dispatch(config.get('steps_per_dispatch', 1))
+  if sampler is not None and not pmap_layout and steps_per_dispatch > 1:
+    # The metric names come from the step's output structure, without running it.
+    metric_names = list(jax.eval_shape(step_fn, state, sampler.batch(start_step), train_key)[1])
+    collection_cls = _make_metrics_collection(metric_names)
+    collection = collection_cls.empty()
+    fused = step_loop.FusedSteps(step_fn, sampler,
+                                 _make_accumulate(collection_cls, pmap_layout, jit=False),
+                                 steps_per_dispatch)
+
+  def host_work_due(done: int) -> bool:
+    """Whether the loop has anything to do after ``done`` steps (ends a fused chunk)."""
+    return (is_due(done, durations.log_every_steps) or hooks_due(done)
+            or is_due(done, durations.checkpoint_every_steps))
+
+  step = start_step
+  while step < num_train_steps:
+    if fused is not None:
+      done = fused.chunk_end(step, num_train_steps, host_work_due)
+      state, collection, tracker = fused(state, collection, tracker, train_key, step, done)
+      for progress_step in range(step + 1, done + 1):  # clu's action wants every step.
+        report_progress(progress_step)
     else:
-      batch = step_fn.place_batch(next(iterator))
-    rng = parallel.fold_in(train_key, step)
-    state, metrics = step_fn(state, batch, rng)
-    if collection_cls is None:
-      collection_cls = _make_metrics_collection(list(metrics))
-      accumulate = _make_accumulate(collection_cls, pmap_layout)
-      collection = collection_cls.empty()
-    collection, tracker = accumulate(collection, tracker, metrics, np.int32(step + 1))
-    done = step + 1
-    report_progress(done)
+      if sampler is not None:
+        batch = sampler.batch(step)
+        if pmap_layout:
+          batch = step_fn.place_batch(np.asarray(batch))
+      else:
+        batch = step_fn.place_batch(next(iterator))
+      rng = parallel.fold_in(train_key, step)
+      state, metrics = step_fn(state, batch, rng)
+      if collection_cls is None:
+        collection_cls = _make_metrics_collection(list(metrics))
+        accumulate = _make_accumulate(collection_cls, pmap_layout)
+        collection = collection_cls.empty()
+      collection, tracker = accumulate(collection, tracker, metrics, np.int32(step + 1))
+      done = step + 1
+      report_progress(done)
+    step = done
 
     if is_due(done, durations.log_every_steps, num_train_steps):
       _check_finite(tracker, checkpointer)

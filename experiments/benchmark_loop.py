@@ -86,6 +86,8 @@ def make_config(args, dataset_path: str, data_dir: str, num_steps: int):
   config.dtype = args.dtype
   config.batch_size = args.batch
   config.device_resident = args.device_resident
+  if args.steps_per_dispatch:
+    config.steps_per_dispatch = args.steps_per_dispatch
   config.num_train_steps = num_steps
   config.log_every_steps = args.log_every
   config.checkpoint_every_steps = args.checkpoint_every
@@ -128,6 +130,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--log_every', type=int, default=100)
   parser.add_argument('--checkpoint_every', type=int, default=500)
   parser.add_argument('--device_resident', default='auto', help="'auto', 'always' or 'never'")
+  parser.add_argument('--steps_per_dispatch', type=int, default=0,
+                      help='steps per device program with device-resident data (1: one dispatch '
+                           "per step); 0 keeps configs/default.py's value")
   parser.add_argument('--repeats', type=int, default=3, help='repeats of the step-only timing')
   parser.add_argument('--workdir', default='', help='where data and runs go (default: a temp dir)')
   parser.add_argument('--out', default='')
@@ -200,7 +205,8 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
       'benchmark': 'train_loop',
       'skipped': False,
       'environment': env,
-      'settings': {k: v for k, v in vars(args).items() if k not in ('out', 'workdir')},
+      'settings': {**{k: v for k, v in vars(args).items() if k not in ('out', 'workdir')},
+                   'steps_per_dispatch': int(config.steps_per_dispatch)},
       'dataset': {'kind': args.dataset, 'num_examples': info.num_examples, 'write_s': write_s,
                   'prepare_s': prepare_s},
       'loop_wall_s': {str(k): v for k, v in wall.items()},

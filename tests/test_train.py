@@ -305,7 +305,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     return state, metrics
 
   monkeypatch.setattr(parallel.DataParallelStep, '__call__', poisoned)
-  config = tiny_config(tfds_dir, num_train_steps=6)
+  config = tiny_config(tfds_dir, num_train_steps=6, steps_per_dispatch=1)  # Patched per step.
   with pytest.raises(train.NonFiniteLossError,
                      match=r'non-finite g_loss at step 3; the last good checkpoint \(step 2\)'):
     train.train_and_evaluate(config, tmp_path)
@@ -318,6 +318,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     ({'batch_size': 12}, 'batch_size 12 is not divisible by the 8 devices'),
     ({'dataset': 'no_such_dataset'}, "Unknown dataset 'no_such_dataset'; use one of digits"),
     ({'loss': 'nope'}, 'nope'),
+    ({'steps_per_dispatch': 0}, 'steps_per_dispatch must be a positive integer'),
 ])
 def test_bad_config_fails_before_touching_the_workdir(tfds_dir, tmp_path, overrides, message):
   marker = tmp_path / 'checkpoints' / '7' / 'marker'

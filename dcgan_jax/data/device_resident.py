@@ -159,11 +159,24 @@ class DeviceResidentSampler:
     # Replicated like the images, so every process's gather reads its own devices' copy.
     self._permute = jax.jit(epoch_permutation, static_argnums=(2,), out_shardings=replicated)
 
-  def _epoch_permutation(self, epoch: int) -> jax.Array:
+  def epoch_permutation(self, epoch: int) -> jax.Array:
+    """``int32 [num_examples]`` on the devices (replicated): epoch ``epoch``'s data order.
+
+    Cached: the loop asks for the same epoch every step and pays the sort once per epoch.
+    """
     if epoch != self._epoch:
       self._permutation = self._permute(self._key, np.int32(epoch), self.num_examples)
       self._epoch = epoch
     return self._permutation
+
+  def rows(self, images: jax.Array, permutation: jax.Array, start) -> jax.Array:
+    """Traceable: the batch of rows ``permutation[start:start + global_batch]`` of ``images``.
+
+    For programs that draw batches themselves (:mod:`dcgan_jax.step_loop`); pass
+    :attr:`images` and :meth:`epoch_permutation` in as arguments (not as closed-over constants).
+    """
+    return _take_rows(images, jax.lax.dynamic_slice_in_dim(permutation, start, self.global_batch),
+                      self.batch_sharding)
 
   def indices(self, step) -> jax.Array:
     """``int32 [global_batch]`` dataset indices of step ``step``'s batch."""
@@ -181,7 +194,7 @@ class DeviceResidentSampler:
     """
     if isinstance(step, (int, np.integer)):  # The training loop's case: one gather per step.
       epoch, position = divmod(int(step), self.steps_per_epoch)
-      return _gather_slice(self.images, self._epoch_permutation(epoch),
+      return _gather_slice(self.images, self.epoch_permutation(epoch),
                            np.int32(position * self.global_batch),
                            global_batch=self.global_batch, sharding=self.batch_sharding)
     return _gather_batch(self.images, self._key, jnp.asarray(step, jnp.int32),

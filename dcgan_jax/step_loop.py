@@ -1,0 +1,127 @@
+"""Several training steps in one device program, so the host dispatches once per chunk.
+
+With the dataset on the devices (:class:`~dcgan_jax.data.DeviceResidentSampler`) and
+``parallelism='shard_map'``, everything one step needs is a function of device values and the step
+number: its batch (a gather from the epoch's permutation), its rng (``fold_in(train_key, step)``),
+the update, and the metric accumulation. :class:`FusedSteps` traces all four into the body of a
+``lax.fori_loop`` and runs up to ``steps_per_dispatch`` steps per call. Step by step, the loop
+dispatches four programs per step from Python (gather, fold_in, step, accumulate); when the step
+itself takes a couple of milliseconds on a GPU, that host work is what keeps the loop below the
+step's own rate.
+
+Chunks end wherever the host has work: at every step where a log, checkpoint or hook is due, at
+each epoch's end (the permutation changes) and at the end of training. They also end at multiples
+of ``steps_per_dispatch`` counted from step 0, so a resumed run cuts the same chunks as an
+uninterrupted one. The steps are those of step-by-step dispatch: the same batches, rngs, updates
+and metrics (tests/test_step_loop.py). Floats agree to rounding, not bit for bit, since XLA may
+fuse the loop body a little differently from the lone step; a run resumed from a checkpoint is bit
+for bit the uninterrupted one, because both run the same program (the trip count is an argument).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from dcgan_jax.errors import UserError
+
+# (collection, tracker, metrics, step_done) -> (collection, tracker): traceable, no host sync.
+Accumulate = Callable[[Any, Any, dict[str, jax.Array], jax.Array], tuple[Any, Any]]
+
+
+def check_steps_per_dispatch(value: Any) -> int:
+  """The config's ``steps_per_dispatch`` as a positive int, or a UserError saying what is valid."""
+  try:
+    steps = int(value)
+  except (TypeError, ValueError):
+    steps = 0
+  if steps < 1 or steps != value:
+    raise UserError(f'steps_per_dispatch must be a positive integer (got {value!r}); '
+                    '1 dispatches every step from Python.')
+  return steps
+
+
+def chunk_end(step: int, limit: int, steps_per_epoch: int, steps_per_dispatch: int,
+              is_boundary: Callable[[int], bool]) -> int:
+  """Where the chunk that starts after ``step`` steps ends (the step count after it).
+
+  Args:
+    step: steps done so far.
+    limit: the end of training.
+    steps_per_epoch: whole batches per epoch (the data order changes at multiples of it).
+    steps_per_dispatch: the longest chunk; chunks also end at its multiples.
+    is_boundary: whether the host has work after a given step count (log, checkpoint, hook).
+
+  Returns:
+    The first of: a step count where ``is_boundary`` holds, the end of ``step``'s epoch, the
+    next multiple of ``steps_per_dispatch``, or ``limit``; always greater than ``step``.
+  """
+  epoch_end = (step // steps_per_epoch + 1) * steps_per_epoch
+  end = min(limit, epoch_end, (step // steps_per_dispatch + 1) * steps_per_dispatch)
+  for done in range(step + 1, end):
+    if is_boundary(done):
+      return done
+  return end
+
+
+class FusedSteps:
+  """Runs chunks of training steps on device-resident data inside one jitted loop.
+
+  Example::
+
+    fused = FusedSteps(step_fn, sampler, accumulate, steps_per_dispatch=100)
+    end = fused.chunk_end(step, num_train_steps, is_boundary)
+    state, collection, tracker = fused(state, collection, tracker, train_key, step, end)
+
+  Attributes:
+    steps_per_dispatch: The longest chunk.
+  """
+
+  def __init__(self, step_fn, sampler, accumulate: Accumulate, steps_per_dispatch: int):
+    """Builds the chunk program (compiled on its first call; one program serves every length).
+
+    Args:
+      step_fn: a :class:`~dcgan_jax.parallel.DataParallelStep` with ``parallelism='shard_map'``.
+      sampler: the :class:`~dcgan_jax.data.DeviceResidentSampler` on ``step_fn``'s mesh.
+      accumulate: traceable metric accumulation, called with the step number just completed.
+      steps_per_dispatch: the longest chunk (>= 1).
+    """
+    if step_fn.mapped is None:
+      raise ValueError("FusedSteps needs parallelism='shard_map' (pmap steps are per-step only).")
+    self.steps_per_dispatch = int(steps_per_dispatch)
+    self._sampler = sampler
+    mapped = step_fn.mapped
+    batch_size = sampler.global_batch
+
+    def run(state, collection, tracker, images, permutation, train_key, first_step, first_row,
+            num_steps):
+      def body(i, carry):
+        state, collection, tracker = carry
+        step = first_step + i
+        batch = sampler.rows(images, permutation, first_row + i * batch_size)
+        state, metrics = mapped(state, batch, jax.random.fold_in(train_key, step))
+        collection, tracker = accumulate(collection, tracker, metrics, step + 1)
+        return state, collection, tracker
+
+      # A traced trip count: one compilation serves every chunk length.
+      return jax.lax.fori_loop(0, num_steps, body, (state, collection, tracker))
+
+    self._run = jax.jit(run, donate_argnums=(0, 1, 2))
+
+  def chunk_end(self, step: int, limit: int, is_boundary: Callable[[int], bool]) -> int:
+    """:func:`chunk_end` with this loop's epoch length and ``steps_per_dispatch``."""
+    return chunk_end(step, limit, self._sampler.steps_per_epoch, self.steps_per_dispatch,
+                     is_boundary)
+
+  def __call__(self, state, collection, tracker, train_key: jax.Array, step: int, end: int):
+    """Runs steps ``step .. end - 1`` (one epoch at most); returns the updated carry.
+
+    ``state``, ``collection`` and ``tracker`` are donated.
+    """
+    epoch, position = divmod(step, self._sampler.steps_per_epoch)
+    if not step < end <= (epoch + 1) * self._sampler.steps_per_epoch:
+      raise ValueError(f'A chunk runs within one epoch: got steps {step}..{end}.')
+    return self._run(state, collection, tracker, self._sampler.images,
+                     self._sampler.epoch_permutation(epoch), train_key, np.int32(step),
+                     np.int32(position * self._sampler.global_batch), np.int32(end - step))

@@ -1,0 +1,143 @@
+"""Fused training steps (dcgan_jax.step_loop): where chunks end, and that a fused run trains the
+same as step-by-step dispatch, resumes bit for bit, and still stops on a non-finite loss.
+
+Runs use the tiny digits config of tests/test_train.py (8x8 images, width 8, batch 16) on the
+8 fake CPU devices of conftest.
+"""
+import jax
+import numpy as np
+import pytest
+
+from dcgan_jax import parallel
+from dcgan_jax import run_logs
+from dcgan_jax import step_loop
+from dcgan_jax import train
+from dcgan_jax import train_step as train_step_lib
+from dcgan_jax.errors import UserError
+
+from test_train import _checkpoint_steps, _tree_leaves, tiny_config  # pylint: disable=g-bad-import-order
+
+
+@pytest.fixture(scope='module')
+def tfds_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def _chunks(start, limit, steps_per_epoch, steps_per_dispatch, boundaries):
+  chunks, step = [], start
+  while step < limit:
+    end = step_loop.chunk_end(step, limit, steps_per_epoch, steps_per_dispatch,
+                              lambda d: d in boundaries)
+    chunks.append((step, end))
+    step = end
+  return chunks
+
+
+def test_chunks_end_at_host_work_epochs_multiples_and_the_limit():
+  assert _chunks(0, 23, steps_per_epoch=10, steps_per_dispatch=4, boundaries={6}) == [
+      (0, 4), (4, 6), (6, 8), (8, 10), (10, 12), (12, 16), (16, 20), (20, 23)]
+  # A long dispatch is cut by epochs and boundaries only.
+  assert _chunks(0, 25, steps_per_epoch=10, steps_per_dispatch=100, boundaries={3, 15}) == [
+      (0, 3), (3, 10), (10, 15), (15, 20), (20, 25)]
+  assert _chunks(7, 8, 10, 100, set()) == [(7, 8)]
+  assert _chunks(0, 5, 10, 1, set()) == [(i, i + 1) for i in range(5)]
+
+
+@pytest.mark.parametrize('resume_at', [3, 6, 10, 11])
+def test_a_run_resumed_at_a_boundary_cuts_the_same_chunks(resume_at):
+  boundaries = {3, 6, 11, 17}
+  straight = _chunks(0, 30, 10, 4, boundaries)
+  resumed = _chunks(resume_at, 30, 10, 4, boundaries)
+  assert resumed == [c for c in straight if c[0] >= resume_at]
+
+
+@pytest.mark.parametrize('value', [0, -3, 2.5, 'many', None])
+def test_bad_steps_per_dispatch_is_a_user_error(value):
+  with pytest.raises(UserError, match='steps_per_dispatch must be a positive integer'):
+    step_loop.check_steps_per_dispatch(value)
+  assert step_loop.check_steps_per_dispatch(7) == 7
+
+
+def _count_chunks(monkeypatch):
+  calls = []
+  original = step_loop.FusedSteps.__call__
+
+  def counted(self, state, collection, tracker, train_key, step, end):
+    calls.append((step, end))
+    return original(self, state, collection, tracker, train_key, step, end)
+
+  monkeypatch.setattr(step_loop.FusedSteps, '__call__', counted)
+  return calls
+
+
+def test_fused_run_trains_like_step_by_step_dispatch(tfds_dir, tmp_path, monkeypatch):
+  # 1797 digits / 16 = 112 steps per epoch: 120 steps cross an epoch end.
+  config = tiny_config(tfds_dir, device_resident='always', num_train_steps=120,
+                       log_every_steps=50, checkpoint_every_steps=70, sample_every_steps=0)
+  per_step = train.train_and_evaluate(dict_config(config, steps_per_dispatch=1),
+                                      tmp_path / 'per_step')
+  chunks = _count_chunks(monkeypatch)
+  fused = train.train_and_evaluate(dict_config(config, steps_per_dispatch=30),
+                                   tmp_path / 'fused')
+  assert chunks == [(0, 30), (30, 50), (50, 60), (60, 70), (70, 90), (90, 100), (100, 112),
+                    (112, 120)]
+  assert _checkpoint_steps(tmp_path / 'fused') == _checkpoint_steps(tmp_path / 'per_step')
+  assert int(fused.step) == 120
+  for a, b in zip(_tree_leaves(per_step), _tree_leaves(fused)):
+    if a.dtype.kind == 'f':
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    else:
+      np.testing.assert_array_equal(a, b)
+  # The logged averages (over the same steps, from the same batches) agree too.
+  scalars = {name: run_logs.read_scalars(tmp_path / name) for name in ('per_step', 'fused')}
+  for tag in ('d_loss', 'g_loss', 'd_real', 'd_fake_before'):
+    np.testing.assert_array_equal(scalars['fused'][tag][0], [50, 100, 120])
+    np.testing.assert_array_equal(scalars['fused'][tag][0], scalars['per_step'][tag][0])
+    np.testing.assert_allclose(scalars['fused'][tag][1], scalars['per_step'][tag][1], rtol=1e-4)
+
+
+def dict_config(config, **overrides):
+  config = config.copy_and_resolve_references()
+  config.update(overrides)
+  return config
+
+
+def test_fused_resume_is_bit_identical(tfds_dir, tmp_path, monkeypatch):
+  """One 8-step chunk == 3 steps, a restart from the checkpoint, then 5 more (3 + 5 chunks)."""
+  config = tiny_config(tfds_dir, device_resident='always', num_train_steps=8,
+                       checkpoint_every_steps=0, sample_every_steps=0, log_every_steps=0,
+                       steps_per_dispatch=100)
+  chunks = _count_chunks(monkeypatch)
+  straight = train.train_and_evaluate(config, tmp_path / 'straight')
+  train.train_and_evaluate(dict_config(config, num_train_steps=3), tmp_path / 'resumed')
+  resumed = train.train_and_evaluate(config, tmp_path / 'resumed')
+  assert chunks == [(0, 8), (0, 3), (3, 8)]
+  for a, b in zip(_tree_leaves(straight), _tree_leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('steps_per_dispatch', [1, 100])
+def test_a_non_finite_loss_inside_a_chunk_stops_the_run(tfds_dir, tmp_path, monkeypatch,
+                                                         steps_per_dispatch):
+  original = train_step_lib.make_train_step
+
+  def poisoned_make_train_step(*args, **kwargs):
+    step = original(*args, **kwargs)
+
+    def poisoned(state, batch, rng):
+      new_state, metrics = step(state, batch, rng)
+      bad = new_state.step == 3  # The update that completes step 3.
+      return new_state, dict(metrics, g_loss=jax.numpy.where(bad, np.nan, metrics['g_loss']))
+
+    return poisoned
+
+  monkeypatch.setattr(parallel, 'make_train_step', poisoned_make_train_step)
+  chunks = _count_chunks(monkeypatch)
+  config = tiny_config(tfds_dir, device_resident='always', num_train_steps=8,
+                       checkpoint_every_steps=2, log_every_steps=4, sample_every_steps=0,
+                       steps_per_dispatch=steps_per_dispatch)
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r'non-finite g_loss at step 3; the last good checkpoint \(step 2\)'):
+    train.train_and_evaluate(config, tmp_path)
+  assert _checkpoint_steps(tmp_path) == [2]
+  assert chunks == ([] if steps_per_dispatch == 1 else [(0, 2), (2, 4)])
