@@ -91,6 +91,7 @@ class FusedSteps:
       raise ValueError("FusedSteps needs parallelism='shard_map' (pmap steps are per-step only).")
     self.steps_per_dispatch = int(steps_per_dispatch)
     self._sampler = sampler
+    self._replicated = step_fn.replicated_sharding
     mapped = step_fn.mapped
     batch_size = sampler.global_batch
 
@@ -122,6 +123,9 @@ class FusedSteps:
     epoch, position = divmod(step, self._sampler.steps_per_epoch)
     if not step < end <= (epoch + 1) * self._sampler.steps_per_epoch:
       raise ValueError(f'A chunk runs within one epoch: got steps {step}..{end}.')
+    # Fresh metric accumulators are uncommitted host-made arrays; the loop returns them
+    # replicated on the mesh. Placing them the same way every call keeps one compiled program.
+    collection, tracker = jax.device_put((collection, tracker), self._replicated)
     return self._run(state, collection, tracker, self._sampler.images,
                      self._sampler.epoch_permutation(epoch), train_key, np.int32(step),
                      np.int32(position * self._sampler.global_batch), np.int32(end - step))

@@ -58,31 +58,41 @@ def test_bad_steps_per_dispatch_is_a_user_error(value):
   assert step_loop.check_steps_per_dispatch(7) == 7
 
 
-def _count_chunks(monkeypatch):
+def _count_chunks(monkeypatch, instances=None):
+  """Records each chunk (and, if given a list, each FusedSteps made)."""
   calls = []
   original = step_loop.FusedSteps.__call__
+  original_init = step_loop.FusedSteps.__init__
 
   def counted(self, state, collection, tracker, train_key, step, end):
     calls.append((step, end))
     return original(self, state, collection, tracker, train_key, step, end)
 
+  def init(self, *args, **kwargs):
+    original_init(self, *args, **kwargs)
+    if instances is not None:
+      instances.append(self)
+
   monkeypatch.setattr(step_loop.FusedSteps, '__call__', counted)
+  monkeypatch.setattr(step_loop.FusedSteps, '__init__', init)
   return calls
 
 
 def test_fused_run_trains_like_step_by_step_dispatch(tfds_dir, tmp_path, monkeypatch):
-  # 1797 digits / 16 = 112 steps per epoch: 120 steps cross an epoch end.
-  config = tiny_config(tfds_dir, device_resident='always', num_train_steps=120,
-                       log_every_steps=50, checkpoint_every_steps=70, sample_every_steps=0)
+  # 1797 digits / 64 = 28 steps per epoch: 34 steps cross an epoch end.
+  config = tiny_config(tfds_dir, device_resident='always', batch_size=64, num_train_steps=34,
+                       log_every_steps=12, checkpoint_every_steps=20, sample_every_steps=0)
   per_step = train.train_and_evaluate(dict_config(config, steps_per_dispatch=1),
                                       tmp_path / 'per_step')
-  chunks = _count_chunks(monkeypatch)
-  fused = train.train_and_evaluate(dict_config(config, steps_per_dispatch=30),
+  instances = []
+  chunks = _count_chunks(monkeypatch, instances)
+  fused = train.train_and_evaluate(dict_config(config, steps_per_dispatch=8),
                                    tmp_path / 'fused')
-  assert chunks == [(0, 30), (30, 50), (50, 60), (60, 70), (70, 90), (90, 100), (100, 112),
-                    (112, 120)]
+  assert chunks == [(0, 8), (8, 12), (12, 16), (16, 20), (20, 24), (24, 28), (28, 32), (32, 34)]
+  # Every chunk length, epoch and fresh metric accumulator ran the one compiled program.
+  assert len(instances) == 1 and instances[0]._run._cache_size() == 1  # pylint: disable=protected-access
   assert _checkpoint_steps(tmp_path / 'fused') == _checkpoint_steps(tmp_path / 'per_step')
-  assert int(fused.step) == 120
+  assert int(fused.step) == 34
   for a, b in zip(_tree_leaves(per_step), _tree_leaves(fused)):
     if a.dtype.kind == 'f':
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -91,7 +101,7 @@ def test_fused_run_trains_like_step_by_step_dispatch(tfds_dir, tmp_path, monkeyp
   # The logged averages (over the same steps, from the same batches) agree too.
   scalars = {name: run_logs.read_scalars(tmp_path / name) for name in ('per_step', 'fused')}
   for tag in ('d_loss', 'g_loss', 'd_real', 'd_fake_before'):
-    np.testing.assert_array_equal(scalars['fused'][tag][0], [50, 100, 120])
+    np.testing.assert_array_equal(scalars['fused'][tag][0], [12, 24, 34])
     np.testing.assert_array_equal(scalars['fused'][tag][0], scalars['per_step'][tag][0])
     np.testing.assert_allclose(scalars['fused'][tag][1], scalars['per_step'][tag][1], rtol=1e-4)
 
