@@ -5,9 +5,11 @@ With the dataset on the devices (:class:`~dcgan_jax.data.DeviceResidentSampler`)
 number: its batch (a gather from the epoch's permutation), its rng (``fold_in(train_key, step)``),
 the update, and the metric accumulation. :class:`FusedSteps` traces all four into the body of a
 ``lax.fori_loop`` and runs up to ``steps_per_dispatch`` steps per call. Step by step, the loop
-dispatches four programs per step from Python (gather, fold_in, step, accumulate); when the step
-itself takes a couple of milliseconds on a GPU, that host work is what keeps the loop below the
-step's own rate.
+dispatches four programs per step from Python (gather, fold_in, step, accumulate); where a step
+takes a millisecond or two on the accelerator, that host work can hold the loop below the step's
+own rate. It is opt-in (``steps_per_dispatch`` 1 by default) because the gain depends on the
+backend: on XLA:CPU the looped step runs ~1.5x slower than the lone one (2-core CPU, tiny model:
+3.7 vs 2.6 ms/step), and it is not yet measured on a GPU (experiments/PERF.md).
 
 Chunks end wherever the host has work: at every step where a log, checkpoint or hook is due, at
 each epoch's end (the permutation changes) and at the end of training. They also end at multiples

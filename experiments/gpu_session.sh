@@ -30,7 +30,7 @@ run() {  # run SECONDS CMD...: one part under a timeout, output to the log and t
   timeout "$t" "$@" 2>&1 | grep -v "^WARNING: All log messages before absl" | tee -a "$log" | tail -40
   echo "=== exit ${PIPESTATUS[0]}" | tee -a "$log"
 }
-parts="${PARTS:-train profile fid loop loop1 baseline}"  # Which parts, in order (PARTS=... to pick).
+parts="${PARTS:-train profile fid loop loopN baseline}"  # Which parts, in order (PARTS=... to pick).
 for part in $parts; do
   case $part in
     train) run "${T_TRAIN:-170}" $py experiments/benchmark_train.py ${BENCH_ARGS:-} ${TRAIN_ARGS:-} \
@@ -41,14 +41,14 @@ for part in $parts; do
              --device_kind "$kind" --out "$out/fid_${tag}.json" ;;
     loop) run "${T_LOOP:-100}" $py experiments/benchmark_loop.py ${BENCH_ARGS:-} ${LOOP_ARGS:-} \
              --device_kind "$kind" --out "$out/loop_${tag}.json" ;;
-    loop1) run "${T_LOOP:-100}" $py experiments/benchmark_loop.py ${BENCH_ARGS:-} ${LOOP_ARGS:-} \
-             --steps_per_dispatch 1 --device_kind "$kind" --out "$out/loop_per_step_${tag}.json" ;;
+    loopN) run "${T_LOOP:-100}" $py experiments/benchmark_loop.py ${BENCH_ARGS:-} ${LOOP_ARGS:-} \
+             --steps_per_dispatch 100 --device_kind "$kind" --out "$out/loop_fused_${tag}.json" ;;
     baseline) if [ -d .baseline/dcgan_jax ]; then
                PYTHONPATH="$PWD/.baseline:$site" run "${T_BASE:-70}" $py experiments/benchmark_train.py \
                  ${BENCH_ARGS:-} ${TRAIN_ARGS:-} --no_torch --device_kind "$kind" \
                  --out "$out/train_baseline_${tag}.json"
              fi ;;
-    *) echo "unknown part $part (train, profile, fid, loop, loop1, baseline)" ;;
+    *) echo "unknown part $part (train, profile, fid, loop, loopN, baseline)" ;;
   esac
 done
 tar czf "$out/profile.tgz" -C /tmp profile 2>/dev/null
