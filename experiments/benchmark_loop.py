@@ -10,6 +10,9 @@ metrics, logging, periodic checkpoints; no samples or quality hooks) for ``--sho
 ``--long_steps`` (after an untimed warm-up run). Fixed costs (compilation, setup, the final
 checkpoint) cancel in the difference, so the loop's steady-state rate is ``(long - short) · batch / (T_long - T_short)``.
 Step-only img/s is the same config's :class:`DataParallelStep` on one device-resident batch.
+With the array dataset it also times the loop's per-step work (gather, rng, step, metrics)
+dispatched step by step and fused ``--fused_steps`` to a device program
+(:mod:`dcgan_jax.step_loop`), to choose ``steps_per_dispatch``.
 Target (issue 5): loop ≥ 90% of step-only.
 
 Needs clu and ml_collections (small pure-Python wheels), plus TensorFlow, tensorflow-datasets and
@@ -115,6 +118,56 @@ def step_only(config, args) -> dict[str, Any]:
   return result
 
 
+def dispatch_modes(config, args, images_path: str) -> dict[str, dict[str, Any]]:
+  """The loop's per-step work (batch gather, rng, step, metrics; no hooks) in both dispatch modes.
+
+  ``per_step``: four dispatches per step from Python, as ``steps_per_dispatch=1``.
+  ``fused``: :class:`dcgan_jax.step_loop.FusedSteps` chunks of ``--fused_steps`` (cut at
+  epoch ends). Both on the same device-resident images, same config, same run.
+  """
+  from dcgan_jax import data, models, parallel, step_loop  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import train  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
+  step = parallel.DataParallelStep(models.generator_from_config(config),
+                                   models.discriminator_from_config(config),
+                                   train_step_lib.StepConfig.from_config(config))
+  sampler = data.DeviceResidentSampler(np.load(images_path), args.batch, 0, mesh=step.mesh)
+  key = jax.random.key(1)
+  names = list(jax.eval_shape(step, step.place_state(train.create_train_state(
+      config, jax.random.key(0), int(config.num_train_steps))), sampler.batch(0), key)[1])
+  collection_cls = train._make_metrics_collection(names)  # pylint: disable=protected-access
+  accumulate = train._make_accumulate(collection_cls, False)  # pylint: disable=protected-access
+  fused = step_loop.FusedSteps(step, sampler, train._make_accumulate(  # pylint: disable=protected-access
+      collection_cls, False, jit=False), args.fused_steps)
+  results = {}
+  for mode in ('per_step', 'fused'):
+    holder = {'state': step.place_state(train.create_train_state(
+        config, jax.random.key(0), int(config.num_train_steps))), 'step': 0}
+
+    def run_steps(n: int, mode=mode, holder=holder) -> None:
+      state, first = holder['state'], holder['step']
+      collection = collection_cls.empty()
+      tracker = train._NonFiniteTracker.empty()  # pylint: disable=protected-access
+      s = first
+      while s < first + n:
+        if mode == 'fused':
+          end = fused.chunk_end(s, first + n, lambda _: False)
+          state, collection, tracker = fused(state, collection, tracker, key, s, end)
+        else:
+          state, metrics = step(state, sampler.batch(s), parallel.fold_in(key, s))
+          collection, tracker = accumulate(collection, tracker, metrics, np.int32(s + 1))
+          end = s + 1
+        s = end
+      jax.block_until_ready((state, collection, tracker))
+      holder['state'], holder['step'] = state, s
+
+    result = common.time_method(run_steps, args.long_steps - args.short_steps, args.repeats,
+                                2 if mode == 'per_step' else args.fused_steps)
+    result['img_per_s'] = args.batch / result['ms_per_step'] * 1e3
+    results[mode] = result
+  return results
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--num_images', type=int, default=20000)
@@ -134,6 +187,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help='steps per device program with device-resident data (1: one dispatch '
                            "per step); 0 keeps configs/default.py's value")
   parser.add_argument('--repeats', type=int, default=3, help='repeats of the step-only timing')
+  parser.add_argument('--fused_steps', type=int, default=100,
+                      help='chunk length of the fused-dispatch row (array dataset only)')
   parser.add_argument('--workdir', default='', help='where data and runs go (default: a temp dir)')
   parser.add_argument('--out', default='')
   parser.add_argument('--device_kind', default='')
@@ -141,7 +196,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help='CPU smoke run: 64 images of 16x16, width 8, batch 16, 2 vs 12 steps')
   if '--tiny' in (sys.argv[1:] if argv is None else argv):
     parser.set_defaults(num_images=64, image_size=16, width=8, batch=16, dtype='float32',
-                        short_steps=2, long_steps=12, log_every=2, checkpoint_every=4, repeats=2)
+                        short_steps=2, long_steps=12, log_every=2, checkpoint_every=4, repeats=2,
+                        fused_steps=4)
   args = parser.parse_args(argv)
   if args.long_steps <= args.short_steps or args.short_steps < 1:
     raise UserError('long_steps must exceed short_steps, and short_steps must be positive.')
@@ -190,12 +246,20 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
   # On a noisy machine the fixed costs can vary by more than the extra steps take.
   loop_ips = extra * args.batch / delta if delta > 0 else float('nan')
   step = step_only(make_config(args, folder, data_dir, args.long_steps), args)
+  modes = {}
+  if args.dataset == 'array':
+    modes = dispatch_modes(make_config(args, folder, data_dir, args.long_steps), args, folder)
   rows = [
       {'method': 'loop (steady state)', 'img_per_s': loop_ips, 'ms_per_step': args.batch / loop_ips * 1e3},
       {'method': 'loop (end to end)', 'img_per_s': args.long_steps * args.batch / wall[args.long_steps],
        'ms_per_step': wall[args.long_steps] / args.long_steps * 1e3},
       {'method': 'step only', 'img_per_s': step['img_per_s'], 'ms_per_step': step['ms_per_step']},
   ]
+  for mode, label in (('per_step', 'steps, 1 per dispatch'),
+                      ('fused', f'steps, {args.fused_steps} per dispatch')):
+    if mode in modes:
+      rows.append({'method': label, 'img_per_s': modes[mode]['img_per_s'],
+                   'ms_per_step': modes[mode]['ms_per_step']})
   for row in rows:
     row['vs_step'] = row['img_per_s'] / step['img_per_s']
   table = common.print_table(rows, [('method', 'method', 's'), ('ms_per_step', 'ms/step', '.3f'),
@@ -213,6 +277,7 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
       'rows': rows,
       'loop_vs_step': loop_ips / step['img_per_s'] if delta > 0 else None,
       'step_only': step,
+      'dispatch_modes': modes,
       'target_loop_vs_step': 0.9,
       'targets_apply': not args.tiny and 'H100' in env['device_kind'],
       'table': table,

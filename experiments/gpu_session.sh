@@ -30,13 +30,15 @@ run() {  # run SECONDS CMD...: one part under a timeout, output to the log and t
   timeout "$t" "$@" 2>&1 | grep -v "^WARNING: All log messages before absl" | tee -a "$log" | tail -40
   echo "=== exit ${PIPESTATUS[0]}" | tee -a "$log"
 }
-parts="${PARTS:-train profile fid loop loopN baseline}"  # Which parts, in order (PARTS=... to pick).
+parts="${PARTS:-train profile fid profinc loop loopN baseline}"  # Which parts, in order (PARTS=... to pick).
 for part in $parts; do
   case $part in
     train) run "${T_TRAIN:-170}" $py experiments/benchmark_train.py ${BENCH_ARGS:-} ${TRAIN_ARGS:-} \
              --device_kind "$kind" --out "$out/train_${tag}.json" ;;
     profile) run "${T_PROFILE:-80}" $py experiments/profile_step.py ${BENCH_ARGS:-} \
              ${PROFILE_ARGS:-} --out_dir /tmp/profile ;;
+    profinc) run "${T_PROFINC:-60}" $py experiments/profile_step.py --model inception --batch 50 \
+             --out_dir /tmp/profile ;;
     fid) run "${T_FID:-130}" $py experiments/benchmark_fid.py ${BENCH_ARGS:-} ${FID_ARGS:-} \
              --device_kind "$kind" --out "$out/fid_${tag}.json" ;;
     loop) run "${T_LOOP:-100}" $py experiments/benchmark_loop.py ${BENCH_ARGS:-} ${LOOP_ARGS:-} \
@@ -48,7 +50,7 @@ for part in $parts; do
                  ${BENCH_ARGS:-} ${TRAIN_ARGS:-} --no_torch --device_kind "$kind" \
                  --out "$out/train_baseline_${tag}.json"
              fi ;;
-    *) echo "unknown part $part (train, profile, fid, loop, loopN, baseline)" ;;
+    *) echo "unknown part $part (train, profile, fid, profinc, loop, loopN, baseline)" ;;
   esac
 done
 tar czf "$out/profile.tgz" -C /tmp profile 2>/dev/null

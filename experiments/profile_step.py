@@ -2,6 +2,7 @@ r"""Where the train step's device time goes: a jax.profiler trace summarised per
 
   python experiments/profile_step.py --out_dir /tmp/prof            # GPU: b128, both dtypes
   python experiments/profile_step.py --tiny --out_dir /tmp/prof     # seconds on CPU
+  python experiments/profile_step.py --model inception --batch 50 --out_dir /tmp/prof
 
 For each dtype: compile and warm up the benchmark's step (``benchmark_train.bench_jax``'s
 setup), write the optimized HLO (``step_<dtype>.hlo.txt``: which convs became cuDNN calls,
@@ -119,15 +120,59 @@ def profile(dtype: str, args) -> dict[str, Any]:
   summary = summarise_trace(trace_dir, args.steps)
   summary.update(dtype=dtype, batch=args.batch, wall_ms_per_step_traced=wall_ms,
                  hlo=os.path.basename(hlo_path),
-                 custom_calls=sorted(collections.Counter(
-                     line.split('custom_call_target="')[1].split('"')[0]
-                     for line in compiled.as_text().splitlines()
-                     if 'custom_call_target="' in line).items()))
+                 custom_calls=_custom_calls(compiled.as_text()))
   return summary
 
 
+def profile_inception(args) -> dict[str, Any]:
+  """The same for the FID Inception network: preprocess + forward on a device-resident batch.
+
+  Random weights of the real shapes (benchmark_fid's), uint8 64x64 images resized to 299 as in
+  an FID run, each side's default precision; one "step" is one batch.
+  """
+  import benchmark_fid  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from dcgan_jax.evaluation import extractor as extractor_lib  # pylint: disable=g-import-not-at-top
+  variables = jax.device_put(benchmark_fid.random_inception_variables())
+  images = jax.device_put(np.random.default_rng(0).integers(
+      0, 256, (args.batch, args.image_size, args.image_size, 3), dtype=np.uint8))
+
+  def features(v, x):
+    return extractor_lib._forward(v, evaluation.preprocess(x), precision='default')  # pylint: disable=protected-access
+
+  program = jax.jit(features)
+  compiled = program.lower(variables, images).compile()
+  hlo_path = os.path.join(args.out_dir, 'inception.hlo.txt')
+  with open(hlo_path, 'w') as f:
+    f.write(compiled.as_text())
+
+  def run_steps(n: int) -> None:
+    out = None
+    for _ in range(n):
+      out = program(variables, images)
+    jax.block_until_ready(out)
+
+  run_steps(args.warmup)
+  trace_dir = os.path.join(args.out_dir, 'trace_inception')
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    t0 = time.perf_counter()
+    run_steps(args.steps)
+    wall_ms = (time.perf_counter() - t0) / args.steps * 1e3
+  summary = summarise_trace(trace_dir, args.steps)
+  summary.update(dtype='float32 (default precision)', model='inception', batch=args.batch,
+                 wall_ms_per_step_traced=wall_ms, img_per_s=args.batch / wall_ms * 1e3,
+                 hlo=os.path.basename(hlo_path), custom_calls=_custom_calls(compiled.as_text()))
+  return summary
+
+
+def _custom_calls(hlo: str) -> list[tuple[str, int]]:
+  return sorted(collections.Counter(line.split('custom_call_target="')[1].split('"')[0]
+                                    for line in hlo.splitlines()
+                                    if 'custom_call_target="' in line).items())
+
+
 def print_summary(s: dict[str, Any]) -> None:
-  print(f"\n== {s['dtype']} batch {s['batch']}: wall {s['wall_ms_per_step_traced']:.3f} ms/step "
+  print(f"\n== {s.get('model', 'train step')} {s['dtype']} batch {s['batch']}: wall {s['wall_ms_per_step_traced']:.3f} ms/step "
         f"(traced), device busy {s.get('busy_ms_per_step', float('nan')):.3f} ms/step, "
         f"{s.get('kernels_per_step', float('nan')):.0f} kernels/step", flush=True)
   print('custom calls:', s['custom_calls'])
@@ -149,11 +194,22 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--warmup', type=int, default=5)
   parser.add_argument('--out_dir', default='profile_out')
+  parser.add_argument('--model', default='step', choices=('step', 'inception'),
+                      help="'step': the train step per dtype; 'inception': the FID feature "
+                           'network (pass --batch 50 for pytorch-fid\'s batch)')
   parser.add_argument('--tiny', action='store_true', help='CPU smoke run: image 16, width 8')
   args = parser.parse_args(argv)
   if args.tiny:
     args.image_size, args.width, args.batch, args.steps, args.warmup = 16, 8, 16, 2, 1
+    if args.model == 'inception':
+      args.batch = 2
   os.makedirs(args.out_dir, exist_ok=True)
+  if args.model == 'inception':
+    summary = profile_inception(args)
+    print_summary(summary)
+    with open(os.path.join(args.out_dir, 'profile_inception.json'), 'w') as f:
+      json.dump(summary, f, indent=1)
+    return 0
   for dtype in [d for d in args.dtypes.split(',') if d]:
     summary = profile(dtype, args)
     print_summary(summary)

@@ -125,6 +125,10 @@ def test_benchmark_loop_tiny_without_tensorflow(tmp_path):
   assert record['dataset'] == {**record['dataset'], 'kind': 'array', 'num_examples': 64}
   assert record['step_only']['img_per_s'] > 0
   assert set(record['loop_wall_s']) == {'2', '12'}
+  # Both dispatch modes of the loop's per-step work were timed on the same images.
+  assert set(record['dispatch_modes']) == {'per_step', 'fused'}
+  assert all(m['ms_per_step'] > 0 for m in record['dispatch_modes'].values())
+  assert '4 per dispatch' in record['table']
 
 
 def _write_trace(path, events):
@@ -172,3 +176,19 @@ def test_profile_step_tiny_writes_hlo_and_summary(tmp_path):
   assert 'HloModule' in (tmp_path / 'step_float32.hlo.txt').read_text()
   summary = json.loads((tmp_path / 'profile_float32.json').read_text())
   assert summary['dtype'] == 'float32' and summary['wall_ms_per_step_traced'] > 0
+
+
+@pytest.mark.slow
+def test_profile_inception_tiny_writes_hlo_and_summary(tmp_path):
+  """The FID network's profile (random weights of the real shapes, a batch of 2) on CPU."""
+  result = subprocess.run(
+      [sys.executable, os.path.join(EXPERIMENTS, 'profile_step.py'), '--tiny', '--model',
+       'inception', '--out_dir', str(tmp_path)],
+      capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', '')))
+  assert result.returncode == 0, result.stderr[-2000:]
+  hlo = (tmp_path / 'inception.hlo.txt').read_text()
+  assert 'HloModule' in hlo and 'convolution' in hlo
+  summary = json.loads((tmp_path / 'profile_inception.json').read_text())
+  assert summary['model'] == 'inception' and summary['batch'] == 2
+  assert summary['wall_ms_per_step_traced'] > 0 and summary['img_per_s'] > 0
