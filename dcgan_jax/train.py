@@ -3,7 +3,9 @@
 One readable loop in the flax-examples shape. Everything a user can get wrong is checked before
 anything is written (model settings, batch vs. device count, the dataset, the workdir); then the
 workdir is locked, the latest readable checkpoint (if any) is restored and training runs in
-steps. Durations given in epochs are converted to steps in one place
+steps: one dispatch per step, or (``steps_per_dispatch`` > 1, device-resident data, shard_map)
+chunks of steps in one device program that end wherever the host has work
+(:mod:`dcgan_jax.step_loop`). Durations given in epochs are converted to steps in one place
 (:func:`resolve_durations`), and every periodic hook asks one helper whether it is due
 (:func:`is_due`).
 
@@ -817,7 +819,6 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       collection, tracker = accumulate(collection, tracker, metrics, np.int32(step + 1))
       done = step + 1
       report_progress(done)
-    step = done
 
     if is_due(done, durations.log_every_steps, num_train_steps):
       _check_finite(tracker, checkpointer)
@@ -841,6 +842,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     if done < num_train_steps and hooks_due(done):
       _check_finite(tracker, checkpointer)
       hooks(done, state, final=False)
+    step = done
 
   # --- The end: a last checkpoint, samples and scores of the final state. -------------------
   _check_finite(tracker, checkpointer)
