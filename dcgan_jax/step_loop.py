@@ -26,6 +26,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from dcgan_jax import parallel
 from dcgan_jax.errors import UserError
 
 # (collection, tracker, metrics, step_done) -> (collection, tracker): traceable, no host sync.
@@ -94,6 +95,7 @@ class FusedSteps:
     self.steps_per_dispatch = int(steps_per_dispatch)
     self._sampler = sampler
     self._replicated = step_fn.replicated_sharding
+    self._mesh = step_fn.mesh
     mapped = step_fn.mapped
     batch_size = sampler.global_batch
 
@@ -112,6 +114,11 @@ class FusedSteps:
 
     self._run = jax.jit(run, donate_argnums=(0, 1, 2))
 
+  def _place(self, x: jax.Array) -> jax.Array:
+    if isinstance(x, jax.Array) and x.sharding == self._replicated:
+      return x  # Already where the loop left it (in multi-process runs, not fully addressable).
+    return parallel.replicate(x, self._mesh)
+
   def chunk_end(self, step: int, limit: int, is_boundary: Callable[[int], bool]) -> int:
     """:func:`chunk_end` with this loop's epoch length and ``steps_per_dispatch``."""
     return chunk_end(step, limit, self._sampler.steps_per_epoch, self.steps_per_dispatch,
@@ -127,7 +134,7 @@ class FusedSteps:
       raise ValueError(f'A chunk runs within one epoch: got steps {step}..{end}.')
     # Fresh metric accumulators are uncommitted host-made arrays; the loop returns them
     # replicated on the mesh. Placing them the same way every call keeps one compiled program.
-    collection, tracker = jax.device_put((collection, tracker), self._replicated)
+    collection, tracker = jax.tree.map(self._place, (collection, tracker))
     return self._run(state, collection, tracker, self._sampler.images,
                      self._sampler.epoch_permutation(epoch), train_key, np.int32(step),
                      np.int32(position * self._sampler.global_batch), np.int32(end - step))

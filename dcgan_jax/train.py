@@ -790,6 +790,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     fused = step_loop.FusedSteps(step_fn, sampler,
                                  _make_accumulate(collection_cls, pmap_layout, jit=False),
                                  steps_per_dispatch)
+    logging.info('Up to %d steps per device program (steps_per_dispatch).', steps_per_dispatch)
 
   def host_work_due(done: int) -> bool:
     """Whether the loop has anything to do after ``done`` steps (ends a fused chunk)."""

@@ -131,6 +131,9 @@ def test_two_processes_train_one_run(tmp_path):
             '--config.num_train_steps=2', '--config.quality_every_steps=0',
             '--config.inception_weights=stand_in.pth', '--config.eval_every_steps=2',
             '--config.eval_num_samples=40',
+            # Fused dispatch across processes: chunks (0, 1) and (1, 2), the second fed the
+            # first's global (not fully addressable) non-finite tracker.
+            '--config.steps_per_dispatch=2', '--config.log_every_steps=1',
             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
   processes = [subprocess.Popen(common + [f'--process_id={i}'], cwd=_ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -140,6 +143,7 @@ def test_two_processes_train_one_run(tmp_path):
     assert process.returncode == 0, stderr[-3000:]
     assert f'JAX process {i} of 2' in stderr
     assert 'on 4 devices' in stderr  # One global batch over both processes' devices.
+    assert 'Up to 2 steps per device program' in stderr
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['2']
   # Process 0 alone writes samples: one grid per sampling step, and the progress animation.
   assert sorted(p.name for p in (workdir / 'samples').iterdir()) == ['progress.gif',
