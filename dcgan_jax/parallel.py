@@ -15,7 +15,7 @@ array from the process-local rows.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -71,15 +71,22 @@ class DataParallelStep:
   Attributes:
     mesh: The 1-D mesh (shard_map) the step runs on.
     num_devices: Devices the global batch is split over.
+    compiler_options: XLA options the step (and a FusedSteps built on it) compiles with.
     mapped: With shard_map, the un-jitted ``(state, batch, rng) -> (state, metrics)`` over the
       whole mesh, to trace inside a larger program (:mod:`dcgan_jax.step_loop`); None with pmap.
   """
 
   def __init__(self, generator, discriminator, step_config: StepConfig = StepConfig(), *,
                parallelism: str = 'shard_map', devices: Sequence[jax.Device] | None = None,
-               axis_name: str = AXIS_NAME, donate: bool = True):
+               axis_name: str = AXIS_NAME, donate: bool = True,
+               compiler_options: Mapping[str, Any] | None = None):
     if parallelism not in PARALLELISM_MODES:
       raise UserError(f'parallelism must be shard_map or pmap (got {parallelism!r}).')
+    # XLA options for this program only (e.g. {'xla_gpu_graph_min_graph_size': 1}), unlike
+    # XLA_FLAGS which set them for the whole process; jax.pmap takes none.
+    self.compiler_options = dict(compiler_options or {})
+    if self.compiler_options and parallelism != 'shard_map':
+      raise UserError("compiler_options need parallelism='shard_map' (jax.pmap takes none).")
     self.parallelism = parallelism
     self.axis_name = axis_name
     self.mesh = make_mesh(devices, axis_name)
@@ -93,7 +100,8 @@ class DataParallelStep:
       # step averages gradients itself, so one body serves both modes.
       mapped = jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), P(axis_name), P()),
                              out_specs=(P(), P()), check_vma=False)
-      self._step = jax.jit(mapped, donate_argnums=donate_argnums)
+      self._step = jax.jit(mapped, donate_argnums=donate_argnums,
+                           compiler_options=self.compiler_options or None)
       # The un-jitted global step, for programs that run several steps (dcgan_jax.step_loop).
       self.mapped = mapped
     else:

@@ -112,7 +112,8 @@ class FusedSteps:
       # A traced trip count: one compilation serves every chunk length.
       return jax.lax.fori_loop(0, num_steps, body, (state, collection, tracker))
 
-    self._run = jax.jit(run, donate_argnums=(0, 1, 2))
+    self._run = jax.jit(run, donate_argnums=(0, 1, 2),
+                        compiler_options=step_fn.compiler_options or None)
 
   def _place(self, x: jax.Array) -> jax.Array:
     if isinstance(x, jax.Array) and x.sharding == self._replicated:

@@ -783,8 +783,10 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   fused = None
   steps_per_dispatch = step_loop.check_steps_per_dispatch(config.get('steps_per_dispatch', 1))
   if sampler is not None and not pmap_layout and steps_per_dispatch > 1:
-    # The metric names come from the step's output structure, without running it.
-    metric_names = list(jax.eval_shape(step_fn, state, sampler.batch(start_step), train_key)[1])
+    # The metric names come from the step's output structure, without running it (traced
+    # un-jitted: a jit with compiler_options cannot be nested).
+    metric_names = list(jax.eval_shape(step_fn.mapped, state, sampler.batch(start_step),
+                                       train_key)[1])
     collection_cls = _make_metrics_collection(metric_names)
     collection = collection_cls.empty()
     fused = step_loop.FusedSteps(step_fn, sampler,

@@ -123,49 +123,65 @@ def dispatch_modes(config, args, images_path: str) -> dict[str, dict[str, Any]]:
 
   ``per_step``: four dispatches per step from Python, as ``steps_per_dispatch=1``.
   ``fused``: :class:`dcgan_jax.step_loop.FusedSteps` chunks of ``--fused_steps`` (cut at
-  epoch ends). Both on the same device-resident images, same config, same run.
+  epoch ends); ``fused[<name>]``: the same compiled with each ``--xla_variants`` option set
+  (e.g. WHILE in XLA's CUDA-graph command buffers). All on the same device-resident images, same
+  config, same run.
   """
+  images = np.load(images_path)
+  results = {}
+  for mode in ('per_step', 'fused'):
+    results[mode] = _time_dispatch(config, args, images, mode, None)
+  for name, options in args.xla_variants.items():
+    try:
+      results[f'fused[{name}]'] = _time_dispatch(config, args, images, 'fused', options)
+    except Exception as e:  # pylint: disable=broad-except  # One bad option set must not end the run.
+      results[f'fused[{name}]'] = {'ms_per_step': float('nan'), 'img_per_s': float('nan'),
+                                   'error': str(e).strip().splitlines()[0][:300]}
+  return results
+
+
+def _time_dispatch(config, args, images: np.ndarray, mode: str,
+                   compiler_options: dict[str, Any] | None) -> dict[str, Any]:
+  """Times one dispatch mode (see :func:`dispatch_modes`)."""
   from dcgan_jax import data, models, parallel, step_loop  # pylint: disable=g-import-not-at-top
   from dcgan_jax import train  # pylint: disable=g-import-not-at-top
   from dcgan_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
   step = parallel.DataParallelStep(models.generator_from_config(config),
                                    models.discriminator_from_config(config),
-                                   train_step_lib.StepConfig.from_config(config))
-  sampler = data.DeviceResidentSampler(np.load(images_path), args.batch, 0, mesh=step.mesh)
+                                   train_step_lib.StepConfig.from_config(config),
+                                   compiler_options=compiler_options)
+  sampler = data.DeviceResidentSampler(images, args.batch, 0, mesh=step.mesh)
   key = jax.random.key(1)
-  names = list(jax.eval_shape(step, step.place_state(train.create_train_state(
+  names = list(jax.eval_shape(step.mapped, step.place_state(train.create_train_state(
       config, jax.random.key(0), int(config.num_train_steps))), sampler.batch(0), key)[1])
   collection_cls = train._make_metrics_collection(names)  # pylint: disable=protected-access
   accumulate = train._make_accumulate(collection_cls, False)  # pylint: disable=protected-access
   fused = step_loop.FusedSteps(step, sampler, train._make_accumulate(  # pylint: disable=protected-access
       collection_cls, False, jit=False), args.fused_steps)
-  results = {}
-  for mode in ('per_step', 'fused'):
-    holder = {'state': step.place_state(train.create_train_state(
-        config, jax.random.key(0), int(config.num_train_steps))), 'step': 0}
+  holder = {'state': step.place_state(train.create_train_state(
+      config, jax.random.key(0), int(config.num_train_steps))), 'step': 0}
 
-    def run_steps(n: int, mode=mode, holder=holder) -> None:
-      state, first = holder['state'], holder['step']
-      collection = collection_cls.empty()
-      tracker = train._NonFiniteTracker.empty()  # pylint: disable=protected-access
-      s = first
-      while s < first + n:
-        if mode == 'fused':
-          end = fused.chunk_end(s, first + n, lambda _: False)
-          state, collection, tracker = fused(state, collection, tracker, key, s, end)
-        else:
-          state, metrics = step(state, sampler.batch(s), parallel.fold_in(key, s))
-          collection, tracker = accumulate(collection, tracker, metrics, np.int32(s + 1))
-          end = s + 1
-        s = end
-      jax.block_until_ready((state, collection, tracker))
-      holder['state'], holder['step'] = state, s
+  def run_steps(n: int) -> None:
+    state, first = holder['state'], holder['step']
+    collection = collection_cls.empty()
+    tracker = train._NonFiniteTracker.empty()  # pylint: disable=protected-access
+    s = first
+    while s < first + n:
+      if mode == 'fused':
+        end = fused.chunk_end(s, first + n, lambda _: False)
+        state, collection, tracker = fused(state, collection, tracker, key, s, end)
+      else:
+        state, metrics = step(state, sampler.batch(s), parallel.fold_in(key, s))
+        collection, tracker = accumulate(collection, tracker, metrics, np.int32(s + 1))
+        end = s + 1
+      s = end
+    jax.block_until_ready((state, collection, tracker))
+    holder['state'], holder['step'] = state, s
 
-    result = common.time_method(run_steps, args.long_steps - args.short_steps, args.repeats,
-                                2 if mode == 'per_step' else args.fused_steps)
-    result['img_per_s'] = args.batch / result['ms_per_step'] * 1e3
-    results[mode] = result
-  return results
+  result = common.time_method(run_steps, args.long_steps - args.short_steps, args.repeats,
+                              2 if mode == 'per_step' else args.fused_steps)
+  result['img_per_s'] = args.batch / result['ms_per_step'] * 1e3
+  return result
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -189,6 +205,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--repeats', type=int, default=3, help='repeats of the step-only timing')
   parser.add_argument('--fused_steps', type=int, default=100,
                       help='chunk length of the fused-dispatch row (array dataset only)')
+  parser.add_argument('--xla_variants', default='',
+                      help='JSON {name: {xla_option: value}}: also time the fused chunks compiled '
+                           'with each set of XLA options, e.g. \'{"while_graphs": '
+                           '{"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,'
+                           'CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"}}\'')
   parser.add_argument('--workdir', default='', help='where data and runs go (default: a temp dir)')
   parser.add_argument('--out', default='')
   parser.add_argument('--device_kind', default='')
@@ -199,6 +220,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         short_steps=2, long_steps=12, log_every=2, checkpoint_every=4, repeats=2,
                         fused_steps=4)
   args = parser.parse_args(argv)
+  args.xla_variants = common.parse_xla_variants(args.xla_variants)
   if args.long_steps <= args.short_steps or args.short_steps < 1:
     raise UserError('long_steps must exceed short_steps, and short_steps must be positive.')
   if args.num_images < args.batch:
@@ -255,11 +277,11 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
        'ms_per_step': wall[args.long_steps] / args.long_steps * 1e3},
       {'method': 'step only', 'img_per_s': step['img_per_s'], 'ms_per_step': step['ms_per_step']},
   ]
-  for mode, label in (('per_step', 'steps, 1 per dispatch'),
-                      ('fused', f'steps, {args.fused_steps} per dispatch')):
-    if mode in modes:
-      rows.append({'method': label, 'img_per_s': modes[mode]['img_per_s'],
-                   'ms_per_step': modes[mode]['ms_per_step']})
+  for mode, result in modes.items():
+    label = ('steps, 1 per dispatch' if mode == 'per_step' else
+             f'steps, {args.fused_steps} per dispatch{mode[len("fused"):]}')
+    rows.append({'method': label, 'img_per_s': result['img_per_s'],
+                 'ms_per_step': result['ms_per_step']})
   for row in rows:
     row['vs_step'] = row['img_per_s'] / step['img_per_s']
   table = common.print_table(rows, [('method', 'method', 's'), ('ms_per_step', 'ms/step', '.3f'),

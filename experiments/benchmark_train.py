@@ -218,23 +218,30 @@ def write_json(path: str, record: dict[str, Any]) -> None:
 
 # --- Ours ------------------------------------------------------------------------------------
 
-def make_step(batch: int, dtype: str, image_size: int, width: int):
+def make_step(batch: int, dtype: str, image_size: int, width: int,
+              compiler_options: dict[str, Any] | None = None):
   """Our DataParallelStep (jit of shard_map over all devices, donated state) with its placed
-  initial state and one placed batch of random uint8 images: ``(step, state, images)``."""
+  initial state and one placed batch of random uint8 images: ``(step, state, images)``.
+
+  ``compiler_options``: XLA options for the step's program only (``--xla_variants``).
+  """
   generator = models.Generator(image_size=image_size, channels=3, latent_dim=LATENT_DIM,
                                width=width, upsample='transpose', dtype=dtype)
   discriminator = models.Discriminator(image_size=image_size, channels=3, width=width,
                                        dtype=dtype)
-  step = parallel.DataParallelStep(generator, discriminator, train_step_lib.StepConfig())
+  step = parallel.DataParallelStep(generator, discriminator, train_step_lib.StepConfig(),
+                                   compiler_options=compiler_options)
   state = step.place_state(_initial_state(image_size, width))
   images = np.random.default_rng(0).integers(
       0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
   return step, state, step.place_batch(images)
 
 
-def bench_jax(batch: int, dtype: str, args) -> dict[str, Any]:
+def bench_jax(batch: int, dtype: str, args,
+              compiler_options: dict[str, Any] | None = None) -> dict[str, Any]:
   """Times our step (:func:`make_step`)."""
-  run_steps, holder = step_runner(*make_step(batch, dtype, args.image_size, args.width))
+  run_steps, holder = step_runner(*make_step(batch, dtype, args.image_size, args.width,
+                                             compiler_options))
   result = time_method(run_steps, args.steps, args.repeats, args.warmup)
   if not np.isfinite(float(np.asarray(metrics_probe(holder)))):
     raise RuntimeError('the JAX step produced a non-finite state')
@@ -386,6 +393,22 @@ def _positive_ints(text: str) -> list[int]:
   return values
 
 
+def parse_xla_variants(text: str) -> dict[str, dict[str, Any]]:
+  """``--xla_variants``: '' or a JSON object mapping a name to a dict of XLA options."""
+  if not text:
+    return {}
+  try:
+    variants = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise UserError(f'--xla_variants is not JSON ({e}); give {{"name": {{"xla_option": '
+                    'value}}}.') from None
+  if not isinstance(variants, dict) or not all(
+      isinstance(v, dict) and all(isinstance(k, str) for k in v) for v in variants.values()):
+    raise UserError('--xla_variants must map each name to a dict of XLA options, e.g. '
+                    '{"graph1": {"xla_gpu_graph_min_graph_size": 1}}.')
+  return variants
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch_sizes', default='128,1024', help='global batch sizes, e.g. 128,1024')
@@ -396,6 +419,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--warmup', type=int, default=10, help='untimed steps (includes compile)')
   parser.add_argument('--no_torch', action='store_true', help='skip the torch anchor')
+  parser.add_argument('--xla_variants', default='',
+                      help='JSON {name: {xla_option: value}}: also time our step compiled with '
+                           'each set of XLA options, e.g. \'{"graph1": '
+                           '{"xla_gpu_graph_min_graph_size": 1}}\'')
   parser.add_argument('--torch_threads', type=int, default=0,
                       help='torch CPU threads (0: PyTorch default; --tiny uses 1)')
   parser.add_argument('--out', default='', help='JSON path (default: print only)')
@@ -408,6 +435,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         torch_threads=1)
   args = parser.parse_args(argv)
   args.batch_sizes = _positive_ints(args.batch_sizes)
+  args.xla_variants = parse_xla_variants(args.xla_variants)
   args.dtypes = [d for d in args.dtypes.split(',') if d]
   for d in args.dtypes:
     models.resolve_dtype(d)
@@ -441,17 +469,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for dtype in args.dtypes:
       rows.append(dict(bench_jax(batch, dtype, args), method='dcgan_jax', dtype=dtype,
                        batch=batch))
+      for name, options in args.xla_variants.items():
+        try:
+          result = bench_jax(batch, dtype, args, options)
+        except Exception as e:  # pylint: disable=broad-except  # One bad option set must not end the run.
+          result = {'ms_per_step': float('nan'), 'error': str(e).strip().splitlines()[0][:300]}
+          print(f'variant {name} failed: {result["error"]}', flush=True)
+        rows.append(dict(result, method=f'dcgan_jax[{name}]', dtype=dtype, batch=batch,
+                         compiler_options=options))
     for row in rows:
       if row['batch'] != batch:
         continue
       row['img_per_s'] = batch / row['ms_per_step'] * 1e3
       row['tflop_per_s'] = flops * batch / (row['ms_per_step'] * 1e-3) / 1e12
       row['vs_torch'] = row['img_per_s'] / anchor if anchor else None
-  ratios = {}
+  ratios, variant_ratios = {}, {}
   for row in rows:
     key = f"b{row['batch']}_{row['dtype']}"
     if row['method'] == 'dcgan_jax' and row['vs_torch'] is not None:
       ratios[key] = row['vs_torch']
+    elif row['method'].startswith('dcgan_jax[') and row['vs_torch'] is not None:
+      variant_ratios[f"{key}_{row['method'][len('dcgan_jax['):-1]}"] = row['vs_torch']
   table = print_table(rows, [('method', 'method', 's'), ('dtype', 'dtype', 's'),
                              ('batch', 'batch', 'd'), ('ms_per_step', 'ms/step', '.3f'),
                              ('img_per_s', 'img/s', '.1f'), ('tflop_per_s', 'TFLOP/s', '.3f'),
@@ -469,6 +507,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      'discriminator_macs': discriminator_macs(args.image_size, args.width)},
       'rows': rows,
       'ratios_vs_torch': ratios,
+      'xla_variants': args.xla_variants,
+      'variant_ratios_vs_torch': variant_ratios,
       'targets_vs_torch': TARGETS,
       'targets_apply': not args.tiny and 'H100' in environment(args.device_kind or None)[
           'device_kind'],

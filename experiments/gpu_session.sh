@@ -30,7 +30,11 @@ run() {  # run SECONDS CMD...: one part under a timeout, output to the log and t
   timeout "$t" "$@" 2>&1 | grep -v "^WARNING: All log messages before absl" | tee -a "$log" | tail -40
   echo "=== exit ${PIPESTATUS[0]}" | tee -a "$log"
 }
-parts="${PARTS:-train profile fid profinc loop loopN baseline}"  # Which parts, in order (PARTS=... to pick).
+# XLA option sets tried beside the defaults (same process, same anchor): CUDA graphs for every
+# region of >= 1 kernel; no CUDA graphs at all; while loops (the fused chunks) inside graphs.
+step_variants='{"graph1": {"xla_gpu_graph_min_graph_size": 1}, "no_graphs": {"xla_gpu_enable_command_buffer": ""}}'
+loop_variants='{"while_graphs": {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"}, "while_graph1": {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL", "xla_gpu_graph_min_graph_size": 1}}'
+parts="${PARTS:-train profile fid profinc loop loopN xla baseline}"  # Which parts, in order (PARTS=... to pick).
 for part in $parts; do
   case $part in
     train) run "${T_TRAIN:-170}" $py experiments/benchmark_train.py ${BENCH_ARGS:-} ${TRAIN_ARGS:-} \
@@ -42,7 +46,11 @@ for part in $parts; do
     fid) run "${T_FID:-130}" $py experiments/benchmark_fid.py ${BENCH_ARGS:-} ${FID_ARGS:-} \
              --device_kind "$kind" --out "$out/fid_${tag}.json" ;;
     loop) run "${T_LOOP:-100}" $py experiments/benchmark_loop.py ${BENCH_ARGS:-} ${LOOP_ARGS:-} \
+             --xla_variants "${LOOP_VARIANTS:-$loop_variants}" \
              --device_kind "$kind" --out "$out/loop_${tag}.json" ;;
+    xla) run "${T_XLA:-150}" $py experiments/benchmark_train.py ${BENCH_ARGS:-} --batch_sizes 128 \
+             --dtypes bfloat16,float32 --xla_variants "${STEP_VARIANTS:-$step_variants}" \
+             --device_kind "$kind" --out "$out/train_xla_${tag}.json" ;;
     loopN) run "${T_LOOP:-100}" $py experiments/benchmark_loop.py ${BENCH_ARGS:-} ${LOOP_ARGS:-} \
              --steps_per_dispatch 100 --device_kind "$kind" --out "$out/loop_fused_${tag}.json" ;;
     baseline) if [ -d .baseline/dcgan_jax ]; then
@@ -50,7 +58,7 @@ for part in $parts; do
                  ${BENCH_ARGS:-} ${TRAIN_ARGS:-} --no_torch --device_kind "$kind" \
                  --out "$out/train_baseline_${tag}.json"
              fi ;;
-    *) echo "unknown part $part (train, profile, fid, profinc, loop, loopN, baseline)" ;;
+    *) echo "unknown part $part (train, profile, fid, profinc, loop, loopN, xla, baseline)" ;;
   esac
 done
 tar czf "$out/profile.tgz" -C /tmp profile 2>/dev/null

@@ -61,8 +61,11 @@ def test_torch_anchor_has_the_same_layers():
 def test_bad_flags_are_user_errors(capsys):
   assert benchmark_train.main(['--batch_sizes', '0']) == 2
   assert benchmark_train.main(['--dtypes', 'float16']) == 2
+  assert benchmark_train.main(['--xla_variants', '{not json']) == 2
+  assert benchmark_train.main(['--xla_variants', '{"graph1": 1}']) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 2 and 'float16' in err[1]
+  assert len(err) == 4 and 'float16' in err[1]
+  assert '--xla_variants is not JSON' in err[2] and 'dict of XLA options' in err[3]
 
 
 def _run(script, tmp_path, *flags, without_tensorflow=False):
@@ -85,8 +88,15 @@ def _check_environment(record):
 
 @pytest.mark.slow
 def test_benchmark_train_tiny(tmp_path):
-  record, stdout = _run('benchmark_train', tmp_path, '--repeats', '1')
+  variants = {'graph1': {'xla_gpu_graph_min_graph_size': 1}}
+  record, stdout = _run('benchmark_train', tmp_path, '--repeats', '1', '--xla_variants',
+                        json.dumps(variants))
   _check_environment(record)
+  # Each dtype also ran compiled with the variant's XLA options (a GPU option: fine on CPU).
+  assert record['xla_variants'] == variants
+  tuned = [r for r in record['rows'] if r['method'] == 'dcgan_jax[graph1]']
+  assert {r['dtype'] for r in tuned} == {'float32', 'bfloat16'}
+  assert all(r['compiler_options'] == variants['graph1'] and 'error' not in r for r in tuned)
   assert record['table'] in stdout and 'img/s' in stdout
   ours = [r for r in record['rows'] if r['method'] == 'dcgan_jax']
   assert {r['dtype'] for r in ours} == {'float32', 'bfloat16'}
@@ -98,6 +108,8 @@ def test_benchmark_train_tiny(tmp_path):
   if record['environment'].get('torch_version'):
     assert any(r['method'] == 'torch_examples' for r in record['rows'])
     assert set(record['ratios_vs_torch']) == {'b16_float32', 'b16_bfloat16'}
+    assert set(record['variant_ratios_vs_torch']) == {'b16_float32_graph1',
+                                                      'b16_bfloat16_graph1'}
 
 
 @pytest.mark.slow
@@ -118,17 +130,21 @@ def test_benchmark_fid_tiny(tmp_path):
 
 @pytest.mark.slow
 def test_benchmark_loop_tiny_without_tensorflow(tmp_path):
-  record, stdout = _run('benchmark_loop', tmp_path, without_tensorflow=True)
+  variants = {'while_graphs': {'xla_gpu_enable_command_buffer':
+                                   'FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL'}}
+  record, stdout = _run('benchmark_loop', tmp_path, '--xla_variants', json.dumps(variants),
+                        without_tensorflow=True)
   _check_environment(record)
   assert not record['skipped'], record
   assert record['table'] in stdout
   assert record['dataset'] == {**record['dataset'], 'kind': 'array', 'num_examples': 64}
   assert record['step_only']['img_per_s'] > 0
   assert set(record['loop_wall_s']) == {'2', '12'}
-  # Both dispatch modes of the loop's per-step work were timed on the same images.
-  assert set(record['dispatch_modes']) == {'per_step', 'fused'}
+  # Both dispatch modes of the loop's per-step work were timed on the same images, and the
+  # fused one again compiled with the variant's XLA options (GPU options: fine on CPU).
+  assert set(record['dispatch_modes']) == {'per_step', 'fused', 'fused[while_graphs]'}
   assert all(m['ms_per_step'] > 0 for m in record['dispatch_modes'].values())
-  assert '4 per dispatch' in record['table']
+  assert '4 per dispatch[while_graphs]' in record['table']
 
 
 def _write_trace(path, events):

@@ -158,3 +158,23 @@ def test_register_loss_twice_needs_overwrite(registry):
   assert losses.get_loss('mine').d_loss is losses.hinge_d_loss  # Kept.
   register_loss('mine', losses.least_squares_d_loss, losses.least_squares_g_loss, overwrite=True)
   assert losses.get_loss('mine').d_loss is losses.least_squares_d_loss
+
+
+def test_compiler_options_reach_the_step_program(initial_state):
+  """XLA options compile into the step (a bad one fails at compile time); pmap takes none."""
+  images, rng = _images(), jax.random.key(1)
+  plain = DataParallelStep(G, D)
+  tuned = DataParallelStep(G, D, compiler_options={'xla_gpu_graph_min_graph_size': 1})
+  assert tuned.compiler_options == {'xla_gpu_graph_min_graph_size': 1}
+  # A GPU-only option leaves the CPU program's results unchanged.
+  ref = plain.host_state(plain(plain.place_state(initial_state), plain.place_batch(images),
+                               rng)[0])
+  got = tuned.host_state(tuned(tuned.place_state(initial_state), tuned.place_batch(images),
+                               rng)[0])
+  for ours, want in zip(_leaves(got), _leaves(ref)):
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(want))
+  bad = DataParallelStep(G, D, compiler_options={'xla_no_such_option': 1})
+  with pytest.raises(Exception, match='xla_no_such_option'):
+    bad(bad.place_state(initial_state), bad.place_batch(images), rng)
+  with pytest.raises(UserError, match="compiler_options need parallelism='shard_map'"):
+    DataParallelStep(G, D, parallelism='pmap', compiler_options={'xla_gpu_graph_min_graph_size': 1})
