@@ -286,3 +286,16 @@ def test_download_command_uses_the_user_cache(tmp_path, monkeypatch, capsys, pth
   bad.write_bytes(b'not weights')
   assert download_weights.main(['--url', bad.as_uri()]) == 2
   assert 'SHA-256' in capsys.readouterr().err
+
+
+def test_module_state_dict_with_metadata_is_read(tmp_path):
+  """A real `module.state_dict()` carries `_metadata` (pickled as BUILD on the OrderedDict)."""
+  torch = pytest.importorskip('torch')
+  module = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3))
+  state = module.state_dict()
+  assert hasattr(state, '_metadata')
+  torch.save(state, tmp_path / 'module.pth')
+  loaded = safe_pth.read_pth(tmp_path / 'module.pth')
+  assert list(loaded) == list(state)
+  for name, value in state.items():
+    np.testing.assert_array_equal(loaded[name], value.numpy())
