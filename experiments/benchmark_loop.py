@@ -152,14 +152,13 @@ def _time_dispatch(config, args, images: np.ndarray, mode: str,
                                    compiler_options=compiler_options)
   sampler = data.DeviceResidentSampler(images, args.batch, 0, mesh=step.mesh)
   key = jax.random.key(1)
-  names = list(jax.eval_shape(step.mapped, step.place_state(train.create_train_state(
-      config, jax.random.key(0), int(config.num_train_steps))), sampler.batch(0), key)[1])
+  holder = {'state': step.place_state(train.create_train_state(
+      config, jax.random.key(0), int(config.num_train_steps))), 'step': 0}
+  names = list(jax.eval_shape(step.mapped, holder['state'], sampler.batch(0), key)[1])
   collection_cls = train._make_metrics_collection(names)  # pylint: disable=protected-access
   accumulate = train._make_accumulate(collection_cls, False)  # pylint: disable=protected-access
   fused = step_loop.FusedSteps(step, sampler, train._make_accumulate(  # pylint: disable=protected-access
       collection_cls, False, jit=False), args.fused_steps)
-  holder = {'state': step.place_state(train.create_train_state(
-      config, jax.random.key(0), int(config.num_train_steps))), 'step': 0}
 
   def run_steps(n: int) -> None:
     state, first = holder['state'], holder['step']

@@ -101,27 +101,30 @@ def summarise_trace(trace_dir: str, steps: int, top: int = 25) -> dict[str, Any]
   }
 
 
-def profile(dtype: str, args) -> dict[str, Any]:
-  """Compiles, warms up, dumps HLO, traces ``args.steps`` steps; returns the summary."""
-  step, state, batch = common.make_step(args.batch, dtype, args.image_size, args.width)
-  key = jax.random.key(1)
-  compiled = step._step.lower(state, batch, key).compile()  # pylint: disable=protected-access
-  hlo_path = os.path.join(args.out_dir, f'step_{dtype}.hlo.txt')
+def _trace(compiled, run_steps, name: str, args) -> dict[str, Any]:
+  """Writes ``compiled``'s optimized HLO, warms up, traces ``args.steps`` calls of
+  ``run_steps``, and returns the trace summary with the wall time per step."""
+  hlo_path = os.path.join(args.out_dir, f'{name}.hlo.txt')
   with open(hlo_path, 'w') as f:
     f.write(compiled.as_text())
-  run_steps, holder = common.step_runner(step, state, batch)
   run_steps(args.warmup)
-  trace_dir = os.path.join(args.out_dir, f'trace_{dtype}')
+  trace_dir = os.path.join(args.out_dir, f'trace_{name}')
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
     t0 = time.perf_counter()
     run_steps(args.steps)
     wall_ms = (time.perf_counter() - t0) / args.steps * 1e3
-  del holder
   summary = summarise_trace(trace_dir, args.steps)
-  summary.update(dtype=dtype, batch=args.batch, wall_ms_per_step_traced=wall_ms,
-                 hlo=os.path.basename(hlo_path),
-                 custom_calls=_custom_calls(compiled.as_text()))
+  summary.update(batch=args.batch, wall_ms_per_step_traced=wall_ms,
+                 hlo=os.path.basename(hlo_path), custom_calls=_custom_calls(compiled.as_text()))
   return summary
+
+
+def profile(dtype: str, args) -> dict[str, Any]:
+  """Compiles, warms up, dumps HLO, traces ``args.steps`` steps; returns the summary."""
+  step, state, batch = common.make_step(args.batch, dtype, args.image_size, args.width)
+  compiled = step._step.lower(state, batch, jax.random.key(1)).compile()  # pylint: disable=protected-access
+  run_steps, _ = common.step_runner(step, state, batch)
+  return dict(_trace(compiled, run_steps, f'step_{dtype}', args), dtype=dtype)
 
 
 def profile_inception(args) -> dict[str, Any]:
@@ -141,10 +144,6 @@ def profile_inception(args) -> dict[str, Any]:
     return extractor_lib._forward(v, evaluation.preprocess(x), precision='default')  # pylint: disable=protected-access
 
   program = jax.jit(features)
-  compiled = program.lower(variables, images).compile()
-  hlo_path = os.path.join(args.out_dir, 'inception.hlo.txt')
-  with open(hlo_path, 'w') as f:
-    f.write(compiled.as_text())
 
   def run_steps(n: int) -> None:
     out = None
@@ -152,17 +151,9 @@ def profile_inception(args) -> dict[str, Any]:
       out = program(variables, images)
     jax.block_until_ready(out)
 
-  run_steps(args.warmup)
-  trace_dir = os.path.join(args.out_dir, 'trace_inception')
-  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-    t0 = time.perf_counter()
-    run_steps(args.steps)
-    wall_ms = (time.perf_counter() - t0) / args.steps * 1e3
-  summary = summarise_trace(trace_dir, args.steps)
-  summary.update(dtype='float32 (default precision)', model='inception', batch=args.batch,
-                 wall_ms_per_step_traced=wall_ms, img_per_s=args.batch / wall_ms * 1e3,
-                 hlo=os.path.basename(hlo_path), custom_calls=_custom_calls(compiled.as_text()))
-  return summary
+  summary = _trace(program.lower(variables, images).compile(), run_steps, 'inception', args)
+  return dict(summary, dtype='float32 (default precision)', model='inception',
+              img_per_s=args.batch / summary['wall_ms_per_step_traced'] * 1e3)
 
 
 def _custom_calls(hlo: str) -> list[tuple[str, int]]:

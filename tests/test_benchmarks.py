@@ -182,13 +182,18 @@ def test_profile_summary_sums_kernels_per_step_and_per_source_op(tmp_path):
   assert summary['top_kernels'][0]['name'] == 'wgrad'
 
 
-def test_profile_step_tiny_writes_hlo_and_summary(tmp_path):
+def _run_profile_tiny(out_dir, *flags):
+  """experiments/profile_step.py --tiny in a subprocess; fails the test if it fails."""
   result = subprocess.run(
-      [sys.executable, os.path.join(EXPERIMENTS, 'profile_step.py'), '--tiny', '--dtypes',
-       'float32', '--out_dir', str(tmp_path)],
+      [sys.executable, os.path.join(EXPERIMENTS, 'profile_step.py'), '--tiny', *flags,
+       '--out_dir', str(out_dir)],
       capture_output=True, text=True, timeout=600,
       env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', '')))
   assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_profile_step_tiny_writes_hlo_and_summary(tmp_path):
+  _run_profile_tiny(tmp_path, '--dtypes', 'float32')
   assert 'HloModule' in (tmp_path / 'step_float32.hlo.txt').read_text()
   summary = json.loads((tmp_path / 'profile_float32.json').read_text())
   assert summary['dtype'] == 'float32' and summary['wall_ms_per_step_traced'] > 0
@@ -197,12 +202,7 @@ def test_profile_step_tiny_writes_hlo_and_summary(tmp_path):
 @pytest.mark.slow
 def test_profile_inception_tiny_writes_hlo_and_summary(tmp_path):
   """The FID network's profile (random weights of the real shapes, a batch of 2) on CPU."""
-  result = subprocess.run(
-      [sys.executable, os.path.join(EXPERIMENTS, 'profile_step.py'), '--tiny', '--model',
-       'inception', '--out_dir', str(tmp_path)],
-      capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', '')))
-  assert result.returncode == 0, result.stderr[-2000:]
+  _run_profile_tiny(tmp_path, '--model', 'inception')
   hlo = (tmp_path / 'inception.hlo.txt').read_text()
   assert 'HloModule' in hlo and 'convolution' in hlo
   summary = json.loads((tmp_path / 'profile_inception.json').read_text())
