@@ -67,13 +67,28 @@ def resolve_dtype(dtype: Any) -> Any:
   return dtype
 
 
-def _check_common(image_size: int, channels: int, width: int, dtype: Any) -> None:
+def _check_common(image_size: int, channels: int, width: int, dtype: Any,
+                  channel_multiple: int = 1) -> None:
   validate_image_size(image_size)
+  if not isinstance(channel_multiple, int) or isinstance(channel_multiple, bool) or \
+      channel_multiple < 1:
+    raise UserError('image_channel_multiple must be a positive integer: 1 (no padding) or 8 '
+                    f'(pad to a multiple of 8 for tensor cores) (got {channel_multiple!r}).')
   if not isinstance(channels, int) or channels < 1:
     raise UserError(f'channels must be a positive integer such as 1 or 3 (got {channels!r}).')
   if not isinstance(width, int) or width < 1:
     raise UserError(f'width must be a positive integer such as 64 (got {width!r}).')
   resolve_dtype(dtype)
+
+
+def pad_axis(x: jax.Array, axis: int, multiple: int) -> jax.Array:
+  """Zero-pads ``axis`` of ``x`` up to the next multiple of ``multiple`` (no-op if it is one)."""
+  extra = -x.shape[axis] % multiple
+  if not extra:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, extra)
+  return jnp.pad(x, widths)
 
 
 # The stride-2 convolution (kernel 4, padding 1) whose adjoint is the generator's upsampling.
@@ -142,10 +157,14 @@ class TransposedConv(nn.Module):
   Attributes:
     features: Output channels.
     dtype: Computation dtype; the kernel is stored in float32.
+    channel_multiple: Compute the output channels zero-padded to a multiple of this and drop
+      the padding afterwards (see ``Generator.image_channel_multiple``); the parameters and
+      the function are unchanged.
   """
 
   features: int
   dtype: Any = jnp.float32
+  channel_multiple: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -153,7 +172,43 @@ class TransposedConv(nn.Module):
     # flax's ConvTranspose correlates the 2x-dilated input (padded by 2) with ``kernel``; that is
     # the adjoint of a stride-2 correlation with the spatially flipped kernel, in and out swapped.
     w = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2).astype(self.dtype)
-    return conv_transpose_4x4_s2(x.astype(self.dtype), w)
+    y = conv_transpose_4x4_s2(x.astype(self.dtype), pad_axis(w, 2, self.channel_multiple))
+    return y[..., :self.features]
+
+
+class ChannelPaddedConv(nn.Module):
+  """``flax.linen.Conv`` without bias whose input channels are zero-padded to a multiple.
+
+  Same parameter (``kernel``, ``[kh, kw, in, features]``, float32) and function as
+  ``nn.Conv(features, kernel_size, strides, padding, use_bias=False)``: the padded input channels
+  meet zero kernel rows. Why: cuDNN's bfloat16 tensor-core convolutions need channel counts
+  that are multiples of 8; given an RGB input they pad it themselves, with separate kernels
+  (16 per DCGAN step on an H200), while a pad written here fuses into the producer.
+
+  Attributes:
+    features: Output channels.
+    kernel_size: Spatial kernel shape.
+    strides: Spatial strides.
+    padding: Spatial padding, as ``lax.conv_general_dilated`` takes it.
+    dtype: Computation dtype; the kernel is stored in float32.
+    channel_multiple: Pad the input channels to a multiple of this.
+  """
+
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  padding: Any = 'VALID'
+  dtype: Any = jnp.float32
+  channel_multiple: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', kernel_init, (*self.kernel_size, x.shape[-1], self.features),
+                        jnp.float32)
+    m = self.channel_multiple
+    return jax.lax.conv_general_dilated(
+        pad_axis(x.astype(self.dtype), 3, m), pad_axis(kernel.astype(self.dtype), 2, m),
+        self.strides, self.padding, dimension_numbers=_DIMENSIONS)
 
 
 class GroupedBatchNorm(nn.Module):
@@ -226,6 +281,9 @@ class Generator(nn.Module):
       stay float32.
     axis_name: Mapped axis over which BatchNorm averages its batch statistics (data parallel
       training), or None on one device.
+    image_channel_multiple: The output layer computes its ``channels`` zero-padded to a
+      multiple of this and drops the padding (8: RGB output in the channel multiples cuDNN's
+      bfloat16 tensor-core kernels want). Same parameters and function; 1 pads nothing.
   """
 
   image_size: int = 64
@@ -236,10 +294,12 @@ class Generator(nn.Module):
   output_activation: str = 'tanh'
   dtype: Any = 'float32'
   axis_name: str | None = None
+  image_channel_multiple: int = 1
 
   def __post_init__(self):
     # Fail at construction, not at first use, so a config mistake surfaces at once.
-    _check_common(self.image_size, self.channels, self.width, self.dtype)
+    _check_common(self.image_size, self.channels, self.width, self.dtype,
+                  self.image_channel_multiple)
     _validate_choice('upsample', self.upsample, UPSAMPLE_MODES)
     _validate_choice('output_activation', self.output_activation, OUTPUT_ACTIVATIONS)
     if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
@@ -251,13 +311,15 @@ class Generator(nn.Module):
         use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
         param_dtype=jnp.float32, scale_init=bn_scale_init, axis_name=self.axis_name)
 
-  def _upsample(self, x: jax.Array, features: int, dtype: Any, index: int) -> jax.Array:
+  def _upsample(self, x: jax.Array, features: int, dtype: Any, index: int,
+                channel_multiple: int = 1) -> jax.Array:
     if self.upsample == 'transpose':
-      return TransposedConv(features, dtype=dtype, name=f'ConvTranspose_{index}')(x)
+      return TransposedConv(features, dtype=dtype, channel_multiple=channel_multiple,
+                            name=f'ConvTranspose_{index}')(x)
     n, h, w, c = x.shape
     x = jax.image.resize(x, (n, 2 * h, 2 * w, c), method='nearest')
     return nn.Conv(features, (3, 3), padding='SAME', use_bias=False, kernel_init=kernel_init,
-                   dtype=dtype, param_dtype=jnp.float32)(x)
+                   dtype=dtype, param_dtype=jnp.float32, name=f'Conv_{index}')(x)
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
@@ -285,7 +347,7 @@ class Generator(nn.Module):
       features //= 2
       x = self._upsample(x, features, dtype, i)
       x = nn.relu(self._batch_norm(train, dtype)(x))
-    x = self._upsample(x, self.channels, dtype, k - 1)
+    x = self._upsample(x, self.channels, dtype, k - 1, self.image_channel_multiple)
     x = x.astype(jnp.float32)
     return jnp.tanh(x) if self.output_activation == 'tanh' else nn.sigmoid(x)
 
@@ -299,6 +361,8 @@ class Discriminator(nn.Module):
     width: Width of the first block (``ndf``); later blocks are wider by powers of 2.
     dtype: Computation dtype ('float32' or 'bfloat16'); params, statistics and logits stay float32.
     axis_name: Mapped axis for BatchNorm statistics under data parallelism, or None.
+    image_channel_multiple: The input layer zero-pads the image channels to a multiple of
+      this (8: see :class:`ChannelPaddedConv`). Same parameters and function; 1 pads nothing.
   """
 
   image_size: int = 64
@@ -306,11 +370,13 @@ class Discriminator(nn.Module):
   width: int = 64
   dtype: Any = 'float32'
   axis_name: str | None = None
+  image_channel_multiple: int = 1
   # The train step may stack real and fake batches in one call (see ``groups``).
   supports_groups: ClassVar[bool] = True
 
   def __post_init__(self):
-    _check_common(self.image_size, self.channels, self.width, self.dtype)
+    _check_common(self.image_size, self.channels, self.width, self.dtype,
+                  self.image_channel_multiple)
     super().__post_init__()
 
   @nn.compact
@@ -337,9 +403,14 @@ class Discriminator(nn.Module):
       raise ValueError(f'{images.shape[0]} images cannot form {groups} equal groups.')
     x = images.astype(dtype)
     for i in range(k):
-      x = nn.Conv(self.width * 2**i, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                  use_bias=False, kernel_init=kernel_init, dtype=dtype,
-                  param_dtype=jnp.float32)(x)
+      if i == 0 and self.image_channel_multiple > 1:
+        x = ChannelPaddedConv(self.width, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
+                              dtype=dtype, channel_multiple=self.image_channel_multiple,
+                              name='Conv_0')(x)
+      else:
+        x = nn.Conv(self.width * 2**i, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
+                    use_bias=False, kernel_init=kernel_init, dtype=dtype,
+                    param_dtype=jnp.float32, name=f'Conv_{i}')(x)
       if i > 0:  # The paper leaves BN off D's input layer.
         x = GroupedBatchNorm(use_running_average=not train, dtype=dtype,
                              axis_name=self.axis_name, name=f'BatchNorm_{i - 1}')(x, groups)
@@ -359,14 +430,16 @@ def generator_from_config(config: Any, axis_name: str | None = None) -> Generato
   return Generator(
       image_size=config.image_size, channels=config.channels, latent_dim=config.latent_dim,
       width=config.generator_width, upsample=config.upsample,
-      output_activation=config.output_activation, dtype=config.dtype, axis_name=axis_name)
+      output_activation=config.output_activation, dtype=config.dtype, axis_name=axis_name,
+      image_channel_multiple=config.get('image_channel_multiple', 1))
 
 
 def discriminator_from_config(config: Any, axis_name: str | None = None) -> Discriminator:
   """Builds the discriminator a run config describes (see configs/default.py)."""
   return Discriminator(
       image_size=config.image_size, channels=config.channels, width=config.discriminator_width,
-      dtype=config.dtype, axis_name=axis_name)
+      dtype=config.dtype, axis_name=axis_name,
+      image_channel_multiple=config.get('image_channel_multiple', 1))
 
 
 ModelFn = Callable[..., jax.Array]

@@ -118,7 +118,6 @@ def create_gan_state(rng: jax.Array, generator: flax.linen.Module,
   Returns:
     A :class:`GANState` at step 0.
   """
-  g_rng, d_rng = jax.random.split(rng)
   generator_tx = generator_tx or make_optimizer()
   discriminator_tx = discriminator_tx or make_optimizer()
   # Modules with an axis_name cannot initialise outside a mapped context; init without it (the
@@ -127,16 +126,24 @@ def create_gan_state(rng: jax.Array, generator: flax.linen.Module,
     generator = generator.clone(axis_name=None)
   if getattr(discriminator, 'axis_name', None) is not None:
     discriminator = discriminator.clone(axis_name=None)
-  z = jnp.zeros((2, generator.latent_dim), jnp.float32)
-  g_vars = generator.init(g_rng, z, train=False)
-  images = jax.eval_shape(lambda v: generator.apply(v, z, train=False), g_vars)
-  d_vars = discriminator.init(d_rng, jnp.zeros(images.shape, jnp.float32), train=False)
-  g_state = TrainState.create(apply_fn=generator.apply, params=g_vars['params'],
-                              tx=generator_tx, batch_stats=g_vars.get('batch_stats', {}))
-  d_state = TrainState.create(apply_fn=discriminator.apply, params=d_vars['params'],
-                              tx=discriminator_tx, batch_stats=d_vars.get('batch_stats', {}))
-  ema = None
-  if use_ema:
-    ema = EMAState(params=jax.tree.map(jnp.copy, g_state.params),
-                   batch_stats=jax.tree.map(jnp.copy, g_state.batch_stats))
-  return GANState(step=jnp.zeros((), jnp.int32), generator=g_state, discriminator=d_state, ema=ema)
+
+  def init(rng: jax.Array) -> GANState:
+    g_rng, d_rng = jax.random.split(rng)
+    z = jnp.zeros((2, generator.latent_dim), jnp.float32)
+    g_vars = generator.init(g_rng, z, train=False)
+    images = jax.eval_shape(lambda v: generator.apply(v, z, train=False), g_vars)
+    d_vars = discriminator.init(d_rng, jnp.zeros(images.shape, jnp.float32), train=False)
+    g_state = TrainState.create(apply_fn=generator.apply, params=g_vars['params'],
+                                tx=generator_tx, batch_stats=g_vars.get('batch_stats', {}))
+    d_state = TrainState.create(apply_fn=discriminator.apply, params=d_vars['params'],
+                                tx=discriminator_tx, batch_stats=d_vars.get('batch_stats', {}))
+    ema = None
+    if use_ema:
+      ema = EMAState(params=g_state.params, batch_stats=g_state.batch_stats)
+    return GANState(step=jnp.zeros((), jnp.int32), generator=g_state, discriminator=d_state,
+                    ema=ema)
+
+  # One compiled program: run eagerly, every initializer and optimizer-state op would be
+  # compiled on its own (seconds on CPU even for small models). Outputs are fresh buffers, so
+  # the EMA does not alias G's params.
+  return jax.jit(init)(rng)

@@ -219,16 +219,21 @@ def write_json(path: str, record: dict[str, Any]) -> None:
 # --- Ours ------------------------------------------------------------------------------------
 
 def make_step(batch: int, dtype: str, image_size: int, width: int,
-              compiler_options: dict[str, Any] | None = None):
+              compiler_options: dict[str, Any] | None = None,
+              model_options: dict[str, Any] | None = None):
   """Our DataParallelStep (jit of shard_map over all devices, donated state) with its placed
   initial state and one placed batch of random uint8 images: ``(step, state, images)``.
 
   ``compiler_options``: XLA options for the step's program only (``--xla_variants``).
+  ``model_options``: extra keyword arguments for both models (``--model_variants``), e.g.
+  ``{"image_channel_multiple": 8}``; they must leave the parameters' shapes unchanged, as the
+  initial state is shared.
   """
   generator = models.Generator(image_size=image_size, channels=3, latent_dim=LATENT_DIM,
-                               width=width, upsample='transpose', dtype=dtype)
+                               width=width, upsample='transpose', dtype=dtype,
+                               **(model_options or {}))
   discriminator = models.Discriminator(image_size=image_size, channels=3, width=width,
-                                       dtype=dtype)
+                                       dtype=dtype, **(model_options or {}))
   step = parallel.DataParallelStep(generator, discriminator, train_step_lib.StepConfig(),
                                    compiler_options=compiler_options)
   state = step.place_state(_initial_state(image_size, width))
@@ -238,10 +243,11 @@ def make_step(batch: int, dtype: str, image_size: int, width: int,
 
 
 def bench_jax(batch: int, dtype: str, args,
-              compiler_options: dict[str, Any] | None = None) -> dict[str, Any]:
+              compiler_options: dict[str, Any] | None = None,
+              model_options: dict[str, Any] | None = None) -> dict[str, Any]:
   """Times our step (:func:`make_step`)."""
   run_steps, holder = step_runner(*make_step(batch, dtype, args.image_size, args.width,
-                                             compiler_options))
+                                             compiler_options, model_options))
   result = time_method(run_steps, args.steps, args.repeats, args.warmup)
   if not np.isfinite(float(np.asarray(metrics_probe(holder)))):
     raise RuntimeError('the JAX step produced a non-finite state')
@@ -393,20 +399,32 @@ def _positive_ints(text: str) -> list[int]:
   return values
 
 
-def parse_xla_variants(text: str) -> dict[str, dict[str, Any]]:
-  """``--xla_variants``: '' or a JSON object mapping a name to a dict of XLA options."""
+def parse_variants(text: str, flag: str = '--xla_variants', what: str = 'XLA options',
+                   example: str = '{"graph1": {"xla_gpu_graph_min_graph_size": 1}}'
+                   ) -> dict[str, dict[str, Any]]:
+  """``flag``: '' or a JSON object mapping a variant name to a dict of options."""
   if not text:
     return {}
   try:
     variants = json.loads(text)
   except json.JSONDecodeError as e:
-    raise UserError(f'--xla_variants is not JSON ({e}); give {{"name": {{"xla_option": '
-                    'value}}}.') from None
+    raise UserError(f'{flag} is not JSON ({e}); give {{"name": {{"option": value}}}}, e.g. '
+                    f'{example}.') from None
   if not isinstance(variants, dict) or not all(
       isinstance(v, dict) and all(isinstance(k, str) for k in v) for v in variants.values()):
-    raise UserError('--xla_variants must map each name to a dict of XLA options, e.g. '
-                    '{"graph1": {"xla_gpu_graph_min_graph_size": 1}}.')
+    raise UserError(f'{flag} must map each name to a dict of {what}, e.g. {example}.')
   return variants
+
+
+def parse_xla_variants(text: str) -> dict[str, dict[str, Any]]:
+  """``--xla_variants``: '' or a JSON object mapping a name to a dict of XLA options."""
+  return parse_variants(text)
+
+
+def parse_model_variants(text: str) -> dict[str, dict[str, Any]]:
+  """``--model_variants``: '' or a JSON object mapping a name to model keyword arguments."""
+  return parse_variants(text, '--model_variants', 'model keyword arguments',
+                        '{"pad8": {"image_channel_multiple": 8}}')
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -423,6 +441,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help='JSON {name: {xla_option: value}}: also time our step compiled with '
                            'each set of XLA options, e.g. \'{"graph1": '
                            '{"xla_gpu_graph_min_graph_size": 1}}\'')
+  parser.add_argument('--model_variants', default='',
+                      help='JSON {name: {model_argument: value}}: also time our step with models '
+                           'built with each set of extra arguments (same parameters), e.g. '
+                           '\'{"pad8": {"image_channel_multiple": 8}}\'')
   parser.add_argument('--torch_threads', type=int, default=0,
                       help='torch CPU threads (0: PyTorch default; --tiny uses 1)')
   parser.add_argument('--out', default='', help='JSON path (default: print only)')
@@ -436,6 +458,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   args = parser.parse_args(argv)
   args.batch_sizes = _positive_ints(args.batch_sizes)
   args.xla_variants = parse_xla_variants(args.xla_variants)
+  args.model_variants = parse_model_variants(args.model_variants)
   args.dtypes = [d for d in args.dtypes.split(',') if d]
   for d in args.dtypes:
     models.resolve_dtype(d)
@@ -469,14 +492,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for dtype in args.dtypes:
       rows.append(dict(bench_jax(batch, dtype, args), method='dcgan_jax', dtype=dtype,
                        batch=batch))
-      for name, options in args.xla_variants.items():
+      variants = [(name, options, None) for name, options in args.xla_variants.items()]
+      variants += [(name, None, options) for name, options in args.model_variants.items()]
+      for name, compiler_options, model_options in variants:
         try:
-          result = bench_jax(batch, dtype, args, options)
+          result = bench_jax(batch, dtype, args, compiler_options, model_options)
         except Exception as e:  # pylint: disable=broad-except  # One bad option set must not end the run.
           result = {'ms_per_step': float('nan'), 'error': str(e).strip().splitlines()[0][:300]}
           print(f'variant {name} failed: {result["error"]}', flush=True)
         rows.append(dict(result, method=f'dcgan_jax[{name}]', dtype=dtype, batch=batch,
-                         compiler_options=options))
+                         compiler_options=compiler_options, model_options=model_options))
     for row in rows:
       if row['batch'] != batch:
         continue
@@ -508,6 +533,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       'rows': rows,
       'ratios_vs_torch': ratios,
       'xla_variants': args.xla_variants,
+      'model_variants': args.model_variants,
       'variant_ratios_vs_torch': variant_ratios,
       'targets_vs_torch': TARGETS,
       'targets_apply': not args.tiny and 'H100' in environment(args.device_kind or None)[

@@ -33,14 +33,18 @@ run() {  # run SECONDS CMD...: one part under a timeout, output to the log and t
 # XLA option sets tried beside the defaults (same process, same anchor): CUDA graphs for every
 # region of >= 1 kernel; no CUDA graphs at all; while loops (the fused chunks) inside graphs.
 step_variants='{"graph1": {"xla_gpu_graph_min_graph_size": 1}, "no_graphs": {"xla_gpu_enable_command_buffer": ""}}'
+# Model options tried the same way: RGB channels padded to 8 inside the image convolutions.
+model_variants='{"pad8": {"image_channel_multiple": 8}}'
 loop_variants='{"while_graphs": {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"}, "while_graph1": {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL", "xla_gpu_graph_min_graph_size": 1}}'
-parts="${PARTS:-train profile fid profinc loop loopN xla baseline}"  # Which parts, in order (PARTS=... to pick).
+parts="${PARTS:-train profile fid profinc loop loopN xla profpad baseline}"  # Which parts, in order (PARTS=... to pick).
 for part in $parts; do
   case $part in
     train) run "${T_TRAIN:-170}" $py experiments/benchmark_train.py ${BENCH_ARGS:-} ${TRAIN_ARGS:-} \
              --device_kind "$kind" --out "$out/train_${tag}.json" ;;
     profile) run "${T_PROFILE:-80}" $py experiments/profile_step.py ${BENCH_ARGS:-} \
              ${PROFILE_ARGS:-} --out_dir /tmp/profile ;;
+    profpad) run "${T_PROFILE:-80}" $py experiments/profile_step.py ${BENCH_ARGS:-} --dtypes bfloat16 \
+             --image_channel_multiple 8 --out_dir /tmp/profile ;;
     profinc) run "${T_PROFINC:-60}" $py experiments/profile_step.py --model inception --batch 50 \
              --out_dir /tmp/profile ;;
     fid) run "${T_FID:-130}" $py experiments/benchmark_fid.py ${BENCH_ARGS:-} ${FID_ARGS:-} \
@@ -50,6 +54,7 @@ for part in $parts; do
              --device_kind "$kind" --out "$out/loop_${tag}.json" ;;
     xla) run "${T_XLA:-150}" $py experiments/benchmark_train.py ${BENCH_ARGS:-} --batch_sizes 128 \
              --dtypes bfloat16,float32 --xla_variants "${STEP_VARIANTS:-$step_variants}" \
+             --model_variants "${MODEL_VARIANTS:-$model_variants}" \
              --device_kind "$kind" --out "$out/train_xla_${tag}.json" ;;
     loopN) run "${T_LOOP:-100}" $py experiments/benchmark_loop.py ${BENCH_ARGS:-} ${LOOP_ARGS:-} \
              --steps_per_dispatch 100 --device_kind "$kind" --out "$out/loop_fused_${tag}.json" ;;
@@ -58,7 +63,7 @@ for part in $parts; do
                  ${BENCH_ARGS:-} ${TRAIN_ARGS:-} --no_torch --device_kind "$kind" \
                  --out "$out/train_baseline_${tag}.json"
              fi ;;
-    *) echo "unknown part $part (train, profile, fid, profinc, loop, loopN, xla, baseline)" ;;
+    *) echo "unknown part $part (train, profile, fid, profinc, loop, loopN, xla, profpad, baseline)" ;;
   esac
 done
 tar czf "$out/profile.tgz" -C /tmp profile 2>/dev/null

@@ -121,10 +121,14 @@ def _trace(compiled, run_steps, name: str, args) -> dict[str, Any]:
 
 def profile(dtype: str, args) -> dict[str, Any]:
   """Compiles, warms up, dumps HLO, traces ``args.steps`` steps; returns the summary."""
-  step, state, batch = common.make_step(args.batch, dtype, args.image_size, args.width)
+  model_options = ({'image_channel_multiple': args.image_channel_multiple}
+                   if args.image_channel_multiple > 1 else None)
+  step, state, batch = common.make_step(args.batch, dtype, args.image_size, args.width,
+                                        model_options=model_options)
   compiled = step._step.lower(state, batch, jax.random.key(1)).compile()  # pylint: disable=protected-access
   run_steps, _ = common.step_runner(step, state, batch)
-  return dict(_trace(compiled, run_steps, f'step_{dtype}', args), dtype=dtype)
+  name = f'step_{dtype}' + (f'_pad{args.image_channel_multiple}' if model_options else '')
+  return dict(_trace(compiled, run_steps, name, args), dtype=dtype, model_options=model_options)
 
 
 def profile_inception(args) -> dict[str, Any]:
@@ -188,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--model', default='step', choices=('step', 'inception'),
                       help="'step': the train step per dtype; 'inception': the FID feature "
                            'network (pass --batch 50 for pytorch-fid\'s batch)')
+  parser.add_argument('--image_channel_multiple', type=int, default=1,
+                      help='step models with image channels padded to this multiple (8: the '
+                           'tensor-core option; 1: none)')
   parser.add_argument('--tiny', action='store_true', help='CPU smoke run: image 16, width 8')
   args = parser.parse_args(argv)
   if args.tiny:
@@ -204,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
   for dtype in [d for d in args.dtypes.split(',') if d]:
     summary = profile(dtype, args)
     print_summary(summary)
-    with open(os.path.join(args.out_dir, f'profile_{dtype}.json'), 'w') as f:
+    suffix = f'_pad{args.image_channel_multiple}' if args.image_channel_multiple > 1 else ''
+    with open(os.path.join(args.out_dir, f'profile_{dtype}{suffix}.json'), 'w') as f:
       json.dump(summary, f, indent=1)
   return 0
 

@@ -1,6 +1,7 @@
 """The experiments/ benchmarks: their work models, and --tiny smoke runs so none of them rots."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -63,9 +64,11 @@ def test_bad_flags_are_user_errors(capsys):
   assert benchmark_train.main(['--dtypes', 'float16']) == 2
   assert benchmark_train.main(['--xla_variants', '{not json']) == 2
   assert benchmark_train.main(['--xla_variants', '{"graph1": 1}']) == 2
+  assert benchmark_train.main(['--model_variants', '[8]']) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 4 and 'float16' in err[1]
+  assert len(err) == 5 and 'float16' in err[1]
   assert '--xla_variants is not JSON' in err[2] and 'dict of XLA options' in err[3]
+  assert '--model_variants must map' in err[4] and 'image_channel_multiple' in err[4]
 
 
 def _run(script, tmp_path, *flags, without_tensorflow=False):
@@ -89,14 +92,20 @@ def _check_environment(record):
 @pytest.mark.slow
 def test_benchmark_train_tiny(tmp_path):
   variants = {'graph1': {'xla_gpu_graph_min_graph_size': 1}}
+  model_variants = {'pad8': {'image_channel_multiple': 8}}
   record, stdout = _run('benchmark_train', tmp_path, '--repeats', '1', '--xla_variants',
-                        json.dumps(variants))
+                        json.dumps(variants), '--model_variants', json.dumps(model_variants))
   _check_environment(record)
-  # Each dtype also ran compiled with the variant's XLA options (a GPU option: fine on CPU).
-  assert record['xla_variants'] == variants
+  # Each dtype also ran compiled with the variant's XLA options (a GPU option: fine on CPU)
+  # and with models built with the model variant's arguments.
+  assert record['xla_variants'] == variants and record['model_variants'] == model_variants
   tuned = [r for r in record['rows'] if r['method'] == 'dcgan_jax[graph1]']
   assert {r['dtype'] for r in tuned} == {'float32', 'bfloat16'}
   assert all(r['compiler_options'] == variants['graph1'] and 'error' not in r for r in tuned)
+  padded = [r for r in record['rows'] if r['method'] == 'dcgan_jax[pad8]']
+  assert {r['dtype'] for r in padded} == {'float32', 'bfloat16'}
+  assert all(r['model_options'] == model_variants['pad8'] and 'error' not in r and
+             r['ms_per_step'] > 0 for r in padded)
   assert record['table'] in stdout and 'img/s' in stdout
   ours = [r for r in record['rows'] if r['method'] == 'dcgan_jax']
   assert {r['dtype'] for r in ours} == {'float32', 'bfloat16'}
@@ -108,8 +117,8 @@ def test_benchmark_train_tiny(tmp_path):
   if record['environment'].get('torch_version'):
     assert any(r['method'] == 'torch_examples' for r in record['rows'])
     assert set(record['ratios_vs_torch']) == {'b16_float32', 'b16_bfloat16'}
-    assert set(record['variant_ratios_vs_torch']) == {'b16_float32_graph1',
-                                                      'b16_bfloat16_graph1'}
+    assert set(record['variant_ratios_vs_torch']) == {
+        f'b16_{d}_{v}' for d in ('float32', 'bfloat16') for v in ('graph1', 'pad8')}
 
 
 @pytest.mark.slow
@@ -193,10 +202,13 @@ def _run_profile_tiny(out_dir, *flags):
 
 
 def test_profile_step_tiny_writes_hlo_and_summary(tmp_path):
-  _run_profile_tiny(tmp_path, '--dtypes', 'float32')
-  assert 'HloModule' in (tmp_path / 'step_float32.hlo.txt').read_text()
-  summary = json.loads((tmp_path / 'profile_float32.json').read_text())
+  _run_profile_tiny(tmp_path, '--dtypes', 'float32', '--image_channel_multiple', '8')
+  hlo = (tmp_path / 'step_float32_pad8.hlo.txt').read_text()
+  # The padded models' image convolutions still see 8 channels after XLA's optimizations.
+  assert 'HloModule' in hlo and '16,16,8]' in hlo
+  summary = json.loads((tmp_path / 'profile_float32_pad8.json').read_text())
   assert summary['dtype'] == 'float32' and summary['wall_ms_per_step_traced'] > 0
+  assert summary['model_options'] == {'image_channel_multiple': 8}
 
 
 @pytest.mark.slow
@@ -208,3 +220,15 @@ def test_profile_inception_tiny_writes_hlo_and_summary(tmp_path):
   summary = json.loads((tmp_path / 'profile_inception.json').read_text())
   assert summary['model'] == 'inception' and summary['batch'] == 2
   assert summary['wall_ms_per_step_traced'] > 0 and summary['img_per_s'] > 0
+
+
+def test_gpu_session_script_parses_and_names_every_part():
+  """gpu_session.sh runs only on a GPU machine: check here that bash parses it and that its
+  'unknown part' message lists every part it implements (what PERF.md's plan calls)."""
+  script = os.path.join(EXPERIMENTS, 'gpu_session.sh')
+  assert subprocess.run(['bash', '-n', script], check=False).returncode == 0
+  text = open(script).read()
+  parts = set(re.findall(r'^    (\w+)\) ', text, re.M))
+  assert {'train', 'xla', 'profpad', 'loopN', 'profinc'} <= parts
+  listed = re.search(r'unknown part \$part \(([^)]*)\)', text).group(1)
+  assert set(listed.split(', ')) == parts

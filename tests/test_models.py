@@ -216,3 +216,52 @@ def test_discriminator_groups_equal_separate_calls():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   with pytest.raises(ValueError, match='equal groups'):
     disc.apply(variables, real[:3], groups=2, mutable=['batch_stats'])
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_image_channel_padding_keeps_parameters_and_function(dtype):
+  """image_channel_multiple=8 pads D's input and G's output channels inside the first and last
+  convolutions: same parameter tree (so checkpoints carry over), same images, logits and
+  gradients, and the padded convolutions really see 8 channels."""
+  g1 = Generator(image_size=16, channels=3, latent_dim=8, width=16, dtype=dtype)
+  d1 = Discriminator(image_size=16, channels=3, width=16, dtype=dtype)
+  g8, d8 = g1.clone(image_channel_multiple=8), d1.clone(image_channel_multiple=8)
+  z = jax.random.normal(jax.random.key(1), (4, 8))
+  g_vars = _init(g1, z)
+  d_vars = _init(d1, jnp.zeros((4, 16, 16, 3)))
+  # Same names, shapes and (same init key, same module paths) values.
+  for padded, plain, x in ((g8, g_vars, z), (d8, d_vars, jnp.zeros((4, 16, 16, 3)))):
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)),
+                                     _init(padded, x), plain))
+
+  def outputs(g, d):
+    def loss(gv, dv):
+      images, _ = g.apply(gv, z, train=True, mutable=['batch_stats'])
+      logits, _ = d.apply(dv, images, train=True, mutable=['batch_stats'])
+      return jnp.sum(jnp.tanh(logits)), (images, logits)
+    grads, aux = jax.grad(loss, (0, 1), has_aux=True)(g_vars, d_vars)
+    return aux, grads
+
+  (images1, logits1), grads1 = outputs(g1, d1)
+  (images8, logits8), grads8 = outputs(g8, d8)
+  assert images8.shape == images1.shape == (4, 16, 16, 3)
+  tol = 1e-5 if dtype == 'float32' else 3e-2
+  for a, b in [(images8, images1), (logits8, logits1)] + list(
+      zip(jax.tree.leaves(grads8), jax.tree.leaves(grads1))):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    assert np.linalg.norm(a - b) <= tol * max(np.linalg.norm(b), 1e-6)
+  # D's first and G's last convolution see 8 channels (images and kernels) in the padded
+  # models only; width 16 keeps every other channel count away from 8.
+  text8 = str(jax.make_jaxpr(lambda gv, dv: outputs(g8, d8))(g_vars, d_vars))
+  text1 = str(jax.make_jaxpr(lambda gv, dv: outputs(g1, d1))(g_vars, d_vars))
+  for text, padded in ((text8, True), (text1, False)):
+    assert ('16,16,8]' in text) == padded and ('4,4,8,16]' in text) == padded
+    assert text.count('conv_general_dilated[') == text1.count('conv_general_dilated[')
+
+
+def test_image_channel_multiple_rejects_bad_values():
+  for bad in (0, -8, 2.5, '8', True):
+    with pytest.raises(UserError, match='image_channel_multiple must be a positive integer'):
+      Generator(image_channel_multiple=bad)
+    with pytest.raises(UserError, match='image_channel_multiple must be a positive integer'):
+      Discriminator(image_channel_multiple=bad)
