@@ -26,6 +26,7 @@ distance. Imports only the library core, numpy and (optionally) torch.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -75,15 +76,23 @@ def bench_extractor(variables, batch: int, images: np.ndarray, args) -> dict[str
   return common.time_method(run_steps, 1, args.repeats, 1)
 
 
-def bench_device(variables, batch: int, images: np.ndarray, args) -> dict[str, Any]:
-  """The extractor's two jitted programs on device-resident batches (no host copies)."""
+def bench_device(variables, batch: int, images: np.ndarray, args,
+                 compiler_options: dict[str, Any] | None = None) -> dict[str, Any]:
+  """The extractor's two jitted programs on device-resident batches (no host copies).
+
+  ``compiler_options``: XLA options for the network's program (``--xla_variants``).
+  """
   device_vars = jax.device_put(variables)
   chunks = [jax.device_put(images[i:i + batch]) for i in range(0, images.shape[0], batch)]
+  forward = functools.partial(extractor_lib._forward, precision='default')  # pylint: disable=protected-access
+  if compiler_options:
+    forward = extractor_lib._forward.lower(  # pylint: disable=protected-access
+        device_vars, evaluation.preprocess(chunks[0]), precision='default').compile(
+            compiler_options=compiler_options)
 
   def run_steps(n: int) -> None:
     for _ in range(n):
-      outs = [extractor_lib._forward(device_vars, evaluation.preprocess(c), precision='default')  # pylint: disable=protected-access
-              for c in chunks]
+      outs = [forward(device_vars, evaluation.preprocess(c)) for c in chunks]
     jax.block_until_ready(outs)
 
   return common.time_method(run_steps, 1, args.repeats, 1)
@@ -208,12 +217,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help='CPU smoke run: batch 8, 8 images, FID-16 with batch 8, 2 repeats')
   parser.add_argument('--fid_dims', type=int, default=inception.POOL_FEATURES,
                       help='feature dims kept for statistics and distance (smoke runs only)')
+  parser.add_argument('--xla_variants', default='',
+                      help='JSON {name: {xla_option: value}}: also time the device-resident '
+                           'features with the network compiled with each set of XLA options')
   if '--tiny' in (sys.argv[1:] if argv is None else argv):
     # Tiny defaults; flags given explicitly still win.
     parser.set_defaults(batch_sizes='8', num_images=8, repeats=2, fid_n=16, fid_batch=8, width=8,
                         torch_threads=1, fid_dims=64)
   args = parser.parse_args(argv)
   args.batch_sizes = common._positive_ints(args.batch_sizes)  # pylint: disable=protected-access
+  args.xla_variants = common.parse_xla_variants(args.xla_variants)
   if min(args.num_images, args.repeats, args.fid_batch, args.width) < 1 or args.fid_n < 0:
     raise UserError('num_images, repeats, fid_batch and width must be positive, fid_n >= 0.')
   if not 2 <= args.fid_dims <= inception.POOL_FEATURES:
@@ -237,6 +250,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     group.append(dict(bench_extractor(variables, batch, images, args),
                       method='dcgan_jax_extractor'))
     group.append(dict(bench_device(variables, batch, images, args), method='dcgan_jax_device'))
+    for name, options in args.xla_variants.items():
+      try:
+        result = bench_device(variables, batch, images, args, options)
+      except Exception as e:  # pylint: disable=broad-except  # One bad option set must not end the run.
+        result = {'ms_per_step': float('nan'), 'error': str(e).strip().splitlines()[0][:300]}
+        print(f'variant {name} failed: {result["error"]}', flush=True)
+      group.append(dict(result, method=f'dcgan_jax_device[{name}]', compiler_options=options))
     anchor = None
     for row in group:
       row.update(batch=batch, images=count, img_per_s=count / (row['ms_per_step'] * 1e-3))
@@ -265,6 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       'rows': rows,
       'ratios_vs_torch': {f"b{r['batch']}_{r['method']}": r['vs_torch'] for r in rows
                           if r['method'] != 'torchvision' and r['vs_torch'] is not None},
+      'xla_variants': args.xla_variants,
       'fid': fid,
       'targets': {'features_b50_vs_torch': 3.0, 'fid50k_warm_s': 10.0},
       'targets_apply': not args.tiny and 'H100' in env['device_kind'],

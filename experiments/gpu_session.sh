@@ -31,12 +31,15 @@ run() {  # run SECONDS CMD...: one part under a timeout, output to the log and t
   echo "=== exit ${PIPESTATUS[0]}" | tee -a "$log"
 }
 # XLA option sets tried beside the defaults (same process, same anchor): CUDA graphs for every
-# region of >= 1 kernel; no CUDA graphs at all; while loops (the fused chunks) inside graphs.
-step_variants='{"graph1": {"xla_gpu_graph_min_graph_size": 1}, "no_graphs": {"xla_gpu_enable_command_buffer": ""}}'
+# region of >= 1 kernel; no CUDA graphs at all; convolutions as cuDNN fusions (which, unlike
+# plain cuDNN convolutions, CUDA graphs can hold), alone and with graphs for every region;
+# while loops (the fused chunks) inside graphs.
+step_variants='{"graph1": {"xla_gpu_graph_min_graph_size": 1}, "no_graphs": {"xla_gpu_enable_command_buffer": ""}, "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": true}, "conv_fusion_graph1": {"xla_gpu_experimental_enable_conv_fusion": true, "xla_gpu_graph_min_graph_size": 1}}'
+inc_variants='{"graph1": {"xla_gpu_graph_min_graph_size": 1}, "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": true}}'
 # Model options tried the same way: RGB channels padded to 8 inside the image convolutions.
 model_variants='{"pad8": {"image_channel_multiple": 8}}'
 loop_variants='{"while_graphs": {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"}, "while_graph1": {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL", "xla_gpu_graph_min_graph_size": 1}}'
-parts="${PARTS:-train profile fid profinc loop loopN xla profpad baseline}"  # Which parts, in order (PARTS=... to pick).
+parts="${PARTS:-train profile fid profinc loop loopN xla profpad fidx baseline}"  # Which parts, in order (PARTS=... to pick).
 for part in $parts; do
   case $part in
     train) run "${T_TRAIN:-170}" $py experiments/benchmark_train.py ${BENCH_ARGS:-} ${TRAIN_ARGS:-} \
@@ -49,6 +52,9 @@ for part in $parts; do
              --out_dir /tmp/profile ;;
     fid) run "${T_FID:-130}" $py experiments/benchmark_fid.py ${BENCH_ARGS:-} ${FID_ARGS:-} \
              --device_kind "$kind" --out "$out/fid_${tag}.json" ;;
+    fidx) run "${T_FIDX:-120}" $py experiments/benchmark_fid.py ${BENCH_ARGS:-} --batch_sizes 50 \
+             --fid_n 0 --xla_variants "${INC_VARIANTS:-$inc_variants}" \
+             --device_kind "$kind" --out "$out/fid_xla_${tag}.json" ;;
     loop) run "${T_LOOP:-100}" $py experiments/benchmark_loop.py ${BENCH_ARGS:-} ${LOOP_ARGS:-} \
              --xla_variants "${LOOP_VARIANTS:-$loop_variants}" \
              --device_kind "$kind" --out "$out/loop_${tag}.json" ;;
@@ -63,7 +69,7 @@ for part in $parts; do
                  ${BENCH_ARGS:-} ${TRAIN_ARGS:-} --no_torch --device_kind "$kind" \
                  --out "$out/train_baseline_${tag}.json"
              fi ;;
-    *) echo "unknown part $part (train, profile, fid, profinc, loop, loopN, xla, profpad, baseline)" ;;
+    *) echo "unknown part $part (train, profile, fid, profinc, loop, loopN, xla, profpad, fidx, baseline)" ;;
   esac
 done
 tar czf "$out/profile.tgz" -C /tmp profile 2>/dev/null

@@ -123,13 +123,17 @@ def test_benchmark_train_tiny(tmp_path):
 
 @pytest.mark.slow
 def test_benchmark_fid_tiny(tmp_path):
+  variants = {'graph1': {'xla_gpu_graph_min_graph_size': 1}, 'bad': {'xla_no_such_option': 1}}
   record, stdout = _run('benchmark_fid', tmp_path, '--batch_sizes', '4', '--num_images', '4',
-                        '--fid_n', '8', '--fid_batch', '4')
+                        '--fid_n', '8', '--fid_batch', '4', '--xla_variants', json.dumps(variants))
   _check_environment(record)
   assert record['table'] in stdout and 'FID-8' in stdout
-  methods = {r['method'] for r in record['rows']}
-  assert {'dcgan_jax_extractor', 'dcgan_jax_device'} <= methods
-  for row in record['rows']:
+  rows = {r['method']: r for r in record['rows']}
+  assert {'dcgan_jax_extractor', 'dcgan_jax_device', 'dcgan_jax_device[graph1]'} <= set(rows)
+  # An option set XLA refuses is recorded with its error; the run goes on.
+  assert 'No such compile option' in rows.pop('dcgan_jax_device[bad]')['error']
+  assert rows['dcgan_jax_device[graph1]']['compiler_options'] == variants['graph1']
+  for row in rows.values():
     assert row['batch'] == 4 and row['img_per_s'] > 0
   fid = record['fid']
   assert fid['n'] == 8 and len(fid['runs']) == 2
