@@ -77,12 +77,15 @@ def bench_extractor(variables, batch: int, images: np.ndarray, args) -> dict[str
 
 
 def bench_device(variables, batch: int, images: np.ndarray, args,
-                 compiler_options: dict[str, Any] | None = None) -> dict[str, Any]:
-  """The extractor's two jitted programs on device-resident batches (no host copies).
+                 compiler_options: dict[str, Any] | None = None,
+                 fold: bool = True) -> dict[str, Any]:
+  """The extractor's two jitted programs on device-resident batches (no host copies), with
+  the BatchNorm-folded variables the extractor uses (``fold=False``: the network as written,
+  conv -> BatchNorm -> ReLU, to measure what folding gains).
 
   ``compiler_options``: XLA options for the network's program (``--xla_variants``).
   """
-  device_vars = jax.device_put(variables)
+  device_vars = jax.device_put(inception.fold_batch_norm(variables) if fold else variables)
   chunks = [jax.device_put(images[i:i + batch]) for i in range(0, images.shape[0], batch)]
   forward = functools.partial(extractor_lib._forward, precision='default')  # pylint: disable=protected-access
   if compiler_options:
@@ -217,6 +220,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help='CPU smoke run: batch 8, 8 images, FID-16 with batch 8, 2 repeats')
   parser.add_argument('--fid_dims', type=int, default=inception.POOL_FEATURES,
                       help='feature dims kept for statistics and distance (smoke runs only)')
+  parser.add_argument('--unfolded', action=argparse.BooleanOptionalAction, default=True,
+                      help='also time the device-resident network without BatchNorm folded '
+                           'into the convolutions (what folding gains)')
   parser.add_argument('--xla_variants', default='',
                       help='JSON {name: {xla_option: value}}: also time the device-resident '
                            'features with the network compiled with each set of XLA options')
@@ -250,6 +256,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     group.append(dict(bench_extractor(variables, batch, images, args),
                       method='dcgan_jax_extractor'))
     group.append(dict(bench_device(variables, batch, images, args), method='dcgan_jax_device'))
+    if args.unfolded:
+      group.append(dict(bench_device(variables, batch, images, args, fold=False),
+                        method='dcgan_jax_device[unfolded]'))
     for name, options in args.xla_variants.items():
       try:
         result = bench_device(variables, batch, images, args, options)

@@ -140,7 +140,9 @@ def profile_inception(args) -> dict[str, Any]:
   import benchmark_fid  # pylint: disable=g-import-not-at-top
   from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
   from dcgan_jax.evaluation import extractor as extractor_lib  # pylint: disable=g-import-not-at-top
-  variables = jax.device_put(benchmark_fid.random_inception_variables())
+  from dcgan_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
+  # Folded, as the extractor runs the network.
+  variables = jax.device_put(inception.fold_batch_norm(benchmark_fid.random_inception_variables()))
   images = jax.device_put(np.random.default_rng(0).integers(
       0, 256, (args.batch, args.image_size, args.image_size, 3), dtype=np.uint8))
 

@@ -129,7 +129,8 @@ def test_benchmark_fid_tiny(tmp_path):
   _check_environment(record)
   assert record['table'] in stdout and 'FID-8' in stdout
   rows = {r['method']: r for r in record['rows']}
-  assert {'dcgan_jax_extractor', 'dcgan_jax_device', 'dcgan_jax_device[graph1]'} <= set(rows)
+  assert {'dcgan_jax_extractor', 'dcgan_jax_device', 'dcgan_jax_device[graph1]',
+          'dcgan_jax_device[unfolded]'} <= set(rows)
   # An option set XLA refuses is recorded with its error; the run goes on.
   assert 'No such compile option' in rows.pop('dcgan_jax_device[bad]')['error']
   assert rows['dcgan_jax_device[graph1]']['compiler_options'] == variants['graph1']

@@ -75,3 +75,40 @@ def test_device_batches_keep_device_inputs_and_outputs_on_the_device(variables, 
   np.testing.assert_array_equal(from_device['pool'], expected['pool'])
   with pytest.raises(UserError, match='uint8'):
     next(extractor.device_batches(jnp.zeros((2, 8, 8, 3))))
+
+
+def test_batch_norm_folds_into_the_convolution():
+  """One ConvBN: the folded conv (kernel * s, bias t) equals conv -> BatchNorm -> ReLU."""
+  from dcgan_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, 9, 9, 5)).astype(np.float32)
+  layer = inception.ConvBN(7, (3, 3), padding=((1, 1), (1, 1)), precision='highest')
+  shapes = jax.eval_shape(layer.init, jax.random.key(0), x)
+  variables = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
+  variables['batch_stats']['bn']['var'] = np.abs(variables['batch_stats']['bn']['var']) + 0.1
+  folded = inception.fold_batch_norm({'params': {'layer': variables['params']},
+                                      'batch_stats': {'layer': variables['batch_stats']}})
+  assert set(folded) == {'params'}
+  assert set(folded['params']['layer']) == {'conv'}
+  assert set(folded['params']['layer']['conv']) == {'kernel', 'bias'}
+  expected = layer.apply(variables, x)
+  ours = layer.clone(folded=True).apply({'params': folded['params']['layer']}, x)
+  assert float(np.abs(expected).max()) > 0.1  # The ReLU leaves something to compare.
+  np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='folded already'):
+    inception.fold_batch_norm(folded)
+
+
+def test_folded_variables_fit_the_folded_network():
+  """fold_batch_norm of the whole network gives exactly the variables
+  FIDInceptionV3(folded=True) declares: every ConvBN a biased conv, the classifier unchanged."""
+  from dcgan_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
+
+  variables = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), variable_shapes())
+  folded = inception.fold_batch_norm(variables)
+  dummy = jax.ShapeDtypeStruct((1, inception.INPUT_SIZE, inception.INPUT_SIZE, 3), np.float32)
+  declared = jax.eval_shape(inception.FIDInceptionV3(folded=True).init, jax.random.key(0), dummy)
+  assert set(declared) == {'params'}
+  assert (jax.tree.map(lambda a: (a.shape, np.dtype(a.dtype)), folded['params'])
+          == jax.tree.map(lambda a: (a.shape, np.dtype(a.dtype)), declared['params']))

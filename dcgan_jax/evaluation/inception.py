@@ -13,16 +13,19 @@ for ``Mixed_6b.branch7x7_2.conv.weight``), so weights are mapped by name, never 
 Inference only: BatchNorm always uses its running statistics (eps 1e-3).
 """
 import functools
+from collections.abc import Mapping
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # The spatial size the network was trained at; inputs are resized to it.
 INPUT_SIZE = 299
 POOL_FEATURES = 2048
 NUM_CLASSES = 1008
+BN_EPSILON = 1e-3
 
 PRECISIONS = {
     'default': jax.lax.Precision.DEFAULT,
@@ -47,12 +50,15 @@ class ConvBN(nn.Module):
     strides: (height, width) strides.
     padding: 'VALID' or explicit ((top, bottom), (left, right)) zero padding.
     precision: 'default', 'high' or 'highest' for the convolution.
+    folded: the BatchNorm is folded into the convolution (variables from
+      :func:`fold_batch_norm`): conv with a bias, then ReLU.
   """
   features: int
   kernel_size: tuple[int, int]
   strides: tuple[int, int] = (1, 1)
   padding: str | Padding = 'VALID'
   precision: str = 'default'
+  folded: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -62,11 +68,12 @@ class ConvBN(nn.Module):
         self.kernel_size,
         strides=self.strides,
         padding=self.padding,
-        use_bias=False,
+        use_bias=self.folded,
         precision=PRECISIONS[self.precision],
         name='conv',
     )(x)
-    x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name='bn')(x)
+    if not self.folded:
+      x = nn.BatchNorm(use_running_average=True, epsilon=BN_EPSILON, name='bn')(x)
     return nn.relu(x)
 
 
@@ -84,11 +91,12 @@ class InceptionA(nn.Module):
   """Mixed_5b/5c/5d: 1x1, 5x5, double 3x3 and pooled branches -> 224 + pool_features channels."""
   pool_features: int
   precision: str = 'default'
+  folded: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     conv = lambda name, f, k: ConvBN(f, k, padding=_same_padding(k), precision=self.precision,
-                                     name=name)
+                                     folded=self.folded, name=name)
     branch1x1 = conv('branch1x1', 64, (1, 1))(x)
     branch5x5 = conv('branch5x5_1', 48, (1, 1))(x)
     branch5x5 = conv('branch5x5_2', 64, (5, 5))(branch5x5)
@@ -102,16 +110,18 @@ class InceptionA(nn.Module):
 class InceptionB(nn.Module):
   """Mixed_6a: grid reduction 35 -> 17 with 3x3/2, double 3x3 (last /2) and max-pool branches."""
   precision: str = 'default'
+  folded: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     branch3x3 = ConvBN(384, (3, 3), strides=(2, 2), precision=self.precision,
-                       name='branch3x3')(x)
-    branch3x3dbl = ConvBN(64, (1, 1), precision=self.precision, name='branch3x3dbl_1')(x)
+                       folded=self.folded, name='branch3x3')(x)
+    branch3x3dbl = ConvBN(64, (1, 1), precision=self.precision, folded=self.folded,
+                          name='branch3x3dbl_1')(x)
     branch3x3dbl = ConvBN(96, (3, 3), padding=((1, 1), (1, 1)), precision=self.precision,
-                          name='branch3x3dbl_2')(branch3x3dbl)
+                          folded=self.folded, name='branch3x3dbl_2')(branch3x3dbl)
     branch3x3dbl = ConvBN(96, (3, 3), strides=(2, 2), precision=self.precision,
-                          name='branch3x3dbl_3')(branch3x3dbl)
+                          folded=self.folded, name='branch3x3dbl_3')(branch3x3dbl)
     branch_pool = _max_pool_3x3_stride2(x)
     return jnp.concatenate([branch3x3, branch3x3dbl, branch_pool], axis=-1)
 
@@ -120,11 +130,12 @@ class InceptionC(nn.Module):
   """Mixed_6b..6e: factorised 7x7 branches of width `channels_7x7` -> 768 channels."""
   channels_7x7: int
   precision: str = 'default'
+  folded: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     conv = lambda name, f, k: ConvBN(f, k, padding=_same_padding(k), precision=self.precision,
-                                     name=name)
+                                     folded=self.folded, name=name)
     c7 = self.channels_7x7
     branch1x1 = conv('branch1x1', 192, (1, 1))(x)
     branch7x7 = conv('branch7x7_1', c7, (1, 1))(x)
@@ -142,12 +153,13 @@ class InceptionC(nn.Module):
 class InceptionD(nn.Module):
   """Mixed_7a: grid reduction 17 -> 8 with 3x3/2, 7x7-then-3x3/2 and max-pool branches."""
   precision: str = 'default'
+  folded: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     conv = lambda name, f, k, s=(1, 1), p=None: ConvBN(
         f, k, strides=s, padding=_same_padding(k) if p is None else p,
-        precision=self.precision, name=name)
+        precision=self.precision, folded=self.folded, name=name)
     branch3x3 = conv('branch3x3_1', 192, (1, 1))(x)
     branch3x3 = conv('branch3x3_2', 320, (3, 3), (2, 2), 'VALID')(branch3x3)
     branch7x7x3 = conv('branch7x7x3_1', 192, (1, 1))(x)
@@ -162,11 +174,12 @@ class InceptionE(nn.Module):
   """Mixed_7b (average pool) and Mixed_7c (max pool): expanded 3x3 branches -> 2048 channels."""
   pool: str  # 'avg' (Mixed_7b) or 'max' (Mixed_7c, a quirk of the original graph).
   precision: str = 'default'
+  folded: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     conv = lambda name, f, k: ConvBN(f, k, padding=_same_padding(k), precision=self.precision,
-                                     name=name)
+                                     folded=self.folded, name=name)
     branch1x1 = conv('branch1x1', 320, (1, 1))(x)
     branch3x3 = conv('branch3x3_1', 384, (1, 1))(x)
     branch3x3 = jnp.concatenate([conv('branch3x3_2a', 384, (1, 3))(branch3x3),
@@ -201,8 +214,11 @@ class FIDInceptionV3(nn.Module):
   Attributes:
     precision: matmul/conv precision, 'default' (TF32 on GPUs that have it, as PyTorch uses by
       default), 'high' or 'highest' (full float32, for parity checks).
+    folded: the variables come from :func:`fold_batch_norm` (convolutions with a bias, no
+      BatchNorm layers): the same function with one pass less over every activation.
   """
   precision: str = 'default'
+  folded: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
@@ -216,28 +232,63 @@ class FIDInceptionV3(nn.Module):
       {'pool': [N, 2048], 'logits': [N, 1008] without the fc bias (what the Inception Score
       uses), 'logits_with_bias': [N, 1008]}.
     """
-    p = self.precision
-    x = ConvBN(32, (3, 3), strides=(2, 2), precision=p, name='Conv2d_1a_3x3')(x)
-    x = ConvBN(32, (3, 3), precision=p, name='Conv2d_2a_3x3')(x)
-    x = ConvBN(64, (3, 3), padding=((1, 1), (1, 1)), precision=p, name='Conv2d_2b_3x3')(x)
+    p, f = self.precision, self.folded
+    x = ConvBN(32, (3, 3), strides=(2, 2), precision=p, folded=f, name='Conv2d_1a_3x3')(x)
+    x = ConvBN(32, (3, 3), precision=p, folded=f, name='Conv2d_2a_3x3')(x)
+    x = ConvBN(64, (3, 3), padding=((1, 1), (1, 1)), precision=p, folded=f,
+               name='Conv2d_2b_3x3')(x)
     x = _max_pool_3x3_stride2(x)
-    x = ConvBN(80, (1, 1), precision=p, name='Conv2d_3b_1x1')(x)
-    x = ConvBN(192, (3, 3), precision=p, name='Conv2d_4a_3x3')(x)
+    x = ConvBN(80, (1, 1), precision=p, folded=f, name='Conv2d_3b_1x1')(x)
+    x = ConvBN(192, (3, 3), precision=p, folded=f, name='Conv2d_4a_3x3')(x)
     x = _max_pool_3x3_stride2(x)
-    x = InceptionA(32, precision=p, name='Mixed_5b')(x)
-    x = InceptionA(64, precision=p, name='Mixed_5c')(x)
-    x = InceptionA(64, precision=p, name='Mixed_5d')(x)
-    x = InceptionB(precision=p, name='Mixed_6a')(x)
-    x = InceptionC(128, precision=p, name='Mixed_6b')(x)
-    x = InceptionC(160, precision=p, name='Mixed_6c')(x)
-    x = InceptionC(160, precision=p, name='Mixed_6d')(x)
-    x = InceptionC(192, precision=p, name='Mixed_6e')(x)
-    x = InceptionD(precision=p, name='Mixed_7a')(x)
-    x = InceptionE('avg', precision=p, name='Mixed_7b')(x)
-    x = InceptionE('max', precision=p, name='Mixed_7c')(x)
+    x = InceptionA(32, precision=p, folded=f, name='Mixed_5b')(x)
+    x = InceptionA(64, precision=p, folded=f, name='Mixed_5c')(x)
+    x = InceptionA(64, precision=p, folded=f, name='Mixed_5d')(x)
+    x = InceptionB(precision=p, folded=f, name='Mixed_6a')(x)
+    x = InceptionC(128, precision=p, folded=f, name='Mixed_6b')(x)
+    x = InceptionC(160, precision=p, folded=f, name='Mixed_6c')(x)
+    x = InceptionC(160, precision=p, folded=f, name='Mixed_6d')(x)
+    x = InceptionC(192, precision=p, folded=f, name='Mixed_6e')(x)
+    x = InceptionD(precision=p, folded=f, name='Mixed_7a')(x)
+    x = InceptionE('avg', precision=p, folded=f, name='Mixed_7b')(x)
+    x = InceptionE('max', precision=p, folded=f, name='Mixed_7c')(x)
     pool = jnp.mean(x, axis=(1, 2))
     logits, logits_with_bias = Classifier(precision=p, name='fc')(pool)
     return {'pool': pool, 'logits': logits, 'logits_with_bias': logits_with_bias}
+
+
+def fold_batch_norm(variables: dict) -> dict:
+  """Folds every inference BatchNorm into the convolution before it.
+
+  BatchNorm with running statistics is a per-channel affine map, ``y = s * conv(x, k) + t`` with
+  ``s = scale / sqrt(var + eps)`` and ``t = bias - mean * s``, so it equals one convolution with
+  kernel ``k * s`` and bias ``t``. The folded network (``FIDInceptionV3(folded=True)``) computes
+  the same features without reading and writing every activation once more, and lets XLA hand
+  convolution + bias + ReLU to cuDNN as one fused call. Folding is done once, in float64.
+
+  Args:
+    variables: {'params', 'batch_stats'} of `FIDInceptionV3` (see `weights`).
+
+  Returns:
+    {'params'} for ``FIDInceptionV3(folded=True)``: every ConvBN's 'conv' gets a 'bias' and
+    its 'bn' is gone; the classifier is unchanged. Float32 numpy arrays.
+  """
+  if 'batch_stats' not in variables:
+    raise ValueError('fold_batch_norm needs {"params", "batch_stats"}: these variables look '
+                     'folded already (no batch_stats).')
+
+  def fold(params: dict, stats: dict) -> dict:
+    if 'bn' not in params:  # A block: recurse into its children (the classifier has no 'bn').
+      return {name: fold(child, stats.get(name, {})) if isinstance(child, Mapping) else
+              np.asarray(child) for name, child in params.items()}
+    bn, moments = params['bn'], stats['bn']
+    scale = np.asarray(bn['scale'], np.float64) / np.sqrt(
+        np.asarray(moments['var'], np.float64) + BN_EPSILON)
+    kernel = np.asarray(params['conv']['kernel'], np.float64) * scale  # HWIO: scales each O.
+    bias = np.asarray(bn['bias'], np.float64) - np.asarray(moments['mean'], np.float64) * scale
+    return {'conv': {'kernel': kernel.astype(np.float32), 'bias': bias.astype(np.float32)}}
+
+  return {'params': fold(variables['params'], variables['batch_stats'])}
 
 
 @functools.cache
