@@ -22,6 +22,7 @@ skipped, and exits 0. Without TensorFlow the loop logs to metrics.jsonl instead 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import sys
@@ -40,6 +41,27 @@ from dcgan_jax.errors import UserError  # pylint: disable=wrong-import-position
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING_MODULES = ('clu', 'ml_collections')
 FOLDER_MODULES = ('tensorflow', 'tensorflow_datasets', 'PIL')
+
+
+@contextlib.contextmanager
+def timed_saves():
+  """Records the wall time of every checkpoint save the loop makes (``train._save``, which
+  returns once the state is off the devices and orbax's synchronous part is done)."""
+  from dcgan_jax import train  # pylint: disable=g-import-not-at-top
+  original, times = train._save, []  # pylint: disable=protected-access
+
+  def save(*args, **kwargs):
+    t0 = time.perf_counter()
+    try:
+      return original(*args, **kwargs)
+    finally:
+      times.append(time.perf_counter() - t0)
+
+  train._save = save  # pylint: disable=protected-access
+  try:
+    yield times
+  finally:
+    train._save = original  # pylint: disable=protected-access
 
 
 def missing_training_modules(dataset: str = 'array') -> list[str]:
@@ -252,18 +274,23 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
   # The first run in a process also pays one-time costs (lazy imports in checkpointing and
   # tf.data, first-use initialisation: ~40 s of a 50 s tiny run on CPU), so an untimed run of
   # short_steps goes first.
-  wall = {}
+  wall, saves = {}, {}
   for i, steps in enumerate((args.short_steps, args.short_steps, args.long_steps)):
     config = make_config(args, folder, data_dir, steps)
     workdir = os.path.join(root, f'run_{i}_{steps}')
-    t0 = time.perf_counter()
-    state = train.train_and_evaluate(config, workdir)
-    if i > 0:
-      wall[steps] = time.perf_counter() - t0
+    with timed_saves() as save_times:
+      t0 = time.perf_counter()
+      state = train.train_and_evaluate(config, workdir)
+      if i > 0:
+        wall[steps] = time.perf_counter() - t0
+        saves[steps] = list(save_times)
     if int(np.asarray(state.step)) != steps:
       raise RuntimeError(f'the loop stopped at step {state.step}, not {steps}')
   extra = args.long_steps - args.short_steps
   delta = wall[args.long_steps] - wall[args.short_steps]
+  # What the periodic checkpoints cost the loop: the time the loop spent blocked in saves
+  # (copying the state off the devices, orbax's synchronous part), beyond the short run's.
+  checkpoint_s = sum(saves[args.long_steps]) - sum(saves[args.short_steps])
   # On a noisy machine the fixed costs can vary by more than the extra steps take.
   loop_ips = extra * args.batch / delta if delta > 0 else float('nan')
   step = step_only(make_config(args, folder, data_dir, args.long_steps), args)
@@ -295,6 +322,11 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
       'dataset': {'kind': args.dataset, 'num_examples': info.num_examples, 'write_s': write_s,
                   'prepare_s': prepare_s},
       'loop_wall_s': {str(k): v for k, v in wall.items()},
+      'checkpoint_saves_s': {str(k): v for k, v in saves.items()},
+      'periodic_checkpoint_ms_per_step': checkpoint_s / extra * 1e3,
+      'loop_vs_step_without_periodic_checkpoints': (
+          extra * args.batch / (delta - checkpoint_s) / step['img_per_s']
+          if delta > checkpoint_s else None),
       'rows': rows,
       'loop_vs_step': loop_ips / step['img_per_s'] if delta > 0 else None,
       'step_only': step,

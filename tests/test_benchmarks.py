@@ -154,6 +154,10 @@ def test_benchmark_loop_tiny_without_tensorflow(tmp_path):
   assert record['dataset'] == {**record['dataset'], 'kind': 'array', 'num_examples': 64}
   assert record['step_only']['img_per_s'] > 0
   assert set(record['loop_wall_s']) == {'2', '12'}
+  # Checkpoint saves timed: the final one in each run, plus periodic ones at steps 4 and 8.
+  saves = record['checkpoint_saves_s']
+  assert len(saves['2']) == 1 and len(saves['12']) == 3 and min(saves['12']) > 0
+  assert record['periodic_checkpoint_ms_per_step'] > 0
   # Both dispatch modes of the loop's per-step work were timed on the same images, and the
   # fused one again compiled with the variant's XLA options (GPU options: fine on CPU).
   assert set(record['dispatch_modes']) == {'per_step', 'fused', 'fused[while_graphs]'}
