@@ -33,8 +33,9 @@ run() {  # run SECONDS CMD...: one part under a timeout, output to the log and t
 # XLA option sets tried beside the defaults (same process, same anchor): CUDA graphs for every
 # region of >= 1 kernel; no CUDA graphs at all; convolutions as cuDNN fusions (which, unlike
 # plain cuDNN convolutions, CUDA graphs can hold), alone and with graphs for every region;
+# cuDNN runtime fusion (convolutions with their elementwise epilogues, e.g. D's LeakyReLU);
 # while loops (the fused chunks) inside graphs.
-step_variants='{"graph1": {"xla_gpu_graph_min_graph_size": 1}, "no_graphs": {"xla_gpu_enable_command_buffer": ""}, "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": true}, "conv_fusion_graph1": {"xla_gpu_experimental_enable_conv_fusion": true, "xla_gpu_graph_min_graph_size": 1}}'
+step_variants='{"graph1": {"xla_gpu_graph_min_graph_size": 1}, "no_graphs": {"xla_gpu_enable_command_buffer": ""}, "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": true}, "conv_fusion_graph1": {"xla_gpu_experimental_enable_conv_fusion": true, "xla_gpu_graph_min_graph_size": 1}, "runtime_fusion": {"xla_gpu_use_runtime_fusion": true}}'
 inc_variants='{"graph1": {"xla_gpu_graph_min_graph_size": 1}, "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": true}}'
 # Model options tried the same way: RGB channels padded to 8 inside the image convolutions.
 model_variants='{"pad8": {"image_channel_multiple": 8}}'
