@@ -281,9 +281,10 @@ class Generator(nn.Module):
       stay float32.
     axis_name: Mapped axis over which BatchNorm averages its batch statistics (data parallel
       training), or None on one device.
-    image_channel_multiple: The output layer computes its ``channels`` zero-padded to a
-      multiple of this and drops the padding (8: RGB output in the channel multiples cuDNN's
-      bfloat16 tensor-core kernels want). Same parameters and function; 1 pads nothing.
+    image_channel_multiple: With ``upsample='transpose'``, the output layer computes its
+      ``channels`` zero-padded to a multiple of this and drops the padding (8: RGB output in
+      the channel multiples cuDNN's bfloat16 tensor-core kernels want). Same parameters and
+      function; 1 pads nothing. (The 'resize_conv' output layer is left as it is.)
   """
 
   image_size: int = 64
