@@ -35,6 +35,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from dcgan_jax import cli_logging
 from dcgan_jax.errors import EXIT_USER_ERROR, UserError
 
 # A private flag set, so that this module and dcgan_jax.main (which also defines --workdir) can
@@ -63,6 +64,9 @@ flags.DEFINE_enum('precision', 'default', ['default', 'high', 'highest'], 'Matmu
 flags.DEFINE_bool('no_ema', False, "Use the trained weights even when the checkpoint holds EMA "
                   'ones (the default uses the EMA weights when present).', flag_values=FLAGS)
 flags.DEFINE_integer('seed', 0, 'Seed of the generated latents.', flag_values=FLAGS)
+flags.DEFINE_bool('library_logs', False, 'Also print the INFO logs of orbax, tensorflow-datasets '
+                  'and JAX start-up (hidden by default; warnings and errors always show).',
+                  flag_values=FLAGS)
 
 REFERENCE_PREFIX = 'fid_reference'
 # Reference features kept for KID (KID draws subsets of at most 1000 from each side).
@@ -352,6 +356,7 @@ def main(argv: list[str]) -> None:
     _fail(f'Unexpected arguments {" ".join(argv[1:])!r}; pass options as --name=value.')
   if not FLAGS.workdir:
     _fail('--workdir is required: the directory of a training run.')
+  cli_logging.quiet_library_logs(not FLAGS.library_logs)
   try:
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     result = evaluate(FLAGS.workdir, FLAGS.inception_weights, num_samples=FLAGS.num_samples,

@@ -22,6 +22,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from dcgan_jax import cli_logging
 from dcgan_jax import writers
 from dcgan_jax.errors import EXIT_USER_ERROR, UserError
 
@@ -38,6 +39,8 @@ flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (auto
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 for multi-process runs '
                     '(implies --distributed).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes of a multi-process run.')
+flags.DEFINE_bool('library_logs', False, 'Also print the INFO logs of orbax, tensorflow-datasets '
+                  'and JAX start-up (hidden by default; their warnings and errors always show).')
 flags.DEFINE_integer('process_id', None, 'Index of this process in a multi-process run.')
 
 
@@ -129,6 +132,8 @@ def _initialize_distributed() -> None:
 def main(argv: list[str]) -> None:
   del argv
   from dcgan_jax import train  # pylint: disable=g-import-not-at-top
+
+  cli_logging.quiet_library_logs(not FLAGS.library_logs)
 
   try:
     _initialize_distributed()  # Before anything else touches the JAX backends.

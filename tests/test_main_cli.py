@@ -135,8 +135,10 @@ def test_two_processes_train_one_run(tmp_path):
             # first's global (not fully addressable) non-finite tracker.
             '--config.steps_per_dispatch=2', '--config.log_every_steps=1',
             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
-  processes = [subprocess.Popen(common + [f'--process_id={i}'], cwd=_ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  # Process 0 also prints its libraries' INFO logs (--library_logs); process 1 hides them.
+  processes = [subprocess.Popen(common + [f'--process_id={i}'] + ['--library_logs'] * (i == 0),
+                                cwd=_ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
                for i in range(2)]
   outputs = [p.communicate(timeout=300) for p in processes]
   for i, (process, (_, stderr)) in enumerate(zip(processes, outputs)):
@@ -144,6 +146,8 @@ def test_two_processes_train_one_run(tmp_path):
     assert f'JAX process {i} of 2' in stderr
     assert 'on 4 devices' in stderr  # One global batch over both processes' devices.
     assert 'Up to 2 steps per device program' in stderr
+    # orbax's INFO lines (a few dozen per checkpoint) only with --library_logs.
+    assert ('checkpoint_manager.py' in stderr) == (i == 0)
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['2']
   # Process 0 alone writes samples: one grid per sampling step, and the progress animation.
   assert sorted(p.name for p in (workdir / 'samples').iterdir()) == ['progress.gif',

@@ -1,0 +1,60 @@
+"""Console logging of the command-line programs: our progress, not our libraries' internals.
+
+Every orbax checkpoint save logs some thirty INFO lines about its threads, temporary directories
+and metadata, and tensorflow-datasets' reader and JAX add more at start-up; in a run's console
+they bury the lines a user reads (progress, metrics, where outputs went). The programs
+(``python -m dcgan_jax.main`` and ``python -m dcgan_jax.evaluate``) therefore hide INFO (and
+lower) records that come from those libraries; their warnings and errors always show, and
+``--library_logs`` shows everything. Importing dcgan_jax as a library changes no logging.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+# Path fragments of the packages whose INFO records are hidden (matched against the file that
+# made the record, with '/' separators).
+# tensorflow-datasets' dataset_builder stays: it says where the data is read from and when a
+# download starts (its progress bars do not go through logging).
+LIBRARY_PATHS: tuple[str, ...] = (
+    '/orbax/',
+    '/tensorflow_datasets/core/reader.py',
+    '/tensorflow_datasets/core/dataset_info.py',
+    '/tensorflow_datasets/core/logging/',
+    '/jax/_src/xla_bridge.py',  # "Unable to initialize backend 'tpu'" on every GPU/CPU host.
+)
+
+
+class LibraryInfoFilter(logging.Filter):
+  """Drops records below WARNING whose source file lies in one of :data:`LIBRARY_PATHS`."""
+
+  def __init__(self, paths: tuple[str, ...] = LIBRARY_PATHS):
+    super().__init__()
+    self.paths = paths
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.WARNING:
+      return True
+    path = (record.pathname or '').replace(os.sep, '/')
+    return not any(fragment in path for fragment in self.paths)
+
+
+def quiet_library_logs(enabled: bool = True) -> LibraryInfoFilter | None:
+  """Installs :class:`LibraryInfoFilter` on absl's handler (where every record is printed).
+
+  Args:
+    enabled: False leaves logging as it is (``--library_logs``).
+
+  Returns:
+    The installed filter, or None.
+  """
+  if not enabled:
+    return None
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  handler = absl_logging.get_absl_handler()
+  for existing in handler.filters:  # Idempotent: one filter however often it is called.
+    if isinstance(existing, LibraryInfoFilter):
+      return existing
+  library_filter = LibraryInfoFilter()
+  handler.addFilter(library_filter)
+  return library_filter
