@@ -260,11 +260,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       group.append(dict(bench_device(variables, batch, images, args, fold=False),
                         method='dcgan_jax_device[unfolded]'))
     for name, options in args.xla_variants.items():
-      try:
-        result = bench_device(variables, batch, images, args, options)
-      except Exception as e:  # pylint: disable=broad-except  # One bad option set must not end the run.
-        result = {'ms_per_step': float('nan'), 'error': str(e).strip().splitlines()[0][:300]}
-        print(f'variant {name} failed: {result["error"]}', flush=True)
+      result = common.run_variant(
+          name, lambda o=options: bench_device(variables, batch, images, args, o))
       group.append(dict(result, method=f'dcgan_jax_device[{name}]', compiler_options=options))
     anchor = None
     for row in group:

@@ -154,11 +154,8 @@ def dispatch_modes(config, args, images_path: str) -> dict[str, dict[str, Any]]:
   for mode in ('per_step', 'fused'):
     results[mode] = _time_dispatch(config, args, images, mode, None)
   for name, options in args.xla_variants.items():
-    try:
-      results[f'fused[{name}]'] = _time_dispatch(config, args, images, 'fused', options)
-    except Exception as e:  # pylint: disable=broad-except  # One bad option set must not end the run.
-      results[f'fused[{name}]'] = {'ms_per_step': float('nan'), 'img_per_s': float('nan'),
-                                   'error': str(e).strip().splitlines()[0][:300]}
+    results[f'fused[{name}]'] = common.run_variant(
+        name, lambda o=options: _time_dispatch(config, args, images, 'fused', o), 'img_per_s')
   return results
 
 

@@ -399,6 +399,20 @@ def _positive_ints(text: str) -> list[int]:
   return values
 
 
+def run_variant(name: str, time_it: Callable[[], dict[str, Any]],
+                *nan_fields: str) -> dict[str, Any]:
+  """``time_it()``, or a record of its error: one option set XLA refuses must not end the run.
+
+  The record has ``ms_per_step`` (and each of ``nan_fields``) NaN and the error's first line.
+  """
+  try:
+    return time_it()
+  except Exception as e:  # pylint: disable=broad-except
+    error = str(e).strip().splitlines()[0][:300]
+    print(f'variant {name} failed: {error}', flush=True)
+    return {'ms_per_step': float('nan'), **{k: float('nan') for k in nan_fields}, 'error': error}
+
+
 def parse_variants(text: str, flag: str = '--xla_variants', what: str = 'XLA options',
                    example: str = '{"graph1": {"xla_gpu_graph_min_graph_size": 1}}'
                    ) -> dict[str, dict[str, Any]]:
@@ -495,11 +509,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       variants = [(name, options, None) for name, options in args.xla_variants.items()]
       variants += [(name, None, options) for name, options in args.model_variants.items()]
       for name, compiler_options, model_options in variants:
-        try:
-          result = bench_jax(batch, dtype, args, compiler_options, model_options)
-        except Exception as e:  # pylint: disable=broad-except  # One bad option set must not end the run.
-          result = {'ms_per_step': float('nan'), 'error': str(e).strip().splitlines()[0][:300]}
-          print(f'variant {name} failed: {result["error"]}', flush=True)
+        result = run_variant(name, lambda c=compiler_options, m=model_options: bench_jax(
+            batch, dtype, args, c, m))
         rows.append(dict(result, method=f'dcgan_jax[{name}]', dtype=dtype, batch=batch,
                          compiler_options=compiler_options, model_options=model_options))
     for row in rows:

@@ -1,10 +1,10 @@
 """Reads PyTorch `.pth` state dicts without torch and without unpickling.
 
-A `.pth` file holds a pickle, and unpickling runs whatever callables the pickle names, so
-loading a hostile file with Python's unpickler (or `torch.load` without `weights_only`) runs
-arbitrary code. This module does not use Python's unpickler at all: :func:`_interpret` reads the pickle's
-opcodes itself and supports only what a state dict is made of: strings, numbers, booleans,
-None, tuples, lists, dicts, persistent ids (the storages) and calls of three known names:
+A `.pth` file holds a pickle, and unpickling runs whatever callables the pickle names: that is
+how a hostile weights file runs code on the machine of whoever loads it. So this module never
+unpickles. :func:`_interpret` reads the pickle's opcodes itself and builds only what a state
+dict is made of: strings, numbers, booleans, None, tuples, lists, dicts, persistent ids (the
+storages) and calls of three known names:
 
 * `collections.OrderedDict` (the state dict itself and the tensors' empty hook dicts);
 * `torch._utils._rebuild_tensor_v2` / `_rebuild_parameter`, replaced by our own functions
