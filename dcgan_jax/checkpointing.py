@@ -366,6 +366,62 @@ def _match_target(restored: PyTree, target: PyTree) -> PyTree:
 
 
 # --------------------------------------------------------------------------------------------
+# Host arrays without orbax's defensive copy
+# --------------------------------------------------------------------------------------------
+# orbax deep-copies every numpy array it is given before returning from an asynchronous save,
+# in case the caller changes the array while the write runs. Our training loop hands it the
+# state fresh off the devices, as read-only arrays nothing writes to, so that copy only blocks
+# the loop: 70-210 ms per save of the paper-sized state (90 MB) on a 2-core CPU, against
+# 11-36 ms without it. `Checkpointer.save` therefore copies only what could change (writeable
+# arrays, or views of other arrays) and gives orbax a handler that does not copy again.
+
+
+def _may_change(x: np.ndarray) -> bool:
+  """Whether someone could still write to `x`'s memory after `save` returns."""
+  # Arrays from a jax array (`np.asarray`, `jax.device_get`) are read-only, their base is not
+  # a numpy array (on CPU they view the device buffer, which jax never reuses while viewed).
+  return x.flags.writeable or isinstance(x.base, np.ndarray)
+
+
+def _owned_copy(leaf: Any) -> Any:
+  if isinstance(leaf, np.ndarray) and _may_change(leaf):
+    leaf = leaf.copy()
+    leaf.flags.writeable = False
+  return leaf
+
+
+class StateCheckpointHandler(ocp.StandardCheckpointHandler):
+  """orbax's StandardCheckpointHandler, whose numpy arrays are written without a copy.
+
+  The files are exactly StandardCheckpointHandler's: plain orbax (``StandardRestore``) reads
+  this handler's checkpoints and this handler reads plain orbax's. Only the name recorded in a
+  step's ``_CHECKPOINT_METADATA`` differs, which matters only to a restore without arguments.
+  """
+
+  def __init__(self):
+    super().__init__()
+    registry = ocp.type_handlers.create_type_handler_registry(*[
+        (ty, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False) if ty is np.ndarray
+         else ocp.type_handlers.get_type_handler(ty))
+        for ty in ocp.type_handlers.supported_types()])
+    # `_impl` is the PyTreeCheckpointHandler behind orbax's StandardCheckpointHandler. Should a
+    # future orbax drop the attribute, its default (copying) handler simply stays in use; a test
+    # notices.
+    if isinstance(getattr(self, '_impl', None), ocp.PyTreeCheckpointHandler):
+      self._impl = ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+
+
+@ocp.args.register_with_handler(StateCheckpointHandler, for_save=True)
+class _StateSave(ocp.args.StandardSave):
+  """StandardSave for :class:`StateCheckpointHandler`."""
+
+
+@ocp.args.register_with_handler(StateCheckpointHandler, for_restore=True)
+class _StateRestore(ocp.args.StandardRestore):
+  """StandardRestore for :class:`StateCheckpointHandler`."""
+
+
+# --------------------------------------------------------------------------------------------
 # Checkpointer
 # --------------------------------------------------------------------------------------------
 
@@ -423,7 +479,10 @@ class Checkpointer:
         enable_async_checkpointing=async_save,
     )
     try:
-      self._manager = ocp.CheckpointManager(self.directory, options=options)
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=options,
+          item_handlers={_STATE_ITEM: StateCheckpointHandler(),
+                         _CONFIG_ITEM: ocp.JsonCheckpointHandler()})
     except OSError as e:
       raise CheckpointError(
           f'Cannot open the checkpoint directory {self.directory} ({_short_reason(e)}); pass a '
@@ -457,7 +516,9 @@ class Checkpointer:
       force: Save even if `step` is not a multiple of `save_interval_steps` (e.g. the last step).
 
     The arrays are copied off the devices before this returns, so the caller may donate or
-    delete them at once (e.g. pass the state to a jitted step with ``donate_argnums``).
+    delete them at once (e.g. pass the state to a jitted step with ``donate_argnums``). Numpy
+    arrays the caller could still change (writeable ones, or views of other arrays) are copied
+    too; read-only ones, such as ``np.asarray`` of a jax array, are written without a copy.
 
     Returns:
       Whether a save was started: False when it is not time to save, or when `step` is not newer
@@ -479,7 +540,7 @@ class Checkpointer:
       # newest checkpoint, which must stay the newest for resuming.
       return False
     args = ocp.args.Composite(**{
-        _STATE_ITEM: ocp.args.StandardSave(_unwrap_keys(state)),
+        _STATE_ITEM: _StateSave(jax.tree.map(_owned_copy, _unwrap_keys(state))),
         _CONFIG_ITEM: ocp.args.JsonSave(_to_json_dict(config)),
     })
     try:
@@ -578,7 +639,7 @@ class Checkpointer:
 
   def _restore_step(self, step: int, target_state: PyTree) -> tuple[PyTree, dict[str, Any], int]:
     args = ocp.args.Composite(**{
-        _STATE_ITEM: ocp.args.StandardRestore(_abstract_target(target_state)),
+        _STATE_ITEM: _StateRestore(_abstract_target(target_state)),
         _CONFIG_ITEM: ocp.args.JsonRestore(),
     })
     restored = self._manager.restore(step, args=args)

@@ -10,11 +10,21 @@ models, and on two CPU cores compiling is most of their cost. Each run gets a fr
 nothing carries over between runs; a size limit turns on JAX's file lock, so that processes
 never read an entry another one is still writing.
 """
+import fcntl
 import os
+import pathlib
 import shutil
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+import pytest
+
+# LLVM's optimisation level 0 for XLA's CPU code: the tests' programs are small and run a few
+# times each, so compiling is most of their cost, and -O0 roughly halves it (tests/test_models.py
+# with test_train_step.py: 128 s -> 70 s on 2 cores). XLA's own HLO passes (fusion, layout,
+# SPMD partitioning) still run, and the numerics stay IEEE (XLA's CPU fast-math is off either
+# way). Subprocesses that set their own XLA_FLAGS (one device, a plain machine) leave it out.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
 # TensorFlow (tfds input pipelines) must never grab accelerators or spam the test log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -42,3 +52,37 @@ except ImportError:
 def pytest_unconfigure(config):
   if _CREATED_CACHE and not hasattr(config, "workerinput"):  # The process that made it.
     shutil.rmtree(_CREATED_CACHE, ignore_errors=True)
+
+
+# ---- the digits classifier, trained once per run ----------------------------------------------
+# Several tests run the training program or the notebook, whose quality score needs the digits
+# classifier (seconds to train, then cached per user). Training it once per test run and copying
+# the cache file into each test's own cache folder keeps those tests isolated without paying for
+# the training each time; tests/test_quality.py covers the training and caching themselves.
+
+
+@pytest.fixture(scope="session")
+def digits_classifier_cache(tmp_path_factory):
+  """A folder with the trained digits classifier's cache file, shared by all xdist workers."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # The workers' base folders are siblings.
+  folder = root / "digits_quality_cache"
+  folder.mkdir(exist_ok=True)
+  with open(root / "digits_quality_cache.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # Another worker may be training: wait, then load.
+    from dcgan_jax import quality  # pylint: disable=g-import-not-at-top
+    quality.DigitsQuality.load_or_train(str(folder))
+  return folder
+
+
+@pytest.fixture
+def seed_digits_classifier(digits_classifier_cache):
+  """Returns ``seed(xdg_cache_home)``, which puts the trained classifier where runs look for it."""
+  def seed(xdg_cache_home):
+    target = pathlib.Path(xdg_cache_home) / "dcgan_jax"  # quality.default_cache_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    for path in digits_classifier_cache.glob("digits_classifier-*.npz"):
+      shutil.copyfile(path, target / path.name)
+    return target
+  return seed

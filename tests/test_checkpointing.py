@@ -139,6 +139,55 @@ def test_round_trip_is_bit_identical(tmp_path):
   restored.generator.apply_gradients(grads=restored.generator.params)
 
 
+def test_arrays_are_saved_as_they_were_when_save_returned(tmp_path):
+  """orbax's own defensive copy is off (it blocked the training loop); ours copies exactly the
+  arrays a caller could still change, so changing them during the asynchronous write is safe."""
+  from_jax = np.asarray(jnp.arange(4.0))  # Read-only, like the training loop's host state.
+  writeable = np.arange(6, dtype=np.float32)
+  base = np.arange(3, dtype=np.int32)
+  view = base[:]
+  view.flags.writeable = False  # Read-only, but `base` can still change it.
+  assert checkpointing._owned_copy(from_jax) is from_jax  # Not copied.
+  for array in (writeable, view):
+    copied = checkpointing._owned_copy(array)
+    assert copied is not array and not copied.flags.writeable
+    np.testing.assert_array_equal(copied, array)
+  handler = checkpointing.StateCheckpointHandler()
+  numpy_handler = handler._impl._type_handler_registry.get(np.ndarray)  # pylint: disable=protected-access
+  assert numpy_handler._deepcopy_host_arrays is False  # pylint: disable=protected-access
+
+  expected = {'from_jax': from_jax.copy(), 'writeable': writeable.copy(), 'view': view.copy()}
+  with Checkpointer(tmp_path) as checkpointer:
+    checkpointer.save(1, {'from_jax': from_jax, 'writeable': writeable, 'view': view}, CONFIG)
+    writeable[:] = -1  # While the write may still run.
+    base[:] = -1
+    checkpointer.wait_until_finished()
+    restored, _, _ = checkpointer.restore(expected)
+  for name, value in expected.items():
+    np.testing.assert_array_equal(restored[name], value, err_msg=name)
+
+
+def test_checkpoints_are_interchangeable_with_plain_orbax(tmp_path):
+  """Same files as orbax's StandardCheckpointHandler: checkpoints of earlier versions of this
+  library (and of plain orbax) restore, and plain orbax restores ours."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  saved = {'params': np.arange(5, dtype=np.float32), 'step': np.asarray(4, np.int32)}
+  plain_dir = tmp_path / 'plain' / checkpointing.CHECKPOINT_DIR
+  with ocp.CheckpointManager(plain_dir) as manager:
+    manager.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(saved),
+                                            config=ocp.args.JsonSave(CONFIG)))
+  with Checkpointer(tmp_path / 'plain') as checkpointer:
+    restored, config, step = checkpointer.restore(saved)
+  assert step == 4 and config['dataset'] == 'digits'
+  _assert_bit_identical(restored, saved)
+
+  with Checkpointer(tmp_path / 'ours') as checkpointer:
+    checkpointer.save(6, saved, CONFIG)
+  with ocp.CheckpointManager(tmp_path / 'ours' / checkpointing.CHECKPOINT_DIR) as manager:
+    restored = manager.restore(6, args=ocp.args.Composite(state=ocp.args.StandardRestore(saved)))
+  _assert_bit_identical(restored['state'], saved)
+
+
 def test_python_scalars_in_the_target_stay_python_scalars(tmp_path):
   saved = {'epoch': 7, 'scale': 0.25, 'train_state': _trained(0, updates=2)}
   assert isinstance(saved['train_state'].step, jax.Array)  # An array after a jitted update.

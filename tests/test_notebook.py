@@ -28,7 +28,7 @@ def _images(cell, mime):
 
 
 @pytest.mark.slow
-def test_colab_notebook_executes(tmp_path, monkeypatch):
+def test_colab_notebook_executes(tmp_path, monkeypatch, seed_digits_classifier):
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   notebook = nbformat.read(NOTEBOOK, as_version=4)
@@ -37,7 +37,9 @@ def test_colab_notebook_executes(tmp_path, monkeypatch):
   workdir = tmp_path / 'run'
   monkeypatch.setenv('DCGAN_JAX_NOTEBOOK_QUICK', '1')
   monkeypatch.setenv('DCGAN_JAX_NOTEBOOK_WORKDIR', str(workdir))
-  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))  # Digits classifier, no weights.
+  # No Inception weights there; the digits classifier is the one the test run trained once.
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+  seed_digits_classifier(tmp_path / 'cache')
   monkeypatch.setenv('XLA_FLAGS', '')  # One CPU device, as a user's kernel has.
   monkeypatch.setenv('MPLBACKEND', 'module://matplotlib_inline.backend_inline')
   client = nbclient.NotebookClient(notebook, timeout=900, kernel_name='python3',

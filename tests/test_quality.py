@@ -1,6 +1,5 @@
 """Tests of the offline digits quality score (classifier, cache, Fréchet distance, coverage)."""
 
-import fcntl
 import os
 import subprocess
 import sys
@@ -16,22 +15,15 @@ NUM_GENERATED = 1000  # What the training loop scores.
 
 
 @pytest.fixture(scope='module')
-def cache_dir(tmp_path_factory):
-  """A cache folder shared by all pytest-xdist workers of this run, so one of them trains."""
-  root = tmp_path_factory.getbasetemp()
-  if os.environ.get('PYTEST_XDIST_WORKER'):
-    root = root.parent  # The workers' base folders are siblings.
-  folder = root / 'digits_quality_cache'
-  folder.mkdir(exist_ok=True)
-  return folder
+def cache_dir(digits_classifier_cache):
+  """The run's shared cache folder (tests/conftest.py), where one worker trained the classifier."""
+  return digits_classifier_cache
 
 
 @pytest.fixture(scope='module')
 def scorer(cache_dir):
-  """Trained once per test run (seconds), then loaded from the cache."""
-  with open(cache_dir.parent / 'digits_quality_cache.lock', 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)  # Another worker may be training: wait, then load.
-    return quality.DigitsQuality.load_or_train(cache_dir)
+  """Loaded from the run's cache."""
+  return quality.DigitsQuality.load_or_train(cache_dir)
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ def tfds_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def cache_home(tmp_path_factory):
-  """An XDG_CACHE_HOME for the module: the digits classifier is trained once, then reused."""
+  """An XDG_CACHE_HOME for the module's runs."""
   return tmp_path_factory.mktemp('cache_home')
 
 
@@ -335,7 +335,8 @@ def test_bad_config_fails_before_touching_the_workdir(tfds_dir, tmp_path, overri
 
 
 @pytest.mark.slow
-def test_default_config_meets_the_quality_bar(tmp_path, cache_home, tfds_dir):
+def test_default_config_meets_the_quality_bar(tmp_path, cache_home, tfds_dir,
+                                              seed_digits_classifier):
   """Runs the README command (one CPU device, like a plain install) and reads quality.json."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
@@ -343,6 +344,7 @@ def test_default_config_meets_the_quality_bar(tmp_path, cache_home, tfds_dir):
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)  # A plain machine: one CPU device.
   env['XDG_CACHE_HOME'] = str(cache_home)
+  seed_digits_classifier(cache_home)  # Trained once per test run (tests/conftest.py).
   workdir = tmp_path / 'run'
   result = subprocess.run(
       [sys.executable, '-m', 'dcgan_jax.main', '--config=configs/default.py',
