@@ -40,7 +40,7 @@ inc_variants='{"graph1": {"xla_gpu_graph_min_graph_size": 1}, "conv_fusion": {"x
 # Model options tried the same way: RGB channels padded to 8 inside the image convolutions.
 model_variants='{"pad8": {"image_channel_multiple": 8}}'
 loop_variants='{"while_graphs": {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"}, "while_graph1": {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL", "xla_gpu_graph_min_graph_size": 1}}'
-parts="${PARTS:-train profile fid profinc loop loopN xla profpad fidx baseline}"  # Which parts, in order (PARTS=... to pick).
+parts="${PARTS:-train profile fid profinc loop loopN xla profpad fidx ckpt baseline}"  # Which parts, in order (PARTS=... to pick).
 for part in $parts; do
   case $part in
     train) run "${T_TRAIN:-170}" $py experiments/benchmark_train.py ${BENCH_ARGS:-} ${TRAIN_ARGS:-} \
@@ -65,12 +65,14 @@ for part in $parts; do
              --device_kind "$kind" --out "$out/train_xla_${tag}.json" ;;
     loopN) run "${T_LOOP:-100}" $py experiments/benchmark_loop.py ${BENCH_ARGS:-} ${LOOP_ARGS:-} \
              --steps_per_dispatch 100 --device_kind "$kind" --out "$out/loop_fused_${tag}.json" ;;
+    ckpt) run "${T_CKPT:-60}" $py experiments/benchmark_checkpoint.py --device_kind "$kind" \
+             --out "$out/checkpoint_${tag}.json" ;;
     baseline) if [ -d .baseline/dcgan_jax ]; then
                PYTHONPATH="$PWD/.baseline:$site" run "${T_BASE:-70}" $py experiments/benchmark_train.py \
                  ${BENCH_ARGS:-} ${TRAIN_ARGS:-} --no_torch --device_kind "$kind" \
                  --out "$out/train_baseline_${tag}.json"
              fi ;;
-    *) echo "unknown part $part (train, profile, fid, profinc, loop, loopN, xla, profpad, fidx, baseline)" ;;
+    *) echo "unknown part $part (train, profile, fid, profinc, loop, loopN, xla, profpad, fidx, ckpt, baseline)" ;;
   esac
 done
 tar czf "$out/profile.tgz" -C /tmp profile 2>/dev/null

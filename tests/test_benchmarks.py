@@ -165,6 +165,21 @@ def test_benchmark_loop_tiny_without_tensorflow(tmp_path):
   assert '4 per dispatch[while_graphs]' in record['table']
 
 
+def test_benchmark_checkpoint_tiny(tmp_path):
+  record, stdout = _run('benchmark_checkpoint', tmp_path, '--repeats', '2')
+  _check_environment(record)
+  assert record['table'] in stdout
+  # Both methods saved the same arrays (read back with plain orbax), each timed twice.
+  assert record['identical_arrays'] is True
+  methods = [r['method'] for r in record['rows']]
+  assert methods == ['dcgan_jax Checkpointer', 'orbax StandardSave (copies)']
+  for row in record['rows']:
+    assert row['saves'] == 2 and 0 < row['min_ms'] <= row['median_ms'] <= row['max_ms']
+  assert record['state']['values'] > 0
+  assert record['speedup_vs_anchor'] == pytest.approx(
+      record['rows'][1]['median_ms'] / record['rows'][0]['median_ms'])
+
+
 def _write_trace(path, events):
   import gzip  # pylint: disable=g-import-not-at-top
   os.makedirs(path, exist_ok=True)

@@ -156,7 +156,8 @@ def runs(tmp_path_factory):
   # JAX's persistent compilation cache, shared by all the processes: each restart then loads
   # the programs the first runs compiled (every op of the eager model init included) instead of
   # compiling them again, which is most of a start's cost.
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1 '
+             + os.environ.get('DCGAN_JAX_TEST_XLA_FLAGS', ''),
              XDG_CACHE_HOME=str(base / 'cache'), TF_CPP_MIN_LOG_LEVEL='2',
              JAX_COMPILATION_CACHE_DIR=str(base / 'jax_cache'),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',

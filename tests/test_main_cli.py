@@ -115,7 +115,8 @@ def test_two_processes_train_one_run(tmp_path):
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2 '
+             + os.environ.get('DCGAN_JAX_TEST_XLA_FLAGS', ''))
   workdir = tmp_path / 'run'
   # Prepared once here: two processes preparing one tfds data_dir at the same time would race.
   from dcgan_jax import data  # pylint: disable=g-import-not-at-top

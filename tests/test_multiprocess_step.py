@@ -19,7 +19,8 @@ def _free_port():
 
 def _env(devices, parallelism):
   env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={devices} '
+                      + os.environ.get('DCGAN_JAX_TEST_XLA_FLAGS', ''))
   env['PARALLELISM'] = parallelism
   env['JAX_PLATFORMS'] = 'cpu'
   return env

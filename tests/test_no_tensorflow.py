@@ -102,7 +102,8 @@ def _run(workdir, array_path, steps):
            '--config.latent_dim=8', '--config.batch_size=16', f'--config.num_train_steps={steps}',
            '--config.log_every_steps=2', '--config.checkpoint_every_steps=2',
            '--config.sample_every_steps=2', '--config.num_sample_images=4']
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2 '
+             + os.environ.get('DCGAN_JAX_TEST_XLA_FLAGS', ''))
   return subprocess.run([sys.executable, str(RUNNER), '-m', 'dcgan_jax.main', *flags], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
 
