@@ -400,15 +400,22 @@ class StateCheckpointHandler(ocp.StandardCheckpointHandler):
 
   def __init__(self):
     super().__init__()
-    registry = ocp.type_handlers.create_type_handler_registry(*[
-        (ty, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False) if ty is np.ndarray
-         else ocp.type_handlers.get_type_handler(ty))
-        for ty in ocp.type_handlers.supported_types()])
-    # `_impl` is the PyTreeCheckpointHandler behind orbax's StandardCheckpointHandler. Should a
-    # future orbax drop the attribute, its default (copying) handler simply stays in use; a test
-    # notices.
-    if isinstance(getattr(self, '_impl', None), ocp.PyTreeCheckpointHandler):
-      self._impl = ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+    # `_impl` is the PyTreeCheckpointHandler behind orbax's StandardCheckpointHandler. Where an
+    # orbax version lacks it or the copy option (older or newer than 0.12), its default
+    # (copying) handler simply stays in use: slower saves, same files. A test notices.
+    if not isinstance(getattr(self, '_impl', None), ocp.PyTreeCheckpointHandler):
+      return
+    try:
+      registry = ocp.type_handlers.create_type_handler_registry(*[
+          (ty, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False) if ty is np.ndarray
+           else ocp.type_handlers.get_type_handler(ty))
+          for ty in ocp.type_handlers.supported_types()])
+      # StandardCheckpointHandler's own defaults, apart from the registry.
+      impl = ocp.PyTreeCheckpointHandler(save_concurrent_gb=96, restore_concurrent_gb=96,
+                                         type_handler_registry=registry)
+    except (AttributeError, TypeError):
+      return
+    self._impl = impl
 
 
 @ocp.args.register_with_handler(StateCheckpointHandler, for_save=True)
