@@ -300,15 +300,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  try:
-    args = parse_args(argv)
-  except UserError as e:
-    print(e, file=sys.stderr)
-    return 2
-  record = run(args)
-  if args.out:
-    common.write_json(args.out, record)
-  return 0
+  return common.benchmark_main(parse_args, run, argv)
 
 
 if __name__ == '__main__':

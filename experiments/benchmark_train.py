@@ -553,16 +553,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   }
 
 
-def main(argv: list[str] | None = None) -> int:
+def benchmark_main(parse: Callable[[list[str] | None], argparse.Namespace],
+                   bench: Callable[[argparse.Namespace], dict[str, Any]],
+                   argv: list[str] | None = None) -> int:
+  """A benchmark's command line: a bad flag is one line and exit 2; else run, write ``--out``."""
   try:
-    args = parse_args(argv)
+    args = parse(argv)
   except UserError as e:
     print(e, file=sys.stderr)
     return 2
-  record = run(args)
+  record = bench(args)
   if args.out:
     write_json(args.out, record)
   return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  return benchmark_main(parse_args, run, argv)
 
 
 if __name__ == '__main__':
