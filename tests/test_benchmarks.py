@@ -13,6 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(REPO, 'experiments')
 sys.path.insert(0, EXPERIMENTS)
 
+import benchmark_checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
 import benchmark_train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from dcgan_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -69,6 +70,10 @@ def test_bad_flags_are_user_errors(capsys):
   assert len(err) == 5 and 'float16' in err[1]
   assert '--xla_variants is not JSON' in err[2] and 'dict of XLA options' in err[3]
   assert '--model_variants must map' in err[4] and 'image_channel_multiple' in err[4]
+  assert benchmark_checkpoint.main(['--repeats', '0']) == 2
+  assert benchmark_checkpoint.main(['--image_size', '48']) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 2 and 'repeats must be positive' in err[0] and '48' in err[1]
 
 
 def _run(script, tmp_path, *flags, without_tensorflow=False):
