@@ -371,9 +371,10 @@ def _match_target(restored: PyTree, target: PyTree) -> PyTree:
 # orbax deep-copies every numpy array it is given before returning from an asynchronous save,
 # in case the caller changes the array while the write runs. Our training loop hands it the
 # state fresh off the devices, as read-only arrays nothing writes to, so that copy only blocks
-# the loop: 70-210 ms per save of the paper-sized state (90 MB) on a 2-core CPU, against
-# 11-36 ms without it. `Checkpointer.save` therefore copies only what could change (writeable
-# arrays, or views of other arrays) and gives orbax a handler that does not copy again.
+# the loop: a save of the paper-sized state (90 MB) on 2 CPU cores blocked it for 92-141 ms with
+# the copy and 16-20 ms without (medians of 12; experiments/benchmark_checkpoint.py).
+# `Checkpointer.save` therefore copies only what could change (writeable arrays, or views of
+# other arrays) and gives orbax a handler that does not copy again.
 
 
 def _may_change(x: np.ndarray) -> bool:
