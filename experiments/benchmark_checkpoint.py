@@ -45,9 +45,10 @@ CONFIG = {'benchmark': 'checkpoint'}
 class _OrbaxDefault:
   """The anchor: orbax's CheckpointManager with StandardSave, default type handlers."""
 
-  def __init__(self, directory: str):
+  def __init__(self, workdir: str):
+    self.directory = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)  # As Checkpointer's.
     self._manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(enable_async_checkpointing=True))
+        self.directory, options=ocp.CheckpointManagerOptions(enable_async_checkpointing=True))
 
   def save(self, step: int, state: Any) -> None:
     self._manager.save(step, args=ocp.args.Composite(
@@ -61,8 +62,9 @@ class _OrbaxDefault:
 
 
 class _Ours:
-  def __init__(self, directory: str):
-    self._checkpointer = checkpointing.Checkpointer(directory, max_to_keep=3)
+  def __init__(self, workdir: str):
+    self._checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=3)
+    self.directory = str(self._checkpointer.directory)
 
   def save(self, step: int, state: Any) -> None:
     self._checkpointer.save(step, state, CONFIG, force=True)
@@ -94,9 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
   root = tempfile.mkdtemp(prefix='benchmark_checkpoint_')
   savers = {OURS: _Ours(os.path.join(root, 'ours')),
-            ANCHOR: _OrbaxDefault(os.path.join(root, 'orbax', checkpointing.CHECKPOINT_DIR))}
-  directories = {OURS: os.path.join(root, 'ours', checkpointing.CHECKPOINT_DIR),
-                 ANCHOR: os.path.join(root, 'orbax', checkpointing.CHECKPOINT_DIR)}
+            ANCHOR: _OrbaxDefault(os.path.join(root, 'orbax'))}
   times: dict[str, list[float]] = {name: [] for name in savers}
   # Save 0 of each method is a warm-up (orbax's first save starts its threads and metadata).
   for step in range(args.repeats + 1):
@@ -111,8 +111,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   for saver in savers.values():
     saver.close()
   same = all(a.tobytes() == b.tobytes() for a, b in zip(
-      _read_back(directories[OURS], args.repeats, host),
-      _read_back(directories[ANCHOR], args.repeats, host)))
+      _read_back(savers[OURS].directory, args.repeats, host),
+      _read_back(savers[ANCHOR].directory, args.repeats, host)))
   if not same:
     raise RuntimeError('the two methods saved different arrays')
 

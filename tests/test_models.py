@@ -241,16 +241,13 @@ def test_image_channel_padding_keeps_parameters_and_function(dtype):
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)),
                                      _init(padded, x), plain))
 
-  def outputs(g, d):  # Jitted: one compile instead of hundreds of eager ops.
-    @jax.jit
-    def loss_and_grads(gv, dv):
-      return jax.grad(loss, (0, 1), has_aux=True)(gv, dv)
-
+  def outputs(g, d):
     def loss(gv, dv):
       images, _ = g.apply(gv, z, train=True, mutable=['batch_stats'])
       logits, _ = d.apply(dv, images, train=True, mutable=['batch_stats'])
       return jnp.sum(jnp.tanh(logits)), (images, logits)
-    grads, aux = loss_and_grads(g_vars, d_vars)
+    # Jitted: one compile instead of hundreds of eager ops.
+    grads, aux = jax.jit(jax.grad(loss, (0, 1), has_aux=True))(g_vars, d_vars)
     return aux, grads
 
   (images1, logits1), grads1 = outputs(g1, d1)
