@@ -211,6 +211,33 @@ class ChannelPaddedConv(nn.Module):
         self.strides, self.padding, dimension_numbers=_DIMENSIONS)
 
 
+class WholeMapConv(nn.Module):
+  """A 'VALID' convolution whose kernel covers the whole input map, computed as one dot product.
+
+  Same parameter (``kernel``, ``[h, w, in, features]``, float32, no bias) and function as
+  ``nn.Conv(features, (h, w), padding='VALID', use_bias=False)`` on an ``[N, h, w, in]`` input,
+  which yields ``[N, 1, 1, features]``. Why: D's logit layer is such a convolution with one
+  output channel; as a convolution it costs three cuDNN calls per pass (forward, input and
+  kernel gradients, each padding the single channel), as a dot product XLA fuses it into its
+  neighbours. On 2 CPU cores its forward and backward at batch 256 run ~10x faster (1.1 vs 11 ms).
+
+  Attributes:
+    features: Output channels.
+    dtype: Computation dtype; the kernel is stored in float32.
+  """
+
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n, h, w, c = x.shape
+    kernel = self.param('kernel', kernel_init, (h, w, c, self.features), jnp.float32)
+    y = jnp.dot(x.reshape((n, h * w * c)).astype(self.dtype),
+                kernel.reshape((h * w * c, self.features)).astype(self.dtype))
+    return y.reshape((n, 1, 1, self.features))
+
+
 class GroupedBatchNorm(nn.Module):
   """BatchNorm that can normalise several batches stacked in one call, each with its own statistics.
 
@@ -416,8 +443,7 @@ class Discriminator(nn.Module):
         x = GroupedBatchNorm(use_running_average=not train, dtype=dtype,
                              axis_name=self.axis_name, name=f'BatchNorm_{i - 1}')(x, groups)
       x = nn.leaky_relu(x, negative_slope=0.2)
-    x = nn.Conv(1, (4, 4), padding='VALID', use_bias=False, kernel_init=kernel_init, dtype=dtype,
-                param_dtype=jnp.float32, name='logit')(x)
+    x = WholeMapConv(1, dtype=dtype, name='logit')(x)  # The 4x4 map to one logit.
     return x.reshape((images.shape[0],)).astype(jnp.float32)
 
 

@@ -269,6 +269,34 @@ def test_image_channel_padding_keeps_parameters_and_function(dtype):
     assert text.count('conv_general_dilated[') == text1.count('conv_general_dilated[')
 
 
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_whole_map_conv_is_the_valid_conv_it_replaces(dtype):
+  """D's logit layer (a dot product) has nn.Conv's parameter and computes its function and
+  gradients; in the discriminator no convolution over the 4x4 map is left."""
+  conv = nn.Conv(3, (4, 4), padding='VALID', use_bias=False, kernel_init=models.kernel_init,
+                 dtype=dtype, param_dtype=jnp.float32)
+  whole = models.WholeMapConv(3, dtype=dtype)
+  x = jax.random.normal(jax.random.key(2), (6, 4, 4, 40))
+  variables = conv.init(jax.random.key(0), x)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)),
+                                   whole.init(jax.random.key(0), x), variables))
+
+  def value_and_grads(module):
+    f = lambda v, x: jnp.sum(jnp.sin(module.apply(v, x).astype(jnp.float32)))
+    return jax.jit(jax.value_and_grad(f, (0, 1)))(variables, x)
+
+  (v1, (gv1, gx1)), (v2, (gv2, gx2)) = value_and_grads(conv), value_and_grads(whole)
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2  # bfloat16: summation order differs.
+  assert abs(float(v1) - float(v2)) <= tol * max(abs(float(v1)), 1.0)
+  for a, b in ((gv1['params']['kernel'], gv2['params']['kernel']), (gx1, gx2)):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    assert np.linalg.norm(a - b) <= tol * np.linalg.norm(a)
+  d = Discriminator(image_size=16, channels=3, width=8)
+  images = jnp.zeros((2, 16, 16, 3))
+  jaxpr = str(jax.make_jaxpr(lambda v: d.apply(v, images, train=False))(_shapes(d, images)))
+  assert jaxpr.count('conv_general_dilated[') == 2 and 'dot_general[' in jaxpr
+
+
 def test_image_channel_multiple_rejects_bad_values():
   for bad in (0, -8, 2.5, '8', True):
     with pytest.raises(UserError, match='image_channel_multiple must be a positive integer'):

@@ -57,8 +57,9 @@ def test_summary_shapes_follow_the_shape_arithmetic(size, upsample):
   assert g_rows[-1].output_shape == (1, size, size, 3)
   images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   d_rows = summary.layer_rows(summary.models.discriminator_from_config(config), images)
-  # D: k halvings from size to 4, then the 4x4 VALID conv to a 1x1 logit.
-  assert [s[1] for s in _shapes(d_rows, 'Conv')] == [size // 2**i for i in range(1, k + 1)] + [1]
+  # D: k halvings from size to 4, then the 4x4 VALID conv (a WholeMapConv) to a 1x1 logit.
+  assert [s[1] for s in _shapes(d_rows, 'Conv')] == [size // 2**i for i in range(1, k + 1)]
+  assert _shapes(d_rows, 'WholeMapConv') == [(1, 1, 1, 1)]
   assert d_rows[-1].output_shape == (1,)
   text = summary.summarize(config)
   assert f'log2({size}/4) = {k}' in text
