@@ -251,21 +251,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     count = max(batch, args.num_images // batch * batch)
     images = rng.integers(0, 256, (count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     group = []
+
+    def add(row: dict[str, Any]) -> None:
+      group.append(dict(row, batch=batch, images=count))
+      common.report_progress(args, 'inception_fid', rows + group)
+
     if use_torch:
-      group.append(dict(bench_torch(batch, images, args), method='torchvision'))
-    group.append(dict(bench_extractor(variables, batch, images, args),
-                      method='dcgan_jax_extractor'))
-    group.append(dict(bench_device(variables, batch, images, args), method='dcgan_jax_device'))
+      add(dict(bench_torch(batch, images, args), method='torchvision'))
+    add(dict(bench_extractor(variables, batch, images, args), method='dcgan_jax_extractor'))
+    add(dict(bench_device(variables, batch, images, args), method='dcgan_jax_device'))
     if args.unfolded:
-      group.append(dict(bench_device(variables, batch, images, args, fold=False),
-                        method='dcgan_jax_device[unfolded]'))
+      add(dict(bench_device(variables, batch, images, args, fold=False),
+               method='dcgan_jax_device[unfolded]'))
     for name, options in args.xla_variants.items():
       result = common.run_variant(
           name, lambda o=options: bench_device(variables, batch, images, args, o))
-      group.append(dict(result, method=f'dcgan_jax_device[{name}]', compiler_options=options))
+      add(dict(result, method=f'dcgan_jax_device[{name}]', compiler_options=options))
     anchor = None
     for row in group:
-      row.update(batch=batch, images=count, img_per_s=count / (row['ms_per_step'] * 1e-3))
+      row['img_per_s'] = count / (row['ms_per_step'] * 1e-3)
       if row['method'] == 'torchvision':
         anchor = row['img_per_s']
     for row in group:

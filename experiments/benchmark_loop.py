@@ -28,7 +28,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -140,22 +140,27 @@ def step_only(config, args) -> dict[str, Any]:
   return result
 
 
-def dispatch_modes(config, args, images_path: str) -> dict[str, dict[str, Any]]:
+def dispatch_modes(config, args, images_path: str,
+                   on_result: Callable[[str, dict[str, Any]], None] = lambda mode, result: None
+                   ) -> dict[str, dict[str, Any]]:
   """The loop's per-step work (batch gather, rng, step, metrics; no hooks) in both dispatch modes.
 
   ``per_step``: four dispatches per step from Python, as ``steps_per_dispatch=1``.
   ``fused``: :class:`dcgan_jax.step_loop.FusedSteps` chunks of ``--fused_steps`` (cut at
   epoch ends); ``fused[<name>]``: the same compiled with each ``--xla_variants`` option set
   (e.g. WHILE in XLA's CUDA-graph command buffers). All on the same device-resident images, same
-  config, same run.
+  config, same run. ``on_result(mode, result)`` is called as each mode is measured.
   """
   images = np.load(images_path)
   results = {}
   for mode in ('per_step', 'fused'):
     results[mode] = _time_dispatch(config, args, images, mode, None)
+    on_result(mode, results[mode])
   for name, options in args.xla_variants.items():
-    results[f'fused[{name}]'] = common.run_variant(
+    mode = f'fused[{name}]'
+    results[mode] = common.run_variant(
         name, lambda o=options: _time_dispatch(config, args, images, 'fused', o), 'img_per_s')
+    on_result(mode, results[mode])
   return results
 
 
@@ -295,22 +300,28 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
   # On a noisy machine the fixed costs can vary by more than the extra steps take.
   loop_ips = extra * args.batch / delta if delta > 0 else float('nan')
   step = step_only(make_config(args, folder, data_dir, args.long_steps), args)
-  modes = {}
-  if args.dataset == 'array':
-    modes = dispatch_modes(make_config(args, folder, data_dir, args.long_steps), args, folder)
-  rows = [
-      {'method': 'loop (steady state)', 'img_per_s': loop_ips, 'ms_per_step': args.batch / loop_ips * 1e3},
-      {'method': 'loop (end to end)', 'img_per_s': args.long_steps * args.batch / wall[args.long_steps],
-       'ms_per_step': wall[args.long_steps] / args.long_steps * 1e3},
-      {'method': 'step only', 'img_per_s': step['img_per_s'], 'ms_per_step': step['ms_per_step']},
-  ]
-  for mode, result in modes.items():
+  rows = []
+
+  def add(method: str, img_per_s: float, ms_per_step: float) -> None:
+    rows.append({'method': method, 'img_per_s': img_per_s, 'ms_per_step': ms_per_step,
+                 'vs_step': img_per_s / step['img_per_s']})
+    common.report_progress(args, 'train_loop', rows)
+
+  # The headline rows first: a time limit that ends the dispatch modes below leaves them.
+  add('loop (steady state)', loop_ips, args.batch / loop_ips * 1e3)
+  add('loop (end to end)', args.long_steps * args.batch / wall[args.long_steps],
+      wall[args.long_steps] / args.long_steps * 1e3)
+  add('step only', step['img_per_s'], step['ms_per_step'])
+
+  def add_mode(mode: str, result: dict[str, Any]) -> None:
     label = ('steps, 1 per dispatch' if mode == 'per_step' else
              f'steps, {args.fused_steps} per dispatch{mode[len("fused"):]}')
-    rows.append({'method': label, 'img_per_s': result['img_per_s'],
-                 'ms_per_step': result['ms_per_step']})
-  for row in rows:
-    row['vs_step'] = row['img_per_s'] / step['img_per_s']
+    add(label, result['img_per_s'], result['ms_per_step'])
+
+  modes = {}
+  if args.dataset == 'array':
+    modes = dispatch_modes(make_config(args, folder, data_dir, args.long_steps), args, folder,
+                           add_mode)
   table = common.print_table(rows, [('method', 'method', 's'), ('ms_per_step', 'ms/step', '.3f'),
                                     ('img_per_s', 'img/s', '.1f'), ('vs_step', 'x step', '.3f')])
   env = common.environment(args.device_kind or None)
@@ -359,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
       with tempfile.TemporaryDirectory() as root:
         record = run(args, root)
   if args.out:
-    common.write_json(args.out, record)
+    common.write_json(args.out, dict(record, complete=True))
   return 0
 
 

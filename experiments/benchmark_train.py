@@ -208,12 +208,30 @@ def _strict(value: Any) -> Any:
   return value
 
 
-def write_json(path: str, record: dict[str, Any]) -> None:
-  """Writes ``record`` as strict, indented JSON, creating the folder."""
+def write_json(path: str, record: dict[str, Any], quiet: bool = False) -> None:
+  """Writes ``record`` as strict, indented JSON, creating the folder.
+
+  Written to a temporary file and renamed, so a reader (or a kill) never sees half a file.
+  """
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'w') as f:
+  with open(path + '.tmp', 'w') as f:
     json.dump(_strict(record), f, indent=2, sort_keys=True, allow_nan=False)
-  print(f'wrote {path}', flush=True)
+  os.replace(path + '.tmp', path)
+  if not quiet:
+    print(f'wrote {path}', flush=True)
+
+
+def report_progress(args: argparse.Namespace, benchmark: str, rows: list[dict[str, Any]]) -> None:
+  """Prints the newest measured row at once and, with ``args.out``, writes the rows so far.
+
+  Why: on a GPU machine each benchmark runs under a time limit; killed there, a benchmark
+  that reported only at the end would leave nothing. The partial record has
+  ``"complete": false``; the final record replaces it.
+  """
+  if args.out:  # Written before the line is printed: what the log shows is on disk.
+    write_json(args.out, {'benchmark': benchmark, 'complete': False, 'rows': rows,
+                          'environment': environment(args.device_kind or None)}, quiet=True)
+  print('measured ' + json.dumps(_strict(rows[-1]), sort_keys=True), flush=True)
 
 
 # --- Ours ------------------------------------------------------------------------------------
@@ -503,9 +521,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       t = bench_torch(batch, args)
       anchor = batch / t['ms_per_step'] * 1e3
       rows.append(dict(t, method='torch_examples', dtype='float32', batch=batch))
+      report_progress(args, 'train_step', rows)
     for dtype in args.dtypes:
       rows.append(dict(bench_jax(batch, dtype, args), method='dcgan_jax', dtype=dtype,
                        batch=batch))
+      report_progress(args, 'train_step', rows)
       variants = [(name, options, None) for name, options in args.xla_variants.items()]
       variants += [(name, None, options) for name, options in args.model_variants.items()]
       for name, compiler_options, model_options in variants:
@@ -513,6 +533,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             batch, dtype, args, c, m))
         rows.append(dict(result, method=f'dcgan_jax[{name}]', dtype=dtype, batch=batch,
                          compiler_options=compiler_options, model_options=model_options))
+        report_progress(args, 'train_step', rows)
     for row in rows:
       if row['batch'] != batch:
         continue
@@ -564,7 +585,7 @@ def benchmark_main(parse: Callable[[list[str] | None], argparse.Namespace],
     return 2
   record = bench(args)
   if args.out:
-    write_json(args.out, record)
+    write_json(args.out, dict(record, complete=True))
   return 0
 
 

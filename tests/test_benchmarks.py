@@ -84,7 +84,12 @@ def _run(script, tmp_path, *flags, without_tensorflow=False):
                          '--tiny', '--out', str(out), *flags],
                         capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-  return json.loads(out.read_text()), proc.stdout
+  record = json.loads(out.read_text())
+  assert record['complete'] is True
+  if script != 'benchmark_checkpoint':  # Every row was also reported as it was measured.
+    assert proc.stdout.count('\nmeasured {') + proc.stdout.startswith('measured {') == len(
+        record['rows'])
+  return record, proc.stdout
 
 
 def _check_environment(record):
@@ -124,6 +129,28 @@ def test_benchmark_train_tiny(tmp_path):
     assert set(record['ratios_vs_torch']) == {'b16_float32', 'b16_bfloat16'}
     assert set(record['variant_ratios_vs_torch']) == {
         f'b16_{d}_{v}' for d in ('float32', 'bfloat16') for v in ('graph1', 'pad8')}
+
+
+def test_a_benchmark_killed_by_its_time_limit_leaves_what_it_measured(tmp_path):
+  """On the GPU machine every benchmark runs under `timeout`: killed after its first row, the
+  JSON at --out already holds that row, marked incomplete."""
+  out = tmp_path / 'train.json'
+  proc = subprocess.Popen(
+      [sys.executable, os.path.join(EXPERIMENTS, 'benchmark_train.py'), '--tiny', '--no_torch',
+       '--repeats', '1', '--dtypes', 'float32,bfloat16', '--out', str(out)],
+      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+  try:
+    for line in proc.stdout:
+      if line.startswith('measured {'):
+        break
+    proc.kill()
+  finally:
+    proc.wait(timeout=60)
+  record = json.loads(out.read_text())
+  assert record['complete'] is False and record['benchmark'] == 'train_step'
+  assert record['rows'][0] == json.loads(line[len('measured '):])
+  assert record['rows'][0]['method'] == 'dcgan_jax' and record['rows'][0]['ms_per_step'] > 0
+  assert record['environment']['jax_version']
 
 
 @pytest.mark.slow
