@@ -100,8 +100,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.parallelism = 'shard_map'  # 'shard_map' (jit over a 1-D mesh) or 'pmap'.
   # With device-resident data and shard_map, up to this many steps run in one device program
   # (a loop on the device; chunks still end at every log, checkpoint, hook and epoch end, so the
-  # results are those of per-step dispatch). 1 (default) dispatches each step from Python. More
-  # saves host dispatch work (for TPUs and fast GPUs), but measure: XLA:CPU runs the loop body
-  # ~1.5x slower than the lone step, so on CPU keep 1.
+  # results are those of per-step dispatch). 1 (default) dispatches each step from Python as one
+  # program. More saves host dispatch work (for TPUs and fast GPUs), but measure: XLA:CPU runs
+  # the loop body ~1.5x slower than the lone step, so on CPU keep 1.
   config.steps_per_dispatch = 1
   return config

@@ -3,13 +3,15 @@
 With the dataset on the devices (:class:`~dcgan_jax.data.DeviceResidentSampler`) and
 ``parallelism='shard_map'``, everything one step needs is a function of device values and the step
 number: its batch (a gather from the epoch's permutation), its rng (``fold_in(train_key, step)``),
-the update, and the metric accumulation. :class:`FusedSteps` traces all four into the body of a
-``lax.fori_loop`` and runs up to ``steps_per_dispatch`` steps per call. Step by step, the loop
-dispatches four programs per step from Python (gather, fold_in, step, accumulate); where a step
-takes a millisecond or two on the accelerator, that host work can hold the loop below the step's
-own rate. It is opt-in (``steps_per_dispatch`` 1 by default) because the gain depends on the
-backend: on XLA:CPU the looped step runs ~1.5x slower than the lone one (2-core CPU, tiny model:
-3.7 vs 2.6 ms/step), and it is not yet measured on a GPU (experiments/PERF.md).
+the update, and the metric accumulation. :class:`FusedSteps` traces all four into one program:
+with ``steps_per_dispatch`` 1 (the default) that program is one step, so the host dispatches
+once per step instead of four times (gather, fold_in, step, accumulate: where a step takes a
+millisecond or two on the accelerator, that host work can hold the loop below the step's own
+rate); with more, it is the body of a ``lax.fori_loop`` that runs up to ``steps_per_dispatch``
+steps per call. The loop is opt-in because its gain depends on the backend: on XLA:CPU the
+looped step runs ~1.5x slower than the lone one (2-core CPU, tiny model: 3.7 vs 2.6 ms/step),
+and it is not yet measured on a GPU (experiments/PERF.md). The one-step program costs the same
+as four dispatches on CPU (2 cores, tiny model: medians 2.19 vs 2.20 ms/step, within noise).
 
 Chunks end wherever the host has work: at every step where a log, checkpoint or hook is due, at
 each epoch's end (the permutation changes) and at the end of training. They also end at multiples
@@ -109,6 +111,9 @@ class FusedSteps:
         collection, tracker = accumulate(collection, tracker, metrics, step + 1)
         return state, collection, tracker
 
+      if self.steps_per_dispatch == 1:  # Every chunk is one step: no loop around it.
+        del num_steps
+        return body(0, (state, collection, tracker))
       # A traced trip count: one compilation serves every chunk length.
       return jax.lax.fori_loop(0, num_steps, body, (state, collection, tracker))
 

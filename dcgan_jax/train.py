@@ -3,9 +3,11 @@
 One readable loop in the flax-examples shape. Everything a user can get wrong is checked before
 anything is written (model settings, batch vs. device count, the dataset, the workdir); then the
 workdir is locked, the latest readable checkpoint (if any) is restored and training runs in
-steps: one dispatch per step, or (``steps_per_dispatch`` > 1, device-resident data, shard_map)
-chunks of steps in one device program that end wherever the host has work
-(:mod:`dcgan_jax.step_loop`). Durations given in epochs are converted to steps in one place
+steps. With device-resident data and shard_map, each dispatch is one device program that
+gathers the batch, derives the step's key, trains and accumulates the metrics, for one step or
+(``steps_per_dispatch`` > 1) a chunk of steps that ends wherever the host has work
+(:mod:`dcgan_jax.step_loop`); otherwise (streamed input, pmap) the loop dispatches those four
+pieces step by step. Durations given in epochs are converted to steps in one place
 (:func:`resolve_durations`), and every periodic hook asks one helper whether it is due
 (:func:`is_due`).
 
@@ -779,7 +781,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
 
   fused = None
   steps_per_dispatch = step_loop.check_steps_per_dispatch(config.get('steps_per_dispatch', 1))
-  if sampler is not None and not pmap_layout and steps_per_dispatch > 1:
+  if sampler is not None and not pmap_layout:  # One program per dispatch (see step_loop).
     # The metric names come from the step's output structure, without running it (traced
     # un-jitted: a jit with compiler_options cannot be nested).
     metric_names = list(jax.eval_shape(step_fn.mapped, state, sampler.batch(start_step),
@@ -789,7 +791,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     fused = step_loop.FusedSteps(step_fn, sampler,
                                  _make_accumulate(collection_cls, pmap_layout, jit=False),
                                  steps_per_dispatch)
-    logging.info('Up to %d steps per device program (steps_per_dispatch).', steps_per_dispatch)
+    if steps_per_dispatch > 1:
+      logging.info('Up to %d steps per device program (steps_per_dispatch).', steps_per_dispatch)
 
   def host_work_due(done: int) -> bool:
     """Whether the loop has anything to do after ``done`` steps (ends a fused chunk)."""

@@ -145,15 +145,16 @@ def dispatch_modes(config, args, images_path: str,
                    ) -> dict[str, dict[str, Any]]:
   """The loop's per-step work (batch gather, rng, step, metrics; no hooks) in both dispatch modes.
 
-  ``per_step``: four dispatches per step from Python, as ``steps_per_dispatch=1``.
-  ``fused``: :class:`dcgan_jax.step_loop.FusedSteps` chunks of ``--fused_steps`` (cut at
-  epoch ends); ``fused[<name>]``: the same compiled with each ``--xla_variants`` option set
+  ``per_step``: four dispatches per step from Python (the loop's path for streamed input and
+  pmap). ``one_program``: the four in one program per step (``steps_per_dispatch=1`` with
+  device-resident data, the default). ``fused``: :class:`dcgan_jax.step_loop.FusedSteps` chunks
+  of ``--fused_steps`` (cut at epoch ends); ``fused[<name>]``: the same compiled with each ``--xla_variants`` option set
   (e.g. WHILE in XLA's CUDA-graph command buffers). All on the same device-resident images, same
   config, same run. ``on_result(mode, result)`` is called as each mode is measured.
   """
   images = np.load(images_path)
   results = {}
-  for mode in ('per_step', 'fused'):
+  for mode in ('per_step', 'one_program', 'fused'):
     results[mode] = _time_dispatch(config, args, images, mode, None)
     on_result(mode, results[mode])
   for name, options in args.xla_variants.items():
@@ -182,7 +183,7 @@ def _time_dispatch(config, args, images: np.ndarray, mode: str,
   collection_cls = train._make_metrics_collection(names)  # pylint: disable=protected-access
   accumulate = train._make_accumulate(collection_cls, False)  # pylint: disable=protected-access
   fused = step_loop.FusedSteps(step, sampler, train._make_accumulate(  # pylint: disable=protected-access
-      collection_cls, False, jit=False), args.fused_steps)
+      collection_cls, False, jit=False), 1 if mode == 'one_program' else args.fused_steps)
 
   def run_steps(n: int) -> None:
     state, first = holder['state'], holder['step']
@@ -190,7 +191,7 @@ def _time_dispatch(config, args, images: np.ndarray, mode: str,
     tracker = train._NonFiniteTracker.empty()  # pylint: disable=protected-access
     s = first
     while s < first + n:
-      if mode == 'fused':
+      if mode != 'per_step':
         end = fused.chunk_end(s, first + n, lambda _: False)
         state, collection, tracker = fused(state, collection, tracker, key, s, end)
       else:
@@ -202,7 +203,7 @@ def _time_dispatch(config, args, images: np.ndarray, mode: str,
     holder['state'], holder['step'] = state, s
 
   result = common.time_method(run_steps, args.long_steps - args.short_steps, args.repeats,
-                              2 if mode == 'per_step' else args.fused_steps)
+                              args.fused_steps if mode == 'fused' else 2)
   result['img_per_s'] = args.batch / result['ms_per_step'] * 1e3
   return result
 
@@ -314,8 +315,9 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
   add('step only', step['img_per_s'], step['ms_per_step'])
 
   def add_mode(mode: str, result: dict[str, Any]) -> None:
-    label = ('steps, 1 per dispatch' if mode == 'per_step' else
-             f'steps, {args.fused_steps} per dispatch{mode[len("fused"):]}')
+    label = {'per_step': 'steps, 4 dispatches per step',
+             'one_program': 'steps, 1 per dispatch (default)'}.get(
+                 mode, f'steps, {args.fused_steps} per dispatch{mode[len("fused"):]}')
     add(label, result['img_per_s'], result['ms_per_step'])
 
   modes = {}

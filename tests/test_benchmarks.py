@@ -192,9 +192,11 @@ def test_benchmark_loop_tiny_without_tensorflow(tmp_path):
   assert record['periodic_checkpoint_ms_per_step'] > 0
   # Both dispatch modes of the loop's per-step work were timed on the same images, and the
   # fused one again compiled with the variant's XLA options (GPU options: fine on CPU).
-  assert set(record['dispatch_modes']) == {'per_step', 'fused', 'fused[while_graphs]'}
+  assert set(record['dispatch_modes']) == {'per_step', 'one_program', 'fused',
+                                           'fused[while_graphs]'}
   assert all(m['ms_per_step'] > 0 for m in record['dispatch_modes'].values())
   assert '4 per dispatch[while_graphs]' in record['table']
+  assert '1 per dispatch (default)' in record['table'] and '4 dispatches per step' in record['table']
 
 
 def test_benchmark_checkpoint_tiny(tmp_path):

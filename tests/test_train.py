@@ -305,7 +305,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     return state, metrics
 
   monkeypatch.setattr(parallel.DataParallelStep, '__call__', poisoned)
-  config = tiny_config(tfds_dir, num_train_steps=6, steps_per_dispatch=1)  # Patched per step.
+  # Streamed input: the loop calls the step itself (patched above) once per step.
+  config = tiny_config(tfds_dir, num_train_steps=6, device_resident='never')
   with pytest.raises(train.NonFiniteLossError,
                      match=r'non-finite g_loss at step 3; the last good checkpoint \(step 2\)'):
     train.train_and_evaluate(config, tmp_path)
