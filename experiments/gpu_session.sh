@@ -30,16 +30,21 @@ run() {  # run SECONDS CMD...: one part under a timeout, output to the log and t
   timeout "$t" "$@" 2>&1 | grep -v "^WARNING: All log messages before absl" | tee -a "$log" | tail -40
   echo "=== exit ${PIPESTATUS[0]}" | tee -a "$log"
 }
-# XLA option sets tried beside the defaults (same process, same anchor): CUDA graphs for every
-# region of >= 1 kernel; no CUDA graphs at all; convolutions as cuDNN fusions (which, unlike
-# plain cuDNN convolutions, CUDA graphs can hold), alone and with graphs for every region;
-# cuDNN runtime fusion (convolutions with their elementwise epilogues, e.g. D's LeakyReLU);
-# while loops (the fused chunks) inside graphs.
-step_variants='{"graph1": {"xla_gpu_graph_min_graph_size": 1}, "no_graphs": {"xla_gpu_enable_command_buffer": ""}, "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": true}, "conv_fusion_graph1": {"xla_gpu_experimental_enable_conv_fusion": true, "xla_gpu_graph_min_graph_size": 1}, "runtime_fusion": {"xla_gpu_use_runtime_fusion": true}}'
-inc_variants='{"graph1": {"xla_gpu_graph_min_graph_size": 1}, "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": true}}'
+# XLA option sets tried beside the defaults (same process, same anchor), most promising first
+# (a part cut off by its timeout keeps the rows it measured):
+#   conv_graphs(1): cuDNN convolution thunks recorded into XLA's CUDA graphs too (command buffer
+#     type CONVOLUTION, not in XLA's default set): the v2 profile's ~0.6 ms/step of launch gaps
+#     come from the convolutions splitting the graphs into ~19 pieces; "1": graphs of any size.
+#   conv_fusion(_graph1): convolutions as cuDNN fusions (graphable as CUDNN commands).
+#   graph1: CUDA graphs for every region of >= 1 kernel. runtime_fusion: cuDNN runtime fusion
+#   (convolutions with their elementwise epilogues, e.g. D's LeakyReLU). no_graphs: what the
+#   default graphs gain. An option this jaxlib does not know fails alone, as a row with its error.
+cmd_conv="FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONVOLUTION"
+step_variants='{"conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "conv_graphs1": {"xla_gpu_enable_command_buffer": "'$cmd_conv'", "xla_gpu_graph_min_graph_size": 1}, "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": true}, "graph1": {"xla_gpu_graph_min_graph_size": 1}, "runtime_fusion": {"xla_gpu_use_runtime_fusion": true}, "conv_fusion_graph1": {"xla_gpu_experimental_enable_conv_fusion": true, "xla_gpu_graph_min_graph_size": 1}, "no_graphs": {"xla_gpu_enable_command_buffer": ""}}'
+inc_variants='{"conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "conv_graphs1": {"xla_gpu_enable_command_buffer": "'$cmd_conv'", "xla_gpu_graph_min_graph_size": 1}, "graph1": {"xla_gpu_graph_min_graph_size": 1}, "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": true}}'
 # Model options tried the same way: RGB channels padded to 8 inside the image convolutions.
 model_variants='{"pad8": {"image_channel_multiple": 8}}'
-loop_variants='{"while_graphs": {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"}, "while_graph1": {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL", "xla_gpu_graph_min_graph_size": 1}}'
+loop_variants='{"conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "while_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv',WHILE,CONDITIONAL"}}'
 parts="${PARTS:-train profile fid profinc loop loopN xla profpad fidx ckpt baseline}"  # Which parts, in order (PARTS=... to pick).
 for part in $parts; do
   case $part in

@@ -290,3 +290,32 @@ def test_gpu_session_script_parses_and_names_every_part():
   assert {'train', 'xla', 'profpad', 'loopN', 'profinc'} <= parts
   listed = re.search(r'unknown part \$part \(([^)]*)\)', text).group(1)
   assert set(listed.split(', ')) == parts
+
+
+def _session_variants():
+  """The option sets gpu_session.sh passes as --xla_variants / --model_variants, by name."""
+  script = os.path.join(EXPERIMENTS, 'gpu_session.sh')
+  names = ('step_variants', 'inc_variants', 'model_variants', 'loop_variants')
+  # Evaluate only the assignments (the script itself needs a GPU machine).
+  lines = [line for line in open(script).read().splitlines()
+           if re.match(r'^(cmd_conv|%s)=' % '|'.join(names), line)]
+  shell = '\n'.join(lines + [f'printf "%s\\n" "${name}"' for name in names])
+  out = subprocess.run(['bash', '-c', shell], capture_output=True, text=True, check=True).stdout
+  return dict(zip(names, out.splitlines()))
+
+
+def test_gpu_session_variants_parse_and_xla_knows_every_option():
+  """A misspelt option or enum value would only show on the GPU machine, as a wasted row:
+  XLA validates GPU option names and values on any backend, so compile each set here."""
+  variants = _session_variants()
+  assert set(benchmark_train.parse_model_variants(variants['model_variants'])) == {'pad8'}
+  xla_sets = {}
+  for name in ('step_variants', 'inc_variants', 'loop_variants'):
+    parsed = benchmark_train.parse_xla_variants(variants[name])
+    assert parsed and 'conv_graphs' in parsed, name
+    xla_sets.update({f'{name}/{k}': v for k, v in parsed.items()})
+  f = jax.jit(lambda x: x * 2)
+  for name, options in xla_sets.items():
+    f.lower(np.ones(3, np.float32)).compile(compiler_options=options)  # Raises on an unknown option.
+  with pytest.raises(Exception, match='not a valid enum value'):
+    f.lower(np.ones(3, np.float32)).compile(compiler_options={'xla_gpu_enable_command_buffer': 'NOPE'})
