@@ -11,7 +11,7 @@ rate); with more, it is the body of a ``lax.fori_loop`` that runs up to ``steps_
 steps per call. The loop is opt-in because its gain depends on the backend: on XLA:CPU the
 looped step runs ~1.5x slower than the lone one (2-core CPU, tiny model: 3.7 vs 2.6 ms/step),
 and it is not yet measured on a GPU (experiments/PERF.md). The one-step program costs the same
-as four dispatches on CPU (2 cores, tiny model: medians 2.19 vs 2.20 ms/step, within noise).
+as four dispatches on CPU (2 cores, tiny model: ~2.2 ms/step either way, within noise).
 
 Chunks end wherever the host has work: at every step where a log, checkpoint or hook is due, at
 each epoch's end (the permutation changes) and at the end of training. They also end at multiples
