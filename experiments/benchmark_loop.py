@@ -143,13 +143,13 @@ def step_only(config, args) -> dict[str, Any]:
 def dispatch_modes(config, args, images_path: str,
                    on_result: Callable[[str, dict[str, Any]], None] = lambda mode, result: None
                    ) -> dict[str, dict[str, Any]]:
-  """The loop's per-step work (batch gather, rng, step, metrics; no hooks) in both dispatch modes.
+  """The loop's per-step work (batch gather, rng, step, metrics; no hooks) in each dispatch mode.
 
   ``per_step``: four dispatches per step from Python (the loop's path for streamed input and
   pmap). ``one_program``: the four in one program per step (``steps_per_dispatch=1`` with
   device-resident data, the default). ``fused``: :class:`dcgan_jax.step_loop.FusedSteps` chunks
-  of ``--fused_steps`` (cut at epoch ends); ``fused[<name>]``: the same compiled with each ``--xla_variants`` option set
-  (e.g. WHILE in XLA's CUDA-graph command buffers). All on the same device-resident images, same
+  of ``--fused_steps`` (cut at epoch ends); ``fused[<name>]``: the same compiled with each
+  ``--xla_variants`` option set (e.g. WHILE in XLA's CUDA-graph command buffers). All on the same device-resident images, same
   config, same run. ``on_result(mode, result)`` is called as each mode is measured.
   """
   images = np.load(images_path)
