@@ -120,6 +120,14 @@ class FusedSteps:
     self._run = jax.jit(run, donate_argnums=(0, 1, 2),
                         compiler_options=step_fn.compiler_options or None)
 
+  def _placed(self, tree: Any) -> Any:
+    """``tree`` replicated on the mesh. A tree the loop returned is there already, leaf by leaf,
+    so one leaf tells; checking all of them cost ~30 us per step on the 2-core CPU."""
+    leaves = jax.tree.leaves(tree)
+    if leaves and isinstance(leaves[0], jax.Array) and leaves[0].sharding == self._replicated:
+      return tree
+    return jax.tree.map(self._place, tree)
+
   def _place(self, x: jax.Array) -> jax.Array:
     if isinstance(x, jax.Array) and x.sharding == self._replicated:
       return x  # Already where the loop left it (in multi-process runs, not fully addressable).
@@ -140,7 +148,7 @@ class FusedSteps:
       raise ValueError(f'A chunk runs within one epoch: got steps {step}..{end}.')
     # Fresh metric accumulators are uncommitted host-made arrays; the loop returns them
     # replicated on the mesh. Placing them the same way every call keeps one compiled program.
-    collection, tracker = jax.tree.map(self._place, (collection, tracker))
+    collection, tracker = self._placed(collection), self._placed(tracker)
     return self._run(state, collection, tracker, self._sampler.images,
                      self._sampler.epoch_permutation(epoch), train_key, np.int32(step),
                      np.int32(position * self._sampler.global_batch), np.int32(end - step))

@@ -351,29 +351,25 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
   }
 
 
-def main(argv: list[str] | None = None) -> int:
-  try:
-    args = parse_args(argv)
-  except UserError as e:
-    print(e, file=sys.stderr)
-    return 2
+def run_or_skip(args: argparse.Namespace) -> dict[str, Any]:
+  """:func:`run` in ``--workdir`` or a temporary folder, or a 'skipped' record where the
+  training loop's modules are missing."""
   missing = missing_training_modules(args.dataset)
   if missing:
     message = (f'benchmark_loop skipped: the training loop needs {", ".join(missing)}, '
                'which is not installed here.')
     print(message, flush=True)
-    record = {'benchmark': 'train_loop', 'skipped': True, 'reason': message,
-              'environment': common.environment(args.device_kind or None)}
-  else:
-    if args.workdir:
-      os.makedirs(args.workdir, exist_ok=True)
-      record = run(args, args.workdir)
-    else:
-      with tempfile.TemporaryDirectory() as root:
-        record = run(args, root)
-  if args.out:
-    common.write_json(args.out, dict(record, complete=True))
-  return 0
+    return {'benchmark': 'train_loop', 'skipped': True, 'reason': message,
+            'environment': common.environment(args.device_kind or None)}
+  if args.workdir:
+    os.makedirs(args.workdir, exist_ok=True)
+    return run(args, args.workdir)
+  with tempfile.TemporaryDirectory() as root:
+    return run(args, root)
+
+
+def main(argv: list[str] | None = None) -> int:
+  return common.benchmark_main(parse_args, run_or_skip, argv)
 
 
 if __name__ == '__main__':

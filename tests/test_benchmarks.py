@@ -87,8 +87,8 @@ def _run(script, tmp_path, *flags, without_tensorflow=False):
   record = json.loads(out.read_text())
   assert record['complete'] is True
   if script != 'benchmark_checkpoint':  # Every row was also reported as it was measured.
-    assert proc.stdout.count('\nmeasured {') + proc.stdout.startswith('measured {') == len(
-        record['rows'])
+    measured = [line for line in proc.stdout.splitlines() if line.startswith('measured {')]
+    assert len(measured) == len(record['rows'])
   return record, proc.stdout
 
 
