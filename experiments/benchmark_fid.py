@@ -76,16 +76,49 @@ def bench_extractor(variables, batch: int, images: np.ndarray, args) -> dict[str
   return common.time_method(run_steps, 1, args.repeats, 1)
 
 
+def parse_network_variants(text: str) -> dict[str, dict[str, Any]]:
+  """``'merged,pad4,merged+pad8'`` -> {name: {'merge_siblings': bool, 'input_channels': int}}.
+
+  Each variant is '+'-joined parts: ``merged`` (sibling 1x1 convolutions as one) and ``padN``
+  (RGB input padded with zero channels to N).
+  """
+  variants = {}
+  for name in filter(None, (part.strip() for part in text.split(','))):
+    form = {'merge_siblings': False, 'input_channels': 3}
+    for token in name.split('+'):
+      if token == 'merged':
+        form['merge_siblings'] = True
+      elif token.startswith('pad') and token[3:].isdigit() and 3 <= int(token[3:]) <= 64:
+        form['input_channels'] = int(token[3:])
+      else:
+        raise UserError(f'Unknown network variant part {token!r} in {name!r}; valid parts: '
+                        "'merged' and 'padN' (N in 3..64), joined by '+', e.g. merged+pad4.")
+    variants[name] = form
+  return variants
+
+
+def network_variables(variables, fold: bool = True, merge_siblings: bool = False,
+                      input_channels: int = 3) -> dict[str, Any]:
+  """The variables in the form the extractor would run them (see `InceptionExtractor`)."""
+  if not fold:
+    return variables
+  params = inception.fold_batch_norm(variables)['params']
+  if merge_siblings:
+    params = inception.merge_sibling_convs(params)
+  return {'params': inception.pad_input_channels(params, input_channels)}
+
+
 def bench_device(variables, batch: int, images: np.ndarray, args,
                  compiler_options: dict[str, Any] | None = None,
-                 fold: bool = True) -> dict[str, Any]:
+                 fold: bool = True, **form) -> dict[str, Any]:
   """The extractor's two jitted programs on device-resident batches (no host copies), with
   the BatchNorm-folded variables the extractor uses (``fold=False``: the network as written,
   conv -> BatchNorm -> ReLU, to measure what folding gains).
 
-  ``compiler_options``: XLA options for the network's program (``--xla_variants``).
+  ``compiler_options``: XLA options for the network's program (``--xla_variants``);
+  ``form``: ``merge_siblings`` / ``input_channels`` (``--network_variants``).
   """
-  device_vars = jax.device_put(inception.fold_batch_norm(variables) if fold else variables)
+  device_vars = jax.device_put(network_variables(variables, fold, **form))
   chunks = [jax.device_put(images[i:i + batch]) for i in range(0, images.shape[0], batch)]
   forward = functools.partial(extractor_lib._forward, precision='default')  # pylint: disable=protected-access
   if compiler_options:
@@ -223,6 +256,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--unfolded', action=argparse.BooleanOptionalAction, default=True,
                       help='also time the device-resident network without BatchNorm folded '
                            'into the convolutions (what folding gains)')
+  parser.add_argument('--network_variants', default='',
+                      help="comma-separated network forms to also time on the device, each "
+                           "'+'-joined parts: merged (sibling 1x1 convolutions as one), padN "
+                           "(RGB input padded to N channels); e.g. merged,pad4,merged+pad4")
   parser.add_argument('--xla_variants', default='',
                       help='JSON {name: {xla_option: value}}: also time the device-resident '
                            'features with the network compiled with each set of XLA options')
@@ -233,6 +270,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   args = parser.parse_args(argv)
   args.batch_sizes = common._positive_ints(args.batch_sizes)  # pylint: disable=protected-access
   args.xla_variants = common.parse_xla_variants(args.xla_variants)
+  args.network_variants = parse_network_variants(args.network_variants)
   if min(args.num_images, args.repeats, args.fid_batch, args.width) < 1 or args.fid_n < 0:
     raise UserError('num_images, repeats, fid_batch and width must be positive, fid_n >= 0.')
   if not 2 <= args.fid_dims <= inception.POOL_FEATURES:
@@ -263,6 +301,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.unfolded:
       add(dict(bench_device(variables, batch, images, args, fold=False),
                method='dcgan_jax_device[unfolded]'))
+    for name, form in args.network_variants.items():
+      result = common.run_variant(
+          name, lambda f=form: bench_device(variables, batch, images, args, **f))
+      add(dict(result, method=f'dcgan_jax_device[{name}]', network=form))
     for name, options in args.xla_variants.items():
       result = common.run_variant(
           name, lambda o=options: bench_device(variables, batch, images, args, o))
@@ -296,6 +338,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       'ratios_vs_torch': {f"b{r['batch']}_{r['method']}": r['vs_torch'] for r in rows
                           if r['method'] != 'torchvision' and r['vs_torch'] is not None},
       'xla_variants': args.xla_variants,
+      'network_variants': args.network_variants,
       'fid': fid,
       'targets': {'features_b50_vs_torch': 3.0, 'fid50k_warm_s': 10.0},
       'targets_apply': not args.tiny and 'H100' in env['device_kind'],

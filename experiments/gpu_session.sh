@@ -42,6 +42,9 @@ run() {  # run SECONDS CMD...: one part under a timeout, output to the log and t
 cmd_conv="FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONVOLUTION"
 step_variants='{"conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "conv_graphs1": {"xla_gpu_enable_command_buffer": "'$cmd_conv'", "xla_gpu_graph_min_graph_size": 1}, "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": true}, "graph1": {"xla_gpu_graph_min_graph_size": 1}, "runtime_fusion": {"xla_gpu_use_runtime_fusion": true}, "conv_fusion_graph1": {"xla_gpu_experimental_enable_conv_fusion": true, "xla_gpu_graph_min_graph_size": 1}, "no_graphs": {"xla_gpu_enable_command_buffer": ""}}'
 inc_variants='{"conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "conv_graphs1": {"xla_gpu_enable_command_buffer": "'$cmd_conv'", "xla_gpu_graph_min_graph_size": 1}, "graph1": {"xla_gpu_graph_min_graph_size": 1}, "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": true}}'
+# Inception forms tried beside the default (same features): sibling 1x1 convolutions of each
+# block as one (19 fewer launches at 17x17 and 8x8), RGB input padded to 4 or 8 channels.
+inc_network='merged,pad4,merged+pad4,merged+pad8'
 # Model options tried the same way: RGB channels padded to 8 inside the image convolutions.
 model_variants='{"pad8": {"image_channel_multiple": 8}}'
 loop_variants='{"conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "while_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv',WHILE,CONDITIONAL"}}'
@@ -58,8 +61,9 @@ for part in $parts; do
              --out_dir /tmp/profile ;;
     fid) run "${T_FID:-130}" $py experiments/benchmark_fid.py ${BENCH_ARGS:-} ${FID_ARGS:-} \
              --device_kind "$kind" --out "$out/fid_${tag}.json" ;;
-    fidx) run "${T_FIDX:-120}" $py experiments/benchmark_fid.py ${BENCH_ARGS:-} --batch_sizes 50 \
+    fidx) run "${T_FIDX:-200}" $py experiments/benchmark_fid.py ${BENCH_ARGS:-} --batch_sizes 50 \
              --fid_n 0 --xla_variants "${INC_VARIANTS:-$inc_variants}" \
+             --network_variants "${INC_NETWORK:-$inc_network}" --no-unfolded \
              --device_kind "$kind" --out "$out/fid_xla_${tag}.json" ;;
     loop) run "${T_LOOP:-100}" $py experiments/benchmark_loop.py ${BENCH_ARGS:-} ${LOOP_ARGS:-} \
              --xla_variants "${LOOP_VARIANTS:-$loop_variants}" \

@@ -14,9 +14,11 @@ EXPERIMENTS = os.path.join(REPO, 'experiments')
 sys.path.insert(0, EXPERIMENTS)
 
 import benchmark_checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
+import benchmark_fid  # pylint: disable=g-import-not-at-top,wrong-import-position
 import benchmark_train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from dcgan_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dcgan_jax.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _conv_kernel_count(params) -> int:
@@ -157,12 +159,15 @@ def test_a_benchmark_killed_by_its_time_limit_leaves_what_it_measured(tmp_path):
 def test_benchmark_fid_tiny(tmp_path):
   variants = {'graph1': {'xla_gpu_graph_min_graph_size': 1}, 'bad': {'xla_no_such_option': 1}}
   record, stdout = _run('benchmark_fid', tmp_path, '--batch_sizes', '4', '--num_images', '4',
-                        '--fid_n', '8', '--fid_batch', '4', '--xla_variants', json.dumps(variants))
+                        '--fid_n', '8', '--fid_batch', '4', '--xla_variants', json.dumps(variants),
+                        '--network_variants', 'merged+pad4')
   _check_environment(record)
   assert record['table'] in stdout and 'FID-8' in stdout
   rows = {r['method']: r for r in record['rows']}
   assert {'dcgan_jax_extractor', 'dcgan_jax_device', 'dcgan_jax_device[graph1]',
-          'dcgan_jax_device[unfolded]'} <= set(rows)
+          'dcgan_jax_device[unfolded]', 'dcgan_jax_device[merged+pad4]'} <= set(rows)
+  assert rows['dcgan_jax_device[merged+pad4]']['network'] == {'merge_siblings': True,
+                                                               'input_channels': 4}
   # An option set XLA refuses is recorded with its error; the run goes on.
   assert 'No such compile option' in rows.pop('dcgan_jax_device[bad]')['error']
   assert rows['dcgan_jax_device[graph1]']['compiler_options'] == variants['graph1']
@@ -295,7 +300,7 @@ def test_gpu_session_script_parses_and_names_every_part():
 def _session_variants():
   """The option sets gpu_session.sh passes as --xla_variants / --model_variants, by name."""
   script = os.path.join(EXPERIMENTS, 'gpu_session.sh')
-  names = ('step_variants', 'inc_variants', 'model_variants', 'loop_variants')
+  names = ('step_variants', 'inc_variants', 'model_variants', 'loop_variants', 'inc_network')
   # Evaluate only the assignments (the script itself needs a GPU machine).
   lines = [line for line in open(script).read().splitlines()
            if re.match(r'^(cmd_conv|%s)=' % '|'.join(names), line)]
@@ -309,6 +314,11 @@ def test_gpu_session_variants_parse_and_xla_knows_every_option():
   XLA validates GPU option names and values on any backend, so compile each set here."""
   variants = _session_variants()
   assert set(benchmark_train.parse_model_variants(variants['model_variants'])) == {'pad8'}
+  network = benchmark_fid.parse_network_variants(variants['inc_network'])
+  assert network['merged+pad4'] == {'merge_siblings': True, 'input_channels': 4}
+  assert {'merged', 'pad4'} <= set(network)
+  with pytest.raises(UserError, match="valid parts: 'merged' and 'padN'"):
+    benchmark_fid.parse_network_variants('merged+pad2')
   xla_sets = {}
   for name in ('step_variants', 'inc_variants', 'loop_variants'):
     parsed = benchmark_train.parse_xla_variants(variants[name])

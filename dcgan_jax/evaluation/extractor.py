@@ -1,7 +1,7 @@
 """The jitted, data-parallel Inception feature extractor."""
 import functools
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,13 +16,29 @@ from dcgan_jax.evaluation import weights
 _BATCH_AXIS = 'batch'
 
 
-@functools.partial(jax.jit, static_argnames=('precision',))
-def _forward(variables: dict[str, Any], images: jax.Array, precision: str) -> dict[str, jax.Array]:
-  # Module-level so that every extractor with the same precision and batch shape shares one
-  # compiled program (compiling Inception takes tens of seconds on CPU). Variables without
-  # batch_stats are folded ones (`inception.fold_batch_norm`).
-  folded = 'batch_stats' not in variables
-  return inception.FIDInceptionV3(precision=precision, folded=folded).apply(variables, images)
+def network_for(variables: dict[str, Any], precision: str) -> inception.FIDInceptionV3:
+  """The `FIDInceptionV3` that ``variables`` fit: their structure says which form they have
+  (folded: no batch_stats; merged: ``merged_1x1`` convolutions; padded input channels)."""
+  params = variables['params']
+  return inception.FIDInceptionV3(
+      precision=precision, folded='batch_stats' not in variables,
+      merged=inception.MERGED_1X1 in params['Mixed_5b'],
+      input_channels=params['Conv2d_1a_3x3']['conv']['kernel'].shape[2])
+
+
+def _apply(variables: dict[str, Any], images: jax.Array, precision: str) -> dict[str, jax.Array]:
+  return network_for(variables, precision).apply(variables, images)
+
+
+# Module-level so that every extractor with the same precision and batch shape shares one
+# compiled program (compiling Inception takes tens of seconds on CPU).
+_forward = jax.jit(_apply, static_argnames=('precision',))
+
+
+@functools.cache
+def _forward_compiled_with(options: tuple[tuple[str, Any], ...]):
+  """`_forward` compiled with XLA ``options`` (one jitted function per set of options)."""
+  return jax.jit(_apply, static_argnames=('precision',), compiler_options=dict(options))
 
 
 class InceptionExtractor:
@@ -45,7 +61,8 @@ class InceptionExtractor:
 
   def __init__(self, variables: dict[str, Any], preprocessing: str = 'pytorch_fid',
                precision: str = 'default', batch_size: int = 200,
-               devices: Sequence[jax.Device] | None = None):
+               devices: Sequence[jax.Device] | None = None, merge_siblings: bool = False,
+               input_channels: int = 3, compiler_options: Mapping[str, Any] | None = None):
     """Builds an extractor from already converted variables.
 
     Args:
@@ -56,6 +73,12 @@ class InceptionExtractor:
         use by default), 'high' or 'highest' (full float32, for parity with references).
       batch_size: images per step over all local devices.
       devices: devices to shard over; default all local devices.
+      merge_siblings: run the side-by-side 1x1 convolutions of each block as one (see
+        `inception.merge_sibling_convs`). Performance only: the features are the same.
+      input_channels: pad the RGB input of the first convolution with zero channels to this
+        many (see `inception.pad_input_channels`). Performance only.
+      compiler_options: XLA options the network's program is compiled with (e.g. command
+        buffer types on GPUs). Performance only.
     """
     self.preprocessing = preprocessing_lib.check_mode(preprocessing)
     if precision not in inception.PRECISIONS:
@@ -63,6 +86,8 @@ class InceptionExtractor:
                       f'{", ".join(inception.PRECISIONS)}.')
     if batch_size < 1:
       raise UserError(f'batch_size must be positive, got {batch_size}.')
+    if not 3 <= input_channels <= 64:
+      raise UserError(f'input_channels must be in 3..64 (3 is RGB as is), got {input_channels}.')
     self.precision = precision
     devices = list(devices) if devices is not None else jax.local_devices()
     self.num_devices = len(devices)
@@ -72,8 +97,12 @@ class InceptionExtractor:
     self._data_sharding = NamedSharding(mesh, PartitionSpec(_BATCH_AXIS))
     # BatchNorm folded into the convolutions once, here: the same features with one pass less
     # over every activation (and conv + bias + ReLU as one cuDNN call on GPUs).
-    self._variables = jax.device_put(inception.fold_batch_norm(variables),
-                                     NamedSharding(mesh, PartitionSpec()))
+    params = inception.fold_batch_norm(variables)['params']
+    if merge_siblings:
+      params = inception.merge_sibling_convs(params)
+    params = inception.pad_input_channels(params, input_channels)
+    self._variables = jax.device_put({'params': params}, NamedSharding(mesh, PartitionSpec()))
+    self.compiler_options = dict(compiler_options or {})
 
   @classmethod
   def from_file(cls, path: str | os.PathLike | None, preprocessing: str = 'pytorch_fid',
@@ -89,6 +118,13 @@ class InceptionExtractor:
     """
     return cls(weights.load_inception_variables(path), preprocessing=preprocessing,
                precision=precision, **kwargs)
+
+  @property
+  def _network(self):
+    # Looked up per call (not bound at construction), so tests can stand in a cheap network.
+    if self.compiler_options:
+      return _forward_compiled_with(tuple(sorted(self.compiler_options.items())))
+    return _forward
 
   def _check(self, images: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
     # Device arrays stay where they are: copying generated images to the host and back is what
@@ -120,7 +156,7 @@ class InceptionExtractor:
                                                   chunk.dtype)])
       x = jax.device_put(chunk, self._data_sharding)
       x = preprocessing_lib.preprocess(x, mode=self.preprocessing)
-      yield _forward(self._variables, x, precision=self.precision), valid
+      yield self._network(self._variables, x, precision=self.precision), valid
 
   def device_batches(self, images: np.ndarray | jax.Array) -> Iterator[dict[str, jax.Array]]:
     """Extracts features batch by batch, leaving them on the devices.

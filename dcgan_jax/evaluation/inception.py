@@ -14,7 +14,7 @@ Inference only: BatchNorm always uses its running statistics (eps 1e-3).
 """
 import functools
 from collections.abc import Mapping
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -87,20 +87,50 @@ def _max_pool_3x3_stride2(x: jax.Array) -> jax.Array:
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
 
 
+# The 1x1 convolutions that read a block's input side by side, in the order their outputs are
+# stacked when merged (see `merge_sibling_convs`). Every group is unique to one kind of block.
+SIBLING_1X1_GROUPS = (
+    ('branch1x1', 'branch5x5_1', 'branch3x3dbl_1'),  # InceptionA
+    ('branch1x1', 'branch7x7_1', 'branch7x7dbl_1'),  # InceptionC
+    ('branch3x3_1', 'branch7x7x3_1'),  # InceptionD
+    ('branch1x1', 'branch3x3_1', 'branch3x3dbl_1'),  # InceptionE
+)
+MERGED_1X1 = 'merged_1x1'
+
+
+def _sibling_1x1(x: jax.Array, branches: Sequence[tuple[str, int]], precision: str,
+                 folded: bool, merged: bool) -> list[jax.Array]:
+  """The outputs of the 1x1 ConvBNs ``branches`` ((name, features)) that all read ``x``.
+
+  Merged, they are one convolution with every branch's output channels side by side, split
+  afterwards: the same values from one kernel launch instead of two or three (the blocks run at
+  17x17 and 8x8, where each launch does little work).
+  """
+  if merged:
+    if not folded:
+      raise ValueError('merged sibling convolutions need folded=True (see merge_sibling_convs).')
+    sizes = [features for _, features in branches]
+    y = ConvBN(sum(sizes), (1, 1), precision=precision, folded=True, name=MERGED_1X1)(x)
+    return jnp.split(y, np.cumsum(sizes)[:-1].tolist(), axis=-1)
+  return [ConvBN(features, (1, 1), precision=precision, folded=folded, name=name)(x)
+          for name, features in branches]
+
+
 class InceptionA(nn.Module):
   """Mixed_5b/5c/5d: 1x1, 5x5, double 3x3 and pooled branches -> 224 + pool_features channels."""
   pool_features: int
   precision: str = 'default'
   folded: bool = False
+  merged: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     conv = lambda name, f, k: ConvBN(f, k, padding=_same_padding(k), precision=self.precision,
                                      folded=self.folded, name=name)
-    branch1x1 = conv('branch1x1', 64, (1, 1))(x)
-    branch5x5 = conv('branch5x5_1', 48, (1, 1))(x)
+    branch1x1, branch5x5, branch3x3dbl = _sibling_1x1(
+        x, (('branch1x1', 64), ('branch5x5_1', 48), ('branch3x3dbl_1', 64)), self.precision,
+        self.folded, self.merged)
     branch5x5 = conv('branch5x5_2', 64, (5, 5))(branch5x5)
-    branch3x3dbl = conv('branch3x3dbl_1', 64, (1, 1))(x)
     branch3x3dbl = conv('branch3x3dbl_2', 96, (3, 3))(branch3x3dbl)
     branch3x3dbl = conv('branch3x3dbl_3', 96, (3, 3))(branch3x3dbl)
     branch_pool = conv('branch_pool', self.pool_features, (1, 1))(_avg_pool_3x3_exclude_pad(x))
@@ -131,17 +161,18 @@ class InceptionC(nn.Module):
   channels_7x7: int
   precision: str = 'default'
   folded: bool = False
+  merged: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     conv = lambda name, f, k: ConvBN(f, k, padding=_same_padding(k), precision=self.precision,
                                      folded=self.folded, name=name)
     c7 = self.channels_7x7
-    branch1x1 = conv('branch1x1', 192, (1, 1))(x)
-    branch7x7 = conv('branch7x7_1', c7, (1, 1))(x)
+    branch1x1, branch7x7, branch7x7dbl = _sibling_1x1(
+        x, (('branch1x1', 192), ('branch7x7_1', c7), ('branch7x7dbl_1', c7)), self.precision,
+        self.folded, self.merged)
     branch7x7 = conv('branch7x7_2', c7, (1, 7))(branch7x7)
     branch7x7 = conv('branch7x7_3', 192, (7, 1))(branch7x7)
-    branch7x7dbl = conv('branch7x7dbl_1', c7, (1, 1))(x)
     branch7x7dbl = conv('branch7x7dbl_2', c7, (7, 1))(branch7x7dbl)
     branch7x7dbl = conv('branch7x7dbl_3', c7, (1, 7))(branch7x7dbl)
     branch7x7dbl = conv('branch7x7dbl_4', c7, (7, 1))(branch7x7dbl)
@@ -154,15 +185,17 @@ class InceptionD(nn.Module):
   """Mixed_7a: grid reduction 17 -> 8 with 3x3/2, 7x7-then-3x3/2 and max-pool branches."""
   precision: str = 'default'
   folded: bool = False
+  merged: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     conv = lambda name, f, k, s=(1, 1), p=None: ConvBN(
         f, k, strides=s, padding=_same_padding(k) if p is None else p,
         precision=self.precision, folded=self.folded, name=name)
-    branch3x3 = conv('branch3x3_1', 192, (1, 1))(x)
+    branch3x3, branch7x7x3 = _sibling_1x1(
+        x, (('branch3x3_1', 192), ('branch7x7x3_1', 192)), self.precision, self.folded,
+        self.merged)
     branch3x3 = conv('branch3x3_2', 320, (3, 3), (2, 2), 'VALID')(branch3x3)
-    branch7x7x3 = conv('branch7x7x3_1', 192, (1, 1))(x)
     branch7x7x3 = conv('branch7x7x3_2', 192, (1, 7))(branch7x7x3)
     branch7x7x3 = conv('branch7x7x3_3', 192, (7, 1))(branch7x7x3)
     branch7x7x3 = conv('branch7x7x3_4', 192, (3, 3), (2, 2), 'VALID')(branch7x7x3)
@@ -175,16 +208,17 @@ class InceptionE(nn.Module):
   pool: str  # 'avg' (Mixed_7b) or 'max' (Mixed_7c, a quirk of the original graph).
   precision: str = 'default'
   folded: bool = False
+  merged: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     conv = lambda name, f, k: ConvBN(f, k, padding=_same_padding(k), precision=self.precision,
                                      folded=self.folded, name=name)
-    branch1x1 = conv('branch1x1', 320, (1, 1))(x)
-    branch3x3 = conv('branch3x3_1', 384, (1, 1))(x)
+    branch1x1, branch3x3, branch3x3dbl = _sibling_1x1(
+        x, (('branch1x1', 320), ('branch3x3_1', 384), ('branch3x3dbl_1', 448)), self.precision,
+        self.folded, self.merged)
     branch3x3 = jnp.concatenate([conv('branch3x3_2a', 384, (1, 3))(branch3x3),
                                  conv('branch3x3_2b', 384, (3, 1))(branch3x3)], axis=-1)
-    branch3x3dbl = conv('branch3x3dbl_1', 448, (1, 1))(x)
     branch3x3dbl = conv('branch3x3dbl_2', 384, (3, 3))(branch3x3dbl)
     branch3x3dbl = jnp.concatenate([conv('branch3x3dbl_3a', 384, (1, 3))(branch3x3dbl),
                                     conv('branch3x3dbl_3b', 384, (3, 1))(branch3x3dbl)], axis=-1)
@@ -216,9 +250,16 @@ class FIDInceptionV3(nn.Module):
       default), 'high' or 'highest' (full float32, for parity checks).
     folded: the variables come from :func:`fold_batch_norm` (convolutions with a bias, no
       BatchNorm layers): the same function with one pass less over every activation.
+    merged: the variables come from :func:`merge_sibling_convs` (needs ``folded``): the 1x1
+      convolutions that read a block's input side by side are one convolution.
+    input_channels: the first convolution's input channels; more than 3 appends zero channels
+      to the RGB input (variables from :func:`pad_input_channels`), which changes nothing but
+      the shapes cuDNN sees.
   """
   precision: str = 'default'
   folded: bool = False
+  merged: bool = False
+  input_channels: int = 3
 
   @nn.compact
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
@@ -232,7 +273,9 @@ class FIDInceptionV3(nn.Module):
       {'pool': [N, 2048], 'logits': [N, 1008] without the fc bias (what the Inception Score
       uses), 'logits_with_bias': [N, 1008]}.
     """
-    p, f = self.precision, self.folded
+    p, f, m = self.precision, self.folded, self.merged
+    if x.shape[-1] < self.input_channels:
+      x = jnp.pad(x, ((0, 0),) * (x.ndim - 1) + ((0, self.input_channels - x.shape[-1]),))
     x = ConvBN(32, (3, 3), strides=(2, 2), precision=p, folded=f, name='Conv2d_1a_3x3')(x)
     x = ConvBN(32, (3, 3), precision=p, folded=f, name='Conv2d_2a_3x3')(x)
     x = ConvBN(64, (3, 3), padding=((1, 1), (1, 1)), precision=p, folded=f,
@@ -241,17 +284,17 @@ class FIDInceptionV3(nn.Module):
     x = ConvBN(80, (1, 1), precision=p, folded=f, name='Conv2d_3b_1x1')(x)
     x = ConvBN(192, (3, 3), precision=p, folded=f, name='Conv2d_4a_3x3')(x)
     x = _max_pool_3x3_stride2(x)
-    x = InceptionA(32, precision=p, folded=f, name='Mixed_5b')(x)
-    x = InceptionA(64, precision=p, folded=f, name='Mixed_5c')(x)
-    x = InceptionA(64, precision=p, folded=f, name='Mixed_5d')(x)
+    x = InceptionA(32, precision=p, folded=f, merged=m, name='Mixed_5b')(x)
+    x = InceptionA(64, precision=p, folded=f, merged=m, name='Mixed_5c')(x)
+    x = InceptionA(64, precision=p, folded=f, merged=m, name='Mixed_5d')(x)
     x = InceptionB(precision=p, folded=f, name='Mixed_6a')(x)
-    x = InceptionC(128, precision=p, folded=f, name='Mixed_6b')(x)
-    x = InceptionC(160, precision=p, folded=f, name='Mixed_6c')(x)
-    x = InceptionC(160, precision=p, folded=f, name='Mixed_6d')(x)
-    x = InceptionC(192, precision=p, folded=f, name='Mixed_6e')(x)
-    x = InceptionD(precision=p, folded=f, name='Mixed_7a')(x)
-    x = InceptionE('avg', precision=p, folded=f, name='Mixed_7b')(x)
-    x = InceptionE('max', precision=p, folded=f, name='Mixed_7c')(x)
+    x = InceptionC(128, precision=p, folded=f, merged=m, name='Mixed_6b')(x)
+    x = InceptionC(160, precision=p, folded=f, merged=m, name='Mixed_6c')(x)
+    x = InceptionC(160, precision=p, folded=f, merged=m, name='Mixed_6d')(x)
+    x = InceptionC(192, precision=p, folded=f, merged=m, name='Mixed_6e')(x)
+    x = InceptionD(precision=p, folded=f, merged=m, name='Mixed_7a')(x)
+    x = InceptionE('avg', precision=p, folded=f, merged=m, name='Mixed_7b')(x)
+    x = InceptionE('max', precision=p, folded=f, merged=m, name='Mixed_7c')(x)
     pool = jnp.mean(x, axis=(1, 2))
     logits, logits_with_bias = Classifier(precision=p, name='fc')(pool)
     return {'pool': pool, 'logits': logits, 'logits_with_bias': logits_with_bias}
@@ -289,6 +332,55 @@ def fold_batch_norm(variables: dict) -> dict:
     return {'conv': {'kernel': kernel.astype(np.float32), 'bias': bias.astype(np.float32)}}
 
   return {'params': fold(variables['params'], variables['batch_stats'])}
+
+
+def merge_sibling_convs(params: Mapping[str, Any]) -> dict:
+  """Stacks the side-by-side 1x1 convolutions of every block into one (see
+  ``FIDInceptionV3(merged=True)``).
+
+  A 1x1 convolution is a matrix product over channels, so convolutions that read the same input
+  equal one convolution whose kernel and bias are theirs concatenated along the output channels;
+  the network splits its output again. Nothing is recomputed or rounded: the values are copied.
+
+  Args:
+    params: folded parameters (``fold_batch_norm(...)['params']``) of the whole network or of
+      any subtree (a block).
+
+  Returns:
+    The same tree with each group of ``SIBLING_1X1_GROUPS`` found in a block replaced by one
+    ``merged_1x1`` convolution; other entries unchanged.
+  """
+  def merge(tree: Mapping[str, Any]) -> dict:
+    out = {name: merge(child) if isinstance(child, Mapping) and 'conv' not in child else child
+           for name, child in tree.items()}
+    for group in SIBLING_1X1_GROUPS:
+      if all(name in out for name in group):
+        convs = [out.pop(name)['conv'] for name in group]
+        if any('bias' not in conv for conv in convs):
+          raise ValueError('merge_sibling_convs needs folded parameters (fold_batch_norm first).')
+        out[MERGED_1X1] = {'conv': {
+            'kernel': np.concatenate([np.asarray(c['kernel']) for c in convs], axis=-1),
+            'bias': np.concatenate([np.asarray(c['bias']) for c in convs])}}
+        break  # A block holds at most one group.
+    return out
+
+  return merge(params)
+
+
+def pad_input_channels(params: Mapping[str, Any], channels: int) -> dict:
+  """Zero input rows for the first convolution's kernel, for ``FIDInceptionV3(input_channels=)``.
+
+  The zero channels the network appends to its input meet zero kernel rows, so every output is
+  unchanged; only the shapes differ (a channel count of 4 or 8 may suit cuDNN's kernels better
+  than RGB's 3).
+  """
+  first = params['Conv2d_1a_3x3']['conv']
+  kernel = np.asarray(first['kernel'])
+  if channels < kernel.shape[2]:
+    raise ValueError(f'input_channels must be at least {kernel.shape[2]}, got {channels}.')
+  padded = np.pad(kernel, ((0, 0), (0, 0), (0, channels - kernel.shape[2]), (0, 0)))
+  return {**params, 'Conv2d_1a_3x3': {**params['Conv2d_1a_3x3'],
+                                      'conv': {**first, 'kernel': padded}}}
 
 
 @functools.cache
