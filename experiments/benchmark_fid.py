@@ -260,6 +260,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="comma-separated network forms to also time on the device, each "
                            "'+'-joined parts: merged (sibling 1x1 convolutions as one), padN "
                            "(RGB input padded to N channels); e.g. merged,pad4,merged+pad4")
+  common.add_combine_flag(parser, 'network forms and XLA variants')
   parser.add_argument('--xla_variants', default='',
                       help='JSON {name: {xla_option: value}}: also time the device-resident '
                            'features with the network compiled with each set of XLA options')
@@ -301,14 +302,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.unfolded:
       add(dict(bench_device(variables, batch, images, args, fold=False),
                method='dcgan_jax_device[unfolded]'))
+    default_ms = next(r['ms_per_step'] for r in group if r['method'] == 'dcgan_jax_device')
+    network_ms, xla_ms = {}, {}
     for name, form in args.network_variants.items():
       result = common.run_variant(
           name, lambda f=form: bench_device(variables, batch, images, args, **f))
+      network_ms[name] = result['ms_per_step']
       add(dict(result, method=f'dcgan_jax_device[{name}]', network=form))
     for name, options in args.xla_variants.items():
       result = common.run_variant(
           name, lambda o=options: bench_device(variables, batch, images, args, o))
+      xla_ms[name] = result['ms_per_step']
       add(dict(result, method=f'dcgan_jax_device[{name}]', compiler_options=options))
+    best_network = common.fastest_variant(network_ms, default_ms, args.combine)
+    best_xla = common.fastest_variant(xla_ms, default_ms, args.combine)
+    if best_network and best_xla:  # Do two wins add up? Timed together in the same run.
+      form, options = args.network_variants[best_network], args.xla_variants[best_xla]
+      result = common.run_variant(f'{best_network}+{best_xla}', lambda: bench_device(
+          variables, batch, images, args, options, **form))
+      add(dict(result, method=f'dcgan_jax_device[{best_network}+{best_xla}]', network=form,
+               compiler_options=options))
     anchor = None
     for row in group:
       row['img_per_s'] = count / (row['ms_per_step'] * 1e-3)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -431,6 +432,32 @@ def run_variant(name: str, time_it: Callable[[], dict[str, Any]],
     return {'ms_per_step': float('nan'), **{k: float('nan') for k in nan_fields}, 'error': error}
 
 
+COMBINE_MODES = ('winners', 'always', 'off')
+
+
+def add_combine_flag(parser: argparse.ArgumentParser, kinds: str) -> None:
+  parser.add_argument(
+      '--combine', default='winners', choices=COMBINE_MODES,
+      help=f'after the variants, also time the fastest of the {kinds} together: "winners" '
+           'only when both beat the default (so one run shows whether two wins add up), '
+           '"always" even when they do not (smoke tests), "off" never')
+
+
+def fastest_variant(ms_by_name: dict[str, float], default_ms: float, mode: str) -> str | None:
+  """The name with the lowest ms (failed variants are NaN and never chosen), or None.
+
+  Args:
+    ms_by_name: variant name -> measured ms per step (NaN where the variant failed).
+    default_ms: the default's ms per step in the same run.
+    mode: 'winners' (only a variant faster than the default), 'always' or 'off'.
+  """
+  timed = {name: ms for name, ms in ms_by_name.items() if math.isfinite(ms)}
+  if mode == 'off' or not timed:
+    return None
+  best = min(timed, key=timed.get)
+  return best if mode == 'always' or timed[best] < default_ms else None
+
+
 def parse_variants(text: str, flag: str = '--xla_variants', what: str = 'XLA options',
                    example: str = '{"graph1": {"xla_gpu_graph_min_graph_size": 1}}'
                    ) -> dict[str, dict[str, Any]]:
@@ -477,6 +504,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help='JSON {name: {model_argument: value}}: also time our step with models '
                            'built with each set of extra arguments (same parameters), e.g. '
                            '\'{"pad8": {"image_channel_multiple": 8}}\'')
+  add_combine_flag(parser, 'XLA and model variants')
   parser.add_argument('--torch_threads', type=int, default=0,
                       help='torch CPU threads (0: PyTorch default; --tiny uses 1)')
   parser.add_argument('--out', default='', help='JSON path (default: print only)')
@@ -528,9 +556,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       report_progress(args, 'train_step', rows)
       variants = [(name, options, None) for name, options in args.xla_variants.items()]
       variants += [(name, None, options) for name, options in args.model_variants.items()]
+      default_ms = rows[-1]['ms_per_step']
+      xla_ms, model_ms = {}, {}
       for name, compiler_options, model_options in variants:
         result = run_variant(name, lambda c=compiler_options, m=model_options: bench_jax(
             batch, dtype, args, c, m))
+        (xla_ms if model_options is None else model_ms)[name] = result['ms_per_step']
+        rows.append(dict(result, method=f'dcgan_jax[{name}]', dtype=dtype, batch=batch,
+                         compiler_options=compiler_options, model_options=model_options))
+        report_progress(args, 'train_step', rows)
+      best_xla = fastest_variant(xla_ms, default_ms, args.combine)
+      best_model = fastest_variant(model_ms, default_ms, args.combine)
+      if best_xla and best_model:  # Do two wins add up? Timed together in the same run.
+        name = f'{best_xla}+{best_model}'
+        compiler_options, model_options = args.xla_variants[best_xla], args.model_variants[best_model]
+        result = run_variant(name, lambda: bench_jax(batch, dtype, args, compiler_options,
+                                                     model_options))
         rows.append(dict(result, method=f'dcgan_jax[{name}]', dtype=dtype, batch=batch,
                          compiler_options=compiler_options, model_options=model_options))
         report_progress(args, 'train_step', rows)

@@ -106,7 +106,8 @@ def test_benchmark_train_tiny(tmp_path):
   variants = {'graph1': {'xla_gpu_graph_min_graph_size': 1}}
   model_variants = {'pad8': {'image_channel_multiple': 8}}
   record, stdout = _run('benchmark_train', tmp_path, '--repeats', '1', '--xla_variants',
-                        json.dumps(variants), '--model_variants', json.dumps(model_variants))
+                        json.dumps(variants), '--model_variants', json.dumps(model_variants),
+                        '--combine', 'always')
   _check_environment(record)
   # Each dtype also ran compiled with the variant's XLA options (a GPU option: fine on CPU)
   # and with models built with the model variant's arguments.
@@ -118,6 +119,11 @@ def test_benchmark_train_tiny(tmp_path):
   assert {r['dtype'] for r in padded} == {'float32', 'bfloat16'}
   assert all(r['model_options'] == model_variants['pad8'] and 'error' not in r and
              r['ms_per_step'] > 0 for r in padded)
+  # The fastest of each kind, timed together ('always': whether or not each beat the default).
+  both = [r for r in record['rows'] if r['method'] == 'dcgan_jax[graph1+pad8]']
+  assert {r['dtype'] for r in both} == {'float32', 'bfloat16'}
+  assert all(r['compiler_options'] == variants['graph1'] and
+             r['model_options'] == model_variants['pad8'] and 'error' not in r for r in both)
   assert record['table'] in stdout and 'img/s' in stdout
   ours = [r for r in record['rows'] if r['method'] == 'dcgan_jax']
   assert {r['dtype'] for r in ours} == {'float32', 'bfloat16'}
@@ -130,7 +136,17 @@ def test_benchmark_train_tiny(tmp_path):
     assert any(r['method'] == 'torch_examples' for r in record['rows'])
     assert set(record['ratios_vs_torch']) == {'b16_float32', 'b16_bfloat16'}
     assert set(record['variant_ratios_vs_torch']) == {
-        f'b16_{d}_{v}' for d in ('float32', 'bfloat16') for v in ('graph1', 'pad8')}
+        f'b16_{d}_{v}' for d in ('float32', 'bfloat16') for v in ('graph1', 'pad8', 'graph1+pad8')}
+
+
+def test_fastest_variant_picks_what_to_combine():
+  ms = {'a': 2.0, 'b': 1.5, 'broken': float('nan')}
+  assert benchmark_train.fastest_variant(ms, 1.8, 'winners') == 'b'
+  assert benchmark_train.fastest_variant(ms, 1.4, 'winners') is None  # Nothing beat the default.
+  assert benchmark_train.fastest_variant(ms, 1.4, 'always') == 'b'
+  assert benchmark_train.fastest_variant(ms, 1.8, 'off') is None
+  assert benchmark_train.fastest_variant({'broken': float('nan')}, 9.0, 'always') is None
+  assert benchmark_train.fastest_variant({}, 9.0, 'always') is None
 
 
 def test_a_benchmark_killed_by_its_time_limit_leaves_what_it_measured(tmp_path):
@@ -160,7 +176,7 @@ def test_benchmark_fid_tiny(tmp_path):
   variants = {'graph1': {'xla_gpu_graph_min_graph_size': 1}, 'bad': {'xla_no_such_option': 1}}
   record, stdout = _run('benchmark_fid', tmp_path, '--batch_sizes', '4', '--num_images', '4',
                         '--fid_n', '8', '--fid_batch', '4', '--xla_variants', json.dumps(variants),
-                        '--network_variants', 'merged+pad4')
+                        '--network_variants', 'merged+pad4', '--combine', 'always')
   _check_environment(record)
   assert record['table'] in stdout and 'FID-8' in stdout
   rows = {r['method']: r for r in record['rows']}
@@ -168,6 +184,8 @@ def test_benchmark_fid_tiny(tmp_path):
           'dcgan_jax_device[unfolded]', 'dcgan_jax_device[merged+pad4]'} <= set(rows)
   assert rows['dcgan_jax_device[merged+pad4]']['network'] == {'merge_siblings': True,
                                                                'input_channels': 4}
+  both = rows['dcgan_jax_device[merged+pad4+graph1]']  # The failed 'bad' is never chosen.
+  assert both['network']['merge_siblings'] and both['compiler_options'] == variants['graph1']
   # An option set XLA refuses is recorded with its error; the run goes on.
   assert 'No such compile option' in rows.pop('dcgan_jax_device[bad]')['error']
   assert rows['dcgan_jax_device[graph1]']['compiler_options'] == variants['graph1']
