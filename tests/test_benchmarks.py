@@ -313,6 +313,10 @@ def test_gpu_session_script_parses_and_names_every_part():
   assert {'train', 'xla', 'profpad', 'loopN', 'profinc'} <= parts
   listed = re.search(r'unknown part \$part \(([^)]*)\)', text).group(1)
   assert set(listed.split(', ')) == parts
+  # The device-session plan in PERF.md calls only parts the script has.
+  plan = open(os.path.join(EXPERIMENTS, 'PERF.md')).read()
+  planned = [set(p.split()) for p in re.findall(r'PARTS="([^"]*)"', plan)]
+  assert len(planned) >= 2 and set().union(*planned) <= parts, planned
 
 
 def _session_variants():
