@@ -88,24 +88,15 @@ def parse_network_variants(text: str) -> dict[str, dict[str, Any]]:
     for token in name.split('+'):
       if token == 'merged':
         form['merge_siblings'] = True
-      elif token.startswith('pad') and token[3:].isdigit() and 3 <= int(token[3:]) <= 64:
+      elif (token.startswith('pad') and token[3:].isdigit()
+            and 3 <= int(token[3:]) <= inception.MAX_INPUT_CHANNELS):
         form['input_channels'] = int(token[3:])
       else:
         raise UserError(f'Unknown network variant part {token!r} in {name!r}; valid parts: '
-                        "'merged' and 'padN' (N in 3..64), joined by '+', e.g. merged+pad4.")
+                        f"'merged' and 'padN' (N in 3..{inception.MAX_INPUT_CHANNELS}), "
+                        "joined by '+', e.g. merged+pad4.")
     variants[name] = form
   return variants
-
-
-def network_variables(variables, fold: bool = True, merge_siblings: bool = False,
-                      input_channels: int = 3) -> dict[str, Any]:
-  """The variables in the form the extractor would run them (see `InceptionExtractor`)."""
-  if not fold:
-    return variables
-  params = inception.fold_batch_norm(variables)['params']
-  if merge_siblings:
-    params = inception.merge_sibling_convs(params)
-  return {'params': inception.pad_input_channels(params, input_channels)}
 
 
 def bench_device(variables, batch: int, images: np.ndarray, args,
@@ -118,13 +109,13 @@ def bench_device(variables, batch: int, images: np.ndarray, args,
   ``compiler_options``: XLA options for the network's program (``--xla_variants``);
   ``form``: ``merge_siblings`` / ``input_channels`` (``--network_variants``).
   """
-  device_vars = jax.device_put(network_variables(variables, fold, **form))
+  device_vars = jax.device_put(inception.inference_variables(variables, **form) if fold
+                               else variables)
   chunks = [jax.device_put(images[i:i + batch]) for i in range(0, images.shape[0], batch)]
-  forward = functools.partial(extractor_lib._forward, precision='default')  # pylint: disable=protected-access
-  if compiler_options:
-    forward = extractor_lib._forward.lower(  # pylint: disable=protected-access
-        device_vars, evaluation.preprocess(chunks[0]), precision='default').compile(
-            compiler_options=compiler_options)
+  # The extractor's own program for these options (one compiled program per option set).
+  forward = functools.partial(
+      extractor_lib.network_program(extractor_lib.options_key(compiler_options)),
+      precision='default')
 
   def run_steps(n: int) -> None:
     for _ in range(n):

@@ -558,23 +558,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       variants += [(name, None, options) for name, options in args.model_variants.items()]
       default_ms = rows[-1]['ms_per_step']
       xla_ms, model_ms = {}, {}
-      for name, compiler_options, model_options in variants:
-        result = run_variant(name, lambda c=compiler_options, m=model_options: bench_jax(
-            batch, dtype, args, c, m))
-        (xla_ms if model_options is None else model_ms)[name] = result['ms_per_step']
-        rows.append(dict(result, method=f'dcgan_jax[{name}]', dtype=dtype, batch=batch,
-                         compiler_options=compiler_options, model_options=model_options))
-        report_progress(args, 'train_step', rows)
-      best_xla = fastest_variant(xla_ms, default_ms, args.combine)
-      best_model = fastest_variant(model_ms, default_ms, args.combine)
-      if best_xla and best_model:  # Do two wins add up? Timed together in the same run.
-        name = f'{best_xla}+{best_model}'
-        compiler_options, model_options = args.xla_variants[best_xla], args.model_variants[best_model]
+
+      def time_variant(name, compiler_options, model_options) -> float:
         result = run_variant(name, lambda: bench_jax(batch, dtype, args, compiler_options,
                                                      model_options))
         rows.append(dict(result, method=f'dcgan_jax[{name}]', dtype=dtype, batch=batch,
                          compiler_options=compiler_options, model_options=model_options))
         report_progress(args, 'train_step', rows)
+        return result['ms_per_step']
+
+      for name, compiler_options, model_options in variants:
+        ms = time_variant(name, compiler_options, model_options)
+        (xla_ms if model_options is None else model_ms)[name] = ms
+      best_xla = fastest_variant(xla_ms, default_ms, args.combine)
+      best_model = fastest_variant(model_ms, default_ms, args.combine)
+      if best_xla and best_model:  # Do two wins add up? Timed together in the same run.
+        time_variant(f'{best_xla}+{best_model}', args.xla_variants[best_xla],
+                     args.model_variants[best_model])
     for row in rows:
       if row['batch'] != batch:
         continue

@@ -41,6 +41,17 @@ def _forward_compiled_with(options: tuple[tuple[str, Any], ...]):
   return jax.jit(_apply, static_argnames=('precision',), compiler_options=dict(options))
 
 
+def options_key(compiler_options: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+  """A hashable, order-free key for a set of XLA options (``()`` for none)."""
+  return tuple(sorted((compiler_options or {}).items()))
+
+
+def network_program(key: tuple[tuple[str, Any], ...] = ()):
+  """The jitted ``(variables, images, precision=) -> outputs`` for the options ``key``
+  (see `options_key`): `_forward` without options, shared by every extractor."""
+  return _forward_compiled_with(key) if key else _forward
+
+
 class InceptionExtractor:
   """Maps uint8 images to Inception pool_3 features and logits, batched over local devices.
 
@@ -86,8 +97,9 @@ class InceptionExtractor:
                       f'{", ".join(inception.PRECISIONS)}.')
     if batch_size < 1:
       raise UserError(f'batch_size must be positive, got {batch_size}.')
-    if not 3 <= input_channels <= 64:
-      raise UserError(f'input_channels must be in 3..64 (3 is RGB as is), got {input_channels}.')
+    if not 3 <= input_channels <= inception.MAX_INPUT_CHANNELS:
+      raise UserError(f'input_channels must be in 3..{inception.MAX_INPUT_CHANNELS} (3 is RGB '
+                      f'as is), got {input_channels}.')
     self.precision = precision
     devices = list(devices) if devices is not None else jax.local_devices()
     self.num_devices = len(devices)
@@ -97,12 +109,11 @@ class InceptionExtractor:
     self._data_sharding = NamedSharding(mesh, PartitionSpec(_BATCH_AXIS))
     # BatchNorm folded into the convolutions once, here: the same features with one pass less
     # over every activation (and conv + bias + ReLU as one cuDNN call on GPUs).
-    params = inception.fold_batch_norm(variables)['params']
-    if merge_siblings:
-      params = inception.merge_sibling_convs(params)
-    params = inception.pad_input_channels(params, input_channels)
-    self._variables = jax.device_put({'params': params}, NamedSharding(mesh, PartitionSpec()))
+    self._variables = jax.device_put(
+        inception.inference_variables(variables, merge_siblings, input_channels),
+        NamedSharding(mesh, PartitionSpec()))
     self.compiler_options = dict(compiler_options or {})
+    self._options_key = options_key(self.compiler_options)
 
   @classmethod
   def from_file(cls, path: str | os.PathLike | None, preprocessing: str = 'pytorch_fid',
@@ -122,9 +133,7 @@ class InceptionExtractor:
   @property
   def _network(self):
     # Looked up per call (not bound at construction), so tests can stand in a cheap network.
-    if self.compiler_options:
-      return _forward_compiled_with(tuple(sorted(self.compiler_options.items())))
-    return _forward
+    return network_program(self._options_key)
 
   def _check(self, images: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
     # Device arrays stay where they are: copying generated images to the host and back is what

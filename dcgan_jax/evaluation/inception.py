@@ -383,6 +383,22 @@ def pad_input_channels(params: Mapping[str, Any], channels: int) -> dict:
                                       'conv': {**first, 'kernel': padded}}}
 
 
+MAX_INPUT_CHANNELS = 64
+
+
+def inference_variables(variables: dict, merge_siblings: bool = False,
+                        input_channels: int = 3) -> dict:
+  """{'params', 'batch_stats'} -> the {'params'} the extractor runs: BatchNorm folded, then
+  optionally the sibling 1x1 convolutions merged and the input padded (same features).
+
+  ``extractor.network_for`` recognises the form from the result's structure.
+  """
+  params = fold_batch_norm(variables)['params']
+  if merge_siblings:
+    params = merge_sibling_convs(params)
+  return {'params': pad_input_channels(params, input_channels)}
+
+
 @functools.cache
 def variable_shapes() -> dict:
   """Shapes of every variable `init` creates, without computing anything.
