@@ -104,4 +104,11 @@ def get_config() -> ml_collections.ConfigDict:
   # program. More saves host dispatch work (for TPUs and fast GPUs), but measure: XLA:CPU runs
   # the loop body ~1.5x slower than the lone step, so on CPU keep 1.
   config.steps_per_dispatch = 1
+
+  # --- Profiling ----------------------------------------------------------------------------------
+  # Trace this many training steps with jax.profiler into <workdir>/profile (TensorBoard's profile
+  # plugin, or perfetto_trace.json.gz in ui.perfetto.dev); 0 disables. The trace starts after
+  # profile_skip_steps steps of the process, so compilation and warm-up stay out of it.
+  config.profile_steps = 0
+  config.profile_skip_steps = 10
   return config

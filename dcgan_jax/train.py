@@ -58,6 +58,7 @@ from dcgan_jax.config_files import load_config  # pylint: disable=unused-import 
 from dcgan_jax import data
 from dcgan_jax import models
 from dcgan_jax import parallel
+from dcgan_jax import profiling
 from dcgan_jax import sample_grid
 from dcgan_jax import state as state_lib
 from dcgan_jax import step_loop
@@ -264,6 +265,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if int(config.num_sample_images) < 1:
     raise UserError(f'num_sample_images must be positive (got {config.num_sample_images}).')
   step_loop.check_steps_per_dispatch(config.get('steps_per_dispatch', 1))
+  profiling.check_profile_config(config)
   if int(config.keep_checkpoints) < 1:
     raise UserError(f'keep_checkpoints must be positive (got {config.keep_checkpoints}).')
 
@@ -794,58 +796,69 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     if steps_per_dispatch > 1:
       logging.info('Up to %d steps per device program (steps_per_dispatch).', steps_per_dispatch)
 
+  profiler = profiling.StepProfiler.from_config(config, workdir, start_step, num_train_steps)
+
   def host_work_due(done: int) -> bool:
     """Whether the loop has anything to do after ``done`` steps (ends a fused chunk)."""
     return (is_due(done, durations.log_every_steps) or hooks_due(done)
-            or is_due(done, durations.checkpoint_every_steps))
+            or is_due(done, durations.checkpoint_every_steps) or profiler.is_boundary(done))
 
   step = start_step
-  while step < num_train_steps:
-    if fused is not None:
-      done = fused.chunk_end(step, num_train_steps, host_work_due)
-      state, collection, tracker = fused(state, collection, tracker, train_key, step, done)
-      for progress_step in range(step + 1, done + 1):  # clu's action wants every step.
-        report_progress(progress_step)
-    else:
-      if sampler is not None:
-        batch = sampler.batch(step)
-        if pmap_layout:
-          batch = step_fn.place_batch(np.asarray(batch))
+  try:
+    while step < num_train_steps:
+      if fused is not None:
+        done = fused.chunk_end(step, num_train_steps, host_work_due)
+        profiler.before_dispatch(step, state)
+        with profiler.annotate(step):
+          state, collection, tracker = fused(state, collection, tracker, train_key, step, done)
+        profiler.after_dispatch(done, state)
+        for progress_step in range(step + 1, done + 1):  # clu's action wants every step.
+          report_progress(progress_step)
       else:
-        batch = step_fn.place_batch(next(iterator))
-      rng = parallel.fold_in(train_key, step)
-      state, metrics = step_fn(state, batch, rng)
-      if collection_cls is None:
-        collection_cls = _make_metrics_collection(list(metrics))
-        accumulate = _make_accumulate(collection_cls, pmap_layout)
-        collection = collection_cls.empty()
-      collection, tracker = accumulate(collection, tracker, metrics, np.int32(step + 1))
-      done = step + 1
-      report_progress(done)
+        if sampler is not None:
+          batch = sampler.batch(step)
+          if pmap_layout:
+            batch = step_fn.place_batch(np.asarray(batch))
+        else:
+          batch = step_fn.place_batch(next(iterator))
+        rng = parallel.fold_in(train_key, step)
+        profiler.before_dispatch(step, state)
+        with profiler.annotate(step):
+          state, metrics = step_fn(state, batch, rng)
+        if collection_cls is None:
+          collection_cls = _make_metrics_collection(list(metrics))
+          accumulate = _make_accumulate(collection_cls, pmap_layout)
+          collection = collection_cls.empty()
+        collection, tracker = accumulate(collection, tracker, metrics, np.int32(step + 1))
+        done = step + 1
+        profiler.after_dispatch(done, state)
+        report_progress(done)
 
-    if is_due(done, durations.log_every_steps, num_train_steps):
-      _check_finite(tracker, checkpointer)
-      now = time.monotonic()
-      steps_per_sec = (done - last_log_step) / max(now - last_log_time, 1e-9)
-      scalars = {k: float(v) for k, v in collection.compute().items()}
-      scalars.update({
-          'g_learning_rate': float(g_schedule(done - 1)),
-          'd_learning_rate': float(d_schedule(done * d_steps - 1)),
-          'img_per_sec': steps_per_sec * batch_size,
-          'eta_seconds': (num_train_steps - done) / steps_per_sec,
-          'epoch': done / durations.steps_per_epoch,
-      })
-      writer.write_scalars(done, scalars)
-      collection = collection_cls.empty()
-      last_log_time, last_log_step = time.monotonic(), done
-    if is_due(done, durations.checkpoint_every_steps) and done < num_train_steps:
-      _check_finite(tracker, checkpointer)
-      with report_progress.timed('checkpoint'):
-        _save(checkpointer, done, state, train_key, config, step_fn)
-    if done < num_train_steps and hooks_due(done):
-      _check_finite(tracker, checkpointer)
-      hooks(done, state, final=False)
-    step = done
+      if is_due(done, durations.log_every_steps, num_train_steps):
+        _check_finite(tracker, checkpointer)
+        now = time.monotonic()
+        steps_per_sec = (done - last_log_step) / max(now - last_log_time, 1e-9)
+        scalars = {k: float(v) for k, v in collection.compute().items()}
+        scalars.update({
+            'g_learning_rate': float(g_schedule(done - 1)),
+            'd_learning_rate': float(d_schedule(done * d_steps - 1)),
+            'img_per_sec': steps_per_sec * batch_size,
+            'eta_seconds': (num_train_steps - done) / steps_per_sec,
+            'epoch': done / durations.steps_per_epoch,
+        })
+        writer.write_scalars(done, scalars)
+        collection = collection_cls.empty()
+        last_log_time, last_log_step = time.monotonic(), done
+      if is_due(done, durations.checkpoint_every_steps) and done < num_train_steps:
+        _check_finite(tracker, checkpointer)
+        with report_progress.timed('checkpoint'):
+          _save(checkpointer, done, state, train_key, config, step_fn)
+      if done < num_train_steps and hooks_due(done):
+        _check_finite(tracker, checkpointer)
+        hooks(done, state, final=False)
+      step = done
+  finally:  # A trace still on here (training failed) is stopped and written.
+    profiler.close(step)
 
   # --- The end: a last checkpoint, samples and scores of the final state. -------------------
   _check_finite(tracker, checkpointer)
