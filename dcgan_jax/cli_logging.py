@@ -22,6 +22,7 @@ LIBRARY_PATHS: tuple[str, ...] = (
     '/tensorflow_datasets/core/dataset_info.py',
     '/tensorflow_datasets/core/logging/',
     '/jax/_src/xla_bridge.py',  # "Unable to initialize backend 'tpu'" on every GPU/CPU host.
+    '/jax/_src/profiler.py',  # Trace conversion steps (profile_steps); our own line says where.
 )
 
 

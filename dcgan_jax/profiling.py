@@ -10,21 +10,38 @@ steps.
 The trace starts and stops with the device idle (the state is waited for at both ends), so it
 holds exactly the traced steps' device work, and the log reports their wall time with the
 profiler on. jax.profiler needs no TensorFlow.
+
+Reading a trace back: :func:`summarise_trace` sums the device time per kernel and per XLA
+operation (named by JAX source when given the program's optimized HLO), and
+
+  python -m dcgan_jax.profiling --workdir=<workdir> [--hlo=step.hlo.txt] [--json_out=s.json]
+
+prints that report for a run's newest trace.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import glob
+import gzip
+import json
 import os
+import re
+import sys
 import time
 from typing import Any
 
 from absl import logging
 import jax
 
+from dcgan_jax.errors import EXIT_USER_ERROR
 from dcgan_jax.errors import UserError
 
 PROFILE_DIR = 'profile'
 _ANNOTATION = 'train'
+PERFETTO_TRACE = 'perfetto_trace.json.gz'
+# Rows of a device that summarise others (TPU traces): counted only where a device has no other.
+_SUMMARY_ROWS = ('XLA Ops', 'XLA Modules', 'Steps')
 
 
 def check_profile_config(config: Any) -> tuple[int, int]:
@@ -88,11 +105,11 @@ class StepProfiler:
     self._started_at = step
     self._start_time = time.monotonic()
 
-  def annotate(self, step: int):
-    """A step annotation for the dispatch that starts at ``step`` while tracing, else nothing."""
+  def annotate(self, step: int, num_steps: int = 1):
+    """A step annotation for the dispatch of ``num_steps`` steps after ``step`` while tracing."""
     if not self.active:
       return contextlib.nullcontext()
-    return jax.profiler.StepTraceAnnotation(_ANNOTATION, step_num=step)
+    return jax.profiler.StepTraceAnnotation(_ANNOTATION, step_num=step, steps=num_steps)
 
   def after_dispatch(self, done: int, state: Any) -> None:
     """Stops the trace once the window's last step is done."""
@@ -124,3 +141,206 @@ class StepProfiler:
                  1e3 * seconds / max(steps, 1), self.logdir)
     self._started_at = None
     self._done = True
+
+
+# --- Reading a trace back ------------------------------------------------------------------------
+
+_HLO_INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?metadata=\{[^}]*?'
+                              r'op_name="([^"]*)"')
+
+
+def hlo_op_names(hlo_text: str) -> dict[str, str]:
+  """Maps each instruction of an optimized HLO module (``compiled.as_text()``) to the JAX
+  operation it came from (its ``op_name`` metadata, without the leading ``jit(...)/``)."""
+  names = {}
+  for line in hlo_text.splitlines():
+    match = _HLO_INSTRUCTION.match(line)
+    if match:
+      op_name = match.group(2)
+      names[match.group(1)] = op_name.split('/', 1)[-1] if op_name.startswith('jit(') else op_name
+  return names
+
+
+def find_trace(path: str) -> str:
+  """The newest perfetto trace under ``path`` (a workdir, its profile folder or a trace file)."""
+  if os.path.isfile(path):
+    return path
+  paths = glob.glob(os.path.join(path, '**', PERFETTO_TRACE), recursive=True)
+  if not paths:
+    raise UserError(f'No {PERFETTO_TRACE} under {path}; train with --config.profile_steps=N '
+                    '(N > 0) to write one into <workdir>/profile.')
+  return max(paths, key=lambda p: (os.path.getmtime(p), p))
+
+
+def _union_ms(intervals: list[tuple[float, float]]) -> float:
+  """Total length (µs in the trace, returned as ms) covered by possibly overlapping spans."""
+  total, end = 0.0, float('-inf')
+  for start, stop in sorted(intervals):
+    if stop <= end:
+      continue
+    total += stop - max(start, end)
+    end = stop
+  return total / 1e3
+
+
+def summarise_trace(path: str, steps: int | None = None, top: int = 25,
+                    hlo_text: str | None = None) -> dict[str, Any]:
+  """Device time per kernel and per JAX operation in a ``jax.profiler`` perfetto trace.
+
+  Device work is what a GPU or TPU process of the trace ran (its stream rows: kernels, copies,
+  memsets); on a CPU-only trace it is the XLA operations the host threads ran. Each event names
+  its HLO instruction (``hlo_op``); with the program's optimized HLO (``hlo_text``) that becomes
+  the JAX operation it came from, e.g. ``transpose(jvp(Discriminator))/Conv_1/...``.
+
+  Args:
+    path: a trace file, or a folder searched for the newest one (a workdir, ``<workdir>/profile``).
+    steps: steps the trace holds; by default counted from the training loop's ``train``
+      annotations (1 when there are none).
+    top: rows kept in each table.
+    hlo_text: the traced program's optimized HLO, for naming operations.
+
+  Returns:
+    A dict: ``kernels_per_step``, ``kernel_ms_per_step`` (summed), ``busy_ms_per_step`` (time
+    with any device work running), ``wall_ms_per_step`` (from the first annotated dispatch to
+    the end of the last device work; None without annotations), ``top_kernels`` and ``top_ops`` (rows of name, count_per_step, ms_per_step),
+    the ``device_processes`` and ``device_threads`` read, and ``event_args`` (argument names seen
+    on device events, for traces whose format differs).
+  """
+  trace_path = find_trace(path)
+  try:
+    with gzip.open(trace_path, 'rt', encoding='utf-8') as f:
+      data = json.load(f)
+    events = data['traceEvents'] if isinstance(data, dict) else data
+    if not isinstance(events, list):
+      raise TypeError('no list of events')
+  except (OSError, EOFError, ValueError, KeyError, TypeError) as e:
+    raise UserError(f'{trace_path} is not a readable perfetto trace (gzipped JSON with '
+                    f'traceEvents): {e}') from e
+  process, thread = {}, {}
+  for e in events:
+    if e.get('ph') == 'M' and e.get('name') == 'process_name':
+      process[e['pid']] = e['args']['name']
+    elif e.get('ph') == 'M' and e.get('name') == 'thread_name':
+      thread[e['pid'], e.get('tid')] = e['args']['name']
+  complete = [e for e in events if e.get('ph') == 'X']
+  annotations = [e for e in complete if e.get('name') == _ANNOTATION and
+                 'step_num' in e.get('args', {})]
+  if steps is None:
+    steps = sum(int(e['args'].get('steps', 1)) for e in annotations) or 1
+  device_pids = {p for p, n in process.items() if 'GPU' in n or 'TPU' in n}
+  if device_pids:
+    device = [e for e in complete if e.get('pid') in device_pids]
+    rows = {thread.get((e['pid'], e.get('tid')), '') for e in device}
+    detailed = {r for r in rows if not any(s in r for s in _SUMMARY_ROWS)}
+    keep = detailed or rows
+    device = [e for e in device if thread.get((e['pid'], e.get('tid')), '') in keep]
+  else:  # CPU: XLA runs each operation on host threads and names it.
+    device = [e for e in complete if 'hlo_op' in e.get('args', {})]
+  names = hlo_op_names(hlo_text) if hlo_text else {}
+  kernels = collections.defaultdict(lambda: [0, 0.0])
+  ops = collections.defaultdict(lambda: [0, 0.0])
+  spans, threads_seen, arg_keys = [], collections.Counter(), collections.Counter()
+  for e in device:
+    args = e.get('args', {})
+    arg_keys.update(args)
+    threads_seen[thread.get((e['pid'], e.get('tid')), '')] += 1
+    dur = float(e.get('dur', 0.0))
+    kernels[e['name']][0] += 1
+    kernels[e['name']][1] += dur
+    spans.append((float(e['ts']), float(e['ts']) + dur))
+    op = args.get('hlo_op')
+    source = names.get(op) if op else None
+    source = source or args.get('tf_op') or args.get('name') or op
+    if source:
+      source = source.split('/', 1)[-1] if source.startswith('jit(') else source
+      ops[source][0] += 1
+      ops[source][1] += dur
+
+  wall_ms = None
+  if annotations:  # From the first dispatch to the end of the last device work it started.
+    ends = [float(e['ts']) + float(e.get('dur', 0.0)) for e in annotations]
+    first = min(float(e['ts']) for e in annotations)
+    last = max(ends + [stop for _, stop in spans])
+    wall_ms = (last - first) / 1e3 / steps
+
+  def table(d):
+    ranked = sorted(d.items(), key=lambda kv: -kv[1][1])[:top]
+    return [{'name': k[:160], 'count_per_step': c / steps, 'ms_per_step': t / 1e3 / steps}
+            for k, (c, t) in ranked]
+
+  return {
+      'trace': trace_path,
+      'steps': steps,
+      'device_processes': sorted(process[p] for p in device_pids) or ['host (CPU)'],
+      'device_threads': dict(threads_seen.most_common(12)),
+      'event_args': sorted(arg_keys),
+      'kernels_per_step': sum(c for c, _ in kernels.values()) / steps,
+      'kernel_ms_per_step': sum(t for _, t in kernels.values()) / 1e3 / steps,
+      'busy_ms_per_step': _union_ms(spans) / steps,
+      'wall_ms_per_step': wall_ms,
+      'top_kernels': table(kernels),
+      'top_ops': table(ops),
+  }
+
+
+def format_summary(summary: dict[str, Any], rows: int = 20) -> str:
+  """The summary of :func:`summarise_trace` as a plain-text report."""
+  wall = summary.get('wall_ms_per_step')
+  lines = [f"{summary['trace']}",
+           f"{summary['steps']} steps on {', '.join(summary['device_processes'])}: "
+           f"{summary['kernels_per_step']:.0f} kernels/step, device busy "
+           f"{summary['busy_ms_per_step']:.3f} ms/step"
+           + (f', wall {wall:.3f} ms/step' if wall is not None else '')]
+  for key, title in (('top_kernels', 'kernels'), ('top_ops', 'operations')):
+    lines.append(f'-- top {title} (ms/step, count/step)')
+    lines += [f"{row['ms_per_step']:9.4f} {row['count_per_step']:7.1f}  {row['name']}"
+              for row in summary[key][:rows]]
+  return '\n'.join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+  """``python -m dcgan_jax.profiling --workdir=W``: the report of W's newest training trace."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  flag_values = flags.FlagValues()
+  flags.DEFINE_string('workdir', '', 'A run trained with profile_steps > 0, or a trace folder '
+                      'or perfetto_trace.json.gz.', flag_values=flag_values)
+  flags.DEFINE_integer('rows', 20, 'Rows of each table.', lower_bound=1,
+                       flag_values=flag_values)
+  flags.DEFINE_string('hlo', '', "Optional: the traced program's optimized HLO text, to name "
+                      'operations by JAX source.', flag_values=flag_values)
+  flags.DEFINE_string('json_out', '', 'Optional: also write the summary as JSON here.',
+                      flag_values=flag_values)
+
+  def fail(message: str) -> None:
+    sys.stderr.write(' '.join(str(message).split()) + '\n')
+    sys.exit(EXIT_USER_ERROR)
+
+  try:
+    remaining = flag_values(list(sys.argv if argv is None else argv))
+  except flags.Error as e:
+    fail((str(e).strip().splitlines() or ['bad command line'])[0])
+  if len(remaining) > 1:
+    fail(f'Unexpected arguments {" ".join(remaining[1:])!r}; pass options as --name=value.')
+  f = flag_values
+  if not f.workdir:
+    fail('--workdir is required, e.g. --workdir=/tmp/dcgan_digits.')
+  try:
+    hlo_text = None
+    if f.hlo:
+      try:
+        with open(f.hlo, encoding='utf-8') as hlo_file:
+          hlo_text = hlo_file.read()
+      except OSError as e:
+        raise UserError(f'Cannot read --hlo {f.hlo}: {e.strerror}.') from e
+    summary = summarise_trace(f.workdir, top=max(f.rows, 25), hlo_text=hlo_text)
+  except UserError as e:
+    fail(str(e))
+  print(format_summary(summary, f.rows))
+  if f.json_out:
+    with open(f.json_out, 'w', encoding='utf-8') as out:
+      json.dump(summary, out, indent=1)
+
+
+if __name__ == '__main__':
+  main()

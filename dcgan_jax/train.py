@@ -809,7 +809,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       if fused is not None:
         done = fused.chunk_end(step, num_train_steps, host_work_due)
         profiler.before_dispatch(step, state)
-        with profiler.annotate(step):
+        with profiler.annotate(step, done - step):
           state, collection, tracker = fused(state, collection, tracker, train_key, step, done)
         profiler.after_dispatch(done, state)
         for progress_step in range(step + 1, done + 1):  # clu's action wants every step.

@@ -6,8 +6,8 @@ r"""Where the train step's device time goes: a jax.profiler trace summarised per
 
 For each dtype: compile and warm up the benchmark's step (``benchmark_train.bench_jax``'s
 setup), write the optimized HLO (``step_<dtype>.hlo.txt``: which convs became cuDNN calls,
-what got fused), trace ``--steps`` steps with ``jax.profiler`` (a Perfetto JSON trace, read here
-without TensorBoard) and print:
+what got fused), trace ``--steps`` steps with ``jax.profiler`` (a Perfetto JSON trace, read by
+``dcgan_jax.profiling.summarise_trace`` with that HLO) and print:
 
 * wall ms/step during the trace, device-busy ms/step (union of kernel intervals), and the
   number of kernels per step: wall >> busy means the host (dispatch, launches) is the limit;
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
-import gzip
 import json
 import os
 import sys
@@ -31,74 +29,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from dcgan_jax import profiling
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark_train as common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-
-
-def _union_ms(intervals: list[tuple[float, float]]) -> float:
-  """Total length (in the trace's µs, returned as ms) covered by possibly overlapping spans."""
-  total, end = 0.0, -np.inf
-  for start, stop in sorted(intervals):
-    if stop <= end:
-      continue
-    total += stop - max(start, end)
-    end = stop
-  return total / 1e3
-
-
-def summarise_trace(trace_dir: str, steps: int, top: int = 25) -> dict[str, Any]:
-  """Per-kernel and per-op device time from the Perfetto JSON that ``jax.profiler`` wrote."""
-  paths = glob.glob(os.path.join(trace_dir, '**', 'perfetto_trace.json.gz'), recursive=True)
-  if not paths:
-    return {'error': f'no perfetto_trace.json.gz under {trace_dir}'}
-  with gzip.open(sorted(paths)[-1]) as f:
-    data = json.load(f)
-  events = data['traceEvents'] if isinstance(data, dict) else data
-  process, thread = {}, {}
-  for e in events:
-    if e.get('ph') == 'M' and e.get('name') == 'process_name':
-      process[e['pid']] = e['args']['name']
-    elif e.get('ph') == 'M' and e.get('name') == 'thread_name':
-      thread[e['pid'], e.get('tid')] = e['args']['name']
-  device_pids = {p for p, n in process.items() if 'GPU' in n or 'TPU' in n}
-  kernels = collections.defaultdict(lambda: [0, 0.0])
-  ops = collections.defaultdict(lambda: [0, 0.0])
-  spans = []
-  threads_seen = collections.Counter()
-  for e in events:
-    if e.get('ph') != 'X' or e.get('pid') not in device_pids:
-      continue
-    name = thread.get((e['pid'], e.get('tid')), '')
-    threads_seen[name] += 1
-    dur = float(e.get('dur', 0.0))
-    if 'XLA Ops' not in name and 'XLA Modules' not in name and 'Steps' not in name:
-      # Kernel rows: 'Stream #N(...)' on GPUs; any other device row is counted here too.
-      kernels[e['name']][0] += 1
-      kernels[e['name']][1] += dur
-      spans.append((float(e['ts']), float(e['ts']) + dur))
-      # Each kernel names the JAX operation it came from ('jit(step)/transpose(jvp(
-      # Discriminator))/Conv_1/conv_general_dilated'): the per-layer view of the step.
-      source = e.get('args', {}).get('name')
-      if source:
-        source = source.split('/', 1)[-1] if source.startswith('jit(') else source
-        ops[source][0] += 1
-        ops[source][1] += dur
-
-  def table(d):
-    rows = sorted(d.items(), key=lambda kv: -kv[1][1])[:top]
-    return [{'name': k[:120], 'count_per_step': c / steps, 'ms_per_step': t / 1e3 / steps}
-            for k, (c, t) in rows]
-
-  return {
-      'device_processes': sorted(process[p] for p in device_pids),
-      'device_threads': dict(threads_seen.most_common(12)),
-      'kernels_per_step': sum(c for c, _ in kernels.values()) / steps,
-      'kernel_ms_per_step': sum(t for _, t in kernels.values()) / 1e3 / steps,
-      'busy_ms_per_step': _union_ms(spans) / steps,
-      'top_kernels': table(kernels),
-      'top_ops': table(ops),
-  }
 
 
 def _trace(compiled, run_steps, name: str, args) -> dict[str, Any]:
@@ -113,7 +48,7 @@ def _trace(compiled, run_steps, name: str, args) -> dict[str, Any]:
     t0 = time.perf_counter()
     run_steps(args.steps)
     wall_ms = (time.perf_counter() - t0) / args.steps * 1e3
-  summary = summarise_trace(trace_dir, args.steps)
+  summary = profiling.summarise_trace(trace_dir, args.steps, hlo_text=compiled.as_text())
   summary.update(batch=args.batch, wall_ms_per_step_traced=wall_ms,
                  hlo=os.path.basename(hlo_path), custom_calls=_custom_calls(compiled.as_text()))
   return summary

@@ -237,41 +237,6 @@ def test_benchmark_checkpoint_tiny(tmp_path):
       record['rows'][1]['median_ms'] / record['rows'][0]['median_ms'])
 
 
-def _write_trace(path, events):
-  import gzip  # pylint: disable=g-import-not-at-top
-  os.makedirs(path, exist_ok=True)
-  with gzip.open(os.path.join(path, 'perfetto_trace.json.gz'), 'wt') as f:
-    json.dump({'traceEvents': events}, f)
-
-
-def test_profile_summary_sums_kernels_per_step_and_per_source_op(tmp_path):
-  """profile_step reads a GPU-like perfetto trace: per-kernel and per-layer device time per
-  step, kernels per step, and device-busy time as the union of overlapping kernels."""
-  import profile_step  # pylint: disable=g-import-not-at-top
-  meta = [
-      {'ph': 'M', 'pid': 1, 'name': 'process_name', 'args': {'name': '/device:GPU:0'}},
-      {'ph': 'M', 'pid': 1, 'tid': 7, 'name': 'thread_name', 'args': {'name': 'Stream #7(Compute)'}},
-      {'ph': 'M', 'pid': 9, 'name': 'process_name', 'args': {'name': '/host:CPU'}},
-  ]
-  conv = 'jit(step)/transpose(jvp(Discriminator))/Conv_1/conv_general_dilated'
-  kernels = [  # Two steps: a 10 us conv kernel overlapping a 4 us fusion, then 6 us apart.
-      {'ph': 'X', 'pid': 1, 'tid': 7, 'ts': 0.0, 'dur': 10.0, 'name': 'wgrad', 'args': {'name': conv}},
-      {'ph': 'X', 'pid': 1, 'tid': 7, 'ts': 8.0, 'dur': 4.0, 'name': 'fusion', 'args': {'name': 'jit(step)'}},
-      {'ph': 'X', 'pid': 1, 'tid': 7, 'ts': 20.0, 'dur': 10.0, 'name': 'wgrad', 'args': {'name': conv}},
-      {'ph': 'X', 'pid': 1, 'tid': 7, 'ts': 36.0, 'dur': 4.0, 'name': 'fusion', 'args': {'name': 'jit(step)'}},
-      {'ph': 'X', 'pid': 9, 'tid': 1, 'ts': 0.0, 'dur': 500.0, 'name': 'host work'},
-  ]
-  _write_trace(str(tmp_path / 'plugins' / 'profile' / 'run'), meta + kernels)
-  summary = profile_step.summarise_trace(str(tmp_path), steps=2)
-  assert summary['kernels_per_step'] == 2
-  assert summary['kernel_ms_per_step'] == pytest.approx(0.014)
-  assert summary['busy_ms_per_step'] == pytest.approx((12 + 10 + 4) / 2 / 1e3)
-  top = {row['name']: row for row in summary['top_ops']}
-  assert top['transpose(jvp(Discriminator))/Conv_1/conv_general_dilated']['ms_per_step'] == (
-      pytest.approx(0.010))
-  assert summary['top_kernels'][0]['name'] == 'wgrad'
-
-
 def _run_profile_tiny(out_dir, *flags):
   """experiments/profile_step.py --tiny in a subprocess; fails the test if it fails."""
   result = subprocess.run(

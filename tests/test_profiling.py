@@ -56,6 +56,11 @@ def test_the_window_of_steps_is_traced(tfds_dir, tmp_path, caplog, steps_per_dis
   assert _annotated_steps(traces[0]) == annotated
   assert list(traces[0].parent.glob('*.xplane.pb'))  # What TensorBoard's profile plugin reads.
   assert 'Profiled steps 3 to 5' in caplog.text
+  # Read back: three steps (a fused chunk's annotation counts its steps), the step's operations.
+  summary = profiling.summarise_trace(str(tmp_path))
+  assert summary['steps'] == 3 and summary['trace'] == str(traces[0])
+  assert summary['kernels_per_step'] > 0 and summary['busy_ms_per_step'] > 0
+  assert summary['wall_ms_per_step'] > 0 and summary['top_ops']
   # The profiler is off again: a new trace can start in this process.
   jax.profiler.start_trace(str(tmp_path / 'again'))
   jax.profiler.stop_trace()
@@ -112,3 +117,114 @@ def test_bad_profile_settings_are_one_clear_error(name, value):
 def test_validate_config_checks_the_profile_settings(tfds_dir):
   with pytest.raises(UserError, match='profile_skip_steps must be an integer >= 0'):
     train.validate_config(tiny_config(tfds_dir, profile_skip_steps=-1))
+
+
+def _write_trace(folder, events):
+  folder.mkdir(parents=True, exist_ok=True)
+  with gzip.open(folder / profiling.PERFETTO_TRACE, 'wt', encoding='utf-8') as f:
+    json.dump({'traceEvents': events}, f)
+
+
+def test_summary_sums_device_time_per_kernel_and_per_jax_operation(tmp_path):
+  """A GPU-like trace: kernels on a stream row name their HLO instruction, which the optimized
+  HLO maps to the JAX operation; busy time is the union of overlapping kernels."""
+  conv = 'jit(step)/transpose(jvp(Discriminator))/Conv_1/conv_general_dilated'
+  hlo = '\n'.join([
+      'HloModule jit_step',
+      f'  %cudnn-conv.3 = (f32[8]) custom-call(%p), metadata={{op_name="{conv}" '
+      'source_file="models.py"}',
+      '  ROOT %fusion.1 = f32[8] fusion(%a), kind=kLoop, metadata={op_name="jit(step)/add"}'])
+  assert profiling.hlo_op_names(hlo) == {
+      'cudnn-conv.3': 'transpose(jvp(Discriminator))/Conv_1/conv_general_dilated',
+      'fusion.1': 'add'}
+  meta = [
+      {'ph': 'M', 'pid': 1, 'name': 'process_name', 'args': {'name': '/device:GPU:0'}},
+      {'ph': 'M', 'pid': 1, 'tid': 7, 'name': 'thread_name', 'args': {'name': 'Stream #7(Compute)'}},
+      {'ph': 'M', 'pid': 9, 'name': 'process_name', 'args': {'name': '/host:CPU'}},
+  ]
+  on_gpu = lambda ts, dur, name, op: {'ph': 'X', 'pid': 1, 'tid': 7, 'ts': ts, 'dur': dur,
+                                      'name': name, 'args': {'hlo_op': op}}
+  events = meta + [  # Two steps: a 10 us conv kernel overlapping a 4 us fusion, then 6 us apart.
+      on_gpu(0.0, 10.0, 'wgrad', 'cudnn-conv.3'), on_gpu(8.0, 4.0, 'loop_add', 'fusion.1'),
+      on_gpu(20.0, 10.0, 'wgrad', 'cudnn-conv.3'), on_gpu(36.0, 4.0, 'loop_add', 'fusion.1'),
+      {'ph': 'X', 'pid': 9, 'tid': 1, 'ts': -5.0, 'dur': 20.0, 'name': 'train',
+       'args': {'step_num': '0', 'steps': '1'}},
+      {'ph': 'X', 'pid': 9, 'tid': 1, 'ts': 15.0, 'dur': 30.0, 'name': 'train',
+       'args': {'step_num': '1', 'steps': '1'}},
+  ]
+  _write_trace(tmp_path / 'plugins' / 'profile' / 'run', events)
+  summary = profiling.summarise_trace(str(tmp_path), hlo_text=hlo)
+  assert summary['steps'] == 2  # From the two annotations.
+  assert summary['kernels_per_step'] == 2
+  assert summary['kernel_ms_per_step'] == pytest.approx(0.014)
+  assert summary['busy_ms_per_step'] == pytest.approx((12 + 10 + 4) / 2 / 1e3)
+  assert summary['wall_ms_per_step'] == pytest.approx(50 / 2 / 1e3)
+  assert summary['device_processes'] == ['/device:GPU:0'] and summary['event_args'] == ['hlo_op']
+  top = {row['name']: row for row in summary['top_ops']}
+  assert top['transpose(jvp(Discriminator))/Conv_1/conv_general_dilated']['ms_per_step'] == (
+      pytest.approx(0.010))
+  assert top['add']['count_per_step'] == 1
+  assert summary['top_kernels'][0]['name'] == 'wgrad'
+  # Without the HLO the operations keep their HLO names.
+  plain = profiling.summarise_trace(str(tmp_path))
+  assert {row['name'] for row in plain['top_ops']} == {'cudnn-conv.3', 'fusion.1'}
+
+
+def test_summary_of_a_real_cpu_trace_names_the_jax_scopes(tmp_path):
+  @jax.jit
+  def program(x):
+    with jax.named_scope('first_layer'):
+      y = jax.numpy.tanh(x @ x)
+    with jax.named_scope('second_layer'):
+      return jax.numpy.sin(y @ y).sum(axis=0)
+
+  x = jax.numpy.ones((256, 256))
+  hlo = program.lower(x).compile().as_text()
+  program(x).block_until_ready()
+  with jax.profiler.trace(str(tmp_path), create_perfetto_trace=True):
+    for i in range(3):
+      with jax.profiler.StepTraceAnnotation('train', step_num=i, steps=1):
+        out = program(x)
+    out.block_until_ready()
+  summary = profiling.summarise_trace(str(tmp_path), hlo_text=hlo)
+  assert summary['steps'] == 3 and summary['device_processes'] == ['host (CPU)']
+  names = ' '.join(row['name'] for row in summary['top_ops'])
+  assert 'first_layer' in names and 'second_layer' in names
+  assert summary['kernel_ms_per_step'] > 0
+
+
+def test_summary_command_prints_the_report(tmp_path, capsys):
+  _write_trace(tmp_path / 'profile' / 'plugins' / 'profile' / 'run', [
+      {'ph': 'M', 'pid': 1, 'name': 'process_name', 'args': {'name': '/device:TPU:0'}},
+      {'ph': 'M', 'pid': 1, 'tid': 2, 'name': 'thread_name', 'args': {'name': 'XLA Ops'}},
+      {'ph': 'X', 'pid': 1, 'tid': 2, 'ts': 0.0, 'dur': 3.0, 'name': 'convolution.4',
+       'args': {'hlo_op': 'convolution.4'}}])
+  out_json = tmp_path / 'summary.json'
+  profiling.main(['profiling', f'--workdir={tmp_path}', f'--json_out={out_json}', '--rows=5'])
+  report = capsys.readouterr().out
+  # A TPU trace has only its op rows: they are the device work.
+  assert '1 steps on /device:TPU:0: 1 kernels/step' in report and 'convolution.4' in report
+  assert json.loads(out_json.read_text())['kernel_ms_per_step'] == pytest.approx(0.003)
+
+
+@pytest.mark.parametrize('case, message', [
+    ('no_trace', 'No perfetto_trace.json.gz under'),
+    ('corrupt', 'is not a readable perfetto trace'),
+    ('no_workdir', '--workdir is required'),
+    ('bad_flag', 'rows'),
+])
+def test_summary_command_mistakes_are_one_line(tmp_path, capsys, case, message):
+  argv = ['profiling', f'--workdir={tmp_path}']
+  if case == 'corrupt':
+    folder = tmp_path / 'profile' / 'x'
+    folder.mkdir(parents=True)
+    (folder / profiling.PERFETTO_TRACE).write_bytes(b'not gzip')
+  elif case == 'no_workdir':
+    argv = ['profiling']
+  elif case == 'bad_flag':
+    argv.append('--rows=0')
+  with pytest.raises(SystemExit) as exit_info:
+    profiling.main(argv)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert message in err and len(err.strip().splitlines()) == 1
