@@ -48,7 +48,7 @@ inc_network='merged,pad4,merged+pad4,merged+pad8'
 # Model options tried the same way: RGB channels padded to 8 inside the image convolutions.
 model_variants='{"pad8": {"image_channel_multiple": 8}}'
 loop_variants='{"conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "while_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv',WHILE,CONDITIONAL"}}'
-parts="${PARTS:-train profile fid profinc loop loopN xla profpad fidx ckpt baseline}"  # Which parts, in order (PARTS=... to pick).
+parts="${PARTS:-train profile fid profinc loop loopN profloop xla profpad fidx ckpt baseline}"  # Which parts, in order (PARTS=... to pick).
 for part in $parts; do
   case $part in
     train) run "${T_TRAIN:-170}" $py experiments/benchmark_train.py ${BENCH_ARGS:-} ${TRAIN_ARGS:-} \
@@ -74,6 +74,17 @@ for part in $parts; do
              --device_kind "$kind" --out "$out/train_xla_${tag}.json" ;;
     loopN) run "${T_LOOP:-100}" $py experiments/benchmark_loop.py ${BENCH_ARGS:-} ${LOOP_ARGS:-} \
              --steps_per_dispatch 100 --device_kind "$kind" --out "$out/loop_fused_${tag}.json" ;;
+    profloop) run "${T_PROFLOOP:-150}" bash -c '
+             set -e
+             "$1" -c "import numpy as np; np.save(\"/tmp/loop64.npy\", np.random.default_rng(0).integers(0, 256, ($2, 64, 64, 3), dtype=np.uint8))"
+             rm -rf /tmp/profloop
+             "$1" -m dcgan_jax.main --config=configs/celeba.py --workdir=/tmp/profloop \
+               --config.dataset=array --config.dataset_path=/tmp/loop64.npy --config.num_train_steps=400 \
+               --config.log_every_steps=100 --config.sample_every_steps=0 --config.eval_every_steps=0 \
+               --config.profile_skip_steps=300 --config.profile_steps=50 $4
+             "$1" -m dcgan_jax.profiling --workdir=/tmp/profloop --json_out="$3"
+             mkdir -p /tmp/profile && cp -r /tmp/profloop/profile /tmp/profile/loop' \
+             _ "$py" "${LOOP_IMAGES:-20000}" "$out/profile_loop_${tag}.json" "${PROFLOOP_ARGS:-}" ;;
     ckpt) run "${T_CKPT:-60}" $py experiments/benchmark_checkpoint.py --device_kind "$kind" \
              --out "$out/checkpoint_${tag}.json" ;;
     baseline) if [ -d .baseline/dcgan_jax ]; then
@@ -81,7 +92,7 @@ for part in $parts; do
                  ${BENCH_ARGS:-} ${TRAIN_ARGS:-} --no_torch --device_kind "$kind" \
                  --out "$out/train_baseline_${tag}.json"
              fi ;;
-    *) echo "unknown part $part (train, profile, fid, profinc, loop, loopN, xla, profpad, fidx, ckpt, baseline)" ;;
+    *) echo "unknown part $part (train, profile, fid, profinc, loop, loopN, profloop, xla, profpad, fidx, ckpt, baseline)" ;;
   esac
 done
 tar czf "$out/profile.tgz" -C /tmp profile 2>/dev/null
