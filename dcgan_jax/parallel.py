@@ -150,6 +150,11 @@ class DataParallelStep:
   def __call__(self, state: GANState, batch: jax.Array, rng: jax.Array) -> tuple[GANState, Metrics]:
     return self._step(state, batch, rng)
 
+  def compiled_text(self, state: GANState, batch: jax.Array, rng: jax.Array) -> str:
+    """The optimized HLO of the step for these arguments (nothing is donated or run; after a
+    call with the same shapes, jax's cache answers without compiling again)."""
+    return self._step.lower(state, batch, rng).compile().as_text()
+
   def host_state(self, state: GANState) -> GANState:
     """One copy of the state as numpy arrays (drops pmap's device axis)."""
     if self.parallelism == 'pmap':

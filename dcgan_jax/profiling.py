@@ -29,7 +29,7 @@ import os
 import re
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -40,6 +40,7 @@ from dcgan_jax.errors import UserError
 PROFILE_DIR = 'profile'
 _ANNOTATION = 'train'
 PERFETTO_TRACE = 'perfetto_trace.json.gz'
+HLO_FILE = 'train_program.hlo.txt'  # The traced program's optimized HLO, beside the trace.
 # Rows of a device that summarise others (TPU traces): counted only where a device has no other.
 _SUMMARY_ROWS = ('XLA Ops', 'XLA Modules', 'Steps')
 
@@ -95,15 +96,35 @@ class StepProfiler:
     """Whether a fused chunk must end after ``done`` steps (a window edge)."""
     return not self._done and done in (self.first, self.last)
 
-  def before_dispatch(self, step: int, state: Any) -> None:
-    """Starts the trace when ``step`` steps are done and the window begins here."""
+  def before_dispatch(self, step: int, state: Any,
+                      compiled_text: Callable[[], str] | None = None) -> None:
+    """Starts the trace when ``step`` steps are done and the window begins here.
+
+    Args:
+      step: steps done before this dispatch.
+      state: the state the dispatch reads (waited for before the trace starts).
+      compiled_text: returns the optimized HLO of the program about to run; written next to
+        the trace (``HLO_FILE``) so that the report names operations by JAX source.
+    """
     if self._done or self.active or step < self.first or step >= self.last:
       return
-    jax.block_until_ready(state)  # Earlier steps' device work stays out of the trace.
     os.makedirs(self.logdir, exist_ok=True)
+    if compiled_text is not None:
+      self._write_hlo(compiled_text)
+    jax.block_until_ready(state)  # Earlier steps' device work stays out of the trace.
     jax.profiler.start_trace(self.logdir, create_perfetto_trace=True)
     self._started_at = step
     self._start_time = time.monotonic()
+
+  def _write_hlo(self, compiled_text: Callable[[], str]) -> None:
+    try:
+      text = compiled_text()
+    except Exception as e:  # pylint: disable=broad-except  # Optional; never stops training.
+      logging.warning('Profiling: could not get the step program\'s HLO (%s: %s); operations '
+                      'keep their HLO names.', type(e).__name__, e)
+      return
+    with open(os.path.join(self.logdir, HLO_FILE), 'w', encoding='utf-8') as f:
+      f.write(text)
 
   def annotate(self, step: int, num_steps: int = 1):
     """A step annotation for the dispatch of ``num_steps`` steps after ``step`` while tracing."""
@@ -172,6 +193,20 @@ def find_trace(path: str) -> str:
   return max(paths, key=lambda p: (os.path.getmtime(p), p))
 
 
+def _hlo_beside(path: str, trace_path: str) -> str | None:
+  """The HLO the training loop wrote for a trace: in the folder searched or one above the trace."""
+  folders = [path] if os.path.isdir(path) else []
+  folders += [os.path.join(path, PROFILE_DIR)] if os.path.isdir(path) else []
+  # <logdir>/plugins/profile/<run>/perfetto_trace.json.gz: the logdir is three levels up.
+  folders.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(trace_path)))))
+  for folder in folders:
+    candidate = os.path.join(folder, HLO_FILE)
+    if os.path.isfile(candidate):
+      with open(candidate, encoding='utf-8') as f:
+        return f.read()
+  return None
+
+
 def _union_ms(intervals: list[tuple[float, float]]) -> float:
   """Total length (µs in the trace, returned as ms) covered by possibly overlapping spans."""
   total, end = 0.0, float('-inf')
@@ -197,7 +232,8 @@ def summarise_trace(path: str, steps: int | None = None, top: int = 25,
     steps: steps the trace holds; by default counted from the training loop's ``train``
       annotations (1 when there are none).
     top: rows kept in each table.
-    hlo_text: the traced program's optimized HLO, for naming operations.
+    hlo_text: the traced program's optimized HLO, for naming operations; by default the
+      ``HLO_FILE`` the training loop wrote beside the trace, if any.
 
   Returns:
     A dict: ``kernels_per_step``, ``kernel_ms_per_step`` (summed), ``busy_ms_per_step`` (time
@@ -207,6 +243,8 @@ def summarise_trace(path: str, steps: int | None = None, top: int = 25,
     on device events, for traces whose format differs).
   """
   trace_path = find_trace(path)
+  if hlo_text is None:
+    hlo_text = _hlo_beside(path, trace_path)
   try:
     with gzip.open(trace_path, 'rt', encoding='utf-8') as f:
       data = json.load(f)

@@ -143,12 +143,22 @@ class FusedSteps:
 
     ``state``, ``collection`` and ``tracker`` are donated.
     """
+    return self._run(*self._arguments(state, collection, tracker, train_key, step, end))
+
+  def compiled_text(self, state, collection, tracker, train_key: jax.Array, step: int,
+                    end: int) -> str:
+    """The optimized HLO of the program :meth:`__call__` runs for these arguments (nothing is
+    donated or run; after a call with the same shapes, jax's cache answers without compiling)."""
+    arguments = self._arguments(state, collection, tracker, train_key, step, end)
+    return self._run.lower(*arguments).compile().as_text()
+
+  def _arguments(self, state, collection, tracker, train_key, step, end) -> tuple[Any, ...]:
     epoch, position = divmod(step, self._sampler.steps_per_epoch)
     if not step < end <= (epoch + 1) * self._sampler.steps_per_epoch:
       raise ValueError(f'A chunk runs within one epoch: got steps {step}..{end}.')
     # Fresh metric accumulators are uncommitted host-made arrays; the loop returns them
     # replicated on the mesh. Placing them the same way every call keeps one compiled program.
     collection, tracker = self._placed(collection), self._placed(tracker)
-    return self._run(state, collection, tracker, self._sampler.images,
-                     self._sampler.epoch_permutation(epoch), train_key, np.int32(step),
-                     np.int32(position * self._sampler.global_batch), np.int32(end - step))
+    return (state, collection, tracker, self._sampler.images,
+            self._sampler.epoch_permutation(epoch), train_key, np.int32(step),
+            np.int32(position * self._sampler.global_batch), np.int32(end - step))

@@ -808,7 +808,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     while step < num_train_steps:
       if fused is not None:
         done = fused.chunk_end(step, num_train_steps, host_work_due)
-        profiler.before_dispatch(step, state)
+        profiler.before_dispatch(step, state, lambda: fused.compiled_text(
+            state, collection, tracker, train_key, step, done))
         with profiler.annotate(step, done - step):
           state, collection, tracker = fused(state, collection, tracker, train_key, step, done)
         profiler.after_dispatch(done, state)
@@ -822,7 +823,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
         else:
           batch = step_fn.place_batch(next(iterator))
         rng = parallel.fold_in(train_key, step)
-        profiler.before_dispatch(step, state)
+        profiler.before_dispatch(step, state,
+                                 lambda: step_fn.compiled_text(state, batch, rng))
         with profiler.annotate(step):
           state, metrics = step_fn(state, batch, rng)
         if collection_cls is None:

@@ -39,15 +39,17 @@ def _annotated_steps(trace_path):
                 if e.get('name') == 'train' and e.get('ph') == 'X')
 
 
-@pytest.mark.parametrize('steps_per_dispatch, annotated', [
-    (1, [2, 3, 4]),  # One annotation per step: steps 3 to 5 (step_num counts steps done before).
-    (8, [2]),  # One fused chunk, cut at the window's edges (steps done 2 and 5).
+@pytest.mark.parametrize('parallelism, steps_per_dispatch, annotated', [
+    ('shard_map', 1, [2, 3, 4]),  # One annotation per step: steps 3 to 5 (step_num: steps done).
+    ('shard_map', 8, [2]),  # One fused chunk, cut at the window's edges (steps done 2 and 5).
+    ('pmap', 1, [2, 3, 4]),
 ])
-def test_the_window_of_steps_is_traced(tfds_dir, tmp_path, caplog, steps_per_dispatch,
-                                       annotated):
+def test_the_window_of_steps_is_traced(tfds_dir, tmp_path, caplog, parallelism,
+                                       steps_per_dispatch, annotated):
   config = tiny_config(tfds_dir, device_resident='always', num_train_steps=8, log_every_steps=8,
                        checkpoint_every_steps=8, sample_every_steps=0, profile_steps=3,
-                       profile_skip_steps=2, steps_per_dispatch=steps_per_dispatch)
+                       profile_skip_steps=2, steps_per_dispatch=steps_per_dispatch,
+                       parallelism=parallelism)
   with caplog.at_level(logging.INFO):
     state = train.train_and_evaluate(config, tmp_path)
   assert int(state.step) == 8
@@ -61,6 +63,10 @@ def test_the_window_of_steps_is_traced(tfds_dir, tmp_path, caplog, steps_per_dis
   assert summary['steps'] == 3 and summary['trace'] == str(traces[0])
   assert summary['kernels_per_step'] > 0 and summary['busy_ms_per_step'] > 0
   assert summary['wall_ms_per_step'] > 0 and summary['top_ops']
+  # The loop wrote the traced program's HLO beside the trace: operations carry their layer.
+  assert (tmp_path / profiling.PROFILE_DIR / profiling.HLO_FILE).is_file()
+  ops = ' '.join(row['name'] for row in summary['top_ops'])
+  assert 'Discriminator' in ops and 'Generator' in ops
   # The profiler is off again: a new trace can start in this process.
   jax.profiler.start_trace(str(tmp_path / 'again'))
   jax.profiler.stop_trace()
