@@ -73,6 +73,10 @@ def test_colab_notebook_executes(tmp_path, monkeypatch, seed_digits_classifier):
   for marker in ('read_scalars', 'class_fractions', 'register_loss'):
     cell = next(c for c in code if marker in c.source)
     assert _images(cell, 'image/png'), f'no plot from the cell using {marker}'
+  # The profile of 20 training steps, read back with its operations named by layer.
+  profile_text = _text(next(c for c in code if 'profiling.summarise_trace' in c.source))
+  assert '20 steps on' in profile_text and 'kernels/step' in profile_text
+  assert 'Discriminator' in profile_text or 'Generator' in profile_text
   fid_cell = next(c for c in code if 'DOWNLOAD_WEIGHTS = False' in c.source)
   assert 'No FID weights' in _text(fid_cell)  # No download in tests.
   custom = next(c for c in code if 'register_loss' in c.source)
