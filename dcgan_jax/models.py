@@ -293,6 +293,20 @@ class GroupedBatchNorm(nn.Module):
     return y.reshape(x.shape).astype(self.dtype)
 
 
+def upsample_nearest_2x(x: jax.Array) -> jax.Array:
+  """Nearest-neighbour 2x upsampling of ``[N, H, W, C]``: each pixel becomes a 2x2 block.
+
+  The same values as ``jax.image.resize(x, (N, 2H, 2W, C), method='nearest')``, written as a
+  broadcast and a reshape, so the program holds no gather and its gradient is a sum over each
+  2x2 block instead of a scatter-add (alone on CPU: 0.54 vs 8.4 ms for the backward pass of a
+  64x16x16x32 batch; inside the default config's whole jitted step XLA:CPU runs both at the
+  same speed, 483 vs 506 operations per step; accelerators unmeasured).
+  """
+  n, h, w, c = x.shape
+  x = jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, 2, w, 2, c))
+  return x.reshape(n, 2 * h, 2 * w, c)
+
+
 class Generator(nn.Module):
   """DCGAN generator: latent vectors to images.
 
@@ -344,8 +358,7 @@ class Generator(nn.Module):
     if self.upsample == 'transpose':
       return TransposedConv(features, dtype=dtype, channel_multiple=channel_multiple,
                             name=f'ConvTranspose_{index}')(x)
-    n, h, w, c = x.shape
-    x = jax.image.resize(x, (n, 2 * h, 2 * w, c), method='nearest')
+    x = upsample_nearest_2x(x)
     return nn.Conv(features, (3, 3), padding='SAME', use_bias=False, kernel_init=kernel_init,
                    dtype=dtype, param_dtype=jnp.float32, name=f'Conv_{index}')(x)
 

@@ -42,6 +42,26 @@ def test_shapes_for_every_size(size, upsample):
   assert logits.shape == (3,) and logits.dtype == jnp.float32
 
 
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_nearest_upsampling_is_jax_image_resize_with_a_block_sum_gradient(dtype):
+  x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4)).astype(dtype)
+  resize = lambda v: jax.image.resize(v, (2, 6, 10, 4), method='nearest')
+  up = models.upsample_nearest_2x(x)
+  assert up.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(up, np.float32), np.asarray(resize(x), np.float32))
+  np.testing.assert_array_equal(np.asarray(up[:, 2, 7], np.float32),  # Pixel (1, 3)'s block.
+                                np.asarray(x[:, 1, 3], np.float32))
+  cotangent = jax.random.normal(jax.random.key(1), (2, 6, 10, 4)).astype(dtype)
+  grad = jax.vjp(models.upsample_nearest_2x, x)[1](cotangent)[0]
+  expected = np.asarray(cotangent, np.float32).reshape(2, 3, 2, 5, 2, 4).sum(axis=(2, 4))
+  tolerance = 1e-6 if dtype == jnp.float32 else 3e-2
+  np.testing.assert_allclose(np.asarray(grad, np.float32), expected, rtol=tolerance,
+                             atol=tolerance)
+  np.testing.assert_allclose(np.asarray(grad, np.float32),
+                             np.asarray(jax.vjp(resize, x)[1](cotangent)[0], np.float32),
+                             rtol=tolerance, atol=tolerance)
+
+
 # Computing costs seconds of compile per size on CPU; the layer code is the same for every size,
 # so two sizes (one block and three) in both modes pin down the values.
 @pytest.mark.parametrize('upsample', ['transpose', 'resize_conv'])
