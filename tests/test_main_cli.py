@@ -135,6 +135,8 @@ def test_two_processes_train_one_run(tmp_path):
             # Fused dispatch across processes: chunks (0, 1) and (1, 2), the second fed the
             # first's global (not fully addressable) non-finite tracker.
             '--config.steps_per_dispatch=2', '--config.log_every_steps=1',
+            # Each process traces the second step into its own folder.
+            '--config.profile_steps=1', '--config.profile_skip_steps=1',
             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
   # Process 0 also prints its libraries' INFO logs (--library_logs); process 1 hides them.
   processes = [subprocess.Popen(common + [f'--process_id={i}'] + ['--library_logs'] * (i == 0),
@@ -159,6 +161,11 @@ def test_two_processes_train_one_run(tmp_path):
   assert best['step'] == 2 and best['num_generated'] == 40 and best['num_real'] == 40
   assert 'Step 2: FID' in outputs[0][1] and 'Step 2: FID' not in outputs[1][1]
   assert best['fid'] == pytest.approx(_expected_stand_in_fid(workdir, 40), rel=1e-5)
+  for i in range(2):
+    folder = workdir / 'profile' / f'process_{i}'
+    assert list(folder.rglob('perfetto_trace.json.gz'))
+    assert (folder / 'train_program.hlo.txt').is_file()
+    assert 'Profiled steps 2 to 2' in outputs[i][1]
 
 
 def _expected_stand_in_fid(workdir, num):
