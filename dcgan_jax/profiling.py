@@ -236,11 +236,12 @@ def summarise_trace(path: str, steps: int | None = None, top: int = 25,
       ``HLO_FILE`` the training loop wrote beside the trace, if any.
 
   Returns:
-    A dict: ``kernels_per_step``, ``kernel_ms_per_step`` (summed), ``busy_ms_per_step`` (time
-    with any device work running), ``wall_ms_per_step`` (from the first annotated dispatch to
-    the end of the last device work; None without annotations), ``top_kernels`` and ``top_ops`` (rows of name, count_per_step, ms_per_step),
-    the ``device_processes`` and ``device_threads`` read, and ``event_args`` (argument names seen
-    on device events, for traces whose format differs).
+    A dict: ``trace`` (its path), ``steps``, ``kernels_per_step``, ``kernel_ms_per_step``
+    (summed), ``busy_ms_per_step`` (time with any device work running), ``wall_ms_per_step``
+    (from the first annotated dispatch to the end of the last device work; None without
+    annotations), ``top_kernels`` and ``top_ops`` (rows of name, count_per_step and
+    ms_per_step), the ``device_processes`` and ``device_threads`` read, and ``event_args``
+    (argument names seen on device events, for traces whose format differs).
   """
   trace_path = find_trace(path)
   if hlo_text is None:

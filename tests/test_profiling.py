@@ -145,7 +145,8 @@ def test_summary_sums_device_time_per_kernel_and_per_jax_operation(tmp_path):
       'fusion.1': 'add'}
   meta = [
       {'ph': 'M', 'pid': 1, 'name': 'process_name', 'args': {'name': '/device:GPU:0'}},
-      {'ph': 'M', 'pid': 1, 'tid': 7, 'name': 'thread_name', 'args': {'name': 'Stream #7(Compute)'}},
+      {'ph': 'M', 'pid': 1, 'tid': 7, 'name': 'thread_name',
+       'args': {'name': 'Stream #7(Compute)'}},
       {'ph': 'M', 'pid': 9, 'name': 'process_name', 'args': {'name': '/host:CPU'}},
   ]
   on_gpu = lambda ts, dur, name, op: {'ph': 'X', 'pid': 1, 'tid': 7, 'ts': ts, 'dur': dur,
