@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import sys
 from typing import Any
 
 from absl import app
@@ -36,7 +35,7 @@ from absl import logging
 import numpy as np
 
 from dcgan_jax import cli_logging
-from dcgan_jax.errors import EXIT_USER_ERROR, UserError
+from dcgan_jax.errors import UserError, exit_with_user_error, first_line
 
 # A private flag set, so that this module and dcgan_jax.main (which also defines --workdir) can
 # be imported into one process (tests, notebooks).
@@ -77,11 +76,7 @@ IS_SPLITS = 10
 _FEATURES_KEY = 'kid_features'
 
 
-def _fail(message: str) -> None:
-  """Prints one line on stderr and exits with the user-error status."""
-  sys.stderr.write(' '.join(str(message).split()) + '\n')
-  sys.stderr.flush()
-  sys.exit(EXIT_USER_ERROR)
+_fail = exit_with_user_error
 
 
 # ---- restoring the generator ------------------------------------------------------------------
@@ -377,7 +372,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     remaining = FLAGS(argv, known_only=True)
     return flags.FLAGS(remaining)
   except flags.Error as e:
-    _fail((str(e).strip().splitlines() or ['bad command line'])[0])
+    _fail(first_line(e))
 
 
 def run() -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 
 from absl import app
 from absl import flags
@@ -24,7 +23,7 @@ from ml_collections import config_flags
 
 from dcgan_jax import cli_logging
 from dcgan_jax import writers
-from dcgan_jax.errors import EXIT_USER_ERROR, UserError
+from dcgan_jax.errors import UserError, exit_with_user_error, first_line
 
 FLAGS = flags.FLAGS
 
@@ -44,11 +43,7 @@ flags.DEFINE_bool('library_logs', False, 'Also print the INFO logs of orbax, ten
 flags.DEFINE_integer('process_id', None, 'Index of this process in a multi-process run.')
 
 
-def _fail(message: str) -> None:
-  """Prints one line on stderr and exits with the user-error status."""
-  sys.stderr.write(' '.join(str(message).split()) + '\n')
-  sys.stderr.flush()
-  sys.exit(EXIT_USER_ERROR)
+_fail = exit_with_user_error
 
 
 def _config_arg(argv: list[str]) -> str | None:
@@ -95,7 +90,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     remaining = FLAGS(argv)
   except flags.Error as e:
-    _fail((str(e).strip().splitlines() or ['bad command line'])[0])
+    _fail(first_line(e))
   except (AttributeError, KeyError) as e:  # ml_collections: --config.<unknown field>=...
     _fail(_unknown_field_message(e, argv))
   except Exception as e:  # pylint: disable=broad-except  # A config file that cannot load.

@@ -34,8 +34,9 @@ from typing import Any, Callable
 from absl import logging
 import jax
 
-from dcgan_jax.errors import EXIT_USER_ERROR
 from dcgan_jax.errors import UserError
+from dcgan_jax.errors import exit_with_user_error
+from dcgan_jax.errors import first_line
 
 PROFILE_DIR = 'profile'
 _ANNOTATION = 'train'
@@ -351,14 +352,12 @@ def main(argv: list[str] | None = None) -> None:
   flags.DEFINE_string('json_out', '', 'Optional: also write the summary as JSON here.',
                       flag_values=flag_values)
 
-  def fail(message: str) -> None:
-    sys.stderr.write(' '.join(str(message).split()) + '\n')
-    sys.exit(EXIT_USER_ERROR)
+  fail = exit_with_user_error
 
   try:
     remaining = flag_values(list(sys.argv if argv is None else argv))
   except flags.Error as e:
-    fail((str(e).strip().splitlines() or ['bad command line'])[0])
+    fail(first_line(e))
   if len(remaining) > 1:
     fail(f'Unexpected arguments {" ".join(remaining[1:])!r}; pass options as --name=value.')
   f = flag_values

@@ -37,7 +37,7 @@ from dcgan_jax import animation
 from dcgan_jax import checkpointing
 from dcgan_jax import models
 from dcgan_jax import sample_grid
-from dcgan_jax.errors import EXIT_USER_ERROR, UserError
+from dcgan_jax.errors import UserError, exit_with_user_error, first_line
 
 MAX_NUM = 4096  # Images per grid; more make an unreadable picture and a slow PNG.
 GRID_PADDING = 2  # Pixels between and around the images of every grid written here.
@@ -206,15 +206,12 @@ def main(argv: list[str] | None = None) -> None:
   flag_values = flags.FlagValues()
   _define_flags(flag_values)
 
-  def fail(message: str) -> None:
-    sys.stderr.write(' '.join(str(message).split()) + '\n')
-    sys.stderr.flush()
-    sys.exit(EXIT_USER_ERROR)
+  fail = exit_with_user_error
 
   try:
     remaining = flag_values(list(sys.argv if argv is None else argv))
   except flags.Error as e:
-    fail((str(e).strip().splitlines() or ['bad command line'])[0])
+    fail(first_line(e))
   if len(remaining) > 1:
     fail(f'Unexpected arguments {" ".join(remaining[1:])!r}; pass options as --name=value.')
   f = flag_values

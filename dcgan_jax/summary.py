@@ -11,7 +11,6 @@ nothing is compiled or run: the summary of a 256x256 model costs well under a se
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 from typing import Any
 
@@ -156,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
-  from dcgan_jax.errors import EXIT_USER_ERROR, UserError  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from dcgan_jax.errors import UserError, exit_with_user_error, first_line
 
   argv = list(sys.argv if argv is None else argv)
   flag_values = flags.FlagValues()
@@ -165,9 +165,7 @@ def main(argv: list[str] | None = None) -> None:
                                   'can be overridden with --config.<field>=<value>.',
                                   flag_values=flag_values, lock_config=True, sys_argv=argv)
 
-  def fail(message: str) -> None:
-    sys.stderr.write(' '.join(str(message).split()) + '\n')
-    sys.exit(EXIT_USER_ERROR)
+  fail = exit_with_user_error
 
   try:
     flag_values(argv)
@@ -175,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     if config is not None:
       config.keys()  # The file is loaded lazily, on first use.
   except flags.Error as e:
-    fail((str(e).strip().splitlines() or ['bad command line'])[0])
+    fail(first_line(e))
   except Exception as e:  # pylint: disable=broad-except  # Unknown field, unloadable file.
     fail(f'Cannot load the config ({type(e).__name__}: {(str(e).splitlines() or [""])[0]}); '
          'pass --config=configs/<name>.py and fields listed in configs/default.py.')
