@@ -27,16 +27,15 @@ import gzip
 import json
 import os
 import re
-import sys
 import time
 from typing import Any, Callable
 
 from absl import logging
 import jax
 
+from dcgan_jax import command_line
 from dcgan_jax.errors import UserError
 from dcgan_jax.errors import exit_with_user_error
-from dcgan_jax.errors import first_line
 
 PROFILE_DIR = 'profile'
 _ANNOTATION = 'train'
@@ -353,16 +352,7 @@ def main(argv: list[str] | None = None) -> None:
                       flag_values=flag_values)
 
   fail = exit_with_user_error
-
-  try:
-    remaining = flag_values(list(sys.argv if argv is None else argv))
-  except flags.Error as e:
-    fail(first_line(e))
-  if len(remaining) > 1:
-    fail(f'Unexpected arguments {" ".join(remaining[1:])!r}; pass options as --name=value.')
-  f = flag_values
-  if not f.workdir:
-    fail('--workdir is required, e.g. --workdir=/tmp/dcgan_digits.')
+  f = command_line.parse_workdir_flags(flag_values, argv)
   try:
     hlo_text = None
     if f.hlo:

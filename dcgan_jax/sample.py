@@ -25,7 +25,6 @@ Mistakes (no checkpoint, a bad --num, ...) print one sentence on stderr and exit
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 import jax
@@ -35,9 +34,10 @@ import numpy as np
 
 from dcgan_jax import animation
 from dcgan_jax import checkpointing
+from dcgan_jax import command_line
 from dcgan_jax import models
 from dcgan_jax import sample_grid
-from dcgan_jax.errors import UserError, exit_with_user_error, first_line
+from dcgan_jax.errors import UserError, exit_with_user_error
 
 MAX_NUM = 4096  # Images per grid; more make an unreadable picture and a slow PNG.
 GRID_PADDING = 2  # Pixels between and around the images of every grid written here.
@@ -207,16 +207,7 @@ def main(argv: list[str] | None = None) -> None:
   _define_flags(flag_values)
 
   fail = exit_with_user_error
-
-  try:
-    remaining = flag_values(list(sys.argv if argv is None else argv))
-  except flags.Error as e:
-    fail(first_line(e))
-  if len(remaining) > 1:
-    fail(f'Unexpected arguments {" ".join(remaining[1:])!r}; pass options as --name=value.')
-  f = flag_values
-  if not f.workdir:
-    fail('--workdir is required, e.g. --workdir=/tmp/dcgan_digits.')
+  f = command_line.parse_workdir_flags(flag_values, argv)
   try:
     if f.interpolate:
       gif_out = f.gif_out or os.path.splitext(f.out)[0] + '.gif'

@@ -9,15 +9,13 @@ import logging
 
 import jax
 import ml_collections
-import numpy as np
 import pytest
 
-from dcgan_jax import parallel
 from dcgan_jax import profiling
 from dcgan_jax import train
-from dcgan_jax import train_step as train_step_lib
 from dcgan_jax.errors import UserError
 
+from test_step_loop import poison_g_loss_at  # pylint: disable=g-bad-import-order
 from test_train import tiny_config  # pylint: disable=g-bad-import-order
 
 
@@ -83,19 +81,7 @@ def test_a_window_after_the_end_traces_nothing_and_says_so(tfds_dir, tmp_path, c
 
 def test_a_run_failing_inside_the_window_still_writes_its_trace(tfds_dir, tmp_path,
                                                                 monkeypatch):
-  original = train_step_lib.make_train_step
-
-  def poisoned_make_train_step(*args, **kwargs):
-    step = original(*args, **kwargs)
-
-    def poisoned(state, batch, rng):
-      new_state, metrics = step(state, batch, rng)
-      bad = new_state.step == 3
-      return new_state, dict(metrics, g_loss=jax.numpy.where(bad, np.nan, metrics['g_loss']))
-
-    return poisoned
-
-  monkeypatch.setattr(parallel, 'make_train_step', poisoned_make_train_step)
+  poison_g_loss_at(monkeypatch, 3)
   config = tiny_config(tfds_dir, device_resident='always', num_train_steps=8,
                        checkpoint_every_steps=2, log_every_steps=8, sample_every_steps=0,
                        profile_steps=6, profile_skip_steps=1)

@@ -126,9 +126,8 @@ def test_fused_resume_is_bit_identical(tfds_dir, tmp_path, monkeypatch):
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize('steps_per_dispatch', [1, 100])
-def test_a_non_finite_loss_inside_a_chunk_stops_the_run(tfds_dir, tmp_path, monkeypatch,
-                                                         steps_per_dispatch):
+def poison_g_loss_at(monkeypatch, bad_step):
+  """Makes the train step report a NaN g_loss for the update that completes ``bad_step``."""
   original = train_step_lib.make_train_step
 
   def poisoned_make_train_step(*args, **kwargs):
@@ -136,12 +135,18 @@ def test_a_non_finite_loss_inside_a_chunk_stops_the_run(tfds_dir, tmp_path, monk
 
     def poisoned(state, batch, rng):
       new_state, metrics = step(state, batch, rng)
-      bad = new_state.step == 3  # The update that completes step 3.
+      bad = new_state.step == bad_step
       return new_state, dict(metrics, g_loss=jax.numpy.where(bad, np.nan, metrics['g_loss']))
 
     return poisoned
 
   monkeypatch.setattr(parallel, 'make_train_step', poisoned_make_train_step)
+
+
+@pytest.mark.parametrize('steps_per_dispatch', [1, 100])
+def test_a_non_finite_loss_inside_a_chunk_stops_the_run(tfds_dir, tmp_path, monkeypatch,
+                                                         steps_per_dispatch):
+  poison_g_loss_at(monkeypatch, 3)
   chunks = _count_chunks(monkeypatch)
   config = tiny_config(tfds_dir, device_resident='always', num_train_steps=8,
                        checkpoint_every_steps=2, log_every_steps=4, sample_every_steps=0,
