@@ -112,7 +112,13 @@ class StepProfiler:
     if compiled_text is not None:
       self._write_hlo(compiled_text)
     jax.block_until_ready(state)  # Earlier steps' device work stays out of the trace.
-    jax.profiler.start_trace(self.logdir, create_perfetto_trace=True)
+    try:
+      jax.profiler.start_trace(self.logdir, create_perfetto_trace=True)
+    except RuntimeError as e:  # One trace per process: the caller's own is already running.
+      self._done = True
+      logging.warning('profile_steps=%d skipped: jax.profiler could not start (%s); is another '
+                      'trace running in this process?', self.num_steps, e)
+      return
     self._started_at = step
     self._start_time = time.monotonic()
 

@@ -79,6 +79,21 @@ def test_a_window_after_the_end_traces_nothing_and_says_so(tfds_dir, tmp_path, c
   assert 'no steps were profiled' in caplog.text and 'ended after 4 steps' in caplog.text
 
 
+def test_a_trace_already_running_skips_the_window_and_training_goes_on(tfds_dir, tmp_path,
+                                                                      caplog):
+  config = tiny_config(tfds_dir, num_train_steps=4, sample_every_steps=0, profile_steps=2,
+                       profile_skip_steps=1)
+  jax.profiler.start_trace(str(tmp_path / 'mine'))  # E.g. a user's own trace around the run.
+  try:
+    with caplog.at_level(logging.WARNING):
+      state = train.train_and_evaluate(config, tmp_path / 'run')
+  finally:
+    jax.profiler.stop_trace()  # Still the user's to stop: the run left it running.
+  assert int(state.step) == 4
+  assert 'profile_steps=2 skipped: jax.profiler could not start' in caplog.text
+  assert not _traces(tmp_path / 'run')
+
+
 def test_a_run_failing_inside_the_window_still_writes_its_trace(tfds_dir, tmp_path,
                                                                 monkeypatch):
   poison_g_loss_at(monkeypatch, 3)
