@@ -104,17 +104,12 @@ def _custom_calls(hlo: str) -> list[tuple[str, int]]:
 
 
 def print_summary(s: dict[str, Any]) -> None:
-  print(f"\n== {s.get('model', 'train step')} {s['dtype']} batch {s['batch']}: wall {s['wall_ms_per_step_traced']:.3f} ms/step "
-        f"(traced), device busy {s.get('busy_ms_per_step', float('nan')):.3f} ms/step, "
-        f"{s.get('kernels_per_step', float('nan')):.0f} kernels/step", flush=True)
+  """The library's report (dcgan_jax.profiling.format_summary) under this run's header."""
+  print(f"\n== {s.get('model', 'train step')} {s['dtype']} batch {s['batch']}: wall "
+        f"{s['wall_ms_per_step_traced']:.3f} ms/step (traced)", flush=True)
   print('custom calls:', s['custom_calls'])
   print('device rows:', s.get('device_threads'))
-  for title in ('top_kernels', 'top_ops'):
-    print(f'-- {title} (ms/step, count/step)')
-    for row in s.get(title, [])[:20]:
-      print(f"{row['ms_per_step']:8.4f} {row['count_per_step']:6.1f}  {row['name']}")
-  if 'error' in s:
-    print(s['error'])
+  print(profiling.format_summary(s), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
