@@ -22,7 +22,6 @@ from absl import logging
 from ml_collections import config_flags
 
 from dcgan_jax import cli_logging
-from dcgan_jax import writers
 from dcgan_jax.errors import UserError, exit_with_user_error, first_line
 
 FLAGS = flags.FLAGS
@@ -132,15 +131,13 @@ def main(argv: list[str]) -> None:
 
   try:
     _initialize_distributed()  # Before anything else touches the JAX backends.
-    # Config mistakes are reported in a second, before TensorFlow (seconds to import) loads.
+    # Config mistakes are reported in a second, before TensorFlow (seconds to import) loads:
+    # train_and_evaluate checks the data settings next, and TensorFlow loads only where the
+    # input pipeline or the TensorBoard writer needs it, hidden from the accelerators then
+    # (dcgan_jax.tensorflow_devices), so it takes no GPU memory that JAX needs.
     train.validate_config(FLAGS.config)
     train.check_workdir_path(FLAGS.workdir)
-    # TensorFlow (tfds input pipelines, TensorBoard) must not take GPU memory that JAX needs.
-    # Without it (dataset 'array'), the run logs to metrics.jsonl instead.
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    if writers.have_tensorflow():
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      tf.config.experimental.set_visible_devices([], 'GPU')
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except UserError as e:
     logging.flush()

@@ -56,6 +56,7 @@ from dcgan_jax import animation
 from dcgan_jax import checkpointing
 from dcgan_jax.config_files import load_config  # pylint: disable=unused-import  # Public here too.
 from dcgan_jax import data
+from dcgan_jax.data import device_resident as data_device_resident
 from dcgan_jax import models
 from dcgan_jax import parallel
 from dcgan_jax import profiling
@@ -245,7 +246,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks the settings that need no data and no files; raises a UserError on the first mistake.
 
   Covers the image size (4·2^k), model choices (upsampling, activation, dtype, widths), the
-  objective, the parallelism mode and the batch size against the device and process counts.
+  objective, the parallelism mode and the batch size against the device and process counts, the
+  schedules, checkpointing and profiling settings, and the device-resident mode.
   """
   models.validate_image_size(config.image_size)
   models.generator_from_config(config)  # Constructing validates every model field.
@@ -268,6 +270,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   profiling.check_profile_config(config)
   if int(config.keep_checkpoints) < 1:
     raise UserError(f'keep_checkpoints must be positive (got {config.keep_checkpoints}).')
+  data_device_resident.check_device_resident_mode(config)
 
 
 def check_workdir_path(workdir: str | os.PathLike) -> None:

@@ -19,6 +19,8 @@ from typing import Any, Iterator, Mapping
 
 from absl import logging
 
+from dcgan_jax import tensorflow_devices
+
 METRICS_JSONL = 'metrics.jsonl'
 HPARAMS_JSON = 'hparams.json'
 
@@ -115,6 +117,7 @@ class ProgressLogger:
 def create_writer(workdir: str, just_logging: bool = False) -> Any:
   """clu's default writer (TensorBoard + log) when TensorFlow is installed, else a JsonlWriter."""
   if have_tensorflow():
+    tensorflow_devices.hide_accelerators_from_tensorflow()  # Before clu's writers start TF.
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
     return metric_writers.create_default_writer(workdir, just_logging=just_logging)
   if not just_logging:

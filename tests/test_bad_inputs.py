@@ -1,8 +1,9 @@
 """The bad-input table of README.md ("What a mistake looks like"): one test per row.
 
 Each row runs a real CLI entry point in a subprocess and checks the contract: exit status 2,
-no traceback, the last line of stderr names what was wrong and what is valid, and a sentinel
-file already in the workdir (standing for earlier checkpoints) is untouched.
+no traceback, the last line of stderr names what was wrong and what is valid (and no other line
+repeats it), and nothing is created or changed: a sentinel file already in the workdir (standing
+for earlier checkpoints) is untouched.
 """
 import os
 import pathlib
@@ -12,24 +13,26 @@ import sys
 import numpy as np
 import pytest
 
+from dcgan_jax.errors import EXIT_USER_ERROR
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = '--config=configs/default.py'
 
 # (id, module, args (with {w} = workdir, {t} = tmp dir), expected text in the last stderr line)
 ROWS = [
     ('unknown_config_field', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.batch_sise=8'],
-     'batch_sise'),
+     "Unknown config field 'batch_sise' (--config.batch_sise); did you mean 'batch_size'?"),
     ('bad_field_value', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.batch_size=abc'],
-     'batch_size'),
+     'flag --config.batch_size=abc'),
     ('missing_config_file', 'dcgan_jax.main', ['--config=configs/nope.py', '--workdir={w}'],
-     'configs/nope.py'),
+     "Cannot load the config file 'configs/nope.py'"),
     ('missing_workdir_flag', 'dcgan_jax.main', [CONFIG], '--workdir is required'),
     ('unknown_dataset', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.dataset=nope'],
-     'use one of digits, folder, array, mnist'),
+     "Unknown dataset 'nope'; use one of digits, folder, array, mnist"),
     ('image_size_not_4_2k', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.image_size=48'],
-     'image_size must be 4·2^k: 8, 16, 32, 64, 128 or 256'),
+     'image_size must be 4·2^k: 8, 16, 32, 64, 128 or 256 (got 48)'),
     ('batch_not_divisible', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.batch_size=12'],
-     'not divisible by the 8 devices'),
+     'batch_size 12 is not divisible by the 8 devices'),
     ('unknown_loss', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.loss=bce'],
      'loss must be one of non_saturating'),
     ('unknown_upsample', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.upsample=bilinear'],
@@ -57,10 +60,10 @@ ROWS = [
      'image_channel_multiple must be a positive integer'),
     ('missing_folder', 'dcgan_jax.main',
      [CONFIG, '--workdir={w}', '--config.dataset=folder', '--config.dataset_path={t}/missing'],
-     'does not exist'),
+     "missing' does not exist; give a directory or .zip of images"),
     ('empty_folder', 'dcgan_jax.main',
      [CONFIG, '--workdir={w}', '--config.dataset=folder', '--config.dataset_path={t}/empty',
-      '--config.data_dir={t}/tfds'], 'empty'),
+      '--config.data_dir={t}/tfds'], 'holds no images'),
     ('only_corrupt_images', 'dcgan_jax.main',
      [CONFIG, '--workdir={w}', '--config.dataset=folder', '--config.dataset_path={t}/corrupt',
       '--config.data_dir={t}/tfds'], 'could be read'),
@@ -87,6 +90,13 @@ ROWS = [
 ]
 
 
+# Only these need TensorFlow to find the mistake (tfds knows the dataset names; decoding finds
+# the unreadable images). Every other row runs with TensorFlow made unimportable, which proves
+# its message comes before the seconds that loading TensorFlow takes.
+NEEDS_TENSORFLOW = {'unknown_dataset', 'empty_folder', 'only_corrupt_images'}
+NO_TENSORFLOW_RUNNER = str(ROOT / 'tests' / 'no_tensorflow_runner.py')
+
+
 @pytest.fixture
 def places(tmp_path):
   workdir = tmp_path / 'work'
@@ -102,17 +112,29 @@ def places(tmp_path):
   return workdir, sentinel
 
 
-@pytest.mark.parametrize('module,args,expected', [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
-def test_mistake_is_one_clear_line(tmp_path, places, module, args, expected):
+def _files(root):
+  """Every path under root with its size, leaving out the caches a failed start may fill."""
+  return sorted((str(p.relative_to(root)), p.stat().st_size if p.is_file() else -1)
+                for p in root.rglob('*') if p.relative_to(root).parts[0] not in ('xdg', 'tfds', 'cache'))
+
+
+@pytest.mark.parametrize('row_id,module,args,expected', ROWS, ids=[r[0] for r in ROWS])
+def test_mistake_is_one_clear_line(tmp_path, places, row_id, module, args, expected):
   workdir, sentinel = places
   argv = [a.format(w=workdir, t=tmp_path) for a in args]
   env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / 'xdg'))
-  proc = subprocess.run([sys.executable, '-m', module] + argv, cwd=ROOT, env=env,
+  runner = [] if row_id in NEEDS_TENSORFLOW else [NO_TENSORFLOW_RUNNER]
+  before = _files(tmp_path)
+  proc = subprocess.run([sys.executable, *runner, '-m', module] + argv, cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.returncode == EXIT_USER_ERROR, proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
-  last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
-  assert expected in last, last
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert expected in lines[-1], lines[-1]
+  # Said once, in one line: not repeated by a second handler, not spread over several lines.
+  assert sum(expected in line for line in lines) == 1, proc.stderr[-2000:]
+  # Nothing was created, changed or removed (the workdir above all); caches may appear.
+  assert _files(tmp_path) == before
   assert sentinel.read_text() == 'saved before the mistake'
 
 

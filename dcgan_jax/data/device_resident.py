@@ -34,6 +34,14 @@ DEVICE_RESIDENT_MODES = ('auto', 'always', 'never')
 _DATA_KEY_TAG = 0x0DA7A
 
 
+def check_device_resident_mode(config) -> str:
+  """``config.device_resident`` ('auto' when unset), or a UserError naming the valid modes."""
+  mode = str(config.get('device_resident', 'auto'))
+  if mode not in DEVICE_RESIDENT_MODES:
+    raise UserError(f'device_resident is {mode!r}; use one of {", ".join(DEVICE_RESIDENT_MODES)}.')
+  return mode
+
+
 def use_device_resident(config, num_bytes: int) -> bool:
   """Whether to keep the dataset on the devices.
 
@@ -50,9 +58,7 @@ def use_device_resident(config, num_bytes: int) -> bool:
   Raises:
     UserError: an unknown mode.
   """
-  mode = str(config.get('device_resident', 'auto'))
-  if mode not in DEVICE_RESIDENT_MODES:
-    raise UserError(f'device_resident is {mode!r}; use one of {", ".join(DEVICE_RESIDENT_MODES)}.')
+  mode = check_device_resident_mode(config)
   if mode != 'auto':
     return mode == 'always'
   if num_bytes > int(config.get('device_resident_max_bytes', 4 * 1024**3)):

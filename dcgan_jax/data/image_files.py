@@ -41,6 +41,30 @@ def _is_image_name(relative_name: str) -> bool:
   return parts[-1].lower().endswith(IMAGE_EXTENSIONS)
 
 
+def check_path(path: str, *, what: str = 'dataset_path') -> str:
+  """Checks that ``path`` can be an image source, without listing or opening any file.
+
+  Args:
+    path: a directory or a .zip file (``~`` is expanded).
+    what: how error messages name the setting that gave ``path``.
+
+  Returns:
+    The absolute path.
+
+  Raises:
+    UserError: the path is empty, missing, or neither a directory nor a .zip file.
+  """
+  if not path:
+    raise UserError(f'{what} is empty; set it to a directory or .zip file of images.')
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.exists(path):
+    raise UserError(f'{what} {path!r} does not exist; give a directory or .zip of images.')
+  if not os.path.isdir(path) and not (os.path.isfile(path) and zipfile.is_zipfile(path)):
+    raise UserError(f'{what} {path!r} is neither a directory nor a .zip file; '
+                    'give a directory or .zip of images.')
+  return path
+
+
 class ImageFiles:
   """The image files under a directory (recursively) or inside a .zip archive.
 
@@ -60,12 +84,8 @@ class ImageFiles:
     Raises:
       UserError: the path is empty, missing, not a directory or .zip, or holds no images.
     """
-    if not path:
-      raise UserError(f'{what} is empty; set it to a directory or .zip file of images.')
-    self.path = os.path.abspath(os.path.expanduser(path))
+    self.path = check_path(path, what=what)
     self.is_zip = os.path.isfile(self.path) and zipfile.is_zipfile(self.path)
-    if not os.path.exists(self.path):
-      raise UserError(f'{what} {self.path!r} does not exist; give a directory or .zip of images.')
     if self.is_zip:
       with zipfile.ZipFile(self.path) as archive:
         infos = [i for i in archive.infolist() if not i.is_dir()]
@@ -75,7 +95,7 @@ class ImageFiles:
       entries = sorted(_walk(self.path))
       self.names = [name for name, _, _ in entries]
       self._stats = tuple(entries)
-    else:
+    else:  # Replaced since check_path looked at it.
       raise UserError(f'{what} {self.path!r} is neither a directory nor a .zip file; '
                       'give a directory or .zip of images.')
     if not self.names:

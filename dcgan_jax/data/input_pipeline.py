@@ -26,11 +26,11 @@ import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
-from absl import logging
 
 from dcgan_jax.data import array
 from dcgan_jax.data import sources
 from dcgan_jax.errors import UserError
+from dcgan_jax.tensorflow_devices import hide_accelerators_from_tensorflow
 
 # Prepared images up to this size are cached in host memory after preprocessing.
 _CACHE_MAX_BYTES = 1 << 30
@@ -70,22 +70,6 @@ def _load_array(config) -> np.ndarray:
                     "dataset 'array' crop the images beforehand and set crop_size to 0.")
   return array.load_array(str(config.get('dataset_path', '')), int(config.image_size),
                           int(config.channels))
-
-
-def hide_accelerators_from_tensorflow() -> None:
-  """Makes TensorFlow use only the CPU, leaving GPU/TPU memory to JAX."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  for device_type in ('GPU', 'TPU'):
-    try:
-      tf.config.set_visible_devices([], device_type)
-    except (RuntimeError, ValueError):
-      # ValueError: no such device type in this TF build. RuntimeError: TF initialised its
-      # devices already; harmless unless it can still see an accelerator (checked below).
-      pass
-  if tf.config.get_visible_devices('GPU'):
-    logging.warning('TensorFlow initialised before its GPUs could be hidden and may hold GPU '
-                    'memory; call hide_accelerators_from_tensorflow() before any TF use.')
 
 
 def _square_images(image, image_size: int, channels: int, crop_size: int):
@@ -190,6 +174,8 @@ def dataset_info(config) -> DatasetInfo:
     images = _load_array(config)
     return DatasetInfo(f'array:{config.dataset_path}', config.get('split', 'train') or 'train',
                        len(images), shape)
+  # Paths are checked before TensorFlow loads (seconds), so a mistyped one is reported at once.
+  sources.check_dataset_path(config)
   hide_accelerators_from_tensorflow()
   source = sources.resolve_source(config)
   dataset = _image_dataset(source, source.split, config)

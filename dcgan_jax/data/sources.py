@@ -17,6 +17,7 @@ from typing import Any
 
 from absl import logging
 
+from dcgan_jax.data import image_files
 from dcgan_jax.errors import UserError
 
 LOCAL_SOURCES = ('digits', 'folder', 'array')
@@ -108,6 +109,27 @@ def _prepare_named_tfds(name: str, data_dir: str | None):
                     f'({type(error).__name__}: {first_line}); check the network or the '
                     'manual-download instructions of that dataset.') from error
   return builder
+
+
+def check_dataset_path(config) -> None:
+  """Checks a folder or hand-downloaded CelebA ``dataset_path`` before anything is read.
+
+  Only the path itself is looked at (it exists, and is a directory or a .zip file); listing and
+  decoding the images happen in :func:`resolve_source`. Needs no TensorFlow, so a mistyped path
+  is reported before the seconds that loading it takes.
+
+  Args:
+    config: reads ``dataset`` and ``dataset_path``.
+
+  Raises:
+    UserError: the path is empty, missing, or neither a directory nor a .zip file.
+  """
+  name = str(config.dataset).strip()
+  dataset_path = config.get('dataset_path', '')
+  if name == 'folder':
+    image_files.check_path(dataset_path, what='The folder dataset_path')
+  elif name == 'celeb_a' and dataset_path:
+    image_files.check_path(dataset_path, what='The CelebA dataset_path')
 
 
 def resolve_source(config, *, split: str | None = None) -> Source:
