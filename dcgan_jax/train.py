@@ -857,6 +857,9 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       if is_due(done, durations.checkpoint_every_steps) and done < num_train_steps:
         _check_finite(tracker, checkpointer)
         with report_progress.timed('checkpoint'):
+          # The scalars of the steps this checkpoint keeps go to disk first: a run killed
+          # later resumes after them and never logs them again (writers buffer).
+          writer.flush()
           _save(checkpointer, done, state, train_key, config, step_fn)
       if done < num_train_steps and hooks_due(done):
         _check_finite(tracker, checkpointer)

@@ -49,10 +49,26 @@ class JsonlWriter:
     if self._path is None:
       return
     if self._file is None:
-      self._file = open(self._path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+      self._file = self._open_for_append(self._path)
     # NaN/inf stay readable: JSON has no literal for them, so they are written as strings.
     record = {k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}
     self._file.write(json.dumps({'step': int(step), **record}) + '\n')
+
+  @staticmethod
+  def _open_for_append(path: str):
+    """Opens ``path`` to append lines, ending a line that a killed run left cut short first.
+
+    Otherwise the resumed run's first record would be glued to the cut one and both lost.
+    """
+    cut_short = False
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+      with open(path, 'rb') as f:
+        f.seek(-1, os.SEEK_END)
+        cut_short = f.read(1) != b'\n'
+    file = open(path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+    if cut_short:
+      file.write('\n')
+    return file
 
   def write_images(self, step: int, images: Mapping[str, Any]) -> None:
     del step, images  # The sample grids are saved as PNGs by the loop itself.

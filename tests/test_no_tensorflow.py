@@ -93,6 +93,11 @@ def test_jsonl_writer_and_progress_round_trip(tmp_path):
   with open(tmp_path / writers.METRICS_JSONL, 'a', encoding='utf-8') as f:
     f.write('{"step": 5, "d_lo')
   assert list(run_logs.read_scalars(tmp_path)['d_loss'][0]) == [1, 2, 3, 4]
+  # The resumed run's writer ends the cut line first, so its own first record is kept.
+  resumed = writers.JsonlWriter(str(tmp_path))
+  resumed.write_scalars(5, {'d_loss': 0.5})
+  resumed.close()
+  np.testing.assert_allclose(run_logs.read_scalars(tmp_path)['d_loss'][1], [.1, .2, .3, .4, .5])
 
 
 def _run(workdir, array_path, steps):
