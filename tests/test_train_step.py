@@ -1,6 +1,5 @@
 """The GAN step: one device == shard_map == pmap (8 CPU devices), bf16, options, bad batches."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
