@@ -14,7 +14,9 @@ import os
 import pathlib
 
 import numpy as np
+from absl import logging
 
+from dcgan_jax import tensorflow_devices
 from dcgan_jax.errors import UserError
 
 EVENTS_GLOB = 'events.out.tfevents*'
@@ -31,6 +33,24 @@ def _scalar_value(value) -> float | None:
     if array.dtype.kind in 'fiu':
       return float(array)
   return None
+
+
+def _events(path: pathlib.Path):
+  """The events of one file, up to where it is cut short (a killed or still running run)."""
+  tensorflow_devices.hide_accelerators_from_tensorflow()  # Reading starts TF's runtime.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  records = iter(tf.data.TFRecordDataset(str(path)))
+  while True:
+    try:
+      record = next(records)
+    except StopIteration:
+      return
+    except tf.errors.DataLossError:
+      logging.warning('%s ends in a record cut short (the run was killed while writing, or '
+                      'still writes); its scalars up to there are read.', path)
+      return
+    yield tf.compat.v1.Event.FromString(record.numpy())
 
 
 def read_scalars(workdir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -56,10 +76,8 @@ def read_scalars(workdir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.n
                     f'and no {METRICS_JSONL}; pass the workdir of a run that has logged at '
                     'least once.')
   by_tag: dict[str, dict[int, float]] = {}
-  if files:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
   for path in files:  # Sorted by creation time, so later writes win.
-    for event in tf.compat.v1.train.summary_iterator(str(path)):
+    for event in _events(path):
       for value in event.summary.value:
         number = _scalar_value(value)
         if number is not None:

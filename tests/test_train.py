@@ -138,6 +138,26 @@ def test_read_scalars_needs_a_run(tmp_path):
     run_logs.read_scalars(tmp_path)
 
 
+def test_read_scalars_reads_an_event_file_cut_short(tmp_path, caplog):
+  """A run killed while TensorBoard wrote (or one still writing) leaves a cut record."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  writer = tf.summary.create_file_writer(str(tmp_path))
+  with writer.as_default():
+    for step in range(1, 6):
+      tf.summary.scalar('d_loss', step / 8, step=step)
+  writer.close()
+  (path,) = tmp_path.glob('events.out.tfevents*')
+  np.testing.assert_array_equal(run_logs.read_scalars(tmp_path)['d_loss'][0], [1, 2, 3, 4, 5])
+  with open(path, 'r+b') as f:
+    f.truncate(path.stat().st_size - 7)  # Into the last record.
+  with caplog.at_level('WARNING'):
+    steps, values = run_logs.read_scalars(tmp_path)['d_loss']
+  np.testing.assert_array_equal(steps, [1, 2, 3, 4])
+  np.testing.assert_array_equal(values, [0.125, 0.25, 0.375, 0.5])
+  assert 'cut short' in caplog.text
+
+
 def test_celeba_config_has_the_paper_model():
   from dcgan_jax import models  # pylint: disable=g-import-not-at-top
 
