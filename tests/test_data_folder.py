@@ -132,6 +132,7 @@ def test_prepared_once_then_reused_until_the_folder_changes(image_folder, tmp_pa
 @pytest.mark.parametrize('setup,message', [
     ('missing', 'does not exist'),
     ('empty', 'holds no images'),
+    ('zip_without_images', 'holds no images'),
     ('corrupt', 'None of the 2 image files'),
     ('not_a_folder', 'neither a directory nor a .zip'),
     ('unset', 'dataset_path is empty'),
@@ -148,6 +149,10 @@ def test_bad_folders_are_user_errors(tmp_path, setup, message):
   elif setup == 'not_a_folder':
     path = tmp_path / 'file.txt'
     path.write_text('hello')
+  elif setup == 'zip_without_images':
+    path = tmp_path / 'data.zip'
+    with zipfile.ZipFile(path, 'w') as archive:
+      archive.writestr('images/readme.txt', 'no images here')
   config = _config(dataset_path='' if setup == 'unset' else str(path),
                    data_dir=str(tmp_path / 'tfds'))
   with pytest.raises(UserError, match=message) as caught:

@@ -41,28 +41,46 @@ def _is_image_name(relative_name: str) -> bool:
   return parts[-1].lower().endswith(IMAGE_EXTENSIONS)
 
 
-def check_path(path: str, *, what: str = 'dataset_path') -> str:
-  """Checks that ``path`` can be an image source, without listing or opening any file.
+def check_path(path: str, *, what: str = 'dataset_path', needs_images: bool = False) -> str:
+  """Checks that ``path`` can be an image source, without opening any image.
 
   Args:
     path: a directory or a .zip file (``~`` is expanded).
     what: how error messages name the setting that gave ``path``.
+    needs_images: also check that it holds an image file: a directory is searched only until
+      the first one; a .zip's table of contents is read (a fraction of a second for CelebA's
+      202,599 files).
 
   Returns:
     The absolute path.
 
   Raises:
-    UserError: the path is empty, missing, or neither a directory nor a .zip file.
+    UserError: the path is empty, missing, neither a directory nor a .zip file, or (with
+      ``needs_images``) holds no image file.
   """
   if not path:
     raise UserError(f'{what} is empty; set it to a directory or .zip file of images.')
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
     raise UserError(f'{what} {path!r} does not exist; give a directory or .zip of images.')
-  if not os.path.isdir(path) and not (os.path.isfile(path) and zipfile.is_zipfile(path)):
+  is_zip = os.path.isfile(path) and zipfile.is_zipfile(path)
+  if not os.path.isdir(path) and not is_zip:
     raise UserError(f'{what} {path!r} is neither a directory nor a .zip file; '
                     'give a directory or .zip of images.')
+  if needs_images:
+    if is_zip:
+      with zipfile.ZipFile(path) as archive:
+        found = any(_is_image_name(name) for name in archive.namelist())
+    else:
+      found = next(_walk(path), None) is not None
+    if not found:
+      raise _no_images(what, path)
   return path
+
+
+def _no_images(what: str, path: str) -> UserError:
+  return UserError(f'{what} {path!r} holds no images; it must contain (in any subfolder) files '
+                   f'ending in {", ".join(IMAGE_EXTENSIONS)}.')
 
 
 class ImageFiles:
@@ -99,8 +117,7 @@ class ImageFiles:
       raise UserError(f'{what} {self.path!r} is neither a directory nor a .zip file; '
                       'give a directory or .zip of images.')
     if not self.names:
-      raise UserError(f'{what} {self.path!r} holds no images; it must contain (in any '
-                      f'subfolder) files ending in {", ".join(IMAGE_EXTENSIONS)}.')
+      raise _no_images(what, self.path)
 
   def fingerprint(self, *extra) -> str:
     """A short hash of the path, the files' names, sizes and times, and ``extra``.

@@ -114,21 +114,24 @@ def _prepare_named_tfds(name: str, data_dir: str | None):
 def check_dataset_path(config) -> None:
   """Checks a folder or hand-downloaded CelebA ``dataset_path`` before anything is read.
 
-  Only the path itself is looked at (it exists, and is a directory or a .zip file); listing and
-  decoding the images happen in :func:`resolve_source`. Needs no TensorFlow, so a mistyped path
-  is reported before the seconds that loading it takes.
+  Only the path itself is looked at: it exists, is a directory or a .zip file, and holds an
+  image file (a folder is searched until the first one); listing and decoding the images happen
+  in :func:`resolve_source`. Needs no TensorFlow, so a mistyped path or an empty folder is
+  reported before the seconds that loading it takes.
 
   Args:
     config: reads ``dataset`` and ``dataset_path``.
 
   Raises:
-    UserError: the path is empty, missing, or neither a directory nor a .zip file.
+    UserError: the path is empty, missing, neither a directory nor a .zip file, or a folder
+      source without an image file.
   """
   name = str(config.dataset).strip()
   dataset_path = config.get('dataset_path', '')
   if name == 'folder':
-    image_files.check_path(dataset_path, what='The folder dataset_path')
+    image_files.check_path(dataset_path, what='The folder dataset_path', needs_images=True)
   elif name == 'celeb_a' and dataset_path:
+    # The images may sit in a subfolder or a zip beside the partition file: left to celeba.
     image_files.check_path(dataset_path, what='The CelebA dataset_path')
 
 
