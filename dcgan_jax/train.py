@@ -864,6 +864,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       if done < num_train_steps and hooks_due(done):
         _check_finite(tracker, checkpointer)
         hooks(done, state, final=False)
+        # Their scalars (FID, quality) belong to a step a resumed run does not evaluate again.
+        writer.flush()
       step = done
   finally:  # A trace still on here (training failed) is stopped and written.
     profiler.close(step)
@@ -874,6 +876,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   if start_step >= num_train_steps:
     logging.info('The checkpoint is already at step %d >= num_train_steps %d; nothing to train.',
                  start_step, num_train_steps)
+  writer.flush()  # As before every checkpoint (see the loop).
   _save(checkpointer, final_step, state, train_key, config, step_fn, force=True)
   hooks(final_step, state, final=True)
   checkpointer.wait_until_finished()

@@ -229,11 +229,59 @@ def test_digits_run_leaves_checkpoints_events_samples_and_quality(tfds_dir, tmp_
 
   monkeypatch.setattr(evaluation.InceptionExtractor, 'from_file',
                       classmethod(lambda cls, path, **kwargs: fake_extractor))
+  # What reaches the writer, its flushes and the checkpoint saves, in order.
+  from dcgan_jax import checkpointing, writers  # pylint: disable=g-import-not-at-top
+  events = []
+  create_writer, save = writers.create_writer, checkpointing.Checkpointer.save
+
+  class RecordingWriter:
+
+    def __init__(self, inner):
+      self._inner = inner
+
+    def write_scalars(self, step, scalars):
+      events.append(('write', step, sorted(scalars)))
+      self._inner.write_scalars(step, scalars)
+
+    def flush(self):
+      events.append(('flush',))
+      self._inner.flush()
+
+    def __getattr__(self, name):
+      return getattr(self._inner, name)
+
+  def recording_save(checkpointer, step, *args, **kwargs):
+    if checkpointer.workdir.name != train.BEST_FID_DIR:  # Resume points only.
+      events.append(('save', step))
+    return save(checkpointer, step, *args, **kwargs)
+
+  monkeypatch.setattr(writers, 'create_writer',
+                      lambda *a, **k: RecordingWriter(create_writer(*a, **k)))
+  monkeypatch.setattr(checkpointing.Checkpointer, 'save', recording_save)
   config = tiny_config(tfds_dir, quality_every_steps=2, num_quality_samples=200,
                        quality_cache_dir=str(tmp_path / 'quality_cache'),
                        inception_weights='stand_in.pth', eval_every_steps=4, eval_num_samples=40)
   tmp_path = tmp_path / 'run'
   state = train.train_and_evaluate(config, tmp_path)
+  # Every save finds the scalars written so far flushed (a run killed after it resumes there and
+  # never logs them again), and the scalars of the evaluation hooks are flushed before the next.
+  pending = []
+  for event in events:
+    if event[0] == 'write':
+      pending.append(event)
+    elif event[0] == 'flush':
+      pending = []
+    else:
+      assert not pending, (event, pending)
+  assert [e[1] for e in events if e[0] == 'save'] == [2, 4]
+  assert pending == []  # The writer was flushed at the end.
+  hook_writes = [i for i, e in enumerate(events)
+                 if e[0] == 'write' and any(t.startswith(('quality/', 'eval/')) for t in e[2])]
+  assert len(hook_writes) == 3  # Quality at steps 2 and 4, FID at step 4.
+  for i in hook_writes:
+    assert ('flush',) in events[i + 1:], events[i:]
+    following = events[i + 1:events.index(('flush',), i + 1)]
+    assert all(e[0] == 'write' and e[1] == events[i][1] for e in following), following
   assert int(state.step) == 4
   assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(state.generator.params))
   _assert_run_outputs(tmp_path, [2, 4], (8, 8, 1))
