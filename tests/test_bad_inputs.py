@@ -91,8 +91,9 @@ ROWS = [
 
 
 # Only these need TensorFlow to find the mistake (tfds knows the dataset names; decoding, done
-# while tfds prepares the folder, finds the unreadable images). Every other row runs with TensorFlow made unimportable, which proves
-# its message comes before the seconds that loading TensorFlow takes.
+# while tfds prepares the folder, finds the unreadable images). Every other row runs with
+# TensorFlow made unimportable, which proves its message comes before the seconds that loading
+# TensorFlow takes.
 NEEDS_TENSORFLOW = {'unknown_dataset', 'only_corrupt_images'}
 NO_TENSORFLOW_RUNNER = str(ROOT / 'tests' / 'no_tensorflow_runner.py')
 
