@@ -273,6 +273,39 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   data_device_resident.check_device_resident_mode(config)
 
 
+# Config fields that decide the shapes of the saved state: a checkpoint written with other
+# values cannot be restored. (Everything else, learning rates and durations included, may
+# change when a run is resumed.)
+_STATE_SHAPE_FIELDS = ('image_size', 'channels', 'latent_dim', 'generator_width',
+                       'discriminator_width', 'upsample')
+
+
+def check_resume_config(config: ml_collections.ConfigDict, saved: dict[str, Any],
+                        workdir: str | os.PathLike) -> None:
+  """Refuses to resume a run whose checkpoints hold models of another shape.
+
+  Checked before any restore is tried, so the mistake is one line that names the fields rather
+  than a failed restore of every checkpoint (orbax reports each with a traceback).
+
+  Args:
+    config: the config of the run about to start.
+    saved: the config the workdir's checkpoints were written with
+      (:func:`dcgan_jax.checkpointing.restore_config`).
+    workdir: the run's directory, for the message.
+
+  Raises:
+    UserError: a field of ``_STATE_SHAPE_FIELDS`` or EMA on/off differs.
+  """
+  changed = [f'{name} {saved[name]!r} -> {config[name]!r}' for name in _STATE_SHAPE_FIELDS
+             if name in saved and saved[name] != config[name]]
+  if 'ema_decay' in saved and (float(saved['ema_decay']) > 0) != (float(config.ema_decay) > 0):
+    changed.append(f'ema_decay {saved["ema_decay"]!r} -> {config.ema_decay!r} (EMA on/off)')
+  if changed:
+    raise UserError(f'The checkpoints in {workdir} hold models of another shape than this '
+                    f'config asks for ({", ".join(changed)}); resume with the config they were '
+                    'written with (its config.json) or use a new --workdir.')
+
+
 def check_workdir_path(workdir: str | os.PathLike) -> None:
   """Fails early, without creating anything, when ``workdir`` can obviously not be created.
 
@@ -646,6 +679,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     state = parallel.replicate(initial_state, step_fn.mesh)
     start_step = 0
     if checkpointer.latest_step() is not None:
+      check_resume_config(config, checkpointing.restore_config(workdir), workdir)
       target = {'gan': state,
                 'train_key': parallel.replicate(jax.random.key_data(train_key), step_fn.mesh)}
       restored, _, start_step = checkpointer.restore(target)

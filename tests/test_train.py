@@ -320,6 +320,24 @@ def test_tfds_mock_dataset_run_through_tf_data(tfds_dir, tmp_path):
 # ---- resume ---------------------------------------------------------------------------------
 
 
+def test_resume_with_models_of_another_shape_is_one_clear_error(tfds_dir, tmp_path, caplog):
+  config = tiny_config(tfds_dir, num_train_steps=2, sample_every_steps=0)
+  train.train_and_evaluate(config, tmp_path)
+  before = sorted((str(p), p.stat().st_size) for p in tmp_path.rglob('*') if p.is_file())
+  config.update(num_train_steps=4, generator_width=16, ema_decay=0.0)
+  with caplog.at_level(logging.WARNING), pytest.raises(UserError) as caught:
+    train.train_and_evaluate(config, tmp_path)
+  message = str(caught.value)
+  assert 'generator_width 8 -> 16' in message and 'EMA on/off' in message
+  assert 'config.json' in message and '\n' not in message
+  # Refused before any restore was tried: no fallback warnings, nothing moved or written.
+  assert 'cannot be restored' not in caplog.text
+  assert sorted((str(p), p.stat().st_size) for p in tmp_path.rglob('*') if p.is_file()) == before
+  # What may change on resume still resumes (here: the learning rate and the duration).
+  config.update(generator_width=8, ema_decay=tiny_config(tfds_dir).ema_decay, g_learning_rate=1e-4)
+  assert int(train.train_and_evaluate(config, tmp_path).step) == 4
+
+
 @pytest.mark.parametrize('device_resident', ['always', 'never'])
 def test_resume_is_bit_identical(tfds_dir, tmp_path, device_resident):
   """N steps straight == N/2 steps, a restart from the checkpoint, then N/2 more."""
