@@ -103,19 +103,16 @@ class ImageFiles:
       UserError: the path is empty, missing, not a directory or .zip, or holds no images.
     """
     self.path = check_path(path, what=what)
-    self.is_zip = os.path.isfile(self.path) and zipfile.is_zipfile(self.path)
+    self.is_zip = not os.path.isdir(self.path)  # check_path let through a directory or a .zip.
     if self.is_zip:
       with zipfile.ZipFile(self.path) as archive:
         infos = [i for i in archive.infolist() if not i.is_dir()]
       self.names = sorted(i.filename for i in infos if _is_image_name(i.filename))
       self._stats = (os.path.getsize(self.path), os.stat(self.path).st_mtime_ns)
-    elif os.path.isdir(self.path):
+    else:
       entries = sorted(_walk(self.path))
       self.names = [name for name, _, _ in entries]
       self._stats = tuple(entries)
-    else:  # Replaced since check_path looked at it.
-      raise UserError(f'{what} {self.path!r} is neither a directory nor a .zip file; '
-                      'give a directory or .zip of images.')
     if not self.names:
       raise _no_images(what, self.path)
 
