@@ -91,3 +91,22 @@ def seed_digits_classifier(digits_classifier_cache):
       shutil.copyfile(path, target / path.name)
     return target
   return seed
+
+
+# ---- scheduling for `pytest -n 2` ---------------------------------------------------------------
+# pyproject.toml makes xdist hand out whole test files (`--dist loadfile`: a module's fixtures,
+# such as test_kill_resume's 11 training processes, are never built twice on two workers) in
+# collection order (`--no-loadscope-reorder`; xdist's own order is by test count, which put the
+# one-test notebook last). These files hold most of the suite's time; started first, the two
+# workers stay busy to the end instead of one finishing a long file alone (longest first is the
+# classic greedy schedule). Seconds per file on 2 cores (2026-11-27, whole suite ~1550 s of work):
+# benchmarks 290, notebook 175 (with the digits classifier), train 170, kill_resume 135,
+# train_step 105, evaluate_cli 90, models 85. Every other file follows in pytest's order.
+LONGEST_FILES_FIRST = ('test_benchmarks.py', 'test_notebook.py', 'test_train.py',
+                       'test_kill_resume.py', 'test_train_step.py', 'test_evaluate_cli.py',
+                       'test_models.py')
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # Stable: order within kept.

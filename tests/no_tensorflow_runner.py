@@ -4,8 +4,8 @@
   python tests/no_tensorflow_runner.py experiments/benchmark_loop.py --tiny ...
 
 Stands for the JAX-only environment of a GPU container (no TensorFlow): used by
-tests/test_no_tensorflow.py, tests/test_benchmarks.py, tests/test_kill_resume.py (one chain)
-and tests/test_bad_inputs.py (mistakes that must be reported before TensorFlow loads).
+tests/test_no_tensorflow.py, tests/test_benchmarks.py, tests/test_kill_resume.py (one chain);
+tests/cli_fork_server.py does the same for tests/test_bad_inputs.py.
 """
 import runpy
 import sys

@@ -1,14 +1,18 @@
 """The bad-input table of README.md ("What a mistake looks like"): one test per row.
 
-Each row runs a real CLI entry point in a subprocess and checks the contract: exit status 2,
-no traceback, the last line of stderr names what was wrong and what is valid (and no other line
-repeats it), and nothing is created or changed: a sentinel file already in the workdir (standing
-for earlier checkpoints) is untouched.
+Each row runs a real CLI entry point in a process of its own and checks the contract: exit
+status 2, no traceback, the last line of stderr names what was wrong and what is valid (and no
+other line repeats it), and nothing is created or changed: a sentinel file already in the workdir
+(standing for earlier checkpoints) is untouched. Rows that need no TensorFlow run in processes
+forked from tests/cli_fork_server.py, which has imported jax and friends once (a fresh
+interpreter spends ~2 s on that per row); the rest start ``python -m`` afresh.
 """
+import json
 import os
 import pathlib
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -95,7 +99,44 @@ ROWS = [
 # TensorFlow made unimportable, which proves its message comes before the seconds that loading
 # TensorFlow takes.
 NEEDS_TENSORFLOW = {'unknown_dataset', 'only_corrupt_images'}
-NO_TENSORFLOW_RUNNER = str(ROOT / 'tests' / 'no_tensorflow_runner.py')
+FORK_SERVER = str(ROOT / 'tests' / 'cli_fork_server.py')
+
+
+class CliForkServer:
+  """Runs `python -m module argv` (TensorFlow unimportable) in a process forked per call."""
+
+  def __init__(self):
+    self._process = subprocess.Popen([sys.executable, FORK_SERVER], cwd=ROOT, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    self._lock = threading.Lock()
+    assert json.loads(self._process.stdout.readline()) == {'ready': True}
+
+  def run(self, module, argv, env, out_dir):
+    """Returns (returncode, stdout, stderr) of the entry point's run."""
+    stdout, stderr = out_dir / 'fork_stdout.txt', out_dir / 'fork_stderr.txt'
+    request = {'module': module, 'argv': argv, 'env': env, 'cwd': str(ROOT),
+               'stdout': str(stdout), 'stderr': str(stderr)}
+    with self._lock:
+      self._process.stdin.write(json.dumps(request) + '\n')
+      self._process.stdin.flush()
+      reply = self._process.stdout.readline()
+    assert reply, 'the fork server died'
+    returncode = json.loads(reply)['returncode']
+    texts = [p.read_text(encoding='utf-8', errors='replace') for p in (stdout, stderr)]
+    stdout.unlink()
+    stderr.unlink()
+    return returncode, *texts
+
+  def close(self):
+    self._process.stdin.close()
+    self._process.wait(timeout=60)
+
+
+@pytest.fixture(scope='module')
+def fork_server():
+  server = CliForkServer()
+  yield server
+  server.close()
 
 
 @pytest.fixture
@@ -120,23 +161,42 @@ def _files(root):
 
 
 @pytest.mark.parametrize('row_id,module,args,expected', ROWS, ids=[r[0] for r in ROWS])
-def test_mistake_is_one_clear_line(tmp_path, places, row_id, module, args, expected):
+def test_mistake_is_one_clear_line(tmp_path, tmp_path_factory, places, fork_server, row_id,
+                                   module, args, expected):
   workdir, sentinel = places
   argv = [a.format(w=workdir, t=tmp_path) for a in args]
   env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / 'xdg'))
-  runner = [] if row_id in NEEDS_TENSORFLOW else [NO_TENSORFLOW_RUNNER]
   before = _files(tmp_path)
-  proc = subprocess.run([sys.executable, *runner, '-m', module] + argv, cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == EXIT_USER_ERROR, proc.stderr[-2000:]
-  assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
-  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  if row_id in NEEDS_TENSORFLOW:
+    proc = subprocess.run([sys.executable, '-m', module] + argv, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    returncode, stderr = proc.returncode, proc.stderr
+  else:  # Outside tmp_path, which must stay unchanged.
+    returncode, _, stderr = fork_server.run(module, argv, env, tmp_path_factory.mktemp('out'))
+  assert returncode == EXIT_USER_ERROR, stderr[-2000:]
+  assert 'Traceback' not in stderr, stderr[-2000:]
+  lines = [line for line in stderr.splitlines() if line.strip()]
   assert expected in lines[-1], lines[-1]
   # Said once, in one line: not repeated by a second handler, not spread over several lines.
-  assert sum(expected in line for line in lines) == 1, proc.stderr[-2000:]
+  assert sum(expected in line for line in lines) == 1, stderr[-2000:]
   # Nothing was created, changed or removed (the workdir above all); caches may appear.
   assert _files(tmp_path) == before
   assert sentinel.read_text() == 'saved before the mistake'
+
+
+def test_fork_server_reports_what_a_fresh_process_would(tmp_path, fork_server):
+  """The rows above pass only on exit status 2 and a clean stderr: the server must not hide
+  failures, exit statuses or output, and TensorFlow must be unimportable in its children."""
+  env = dict(os.environ)
+  code, stdout, stderr = fork_server.run('dcgan_jax.evaluation.download_weights', ['--help'],
+                                         env, tmp_path)
+  assert code == 0 and '--cache_dir' in stdout and not stderr
+  code, _, stderr = fork_server.run('tensorflow', [], env, tmp_path)
+  assert code == 1 and 'Traceback' in stderr and 'tensorflow' in stderr.splitlines()[-1]
+  code, _, stderr = fork_server.run('dcgan_jax.main', ['--config=configs/default.py'],
+                                    dict(env, XDG_CACHE_HOME=str(tmp_path)), tmp_path)
+  assert code == EXIT_USER_ERROR and '--workdir is required' in stderr
+  assert not list(tmp_path.iterdir())  # Its output files are read and removed.
 
 
 def test_table_in_readme_lists_every_row():
