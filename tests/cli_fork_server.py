@@ -14,14 +14,17 @@ XLA thread pool: each child starts its own if it needs one); the only other thre
 OpenBLAS pool, which registers its own fork handlers.
 
 Protocol: one JSON object per line on stdin, ``{"module", "argv", "env", "cwd", "stdout",
-"stderr"}``; one line ``{"returncode": n}`` per request on stdout (negative: killed by signal).
+"stderr"}`` and optionally ``"timeout"`` (seconds, default 300: then the child is killed); one
+line ``{"returncode": n}`` per request on stdout (negative: killed by that signal).
 """
 import atexit
 import importlib
 import json
 import os
 import runpy
+import signal
 import sys
+import time
 import traceback
 
 for _name in ('tensorflow', 'tensorflow_datasets', 'tensorboard'):
@@ -89,7 +92,14 @@ def main():
     pid = os.fork()
     if pid == 0:
       _child(request)
-    _, status = os.waitpid(pid, 0)
+    deadline = time.monotonic() + request.get('timeout', 300)
+    while True:  # A child that hangs is killed, so that the test fails instead of hanging.
+      done, status = os.waitpid(pid, os.WNOHANG)
+      if done:
+        break
+      if time.monotonic() > deadline:
+        os.kill(pid, signal.SIGKILL)
+      time.sleep(0.005)
     print(json.dumps({'returncode': os.waitstatus_to_exitcode(status)}), flush=True)
 
 

@@ -111,11 +111,11 @@ class CliForkServer:
     self._lock = threading.Lock()
     assert json.loads(self._process.stdout.readline()) == {'ready': True}
 
-  def run(self, module, argv, env, out_dir):
-    """Returns (returncode, stdout, stderr) of the entry point's run."""
+  def run(self, module, argv, env, out_dir, timeout=300):
+    """Returns (returncode, stdout, stderr) of the entry point's run (-9: killed at timeout)."""
     stdout, stderr = out_dir / 'fork_stdout.txt', out_dir / 'fork_stderr.txt'
     request = {'module': module, 'argv': argv, 'env': env, 'cwd': str(ROOT),
-               'stdout': str(stdout), 'stderr': str(stderr)}
+               'stdout': str(stdout), 'stderr': str(stderr), 'timeout': timeout}
     with self._lock:
       self._process.stdin.write(json.dumps(request) + '\n')
       self._process.stdin.flush()
@@ -196,6 +196,10 @@ def test_fork_server_reports_what_a_fresh_process_would(tmp_path, fork_server):
   code, _, stderr = fork_server.run('dcgan_jax.main', ['--config=configs/default.py'],
                                     dict(env, XDG_CACHE_HOME=str(tmp_path)), tmp_path)
   assert code == EXIT_USER_ERROR and '--workdir is required' in stderr
+  # A child that hangs is killed at its timeout (a hung row fails instead of hanging the run).
+  code, _, _ = fork_server.run('timeit', ['-n1', '-r1', 'import time; time.sleep(60)'], env,
+                               tmp_path, timeout=2)
+  assert code == -9
   assert not list(tmp_path.iterdir())  # Its output files are read and removed.
 
 
