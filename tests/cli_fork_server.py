@@ -2,12 +2,12 @@
 
 Started by tests/test_bad_inputs.py (``CliForkServer``) as ``python tests/cli_fork_server.py``.
 Most bad-input rows end within a fraction of a second of ``main`` starting, but a fresh
-``python -m dcgan_jax.main`` first spends ~2 s importing jax, flax, optax and orbax; with 40
-rows that import was most of the table's time. This server imports those libraries once (with
-TensorFlow, tfds and TensorBoard unimportable, as tests/no_tensorflow_runner.py does) and then,
-for each request, forks: the child is a separate process with its own exit status, stdout and
-stderr (redirected to files), working directory and environment, and runs the entry module as
-``python -m`` would (``runpy``, ``__main__``), atexit handlers included.
+``python -m dcgan_jax.main`` first spends ~2 s importing jax, flax, optax and orbax; over the
+table's 30-odd rows that import was most of its time. This server imports those libraries once
+(TensorFlow, tfds and TensorBoard unimportable: it imports tests/no_tensorflow_runner.py) and
+then, for each request, forks: the child is a separate process with its own exit status, stdout
+and stderr (redirected to files), working directory and environment, and runs the entry module
+as ``python -m`` would (``runpy``, ``__main__``), atexit handlers included.
 
 Forking is safe here because nothing in this process has started JAX's backends (no device, no
 XLA thread pool: each child starts its own if it needs one); the only other thread is numpy's
@@ -27,8 +27,7 @@ import sys
 import time
 import traceback
 
-for _name in ('tensorflow', 'tensorflow_datasets', 'tensorboard'):
-  sys.modules[_name] = None  # `import tensorflow` now raises ImportError.
+import no_tensorflow_runner  # pylint: disable=unused-import  # Importing it blocks TensorFlow.
 
 # What the entry points import, up front (the entry modules themselves are not imported: they
 # define absl flags, which a second definition as __main__ would clash with).

@@ -5,7 +5,7 @@
 
 Stands for the JAX-only environment of a GPU container (no TensorFlow): used by
 tests/test_no_tensorflow.py, tests/test_benchmarks.py, tests/test_kill_resume.py (one chain);
-tests/cli_fork_server.py does the same for tests/test_bad_inputs.py.
+tests/cli_fork_server.py imports it for tests/test_bad_inputs.py.
 """
 import runpy
 import sys

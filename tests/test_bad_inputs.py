@@ -12,7 +12,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -108,7 +107,6 @@ class CliForkServer:
   def __init__(self):
     self._process = subprocess.Popen([sys.executable, FORK_SERVER], cwd=ROOT, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    self._lock = threading.Lock()
     assert json.loads(self._process.stdout.readline()) == {'ready': True}
 
   def run(self, module, argv, env, out_dir, timeout=300):
@@ -116,10 +114,9 @@ class CliForkServer:
     stdout, stderr = out_dir / 'fork_stdout.txt', out_dir / 'fork_stderr.txt'
     request = {'module': module, 'argv': argv, 'env': env, 'cwd': str(ROOT),
                'stdout': str(stdout), 'stderr': str(stderr), 'timeout': timeout}
-    with self._lock:
-      self._process.stdin.write(json.dumps(request) + '\n')
-      self._process.stdin.flush()
-      reply = self._process.stdout.readline()
+    self._process.stdin.write(json.dumps(request) + '\n')
+    self._process.stdin.flush()
+    reply = self._process.stdout.readline()
     assert reply, 'the fork server died'
     returncode = json.loads(reply)['returncode']
     texts = [p.read_text(encoding='utf-8', errors='replace') for p in (stdout, stderr)]
