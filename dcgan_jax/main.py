@@ -8,13 +8,16 @@ Re-running with the same --workdir resumes from its latest checkpoint. Multi-pro
 --num_processes and --process_id, or --distributed to let JAX detect them (TPU pods, SLURM).
 
 Mistakes (an unknown config field, a bad value, a missing dataset, an unwritable workdir, ...)
-print one sentence on stderr and exit with status 2, without a traceback.
+print one sentence on stderr and exit with status 2, without a traceback. SIGTERM or Ctrl-C
+during training saves a checkpoint of the step in flight, says so in one line and exits with
+128 + the signal's number (143, 130); the same command resumes from it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 
 from absl import app
 from absl import flags
@@ -22,6 +25,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from dcgan_jax import cli_logging
+from dcgan_jax import preemption
 from dcgan_jax.errors import UserError, exit_with_user_error, first_line
 
 FLAGS = flags.FLAGS
@@ -142,6 +146,11 @@ def main(argv: list[str]) -> None:
   except UserError as e:
     logging.flush()
     _fail(str(e))
+  except preemption.TrainingStopped as e:  # SIGTERM or Ctrl-C, after a checkpoint was saved.
+    logging.flush()
+    sys.stderr.write(f'{e}\n')
+    sys.stderr.flush()
+    sys.exit(e.exit_status)
 
 
 def run() -> None:

@@ -59,6 +59,7 @@ from dcgan_jax import data
 from dcgan_jax.data import device_resident as data_device_resident
 from dcgan_jax import models
 from dcgan_jax import parallel
+from dcgan_jax import preemption
 from dcgan_jax import profiling
 from dcgan_jax import sample_grid
 from dcgan_jax import state as state_lib
@@ -624,6 +625,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     UserError: a mistake in the config, the dataset or the workdir (raised before anything is
       written), a workdir in use by another run, or a non-finite loss
       (:class:`NonFiniteLossError`, after which the last good checkpoint is kept).
+    dcgan_jax.preemption.TrainingStopped: SIGTERM or Ctrl-C (SIGINT) arrived during training;
+      the step in flight finished and was saved, and calling again resumes from it. (A
+      ``KeyboardInterrupt``; from the main thread only, or in multi-process runs SIGTERM
+      through JAX's preemption service.)
   """
   config = ml_collections.ConfigDict(config.to_dict())  # A private copy we may annotate.
   workdir = os.fspath(workdir)
@@ -841,6 +846,10 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
             or is_due(done, durations.checkpoint_every_steps) or profiler.is_boundary(done))
 
   step = start_step
+  # SIGTERM (a scheduler's stop) and Ctrl-C end the loop after the step in flight, with a
+  # checkpoint of it (dcgan_jax.preemption); before and after the loop they act as usual.
+  stop_signals = preemption.StopSignals()
+  stop_signals.install()
   try:
     while step < num_train_steps:
       if fused is not None:
@@ -888,6 +897,17 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
         writer.write_scalars(done, scalars)
         collection = collection_cls.empty()
         last_log_time, last_log_step = time.monotonic(), done
+      # Checked on every process at every step (multi-process runs agree on the step through
+      # JAX's preemption service), after the log of ``done`` so that a resumed run's curve has
+      # no hole; the hooks due here are skipped: a grace period is short.
+      signum = stop_signals.requested(step, done) if done < num_train_steps else None
+      if signum is not None:
+        _check_finite(tracker, checkpointer)
+        writer.flush()
+        _save(checkpointer, done, state, train_key, config, step_fn, force=True)
+        checkpointer.wait_until_finished()
+        step = done
+        raise preemption.TrainingStopped(signum, done, workdir)
       if is_due(done, durations.checkpoint_every_steps) and done < num_train_steps:
         _check_finite(tracker, checkpointer)
         with report_progress.timed('checkpoint'):
@@ -901,7 +921,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
         # Their scalars (FID, quality) belong to a step a resumed run does not evaluate again.
         writer.flush()
       step = done
-  finally:  # A trace still on here (training failed) is stopped and written.
+  finally:  # A trace still on here (training failed or stopped) is stopped and written.
+    stop_signals.restore()
     profiler.close(step)
 
   # --- The end: a last checkpoint, samples and scores of the final state. -------------------

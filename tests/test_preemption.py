@@ -1,0 +1,280 @@
+"""SIGTERM and Ctrl-C stop a training run after the step in flight, with a checkpoint of it.
+
+Three levels: the signal handling itself (dcgan_jax.preemption, in this process), the training
+loop (``train_and_evaluate`` in this process, the signal raised at a chosen step, then resumed
+to the end and compared with a run never stopped), and the command line as schedulers and
+people use it (a real signal from outside to ``python -m dcgan_jax.main``; and two processes of
+one run, where only one gets SIGTERM and both must stop at the same step).
+"""
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from dcgan_jax import preemption
+from dcgan_jax import train
+from dcgan_jax import writers
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+NO_TENSORFLOW_RUNNER = str(_ROOT / 'tests' / 'no_tensorflow_runner.py')
+_STOPPED = re.compile(r'Stopped by (SIGTERM|SIGINT \(Ctrl-C\)) at step (\d+): its checkpoint is '
+                      r'saved in .*; run the same command again to resume from it\.')
+
+
+@pytest.fixture
+def restore_handlers():
+  """Whatever a test does to SIGTERM/SIGINT, they are as before afterwards."""
+  saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  yield saved
+  for signum, handler in saved.items():
+    signal.signal(signum, handler)
+
+
+# ---- the handlers -----------------------------------------------------------------------------
+
+
+def test_first_signal_asks_to_stop_and_the_second_acts_as_before(restore_handlers):
+  with preemption.StopSignals() as stop:
+    assert stop.requested(0, 1) is None
+    assert signal.getsignal(signal.SIGINT) != restore_handlers[signal.SIGINT]
+    signal.raise_signal(signal.SIGINT)  # Handled: no KeyboardInterrupt here.
+    assert stop.requested(1, 2) == signal.SIGINT
+    assert stop.requested(2, 3) == signal.SIGINT  # It stays asked.
+    # The previous handlers are back at once: a second Ctrl-C interrupts immediately.
+    assert signal.getsignal(signal.SIGINT) is restore_handlers[signal.SIGINT]
+    with pytest.raises(KeyboardInterrupt):
+      signal.raise_signal(signal.SIGINT)
+  for signum, handler in restore_handlers.items():
+    assert signal.getsignal(signum) is handler
+
+
+def test_sigterm_is_caught_and_the_handlers_are_restored_on_exit(restore_handlers):
+  stop = preemption.StopSignals()
+  stop.install()
+  try:
+    signal.raise_signal(signal.SIGTERM)  # Without the handler this would end the process.
+    assert stop.requested(4, 7) == signal.SIGTERM
+  finally:
+    stop.restore()
+  stop.restore()  # Idempotent.
+  for signum, handler in restore_handlers.items():
+    assert signal.getsignal(signum) is handler
+
+
+def test_an_ignored_signal_stays_ignored(restore_handlers):
+  del restore_handlers
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # As in a background job of a shell script.
+  with preemption.StopSignals() as stop:
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    signal.raise_signal(signal.SIGINT)
+    assert stop.requested(0, 1) is None
+  assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_outside_the_main_thread_nothing_changes(restore_handlers):
+  seen = {}
+
+  def run():
+    with preemption.StopSignals() as stop:
+      seen['handlers'] = {s: signal.getsignal(s) for s in restore_handlers}
+      seen['requested'] = stop.requested(0, 1)
+
+  thread = threading.Thread(target=run)
+  thread.start()
+  thread.join()
+  assert seen == {'handlers': restore_handlers, 'requested': None}
+
+
+def test_the_stop_exception_names_the_signal_step_and_exit_status():
+  stopped = preemption.TrainingStopped(signal.SIGTERM, 37, '/tmp/run')
+  assert isinstance(stopped, KeyboardInterrupt)  # Not swallowed by `except Exception`.
+  assert (stopped.signal_number, stopped.step, stopped.exit_status) == (signal.SIGTERM, 37, 143)
+  assert _STOPPED.fullmatch(str(stopped)).groups() == ('SIGTERM', '37')
+  assert preemption.TrainingStopped(signal.SIGINT, 5, '/w').exit_status == 130
+
+
+# ---- the training loop ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def images_file(tmp_path_factory):
+  # 192 images: epochs of 12 steps of 16, so fused chunks of 3 end at 3, 6, 9 and 12.
+  path = tmp_path_factory.mktemp('data') / 'images.npy'
+  np.save(path, np.random.default_rng(0).integers(0, 256, (192, 8, 8, 1), dtype=np.uint8))
+  return path
+
+
+def _config(images_file, **overrides):
+  config = train.load_config(
+      'configs/default.py', dataset='array', dataset_path=str(images_file), image_size=8,
+      generator_width=8, discriminator_width=8, latent_dim=8, batch_size=16,
+      num_train_steps=12, log_every_steps=6, checkpoint_every_steps=6, sample_every_steps=0,
+      quality_every_steps=0, num_sample_images=4)
+  config.update(overrides)
+  return config
+
+
+def _raise_signal_after(monkeypatch, step, signum):
+  """Raises `signum` in this process once the loop reports `step` as trained."""
+  create_progress = writers.create_progress
+
+  def create(*args, **kwargs):
+    progress = create_progress(*args, **kwargs)
+
+    class Progress:
+
+      def __call__(self, done):
+        progress(done)
+        if done == step:
+          signal.raise_signal(signum)
+
+      def __getattr__(self, name):
+        return getattr(progress, name)
+
+    return Progress()
+
+  monkeypatch.setattr(writers, 'create_progress', create)
+
+
+def _checkpoint_steps(workdir):
+  return sorted(int(p.name) for p in (pathlib.Path(workdir) / 'checkpoints').iterdir()
+                if p.name.isdigit())
+
+
+@pytest.mark.parametrize('steps_per_dispatch,stop_step', [(1, 7), (3, 9)])
+def test_a_stopped_run_saves_its_step_and_resumes_bit_identical(
+    images_file, tmp_path, monkeypatch, restore_handlers, steps_per_dispatch, stop_step):
+  """SIGTERM after step 7: a checkpoint of the step in flight (with fused chunks of 3 steps,
+  the chunk (6, 9]), not only the periodic one of step 6; resuming ends where a run never
+  stopped ends, bit for bit."""
+  config = _config(images_file, steps_per_dispatch=steps_per_dispatch)
+  straight = train.train_and_evaluate(config, tmp_path / 'straight')
+
+  _raise_signal_after(monkeypatch, 7, signal.SIGTERM)
+  with pytest.raises(preemption.TrainingStopped) as stopped:
+    train.train_and_evaluate(config, tmp_path / 'stopped')
+  assert (stopped.value.signal_number, stopped.value.step) == (signal.SIGTERM, stop_step)
+  assert _checkpoint_steps(tmp_path / 'stopped') == [6, stop_step]
+  for signum, handler in restore_handlers.items():  # The loop gave the signals back.
+    assert signal.getsignal(signum) is handler
+  assert not (tmp_path / 'stopped' / 'samples' / 'progress.gif').exists()  # No final hooks.
+
+  monkeypatch.undo()
+  resumed = train.train_and_evaluate(config, tmp_path / 'stopped')
+  assert _checkpoint_steps(tmp_path / 'stopped') == [6, stop_step, 12]
+  assert int(resumed.step) == int(straight.step) == 12
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_signal_at_the_last_step_lets_the_run_finish(images_file, tmp_path, monkeypatch,
+                                                       restore_handlers):
+  del restore_handlers
+  _raise_signal_after(monkeypatch, 12, signal.SIGTERM)
+  state = train.train_and_evaluate(_config(images_file), tmp_path)  # No TrainingStopped.
+  assert int(state.step) == 12
+  assert _checkpoint_steps(tmp_path) == [6, 12]
+
+
+# ---- the command line -------------------------------------------------------------------------
+
+
+def _command(workdir, images_file, num_train_steps=100_000):
+  """A tiny run far too long to end by itself (~1 ms/step), without TensorFlow."""
+  return [sys.executable, NO_TENSORFLOW_RUNNER, '-m', 'dcgan_jax.main',
+          '--config=configs/default.py', f'--workdir={workdir}', '--config.dataset=array',
+          f'--config.dataset_path={images_file}', '--config.image_size=8',
+          '--config.generator_width=8', '--config.discriminator_width=8',
+          '--config.latent_dim=8', '--config.batch_size=8',
+          f'--config.num_train_steps={num_train_steps}', '--config.log_every_steps=10',
+          '--config.checkpoint_every_steps=100000', '--config.sample_every_steps=0',
+          '--config.quality_every_steps=0', '--config.num_sample_images=4']
+
+
+def _env(devices=1):
+  return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
+              + os.environ.get('DCGAN_JAX_TEST_XLA_FLAGS', ''))
+
+
+def _wait_for_training(log_path, processes, timeout=240):
+  """Returns once `log_path` shows a logged step (training runs), failing if a process ends."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if re.search(r'\] \[\d+\] ', log_path.read_text(errors='replace')):
+      return
+    assert all(p.poll() is None for p in processes), log_path.read_text()[-3000:]
+    time.sleep(0.05)
+  pytest.fail(f'no training step logged in {timeout} s')
+
+
+def _finish(process, log, timeout=120):
+  try:
+    return process.wait(timeout=timeout)
+  finally:
+    if process.poll() is None:
+      process.kill()
+      process.wait()
+    log.close()
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_the_command_saves_says_so_in_one_line_and_exits_128_plus_the_signal(
+    images_file, tmp_path, signum):
+  workdir = tmp_path / 'run'
+  log_path = tmp_path / 'run.log'
+  log = open(log_path, 'w', encoding='utf-8')  # pylint: disable=consider-using-with
+  process = subprocess.Popen(_command(workdir, images_file), cwd=_ROOT, env=_env(),
+                             stdout=log, stderr=subprocess.STDOUT)
+  _wait_for_training(log_path, [process])
+  process.send_signal(signum)
+  assert _finish(process, log) == 128 + signum
+  text = log_path.read_text()
+  assert 'Traceback' not in text, text[-3000:]
+  lines = _STOPPED.findall(text)
+  assert len(lines) == 1, text[-3000:]
+  assert text.rstrip().endswith(_STOPPED.search(text).group(0))  # The last line says it.
+  stop_step = int(lines[0][1])
+  assert stop_step >= 10 and _checkpoint_steps(workdir) == [stop_step]
+  assert not list((workdir / 'checkpoints').glob('*tmp*'))  # Complete, not mid-write.
+
+  # The same command resumes there (here with a nearer end, to finish in seconds).
+  result = subprocess.run(_command(workdir, images_file, num_train_steps=stop_step + 5),
+                          cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Resumed from the checkpoint of step {stop_step}.' in result.stderr
+  assert _checkpoint_steps(workdir) == [stop_step, stop_step + 5]
+
+
+@pytest.mark.slow
+def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(images_file, tmp_path):
+  """JAX's preemption service: SIGTERM to process 1 only; both save one step and exit 143."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  workdir = tmp_path / 'run'
+  processes, logs, log_paths = [], [], []
+  for i in range(2):
+    log_paths.append(tmp_path / f'process{i}.log')
+    logs.append(open(log_paths[i], 'w', encoding='utf-8'))  # pylint: disable=consider-using-with
+    processes.append(subprocess.Popen(
+        _command(workdir, images_file) + [f'--coordinator_address=127.0.0.1:{port}',
+                                          '--num_processes=2', f'--process_id={i}'],
+        cwd=_ROOT, env=_env(), stdout=logs[i], stderr=subprocess.STDOUT))
+  _wait_for_training(log_paths[0], processes)
+  processes[1].send_signal(signal.SIGTERM)
+  statuses = [_finish(p, log) for p, log in zip(processes, logs)]
+  texts = [path.read_text() for path in log_paths]
+  assert statuses == [143, 143], [t[-3000:] for t in texts]
+  steps = [int(_STOPPED.search(t).group(2)) for t in texts]
+  assert steps[0] == steps[1] >= 10, steps
+  assert _checkpoint_steps(workdir) == [steps[0]]
+  assert all('Traceback' not in t for t in texts)
