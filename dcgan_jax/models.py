@@ -300,11 +300,77 @@ def upsample_nearest_2x(x: jax.Array) -> jax.Array:
   broadcast and a reshape, so the program holds no gather and its gradient is a sum over each
   2x2 block instead of a scatter-add (alone on CPU: 0.54 vs 8.4 ms for the backward pass of a
   64x16x16x32 batch; inside the default config's whole jitted step XLA:CPU runs both at the
-  same speed, 483 vs 506 operations per step; accelerators unmeasured).
+  same speed, 483 vs 506 operations per step; accelerators unmeasured). The generator's
+  'resize_conv' layers (:class:`ResizeConv`) compute the same function without materialising
+  it; this is the plain form they are tested against.
   """
   n, h, w, c = x.shape
   x = jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, 2, w, 2, c))
   return x.reshape(n, 2 * h, 2 * w, c)
+
+
+def _phase_taps(kernel: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+  """What a 3-tap kernel along ``axis`` becomes for the even and the odd outputs of a 2x-nearest
+  upsampled input, as 3-tap kernels over the input itself (rows i-1, i, i+1).
+
+  Output 2i reads upsampled positions 2i-1, 2i, 2i+1, i.e. inputs i-1, i, i: taps
+  (k0, k1 + k2, 0). Output 2i+1 reads 2i, 2i+1, 2i+2, i.e. inputs i, i, i+1: (0, k0 + k1, k2).
+  """
+  k0, k1, k2 = (jax.lax.index_in_dim(kernel, i, axis) for i in range(3))
+  zero = jnp.zeros_like(k0)
+  return (jnp.concatenate([k0, k1 + k2, zero], axis),
+          jnp.concatenate([zero, k0 + k1, k2], axis))
+
+
+def upsample_conv_3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Nearest 2x upsampling of ``[N, H, W, Cin]`` then a 3x3 'SAME' convolution with ``kernel``.
+
+  The same function as ``conv(upsample_nearest_2x(x), kernel)``, computed without the
+  upsampled tensor: each of the output's four pixel phases (even/odd row, even/odd column) is
+  a 3x3 convolution of ``x`` itself with a phase kernel made of sums of ``kernel``'s taps
+  (:func:`_phase_taps`), so one convolution with the four phase kernels side by side
+  (``4·Cout`` outputs) and a depth-to-space shuffle give the result. Same multiply-adds, but
+  no pass over a 4x larger activation in either direction: on 2 CPU cores the default
+  config's train step went from ~74 to ~63 ms (one device, float32), with ~0.7 s more to
+  compile it. The phase kernels are summed in the kernel's dtype (float32) and then cast to
+  ``x``'s: outputs agree with the direct form to float rounding.
+
+  Args:
+    x: ``[N, H, W, Cin]`` input.
+    kernel: ``[3, 3, Cin, Cout]`` (HWIO, as ``flax.linen.Conv`` stores it).
+
+  Returns:
+    ``[N, 2H, 2W, Cout]`` in ``x``'s dtype.
+  """
+  n, h, w, _ = x.shape
+  cin, cout = kernel.shape[2:]
+  phases = [kc for kr in _phase_taps(kernel, 0) for kc in _phase_taps(kr, 1)]  # (0,0) .. (1,1)
+  kernels = jnp.stack(phases, axis=3).reshape(3, 3, cin, 4 * cout).astype(x.dtype)
+  y = jax.lax.conv_general_dilated(x, kernels, (1, 1), 'SAME',
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  y = y.reshape(n, h, w, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5)  # [n, i, a, j, b, c]
+  return y.reshape(n, 2 * h, 2 * w, cout)
+
+
+class ResizeConv(nn.Module):
+  """Nearest 2x upsampling then a 3x3 convolution without bias (:func:`upsample_conv_3x3`).
+
+  Same parameter as ``flax.linen.Conv(features, (3, 3), padding='SAME', use_bias=False)``
+  (``kernel``, ``[3, 3, in, features]``, float32, same initializer) applied to
+  :func:`upsample_nearest_2x` of the input, and the same function, computed in the phase form.
+
+  Attributes:
+    features: Output channels.
+    dtype: Computation dtype; the kernel is stored in float32.
+  """
+
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', kernel_init, (3, 3, x.shape[-1], self.features), jnp.float32)
+    return upsample_conv_3x3(x.astype(self.dtype), kernel)
 
 
 class Generator(nn.Module):
@@ -358,9 +424,7 @@ class Generator(nn.Module):
     if self.upsample == 'transpose':
       return TransposedConv(features, dtype=dtype, channel_multiple=channel_multiple,
                             name=f'ConvTranspose_{index}')(x)
-    x = upsample_nearest_2x(x)
-    return nn.Conv(features, (3, 3), padding='SAME', use_bias=False, kernel_init=kernel_init,
-                   dtype=dtype, param_dtype=jnp.float32, name=f'Conv_{index}')(x)
+    return ResizeConv(features, dtype=dtype, name=f'Conv_{index}')(x)
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:

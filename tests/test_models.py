@@ -62,6 +62,43 @@ def test_nearest_upsampling_is_jax_image_resize_with_a_block_sum_gradient(dtype)
                              rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_resize_conv_is_nearest_upsampling_then_a_3x3_conv(dtype):
+  """ResizeConv (the phase form) == flax's Conv on the upsampled input: parameters, values and
+  gradients (input and kernel), so checkpoints of either form load into the other."""
+  x = jax.random.normal(jax.random.key(0), (2, 3, 5, 6))  # Non-square, odd sides.
+  layer = models.ResizeConv(4, dtype=dtype)
+  direct = nn.Conv(4, (3, 3), padding='SAME', use_bias=False, dtype=dtype,
+                   param_dtype=jnp.float32, kernel_init=models.kernel_init)
+  variables = layer.init(jax.random.key(1), x)
+  direct_variables = direct.init(jax.random.key(1), models.upsample_nearest_2x(x))
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, direct_variables)
+  assert variables['params']['kernel'].dtype == jnp.float32
+  # The same initializer and parameter name: the same initial weights as the layer it replaced.
+  np.testing.assert_array_equal(variables['params']['kernel'],
+                                direct_variables['params']['kernel'])
+
+  def phase(params, x):
+    return layer.apply({'params': params}, x)
+
+  def reference(params, x):
+    return direct.apply({'params': params}, models.upsample_nearest_2x(x.astype(dtype)))
+
+  params = {'kernel': jax.random.normal(jax.random.key(2), (3, 3, 6, 4)) * 0.2}
+  out, pullback = jax.vjp(phase, params, x)
+  expected, expected_pullback = jax.vjp(reference, params, x)
+  assert out.shape == (2, 6, 10, 4) and out.dtype == dtype
+  tolerance = 1e-5 if dtype == jnp.float32 else 5e-2
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(expected, np.float32),
+                             rtol=tolerance, atol=tolerance)
+  cotangent = jax.random.normal(jax.random.key(3), out.shape).astype(dtype)
+  for got, want in zip(jax.tree.leaves(pullback(cotangent)),
+                       jax.tree.leaves(expected_pullback(cotangent))):
+    scale = float(jnp.abs(want.astype(jnp.float32)).max())
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                               rtol=tolerance, atol=tolerance * scale)
+
+
 # Computing costs seconds of compile per size on CPU; the layer code is the same for every size,
 # so two sizes (one block and three) in both modes pin down the values.
 @pytest.mark.parametrize('upsample', ['transpose', 'resize_conv'])

@@ -49,7 +49,7 @@ def test_summary_shapes_follow_the_shape_arithmetic(size, upsample):
   k = int(math.log2(size // 4))
   z = jax.ShapeDtypeStruct((1, config.latent_dim), jnp.float32)
   g_rows = summary.layer_rows(summary.models.generator_from_config(config), z)
-  up_kind = 'TransposedConv' if upsample == 'transpose' else 'Conv'
+  up_kind = 'TransposedConv' if upsample == 'transpose' else 'ResizeConv'
   # G: 4x4 after the projection (its BN), then k doublings to the image size.
   g_sides = [s[1] for s in _shapes(g_rows, 'BatchNorm')[:1]] + [s[1] for s in
                                                                _shapes(g_rows, up_kind)]
