@@ -90,6 +90,8 @@ ROWS = [
      ['--url=file://{t}/missing.pth', '--cache_dir={t}/cache'], 'download it by hand'),
     ('summary_bad_image_size', 'dcgan_jax.summary', [CONFIG, '--config.image_size=48'],
      'image_size must be 4·2^k'),
+    ('fid_missing_path', 'dcgan_jax.fid', ['{t}/nowhere', '{t}/elsewhere'], 'does not exist'),
+    ('fid_one_path', 'dcgan_jax.fid', ['{w}'], 'Expected two PATHs'),
 ]
 
 

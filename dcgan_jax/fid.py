@@ -1,0 +1,237 @@
+r"""FID between two sets of images, with the same command line as pytorch-fid.
+
+  python -m dcgan_jax.fid PATH1 PATH2 [--inception_weights=pt_inception-2015-12-05-6726825d.pth]
+      [--batch_size=50] [--preprocessing=pytorch_fid|tf] [--precision=default|high|highest]
+  python -m dcgan_jax.fid PATH --save_stats=stats.npz
+
+Each PATH is one of:
+
+* a folder (searched recursively) or a .zip of images (.jpg .jpeg .png .webp .bmp). The images
+  are read as pytorch-fid reads them: decoded by PIL, converted to RGB, at their own size (the
+  network resizes them to 299x299), so the samples of any GAN, saved as files, can be scored.
+  Images may differ in size. Files that cannot be decoded are skipped and counted.
+* a ``mu``/``sigma`` .npz of statistics: pytorch-fid's ``--save-stats`` output, or a file this
+  program wrote with ``--save_stats`` (which records the image count and preprocessing too, and
+  is also what ``dcgan_jax.evaluate --reference`` takes).
+
+Prints ``FID: <value>``. Mistakes (a missing path, a folder without images, bad weights, ...)
+print one sentence on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from dcgan_jax import cli_logging
+from dcgan_jax.errors import UserError, exit_with_user_error, first_line
+
+# A private flag set, so that this module can share a process with the other programs.
+FLAGS = flags.FlagValues()
+
+flags.DEFINE_string('inception_weights', None, 'pt_inception-2015-12-05-6726825d.pth or an .npz '
+                    'copy; empty means the cached download (python -m '
+                    'dcgan_jax.evaluation.download_weights).', flag_values=FLAGS)
+flags.DEFINE_integer('batch_size', 50, 'Images per Inception batch (pytorch-fid: 50).',
+                     flag_values=FLAGS)
+flags.DEFINE_enum('preprocessing', 'pytorch_fid', ['pytorch_fid', 'tf'], 'Inception input '
+                  'preprocessing: pytorch_fid (default) or tf (TTUR, torch-fidelity).',
+                  flag_values=FLAGS)
+flags.DEFINE_enum('precision', 'default', ['default', 'high', 'highest'], 'Matmul/conv '
+                  'precision of the Inception network.', flag_values=FLAGS)
+flags.DEFINE_string('save_stats', None, 'Write the statistics of the one PATH to this .npz '
+                    'instead of computing an FID.', flag_values=FLAGS)
+flags.DEFINE_bool('library_logs', False, 'Also print the INFO logs of JAX start-up (hidden by '
+                  'default; warnings and errors always show).', flag_values=FLAGS)
+
+_fail = exit_with_user_error
+
+
+def _is_statistics_file(path: str) -> bool:
+  return path.lower().endswith('.npz') and os.path.isfile(path)
+
+
+def _decode_rgb(data: bytes | None) -> np.ndarray | None:
+  """pytorch-fid's reading: PIL, converted to RGB, at the file's own size; None if unreadable."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  if data is None:
+    return None
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      return np.asarray(image.convert('RGB'), np.uint8)
+  except (OSError, ValueError, Image.DecompressionBombError):
+    return None
+
+
+def image_statistics(path: str, extractor) -> tuple[Any, int]:
+  """Inception pool statistics of the images under a folder or in a .zip.
+
+  Consecutive images of one size go through the network together, in batches of the
+  extractor's ``batch_size``; the statistics accumulate in float64.
+
+  Args:
+    path: a folder (searched recursively) or a .zip of images.
+    extractor: an ``evaluation.InceptionExtractor``.
+
+  Returns:
+    (``evaluation.FeatureStatistics``, number of files skipped because they could not be read).
+
+  Raises:
+    UserError: the path is missing, not a folder or .zip, or holds no image that can be read.
+  """
+  from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from dcgan_jax.data import image_files  # pylint: disable=g-import-not-at-top
+
+  files = image_files.ImageFiles(path, what='path')
+  stats = evaluation.FeatureStatistics()
+  skipped = 0
+  batch: list[np.ndarray] = []
+
+  def flush():
+    if batch:
+      stats.update(extractor(np.stack(batch))['pool'])
+      batch.clear()
+
+  for _, data in files.read_all(files.names):
+    image = _decode_rgb(data)
+    if image is None:
+      skipped += 1
+      continue
+    if batch and (image.shape != batch[0].shape or len(batch) == extractor.batch_size):
+      flush()
+    batch.append(image)
+  flush()
+  if stats.count == 0:
+    raise UserError(f'None of the {len(files.names)} image files under {files.path} could be '
+                    'read; give a folder or .zip of JPEG/PNG/WebP/BMP images.')
+  if skipped:
+    logging.warning('Skipped %d of %d files under %s that could not be read as images.',
+                    skipped, len(files.names), files.path)
+  return stats, skipped
+
+
+def path_statistics(path: str, make_extractor) -> tuple[Any, str]:
+  """The statistics a PATH stands for, and a description of them for the report."""
+  from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
+
+  if _is_statistics_file(path):
+    stats, metadata = evaluation.FeatureStatistics.load(path)
+    if stats.dim != 2048:
+      raise UserError(f'{path} holds {stats.dim}-dim statistics; FID needs the 2048-dim '
+                      'Inception pool_3 statistics.')
+    mode = metadata.get('preprocessing')
+    count = f'{stats.count} images' if stats.count else 'unknown number of images'
+    return stats, f'{path}: statistics file ({count}, preprocessing {mode or "unknown"})'
+  extractor = make_extractor()
+  stats, skipped = image_statistics(path, extractor)
+  note = f', {skipped} unreadable files skipped' if skipped else ''
+  return stats, f'{path}: {stats.count} images{note}'
+
+
+def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: int = 50,
+        preprocessing: str = 'pytorch_fid', precision: str = 'default',
+        save_stats: str | None = None) -> dict[str, Any]:
+  """FID between two PATHs, or (with ``save_stats``) the statistics of one PATH, saved.
+
+  Args:
+    paths: two PATHs (one with ``save_stats``): folders or .zips of images, or statistics files.
+    inception_weights: the FID Inception weights (.pth or .npz); None means the cached download.
+    batch_size: images per Inception batch.
+    preprocessing: 'pytorch_fid' or 'tf'.
+    precision: matmul/conv precision of the network.
+    save_stats: write the statistics of ``paths[0]`` here (an .npz) instead.
+
+  Returns:
+    ``{'fid': float or None, 'sources': [description per path], 'saved': path or None}``.
+
+  Raises:
+    UserError: any mistake in the arguments or the files (one sentence).
+  """
+  from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
+
+  wanted = 1 if save_stats else 2
+  if len(paths) != wanted:
+    usage = ('one PATH with --save_stats' if save_stats else
+             'two PATHs (folders or .zips of images, or .npz statistics)')
+    raise UserError(f'Expected {usage}, got {len(paths)}.')
+  if batch_size < 1:
+    raise UserError(f'--batch_size must be positive (got {batch_size}).')
+  if save_stats:
+    if _is_statistics_file(paths[0]):
+      raise UserError(f'{paths[0]} already is a statistics file; --save_stats needs images.')
+    if not save_stats.lower().endswith('.npz'):
+      raise UserError(f'--save_stats must name an .npz file (got {save_stats!r}).')
+    directory = os.path.dirname(os.path.abspath(save_stats))
+    if not os.path.isdir(directory):
+      raise UserError(f'The folder of --save_stats, {directory}, does not exist.')
+  # Cheap checks first: every path exists and is usable, before the weights load.
+  from dcgan_jax.data import image_files  # pylint: disable=g-import-not-at-top
+  for path in paths:
+    if path.lower().endswith('.npz') and not os.path.isfile(path):
+      raise UserError(f'The statistics file {path} does not exist; a PATH is a folder or .zip '
+                      'of images, or a mu/sigma .npz.')
+    if not _is_statistics_file(path):
+      image_files.check_path(path, what='path', needs_images=True)
+  extractor = None
+
+  def make_extractor():
+    nonlocal extractor
+    if extractor is None:
+      extractor = evaluation.InceptionExtractor.from_file(
+          inception_weights, preprocessing=preprocessing, precision=precision,
+          batch_size=batch_size)
+    return extractor
+
+  results = [path_statistics(path, make_extractor) for path in paths]
+  if save_stats:
+    stats = results[0][0]
+    tmp_path = save_stats[:-len('.npz')] + '.tmp.npz'
+    stats.save(tmp_path, preprocessing=preprocessing, source=os.path.abspath(paths[0]))
+    os.replace(tmp_path, save_stats)  # Readers never see half a file.
+    return {'fid': None, 'sources': [results[0][1]], 'saved': save_stats}
+  (a, _), (b, _) = results  # Fewer than 2048 images: FeatureStatistics warns (rank-deficient).
+  value = evaluation.frechet_distance(a.mean, a.covariance, b.mean, b.covariance)
+  return {'fid': float(value), 'sources': [r[1] for r in results], 'saved': None}
+
+
+def main(argv: list[str]) -> None:
+  cli_logging.quiet_library_logs(not FLAGS.library_logs)
+  try:
+    result = fid(argv[1:], FLAGS.inception_weights, batch_size=FLAGS.batch_size,
+                 preprocessing=FLAGS.preprocessing, precision=FLAGS.precision,
+                 save_stats=FLAGS.save_stats)
+  except UserError as e:
+    logging.flush()
+    _fail(str(e))
+  for source in result['sources']:
+    print(source)
+  if result['saved']:
+    print(f'Statistics written to {result["saved"]} (preprocessing {FLAGS.preprocessing}).')
+  else:
+    print(f'FID: {result["fid"]}')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parses this program's flags, then absl's own (--verbosity, ...); mistakes exit 2."""
+  FLAGS.unparse_flags()  # A fresh parse (tests call this more than once in one process).
+  try:
+    remaining = FLAGS(argv, known_only=True)
+    return flags.FLAGS(remaining)
+  except flags.Error as e:
+    _fail(first_line(e))
+
+
+def run() -> None:
+  """Console entry point."""
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()

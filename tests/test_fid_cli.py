@@ -1,0 +1,168 @@
+"""`python -m dcgan_jax.fid PATH1 PATH2`: FID of two image folders, as pytorch-fid computes it.
+
+The parity check runs pytorch-fid itself (its file reading, its InceptionV3 wrapper and its
+Fréchet distance) on the same folders with the same random Inception weights, since tests
+cannot download the real ones (tests/evaluation_torch_reference.py).
+"""
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dcgan_jax import evaluation
+from dcgan_jax import fid
+from dcgan_jax.errors import EXIT_USER_ERROR
+
+torch = pytest.importorskip('torch')
+from pytorch_fid import fid_score  # pylint: disable=g-import-not-at-top,wrong-import-position
+import evaluation_torch_reference as reference  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+SIZE = 32
+
+
+def _write_images(folder, count, seed, size=(SIZE, SIZE), suffix='.png'):
+  """`count` RGB images with structure (a gradient plus noise), so that features differ."""
+  folder.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  ramp = np.linspace(0, 255, size[1])[None, :, None]
+  for i in range(count):
+    image = np.clip(ramp * rng.uniform(0.2, 1.0) + rng.normal(0, 40, (*size, 3)), 0, 255)
+    Image.fromarray(image.astype(np.uint8)).save(folder / f'{i:03d}{suffix}')
+  return folder
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+  """Random FID-Inception weights as a .pth, and the torch network they came from."""
+  net = reference.build_fid_inception(seed=0)
+  path = tmp_path_factory.mktemp('weights') / 'random_fid_inception.pth'
+  torch.save(net.state_dict(), path)
+  return path, net
+
+
+@pytest.fixture(scope='module')
+def folders(tmp_path_factory):
+  root = tmp_path_factory.mktemp('images')
+  # Inception at 299x299 costs ~0.3 s per image on 2 CPU cores, padding rows included: one
+  # batch of 8 per folder.
+  return (_write_images(root / 'real', 6, seed=1),
+          _write_images(root / 'fake', 5, seed=2))
+
+
+def _cli(argv, capsys):
+  """Runs the program in-process; returns (exit status, stdout, stderr)."""
+  status = 0
+  try:
+    fid.main(fid.parse_flags(['fid', *argv]))
+  except SystemExit as e:
+    status = e.code
+  out, err = capsys.readouterr()
+  return status, out, err
+
+
+def _printed_fid(out):
+  return float(out.strip().splitlines()[-1].removeprefix('FID: '))
+
+
+def test_fid_of_two_folders_matches_pytorch_fid(weights, folders, tmp_path, capsys):
+  path, net = weights
+  status, out, err = _cli([str(folders[0]), str(folders[1]), f'--inception_weights={path}',
+                           '--precision=highest', '--batch_size=8'], capsys)
+  assert status == 0, err
+  assert f'{folders[0]}: 6 images' in out and f'{folders[1]}: 5 images' in out
+  ours = _printed_fid(out)
+
+  # pytorch-fid on the same files: its reading (PIL, RGB), resize and network. The distance of
+  # its moments is taken with ours, which tests/test_evaluation_statistics.py checks against
+  # pytorch-fid's (whose scipy sqrtm takes ~25 s at 2048 dimensions on 2 cores).
+  model = reference.pytorch_fid_wrapper(net)
+  moments = [fid_score.calculate_activation_statistics(sorted(map(str, f.glob('*.png'))), model,
+                                                       batch_size=5, dims=2048, device='cpu',
+                                                       num_workers=0)
+             for f in folders]
+  expected = evaluation.frechet_distance(*moments[0], *moments[1])
+  assert expected > 0
+  assert ours == pytest.approx(expected, rel=1e-3)
+
+  # --save_stats writes pytorch-fid's mu/sigma (plus the count); they equal its moments, and an
+  # FID against the file equals the FID against the folder.
+  stats_path = tmp_path / 'real_stats.npz'
+  status, out, err = _cli([str(folders[0]), f'--save_stats={stats_path}',
+                           f'--inception_weights={path}', '--precision=highest',
+                           '--batch_size=8'], capsys)
+  assert status == 0, err
+  assert f'Statistics written to {stats_path}' in out
+  with np.load(stats_path) as saved:
+    assert int(saved['num_samples']) == 6 and str(saved['preprocessing']) == 'pytorch_fid'
+    scale = np.abs(moments[0][1]).max()
+    np.testing.assert_allclose(saved['mu'], moments[0][0], atol=1e-4 * np.abs(moments[0][0]).max())
+    np.testing.assert_allclose(saved['sigma'], moments[0][1], atol=1e-4 * scale)
+    saved_mu, saved_sigma = saved['mu'], saved['sigma']
+  # A statistics file as PATH is read as it is: no network, no weights.
+  def no_network():
+    raise AssertionError('a statistics file needs no Inception network')
+
+  stats, description = fid.path_statistics(str(stats_path), no_network)
+  assert description.endswith('statistics file (6 images, preprocessing pytorch_fid)')
+  np.testing.assert_array_equal(stats.mean, saved_mu)
+  np.testing.assert_array_equal(stats.covariance, saved_sigma)
+
+
+def test_a_zip_of_mixed_sizes_with_a_broken_file(weights, folders, tmp_path, capsys):
+  """Subfolders, two image sizes and an unreadable file: the readable images count, the rest
+  is reported; a folder and a .zip of the same files give the same statistics."""
+  path, _ = weights
+  folder = tmp_path / 'mixed'
+  _write_images(folder / 'a', 2, seed=3)
+  _write_images(folder / 'b', 1, seed=4, size=(24, 20), suffix='.jpg')
+  (folder / 'b' / 'broken.png').write_bytes(b'not an image')
+  archive = tmp_path / 'mixed.zip'
+  with zipfile.ZipFile(archive, 'w') as z:
+    for file in sorted(folder.rglob('*')):
+      if file.is_file():
+        z.write(file, file.relative_to(folder).as_posix())
+  extractor = evaluation.InceptionExtractor.from_file(path, precision='highest', batch_size=8)
+  from_folder, skipped = fid.image_statistics(str(folder), extractor)
+  from_zip, zip_skipped = fid.image_statistics(str(archive), extractor)
+  assert (from_folder.count, skipped) == (from_zip.count, zip_skipped) == (3, 1)
+  np.testing.assert_allclose(from_folder.mean, from_zip.mean, rtol=1e-6, atol=1e-7)
+  # The same as the network applied to the decoded images directly, size group by size group.
+  decoded = [[np.asarray(Image.open(f).convert('RGB')) for f in sorted((folder / d).iterdir())
+              if f.suffix != '.png' or f.name != 'broken.png'] for d in ('a', 'b')]
+  pool = np.concatenate([extractor(np.stack(group))['pool'] for group in decoded])
+  np.testing.assert_allclose(from_folder.mean, pool.mean(0), rtol=1e-5,
+                             atol=1e-6 * np.abs(pool).max())
+
+  status, out, err = _cli([str(archive), f'--save_stats={tmp_path / "mixed.npz"}',
+                           f'--inception_weights={path}', '--precision=highest',
+                           '--batch_size=8'], capsys)
+  assert status == 0, err
+  assert f'{archive}: 3 images, 1 unreadable files skipped' in out
+  saved, _ = evaluation.FeatureStatistics.load(tmp_path / 'mixed.npz')
+  np.testing.assert_allclose(saved.mean, from_zip.mean, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('args,message', [
+    (['{t}/nowhere', '{real}'], 'does not exist'),
+    (['{t}/nowhere.npz', '{real}'], 'The statistics file'),
+    (['{real}'], 'Expected two PATHs'),
+    (['{real}', '{fake}', '{real}'], 'Expected two PATHs'),
+    (['{real}', '--save_stats={t}/out.txt'], '--save_stats must name an .npz file'),
+    (['{real}', '--save_stats={t}/no/such/folder/s.npz'], 'does not exist'),
+    (['{t}/empty', '{real}'], 'holds no images'),
+    (['{t}/bad.npz', '{real}'], 'Cannot read statistics'),
+    (['{real}', '{fake}', '--inception_weights={t}/missing.pth'], 'not found'),
+    (['{real}', '{fake}', '--batch_size=0'], '--batch_size must be positive'),
+])
+def test_mistakes_are_one_line_and_exit_2(folders, tmp_path, capsys, args, message):
+  (tmp_path / 'empty').mkdir()
+  (tmp_path / 'bad.npz').write_bytes(b'junk')
+  argv = [a.format(t=tmp_path, real=folders[0], fake=folders[1]) for a in args]
+  before = sorted(p.name for p in tmp_path.iterdir())
+  status, out, err = _cli(argv, capsys)
+  assert status == EXIT_USER_ERROR, (out, err)
+  lines = err.strip().splitlines()
+  assert message in lines[-1] and 'Traceback' not in err, err
+  assert sorted(p.name for p in tmp_path.iterdir()) == before  # Nothing written.
+
