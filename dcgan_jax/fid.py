@@ -9,7 +9,9 @@ Each PATH is one of:
 * a folder (searched recursively) or a .zip of images (.jpg .jpeg .png .webp .bmp). The images
   are read as pytorch-fid reads them: decoded by PIL, converted to RGB, at their own size (the
   network resizes them to 299x299), so the samples of any GAN, saved as files, can be scored.
-  Images may differ in size. Files that cannot be decoded are skipped and counted.
+  Images may differ in size: consecutive images of one size share batches, and each size
+  compiles the network once (sort mixed folders by size, or resize them, for speed). Files
+  that cannot be decoded are skipped and counted.
 * a ``mu``/``sigma`` .npz of statistics: pytorch-fid's ``--save-stats`` output, or a file this
   program wrote with ``--save_stats`` (which records the image count and preprocessing too, and
   is also what ``dcgan_jax.evaluate --reference`` takes).
