@@ -1,4 +1,5 @@
-"""Flag parsing shared by the workdir-reading programs (``sample``, ``profiling``)."""
+"""Flag parsing shared by the command-line programs (``sample``, ``profiling``, ``evaluate``,
+``fid``)."""
 from __future__ import annotations
 
 import sys
@@ -25,3 +26,22 @@ def parse_workdir_flags(flag_values: Any, argv: list[str] | None) -> Any:
   if not flag_values.workdir:
     exit_with_user_error('--workdir is required, e.g. --workdir=/tmp/dcgan_digits.')
   return flag_values
+
+
+def parse_private_flags(flag_values: Any, argv: list[str]) -> list[str]:
+  """Parses a program's private absl ``flag_values``, then absl's own (--verbosity, ...).
+
+  The flag set is reset first, so tests can parse more than once in one process. A flag error
+  prints one line and exits with status 2.
+
+  Returns:
+    What absl leaves: the program name and the positional arguments.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  flag_values.unparse_flags()
+  try:
+    remaining = flag_values(argv, known_only=True)
+    return flags.FLAGS(remaining)
+  except flags.Error as e:
+    exit_with_user_error(first_line(e))

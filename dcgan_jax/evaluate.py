@@ -35,7 +35,8 @@ from absl import logging
 import numpy as np
 
 from dcgan_jax import cli_logging
-from dcgan_jax.errors import UserError, exit_with_user_error, first_line
+from dcgan_jax import command_line
+from dcgan_jax.errors import UserError, exit_with_user_error
 
 # A private flag set, so that this module and dcgan_jax.main (which also defines --workdir) can
 # be imported into one process (tests, notebooks).
@@ -367,12 +368,7 @@ def main(argv: list[str]) -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """Parses this program's flags, then absl's own (--verbosity, ...); mistakes exit 2."""
-  FLAGS.unparse_flags()  # A fresh parse (tests call this more than once in one process).
-  try:
-    remaining = FLAGS(argv, known_only=True)
-    return flags.FLAGS(remaining)
-  except flags.Error as e:
-    _fail(first_line(e))
+  return command_line.parse_private_flags(FLAGS, argv)
 
 
 def run() -> None:

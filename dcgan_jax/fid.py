@@ -32,7 +32,8 @@ from absl import logging
 import numpy as np
 
 from dcgan_jax import cli_logging
-from dcgan_jax.errors import UserError, exit_with_user_error, first_line
+from dcgan_jax import command_line
+from dcgan_jax.errors import UserError, exit_with_user_error
 
 # A private flag set, so that this module can share a process with the other programs.
 FLAGS = flags.FlagValues()
@@ -119,18 +120,17 @@ def image_statistics(path: str, extractor) -> tuple[Any, int]:
   return stats, skipped
 
 
-def path_statistics(path: str, make_extractor) -> tuple[Any, str]:
+def path_statistics(path: str, make_extractor,
+                    preprocessing: str = 'pytorch_fid') -> tuple[Any, str]:
   """The statistics a PATH stands for, and a description of them for the report."""
-  from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
-
   if _is_statistics_file(path):
-    stats, metadata = evaluation.FeatureStatistics.load(path)
-    if stats.dim != 2048:
-      raise UserError(f'{path} holds {stats.dim}-dim statistics; FID needs the 2048-dim '
-                      'Inception pool_3 statistics.')
-    mode = metadata.get('preprocessing')
+    # As `evaluate --reference` reads one: 2048 dims checked, a preprocessing that differs
+    # from the extractor's is warned about.
+    from dcgan_jax import evaluate  # pylint: disable=g-import-not-at-top
+    stats, protocol = evaluate.file_reference(path, preprocessing)
     count = f'{stats.count} images' if stats.count else 'unknown number of images'
-    return stats, f'{path}: statistics file ({count}, preprocessing {mode or "unknown"})'
+    return stats, (f'{path}: statistics file ({count}, preprocessing '
+                   f'{protocol["preprocessing"] or "unknown"})')
   extractor = make_extractor()
   stats, skipped = image_statistics(path, extractor)
   note = f', {skipped} unreadable files skipped' if skipped else ''
@@ -191,7 +191,7 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
           batch_size=batch_size)
     return extractor
 
-  results = [path_statistics(path, make_extractor) for path in paths]
+  results = [path_statistics(path, make_extractor, preprocessing) for path in paths]
   if save_stats:
     stats = results[0][0]
     tmp_path = save_stats[:-len('.npz')] + '.tmp.npz'
@@ -222,12 +222,7 @@ def main(argv: list[str]) -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """Parses this program's flags, then absl's own (--verbosity, ...); mistakes exit 2."""
-  FLAGS.unparse_flags()  # A fresh parse (tests call this more than once in one process).
-  try:
-    remaining = FLAGS(argv, known_only=True)
-    return flags.FLAGS(remaining)
-  except flags.Error as e:
-    _fail(first_line(e))
+  return command_line.parse_private_flags(FLAGS, argv)
 
 
 def run() -> None:
