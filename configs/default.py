@@ -46,8 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Zero-pad the image channels inside D's first and G's last (transposed) convolution to a
   # multiple of this: 8 gives cuDNN's bfloat16 tensor-core kernels the channel counts they want
   # instead of letting them pad an RGB tensor with separate kernels. Same parameters and
-  # function (checkpoints carry over either way); 1 pads nothing. A GPU speed option: measure.
-  config.image_channel_multiple = 1
+  # function (checkpoints carry over either way); 1 pads nothing; 0 picks 8 for bfloat16 and 1
+  # for float32, the faster of each on an H200 (experiments/PERF.md, version 11).
+  config.image_channel_multiple = 0
 
   # --- Objective --------------------------------------------------------------------------------
   # 'non_saturating', 'minimax', 'hinge', 'least_squares' or 'wasserstein', or a name given to

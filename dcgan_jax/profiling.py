@@ -287,7 +287,7 @@ def summarise_trace(path: str, steps: int | None = None, top: int = 25,
   spans, threads_seen, arg_keys = [], collections.Counter(), collections.Counter()
   for e in device:
     args = e.get('args', {})
-    arg_keys.update(args)
+    arg_keys.update(args.keys())  # count key names; update(dict) would add its values
     threads_seen[thread.get((e['pid'], e.get('tid')), '')] += 1
     dur = float(e.get('dur', 0.0))
     kernels[e['name']][0] += 1

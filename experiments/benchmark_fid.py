@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import os
 import sys
 import time
@@ -76,25 +77,32 @@ def bench_extractor(variables, batch: int, images: np.ndarray, args) -> dict[str
   return common.time_method(run_steps, 1, args.repeats, 1)
 
 
-def parse_network_variants(text: str) -> dict[str, dict[str, Any]]:
-  """``'merged,pad4,merged+pad8'`` -> {name: {'merge_siblings': bool, 'input_channels': int}}.
+def default_form() -> dict[str, Any]:
+  """The network form ``InceptionExtractor`` uses by default (the ``dcgan_jax_device`` row)."""
+  params = inspect.signature(evaluation.InceptionExtractor.__init__).parameters
+  return {name: params[name].default for name in ('merge_siblings', 'input_channels')}
 
-  Each variant is '+'-joined parts: ``merged`` (sibling 1x1 convolutions as one) and ``padN``
-  (RGB input padded with zero channels to N).
+
+def parse_network_variants(text: str) -> dict[str, dict[str, Any]]:
+  """``'unmerged,pad4,merged+pad8'`` -> {name: {'merge_siblings': bool, 'input_channels': int}}.
+
+  Each variant is the extractor's default form (:func:`default_form`) changed by '+'-joined
+  parts: ``merged`` / ``unmerged`` (sibling 1x1 convolutions as one, or as written) and
+  ``padN`` (RGB input padded with zero channels to N).
   """
   variants = {}
   for name in filter(None, (part.strip() for part in text.split(','))):
-    form = {'merge_siblings': False, 'input_channels': 3}
+    form = default_form()
     for token in name.split('+'):
-      if token == 'merged':
-        form['merge_siblings'] = True
+      if token in ('merged', 'unmerged'):
+        form['merge_siblings'] = token == 'merged'
       elif (token.startswith('pad') and token[3:].isdigit()
             and 3 <= int(token[3:]) <= inception.MAX_INPUT_CHANNELS):
         form['input_channels'] = int(token[3:])
       else:
         raise UserError(f'Unknown network variant part {token!r} in {name!r}; valid parts: '
-                        f"'merged' and 'padN' (N in 3..{inception.MAX_INPUT_CHANNELS}), "
-                        "joined by '+', e.g. merged+pad4.")
+                        f"'merged', 'unmerged' and 'padN' (N in "
+                        f"3..{inception.MAX_INPUT_CHANNELS}), joined by '+', e.g. unmerged+pad4.")
     variants[name] = form
   return variants
 
@@ -248,9 +256,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help='also time the device-resident network without BatchNorm folded '
                            'into the convolutions (what folding gains)')
   parser.add_argument('--network_variants', default='',
-                      help="comma-separated network forms to also time on the device, each "
-                           "'+'-joined parts: merged (sibling 1x1 convolutions as one), padN "
-                           "(RGB input padded to N channels); e.g. merged,pad4,merged+pad4")
+                      help="comma-separated network forms to also time on the device: the "
+                           "extractor's default form changed by '+'-joined parts: merged / "
+                           "unmerged (sibling 1x1 convolutions as one, or as written), padN "
+                           "(RGB input padded to N channels); e.g. unmerged,pad4,unmerged+pad4")
   common.add_combine_flag(parser, 'network forms and XLA variants')
   parser.add_argument('--xla_variants', default='',
                       help='JSON {name: {xla_option: value}}: also time the device-resident '
@@ -289,7 +298,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if use_torch:
       add(dict(bench_torch(batch, images, args), method='torchvision'))
     add(dict(bench_extractor(variables, batch, images, args), method='dcgan_jax_extractor'))
-    add(dict(bench_device(variables, batch, images, args), method='dcgan_jax_device'))
+    add(dict(bench_device(variables, batch, images, args, **default_form()),
+             method='dcgan_jax_device', network=default_form()))
     if args.unfolded:
       add(dict(bench_device(variables, batch, images, args, fold=False),
                method='dcgan_jax_device[unfolded]'))

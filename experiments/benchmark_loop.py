@@ -174,7 +174,8 @@ def _time_dispatch(config, args, images: np.ndarray, mode: str,
   step = parallel.DataParallelStep(models.generator_from_config(config),
                                    models.discriminator_from_config(config),
                                    train_step_lib.StepConfig.from_config(config),
-                                   compiler_options=compiler_options)
+                                   compiler_options=('auto' if compiler_options is None
+                                                     else compiler_options))
   sampler = data.DeviceResidentSampler(images, args.batch, 0, mesh=step.mesh)
   key = jax.random.key(1)
   holder = {'state': step.place_state(train.create_train_state(

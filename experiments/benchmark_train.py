@@ -243,7 +243,8 @@ def make_step(batch: int, dtype: str, image_size: int, width: int,
   """Our DataParallelStep (jit of shard_map over all devices, donated state) with its placed
   initial state and one placed batch of random uint8 images: ``(step, state, images)``.
 
-  ``compiler_options``: XLA options for the step's program only (``--xla_variants``).
+  ``compiler_options``: XLA options for the step's program only (``--xla_variants``); None
+  means the library's default (``DataParallelStep(compiler_options='auto')``).
   ``model_options``: extra keyword arguments for both models (``--model_variants``), e.g.
   ``{"image_channel_multiple": 8}``; they must leave the parameters' shapes unchanged, as the
   initial state is shared.
@@ -253,8 +254,10 @@ def make_step(batch: int, dtype: str, image_size: int, width: int,
                                **(model_options or {}))
   discriminator = models.Discriminator(image_size=image_size, channels=3, width=width,
                                        dtype=dtype, **(model_options or {}))
-  step = parallel.DataParallelStep(generator, discriminator, train_step_lib.StepConfig(),
-                                   compiler_options=compiler_options)
+  # None: the library's default ('auto': e.g. CUDA graphs with convolutions on NVIDIA GPUs).
+  step = parallel.DataParallelStep(
+      generator, discriminator, train_step_lib.StepConfig(),
+      compiler_options='auto' if compiler_options is None else compiler_options)
   state = step.place_state(_initial_state(image_size, width))
   images = np.random.default_rng(0).integers(
       0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
@@ -598,7 +601,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       'settings': {'image_size': args.image_size, 'width': args.width, 'channels': 3,
                    'latent_dim': LATENT_DIM, 'steps': args.steps, 'repeats': args.repeats,
                    'warmup': args.warmup, 'tiny': args.tiny, 'upsample': 'transpose',
-                   'data': 'device-resident random images'},
+                   'data': 'device-resident random images',
+                   # What the plain 'dcgan_jax' rows compiled with (the library's default).
+                   'default_compiler_options': parallel.default_compiler_options(jax.devices())},
       'flop_model': {'flops_per_image_step': flops,
                      'formula': '2 * MACs * (3*G_fwd + 9*D_fwd), reference loop work',
                      'generator_macs': generator_macs(args.image_size, args.width),

@@ -31,23 +31,26 @@ run() {  # run SECONDS CMD...: one part under a timeout, output to the log and t
   echo "=== exit ${PIPESTATUS[0]}" | tee -a "$log"
 }
 # XLA option sets tried beside the defaults (same process, same anchor), most promising first
-# (a part cut off by its timeout keeps the rows it measured):
-#   conv_graphs(1): cuDNN convolution thunks recorded into XLA's CUDA graphs too (command buffer
-#     type CONVOLUTION, not in XLA's default set): the v2 profile's ~0.6 ms/step of launch gaps
-#     come from the convolutions splitting the graphs into ~19 pieces; "1": graphs of any size.
-#   conv_fusion(_graph1): convolutions as cuDNN fusions (graphable as CUDNN commands).
-#   graph1: CUDA graphs for every region of >= 1 kernel. runtime_fusion: cuDNN runtime fusion
-#   (convolutions with their elementwise epilogues, e.g. D's LeakyReLU). no_graphs: what the
-#   default graphs gain. An option this jaxlib does not know fails alone, as a row with its error.
+# (a part cut off by its timeout keeps the rows it measured). Since version 11 the step's
+# default on CUDA ('auto', parallel.CUDA_COMPILER_OPTIONS) is conv_graphs: cuDNN convolution
+# thunks recorded into XLA's CUDA graphs too (command buffer type CONVOLUTION).
+#   conv_graphs: the same set spelt out (the default's row again: run-to-run spread).
+#   xla_graphs: XLA's own default set (what the default gains). conv_graphs1: with graphs of
+#   any size. conv_while: with the fused loop's while/conditional recorded too.
+#   conv_fusion: convolutions as cuDNN fusions. no_graphs: without CUDA graphs.
+#   An option this jaxlib does not know fails alone, as a row with its error.
 cmd_conv="FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONVOLUTION"
-step_variants='{"conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "conv_graphs1": {"xla_gpu_enable_command_buffer": "'$cmd_conv'", "xla_gpu_graph_min_graph_size": 1}, "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": true}, "graph1": {"xla_gpu_graph_min_graph_size": 1}, "runtime_fusion": {"xla_gpu_use_runtime_fusion": true}, "conv_fusion_graph1": {"xla_gpu_experimental_enable_conv_fusion": true, "xla_gpu_graph_min_graph_size": 1}, "no_graphs": {"xla_gpu_enable_command_buffer": ""}}'
-inc_variants='{"conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "conv_graphs1": {"xla_gpu_enable_command_buffer": "'$cmd_conv'", "xla_gpu_graph_min_graph_size": 1}, "graph1": {"xla_gpu_graph_min_graph_size": 1}, "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": true}}'
-# Inception forms tried beside the default (same features): sibling 1x1 convolutions of each
-# block as one (19 fewer launches at 17x17 and 8x8), RGB input padded to 4 or 8 channels.
-inc_network='merged,pad4,merged+pad4,merged+pad8'
-# Model options tried the same way: RGB channels padded to 8 inside the image convolutions.
-model_variants='{"pad8": {"image_channel_multiple": 8}}'
-loop_variants='{"conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "while_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv',WHILE,CONDITIONAL"}}'
+cmd_xla="FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"
+step_variants='{"conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "xla_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_xla'"}, "conv_graphs1": {"xla_gpu_enable_command_buffer": "'$cmd_conv'", "xla_gpu_graph_min_graph_size": 1}, "conv_while": {"xla_gpu_enable_command_buffer": "'$cmd_conv',WHILE,CONDITIONAL"}, "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": true}, "no_graphs": {"xla_gpu_enable_command_buffer": ""}}'
+# The Inception program: conv_graphs gained 1.4% (0.2% on the merged form) in version 11.
+inc_variants='{"conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "conv_graphs1": {"xla_gpu_enable_command_buffer": "'$cmd_conv'", "xla_gpu_graph_min_graph_size": 1}}'
+# Inception forms tried beside the default (merged sibling 1x1 convolutions since version 11):
+# as written (unmerged), RGB input padded to 4 or 8 channels.
+inc_network='unmerged,pad4,pad8'
+# Model options tried the same way: the default pads RGB to 8 in bfloat16 (version 11);
+# pad1 is the unpadded form, i.e. what that gains.
+model_variants='{"pad1": {"image_channel_multiple": 1}}'
+loop_variants='{"conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "conv_while": {"xla_gpu_enable_command_buffer": "'$cmd_conv',WHILE,CONDITIONAL"}}'
 parts="${PARTS:-train profile fid profinc loop loopN profloop xla profpad fidx ckpt baseline}"  # Which parts, in order (PARTS=... to pick).
 for part in $parts; do
   case $part in

@@ -57,7 +57,7 @@ def _trace(compiled, run_steps, name: str, args) -> dict[str, Any]:
 def profile(dtype: str, args) -> dict[str, Any]:
   """Compiles, warms up, dumps HLO, traces ``args.steps`` steps; returns the summary."""
   model_options = ({'image_channel_multiple': args.image_channel_multiple}
-                   if args.image_channel_multiple > 1 else None)
+                   if args.image_channel_multiple else None)
   step, state, batch = common.make_step(args.batch, dtype, args.image_size, args.width,
                                         model_options=model_options)
   compiled = step._step.lower(state, batch, jax.random.key(1)).compile()  # pylint: disable=protected-access
@@ -124,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--model', default='step', choices=('step', 'inception'),
                       help="'step': the train step per dtype; 'inception': the FID feature "
                            'network (pass --batch 50 for pytorch-fid\'s batch)')
-  parser.add_argument('--image_channel_multiple', type=int, default=1,
+  parser.add_argument('--image_channel_multiple', type=int, default=0,
                       help='step models with image channels padded to this multiple (8: the '
-                           'tensor-core option; 1: none)')
+                           'tensor-core option; 1: none; 0: the models\' default, 8 for '
+                           'bfloat16 and 1 for float32)')
   parser.add_argument('--tiny', action='store_true', help='CPU smoke run: image 16, width 8')
   args = parser.parse_args(argv)
   if args.tiny:
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
   for dtype in [d for d in args.dtypes.split(',') if d]:
     summary = profile(dtype, args)
     print_summary(summary)
-    suffix = f'_pad{args.image_channel_multiple}' if args.image_channel_multiple > 1 else ''
+    suffix = f'_pad{args.image_channel_multiple}' if args.image_channel_multiple else ''
     with open(os.path.join(args.out_dir, f'profile_{dtype}{suffix}.json'), 'w') as f:
       json.dump(summary, f, indent=1)
   return 0

@@ -182,16 +182,18 @@ def test_benchmark_fid_tiny(tmp_path):
   record, stdout = _run('benchmark_fid', tmp_path, '--batch_sizes', '2', '--num_images', '2',
                         '--repeats', '1', '--fid_n', '4', '--fid_batch', '2',
                         '--xla_variants', json.dumps(variants),
-                        '--network_variants', 'merged+pad4', '--combine', 'always')
+                        '--network_variants', 'unmerged+pad4', '--combine', 'always')
   _check_environment(record)
   assert record['table'] in stdout and 'FID-4' in stdout
   rows = {r['method']: r for r in record['rows']}
   assert {'dcgan_jax_extractor', 'dcgan_jax_device', 'dcgan_jax_device[graph1]',
-          'dcgan_jax_device[unfolded]', 'dcgan_jax_device[merged+pad4]'} <= set(rows)
-  assert rows['dcgan_jax_device[merged+pad4]']['network'] == {'merge_siblings': True,
+          'dcgan_jax_device[unfolded]', 'dcgan_jax_device[unmerged+pad4]'} <= set(rows)
+  # The plain row is the extractor's default form; a variant changes it.
+  assert rows['dcgan_jax_device']['network'] == {'merge_siblings': True, 'input_channels': 3}
+  assert rows['dcgan_jax_device[unmerged+pad4]']['network'] == {'merge_siblings': False,
                                                                'input_channels': 4}
-  both = rows['dcgan_jax_device[merged+pad4+graph1]']  # The failed 'bad' is never chosen.
-  assert both['network']['merge_siblings'] and both['compiler_options'] == variants['graph1']
+  both = rows['dcgan_jax_device[unmerged+pad4+graph1]']  # The failed 'bad' is never chosen.
+  assert not both['network']['merge_siblings'] and both['compiler_options'] == variants['graph1']
   # An option set XLA refuses is recorded with its error; the run goes on.
   assert 'No such compile option' in rows.pop('dcgan_jax_device[bad]')['error']
   assert rows['dcgan_jax_device[graph1]']['compiler_options'] == variants['graph1']
@@ -308,11 +310,14 @@ def test_gpu_session_variants_parse_and_xla_knows_every_option():
   """A misspelt option or enum value would only show on the GPU machine, as a wasted row:
   XLA validates GPU option names and values on any backend, so compile each set here."""
   variants = _session_variants()
-  assert set(benchmark_train.parse_model_variants(variants['model_variants'])) == {'pad8'}
+  assert set(benchmark_train.parse_model_variants(variants['model_variants'])) == {'pad1'}
   network = benchmark_fid.parse_network_variants(variants['inc_network'])
-  assert network['merged+pad4'] == {'merge_siblings': True, 'input_channels': 4}
-  assert {'merged', 'pad4'} <= set(network)
-  with pytest.raises(UserError, match="valid parts: 'merged' and 'padN'"):
+  # Variants change the extractor's default form (merged siblings, RGB as is).
+  assert network['unmerged'] == {'merge_siblings': False, 'input_channels': 3}
+  assert network['pad4'] == {'merge_siblings': True, 'input_channels': 4}
+  assert benchmark_fid.parse_network_variants('unmerged+pad8')['unmerged+pad8'] == {
+      'merge_siblings': False, 'input_channels': 8}
+  with pytest.raises(UserError, match="valid parts: 'merged', 'unmerged' and 'padN'"):
     benchmark_fid.parse_network_variants('merged+pad2')
   xla_sets = {}
   for name in ('step_variants', 'inc_variants', 'loop_variants'):

@@ -111,12 +111,15 @@ def _cheap_network(variables, images, precision):
 
 def test_extractor_forms_and_compiler_options(monkeypatch):
   variables = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), inception.variable_shapes())
-  plain = evaluation.InceptionExtractor(variables, batch_size=8)
-  fast = evaluation.InceptionExtractor(variables, batch_size=8, merge_siblings=True,
-                                       input_channels=4)
+  plain = evaluation.InceptionExtractor(variables, batch_size=8, merge_siblings=False)
+  fast = evaluation.InceptionExtractor(variables, batch_size=8, input_channels=4)
+  default = evaluation.InceptionExtractor(variables, batch_size=8)
   # pylint: disable=protected-access
   assert extractor_lib.network_for(plain._variables, 'default') == inception.FIDInceptionV3(
       folded=True)
+  # Merged sibling convolutions by default (the faster form on GPUs, same features).
+  assert extractor_lib.network_for(default._variables, 'default') == inception.FIDInceptionV3(
+      folded=True, merged=True)
   assert extractor_lib.network_for(fast._variables, 'default') == inception.FIDInceptionV3(
       folded=True, merged=True, input_channels=4)
   # pylint: enable=protected-access

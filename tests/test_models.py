@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dcgan_jax import Discriminator, Generator, UserError, count_params, models
+from dcgan_jax.models import resolve_channel_multiple
 
 
 def _init(module, x):
@@ -287,8 +288,9 @@ def test_image_channel_padding_keeps_parameters_and_function(dtype):
   """image_channel_multiple=8 pads D's input and G's output channels inside the first and last
   convolutions: same parameter tree (so checkpoints carry over), same images, logits and
   gradients, and the padded convolutions really see 8 channels."""
-  g1 = Generator(image_size=16, channels=3, latent_dim=8, width=16, dtype=dtype)
-  d1 = Discriminator(image_size=16, channels=3, width=16, dtype=dtype)
+  g1 = Generator(image_size=16, channels=3, latent_dim=8, width=16, dtype=dtype,
+                 image_channel_multiple=1)
+  d1 = Discriminator(image_size=16, channels=3, width=16, dtype=dtype, image_channel_multiple=1)
   g8, d8 = g1.clone(image_channel_multiple=8), d1.clone(image_channel_multiple=8)
   z = jax.random.normal(jax.random.key(1), (4, 8))
   g_vars = _init(g1, z)
@@ -355,8 +357,23 @@ def test_whole_map_conv_is_the_valid_conv_it_replaces(dtype):
 
 
 def test_image_channel_multiple_rejects_bad_values():
-  for bad in (0, -8, 2.5, '8', True):
-    with pytest.raises(UserError, match='image_channel_multiple must be a positive integer'):
+  for bad in (-1, -8, 2.5, '8', True):
+    with pytest.raises(UserError, match='image_channel_multiple must be a non-negative integer'):
       Generator(image_channel_multiple=bad)
-    with pytest.raises(UserError, match='image_channel_multiple must be a positive integer'):
+    with pytest.raises(UserError, match='image_channel_multiple must be a non-negative integer'):
       Discriminator(image_channel_multiple=bad)
+
+
+@pytest.mark.parametrize('dtype, expected', [('float32', 1), ('bfloat16', 8)])
+def test_image_channel_multiple_auto_pads_bfloat16_only(dtype, expected):
+  """0 (the default) pads the image channels to 8 in bfloat16 and not in float32; an explicit
+  value wins over the dtype."""
+  assert resolve_channel_multiple(0, dtype) == expected
+  assert resolve_channel_multiple(1, 'bfloat16') == 1 and resolve_channel_multiple(8, 'float32') == 8
+  g = Generator(image_size=16, channels=3, latent_dim=8, width=16, dtype=dtype)
+  d = Discriminator(image_size=16, channels=3, width=16, dtype=dtype)
+  z, images = jnp.zeros((2, 8)), jnp.zeros((2, 16, 16, 3))
+  text = str(jax.make_jaxpr(lambda gv, dv: (g.apply(gv, z, train=False),
+                                            d.apply(dv, images, train=False)))(
+      _shapes(g, z), _shapes(d, images)))
+  assert ('16,16,8]' in text) == (expected == 8)

@@ -150,8 +150,11 @@ def test_summary_sums_device_time_per_kernel_and_per_jax_operation(tmp_path):
        'args': {'name': 'Stream #7(Compute)'}},
       {'ph': 'M', 'pid': 9, 'name': 'process_name', 'args': {'name': '/host:CPU'}},
   ]
-  on_gpu = lambda ts, dur, name, op: {'ph': 'X', 'pid': 1, 'tid': 7, 'ts': ts, 'dur': dur,
-                                      'name': name, 'args': {'hlo_op': op}}
+  # Real GPU traces mix integer and string arguments, and not every event has the same ones.
+  on_gpu = lambda ts, dur, name, op: {
+      'ph': 'X', 'pid': 1, 'tid': 7, 'ts': ts, 'dur': dur, 'name': name,
+      'args': ({'correlation_id': 5, 'hlo_op': op} if name == 'wgrad'
+               else {'hlo_op': op, 'kernel_details': 'registers: 16'})}
   events = meta + [  # Two steps: a 10 us conv kernel overlapping a 4 us fusion, then 6 us apart.
       on_gpu(0.0, 10.0, 'wgrad', 'cudnn-conv.3'), on_gpu(8.0, 4.0, 'loop_add', 'fusion.1'),
       on_gpu(20.0, 10.0, 'wgrad', 'cudnn-conv.3'), on_gpu(36.0, 4.0, 'loop_add', 'fusion.1'),
@@ -167,7 +170,8 @@ def test_summary_sums_device_time_per_kernel_and_per_jax_operation(tmp_path):
   assert summary['kernel_ms_per_step'] == pytest.approx(0.014)
   assert summary['busy_ms_per_step'] == pytest.approx((12 + 10 + 4) / 2 / 1e3)
   assert summary['wall_ms_per_step'] == pytest.approx(50 / 2 / 1e3)
-  assert summary['device_processes'] == ['/device:GPU:0'] and summary['event_args'] == ['hlo_op']
+  assert summary['device_processes'] == ['/device:GPU:0'] and summary['event_args'] == [
+      'correlation_id', 'hlo_op', 'kernel_details']
   top = {row['name']: row for row in summary['top_ops']}
   assert top['transpose(jvp(Discriminator))/Conv_1/conv_general_dilated']['ms_per_step'] == (
       pytest.approx(0.010))

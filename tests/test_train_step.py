@@ -1,10 +1,14 @@
 """The GAN step: one device == shard_map == pmap (8 CPU devices), bf16, options, bad batches."""
+import logging
+import types
+
 import jax
 import numpy as np
 import pytest
 
 from dcgan_jax import (DataParallelStep, Discriminator, Generator, StepConfig, UserError,
-                       create_gan_state, losses, make_train_step, register_loss)
+                       create_gan_state, losses, make_train_step, parallel, register_loss)
+from dcgan_jax.parallel import CUDA_COMPILER_OPTIONS, default_compiler_options
 
 G = Generator(image_size=16, channels=3, latent_dim=16, width=8)
 D = Discriminator(image_size=16, channels=3, width=8)
@@ -177,3 +181,35 @@ def test_compiler_options_reach_the_step_program(initial_state):
     bad(bad.place_state(initial_state), bad.place_batch(images), rng)
   with pytest.raises(UserError, match="compiler_options need parallelism='shard_map'"):
     DataParallelStep(G, D, parallelism='pmap', compiler_options={'xla_gpu_graph_min_graph_size': 1})
+
+
+def _fake_device(platform, version):
+  return types.SimpleNamespace(platform=platform,
+                               client=types.SimpleNamespace(platform_version=version))
+
+
+def test_auto_compiler_options_follow_the_platform(initial_state, monkeypatch, caplog):
+  """'auto' means the CUDA command-buffer options on NVIDIA GPUs only; an option this jaxlib
+  rejects falls back to none with a warning; the CUDA set leaves the step's results as they are."""
+  assert DataParallelStep(G, D).compiler_options == {}  # CPU here.
+  assert DataParallelStep(G, D, parallelism='pmap').compiler_options == {}
+  assert default_compiler_options([_fake_device('gpu', 'CUDA 13.0')]) == CUDA_COMPILER_OPTIONS
+  assert default_compiler_options([_fake_device('gpu', 'rocm 6.2')]) == {}
+  assert default_compiler_options([_fake_device('tpu', 'TPU v5')]) == {}
+  with pytest.raises(UserError, match="compiler_options must be 'auto'"):
+    DataParallelStep(G, D, compiler_options='fast')
+  # The CUDA set parses on any backend (a GPU-only option); on CPU it changes nothing.
+  images, rng = _images(), jax.random.key(1)
+  plain = DataParallelStep(G, D, compiler_options=None)
+  cuda = DataParallelStep(G, D, compiler_options=CUDA_COMPILER_OPTIONS)
+  ref = plain.host_state(plain(plain.place_state(initial_state), plain.place_batch(images),
+                               rng)[0])
+  got = cuda.host_state(cuda(cuda.place_state(initial_state), cuda.place_batch(images), rng)[0])
+  for ours, want in zip(_leaves(got), _leaves(ref)):
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(want))
+  # A jaxlib that does not know a command type: no options, not a step that cannot compile.
+  monkeypatch.setattr(parallel, 'CUDA_COMPILER_OPTIONS',
+                      {'xla_gpu_enable_command_buffer': 'FUSION,NO_SUCH_COMMAND'})
+  with caplog.at_level(logging.WARNING):
+    assert default_compiler_options([_fake_device('gpu', 'cuda 12.8')]) == {}
+  assert 'NO_SUCH_COMMAND' in caplog.text and 'compiling without them' in caplog.text
