@@ -896,7 +896,9 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
         })
         writer.write_scalars(done, scalars)
         collection = collection_cls.empty()
-        last_log_time, last_log_step = time.monotonic(), done
+        # The next window starts where this one ended, so the windows tile the run's time
+        # (the writes above count in the next one) and steps_per_sec is the loop's real rate.
+        last_log_time, last_log_step = now, done
       # Checked on every process at every step (multi-process runs agree on the step through
       # JAX's preemption service), after the log of ``done`` so that a resumed run's curve has
       # no hole; the hooks due here are skipped: a grace period is short.

@@ -122,6 +122,23 @@ def make_config(args, dataset_path: str, data_dir: str, num_steps: int):
   return config
 
 
+def in_run_windows(workdir: str, batch: int) -> dict[str, Any]:
+  """The loop's own rate, from the ``img_per_sec`` it logged (one value per log window).
+
+  The windows tile the run from the first log to the last (everything between two logs counts:
+  steps, metrics, logging, periodic checkpoints), so the windows after the first, which holds
+  compilation and set-up, give the steady-state rate of one run, free of the fixed costs that
+  make the difference of two runs noisy.
+  """
+  from dcgan_jax import run_logs  # pylint: disable=g-import-not-at-top
+  steps, img_per_sec = run_logs.read_scalars(workdir)['img_per_sec']
+  lengths = np.diff(steps)  # Window i + 1 covers steps[i] .. steps[i + 1].
+  seconds = lengths * batch / img_per_sec[1:]
+  return {'steps': int(lengths.sum()), 'seconds': float(seconds.sum()),
+          'windows': len(lengths), 'first_step': int(steps[0]) if len(steps) else None,
+          'ms_per_step_by_window': (seconds / lengths * 1e3).tolist()}
+
+
 def step_only(config, args) -> dict[str, Any]:
   """The loop's own step (same config, EMA included) on one device-resident batch."""
   from dcgan_jax import models, parallel  # pylint: disable=g-import-not-at-top
@@ -301,6 +318,7 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
   periodic_s = sum(saves[args.long_steps][:-1]) - sum(saves[args.short_steps][:-1])
   # On a noisy machine the fixed costs can vary by more than the extra steps take.
   loop_ips = extra * args.batch / delta if delta > 0 else float('nan')
+  windows = in_run_windows(os.path.join(root, f'run_2_{args.long_steps}'), args.batch)
   step = step_only(make_config(args, folder, data_dir, args.long_steps), args)
   rows = []
 
@@ -310,6 +328,9 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
     common.report_progress(args, 'train_loop', rows)
 
   # The headline rows first: a time limit that ends the dispatch modes below leaves them.
+  if windows['seconds'] > 0:
+    window_ips = windows['steps'] * args.batch / windows['seconds']
+    add('loop (in-run windows)', window_ips, args.batch / window_ips * 1e3)
   add('loop (steady state)', loop_ips, args.batch / loop_ips * 1e3)
   add('loop (end to end)', args.long_steps * args.batch / wall[args.long_steps],
       wall[args.long_steps] / args.long_steps * 1e3)
@@ -343,6 +364,9 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
           extra * args.batch / (delta - checkpoint_s) / step['img_per_s']
           if delta > checkpoint_s else None),
       'rows': rows,
+      'in_run_windows': windows,
+      'loop_vs_step_in_run': (windows['steps'] * args.batch / windows['seconds'] / step['img_per_s']
+                              if windows['seconds'] > 0 else None),
       'loop_vs_step': loop_ips / step['img_per_s'] if delta > 0 else None,
       'step_only': step,
       'dispatch_modes': modes,

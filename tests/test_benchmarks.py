@@ -223,6 +223,11 @@ def test_benchmark_loop_tiny_without_tensorflow(tmp_path):
   saves = record['checkpoint_saves_s']
   assert len(saves['2']) == 1 and len(saves['12']) == 3 and min(saves['12']) > 0
   assert record['periodic_checkpoint_ms_per_step'] > 0
+  # The loop's own rate: its log windows after the first (logs every 2 steps up to 12).
+  windows = record['in_run_windows']
+  assert windows['steps'] == 10 and windows['windows'] == 5 and windows['seconds'] > 0
+  assert len(windows['ms_per_step_by_window']) == 5 and record['loop_vs_step_in_run'] > 0
+  assert 'loop (in-run windows)' in record['table']
   # Both dispatch modes of the loop's per-step work were timed on the same images, and the
   # fused one again compiled with the variant's XLA options (GPU options: fine on CPU).
   assert set(record['dispatch_modes']) == {'per_step', 'one_program', 'fused',
