@@ -59,7 +59,8 @@ def default_compiler_options(devices: Sequence[jax.Device]) -> dict[str, Any]:
   of a step that fails to compile.
   """
   device = devices[0]
-  if device.platform != 'gpu' or 'cuda' not in device.client.platform_version.lower():
+  # jax names both CUDA and ROCm backends 'gpu'; only ROCm says so in its version string.
+  if device.platform != 'gpu' or 'rocm' in device.client.platform_version.lower():
     return {}
   error = _options_compile(tuple(sorted(CUDA_COMPILER_OPTIONS.items())))
   if error is not None:

@@ -194,6 +194,8 @@ def test_auto_compiler_options_follow_the_platform(initial_state, monkeypatch, c
   assert DataParallelStep(G, D).compiler_options == {}  # CPU here.
   assert DataParallelStep(G, D, parallelism='pmap').compiler_options == {}
   assert default_compiler_options([_fake_device('gpu', 'CUDA 13.0')]) == CUDA_COMPILER_OPTIONS
+  assert default_compiler_options([_fake_device('gpu', 'PJRT C API\ncuda 13000')]) == (
+      CUDA_COMPILER_OPTIONS)
   assert default_compiler_options([_fake_device('gpu', 'rocm 6.2')]) == {}
   assert default_compiler_options([_fake_device('tpu', 'TPU v5')]) == {}
   with pytest.raises(UserError, match="compiler_options must be 'auto'"):
