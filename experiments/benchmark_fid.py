@@ -298,8 +298,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if use_torch:
       add(dict(bench_torch(batch, images, args), method='torchvision'))
     add(dict(bench_extractor(variables, batch, images, args), method='dcgan_jax_extractor'))
-    add(dict(bench_device(variables, batch, images, args, **default_form()),
-             method='dcgan_jax_device', network=default_form()))
+    form = default_form()
+    add(dict(bench_device(variables, batch, images, args, **form), method='dcgan_jax_device',
+             network=form))
     if args.unfolded:
       add(dict(bench_device(variables, batch, images, args, fold=False),
                method='dcgan_jax_device[unfolded]'))

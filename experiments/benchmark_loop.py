@@ -134,7 +134,9 @@ def in_run_windows(workdir: str, batch: int) -> dict[str, Any]:
   steps, img_per_sec = run_logs.read_scalars(workdir)['img_per_sec']
   lengths = np.diff(steps)  # Window i + 1 covers steps[i] .. steps[i + 1].
   seconds = lengths * batch / img_per_sec[1:]
-  return {'steps': int(lengths.sum()), 'seconds': float(seconds.sum()),
+  total = float(seconds.sum())
+  return {'steps': int(lengths.sum()), 'seconds': total,
+          'img_per_s': float(lengths.sum()) * batch / total if total > 0 else None,
           'windows': len(lengths), 'first_step': int(steps[0]) if len(steps) else None,
           'ms_per_step_by_window': (seconds / lengths * 1e3).tolist()}
 
@@ -328,9 +330,8 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
     common.report_progress(args, 'train_loop', rows)
 
   # The headline rows first: a time limit that ends the dispatch modes below leaves them.
-  if windows['seconds'] > 0:
-    window_ips = windows['steps'] * args.batch / windows['seconds']
-    add('loop (in-run windows)', window_ips, args.batch / window_ips * 1e3)
+  if windows['img_per_s']:
+    add('loop (in-run windows)', windows['img_per_s'], args.batch / windows['img_per_s'] * 1e3)
   add('loop (steady state)', loop_ips, args.batch / loop_ips * 1e3)
   add('loop (end to end)', args.long_steps * args.batch / wall[args.long_steps],
       wall[args.long_steps] / args.long_steps * 1e3)
@@ -365,8 +366,8 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
           if delta > checkpoint_s else None),
       'rows': rows,
       'in_run_windows': windows,
-      'loop_vs_step_in_run': (windows['steps'] * args.batch / windows['seconds'] / step['img_per_s']
-                              if windows['seconds'] > 0 else None),
+      'loop_vs_step_in_run': (windows['img_per_s'] / step['img_per_s']
+                              if windows['img_per_s'] else None),
       'loop_vs_step': loop_ips / step['img_per_s'] if delta > 0 else None,
       'step_only': step,
       'dispatch_modes': modes,
