@@ -82,6 +82,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 500
   config.checkpoint_every_epochs = 0.0
   config.keep_checkpoints = 3
+  # Periodic checkpoints are saved by a worker thread from a device copy of the state, so
+  # training goes on meanwhile (the copy needs the state's size once more in device memory).
+  # Single-process shard_map runs only; pmap and multi-process runs save in the loop.
+  config.background_checkpoints = True
   config.sample_every_steps = 250
   config.sample_every_epochs = 0.0
   config.num_sample_images = 64  # Fixed noise batch of the sample grids (samples/step_*.png).

@@ -53,6 +53,7 @@ import ml_collections
 import numpy as np
 
 from dcgan_jax import animation
+from dcgan_jax import background_checkpoints
 from dcgan_jax import checkpointing
 from dcgan_jax.config_files import load_config  # pylint: disable=unused-import  # Public here too.
 from dcgan_jax import data
@@ -580,8 +581,12 @@ def _make_accumulate(collection_cls, pmap_layout: bool, jit: bool = True):
   return jax.jit(accumulate, donate_argnums=(0, 1)) if jit else accumulate
 
 
-def _check_finite(tracker: _NonFiniteTracker, checkpointer: checkpointing.Checkpointer) -> None:
-  """Raises NonFiniteLossError (naming the step and the kept checkpoint) if a loss blew up."""
+def _check_finite(tracker: _NonFiniteTracker, checkpointer) -> None:
+  """Raises NonFiniteLossError (naming the step and the kept checkpoint) if a loss blew up.
+
+  ``checkpointer``: a :class:`~dcgan_jax.checkpointing.Checkpointer` or a
+  :class:`~dcgan_jax.background_checkpoints.BackgroundCheckpointer`.
+  """
   bad_step = int(jax.device_get(tracker.step))
   if bad_step < 0:
     return
@@ -596,6 +601,24 @@ def _check_finite(tracker: _NonFiniteTracker, checkpointer: checkpointing.Checkp
 
 
 # ---- the program ----------------------------------------------------------------------------
+
+
+def _checkpoint(checkpointer: background_checkpoints.BackgroundCheckpointer, step: int,
+                state: state_lib.GANState, tracker: _NonFiniteTracker, train_key: jax.Array,
+                config: ml_collections.ConfigDict, step_fn: parallel.DataParallelStep) -> None:
+  """A periodic checkpoint of ``state`` at ``step``, unless a loss has become non-finite.
+
+  In the background (see :mod:`dcgan_jax.background_checkpoints`) this only dispatches a device
+  copy of the state and the tracker and returns; the worker waits for them, checks and saves.
+  """
+  if checkpointer.background:
+    state, tracker = background_checkpoints.device_copy((state, tracker))
+
+  def save(target: checkpointing.Checkpointer) -> None:
+    _check_finite(tracker, target)
+    _save(target, step, state, train_key, config, step_fn)
+
+  checkpointer.submit(save)
 
 
 def _save(checkpointer: checkpointing.Checkpointer, step: int, state: state_lib.GANState,
@@ -708,10 +731,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     best_checkpointer = (checkpointing.Checkpointer(os.path.join(workdir, BEST_FID_DIR),
                                                     max_to_keep=1)
                          if _fid_enabled(config, durations) else None)
+    # Periodic saves in a worker thread where that is safe (see background_checkpoints).
+    background = (bool(config.get('background_checkpoints', True))
+                  and jax.process_count() == 1 and step_fn.parallelism == 'shard_map')
     try:
-      return _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid_hook,
-                         checkpointer, writer, initial_state, state, train_key, start_step,
-                         best_checkpointer)
+      with background_checkpoints.BackgroundCheckpointer(checkpointer,
+                                                         background) as loop_checkpointer:
+        return _train_loop(config, workdir, durations, step_fn, sampler, image_sampler,
+                           fid_hook, loop_checkpointer, writer, initial_state, state, train_key,
+                           start_step, best_checkpointer)
     finally:
       if best_checkpointer is not None:
         best_checkpointer.close()
@@ -722,7 +750,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
 def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid_hook,
                 checkpointer, writer, initial_state, state, train_key,
                 start_step, best_checkpointer=None) -> state_lib.GANState:
-  """The loop itself (see :func:`train_and_evaluate`)."""
+  """The loop itself (see :func:`train_and_evaluate`); ``checkpointer`` is a
+  :class:`~dcgan_jax.background_checkpoints.BackgroundCheckpointer`."""
   from clu import parameter_overview  # pylint: disable=g-import-not-at-top
 
   is_chief = jax.process_index() == 0
@@ -840,6 +869,37 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
 
   profiler = profiling.StepProfiler.from_config(config, workdir, start_step, num_train_steps)
 
+  pending_log = None  # (step, metrics collection, tracker) of a log not yet written.
+
+  def write_log() -> None:
+    """Writes the pending log (if any): its scalars, rates and the non-finite check.
+
+    A log due after step ``s`` is written after step ``s + 1`` has been dispatched, or at once
+    where the loop is about to wait anyway (checkpoint, hooks, stop, end). Fetching the metrics
+    waits for step ``s``; with the next step already queued the device keeps working meanwhile,
+    where a fetch right after ``s`` would leave it idle until the next dispatch.
+    """
+    nonlocal pending_log, last_log_time, last_log_step
+    if pending_log is None:
+      return
+    (log_step, log_collection, log_tracker), pending_log = pending_log, None
+    checkpointer.raise_if_failed()  # A background save's error, as early as it is known.
+    _check_finite(log_tracker, checkpointer)
+    scalars = {k: float(v) for k, v in jax.device_get(log_collection.compute()).items()}
+    now = time.monotonic()  # Step log_step has finished (its metrics are here).
+    steps_per_sec = (log_step - last_log_step) / max(now - last_log_time, 1e-9)
+    scalars.update({
+        'g_learning_rate': float(g_schedule(log_step - 1)),
+        'd_learning_rate': float(d_schedule(log_step * d_steps - 1)),
+        'img_per_sec': steps_per_sec * batch_size,
+        'eta_seconds': (num_train_steps - log_step) / steps_per_sec,
+        'epoch': log_step / durations.steps_per_epoch,
+    })
+    writer.write_scalars(log_step, scalars)
+    # The next window starts where this one ended, so the windows tile the run's time (the
+    # writes above count in the next one) and steps_per_sec is the loop's real rate.
+    last_log_time, last_log_step = now, log_step
+
   def host_work_due(done: int) -> bool:
     """Whether the loop has anything to do after ``done`` steps (ends a fused chunk)."""
     return (is_due(done, durations.log_every_steps) or hooks_due(done)
@@ -882,28 +942,18 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
         profiler.after_dispatch(done, state)
         report_progress(done)
 
+      # The previous step's log, now that this step is queued behind it (see write_log).
+      write_log()
       if is_due(done, durations.log_every_steps, num_train_steps):
-        _check_finite(tracker, checkpointer)
-        now = time.monotonic()
-        steps_per_sec = (done - last_log_step) / max(now - last_log_time, 1e-9)
-        scalars = {k: float(v) for k, v in collection.compute().items()}
-        scalars.update({
-            'g_learning_rate': float(g_schedule(done - 1)),
-            'd_learning_rate': float(d_schedule(done * d_steps - 1)),
-            'img_per_sec': steps_per_sec * batch_size,
-            'eta_seconds': (num_train_steps - done) / steps_per_sec,
-            'epoch': done / durations.steps_per_epoch,
-        })
-        writer.write_scalars(done, scalars)
+        # The tracker goes on into the next steps, which donate it: keep a copy of this one.
+        pending_log = (done, collection, background_checkpoints.device_copy(tracker))
         collection = collection_cls.empty()
-        # The next window starts where this one ended, so the windows tile the run's time
-        # (the writes above count in the next one) and steps_per_sec is the loop's real rate.
-        last_log_time, last_log_step = now, done
       # Checked on every process at every step (multi-process runs agree on the step through
       # JAX's preemption service), after the log of ``done`` so that a resumed run's curve has
       # no hole; the hooks due here are skipped: a grace period is short.
       signum = stop_signals.requested(step, done) if done < num_train_steps else None
       if signum is not None:
+        write_log()
         _check_finite(tracker, checkpointer)
         writer.flush()
         _save(checkpointer, done, state, train_key, config, step_fn, force=True)
@@ -911,13 +961,14 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
         step = done
         raise preemption.TrainingStopped(signum, done, workdir)
       if is_due(done, durations.checkpoint_every_steps) and done < num_train_steps:
-        _check_finite(tracker, checkpointer)
         with report_progress.timed('checkpoint'):
           # The scalars of the steps this checkpoint keeps go to disk first: a run killed
           # later resumes after them and never logs them again (writers buffer).
+          write_log()
           writer.flush()
-          _save(checkpointer, done, state, train_key, config, step_fn)
+          _checkpoint(checkpointer, done, state, tracker, train_key, config, step_fn)
       if done < num_train_steps and hooks_due(done):
+        write_log()
         _check_finite(tracker, checkpointer)
         hooks(done, state, final=False)
         # Their scalars (FID, quality) belong to a step a resumed run does not evaluate again.
@@ -928,6 +979,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     profiler.close(step)
 
   # --- The end: a last checkpoint, samples and scores of the final state. -------------------
+  write_log()
   _check_finite(tracker, checkpointer)
   final_step = max(start_step, num_train_steps)
   if start_step >= num_train_steps:

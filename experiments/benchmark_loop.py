@@ -5,10 +5,14 @@ r"""Whole training loop vs step-only throughput on a prepared synthetic image fo
 
 Writes ``--num_images`` smooth random images (default 20,000 at 64x64) as one ``.npy`` file (the
 ``array`` dataset, read by numpy and kept on the devices: no TensorFlow needed) or, with
-``--dataset folder``, as PNGs prepared once through tensorflow-datasets; then runs :func:`dcgan_jax.train.train_and_evaluate` (input,
-metrics, logging, periodic checkpoints; no samples or quality hooks) for ``--short_steps`` and
-``--long_steps`` (after an untimed warm-up run). Fixed costs (compilation, setup, the final
-checkpoint) cancel in the difference, so the loop's steady-state rate is ``(long - short) · batch / (T_long - T_short)``.
+``--dataset folder``, as PNGs prepared once through tensorflow-datasets; then runs
+:func:`dcgan_jax.train.train_and_evaluate` (input, metrics, logging, periodic checkpoints; no
+samples or quality hooks) for ``--short_steps`` and ``--long_steps`` (after an untimed warm-up
+run). Fixed costs (compilation, setup, the final checkpoint) cancel in the difference, so the
+loop's steady-state rate is ``(long - short) · batch / (T_long - T_short)``; the loop's own log
+windows after the first give it from one run. One more run of ``--long_steps`` with the other
+checkpoint setting (``--background_checkpoints``: saves in a worker thread or in the loop) shows
+what the worker gains.
 Step-only img/s is the same config's :class:`DataParallelStep` on one device-resident batch.
 With the array dataset it also times the loop's per-step work (gather, rng, step, metrics)
 dispatched step by step and fused ``--fused_steps`` to a device program
@@ -27,6 +31,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable
 
@@ -45,23 +50,35 @@ FOLDER_MODULES = ('tensorflow', 'tensorflow_datasets', 'PIL')
 
 @contextlib.contextmanager
 def timed_saves():
-  """Records the wall time of every checkpoint save the loop makes (``train._save``, which
-  returns once the state is off the devices and orbax's synchronous part is done)."""
+  """Records how long each checkpoint save held the loop up: the wall time of every periodic
+  save (``train._checkpoint``, which with background checkpoints only dispatches a device copy
+  and hands it to the worker) and final save (``train._save``) that the loop's own thread made.
+  (Saves the worker makes do not hold the loop up, so they are not counted.)"""
   from dcgan_jax import train  # pylint: disable=g-import-not-at-top
-  original, times = train._save, []  # pylint: disable=protected-access
+  originals = {name: getattr(train, name) for name in ('_checkpoint', '_save')}
+  times, depth = [], [0]
 
-  def save(*args, **kwargs):
-    t0 = time.perf_counter()
-    try:
-      return original(*args, **kwargs)
-    finally:
-      times.append(time.perf_counter() - t0)
+  def timed(original):
+    def wrapper(*args, **kwargs):
+      if threading.current_thread() is not threading.main_thread():
+        return original(*args, **kwargs)
+      depth[0] += 1  # A periodic save in the loop calls _save inside _checkpoint: count once.
+      t0 = time.perf_counter()
+      try:
+        return original(*args, **kwargs)
+      finally:
+        depth[0] -= 1
+        if not depth[0]:
+          times.append(time.perf_counter() - t0)
+    return wrapper
 
-  train._save = save  # pylint: disable=protected-access
+  for name, original in originals.items():
+    setattr(train, name, timed(original))
   try:
     yield times
   finally:
-    train._save = original  # pylint: disable=protected-access
+    for name, original in originals.items():
+      setattr(train, name, original)
 
 
 def missing_training_modules(dataset: str = 'array') -> list[str]:
@@ -116,6 +133,7 @@ def make_config(args, dataset_path: str, data_dir: str, num_steps: int):
   config.num_train_steps = num_steps
   config.log_every_steps = args.log_every
   config.checkpoint_every_steps = args.checkpoint_every
+  config.background_checkpoints = bool(args.background_checkpoints)
   config.sample_every_steps = 0
   config.quality_every_steps = 0
   config.eval_every_steps = 0
@@ -242,6 +260,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--long_steps', type=int, default=1100)
   parser.add_argument('--log_every', type=int, default=100)
   parser.add_argument('--checkpoint_every', type=int, default=500)
+  parser.add_argument('--background_checkpoints', type=int, default=1, choices=(0, 1),
+                      help='1: periodic checkpoints saved by a worker thread (the default '
+                      'config); 0: saved in the loop. The other setting gets one more run, '
+                      'for its in-run windows')
   parser.add_argument('--device_resident', default='auto', help="'auto', 'always' or 'never'")
   parser.add_argument('--steps_per_dispatch', type=int, default=0,
                       help='steps per device program with device-resident data (1: one dispatch '
@@ -321,6 +343,16 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
   # On a noisy machine the fixed costs can vary by more than the extra steps take.
   loop_ips = extra * args.batch / delta if delta > 0 else float('nan')
   windows = in_run_windows(os.path.join(root, f'run_2_{args.long_steps}'), args.batch)
+  # One more run with the other checkpoint setting (worker thread vs in the loop), for what
+  # background saves gain in the same process, on the same images.
+  other_config = make_config(args, folder, data_dir, args.long_steps)
+  other_config.background_checkpoints = not args.background_checkpoints
+  other_dir = os.path.join(root, f'run_3_{args.long_steps}_other_saves')
+  with timed_saves() as other_saves:
+    train.train_and_evaluate(other_config, other_dir)
+  other_windows = in_run_windows(other_dir, args.batch)
+  other_label = ('loop (in-run windows, saves in a worker)' if other_config.background_checkpoints
+                 else 'loop (in-run windows, saves in the loop)')
   step = step_only(make_config(args, folder, data_dir, args.long_steps), args)
   rows = []
 
@@ -330,8 +362,9 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
     common.report_progress(args, 'train_loop', rows)
 
   # The headline rows first: a time limit that ends the dispatch modes below leaves them.
-  if windows['img_per_s']:
-    add('loop (in-run windows)', windows['img_per_s'], args.batch / windows['img_per_s'] * 1e3)
+  for label, result in (('loop (in-run windows)', windows), (other_label, other_windows)):
+    if result['img_per_s']:
+      add(label, result['img_per_s'], args.batch / result['img_per_s'] * 1e3)
   add('loop (steady state)', loop_ips, args.batch / loop_ips * 1e3)
   add('loop (end to end)', args.long_steps * args.batch / wall[args.long_steps],
       wall[args.long_steps] / args.long_steps * 1e3)
@@ -366,6 +399,11 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
           if delta > checkpoint_s else None),
       'rows': rows,
       'in_run_windows': windows,
+      'other_saves': {'background_checkpoints': bool(other_config.background_checkpoints),
+                      'in_run_windows': other_windows,
+                      'checkpoint_saves_s': list(other_saves),
+                      'loop_vs_step_in_run': (other_windows['img_per_s'] / step['img_per_s']
+                                              if other_windows['img_per_s'] else None)},
       'loop_vs_step_in_run': (windows['img_per_s'] / step['img_per_s']
                               if windows['img_per_s'] else None),
       'loop_vs_step': loop_ips / step['img_per_s'] if delta > 0 else None,

@@ -228,6 +228,13 @@ def test_benchmark_loop_tiny_without_tensorflow(tmp_path):
   assert windows['steps'] == 10 and windows['windows'] == 5 and windows['seconds'] > 0
   assert len(windows['ms_per_step_by_window']) == 5 and record['loop_vs_step_in_run'] > 0
   assert 'loop (in-run windows)' in record['table']
+  # The default saves in a worker: the loop waits only for the device copy's dispatch. The
+  # other setting's run (saves in the loop) gives its own windows.
+  other = record['other_saves']
+  assert record['settings']['background_checkpoints'] == 1
+  assert other['background_checkpoints'] is False and len(other['checkpoint_saves_s']) == 3
+  assert other['in_run_windows']['windows'] == 5 and other['loop_vs_step_in_run'] > 0
+  assert 'loop (in-run windows, saves in the loop)' in record['table']
   # Both dispatch modes of the loop's per-step work were timed on the same images, and the
   # fused one again compiled with the variant's XLA options (GPU options: fine on CPU).
   assert set(record['dispatch_modes']) == {'per_step', 'one_program', 'fused',
