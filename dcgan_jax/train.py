@@ -7,9 +7,11 @@ steps. With device-resident data and shard_map, each dispatch is one device prog
 gathers the batch, derives the step's key, trains and accumulates the metrics, for one step or
 (``steps_per_dispatch`` > 1) a chunk of steps that ends wherever the host has work
 (:mod:`dcgan_jax.step_loop`); otherwise (streamed input, pmap) the loop dispatches those four
-pieces step by step. Durations given in epochs are converted to steps in one place
-(:func:`resolve_durations`), and every periodic hook asks one helper whether it is due
-(:func:`is_due`).
+pieces step by step. The loop waits for the devices only where it must: each log is written
+once the next step is queued, and periodic checkpoints are saved from a device copy by a worker
+thread (:mod:`dcgan_jax.background_checkpoints`). Durations given in epochs are converted to
+steps in one place (:func:`resolve_durations`), and every periodic hook asks one helper whether
+it is due (:func:`is_due`).
 
 Exact resume: the batch of step ``i`` is a pure function of ``(seed, i)`` (device-resident
 sampler, or the tf.data stream restarted at ``i``), the step's random key is

@@ -99,7 +99,10 @@ def test_a_run_failing_inside_the_window_still_writes_its_trace(tfds_dir, tmp_pa
   poison_g_loss_at(monkeypatch, 3)
   config = tiny_config(tfds_dir, device_resident='always', num_train_steps=8,
                        checkpoint_every_steps=2, log_every_steps=8, sample_every_steps=0,
-                       profile_steps=6, profile_skip_steps=1)
+                       profile_steps=6, profile_skip_steps=1,
+                       # Checked in the loop, before the save at step 4 (a worker's check
+                       # would stop the loop at its next log or save, at a step of its own).
+                       background_checkpoints=False)
   with pytest.raises(train.NonFiniteLossError):  # Found at step 4, inside the window 2..7.
     train.train_and_evaluate(config, tmp_path)
   traces = _traces(tmp_path)
