@@ -416,6 +416,39 @@ def test_background_checkpoints_save_what_the_loop_would_have_saved(tfds_dir, tm
                              _tree_leaves(restored[True][3]['gan'].generator.params)))
 
 
+def test_training_goes_on_while_a_background_checkpoint_is_saved(tfds_dir, tmp_path,
+                                                                 monkeypatch):
+  """The save of step 2 is held until the loop has logged step 3: only a worker allows that."""
+  from dcgan_jax import checkpointing, writers  # pylint: disable=g-import-not-at-top
+  logged_3, waited = threading.Event(), []
+  create_writer, save = writers.create_writer, checkpointing.Checkpointer.save
+
+  def recording_writer(*args, **kwargs):
+    writer = create_writer(*args, **kwargs)
+    write_scalars = writer.write_scalars
+
+    def write(step, scalars):
+      if step >= 3:
+        logged_3.set()
+      return write_scalars(step, scalars)
+
+    writer.write_scalars = write
+    return writer
+
+  def held_save(checkpointer, step, *args, **kwargs):
+    if step == 2:
+      waited.append(logged_3.wait(timeout=120))
+    return save(checkpointer, step, *args, **kwargs)
+
+  monkeypatch.setattr(writers, 'create_writer', recording_writer)
+  monkeypatch.setattr(checkpointing.Checkpointer, 'save', held_save)
+  config = tiny_config(tfds_dir, num_train_steps=6, checkpoint_every_steps=2, log_every_steps=1,
+                       sample_every_steps=0)
+  assert int(train.train_and_evaluate(config, tmp_path).step) == 6
+  assert waited == [True]
+  assert _checkpoint_steps(tmp_path) == [2, 4, 6]
+
+
 # ---- failures -------------------------------------------------------------------------------
 
 
