@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 
@@ -248,15 +249,23 @@ def test_benchmark_checkpoint_tiny(tmp_path):
   record, stdout = _run('benchmark_checkpoint', tmp_path, '--repeats', '2')
   _check_environment(record)
   assert record['table'] in stdout
-  # Both methods saved the same arrays (read back with plain orbax), each timed twice.
+  # All methods saved the same arrays (read back with plain orbax), each timed twice.
   assert record['identical_arrays'] is True
   methods = [r['method'] for r in record['rows']]
-  assert methods == ['dcgan_jax Checkpointer', 'orbax StandardSave (copies)']
+  assert methods == ['dcgan_jax Checkpointer', 'orbax StandardSave (copies)',
+                     'dcgan_jax background save']
   for row in record['rows']:
     assert row['saves'] == 2 and 0 < row['min_ms'] <= row['median_ms'] <= row['max_ms']
   assert record['state']['values'] > 0
   assert record['speedup_vs_anchor'] == pytest.approx(
       record['rows'][1]['median_ms'] / record['rows'][0]['median_ms'])
+  # The loop's thread kept dispatching while the worker saved (two saves, counted apart).
+  dispatch = record['dispatch_during_background_save']
+  assert dispatch['alone']['per_s'] > 0 and len(dispatch['during_background_saves']) == 2
+  assert all(d['seconds'] > 0 for d in dispatch['during_background_saves'])
+  assert dispatch['ratio'] == pytest.approx(statistics.median(
+      d['per_s'] for d in dispatch['during_background_saves']) / dispatch['alone']['per_s'])
+  assert 'while the worker saves' in stdout
 
 
 def _run_profile_tiny(out_dir, *flags):
