@@ -40,6 +40,7 @@ writes together)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -583,6 +584,14 @@ def _make_accumulate(collection_cls, pmap_layout: bool, jit: bool = True):
   return jax.jit(accumulate, donate_argnums=(0, 1)) if jit else accumulate
 
 
+def _on_host_cpu():
+  """A context in which jnp computations run on the host's CPU device (where JAX has one)."""
+  try:
+    return jax.default_device(jax.local_devices(backend='cpu')[0])
+  except RuntimeError:  # JAX_PLATFORMS leaves the CPU out.
+    return contextlib.nullcontext()
+
+
 def _check_finite(tracker: _NonFiniteTracker, checkpointer) -> None:
   """Raises NonFiniteLossError (naming the step and the kept checkpoint) if a loss blew up.
 
@@ -886,13 +895,19 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       return
     (log_step, log_collection, log_tracker), pending_log = pending_log, None
     checkpointer.raise_if_failed()  # A background save's error, as early as it is known.
-    _check_finite(log_tracker, checkpointer)
-    scalars = {k: float(v) for k, v in jax.device_get(log_collection.compute()).items()}
+    # Fetch first and compute on the host: a device computation (the averages' division, a
+    # schedule's jnp ops) would queue behind the step just dispatched and wait for it too.
+    log_collection, log_tracker = jax.device_get((log_collection, log_tracker))
     now = time.monotonic()  # Step log_step has finished (its metrics are here).
+    _check_finite(log_tracker, checkpointer)
+    scalars = {k: float(v) for k, v in log_collection.compute().items()}  # numpy
     steps_per_sec = (log_step - last_log_step) / max(now - last_log_time, 1e-9)
+    with _on_host_cpu():
+      scalars.update({
+          'g_learning_rate': float(g_schedule(log_step - 1)),
+          'd_learning_rate': float(d_schedule(log_step * d_steps - 1)),
+      })
     scalars.update({
-        'g_learning_rate': float(g_schedule(log_step - 1)),
-        'd_learning_rate': float(d_schedule(log_step * d_steps - 1)),
         'img_per_sec': steps_per_sec * batch_size,
         'eta_seconds': (num_train_steps - log_step) / steps_per_sec,
         'epoch': log_step / durations.steps_per_epoch,

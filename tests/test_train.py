@@ -416,6 +416,22 @@ def test_background_checkpoints_save_what_the_loop_would_have_saved(tfds_dir, tm
                              _tree_leaves(restored[True][3]['gan'].generator.params)))
 
 
+def test_logged_learning_rates_follow_the_schedules(tfds_dir, tmp_path):
+  """Each log's rates are the schedules' values at its step (computed on the host's CPU)."""
+  config = tiny_config(tfds_dir, num_train_steps=6, log_every_steps=1, checkpoint_every_steps=0,
+                       sample_every_steps=0, lr_schedule='cosine', warmup_steps=2, d_steps=2)
+  train.train_and_evaluate(config, tmp_path)
+  scalars = run_logs.read_scalars(tmp_path)
+  g_schedule, d_schedule = train.make_schedules(config, 6)
+  for tag, values in (('g_learning_rate', [g_schedule(s - 1) for s in range(1, 7)]),
+                      ('d_learning_rate', [d_schedule(2 * s - 1) for s in range(1, 7)])):
+    steps, logged = scalars[tag]
+    assert list(steps) == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose(logged, np.asarray(values, np.float32), rtol=1e-6)
+  g = scalars['g_learning_rate'][1]
+  assert g[0] < g[1] < g[2] and g[2] > g[3] > g[4] > g[5]  # Warmup, then decay.
+
+
 def test_training_goes_on_while_a_background_checkpoint_is_saved(tfds_dir, tmp_path,
                                                                  monkeypatch):
   """The save of step 2 is held until the loop has logged step 3: only a worker allows that."""
