@@ -74,9 +74,13 @@ class BackgroundCheckpointer:
     if future is not None:
       future.result()
 
+  def idle(self) -> bool:
+    """Whether no save is running (one that has finished may still hold its error)."""
+    return self._future is None or self._future.done()
+
   def raise_if_failed(self) -> None:
     """Raises the error of a save that already failed, without waiting for one still running."""
-    if self._future is not None and self._future.done():
+    if self.idle():
       self.wait()
 
   # The Checkpointer's methods the loop uses, each after the save in flight.

@@ -164,8 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   during = []
   for step in range(args.repeats + 1, 2 * args.repeats + 1):
     savers[BACKGROUND].save(step, placed, step_fn)
-    future = worker._future  # pylint: disable=protected-access
-    during.append(dispatch_rate(until=lambda f=future: f is None or f.done()))
+    during.append(dispatch_rate(until=worker.idle))
     savers[BACKGROUND].wait_until_finished()
   for saver in savers.values():
     saver.close()
