@@ -354,6 +354,16 @@ class _Sampler:
               for start in range(0, z.shape[0], _GENERATE_CHUNK)]
     return np.concatenate(chunks)
 
+  def dispatch_generate(self, variables: dict[str, Any],
+                        z: np.ndarray | jax.Array) -> list[jax.Array]:
+    """Queues :meth:`generate`'s programs and returns their outputs (chunks) without waiting.
+
+    ``np.concatenate`` of the chunks gives :meth:`generate`'s images. The programs read
+    ``variables`` in queue order, so later steps may donate the state they came from.
+    """
+    return [self._apply(variables, z[start:start + _GENERATE_CHUNK])
+            for start in range(0, z.shape[0], _GENERATE_CHUNK)]
+
   def generate_uint8(self, variables: dict[str, Any], z: jax.Array) -> jax.Array:
     """Images ``uint8 [N, H, W, C]`` left on the device (quantised as ``evaluation.to_uint8``).
 
@@ -881,6 +891,38 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   profiler = profiling.StepProfiler.from_config(config, workdir, start_step, num_train_steps)
 
   pending_log = None  # (step, metrics collection, tracker) of a log not yet written.
+  pending_samples = None  # (step, image chunks, tracker) of a sample grid not yet written.
+  # A step where the sample grid is the only hook due queues the grid's generation and goes on;
+  # the grid is written where the loop waits anyway (the next log's fetch, a checkpoint, hooks,
+  # a stop, the end), instead of draining the device and encoding the PNG while it idles. One
+  # process only: the hooks of multi-process runs stay in step with the other processes.
+  defer_samples = jax.process_count() == 1
+
+  def write_samples() -> None:
+    """Writes the pending sample grid (if any), unless a loss had become non-finite by then."""
+    nonlocal pending_samples
+    if pending_samples is None:
+      return
+    (sample_step, chunks, sample_tracker), pending_samples = pending_samples, None
+    with report_progress.timed('samples'):
+      chunks, sample_tracker = jax.device_get((chunks, sample_tracker))
+      _check_finite(sample_tracker, checkpointer)  # As before a grid written at once.
+      write_sample_grid(workdir, sample_step, np.concatenate(chunks), writer,
+                        image_sampler.value_range)
+
+  def queue_samples(step: int, state: state_lib.GANState) -> None:
+    """Queues the generation of the sample grid of ``step`` (written by write_samples)."""
+    nonlocal pending_samples
+    write_samples()  # An earlier grid still pending (no log or checkpoint since).
+    chunks = image_sampler.dispatch_generate(image_sampler.variables(state), sample_latents)
+    # The next step donates the tracker: keep a copy of this one.
+    pending_samples = (step, chunks, background_checkpoints.device_copy(tracker))
+
+  def samples_only_due(step: int) -> bool:
+    """Whether the sample grid is the only hook due at ``step`` (so it can be deferred)."""
+    return (is_chief and defer_samples and is_due(step, durations.sample_every_steps)
+            and not (quality_hook is not None and is_due(step, durations.quality_every_steps))
+            and not (fid_hook is not None and is_due(step, durations.eval_every_steps)))
 
   def write_log() -> None:
     """Writes the pending log (if any): its scalars, rates and the non-finite check.
@@ -895,6 +937,10 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       return
     (log_step, log_collection, log_tracker), pending_log = pending_log, None
     checkpointer.raise_if_failed()  # A background save's error, as early as it is known.
+    if pending_samples is not None and pending_samples[0] < log_step:
+      # Its images were ready long ago; the fetch below waits for log_step, which the device
+      # is still working towards, so the PNG costs the loop nothing here.
+      write_samples()
     # Fetch first and compute on the host: a device computation (the averages' division, a
     # schedule's jnp ops) would queue behind the step just dispatched and wait for it too.
     log_collection, log_tracker = jax.device_get((log_collection, log_tracker))
@@ -970,6 +1016,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       # no hole; the hooks due here are skipped: a grace period is short.
       signum = stop_signals.requested(step, done) if done < num_train_steps else None
       if signum is not None:
+        write_samples()
         write_log()
         _check_finite(tracker, checkpointer)
         writer.flush()
@@ -981,21 +1028,27 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
         with report_progress.timed('checkpoint'):
           # The scalars of the steps this checkpoint keeps go to disk first: a run killed
           # later resumes after them and never logs them again (writers buffer).
+          write_samples()
           write_log()
           writer.flush()
           _checkpoint(checkpointer, done, state, tracker, train_key, config, step_fn)
       if done < num_train_steps and hooks_due(done):
-        write_log()
-        _check_finite(tracker, checkpointer)
-        hooks(done, state, final=False)
-        # Their scalars (FID, quality) belong to a step a resumed run does not evaluate again.
-        writer.flush()
+        if samples_only_due(done):
+          queue_samples(done, state)
+        else:
+          write_samples()
+          write_log()
+          _check_finite(tracker, checkpointer)
+          hooks(done, state, final=False)
+          # Their scalars (FID, quality) belong to a step a resumed run does not evaluate again.
+          writer.flush()
       step = done
   finally:  # A trace still on here (training failed or stopped) is stopped and written.
     stop_signals.restore()
     profiler.close(step)
 
   # --- The end: a last checkpoint, samples and scores of the final state. -------------------
+  write_samples()
   write_log()
   _check_finite(tracker, checkpointer)
   final_step = max(start_step, num_train_steps)

@@ -6,8 +6,8 @@ r"""Whole training loop vs step-only throughput on a prepared synthetic image fo
 Writes ``--num_images`` smooth random images (default 20,000 at 64x64) as one ``.npy`` file (the
 ``array`` dataset, read by numpy and kept on the devices: no TensorFlow needed) or, with
 ``--dataset folder``, as PNGs prepared once through tensorflow-datasets; then runs
-:func:`dcgan_jax.train.train_and_evaluate` (input, metrics, logging, periodic checkpoints; no
-samples or quality hooks) for ``--short_steps`` and ``--long_steps`` (after an untimed warm-up
+:func:`dcgan_jax.train.train_and_evaluate` (input, metrics, logging, periodic checkpoints; sample
+grids only with ``--sample_every``, no quality or FID hooks) for ``--short_steps`` and ``--long_steps`` (after an untimed warm-up
 run). Fixed costs (compilation, setup, the final checkpoint) cancel in the difference, so the
 loop's steady-state rate is ``(long - short) · batch / (T_long - T_short)``; the loop's own log
 windows after the first give it from one run. One more run of ``--long_steps`` with the other
@@ -134,7 +134,7 @@ def make_config(args, dataset_path: str, data_dir: str, num_steps: int):
   config.log_every_steps = args.log_every
   config.checkpoint_every_steps = args.checkpoint_every
   config.background_checkpoints = bool(args.background_checkpoints)
-  config.sample_every_steps = 0
+  config.sample_every_steps = args.sample_every
   config.quality_every_steps = 0
   config.eval_every_steps = 0
   return config
@@ -260,6 +260,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--long_steps', type=int, default=1100)
   parser.add_argument('--log_every', type=int, default=100)
   parser.add_argument('--checkpoint_every', type=int, default=500)
+  parser.add_argument('--sample_every', type=int, default=0,
+                      help='sample grid period in steps (0: none; CelebA config: 1000)')
   parser.add_argument('--background_checkpoints', type=int, default=1, choices=(0, 1),
                       help='1: periodic checkpoints saved by a worker thread (the default '
                       'config); 0: saved in the loop. The other setting gets one more run, '

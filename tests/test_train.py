@@ -465,6 +465,74 @@ def test_training_goes_on_while_a_background_checkpoint_is_saved(tfds_dir, tmp_p
   assert _checkpoint_steps(tmp_path) == [2, 4, 6]
 
 
+def _counting_step(monkeypatch):
+  """Counts the loop's step calls (streamed input: one call per step); returns the counter."""
+  calls, original = [0], parallel.DataParallelStep.__call__
+
+  def counted(self, state, batch, rng):
+    calls[0] += 1
+    return original(self, state, batch, rng)
+
+  monkeypatch.setattr(parallel.DataParallelStep, '__call__', counted)
+  return calls
+
+
+def test_sample_grids_are_written_after_later_steps_are_queued(tfds_dir, tmp_path, monkeypatch):
+  """A grid due alone is written once the loop has moved on, and shows the state of its step."""
+  from dcgan_jax import sample, sample_grid  # pylint: disable=g-import-not-at-top
+  calls, written = _counting_step(monkeypatch), {}
+  write_grid = train.write_sample_grid
+
+  def recording_write(workdir, step, *args, **kwargs):
+    written[step] = calls[0]
+    return write_grid(workdir, step, *args, **kwargs)
+
+  monkeypatch.setattr(train, 'write_sample_grid', recording_write)
+  config = tiny_config(tfds_dir, num_train_steps=6, device_resident='never', log_every_steps=1,
+                       checkpoint_every_steps=2, sample_every_steps=2, keep_checkpoints=10,
+                       ema_decay=0.0, g_learning_rate=0.02)  # Grids that change step to step.
+  train.train_and_evaluate(config, tmp_path)
+  assert sorted(written) == [2, 4, 6]
+  # Steps 2 and 4: written while later steps were queued (at once, they would show 2 and 4).
+  assert written[2] > 2 and written[4] > 4 and written[6] == 6
+  latents = train._latents(int(config.seed), train._SAMPLE_TAG,  # pylint: disable=protected-access
+                           int(config.num_sample_images), int(config.latent_dim))
+  grids = []
+  for step in (2, 4, 6):
+    generator, variables, _, restored = sample.load_generator(tmp_path, step=step)
+    assert restored == step
+    expected = sample_grid.make_grid(sample.generate(generator, variables, latents),
+                                     num_columns=3)
+    with Image.open(tmp_path / 'samples' / f'step_{step:06d}.png') as image:
+      grids.append(np.asarray(image).reshape(expected.shape))  # Grey PNGs read as [H, W].
+    np.testing.assert_allclose(grids[-1], expected, atol=1)  # Same program, one device.
+  assert not np.array_equal(grids[0], grids[1])  # The steps' grids differ: not vacuous.
+
+
+def test_a_queued_sample_grid_after_a_non_finite_loss_is_not_written(tfds_dir, tmp_path,
+                                                                    monkeypatch):
+  """The deferred grid keeps the check a grid written at once had: no grid of a bad state."""
+  original = parallel.DataParallelStep.__call__
+
+  def poisoned(self, state, batch, rng):
+    step = int(jax.device_get(state.step))
+    state, metrics = original(self, state, batch, rng)
+    if step + 1 == 5:
+      metrics = dict(metrics, g_loss=metrics['g_loss'] * np.nan)
+    return state, metrics
+
+  monkeypatch.setattr(parallel.DataParallelStep, '__call__', poisoned)
+  # Grids queued at 2, 4 and 6, each written when the next is queued or at the log of 7; the
+  # grid of 6 is the first thing to look at a tracker that has seen step 5.
+  config = tiny_config(tfds_dir, num_train_steps=8, device_resident='never',
+                       checkpoint_every_steps=0, log_every_steps=7, sample_every_steps=2)
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r'non-finite g_loss at step 5; no checkpoint was saved'):
+    train.train_and_evaluate(config, tmp_path)
+  assert sorted(p.name for p in (tmp_path / 'samples').glob('*.png')) == [
+      'step_000002.png', 'step_000004.png']
+
+
 # ---- failures -------------------------------------------------------------------------------
 
 
