@@ -213,9 +213,14 @@ def test_benchmark_loop_tiny_without_tensorflow(tmp_path):
   variants = {'while_graphs': {'xla_gpu_enable_command_buffer':
                                    'FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL'}}
   record, stdout = _run('benchmark_loop', tmp_path, '--xla_variants', json.dumps(variants),
+                        '--sample_every', '5', '--workdir', str(tmp_path / 'work'),
                         without_tensorflow=True)
   _check_environment(record)
   assert not record['skipped'], record
+  # --sample_every: the real program's sample grids in every loop run (periodic + final).
+  assert record['settings']['sample_every'] == 5
+  assert sorted(p.name for p in (tmp_path / 'work' / 'run_2_12' / 'samples').glob('*.png')) == [
+      'step_000005.png', 'step_000010.png', 'step_000012.png']
   assert record['table'] in stdout
   assert record['dataset'] == {**record['dataset'], 'kind': 'array', 'num_examples': 64}
   assert record['step_only']['img_per_s'] > 0
