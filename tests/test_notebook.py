@@ -27,6 +27,18 @@ def _images(cell, mime):
           _outputs(cell, 'display_data') if mime in o.get('data', {})]
 
 
+def test_notebook_is_valid_nbformat_with_cell_ids():
+  """Every cell has its own id (nbformat 4.5): newer nbformat versions reject a cell without."""
+  import warnings  # pylint: disable=g-import-not-at-top
+  raw = json.loads(NOTEBOOK.read_text())
+  assert (raw['nbformat'], raw['nbformat_minor']) >= (4, 5)
+  ids = [cell.get('id') for cell in raw['cells']]
+  assert all(ids) and len(set(ids)) == len(ids), ids
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')  # nbformat warns (MissingIDFieldWarning) where it would fix.
+    nbformat.validate(nbformat.reads(NOTEBOOK.read_text(), as_version=4))
+
+
 @pytest.mark.slow
 def test_colab_notebook_executes(tmp_path, monkeypatch, seed_digits_classifier):
   from PIL import Image  # pylint: disable=g-import-not-at-top
