@@ -465,6 +465,23 @@ def test_training_goes_on_while_a_background_checkpoint_is_saved(tfds_dir, tmp_p
   assert _checkpoint_steps(tmp_path) == [2, 4, 6]
 
 
+def _poison_step(monkeypatch, bad_step: int, name: str, factor: float) -> None:
+  """Makes loss ``name`` of step ``bad_step`` (1-based) non-finite (times ``factor``).
+
+  Only where the loop calls the step itself: streamed input (``device_resident='never'``).
+  """
+  original = parallel.DataParallelStep.__call__
+
+  def poisoned(self, state, batch, rng):
+    step = int(jax.device_get(state.step))  # Steps done before this update.
+    state, metrics = original(self, state, batch, rng)
+    if step + 1 == bad_step:
+      metrics = dict(metrics, **{name: metrics[name] * factor})
+    return state, metrics
+
+  monkeypatch.setattr(parallel.DataParallelStep, '__call__', poisoned)
+
+
 def _counting_step(monkeypatch):
   """Counts the loop's step calls (streamed input: one call per step); returns the counter."""
   calls, original = [0], parallel.DataParallelStep.__call__
@@ -512,16 +529,7 @@ def test_sample_grids_are_written_after_later_steps_are_queued(tfds_dir, tmp_pat
 def test_a_queued_sample_grid_after_a_non_finite_loss_is_not_written(tfds_dir, tmp_path,
                                                                     monkeypatch):
   """The deferred grid keeps the check a grid written at once had: no grid of a bad state."""
-  original = parallel.DataParallelStep.__call__
-
-  def poisoned(self, state, batch, rng):
-    step = int(jax.device_get(state.step))
-    state, metrics = original(self, state, batch, rng)
-    if step + 1 == 5:
-      metrics = dict(metrics, g_loss=metrics['g_loss'] * np.nan)
-    return state, metrics
-
-  monkeypatch.setattr(parallel.DataParallelStep, '__call__', poisoned)
+  _poison_step(monkeypatch, 5, 'g_loss', np.nan)
   # Grids queued at 2, 4 and 6, each written when the next is queued or at the log of 7; the
   # grid of 6 is the first thing to look at a tracker that has seen step 5.
   config = tiny_config(tfds_dir, num_train_steps=8, device_resident='never',
@@ -538,16 +546,7 @@ def test_a_queued_sample_grid_after_a_non_finite_loss_is_not_written(tfds_dir, t
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     tfds_dir, tmp_path, monkeypatch):
-  original = parallel.DataParallelStep.__call__
-
-  def poisoned(self, state, batch, rng):
-    step = int(jax.device_get(state.step))  # Steps done before this update.
-    state, metrics = original(self, state, batch, rng)
-    if step + 1 == 3:
-      metrics = dict(metrics, g_loss=metrics['g_loss'] * np.nan)
-    return state, metrics
-
-  monkeypatch.setattr(parallel.DataParallelStep, '__call__', poisoned)
+  _poison_step(monkeypatch, 3, 'g_loss', np.nan)
   # Streamed input: the loop calls the step itself (patched above) once per step.
   config = tiny_config(tfds_dir, num_train_steps=6, device_resident='never')
   with pytest.raises(train.NonFiniteLossError,
@@ -561,16 +560,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 def test_a_checkpoint_due_after_a_non_finite_loss_is_not_saved(tfds_dir, tmp_path, monkeypatch,
                                                                background):
   """The check before a save sees the bad step, in the worker as in the loop."""
-  original = parallel.DataParallelStep.__call__
-
-  def poisoned(self, state, batch, rng):
-    step = int(jax.device_get(state.step))
-    state, metrics = original(self, state, batch, rng)
-    if step + 1 == 3:
-      metrics = dict(metrics, d_loss=metrics['d_loss'] * np.inf)
-    return state, metrics
-
-  monkeypatch.setattr(parallel.DataParallelStep, '__call__', poisoned)
+  _poison_step(monkeypatch, 3, 'd_loss', np.inf)
   # Checkpoints at 3 and 6, logs (the loop's own check) at 4: the save at 3 must refuse.
   config = tiny_config(tfds_dir, num_train_steps=6, device_resident='never',
                        checkpoint_every_steps=3, log_every_steps=4, sample_every_steps=0,
