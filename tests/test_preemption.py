@@ -176,6 +176,24 @@ def test_a_stopped_run_saves_its_step_and_resumes_bit_identical(
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_a_stopped_run_writes_the_sample_grid_it_had_queued(images_file, tmp_path, monkeypatch,
+                                                            restore_handlers):
+  """The grid of step 3 waits for a log or checkpoint (none before 10); the stop at 5 writes it,
+  so the resumed run, which starts after step 5, leaves every grid a straight run would."""
+  del restore_handlers
+  config = _config(images_file, log_every_steps=10, checkpoint_every_steps=10,
+                   sample_every_steps=3)
+  _raise_signal_after(monkeypatch, 5, signal.SIGTERM)
+  with pytest.raises(preemption.TrainingStopped):
+    train.train_and_evaluate(config, tmp_path)
+  assert _checkpoint_steps(tmp_path) == [5]
+  grids = lambda: sorted(p.name for p in (tmp_path / 'samples').glob('step_*.png'))
+  assert grids() == ['step_000003.png']
+  monkeypatch.undo()
+  train.train_and_evaluate(config, tmp_path)
+  assert grids() == [f'step_{s:06d}.png' for s in (3, 6, 9, 12)]
+
+
 def test_a_signal_at_the_last_step_lets_the_run_finish(images_file, tmp_path, monkeypatch,
                                                        restore_handlers):
   del restore_handlers
