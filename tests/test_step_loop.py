@@ -7,6 +7,7 @@ Runs use the tiny digits config of tests/test_train.py (8x8 images, width 8, bat
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from dcgan_jax import parallel
 from dcgan_jax import run_logs
@@ -81,14 +82,15 @@ def _count_chunks(monkeypatch, instances=None):
 def test_fused_run_trains_like_step_by_step_dispatch(tfds_dir, tmp_path, monkeypatch):
   # 1797 digits / 64 = 28 steps per epoch: 34 steps cross an epoch end.
   config = tiny_config(tfds_dir, device_resident='always', batch_size=64, num_train_steps=34,
-                       log_every_steps=12, checkpoint_every_steps=20, sample_every_steps=0)
+                       log_every_steps=12, checkpoint_every_steps=20, sample_every_steps=10)
   per_step = train.train_and_evaluate(dict_config(config, steps_per_dispatch=1),
                                       tmp_path / 'per_step')
   instances = []
   chunks = _count_chunks(monkeypatch, instances)
   fused = train.train_and_evaluate(dict_config(config, steps_per_dispatch=8),
                                    tmp_path / 'fused')
-  assert chunks == [(0, 8), (8, 12), (12, 16), (16, 20), (20, 24), (24, 28), (28, 32), (32, 34)]
+  assert chunks == [(0, 8), (8, 10), (10, 12), (12, 16), (16, 20), (20, 24), (24, 28), (28, 30),
+                    (30, 32), (32, 34)]
   # Every chunk length, epoch and fresh metric accumulator ran the one compiled program.
   assert len(instances) == 1 and instances[0]._run._cache_size() == 1  # pylint: disable=protected-access
   assert _checkpoint_steps(tmp_path / 'fused') == _checkpoint_steps(tmp_path / 'per_step')
@@ -98,6 +100,13 @@ def test_fused_run_trains_like_step_by_step_dispatch(tfds_dir, tmp_path, monkeyp
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     else:
       np.testing.assert_array_equal(a, b)
+  # The sample grids (queued behind a chunk that donates the state they come from) too.
+  for step in (10, 20, 30, 34):
+    grids = []
+    for name in ('per_step', 'fused'):
+      with Image.open(tmp_path / name / 'samples' / f'step_{step:06d}.png') as image:
+        grids.append(np.asarray(image).astype(np.int16))
+    np.testing.assert_allclose(grids[0], grids[1], atol=1)
   # The logged averages (over the same steps, from the same batches) agree too.
   scalars = {name: run_logs.read_scalars(tmp_path / name) for name in ('per_step', 'fused')}
   for tag in ('d_loss', 'g_loss', 'd_real', 'd_fake_before'):
