@@ -6,13 +6,13 @@ r"""Whole training loop vs step-only throughput on a prepared synthetic image fo
 Writes ``--num_images`` smooth random images (default 20,000 at 64x64) as one ``.npy`` file (the
 ``array`` dataset, read by numpy and kept on the devices: no TensorFlow needed) or, with
 ``--dataset folder``, as PNGs prepared once through tensorflow-datasets; then runs
-:func:`dcgan_jax.train.train_and_evaluate` (input, metrics, logging, periodic checkpoints; sample
-grids only with ``--sample_every``, no quality or FID hooks) for ``--short_steps`` and ``--long_steps`` (after an untimed warm-up
-run). Fixed costs (compilation, setup, the final checkpoint) cancel in the difference, so the
+:func:`dcgan_jax.train.train_and_evaluate` (input, metrics, logging, periodic checkpoints;
+sample grids only with ``--sample_every``, no quality or FID hooks) for ``--short_steps`` and
+``--long_steps`` (after an untimed warm-up run). Fixed costs (compilation, setup, the final checkpoint) cancel in the difference, so the
 loop's steady-state rate is ``(long - short) · batch / (T_long - T_short)``; the loop's own log
 windows after the first give it from one run. One more run of ``--long_steps`` with the other
 checkpoint setting (``--background_checkpoints``: saves in a worker thread or in the loop) shows
-what the worker gains.
+what the worker gains (``--loop_only`` skips it, and the dispatch modes below).
 Step-only img/s is the same config's :class:`DataParallelStep` on one device-resident batch.
 With the array dataset it also times the loop's per-step work (gather, rng, step, metrics)
 dispatched step by step and fused ``--fused_steps`` to a device program
@@ -262,6 +262,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--checkpoint_every', type=int, default=500)
   parser.add_argument('--sample_every', type=int, default=0,
                       help='sample grid period in steps (0: none; CelebA config: 1000)')
+  parser.add_argument('--loop_only', action='store_true',
+                      help='only the loop runs and the step: no run with the other checkpoint '
+                           'setting, no dispatch modes (e.g. for a --sample_every run)')
   parser.add_argument('--background_checkpoints', type=int, default=1, choices=(0, 1),
                       help='1: periodic checkpoints saved by a worker thread (the default '
                       'config); 0: saved in the loop. The other setting gets one more run, '
@@ -347,14 +350,16 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
   windows = in_run_windows(os.path.join(root, f'run_2_{args.long_steps}'), args.batch)
   # One more run with the other checkpoint setting (worker thread vs in the loop), for what
   # background saves gain in the same process, on the same images.
-  other_config = make_config(args, folder, data_dir, args.long_steps)
-  other_config.background_checkpoints = not args.background_checkpoints
-  other_dir = os.path.join(root, f'run_3_{args.long_steps}_other_saves')
-  with timed_saves() as other_saves:
-    train.train_and_evaluate(other_config, other_dir)
-  other_windows = in_run_windows(other_dir, args.batch)
-  other_label = ('loop (in-run windows, saves in a worker)' if other_config.background_checkpoints
-                 else 'loop (in-run windows, saves in the loop)')
+  other = None
+  if not args.loop_only:
+    other_config = make_config(args, folder, data_dir, args.long_steps)
+    other_config.background_checkpoints = not args.background_checkpoints
+    other_dir = os.path.join(root, f'run_3_{args.long_steps}_other_saves')
+    with timed_saves() as other_saves:
+      train.train_and_evaluate(other_config, other_dir)
+    other = {'background_checkpoints': bool(other_config.background_checkpoints),
+             'in_run_windows': in_run_windows(other_dir, args.batch),
+             'checkpoint_saves_s': list(other_saves)}
   step = step_only(make_config(args, folder, data_dir, args.long_steps), args)
   rows = []
 
@@ -364,7 +369,14 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
     common.report_progress(args, 'train_loop', rows)
 
   # The headline rows first: a time limit that ends the dispatch modes below leaves them.
-  for label, result in (('loop (in-run windows)', windows), (other_label, other_windows)):
+  headline = [('loop (in-run windows)', windows)]
+  if other is not None:
+    other['loop_vs_step_in_run'] = (other['in_run_windows']['img_per_s'] / step['img_per_s']
+                                    if other['in_run_windows']['img_per_s'] else None)
+    headline.append(('loop (in-run windows, saves in a worker)'
+                     if other['background_checkpoints']
+                     else 'loop (in-run windows, saves in the loop)', other['in_run_windows']))
+  for label, result in headline:
     if result['img_per_s']:
       add(label, result['img_per_s'], args.batch / result['img_per_s'] * 1e3)
   add('loop (steady state)', loop_ips, args.batch / loop_ips * 1e3)
@@ -379,7 +391,7 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
     add(label, result['img_per_s'], result['ms_per_step'])
 
   modes = {}
-  if args.dataset == 'array':
+  if args.dataset == 'array' and not args.loop_only:
     modes = dispatch_modes(make_config(args, folder, data_dir, args.long_steps), args, folder,
                            add_mode)
   table = common.print_table(rows, [('method', 'method', 's'), ('ms_per_step', 'ms/step', '.3f'),
@@ -401,11 +413,7 @@ def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
           if delta > checkpoint_s else None),
       'rows': rows,
       'in_run_windows': windows,
-      'other_saves': {'background_checkpoints': bool(other_config.background_checkpoints),
-                      'in_run_windows': other_windows,
-                      'checkpoint_saves_s': list(other_saves),
-                      'loop_vs_step_in_run': (other_windows['img_per_s'] / step['img_per_s']
-                                              if other_windows['img_per_s'] else None)},
+      'other_saves': other,
       'loop_vs_step_in_run': (windows['img_per_s'] / step['img_per_s']
                               if windows['img_per_s'] else None),
       'loop_vs_step': loop_ips / step['img_per_s'] if delta > 0 else None,

@@ -75,6 +75,9 @@ for part in $parts; do
              --dtypes bfloat16,float32 --xla_variants "${STEP_VARIANTS:-$step_variants}" \
              --model_variants "${MODEL_VARIANTS:-$model_variants}" \
              --device_kind "$kind" --out "$out/train_xla_${tag}.json" ;;
+    loopS) run "${T_LOOP:-100}" $py experiments/benchmark_loop.py ${BENCH_ARGS:-} ${LOOP_ARGS:-} \
+             --sample_every "${SAMPLE_EVERY:-1000}" --loop_only \
+             --device_kind "$kind" --out "$out/loop_samples_${tag}.json" ;;
     loopN) run "${T_LOOP:-100}" $py experiments/benchmark_loop.py ${BENCH_ARGS:-} ${LOOP_ARGS:-} \
              --steps_per_dispatch 100 --device_kind "$kind" --out "$out/loop_fused_${tag}.json" ;;
     profloop) run "${T_PROFLOOP:-150}" bash -c '
@@ -95,7 +98,7 @@ for part in $parts; do
                  ${BENCH_ARGS:-} ${TRAIN_ARGS:-} --no_torch --device_kind "$kind" \
                  --out "$out/train_baseline_${tag}.json"
              fi ;;
-    *) echo "unknown part $part (train, profile, fid, profinc, loop, loopN, profloop, xla, profpad, fidx, ckpt, baseline)" ;;
+    *) echo "unknown part $part (train, profile, fid, profinc, loop, loopS, loopN, profloop, xla, profpad, fidx, ckpt, baseline)" ;;
   esac
 done
 tar czf "$out/profile.tgz" -C /tmp profile 2>/dev/null

@@ -213,14 +213,9 @@ def test_benchmark_loop_tiny_without_tensorflow(tmp_path):
   variants = {'while_graphs': {'xla_gpu_enable_command_buffer':
                                    'FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL'}}
   record, stdout = _run('benchmark_loop', tmp_path, '--xla_variants', json.dumps(variants),
-                        '--sample_every', '5', '--workdir', str(tmp_path / 'work'),
                         without_tensorflow=True)
   _check_environment(record)
   assert not record['skipped'], record
-  # --sample_every: the real program's sample grids in every loop run (periodic + final).
-  assert record['settings']['sample_every'] == 5
-  assert sorted(p.name for p in (tmp_path / 'work' / 'run_2_12' / 'samples').glob('*.png')) == [
-      'step_000005.png', 'step_000010.png', 'step_000012.png']
   assert record['table'] in stdout
   assert record['dataset'] == {**record['dataset'], 'kind': 'array', 'num_examples': 64}
   assert record['step_only']['img_per_s'] > 0
@@ -248,6 +243,22 @@ def test_benchmark_loop_tiny_without_tensorflow(tmp_path):
   assert all(m['ms_per_step'] > 0 for m in record['dispatch_modes'].values())
   assert '4 per dispatch[while_graphs]' in record['table']
   assert '1 per dispatch (default)' in record['table'] and '4 dispatches per step' in record['table']
+
+
+def test_benchmark_loop_tiny_loop_only_with_samples(tmp_path):
+  """--sample_every: the real program's grids in every loop run; --loop_only: nothing else."""
+  record, stdout = _run('benchmark_loop', tmp_path, '--sample_every', '5', '--loop_only',
+                        '--workdir', str(tmp_path / 'work'), without_tensorflow=True)
+  assert not record['skipped'], record
+  assert record['settings']['sample_every'] == 5
+  assert sorted(p.name for p in (tmp_path / 'work' / 'run_2_12' / 'samples').glob('*.png')) == [
+      'step_000005.png', 'step_000010.png', 'step_000012.png']
+  assert record['in_run_windows']['windows'] == 5 and record['loop_vs_step_in_run'] > 0
+  assert record['other_saves'] is None and record['dispatch_modes'] == {}
+  assert [row['method'] for row in record['rows']] == [
+      'loop (in-run windows)', 'loop (steady state)', 'loop (end to end)', 'step only']
+  assert record['table'] in stdout
+  assert not (tmp_path / 'work' / 'run_3_12_other_saves').exists()
 
 
 def test_benchmark_checkpoint_tiny(tmp_path):
