@@ -894,9 +894,10 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   pending_samples = None  # (step, image chunks, tracker) of a sample grid not yet written.
   # A step where the sample grid is the only hook due queues the grid's generation and goes on;
   # the grid is written where the loop waits anyway (the next log's fetch, a checkpoint, hooks,
-  # a stop, the end), instead of draining the device and encoding the PNG while it idles. One
-  # process only: the hooks of multi-process runs stay in step with the other processes.
-  defer_samples = jax.process_count() == 1
+  # a stop, the end), instead of draining the device and encoding the PNG while it idles.
+  # Whether a step is such a step must be the same on every process (the others skip the hooks'
+  # barrier there), so it reads the config, not the hooks process 0 alone holds.
+  quality_enabled = config.dataset == 'digits' and durations.quality_every_steps > 0
 
   def write_samples() -> None:
     """Writes the pending sample grid (if any), unless a loss had become non-finite by then."""
@@ -913,6 +914,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   def queue_samples(step: int, state: state_lib.GANState) -> None:
     """Queues the generation of the sample grid of ``step`` (written by write_samples)."""
     nonlocal pending_samples
+    if not is_chief:  # Process 0 alone writes grids.
+      return
     write_samples()  # An earlier grid still pending (no log or checkpoint since).
     chunks = image_sampler.dispatch_generate(image_sampler.variables(state), sample_latents)
     # The next step donates the tracker: keep a copy of this one.
@@ -920,8 +923,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
 
   def samples_only_due(step: int) -> bool:
     """Whether the sample grid is the only hook due at ``step`` (so it can be deferred)."""
-    return (is_chief and defer_samples and is_due(step, durations.sample_every_steps)
-            and not (quality_hook is not None and is_due(step, durations.quality_every_steps))
+    return (is_due(step, durations.sample_every_steps)
+            and not (quality_enabled and is_due(step, durations.quality_every_steps))
             and not (fid_hook is not None and is_due(step, durations.eval_every_steps)))
 
   def write_log() -> None:

@@ -44,6 +44,8 @@ def test_two_processes_train_one_run(tmp_path):
             '--config.image_size=8', '--config.generator_width=8',
             '--config.discriminator_width=8', '--config.batch_size=16',
             '--config.num_train_steps=2', '--config.quality_every_steps=0',
+            # A grid at step 1 alone (queued by process 0; the others go on) and at the end.
+            '--config.sample_every_steps=1',
             '--config.inception_weights=stand_in.pth', '--config.eval_every_steps=2',
             '--config.eval_num_samples=40',
             # Fused dispatch across processes: chunks (0, 1) and (1, 2), the second fed the
@@ -67,8 +69,8 @@ def test_two_processes_train_one_run(tmp_path):
     assert ('checkpoint_manager.py' in stderr) == (i == 0)
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['2']
   # Process 0 alone writes samples: one grid per sampling step, and the progress animation.
-  assert sorted(p.name for p in (workdir / 'samples').iterdir()) == ['progress.gif',
-                                                                      'step_000002.png']
+  assert sorted(p.name for p in (workdir / 'samples').iterdir()) == [
+      'progress.gif', 'step_000001.png', 'step_000002.png']
   assert len(list(workdir.glob('events.out.tfevents*'))) == 1  # Only process 0 writes events.
   # The FID of both processes' shares equals the one computed here in one process.
   best = json.loads((workdir / 'best_fid.json').read_text())
