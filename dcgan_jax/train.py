@@ -900,7 +900,11 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   quality_enabled = config.dataset == 'digits' and durations.quality_every_steps > 0
 
   def write_samples() -> None:
-    """Writes the pending sample grid (if any), unless a loss had become non-finite by then."""
+    """Writes the pending sample grid (if any), unless a loss had become non-finite by then.
+
+    Every process checks the losses here, so that all of them stop at the same point; process 0
+    alone writes the grid.
+    """
     nonlocal pending_samples
     if pending_samples is None:
       return
@@ -908,16 +912,21 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     with report_progress.timed('samples'):
       chunks, sample_tracker = jax.device_get((chunks, sample_tracker))
       _check_finite(sample_tracker, checkpointer)  # As before a grid written at once.
-      write_sample_grid(workdir, sample_step, np.concatenate(chunks), writer,
-                        image_sampler.value_range)
+      if chunks is not None:
+        write_sample_grid(workdir, sample_step, np.concatenate(chunks), writer,
+                          image_sampler.value_range)
 
   def queue_samples(step: int, state: state_lib.GANState) -> None:
-    """Queues the generation of the sample grid of ``step`` (written by write_samples)."""
+    """Queues the generation of the sample grid of ``step`` (written by write_samples).
+
+    Every process makes the same calls, including the tracker's copy (a program over the
+    global tracker); only process 0 generates images.
+    """
     nonlocal pending_samples
-    if not is_chief:  # Process 0 alone writes grids.
-      return
     write_samples()  # An earlier grid still pending (no log or checkpoint since).
-    chunks = image_sampler.dispatch_generate(image_sampler.variables(state), sample_latents)
+    chunks = None
+    if is_chief:
+      chunks = image_sampler.dispatch_generate(image_sampler.variables(state), sample_latents)
     # The next step donates the tracker: keep a copy of this one.
     pending_samples = (step, chunks, background_checkpoints.device_copy(tracker))
 
