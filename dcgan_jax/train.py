@@ -350,9 +350,7 @@ class _Sampler:
 
   def generate(self, variables: dict[str, Any], z: np.ndarray | jax.Array) -> np.ndarray:
     """Images ``float32 [N, H, W, C]`` in the generator's range for latents ``[N, latent_dim]``."""
-    chunks = [np.asarray(self._apply(variables, z[start:start + _GENERATE_CHUNK]))
-              for start in range(0, z.shape[0], _GENERATE_CHUNK)]
-    return np.concatenate(chunks)
+    return np.concatenate(jax.device_get(self.dispatch_generate(variables, z)))
 
   def dispatch_generate(self, variables: dict[str, Any],
                         z: np.ndarray | jax.Array) -> list[jax.Array]:
@@ -789,8 +787,10 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
 
   sample_latents = _latents(int(config.seed), _SAMPLE_TAG, int(config.num_sample_images),
                             int(config.latent_dim))
+  # Decided from the config alone, so that every process agrees (the hook is process 0's).
+  quality_enabled = config.dataset == 'digits' and durations.quality_every_steps > 0
   quality_hook = None
-  if config.dataset == 'digits' and durations.quality_every_steps > 0 and is_chief:
+  if quality_enabled and is_chief:
     quality_hook = _DigitsQualityHook(config, image_sampler)
     quality_hook.score_untrained(image_sampler.variables(initial_state))
   if durations.eval_every_steps > 0 and not config.inception_weights:
@@ -896,8 +896,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   # the grid is written where the loop waits anyway (the next log's fetch, a checkpoint, hooks,
   # a stop, the end), instead of draining the device and encoding the PNG while it idles.
   # Whether a step is such a step must be the same on every process (the others skip the hooks'
-  # barrier there), so it reads the config, not the hooks process 0 alone holds.
-  quality_enabled = config.dataset == 'digits' and durations.quality_every_steps > 0
+  # barrier there), so it reads quality_enabled, not the hook process 0 alone holds.
 
   def write_samples() -> None:
     """Writes the pending sample grid (if any), unless a loss had become non-finite by then.
