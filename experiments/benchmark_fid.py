@@ -80,15 +80,17 @@ def bench_extractor(variables, batch: int, images: np.ndarray, args) -> dict[str
 def default_form() -> dict[str, Any]:
   """The network form ``InceptionExtractor`` uses by default (the ``dcgan_jax_device`` row)."""
   params = inspect.signature(evaluation.InceptionExtractor.__init__).parameters
-  return {name: params[name].default for name in ('merge_siblings', 'input_channels')}
+  return {name: params[name].default
+          for name in ('merge_siblings', 'input_channels', 'merge_pool_branches')}
 
 
 def parse_network_variants(text: str) -> dict[str, dict[str, Any]]:
-  """``'unmerged,pad4,merged+pad8'`` -> {name: {'merge_siblings': bool, 'input_channels': int}}.
+  """``'unmerged,pad4,poolmerged'`` -> {name: the extractor's form options}.
 
   Each variant is the extractor's default form (:func:`default_form`) changed by '+'-joined
-  parts: ``merged`` / ``unmerged`` (sibling 1x1 convolutions as one, or as written) and
-  ``padN`` (RGB input padded with zero channels to N).
+  parts: ``merged`` / ``unmerged`` (sibling 1x1 convolutions as one, or as written),
+  ``poolmerged`` (merged, with the average-pool branches' 1x1 convolutions too) and ``padN``
+  (RGB input padded with zero channels to N).
   """
   variants = {}
   for name in filter(None, (part.strip() for part in text.split(','))):
@@ -96,12 +98,15 @@ def parse_network_variants(text: str) -> dict[str, dict[str, Any]]:
     for token in name.split('+'):
       if token in ('merged', 'unmerged'):
         form['merge_siblings'] = token == 'merged'
+        form['merge_pool_branches'] = False
+      elif token == 'poolmerged':
+        form['merge_siblings'] = form['merge_pool_branches'] = True
       elif (token.startswith('pad') and token[3:].isdigit()
             and 3 <= int(token[3:]) <= inception.MAX_INPUT_CHANNELS):
         form['input_channels'] = int(token[3:])
       else:
         raise UserError(f'Unknown network variant part {token!r} in {name!r}; valid parts: '
-                        f"'merged', 'unmerged' and 'padN' (N in "
+                        f"'merged', 'unmerged', 'poolmerged' and 'padN' (N in "
                         f"3..{inception.MAX_INPUT_CHANNELS}), joined by '+', e.g. unmerged+pad4.")
     variants[name] = form
   return variants
@@ -115,7 +120,8 @@ def bench_device(variables, batch: int, images: np.ndarray, args,
   conv -> BatchNorm -> ReLU, to measure what folding gains).
 
   ``compiler_options``: XLA options for the network's program (``--xla_variants``);
-  ``form``: ``merge_siblings`` / ``input_channels`` (``--network_variants``).
+  ``form``: ``merge_siblings`` / ``merge_pool_branches`` / ``input_channels``
+  (``--network_variants``).
   """
   device_vars = jax.device_put(inception.inference_variables(variables, **form) if fold
                                else variables)
@@ -258,8 +264,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--network_variants', default='',
                       help="comma-separated network forms to also time on the device: the "
                            "extractor's default form changed by '+'-joined parts: merged / "
-                           "unmerged (sibling 1x1 convolutions as one, or as written), padN "
-                           "(RGB input padded to N channels); e.g. unmerged,pad4,unmerged+pad4")
+                           "unmerged (sibling 1x1 convolutions as one, or as written), "
+                           "poolmerged (merged with the average-pool branches' 1x1 convolutions "
+                           "too), padN (RGB input padded to N channels); e.g. "
+                           "unmerged,pad4,poolmerged")
   common.add_combine_flag(parser, 'network forms and XLA variants')
   parser.add_argument('--xla_variants', default='',
                       help='JSON {name: {xla_option: value}}: also time the device-resident '

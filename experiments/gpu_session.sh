@@ -38,15 +38,19 @@ run() {  # run SECONDS CMD...: one part under a timeout, output to the log and t
 #   xla_graphs: XLA's own default set (what the default gains). conv_graphs1: with graphs of
 #   any size. conv_while: with the fused loop's while/conditional recorded too.
 #   conv_fusion: convolutions as cuDNN fusions. no_graphs: without CUDA graphs.
+#   nhwc: float32 convolutions in NHWC, as the input arrives (XLA's heuristic gives cuDNN NCHW
+#   unless the type is 16-bit; bfloat16 is NHWC already, so this is the float32 rows' question).
 #   An option this jaxlib does not know fails alone, as a row with its error.
 cmd_conv="FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONVOLUTION"
 cmd_xla="FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"
-step_variants='{"conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "xla_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_xla'"}, "conv_graphs1": {"xla_gpu_enable_command_buffer": "'$cmd_conv'", "xla_gpu_graph_min_graph_size": 1}, "conv_while": {"xla_gpu_enable_command_buffer": "'$cmd_conv',WHILE,CONDITIONAL"}, "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": true}, "no_graphs": {"xla_gpu_enable_command_buffer": ""}}'
+step_variants='{"conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "nhwc": {"xla_gpu_enable_command_buffer": "'$cmd_conv'", "xla_gpu_force_conv_nhwc": true}, "xla_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_xla'"}, "conv_graphs1": {"xla_gpu_enable_command_buffer": "'$cmd_conv'", "xla_gpu_graph_min_graph_size": 1}, "conv_while": {"xla_gpu_enable_command_buffer": "'$cmd_conv',WHILE,CONDITIONAL"}, "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": true}, "no_graphs": {"xla_gpu_enable_command_buffer": ""}}'
 # The Inception program: conv_graphs gained 1.4% (0.2% on the merged form) in version 11.
-inc_variants='{"conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "conv_graphs1": {"xla_gpu_enable_command_buffer": "'$cmd_conv'", "xla_gpu_graph_min_graph_size": 1}}'
+# nhwc: the whole float32 network in NHWC (no layout changes around cuDNN's TF32 kernels).
+inc_variants='{"nhwc": {"xla_gpu_force_conv_nhwc": true}, "conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "conv_graphs1": {"xla_gpu_enable_command_buffer": "'$cmd_conv'", "xla_gpu_graph_min_graph_size": 1}}'
 # Inception forms tried beside the default (merged sibling 1x1 convolutions since version 11):
-# as written (unmerged), RGB input padded to 4 or 8 channels.
-inc_network='unmerged,pad4,pad8'
+# the average-pool branches' 1x1 convolutions merged too (version 14), as written (unmerged),
+# RGB input padded to 4 or 8 channels.
+inc_network='poolmerged,unmerged,pad4,pad8'
 # Model options tried the same way: the default pads RGB to 8 in bfloat16 (version 11);
 # pad1 is the unpadded form, i.e. what that gains.
 model_variants='{"pad1": {"image_channel_multiple": 1}}'

@@ -190,9 +190,10 @@ def test_benchmark_fid_tiny(tmp_path):
   assert {'dcgan_jax_extractor', 'dcgan_jax_device', 'dcgan_jax_device[graph1]',
           'dcgan_jax_device[unfolded]', 'dcgan_jax_device[unmerged+pad4]'} <= set(rows)
   # The plain row is the extractor's default form; a variant changes it.
-  assert rows['dcgan_jax_device']['network'] == {'merge_siblings': True, 'input_channels': 3}
-  assert rows['dcgan_jax_device[unmerged+pad4]']['network'] == {'merge_siblings': False,
-                                                               'input_channels': 4}
+  assert rows['dcgan_jax_device']['network'] == {'merge_siblings': True, 'input_channels': 3,
+                                                 'merge_pool_branches': False}
+  assert rows['dcgan_jax_device[unmerged+pad4]']['network'] == {
+      'merge_siblings': False, 'input_channels': 4, 'merge_pool_branches': False}
   both = rows['dcgan_jax_device[unmerged+pad4+graph1]']  # The failed 'bad' is never chosen.
   assert not both['network']['merge_siblings'] and both['compiler_options'] == variants['graph1']
   # An option set XLA refuses is recorded with its error; the run goes on.
@@ -350,11 +351,15 @@ def test_gpu_session_variants_parse_and_xla_knows_every_option():
   assert set(benchmark_train.parse_model_variants(variants['model_variants'])) == {'pad1'}
   network = benchmark_fid.parse_network_variants(variants['inc_network'])
   # Variants change the extractor's default form (merged siblings, RGB as is).
-  assert network['unmerged'] == {'merge_siblings': False, 'input_channels': 3}
-  assert network['pad4'] == {'merge_siblings': True, 'input_channels': 4}
+  assert network['unmerged'] == {'merge_siblings': False, 'input_channels': 3,
+                                 'merge_pool_branches': False}
+  assert network['pad4'] == {'merge_siblings': True, 'input_channels': 4,
+                             'merge_pool_branches': False}
+  assert network['poolmerged'] == {'merge_siblings': True, 'input_channels': 3,
+                                   'merge_pool_branches': True}
   assert benchmark_fid.parse_network_variants('unmerged+pad8')['unmerged+pad8'] == {
-      'merge_siblings': False, 'input_channels': 8}
-  with pytest.raises(UserError, match="valid parts: 'merged', 'unmerged' and 'padN'"):
+      'merge_siblings': False, 'input_channels': 8, 'merge_pool_branches': False}
+  with pytest.raises(UserError, match="valid parts: 'merged', 'unmerged', 'poolmerged' and"):
     benchmark_fid.parse_network_variants('merged+pad2')
   xla_sets = {}
   for name in ('step_variants', 'inc_variants', 'loop_variants'):

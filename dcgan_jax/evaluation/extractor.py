@@ -18,11 +18,13 @@ _BATCH_AXIS = 'batch'
 
 def network_for(variables: dict[str, Any], precision: str) -> inception.FIDInceptionV3:
   """The `FIDInceptionV3` that ``variables`` fit: their structure says which form they have
-  (folded: no batch_stats; merged: ``merged_1x1`` convolutions; padded input channels)."""
+  (folded: no batch_stats; merged: ``merged_1x1`` convolutions, with the pool branches' when
+  an average-pool block has no ``branch_pool`` of its own; padded input channels)."""
   params = variables['params']
+  merged = inception.MERGED_1X1 in params['Mixed_5b']
   return inception.FIDInceptionV3(
-      precision=precision, folded='batch_stats' not in variables,
-      merged=inception.MERGED_1X1 in params['Mixed_5b'],
+      precision=precision, folded='batch_stats' not in variables, merged=merged,
+      pool_merged=merged and inception.POOL_BRANCH not in params['Mixed_5b'],
       input_channels=params['Conv2d_1a_3x3']['conv']['kernel'].shape[2])
 
 
@@ -73,7 +75,8 @@ class InceptionExtractor:
   def __init__(self, variables: dict[str, Any], preprocessing: str = 'pytorch_fid',
                precision: str = 'default', batch_size: int = 200,
                devices: Sequence[jax.Device] | None = None, merge_siblings: bool = True,
-               input_channels: int = 3, compiler_options: Mapping[str, Any] | None = None):
+               input_channels: int = 3, compiler_options: Mapping[str, Any] | None = None,
+               merge_pool_branches: bool = False):
     """Builds an extractor from already converted variables.
 
     Args:
@@ -92,6 +95,10 @@ class InceptionExtractor:
         many (see `inception.pad_input_channels`). Performance only.
       compiler_options: XLA options the network's program is compiled with (e.g. command
         buffer types on GPUs). Performance only.
+      merge_pool_branches: with ``merge_siblings``, the average-pool branches' 1x1
+        convolutions join the merged ones and run before their pool (see
+        ``inception.FIDInceptionV3(pool_merged=True)``). Performance only; unmeasured on GPUs
+        so far, so off by default.
     """
     self.preprocessing = preprocessing_lib.check_mode(preprocessing)
     if precision not in inception.PRECISIONS:
@@ -99,6 +106,9 @@ class InceptionExtractor:
                       f'{", ".join(inception.PRECISIONS)}.')
     if batch_size < 1:
       raise UserError(f'batch_size must be positive, got {batch_size}.')
+    if merge_pool_branches and not merge_siblings:
+      raise UserError('merge_pool_branches=True needs merge_siblings=True (the pool branches '
+                      'join the merged sibling convolutions).')
     if not 3 <= input_channels <= inception.MAX_INPUT_CHANNELS:
       raise UserError(f'input_channels must be in 3..{inception.MAX_INPUT_CHANNELS} (3 is RGB '
                       f'as is), got {input_channels}.')
@@ -112,7 +122,8 @@ class InceptionExtractor:
     # BatchNorm folded into the convolutions once, here: the same features with one pass less
     # over every activation (and conv + bias + ReLU as one cuDNN call on GPUs).
     self._variables = jax.device_put(
-        inception.inference_variables(variables, merge_siblings, input_channels),
+        inception.inference_variables(variables, merge_siblings, input_channels,
+                                      merge_pool_branches),
         NamedSharding(mesh, PartitionSpec()))
     self.compiler_options = dict(compiler_options or {})
     self._options_key = options_key(self.compiler_options)

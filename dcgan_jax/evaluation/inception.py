@@ -52,6 +52,7 @@ class ConvBN(nn.Module):
     precision: 'default', 'high' or 'highest' for the convolution.
     folded: the BatchNorm is folded into the convolution (variables from
       :func:`fold_batch_norm`): conv with a bias, then ReLU.
+    relu: apply the ReLU (False only where the caller applies it later, after a pool).
   """
   features: int
   kernel_size: tuple[int, int]
@@ -59,6 +60,7 @@ class ConvBN(nn.Module):
   padding: str | Padding = 'VALID'
   precision: str = 'default'
   folded: bool = False
+  relu: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -74,7 +76,7 @@ class ConvBN(nn.Module):
     )(x)
     if not self.folded:
       x = nn.BatchNorm(use_running_average=True, epsilon=BN_EPSILON, name='bn')(x)
-    return nn.relu(x)
+    return nn.relu(x) if self.relu else x
 
 
 def _avg_pool_3x3_exclude_pad(x: jax.Array) -> jax.Array:
@@ -96,24 +98,57 @@ SIBLING_1X1_GROUPS = (
     ('branch1x1', 'branch3x3_1', 'branch3x3dbl_1'),  # InceptionE
 )
 MERGED_1X1 = 'merged_1x1'
+# The blocks whose pool branch is a 3x3 average pool (excluding padding) then a 1x1 ConvBN; with
+# ``merge_sibling_convs(..., pool_branches=True)`` that 1x1 joins the block's merged convolution.
+# Mixed_7c max-pools (max does not commute with a convolution), so it keeps its pool branch.
+AVERAGE_POOL_BLOCKS = ('Mixed_5b', 'Mixed_5c', 'Mixed_5d', 'Mixed_6b', 'Mixed_6c', 'Mixed_6d',
+                       'Mixed_6e', 'Mixed_7b')
+POOL_BRANCH = 'branch_pool'
 
 
 def _sibling_1x1(x: jax.Array, branches: Sequence[tuple[str, int]], precision: str,
-                 folded: bool, merged: bool) -> list[jax.Array]:
+                 folded: bool, merged: bool, pool_features: int | None = None) -> list[jax.Array]:
   """The outputs of the 1x1 ConvBNs ``branches`` ((name, features)) that all read ``x``.
 
   Merged, they are one convolution with every branch's output channels side by side, split
   afterwards: the same values from one kernel launch instead of two or three (the blocks run at
   17x17 and 8x8, where each launch does little work).
+
+  ``pool_features`` (merged only) also merges the pool branch, whose output is appended: its
+  1x1 convolution then runs *before* the 3x3 average pool instead of after it. Both are linear
+  and the pool's weights at each position sum to one (padding is excluded), so
+  ``avg_pool(conv(x) + b) == conv(avg_pool(x)) + b``: the same branch, one launch fewer, and the
+  pool reads the branch's 32..192 channels instead of the block's 192..1280 input channels.
   """
   if merged:
     if not folded:
       raise ValueError('merged sibling convolutions need folded=True (see merge_sibling_convs).')
     sizes = [features for _, features in branches]
-    y = ConvBN(sum(sizes), (1, 1), precision=precision, folded=True, name=MERGED_1X1)(x)
-    return jnp.split(y, np.cumsum(sizes)[:-1].tolist(), axis=-1)
+    if pool_features is None:
+      y = ConvBN(sum(sizes), (1, 1), precision=precision, folded=True, name=MERGED_1X1)(x)
+      return jnp.split(y, np.cumsum(sizes)[:-1].tolist(), axis=-1)
+    y = ConvBN(sum(sizes) + pool_features, (1, 1), precision=precision, folded=True,
+               relu=False, name=MERGED_1X1)(x)
+    *outputs, pooled = jnp.split(y, np.cumsum(sizes).tolist(), axis=-1)
+    return [nn.relu(o) for o in outputs] + [nn.relu(_avg_pool_3x3_exclude_pad(pooled))]
+  if pool_features is not None:
+    raise ValueError('pool_merged needs merged=True (see merge_sibling_convs).')
   return [ConvBN(features, (1, 1), precision=precision, folded=folded, name=name)(x)
           for name, features in branches]
+
+
+def _siblings_and_pool(block: nn.Module, x: jax.Array, branches: Sequence[tuple[str, int]],
+                       pool_features: int) -> list[jax.Array]:
+  """The sibling 1x1 branches' outputs, then the average-pool branch's, in ``block``'s form.
+
+  ``block`` has ``precision``, ``folded``, ``merged`` and ``pool_merged`` attributes.
+  """
+  if block.pool_merged:
+    return _sibling_1x1(x, branches, block.precision, block.folded, block.merged, pool_features)
+  outputs = _sibling_1x1(x, branches, block.precision, block.folded, block.merged)
+  pooled = _avg_pool_3x3_exclude_pad(x)
+  return outputs + [ConvBN(pool_features, (1, 1), precision=block.precision,
+                           folded=block.folded, name=POOL_BRANCH)(pooled)]
 
 
 class InceptionA(nn.Module):
@@ -122,18 +157,18 @@ class InceptionA(nn.Module):
   precision: str = 'default'
   folded: bool = False
   merged: bool = False
+  pool_merged: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     conv = lambda name, f, k: ConvBN(f, k, padding=_same_padding(k), precision=self.precision,
                                      folded=self.folded, name=name)
-    branch1x1, branch5x5, branch3x3dbl = _sibling_1x1(
-        x, (('branch1x1', 64), ('branch5x5_1', 48), ('branch3x3dbl_1', 64)), self.precision,
-        self.folded, self.merged)
+    branch1x1, branch5x5, branch3x3dbl, branch_pool = _siblings_and_pool(
+        self, x, (('branch1x1', 64), ('branch5x5_1', 48), ('branch3x3dbl_1', 64)),
+        self.pool_features)
     branch5x5 = conv('branch5x5_2', 64, (5, 5))(branch5x5)
     branch3x3dbl = conv('branch3x3dbl_2', 96, (3, 3))(branch3x3dbl)
     branch3x3dbl = conv('branch3x3dbl_3', 96, (3, 3))(branch3x3dbl)
-    branch_pool = conv('branch_pool', self.pool_features, (1, 1))(_avg_pool_3x3_exclude_pad(x))
     return jnp.concatenate([branch1x1, branch5x5, branch3x3dbl, branch_pool], axis=-1)
 
 
@@ -162,22 +197,21 @@ class InceptionC(nn.Module):
   precision: str = 'default'
   folded: bool = False
   merged: bool = False
+  pool_merged: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     conv = lambda name, f, k: ConvBN(f, k, padding=_same_padding(k), precision=self.precision,
                                      folded=self.folded, name=name)
     c7 = self.channels_7x7
-    branch1x1, branch7x7, branch7x7dbl = _sibling_1x1(
-        x, (('branch1x1', 192), ('branch7x7_1', c7), ('branch7x7dbl_1', c7)), self.precision,
-        self.folded, self.merged)
+    branch1x1, branch7x7, branch7x7dbl, branch_pool = _siblings_and_pool(
+        self, x, (('branch1x1', 192), ('branch7x7_1', c7), ('branch7x7dbl_1', c7)), 192)
     branch7x7 = conv('branch7x7_2', c7, (1, 7))(branch7x7)
     branch7x7 = conv('branch7x7_3', 192, (7, 1))(branch7x7)
     branch7x7dbl = conv('branch7x7dbl_2', c7, (7, 1))(branch7x7dbl)
     branch7x7dbl = conv('branch7x7dbl_3', c7, (1, 7))(branch7x7dbl)
     branch7x7dbl = conv('branch7x7dbl_4', c7, (7, 1))(branch7x7dbl)
     branch7x7dbl = conv('branch7x7dbl_5', 192, (1, 7))(branch7x7dbl)
-    branch_pool = conv('branch_pool', 192, (1, 1))(_avg_pool_3x3_exclude_pad(x))
     return jnp.concatenate([branch1x1, branch7x7, branch7x7dbl, branch_pool], axis=-1)
 
 
@@ -209,24 +243,28 @@ class InceptionE(nn.Module):
   precision: str = 'default'
   folded: bool = False
   merged: bool = False
+  pool_merged: bool = False  # Only with pool='avg': a max pool does not commute with a conv.
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     conv = lambda name, f, k: ConvBN(f, k, padding=_same_padding(k), precision=self.precision,
                                      folded=self.folded, name=name)
-    branch1x1, branch3x3, branch3x3dbl = _sibling_1x1(
-        x, (('branch1x1', 320), ('branch3x3_1', 384), ('branch3x3dbl_1', 448)), self.precision,
-        self.folded, self.merged)
+    siblings = (('branch1x1', 320), ('branch3x3_1', 384), ('branch3x3dbl_1', 448))
+    if self.pool == 'avg':
+      branch1x1, branch3x3, branch3x3dbl, branch_pool = _siblings_and_pool(
+          self, x, siblings, 192)
+    else:
+      if self.pool_merged:
+        raise ValueError('pool_merged needs an average-pool block (pool="avg").')
+      branch1x1, branch3x3, branch3x3dbl = _sibling_1x1(
+          x, siblings, self.precision, self.folded, self.merged)
+      pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+      branch_pool = conv(POOL_BRANCH, 192, (1, 1))(pooled)
     branch3x3 = jnp.concatenate([conv('branch3x3_2a', 384, (1, 3))(branch3x3),
                                  conv('branch3x3_2b', 384, (3, 1))(branch3x3)], axis=-1)
     branch3x3dbl = conv('branch3x3dbl_2', 384, (3, 3))(branch3x3dbl)
     branch3x3dbl = jnp.concatenate([conv('branch3x3dbl_3a', 384, (1, 3))(branch3x3dbl),
                                     conv('branch3x3dbl_3b', 384, (3, 1))(branch3x3dbl)], axis=-1)
-    if self.pool == 'avg':
-      pooled = _avg_pool_3x3_exclude_pad(x)
-    else:
-      pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
-    branch_pool = conv('branch_pool', 192, (1, 1))(pooled)
     return jnp.concatenate([branch1x1, branch3x3, branch3x3dbl, branch_pool], axis=-1)
 
 
@@ -252,6 +290,10 @@ class FIDInceptionV3(nn.Module):
       BatchNorm layers): the same function with one pass less over every activation.
     merged: the variables come from :func:`merge_sibling_convs` (needs ``folded``): the 1x1
       convolutions that read a block's input side by side are one convolution.
+    pool_merged: the variables come from ``merge_sibling_convs(..., pool_branches=True)``
+      (needs ``merged``): in the average-pool blocks (`AVERAGE_POOL_BLOCKS`) the pool branch's
+      1x1 convolution joins the merged one and runs before the pool (the same function: see
+      `_sibling_1x1`).
     input_channels: the first convolution's input channels; more than 3 appends zero channels
       to the RGB input (variables from :func:`pad_input_channels`), which changes nothing but
       the shapes cuDNN sees.
@@ -259,6 +301,7 @@ class FIDInceptionV3(nn.Module):
   precision: str = 'default'
   folded: bool = False
   merged: bool = False
+  pool_merged: bool = False
   input_channels: int = 3
 
   @nn.compact
@@ -273,7 +316,9 @@ class FIDInceptionV3(nn.Module):
       {'pool': [N, 2048], 'logits': [N, 1008] without the fc bias (what the Inception Score
       uses), 'logits_with_bias': [N, 1008]}.
     """
-    p, f, m = self.precision, self.folded, self.merged
+    p, f = self.precision, self.folded
+    block = dict(precision=p, folded=f, merged=self.merged)
+    avg_block = dict(block, pool_merged=self.pool_merged)  # The blocks with an average pool.
     if x.shape[-1] < self.input_channels:
       x = jnp.pad(x, ((0, 0),) * (x.ndim - 1) + ((0, self.input_channels - x.shape[-1]),))
     x = ConvBN(32, (3, 3), strides=(2, 2), precision=p, folded=f, name='Conv2d_1a_3x3')(x)
@@ -284,17 +329,17 @@ class FIDInceptionV3(nn.Module):
     x = ConvBN(80, (1, 1), precision=p, folded=f, name='Conv2d_3b_1x1')(x)
     x = ConvBN(192, (3, 3), precision=p, folded=f, name='Conv2d_4a_3x3')(x)
     x = _max_pool_3x3_stride2(x)
-    x = InceptionA(32, precision=p, folded=f, merged=m, name='Mixed_5b')(x)
-    x = InceptionA(64, precision=p, folded=f, merged=m, name='Mixed_5c')(x)
-    x = InceptionA(64, precision=p, folded=f, merged=m, name='Mixed_5d')(x)
+    x = InceptionA(32, **avg_block, name='Mixed_5b')(x)
+    x = InceptionA(64, **avg_block, name='Mixed_5c')(x)
+    x = InceptionA(64, **avg_block, name='Mixed_5d')(x)
     x = InceptionB(precision=p, folded=f, name='Mixed_6a')(x)
-    x = InceptionC(128, precision=p, folded=f, merged=m, name='Mixed_6b')(x)
-    x = InceptionC(160, precision=p, folded=f, merged=m, name='Mixed_6c')(x)
-    x = InceptionC(160, precision=p, folded=f, merged=m, name='Mixed_6d')(x)
-    x = InceptionC(192, precision=p, folded=f, merged=m, name='Mixed_6e')(x)
-    x = InceptionD(precision=p, folded=f, merged=m, name='Mixed_7a')(x)
-    x = InceptionE('avg', precision=p, folded=f, merged=m, name='Mixed_7b')(x)
-    x = InceptionE('max', precision=p, folded=f, merged=m, name='Mixed_7c')(x)
+    x = InceptionC(128, **avg_block, name='Mixed_6b')(x)
+    x = InceptionC(160, **avg_block, name='Mixed_6c')(x)
+    x = InceptionC(160, **avg_block, name='Mixed_6d')(x)
+    x = InceptionC(192, **avg_block, name='Mixed_6e')(x)
+    x = InceptionD(**block, name='Mixed_7a')(x)
+    x = InceptionE('avg', **avg_block, name='Mixed_7b')(x)
+    x = InceptionE('max', **block, name='Mixed_7c')(x)
     pool = jnp.mean(x, axis=(1, 2))
     logits, logits_with_bias = Classifier(precision=p, name='fc')(pool)
     return {'pool': pool, 'logits': logits, 'logits_with_bias': logits_with_bias}
@@ -334,7 +379,7 @@ def fold_batch_norm(variables: dict) -> dict:
   return {'params': fold(variables['params'], variables['batch_stats'])}
 
 
-def merge_sibling_convs(params: Mapping[str, Any]) -> dict:
+def merge_sibling_convs(params: Mapping[str, Any], pool_branches: bool = False) -> dict:
   """Stacks the side-by-side 1x1 convolutions of every block into one (see
   ``FIDInceptionV3(merged=True)``).
 
@@ -345,17 +390,23 @@ def merge_sibling_convs(params: Mapping[str, Any]) -> dict:
   Args:
     params: folded parameters (``fold_batch_norm(...)['params']``) of the whole network or of
       any subtree (a block).
+    pool_branches: also stack the pool branch's 1x1 convolution (last) in the blocks named in
+      `AVERAGE_POOL_BLOCKS`, for ``FIDInceptionV3(merged=True, pool_merged=True)``; blocks are
+      recognised by name, so pass the whole network (or ``{block_name: block_params}``).
 
   Returns:
     The same tree with each group of ``SIBLING_1X1_GROUPS`` found in a block replaced by one
     ``merged_1x1`` convolution; other entries unchanged.
   """
-  def merge(tree: Mapping[str, Any]) -> dict:
-    out = {name: merge(child) if isinstance(child, Mapping) and 'conv' not in child else child
-           for name, child in tree.items()}
+  def merge(tree: Mapping[str, Any], name: str = '') -> dict:
+    out = {child_name: merge(child, child_name)
+           if isinstance(child, Mapping) and 'conv' not in child else child
+           for child_name, child in tree.items()}
     for group in SIBLING_1X1_GROUPS:
-      if all(name in out for name in group):
-        convs = [out.pop(name)['conv'] for name in group]
+      if all(branch in out for branch in group):
+        if pool_branches and name in AVERAGE_POOL_BLOCKS:
+          group += (POOL_BRANCH,)
+        convs = [out.pop(branch)['conv'] for branch in group]
         if any('bias' not in conv for conv in convs):
           raise ValueError('merge_sibling_convs needs folded parameters (fold_batch_norm first).')
         out[MERGED_1X1] = {'conv': {
@@ -387,15 +438,18 @@ MAX_INPUT_CHANNELS = 64
 
 
 def inference_variables(variables: dict, merge_siblings: bool = False,
-                        input_channels: int = 3) -> dict:
+                        input_channels: int = 3, merge_pool_branches: bool = False) -> dict:
   """{'params', 'batch_stats'} -> the {'params'} the extractor runs: BatchNorm folded, then
-  optionally the sibling 1x1 convolutions merged and the input padded (same features).
+  optionally the sibling 1x1 convolutions merged (with the pool branches' too, if
+  ``merge_pool_branches``) and the input padded (same features).
 
   ``extractor.network_for`` recognises the form from the result's structure.
   """
+  if merge_pool_branches and not merge_siblings:
+    raise ValueError('merge_pool_branches needs merge_siblings.')
   params = fold_batch_norm(variables)['params']
   if merge_siblings:
-    params = merge_sibling_convs(params)
+    params = merge_sibling_convs(params, pool_branches=merge_pool_branches)
   return {'params': pad_input_channels(params, input_channels)}
 
 
