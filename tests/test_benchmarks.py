@@ -357,6 +357,16 @@ def test_gpu_session_variants_parse_and_xla_knows_every_option():
                              'merge_pool_branches': False}
   assert network['poolmerged'] == {'merge_siblings': True, 'input_channels': 3,
                                    'merge_pool_branches': True}
+  # Each form's options are what the extractor's variables are built with (bench_device passes
+  # them on), and the network they select is that form.
+  from dcgan_jax.evaluation import extractor, inception  # pylint: disable=g-import-not-at-top
+  shapes = inception.variable_shapes()
+  ones = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), shapes)
+  for name, expected in [('poolmerged', dict(merged=True, pool_merged=True)),
+                         ('unmerged', dict(merged=False, pool_merged=False))]:
+    form_variables = inception.inference_variables(ones, **network[name])
+    assert extractor.network_for(form_variables, 'default') == inception.FIDInceptionV3(
+        folded=True, **expected), name
   assert benchmark_fid.parse_network_variants('unmerged+pad8')['unmerged+pad8'] == {
       'merge_siblings': False, 'input_channels': 8, 'merge_pool_branches': False}
   with pytest.raises(UserError, match="valid parts: 'merged', 'unmerged', 'poolmerged' and"):
