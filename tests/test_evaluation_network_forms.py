@@ -24,15 +24,10 @@ def _random_variables(seed=0):
   return variables
 
 
-@pytest.mark.parametrize('block, input_channels', [
-    (inception.InceptionA(8), 16),
-    (inception.InceptionC(12), 24),
-    (inception.InceptionD(), 16),
-    (inception.InceptionE('max'), 16),
-])
-def test_merged_sibling_convolutions_equal_the_separate_ones(block, input_channels):
-  rng = np.random.default_rng(1)
-  x = rng.standard_normal((2, 9, 9, input_channels)).astype(np.float32)
+def _folded_block(block, size, input_channels, seed):
+  """(the block folded at full precision, a [2, size, size, C] input, random folded params)."""
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((2, size, size, input_channels)).astype(np.float32)
   folded = block.clone(folded=True, precision='highest')
   shapes = jax.eval_shape(folded.init, jax.random.key(0), x)['params']
   # Kernels scaled by fan-in keep activations O(1) through the chains of convolutions, so a
@@ -40,6 +35,17 @@ def test_merged_sibling_convolutions_equal_the_separate_ones(block, input_channe
   params = jax.tree.map(
       lambda s: (rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(
           np.float32), shapes)
+  return folded, x, params
+
+
+@pytest.mark.parametrize('block, input_channels', [
+    (inception.InceptionA(8), 16),
+    (inception.InceptionC(12), 24),
+    (inception.InceptionD(), 16),
+    (inception.InceptionE('max'), 16),
+])
+def test_merged_sibling_convolutions_equal_the_separate_ones(block, input_channels):
+  folded, x, params = _folded_block(block, size=9, input_channels=input_channels, seed=1)
   merged_params = inception.merge_sibling_convs(params)
   group = next(g for g in inception.SIBLING_1X1_GROUPS if all(n in params for n in g))
   assert not set(group) & set(merged_params) and inception.MERGED_1X1 in merged_params
@@ -61,13 +67,7 @@ def test_pool_branch_merged_before_its_pool_equals_pool_then_conv(name, block, i
   """avg_pool(conv(x) + b) == conv(avg_pool(x)) + b when the pool excludes padding; the
   border pixels (where the pool averages 4 or 6 values, not 9) are where a wrong divisor or a
   pooled bias would show, and a 5x5 input is mostly border."""
-  rng = np.random.default_rng(3)
-  x = rng.standard_normal((2, 5, 5, input_channels)).astype(np.float32)
-  folded = block.clone(folded=True, precision='highest')
-  shapes = jax.eval_shape(folded.init, jax.random.key(0), x)['params']
-  params = jax.tree.map(
-      lambda s: (rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(
-          np.float32), shapes)
+  folded, x, params = _folded_block(block, size=5, input_channels=input_channels, seed=3)
   merged = inception.merge_sibling_convs({name: params}, pool_branches=True)[name]
   assert inception.POOL_BRANCH not in merged
   kernel = merged[inception.MERGED_1X1]['conv']['kernel']
