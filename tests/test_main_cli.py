@@ -1,6 +1,7 @@
 """The command line, run as users run it: ``python -m dcgan_jax.main --config=... --workdir=...``.
 
-Its help, and a run split over two processes. What a mistake on the command line does (exit
+Its help, a run split over two processes, and two processes stopping together at a
+non-finite loss. What a mistake on the command line does (exit
 status 2, one line, nothing written) is pinned down row by row in tests/test_bad_inputs.py.
 """
 import json
@@ -20,9 +21,11 @@ def test_help_lists_the_flags():
   assert '--workdir' in result.stdout and '--config' in result.stdout
 
 
-@pytest.mark.slow
-def test_two_processes_train_one_run(tmp_path):
-  """--coordinator_address/--num_processes/--process_id: 2 processes x 2 CPU devices, gloo."""
+def _run_two_processes(tmp_path, runner: str, flags: list[str], env_extra=None,
+                       library_logs: bool = False):
+  """Runs ``runner -m dcgan_jax.main`` as 2 processes x 2 CPU devices (gloo) on the digits
+  dataset at 8x8; returns ([Popen], [(stdout, stderr)]). Process 0 alone gets
+  ``--library_logs`` if ``library_logs``."""
   import os  # pylint: disable=g-import-not-at-top
   import socket  # pylint: disable=g-import-not-at-top
 
@@ -30,36 +33,46 @@ def test_two_processes_train_one_run(tmp_path):
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2 '
-             + os.environ.get('DCGAN_JAX_TEST_XLA_FLAGS', ''))
-  workdir = tmp_path / 'run'
+             + os.environ.get('DCGAN_JAX_TEST_XLA_FLAGS', ''), **(env_extra or {}))
   # Prepared once here: two processes preparing one tfds data_dir at the same time would race.
   from dcgan_jax import data  # pylint: disable=g-import-not-at-top
   from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
   data.dataset_info(ConfigDict({'dataset': 'digits', 'data_dir': str(tmp_path / 'tfds'),
                                 'image_size': 8, 'channels': 1}))
-  # In-training FID too, with a stand-in extractor: each process scores its share of the images.
-  common = [sys.executable, str(_ROOT / 'tests' / 'stand_in_inception.py'), '-m',
-            'dcgan_jax.main', '--config=configs/default.py',
-            f'--workdir={workdir}', f'--config.data_dir={tmp_path / "tfds"}',
+  common = [sys.executable, str(_ROOT / 'tests' / runner), '-m', 'dcgan_jax.main',
+            '--config=configs/default.py', f'--config.data_dir={tmp_path / "tfds"}',
             '--config.image_size=8', '--config.generator_width=8',
             '--config.discriminator_width=8', '--config.batch_size=16',
-            '--config.num_train_steps=2', '--config.quality_every_steps=0',
-            # A grid at step 1 alone (queued by process 0; the others go on) and at the end.
-            '--config.sample_every_steps=1',
-            '--config.inception_weights=stand_in.pth', '--config.eval_every_steps=2',
-            '--config.eval_num_samples=40',
-            # Fused dispatch across processes: chunks (0, 1) and (1, 2), the second fed the
-            # first's global (not fully addressable) non-finite tracker.
-            '--config.steps_per_dispatch=2', '--config.log_every_steps=1',
-            # Each process traces the second step into its own folder.
-            '--config.profile_steps=1', '--config.profile_skip_steps=1',
-            f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
-  # Process 0 also prints its libraries' INFO logs (--library_logs); process 1 hides them.
-  processes = [subprocess.Popen(common + [f'--process_id={i}'] + ['--library_logs'] * (i == 0),
+            f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2'] + flags
+  processes = [subprocess.Popen(common + [f'--process_id={i}']
+                                + ['--library_logs'] * (library_logs and i == 0),
                                 cwd=_ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
                for i in range(2)]
-  outputs = [p.communicate(timeout=300) for p in processes]
+  try:
+    return processes, [p.communicate(timeout=300) for p in processes]
+  finally:  # A hang (processes disagreeing at a barrier) fails the test instead of lingering.
+    for p in processes:
+      p.kill()
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_run(tmp_path):
+  """--coordinator_address/--num_processes/--process_id: 2 processes x 2 CPU devices, gloo."""
+  workdir = tmp_path / 'run'
+  # In-training FID too, with a stand-in extractor: each process scores its share of the images.
+  # Process 0 also prints its libraries' INFO logs (--library_logs); process 1 hides them.
+  processes, outputs = _run_two_processes(tmp_path, 'stand_in_inception.py', [
+      f'--workdir={workdir}', '--config.num_train_steps=2', '--config.quality_every_steps=0',
+      # A grid at step 1 alone (queued by process 0; the others go on) and at the end.
+      '--config.sample_every_steps=1',
+      '--config.inception_weights=stand_in.pth', '--config.eval_every_steps=2',
+      '--config.eval_num_samples=40',
+      # Fused dispatch across processes: chunks (0, 1) and (1, 2), the second fed the
+      # first's global (not fully addressable) non-finite tracker.
+      '--config.steps_per_dispatch=2', '--config.log_every_steps=1',
+      # Each process traces the second step into its own folder.
+      '--config.profile_steps=1', '--config.profile_skip_steps=1'], library_logs=True)
   for i, (process, (_, stderr)) in enumerate(zip(processes, outputs)):
     assert process.returncode == 0, stderr[-3000:]
     assert f'JAX process {i} of 2' in stderr
@@ -82,6 +95,26 @@ def test_two_processes_train_one_run(tmp_path):
     assert list(folder.rglob('perfetto_trace.json.gz'))
     assert (folder / 'train_program.hlo.txt').is_file()
     assert 'Profiled steps 2 to 2' in outputs[i][1]
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_at_a_non_finite_loss_behind_a_queued_grid(tmp_path):
+  """Step 2's loss is NaN and step 2's grid is queued (due alone): every process checks the
+  grid's copy of the non-finite tracker where the grid would be written, so both stop with the
+  same one-line error (none waits at a barrier for the other) and no grid of the bad state is
+  written."""
+  workdir = tmp_path / 'run'
+  processes, outputs = _run_two_processes(tmp_path, 'poisoned_step.py', [
+      f'--workdir={workdir}', '--config.num_train_steps=4', '--config.sample_every_steps=2',
+      '--config.quality_every_steps=0', '--config.checkpoint_every_steps=0',
+      '--config.log_every_steps=4', '--config.device_resident=never'],
+      env_extra={'DCGAN_JAX_POISON': '2:g_loss'})
+  for process, (_, stderr) in zip(processes, outputs):
+    assert process.returncode == 2, stderr[-3000:]
+    assert 'non-finite g_loss at step 2; no checkpoint was saved' in stderr
+    assert 'Traceback' not in stderr
+  assert not list((workdir / 'samples').glob('*.png'))
+  assert not (workdir / 'checkpoints').exists() or not list((workdir / 'checkpoints').iterdir())
 
 
 def _expected_stand_in_fid(workdir, num):
