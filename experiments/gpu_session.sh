@@ -40,21 +40,31 @@ run() {  # run SECONDS CMD...: one part under a timeout, output to the log and t
 #   conv_fusion: convolutions as cuDNN fusions. no_graphs: without CUDA graphs.
 #   nhwc: float32 convolutions in NHWC, as the input arrives (XLA's heuristic gives cuDNN NCHW
 #   unless the type is 16-bit; bfloat16 is NHWC already, so this is the float32 rows' question).
+#   conv_concurrent: conv_graphs whose independent small kernels may run side by side inside a
+#   graph (command buffer scheduling CONCURRENT_REGIONS; XLA's default, LHS, keeps them in
+#   order). Rows measured in version 10 (conv_graphs1, conv_fusion, no_graphs) come last: a
+#   cut there loses nothing new.
 #   An option this jaxlib does not know fails alone, as a row with its error.
 cmd_conv="FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONVOLUTION"
 cmd_xla="FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"
-step_variants='{"conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "nhwc": {"xla_gpu_enable_command_buffer": "'$cmd_conv'", "xla_gpu_force_conv_nhwc": true}, "xla_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_xla'"}, "conv_graphs1": {"xla_gpu_enable_command_buffer": "'$cmd_conv'", "xla_gpu_graph_min_graph_size": 1}, "conv_while": {"xla_gpu_enable_command_buffer": "'$cmd_conv',WHILE,CONDITIONAL"}, "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": true}, "no_graphs": {"xla_gpu_enable_command_buffer": ""}}'
+graphs='"xla_gpu_enable_command_buffer": "'$cmd_conv'"'
+concurrent='"xla_gpu_command_buffer_scheduling_mode": "CONCURRENT_REGIONS"'
+step_variants='{"conv_graphs": {'$graphs'}, "nhwc": {'$graphs', "xla_gpu_force_conv_nhwc": true}, "conv_concurrent": {'$graphs', '$concurrent'}, "xla_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_xla'"}, "conv_while": {"xla_gpu_enable_command_buffer": "'$cmd_conv',WHILE,CONDITIONAL"}, "conv_graphs1": {'$graphs', "xla_gpu_graph_min_graph_size": 1}, "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": true}, "no_graphs": {"xla_gpu_enable_command_buffer": ""}}'
 # The Inception program: conv_graphs gained 1.4% (0.2% on the merged form) in version 11.
-# nhwc: the whole float32 network in NHWC (no layout changes around cuDNN's TF32 kernels).
-inc_variants='{"nhwc": {"xla_gpu_force_conv_nhwc": true}, "conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "conv_graphs1": {"xla_gpu_enable_command_buffer": "'$cmd_conv'", "xla_gpu_graph_min_graph_size": 1}}'
+# At batch 50 the 17x17 and 8x8 blocks' branches are independent chains of small convolutions:
+# conv_concurrent lets them share the GPU (CONCURRENT_REGIONS: small kernels side by side,
+# large ones in order; conv_concurrent_all: CONCURRENT, any independent kernels). nhwc: the
+# whole float32 network in NHWC (no layout changes around cuDNN's TF32 kernels);
+# nhwc_concurrent: both (only one XLA set joins the combined row).
+inc_variants='{"conv_concurrent": {'$graphs', '$concurrent'}, "nhwc": {"xla_gpu_force_conv_nhwc": true}, "nhwc_concurrent": {'$graphs', '$concurrent', "xla_gpu_force_conv_nhwc": true}, "conv_concurrent_all": {'$graphs', "xla_gpu_command_buffer_scheduling_mode": "CONCURRENT"}, "conv_graphs": {'$graphs'}}'
 # Inception forms tried beside the default (merged sibling 1x1 convolutions since version 11):
 # the average-pool branches' 1x1 convolutions merged too (version 14), as written (unmerged),
-# RGB input padded to 4 or 8 channels.
-inc_network='poolmerged,unmerged,pad4,pad8'
+# RGB input padded to 4 channels (pad4 and pad8 lost 1-2% in version 10).
+inc_network='poolmerged,unmerged,pad4'
 # Model options tried the same way: the default pads RGB to 8 in bfloat16 (version 11);
 # pad1 is the unpadded form, i.e. what that gains.
 model_variants='{"pad1": {"image_channel_multiple": 1}}'
-loop_variants='{"conv_graphs": {"xla_gpu_enable_command_buffer": "'$cmd_conv'"}, "conv_while": {"xla_gpu_enable_command_buffer": "'$cmd_conv',WHILE,CONDITIONAL"}}'
+loop_variants='{"conv_graphs": {'$graphs'}, "conv_while": {"xla_gpu_enable_command_buffer": "'$cmd_conv',WHILE,CONDITIONAL"}}'
 parts="${PARTS:-train profile fid profinc loop loopN profloop xla profpad fidx ckpt baseline}"  # Which parts, in order (PARTS=... to pick).
 for part in $parts; do
   case $part in

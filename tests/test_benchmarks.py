@@ -338,7 +338,7 @@ def _session_variants():
   names = ('step_variants', 'inc_variants', 'model_variants', 'loop_variants', 'inc_network')
   # Evaluate only the assignments (the script itself needs a GPU machine).
   lines = [line for line in open(script).read().splitlines()
-           if re.match(r'^(cmd_conv|%s)=' % '|'.join(names), line)]
+           if re.match(r'^(cmd_conv|cmd_xla|graphs|concurrent|%s)=' % '|'.join(names), line)]
   shell = '\n'.join(lines + [f'printf "%s\\n" "${name}"' for name in names])
   out = subprocess.run(['bash', '-c', shell], capture_output=True, text=True, check=True).stdout
   return dict(zip(names, out.splitlines()))
@@ -376,6 +376,12 @@ def test_gpu_session_variants_parse_and_xla_knows_every_option():
     parsed = benchmark_train.parse_xla_variants(variants[name])
     assert parsed and 'conv_graphs' in parsed, name
     xla_sets.update({f'{name}/{k}': v for k, v in parsed.items()})
+  # Every shell variable a set uses was defined (an undefined one expands to ''): only
+  # no_graphs turns the graphs off on purpose.
+  assert [name for name, options in xla_sets.items() if '' in options.values()] == [
+      'step_variants/no_graphs']
+  assert xla_sets['inc_variants/conv_concurrent'][
+      'xla_gpu_command_buffer_scheduling_mode'] == 'CONCURRENT_REGIONS'
   f = jax.jit(lambda x: x * 2)
   for name, options in xla_sets.items():
     f.lower(np.ones(3, np.float32)).compile(compiler_options=options)  # Raises on an unknown option.
