@@ -75,7 +75,7 @@ for part in $parts; do
     profpad) run "${T_PROFILE:-80}" $py experiments/profile_step.py ${BENCH_ARGS:-} --dtypes bfloat16 \
              --image_channel_multiple 8 --out_dir /tmp/profile ;;
     profinc) run "${T_PROFINC:-60}" $py experiments/profile_step.py --model inception --batch 50 \
-             --out_dir /tmp/profile ;;
+             ${PROFINC_ARGS:-} --out_dir /tmp/profile ;;
     fid) run "${T_FID:-130}" $py experiments/benchmark_fid.py ${BENCH_ARGS:-} ${FID_ARGS:-} \
              --device_kind "$kind" --out "$out/fid_${tag}.json" ;;
     fidx) run "${T_FIDX:-200}" $py experiments/benchmark_fid.py ${BENCH_ARGS:-} --batch_sizes 50 \

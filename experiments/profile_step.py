@@ -67,7 +67,9 @@ def profile(dtype: str, args) -> dict[str, Any]:
 
 
 def profile_inception(args) -> dict[str, Any]:
-  """The same for the FID Inception network: preprocess + forward on a device-resident batch.
+  """The same for the FID Inception network, in the form and with the XLA options the
+  extractor runs it (``--network`` / ``--compiler_options`` to profile a candidate instead):
+  preprocess, then the network, on a device-resident batch, as the extractor dispatches them.
 
   Random weights of the real shapes (benchmark_fid's), uint8 64x64 images resized to 299 as in
   an FID run, each side's default precision; one "step" is one batch.
@@ -76,24 +78,27 @@ def profile_inception(args) -> dict[str, Any]:
   from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
   from dcgan_jax.evaluation import extractor as extractor_lib  # pylint: disable=g-import-not-at-top
   from dcgan_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
-  # Folded, as the extractor runs the network.
-  variables = jax.device_put(inception.fold_batch_norm(benchmark_fid.random_inception_variables()))
+  form = (benchmark_fid.parse_network_variants(args.network)[args.network] if args.network
+          else benchmark_fid.default_form())
+  options = json.loads(args.compiler_options) if args.compiler_options else {}
+  variables = jax.device_put(inception.inference_variables(
+      benchmark_fid.random_inception_variables(), **form))
   images = jax.device_put(np.random.default_rng(0).integers(
       0, 256, (args.batch, args.image_size, args.image_size, 3), dtype=np.uint8))
-
-  def features(v, x):
-    return extractor_lib._forward(v, evaluation.preprocess(x), precision='default')  # pylint: disable=protected-access
-
-  program = jax.jit(features)
+  # The extractor's own program for these options (a jit with options cannot be nested in
+  # another jit, so preprocessing stays a program of its own, as in the extractor).
+  network = extractor_lib.network_program(extractor_lib.options_key(options))
 
   def run_steps(n: int) -> None:
     out = None
     for _ in range(n):
-      out = program(variables, images)
+      out = network(variables, evaluation.preprocess(images), precision='default')
     jax.block_until_ready(out)
 
-  summary = _trace(program.lower(variables, images).compile(), run_steps, 'inception', args)
-  return dict(summary, dtype='float32 (default precision)', model='inception',
+  compiled = network.lower(variables, evaluation.preprocess(images), precision='default').compile()
+  summary = _trace(compiled, run_steps, 'inception', args)
+  return dict(summary, dtype='float32 (default precision)', model='inception', network=form,
+              compiler_options=options,
               img_per_s=args.batch / summary['wall_ms_per_step_traced'] * 1e3)
 
 
@@ -128,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
                       help='step models with image channels padded to this multiple (8: the '
                            'tensor-core option; 1: none; 0: the models\' default, 8 for '
                            'bfloat16 and 1 for float32)')
+  parser.add_argument('--network', default='',
+                      help="inception only: the network form, as benchmark_fid's "
+                           "--network_variants names one (e.g. poolmerged, unmerged+pad4); "
+                           "default: the extractor's default form")
+  parser.add_argument('--compiler_options', default='',
+                      help='inception only: JSON {xla_option: value} the network is compiled '
+                           'with (e.g. a winner of benchmark_fid --xla_variants)')
   parser.add_argument('--tiny', action='store_true', help='CPU smoke run: image 16, width 8')
   args = parser.parse_args(argv)
   if args.tiny:

@@ -307,12 +307,17 @@ def test_profile_step_tiny_writes_hlo_and_summary(tmp_path):
 
 @pytest.mark.slow
 def test_profile_inception_tiny_writes_hlo_and_summary(tmp_path):
-  """The FID network's profile (random weights of the real shapes, a batch of 2) on CPU."""
-  _run_profile_tiny(tmp_path, '--model', 'inception')
+  """The FID network's profile (random weights of the real shapes, a batch of 2) on CPU, in a
+  form and with XLA options given on the command line (the default: the extractor's form)."""
+  _run_profile_tiny(tmp_path, '--model', 'inception', '--network', 'poolmerged',
+                    '--compiler_options', '{"xla_gpu_graph_min_graph_size": 1}')
   hlo = (tmp_path / 'inception.hlo.txt').read_text()
   assert 'HloModule' in hlo and 'convolution' in hlo
   summary = json.loads((tmp_path / 'profile_inception.json').read_text())
   assert summary['model'] == 'inception' and summary['batch'] == 2
+  assert summary['network'] == {'merge_siblings': True, 'merge_pool_branches': True,
+                                'input_channels': 3}
+  assert summary['compiler_options'] == {'xla_gpu_graph_min_graph_size': 1}
   assert summary['wall_ms_per_step_traced'] > 0 and summary['img_per_s'] > 0
 
 
