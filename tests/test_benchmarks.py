@@ -340,7 +340,8 @@ def test_gpu_session_script_parses_and_names_every_part():
 def _session_variants():
   """The option sets gpu_session.sh passes as --xla_variants / --model_variants, by name."""
   script = os.path.join(EXPERIMENTS, 'gpu_session.sh')
-  names = ('step_variants', 'inc_variants', 'model_variants', 'loop_variants', 'inc_network')
+  names = ('step_variants', 'inc_variants', 'model_variants', 'loop_variants', 'inc_network',
+           'step1024_variants')
   # Evaluate only the assignments (the script itself needs a GPU machine).
   lines = [line for line in open(script).read().splitlines()
            if re.match(r'^(cmd_conv|cmd_xla|graphs|concurrent|%s)=' % '|'.join(names), line)]
@@ -377,9 +378,9 @@ def test_gpu_session_variants_parse_and_xla_knows_every_option():
   with pytest.raises(UserError, match="valid parts: 'merged', 'unmerged', 'poolmerged' and"):
     benchmark_fid.parse_network_variants('merged+pad2')
   xla_sets = {}
-  for name in ('step_variants', 'inc_variants', 'loop_variants'):
+  for name in ('step_variants', 'inc_variants', 'loop_variants', 'step1024_variants'):
     parsed = benchmark_train.parse_xla_variants(variants[name])
-    assert parsed and 'conv_graphs' in parsed, name
+    assert parsed and ('conv_graphs' in parsed or 'conv_concurrent' in parsed), name
     xla_sets.update({f'{name}/{k}': v for k, v in parsed.items()})
   # Every shell variable a set uses was defined (an undefined one expands to ''): only
   # no_graphs turns the graphs off on purpose.
