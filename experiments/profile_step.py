@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from dcgan_jax import profiling
+from dcgan_jax.errors import UserError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark_train as common  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -66,9 +67,10 @@ def profile(dtype: str, args) -> dict[str, Any]:
   return dict(_trace(compiled, run_steps, name, args), dtype=dtype, model_options=model_options)
 
 
-def profile_inception(args) -> dict[str, Any]:
+def profile_inception(args, form: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
   """The same for the FID Inception network, in the form and with the XLA options the
-  extractor runs it (``--network`` / ``--compiler_options`` to profile a candidate instead):
+  extractor runs it (``form`` / XLA ``options`` from ``--network`` / ``--compiler_options``,
+  to profile a candidate instead):
   preprocess, then the network, on a device-resident batch, as the extractor dispatches them.
 
   Random weights of the real shapes (benchmark_fid's), uint8 64x64 images resized to 299 as in
@@ -78,9 +80,6 @@ def profile_inception(args) -> dict[str, Any]:
   from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
   from dcgan_jax.evaluation import extractor as extractor_lib  # pylint: disable=g-import-not-at-top
   from dcgan_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
-  form = (benchmark_fid.parse_network_variants(args.network)[args.network] if args.network
-          else benchmark_fid.default_form())
-  options = json.loads(args.compiler_options) if args.compiler_options else {}
   variables = jax.device_put(inception.inference_variables(
       benchmark_fid.random_inception_variables(), **form))
   images = jax.device_put(np.random.default_rng(0).integers(
@@ -148,7 +147,21 @@ def main(argv: list[str] | None = None) -> int:
       args.batch = 2
   os.makedirs(args.out_dir, exist_ok=True)
   if args.model == 'inception':
-    summary = profile_inception(args)
+    import benchmark_fid  # pylint: disable=g-import-not-at-top
+    # A mistake on the command line is one usage line, not a traceback.
+    try:
+      form = (benchmark_fid.parse_network_variants(args.network)[args.network] if args.network
+              else benchmark_fid.default_form())
+    except UserError as e:
+      parser.error(str(e))
+    example = 'e.g. {"xla_gpu_force_conv_nhwc": true}'
+    try:
+      options = json.loads(args.compiler_options or '{}')
+    except json.JSONDecodeError as e:
+      parser.error(f'--compiler_options is not JSON ({e}); {example}.')
+    if not isinstance(options, dict):
+      parser.error(f'--compiler_options must be a JSON object of XLA options, {example}.')
+    summary = profile_inception(args, form, options)
     print_summary(summary)
     with open(os.path.join(args.out_dir, 'profile_inception.json'), 'w') as f:
       json.dump(summary, f, indent=1)

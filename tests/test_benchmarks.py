@@ -79,6 +79,17 @@ def test_bad_flags_are_user_errors(capsys):
   assert len(err) == 2 and 'repeats must be positive' in err[0] and '48' in err[1]
 
 
+def test_profile_inception_bad_flags_are_one_usage_line(tmp_path):
+  for flags, message in [(['--network', 'nope'], "Unknown network variant part 'nope'"),
+                         (['--compiler_options', '{bad'], '--compiler_options is not JSON'),
+                         (['--compiler_options', '[1]'], 'must be a JSON object')]:
+    proc = subprocess.run([sys.executable, os.path.join(EXPERIMENTS, 'profile_step.py'),
+                           '--model', 'inception', '--out_dir', str(tmp_path), *flags],
+                          capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and 'Traceback' not in proc.stderr
+    assert not list(tmp_path.iterdir())  # Nothing profiled, nothing written.
+
+
 def _run(script, tmp_path, *flags, without_tensorflow=False):
   out = tmp_path / f'{script}.json'
   # Without TensorFlow, as on the GPU machine: only the core, clu and ml_collections.
