@@ -38,6 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
   # CPU cores; the digits need no more.
   config.generator_width = 16  # ngf in the reference: width of G's last hidden block.
   config.discriminator_width = 16  # ndf: width of D's first block.
+  # How D normalises its hidden layers: 'batch' (the paper), 'layer' (per example, so that a
+  # gradient penalty sees each example alone: WGAN-GP's critic), 'spectral' (every layer's
+  # kernel divided by its largest singular value, SNGAN; often with loss='hinge') or 'none'.
+  config.discriminator_norm = 'batch'
   # 'transpose' (the paper) or 'resize_conv' (nearest x2 then 3x3 conv: no checkerboard, and
   # about half the FLOPs of XLA's dilated transposed convolution on CPU).
   config.upsample = 'resize_conv'

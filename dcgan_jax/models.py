@@ -29,6 +29,8 @@ from dcgan_jax.errors import UserError
 VALID_IMAGE_SIZES: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
 UPSAMPLE_MODES: tuple[str, ...] = ('transpose', 'resize_conv')
 OUTPUT_ACTIVATIONS: tuple[str, ...] = ('tanh', 'sigmoid')
+# How D normalises its hidden layers (see Discriminator.norm).
+DISCRIMINATOR_NORMS: tuple[str, ...] = ('batch', 'layer', 'spectral', 'none')
 COMPUTE_DTYPES: dict[str, Any] = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 # The reference initialises every conv kernel N(0, 0.02) and BN scale N(1, 0.02), bias 0.
@@ -483,6 +485,20 @@ class Discriminator(nn.Module):
     image_channel_multiple: The input layer zero-pads the image channels to a multiple of
       this (8: see :class:`ChannelPaddedConv`). Same parameters and function; 1 pads nothing;
       0 (the default) means 8 in bfloat16 and 1 in float32.
+    norm: How the hidden layers are normalised (one of :data:`DISCRIMINATOR_NORMS`):
+
+      * ``'batch'`` (the paper): BatchNorm after every conv but the input layer's, with
+        statistics over the batch (synced over ``axis_name``).
+      * ``'layer'``: LayerNorm in the same places, with statistics per example over height,
+        width and channels and a per-channel scale and offset. Each example's logit then
+        depends on that example alone, which a gradient penalty assumes: WGAN-GP's authors
+        use it instead of BatchNorm in the critic.
+      * ``'spectral'``: no normalisation layers; every conv and the logit layer divide their
+        kernel by its largest singular value (Miyato et al. 2018, flax's ``SpectralNorm``),
+        estimated by one power iteration per training call and kept in ``batch_stats``.
+        The train step scores real and fake images in one call, so the estimate advances
+        once per D update and once per G update.
+      * ``'none'``: no normalisation.
   """
 
   image_size: int = 64
@@ -491,13 +507,23 @@ class Discriminator(nn.Module):
   dtype: Any = 'float32'
   axis_name: str | None = None
   image_channel_multiple: int = 0
+  norm: str = 'batch'
   # The train step may stack real and fake batches in one call (see ``groups``).
   supports_groups: ClassVar[bool] = True
 
   def __post_init__(self):
     _check_common(self.image_size, self.channels, self.width, self.dtype,
                   self.image_channel_multiple)
+    _validate_choice('norm', self.norm, DISCRIMINATOR_NORMS)
     super().__post_init__()
+
+  def _layer(self, layer: nn.Module, x: jax.Array, train: bool) -> jax.Array:
+    """Applies a conv-like ``layer``, spectrally normalised if ``norm == 'spectral'``."""
+    if self.norm != 'spectral':
+      return layer(x)
+    # The wrapper keeps the layer's parameters under the layer's own name; its u and sigma go
+    # to batch_stats under SpectralNorm_<layer>.
+    return nn.SpectralNorm(layer, name=f'SpectralNorm_{layer.name}')(x, update_stats=train)
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = True, groups: int = 1) -> jax.Array:
@@ -525,18 +551,23 @@ class Discriminator(nn.Module):
     channel_multiple = resolve_channel_multiple(self.image_channel_multiple, dtype)
     for i in range(k):
       if i == 0 and channel_multiple > 1:
-        x = ChannelPaddedConv(self.width, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                              dtype=dtype, channel_multiple=channel_multiple,
-                              name='Conv_0')(x)
+        conv = ChannelPaddedConv(self.width, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
+                                 dtype=dtype, channel_multiple=channel_multiple, name='Conv_0')
       else:
-        x = nn.Conv(self.width * 2**i, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                    use_bias=False, kernel_init=kernel_init, dtype=dtype,
-                    param_dtype=jnp.float32, name=f'Conv_{i}')(x)
-      if i > 0:  # The paper leaves BN off D's input layer.
+        conv = nn.Conv(self.width * 2**i, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
+                       use_bias=False, kernel_init=kernel_init, dtype=dtype,
+                       param_dtype=jnp.float32, name=f'Conv_{i}')
+      x = self._layer(conv, x, train)
+      if i > 0 and self.norm == 'batch':  # The paper leaves BN off D's input layer.
         x = GroupedBatchNorm(use_running_average=not train, dtype=dtype,
                              axis_name=self.axis_name, name=f'BatchNorm_{i - 1}')(x, groups)
+      elif i > 0 and self.norm == 'layer':
+        # Per example over (H, W, C), with torch's LayerNorm epsilon; flax computes the
+        # statistics in float32 whatever the dtype.
+        x = nn.LayerNorm(epsilon=1e-5, reduction_axes=(1, 2, 3), feature_axes=-1, dtype=dtype,
+                         param_dtype=jnp.float32, name=f'LayerNorm_{i - 1}')(x)
       x = nn.leaky_relu(x, negative_slope=0.2)
-    x = WholeMapConv(1, dtype=dtype, name='logit')(x)  # The 4x4 map to one logit.
+    x = self._layer(WholeMapConv(1, dtype=dtype, name='logit'), x, train)  # 4x4 map -> logit.
     return x.reshape((images.shape[0],)).astype(jnp.float32)
 
 
@@ -559,7 +590,8 @@ def discriminator_from_config(config: Any, axis_name: str | None = None) -> Disc
   return Discriminator(
       image_size=config.image_size, channels=config.channels, width=config.discriminator_width,
       dtype=config.dtype, axis_name=axis_name,
-      image_channel_multiple=config.get('image_channel_multiple', 0))
+      image_channel_multiple=config.get('image_channel_multiple', 0),
+      norm=config.get('discriminator_norm', 'batch'))
 
 
 ModelFn = Callable[..., jax.Array]

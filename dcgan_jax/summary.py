@@ -137,14 +137,20 @@ def summarize(config: Any) -> str:
   z = jax.ShapeDtypeStruct((1, int(config.latent_dim)), jnp.float32)
   size, channels = int(config.image_size), int(config.channels)
   images = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
-  g_rows, d_rows = layer_rows(generator, z), layer_rows(discriminator, images)
+  # Spectral norm adds no parameters or layers of its own (its power-iteration state is not
+  # trainable), and flax's wrapper cannot capture intermediates: tabulate the bare network.
+  norm = discriminator.norm
+  g_rows = layer_rows(generator, z)
+  d_rows = layer_rows(discriminator.clone(norm='none') if norm == 'spectral' else discriminator,
+                      images)
   g_total = sum(r.num_params for r in g_rows)
   d_total = sum(r.num_params for r in d_rows)
   # D returns logits [N]; show the last conv's (N, 1, 1, 1) too, which the rows already hold.
   return '\n'.join([
       _format_table(f'Generator ({config.upsample}, width {config.generator_width})', g_rows,
                     z.shape),
-      _format_table(f'Discriminator (width {config.discriminator_width})', d_rows, images.shape),
+      _format_table(f'Discriminator (width {config.discriminator_width}, {norm} norm)', d_rows,
+                    images.shape),
       f'Total params: G {g_total:,} + D {d_total:,} = {g_total + d_total:,}',
       shape_arithmetic(size, config.upsample),
   ])

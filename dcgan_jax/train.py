@@ -255,6 +255,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   schedules, checkpointing and profiling settings, and the device-resident mode.
   """
   models.validate_image_size(config.image_size)
+  norm = config.get('discriminator_norm', 'batch')
+  if norm not in models.DISCRIMINATOR_NORMS:  # Named as the config names it.
+    raise UserError(f'discriminator_norm must be one of {", ".join(models.DISCRIMINATOR_NORMS)} '
+                    f'(got {norm!r}).')
   models.generator_from_config(config)  # Constructing validates every model field.
   models.discriminator_from_config(config)
   train_step_lib.StepConfig.from_config(config)
@@ -282,7 +286,21 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 # values cannot be restored. (Everything else, learning rates and durations included, may
 # change when a run is resumed.)
 _STATE_SHAPE_FIELDS = ('image_size', 'channels', 'latent_dim', 'generator_width',
-                       'discriminator_width', 'upsample')
+                       'discriminator_width', 'upsample', 'discriminator_norm')
+# What a field added after the first release meant before it existed (older config.json files).
+_STATE_SHAPE_DEFAULTS = {'discriminator_norm': 'batch'}
+
+
+def config_warnings(config: ml_collections.ConfigDict) -> list[str]:
+  """Settings that are valid but probably not what a researcher meant, one message each."""
+  warnings = []
+  norm = config.get('discriminator_norm', 'batch')
+  if float(config.get('gradient_penalty_weight', 0.0)) > 0 and norm == 'batch':
+    warnings.append(
+        'gradient_penalty_weight > 0 with discriminator_norm=batch: BatchNorm mixes the '
+        "examples of a batch, so the penalty does not see each example's own gradient; "
+        "WGAN-GP's critic uses discriminator_norm=layer (or none).")
+  return warnings
 
 
 def check_resume_config(config: ml_collections.ConfigDict, saved: dict[str, Any],
@@ -301,8 +319,12 @@ def check_resume_config(config: ml_collections.ConfigDict, saved: dict[str, Any]
   Raises:
     UserError: a field of ``_STATE_SHAPE_FIELDS`` or EMA on/off differs.
   """
-  changed = [f'{name} {saved[name]!r} -> {config[name]!r}' for name in _STATE_SHAPE_FIELDS
-             if name in saved and saved[name] != config[name]]
+  changed = []
+  for name in _STATE_SHAPE_FIELDS:
+    default = _STATE_SHAPE_DEFAULTS.get(name)
+    before, now = saved.get(name, default), config.get(name, default)
+    if before is not None and before != now:
+      changed.append(f'{name} {before!r} -> {now!r}')
   if 'ema_decay' in saved and (float(saved['ema_decay']) > 0) != (float(config.ema_decay) > 0):
     changed.append(f'ema_decay {saved["ema_decay"]!r} -> {config.ema_decay!r} (EMA on/off)')
   if changed:
@@ -679,6 +701,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   # --- 1. Everything that can be wrong is checked before anything is written. ----------------
   validate_config(config)
   check_workdir_path(workdir)
+  if is_chief:
+    for message in config_warnings(config):
+      logging.warning('%s', message)
   info = data.dataset_info(config)
   logging.info('Dataset %s (split %s): %d examples of %s.', info.name, info.split,
                info.num_examples, info.image_shape)

@@ -141,7 +141,8 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
   def discriminate(d_params, d_stats, images, **kwargs):
     logits, updates = discriminator.apply({'params': d_params, 'batch_stats': d_stats}, images,
                                           train=True, mutable=['batch_stats'], **kwargs)
-    return logits, updates['batch_stats']
+    # A discriminator without BatchNorm or spectral norm ('layer', 'none') has no statistics.
+    return logits, updates.get('batch_stats', {})
 
   # Our D can score the real and the fake batch in one stacked call with separate BatchNorm
   # statistics (models.GroupedBatchNorm): same result, half the convolution launches. Other
@@ -224,7 +225,7 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
         fake, g_vjp, g_updates = jax.vjp(lambda p: forward(p, z), g.params, has_aux=True)
       state, d_metrics = d_update(state, real, fake, penalty_key)
       metrics.update(d_metrics)  # The last D update's metrics are reported.
-    state, g_metrics = g_update(state, fake, g_vjp, g_updates['batch_stats'])
+    state, g_metrics = g_update(state, fake, g_vjp, g_updates.get('batch_stats', {}))
     metrics.update(g_metrics)
     if state.ema is not None:
       decay = step_config.ema_decay

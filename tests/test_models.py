@@ -377,3 +377,107 @@ def test_image_channel_multiple_auto_pads_bfloat16_only(dtype, expected):
                                             d.apply(dv, images, train=False)))(
       _shapes(g, z), _shapes(d, images)))
   assert ('16,16,8]' in text) == (expected == 8)
+
+
+# --- Discriminator normalisation (Discriminator.norm) ---------------------------------------------
+
+def _norm_disc(norm, **kwargs):
+  return Discriminator(image_size=16, channels=3, width=8, norm=norm, **kwargs)
+
+
+def test_discriminator_norms_change_only_the_normalisation_layers():
+  x = jnp.zeros((2, 16, 16, 3))
+  shapes = {norm: jax.tree.map(lambda a: a.shape, dict(_shapes(_norm_disc(norm), x)))
+            for norm in models.DISCRIMINATOR_NORMS}
+  convs = {name: leaf for name, leaf in shapes['batch']['params'].items()
+           if name.startswith('Conv_') or name == 'logit'}
+  assert len(convs) == 3  # 16x16: two stride-2 convs, then the logit layer.
+  for norm, tree in shapes.items():
+    # The convolutions are the same in every form: only the layers between them differ.
+    assert {k: v for k, v in tree['params'].items() if k in convs} == convs, norm
+  assert set(shapes['batch']['params']) - set(convs) == {'BatchNorm_0'}  # Not the input layer.
+  assert set(shapes['layer']['params']) - set(convs) == {'LayerNorm_0'}
+  # Per-channel scale and offset, as BatchNorm's.
+  assert shapes['layer']['params']['LayerNorm_0'] == shapes['batch']['params']['BatchNorm_0']
+  assert set(shapes['spectral']['params']) == set(shapes['none']['params']) == set(convs)
+  assert 'batch_stats' not in shapes['layer'] and 'batch_stats' not in shapes['none']
+  # One power-iteration vector (one entry per output channel) and sigma per layer.
+  stats = shapes['spectral']['batch_stats']
+  assert set(stats) == {f'SpectralNorm_{name}' for name in convs}
+  assert stats['SpectralNorm_Conv_1'] == {'Conv_1/kernel/u': (1, 16), 'Conv_1/kernel/sigma': ()}
+
+
+@pytest.mark.parametrize('norm', models.DISCRIMINATOR_NORMS)
+def test_only_batch_norm_makes_an_examples_logit_depend_on_its_batch(norm):
+  """In training, 'layer', 'spectral' and 'none' score each example alone (what a gradient
+  penalty assumes); BatchNorm's batch statistics mix the batch."""
+  disc = _norm_disc(norm)
+  rng = np.random.default_rng(5)
+  first = rng.uniform(-1, 1, (1, 16, 16, 3)).astype(np.float32)
+  batch_a = jnp.asarray(np.concatenate([first, rng.uniform(-1, 1, (3, 16, 16, 3))]), jnp.float32)
+  batch_b = jnp.asarray(np.concatenate([first, rng.uniform(-1, 1, (3, 16, 16, 3))]), jnp.float32)
+  variables = _init(disc, batch_a)
+  logit_a = disc.apply(variables, batch_a, mutable=['batch_stats'])[0][0]
+  logit_b = disc.apply(variables, batch_b, mutable=['batch_stats'])[0][0]
+  if norm == 'batch':
+    assert abs(float(logit_a - logit_b)) > 1e-4
+  else:
+    np.testing.assert_allclose(logit_a, logit_b, rtol=1e-5, atol=1e-6)
+
+
+def test_layer_norm_normalises_each_example_over_height_width_and_channels():
+  disc = _norm_disc('layer')
+  x = jnp.asarray(np.random.default_rng(6).uniform(-1, 1, (3, 16, 16, 3)), jnp.float32)
+  variables = _init(disc, x)
+  _, inter = disc.apply(variables, x, capture_intermediates=True, mutable=['intermediates'])
+  h = np.asarray(inter['intermediates']['Conv_1']['__call__'][0], np.float64)
+  out = np.asarray(inter['intermediates']['LayerNorm_0']['__call__'][0])  # Scale 1, bias 0.
+  mean = h.mean(axis=(1, 2, 3), keepdims=True)
+  var = h.var(axis=(1, 2, 3), keepdims=True)
+  np.testing.assert_allclose(out, (h - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), 0.0, atol=1e-5)
+  assert np.abs(out.mean(axis=(0, 1, 2))).max() > 1e-3  # Not per channel: per example.
+
+
+def test_spectral_norm_divides_each_kernel_by_its_largest_singular_value():
+  disc = _norm_disc('spectral')
+  x = jnp.asarray(np.random.default_rng(7).uniform(-1, 1, (4, 16, 16, 3)), jnp.float32)
+  variables = _init(disc, x)
+  train = jax.jit(lambda v: disc.apply(v, x, mutable=['batch_stats'])[1])
+  for _ in range(300):  # Power iteration: one step per training call.
+    variables = {'params': variables['params'], **train(variables)}
+  for name, kernel in variables['params'].items():
+    matrix = np.asarray(kernel['kernel']).reshape(-1, kernel['kernel'].shape[-1])
+    largest = np.linalg.svd(matrix, compute_uv=False)[0]
+    sigma = variables['batch_stats'][f'SpectralNorm_{name}'][f'{name}/kernel/sigma']
+    np.testing.assert_allclose(sigma, largest, rtol=1e-3, err_msg=name)
+  # Scaling every kernel changes nothing: each layer divides it out. Without spectral norm the
+  # same scaling changes the logits.
+  scaled = jax.tree.map(lambda p: 3.0 * p, variables['params'])
+  logits = disc.apply(variables, x, train=False)
+  np.testing.assert_allclose(disc.apply({**variables, 'params': scaled}, x, train=False), logits,
+                             rtol=1e-4, atol=1e-6)
+  plain = _norm_disc('none')
+  assert not np.allclose(plain.apply({'params': scaled}, x, train=False),
+                         plain.apply({'params': variables['params']}, x, train=False), rtol=1e-2)
+  # Evaluation leaves the estimate alone.
+  _, stats = disc.apply(variables, x, train=False, mutable=['batch_stats'])
+  for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(variables['batch_stats'])):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('norm', ['layer', 'spectral'])
+def test_normalised_discriminator_in_bfloat16_keeps_float32_variables(norm):
+  disc = _norm_disc(norm, dtype='bfloat16')
+  x = jnp.zeros((2, 16, 16, 3))
+  variables = _init(disc, x)
+  logits, stats = disc.apply(variables, x, mutable=['batch_stats'])
+  assert logits.dtype == jnp.float32 and logits.shape == (2,)
+  for leaf in jax.tree.leaves((variables, stats)):
+    assert leaf.dtype == jnp.float32
+
+
+def test_bad_discriminator_norm_lists_valid_ones():
+  with pytest.raises(UserError, match="norm must be one of batch, layer, spectral or none "
+                                      r"\(got 'instance'\)"):
+    _norm_disc('instance')

@@ -76,6 +76,25 @@ def test_summary_totals_match_the_paper_model():
   assert 'G 3,576,704 + D 2,765,568 = 6,342,272' in text
 
 
+@pytest.mark.parametrize('norm,d_params', [('batch', 2_765_568), ('layer', 2_765_568),
+                                            ('spectral', 2_765_568 - 1_792),
+                                            ('none', 2_765_568 - 1_792)])
+def test_summary_counts_each_discriminator_norm(norm, d_params):
+  """LayerNorm has BatchNorm's per-channel scale and offset (2 x (128 + 256 + 512) = 1,792);
+  spectral norm adds no trainable parameters."""
+  config = load_config()
+  config.update(dict(image_size=64, channels=3, discriminator_width=64,
+                     discriminator_norm=norm))
+  text = summary.summarize(config)
+  assert f'Discriminator (width 64, {norm} norm)' in text
+  assert f'Total params: {d_params:,}' in text
+  kinds = {'batch': 'GroupedBatchNorm', 'layer': 'LayerNorm'}
+  if norm in kinds:
+    assert text.count(f'({kinds[norm]})') == 3
+  else:
+    assert 'Norm)' not in text.split('Discriminator (')[1]
+
+
 def test_summary_cli(capsys):
   summary.main(['summary', f'--config={_ROOT}/configs/default.py', '--config.image_size=16'])
   out = capsys.readouterr().out

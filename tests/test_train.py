@@ -325,25 +325,51 @@ def test_resume_with_models_of_another_shape_is_one_clear_error(tfds_dir, tmp_pa
   config = tiny_config(tfds_dir, num_train_steps=2, sample_every_steps=0)
   train.train_and_evaluate(config, tmp_path)
   before = sorted((str(p), p.stat().st_size) for p in tmp_path.rglob('*') if p.is_file())
-  config.update(num_train_steps=4, generator_width=16, ema_decay=0.0)
+  config.update(num_train_steps=4, generator_width=16, ema_decay=0.0, discriminator_norm='layer')
   with caplog.at_level(logging.WARNING), pytest.raises(UserError) as caught:
     train.train_and_evaluate(config, tmp_path)
   message = str(caught.value)
   assert 'generator_width 8 -> 16' in message and 'EMA on/off' in message
+  assert "discriminator_norm 'batch' -> 'layer'" in message
   assert 'config.json' in message and '\n' not in message
   # Refused before any restore was tried: no fallback warnings, nothing moved or written.
   assert 'cannot be restored' not in caplog.text
   assert sorted((str(p), p.stat().st_size) for p in tmp_path.rglob('*') if p.is_file()) == before
   # What may change on resume still resumes (here: the learning rate and the duration).
-  config.update(generator_width=8, ema_decay=tiny_config(tfds_dir).ema_decay, g_learning_rate=1e-4)
+  config.update(generator_width=8, ema_decay=tiny_config(tfds_dir).ema_decay, g_learning_rate=1e-4,
+                discriminator_norm='batch')
   assert int(train.train_and_evaluate(config, tmp_path).step) == 4
 
 
-@pytest.mark.parametrize('device_resident', ['always', 'never'])
-def test_resume_is_bit_identical(tfds_dir, tmp_path, device_resident):
-  """N steps straight == N/2 steps, a restart from the checkpoint, then N/2 more."""
+def test_resume_check_reads_a_config_json_from_before_discriminator_norm(tmp_path):
+  """Runs saved before the field existed had BatchNorm in D."""
+  saved = {name: value for name, value in tiny_config(str(tmp_path)).to_dict().items()
+           if name != 'discriminator_norm'}
+  config = tiny_config(str(tmp_path))
+  train.check_resume_config(config, saved, tmp_path)  # 'batch' then and now: resumes.
+  config.discriminator_norm = 'spectral'
+  with pytest.raises(UserError, match="discriminator_norm 'batch' -> 'spectral'"):
+    train.check_resume_config(config, saved, tmp_path)
+
+
+def test_config_warnings_name_a_gradient_penalty_on_a_batch_normalised_critic(tmp_path):
+  config = tiny_config(str(tmp_path), gradient_penalty_weight=10.0)
+  (message,) = train.config_warnings(config)
+  assert 'discriminator_norm=batch' in message and 'discriminator_norm=layer' in message
+  for fixed in (dict(discriminator_norm='layer'), dict(discriminator_norm='none'),
+                dict(gradient_penalty_weight=0.0)):
+    assert train.config_warnings(tiny_config(str(tmp_path), **{
+        'gradient_penalty_weight': 10.0, **fixed})) == []
+
+
+@pytest.mark.parametrize('device_resident,discriminator_norm',
+                         [('always', 'batch'), ('never', 'batch'), ('always', 'spectral')])
+def test_resume_is_bit_identical(tfds_dir, tmp_path, device_resident, discriminator_norm):
+  """N steps straight == N/2 steps, a restart from the checkpoint, then N/2 more (spectral
+  norm: its power-iteration state resumes too)."""
   config = tiny_config(tfds_dir, device_resident=device_resident, num_train_steps=4,
-                       checkpoint_every_steps=0, sample_every_steps=0, log_every_steps=1)
+                       checkpoint_every_steps=0, sample_every_steps=0, log_every_steps=1,
+                       discriminator_norm=discriminator_norm)
   straight = train.train_and_evaluate(config, tmp_path / 'straight')
   config.num_train_steps = 2
   half = train.train_and_evaluate(config, tmp_path / 'resumed')
@@ -354,6 +380,8 @@ def test_resume_is_bit_identical(tfds_dir, tmp_path, device_resident):
   # The halfway state really differs, so equality below is not vacuous.
   assert any(not np.array_equal(a, b) for a, b in zip(_tree_leaves(half.generator.params),
                                                       _tree_leaves(straight.generator.params)))
+  if discriminator_norm == 'spectral':  # (At 8x8 D has no BatchNorm: one conv, the logit.)
+    assert len(jax.tree.leaves(straight.discriminator.batch_stats)) == 4  # u, sigma of 2.
   for a, b in zip(_tree_leaves(straight), _tree_leaves(resumed)):
     np.testing.assert_array_equal(a, b)
 
