@@ -587,11 +587,14 @@ def generator_from_config(config: Any, axis_name: str | None = None) -> Generato
 
 def discriminator_from_config(config: Any, axis_name: str | None = None) -> Discriminator:
   """Builds the discriminator a run config describes (see configs/default.py)."""
+  norm = config.get('discriminator_norm', 'batch')
+  if norm not in DISCRIMINATOR_NORMS:  # Checked here to name the field as the config does.
+    raise UserError(f'discriminator_norm must be one of {", ".join(DISCRIMINATOR_NORMS)} '
+                    f'(got {norm!r}).')
   return Discriminator(
       image_size=config.image_size, channels=config.channels, width=config.discriminator_width,
       dtype=config.dtype, axis_name=axis_name,
-      image_channel_multiple=config.get('image_channel_multiple', 0),
-      norm=config.get('discriminator_norm', 'batch'))
+      image_channel_multiple=config.get('image_channel_multiple', 0), norm=norm)
 
 
 ModelFn = Callable[..., jax.Array]

@@ -255,10 +255,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   schedules, checkpointing and profiling settings, and the device-resident mode.
   """
   models.validate_image_size(config.image_size)
-  norm = config.get('discriminator_norm', 'batch')
-  if norm not in models.DISCRIMINATOR_NORMS:  # Named as the config names it.
-    raise UserError(f'discriminator_norm must be one of {", ".join(models.DISCRIMINATOR_NORMS)} '
-                    f'(got {norm!r}).')
   models.generator_from_config(config)  # Constructing validates every model field.
   models.discriminator_from_config(config)
   train_step_lib.StepConfig.from_config(config)
