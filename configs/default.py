@@ -62,6 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.gradient_penalty_weight = 0.0  # WGAN-GP lambda (10 in the paper); 0 disables.
   config.r1_weight = 0.0  # R1 gamma; 0 disables.
   config.d_steps = 1  # Discriminator updates per generator update.
+  # DiffAugment (Zhao et al. 2020) for small datasets: transform every image D sees, real and
+  # fake, in D's and G's updates, differentiably: a comma-separated subset of
+  # 'color,translation,cutout' (the paper's full policy), or '' for none (the DCGAN paper).
+  config.augment = ''
 
   # --- Optimisation -----------------------------------------------------------------------------
   config.batch_size = 64  # Global batch over all devices and processes.

@@ -3,7 +3,7 @@
 The step is written once, for one device. Given an ``axis_name`` it becomes the per-device body
 of a data-parallel step (under ``jax.shard_map`` or ``jax.pmap``, see :mod:`dcgan_jax.parallel`):
 gradients, metrics and BatchNorm statistics are averaged over that axis, so BatchNorm sees the
-global batch. Random numbers (latents, penalty interpolation) are drawn for the *global* batch
+global batch. Random numbers (latents, penalty interpolation, augmentation) are drawn for the *global* batch
 from the one replicated key and each device takes its slice, which makes the data-parallel step
 compute the same update as one device fed the whole batch.
 
@@ -22,11 +22,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dcgan_jax import augment
 from dcgan_jax import losses
 from dcgan_jax.errors import UserError
 from dcgan_jax.state import EMAState, GANState
 
 Metrics = dict[str, jax.Array]
+# fold_in data of the augmentation's random stream (any constant apart from the d_steps indices).
+_AUGMENT_STREAM = 0x41554721
 StepFn = Callable[[GANState, jax.Array, jax.Array], tuple[GANState, Metrics]]
 
 
@@ -42,6 +45,9 @@ class StepConfig:
     d_steps: Discriminator updates per generator update; each draws fresh latents and reuses
       the same real batch.
     ema_decay: Decay of G's EMA, used when the state carries one.
+    augment: DiffAugment policy applied to every image D sees, real and fake, in both updates:
+      a comma-separated subset of ``color,translation,cutout`` (see :mod:`dcgan_jax.augment`);
+      '' (the default, the paper's setup) for none. Normalised to a tuple of names.
   """
 
   loss: str = 'non_saturating'
@@ -50,8 +56,11 @@ class StepConfig:
   r1_weight: float = 0.0
   d_steps: int = 1
   ema_decay: float = 0.999
+  augment: str | tuple[str, ...] = ()
 
   def __post_init__(self):
+    # Raises a UserError naming the valid policies; a tuple keeps the config hashable.
+    object.__setattr__(self, 'augment', augment.parse_policy(self.augment))
     losses.get_loss(self.loss)  # Raises a UserError naming the valid losses.
     if not 0.0 < self.real_label <= 1.0:
       raise UserError(f'real_label must be in (0, 1] (got {self.real_label!r}).')
@@ -68,7 +77,7 @@ class StepConfig:
     return cls(loss=config.loss, real_label=float(config.real_label),
                gradient_penalty_weight=float(config.gradient_penalty_weight),
                r1_weight=float(config.r1_weight), d_steps=int(config.d_steps),
-               ema_decay=float(config.ema_decay))
+               ema_decay=float(config.ema_decay), augment=config.get('augment', ''))
 
 
 def images_to_model_range(images: jax.Array, output_activation: str = 'tanh') -> jax.Array:
@@ -113,26 +122,38 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
   objective = losses.get_loss(step_config.loss)
   output_activation = getattr(generator, 'output_activation', 'tanh')
   latent_dim = generator.latent_dim
+  policy = step_config.augment
 
   def pmean(tree):
     return jax.lax.pmean(tree, axis_name) if axis_name is not None else tree
 
-  def global_normal_slice(key, local_batch, shape_tail):
-    """Draws noise for the global batch and returns this device's rows."""
+  def global_slice(draw, key, local_batch):
+    """Draws ``draw(key, n)`` (a tree with leading axis n) for the global batch; returns this
+    device's rows, so that every device count computes the same update."""
     if axis_name is None:
-      return jax.random.normal(key, (local_batch,) + shape_tail)
+      return draw(key, local_batch)
     num_devices = jax.lax.axis_size(axis_name)
     index = jax.lax.axis_index(axis_name)
-    full = jax.random.normal(key, (local_batch * num_devices,) + shape_tail)
-    return jax.lax.dynamic_slice_in_dim(full, index * local_batch, local_batch, axis=0)
+    full = draw(key, local_batch * num_devices)
+    return jax.tree.map(
+        lambda x: jax.lax.dynamic_slice_in_dim(x, index * local_batch, local_batch, axis=0), full)
+
+  def global_normal_slice(key, local_batch, shape_tail):
+    return global_slice(lambda k, n: jax.random.normal(k, (n,) + shape_tail), key, local_batch)
 
   def global_uniform_slice(key, local_batch):
-    if axis_name is None:
-      return jax.random.uniform(key, (local_batch,))
-    num_devices = jax.lax.axis_size(axis_name)
-    index = jax.lax.axis_index(axis_name)
-    full = jax.random.uniform(key, (local_batch * num_devices,))
-    return jax.lax.dynamic_slice_in_dim(full, index * local_batch, local_batch, axis=0)
+    return global_slice(lambda k, n: jax.random.uniform(k, (n,)), key, local_batch)
+
+  def augment_params(key, images):
+    """Each image's DiffAugment transformation (None when augmentation is off)."""
+    if not policy:
+      return None
+    _, height, width, _ = images.shape
+    draw = lambda k, n: augment.draw_params(k, n, height, width, policy)
+    return global_slice(draw, key, images.shape[0])
+
+  def augmented(images, params):
+    return images if params is None else augment.apply(images, params, policy)
 
   def generate(g_params, g_stats, z):
     return generator.apply({'params': g_params, 'batch_stats': g_stats}, z, train=True,
@@ -158,17 +179,19 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     fake_logits, stats = discriminate(d_params, stats, fake)
     return real_logits, fake_logits, stats
 
-  def d_update(state: GANState, real, fake, penalty_key):
+  def d_update(state: GANState, real, fake, penalty_key, real_aug, fake_aug):
     d = state.discriminator
     fake = jax.lax.stop_gradient(fake)
 
     def loss_fn(d_params):
-      real_logits, fake_logits, stats = discriminate_real_then_fake(d_params, d.batch_stats,
-                                                                    real, fake)
+      real_logits, fake_logits, stats = discriminate_real_then_fake(
+          d_params, d.batch_stats, augmented(real, real_aug), augmented(fake, fake_aug))
       loss = objective.d_loss(real_logits, fake_logits, step_config.real_label)
       aux = {'d_real': _mean_sigmoid(real_logits), 'd_fake_before': _mean_sigmoid(fake_logits)}
-      # Penalty passes use the statistics of this step but do not update them.
-      logits_fn = lambda x: discriminate(d_params, stats, x)[0]
+      # Penalty passes use the statistics of this step but do not update them. With
+      # augmentation the penalised function is D after the real images' transformation, and
+      # the gradient is taken with respect to the un-augmented input (as ADA does for R1).
+      logits_fn = lambda x: discriminate(d_params, stats, augmented(x, real_aug))[0]
       if step_config.gradient_penalty_weight > 0:
         eps = global_uniform_slice(penalty_key, real.shape[0])
         penalty = losses.gradient_penalty(logits_fn, real, fake, eps=eps)
@@ -187,7 +210,7 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     d = d.apply_gradients(grads=grads, batch_stats=stats)
     return state.replace(discriminator=d), aux
 
-  def g_update(state: GANState, fake, g_vjp, g_stats):
+  def g_update(state: GANState, fake, g_vjp, g_stats, fake_aug):
     """Updates G through the updated D, reusing the forward pass that fed D's update.
 
     ``fake`` and ``g_vjp`` come from :func:`jax.vjp` of G's forward, so G runs forward once per
@@ -196,7 +219,8 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     g, d = state.generator, state.discriminator
 
     def loss_fn(images):
-      fake_logits, d_stats = discriminate(d.params, d.batch_stats, images)
+      # G's gradient flows through the augmentation back to its un-augmented images.
+      fake_logits, d_stats = discriminate(d.params, d.batch_stats, augmented(images, fake_aug))
       loss = objective.g_loss(fake_logits)
       return loss, (d_stats, {'g_loss': loss, 'd_fake_after': _mean_sigmoid(fake_logits)})
 
@@ -215,6 +239,9 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     metrics: Metrics = {}
     g = state.generator
     forward = lambda params, z: generate(params, g.batch_stats, z)
+    # Augmentation draws from its own stream, so turning it on leaves latents and penalty
+    # interpolation exactly as they were.
+    augment_key = jax.random.fold_in(rng, _AUGMENT_STREAM)
     for i in range(step_config.d_steps):
       z_key, penalty_key = jax.random.split(jax.random.fold_in(rng, i))
       z = global_normal_slice(z_key, local_batch, (latent_dim,))
@@ -223,9 +250,12 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
       else:
         # The last D update's fakes also feed G's update (D's update leaves G unchanged).
         fake, g_vjp, g_updates = jax.vjp(lambda p: forward(p, z), g.params, has_aux=True)
-      state, d_metrics = d_update(state, real, fake, penalty_key)
+      real_key, fake_key = jax.random.split(jax.random.fold_in(augment_key, i))
+      state, d_metrics = d_update(state, real, fake, penalty_key,
+                                  augment_params(real_key, real), augment_params(fake_key, fake))
       metrics.update(d_metrics)  # The last D update's metrics are reported.
-    state, g_metrics = g_update(state, fake, g_vjp, g_updates.get('batch_stats', {}))
+    g_aug = augment_params(jax.random.fold_in(augment_key, step_config.d_steps), fake)
+    state, g_metrics = g_update(state, fake, g_vjp, g_updates.get('batch_stats', {}), g_aug)
     metrics.update(g_metrics)
     if state.ema is not None:
       decay = step_config.ema_decay

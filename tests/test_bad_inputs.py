@@ -43,6 +43,10 @@ ROWS = [
     ('unknown_discriminator_norm', 'dcgan_jax.main',
      [CONFIG, '--workdir={w}', '--config.discriminator_norm=instance'],
      "discriminator_norm must be one of batch, layer, spectral, none (got 'instance')"),
+    ('unknown_augment', 'dcgan_jax.main',
+     [CONFIG, '--workdir={w}', '--config.augment=color,flip'],
+     "augment must be a comma-separated subset of color, translation, cutout or '' for none "
+     "(got 'flip')"),
     ('unknown_dtype', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.dtype=float16'],
      'float32 or bfloat16'),
     ('unknown_parallelism', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.parallelism=dp'],

@@ -362,14 +362,16 @@ def test_config_warnings_name_a_gradient_penalty_on_a_batch_normalised_critic(tm
         'gradient_penalty_weight': 10.0, **fixed})) == []
 
 
-@pytest.mark.parametrize('device_resident,discriminator_norm',
-                         [('always', 'batch'), ('never', 'batch'), ('always', 'spectral')])
-def test_resume_is_bit_identical(tfds_dir, tmp_path, device_resident, discriminator_norm):
+@pytest.mark.parametrize('device_resident,discriminator_norm,augment_policy',
+                         [('always', 'batch', ''), ('never', 'batch', ''),
+                          ('always', 'spectral', 'color,translation,cutout')])
+def test_resume_is_bit_identical(tfds_dir, tmp_path, device_resident, discriminator_norm,
+                                 augment_policy):
   """N steps straight == N/2 steps, a restart from the checkpoint, then N/2 more (spectral
-  norm: its power-iteration state resumes too)."""
+  norm: its power-iteration state resumes too; augmentation: its draws follow the step's key)."""
   config = tiny_config(tfds_dir, device_resident=device_resident, num_train_steps=4,
                        checkpoint_every_steps=0, sample_every_steps=0, log_every_steps=1,
-                       discriminator_norm=discriminator_norm)
+                       discriminator_norm=discriminator_norm, augment=augment_policy)
   straight = train.train_and_evaluate(config, tmp_path / 'straight')
   config.num_train_steps = 2
   half = train.train_and_evaluate(config, tmp_path / 'resumed')
@@ -604,6 +606,7 @@ def test_a_checkpoint_due_after_a_non_finite_loss_is_not_saved(tfds_dir, tmp_pat
     ({'batch_size': 12}, 'batch_size 12 is not divisible by the 8 devices'),
     ({'dataset': 'no_such_dataset'}, "Unknown dataset 'no_such_dataset'; use one of digits"),
     ({'loss': 'nope'}, 'nope'),
+    ({'augment': 'flip'}, 'augment must be a comma-separated subset of color, translation'),
     ({'steps_per_dispatch': 0}, 'steps_per_dispatch must be a positive integer'),
 ])
 def test_bad_config_fails_before_touching_the_workdir(tfds_dir, tmp_path, overrides, message):

@@ -1,0 +1,189 @@
+"""DiffAugment: each transformation against numpy, its random draws, and the step that uses it."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from dcgan_jax import (DataParallelStep, Discriminator, Generator, StepConfig, UserError, augment,
+                       create_gan_state, make_train_step)
+
+G = Generator(image_size=16, channels=3, latent_dim=16, width=8)
+D = Discriminator(image_size=16, channels=3, width=8)
+FULL = 'color,translation,cutout'
+
+
+def _images(n=4, size=16, channels=3, seed=0):
+  return np.random.RandomState(seed).uniform(-1, 1, (n, size, size, channels)).astype(np.float32)
+
+
+def _uint8_images(n=32, seed=0):
+  return np.random.RandomState(seed).randint(0, 256, (n, 16, 16, 3)).astype(np.uint8)
+
+
+@pytest.mark.parametrize('policy,expected', [
+    ('', ()),
+    (None, ()),
+    ('cutout,color', ('color', 'cutout')),  # Applied in the paper's order whatever the spelling.
+    (' translation , color,', ('color', 'translation')),
+    (('translation', 'translation'), ('translation',)),
+    (FULL, augment.POLICIES),
+])
+def test_parse_policy(policy, expected):
+  assert augment.parse_policy(policy) == expected
+
+
+def test_unknown_policy_names_the_valid_ones():
+  with pytest.raises(UserError, match=r"subset of color, translation, cutout .*got 'flip'"):
+    augment.parse_policy('color,flip')
+  with pytest.raises(UserError, match="got 'colour'"):
+    StepConfig(augment='colour')
+  assert StepConfig(augment='translation,color').augment == ('color', 'translation')
+
+
+def _numpy_translate(image, dy, dx):
+  h, w, _ = image.shape
+  out = np.zeros_like(image)
+  src = image[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+  out[max(0, dy):max(0, dy) + src.shape[0], max(0, dx):max(0, dx) + src.shape[1]] = src
+  return out
+
+
+def test_translation_moves_pixels_and_fills_zeros():
+  images = _images(n=5)
+  shifts = np.array([[0, 0], [2, -1], [-2, 2], [1, 0], [0, -2]], np.int32)
+  out = np.asarray(augment.apply(images, {'shift': jnp.asarray(shifts)}, ('translation',)))
+  for image, result, (dy, dx) in zip(images, out, shifts):
+    np.testing.assert_array_equal(result, _numpy_translate(image, dy, dx))
+  # Pixel (5, 5) of the second image came from (3, 6).
+  assert out[1, 5, 5, 0] == images[1, 3, 6, 0]
+
+
+def test_cutout_zeros_a_half_size_square_clipped_at_the_border():
+  images = _images(n=3) + 5.0  # No pixel is zero before the cutout.
+  centers = np.array([[8, 8], [0, 0], [15, 3]], np.int32)
+  out = np.asarray(augment.apply(images, {'cutout_center': jnp.asarray(centers)}, ('cutout',)))
+  for image, result, (cy, cx) in zip(images, out, centers):
+    expected = image.copy()
+    expected[max(0, cy - 4):cy + 4, max(0, cx - 4):cx + 4] = 0.0  # Side 16/2 = 8.
+    np.testing.assert_array_equal(result, expected)
+  assert (out[0] == 0).all(axis=-1).sum() == 64  # Fully inside: 8 x 8 pixels.
+  assert (out[1] == 0).all(axis=-1).sum() == 16  # In the corner: 4 x 4 remain.
+
+
+def test_color_is_brightness_then_saturation_then_contrast():
+  images = _images(n=3)
+  params = {'brightness': np.array([0.3, -0.2, 0.0], np.float32),
+            'saturation': np.array([1.5, 0.0, 1.0], np.float32),
+            'contrast': np.array([0.7, 1.2, 1.0], np.float32)}
+  out = np.asarray(augment.apply(images, jax.tree.map(jnp.asarray, params), ('color',)))
+  x = images.astype(np.float64) + params['brightness'][:, None, None, None]
+  m = x.mean(axis=-1, keepdims=True)
+  x = (x - m) * params['saturation'][:, None, None, None] + m
+  m = x.mean(axis=(1, 2, 3), keepdims=True)
+  x = (x - m) * params['contrast'][:, None, None, None] + m
+  np.testing.assert_allclose(out, x, atol=1e-5)
+  # Saturation 0 makes the second image grey; neutral values leave the third unchanged.
+  np.testing.assert_allclose(out[1], np.repeat(out[1][..., :1], 3, axis=-1), atol=1e-6)
+  np.testing.assert_allclose(out[2], images[2], atol=1e-6)
+
+
+def test_draws_cover_the_papers_ranges_and_differ_per_image():
+  params = augment.draw_params(jax.random.key(0), 4096, 16, 32, augment.POLICIES)
+  params = jax.tree.map(np.asarray, params)
+  assert set(params) == {'brightness', 'saturation', 'contrast', 'shift', 'cutout_center'}
+  for name, low, high in [('brightness', -0.5, 0.5), ('saturation', 0.0, 2.0),
+                          ('contrast', 0.5, 1.5)]:
+    values = params[name]
+    assert values.shape == (4096,) and values.min() >= low and values.max() < high, name
+    assert values.min() < low + 0.01 and values.max() > high - 0.01, name
+  # Shifts: 16/8 = 2 rows and 32/8 = 4 columns either way, every whole value drawn.
+  assert sorted(set(params['shift'][:, 0])) == list(range(-2, 3))
+  assert sorted(set(params['shift'][:, 1])) == list(range(-4, 5))
+  assert sorted(set(params['cutout_center'][:, 0])) == list(range(16))
+  assert sorted(set(params['cutout_center'][:, 1])) == list(range(32))
+  # Only what the policy asks for is drawn.
+  assert set(augment.draw_params(jax.random.key(0), 2, 16, 16, ('cutout',))) == {'cutout_center'}
+
+
+def test_gradients_flow_through_every_transformation():
+  images = jnp.asarray(_images(n=2, size=8))
+  params = augment.draw_params(jax.random.key(3), 2, 8, 8, augment.POLICIES)
+  f = lambda x: augment.apply(x, params, augment.POLICIES)
+  check_grads(f, (images,), order=1, modes=['rev'], atol=2e-2, rtol=2e-2)
+  # Cut-out and shifted-out pixels get no gradient; the rest do.
+  grad = jax.grad(lambda x: jnp.sum(augment.apply(x, params, ('translation', 'cutout'))))(images)
+  kept = np.asarray(augment.apply(jnp.ones_like(images), params, ('translation', 'cutout')))
+  assert 0 < (np.asarray(grad) != 0).sum() < grad.size
+  assert (np.asarray(grad) != 0).sum() == (kept != 0).sum()
+
+
+def test_augment_in_one_call_and_empty_policy_is_the_identity():
+  images = jnp.asarray(_images())
+  assert augment.augment(images, jax.random.key(0), '') is images
+  out = augment.augment(images, jax.random.key(0), FULL)
+  expected = augment.apply(images, augment.draw_params(jax.random.key(0), 4, 16, 16,
+                                                       augment.POLICIES), augment.POLICIES)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
+  assert not np.allclose(np.asarray(out), images)
+
+
+# ---- in the train step ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def initial_state():
+  return create_gan_state(jax.random.key(0), G, D, use_ema=True)
+
+
+def _leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves((state.generator, state.discriminator))]
+
+
+@pytest.mark.parametrize('step_config', [
+    StepConfig(augment=FULL),
+    pytest.param(StepConfig(augment=FULL, loss='wasserstein', gradient_penalty_weight=10.0,
+                            r1_weight=1.0, d_steps=2), marks=pytest.mark.slow),
+], ids=['non_saturating', 'wgan_gp_r1'])
+def test_augmented_step_is_the_same_on_one_and_eight_devices(initial_state, step_config):
+  """Each image's transformation is drawn for the global batch, so sharding changes nothing."""
+  images, rng = _uint8_images(), jax.random.key(1)
+  ref_state, ref_metrics = jax.jit(make_train_step(G, D, step_config))(initial_state, images, rng)
+  plain_state, _ = jax.jit(make_train_step(G, D, StepConfig()))(initial_state, images, rng)
+  # Augmentation changes the update (so the agreement below is not the plain step's).
+  assert any(not np.allclose(a, b, atol=1e-4)
+             for a, b in zip(_leaves(ref_state), _leaves(plain_state)))
+  for mode in ('shard_map', 'pmap'):
+    step = DataParallelStep(G, D, step_config, parallelism=mode)
+    state, metrics = step(step.place_state(initial_state), step.place_batch(images), rng)
+    metrics = step.host_metrics(metrics)
+    for key, value in ref_metrics.items():
+      assert metrics[key] == pytest.approx(float(value), abs=1e-5, rel=1e-5), (mode, key)
+    for ours, ref in zip(_leaves(step.host_state(state)), _leaves(ref_state)):
+      np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_augmentation_is_the_only_change_and_g_learns_through_it(initial_state, monkeypatch):
+  """With the transformation replaced by the identity the augmented step is the plain step, bit
+  for bit (latents and penalties keep their random numbers); replaced by zeros, D sees nothing
+  of G's images, so G gets no gradient."""
+  images, rng = _uint8_images(n=8), jax.random.key(2)
+  config = dict(loss='wasserstein', gradient_penalty_weight=10.0)
+  plain_state, plain_metrics = jax.jit(make_train_step(G, D, StepConfig(**config)))(
+      initial_state, images, rng)
+  monkeypatch.setattr(augment, 'apply', lambda x, params, policy: x)
+  same_state, same_metrics = jax.jit(make_train_step(G, D, StepConfig(augment=FULL, **config)))(
+      initial_state, images, rng)
+  for a, b in zip(_leaves(same_state), _leaves(plain_state)):
+    np.testing.assert_array_equal(a, b)
+  assert {k: float(v) for k, v in same_metrics.items()} == {
+      k: float(v) for k, v in plain_metrics.items()}
+
+  monkeypatch.setattr(augment, 'apply', lambda x, params, policy: x * 0.0)
+  blind_state, blind_metrics = jax.jit(make_train_step(G, D, StepConfig(augment=FULL)))(
+      initial_state, images, rng)
+  assert float(blind_metrics['g_grad_norm']) == 0.0
+  for a, b in zip(jax.tree.leaves(blind_state.generator.params),
+                  jax.tree.leaves(initial_state.generator.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert float(plain_metrics['g_grad_norm']) > 0.0
