@@ -75,6 +75,8 @@ KID_SUBSET_SIZE = 1000
 KID_SUBSETS = 100
 IS_SPLITS = 10
 _FEATURES_KEY = 'kid_features'
+# Fidelity and diversity (dcgan_jax.evaluation.manifold), on the same features as KID.
+MANIFOLD_METRICS = ('precision', 'recall', 'density', 'coverage')
 
 
 _fail = exit_with_user_error
@@ -244,7 +246,8 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
 
   Returns:
     The result written to ``<workdir>/eval_step_XXXXXX.json``: step, fid, inception_score,
-    inception_score_std, kid, kid_std (None when skipped) and protocol.
+    inception_score_std, kid, kid_std, precision, recall, density, coverage (None when
+    skipped: they need the reference's features) and protocol.
 
   Raises:
     UserError: any mistake in the arguments or files (one sentence).
@@ -304,15 +307,32 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
                       'num_reference_features': int(ref_features.shape[0])}
     else:
       kid_protocol = {'skipped': 'fewer than 2 reference features'}
+  manifold_scores = dict.fromkeys(MANIFOLD_METRICS)
+  manifold_protocol: dict[str, Any] = {
+      'skipped': 'a --reference file holds statistics only; precision and recall need '
+                 'reference features (omit --reference)'}
+  if ref_features is not None:
+    fake_features = np.concatenate(kid_features)
+    smaller = min(fake_features.shape[0], ref_features.shape[0])
+    k = evaluation.manifold.DEFAULT_K
+    if smaller > k:
+      manifold_scores = evaluation.manifold.manifold_metrics(ref_features, fake_features, k=k)
+      manifold_protocol = {'k': k, 'features': 'inception pool_3',
+                           'num_generated_features': int(fake_features.shape[0]),
+                           'num_reference_features': int(ref_features.shape[0])}
+    else:
+      manifold_protocol = {'skipped': f'{smaller} features on one side; k-nearest-neighbour '
+                                      f'balls need more than k={k}'}
 
   result = {
       'step': step, 'fid': fid, 'inception_score': is_mean, 'inception_score_std': is_std,
-      'kid': kid_mean, 'kid_std': kid_std,
+      'kid': kid_mean, 'kid_std': kid_std, **manifold_scores,
       'protocol': {
           'num_samples': int(num_samples), 'seed': int(seed), 'used_ema': bool(used_ema),
           'preprocessing': extractor.preprocessing, 'precision': extractor.precision,
           'inception_weights': os.path.abspath(inception_weights) if inception_weights else None,
           'reference': ref_protocol, 'inception_score_splits': splits, 'kid': kid_protocol,
+          'precision_recall': manifold_protocol,
           'dataset': str(config.dataset), 'image_size': int(config.image_size)},
   }
   path = pathlib.Path(workdir) / f'eval_step_{step:06d}.json'
@@ -334,6 +354,13 @@ def format_result(result: dict[str, Any]) -> str:
   kid_text = (f"KID {result['kid']:.6f} ± {result['kid_std']:.6f} ({kid['subsets']} subsets of "
               f"{kid['subset_size']})" if result['kid'] is not None
               else f"KID skipped: {kid['skipped']}")
+  manifold = protocol.get('precision_recall', {'skipped': 'not computed'})
+  manifold_text = (
+      f"Precision {result['precision']:.4f}, recall {result['recall']:.4f}, density "
+      f"{result['density']:.4f}, coverage {result['coverage']:.4f} (k={manifold['k']}, "
+      f"{manifold['num_generated_features']} generated vs {manifold['num_reference_features']} "
+      'reference features)' if result.get('precision') is not None
+      else f"Precision/recall skipped: {manifold['skipped']}")
   return '\n'.join([
       f"Step {result['step']} ({'EMA' if protocol['used_ema'] else 'trained'} weights): "
       f"{protocol['num_samples']} generated images, seed {protocol['seed']}.",
@@ -343,6 +370,7 @@ def format_result(result: dict[str, Any]) -> str:
       f"IS {result['inception_score']:.4f} ± {result['inception_score_std']:.4f} "
       f"({protocol['inception_score_splits']} splits)",
       kid_text,
+      manifold_text,
       f"Written to {result['path']}",
   ])
 

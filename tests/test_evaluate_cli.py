@@ -151,6 +151,9 @@ def test_evaluate_writes_json_and_reuses_the_reference_cache(run_dir, inception_
                                                              monkeypatch):
   args = [f'--workdir={run_dir}', f'--inception_weights={inception_npz}',
           f'--num_samples={NUM}', f'--num_reference={NUM}', '--batch_size=8']
+  # k=1 so that NUM features per side are enough for precision/recall (the second call keeps
+  # the papers' k=3 and is too small for it).
+  monkeypatch.setattr(evaluation.manifold, 'DEFAULT_K', 1)
   status, out, _ = _cli(args, capsys)
   assert status == 0
   result_path = run_dir / 'eval_step_000002.json'
@@ -166,6 +169,13 @@ def test_evaluate_writes_json_and_reuses_the_reference_cache(run_dir, inception_
   assert protocol['preprocessing'] == 'pytorch_fid'
   assert protocol['reference']['num_samples'] == NUM and not protocol['reference']['cached']
   assert protocol['kid']['subset_size'] == NUM
+  # Precision/recall/density/coverage on the same features as KID.
+  assert all(0.0 <= result[name] <= 1.0 for name in ('precision', 'recall', 'coverage'))
+  assert result['density'] >= 0.0
+  assert protocol['precision_recall'] == {
+      'k': 1, 'features': 'inception pool_3', 'num_generated_features': NUM,
+      'num_reference_features': NUM}
+  assert f"Precision {result['precision']:.4f}, recall {result['recall']:.4f}" in out
   cache = run_dir / 'fid_reference_digits_8_pytorch_fid.npz'
   assert protocol['reference']['source'] == str(cache) and cache.is_file()
   stats, metadata = evaluation.FeatureStatistics.load(cache)
@@ -178,9 +188,11 @@ def test_evaluate_writes_json_and_reuses_the_reference_cache(run_dir, inception_
 
   from dcgan_jax import data  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(data, 'load_all_images', no_data)
-  status, _, _ = _cli(args + ['--step=2', '--no_ema'], capsys)
+  monkeypatch.setattr(evaluation.manifold, 'DEFAULT_K', 3)
+  status, out, _ = _cli(args + ['--step=2', '--no_ema'], capsys)
   assert status == 0
   again = json.loads(result_path.read_text())
+  assert again['precision'] is None and 'need more than k=3' in out
   assert again['protocol']['reference']['cached']
   assert not again['protocol']['used_ema']
   # Other weights (trained rather than EMA) give another FID against the same reference.
@@ -201,6 +213,9 @@ def test_reference_file_gives_fid_and_skips_kid(run_dir, inception_npz, tmp_path
   assert result['kid'] is None and 'statistics only' in result['protocol']['kid']['skipped']
   assert result['protocol']['reference']['source'] == str(stats_path)
   assert 'KID skipped' in out
+  assert all(result[name] is None for name in ('precision', 'recall', 'density', 'coverage'))
+  assert 'statistics only' in result['protocol']['precision_recall']['skipped']
+  assert 'Precision/recall skipped' in out
 
 
 @pytest.mark.parametrize('case,message', [

@@ -32,6 +32,7 @@ Use
   fid = evaluation.frechet_distance(real.mean, real.covariance, fake.mean, fake.covariance)
   is_mean, is_std = evaluation.inception_score(out['logits'])
   kid_mean, kid_std = evaluation.kernel_inception_distance(real_features, out['pool'])
+  scores = evaluation.manifold_metrics(real_features, out['pool'])  # precision, recall, ...
   real.save('reference_stats.npz')      # `mu`/`sigma`, readable by pytorch-fid
 
 Protocol choices (report them with every number)
@@ -44,13 +45,17 @@ Protocol choices (report them with every number)
 * FID needs at least 2048 samples (a warning says so) and is comparable only at equal sample
   counts; 50,000 is the standard. IS: 10 splits, no shuffling, bias-free logits. KID: 100
   subsets of 1000, cubic polynomial kernel, unbiased estimator (torch-fidelity's defaults).
+* Precision / recall (Kynkäänniemi et al.) and density / coverage (Naeem et al.): k = 3, on the
+  Inception pool_3 features (the papers use VGG-16 features, so compare like with like only).
 * Means and covariances are accumulated in float64 (device-resident features: float32 products
   of shifted features at HIGHEST precision, summed error-free on the device, folded into
   float64 once; agrees to ~1e-7 relative); the Fréchet distance uses two symmetric
   eigendecompositions in float64 (under `jax.enable_x64` locally; global settings are untouched).
 """
 from dcgan_jax.evaluation.extractor import InceptionExtractor
+from dcgan_jax.evaluation import manifold
 from dcgan_jax.evaluation.inception import FIDInceptionV3
+from dcgan_jax.evaluation.manifold import manifold_metrics
 from dcgan_jax.evaluation.preprocessing import preprocess
 from dcgan_jax.evaluation.preprocessing import to_uint8
 from dcgan_jax.evaluation.preprocessing import to_uint8_jax
@@ -77,6 +82,8 @@ __all__ = [
     'inception_score',
     'kernel_inception_distance',
     'load_inception_variables',
+    'manifold',
+    'manifold_metrics',
     'preprocess',
     'process_share',
     'to_uint8',
