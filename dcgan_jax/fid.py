@@ -2,6 +2,7 @@ r"""FID between two sets of images, with the same command line as pytorch-fid.
 
   python -m dcgan_jax.fid PATH1 PATH2 [--inception_weights=pt_inception-2015-12-05-6726825d.pth]
       [--batch_size=50] [--preprocessing=pytorch_fid|tf] [--precision=default|high|highest]
+      [--precision_recall]
   python -m dcgan_jax.fid PATH --save_stats=stats.npz
 
 Each PATH is one of:
@@ -16,7 +17,10 @@ Each PATH is one of:
   program wrote with ``--save_stats`` (which records the image count and preprocessing too, and
   is also what ``dcgan_jax.evaluate --reference`` takes).
 
-Prints ``FID: <value>``. Mistakes (a missing path, a folder without images, bad weights, ...)
+Prints ``FID: <value>``. With ``--precision_recall`` (two image PATHs: the first the real or
+reference set, the second the generated one) it also prints precision, recall, density and
+coverage (k = 3, :mod:`dcgan_jax.evaluation.manifold`) of the first 10,000 images of each.
+Mistakes (a missing path, a folder without images, bad weights, ...)
 print one sentence on stderr and exit with status 2.
 """
 
@@ -50,6 +54,9 @@ flags.DEFINE_enum('precision', 'default', ['default', 'high', 'highest'], 'Matmu
                   'precision of the Inception network.', flag_values=FLAGS)
 flags.DEFINE_string('save_stats', None, 'Write the statistics of the one PATH to this .npz '
                     'instead of computing an FID.', flag_values=FLAGS)
+flags.DEFINE_bool('precision_recall', False, 'Also print precision, recall, density and '
+                  'coverage of the second PATH against the first (both image sets; k=3 on the '
+                  'Inception pool_3 features of up to 10,000 images each).', flag_values=FLAGS)
 flags.DEFINE_bool('library_logs', False, 'Also print the INFO logs of JAX start-up (hidden by '
                   'default; warnings and errors always show).', flag_values=FLAGS)
 
@@ -73,7 +80,8 @@ def _decode_rgb(data: bytes | None) -> np.ndarray | None:
     return None
 
 
-def image_statistics(path: str, extractor) -> tuple[Any, int]:
+def image_statistics(path: str, extractor,
+                     keep_features: int = 0) -> tuple[Any, int, np.ndarray | None]:
   """Inception pool statistics of the images under a folder or in a .zip.
 
   Consecutive images of one size go through the network together, in batches of the
@@ -82,9 +90,12 @@ def image_statistics(path: str, extractor) -> tuple[Any, int]:
   Args:
     path: a folder (searched recursively) or a .zip of images.
     extractor: an ``evaluation.InceptionExtractor``.
+    keep_features: also return the pool features of the first this many images (in file-name
+      order), e.g. for precision and recall; 0 keeps none.
 
   Returns:
-    (``evaluation.FeatureStatistics``, number of files skipped because they could not be read).
+    (``evaluation.FeatureStatistics``, number of files skipped because they could not be read,
+    the kept ``[n, 2048]`` features or None).
 
   Raises:
     UserError: the path is missing, not a folder or .zip, or holds no image that can be read.
@@ -96,10 +107,17 @@ def image_statistics(path: str, extractor) -> tuple[Any, int]:
   stats = evaluation.FeatureStatistics()
   skipped = 0
   batch: list[np.ndarray] = []
+  kept: list[np.ndarray] = []
+  num_kept = 0
 
   def flush():
+    nonlocal num_kept
     if batch:
-      stats.update(extractor(np.stack(batch))['pool'])
+      pool = extractor(np.stack(batch))['pool']
+      stats.update(pool)
+      if num_kept < keep_features:
+        kept.append(np.asarray(pool[:keep_features - num_kept], np.float32))
+        num_kept += kept[-1].shape[0]
       batch.clear()
 
   for _, data in files.read_all(files.names):
@@ -117,12 +135,13 @@ def image_statistics(path: str, extractor) -> tuple[Any, int]:
   if skipped:
     logging.warning('Skipped %d of %d files under %s that could not be read as images.',
                     skipped, len(files.names), files.path)
-  return stats, skipped
+  return stats, skipped, (np.concatenate(kept) if keep_features else None)
 
 
-def path_statistics(path: str, make_extractor,
-                    preprocessing: str = 'pytorch_fid') -> tuple[Any, str]:
-  """The statistics a PATH stands for, and a description of them for the report."""
+def path_statistics(path: str, make_extractor, preprocessing: str = 'pytorch_fid',
+                    keep_features: int = 0) -> tuple[Any, str, np.ndarray | None]:
+  """The statistics a PATH stands for, a description of them for the report, and (for image
+  sets, with ``keep_features``) the features of its first images."""
   if _is_statistics_file(path):
     # As `evaluate --reference` reads one: 2048 dims checked, a preprocessing that differs
     # from the extractor's is warned about.
@@ -130,16 +149,16 @@ def path_statistics(path: str, make_extractor,
     stats, protocol = evaluate.file_reference(path, preprocessing)
     count = f'{stats.count} images' if stats.count else 'unknown number of images'
     return stats, (f'{path}: statistics file ({count}, preprocessing '
-                   f'{protocol["preprocessing"] or "unknown"})')
+                   f'{protocol["preprocessing"] or "unknown"})'), None
   extractor = make_extractor()
-  stats, skipped = image_statistics(path, extractor)
+  stats, skipped, features = image_statistics(path, extractor, keep_features)
   note = f', {skipped} unreadable files skipped' if skipped else ''
-  return stats, f'{path}: {stats.count} images{note}'
+  return stats, f'{path}: {stats.count} images{note}', features
 
 
 def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: int = 50,
         preprocessing: str = 'pytorch_fid', precision: str = 'default',
-        save_stats: str | None = None) -> dict[str, Any]:
+        save_stats: str | None = None, precision_recall: bool = False) -> dict[str, Any]:
   """FID between two PATHs, or (with ``save_stats``) the statistics of one PATH, saved.
 
   Args:
@@ -149,9 +168,14 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
     preprocessing: 'pytorch_fid' or 'tf'.
     precision: matmul/conv precision of the network.
     save_stats: write the statistics of ``paths[0]`` here (an .npz) instead.
+    precision_recall: also compute precision, recall, density and coverage of ``paths[1]``
+      (generated) against ``paths[0]`` (real), on the features of up to
+      ``evaluate.MAX_KID_FEATURES`` images of each.
 
   Returns:
-    ``{'fid': float or None, 'sources': [description per path], 'saved': path or None}``.
+    ``{'fid': float or None, 'sources': [description per path], 'saved': path or None,
+    'precision_recall': {'precision', 'recall', 'density', 'coverage', 'k', 'num_features'}
+    or None}``.
 
   Raises:
     UserError: any mistake in the arguments or the files (one sentence).
@@ -173,6 +197,15 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
     directory = os.path.dirname(os.path.abspath(save_stats))
     if not os.path.isdir(directory):
       raise UserError(f'The folder of --save_stats, {directory}, does not exist.')
+  if precision_recall:
+    if save_stats:
+      raise UserError('--precision_recall compares two PATHs; it cannot be combined with '
+                      '--save_stats.')
+    for path in paths:
+      if _is_statistics_file(path):
+        raise UserError(f'--precision_recall needs images on both sides, but {path} is a '
+                        'statistics file (it holds no per-image features); give the folder or '
+                        '.zip it was made from.')
   # Cheap checks first: every path exists and is usable, before the weights load.
   from dcgan_jax.data import image_files  # pylint: disable=g-import-not-at-top
   for path in paths:
@@ -191,16 +224,27 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
           batch_size=batch_size)
     return extractor
 
-  results = [path_statistics(path, make_extractor, preprocessing) for path in paths]
+  keep = 0
+  if precision_recall:
+    from dcgan_jax import evaluate  # pylint: disable=g-import-not-at-top
+    keep = evaluate.MAX_KID_FEATURES
+  results = [path_statistics(path, make_extractor, preprocessing, keep) for path in paths]
   if save_stats:
     stats = results[0][0]
     tmp_path = save_stats[:-len('.npz')] + '.tmp.npz'
     stats.save(tmp_path, preprocessing=preprocessing, source=os.path.abspath(paths[0]))
     os.replace(tmp_path, save_stats)  # Readers never see half a file.
-    return {'fid': None, 'sources': [results[0][1]], 'saved': save_stats}
-  (a, _), (b, _) = results  # Fewer than 2048 images: FeatureStatistics warns (rank-deficient).
+    return {'fid': None, 'sources': [results[0][1]], 'saved': save_stats,
+            'precision_recall': None}
+  (a, _, real), (b, _, fake) = results  # Under 2048 images FeatureStatistics warns.
   value = evaluation.frechet_distance(a.mean, a.covariance, b.mean, b.covariance)
-  return {'fid': float(value), 'sources': [r[1] for r in results], 'saved': None}
+  manifold = None
+  if precision_recall:
+    k = evaluation.manifold.DEFAULT_K
+    manifold = dict(evaluation.manifold_metrics(real, fake, k=k), k=k,
+                    num_features=[int(real.shape[0]), int(fake.shape[0])])
+  return {'fid': float(value), 'sources': [r[1] for r in results], 'saved': None,
+          'precision_recall': manifold}
 
 
 def main(argv: list[str]) -> None:
@@ -208,7 +252,7 @@ def main(argv: list[str]) -> None:
   try:
     result = fid(argv[1:], FLAGS.inception_weights, batch_size=FLAGS.batch_size,
                  preprocessing=FLAGS.preprocessing, precision=FLAGS.precision,
-                 save_stats=FLAGS.save_stats)
+                 save_stats=FLAGS.save_stats, precision_recall=FLAGS.precision_recall)
   except UserError as e:
     logging.flush()
     _fail(str(e))
@@ -217,6 +261,13 @@ def main(argv: list[str]) -> None:
   if result['saved']:
     print(f'Statistics written to {result["saved"]} (preprocessing {FLAGS.preprocessing}).')
   else:
+    manifold = result['precision_recall']
+    if manifold:
+      real_count, fake_count = manifold['num_features']
+      print(f'Precision: {manifold["precision"]:.4f}  Recall: {manifold["recall"]:.4f}  '
+            f'Density: {manifold["density"]:.4f}  Coverage: {manifold["coverage"]:.4f}  '
+            f'(k={manifold["k"]}; the second PATH\'s {fake_count} images against the '
+            f'first\'s {real_count})')
     print(f'FID: {result["fid"]}')
 
 

@@ -68,22 +68,29 @@ def _printed_fid(out):
 def test_fid_of_two_folders_matches_pytorch_fid(weights, folders, tmp_path, capsys):
   path, net = weights
   status, out, err = _cli([str(folders[0]), str(folders[1]), f'--inception_weights={path}',
-                           '--precision=highest', '--batch_size=8'], capsys)
+                           '--precision=highest', '--batch_size=8', '--precision_recall'],
+                          capsys)
   assert status == 0, err
   assert f'{folders[0]}: 6 images' in out and f'{folders[1]}: 5 images' in out
   ours = _printed_fid(out)
 
-  # pytorch-fid on the same files: its reading (PIL, RGB), resize and network. The distance of
-  # its moments is taken with ours, which tests/test_evaluation_statistics.py checks against
-  # pytorch-fid's (whose scipy sqrtm takes ~25 s at 2048 dimensions on 2 cores).
+  # pytorch-fid on the same files: its reading (PIL, RGB), resize and network, and its moments
+  # (calculate_activation_statistics: mean, np.cov). The distance is taken with ours, which
+  # tests/test_evaluation_statistics.py checks against pytorch-fid's (whose scipy sqrtm takes
+  # ~25 s at 2048 dimensions on 2 cores).
   model = reference.pytorch_fid_wrapper(net)
-  moments = [fid_score.calculate_activation_statistics(sorted(map(str, f.glob('*.png'))), model,
-                                                       batch_size=5, dims=2048, device='cpu',
-                                                       num_workers=0)
-             for f in folders]
+  features = [fid_score.get_activations(sorted(map(str, f.glob('*.png'))), model, batch_size=5,
+                                        dims=2048, device='cpu', num_workers=0)
+              for f in folders]
+  moments = [(np.mean(f, axis=0), np.cov(f, rowvar=False)) for f in features]
   expected = evaluation.frechet_distance(*moments[0], *moments[1])
   assert expected > 0
   assert ours == pytest.approx(expected, rel=1e-3)
+  # --precision_recall: the same numbers as on pytorch-fid's features (second PATH generated).
+  manifold = evaluation.manifold_metrics(features[0], features[1])
+  assert (f'Precision: {manifold["precision"]:.4f}  Recall: {manifold["recall"]:.4f}  '
+          f'Density: {manifold["density"]:.4f}  Coverage: {manifold["coverage"]:.4f}  '
+          "(k=3; the second PATH's 5 images against the first's 6)") in out
 
   # --save_stats writes pytorch-fid's mu/sigma (plus the count); they equal its moments, and an
   # FID against the file equals the FID against the folder.
@@ -103,7 +110,8 @@ def test_fid_of_two_folders_matches_pytorch_fid(weights, folders, tmp_path, caps
   def no_network():
     raise AssertionError('a statistics file needs no Inception network')
 
-  stats, description = fid.path_statistics(str(stats_path), no_network)
+  stats, description, features = fid.path_statistics(str(stats_path), no_network)
+  assert features is None
   assert description.endswith('statistics file (6 images, preprocessing pytorch_fid)')
   np.testing.assert_array_equal(stats.mean, saved_mu)
   np.testing.assert_array_equal(stats.covariance, saved_sigma)
@@ -123,8 +131,9 @@ def test_a_zip_of_mixed_sizes_with_a_broken_file(weights, folders, tmp_path, cap
       if file.is_file():
         z.write(file, file.relative_to(folder).as_posix())
   extractor = evaluation.InceptionExtractor.from_file(path, precision='highest', batch_size=8)
-  from_folder, skipped = fid.image_statistics(str(folder), extractor)
-  from_zip, zip_skipped = fid.image_statistics(str(archive), extractor)
+  from_folder, skipped, _ = fid.image_statistics(str(folder), extractor)
+  from_zip, zip_skipped, zip_features = fid.image_statistics(str(archive), extractor,
+                                                             keep_features=2)
   assert (from_folder.count, skipped) == (from_zip.count, zip_skipped) == (3, 1)
   np.testing.assert_allclose(from_folder.mean, from_zip.mean, rtol=1e-6, atol=1e-7)
   # The same as the network applied to the decoded images directly, size group by size group.
@@ -133,6 +142,8 @@ def test_a_zip_of_mixed_sizes_with_a_broken_file(weights, folders, tmp_path, cap
   pool = np.concatenate([extractor(np.stack(group))['pool'] for group in decoded])
   np.testing.assert_allclose(from_folder.mean, pool.mean(0), rtol=1e-5,
                              atol=1e-6 * np.abs(pool).max())
+  # keep_features keeps the first images' features, in file order, across size groups.
+  np.testing.assert_allclose(zip_features, pool[:2], rtol=1e-5, atol=1e-6 * np.abs(pool).max())
 
   status, out, err = _cli([str(archive), f'--save_stats={tmp_path / "mixed.npz"}',
                            f'--inception_weights={path}', '--precision=highest',
@@ -154,10 +165,13 @@ def test_a_zip_of_mixed_sizes_with_a_broken_file(weights, folders, tmp_path, cap
     (['{t}/bad.npz', '{real}'], 'Cannot read statistics'),
     (['{real}', '{fake}', '--inception_weights={t}/missing.pth'], 'not found'),
     (['{real}', '{fake}', '--batch_size=0'], '--batch_size must be positive'),
+    (['{real}', '--save_stats={t}/s.npz', '--precision_recall'], 'cannot be combined'),
+    (['{t}/stats.npz', '{real}', '--precision_recall'], 'needs images on both sides'),
 ])
 def test_mistakes_are_one_line_and_exit_2(folders, tmp_path, capsys, args, message):
   (tmp_path / 'empty').mkdir()
   (tmp_path / 'bad.npz').write_bytes(b'junk')
+  evaluation.FeatureStatistics().update(np.ones((3, 2048))).save(tmp_path / 'stats.npz')
   argv = [a.format(t=tmp_path, real=folders[0], fake=folders[1]) for a in args]
   before = sorted(p.name for p in tmp_path.iterdir())
   status, out, err = _cli(argv, capsys)
