@@ -113,7 +113,8 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     ``[B, H, W, C]`` share (uint8 or already scaled floats); ``rng`` is the same key on every
     device. Metrics (scalars, averaged over devices): ``d_loss``, ``g_loss``, ``d_real``
     (D(x)), ``d_fake_before`` and ``d_fake_after`` (D(G(z)) before and after the D update),
-    ``d_grad_norm``, ``g_grad_norm``, and the penalties when enabled.
+    ``d_grad_norm``, ``g_grad_norm``, and the penalties when enabled. With ``augment`` the
+    D outputs are those of the augmented images, which D really saw.
   """
   if hasattr(generator, 'axis_name'):
     generator = generator.clone(axis_name=axis_name)
