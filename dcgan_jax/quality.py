@@ -39,6 +39,7 @@ import numpy as np
 import optax
 
 from dcgan_jax.errors import UserError
+from dcgan_jax.evaluation import manifold
 
 # Everything that determines the trained weights. Any change here changes the cache file name, so
 # a stale cache is never loaded; bump `version` when the code changes in a way the fields miss.
@@ -446,6 +447,7 @@ class DigitsQuality:
     split = _held_out_start(len(digits))
     self.held_out_accuracy = _accuracy(self.params, digits[split:], labels[split:])
     self._reference_stats: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    self._reference_features: dict[tuple[int, int], np.ndarray] = {}
 
   @classmethod
   def load_or_train(cls, cache_dir: str | None = None) -> DigitsQuality:
@@ -515,17 +517,23 @@ class DigitsQuality:
       probabilities.append(np.asarray(p))
     return np.concatenate(features)[:n], np.concatenate(probabilities)[:n]
 
-  def reference_statistics(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Feature mean [64] and covariance [64, 64] of all real digits as images of this size.
+  def reference_features(self, height: int, width: int) -> np.ndarray:
+    """Classifier features [1797, 64] of all real digits as images of this size.
 
     The real digits take the same path as generated ones (upscaled as in `real_digits_images`,
     then area-averaged back), so a perfect generator scores a distance near 0 at every size.
     """
     key = (int(height), int(width))
-    if key not in self._reference_stats:
+    if key not in self._reference_features:
       real = _upscale_digits(load_real_digits()[0], *key, channels=1)
-      features, _ = self.features_and_probabilities(real)
-      self._reference_stats[key] = feature_statistics(features)
+      self._reference_features[key], _ = self.features_and_probabilities(real)
+    return self._reference_features[key]
+
+  def reference_statistics(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Feature mean [64] and covariance [64, 64] of all real digits as images of this size."""
+    key = (int(height), int(width))
+    if key not in self._reference_stats:
+      self._reference_stats[key] = feature_statistics(self.reference_features(*key))
     return self._reference_stats[key]
 
   def score(self, images: Any,
@@ -544,13 +552,22 @@ class DigitsQuality:
         num_classes_covered: int, classes whose share is >= 0.03 (10 means no mode collapse).
         min_class_fraction: float, the smallest share.
         mean_confidence: float, mean over images of the largest class probability.
+        precision, recall, density, coverage: floats (None for 3 images or fewer),
+          :func:`dcgan_jax.evaluation.manifold_metrics` of the classifier features against
+          the real digits' (k=3): precision falls with digits that look wrong, recall and
+          coverage with digits (or styles of them) the generator never draws.
     """
     features, probabilities = self.features_and_probabilities(images, value_range)
     mean, cov = feature_statistics(features)
     reference_mean, reference_cov = self.reference_statistics(*np.shape(images)[1:3])
     predicted = probabilities.argmax(axis=-1)
     class_fractions = np.bincount(predicted, minlength=NUM_CLASSES) / len(predicted)
+    manifold_scores = dict.fromkeys(('precision', 'recall', 'density', 'coverage'))
+    if len(features) > manifold.DEFAULT_K:
+      manifold_scores = manifold.manifold_metrics(
+          self.reference_features(*np.shape(images)[1:3]), features)
     return {
+        **manifold_scores,
         'frechet_distance': frechet_distance(mean, cov, reference_mean, reference_cov),
         'class_fractions': class_fractions,
         'num_classes_covered': int(np.sum(class_fractions >= COVERAGE_THRESHOLD)),

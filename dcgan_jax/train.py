@@ -435,6 +435,9 @@ class _DigitsQualityHook:
         'quality/min_class_fraction': result['min_class_fraction'],
         'quality/mean_confidence': result['mean_confidence'],
     }
+    for name in ('precision', 'recall', 'density', 'coverage'):
+      if result.get(name) is not None:
+        scalars[f'quality/{name}'] = result[name]
     if self.untrained is not None:
       scalars['quality/frechet_distance_ratio'] = (result['frechet_distance']
                                                    / self.untrained['frechet_distance'])
@@ -861,11 +864,13 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       if need_quality:
         with report_progress.timed('quality'):
           result = quality_hook(step, variables, writer)
+          manifold_text = ('' if result.get('precision') is None else
+                           f", precision {result['precision']:.2f}, recall {result['recall']:.2f}")
           logging.info('Step %d digits quality: Fréchet distance %.3f (%.1f%% of untrained), '
-                       '%d classes covered, smallest class %.3f.', step,
+                       '%d classes covered, smallest class %.3f%s.', step,
                        result['frechet_distance'],
                        100 * result['frechet_distance'] / quality_hook.untrained['frechet_distance'],
-                       result['num_classes_covered'], result['min_class_fraction'])
+                       result['num_classes_covered'], result['min_class_fraction'], manifold_text)
           if final:
             quality_hook.write_json(workdir, step, result, used_ema=state.ema is not None)
     if need_fid:  # Every process scores its share of the images; all get the same FID.

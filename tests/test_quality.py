@@ -199,6 +199,21 @@ def test_one_class_only_covers_one_class(scorer):
   assert result['frechet_distance'] > 20 * scorer.score(_real_subset(32, 1))['frechet_distance']
 
 
+def test_precision_and_recall_tell_poor_digits_from_missing_ones(scorer):
+  """In the classifier's feature space: real digits are faithful and diverse; one digit only
+  is faithful (precision) but not diverse (recall, coverage); noise is neither."""
+  images = quality.real_digits_images(32, 1)
+  real = scorer.score(_real_subset(32, 1))
+  threes = scorer.score(images[quality.real_digit_labels() == 3])
+  noise = scorer.score(_noise(32, 1))
+  assert real['precision'] > 0.95 and real['recall'] > 0.9 and real['coverage'] > 0.9
+  assert threes['precision'] > 0.95 and threes['recall'] < 0.25 and threes['coverage'] < 0.2
+  assert noise['precision'] < 0.1 and noise['recall'] < 0.1 and noise['density'] < 0.1
+  # k = 3 needs more than 3 images; fewer score everything else and leave these out.
+  tiny = scorer.score(_real_subset(32, 1, num=3))
+  assert tiny['precision'] is None and tiny['coverage'] is None and tiny['num_classes_covered']
+
+
 def test_uint8_and_float_inputs_score_the_same(scorer):
   images = _real_subset(16, 3, num=300)
   as_uint8 = scorer.score(images)
