@@ -299,6 +299,21 @@ def config_warnings(config: ml_collections.ConfigDict) -> list[str]:
   return warnings
 
 
+def describe_objective(config: ml_collections.ConfigDict) -> str:
+  """One line naming the objective a run trains with (logged at its start)."""
+  step_config = train_step_lib.StepConfig.from_config(config)
+  parts = [f'{step_config.loss} loss', f'd_steps {step_config.d_steps}',
+           f"discriminator_norm {config.get('discriminator_norm', 'batch')}"]
+  if step_config.gradient_penalty_weight > 0:
+    parts.append(f'gradient penalty {step_config.gradient_penalty_weight:g}')
+  if step_config.r1_weight > 0:
+    parts.append(f'R1 {step_config.r1_weight:g}')
+  if step_config.real_label < 1:
+    parts.append(f'real_label {step_config.real_label:g}')
+  parts.append('augment ' + (','.join(step_config.augment) or 'none'))
+  return 'Objective: ' + ', '.join(parts) + '.'
+
+
 def check_resume_config(config: ml_collections.ConfigDict, saved: dict[str, Any],
                         workdir: str | os.PathLike) -> None:
   """Refuses to resume a run whose checkpoints hold models of another shape.
@@ -738,6 +753,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                step_fn.num_devices, config.parallelism,
                'device-resident' if device_resident else 'tf.data')
   if is_chief:
+    logging.info('%s', describe_objective(config))
     logging.info('Models:\n%s', summary.summarize(config))
 
   # --- 2. Lock, restore, write the run's config. ---------------------------------------------

@@ -364,6 +364,17 @@ def test_config_warnings_name_a_gradient_penalty_on_a_batch_normalised_critic(tm
         'gradient_penalty_weight': 10.0, **fixed})) == []
 
 
+def test_describe_objective_names_what_differs_from_the_paper(tmp_path):
+  assert train.describe_objective(tiny_config(str(tmp_path))) == (
+      'Objective: non_saturating loss, d_steps 1, discriminator_norm batch, augment none.')
+  config = tiny_config(str(tmp_path), loss='wasserstein', gradient_penalty_weight=10.0, d_steps=5,
+                       discriminator_norm='layer', r1_weight=0.5, real_label=0.9,
+                       augment='translation,color')
+  assert train.describe_objective(config) == (
+      'Objective: wasserstein loss, d_steps 5, discriminator_norm layer, gradient penalty 10, '
+      'R1 0.5, real_label 0.9, augment color,translation.')
+
+
 @pytest.mark.parametrize('device_resident,discriminator_norm,augment_policy',
                          [('always', 'batch', ''), ('never', 'batch', ''),
                           ('always', 'spectral', 'color,translation,cutout')])
