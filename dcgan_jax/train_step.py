@@ -3,9 +3,9 @@
 The step is written once, for one device. Given an ``axis_name`` it becomes the per-device body
 of a data-parallel step (under ``jax.shard_map`` or ``jax.pmap``, see :mod:`dcgan_jax.parallel`):
 gradients, metrics and BatchNorm statistics are averaged over that axis, so BatchNorm sees the
-global batch. Random numbers (latents, penalty interpolation, augmentation) are drawn for the *global* batch
-from the one replicated key and each device takes its slice, which makes the data-parallel step
-compute the same update as one device fed the whole batch.
+global batch. Random numbers (latents, penalty interpolation, augmentation) are drawn for the
+*global* batch from the one replicated key and each device takes its slice, which makes the
+data-parallel step compute the same update as one device fed the whole batch.
 
 The order follows the pytorch/examples DCGAN loop: one G forward per iteration (its VJP is kept
 for G's update); D updated with separate real and fake passes (BatchNorm statistics of each
