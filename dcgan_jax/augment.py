@@ -6,7 +6,8 @@ real and the generated images, in D's update and in G's, keeps D from memorising
 learns the un-augmented distribution, because every transformation is differentiable and G's
 gradient flows through it. (Augmenting only the reals would teach G to make augmented images.)
 
-The three policies of the paper, on images in the model's range ([-1, 1] for tanh):
+The three policies of the paper, defined on images in [-1, 1] (other ranges, such as a sigmoid
+generator's [0, 1], are mapped there and back):
 
 - ``color``: per image, brightness ``+ U(-0.5, 0.5)``, then saturation (scale each pixel's
   distance from its channel mean by ``U(0, 2)``), then contrast (scale the distance from the
@@ -130,11 +131,29 @@ def _cutout(images: jax.Array, center: jax.Array) -> jax.Array:
   return images * keep[..., None].astype(images.dtype)
 
 
-def apply(images: jax.Array, params: Params, policy: tuple[str, ...]) -> jax.Array:
+def apply(images: jax.Array, params: Params, policy: tuple[str, ...],
+          value_range: tuple[float, float] = (-1.0, 1.0)) -> jax.Array:
   """Transforms ``[B, H, W, C]`` images with the drawn ``params``; differentiable in ``images``.
 
   For fixed parameters the transformation is affine in the pixels, so gradients are exact.
+
+  Args:
+    images: images in ``value_range``.
+    params: from :func:`draw_params`.
+    policy: names from :func:`parse_policy`.
+    value_range: the images' range. The transformations are defined on [-1, 1] (the paper's;
+      brightness shifts by up to a quarter of it, fills are its middle), so other ranges are mapped
+      there and back: a sigmoid generator's [0, 1] images get the same augmentation.
   """
+  low, high = value_range
+  if (low, high) == (-1.0, 1.0):
+    return _apply_centred(images, params, policy)
+  scale = (high - low) / 2.0
+  centred = (images - (low + scale)) / scale
+  return _apply_centred(centred, params, policy) * scale + (low + scale)
+
+
+def _apply_centred(images: jax.Array, params: Params, policy: tuple[str, ...]) -> jax.Array:
   if 'color' in policy:
     images = _color(images, params)
   if 'translation' in policy:
@@ -144,7 +163,8 @@ def apply(images: jax.Array, params: Params, policy: tuple[str, ...]) -> jax.Arr
   return images
 
 
-def augment(images: jax.Array, key: jax.Array, policy: str | Iterable[str]) -> jax.Array:
+def augment(images: jax.Array, key: jax.Array, policy: str | Iterable[str],
+            value_range: tuple[float, float] = (-1.0, 1.0)) -> jax.Array:
   """Draws and applies a policy: the one-call form for custom training loops.
 
   Example::
@@ -155,4 +175,4 @@ def augment(images: jax.Array, key: jax.Array, policy: str | Iterable[str]) -> j
   if not policy:
     return images
   batch, height, width, _ = images.shape
-  return apply(images, draw_params(key, batch, height, width, policy), policy)
+  return apply(images, draw_params(key, batch, height, width, policy), policy, value_range)

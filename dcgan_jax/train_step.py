@@ -153,8 +153,10 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     draw = lambda k, n: augment.draw_params(k, n, height, width, policy)
     return global_slice(draw, key, images.shape[0])
 
+  value_range = (-1.0, 1.0) if output_activation == 'tanh' else (0.0, 1.0)
+
   def augmented(images, params):
-    return images if params is None else augment.apply(images, params, policy)
+    return images if params is None else augment.apply(images, params, policy, value_range)
 
   def generate(g_params, g_stats, z):
     return generator.apply({'params': g_params, 'batch_stats': g_stats}, z, train=True,

@@ -118,6 +118,17 @@ def test_gradients_flow_through_every_transformation():
   assert (np.asarray(grad) != 0).sum() == (kept != 0).sum()
 
 
+def test_other_value_ranges_are_augmented_as_their_image_in_minus_one_to_one():
+  """A sigmoid generator's [0, 1] images: the same transformation, fills at mid-grey 0.5."""
+  images = _images()
+  params = augment.draw_params(jax.random.key(4), 4, 16, 16, augment.POLICIES)
+  unit = augment.apply((images + 1) / 2, params, augment.POLICIES, value_range=(0.0, 1.0))
+  expected = (augment.apply(images, params, augment.POLICIES) + 1) / 2
+  np.testing.assert_allclose(np.asarray(unit), np.asarray(expected), atol=1e-6)
+  cut = augment.apply(np.zeros_like(images), params, ('cutout',), value_range=(0.0, 1.0))
+  assert np.isclose(np.asarray(cut), 0.5).any() and np.isclose(np.asarray(cut), 0.0).any()
+
+
 def test_augment_in_one_call_and_empty_policy_is_the_identity():
   images = jnp.asarray(_images())
   assert augment.augment(images, jax.random.key(0), '') is images
@@ -171,7 +182,7 @@ def test_augmentation_is_the_only_change_and_g_learns_through_it(initial_state, 
   config = dict(loss='wasserstein', gradient_penalty_weight=10.0)
   plain_state, plain_metrics = jax.jit(make_train_step(G, D, StepConfig(**config)))(
       initial_state, images, rng)
-  monkeypatch.setattr(augment, 'apply', lambda x, params, policy: x)
+  monkeypatch.setattr(augment, 'apply', lambda x, *args: x)
   same_state, same_metrics = jax.jit(make_train_step(G, D, StepConfig(augment=FULL, **config)))(
       initial_state, images, rng)
   for a, b in zip(_leaves(same_state), _leaves(plain_state)):
@@ -179,7 +190,7 @@ def test_augmentation_is_the_only_change_and_g_learns_through_it(initial_state, 
   assert {k: float(v) for k, v in same_metrics.items()} == {
       k: float(v) for k, v in plain_metrics.items()}
 
-  monkeypatch.setattr(augment, 'apply', lambda x, params, policy: x * 0.0)
+  monkeypatch.setattr(augment, 'apply', lambda x, *args: x * 0.0)
   blind_state, blind_metrics = jax.jit(make_train_step(G, D, StepConfig(augment=FULL)))(
       initial_state, images, rng)
   assert float(blind_metrics['g_grad_norm']) == 0.0
@@ -187,3 +198,20 @@ def test_augmentation_is_the_only_change_and_g_learns_through_it(initial_state, 
                   jax.tree.leaves(initial_state.generator.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert float(plain_metrics['g_grad_norm']) > 0.0
+
+
+@pytest.mark.parametrize('activation,value_range', [('tanh', (-1.0, 1.0)),
+                                                    ('sigmoid', (0.0, 1.0))])
+def test_step_augments_in_the_generators_range(monkeypatch, activation, value_range):
+  generator = Generator(image_size=8, channels=1, latent_dim=4, width=4,
+                        output_activation=activation)
+  discriminator = Discriminator(image_size=8, channels=1, width=4)
+  state = create_gan_state(jax.random.key(0), generator, discriminator)
+  ranges = []
+  original = augment.apply
+  monkeypatch.setattr(augment, 'apply',
+                      lambda x, params, policy, vr=(-1.0, 1.0): ranges.append(vr) or original(
+                          x, params, policy, vr))
+  step = make_train_step(generator, discriminator, StepConfig(augment='cutout'))
+  step(state, _uint8_images(n=4)[:, :8, :8, :1], jax.random.key(1))
+  assert len(ranges) == 3 and set(ranges) == {value_range}  # Real, fake (D), fake (G).
