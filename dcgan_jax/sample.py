@@ -4,6 +4,12 @@ r"""Samples from a trained run: an image grid, or walks through the latent space
       [--seed=0] [--ema|--noema] [--step=N]
   python -m dcgan_jax.sample --workdir=/tmp/dcgan_digits --interpolate --rows=4 --steps=8 \
       --out=walk.png [--gif_out=walk.gif] [--bounce|--nobounce]
+  python -m dcgan_jax.sample --workdir=/tmp/dcgan_digits --num=50000 --out_dir=samples/
+
+``--out_dir`` writes ``--num`` samples as separate PNG files (``000000.png``, ...) into a new or
+empty folder, for tools that score folders of images (``python -m dcgan_jax.fid``, pytorch-fid,
+clean-fid, torch-fidelity). The latents are those of a grid with the same ``--num`` and
+``--seed``.
 
 The model is rebuilt from the config saved with the checkpoint, and the newest readable
 checkpoint is used unless --step names one; a live training run may keep using the workdir.
@@ -40,8 +46,10 @@ from dcgan_jax import sample_grid
 from dcgan_jax.errors import UserError, exit_with_user_error
 
 MAX_NUM = 4096  # Images per grid; more make an unreadable picture and a slow PNG.
+MAX_FILES = 1_000_000  # Images per --out_dir.
 GRID_PADDING = 2  # Pixels between and around the images of every grid written here.
 _CHUNK = 256  # Images per generator call (bounds memory for large --num).
+_FILE_CHUNK = 4096  # Images generated before they are written, with --out_dir.
 
 
 def slerp(a: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
@@ -131,6 +139,45 @@ def sample_grid_png(workdir: str, out: str, num: int = 64, seed: int = 0, use_em
                                value_range=_value_range(config))
 
 
+def sample_files(workdir: str, out_dir: str, num: int, seed: int = 0, use_ema: bool = True,
+                 step: int | None = None) -> list[str]:
+  """Writes ``num`` samples as PNG files ``<out_dir>/000000.png``, ... and returns their paths.
+
+  Images are generated and written a chunk at a time, so any ``num`` fits in memory. The latents
+  are the ones :func:`sample_grid_png` draws for the same ``num`` and ``seed``.
+
+  Raises:
+    UserError: a bad ``num``, an ``out_dir`` that is a file or holds anything already (nothing
+      is overwritten), or see :func:`load_generator`.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  if not 1 <= num <= MAX_FILES:
+    raise UserError(f'--num must be between 1 and {MAX_FILES:,} with --out_dir (got {num}).')
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise UserError(f'--out_dir {out_dir} is a file; give a new or empty folder.')
+  if os.path.isdir(out_dir) and os.listdir(out_dir):
+    raise UserError(f'--out_dir {out_dir} is not empty; give a new or empty folder (nothing '
+                    'is overwritten).')
+  generator, variables, config, _ = load_generator(workdir, step, use_ema)
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise UserError(f'Cannot create --out_dir {out_dir} ({e.strerror}).') from e
+  z = jax.random.normal(jax.random.key(seed), (num, int(config.latent_dim)), jnp.float32)
+  value_range = _value_range(config)
+  digits = max(6, len(str(num - 1)))
+  paths = []
+  for start in range(0, num, _FILE_CHUNK):
+    images = sample_grid.to_uint8(generate(generator, variables, z[start:start + _FILE_CHUNK]),
+                                  value_range)
+    for offset, image in enumerate(images):
+      path = os.path.join(out_dir, f'{start + offset:0{digits}d}.png')
+      Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+      paths.append(path)
+  return paths
+
+
 def interpolation(workdir: str, out: str, gif_out: str, rows: int = 4, steps: int = 8,
                   seed: int = 0, use_ema: bool = True, step: int | None = None,
                   bounce: bool = True, frame_ms: int = 150) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -185,7 +232,10 @@ def _define_flags(flag_values):
 
   define('string', 'workdir', None, 'A training run\'s directory (its checkpoints are used).')
   define('string', 'out', 'samples.png', 'The PNG to write.')
-  define('integer', 'num', 64, f'Images in the grid (1..{MAX_NUM}).')
+  define('integer', 'num', 64, f'Images in the grid (1..{MAX_NUM}), or files with --out_dir '
+         f'(1..{MAX_FILES:,}).')
+  define('string', 'out_dir', '', 'Write --num samples as separate PNG files into this new or '
+         'empty folder instead of a grid (e.g. for FID tools that read folders).')
   define('integer', 'seed', 0, 'Seed of the latent vectors.')
   define('bool', 'ema', True, 'Sample from the EMA weights when the run kept them.')
   define('integer', 'step', None, 'Checkpoint step to use; default: the newest.')
@@ -209,11 +259,18 @@ def main(argv: list[str] | None = None) -> None:
   fail = exit_with_user_error
   f = command_line.parse_workdir_flags(flag_values, argv)
   try:
+    if f.interpolate and f.out_dir:
+      raise UserError('--out_dir writes separate samples; it cannot be combined with '
+                      '--interpolate (which writes --out and --gif_out).')
     if f.interpolate:
       gif_out = f.gif_out or os.path.splitext(f.out)[0] + '.gif'
       interpolation(f.workdir, f.out, gif_out, rows=f.rows, steps=f.steps, seed=f.seed,
                     use_ema=f.ema, step=f.step, bounce=f.bounce)
       print(f'Wrote {f.out} and {gif_out}.')
+    elif f.out_dir:
+      paths = sample_files(f.workdir, f.out_dir, num=f.num, seed=f.seed, use_ema=f.ema,
+                           step=f.step)
+      print(f'Wrote {len(paths)} PNG files to {f.out_dir}.')
     else:
       sample_grid_png(f.workdir, f.out, num=f.num, seed=f.seed, use_ema=f.ema, step=f.step)
       print(f'Wrote {f.out}.')

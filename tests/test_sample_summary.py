@@ -18,6 +18,7 @@ from PIL import Image, ImageSequence
 from dcgan_jax import animation
 from dcgan_jax import config_files
 from dcgan_jax import sample
+from dcgan_jax import sample_grid
 from dcgan_jax import summary
 from dcgan_jax.errors import EXIT_USER_ERROR
 
@@ -177,6 +178,40 @@ def test_sample_grid_in_process(run_dir, tmp_path):
   sample.main(['sample', f'--workdir={run_dir}', '--num=10', f'--out={again}', '--seed=4',
                '--step=2', '--noema'])
   assert not np.array_equal(first, np.asarray(Image.open(again)))
+
+
+def test_sample_files_are_the_grids_images(run_dir, tmp_path):
+  """--out_dir writes each sample as its own PNG: tiled again, they are the grid of the same
+  --num and --seed, pixel for pixel."""
+  grid_path, out_dir = tmp_path / 'grid.png', tmp_path / 'files' / 'nested'
+  sample.main(['sample', f'--workdir={run_dir}', '--num=10', f'--out={grid_path}', '--seed=3'])
+  sample.main(['sample', f'--workdir={run_dir}', '--num=10', f'--out_dir={out_dir}', '--seed=3'])
+  names = sorted(os.listdir(out_dir))
+  assert names == [f'{i:06d}.png' for i in range(10)]
+  files = [np.asarray(Image.open(out_dir / name)) for name in names]
+  assert all(f.shape == (_SIDE, _SIDE) and f.dtype == np.uint8 for f in files)
+  tiled = sample_grid.make_grid(np.stack(files)[..., None], padding=sample.GRID_PADDING)
+  np.testing.assert_array_equal(tiled[..., 0], np.asarray(Image.open(grid_path)))
+  assert len({f.tobytes() for f in files}) == 10  # Ten different samples.
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--out_dir={t}/full'], 'is not empty'),
+    (['--out_dir={t}/full/kept.txt'], 'is a file'),
+    (['--out_dir={t}/new', '--num=0'], '--num must be between 1 and 1,000,000'),
+    (['--out_dir={t}/new', '--interpolate'], 'cannot be combined with --interpolate'),
+])
+def test_sample_files_mistakes_touch_nothing(run_dir, tmp_path, capsys, args, message):
+  (tmp_path / 'full').mkdir()
+  (tmp_path / 'full' / 'kept.txt').write_text('earlier work')
+  with pytest.raises(SystemExit) as exit_info:
+    sample.main(['sample', f'--workdir={run_dir}'] + [a.format(t=tmp_path) for a in args])
+  assert exit_info.value.code == EXIT_USER_ERROR
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and message in err, err
+  assert os.listdir(tmp_path / 'full') == ['kept.txt']
+  assert (tmp_path / 'full' / 'kept.txt').read_text() == 'earlier work'
+  assert not (tmp_path / 'new').exists()
 
 
 def test_interpolation_in_process(run_dir, tmp_path):
