@@ -74,7 +74,9 @@ MAX_KID_FEATURES = 10_000
 KID_SUBSET_SIZE = 1000
 KID_SUBSETS = 100
 IS_SPLITS = 10
-_FEATURES_KEY = 'kid_features'
+# Per-image reference features in .npz statistics files (the dataset cache, fid --save_stats).
+FEATURES_KEY = 'kid_features'
+_FEATURES_KEY = FEATURES_KEY
 # Fidelity and diversity (dcgan_jax.evaluation.manifold), on the same features as KID.
 MANIFOLD_METRICS = ('precision', 'recall', 'density', 'coverage')
 
@@ -217,7 +219,12 @@ def dataset_reference(workdir: str, config, extractor, num_reference: int,
 
 
 def file_reference(path: str, preprocessing: str) -> tuple[Any, dict[str, Any]]:
-  """Statistics from a `mu`/`sigma` file; raises UserError when it is not one of 2048 dims."""
+  """Statistics from a `mu`/`sigma` file; raises UserError when it is not one of 2048 dims.
+
+  The protocol dict carries the file's per-image features under ``'features'`` (``[n, 2048]``
+  float32) when it holds them (``python -m dcgan_jax.fid PATH --save_stats=F
+  --precision_recall`` writes them), else None.
+  """
   from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
 
   if not os.path.isfile(path):
@@ -231,8 +238,15 @@ def file_reference(path: str, preprocessing: str) -> tuple[Any, dict[str, Any]]:
   if file_mode is not None and str(file_mode) != preprocessing:
     logging.warning('%s was computed with preprocessing=%s, but --preprocessing=%s.', path,
                     file_mode, preprocessing)
+  features = metadata.get(_FEATURES_KEY)
+  if features is not None:
+    features = np.asarray(features, np.float32)
+    if features.ndim != 2 or features.shape[1] != 2048:
+      raise UserError(f'{path} holds {_FEATURES_KEY} of shape {features.shape}; they must be '
+                      '[n, 2048] Inception pool_3 features.')
   return stats, {'source': os.path.abspath(path), 'num_samples': int(stats.count) or None,
-                 'preprocessing': None if file_mode is None else str(file_mode)}
+                 'preprocessing': None if file_mode is None else str(file_mode),
+                 'features': features}
 
 
 # ---- the evaluation ---------------------------------------------------------------------------
@@ -264,6 +278,11 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
   ref_stats = ref_features = None
   if reference:
     ref_stats, ref_protocol = file_reference(reference, preprocessing)
+    # A file with per-image features (fid --save_stats --precision_recall) allows KID and
+    # precision/recall too; the protocol records how many, not the features.
+    ref_features = ref_protocol.pop('features')
+    if ref_features is not None:
+      ref_protocol['num_features'] = int(ref_features.shape[0])
   extractor = evaluation.InceptionExtractor.from_file(
       inception_weights, preprocessing=preprocessing, precision=precision, batch_size=batch_size)
   generator, variables, step, used_ema = load_generator(workdir, config, step, use_ema)
@@ -295,7 +314,9 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
   is_mean, is_std = evaluation.inception_score(logits, splits=splits)
   kid_mean = kid_std = None
   kid_protocol: dict[str, Any] = {'skipped': 'a --reference file holds statistics only; KID '
-                                             'needs reference features (omit --reference)'}
+                                             'needs reference features (omit --reference, or '
+                                             'make the file with fid --save_stats '
+                                             '--precision_recall)'}
   if ref_features is not None:
     fake_features = np.concatenate(kid_features)
     subset = min(KID_SUBSET_SIZE, fake_features.shape[0], ref_features.shape[0])
@@ -310,7 +331,8 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
   manifold_scores = dict.fromkeys(MANIFOLD_METRICS)
   manifold_protocol: dict[str, Any] = {
       'skipped': 'a --reference file holds statistics only; precision and recall need '
-                 'reference features (omit --reference)'}
+                 'reference features (omit --reference, or make the file with fid '
+                 '--save_stats --precision_recall)'}
   if ref_features is not None:
     fake_features = np.concatenate(kid_features)
     smaller = min(fake_features.shape[0], ref_features.shape[0])

@@ -17,9 +17,12 @@ Each PATH is one of:
   program wrote with ``--save_stats`` (which records the image count and preprocessing too, and
   is also what ``dcgan_jax.evaluate --reference`` takes).
 
-Prints ``FID: <value>``. With ``--precision_recall`` (two image PATHs: the first the real or
-reference set, the second the generated one) it also prints precision, recall, density and
-coverage (k = 3, :mod:`dcgan_jax.evaluation.manifold`) of the first 10,000 images of each.
+Prints ``FID: <value>``. With ``--precision_recall`` (the first PATH the real or reference set,
+the second the generated one) it also prints precision, recall, density and coverage (k = 3,
+:mod:`dcgan_jax.evaluation.manifold`) of the first 10,000 images of each. A statistics file
+serves as a PATH there when it holds features: ``--save_stats`` with ``--precision_recall``
+stores those of the first 10,000 images beside ``mu`` and ``sigma`` (and ``dcgan_jax.evaluate
+--reference`` then computes KID and precision/recall too).
 Mistakes (a missing path, a folder without images, bad weights, ...)
 print one sentence on stderr and exit with status 2.
 """
@@ -55,8 +58,9 @@ flags.DEFINE_enum('precision', 'default', ['default', 'high', 'highest'], 'Matmu
 flags.DEFINE_string('save_stats', None, 'Write the statistics of the one PATH to this .npz '
                     'instead of computing an FID.', flag_values=FLAGS)
 flags.DEFINE_bool('precision_recall', False, 'Also print precision, recall, density and '
-                  'coverage of the second PATH against the first (both image sets; k=3 on the '
-                  'Inception pool_3 features of up to 10,000 images each).', flag_values=FLAGS)
+                  'coverage of the second PATH against the first (k=3 on the Inception pool_3 '
+                  'features of up to 10,000 images each); with --save_stats, store those '
+                  'features in the file.', flag_values=FLAGS)
 flags.DEFINE_bool('library_logs', False, 'Also print the INFO logs of JAX start-up (hidden by '
                   'default; warnings and errors always show).', flag_values=FLAGS)
 
@@ -147,9 +151,17 @@ def path_statistics(path: str, make_extractor, preprocessing: str = 'pytorch_fid
     # from the extractor's is warned about.
     from dcgan_jax import evaluate  # pylint: disable=g-import-not-at-top
     stats, protocol = evaluate.file_reference(path, preprocessing)
+    features = protocol['features']
+    if keep_features and features is None:
+      raise UserError(f'--precision_recall needs per-image features, but the statistics file '
+                      f'{path} holds none; give the folder or .zip it was made from, or make it '
+                      'with --save_stats and --precision_recall.')
     count = f'{stats.count} images' if stats.count else 'unknown number of images'
-    return stats, (f'{path}: statistics file ({count}, preprocessing '
-                   f'{protocol["preprocessing"] or "unknown"})'), None
+    with_features = f', {features.shape[0]} features' if features is not None else ''
+    return stats, (f'{path}: statistics file ({count}{with_features}, preprocessing '
+                   f'{protocol["preprocessing"] or "unknown"})'), (
+                       features[:keep_features] if keep_features and features is not None
+                       else None)
   extractor = make_extractor()
   stats, skipped, features = image_statistics(path, extractor, keep_features)
   note = f', {skipped} unreadable files skipped' if skipped else ''
@@ -170,7 +182,8 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
     save_stats: write the statistics of ``paths[0]`` here (an .npz) instead.
     precision_recall: also compute precision, recall, density and coverage of ``paths[1]``
       (generated) against ``paths[0]`` (real), on the features of up to
-      ``evaluate.MAX_KID_FEATURES`` images of each.
+      ``evaluate.MAX_KID_FEATURES`` images of each (a statistics file must hold features);
+      with ``save_stats``, store those features in the file.
 
   Returns:
     ``{'fid': float or None, 'sources': [description per path], 'saved': path or None,
@@ -197,15 +210,6 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
     directory = os.path.dirname(os.path.abspath(save_stats))
     if not os.path.isdir(directory):
       raise UserError(f'The folder of --save_stats, {directory}, does not exist.')
-  if precision_recall:
-    if save_stats:
-      raise UserError('--precision_recall compares two PATHs; it cannot be combined with '
-                      '--save_stats.')
-    for path in paths:
-      if _is_statistics_file(path):
-        raise UserError(f'--precision_recall needs images on both sides, but {path} is a '
-                        'statistics file (it holds no per-image features); give the folder or '
-                        '.zip it was made from.')
   # Cheap checks first: every path exists and is usable, before the weights load.
   from dcgan_jax.data import image_files  # pylint: disable=g-import-not-at-top
   for path in paths:
@@ -214,6 +218,8 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
                       'of images, or a mu/sigma .npz.')
     if not _is_statistics_file(path):
       image_files.check_path(path, what='path', needs_images=True)
+    elif precision_recall and not save_stats:
+      path_statistics(path, None, preprocessing, keep_features=1)  # Raises if no features.
   extractor = None
 
   def make_extractor():
@@ -224,15 +230,14 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
           batch_size=batch_size)
     return extractor
 
-  keep = 0
-  if precision_recall:
-    from dcgan_jax import evaluate  # pylint: disable=g-import-not-at-top
-    keep = evaluate.MAX_KID_FEATURES
+  from dcgan_jax import evaluate  # pylint: disable=g-import-not-at-top
+  keep = evaluate.MAX_KID_FEATURES if precision_recall else 0
   results = [path_statistics(path, make_extractor, preprocessing, keep) for path in paths]
   if save_stats:
-    stats = results[0][0]
+    stats, _, features = results[0]
+    extra = {} if features is None else {evaluate.FEATURES_KEY: features}
     tmp_path = save_stats[:-len('.npz')] + '.tmp.npz'
-    stats.save(tmp_path, preprocessing=preprocessing, source=os.path.abspath(paths[0]))
+    stats.save(tmp_path, preprocessing=preprocessing, source=os.path.abspath(paths[0]), **extra)
     os.replace(tmp_path, save_stats)  # Readers never see half a file.
     return {'fid': None, 'sources': [results[0][1]], 'saved': save_stats,
             'precision_recall': None}

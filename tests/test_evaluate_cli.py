@@ -218,6 +218,30 @@ def test_reference_file_gives_fid_and_skips_kid(run_dir, inception_npz, tmp_path
   assert 'Precision/recall skipped' in out
 
 
+def test_reference_file_with_features_gives_kid_and_precision_recall(run_dir, inception_npz,
+                                                                     tmp_path, capsys,
+                                                                     monkeypatch):
+  """A statistics file that also holds per-image features (fid --save_stats
+  --precision_recall) serves KID and precision/recall, not only FID."""
+  rng = np.random.default_rng(2)
+  features = rng.normal(size=(40, 2048)).astype(np.float32)
+  stats_path = tmp_path / 'stats_with_features.npz'
+  evaluation.FeatureStatistics().update(features).save(stats_path, kid_features=features)
+  monkeypatch.setattr(evaluation.manifold, 'DEFAULT_K', 1)  # NUM generated images suffice.
+  status, out, _ = _cli([f'--workdir={run_dir}', f'--inception_weights={inception_npz}',
+                         f'--num_samples={NUM}', '--batch_size=8', f'--reference={stats_path}'],
+                        capsys)
+  assert status == 0
+  result = json.loads((run_dir / 'eval_step_000002.json').read_text())
+  assert np.isfinite(result['fid']) and np.isfinite(result['kid'])
+  assert result['protocol']['kid']['num_reference_features'] == 40
+  assert result['protocol']['reference']['num_features'] == 40
+  assert 'features' not in result['protocol']['reference']  # Counted, not copied.
+  assert 0.0 <= result['precision'] <= 1.0 and 0.0 <= result['recall'] <= 1.0
+  assert result['protocol']['precision_recall']['num_reference_features'] == 40
+  assert 'KID skipped' not in out and 'Precision ' in out
+
+
 @pytest.mark.parametrize('case,message', [
     ('missing_workdir', 'does not exist'),
     ('no_checkpoint', 'no run config'),

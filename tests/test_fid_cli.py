@@ -73,6 +73,7 @@ def test_fid_of_two_folders_matches_pytorch_fid(weights, folders, tmp_path, caps
   assert status == 0, err
   assert f'{folders[0]}: 6 images' in out and f'{folders[1]}: 5 images' in out
   ours = _printed_fid(out)
+  out_with_folders = out
 
   # pytorch-fid on the same files: its reading (PIL, RGB), resize and network, and its moments
   # (calculate_activation_statistics: mean, np.cov). The distance is taken with ours, which
@@ -94,14 +95,18 @@ def test_fid_of_two_folders_matches_pytorch_fid(weights, folders, tmp_path, caps
 
   # --save_stats writes pytorch-fid's mu/sigma (plus the count); they equal its moments, and an
   # FID against the file equals the FID against the folder.
+  # With --precision_recall the file also keeps the per-image features, so that it can stand in
+  # for the folder there too.
   stats_path = tmp_path / 'real_stats.npz'
   status, out, err = _cli([str(folders[0]), f'--save_stats={stats_path}',
                            f'--inception_weights={path}', '--precision=highest',
-                           '--batch_size=8'], capsys)
+                           '--batch_size=8', '--precision_recall'], capsys)
   assert status == 0, err
   assert f'Statistics written to {stats_path}' in out
   with np.load(stats_path) as saved:
     assert int(saved['num_samples']) == 6 and str(saved['preprocessing']) == 'pytorch_fid'
+    np.testing.assert_allclose(saved['kid_features'], features[0], rtol=1e-3,
+                               atol=1e-4 * np.abs(features[0]).max())
     scale = np.abs(moments[0][1]).max()
     np.testing.assert_allclose(saved['mu'], moments[0][0], atol=1e-4 * np.abs(moments[0][0]).max())
     np.testing.assert_allclose(saved['sigma'], moments[0][1], atol=1e-4 * scale)
@@ -110,11 +115,19 @@ def test_fid_of_two_folders_matches_pytorch_fid(weights, folders, tmp_path, caps
   def no_network():
     raise AssertionError('a statistics file needs no Inception network')
 
-  stats, description, features = fid.path_statistics(str(stats_path), no_network)
-  assert features is None
-  assert description.endswith('statistics file (6 images, preprocessing pytorch_fid)')
+  stats, description, kept = fid.path_statistics(str(stats_path), no_network)
+  assert kept is None  # Features are handed out only when asked for.
+  assert description.endswith('statistics file (6 images, 6 features, preprocessing pytorch_fid)')
   np.testing.assert_array_equal(stats.mean, saved_mu)
   np.testing.assert_array_equal(stats.covariance, saved_sigma)
+  # The file in place of the real folder: the same FID and the same precision/recall line.
+  status, again, err = _cli([str(stats_path), str(folders[1]), f'--inception_weights={path}',
+                             '--precision=highest', '--batch_size=8', '--precision_recall'],
+                            capsys)
+  assert status == 0, err
+  assert _printed_fid(again) == pytest.approx(ours, rel=1e-6)
+  assert [l for l in again.splitlines() if l.startswith('Precision')] == [
+      l for l in out_with_folders.splitlines() if l.startswith('Precision')]
 
 
 def test_a_zip_of_mixed_sizes_with_a_broken_file(weights, folders, tmp_path, capsys):
@@ -165,8 +178,7 @@ def test_a_zip_of_mixed_sizes_with_a_broken_file(weights, folders, tmp_path, cap
     (['{t}/bad.npz', '{real}'], 'Cannot read statistics'),
     (['{real}', '{fake}', '--inception_weights={t}/missing.pth'], 'not found'),
     (['{real}', '{fake}', '--batch_size=0'], '--batch_size must be positive'),
-    (['{real}', '--save_stats={t}/s.npz', '--precision_recall'], 'cannot be combined'),
-    (['{t}/stats.npz', '{real}', '--precision_recall'], 'needs images on both sides'),
+    (['{real}', '{t}/stats.npz', '--precision_recall'], 'holds none; give the folder'),
 ])
 def test_mistakes_are_one_line_and_exit_2(folders, tmp_path, capsys, args, message):
   (tmp_path / 'empty').mkdir()
