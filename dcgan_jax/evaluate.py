@@ -76,9 +76,6 @@ KID_SUBSETS = 100
 IS_SPLITS = 10
 # Per-image reference features in .npz statistics files (the dataset cache, fid --save_stats).
 FEATURES_KEY = 'kid_features'
-_FEATURES_KEY = FEATURES_KEY
-# Fidelity and diversity (dcgan_jax.evaluation.manifold), on the same features as KID.
-MANIFOLD_METRICS = ('precision', 'recall', 'density', 'coverage')
 
 
 _fail = exit_with_user_error
@@ -190,11 +187,11 @@ def dataset_reference(workdir: str, config, extractor, num_reference: int,
     try:
       stats, metadata = evaluation.FeatureStatistics.load(path)
       cached = {key: metadata.get(key) for key in description}
-      if cached == description and _FEATURES_KEY in metadata:
+      if cached == description and FEATURES_KEY in metadata:
         logging.info('Using the cached reference statistics %s.', path)
         protocol = {'source': str(path), 'cached': True, 'num_samples': int(stats.count),
                     **description}
-        return stats, np.asarray(metadata[_FEATURES_KEY], np.float32), protocol
+        return stats, np.asarray(metadata[FEATURES_KEY], np.float32), protocol
       logging.info('The cached reference %s was made with other settings; recomputing it.', path)
     except UserError as e:
       logging.warning('Ignoring the unreadable cached reference %s (%s).', path, e)
@@ -210,7 +207,7 @@ def dataset_reference(workdir: str, config, extractor, num_reference: int,
   features = (np.concatenate([np.asarray(x) for x in kid_features]) if kid_features
               else np.zeros((0, 2048), np.float32))
   tmp_path = path.with_name(path.name + '.tmp.npz')
-  stats.save(tmp_path, **description, **{_FEATURES_KEY: features})
+  stats.save(tmp_path, **description, **{FEATURES_KEY: features})
   os.replace(tmp_path, path)  # Readers never see half a file.
   logging.info('Cached the reference statistics of %d images in %s.', stats.count, path)
   protocol = {'source': str(path), 'cached': False, 'num_samples': int(stats.count),
@@ -238,11 +235,11 @@ def file_reference(path: str, preprocessing: str) -> tuple[Any, dict[str, Any]]:
   if file_mode is not None and str(file_mode) != preprocessing:
     logging.warning('%s was computed with preprocessing=%s, but --preprocessing=%s.', path,
                     file_mode, preprocessing)
-  features = metadata.get(_FEATURES_KEY)
+  features = metadata.get(FEATURES_KEY)
   if features is not None:
     features = np.asarray(features, np.float32)
     if features.ndim != 2 or features.shape[1] != 2048:
-      raise UserError(f'{path} holds {_FEATURES_KEY} of shape {features.shape}; they must be '
+      raise UserError(f'{path} holds {FEATURES_KEY} of shape {features.shape}; they must be '
                       '[n, 2048] Inception pool_3 features.')
   return stats, {'source': os.path.abspath(path), 'num_samples': int(stats.count) or None,
                  'preprocessing': None if file_mode is None else str(file_mode),
@@ -306,7 +303,9 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
         kid_features.append(_first_rows(out['pool'], MAX_KID_FEATURES - kept))
         kept += kid_features[-1].shape[0]
   logits = np.concatenate([np.asarray(x) for x in logits])
-  kid_features = [np.asarray(x) for x in kid_features]
+  # The generated features that KID and precision/recall share (only with reference features).
+  fake_features = (np.concatenate([np.asarray(x) for x in kid_features])
+                   if ref_features is not None else None)
 
   fid = evaluation.frechet_distance(fake.mean, fake.covariance, ref_stats.mean,
                                     ref_stats.covariance)
@@ -318,7 +317,6 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
                                              'make the file with fid --save_stats '
                                              '--precision_recall)'}
   if ref_features is not None:
-    fake_features = np.concatenate(kid_features)
     subset = min(KID_SUBSET_SIZE, fake_features.shape[0], ref_features.shape[0])
     if subset >= 2:
       kid_mean, kid_std = evaluation.kernel_inception_distance(
@@ -328,13 +326,12 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
                       'num_reference_features': int(ref_features.shape[0])}
     else:
       kid_protocol = {'skipped': 'fewer than 2 reference features'}
-  manifold_scores = dict.fromkeys(MANIFOLD_METRICS)
+  manifold_scores = dict.fromkeys(evaluation.manifold.METRICS)
   manifold_protocol: dict[str, Any] = {
       'skipped': 'a --reference file holds statistics only; precision and recall need '
                  'reference features (omit --reference, or make the file with fid '
                  '--save_stats --precision_recall)'}
   if ref_features is not None:
-    fake_features = np.concatenate(kid_features)
     smaller = min(fake_features.shape[0], ref_features.shape[0])
     k = evaluation.manifold.DEFAULT_K
     if smaller > k:

@@ -562,7 +562,7 @@ class DigitsQuality:
     reference_mean, reference_cov = self.reference_statistics(*np.shape(images)[1:3])
     predicted = probabilities.argmax(axis=-1)
     class_fractions = np.bincount(predicted, minlength=NUM_CLASSES) / len(predicted)
-    manifold_scores = dict.fromkeys(('precision', 'recall', 'density', 'coverage'))
+    manifold_scores = dict.fromkeys(manifold.METRICS)
     if len(features) > manifold.DEFAULT_K:
       manifold_scores = manifold.manifold_metrics(
           self.reference_features(*np.shape(images)[1:3]), features)

@@ -422,6 +422,9 @@ class _DigitsQualityHook:
 
   def __init__(self, config: ml_collections.ConfigDict, sampler: _Sampler):
     from dcgan_jax import quality  # pylint: disable=g-import-not-at-top  # Digits runs only.
+    from dcgan_jax.evaluation import manifold  # pylint: disable=g-import-not-at-top
+
+    self._manifold_metrics = manifold.METRICS  # Precision, recall, ... (None for tiny samples).
 
     cache_dir = config.get('quality_cache_dir', '') or None
     self._quality = quality.DigitsQuality.load_or_train(cache_dir)
@@ -450,7 +453,7 @@ class _DigitsQualityHook:
         'quality/min_class_fraction': result['min_class_fraction'],
         'quality/mean_confidence': result['mean_confidence'],
     }
-    for name in ('precision', 'recall', 'density', 'coverage'):
+    for name in self._manifold_metrics:
       if result.get(name) is not None:
         scalars[f'quality/{name}'] = result[name]
     if self.untrained is not None:

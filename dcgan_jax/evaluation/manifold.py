@@ -32,6 +32,8 @@ import numpy as np
 from dcgan_jax.errors import UserError
 
 DEFAULT_K = 3
+# The names of manifold_metrics' results, in its order (also the keys callers report under).
+METRICS = ('precision', 'recall', 'density', 'coverage')
 _CHUNK = 1024
 
 
