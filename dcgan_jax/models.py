@@ -59,6 +59,30 @@ def _validate_choice(name: str, value: Any, options: Sequence[Any]) -> None:
     raise UserError(f'{name} must be one of {_join(options)} (got {value!r}).')
 
 
+def check_num_classes(num_classes: Any) -> int:
+  """``num_classes`` as an int >= 0 (0: unconditional), or a UserError saying what is valid."""
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+    raise UserError('num_classes must be 0 (unconditional, the paper) or the number of classes '
+                    f'of the dataset\'s labels, such as 10 (got {num_classes!r}).')
+  return num_classes
+
+
+def _check_labels(labels: jax.Array | None, num_classes: int, batch: int, like: str) -> bool:
+  """Whether the call is conditional; raises when labels and ``num_classes`` disagree."""
+  if not num_classes:
+    if labels is not None:
+      raise ValueError('labels were given to an unconditional model (num_classes=0); build it '
+                       'with num_classes set to condition on classes.')
+    return False
+  if labels is None:
+    raise ValueError(f'This model is class-conditional (num_classes={num_classes}): pass '
+                     f'labels, int [N] in [0, {num_classes}).')
+  if labels.shape != (batch,) or not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f'labels must be integers of shape [{batch}] (one per row of {like}), '
+                     f'got {labels.dtype} {labels.shape}.')
+  return True
+
+
 def resolve_dtype(dtype: Any) -> Any:
   """Maps a dtype name ('float32', 'bfloat16') or a jnp dtype to the jnp dtype."""
   if isinstance(dtype, str):
@@ -407,6 +431,10 @@ class Generator(nn.Module):
       the channel multiples cuDNN's bfloat16 tensor-core kernels want). Same parameters and
       function; 1 pads nothing; 0 (the default) means 8 in bfloat16 and 1 in float32 (see
       :func:`resolve_channel_multiple`). (The 'resize_conv' output layer is left as it is.)
+    num_classes: 0 (the paper: unconditional) or the number of classes of a class-conditional
+      generator, which then takes integer ``labels`` beside ``z``: their one-hot codes are
+      appended to z before the projection, as in conditional GANs (Mirza & Osindero, 2014),
+      which amounts to a learned per-class offset of the first 4x4 feature map.
   """
 
   image_size: int = 64
@@ -418,11 +446,13 @@ class Generator(nn.Module):
   dtype: Any = 'float32'
   axis_name: str | None = None
   image_channel_multiple: int = 0
+  num_classes: int = 0
 
   def __post_init__(self):
     # Fail at construction, not at first use, so a config mistake surfaces at once.
     _check_common(self.image_size, self.channels, self.width, self.dtype,
                   self.image_channel_multiple)
+    check_num_classes(self.num_classes)
     _validate_choice('upsample', self.upsample, UPSAMPLE_MODES)
     _validate_choice('output_activation', self.output_activation, OUTPUT_ACTIVATIONS)
     if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
@@ -442,12 +472,15 @@ class Generator(nn.Module):
     return ResizeConv(features, dtype=dtype, name=f'Conv_{index}')(x)
 
   @nn.compact
-  def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
+  def __call__(self, z: jax.Array, train: bool = True,
+               labels: jax.Array | None = None) -> jax.Array:
     """Generates images.
 
     Args:
       z: Latent vectors ``[N, latent_dim]``.
       train: Use batch statistics (and update the running ones) if True, running ones if False.
+      labels: Integer classes ``[N]`` in ``[0, num_classes)``; required when ``num_classes``
+        is set, refused otherwise.
 
     Returns:
       float32 images ``[N, image_size, image_size, channels]`` in [-1, 1] (tanh) or [0, 1].
@@ -456,11 +489,14 @@ class Generator(nn.Module):
     k = validate_image_size(self.image_size)
     if z.ndim != 2 or z.shape[-1] != self.latent_dim:
       raise ValueError(f'z must have shape [N, {self.latent_dim}], got {z.shape}.')
+    inputs = z.astype(dtype)
+    if _check_labels(labels, self.num_classes, z.shape[0], 'z'):
+      inputs = jnp.concatenate([inputs, jax.nn.one_hot(labels, self.num_classes, dtype=dtype)], -1)
     features = self.width * 2 ** (k - 1)
     # A dense projection of z is the reference's 4x4 transposed conv on a 1x1 input: same
     # function, same parameter count (latent * 16 * features, no bias).
     x = nn.Dense(4 * 4 * features, use_bias=False, kernel_init=kernel_init, dtype=dtype,
-                 param_dtype=jnp.float32, name='project')(z.astype(dtype))
+                 param_dtype=jnp.float32, name='project')(inputs)
     x = x.reshape((z.shape[0], 4, 4, features))
     x = nn.relu(self._batch_norm(train, dtype)(x))
     for i in range(k - 1):
@@ -499,6 +535,11 @@ class Discriminator(nn.Module):
         The train step scores real and fake images in one call, so the estimate advances
         once per D update and once per G update.
       * ``'none'``: no normalisation.
+    num_classes: 0 (the paper: unconditional) or the number of classes of a class-conditional
+      discriminator, which then takes integer ``labels`` and adds to its logit the inner
+      product of the last feature map (flattened) with a learned embedding of the label: the
+      projection discriminator of Miyato & Koyama (2018), with DCGAN's logit layer as the
+      unconditional term.
   """
 
   image_size: int = 64
@@ -508,12 +549,14 @@ class Discriminator(nn.Module):
   axis_name: str | None = None
   image_channel_multiple: int = 0
   norm: str = 'batch'
+  num_classes: int = 0
   # The train step may stack real and fake batches in one call (see ``groups``).
   supports_groups: ClassVar[bool] = True
 
   def __post_init__(self):
     _check_common(self.image_size, self.channels, self.width, self.dtype,
                   self.image_channel_multiple)
+    check_num_classes(self.num_classes)
     _validate_choice('norm', self.norm, DISCRIMINATOR_NORMS)
     super().__post_init__()
 
@@ -526,7 +569,8 @@ class Discriminator(nn.Module):
     return nn.SpectralNorm(layer, name=f'SpectralNorm_{layer.name}')(x, update_stats=train)
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = True, groups: int = 1) -> jax.Array:
+  def __call__(self, images: jax.Array, train: bool = True, groups: int = 1,
+               labels: jax.Array | None = None) -> jax.Array:
     """Scores images.
 
     Args:
@@ -535,6 +579,7 @@ class Discriminator(nn.Module):
       groups: ``images`` holds this many equal batches, stacked; in training each gets its
         own BatchNorm statistics and the running averages are updated batch after batch, so
         the result equals ``groups`` separate calls (see :class:`GroupedBatchNorm`).
+      labels: Integer classes ``[N]``; required when ``num_classes`` is set, refused otherwise.
 
     Returns:
       float32 logits ``[N]``.
@@ -547,6 +592,7 @@ class Discriminator(nn.Module):
                        f'got {images.shape}.')
     if images.shape[0] % groups:
       raise ValueError(f'{images.shape[0]} images cannot form {groups} equal groups.')
+    conditional = _check_labels(labels, self.num_classes, images.shape[0], 'images')
     x = images.astype(dtype)
     channel_multiple = resolve_channel_multiple(self.image_channel_multiple, dtype)
     for i in range(k):
@@ -567,8 +613,16 @@ class Discriminator(nn.Module):
         x = nn.LayerNorm(epsilon=1e-5, reduction_axes=(1, 2, 3), feature_axes=-1, dtype=dtype,
                          param_dtype=jnp.float32, name=f'LayerNorm_{i - 1}')(x)
       x = nn.leaky_relu(x, negative_slope=0.2)
+    features = x
     x = self._layer(WholeMapConv(1, dtype=dtype, name='logit'), x, train)  # 4x4 map -> logit.
-    return x.reshape((images.shape[0],)).astype(jnp.float32)
+    logits = x.reshape((images.shape[0],)).astype(jnp.float32)
+    if conditional:
+      flat = features.reshape((features.shape[0], -1))
+      embedding = nn.Embed(self.num_classes, flat.shape[-1], embedding_init=kernel_init,
+                           param_dtype=jnp.float32, name='class_embedding')(labels)
+      # The projection term; summed in float32 whatever the compute dtype.
+      logits = logits + jnp.sum(flat.astype(jnp.float32) * embedding, axis=-1)
+    return logits
 
 
 def count_params(params: Any) -> int:
@@ -582,7 +636,8 @@ def generator_from_config(config: Any, axis_name: str | None = None) -> Generato
       image_size=config.image_size, channels=config.channels, latent_dim=config.latent_dim,
       width=config.generator_width, upsample=config.upsample,
       output_activation=config.output_activation, dtype=config.dtype, axis_name=axis_name,
-      image_channel_multiple=config.get('image_channel_multiple', 0))
+      image_channel_multiple=config.get('image_channel_multiple', 0),
+      num_classes=config.get('num_classes', 0))
 
 
 def discriminator_from_config(config: Any, axis_name: str | None = None) -> Discriminator:
@@ -594,7 +649,8 @@ def discriminator_from_config(config: Any, axis_name: str | None = None) -> Disc
   return Discriminator(
       image_size=config.image_size, channels=config.channels, width=config.discriminator_width,
       dtype=config.dtype, axis_name=axis_name,
-      image_channel_multiple=config.get('image_channel_multiple', 0), norm=norm)
+      image_channel_multiple=config.get('image_channel_multiple', 0), norm=norm,
+      num_classes=config.get('num_classes', 0))
 
 
 ModelFn = Callable[..., jax.Array]

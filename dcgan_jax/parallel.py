@@ -173,28 +173,39 @@ class DataParallelStep:
     local = self.local_devices
     return jax.tree.map(lambda x: _replicate_to(x, local), state)
 
-  def place_batch(self, local_images: np.ndarray | jax.Array) -> jax.Array:
+  def place_batch(self, local_batch: Any) -> Any:
     """Turns this process's rows of the global batch into the step's batch argument.
 
     Args:
-      local_images: ``[global_batch / process_count, H, W, C]``; with one process, the whole
-        global batch. Arrays already laid out for the step pass through unchanged.
+      local_batch: images ``[global_batch / process_count, H, W, C]`` (with one process, the
+        whole global batch), or for class-conditional models the pair ``(images, labels)``
+        with labels ``[global_batch / process_count]``. Arrays already laid out for the step
+        pass through unchanged.
     """
+    if isinstance(local_batch, (tuple, list)):
+      rows = {int(np.shape(x)[0]) for x in local_batch}
+      if len(rows) != 1:
+        raise ValueError('The images and labels of a batch must have the same number of rows '
+                         f'(got {[np.shape(x) for x in local_batch]}).')
+      return tuple(self._place_rows(x) for x in local_batch)
+    return self._place_rows(local_batch)
+
+  def _place_rows(self, local_rows: np.ndarray | jax.Array) -> jax.Array:
     if self.parallelism == 'shard_map':
-      if isinstance(local_images, jax.Array) and local_images.sharding == self.batch_sharding:
-        return local_images
-      global_rows = local_images.shape[0] * jax.process_count()
+      if isinstance(local_rows, jax.Array) and local_rows.sharding == self.batch_sharding:
+        return local_rows
+      global_rows = local_rows.shape[0] * jax.process_count()
       check_batch_size(global_rows, self.num_devices, jax.process_count())
       if jax.process_count() == 1:
-        return jax.device_put(local_images, self.batch_sharding)
-      return jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local_images))
+        return jax.device_put(local_rows, self.batch_sharding)
+      return jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local_rows))
     n = len(self.local_devices)
-    check_batch_size(local_images.shape[0] * jax.process_count(), self.num_devices,
+    check_batch_size(local_rows.shape[0] * jax.process_count(), self.num_devices,
                      jax.process_count())
-    rows = np.asarray(local_images).reshape((n, -1) + tuple(local_images.shape[1:]))
+    rows = np.asarray(local_rows).reshape((n, -1) + tuple(local_rows.shape[1:]))
     return jax.device_put(rows, _leading_axis_sharding(self.local_devices))
 
-  def __call__(self, state: GANState, batch: jax.Array, rng: jax.Array) -> tuple[GANState, Metrics]:
+  def __call__(self, state: GANState, batch: Any, rng: jax.Array) -> tuple[GANState, Metrics]:
     return self._step(state, batch, rng)
 
   def compiled_text(self, state: GANState, batch: jax.Array, rng: jax.Array) -> str:

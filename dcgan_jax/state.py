@@ -100,6 +100,14 @@ def make_optimizer(learning_rate: float | optax.Schedule = 2e-4, b1: float = 0.5
   return optax.adam(learning_rate, b1=b1, b2=b2)
 
 
+def class_labels_kwargs(module: flax.linen.Module, batch: int) -> dict[str, jax.Array]:
+  """``{'labels': zeros [batch]}`` for a class-conditional module (``num_classes > 0``), else
+  ``{}``: the extra argument an init or a shape probe must pass."""
+  if getattr(module, 'num_classes', 0):
+    return {'labels': jnp.zeros((batch,), jnp.int32)}
+  return {}
+
+
 def create_gan_state(rng: jax.Array, generator: flax.linen.Module,
                      discriminator: flax.linen.Module,
                      generator_tx: optax.GradientTransformation | None = None,
@@ -109,8 +117,10 @@ def create_gan_state(rng: jax.Array, generator: flax.linen.Module,
 
   Args:
     rng: PRNG key.
-    generator: A module mapping ``[N, latent_dim]`` to images (``latent_dim`` attribute required).
-    discriminator: A module mapping images to logits ``[N]``.
+    generator: A module mapping ``[N, latent_dim]`` to images (``latent_dim`` attribute
+      required; with a ``num_classes`` attribute > 0 it also takes ``labels=``).
+    discriminator: A module mapping images (and ``labels=`` if class-conditional) to logits
+      ``[N]``.
     generator_tx: G's optimizer (default: :func:`make_optimizer`).
     discriminator_tx: D's optimizer (default: :func:`make_optimizer`).
     use_ema: Keep an EMA of G's params and statistics (initialised to G's own).
@@ -130,9 +140,11 @@ def create_gan_state(rng: jax.Array, generator: flax.linen.Module,
   def init(rng: jax.Array) -> GANState:
     g_rng, d_rng = jax.random.split(rng)
     z = jnp.zeros((2, generator.latent_dim), jnp.float32)
-    g_vars = generator.init(g_rng, z, train=False)
-    images = jax.eval_shape(lambda v: generator.apply(v, z, train=False), g_vars)
-    d_vars = discriminator.init(d_rng, jnp.zeros(images.shape, jnp.float32), train=False)
+    g_labels = class_labels_kwargs(generator, 2)
+    g_vars = generator.init(g_rng, z, train=False, **g_labels)
+    images = jax.eval_shape(lambda v: generator.apply(v, z, train=False, **g_labels), g_vars)
+    d_vars = discriminator.init(d_rng, jnp.zeros(images.shape, jnp.float32), train=False,
+                                **class_labels_kwargs(discriminator, 2))
     g_state = TrainState.create(apply_fn=generator.apply, params=g_vars['params'],
                                 tx=generator_tx, batch_stats=g_vars.get('batch_stats', {}))
     d_state = TrainState.create(apply_fn=discriminator.apply, params=d_vars['params'],

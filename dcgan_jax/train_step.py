@@ -28,9 +28,13 @@ from dcgan_jax.errors import UserError
 from dcgan_jax.state import EMAState, GANState
 
 Metrics = dict[str, jax.Array]
-# fold_in data of the augmentation's random stream (any constant apart from the d_steps indices).
+# fold_in data of the augmentation's and the generated labels' random streams (any constants
+# apart from the d_steps indices).
 _AUGMENT_STREAM = 0x41554721
-StepFn = Callable[[GANState, jax.Array, jax.Array], tuple[GANState, Metrics]]
+_LABEL_STREAM = 0x4C41424C
+# A batch is the real images, or ``(images, labels)`` for class-conditional models.
+Batch = jax.Array | tuple[jax.Array, jax.Array]
+StepFn = Callable[[GANState, Batch, jax.Array], tuple[GANState, Metrics]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +100,27 @@ def _mean_sigmoid(logits: jax.Array) -> jax.Array:
   return jnp.mean(nn.sigmoid(logits.astype(jnp.float32)))
 
 
+def split_batch(batch: Batch, num_classes: int) -> tuple[jax.Array, jax.Array | None]:
+  """``(images, labels)`` of a step's batch; labels are None for an unconditional model.
+
+  Raises:
+    ValueError: labels are missing for a conditional model, or given to an unconditional one.
+  """
+  if isinstance(batch, (tuple, list)):
+    if len(batch) != 2:
+      raise ValueError(f'A batch is images or (images, labels); got a sequence of {len(batch)}.')
+    images, labels = batch
+  else:
+    images, labels = batch, None
+  if num_classes and labels is None:
+    raise ValueError(f'The models are class-conditional (num_classes={num_classes}): the batch '
+                     'must be (images, labels).')
+  if not num_classes and labels is not None:
+    raise ValueError('The batch carries labels but the models are unconditional '
+                     '(num_classes=0); pass the images alone.')
+  return images, labels
+
+
 def make_train_step(generator: nn.Module, discriminator: nn.Module,
                     step_config: StepConfig = StepConfig(),
                     axis_name: str | None = None) -> StepFn:
@@ -109,9 +134,11 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     axis_name: The mapped axis to average over, or None for a single device.
 
   Returns:
-    ``step(state, real_images, rng) -> (state, metrics)``. ``real_images`` is this device's
-    ``[B, H, W, C]`` share (uint8 or already scaled floats); ``rng`` is the same key on every
-    device. Metrics (scalars, averaged over devices): ``d_loss``, ``g_loss``, ``d_real``
+    ``step(state, batch, rng) -> (state, metrics)``. ``batch`` is this device's share of the
+    real images, ``[B, H, W, C]`` (uint8 or already scaled floats), or for class-conditional
+    models (``generator.num_classes > 0``) the pair ``(images, labels)`` with int labels
+    ``[B]``; generated images get labels drawn uniformly over the classes. ``rng`` is the same
+    key on every device. Metrics (scalars, averaged over devices): ``d_loss``, ``g_loss``, ``d_real``
     (D(x)), ``d_fake_before`` and ``d_fake_after`` (D(G(z)) before and after the D update),
     ``d_grad_norm``, ``g_grad_norm``, and the penalties when enabled. With ``augment`` the
     D outputs are those of the augmented images, which D really saw.
@@ -123,6 +150,10 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
   objective = losses.get_loss(step_config.loss)
   output_activation = getattr(generator, 'output_activation', 'tanh')
   latent_dim = generator.latent_dim
+  num_classes = getattr(generator, 'num_classes', 0)
+  if getattr(discriminator, 'num_classes', num_classes) != num_classes:
+    raise UserError(f'The generator has num_classes={num_classes} but the discriminator '
+                    f'{discriminator.num_classes}; conditional models need the same classes.')
   policy = step_config.augment
 
   def pmean(tree):
@@ -145,6 +176,17 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
   def global_uniform_slice(key, local_batch):
     return global_slice(lambda k, n: jax.random.uniform(k, (n,)), key, local_batch)
 
+  def fake_labels(key, local_batch):
+    """Classes of the generated images, uniform (None for unconditional models)."""
+    if not num_classes:
+      return None
+    draw = lambda k, n: jax.random.randint(k, (n,), 0, num_classes)
+    return global_slice(draw, key, local_batch)
+
+  def label_kwargs(labels):
+    # Unconditional modules (possibly a user's) are called without the argument.
+    return {} if labels is None else {'labels': labels}
+
   def augment_params(key, images):
     """Each image's DiffAugment transformation (None when augmentation is off)."""
     if not policy:
@@ -158,13 +200,14 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
   def augmented(images, params):
     return images if params is None else augment.apply(images, params, policy, value_range)
 
-  def generate(g_params, g_stats, z):
+  def generate(g_params, g_stats, z, labels):
     return generator.apply({'params': g_params, 'batch_stats': g_stats}, z, train=True,
-                           mutable=['batch_stats'])
+                           mutable=['batch_stats'], **label_kwargs(labels))
 
-  def discriminate(d_params, d_stats, images, **kwargs):
+  def discriminate(d_params, d_stats, images, labels, **kwargs):
     logits, updates = discriminator.apply({'params': d_params, 'batch_stats': d_stats}, images,
-                                          train=True, mutable=['batch_stats'], **kwargs)
+                                          train=True, mutable=['batch_stats'],
+                                          **label_kwargs(labels), **kwargs)
     # A discriminator without BatchNorm or spectral norm ('layer', 'none') has no statistics.
     return logits, updates.get('batch_stats', {})
 
@@ -173,28 +216,32 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
   # discriminators get two calls.
   stack_real_and_fake = getattr(discriminator, 'supports_groups', False)
 
-  def discriminate_real_then_fake(d_params, d_stats, real, fake):
+  def discriminate_real_then_fake(d_params, d_stats, real, fake, real_labels, fake_labels):
     if stack_real_and_fake:
       both = jnp.concatenate([real, fake.astype(real.dtype)], axis=0)
-      logits, stats = discriminate(d_params, d_stats, both, groups=2)
+      labels = None if real_labels is None else jnp.concatenate([real_labels, fake_labels])
+      logits, stats = discriminate(d_params, d_stats, both, labels, groups=2)
       return logits[:real.shape[0]], logits[real.shape[0]:], stats
-    real_logits, stats = discriminate(d_params, d_stats, real)
-    fake_logits, stats = discriminate(d_params, stats, fake)
+    real_logits, stats = discriminate(d_params, d_stats, real, real_labels)
+    fake_logits, stats = discriminate(d_params, stats, fake, fake_labels)
     return real_logits, fake_logits, stats
 
-  def d_update(state: GANState, real, fake, penalty_key, real_aug, fake_aug):
+  def d_update(state: GANState, real, fake, real_labels, fake_labels, penalty_key, real_aug,
+               fake_aug):
     d = state.discriminator
     fake = jax.lax.stop_gradient(fake)
 
     def loss_fn(d_params):
       real_logits, fake_logits, stats = discriminate_real_then_fake(
-          d_params, d.batch_stats, augmented(real, real_aug), augmented(fake, fake_aug))
+          d_params, d.batch_stats, augmented(real, real_aug), augmented(fake, fake_aug),
+          real_labels, fake_labels)
       loss = objective.d_loss(real_logits, fake_logits, step_config.real_label)
       aux = {'d_real': _mean_sigmoid(real_logits), 'd_fake_before': _mean_sigmoid(fake_logits)}
       # Penalty passes use the statistics of this step but do not update them. With
       # augmentation the penalised function is D after the real images' transformation, and
       # the gradient is taken with respect to the un-augmented input (as ADA does for R1).
-      logits_fn = lambda x: discriminate(d_params, stats, augmented(x, real_aug))[0]
+      # Conditional D is penalised at the real images' labels (interpolates included).
+      logits_fn = lambda x: discriminate(d_params, stats, augmented(x, real_aug), real_labels)[0]
       if step_config.gradient_penalty_weight > 0:
         eps = global_uniform_slice(penalty_key, real.shape[0])
         penalty = losses.gradient_penalty(logits_fn, real, fake, eps=eps)
@@ -213,7 +260,7 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     d = d.apply_gradients(grads=grads, batch_stats=stats)
     return state.replace(discriminator=d), aux
 
-  def g_update(state: GANState, fake, g_vjp, g_stats, fake_aug):
+  def g_update(state: GANState, fake, labels, g_vjp, g_stats, fake_aug):
     """Updates G through the updated D, reusing the forward pass that fed D's update.
 
     ``fake`` and ``g_vjp`` come from :func:`jax.vjp` of G's forward, so G runs forward once per
@@ -223,7 +270,8 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
 
     def loss_fn(images):
       # G's gradient flows through the augmentation back to its un-augmented images.
-      fake_logits, d_stats = discriminate(d.params, d.batch_stats, augmented(images, fake_aug))
+      fake_logits, d_stats = discriminate(d.params, d.batch_stats, augmented(images, fake_aug),
+                                          labels)
       loss = objective.g_loss(fake_logits)
       return loss, (d_stats, {'g_loss': loss, 'd_fake_after': _mean_sigmoid(fake_logits)})
 
@@ -236,29 +284,34 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     d = d.replace(batch_stats=d_stats)
     return state.replace(generator=g, discriminator=d), aux
 
-  def step(state: GANState, real_images: jax.Array, rng: jax.Array) -> tuple[GANState, Metrics]:
+  def step(state: GANState, batch: Batch, rng: jax.Array) -> tuple[GANState, Metrics]:
+    real_images, real_labels = split_batch(batch, num_classes)
     real = images_to_model_range(real_images, output_activation)
     local_batch = real.shape[0]
     metrics: Metrics = {}
     g = state.generator
-    forward = lambda params, z: generate(params, g.batch_stats, z)
-    # Augmentation draws from its own stream, so turning it on leaves latents and penalty
-    # interpolation exactly as they were.
+    forward = lambda params, z, labels: generate(params, g.batch_stats, z, labels)
+    # Augmentation and generated labels draw from their own streams, so turning either on
+    # leaves latents and penalty interpolation exactly as they were.
     augment_key = jax.random.fold_in(rng, _AUGMENT_STREAM)
+    label_key = jax.random.fold_in(rng, _LABEL_STREAM)
     for i in range(step_config.d_steps):
       z_key, penalty_key = jax.random.split(jax.random.fold_in(rng, i))
       z = global_normal_slice(z_key, local_batch, (latent_dim,))
+      labels = fake_labels(jax.random.fold_in(label_key, i), local_batch)
       if i + 1 < step_config.d_steps:
-        fake, _ = forward(g.params, z)
+        fake, _ = forward(g.params, z, labels)
       else:
         # The last D update's fakes also feed G's update (D's update leaves G unchanged).
-        fake, g_vjp, g_updates = jax.vjp(lambda p: forward(p, z), g.params, has_aux=True)
+        fake, g_vjp, g_updates = jax.vjp(lambda p: forward(p, z, labels), g.params,
+                                         has_aux=True)
       real_key, fake_key = jax.random.split(jax.random.fold_in(augment_key, i))
-      state, d_metrics = d_update(state, real, fake, penalty_key,
+      state, d_metrics = d_update(state, real, fake, real_labels, labels, penalty_key,
                                   augment_params(real_key, real), augment_params(fake_key, fake))
       metrics.update(d_metrics)  # The last D update's metrics are reported.
     g_aug = augment_params(jax.random.fold_in(augment_key, step_config.d_steps), fake)
-    state, g_metrics = g_update(state, fake, g_vjp, g_updates.get('batch_stats', {}), g_aug)
+    state, g_metrics = g_update(state, fake, labels, g_vjp, g_updates.get('batch_stats', {}),
+                                g_aug)
     metrics.update(g_metrics)
     if state.ema is not None:
       decay = step_config.ema_decay
