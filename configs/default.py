@@ -53,6 +53,11 @@ def get_config() -> ml_collections.ConfigDict:
   # function (checkpoints carry over either way); 1 pads nothing; 0 picks 8 for bfloat16 and 1
   # for float32, the faster of each on an H200 (experiments/PERF.md, version 11).
   config.image_channel_multiple = 0
+  # Class-conditional training: 0 (the paper) for none, else the dataset's number of classes
+  # (digits, mnist, cifar10: 10). G then takes a label beside z (one-hot, appended to z), D
+  # adds a projection of its features on a learned class embedding (Miyato & Koyama 2018);
+  # samples, quality scores and FID cycle through the classes, one grid column per class.
+  config.num_classes = 0
 
   # --- Objective --------------------------------------------------------------------------------
   # 'non_saturating', 'minimax', 'hinge', 'least_squares' or 'wasserstein', or a name given to

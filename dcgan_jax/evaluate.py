@@ -128,8 +128,10 @@ def generate(generator, variables, num_samples: int, latent_dim: int, batch_size
   """Yields batches of generated images, `num_samples` in all, as device arrays.
 
   Batch i uses latents ``normal(fold_in(key(seed), i))``, so the samples depend only on the
-  seed and the batch size. Sampling (and quantisation) is one jitted program per batch; nothing
-  waits for the device, so the caller can queue the scoring of each batch behind it.
+  seed and the batch size. A class-conditional generator (``num_classes > 0``) draws the
+  classes in turn (image j of the whole sample shows class ``j mod num_classes``), so every
+  class is scored equally often. Sampling (and quantisation) is one jitted program per batch;
+  nothing waits for the device, so the caller can queue the scoring of each batch behind it.
 
   Args:
     generator, variables: the flax generator and its sampling variables.
@@ -142,16 +144,22 @@ def generate(generator, variables, num_samples: int, latent_dim: int, batch_size
   """
   import jax  # pylint: disable=g-import-not-at-top
   from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import models  # pylint: disable=g-import-not-at-top
+
+  num_classes = getattr(generator, 'num_classes', 0)
 
   @jax.jit
-  def sample(variables, key):
+  def sample(variables, key, start):
     z = jax.random.normal(key, (batch_size, latent_dim))
-    images = generator.apply(variables, z, train=False)
+    labels = None
+    if num_classes:
+      labels = (start + jax.numpy.arange(batch_size)) % num_classes
+    images = generator.apply(variables, z, train=False, **models.label_kwargs(labels))
     return images if value_range is None else evaluation.to_uint8_jax(images, *value_range)
 
   base = jax.random.key(seed)
   for i, start in enumerate(range(0, num_samples, batch_size)):
-    images = sample(variables, jax.random.fold_in(base, i))
+    images = sample(variables, jax.random.fold_in(base, i), np.int32(start))
     yield images if num_samples - start >= batch_size else images[:num_samples - start]
 
 
@@ -348,6 +356,7 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
       'kid': kid_mean, 'kid_std': kid_std, **manifold_scores,
       'protocol': {
           'num_samples': int(num_samples), 'seed': int(seed), 'used_ema': bool(used_ema),
+          'num_classes': int(config.get('num_classes', 0) or 0),
           'preprocessing': extractor.preprocessing, 'precision': extractor.precision,
           'inception_weights': os.path.abspath(inception_weights) if inception_weights else None,
           'reference': ref_protocol, 'inception_score_splits': splits, 'kid': kid_protocol,

@@ -625,6 +625,24 @@ class Discriminator(nn.Module):
     return logits
 
 
+def cycled_labels(num: int, num_classes: int) -> Any:
+  """Classes ``0, 1, ..., num_classes - 1, 0, 1, ...`` for ``num`` samples (int32 numpy), so
+  every class gets an equal share; None for an unconditional model (``num_classes == 0``).
+
+  The labels the training program, ``sample`` and ``evaluate`` generate with: a sample grid
+  with ``num_classes`` columns then shows one class per column.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if not num_classes:
+    return None
+  return (np.arange(num) % num_classes).astype(np.int32)
+
+
+def label_kwargs(labels: Any) -> dict[str, Any]:
+  """``{'labels': labels}``, or ``{}`` for None: what to pass a possibly conditional model."""
+  return {} if labels is None else {'labels': labels}
+
+
 def count_params(params: Any) -> int:
   """Number of scalars in a params pytree."""
   return sum(int(x.size) for x in jax.tree.leaves(params))

@@ -536,13 +536,15 @@ class DigitsQuality:
       self._reference_stats[key] = feature_statistics(self.reference_features(*key))
     return self._reference_stats[key]
 
-  def score(self, images: Any,
-            value_range: tuple[float, float] = (-1.0, 1.0)) -> dict[str, Any]:
+  def score(self, images: Any, value_range: tuple[float, float] = (-1.0, 1.0),
+            labels: Any = None) -> dict[str, Any]:
     """Scores a batch of generated images (about 1,000 gives stable numbers).
 
     Args:
       images: see `features_and_probabilities` (uint8 0..255, or float in `value_range`).
       value_range: (low, high) of floating-point images.
+      labels: for a class-conditional generator, the digit each image was asked to show
+        (int [N]); adds ``label_accuracy``.
 
     Returns:
       A dict with
@@ -556,6 +558,8 @@ class DigitsQuality:
           :func:`dcgan_jax.evaluation.manifold_metrics` of the classifier features against
           the real digits' (k=3): precision falls with digits that look wrong, recall and
           coverage with digits (or styles of them) the generator never draws.
+        label_accuracy: with ``labels``, the share of images the classifier reads as the
+          digit asked for (~0.1 when the generator ignores the labels, 1 when it obeys them).
     """
     features, probabilities = self.features_and_probabilities(images, value_range)
     mean, cov = feature_statistics(features)
@@ -566,6 +570,11 @@ class DigitsQuality:
     if len(features) > manifold.DEFAULT_K:
       manifold_scores = manifold.manifold_metrics(
           self.reference_features(*np.shape(images)[1:3]), features)
+    if labels is not None:
+      labels = np.asarray(labels)
+      if labels.shape != predicted.shape:
+        raise ValueError(f'labels must be [{len(predicted)}], one per image; got {labels.shape}.')
+      manifold_scores['label_accuracy'] = float(np.mean(predicted == labels))
     return {
         **manifold_scores,
         'frechet_distance': frechet_distance(mean, cov, reference_mean, reference_cov),

@@ -1,7 +1,7 @@
 r"""Samples from a trained run: an image grid, or walks through the latent space.
 
   python -m dcgan_jax.sample --workdir=/tmp/dcgan_digits --num=64 --out=grid.png \
-      [--seed=0] [--ema|--noema] [--step=N]
+      [--seed=0] [--ema|--noema] [--step=N] [--label=K]
   python -m dcgan_jax.sample --workdir=/tmp/dcgan_digits --interpolate --rows=4 --steps=8 \
       --out=walk.png [--gif_out=walk.gif] [--bounce|--nobounce]
   python -m dcgan_jax.sample --workdir=/tmp/dcgan_digits --num=50000 --out_dir=samples/
@@ -13,6 +13,11 @@ clean-fid, torch-fidelity). The latents are those of a grid with the same ``--nu
 
 The model is rebuilt from the config saved with the checkpoint, and the newest readable
 checkpoint is used unless --step names one; a live training run may keep using the workdir.
+
+A class-conditional run (``num_classes > 0``) draws the classes in turn (0, 1, ..., 0, 1, ...;
+a grid then has one column per class, up to 16 classes) or, with ``--label=K``, class K only;
+each latent walk of ``--interpolate`` stays within one class (row ``r`` draws class
+``r mod num_classes``, or K).
 
 ``--interpolate`` draws ``rows`` pairs of random latents and walks from the first of each pair
 to the second in ``steps`` points along the great circle between them (spherical interpolation,
@@ -109,11 +114,35 @@ def load_generator(workdir: str | os.PathLike, step: int | None = None,
   return models.generator_from_config(config), variables, config, int(restored_step)
 
 
-def generate(generator: Any, variables: dict[str, Any], z: jax.Array) -> np.ndarray:
-  """Images ``float32 [N, H, W, C]`` for latents ``[N, latent_dim]`` (in chunks, train=False)."""
-  apply = jax.jit(lambda v, z: generator.apply(v, z, train=False))
-  return np.concatenate([np.asarray(apply(variables, z[i:i + _CHUNK]))
-                         for i in range(0, z.shape[0], _CHUNK)])
+def generate(generator: Any, variables: dict[str, Any], z: jax.Array,
+             labels: np.ndarray | None = None) -> np.ndarray:
+  """Images ``float32 [N, H, W, C]`` for latents ``[N, latent_dim]`` (in chunks, train=False);
+  a class-conditional generator also takes the classes ``[N]``."""
+  apply = jax.jit(lambda v, z, labels: generator.apply(v, z, train=False,
+                                                       **models.label_kwargs(labels)))
+  return np.concatenate([
+      np.asarray(apply(variables, z[i:i + _CHUNK],
+                       None if labels is None else labels[i:i + _CHUNK]))
+      for i in range(0, z.shape[0], _CHUNK)])
+
+
+def sample_labels(config: ml_collections.ConfigDict, num: int,
+                  label: int | None = None) -> np.ndarray | None:
+  """The classes of ``num`` samples of the run: None when unconditional; else class ``label``
+  for all, or with ``label`` None the classes in turn (:func:`models.cycled_labels`).
+
+  Raises:
+    UserError: a ``label`` for an unconditional run, or one outside ``[0, num_classes)``.
+  """
+  num_classes = int(config.get('num_classes', 0) or 0)
+  if label is None:
+    return models.cycled_labels(num, num_classes)
+  if not num_classes:
+    raise UserError(f'--label={label} needs a class-conditional run; this one was trained '
+                    'without labels (num_classes 0). Leave --label out.')
+  if not 0 <= label < num_classes:
+    raise UserError(f'--label must be a class in 0..{num_classes - 1} (got {label}).')
+  return np.full((num,), label, np.int32)
 
 
 def _value_range(config: ml_collections.ConfigDict) -> tuple[float, float]:
@@ -121,8 +150,11 @@ def _value_range(config: ml_collections.ConfigDict) -> tuple[float, float]:
 
 
 def sample_grid_png(workdir: str, out: str, num: int = 64, seed: int = 0, use_ema: bool = True,
-                    step: int | None = None) -> np.ndarray:
+                    step: int | None = None, label: int | None = None) -> np.ndarray:
   """Writes a grid of ``num`` samples (``ceil(sqrt(num))`` columns) and returns it.
+
+  A class-conditional run's grid shows class ``label``, or with None the classes in turn, one
+  column each (up to 16 classes; see :func:`sample_labels`).
 
   Returns:
     The uint8 grid ``[H', W', C]`` written to ``out`` (see :func:`sample_grid.make_grid`).
@@ -133,18 +165,23 @@ def sample_grid_png(workdir: str, out: str, num: int = 64, seed: int = 0, use_em
   if not 1 <= num <= MAX_NUM:
     raise UserError(f'--num must be between 1 and {MAX_NUM} (got {num}).')
   generator, variables, config, _ = load_generator(workdir, step, use_ema)
+  labels = sample_labels(config, num, label)
   z = jax.random.normal(jax.random.key(seed), (num, int(config.latent_dim)), jnp.float32)
-  images = generate(generator, variables, z)
-  return sample_grid.save_grid(images, out, padding=GRID_PADDING,
+  images = generate(generator, variables, z, labels)
+  columns = None
+  if label is None:
+    columns = sample_grid.columns_for_classes(int(config.get('num_classes', 0) or 0))
+  return sample_grid.save_grid(images, out, num_columns=columns, padding=GRID_PADDING,
                                value_range=_value_range(config))
 
 
 def sample_files(workdir: str, out_dir: str, num: int, seed: int = 0, use_ema: bool = True,
-                 step: int | None = None) -> list[str]:
+                 step: int | None = None, label: int | None = None) -> list[str]:
   """Writes ``num`` samples as PNG files ``<out_dir>/000000.png``, ... and returns their paths.
 
   Images are generated and written a chunk at a time, so any ``num`` fits in memory. The latents
-  are the ones :func:`sample_grid_png` draws for the same ``num`` and ``seed``.
+  (and a conditional run's classes) are the ones :func:`sample_grid_png` draws for the same
+  ``num``, ``seed`` and ``label``.
 
   Raises:
     UserError: a bad ``num``, an ``out_dir`` that is a file or holds anything already (nothing
@@ -160,6 +197,7 @@ def sample_files(workdir: str, out_dir: str, num: int, seed: int = 0, use_ema: b
     raise UserError(f'--out_dir {out_dir} is not empty; give a new or empty folder (nothing '
                     'is overwritten).')
   generator, variables, config, _ = load_generator(workdir, step, use_ema)
+  labels = sample_labels(config, num, label)  # Checked before the folder is made.
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:
@@ -169,8 +207,9 @@ def sample_files(workdir: str, out_dir: str, num: int, seed: int = 0, use_ema: b
   digits = max(6, len(str(num - 1)))
   paths = []
   for start in range(0, num, _FILE_CHUNK):
-    images = sample_grid.to_uint8(generate(generator, variables, z[start:start + _FILE_CHUNK]),
-                                  value_range)
+    chunk_labels = None if labels is None else labels[start:start + _FILE_CHUNK]
+    images = sample_grid.to_uint8(
+        generate(generator, variables, z[start:start + _FILE_CHUNK], chunk_labels), value_range)
     for offset, image in enumerate(images):
       path = os.path.join(out_dir, f'{start + offset:0{digits}d}.png')
       Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
@@ -180,7 +219,8 @@ def sample_files(workdir: str, out_dir: str, num: int, seed: int = 0, use_ema: b
 
 def interpolation(workdir: str, out: str, gif_out: str, rows: int = 4, steps: int = 8,
                   seed: int = 0, use_ema: bool = True, step: int | None = None,
-                  bounce: bool = True, frame_ms: int = 150) -> tuple[np.ndarray, list[np.ndarray]]:
+                  bounce: bool = True, frame_ms: int = 150,
+                  label: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
   """Writes latent walks as a PNG grid (rows = walks, columns = steps) and an animated GIF.
 
   Args:
@@ -194,6 +234,8 @@ def interpolation(workdir: str, out: str, gif_out: str, rows: int = 4, steps: in
     step: See :func:`load_generator`.
     bounce: Animate forward then backward (``2 * steps - 2`` frames) instead of ``steps``.
     frame_ms: Display time of each GIF frame.
+    label: A class-conditional run's class for every walk; None: row ``r`` walks within class
+      ``r mod num_classes``.
 
   Returns:
     ``(grid, frames)``: the uint8 PNG grid and the GIF's uint8 frames.
@@ -208,11 +250,13 @@ def interpolation(workdir: str, out: str, gif_out: str, rows: int = 4, steps: in
   if rows * steps > MAX_NUM:
     raise UserError(f'--rows times --steps must be at most {MAX_NUM} (got {rows * steps}).')
   generator, variables, config, _ = load_generator(workdir, step, use_ema)
+  row_labels = sample_labels(config, rows, label)
   key_a, key_b = jax.random.split(jax.random.key(seed))
   shape = (rows, int(config.latent_dim))
   z = slerp(jax.random.normal(key_a, shape), jax.random.normal(key_b, shape),
             jnp.linspace(0.0, 1.0, steps))  # [rows, steps, latent]
-  images = generate(generator, variables, z.reshape((rows * steps, -1)))
+  labels = None if row_labels is None else np.repeat(row_labels, steps)
+  images = generate(generator, variables, z.reshape((rows * steps, -1)), labels)
   value_range = _value_range(config)
   grid = sample_grid.save_grid(images, out, num_columns=steps, padding=GRID_PADDING,
                                value_range=value_range)
@@ -245,6 +289,8 @@ def _define_flags(flag_values):
          'columns, GIF frames one way).')
   define('string', 'gif_out', '', 'With --interpolate: the GIF to write; default: --out with a '
          '.gif suffix.')
+  define('integer', 'label', None, 'Class-conditional runs: draw only this class; default: '
+         'the classes in turn (one grid column each).')
   define('bool', 'bounce', True, 'With --interpolate: the GIF walks forward then back '
          '(2*steps-2 frames) so it loops smoothly; --nobounce: steps frames.')
 
@@ -265,14 +311,15 @@ def main(argv: list[str] | None = None) -> None:
     if f.interpolate:
       gif_out = f.gif_out or os.path.splitext(f.out)[0] + '.gif'
       interpolation(f.workdir, f.out, gif_out, rows=f.rows, steps=f.steps, seed=f.seed,
-                    use_ema=f.ema, step=f.step, bounce=f.bounce)
+                    use_ema=f.ema, step=f.step, bounce=f.bounce, label=f.label)
       print(f'Wrote {f.out} and {gif_out}.')
     elif f.out_dir:
       paths = sample_files(f.workdir, f.out_dir, num=f.num, seed=f.seed, use_ema=f.ema,
-                           step=f.step)
+                           step=f.step, label=f.label)
       print(f'Wrote {len(paths)} PNG files to {f.out_dir}.')
     else:
-      sample_grid_png(f.workdir, f.out, num=f.num, seed=f.seed, use_ema=f.ema, step=f.step)
+      sample_grid_png(f.workdir, f.out, num=f.num, seed=f.seed, use_ema=f.ema, step=f.step,
+                      label=f.label)
       print(f'Wrote {f.out}.')
   except UserError as e:
     fail(str(e))

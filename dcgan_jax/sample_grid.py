@@ -96,6 +96,16 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
     raise
 
 
+# The most classes a grid shows as one column each (more would make it too wide to read).
+MAX_CLASS_COLUMNS = 16
+
+
+def columns_for_classes(num_classes: int) -> int | None:
+  """Grid columns for samples whose classes cycle through ``num_classes`` (one per class),
+  or None (the default near-square layout) when unconditional or too many classes."""
+  return num_classes if 0 < num_classes <= MAX_CLASS_COLUMNS else None
+
+
 def save_grid(images: np.ndarray, path: str | os.PathLike, num_columns: int | None = None,
               padding: int = 2, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
   """Tiles ``images`` with :func:`make_grid`, writes the grid as a PNG and returns it.

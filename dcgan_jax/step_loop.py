@@ -101,12 +101,12 @@ class FusedSteps:
     mapped = step_fn.mapped
     batch_size = sampler.global_batch
 
-    def run(state, collection, tracker, images, permutation, train_key, first_step, first_row,
+    def run(state, collection, tracker, data, permutation, train_key, first_step, first_row,
             num_steps):
       def body(i, carry):
         state, collection, tracker = carry
         step = first_step + i
-        batch = sampler.rows(images, permutation, first_row + i * batch_size)
+        batch = sampler.rows(data, permutation, first_row + i * batch_size)
         state, metrics = mapped(state, batch, jax.random.fold_in(train_key, step))
         collection, tracker = accumulate(collection, tracker, metrics, step + 1)
         return state, collection, tracker
@@ -159,6 +159,6 @@ class FusedSteps:
     # Fresh metric accumulators are uncommitted host-made arrays; the loop returns them
     # replicated on the mesh. Placing them the same way every call keeps one compiled program.
     collection, tracker = self._placed(collection), self._placed(tracker)
-    return (state, collection, tracker, self._sampler.images,
+    return (state, collection, tracker, self._sampler.data,
             self._sampler.epoch_permutation(epoch), train_key, np.int32(step),
             np.int32(position * self._sampler.global_batch), np.int32(end - step))

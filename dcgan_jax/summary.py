@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from dcgan_jax import models
+from dcgan_jax import state as state_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +62,8 @@ def layer_rows(module: nn.Module, example_input: jax.ShapeDtypeStruct) -> list[L
   def init(x):
     # capture_intermediates records every module's __call__ output, in call order.
     return module.init_with_output(jax.random.key(0), x, train=True,
-                                   capture_intermediates=capture, mutable=True)
+                                   capture_intermediates=capture, mutable=True,
+                                   **state_lib.class_labels_kwargs(module, x.shape[0]))
 
   output, variables = jax.eval_shape(init, example_input)
   params = variables.get('params', {})

@@ -282,9 +282,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 # values cannot be restored. (Everything else, learning rates and durations included, may
 # change when a run is resumed.)
 _STATE_SHAPE_FIELDS = ('image_size', 'channels', 'latent_dim', 'generator_width',
-                       'discriminator_width', 'upsample', 'discriminator_norm')
+                       'discriminator_width', 'upsample', 'discriminator_norm', 'num_classes')
 # What a field added after the first release meant before it existed (older config.json files).
-_STATE_SHAPE_DEFAULTS = {'discriminator_norm': 'batch'}
+_STATE_SHAPE_DEFAULTS = {'discriminator_norm': 'batch', 'num_classes': 0}
 
 
 def config_warnings(config: ml_collections.ConfigDict) -> list[str]:
@@ -311,6 +311,9 @@ def describe_objective(config: ml_collections.ConfigDict) -> str:
   if step_config.real_label < 1:
     parts.append(f'real_label {step_config.real_label:g}')
   parts.append('augment ' + (','.join(step_config.augment) or 'none'))
+  num_classes = int(config.get('num_classes', 0) or 0)
+  if num_classes:
+    parts.append(f'class-conditional on {num_classes} classes (projection D)')
   return 'Objective: ' + ', '.join(parts) + '.'
 
 
@@ -371,7 +374,9 @@ class _Sampler:
   def __init__(self, config: ml_collections.ConfigDict, step_fn: parallel.DataParallelStep):
     generator = models.generator_from_config(config)
     self._pmap_layout = step_fn.parallelism == 'pmap'
-    self._apply = jax.jit(lambda variables, z: generator.apply(variables, z, train=False))
+    self.num_classes = generator.num_classes
+    self._apply = jax.jit(lambda variables, z, labels: generator.apply(
+        variables, z, train=False, **models.label_kwargs(labels)))
     self.output_activation = config.output_activation
     self.value_range = (-1.0, 1.0) if config.output_activation == 'tanh' else (0.0, 1.0)
     self._apply_uint8 = None  # Built on first use: only FID needs it.
@@ -381,21 +386,29 @@ class _Sampler:
     variables = state.sampling_variables(use_ema=True)
     return jax.tree.map(lambda x: _local_copy(x, self._pmap_layout), variables)
 
-  def generate(self, variables: dict[str, Any], z: np.ndarray | jax.Array) -> np.ndarray:
-    """Images ``float32 [N, H, W, C]`` in the generator's range for latents ``[N, latent_dim]``."""
-    return np.concatenate(jax.device_get(self.dispatch_generate(variables, z)))
+  def labels(self, num: int) -> np.ndarray | None:
+    """The classes ``num`` samples are generated with (:func:`models.cycled_labels`)."""
+    return models.cycled_labels(num, self.num_classes)
 
-  def dispatch_generate(self, variables: dict[str, Any],
-                        z: np.ndarray | jax.Array) -> list[jax.Array]:
+  def generate(self, variables: dict[str, Any], z: np.ndarray | jax.Array,
+               labels: np.ndarray | None = None) -> np.ndarray:
+    """Images ``float32 [N, H, W, C]`` in the generator's range for latents ``[N, latent_dim]``
+    (and, for a conditional generator, classes ``[N]``)."""
+    return np.concatenate(jax.device_get(self.dispatch_generate(variables, z, labels)))
+
+  def dispatch_generate(self, variables: dict[str, Any], z: np.ndarray | jax.Array,
+                        labels: np.ndarray | None = None) -> list[jax.Array]:
     """Queues :meth:`generate`'s programs and returns their outputs (chunks) without waiting.
 
     ``np.concatenate`` of the chunks gives :meth:`generate`'s images. The programs read
     ``variables`` in queue order, so later steps may donate the state they came from.
     """
-    return [self._apply(variables, z[start:start + _GENERATE_CHUNK])
+    return [self._apply(variables, z[start:start + _GENERATE_CHUNK],
+                        _rows(labels, start, _GENERATE_CHUNK))
             for start in range(0, z.shape[0], _GENERATE_CHUNK)]
 
-  def generate_uint8(self, variables: dict[str, Any], z: jax.Array) -> jax.Array:
+  def generate_uint8(self, variables: dict[str, Any], z: jax.Array,
+                     labels: np.ndarray | None = None) -> jax.Array:
     """Images ``uint8 [N, H, W, C]`` left on the device (quantised as ``evaluation.to_uint8``).
 
     For FID: the images go to the Inception network without a host round trip, and nothing
@@ -404,11 +417,16 @@ class _Sampler:
     if self._apply_uint8 is None:
       from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
       apply, value_range = self._apply, self.value_range
-      self._apply_uint8 = jax.jit(
-          lambda variables, z: evaluation.to_uint8_jax(apply(variables, z), *value_range))
-    chunks = [self._apply_uint8(variables, z[start:start + _GENERATE_CHUNK])
+      self._apply_uint8 = jax.jit(lambda variables, z, labels: evaluation.to_uint8_jax(
+          apply(variables, z, labels), *value_range))
+    chunks = [self._apply_uint8(variables, z[start:start + _GENERATE_CHUNK],
+                                _rows(labels, start, _GENERATE_CHUNK))
               for start in range(0, z.shape[0], _GENERATE_CHUNK)]
     return chunks[0] if len(chunks) == 1 else jnp.concatenate(chunks)
+
+
+def _rows(labels: np.ndarray | None, start: int, size: int) -> np.ndarray | None:
+  return None if labels is None else labels[start:start + size]
 
 
 def _latents(seed: int, tag: int, num: int, latent_dim: int) -> jax.Array:
@@ -432,18 +450,24 @@ class _DigitsQualityHook:
     self._latents = _latents(int(config.seed), _QUALITY_TAG,
                              int(config.get('num_quality_samples', 1000)),
                              int(config.latent_dim))
+    # A conditional generator draws every digit equally often, and is also scored on whether
+    # it draws the digit it was asked for.
+    self._labels = sampler.labels(self._latents.shape[0])
     self.untrained: dict[str, Any] | None = None
     self.history: list[dict[str, Any]] = []
 
   def score(self, variables: dict[str, Any]) -> dict[str, Any]:
-    images = self._sampler.generate(variables, self._latents)
-    return self._quality.score(images, value_range=self._sampler.value_range)
+    images = self._sampler.generate(variables, self._latents, self._labels)
+    return self._quality.score(images, value_range=self._sampler.value_range,
+                               labels=self._labels)
 
   def score_untrained(self, variables: dict[str, Any]) -> None:
     self.untrained = self.score(variables)
+    accuracy = self.untrained.get('label_accuracy')
     logging.info('Digits quality of the untrained generator: Fréchet distance %.3f, %d classes '
-                 'covered.', self.untrained['frechet_distance'],
-                 self.untrained['num_classes_covered'])
+                 'covered%s.', self.untrained['frechet_distance'],
+                 self.untrained['num_classes_covered'],
+                 '' if accuracy is None else f', label accuracy {accuracy:.3f}')
 
   def __call__(self, step: int, variables: dict[str, Any], writer) -> dict[str, Any]:
     result = self.score(variables)
@@ -453,7 +477,7 @@ class _DigitsQualityHook:
         'quality/min_class_fraction': result['min_class_fraction'],
         'quality/mean_confidence': result['mean_confidence'],
     }
-    for name in self._manifold_metrics:
+    for name in (*self._manifold_metrics, 'label_accuracy'):
       if result.get(name) is not None:
         scalars[f'quality/{name}'] = result[name]
     if self.untrained is not None:
@@ -511,8 +535,11 @@ class _InceptionFIDHook:
                                                               preprocessing=preprocessing)
     real = data.load_all_images(config, max_examples=num_samples)
     self._real = self._statistics(real[evaluation.process_share(len(real))])
+    share = evaluation.process_share(num_samples)
     self._latents = _latents(int(config.seed), _EVAL_TAG, num_samples,
-                             int(config.latent_dim))[evaluation.process_share(num_samples)]
+                             int(config.latent_dim))[share]
+    labels = sampler.labels(num_samples)  # Every class equally often (conditional G).
+    self._labels = None if labels is None else labels[share]
     self.protocol = {'num_generated': num_samples, 'num_real': int(self._real.count),
                      'real': f'{config.dataset} ({config.get("split", "train")} split)',
                      'preprocessing': preprocessing,
@@ -534,7 +561,8 @@ class _InceptionFIDHook:
 
   def __call__(self, step: int, variables: dict[str, Any], writer) -> float:
     """The FID at ``step``, on every process; process 0 writes and logs it."""
-    fake = self._statistics(self._sampler.generate_uint8(variables, self._latents))
+    fake = self._statistics(self._sampler.generate_uint8(variables, self._latents,
+                                                         self._labels))
     fid = self._evaluation.frechet_distance(self._real.mean, self._real.covariance, fake.mean,
                                             fake.covariance)
     if jax.process_index() == 0:
@@ -574,10 +602,14 @@ def _write_json_atomically(path: str, value: Any) -> None:
 
 
 def write_sample_grid(workdir: str, step: int, images: np.ndarray, writer,
-                      value_range: tuple[float, float]) -> str:
-  """Writes ``samples/step_XXXXXX.png`` and the same grid to TensorBoard; returns the path."""
+                      value_range: tuple[float, float], num_classes: int = 0) -> str:
+  """Writes ``samples/step_XXXXXX.png`` and the same grid to TensorBoard; returns the path.
+
+  A conditional generator's samples (classes cycled) get one column per class where that fits.
+  """
   path = os.path.join(workdir, SAMPLES_DIR, f'step_{step:06d}.png')
-  grid = sample_grid.save_grid(images, path, value_range=value_range)
+  grid = sample_grid.save_grid(images, path, value_range=value_range,
+                               num_columns=sample_grid.columns_for_classes(num_classes))
   writer.write_images(step, {'samples': grid[None]})
   return path
 
@@ -722,8 +754,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     for message in config_warnings(config):
       logging.warning('%s', message)
   info = data.dataset_info(config)
-  logging.info('Dataset %s (split %s): %d examples of %s.', info.name, info.split,
-               info.num_examples, info.image_shape)
+  data.check_num_classes(config, info)
+  logging.info('Dataset %s (split %s): %d examples of %s%s.', info.name, info.split,
+               info.num_examples, info.image_shape,
+               f', {info.num_classes} classes' if info.num_classes else '')
   durations = resolve_durations(config, info.num_examples)
   step_fn = parallel.DataParallelStep(
       models.generator_from_config(config), models.discriminator_from_config(config),
@@ -742,8 +776,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     if int(config.batch_size) > info.num_examples:
       raise UserError(f'batch_size {config.batch_size} exceeds the {info.num_examples} examples '
                       'of the dataset; use a smaller batch_size.')
-    sampler = data.DeviceResidentSampler(data.load_all_images(config), int(config.batch_size),
-                                         int(config.seed), mesh=step_fn.mesh)
+    if data.conditional(config):
+      images, labels = data.load_all_images(config, with_labels=True)
+    else:
+      images, labels = data.load_all_images(config), None
+    sampler = data.DeviceResidentSampler(images, int(config.batch_size), int(config.seed),
+                                         mesh=step_fn.mesh, labels=labels)
+    del images, labels
   image_sampler = _Sampler(config, step_fn)
   fid_hook = None
   if durations.eval_every_steps > 0 and config.inception_weights:
@@ -830,6 +869,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
 
   sample_latents = _latents(int(config.seed), _SAMPLE_TAG, int(config.num_sample_images),
                             int(config.latent_dim))
+  sample_labels = image_sampler.labels(int(config.num_sample_images))
   # Decided from the config alone, so that every process agrees (the hook is process 0's).
   quality_enabled = config.dataset == 'digits' and durations.quality_every_steps > 0
   quality_hook = None
@@ -878,13 +918,16 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     if chief_hooks:
       if need_samples:
         with report_progress.timed('samples'):
-          images = image_sampler.generate(variables, sample_latents)
-          write_sample_grid(workdir, step, images, writer, image_sampler.value_range)
+          images = image_sampler.generate(variables, sample_latents, sample_labels)
+          write_sample_grid(workdir, step, images, writer, image_sampler.value_range,
+                            image_sampler.num_classes)
       if need_quality:
         with report_progress.timed('quality'):
           result = quality_hook(step, variables, writer)
           manifold_text = ('' if result.get('precision') is None else
                            f", precision {result['precision']:.2f}, recall {result['recall']:.2f}")
+          if result.get('label_accuracy') is not None:
+            manifold_text += f", label accuracy {result['label_accuracy']:.3f}"
           logging.info('Step %d digits quality: Fréchet distance %.3f (%.1f%% of untrained), '
                        '%d classes covered, smallest class %.3f%s.', step,
                        result['frechet_distance'],
@@ -958,7 +1001,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       _check_finite(sample_tracker, checkpointer)  # As before a grid written at once.
       if chunks is not None:
         write_sample_grid(workdir, sample_step, np.concatenate(chunks), writer,
-                          image_sampler.value_range)
+                          image_sampler.value_range, image_sampler.num_classes)
 
   def queue_samples(step: int, state: state_lib.GANState) -> None:
     """Queues the generation of the sample grid of ``step`` (written by write_samples).
@@ -970,7 +1013,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     write_samples()  # An earlier grid still pending (no log or checkpoint since).
     chunks = None
     if is_chief:
-      chunks = image_sampler.dispatch_generate(image_sampler.variables(state), sample_latents)
+      chunks = image_sampler.dispatch_generate(image_sampler.variables(state), sample_latents,
+                                               sample_labels)
     # The next step donates the tracker: keep a copy of this one.
     pending_samples = (step, chunks, background_checkpoints.device_copy(tracker))
 
@@ -1044,7 +1088,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
         if sampler is not None:
           batch = sampler.batch(step)
           if pmap_layout:
-            batch = step_fn.place_batch(np.asarray(batch))
+            batch = step_fn.place_batch(jax.tree.map(np.asarray, batch))
         else:
           batch = step_fn.place_batch(next(iterator))
         rng = parallel.fold_in(train_key, step)

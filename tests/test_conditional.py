@@ -1,13 +1,24 @@
-"""Class-conditional models: one-hot G input, projection D, labelled batches in the step."""
+"""Class-conditional models: one-hot G input, projection D, labelled batches in the step, and
+the program around them (labelled data, training, resume, sampling, scoring)."""
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from PIL import Image
 
 from dcgan_jax import (DataParallelStep, Discriminator, Generator, StepConfig, UserError,
                        create_gan_state, make_train_step)
+from dcgan_jax import data
+from dcgan_jax import evaluate
 from dcgan_jax import models
+from dcgan_jax import quality
+from dcgan_jax import sample
+from dcgan_jax import sample_grid
+from dcgan_jax import train
+from dcgan_jax.data import DeviceResidentSampler
 
 CLASSES = 4
 G = Generator(image_size=16, channels=3, latent_dim=16, width=8, num_classes=CLASSES)
@@ -154,3 +165,142 @@ def test_generator_learns_what_the_label_asks_for():
 def test_check_num_classes_returns_valid_values():
   assert models.check_num_classes(0) == 0
   assert models.check_num_classes(10) == 10
+
+
+# ---- data, training program, sampling and scoring ---------------------------------------------
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def tfds_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def tiny_config(tfds_dir, **overrides):
+  """configs/default.py conditional on the 10 digits, shrunk to seconds per run."""
+  config = train.load_config(_ROOT / 'configs' / 'default.py')
+  config.update(dict(
+      data_dir=tfds_dir, image_size=8, generator_width=8, discriminator_width=8, latent_dim=8,
+      batch_size=16, num_train_steps=4, log_every_steps=1, checkpoint_every_steps=0,
+      sample_every_steps=0, quality_every_steps=0, num_sample_images=12, lr_schedule='constant',
+      num_classes=10))
+  config.update(overrides)
+  return config
+
+
+def test_digits_yield_their_labels_with_their_images(tfds_dir):
+  config = tiny_config(tfds_dir)
+  images, labels = data.load_all_images(config, with_labels=True)
+  assert images.shape == (1797, 8, 8, 1) and labels.dtype == np.int32
+  np.testing.assert_array_equal(labels, quality.real_digit_labels())
+  info = data.dataset_info(config)
+  assert info.num_classes == 10
+  data.check_num_classes(config, info)  # 10 == 10: fine.
+  by_image = {image.tobytes(): label for image, label in zip(images, labels)}
+  batch_images, batch_labels = next(data.create_train_iterator(config, start_step=3))
+  assert batch_images.shape == (16, 8, 8, 1) and batch_labels.shape == (16,)
+  # Shuffled, but every image still carries its own label (ambiguous duplicates aside).
+  assert [by_image[i.tobytes()] for i in batch_images] == list(batch_labels)
+  plain = next(data.create_train_iterator(tiny_config(tfds_dir, num_classes=0), start_step=3))
+  np.testing.assert_array_equal(plain, batch_images)  # Labels do not change the order.
+
+
+def test_num_classes_must_fit_the_dataset(tfds_dir, tmp_path):
+  config = tiny_config(tfds_dir, num_classes=5)
+  with pytest.raises(UserError, match="has 10 classes; set num_classes to 10"):
+    data.check_num_classes(config, data.dataset_info(config))
+  images = np.zeros((20, 8, 8, 1), np.uint8)
+  np.save(tmp_path / 'plain.npy', images)
+  config = tiny_config(tfds_dir, dataset='array', dataset_path=str(tmp_path / 'plain.npy'))
+  with pytest.raises(UserError, match='has no class labels'):
+    data.check_num_classes(config, data.dataset_info(config))
+  np.savez(tmp_path / 'labelled.npz', images=images, labels=np.arange(20) % 12)
+  config.dataset_path = str(tmp_path / 'labelled.npz')
+  with pytest.raises(UserError, match='go up to 11; set num_classes to at least 12'):
+    data.check_num_classes(config, data.dataset_info(config))
+  config.num_classes = 12
+  data.check_num_classes(config, data.dataset_info(config))
+  loaded_images, loaded_labels = data.load_all_images(config, with_labels=True)
+  np.testing.assert_array_equal(loaded_labels, np.arange(20) % 12)
+  for bad, message in [(np.arange(19), r'expected non-negative integers \[20\]'),
+                       (-np.ones(20, int), 'non-negative'),
+                       (np.zeros(20, np.float32), 'integers')]:
+    np.savez(tmp_path / 'bad.npz', images=images, labels=bad)
+    with pytest.raises(UserError, match=message):
+      data.dataset_info(tiny_config(tfds_dir, dataset='array',
+                                    dataset_path=str(tmp_path / 'bad.npz')))
+  np.savez(tmp_path / 'unnamed.npz', x=images, labels=np.zeros(20, int))
+  with pytest.raises(UserError, match="under the key 'images'"):
+    data.dataset_info(tiny_config(tfds_dir, dataset='array',
+                                  dataset_path=str(tmp_path / 'unnamed.npz')))
+
+
+def test_device_resident_batches_carry_the_labels_of_their_images():
+  images = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1) * np.ones((1, 4, 4, 1), np.uint8)
+  labels = (np.arange(40) % 7).astype(np.int32)
+  sampler = DeviceResidentSampler(images, 16, seed=0, labels=labels)
+  for step in (0, 1, 5):
+    batch_images, batch_labels = sampler.batch(step)
+    assert batch_labels.sharding == batch_images.sharding
+    np.testing.assert_array_equal(np.asarray(batch_labels),
+                                  np.asarray(batch_images)[:, 0, 0, 0] % 7)
+  traced_images, traced_labels = sampler.batch(jnp.int32(5))
+  np.testing.assert_array_equal(np.asarray(traced_labels), np.asarray(sampler.batch(5)[1]))
+
+
+@pytest.mark.parametrize('device_resident,steps_per_dispatch', [('always', 2), ('never', 1)])
+def test_conditional_run_resumes_bit_identically(tfds_dir, tmp_path, device_resident,
+                                                 steps_per_dispatch):
+  config = tiny_config(tfds_dir, device_resident=device_resident,
+                       steps_per_dispatch=steps_per_dispatch)
+  straight = train.train_and_evaluate(config, tmp_path / 'straight')
+  assert straight.discriminator.params['class_embedding']['embedding'].shape == (10, 4 * 4 * 8)
+  config.num_train_steps = 2
+  train.train_and_evaluate(config, tmp_path / 'resumed')
+  config.num_train_steps = 4
+  resumed = train.train_and_evaluate(config, tmp_path / 'resumed')
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The final grid: 12 samples, the 10 classes one per column (2 rows), 8x8 images, padding 2.
+  grid = np.asarray(Image.open(tmp_path / 'straight' / 'samples' / 'step_000004.png'))
+  assert grid.shape[:2] == (2 + 2 * 10, 2 + 10 * 10)
+  # Unconditional models cannot resume a conditional run: one line names the field.
+  with pytest.raises(UserError, match='num_classes 10 -> 0'):
+    train.train_and_evaluate(tiny_config(tfds_dir, num_classes=0, num_train_steps=6),
+                             tmp_path / 'straight')
+
+
+def test_sample_draws_the_classes_asked_for(tfds_dir, tmp_path):
+  config = tiny_config(tfds_dir, num_train_steps=1)
+  train.train_and_evaluate(config, tmp_path)
+  grid = sample.sample_grid_png(str(tmp_path), str(tmp_path / 'grid.png'), num=20)
+  assert grid.shape[:2] == (2 + 2 * 10, 2 + 10 * 10)  # One column per class.
+  one_class = sample.sample_grid_png(str(tmp_path), str(tmp_path / 'seven.png'), num=4, label=7)
+  generator, variables, _, _ = sample.load_generator(str(tmp_path))
+  z = jax.random.normal(jax.random.key(0), (4, 8), jnp.float32)
+  sevens = generator.apply(variables, z, train=False, labels=jnp.full((4,), 7))
+  assert one_class.shape[:2] == (2 + 2 * 10, 2 + 2 * 10)
+  np.testing.assert_array_equal(one_class[2:10, 2:10, 0],
+                                sample_grid.to_uint8(np.asarray(sevens))[0, ..., 0])
+  with pytest.raises(UserError, match=r'--label must be a class in 0\.\.9'):
+    sample.sample_grid_png(str(tmp_path), str(tmp_path / 'x.png'), label=10)
+  with pytest.raises(UserError, match='without labels'):
+    sample.sample_labels(tiny_config(tfds_dir, num_classes=0), 4, label=1)
+  assert sample.sample_labels(tiny_config(tfds_dir, num_classes=0), 4) is None
+  np.testing.assert_array_equal(sample.sample_labels(config, 12), np.arange(12) % 10)
+  # evaluate generates the classes in turn across its batches.
+  batches = list(evaluate.generate(generator, variables, 7, 8, 4, seed=3))
+  expected = generator.apply(variables, jax.random.normal(jax.random.fold_in(
+      jax.random.key(3), 1), (4, 8)), train=False, labels=jnp.arange(4, 8) % 10)
+  np.testing.assert_allclose(np.asarray(batches[1]), np.asarray(expected)[:3], atol=1e-6)
+
+
+def test_digits_quality_reports_label_accuracy(digits_classifier_cache):
+  scorer = quality.DigitsQuality.load_or_train(str(digits_classifier_cache))
+  images = quality.real_digits_images(32, 1)[:500]
+  labels = quality.real_digit_labels()[:500]
+  right = scorer.score(images, labels=labels)['label_accuracy']
+  wrong = scorer.score(images, labels=(labels + 1) % 10)['label_accuracy']
+  assert right > 0.9 and wrong < 0.1
+  assert 'label_accuracy' not in scorer.score(images)

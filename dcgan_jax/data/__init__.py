@@ -13,6 +13,8 @@ _EXPORTS = {
     'create_train_iterator': 'input_pipeline',
     'dataset_info': 'input_pipeline',
     'load_all_images': 'input_pipeline',
+    'check_num_classes': 'input_pipeline',
+    'conditional': 'input_pipeline',
     'DatasetInfo': 'input_pipeline',
     'DeviceResidentSampler': 'device_resident',
     'use_device_resident': 'device_resident',

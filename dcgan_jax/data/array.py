@@ -5,8 +5,9 @@ benchmark's), and for environments without TensorFlow: the array is loaded with 
 the devices (device-resident sampling), so neither tensorflow nor tensorflow-datasets is imported.
 
 The file holds ``uint8 [N, image_size, image_size, channels]`` (``[N, H, W]`` when channels is 1);
-an ``.npz`` holds it under the key ``images`` or as its only array. Images are used as they are:
-resize and crop them beforehand. Every ``split`` names the whole array.
+an ``.npz`` holds it under the key ``images`` or as its only array, and for class-conditional
+training the classes under ``labels`` (integers ``[N]``). Images are used as they are: resize
+and crop them beforehand. Every ``split`` names the whole array.
 """
 from __future__ import annotations
 
@@ -19,13 +20,15 @@ from dcgan_jax.errors import UserError
 
 NAME = 'array'
 NPZ_KEY = 'images'
+LABELS_KEY = 'labels'
 
 
 def _expected(image_size: int, channels: int) -> str:
   return f'uint8 [N, {image_size}, {image_size}, {channels}]'
 
 
-def load_array(path: str, image_size: int, channels: int) -> np.ndarray:
+def load_array(path: str, image_size: int,
+               channels: int) -> tuple[np.ndarray, np.ndarray | None]:
   """Reads and checks the images of an ``array`` dataset.
 
   Args:
@@ -34,10 +37,11 @@ def load_array(path: str, image_size: int, channels: int) -> np.ndarray:
     channels: the configured channel count (1 or 3).
 
   Returns:
-    ``uint8 [N, image_size, image_size, channels]`` (memory-mapped for ``.npy``).
+    ``(images, labels)``: ``uint8 [N, image_size, image_size, channels]`` (memory-mapped for
+    ``.npy``) and the ``.npz``'s ``labels`` ``[N]``, or None when the file has none.
 
   Raises:
-    UserError: no path, a missing or unreadable file, or an array of the wrong shape or dtype.
+    UserError: no path, a missing or unreadable file, or arrays of the wrong shape or dtype.
   """
   expected = _expected(image_size, channels)
   if not path:
@@ -49,12 +53,17 @@ def load_array(path: str, image_size: int, channels: int) -> np.ndarray:
     if path.endswith('.npz'):
       with np.load(path, allow_pickle=False) as archive:
         keys = list(archive.keys())
+        labels = archive[LABELS_KEY] if LABELS_KEY in keys else None
+        if labels is not None and NPZ_KEY not in keys:
+          raise UserError(f'{path!r} holds labels; store the images beside them under the key '
+                          f'{NPZ_KEY!r} (np.savez(path, {NPZ_KEY}=images, '
+                          f'{LABELS_KEY}=labels)).')
         if NPZ_KEY not in keys and len(keys) != 1:
           raise UserError(f'{path!r} holds the arrays {keys}; store the images under the key '
                           f'{NPZ_KEY!r} (np.savez(path, {NPZ_KEY}=images)).')
         images = archive[NPZ_KEY if NPZ_KEY in keys else keys[0]]
     else:
-      images = np.load(path, mmap_mode='r', allow_pickle=False)
+      images, labels = np.load(path, mmap_mode='r', allow_pickle=False), None
   except UserError:
     raise
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -66,4 +75,9 @@ def load_array(path: str, image_size: int, channels: int) -> np.ndarray:
       image_size, image_size, channels) or images.shape[0] < 1:
     raise UserError(f'{path!r} holds {images.dtype} {list(images.shape)}; expected {expected} '
                     '(values 0..255). Resize the images or set image_size and channels to match.')
-  return images
+  if labels is not None and (labels.shape != (images.shape[0],)
+                             or not np.issubdtype(labels.dtype, np.integer)
+                             or (labels.size and labels.min() < 0)):
+    raise UserError(f'{path!r} holds labels {labels.dtype} {list(labels.shape)}; expected '
+                    f'non-negative integers [{images.shape[0]}], one class per image.')
+  return images, labels

@@ -114,6 +114,8 @@ class DeviceResidentSampler:
 
   Attributes:
     images: the dataset, ``uint8 [num_examples, H, W, C]``, replicated over the mesh.
+    labels: ``int32 [num_examples]`` classes, replicated likewise, or None.
+    data: what a batch is drawn from: ``images``, or ``(images, labels)``.
     num_examples: dataset size.
     global_batch: batch size over all devices and processes.
     steps_per_epoch: ``num_examples // global_batch``.
@@ -122,14 +124,16 @@ class DeviceResidentSampler:
   """
 
   def __init__(self, images_uint8: np.ndarray, global_batch: int, seed: int,
-               mesh: jax.sharding.Mesh | None = None):
-    """Copies the images to every device of the mesh.
+               mesh: jax.sharding.Mesh | None = None, labels: np.ndarray | None = None):
+    """Copies the images (and labels) to every device of the mesh.
 
     Args:
       images_uint8: ``uint8 [num_examples, H, W, C]``, the same on every process.
       global_batch: batch size over all devices (and processes).
       seed: the run seed; the data order is derived from it.
       mesh: a mesh with an axis named ``'batch'``; defaults to :func:`default_mesh`.
+      labels: integer classes ``[num_examples]`` for class-conditional training; batches are
+        then ``(images, labels)`` pairs.
 
     Raises:
       UserError: the batch does not divide over the devices or exceeds the dataset.
@@ -157,6 +161,15 @@ class DeviceResidentSampler:
     # devices from its (identical) copy of the images.
     self.images = jax.make_array_from_callback(
         images_uint8.shape, replicated, lambda index: images_uint8[index])
+    self.labels = None
+    if labels is not None:
+      labels = np.asarray(labels, np.int32)
+      if labels.shape != (self.num_examples,):
+        raise ValueError(f'labels must be [{self.num_examples}], one per image; got '
+                         f'{labels.shape}.')
+      self.labels = jax.make_array_from_callback(labels.shape, replicated,
+                                                 lambda index: labels[index])
+    self.data = self.images if self.labels is None else (self.images, self.labels)
     self._key = data_key(seed)
     # The current epoch's permutation, kept on the devices: drawing it (a sort of every
     # example's random key) once per epoch instead of once per step takes it off the step's path.
@@ -175,13 +188,13 @@ class DeviceResidentSampler:
       self._epoch = epoch
     return self._permutation
 
-  def rows(self, images: jax.Array, permutation: jax.Array, start) -> jax.Array:
-    """Traceable: the batch of rows ``permutation[start:start + global_batch]`` of ``images``.
+  def rows(self, data, permutation: jax.Array, start):
+    """Traceable: the batch of rows ``permutation[start:start + global_batch]`` of ``data``.
 
     For programs that draw batches themselves (:mod:`dcgan_jax.step_loop`); pass
-    :attr:`images` and :meth:`epoch_permutation` in as arguments (not as closed-over constants).
+    :attr:`data` and :meth:`epoch_permutation` in as arguments (not as closed-over constants).
     """
-    return _take_rows(images, jax.lax.dynamic_slice_in_dim(permutation, start, self.global_batch),
+    return _take_rows(data, jax.lax.dynamic_slice_in_dim(permutation, start, self.global_batch),
                       self.batch_sharding)
 
   def indices(self, step) -> jax.Array:
@@ -196,14 +209,15 @@ class DeviceResidentSampler:
       step: the step number (int or int32 scalar array, e.g. the train state's step).
 
     Returns:
-      ``uint8 [global_batch, H, W, C]`` sharded as ``NamedSharding(mesh, P('batch'))``.
+      ``uint8 [global_batch, H, W, C]`` sharded as ``NamedSharding(mesh, P('batch'))``; with
+      labels, the pair ``(images, int32 labels [global_batch])``, sharded alike.
     """
     if isinstance(step, (int, np.integer)):  # The training loop's case: one gather per step.
       epoch, position = divmod(int(step), self.steps_per_epoch)
-      return _gather_slice(self.images, self.epoch_permutation(epoch),
+      return _gather_slice(self.data, self.epoch_permutation(epoch),
                            np.int32(position * self.global_batch),
                            global_batch=self.global_batch, sharding=self.batch_sharding)
-    return _gather_batch(self.images, self._key, jnp.asarray(step, jnp.int32),
+    return _gather_batch(self.data, self._key, jnp.asarray(step, jnp.int32),
                          num_examples=self.num_examples, global_batch=self.global_batch,
                          sharding=self.batch_sharding)
 
@@ -223,13 +237,15 @@ def _gather_slice(images, permutation, start, *, global_batch, sharding):
                     sharding)
 
 
-def _take_rows(images, indices, sharding):
-  """``images[indices]`` with the batch sharding (traced inside the gathers above)."""
+def _take_rows(data, indices, sharding):
+  """``data[indices]`` (each array of a pytree) with the batch sharding (traced inside the
+  gathers above)."""
   # Sharding the indices first lets each device gather only its own slice of the batch from
   # its replica of the images, with no communication.
   indices = jax.lax.with_sharding_constraint(indices, sharding)
-  return jax.lax.with_sharding_constraint(jnp.take(images, indices, axis=0, mode='clip'),
-                                          sharding)
+  return jax.tree.map(
+      lambda x: jax.lax.with_sharding_constraint(jnp.take(x, indices, axis=0, mode='clip'),
+                                                 sharding), data)
 
 
 @functools.partial(jax.jit, static_argnames=('num_examples', 'global_batch', 'sharding'))

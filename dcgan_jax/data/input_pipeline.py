@@ -48,11 +48,14 @@ class DatasetInfo:
     split: the tfds split read.
     num_examples: examples in that split (over all processes).
     image_shape: ``(image_size, image_size, channels)`` of the batches.
+    num_classes: classes of the dataset's labels (tfds' ``label`` feature, or one more than
+      the largest of an array's labels); 0 when it has none.
   """
   name: str
   split: str
   num_examples: int
   image_shape: tuple[int, int, int]
+  num_classes: int = 0
 
   @property
   def num_bytes(self) -> int:
@@ -64,12 +67,40 @@ def _is_array(config) -> bool:
   return str(config.dataset).strip() == array.NAME
 
 
-def _load_array(config) -> np.ndarray:
+def _load_array(config) -> tuple[np.ndarray, np.ndarray | None]:
   if int(config.get('crop_size', 0)):
     raise UserError("crop_size applies only to datasets read through tensorflow-datasets; for "
                     "dataset 'array' crop the images beforehand and set crop_size to 0.")
   return array.load_array(str(config.get('dataset_path', '')), int(config.image_size),
                           int(config.channels))
+
+
+def conditional(config) -> bool:
+  """Whether the config trains class-conditional models (``num_classes > 0``)."""
+  return int(config.get('num_classes', 0) or 0) > 0
+
+
+def check_num_classes(config, info: DatasetInfo) -> None:
+  """Raises a UserError unless ``config.num_classes`` fits the dataset's labels.
+
+  Unconditional training (0) fits every dataset; conditional training needs labels, and as
+  many classes as the dataset has.
+  """
+  wanted = int(config.get('num_classes', 0) or 0)
+  if not wanted:
+    return
+  if not info.num_classes:
+    raise UserError(f'num_classes is {wanted} but dataset {info.name!r} has no class labels; '
+                    'use a labelled dataset (digits, mnist, fashion_mnist, cifar10, ... or an '
+                    f'array .npz with {array.LABELS_KEY!r}) or set num_classes to 0.')
+  if _is_array(config):
+    if info.num_classes > wanted:
+      raise UserError(f'num_classes is {wanted} but the labels of {info.name!r} go up to '
+                      f'{info.num_classes - 1}; set num_classes to at least {info.num_classes}.')
+  elif info.num_classes != wanted:
+    raise UserError(f'num_classes is {wanted} but dataset {info.name!r} has '
+                    f'{info.num_classes} classes; set num_classes to {info.num_classes} (or 0 '
+                    'for unconditional training).')
 
 
 def _square_images(image, image_size: int, channels: int, crop_size: int):
@@ -112,8 +143,9 @@ def _square_images(image, image_size: int, channels: int, crop_size: int):
   return tf.ensure_shape(image, (image_size, image_size, channels))
 
 
-def _image_dataset(source: sources.Source, split: str, config):
-  """The examples of ``split`` as a tf.data.Dataset of squared uint8 images, in stored order."""
+def _image_dataset(source: sources.Source, split: str, config, with_labels: bool = False):
+  """The examples of ``split`` as a tf.data.Dataset of squared uint8 images, in stored order
+  (``(image, int32 label)`` pairs with ``with_labels``)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -121,11 +153,16 @@ def _image_dataset(source: sources.Source, split: str, config):
   read_config = tfds.ReadConfig(try_autocache=False, add_tfds_id=False)
   dataset = source.builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
   image_size, channels = int(config.image_size), int(config.channels)
-  dataset = dataset.map(
-      lambda example: _square_images(example[source.image_key], image_size, channels,
-                                     source.crop_size),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return dataset
+  if with_labels and not source.label_key:
+    raise UserError(f'Dataset {source.name!r} has no class labels; set num_classes to 0.')
+
+  def prepare(example):
+    image = _square_images(example[source.image_key], image_size, channels, source.crop_size)
+    if with_labels:
+      return image, tf.cast(example[source.label_key], tf.int32)
+    return image
+
+  return dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _num_examples(dataset, source: sources.Source, split: str) -> int:
@@ -171,16 +208,17 @@ def dataset_info(config) -> DatasetInfo:
   """
   shape = (int(config.image_size), int(config.image_size), int(config.channels))
   if _is_array(config):  # numpy only: no TensorFlow.
-    images = _load_array(config)
+    images, labels = _load_array(config)
+    num_classes = int(labels.max()) + 1 if labels is not None and labels.size else 0
     return DatasetInfo(f'array:{config.dataset_path}', config.get('split', 'train') or 'train',
-                       len(images), shape)
+                       len(images), shape, num_classes)
   # Paths are checked before TensorFlow loads (seconds), so a mistyped one is reported at once.
   sources.check_dataset_path(config)
   hide_accelerators_from_tensorflow()
   source = sources.resolve_source(config)
   dataset = _image_dataset(source, source.split, config)
   return DatasetInfo(source.name, source.split, _num_examples(dataset, source, source.split),
-                     shape)
+                     shape, source.num_classes)
 
 
 def create_train_iterator(
@@ -189,7 +227,8 @@ def create_train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     start_step: int = 0,
-) -> Iterator[np.ndarray]:
+    with_labels: bool | None = None,
+) -> Iterator[np.ndarray | tuple[np.ndarray, np.ndarray]]:
   """An endless iterator of this process's share of each global training batch.
 
   Args:
@@ -200,10 +239,11 @@ def create_train_iterator(
     process_count: number of processes; defaults to ``jax.process_count()``.
     start_step: the first step's index; the iterator yields the batches of steps
       ``start_step, start_step + 1, ...`` (for resuming).
+    with_labels: yield ``(images, labels)``; by default when ``config.num_classes > 0``.
 
   Returns:
     A Python iterator of ``uint8 [batch_size // process_count, image_size, image_size,
-    channels]`` numpy arrays (values 0..255, not scaled).
+    channels]`` numpy arrays (values 0..255, not scaled), or of ``(images, int32 labels)``.
 
   Raises:
     UserError: bad dataset settings, or ``batch_size`` not divisible by the process count.
@@ -225,7 +265,8 @@ def create_train_iterator(
 
   source = sources.resolve_source(config)
   split = _process_split(source.split, process_index, process_count)
-  dataset = _image_dataset(source, split, config)
+  with_labels = conditional(config) if with_labels is None else with_labels
+  dataset = _image_dataset(source, split, config, with_labels)
   num_examples = _num_examples(dataset, source, split)
   if num_examples == 0:
     raise UserError(f'Split {source.split!r} of dataset {source.name!r} has no examples for '
@@ -251,8 +292,8 @@ def create_train_iterator(
   return iter(stream.as_numpy_iterator())
 
 
-def load_all_images(config, *, split: str | None = None,
-                    max_examples: int | None = None) -> np.ndarray:
+def load_all_images(config, *, split: str | None = None, max_examples: int | None = None,
+                    with_labels: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
   """Every image of the configured split, preprocessed as for training, in stored order.
 
   Used for the device-resident mode and for reference statistics (FID). Not sharded: every
@@ -262,28 +303,40 @@ def load_all_images(config, *, split: str | None = None,
     config: as for :func:`create_train_iterator` (batch and shuffle fields unused).
     split: overrides ``config.split`` (e.g. ``'test'`` for reference statistics).
     max_examples: keep only the first this many.
+    with_labels: also return the examples' classes.
 
   Returns:
-    ``uint8 [num_examples, image_size, image_size, channels]``.
+    ``uint8 [num_examples, image_size, image_size, channels]``, or with ``with_labels`` the
+    pair ``(images, int32 labels [num_examples])``.
 
   Raises:
     UserError: see :func:`dcgan_jax.data.sources.resolve_source`.
   """
   if _is_array(config):  # numpy only: no TensorFlow.
-    images = _load_array(config)
-    return np.array(images[:max_examples])  # A copy in memory, not the memory map.
+    images, labels = _load_array(config)
+    images = np.array(images[:max_examples])  # A copy in memory, not the memory map.
+    if not with_labels:
+      return images
+    if labels is None:
+      raise UserError(f'{config.dataset_path!r} has no {array.LABELS_KEY!r}; set num_classes '
+                      'to 0 or add the labels.')
+    return images, np.asarray(labels[:max_examples], np.int32)
   hide_accelerators_from_tensorflow()
   source = sources.resolve_source(config, split=split)
-  dataset = _image_dataset(source, source.split, config)
+  dataset = _image_dataset(source, source.split, config, with_labels)
   num_examples = _num_examples(dataset, source, source.split)
   if max_examples is not None:
     num_examples = min(num_examples, max_examples)
     dataset = dataset.take(num_examples)
   shape = (int(config.image_size), int(config.image_size), int(config.channels))
   images = np.empty((num_examples, *shape), np.uint8)  # Filled in place: no second copy.
+  labels = np.empty((num_examples,), np.int32)
   filled = 0
   for batch in dataset.batch(1024).as_numpy_iterator():
-    images[filled:filled + len(batch)] = batch
-    filled += len(batch)
-  return images[:filled]
+    batch_images = batch[0] if with_labels else batch
+    images[filled:filled + len(batch_images)] = batch_images
+    if with_labels:
+      labels[filled:filled + len(batch_images)] = batch[1]
+    filled += len(batch_images)
+  return (images[:filled], labels[:filled]) if with_labels else images[:filled]
 

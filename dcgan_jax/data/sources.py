@@ -44,6 +44,31 @@ class Source:
   image_key: str = 'image'
   crop_size: int = 0
 
+  @property
+  def label_key(self) -> str | None:
+    """The class-label feature (tfds' ``label``, a ``ClassLabel``), or None."""
+    return LABEL_KEY if _label_classes(self.builder) else None
+
+  @property
+  def num_classes(self) -> int:
+    """Classes of :attr:`label_key`; 0 without labels."""
+    return _label_classes(self.builder)
+
+
+LABEL_KEY = 'label'
+
+
+def _label_classes(builder) -> int:
+  """``num_classes`` of the builder's ``label`` feature when it is a ClassLabel, else 0."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  features = builder.info.features
+  if isinstance(features, tfds.features.FeaturesDict) and LABEL_KEY in features:
+    feature = features[LABEL_KEY]
+    if isinstance(feature, tfds.features.ClassLabel):
+      return int(feature.num_classes)
+  return 0
+
 
 def known_dataset_names() -> tuple[str, ...]:
   """The names listed when ``config.dataset`` is unknown."""
