@@ -1,5 +1,6 @@
 """Class-conditional models: one-hot G input, projection D, labelled batches in the step, and
 the program around them (labelled data, training, resume, sampling, scoring)."""
+import json
 import pathlib
 
 import jax
@@ -13,6 +14,7 @@ from dcgan_jax import (DataParallelStep, Discriminator, Generator, StepConfig, U
                        create_gan_state, make_train_step)
 from dcgan_jax import data
 from dcgan_jax import evaluate
+from dcgan_jax import evaluation
 from dcgan_jax import models
 from dcgan_jax import quality
 from dcgan_jax import sample
@@ -249,10 +251,12 @@ def test_device_resident_batches_carry_the_labels_of_their_images():
   np.testing.assert_array_equal(np.asarray(traced_labels), np.asarray(sampler.batch(5)[1]))
 
 
-@pytest.mark.parametrize('device_resident,steps_per_dispatch', [('always', 2), ('never', 1)])
+@pytest.mark.parametrize('device_resident,parallelism,steps_per_dispatch',
+                         [('always', 'shard_map', 2), ('never', 'shard_map', 1),
+                          ('always', 'pmap', 1)])
 def test_conditional_run_resumes_bit_identically(tfds_dir, tmp_path, device_resident,
-                                                 steps_per_dispatch):
-  config = tiny_config(tfds_dir, device_resident=device_resident,
+                                                 parallelism, steps_per_dispatch):
+  config = tiny_config(tfds_dir, device_resident=device_resident, parallelism=parallelism,
                        steps_per_dispatch=steps_per_dispatch)
   straight = train.train_and_evaluate(config, tmp_path / 'straight')
   assert straight.discriminator.params['class_embedding']['embedding'].shape == (10, 4 * 4 * 8)
@@ -304,3 +308,32 @@ def test_digits_quality_reports_label_accuracy(digits_classifier_cache):
   wrong = scorer.score(images, labels=(labels + 1) % 10)['label_accuracy']
   assert right > 0.9 and wrong < 0.1
   assert 'label_accuracy' not in scorer.score(images)
+
+
+def test_in_training_fid_scores_every_class(tfds_dir, tmp_path, monkeypatch):
+  """The FID hook generates its samples with the classes in turn (a stand-in feature extractor
+  keeps the test offline; the labels are checked where the hook hands them to the generator)."""
+  seen = []
+
+  def stand_in(images):
+    seen.append(images.shape[0])
+    return {'pool': np.stack([images.mean(axis=(1, 2, 3)), images.std(axis=(1, 2, 3))], 1)}
+
+  monkeypatch.setattr(evaluation.InceptionExtractor, 'from_file',
+                      classmethod(lambda cls, path, **kwargs: stand_in))
+  made = []
+  original = train._Sampler.generate_uint8
+
+  def recording(self, variables, z, labels=None):
+    made.append(labels)
+    return original(self, variables, z, labels)
+
+  monkeypatch.setattr(train._Sampler, 'generate_uint8', recording)
+  config = tiny_config(tfds_dir, inception_weights='stand_in.npz', eval_every_steps=2,
+                       eval_num_samples=30)
+  train.train_and_evaluate(config, tmp_path)
+  best = json.loads((tmp_path / train.BEST_FID_FILE).read_text())
+  assert np.isfinite(best['fid']) and seen == [30, 30, 30]  # Real once, then steps 2 and 4.
+  assert len(made) == 2
+  for labels in made:
+    np.testing.assert_array_equal(labels, np.arange(30) % 10)
