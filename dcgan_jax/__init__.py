@@ -12,6 +12,9 @@ Typical use::
   state = create_gan_state(jax.random.key(0), generator, discriminator)
   step = jax.jit(make_train_step(generator, discriminator, StepConfig()))
   state, metrics = step(state, real_uint8_images, jax.random.key(1))
+
+Class-conditional: ``Generator(..., num_classes=10)`` and ``Discriminator(..., num_classes=10)``
+take ``labels=``, and the step takes ``(images, labels)`` batches.
 """
 
 from dcgan_jax.errors import UserError

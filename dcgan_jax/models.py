@@ -539,7 +539,7 @@ class Discriminator(nn.Module):
       discriminator, which then takes integer ``labels`` and adds to its logit the inner
       product of the last feature map (flattened) with a learned embedding of the label: the
       projection discriminator of Miyato & Koyama (2018), with DCGAN's logit layer as the
-      unconditional term.
+      unconditional term. (With ``norm='spectral'`` the embedding is not normalised.)
   """
 
   image_size: int = 64

@@ -164,7 +164,10 @@ def test_augmented_step_is_the_same_on_one_and_eight_devices(initial_state, step
   # Augmentation changes the update (so the agreement below is not the plain step's).
   assert any(not np.allclose(a, b, atol=1e-4)
              for a, b in zip(_leaves(ref_state), _leaves(plain_state)))
-  for mode in ('shard_map', 'pmap'):
+  # pmap and shard_map take their slice of the global draw the same way (axis_index): the
+  # slow case checks shard_map alone.
+  modes = ('shard_map', 'pmap') if step_config.d_steps == 1 else ('shard_map',)
+  for mode in modes:
     step = DataParallelStep(G, D, step_config, parallelism=mode)
     state, metrics = step(step.place_state(initial_state), step.place_batch(images), rng)
     metrics = step.host_metrics(metrics)

@@ -19,6 +19,7 @@ from dcgan_jax import models
 from dcgan_jax import quality
 from dcgan_jax import sample
 from dcgan_jax import sample_grid
+from dcgan_jax import summary
 from dcgan_jax import train
 from dcgan_jax.data import DeviceResidentSampler
 
@@ -337,3 +338,13 @@ def test_in_training_fid_scores_every_class(tfds_dir, tmp_path, monkeypatch):
   assert len(made) == 2
   for labels in made:
     np.testing.assert_array_equal(labels, np.arange(30) % 10)
+
+
+def test_objective_line_and_summary_name_the_conditioning(tfds_dir):
+  config = tiny_config(tfds_dir)
+  assert 'class-conditional on 10 classes' in train.describe_objective(config)
+  assert 'class' not in train.describe_objective(tiny_config(tfds_dir, num_classes=0))
+  text = summary.summarize(config)
+  assert 'class_embedding (Embed)' in text and f'{10 * 4 * 4 * 8:,}' in text
+  # G's projection takes latent + classes inputs: (8 + 10) * 4*4*8 weights (8x8: one block).
+  assert f'{(8 + 10) * 4 * 4 * 8:,}' in text

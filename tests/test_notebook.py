@@ -95,3 +95,9 @@ def test_colab_notebook_executes(tmp_path, monkeypatch, seed_digits_classifier):
   assert 'No FID weights' in _text(fid_cell)  # No download in tests.
   custom = next(c for c in code if 'register_loss' in c.source)
   assert "'d_loss'" in _text(custom) and "'g_loss'" in _text(custom)
+  # The conditional run draws the digits it is asked for well above chance (0.1) already.
+  conditional = next(c for c in code if 'num_classes=10' in c.source)
+  assert 'label accuracy' in _text(conditional)
+  cond_report = json.loads((tmp_path / 'run_conditional' / 'quality.json').read_text())
+  assert cond_report['step'] == 400 and cond_report['label_accuracy'] > 0.5
+  assert len(_images(conditional, 'image/png')) == 2  # The run's grid and the label=7 grid.
