@@ -7,7 +7,9 @@ Run it with:
 
 The images are centre-cropped to squares, resized and converted to `channels` once, stored as a
 tfds dataset under data_dir and reused; unreadable files are skipped and counted in the log.
-Use --config.image_size=32 (or 128, ...) and --config.channels=1 for other shapes.
+Use --config.image_size=32 (or 128, ...) and --config.channels=1 for other shapes. With one
+subfolder per class (path/cat/..., path/dog/...), --config.num_classes=2 trains class-conditional
+models on them.
 """
 import pathlib
 

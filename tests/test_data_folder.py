@@ -186,3 +186,50 @@ def test_crop_is_applied_once_and_matches_the_pil_reference(tmp_path):
   np.testing.assert_array_equal(images[0], expected)
   # An 8-pixel window in the middle of a 48-pixel ramp spans about 8/48 of the range.
   assert 100 < expected.min() < expected.max() < 160
+
+
+def test_class_folders_follow_the_image_folder_convention():
+  assert image_files.class_folders(['cat/1.png', 'dog/2.png', 'cat/more/3.png']) == (
+      ['cat', 'dog'], [0, 1, 0])
+  # A zip of a folder: the shared top folder is skipped.
+  assert image_files.class_folders(['pets/dog/1.png', 'pets/cat/2.png']) == (
+      ['cat', 'dog'], [1, 0])
+  assert image_files.class_folders(['loose.png', 'cat/1.png', 'dog/2.png']) is None
+  assert image_files.class_folders(['cat/1.png', 'cat/2.png']) is None  # One class.
+  assert image_files.class_folders(['a.png', 'b.png']) is None
+
+
+@pytest.mark.parametrize('as_zip', [False, True])
+def test_class_subfolders_become_labels(tmp_path, as_zip):
+  folder = tmp_path / 'pets' / 'pets'  # As zipped: everything under one top folder.
+  brightness = {'bird': 40, 'cat': 120, 'dog': 220}
+  for name, value in brightness.items():
+    (folder / name).mkdir(parents=True)
+    for i in range(3):
+      Image.fromarray(np.full((12, 12, 3), value + i, np.uint8)).save(folder / name / f'{i}.png')
+  path = tmp_path / 'pets'
+  if as_zip:
+    _zip_folder(path, tmp_path / 'pets.zip')
+    path = tmp_path / 'pets.zip'
+  config = _config(dataset_path=str(path), data_dir=str(tmp_path / 'tfds'), image_size=8,
+                   num_classes=3)
+  info = input_pipeline.dataset_info(config)
+  assert info.num_classes == 3
+  input_pipeline.check_num_classes(config, info)
+  images, labels = input_pipeline.load_all_images(config, with_labels=True)
+  assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+  by_label = [brightness[name] for name in sorted(brightness)]  # bird 0, cat 1, dog 2.
+  for image, label in zip(images, labels):
+    assert abs(float(image.mean()) - by_label[label]) <= 3
+  config.num_classes = 2
+  with pytest.raises(UserError, match='has 3 classes; set num_classes to 3'):
+    input_pipeline.check_num_classes(config, info)
+
+
+def test_a_folder_of_loose_images_has_no_labels(image_folder, tmp_path):
+  folder, _ = image_folder
+  config = _config(dataset_path=str(folder), data_dir=str(tmp_path / 'tfds'), num_classes=2)
+  info = input_pipeline.dataset_info(config)
+  assert info.num_classes == 0
+  with pytest.raises(UserError, match='has no class labels.*one subfolder per class'):
+    input_pipeline.check_num_classes(config, info)

@@ -155,6 +155,32 @@ class ImageFiles:
           yield name, None
 
 
+def class_folders(names: Sequence[str]) -> tuple[list[str], list[int]] | None:
+  """Classes from folder names, as torchvision's ``ImageFolder`` reads them.
+
+  An image's class is the first folder of its path (``cat/001.jpg``, ``cat/more/002.jpg``:
+  class ``cat``). When every image sits under one and the same top folder, as in a zip of a
+  folder, that folder is skipped first. Classes are numbered in sorted name order.
+
+  Args:
+    names: relative ``/``-separated image paths (:attr:`ImageFiles.names`).
+
+  Returns:
+    ``(class_names, labels)`` with one label per name, or None when some image lies outside
+    any class folder or there are fewer than two classes (an unlabelled folder).
+  """
+  parts = [name.split('/') for name in names]
+  while parts and all(len(p) > 2 for p in parts) and len({p[0] for p in parts}) == 1:
+    parts = [p[1:] for p in parts]
+  if not parts or any(len(p) < 2 for p in parts):
+    return None
+  class_names = sorted({p[0] for p in parts})
+  if len(class_names) < 2:
+    return None
+  index = {name: i for i, name in enumerate(class_names)}
+  return class_names, [index[p[0]] for p in parts]
+
+
 def _walk(root: str) -> Iterator[tuple[str, int, int]]:
   """Yields ``(relative name, size, mtime_ns)`` of the image files under ``root``."""
   for directory, subdirs, files in os.walk(root, followlinks=True):

@@ -91,8 +91,9 @@ def check_num_classes(config, info: DatasetInfo) -> None:
     return
   if not info.num_classes:
     raise UserError(f'num_classes is {wanted} but dataset {info.name!r} has no class labels; '
-                    'use a labelled dataset (digits, mnist, fashion_mnist, cifar10, ... or an '
-                    f'array .npz with {array.LABELS_KEY!r}) or set num_classes to 0.')
+                    'use a labelled dataset (digits, mnist, fashion_mnist, cifar10, ..., a '
+                    f'folder with one subfolder per class, or an array .npz with '
+                    f'{array.LABELS_KEY!r}) or set num_classes to 0.')
   if _is_array(config):
     if info.num_classes > wanted:
       raise UserError(f'num_classes is {wanted} but the labels of {info.name!r} go up to '

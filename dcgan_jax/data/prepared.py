@@ -36,6 +36,7 @@ def prepare_image_files(
     data_dir: str | None,
     fingerprint_extra: tuple = (),
     description: str = '',
+    classes: tuple[Sequence[str], Mapping[str, int]] | None = None,
 ):
   """Prepares (or finds already prepared) a tfds dataset of squared images.
 
@@ -49,17 +50,24 @@ def prepare_image_files(
     data_dir: tfds data directory; ``None`` for tfds' default.
     fingerprint_extra: anything else the split contents depend on (e.g. a partition file).
     description: one line stored in the dataset's info.
+    classes: ``(class_names, label of each name)`` to store a ``label`` feature
+      (``tfds.features.ClassLabel``), or None.
 
   Returns:
     The prepared ``tfds.core.DatasetBuilder``; its examples are
-    ``{'image': uint8 [image_size, image_size, channels], 'file_name': string}``.
+    ``{'image': uint8 [image_size, image_size, channels], 'file_name': string}``, and
+    ``'label': int64`` with ``classes``.
 
   Raises:
     UserError: no file of some split could be read as an image.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  fingerprint = files.fingerprint(kind, image_size, channels, crop_size, fingerprint_extra,
+  class_names = list(classes[0]) if classes else None
+  # Without classes the fingerprint is what it was before labels existed: those preparations
+  # are still found.
+  extra = (fingerprint_extra,) + ((('classes', class_names),) if class_names else ())
+  fingerprint = files.fingerprint(kind, image_size, channels, crop_size, *extra,
                                   sorted((s, len(n)) for s, n in splits.items()))
   config = tfds.core.BuilderConfig(
       name=f'{files.label()}_{fingerprint}', version=_VERSION,
@@ -77,13 +85,16 @@ def prepare_image_files(
     code_path = None
 
     def _info(self):
+      features = {
+          'image': tfds.features.Image(shape=(image_size, image_size, channels)),
+          'file_name': tfds.features.Text(),
+      }
+      if class_names:
+        features['label'] = tfds.features.ClassLabel(names=class_names)
       return tfds.core.DatasetInfo(
           builder=self,
           description=config.description,
-          features=tfds.features.FeaturesDict({
-              'image': tfds.features.Image(shape=(image_size, image_size, channels)),
-              'file_name': tfds.features.Text(),
-          }),
+          features=tfds.features.FeaturesDict(features),
       )
 
     def _split_generators(self, dl_manager):
@@ -98,7 +109,10 @@ def prepare_image_files(
           if len(failed) <= _NAMED_FAILURES:
             logging.warning('Skipping %s in %s: not a readable image.', name, files.path)
           continue
-        yield name, {'image': image, 'file_name': name}
+        example = {'image': image, 'file_name': name}
+        if class_names:
+          example['label'] = classes[1][name]
+        yield name, example
       if failed:
         logging.warning('Skipped %d of %d files of split %r in %s that could not be read as '
                         'images.', len(failed), len(names), split, files.path)
