@@ -17,8 +17,13 @@ are generated from seeded latents and scored:
 * KID against the cached reference features (skipped, with a note, when only `--reference`
   statistics are given: KID needs features, not moments).
 
+A class-conditional run draws its classes in turn. With ``--label=K`` it draws class K only and
+the dataset reference holds the real images of class K alone (cached as
+``..._class<K>.npz``): FID within one class, whose mean over the classes is the intra-FID of
+conditional GAN papers (e.g. Miyato & Koyama 2018).
+
 The numbers are printed with their protocol (samples, reference, preprocessing) and written to
-``<workdir>/eval_step_XXXXXX.json``. Mistakes (missing workdir, checkpoint, weights, a bad
+``<workdir>/eval_step_XXXXXX.json`` (``eval_step_XXXXXX_class<K>.json`` with ``--label``). Mistakes (missing workdir, checkpoint, weights, a bad
 reference file, ...) print one sentence on stderr and exit with status 2.
 """
 
@@ -64,6 +69,9 @@ flags.DEFINE_enum('precision', 'default', ['default', 'high', 'highest'], 'Matmu
 flags.DEFINE_bool('no_ema', False, "Use the trained weights even when the checkpoint holds EMA "
                   'ones (the default uses the EMA weights when present).', flag_values=FLAGS)
 flags.DEFINE_integer('seed', 0, 'Seed of the generated latents.', flag_values=FLAGS)
+flags.DEFINE_integer('label', None, 'Class-conditional runs: score this class alone, against '
+                     "the dataset's images of that class (default: every class in turn, "
+                     'against the whole dataset).', flag_values=FLAGS)
 flags.DEFINE_bool('library_logs', False, 'Also print the INFO logs of orbax, tensorflow-datasets '
                   'and JAX start-up (hidden by default; warnings and errors always show).',
                   flag_values=FLAGS)
@@ -124,13 +132,14 @@ def load_generator(workdir: str, config, step: int | None, use_ema: bool):
 
 
 def generate(generator, variables, num_samples: int, latent_dim: int, batch_size: int,
-             seed: int, value_range: tuple[float, float] | None = None):
+             seed: int, value_range: tuple[float, float] | None = None,
+             label: int | None = None):
   """Yields batches of generated images, `num_samples` in all, as device arrays.
 
   Batch i uses latents ``normal(fold_in(key(seed), i))``, so the samples depend only on the
   seed and the batch size. A class-conditional generator (``num_classes > 0``) draws the
   classes in turn (image j of the whole sample shows class ``j mod num_classes``), so every
-  class is scored equally often. Sampling (and quantisation) is one jitted program per batch;
+  class is scored equally often; with ``label`` every image shows that class. Sampling (and quantisation) is one jitted program per batch;
   nothing waits for the device, so the caller can queue the scoring of each batch behind it.
 
   Args:
@@ -154,6 +163,8 @@ def generate(generator, variables, num_samples: int, latent_dim: int, batch_size
     labels = None
     if num_classes:
       labels = (start + jax.numpy.arange(batch_size)) % num_classes
+      if label is not None:
+        labels = jax.numpy.full((batch_size,), label)
     images = generator.apply(variables, z, train=False, **models.label_kwargs(labels))
     return images if value_range is None else evaluation.to_uint8_jax(images, *value_range)
 
@@ -171,15 +182,21 @@ def _first_rows(x, count: int):
 # ---- reference statistics ----------------------------------------------------------------------
 
 
-def reference_cache_path(workdir: str | os.PathLike, config, preprocessing: str) -> pathlib.Path:
-  """``<workdir>/fid_reference_<dataset>_<size>_<preprocessing>.npz``."""
-  name = f'{REFERENCE_PREFIX}_{config.dataset}_{int(config.image_size)}_{preprocessing}.npz'
-  return pathlib.Path(workdir) / name
+def reference_cache_path(workdir: str | os.PathLike, config, preprocessing: str,
+                         label: int | None = None) -> pathlib.Path:
+  """``<workdir>/fid_reference_<dataset>_<size>_<preprocessing>[_class<label>].npz``."""
+  name = f'{REFERENCE_PREFIX}_{config.dataset}_{int(config.image_size)}_{preprocessing}'
+  if label is not None:
+    name += f'_class{label}'
+  return pathlib.Path(workdir) / f'{name}.npz'
 
 
 def dataset_reference(workdir: str, config, extractor, num_reference: int,
-                      batch_size: int) -> tuple[Any, np.ndarray, dict[str, Any]]:
+                      batch_size: int, label: int | None = None
+                      ) -> tuple[Any, np.ndarray, dict[str, Any]]:
   """Statistics (and KID features) of the run's dataset, from the cache or computed and cached.
+
+  With ``label``, of the dataset's images of that class only (the first ``num_reference``).
 
   Returns:
     (FeatureStatistics, features [<= MAX_KID_FEATURES, 2048] float32, protocol dict).
@@ -187,10 +204,12 @@ def dataset_reference(workdir: str, config, extractor, num_reference: int,
   from dcgan_jax import data  # pylint: disable=g-import-not-at-top
   from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
 
-  path = reference_cache_path(workdir, config, extractor.preprocessing)
+  path = reference_cache_path(workdir, config, extractor.preprocessing, label)
   description = {'dataset': str(config.dataset), 'split': str(config.get('split', 'train')),
                  'image_size': int(config.image_size), 'channels': int(config.channels),
                  'preprocessing': extractor.preprocessing, 'requested': int(num_reference)}
+  if label is not None:  # (Caches of the whole dataset keep the keys they always had.)
+    description['label'] = int(label)
   if path.is_file():
     try:
       stats, metadata = evaluation.FeatureStatistics.load(path)
@@ -203,7 +222,14 @@ def dataset_reference(workdir: str, config, extractor, num_reference: int,
       logging.info('The cached reference %s was made with other settings; recomputing it.', path)
     except UserError as e:
       logging.warning('Ignoring the unreadable cached reference %s (%s).', path, e)
-  images = data.load_all_images(config, max_examples=num_reference)
+  if label is None:
+    images = data.load_all_images(config, max_examples=num_reference)
+  else:
+    images, labels = data.load_all_images(config, with_labels=True)
+    images = images[labels == label][:num_reference]
+    if len(images) < 2:
+      raise UserError(f'The dataset has {len(images)} images of class {label}; FID needs at '
+                      'least 2.')
   stats = evaluation.FeatureStatistics()
   kid_features = []
   kept = 0
@@ -260,8 +286,12 @@ def file_reference(path: str, preprocessing: str) -> tuple[Any, dict[str, Any]]:
 def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 50_000,
              reference: str = '', num_reference: int = 50_000, step: int | None = None,
              batch_size: int = 200, preprocessing: str = 'pytorch_fid',
-             precision: str = 'default', use_ema: bool = True, seed: int = 0) -> dict[str, Any]:
+             precision: str = 'default', use_ema: bool = True, seed: int = 0,
+             label: int | None = None) -> dict[str, Any]:
   """Generates `num_samples` images from a run's checkpoint and scores them.
+
+  With ``label`` (class-conditional runs) every image shows that class and the dataset
+  reference holds that class's images alone.
 
   Returns:
     The result written to ``<workdir>/eval_step_XXXXXX.json``: step, fid, inception_score,
@@ -280,6 +310,8 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
   workdir = os.fspath(pathlib.Path(workdir).expanduser().absolute())
   # Cheap checks first: the run, its checkpoint, the reference file, then the weights.
   config = load_run_config(workdir)
+  from dcgan_jax import models  # pylint: disable=g-import-not-at-top
+  models.check_label(label, int(config.get('num_classes', 0) or 0))
   ref_stats = ref_features = None
   if reference:
     ref_stats, ref_protocol = file_reference(reference, preprocessing)
@@ -293,7 +325,7 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
   generator, variables, step, used_ema = load_generator(workdir, config, step, use_ema)
   if ref_stats is None:
     ref_stats, ref_features, ref_protocol = dataset_reference(workdir, config, extractor,
-                                                              num_reference, batch_size)
+                                                              num_reference, batch_size, label)
 
   value_range = (-1.0, 1.0) if config.output_activation == 'tanh' else (0.0, 1.0)
   fake = evaluation.FeatureStatistics()
@@ -303,7 +335,7 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
   # loop: the logits (for IS) and the first KID features are gathered on the device and copied
   # to the host once, after the last batch.
   for images in generate(generator, variables, num_samples, int(config.latent_dim), batch_size,
-                         seed, value_range=value_range):
+                         seed, value_range=value_range, label=label):
     for out in extractor.device_batches(images):
       fake.update(out['pool'])
       logits.append(out['logits'])
@@ -356,14 +388,15 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
       'kid': kid_mean, 'kid_std': kid_std, **manifold_scores,
       'protocol': {
           'num_samples': int(num_samples), 'seed': int(seed), 'used_ema': bool(used_ema),
-          'num_classes': int(config.get('num_classes', 0) or 0),
+          'num_classes': int(config.get('num_classes', 0) or 0), 'label': label,
           'preprocessing': extractor.preprocessing, 'precision': extractor.precision,
           'inception_weights': os.path.abspath(inception_weights) if inception_weights else None,
           'reference': ref_protocol, 'inception_score_splits': splits, 'kid': kid_protocol,
           'precision_recall': manifold_protocol,
           'dataset': str(config.dataset), 'image_size': int(config.image_size)},
   }
-  path = pathlib.Path(workdir) / f'eval_step_{step:06d}.json'
+  suffix = '' if label is None else f'_class{label}'
+  path = pathlib.Path(workdir) / f'eval_step_{step:06d}{suffix}.json'
   tmp_path = path.with_name(path.name + '.tmp')
   tmp_path.write_text(json.dumps(result, indent=2, sort_keys=True) + '\n', encoding='utf-8')
   os.replace(tmp_path, path)
@@ -391,7 +424,9 @@ def format_result(result: dict[str, Any]) -> str:
       else f"Precision/recall skipped: {manifold['skipped']}")
   return '\n'.join([
       f"Step {result['step']} ({'EMA' if protocol['used_ema'] else 'trained'} weights): "
-      f"{protocol['num_samples']} generated images, seed {protocol['seed']}.",
+      f"{protocol['num_samples']} generated images"
+      f"{'' if protocol.get('label') is None else ' of class ' + str(protocol['label'])}, "
+      f"seed {protocol['seed']}.",
       f"Reference: {ref_text}; preprocessing {protocol['preprocessing']}, precision "
       f"{protocol['precision']}.",
       f"FID {result['fid']:.4f}",
@@ -415,7 +450,7 @@ def main(argv: list[str]) -> None:
                       reference=FLAGS.reference, num_reference=FLAGS.num_reference,
                       step=FLAGS.step, batch_size=FLAGS.batch_size,
                       preprocessing=FLAGS.preprocessing, precision=FLAGS.precision,
-                      use_ema=not FLAGS.no_ema, seed=FLAGS.seed)
+                      use_ema=not FLAGS.no_ema, seed=FLAGS.seed, label=FLAGS.label)
   except UserError as e:
     logging.flush()
     _fail(str(e))

@@ -638,6 +638,18 @@ def cycled_labels(num: int, num_classes: int) -> Any:
   return (np.arange(num) % num_classes).astype(np.int32)
 
 
+def check_label(label: int | None, num_classes: int) -> None:
+  """Raises a UserError unless ``label`` is None or a class of a run with ``num_classes``
+  (the ``--label`` of ``sample`` and ``evaluate``)."""
+  if label is None:
+    return
+  if not num_classes:
+    raise UserError(f'--label={label} needs a class-conditional run; this one was trained '
+                    'without labels (num_classes 0). Leave --label out.')
+  if not 0 <= label < num_classes:
+    raise UserError(f'--label must be a class in 0..{num_classes - 1} (got {label}).')
+
+
 def label_kwargs(labels: Any) -> dict[str, Any]:
   """``{'labels': labels}``, or ``{}`` for None: what to pass a possibly conditional model."""
   return {} if labels is None else {'labels': labels}

@@ -135,13 +135,9 @@ def sample_labels(config: ml_collections.ConfigDict, num: int,
     UserError: a ``label`` for an unconditional run, or one outside ``[0, num_classes)``.
   """
   num_classes = int(config.get('num_classes', 0) or 0)
+  models.check_label(label, num_classes)
   if label is None:
     return models.cycled_labels(num, num_classes)
-  if not num_classes:
-    raise UserError(f'--label={label} needs a class-conditional run; this one was trained '
-                    'without labels (num_classes 0). Leave --label out.')
-  if not 0 <= label < num_classes:
-    raise UserError(f'--label must be a class in 0..{num_classes - 1} (got {label}).')
   return np.full((num,), label, np.int32)
 
 

@@ -281,3 +281,32 @@ def test_subprocess_error_is_one_line_exit_2(tmp_path, inception_npz):
   assert proc.returncode == EXIT_USER_ERROR
   assert proc.stderr.strip().splitlines()[-1].startswith('The workdir ')
   assert 'does not exist' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+@pytest.mark.slow  # Compiles Inception at 299x299.
+def test_evaluate_one_class_of_a_conditional_run(tmp_path, inception_npz, capsys):
+  """--label scores one class against the dataset's images of that class (intra-class FID)."""
+  config = tiny_config(str(tmp_path / 'tfds'), num_train_steps=1, checkpoint_every_steps=1,
+                       sample_every_steps=0, num_classes=10)
+  run = tmp_path / 'run'
+  train.train_and_evaluate(config, run)
+  args = [f'--workdir={run}', f'--inception_weights={inception_npz}', f'--num_samples={NUM}',
+          f'--num_reference={NUM}', '--batch_size=8']
+  status, out, _ = _cli(args + ['--label=3'], capsys)
+  assert status == 0, out
+  result = json.loads((run / 'eval_step_000001_class3.json').read_text())
+  assert result['protocol']['label'] == 3 and result['protocol']['num_classes'] == 10
+  assert f'{NUM} generated images of class 3' in out
+  cache = run / 'fid_reference_digits_8_pytorch_fid_class3.npz'
+  assert result['protocol']['reference']['source'] == str(cache)
+  # The reference holds class 3's first images: the same statistics as extracting them here.
+  from dcgan_jax import data  # pylint: disable=g-import-not-at-top
+  images, labels = data.load_all_images(config, with_labels=True)
+  extractor = evaluation.InceptionExtractor.from_file(inception_npz)
+  expected = evaluation.FeatureStatistics()
+  expected.update(extractor(images[labels == 3][:NUM])['pool'])
+  stats, _ = evaluation.FeatureStatistics.load(cache)
+  np.testing.assert_allclose(stats.mean, expected.mean, rtol=1e-4, atol=1e-5)
+  # A label the run does not have is one clear line.
+  status, _, err = _cli(args + ['--label=10'], capsys)
+  assert status == EXIT_USER_ERROR and '--label must be a class in 0..9 (got 10)' in err
