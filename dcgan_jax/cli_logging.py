@@ -3,9 +3,9 @@
 Every orbax checkpoint save logs some thirty INFO lines about its threads, temporary directories
 and metadata, and tensorflow-datasets' reader and JAX add more at start-up; in a run's console
 they bury the lines a user reads (progress, metrics, where outputs went). The programs
-(``python -m dcgan_jax.main`` and ``python -m dcgan_jax.evaluate``) therefore hide INFO (and
-lower) records that come from those libraries; their warnings and errors always show, and
-``--library_logs`` shows everything. Importing dcgan_jax as a library changes no logging.
+(``main``, ``evaluate``, ``fid``, ``sample``) therefore hide INFO (and lower) records that come
+from those libraries; their warnings and errors show, except the few that only restate what the
+program asked for (:data:`EXPECTED_WARNINGS`), and ``--library_logs`` shows everything. Importing dcgan_jax as a library changes no logging.
 """
 from __future__ import annotations
 
@@ -24,24 +24,37 @@ LIBRARY_PATHS: tuple[str, ...] = (
     '/jax/_src/xla_bridge.py',  # "Unable to initialize backend 'tpu'" on every GPU/CPU host.
     '/jax/_src/profiler.py',  # Trace conversion steps (profile_steps); our own line says where.
 )
+# Library warnings that state what the program asked for and are hidden too: orbax warns once
+# per checkpoint that it was opened read-only, which is how sample and evaluate open a run
+# (8 lines for one grid from a run with 8 checkpoints).
+EXPECTED_WARNINGS: tuple[tuple[str, str], ...] = (
+    ('/orbax/', 'Given directory is read only'),
+)
 
 
 class LibraryInfoFilter(logging.Filter):
-  """Drops records below WARNING whose source file lies in one of :data:`LIBRARY_PATHS`."""
+  """Drops records below WARNING whose source file lies in one of :data:`LIBRARY_PATHS`, and
+  the warnings of :data:`EXPECTED_WARNINGS`."""
 
   def __init__(self, paths: tuple[str, ...] = LIBRARY_PATHS):
     super().__init__()
     self.paths = paths
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno >= logging.WARNING:
-      return True
     path = (record.pathname or '').replace(os.sep, '/')
+    if record.levelno >= logging.WARNING:
+      if record.levelno >= logging.ERROR:
+        return True
+      message = record.getMessage()
+      return not any(fragment in path and message.startswith(start)
+                     for fragment, start in EXPECTED_WARNINGS)
     return not any(fragment in path for fragment in self.paths)
 
 
 def quiet_library_logs(enabled: bool = True) -> LibraryInfoFilter | None:
-  """Installs :class:`LibraryInfoFilter` on absl's handler (where every record is printed).
+  """Installs :class:`LibraryInfoFilter` on absl's handler (where every record is printed) and
+  on the ``absl`` logger (whose records reach other handlers when a program runs without
+  ``absl.app``, as ``sample`` does).
 
   Args:
     enabled: False leaves logging as it is (``--library_logs``).
@@ -52,10 +65,12 @@ def quiet_library_logs(enabled: bool = True) -> LibraryInfoFilter | None:
   if not enabled:
     return None
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  handler = absl_logging.get_absl_handler()
-  for existing in handler.filters:  # Idempotent: one filter however often it is called.
-    if isinstance(existing, LibraryInfoFilter):
-      return existing
-  library_filter = LibraryInfoFilter()
-  handler.addFilter(library_filter)
+  library_filter = None
+  for target in (absl_logging.get_absl_handler(), logging.getLogger('absl')):
+    existing = [f for f in target.filters if isinstance(f, LibraryInfoFilter)]
+    if existing:  # Idempotent: one filter however often it is called.
+      library_filter = existing[0]
+      continue
+    library_filter = library_filter or LibraryInfoFilter()
+    target.addFilter(library_filter)
   return library_filter

@@ -45,6 +45,7 @@ import numpy as np
 
 from dcgan_jax import animation
 from dcgan_jax import checkpointing
+from dcgan_jax import cli_logging
 from dcgan_jax import command_line
 from dcgan_jax import models
 from dcgan_jax import sample_grid
@@ -285,6 +286,8 @@ def _define_flags(flag_values):
          'columns, GIF frames one way).')
   define('string', 'gif_out', '', 'With --interpolate: the GIF to write; default: --out with a '
          '.gif suffix.')
+  define('bool', 'library_logs', False, 'Also print the logs of orbax and JAX start-up (hidden by '
+         'default; warnings and errors show).')
   define('integer', 'label', None, 'Class-conditional runs: draw only this class; default: '
          'the classes in turn (one grid column each).')
   define('bool', 'bounce', True, 'With --interpolate: the GIF walks forward then back '
@@ -300,6 +303,7 @@ def main(argv: list[str] | None = None) -> None:
 
   fail = exit_with_user_error
   f = command_line.parse_workdir_flags(flag_values, argv)
+  cli_logging.quiet_library_logs(not f.library_logs)
   try:
     if f.interpolate and f.out_dir:
       raise UserError('--out_dir writes separate samples; it cannot be combined with '

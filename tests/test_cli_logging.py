@@ -4,8 +4,8 @@ import logging
 from dcgan_jax import cli_logging
 
 
-def _record(pathname, level=logging.INFO):
-  return logging.LogRecord('absl', level, pathname, 1, 'message', None, None)
+def _record(pathname, level=logging.INFO, message='message'):
+  return logging.LogRecord('absl', level, pathname, 1, message, None, None)
 
 
 def test_filter_hides_library_info_but_keeps_warnings_and_our_logs():
@@ -16,26 +16,34 @@ def test_filter_hides_library_info_but_keeps_warnings_and_our_logs():
   assert not library_filter.filter(_record('/venv/site-packages/jax/_src/xla_bridge.py'))
   assert not library_filter.filter(
       _record('/venv/site-packages/tensorflow_datasets/core/reader.py'))
-  # Warnings and errors of the same libraries always show.
+  # Warnings and errors of the same libraries show...
   assert library_filter.filter(_record(orbax, logging.WARNING))
   assert library_filter.filter(_record(orbax, logging.ERROR))
+  # ... except orbax's note that a run was opened read-only (as sample and evaluate ask).
+  read_only = 'Given directory is read only=/runs/a/checkpoints'
+  assert not library_filter.filter(_record(orbax, logging.WARNING, read_only))
+  assert library_filter.filter(_record(orbax, logging.ERROR, read_only))
+  assert library_filter.filter(_record('/repo/dcgan_jax/x.py', logging.WARNING, read_only))
   # Ours, our metrics writer (clu) and tfds' builder (where data comes from, downloads) stay.
   for kept in ('/repo/dcgan_jax/train.py', '/venv/site-packages/clu/metric_writers/x.py',
                '/venv/site-packages/tensorflow_datasets/core/dataset_builder.py'):
     assert library_filter.filter(_record(kept)), kept
 
 
-def test_quiet_library_logs_installs_one_filter_on_absls_handler():
+def test_quiet_library_logs_installs_one_filter_on_absls_handler_and_logger():
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  handler = absl_logging.get_absl_handler()
+  targets = (absl_logging.get_absl_handler(), logging.getLogger('absl'))
   assert cli_logging.quiet_library_logs(enabled=False) is None
-  before = [f for f in handler.filters if isinstance(f, cli_logging.LibraryInfoFilter)]
+  before = {id(t): [f for f in t.filters if isinstance(f, cli_logging.LibraryInfoFilter)]
+            for t in targets}
   try:
     first = cli_logging.quiet_library_logs()
     assert cli_logging.quiet_library_logs() is first  # Idempotent.
-    installed = [f for f in handler.filters if isinstance(f, cli_logging.LibraryInfoFilter)]
-    assert installed == [first]
+    for target in targets:
+      installed = [f for f in target.filters if isinstance(f, cli_logging.LibraryInfoFilter)]
+      assert len(installed) == 1
   finally:
-    for f in handler.filters[:]:
-      if isinstance(f, cli_logging.LibraryInfoFilter) and f not in before:
-        handler.removeFilter(f)
+    for target in targets:
+      for f in target.filters[:]:
+        if isinstance(f, cli_logging.LibraryInfoFilter) and f not in before[id(target)]:
+          target.removeFilter(f)
