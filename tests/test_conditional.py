@@ -110,7 +110,7 @@ def test_step_needs_labels_exactly_when_conditional(initial_state):
 
 @pytest.mark.parametrize('step_config', [
     StepConfig(),
-    pytest.param(StepConfig(loss='wasserstein', gradient_penalty_weight=10.0, d_steps=2,
+    pytest.param(StepConfig(loss='wasserstein', gradient_penalty_weight=10.0,
                             augment='translation'), marks=pytest.mark.slow),
 ], ids=['default', 'wgan_gp_augment'])
 def test_conditional_step_is_the_same_on_one_and_eight_devices(initial_state, step_config):
