@@ -1,7 +1,7 @@
 r"""Samples from a trained run: an image grid, or walks through the latent space.
 
   python -m dcgan_jax.sample --workdir=/tmp/dcgan_digits --num=64 --out=grid.png \
-      [--seed=0] [--ema|--noema] [--step=N] [--label=K]
+      [--seed=0] [--ema|--noema] [--step=N] [--label=K] [--truncation=T]
   python -m dcgan_jax.sample --workdir=/tmp/dcgan_digits --interpolate --rows=4 --steps=8 \
       --out=walk.png [--gif_out=walk.gif] [--bounce|--nobounce]
   python -m dcgan_jax.sample --workdir=/tmp/dcgan_digits --num=50000 --out_dir=samples/
@@ -18,6 +18,11 @@ A class-conditional run (``num_classes > 0``) draws the classes in turn (0, 1, .
 a grid then has one column per class, up to 16 classes) or, with ``--label=K``, class K only;
 each latent walk of ``--interpolate`` stays within one class (row ``r`` draws class
 ``r mod num_classes``, or K).
+
+``--truncation=T`` (> 0) draws every latent coordinate from the standard normal truncated to
+``[-T, T]`` (the "truncation trick" of BigGAN, Brock et al. 2019): smaller T trades variety for
+typical-looking samples. The default, 0, draws the untruncated normal the generator was
+trained on (and that FID is measured with).
 
 ``--interpolate`` draws ``rows`` pairs of random latents and walks from the first of each pair
 to the second in ``steps`` points along the great circle between them (spherical interpolation,
@@ -56,6 +61,26 @@ MAX_FILES = 1_000_000  # Images per --out_dir.
 GRID_PADDING = 2  # Pixels between and around the images of every grid written here.
 _CHUNK = 256  # Images per generator call (bounds memory for large --num).
 _FILE_CHUNK = 4096  # Images generated before they are written, with --out_dir.
+
+
+def check_truncation(truncation: float) -> None:
+  """Raises a UserError unless ``truncation`` is 0 (off) or a positive, finite bound."""
+  if not np.isfinite(truncation) or truncation < 0:
+    raise UserError(f'--truncation must be 0 (off) or a positive bound such as 0.7 or 1.0 '
+                    f'(got {truncation}).')
+
+
+def latents(key: jax.Array, shape: tuple[int, ...], truncation: float = 0.0) -> jax.Array:
+  """Standard normal latents ``float32 shape``; with ``truncation`` > 0, each coordinate is drawn
+  from the normal truncated to ``[-truncation, truncation]``.
+
+  Raises:
+    UserError: a negative or non-finite ``truncation``.
+  """
+  check_truncation(truncation)
+  if truncation == 0:
+    return jax.random.normal(key, shape, jnp.float32)
+  return jax.random.truncated_normal(key, -truncation, truncation, shape, jnp.float32)
 
 
 def slerp(a: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
@@ -147,11 +172,13 @@ def _value_range(config: ml_collections.ConfigDict) -> tuple[float, float]:
 
 
 def sample_grid_png(workdir: str, out: str, num: int = 64, seed: int = 0, use_ema: bool = True,
-                    step: int | None = None, label: int | None = None) -> np.ndarray:
+                    step: int | None = None, label: int | None = None,
+                    truncation: float = 0.0) -> np.ndarray:
   """Writes a grid of ``num`` samples (``ceil(sqrt(num))`` columns) and returns it.
 
   A class-conditional run's grid shows class ``label``, or with None the classes in turn, one
-  column each (up to 16 classes; see :func:`sample_labels`).
+  column each (up to 16 classes; see :func:`sample_labels`). ``truncation``: see
+  :func:`latents`.
 
   Returns:
     The uint8 grid ``[H', W', C]`` written to ``out`` (see :func:`sample_grid.make_grid`).
@@ -161,9 +188,10 @@ def sample_grid_png(workdir: str, out: str, num: int = 64, seed: int = 0, use_em
   """
   if not 1 <= num <= MAX_NUM:
     raise UserError(f'--num must be between 1 and {MAX_NUM} (got {num}).')
+  check_truncation(truncation)  # Before the restore (seconds).
   generator, variables, config, _ = load_generator(workdir, step, use_ema)
   labels = sample_labels(config, num, label)
-  z = jax.random.normal(jax.random.key(seed), (num, int(config.latent_dim)), jnp.float32)
+  z = latents(jax.random.key(seed), (num, int(config.latent_dim)), truncation)
   images = generate(generator, variables, z, labels)
   columns = None
   if label is None:
@@ -173,12 +201,13 @@ def sample_grid_png(workdir: str, out: str, num: int = 64, seed: int = 0, use_em
 
 
 def sample_files(workdir: str, out_dir: str, num: int, seed: int = 0, use_ema: bool = True,
-                 step: int | None = None, label: int | None = None) -> list[str]:
+                 step: int | None = None, label: int | None = None,
+                 truncation: float = 0.0) -> list[str]:
   """Writes ``num`` samples as PNG files ``<out_dir>/000000.png``, ... and returns their paths.
 
   Images are generated and written a chunk at a time, so any ``num`` fits in memory. The latents
   (and a conditional run's classes) are the ones :func:`sample_grid_png` draws for the same
-  ``num``, ``seed`` and ``label``.
+  ``num``, ``seed``, ``label`` and ``truncation``.
 
   Raises:
     UserError: a bad ``num``, an ``out_dir`` that is a file or holds anything already (nothing
@@ -193,13 +222,14 @@ def sample_files(workdir: str, out_dir: str, num: int, seed: int = 0, use_ema: b
   if os.path.isdir(out_dir) and os.listdir(out_dir):
     raise UserError(f'--out_dir {out_dir} is not empty; give a new or empty folder (nothing '
                     'is overwritten).')
+  check_truncation(truncation)  # Before anything is read or made.
   generator, variables, config, _ = load_generator(workdir, step, use_ema)
   labels = sample_labels(config, num, label)  # Checked before the folder is made.
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:
     raise UserError(f'Cannot create --out_dir {out_dir} ({e.strerror}).') from e
-  z = jax.random.normal(jax.random.key(seed), (num, int(config.latent_dim)), jnp.float32)
+  z = latents(jax.random.key(seed), (num, int(config.latent_dim)), truncation)
   value_range = _value_range(config)
   digits = max(6, len(str(num - 1)))
   paths = []
@@ -216,8 +246,8 @@ def sample_files(workdir: str, out_dir: str, num: int, seed: int = 0, use_ema: b
 
 def interpolation(workdir: str, out: str, gif_out: str, rows: int = 4, steps: int = 8,
                   seed: int = 0, use_ema: bool = True, step: int | None = None,
-                  bounce: bool = True, frame_ms: int = 150,
-                  label: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+                  bounce: bool = True, frame_ms: int = 150, label: int | None = None,
+                  truncation: float = 0.0) -> tuple[np.ndarray, list[np.ndarray]]:
   """Writes latent walks as a PNG grid (rows = walks, columns = steps) and an animated GIF.
 
   Args:
@@ -233,6 +263,7 @@ def interpolation(workdir: str, out: str, gif_out: str, rows: int = 4, steps: in
     frame_ms: Display time of each GIF frame.
     label: A class-conditional run's class for every walk; None: row ``r`` walks within class
       ``r mod num_classes``.
+    truncation: Draw the walks' end points truncated (see :func:`latents`).
 
   Returns:
     ``(grid, frames)``: the uint8 PNG grid and the GIF's uint8 frames.
@@ -246,11 +277,12 @@ def interpolation(workdir: str, out: str, gif_out: str, rows: int = 4, steps: in
     raise UserError(f'--steps must be between 2 and 256 (got {steps}).')
   if rows * steps > MAX_NUM:
     raise UserError(f'--rows times --steps must be at most {MAX_NUM} (got {rows * steps}).')
+  check_truncation(truncation)
   generator, variables, config, _ = load_generator(workdir, step, use_ema)
   row_labels = sample_labels(config, rows, label)
   key_a, key_b = jax.random.split(jax.random.key(seed))
   shape = (rows, int(config.latent_dim))
-  z = slerp(jax.random.normal(key_a, shape), jax.random.normal(key_b, shape),
+  z = slerp(latents(key_a, shape, truncation), latents(key_b, shape, truncation),
             jnp.linspace(0.0, 1.0, steps))  # [rows, steps, latent]
   labels = None if row_labels is None else np.repeat(row_labels, steps)
   images = generate(generator, variables, z.reshape((rows * steps, -1)), labels)
@@ -288,6 +320,8 @@ def _define_flags(flag_values):
          '.gif suffix.')
   define('bool', 'library_logs', False, 'Also print the logs of orbax and JAX start-up (hidden by '
          'default; warnings and errors show).')
+  define('float', 'truncation', 0.0, 'Draw latents from the normal truncated to [-T, T] (the '
+         'truncation trick; e.g. 0.7); 0 (default) draws the plain normal.')
   define('integer', 'label', None, 'Class-conditional runs: draw only this class; default: '
          'the classes in turn (one grid column each).')
   define('bool', 'bounce', True, 'With --interpolate: the GIF walks forward then back '
@@ -311,15 +345,16 @@ def main(argv: list[str] | None = None) -> None:
     if f.interpolate:
       gif_out = f.gif_out or os.path.splitext(f.out)[0] + '.gif'
       interpolation(f.workdir, f.out, gif_out, rows=f.rows, steps=f.steps, seed=f.seed,
-                    use_ema=f.ema, step=f.step, bounce=f.bounce, label=f.label)
+                    use_ema=f.ema, step=f.step, bounce=f.bounce, label=f.label,
+                    truncation=f.truncation)
       print(f'Wrote {f.out} and {gif_out}.')
     elif f.out_dir:
       paths = sample_files(f.workdir, f.out_dir, num=f.num, seed=f.seed, use_ema=f.ema,
-                           step=f.step, label=f.label)
+                           step=f.step, label=f.label, truncation=f.truncation)
       print(f'Wrote {len(paths)} PNG files to {f.out_dir}.')
     else:
       sample_grid_png(f.workdir, f.out, num=f.num, seed=f.seed, use_ema=f.ema, step=f.step,
-                      label=f.label)
+                      label=f.label, truncation=f.truncation)
       print(f'Wrote {f.out}.')
   except UserError as e:
     fail(str(e))

@@ -243,9 +243,26 @@ def test_interpolation_subprocess_bounces(run_dir, tmp_path):
     assert animated.n_frames == 2 * 4 - 2  # Forward 4, back 2 (ends not repeated).
 
 
+def test_truncated_latents_stay_within_the_bound(run_dir, tmp_path):
+  z = sample.latents(jax.random.key(0), (4000, 8), truncation=0.5)
+  assert float(jnp.max(jnp.abs(z))) <= 0.5
+  assert 0.25 < float(jnp.std(z)) < 0.3  # The N(0,1) truncated to [-0.5, 0.5]: std 0.28.
+  plain = sample.latents(jax.random.key(0), (4000, 8))
+  assert float(jnp.max(jnp.abs(plain))) > 3  # Untruncated by default.
+  # A grid with truncation: other latents, other images; the files mode draws the same ones.
+  grid = sample.sample_grid_png(str(run_dir), str(tmp_path / 'a.png'), num=4, truncation=0.5)
+  assert not np.array_equal(grid, sample.sample_grid_png(str(run_dir), str(tmp_path / 'b.png'),
+                                                         num=4))
+  paths = sample.sample_files(str(run_dir), str(tmp_path / 'files'), num=4, truncation=0.5)
+  tiled = sample_grid.make_grid(np.stack([np.asarray(Image.open(p)) for p in paths])[..., None],
+                                padding=sample.GRID_PADDING)
+  np.testing.assert_array_equal(tiled, grid)
+
+
 @pytest.mark.parametrize('args,message', [
     (['--num=0'], '--num'),
     (['--interpolate', '--steps=1'], '--steps'),
+    (['--truncation=-1'], '--truncation must be 0 (off) or a positive bound'),
 ])
 def test_sample_bad_flags_are_one_line(run_dir, tmp_path, capsys, args, message):
   with pytest.raises(SystemExit) as exit_info:
