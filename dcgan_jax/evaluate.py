@@ -100,18 +100,17 @@ def load_run_config(workdir: str | os.PathLike):
   return ml_collections.ConfigDict(checkpointing.restore_config(workdir))
 
 
-def load_generator(workdir: str, config, step: int | None, use_ema: bool):
-  """Restores G's sampling variables from a checkpoint of the run in `workdir`.
+def load_state(workdir: str, config, step: int | None):
+  """Restores the whole GAN state (G, D, EMA) of a checkpoint of the run in `workdir`.
 
   Returns:
-    (generator module, variables {'params', 'batch_stats'}, step, whether EMA weights are used).
+    (:class:`dcgan_jax.state.GANState` on the first local device, its step).
 
   Raises:
     UserError: no checkpoint (of that step), or none restorable with the run's config.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from dcgan_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from dcgan_jax import models  # pylint: disable=g-import-not-at-top
   from dcgan_jax import train  # pylint: disable=g-import-not-at-top
 
   # The restore target: the shapes of a fresh state (schedules do not change its structure),
@@ -125,10 +124,24 @@ def load_generator(workdir: str, config, step: int | None, use_ema: bool):
                         abstract)
   with checkpointing.Checkpointer(workdir, read_only=True) as checkpointer:
     restored, _, restored_step = checkpointer.restore(target, step=step)
-  state = restored['gan']
+  return restored['gan'], int(restored_step)
+
+
+def load_generator(workdir: str, config, step: int | None, use_ema: bool):
+  """Restores G's sampling variables from a checkpoint of the run in `workdir`.
+
+  Returns:
+    (generator module, variables {'params', 'batch_stats'}, step, whether EMA weights are used).
+
+  Raises:
+    UserError: no checkpoint (of that step), or none restorable with the run's config.
+  """
+  from dcgan_jax import models  # pylint: disable=g-import-not-at-top
+
+  state, restored_step = load_state(workdir, config, step)
   used_ema = use_ema and state.ema is not None
   return (models.generator_from_config(config), state.sampling_variables(use_ema=used_ema),
-          int(restored_step), used_ema)
+          restored_step, used_ema)
 
 
 def generate(generator, variables, num_samples: int, latent_dim: int, batch_size: int,

@@ -582,7 +582,8 @@ class Discriminator(nn.Module):
       labels: Integer classes ``[N]``; required when ``num_classes`` is set, refused otherwise.
 
     Returns:
-      float32 logits ``[N]``.
+      float32 logits ``[N]``. Each block's activation (after its LeakyReLU) is also sown as
+      ``'block_<i>'`` into the ``'intermediates'`` collection, for feature probes.
     """
     dtype = resolve_dtype(self.dtype)
     k = validate_image_size(self.image_size)
@@ -613,6 +614,9 @@ class Discriminator(nn.Module):
         x = nn.LayerNorm(epsilon=1e-5, reduction_axes=(1, 2, 3), feature_axes=-1, dtype=dtype,
                          param_dtype=jnp.float32, name=f'LayerNorm_{i - 1}')(x)
       x = nn.leaky_relu(x, negative_slope=0.2)
+      # For feature probes (dcgan_jax.evaluation.linear_probe); a no-op unless the caller makes
+      # 'intermediates' mutable.
+      self.sow('intermediates', f'block_{i}', x)
     features = x
     x = self._layer(WholeMapConv(1, dtype=dtype, name='logit'), x, train)  # 4x4 map -> logit.
     logits = x.reshape((images.shape[0],)).astype(jnp.float32)

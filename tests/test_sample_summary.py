@@ -1,8 +1,10 @@
-"""Tests of the model summary, the sampling / latent-walk CLI and the progress animation.
+"""Tests of the model summary, the sampling / latent-walk CLI, the progress animation and the
+linear-probe CLI.
 
 One tiny training run (8x8 digits, width 8, 4 steps) is shared by the whole module; the sample
-CLI then runs on its checkpoint in-process and once as a subprocess.
+and probe CLIs then run on its checkpoint in-process (sample once as a subprocess too).
 """
+import json
 import math
 import os
 import pathlib
@@ -17,6 +19,7 @@ from PIL import Image, ImageSequence
 
 from dcgan_jax import animation
 from dcgan_jax import config_files
+from dcgan_jax import probe
 from dcgan_jax import sample
 from dcgan_jax import sample_grid
 from dcgan_jax import summary
@@ -281,6 +284,47 @@ def test_sample_without_checkpoint_subprocess(tmp_path):
   assert result.returncode == EXIT_USER_ERROR
   assert len(result.stderr.strip().splitlines()) == 1, result.stderr
   assert 'checkpoint' in result.stderr or 'config' in result.stderr
+
+
+# ---- linear probe of D -----------------------------------------------------------------------
+
+
+def test_probe_cli_scores_d_and_its_anchors_on_held_out_digits(run_dir, capsys):
+  probe.main(['probe', f'--workdir={run_dir}', '--max_train_examples=400',
+              '--max_test_examples=150', '--l2=auto', '--seed=1'])
+  out = capsys.readouterr().out
+  assert 'held out 0.2, seed 1' in out and '400 images' in out and '150 images' in out
+  result = json.loads((run_dir / 'probe_step_000004.json').read_text())
+  assert [row['features'] for row in result['rows']] == [
+      'D, step 4', 'D, random init (seed 1)', 'pixels']
+  # 8x8 images: D's one block is a 4x4x8 map (128 features); the pixels are 64.
+  assert [row['dim'] for row in result['rows']] == [128, 128, 64]
+  p = result['protocol']
+  assert (p['num_train'], p['num_test'], p['num_classes']) == (400, 150, 10)
+  for row in result['rows']:
+    assert row['l2'] in p['l2_grid'] and len(row['validation_accuracy']) == len(p['l2_grid'])
+    assert row['features'] in out and f"{row['test_accuracy']:.4f}" in out
+    assert row['test_accuracy'] > 0.5  # Ten classes: chance is 0.1.
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--dataset=array', '--dataset_path={t}/unlabelled.npy'],
+     'has no class labels, which a linear probe needs'),
+    (['--test_split=validation'], "Split 'validation' is not available for dataset 'digits'"),
+    (['--l2=none'], "--l2 must be 'auto' or a positive penalty"),
+    (['--grid=3'], '--grid must be 1, 2 or 4'),
+    (['--test_fraction=1'], '--test_fraction must be between 0 and 1'),
+    (['--dataset_path={t}/unlabelled.npy'], '--dataset_path needs --dataset'),
+])
+def test_probe_mistakes_are_one_line_and_write_nothing(run_dir, tmp_path, capsys, args, message):
+  np.save(tmp_path / 'unlabelled.npy', np.zeros((4, _SIDE, _SIDE, 1), np.uint8))
+  before = sorted(p.name for p in run_dir.iterdir())
+  with pytest.raises(SystemExit) as exit_info:
+    probe.main(['probe', f'--workdir={run_dir}'] + [a.format(t=tmp_path) for a in args])
+  assert exit_info.value.code == EXIT_USER_ERROR
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and message in err, err
+  assert sorted(p.name for p in run_dir.iterdir()) == before
 
 
 # ---- the README's "build your own GAN" example ------------------------------------------------
