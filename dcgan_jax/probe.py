@@ -168,7 +168,7 @@ def load_probe_data(config, *, test_split: str = '', test_fraction: float = 0.2,
             'test_labels': test_labels}
   protocol = {
       'dataset': info.name, 'num_classes': int(info.num_classes),
-      'train_split': train_split,
+      'train_split': train_split if test_split else f'{train_split} (the rest)',
       'test_split': test_split or f'{train_split} (held out {held_out:g}, seed {seed})',
       'num_train': int(len(images)), 'num_test': int(len(test_images)),
       'image_shape': list(info.image_shape),

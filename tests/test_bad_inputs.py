@@ -102,6 +102,9 @@ ROWS = [
      ['--url=file://{t}/missing.pth', '--cache_dir={t}/cache'], 'download it by hand'),
     ('summary_bad_image_size', 'dcgan_jax.summary', [CONFIG, '--config.image_size=48'],
      'image_size must be 4·2^k'),
+    ('probe_missing_workdir', 'dcgan_jax.probe', ['--workdir={t}/nowhere'], 'does not exist'),
+    ('probe_bad_l2', 'dcgan_jax.probe', ['--workdir={w}', '--l2=-1'],
+     "--l2 must be 'auto' or a positive penalty"),
     ('fid_missing_path', 'dcgan_jax.fid', ['{t}/nowhere', '{t}/elsewhere'], 'does not exist'),
     ('fid_one_path', 'dcgan_jax.fid', ['{w}'], 'Expected two PATHs'),
 ]
