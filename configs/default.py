@@ -71,6 +71,13 @@ def get_config() -> ml_collections.ConfigDict:
   # fake, in D's and G's updates, differentiably: a comma-separated subset of
   # 'color,translation,cutout' (the paper's full policy), or '' for none (the DCGAN paper).
   config.augment = ''
+  # Apply each transformation to each image with this probability (1: always, DiffAugment).
+  config.augment_probability = 1.0
+  # Adaptive augmentation (ADA, Karras et al. 2020): > 0 (the paper: 0.6) replaces the fixed
+  # probability by one that starts at 0, rises while E[sign(D(real))] exceeds this target (D
+  # overfits) and falls otherwise, by up to 1 per ada_speed_images real images. Needs augment.
+  config.ada_target = 0.0
+  config.ada_speed_images = 500_000
 
   # --- Optimisation -----------------------------------------------------------------------------
   config.batch_size = 64  # Global batch over all devices and processes.

@@ -16,6 +16,16 @@ generator's [0, 1], are mapped there and back):
   axis, filling with zeros.
 - ``cutout``: zero a square of half the image's side at a random centre (clipped at the border).
 
+Adaptive augmentation (ADA, Karras et al., "Training Generative Adversarial Networks with
+Limited Data", NeurIPS 2020): each transformation is applied to each image with probability
+``p`` (the others pass it through unchanged), and ``p`` follows D's overfitting. The heuristic
+``r = E[sign(D(real))]`` (D's outputs on the augmented training images) approaches 1 as D
+memorises them; every step ``p`` moves up by ``images / speed_images`` while ``r`` exceeds the
+target (0.6 in the paper) and down by the same amount otherwise (:func:`adapt_probability`),
+so it can go from 0 to 1 in ``speed_images`` (500k) images. The paper's pipeline has 18
+transformations; here they are DiffAugment's three. The paper adjusts every 4th step from the
+mean of 4 steps' ``r``; here every step from its own, at the same rate per image.
+
 The module separates drawing the random parameters (:func:`draw_params`) from applying them
 (:func:`apply`), so a data-parallel step can draw them for the global batch and give each device
 its rows, like the latents: the update is then the same on any number of devices.
@@ -34,6 +44,13 @@ from dcgan_jax.errors import UserError
 POLICIES = ('color', 'translation', 'cutout')
 TRANSLATION_RATIO = 1 / 8
 CUTOUT_RATIO = 1 / 2
+# ADA's defaults (Karras et al. 2020): the target of E[sign(D(real))], and the images over which
+# the probability can move from 0 to 1.
+ADA_TARGET = 0.6
+ADA_SPEED_IMAGES = 500_000
+# fold_in data of the per-image "apply this transformation" draws: their own stream, so the
+# transformations' parameters are the same with or without a probability.
+_APPLY_STREAM = 0x41444121
 
 Params = dict[str, jax.Array]
 
@@ -63,7 +80,7 @@ def _cutout_size(length: int) -> int:
 
 
 def draw_params(key: jax.Array, batch_size: int, height: int, width: int,
-                policy: tuple[str, ...]) -> Params:
+                policy: tuple[str, ...], probability: float | jax.Array | None = None) -> Params:
   """Draws each image's transformation.
 
   Args:
@@ -71,11 +88,15 @@ def draw_params(key: jax.Array, batch_size: int, height: int, width: int,
     batch_size: number of images.
     height, width: the images' size (bounds of the shifts and cutout centres).
     policy: names from :func:`parse_policy`.
+    probability: None (every transformation applies to every image: DiffAugment) or the
+      probability ``p`` (a float or traced scalar) with which each transformation applies to
+      each image, drawn independently (ADA).
 
   Returns:
     A dict of arrays with leading axis ``batch_size``: ``brightness``, ``saturation``,
     ``contrast`` (float32) for color; ``shift`` (int32 ``[B, 2]``, rows then columns) for
-    translation; ``cutout_center`` (int32 ``[B, 2]``) for cutout.
+    translation; ``cutout_center`` (int32 ``[B, 2]``) for cutout; with a ``probability``,
+    ``apply_<name>`` (bool) per transformation too.
   """
   params: Params = {}
   color_key, shift_key, cut_key = jax.random.split(key, 3)
@@ -93,7 +114,31 @@ def draw_params(key: jax.Array, batch_size: int, height: int, width: int,
     params['cutout_center'] = jax.random.randint(cut_key, (batch_size, 2), 0,
                                                  jnp.array([height, width], jnp.int32),
                                                  dtype=jnp.int32)
+  if probability is not None:
+    apply_keys = jax.random.split(jax.random.fold_in(key, _APPLY_STREAM), len(POLICIES))
+    for name, apply_key in zip(POLICIES, apply_keys):
+      if name in policy:
+        params[f'apply_{name}'] = jax.random.uniform(apply_key, (batch_size,)) < probability
   return params
+
+
+def adapt_probability(probability: jax.Array, real_sign: jax.Array, num_images: int | jax.Array,
+                      target: float = ADA_TARGET,
+                      speed_images: int = ADA_SPEED_IMAGES) -> jax.Array:
+  """ADA's controller: the next augmentation probability.
+
+  Args:
+    probability: The current ``p``.
+    real_sign: ``E[sign(D(real))]`` over the images of this adjustment.
+    num_images: How many real images that mean is over (the global batch).
+    target: The wanted ``E[sign(D(real))]``; above it D is taken to overfit.
+    speed_images: Images over which ``p`` can move by 1.
+
+  Returns:
+    ``p ± num_images / speed_images`` (up while ``real_sign > target``), clipped to [0, 1].
+  """
+  step = jnp.sign(real_sign - target) * (num_images / speed_images)
+  return jnp.clip(probability + step, 0.0, 1.0).astype(jnp.float32)
 
 
 def _color(images: jax.Array, params: Params) -> jax.Array:
@@ -154,17 +199,24 @@ def apply(images: jax.Array, params: Params, policy: tuple[str, ...],
 
 
 def _apply_centred(images: jax.Array, params: Params, policy: tuple[str, ...]) -> jax.Array:
-  if 'color' in policy:
-    images = _color(images, params)
-  if 'translation' in policy:
-    images = _translate(images, params['shift'])
-  if 'cutout' in policy:
-    images = _cutout(images, params['cutout_center'])
+  transforms = {'color': lambda x: _color(x, params),
+                'translation': lambda x: _translate(x, params['shift']),
+                'cutout': lambda x: _cutout(x, params['cutout_center'])}
+  for name in POLICIES:
+    if name not in policy:
+      continue
+    transformed = transforms[name](images)
+    chosen = params.get(f'apply_{name}')
+    # With a probability, the images not drawn for this transformation pass through unchanged
+    # (and so does their gradient).
+    images = transformed if chosen is None else jnp.where(chosen[:, None, None, None],
+                                                          transformed, images)
   return images
 
 
 def augment(images: jax.Array, key: jax.Array, policy: str | Iterable[str],
-            value_range: tuple[float, float] = (-1.0, 1.0)) -> jax.Array:
+            value_range: tuple[float, float] = (-1.0, 1.0),
+            probability: float | jax.Array | None = None) -> jax.Array:
   """Draws and applies a policy: the one-call form for custom training loops.
 
   Example::
@@ -175,4 +227,5 @@ def augment(images: jax.Array, key: jax.Array, policy: str | Iterable[str],
   if not policy:
     return images
   batch, height, width, _ = images.shape
-  return apply(images, draw_params(key, batch, height, width, policy), policy, value_range)
+  params = draw_params(key, batch, height, width, policy, probability)
+  return apply(images, params, policy, value_range)

@@ -66,6 +66,20 @@ class GANState(struct.PyTreeNode):
 Schedule = Callable[[jax.Array], jax.Array]
 
 
+class AdaptiveAugmentState(GANState):
+  """A :class:`GANState` that also carries ADA's augmentation probability.
+
+  A class of its own rather than an optional field of GANState, so that the states (and the
+  checkpoints) of runs without adaptive augmentation keep exactly their structure.
+
+  Attributes:
+    augment_probability: float32 scalar ``p`` with which each augmentation applies to each
+      image; the train step adapts it (see :mod:`dcgan_jax.augment`).
+  """
+
+  augment_probability: jax.Array | None = None
+
+
 def make_schedule(learning_rate: float, kind: str = 'constant', num_steps: int = 0,
                   warmup_steps: int = 0) -> optax.Schedule:
   """A learning-rate schedule: 'constant', 'cosine' or 'linear' decay to 0, with linear warmup.
@@ -112,7 +126,8 @@ def create_gan_state(rng: jax.Array, generator: flax.linen.Module,
                      discriminator: flax.linen.Module,
                      generator_tx: optax.GradientTransformation | None = None,
                      discriminator_tx: optax.GradientTransformation | None = None,
-                     use_ema: bool = False) -> GANState:
+                     use_ema: bool = False,
+                     augment_probability: float | None = None) -> GANState:
   """Initialises both networks and their optimizers.
 
   Args:
@@ -124,9 +139,11 @@ def create_gan_state(rng: jax.Array, generator: flax.linen.Module,
     generator_tx: G's optimizer (default: :func:`make_optimizer`).
     discriminator_tx: D's optimizer (default: :func:`make_optimizer`).
     use_ema: Keep an EMA of G's params and statistics (initialised to G's own).
+    augment_probability: The initial ``p`` of adaptive augmentation (ADA starts at 0): the
+      state is then an :class:`AdaptiveAugmentState`. None (default) for a step without it.
 
   Returns:
-    A :class:`GANState` at step 0.
+    A :class:`GANState` (or :class:`AdaptiveAugmentState`) at step 0.
   """
   generator_tx = generator_tx or make_optimizer()
   discriminator_tx = discriminator_tx or make_optimizer()
@@ -152,8 +169,12 @@ def create_gan_state(rng: jax.Array, generator: flax.linen.Module,
     ema = None
     if use_ema:
       ema = EMAState(params=g_state.params, batch_stats=g_state.batch_stats)
-    return GANState(step=jnp.zeros((), jnp.int32), generator=g_state, discriminator=d_state,
-                    ema=ema)
+    fields = dict(step=jnp.zeros((), jnp.int32), generator=g_state, discriminator=d_state,
+                  ema=ema)
+    if augment_probability is None:
+      return GANState(**fields)
+    return AdaptiveAugmentState(
+        **fields, augment_probability=jnp.asarray(augment_probability, jnp.float32))
 
   # One compiled program: run eagerly, every initializer and optimizer-state op would be
   # compiled on its own (seconds on CPU even for small models). Outputs are fresh buffers, so

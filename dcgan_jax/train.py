@@ -219,7 +219,10 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
   g_tx = state_lib.make_optimizer(g_schedule, b1=b1, b2=b2)
   d_tx = state_lib.make_optimizer(d_schedule, b1=b1, b2=b2)
   use_ema = float(config.ema_decay) > 0
-  state = state_lib.create_gan_state(rng, generator, discriminator, g_tx, d_tx, use_ema=use_ema)
+  # ADA's probability starts at 0 and is checkpointed with the rest (exact resume).
+  adaptive = float(config.get('ada_target', 0.0)) > 0
+  state = state_lib.create_gan_state(rng, generator, discriminator, g_tx, d_tx, use_ema=use_ema,
+                                     augment_probability=0.0 if adaptive else None)
   return jax.tree.map(jnp.asarray, state)
 
 
@@ -310,7 +313,13 @@ def describe_objective(config: ml_collections.ConfigDict) -> str:
     parts.append(f'R1 {step_config.r1_weight:g}')
   if step_config.real_label < 1:
     parts.append(f'real_label {step_config.real_label:g}')
-  parts.append('augment ' + (','.join(step_config.augment) or 'none'))
+  augment_text = 'augment ' + (','.join(step_config.augment) or 'none')
+  if step_config.augment and step_config.adaptive:
+    augment_text += (f' (ADA: adaptive probability, target {step_config.ada_target:g}, '
+                     f'{step_config.ada_speed_images:,} images per unit)')
+  elif step_config.augment and step_config.augment_probability < 1:
+    augment_text += f' (probability {step_config.augment_probability:g})'
+  parts.append(augment_text)
   num_classes = int(config.get('num_classes', 0) or 0)
   if num_classes:
     parts.append(f'class-conditional on {num_classes} classes (projection D)')
@@ -341,6 +350,11 @@ def check_resume_config(config: ml_collections.ConfigDict, saved: dict[str, Any]
       changed.append(f'{name} {before!r} -> {now!r}')
   if 'ema_decay' in saved and (float(saved['ema_decay']) > 0) != (float(config.ema_decay) > 0):
     changed.append(f'ema_decay {saved["ema_decay"]!r} -> {config.ema_decay!r} (EMA on/off)')
+  ada_before = float(saved.get('ada_target', 0.0) or 0.0) > 0
+  if ada_before != (float(config.get('ada_target', 0.0) or 0.0) > 0):
+    # ADA keeps its probability in the state: turning it on or off changes the state's shape.
+    changed.append(f"ada_target {saved.get('ada_target', 0.0)!r} -> "
+                   f"{config.get('ada_target', 0.0)!r} (adaptive augmentation on/off)")
   if changed:
     raise UserError(f'The checkpoints in {workdir} hold models of another shape than this '
                     f'config asks for ({", ".join(changed)}); resume with the config they were '

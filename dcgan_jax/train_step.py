@@ -32,6 +32,8 @@ Metrics = dict[str, jax.Array]
 # apart from the d_steps indices).
 _AUGMENT_STREAM = 0x41554721
 _LABEL_STREAM = 0x4C41424C
+# (The StepConfig field named augment hides the module inside the class body.)
+_ADA_SPEED_IMAGES = augment.ADA_SPEED_IMAGES
 # A batch is the real images, or ``(images, labels)`` for class-conditional models.
 Batch = jax.Array | tuple[jax.Array, jax.Array]
 StepFn = Callable[[GANState, Batch, jax.Array], tuple[GANState, Metrics]]
@@ -52,6 +54,14 @@ class StepConfig:
     augment: DiffAugment policy applied to every image D sees, real and fake, in both updates:
       a comma-separated subset of ``color,translation,cutout`` (see :mod:`dcgan_jax.augment`);
       '' (the default, the paper's setup) for none. Normalised to a tuple of names.
+    augment_probability: With ``augment`` and without ADA: the probability with which each
+      transformation applies to each image (1, the default, is DiffAugment: always).
+    ada_target: > 0 turns on adaptive augmentation (ADA, Karras et al. 2020): the probability
+      lives in the state (``AdaptiveAugmentState.augment_probability``, from 0) and after every step moves
+      towards more augmentation while ``E[sign(D(real))]`` exceeds this target (0.6 in the
+      paper), towards less otherwise. Needs ``augment``; 0 (default) disables.
+    ada_speed_images: Real images over which ADA's probability can move from 0 to 1 (500k in
+      the paper).
   """
 
   loss: str = 'non_saturating'
@@ -61,6 +71,14 @@ class StepConfig:
   d_steps: int = 1
   ema_decay: float = 0.999
   augment: str | tuple[str, ...] = ()
+  augment_probability: float = 1.0
+  ada_target: float = 0.0
+  ada_speed_images: int = _ADA_SPEED_IMAGES
+
+  @property
+  def adaptive(self) -> bool:
+    """Whether the augmentation probability adapts (ADA)."""
+    return self.ada_target > 0
 
   def __post_init__(self):
     # Raises a UserError naming the valid policies; a tuple keeps the config hashable.
@@ -74,6 +92,18 @@ class StepConfig:
       raise UserError(f'd_steps must be a positive integer (got {self.d_steps!r}).')
     if not 0.0 <= self.ema_decay < 1.0:
       raise UserError(f'ema_decay must be in [0, 1) (got {self.ema_decay!r}).')
+    if not 0.0 <= self.augment_probability <= 1.0:
+      raise UserError(f'augment_probability must be in [0, 1] (1: always, as DiffAugment; got '
+                      f'{self.augment_probability!r}).')
+    if not 0.0 <= self.ada_target < 1.0:
+      raise UserError(f'ada_target must be in [0, 1): 0 turns adaptive augmentation off, ADA '
+                      f'uses 0.6 (got {self.ada_target!r}).')
+    if self.ada_target > 0 and not self.augment:
+      raise UserError(f'ada_target {self.ada_target} adapts the augmentation probability but '
+                      "augment is ''; set augment too, e.g. 'color,translation,cutout'.")
+    if not isinstance(self.ada_speed_images, int) or self.ada_speed_images <= 0:
+      raise UserError(f'ada_speed_images must be a positive number of images (got '
+                      f'{self.ada_speed_images!r}).')
 
   @classmethod
   def from_config(cls, config: Any) -> 'StepConfig':
@@ -81,7 +111,10 @@ class StepConfig:
     return cls(loss=config.loss, real_label=float(config.real_label),
                gradient_penalty_weight=float(config.gradient_penalty_weight),
                r1_weight=float(config.r1_weight), d_steps=int(config.d_steps),
-               ema_decay=float(config.ema_decay), augment=config.get('augment', ''))
+               ema_decay=float(config.ema_decay), augment=config.get('augment', ''),
+               augment_probability=float(config.get('augment_probability', 1.0)),
+               ada_target=float(config.get('ada_target', 0.0)),
+               ada_speed_images=int(config.get('ada_speed_images', augment.ADA_SPEED_IMAGES)))
 
 
 def images_to_model_range(images: jax.Array, output_activation: str = 'tanh') -> jax.Array:
@@ -187,12 +220,12 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     # Unconditional modules (possibly a user's) are called without the argument.
     return {} if labels is None else {'labels': labels}
 
-  def augment_params(key, images):
+  def augment_params(key, images, probability):
     """Each image's DiffAugment transformation (None when augmentation is off)."""
     if not policy:
       return None
     _, height, width, _ = images.shape
-    draw = lambda k, n: augment.draw_params(k, n, height, width, policy)
+    draw = lambda k, n: augment.draw_params(k, n, height, width, policy, probability)
     return global_slice(draw, key, images.shape[0])
 
   value_range = (-1.0, 1.0) if output_activation == 'tanh' else (0.0, 1.0)
@@ -237,6 +270,8 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
           real_labels, fake_labels)
       loss = objective.d_loss(real_logits, fake_logits, step_config.real_label)
       aux = {'d_real': _mean_sigmoid(real_logits), 'd_fake_before': _mean_sigmoid(fake_logits)}
+      if step_config.adaptive:  # ADA's overfitting heuristic, on the images D saw.
+        aux['ada_real_sign'] = jnp.mean(jnp.sign(real_logits.astype(jnp.float32)))
       # Penalty passes use the statistics of this step but do not update them. With
       # augmentation the penalised function is D after the real images' transformation, and
       # the gradient is taken with respect to the un-augmented input (as ADA does for R1).
@@ -295,6 +330,14 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     # leaves latents and penalty interpolation exactly as they were.
     augment_key = jax.random.fold_in(rng, _AUGMENT_STREAM)
     label_key = jax.random.fold_in(rng, _LABEL_STREAM)
+    if step_config.adaptive:
+      probability = getattr(state, 'augment_probability', None)
+      if probability is None:
+        raise ValueError('ada_target is set but the state has no augment_probability; create '
+                         'it with create_gan_state(..., augment_probability=0.0).')
+    else:  # A constant; 1 draws nothing more than DiffAugment does.
+      probability = (None if step_config.augment_probability >= 1.0
+                     else step_config.augment_probability)
     for i in range(step_config.d_steps):
       z_key, penalty_key = jax.random.split(jax.random.fold_in(rng, i))
       z = global_normal_slice(z_key, local_batch, (latent_dim,))
@@ -307,9 +350,11 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
                                          has_aux=True)
       real_key, fake_key = jax.random.split(jax.random.fold_in(augment_key, i))
       state, d_metrics = d_update(state, real, fake, real_labels, labels, penalty_key,
-                                  augment_params(real_key, real), augment_params(fake_key, fake))
+                                  augment_params(real_key, real, probability),
+                                  augment_params(fake_key, fake, probability))
       metrics.update(d_metrics)  # The last D update's metrics are reported.
-    g_aug = augment_params(jax.random.fold_in(augment_key, step_config.d_steps), fake)
+    g_aug = augment_params(jax.random.fold_in(augment_key, step_config.d_steps), fake,
+                           probability)
     state, g_metrics = g_update(state, fake, labels, g_vjp, g_updates.get('batch_stats', {}),
                                 g_aug)
     metrics.update(g_metrics)
@@ -321,6 +366,14 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
           batch_stats=optax.incremental_update(state.generator.batch_stats,
                                                state.ema.batch_stats, 1.0 - decay))
       state = state.replace(ema=ema)
+    if step_config.adaptive:
+      # The last D update's heuristic over the global batch (a mean of equal shares).
+      real_sign = pmean(metrics['ada_real_sign'])
+      num_images = local_batch * (1 if axis_name is None else jax.lax.axis_size(axis_name))
+      metrics['augment_probability'] = probability  # The one this step used.
+      state = state.replace(augment_probability=augment.adapt_probability(
+          probability, real_sign, num_images, step_config.ada_target,
+          step_config.ada_speed_images))
     state = state.replace(step=state.step + 1)
     return state, pmean(metrics)
 

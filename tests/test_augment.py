@@ -1,12 +1,15 @@
-"""DiffAugment: each transformation against numpy, its random draws, and the step that uses it."""
+"""DiffAugment and ADA: each transformation against numpy, its random draws, the adaptive
+probability, and the step that uses them."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from dcgan_jax import (DataParallelStep, Discriminator, Generator, StepConfig, UserError, augment,
-                       create_gan_state, make_train_step)
+from dcgan_jax import (AdaptiveAugmentState, DataParallelStep, Discriminator, GANState, Generator,
+                       StepConfig, UserError, augment, create_gan_state, make_train_step)
 
 G = Generator(image_size=16, channels=3, latent_dim=16, width=8)
 D = Discriminator(image_size=16, channels=3, width=8)
@@ -139,6 +142,96 @@ def test_augment_in_one_call_and_empty_policy_is_the_identity():
   assert not np.allclose(np.asarray(out), images)
 
 
+# ---- with a probability (ADA) -----------------------------------------------------------------
+
+
+def test_a_probability_keeps_the_draws_and_passes_the_other_images_through():
+  policy = augment.parse_policy(FULL)
+  apply = jax.jit(augment.apply, static_argnums=2)  # One compilation, not one per eager op.
+  images = jnp.asarray(_images(n=64, size=8))
+  always = augment.draw_params(jax.random.key(1), 64, 8, 8, policy)
+  half = augment.draw_params(jax.random.key(1), 64, 8, 8, policy, probability=0.5)
+  for name, value in always.items():  # Same transformations: the choices have their own stream.
+    np.testing.assert_array_equal(np.asarray(half[name]), np.asarray(value))
+  chosen = {name: np.asarray(half[f'apply_{name}']) for name in policy}
+  assert all(10 < c.sum() < 54 for c in chosen.values())  # ~32 of 64 each, independently.
+  assert len({c.tobytes() for c in chosen.values()}) == 3
+  out = np.asarray(apply(images, half, policy))
+  untouched = ~(chosen['color'] | chosen['translation'] | chosen['cutout'])
+  assert untouched.any()
+  np.testing.assert_array_equal(out[untouched], np.asarray(images)[untouched])
+  # Color alone where only color was drawn (no shift, no cutout): the DiffAugment color.
+  only_color = chosen['color'] & ~chosen['translation'] & ~chosen['cutout']
+  colored = np.asarray(apply(images, always, ('color',)))
+  np.testing.assert_allclose(out[only_color], colored[only_color], rtol=1e-6, atol=1e-6)
+  # Probability 1 is DiffAugment; 0 is the identity.
+  np.testing.assert_array_equal(
+      np.asarray(apply(images, augment.draw_params(jax.random.key(1), 64, 8, 8, policy,
+                                                           probability=1.0), policy)),
+      np.asarray(apply(images, always, policy)))
+  never = augment.draw_params(jax.random.key(1), 64, 8, 8, policy, probability=0.0)
+  np.testing.assert_array_equal(np.asarray(apply(images, never, policy)),
+                                np.asarray(images))
+
+
+def test_adapt_probability_moves_by_the_batchs_share_of_the_speed_and_stays_in_0_1():
+  p = jnp.float32(0.5)
+  assert float(augment.adapt_probability(p, 0.9, 1000, 0.6, 500_000)) == pytest.approx(0.502)
+  assert float(augment.adapt_probability(p, 0.3, 1000, 0.6, 500_000)) == pytest.approx(0.498)
+  assert float(augment.adapt_probability(jnp.float32(0.0), -1.0, 64, 0.6, 500)) == 0.0
+  assert float(augment.adapt_probability(jnp.float32(0.99), 1.0, 64, 0.6, 500)) == 1.0
+  # 0 -> 1 in speed_images images while D overfits.
+  p, images = jnp.float32(0.0), 0
+  while float(p) < 1.0:
+    p, images = augment.adapt_probability(p, 1.0, 100, 0.6, 10_000), images + 100
+  assert 10_000 <= images <= 10_100  # (Float32 steps of 0.01 may need one more.)
+
+
+def _adaptive(state, probability):
+  fields = {name: getattr(state, name) for name in ('step', 'generator', 'discriminator', 'ema')}
+  return AdaptiveAugmentState(**fields, augment_probability=jnp.float32(probability))
+
+
+def test_ada_step_uses_the_states_probability_and_adapts_it(initial_state):
+  images, rng = _uint8_images(n=16), jax.random.key(3)
+  ada = StepConfig(augment=FULL, ada_target=0.6, ada_speed_images=64)
+  state, metrics = jax.jit(make_train_step(G, D, ada))(_adaptive(initial_state, 0.5), images, rng)
+  assert isinstance(state, AdaptiveAugmentState)
+  assert float(metrics['augment_probability']) == 0.5
+  sign = float(metrics['ada_real_sign'])
+  assert -1.0 <= sign <= 1.0
+  assert float(state.augment_probability) == pytest.approx(0.5 + np.sign(sign - 0.6) * 16 / 64)
+  # The update is that of the same probability held fixed: ADA only moves it between steps.
+  fixed, _ = jax.jit(make_train_step(G, D, StepConfig(augment=FULL, augment_probability=0.5)))(
+      initial_state, images, rng)
+  for a, b in zip(_leaves(state), _leaves(fixed)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match='augment_probability=0.0'):
+    make_train_step(G, D, ada)(initial_state, images, rng)  # A GANState has no probability.
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(augment=FULL, augment_probability=1.5), 'augment_probability must be in [0, 1]'),
+    (dict(augment=FULL, ada_target=1.0), 'ada_target must be in [0, 1)'),
+    (dict(ada_target=0.6), "set augment too"),
+    (dict(augment=FULL, ada_target=0.6, ada_speed_images=0), 'ada_speed_images must be'),
+])
+def test_bad_ada_settings_are_one_clear_error(kwargs, message):
+  with pytest.raises(UserError, match=re.escape(message)):
+    StepConfig(**kwargs)
+
+
+def test_create_gan_state_with_a_probability_is_adaptive(initial_state):
+  state = create_gan_state(jax.random.key(0), G, D, use_ema=True, augment_probability=0.0)
+  assert isinstance(state, AdaptiveAugmentState) and float(state.augment_probability) == 0.0
+  plain = initial_state  # create_gan_state(jax.random.key(0), G, D, use_ema=True)
+  for a, b in zip(_leaves(state), _leaves(plain)):  # Same networks.
+    np.testing.assert_array_equal(a, b)
+  assert type(plain) is GANState  # pylint: disable=unidiomatic-typecheck
+  # Without ADA the state's structure (and so its checkpoints) is the one it always had.
+  assert 'augment_probability' not in str(jax.tree_util.tree_structure(plain))
+
+
 # ---- in the train step ------------------------------------------------------------------------
 
 
@@ -154,11 +247,15 @@ def _leaves(state):
 @pytest.mark.parametrize('step_config', [
     StepConfig(augment=FULL),
     pytest.param(StepConfig(augment=FULL, loss='wasserstein', gradient_penalty_weight=10.0,
-                            r1_weight=1.0, d_steps=2), marks=pytest.mark.slow),
-], ids=['non_saturating', 'wgan_gp_r1'])
+                            r1_weight=1.0, d_steps=2, ada_target=0.6, ada_speed_images=64),
+                 marks=pytest.mark.slow),
+], ids=['non_saturating', 'wgan_gp_r1_ada'])
 def test_augmented_step_is_the_same_on_one_and_eight_devices(initial_state, step_config):
-  """Each image's transformation is drawn for the global batch, so sharding changes nothing."""
+  """Each image's transformation (and with ADA, whether it applies) is drawn for the global
+  batch and ADA's heuristic is averaged over it, so sharding changes nothing."""
   images, rng = _uint8_images(), jax.random.key(1)
+  if step_config.adaptive:
+    initial_state = _adaptive(initial_state, 0.5)
   ref_state, ref_metrics = jax.jit(make_train_step(G, D, step_config))(initial_state, images, rng)
   plain_state, _ = jax.jit(make_train_step(G, D, StepConfig()))(initial_state, images, rng)
   # Augmentation changes the update (so the agreement below is not the plain step's).
@@ -175,6 +272,9 @@ def test_augmented_step_is_the_same_on_one_and_eight_devices(initial_state, step
       assert metrics[key] == pytest.approx(float(value), abs=1e-5, rel=1e-5), (mode, key)
     for ours, ref in zip(_leaves(step.host_state(state)), _leaves(ref_state)):
       np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=1e-5)
+    if step_config.adaptive:
+      assert float(step.host_state(state).augment_probability) == float(
+          ref_state.augment_probability) != 0.5
 
 
 def test_augmentation_is_the_only_change_and_g_learns_through_it(initial_state, monkeypatch):

@@ -47,6 +47,8 @@ ROWS = [
      [CONFIG, '--workdir={w}', '--config.augment=color,flip'],
      "augment must be a comma-separated subset of color, translation, cutout or '' for none "
      "(got 'flip')"),
+    ('ada_without_augment', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.ada_target=0.6'],
+     'set augment too'),
     ('unknown_dtype', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.dtype=float16'],
      'float32 or bfloat16'),
     ('unknown_parallelism', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.parallelism=dp'],

@@ -10,10 +10,12 @@ import pathlib
 import threading
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
+from dcgan_jax import augment
 from dcgan_jax import parallel
 from dcgan_jax import run_logs
 from dcgan_jax import train
@@ -354,6 +356,17 @@ def test_resume_check_reads_a_config_json_from_before_discriminator_norm(tmp_pat
     train.check_resume_config(config, saved, tmp_path)
 
 
+def test_resume_check_refuses_turning_ada_on_or_off_but_not_retuning_it(tmp_path):
+  """ADA's probability is part of the state; runs saved before ADA existed had none."""
+  saved = {name: value for name, value in tiny_config(str(tmp_path)).to_dict().items()
+           if not name.startswith('ada_')}
+  config = tiny_config(str(tmp_path), augment='translation', ada_target=0.6)
+  with pytest.raises(UserError, match=r'ada_target 0.0 -> 0.6 \(adaptive augmentation on/off\)'):
+    train.check_resume_config(config, saved, tmp_path)
+  saved.update(augment='translation', ada_target=0.5, ada_speed_images=100_000)
+  train.check_resume_config(config, saved, tmp_path)  # Another target or speed resumes.
+
+
 def test_config_warnings_name_a_gradient_penalty_on_a_batch_normalised_critic(tmp_path):
   config = tiny_config(str(tmp_path), gradient_penalty_weight=10.0)
   (message,) = train.config_warnings(config)
@@ -373,18 +386,32 @@ def test_describe_objective_names_what_differs_from_the_paper(tmp_path):
   assert train.describe_objective(config) == (
       'Objective: wasserstein loss, d_steps 5, discriminator_norm layer, gradient penalty 10, '
       'R1 0.5, real_label 0.9, augment color,translation.')
+  assert train.describe_objective(tiny_config(str(tmp_path), augment='cutout', ada_target=0.6)) \
+      .endswith('augment cutout (ADA: adaptive probability, target 0.6, 500,000 images per '
+                'unit).')
+  assert train.describe_objective(tiny_config(
+      str(tmp_path), augment='cutout', augment_probability=0.3)).endswith(
+          'augment cutout (probability 0.3).')
 
 
 @pytest.mark.parametrize('device_resident,discriminator_norm,augment_policy',
                          [('always', 'batch', ''), ('never', 'batch', ''),
                           ('always', 'spectral', 'color,translation,cutout')])
-def test_resume_is_bit_identical(tfds_dir, tmp_path, device_resident, discriminator_norm,
-                                 augment_policy):
+def test_resume_is_bit_identical(tfds_dir, tmp_path, monkeypatch, device_resident,
+                                 discriminator_norm, augment_policy):
   """N steps straight == N/2 steps, a restart from the checkpoint, then N/2 more (spectral
-  norm: its power-iteration state resumes too; augmentation: its draws follow the step's key)."""
+  norm: its power-iteration state resumes too; augmentation (adaptive): its draws follow the
+  step's key and its probability is checkpointed)."""
+  ada = {}
+  if augment_policy:
+    ada = dict(ada_target=0.6, ada_speed_images=64)
+    # A young D scores real images below 0 (ADA would keep p at 0); a controller that always
+    # raises p makes it differ at every step, so its restore is checked.
+    monkeypatch.setattr(augment, 'adapt_probability',
+                        lambda p, *args, **kwargs: jnp.minimum(p + 0.25, 1.0))
   config = tiny_config(tfds_dir, device_resident=device_resident, num_train_steps=4,
                        checkpoint_every_steps=0, sample_every_steps=0, log_every_steps=1,
-                       discriminator_norm=discriminator_norm, augment=augment_policy)
+                       discriminator_norm=discriminator_norm, augment=augment_policy, **ada)
   straight = train.train_and_evaluate(config, tmp_path / 'straight')
   config.num_train_steps = 2
   half = train.train_and_evaluate(config, tmp_path / 'resumed')
@@ -397,6 +424,9 @@ def test_resume_is_bit_identical(tfds_dir, tmp_path, device_resident, discrimina
                                                       _tree_leaves(straight.generator.params)))
   if discriminator_norm == 'spectral':  # (At 8x8 D has no BatchNorm: one conv, the logit.)
     assert len(jax.tree.leaves(straight.discriminator.batch_stats)) == 4  # u, sigma of 2.
+  if ada:
+    assert float(half.augment_probability) == 0.5
+    assert float(straight.augment_probability) == float(resumed.augment_probability) == 1.0
   for a, b in zip(_tree_leaves(straight), _tree_leaves(resumed)):
     np.testing.assert_array_equal(a, b)
 
