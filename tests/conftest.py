@@ -101,11 +101,13 @@ def seed_digits_classifier(digits_classifier_cache):
 # workers stay busy to the end instead of one finishing a long file alone (longest first is the
 # classic greedy schedule). Seconds per file on 2 cores (2026-11-27, whole suite ~1550 s of work):
 # benchmarks 290, notebook 175 (with the digits classifier), train 170, kill_resume 135,
-# train_step 105, evaluate_cli 90, models 85, preemption 70; conditional ~70 (2026-11-29).
+# train_step 105, evaluate_cli 90, models 85, preemption 70; conditional ~70 (2026-11-29);
+# augment ~90 with ADA (2026-11-29, estimated).
 # Every other file follows in pytest's order.
 LONGEST_FILES_FIRST = ('test_benchmarks.py', 'test_notebook.py', 'test_train.py',
                        'test_kill_resume.py', 'test_train_step.py', 'test_evaluate_cli.py',
-                       'test_conditional.py', 'test_models.py', 'test_preemption.py')
+                       'test_augment.py', 'test_conditional.py', 'test_models.py',
+                       'test_preemption.py')
 
 
 def pytest_collection_modifyitems(items):
