@@ -29,7 +29,6 @@ reference file, ...) print one sentence on stderr and exit with status 2.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from typing import Any
@@ -41,6 +40,7 @@ import numpy as np
 
 from dcgan_jax import cli_logging
 from dcgan_jax import command_line
+from dcgan_jax import json_files
 from dcgan_jax.errors import UserError, exit_with_user_error
 
 # A private flag set, so that this module and dcgan_jax.main (which also defines --workdir) can
@@ -409,10 +409,8 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
           'dataset': str(config.dataset), 'image_size': int(config.image_size)},
   }
   suffix = '' if label is None else f'_class{label}'
-  path = pathlib.Path(workdir) / f'eval_step_{step:06d}{suffix}.json'
-  tmp_path = path.with_name(path.name + '.tmp')
-  tmp_path.write_text(json.dumps(result, indent=2, sort_keys=True) + '\n', encoding='utf-8')
-  os.replace(tmp_path, path)
+  path = json_files.write_json_atomically(
+      pathlib.Path(workdir) / f'eval_step_{step:06d}{suffix}.json', result)
   result['path'] = str(path)
   return result
 

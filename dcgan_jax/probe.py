@@ -32,7 +32,6 @@ with status 2.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import time
@@ -42,6 +41,7 @@ import numpy as np
 
 from dcgan_jax import cli_logging
 from dcgan_jax import command_line
+from dcgan_jax import json_files
 from dcgan_jax.errors import UserError, exit_with_user_error
 
 
@@ -296,10 +296,7 @@ def probe(workdir: str, *, step: int | None = None, dataset: str = '', dataset_p
       'batch_norm': 'running statistics', 'device': jax.devices()[0].device_kind,
   })
   result = {'step': restored_step, 'rows': rows, 'protocol': protocol}
-  path = result_path(workdir, restored_step, dataset)
-  tmp_path = path.with_name(path.name + '.tmp')
-  tmp_path.write_text(json.dumps(result, indent=2, sort_keys=True) + '\n', encoding='utf-8')
-  os.replace(tmp_path, path)
+  path = json_files.write_json_atomically(result_path(workdir, restored_step, dataset), result)
   result['path'] = str(path)
   return result
 

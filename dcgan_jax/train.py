@@ -60,6 +60,7 @@ from dcgan_jax import background_checkpoints
 from dcgan_jax import checkpointing
 from dcgan_jax.config_files import load_config  # pylint: disable=unused-import  # Public here too.
 from dcgan_jax import data
+from dcgan_jax import json_files
 from dcgan_jax.data import device_resident as data_device_resident
 from dcgan_jax import models
 from dcgan_jax import parallel
@@ -516,7 +517,7 @@ class _DigitsQualityHook:
           and result['num_classes_covered'] >= QUALITY_BAR['num_classes_covered']
           and result['min_class_fraction'] >= QUALITY_BAR['min_class_fraction'])
     summary['history'] = self.history
-    _write_json_atomically(os.path.join(workdir, QUALITY_FILE), summary)
+    json_files.write_json_atomically(os.path.join(workdir, QUALITY_FILE), summary)
 
 
 class _InceptionFIDHook:
@@ -605,14 +606,6 @@ def _read_best_fid(workdir: str) -> float:
 def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
   return {k: (np.asarray(v).tolist() if isinstance(v, (np.ndarray, np.generic)) else v)
           for k, v in result.items()}
-
-
-def _write_json_atomically(path: str, value: Any) -> None:
-  tmp_path = f'{path}.tmp'
-  with open(tmp_path, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-    f.write('\n')
-  os.replace(tmp_path, path)
 
 
 def write_sample_grid(workdir: str, step: int, images: np.ndarray, writer,
@@ -968,7 +961,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     _save(best_checkpointer, step, state, train_key, config, step_fn, force=True)
     if is_chief:
       best_fid = fid
-      _write_json_atomically(os.path.join(workdir, BEST_FID_FILE),
+      json_files.write_json_atomically(os.path.join(workdir, BEST_FID_FILE),
                              {'step': step, 'fid': fid, 'used_ema': state.ema is not None,
                               'checkpoint': os.path.join(workdir, BEST_FID_DIR),
                               **fid_hook.protocol})

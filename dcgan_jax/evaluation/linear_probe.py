@@ -98,10 +98,11 @@ def feature_function(discriminator: Any, grid: int = POOLED_GRID,
   sigmoid), which is what D was trained on.
   """
 
+  from dcgan_jax import train_step  # pylint: disable=g-import-not-at-top
+
   @jax.jit
   def features(variables, images):
-    images = images.astype(jnp.float32)
-    images = images / 127.5 - 1.0 if output_activation == 'tanh' else images / 255.0
+    images = train_step.images_to_model_range(images, output_activation)
     return pooled_features(discriminator_feature_maps(discriminator, variables, images), grid)
 
   return features
