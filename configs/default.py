@@ -54,10 +54,14 @@ def get_config() -> ml_collections.ConfigDict:
   # for float32, the faster of each on an H200 (experiments/PERF.md, version 11).
   config.image_channel_multiple = 0
   # Class-conditional training: 0 (the paper) for none, else the dataset's number of classes
-  # (digits, mnist, cifar10: 10). G then takes a label beside z (one-hot, appended to z), D
-  # adds a projection of its features on a learned class embedding (Miyato & Koyama 2018);
-  # samples, quality scores and FID cycle through the classes, one grid column per class.
+  # (digits, mnist, cifar10: 10). G then takes a label beside z, D adds a projection of its
+  # features on a learned class embedding (Miyato & Koyama 2018); samples, quality scores and
+  # FID cycle through the classes, one grid column per class.
   config.num_classes = 0
+  # How G takes the label: 'concat' (its one-hot code appended to z) or 'batchnorm' (every
+  # BatchNorm of G takes its scale and offset from the label: class-conditional BatchNorm, the
+  # generator of the projection-discriminator paper). Needs num_classes > 0.
+  config.generator_conditioning = 'concat'
 
   # --- Objective --------------------------------------------------------------------------------
   # 'non_saturating', 'minimax', 'hinge', 'least_squares' or 'wasserstein', or a name given to

@@ -14,12 +14,15 @@ Typical use::
   state, metrics = step(state, real_uint8_images, jax.random.key(1))
 
 Class-conditional: ``Generator(..., num_classes=10)`` and ``Discriminator(..., num_classes=10)``
-take ``labels=``, and the step takes ``(images, labels)`` batches.
+take ``labels=``, and the step takes ``(images, labels)`` batches; ``ClassConditionalBatchNorm``
+is the per-class-affine BatchNorm of ``Generator(..., conditioning='batchnorm')``, for your own
+generators.
 """
 
 from dcgan_jax.errors import UserError
 from dcgan_jax.losses import LOSSES, get_loss, gradient_penalty, r1_penalty, register_loss
-from dcgan_jax.models import Discriminator, Generator, VALID_IMAGE_SIZES, count_params
+from dcgan_jax.models import (ClassConditionalBatchNorm, Discriminator, Generator, VALID_IMAGE_SIZES,
+                              count_params)
 from dcgan_jax.parallel import DataParallelStep, make_mesh
 from dcgan_jax.state import (AdaptiveAugmentState, EMAState, GANState, TrainState, create_gan_state,
                              make_optimizer)
@@ -28,8 +31,8 @@ from dcgan_jax.train_step import StepConfig, make_train_step
 __version__ = '0.1.0'
 
 __all__ = [
-    'AdaptiveAugmentState', 'DataParallelStep', 'Discriminator', 'EMAState', 'GANState',
-    'Generator', 'LOSSES', 'StepConfig', 'TrainState', 'UserError', 'VALID_IMAGE_SIZES', 'count_params',
-    'create_gan_state', 'get_loss', 'gradient_penalty', 'make_mesh', 'make_optimizer',
+    'AdaptiveAugmentState', 'ClassConditionalBatchNorm', 'DataParallelStep', 'Discriminator',
+    'EMAState', 'GANState', 'Generator', 'LOSSES', 'StepConfig', 'TrainState', 'UserError',
+    'VALID_IMAGE_SIZES', 'count_params', 'create_gan_state', 'get_loss', 'gradient_penalty', 'make_mesh', 'make_optimizer',
     'make_train_step', 'r1_penalty', 'register_loss',
 ]

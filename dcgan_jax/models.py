@@ -31,6 +31,8 @@ UPSAMPLE_MODES: tuple[str, ...] = ('transpose', 'resize_conv')
 OUTPUT_ACTIVATIONS: tuple[str, ...] = ('tanh', 'sigmoid')
 # How D normalises its hidden layers (see Discriminator.norm).
 DISCRIMINATOR_NORMS: tuple[str, ...] = ('batch', 'layer', 'spectral', 'none')
+# How a class-conditional G takes its label (see Generator.conditioning).
+GENERATOR_CONDITIONINGS: tuple[str, ...] = ('concat', 'batchnorm')
 COMPUTE_DTYPES: dict[str, Any] = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 # The reference initialises every conv kernel N(0, 0.02) and BN scale N(1, 0.02), bias 0.
@@ -65,6 +67,18 @@ def check_num_classes(num_classes: Any) -> int:
     raise UserError('num_classes must be 0 (unconditional, the paper) or the number of classes '
                     f'of the dataset\'s labels, such as 10 (got {num_classes!r}).')
   return num_classes
+
+
+def check_conditioning(conditioning: Any, num_classes: int) -> str:
+  """``conditioning`` if valid for a generator with ``num_classes``, else a UserError."""
+  if conditioning not in GENERATOR_CONDITIONINGS:
+    raise UserError(f'generator_conditioning must be one of {_join(GENERATOR_CONDITIONINGS)} '
+                    f'(got {conditioning!r}).')
+  if conditioning != 'concat' and not num_classes:
+    raise UserError(f'generator_conditioning={conditioning} conditions G on class labels: it '
+                    'needs num_classes > 0 (the number of classes of the dataset, such as 10). '
+                    "Set num_classes, or leave generator_conditioning at 'concat'.")
+  return conditioning
 
 
 def _check_labels(labels: jax.Array | None, num_classes: int, batch: int, like: str) -> bool:
@@ -331,6 +345,49 @@ class GroupedBatchNorm(nn.Module):
     return y.reshape(x.shape).astype(self.dtype)
 
 
+class ClassConditionalBatchNorm(nn.Module):
+  """BatchNorm whose scale and offset are chosen by each example's class.
+
+  Normalises like ``flax.linen.BatchNorm`` (batch statistics averaged over ``axis_name``; the
+  running averages ``mean`` and ``var`` in ``batch_stats``) but without a shared affine map:
+  example ``i`` of class ``labels[i]`` is scaled by ``scale[labels[i]]`` and shifted by
+  ``bias[labels[i]]``, ``[num_classes, features]`` parameters. The statistics stay shared by all
+  classes, so every class is normalised alike and only the affine map carries the label:
+  categorical conditional BatchNorm (de Vries et al. 2017; the generator of Miyato & Koyama's
+  projection-discriminator cGAN). Each class's scale starts at N(1, 0.02) and its offset at 0,
+  the DCGAN initialisation of a plain BatchNorm.
+
+  Attributes:
+    num_classes: Number of classes (rows of ``scale`` and ``bias``).
+    use_running_average: Normalise with the running statistics (evaluation).
+    momentum: Decay of the running averages.
+    epsilon: Added to the variance.
+    dtype: Computation and output dtype; parameters and statistics are float32.
+    axis_name: Mapped axis to average batch statistics over, or None.
+  """
+
+  num_classes: int
+  use_running_average: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, labels: jax.Array) -> jax.Array:
+    features = x.shape[-1]
+    x = nn.BatchNorm(use_running_average=self.use_running_average, momentum=self.momentum,
+                     epsilon=self.epsilon, dtype=self.dtype, param_dtype=jnp.float32,
+                     use_scale=False, use_bias=False, axis_name=self.axis_name,
+                     name='normalise')(x)
+    scale = self.param('scale', bn_scale_init, (self.num_classes, features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (self.num_classes, features), jnp.float32)
+    # One row per example, broadcast over its height and width.
+    shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (features,)
+    return (x * scale[labels].reshape(shape).astype(self.dtype)
+            + bias[labels].reshape(shape).astype(self.dtype))
+
+
 def upsample_nearest_2x(x: jax.Array) -> jax.Array:
   """Nearest-neighbour 2x upsampling of ``[N, H, W, C]``: each pixel becomes a 2x2 block.
 
@@ -432,9 +489,17 @@ class Generator(nn.Module):
       function; 1 pads nothing; 0 (the default) means 8 in bfloat16 and 1 in float32 (see
       :func:`resolve_channel_multiple`). (The 'resize_conv' output layer is left as it is.)
     num_classes: 0 (the paper: unconditional) or the number of classes of a class-conditional
-      generator, which then takes integer ``labels`` beside ``z``: their one-hot codes are
-      appended to z before the projection, as in conditional GANs (Mirza & Osindero, 2014),
-      which amounts to a learned per-class offset of the first 4x4 feature map.
+      generator, which then takes integer ``labels`` beside ``z`` (see ``conditioning``).
+    conditioning: How a class-conditional generator takes its labels (one of
+      :data:`GENERATOR_CONDITIONINGS`; only with ``num_classes``):
+
+      * ``'concat'``: their one-hot codes are appended to z before the projection, as in
+        conditional GANs (Mirza & Osindero, 2014), which amounts to a learned per-class offset
+        of the first 4x4 feature map.
+      * ``'batchnorm'``: z alone is projected, and every hidden BatchNorm takes its scale and
+        offset from the label (:class:`ClassConditionalBatchNorm`), so the class acts on every
+        block: the generator of Miyato & Koyama's projection cGAN (2018) and BigGAN's, here
+        with one learned table per layer.
   """
 
   image_size: int = 64
@@ -447,22 +512,28 @@ class Generator(nn.Module):
   axis_name: str | None = None
   image_channel_multiple: int = 0
   num_classes: int = 0
+  conditioning: str = 'concat'
 
   def __post_init__(self):
     # Fail at construction, not at first use, so a config mistake surfaces at once.
     _check_common(self.image_size, self.channels, self.width, self.dtype,
                   self.image_channel_multiple)
     check_num_classes(self.num_classes)
+    check_conditioning(self.conditioning, self.num_classes)
     _validate_choice('upsample', self.upsample, UPSAMPLE_MODES)
     _validate_choice('output_activation', self.output_activation, OUTPUT_ACTIVATIONS)
     if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
       raise UserError(f'latent_dim must be a positive integer such as 100 (got {self.latent_dim!r}).')
     super().__post_init__()
 
-  def _batch_norm(self, train: bool, dtype: Any) -> nn.BatchNorm:
+  def _batch_norm(self, x: jax.Array, train: bool, dtype: Any,
+                  labels: jax.Array | None) -> jax.Array:
+    if labels is not None and self.conditioning == 'batchnorm':
+      return ClassConditionalBatchNorm(self.num_classes, use_running_average=not train,
+                                       dtype=dtype, axis_name=self.axis_name)(x, labels)
     return nn.BatchNorm(
         use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-        param_dtype=jnp.float32, scale_init=bn_scale_init, axis_name=self.axis_name)
+        param_dtype=jnp.float32, scale_init=bn_scale_init, axis_name=self.axis_name)(x)
 
   def _upsample(self, x: jax.Array, features: int, dtype: Any, index: int,
                 channel_multiple: int = 1) -> jax.Array:
@@ -490,7 +561,9 @@ class Generator(nn.Module):
     if z.ndim != 2 or z.shape[-1] != self.latent_dim:
       raise ValueError(f'z must have shape [N, {self.latent_dim}], got {z.shape}.')
     inputs = z.astype(dtype)
-    if _check_labels(labels, self.num_classes, z.shape[0], 'z'):
+    if not _check_labels(labels, self.num_classes, z.shape[0], 'z'):
+      labels = None
+    elif self.conditioning == 'concat':
       inputs = jnp.concatenate([inputs, jax.nn.one_hot(labels, self.num_classes, dtype=dtype)], -1)
     features = self.width * 2 ** (k - 1)
     # A dense projection of z is the reference's 4x4 transposed conv on a 1x1 input: same
@@ -498,11 +571,11 @@ class Generator(nn.Module):
     x = nn.Dense(4 * 4 * features, use_bias=False, kernel_init=kernel_init, dtype=dtype,
                  param_dtype=jnp.float32, name='project')(inputs)
     x = x.reshape((z.shape[0], 4, 4, features))
-    x = nn.relu(self._batch_norm(train, dtype)(x))
+    x = nn.relu(self._batch_norm(x, train, dtype, labels))
     for i in range(k - 1):
       features //= 2
       x = self._upsample(x, features, dtype, i)
-      x = nn.relu(self._batch_norm(train, dtype)(x))
+      x = nn.relu(self._batch_norm(x, train, dtype, labels))
     x = self._upsample(x, self.channels, dtype, k - 1,
                        resolve_channel_multiple(self.image_channel_multiple, dtype))
     x = x.astype(jnp.float32)
@@ -671,7 +744,8 @@ def generator_from_config(config: Any, axis_name: str | None = None) -> Generato
       width=config.generator_width, upsample=config.upsample,
       output_activation=config.output_activation, dtype=config.dtype, axis_name=axis_name,
       image_channel_multiple=config.get('image_channel_multiple', 0),
-      num_classes=config.get('num_classes', 0))
+      num_classes=config.get('num_classes', 0),
+      conditioning=config.get('generator_conditioning', 'concat'))
 
 
 def discriminator_from_config(config: Any, axis_name: str | None = None) -> Discriminator:

@@ -286,9 +286,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 # values cannot be restored. (Everything else, learning rates and durations included, may
 # change when a run is resumed.)
 _STATE_SHAPE_FIELDS = ('image_size', 'channels', 'latent_dim', 'generator_width',
-                       'discriminator_width', 'upsample', 'discriminator_norm', 'num_classes')
+                       'discriminator_width', 'upsample', 'discriminator_norm', 'num_classes',
+                       'generator_conditioning')
 # What a field added after the first release meant before it existed (older config.json files).
-_STATE_SHAPE_DEFAULTS = {'discriminator_norm': 'batch', 'num_classes': 0}
+_STATE_SHAPE_DEFAULTS = {'discriminator_norm': 'batch', 'num_classes': 0,
+                         'generator_conditioning': 'concat'}
 
 
 def config_warnings(config: ml_collections.ConfigDict) -> list[str]:
@@ -323,7 +325,10 @@ def describe_objective(config: ml_collections.ConfigDict) -> str:
   parts.append(augment_text)
   num_classes = int(config.get('num_classes', 0) or 0)
   if num_classes:
-    parts.append(f'class-conditional on {num_classes} classes (projection D)')
+    g_text = {'concat': 'one-hot label appended to z',
+              'batchnorm': 'class-conditional BatchNorm in G'}[
+                  config.get('generator_conditioning', 'concat')]
+    parts.append(f'class-conditional on {num_classes} classes ({g_text}, projection D)')
   return 'Objective: ' + ', '.join(parts) + '.'
 
 
