@@ -58,9 +58,10 @@ def get_config() -> ml_collections.ConfigDict:
   # features on a learned class embedding (Miyato & Koyama 2018); samples, quality scores and
   # FID cycle through the classes, one grid column per class.
   config.num_classes = 0
-  # How G takes the label: 'concat' (its one-hot code appended to z) or 'batchnorm' (every
+  # How G takes the label: 'concat' (its one-hot code appended to z), 'batchnorm' (every
   # BatchNorm of G takes its scale and offset from the label: class-conditional BatchNorm, the
-  # generator of the projection-discriminator paper). Needs num_classes > 0.
+  # generator of the projection-discriminator paper; slow to learn the classes in short runs)
+  # or 'concat_batchnorm' (both, as BigGAN-deep). Other values than 'concat' need num_classes.
   config.generator_conditioning = 'concat'
 
   # --- Objective --------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ generators.
 
 from dcgan_jax.errors import UserError
 from dcgan_jax.losses import LOSSES, get_loss, gradient_penalty, r1_penalty, register_loss
-from dcgan_jax.models import (ClassConditionalBatchNorm, Discriminator, Generator, VALID_IMAGE_SIZES,
-                              count_params)
+from dcgan_jax.models import (ClassConditionalBatchNorm, Discriminator, Generator,
+                              VALID_IMAGE_SIZES, count_params)
 from dcgan_jax.parallel import DataParallelStep, make_mesh
 from dcgan_jax.state import (AdaptiveAugmentState, EMAState, GANState, TrainState, create_gan_state,
                              make_optimizer)
@@ -33,6 +33,6 @@ __version__ = '0.1.0'
 __all__ = [
     'AdaptiveAugmentState', 'ClassConditionalBatchNorm', 'DataParallelStep', 'Discriminator',
     'EMAState', 'GANState', 'Generator', 'LOSSES', 'StepConfig', 'TrainState', 'UserError',
-    'VALID_IMAGE_SIZES', 'count_params', 'create_gan_state', 'get_loss', 'gradient_penalty', 'make_mesh', 'make_optimizer',
-    'make_train_step', 'r1_penalty', 'register_loss',
+    'VALID_IMAGE_SIZES', 'count_params', 'create_gan_state', 'get_loss', 'gradient_penalty',
+    'make_mesh', 'make_optimizer', 'make_train_step', 'r1_penalty', 'register_loss',
 ]

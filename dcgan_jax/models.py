@@ -32,7 +32,7 @@ OUTPUT_ACTIVATIONS: tuple[str, ...] = ('tanh', 'sigmoid')
 # How D normalises its hidden layers (see Discriminator.norm).
 DISCRIMINATOR_NORMS: tuple[str, ...] = ('batch', 'layer', 'spectral', 'none')
 # How a class-conditional G takes its label (see Generator.conditioning).
-GENERATOR_CONDITIONINGS: tuple[str, ...] = ('concat', 'batchnorm')
+GENERATOR_CONDITIONINGS: tuple[str, ...] = ('concat', 'batchnorm', 'concat_batchnorm')
 COMPUTE_DTYPES: dict[str, Any] = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 # The reference initialises every conv kernel N(0, 0.02) and BN scale N(1, 0.02), bias 0.
@@ -498,8 +498,11 @@ class Generator(nn.Module):
         of the first 4x4 feature map.
       * ``'batchnorm'``: z alone is projected, and every hidden BatchNorm takes its scale and
         offset from the label (:class:`ClassConditionalBatchNorm`), so the class acts on every
-        block: the generator of Miyato & Koyama's projection cGAN (2018) and BigGAN's, here
-        with one learned table per layer.
+        block: the generator of Miyato & Koyama's projection cGAN (2018). Its per-class
+        offsets act after the normalisation and move by the optimizer's step size, so it
+        learns the classes slowly: on the default digits run it needs thousands of steps.
+      * ``'concat_batchnorm'``: both (as BigGAN-deep feeds its class embedding to the first
+        layer and to every conditional BatchNorm).
   """
 
   image_size: int = 64
@@ -528,7 +531,7 @@ class Generator(nn.Module):
 
   def _batch_norm(self, x: jax.Array, train: bool, dtype: Any,
                   labels: jax.Array | None) -> jax.Array:
-    if labels is not None and self.conditioning == 'batchnorm':
+    if labels is not None and self.conditioning.endswith('batchnorm'):
       return ClassConditionalBatchNorm(self.num_classes, use_running_average=not train,
                                        dtype=dtype, axis_name=self.axis_name)(x, labels)
     return nn.BatchNorm(
@@ -563,7 +566,7 @@ class Generator(nn.Module):
     inputs = z.astype(dtype)
     if not _check_labels(labels, self.num_classes, z.shape[0], 'z'):
       labels = None
-    elif self.conditioning == 'concat':
+    elif self.conditioning.startswith('concat'):
       inputs = jnp.concatenate([inputs, jax.nn.one_hot(labels, self.num_classes, dtype=dtype)], -1)
     features = self.width * 2 ** (k - 1)
     # A dense projection of z is the reference's 4x4 transposed conv on a 1x1 input: same

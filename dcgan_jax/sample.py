@@ -5,6 +5,8 @@ r"""Samples from a trained run: an image grid, or walks through the latent space
   python -m dcgan_jax.sample --workdir=/tmp/dcgan_digits --interpolate --rows=4 --steps=8 \
       --out=walk.png [--gif_out=walk.gif] [--bounce|--nobounce]
   python -m dcgan_jax.sample --workdir=/tmp/dcgan_digits --num=50000 --out_dir=samples/
+  python -m dcgan_jax.sample --workdir=/tmp/dcgan_faces --num=64 --seed=0 \
+      --arithmetic="3,17,22 - 5,9,40 + 11,30,61" --out=arithmetic.png
 
 ``--out_dir`` writes ``--num`` samples as separate PNG files (``000000.png``, ...) into a new or
 empty folder, for tools that score folders of images (``python -m dcgan_jax.fid``, pytorch-fid,
@@ -35,12 +37,24 @@ passes through the unlikely low-norm interior). It writes
   forward then back (``2 * steps - 2`` frames) so that its loop has no jump; with
   ``--nobounce`` it has ``steps`` frames and jumps back to the start.
 
+``--arithmetic`` is the vector arithmetic of the DCGAN paper (Radford et al. 2016, §6.3:
+"smiling woman - neutral woman + neutral man = smiling man"). Draw a grid first; pick a few
+samples that show each concept by their index in it (row by row from 0, the grid of the same
+``--num``, ``--seed`` and ``--truncation``); then ``--arithmetic`` with the same flags averages
+the latents of each comma-separated group (one sample's latent is too noisy a concept, the
+paper found three enough) and adds and subtracts the averages as written. It writes one row per
+group: its samples, then the image of their mean latent (last column); and a last row: the
+result's image, then variations of it with uniform noise in ``[-N, N]`` added to its latent
+(``--arithmetic_noise``, the paper's 0.25). A class-conditional run needs ``--label=K``: every
+image is then drawn as class K, as in the grid of ``--label=K``.
+
 Mistakes (no checkpoint, a bad --num, ...) print one sentence on stderr and exit with status 2.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import jax
@@ -297,6 +311,112 @@ def interpolation(workdir: str, out: str, gif_out: str, rows: int = 4, steps: in
   return grid, frames
 
 
+ARITHMETIC_NOISE = 0.25  # The DCGAN paper's scale of the noise around an arithmetic result.
+_ARITHMETIC_SYNTAX = ("groups of sample indices joined by + and -, such as '3,17,22 - 5,9,40 + "
+                      "11,30,61'")
+
+
+def parse_arithmetic(expression: str, num: int) -> list[tuple[int, list[int]]]:
+  """Parses a latent-arithmetic expression into ``[(sign, indices), ...]``.
+
+  Args:
+    expression: Groups of comma-separated sample indices joined by ``+`` and ``-`` (spaces are
+      ignored; the first group may carry a sign), e.g. ``'3,17,22 - 5,9,40 + 11,30,61'``.
+    num: Samples in the grid the indices point into; each index must be in ``[0, num)``.
+
+  Returns:
+    One ``(sign, indices)`` pair per group, sign +1 or -1, in the order written.
+
+  Raises:
+    UserError: an empty group, a token that is not an index, or an index outside the grid.
+  """
+  text = re.sub(r'\s+', '', expression)
+  if not text:
+    raise UserError(f'--arithmetic is empty; give {_ARITHMETIC_SYNTAX}.')
+  pieces = re.split(r'([+-])', text)  # [group, sign, group, sign, group, ...]
+  signs = [1] + [1 if op == '+' else -1 for op in pieces[1::2]]
+  groups = pieces[::2]
+  if groups[0] == '' and len(groups) > 1:  # A leading sign applies to the first group.
+    signs, groups = [signs[1]] + signs[2:], groups[1:]
+  terms = []
+  for sign, group in zip(signs, groups):
+    indices = group.split(',')
+    if not group or not all(i.isdigit() for i in indices):
+      raise UserError(f'--arithmetic {expression!r} has a group {group!r} that is not a list of '
+                      f'sample indices; give {_ARITHMETIC_SYNTAX}.')
+    values = [int(i) for i in indices]
+    outside = [v for v in values if v >= num]
+    if outside:
+      raise UserError(f'--arithmetic index {outside[0]} is outside the grid of --num={num} '
+                      f'samples (indices 0..{num - 1}, row by row); use the --num, --seed and '
+                      '--truncation of the grid you picked them from.')
+    terms.append((sign, values))
+  return terms
+
+
+def latent_arithmetic(workdir: str, out: str, expression: str, num: int = 64, seed: int = 0,
+                      use_ema: bool = True, step: int | None = None, label: int | None = None,
+                      truncation: float = 0.0,
+                      noise: float = ARITHMETIC_NOISE) -> tuple[np.ndarray, jax.Array]:
+  """Writes the DCGAN paper's latent vector arithmetic as a PNG grid (see the module docstring).
+
+  Args:
+    workdir: A training run's directory.
+    out: The PNG to write.
+    expression: Groups of sample indices joined by ``+`` and ``-`` (:func:`parse_arithmetic`).
+    num: Samples of the grid the indices point into (its latents are drawn as
+      :func:`sample_grid_png` draws them for ``num``, ``seed`` and ``truncation``).
+    seed: That grid's seed.
+    use_ema: See :func:`load_generator`.
+    step: See :func:`load_generator`.
+    label: The class of every image; required for a class-conditional run, refused otherwise.
+    truncation: That grid's truncation (see :func:`latents`).
+    noise: Half-width of the uniform noise added to the result's latent for its variations.
+
+  Returns:
+    ``(grid, result)``: the uint8 grid written to ``out`` (a row per group with its samples
+    and, in the last column, its mean latent's image; a last row with the result's image and
+    its variations) and the result's latent ``[latent_dim]``.
+
+  Raises:
+    UserError: a bad expression, ``num`` or ``noise``, a conditional run without ``label``, or
+      see :func:`load_generator`.
+  """
+  if not 1 <= num <= MAX_NUM:
+    raise UserError(f'--num must be between 1 and {MAX_NUM} (got {num}).')
+  terms = parse_arithmetic(expression, num)
+  if not np.isfinite(noise) or noise < 0:
+    raise UserError(f'--arithmetic_noise must be >= 0 (the paper: {ARITHMETIC_NOISE}; got '
+                    f'{noise}).')
+  check_truncation(truncation)  # Everything checked before the restore (seconds).
+  generator, variables, config, _ = load_generator(workdir, step, use_ema)
+  if int(config.get('num_classes', 0) or 0) and label is None:
+    raise UserError('--arithmetic in a class-conditional run needs --label=K: every image is '
+                    'drawn as class K (pick the indices from the grid of --label=K).')
+  z = latents(jax.random.key(seed), (num, int(config.latent_dim)), truncation)
+  columns = max(len(indices) for _, indices in terms) + 1
+  cells, result = [], jnp.zeros_like(z[0])
+  for sign, indices in terms:
+    mean = jnp.mean(z[jnp.asarray(indices)], axis=0)
+    result = result + sign * mean
+    blanks = [None] * (columns - 1 - len(indices))
+    cells += [z[i] for i in indices] + blanks + [mean]
+  # Variations: the result moved within a cube of half-width `noise` (a stream apart from the
+  # grid's latents).
+  offsets = jax.random.uniform(jax.random.fold_in(jax.random.key(seed), 1),
+                               (columns - 1, z.shape[1]), minval=-noise, maxval=noise)
+  cells += [result] + list(result + offsets)
+  drawn = [i for i, cell in enumerate(cells) if cell is not None]
+  labels = sample_labels(config, len(drawn), label)
+  images = generate(generator, variables, jnp.stack([cells[i] for i in drawn]), labels)
+  value_range = _value_range(config)
+  grid_images = np.full((len(cells),) + images.shape[1:], value_range[0], np.float32)
+  grid_images[drawn] = images  # Blank cells stay at the bottom of the range: black, as padding.
+  grid = sample_grid.save_grid(grid_images, out, num_columns=columns, padding=GRID_PADDING,
+                               value_range=value_range)
+  return grid, result
+
+
 def _define_flags(flag_values):
   from absl import flags  # pylint: disable=g-import-not-at-top
 
@@ -324,6 +444,11 @@ def _define_flags(flag_values):
          'truncation trick; e.g. 0.7); 0 (default) draws the plain normal.')
   define('integer', 'label', None, 'Class-conditional runs: draw only this class; default: '
          'the classes in turn (one grid column each).')
+  define('string', 'arithmetic', '', 'Latent vector arithmetic of the DCGAN paper: groups of '
+         'indices into the grid of the same --num/--seed/--truncation, joined by + and -, e.g. '
+         '"3,17,22 - 5,9,40 + 11,30,61"; each group is averaged.')
+  define('float', 'arithmetic_noise', ARITHMETIC_NOISE, 'With --arithmetic: half-width of the '
+         'uniform noise added to the result for its variations.')
   define('bool', 'bounce', True, 'With --interpolate: the GIF walks forward then back '
          '(2*steps-2 frames) so it loops smoothly; --nobounce: steps frames.')
 
@@ -342,7 +467,17 @@ def main(argv: list[str] | None = None) -> None:
     if f.interpolate and f.out_dir:
       raise UserError('--out_dir writes separate samples; it cannot be combined with '
                       '--interpolate (which writes --out and --gif_out).')
-    if f.interpolate:
+    if f.arithmetic and (f.interpolate or f.out_dir):
+      raise UserError('--arithmetic writes one grid to --out; it cannot be combined with '
+                      '--interpolate or --out_dir.')
+    if f.arithmetic:
+      latent_arithmetic(f.workdir, f.out, f.arithmetic, num=f.num, seed=f.seed, use_ema=f.ema,
+                        step=f.step, label=f.label, truncation=f.truncation,
+                        noise=f.arithmetic_noise)
+      grid_rows = len(parse_arithmetic(f.arithmetic, f.num)) + 1
+      print(f'Wrote {f.out}: rows 1-{grid_rows - 1} one group each (its samples, then their mean '
+            f"latent's image), row {grid_rows} the result, then its variations.")
+    elif f.interpolate:
       gif_out = f.gif_out or os.path.splitext(f.out)[0] + '.gif'
       interpolation(f.workdir, f.out, gif_out, rows=f.rows, steps=f.steps, seed=f.seed,
                     use_ema=f.ema, step=f.step, bounce=f.bounce, label=f.label,

@@ -326,7 +326,9 @@ def describe_objective(config: ml_collections.ConfigDict) -> str:
   num_classes = int(config.get('num_classes', 0) or 0)
   if num_classes:
     g_text = {'concat': 'one-hot label appended to z',
-              'batchnorm': 'class-conditional BatchNorm in G'}[
+              'batchnorm': 'class-conditional BatchNorm in G',
+              'concat_batchnorm': 'one-hot label appended to z and class-conditional BatchNorm '
+                                  'in G'}[
                   config.get('generator_conditioning', 'concat')]
     parts.append(f'class-conditional on {num_classes} classes ({g_text}, projection D)')
   return 'Objective: ' + ', '.join(parts) + '.'

@@ -61,19 +61,26 @@ def test_generator_appends_one_hot_labels_to_z(initial_state):
                              unconditional.apply(plain, z, train=False), atol=1e-6)
 
 
-def test_conditional_batchnorm_takes_each_examples_scale_and_offset_from_its_label():
-  variables = G_CBN.init(jax.random.key(0), jnp.zeros((2, 16)), train=False,
-                         labels=jnp.zeros(2, jnp.int32))
+@pytest.mark.parametrize('conditioning', ['batchnorm', 'concat_batchnorm'])
+def test_conditional_batchnorm_takes_each_examples_scale_and_offset_from_its_label(conditioning):
+  g = Generator(image_size=16, channels=3, latent_dim=16, width=8, num_classes=CLASSES,
+                conditioning=conditioning)
+  variables = g.init(jax.random.key(0), jnp.zeros((2, 16)), train=False,
+                     labels=jnp.zeros(2, jnp.int32))
   params, stats = variables['params'], variables['batch_stats']
-  # z alone is projected; each hidden BatchNorm has one scale and offset row per class.
-  assert params['project']['kernel'].shape == (16, 4 * 4 * 16)
+  # The projection takes z alone, or z and the one-hot label; each hidden BatchNorm has one
+  # scale and offset row per class.
+  inputs = 16 if conditioning == 'batchnorm' else 16 + CLASSES
+  assert params['project']['kernel'].shape == (inputs, 4 * 4 * 16)
   norms = sorted(k for k in params if k.startswith('ClassConditionalBatchNorm'))
   assert [params[k]['scale'].shape for k in norms] == [(CLASSES, 16), (CLASSES, 8)]
   assert not any(k.startswith('BatchNorm') for k in params)
   np.testing.assert_allclose(params[norms[0]]['scale'], 1.0, atol=0.1)  # N(1, 0.02).
   assert float(jnp.abs(params[norms[0]]['bias']).max()) == 0.0
-  # Against the plain G with the same layers: class c's rows as its BatchNorms' affine maps.
-  plain = Generator(image_size=16, channels=3, latent_dim=16, width=8)
+  # Against G with plain BatchNorms and the same other layers (and input): class c's rows as
+  # its BatchNorms' affine maps.
+  plain = Generator(image_size=16, channels=3, latent_dim=16, width=8,
+                    num_classes=0 if conditioning == 'batchnorm' else CLASSES)
   rng = np.random.RandomState(1)
   params = jax.tree.map(lambda p: jnp.asarray(rng.normal(1.0, 0.5, p.shape), jnp.float32)
                         if p.ndim == 2 and p.shape[0] == CLASSES else p, params)
@@ -88,38 +95,42 @@ def test_conditional_batchnorm_takes_each_examples_scale_and_offset_from_its_lab
       plain_stats[f'BatchNorm_{i}'] = stats[name]['normalise']
     return {'params': plain_params, 'batch_stats': plain_stats}
 
+  def plain_labels(labels):
+    return {} if conditioning == 'batchnorm' else {'labels': labels}
+
   # Running statistics (sampling): each example follows its own class's affine maps.
   labels = jnp.array([0, 1, 2, 3, 1, 2])
-  ours = G_CBN.apply({'params': params, 'batch_stats': stats}, z, train=False, labels=labels)
+  ours = g.apply({'params': params, 'batch_stats': stats}, z, train=False, labels=labels)
   for c in range(CLASSES):
     rows = np.asarray(labels) == c
-    theirs = plain.apply(plain_variables(c), z, train=False)
+    theirs = plain.apply(plain_variables(c), z, train=False, **plain_labels(labels))
     np.testing.assert_allclose(ours[rows], theirs[rows], atol=2e-5, err_msg=f'class {c}')
   # Batch statistics (training): a batch of one class is normalised as the plain G does it,
   # and the running statistics move alike.
   for c in (0, 3):
-    ours, ours_stats = G_CBN.apply({'params': params, 'batch_stats': stats}, z, train=True,
-                                   labels=jnp.full((6,), c), mutable=['batch_stats'])
-    theirs, their_stats = plain.apply(plain_variables(c), z, train=True, mutable=['batch_stats'])
+    ours, ours_stats = g.apply({'params': params, 'batch_stats': stats}, z, train=True,
+                               labels=jnp.full((6,), c), mutable=['batch_stats'])
+    theirs, their_stats = plain.apply(plain_variables(c), z, train=True, mutable=['batch_stats'],
+                                      **plain_labels(jnp.full((6,), c)))
     np.testing.assert_allclose(ours, theirs, atol=2e-5)
     for i, name in enumerate(norms):
       np.testing.assert_allclose(ours_stats['batch_stats'][name]['normalise']['var'],
                                  their_stats['batch_stats'][f'BatchNorm_{i}']['var'], rtol=1e-5)
-  # One batch statistic for all classes: changing one example's label changes the others'
-  # outputs only through the next layers' statistics, never in the first block.
-  mixed = G_CBN.apply({'params': params, 'batch_stats': stats}, z, train=True,
-                      labels=labels, mutable=['batch_stats'])[0]
-  assert not np.allclose(mixed[1], G_CBN.apply({'params': params, 'batch_stats': stats}, z,
-                                               train=True, labels=labels.at[1].set(0),
-                                               mutable=['batch_stats'])[0][1])
+  # With running statistics, an example's label changes its own image and no other.
+  relabelled = g.apply({'params': params, 'batch_stats': stats}, z, train=False,
+                       labels=labels.at[1].set(0))
+  ours = g.apply({'params': params, 'batch_stats': stats}, z, train=False, labels=labels)
+  assert not np.allclose(relabelled[1], ours[1])
+  np.testing.assert_array_equal(np.delete(relabelled, 1, 0), np.delete(ours, 1, 0))
 
 
 def test_generator_conditioning_must_be_known_and_needs_classes():
-  with pytest.raises(UserError, match=r"generator_conditioning must be one of concat or "
-                                      r"batchnorm \(got 'film'\)"):
+  with pytest.raises(UserError, match=r"generator_conditioning must be one of concat, batchnorm "
+                                      r"or concat_batchnorm \(got 'film'\)"):
     Generator(num_classes=10, conditioning='film')
-  with pytest.raises(UserError, match='needs num_classes > 0'):
-    Generator(conditioning='batchnorm')
+  for conditioning in ('batchnorm', 'concat_batchnorm'):
+    with pytest.raises(UserError, match='needs num_classes > 0'):
+      Generator(conditioning=conditioning)
   assert models.check_conditioning('concat', 0) == 'concat'
 
 
@@ -384,6 +395,12 @@ def test_sample_draws_the_classes_asked_for(tfds_dir, tmp_path):
                                 sample_grid.to_uint8(np.asarray(sevens))[0, ..., 0])
   with pytest.raises(UserError, match=r'--label must be a class in 0\.\.9'):
     sample.sample_grid_png(str(tmp_path), str(tmp_path / 'x.png'), label=10)
+  # Latent arithmetic draws every image as one class: the chosen samples are the label's grid's.
+  with pytest.raises(UserError, match='needs --label=K'):
+    sample.latent_arithmetic(str(tmp_path), str(tmp_path / 'x.png'), '0 - 1 + 2', num=4)
+  arithmetic, _ = sample.latent_arithmetic(str(tmp_path), str(tmp_path / 'a.png'), '0 - 1 + 2',
+                                           num=4, label=7)
+  np.testing.assert_array_equal(arithmetic[:12, :12], one_class[:12, :12])  # Sample 0's cell.
   with pytest.raises(UserError, match='without labels'):
     sample.sample_labels(tiny_config(tfds_dir, num_classes=0), 4, label=1)
   assert sample.sample_labels(tiny_config(tfds_dir, num_classes=0), 4) is None

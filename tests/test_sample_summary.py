@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -23,7 +24,7 @@ from dcgan_jax import probe
 from dcgan_jax import sample
 from dcgan_jax import sample_grid
 from dcgan_jax import summary
-from dcgan_jax.errors import EXIT_USER_ERROR
+from dcgan_jax.errors import EXIT_USER_ERROR, UserError
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _PAD = sample.GRID_PADDING
@@ -262,10 +263,74 @@ def test_truncated_latents_stay_within_the_bound(run_dir, tmp_path):
   np.testing.assert_array_equal(tiled, grid)
 
 
+def _cell(grid, row, column, side=_SIDE):
+  top, left = _PAD + row * (side + _PAD), _PAD + column * (side + _PAD)
+  return grid[top:top + side, left:left + side]
+
+
+@pytest.mark.parametrize('expression,terms', [
+    ('3,17,22 - 5,9,40 + 11,30,61', [(1, [3, 17, 22]), (-1, [5, 9, 40]), (1, [11, 30, 61])]),
+    (' -1 + 2,3 ', [(-1, [1]), (1, [2, 3])]),
+    ('+0', [(1, [0])]),
+    ('7', [(1, [7])]),
+])
+def test_parse_arithmetic(expression, terms):
+  assert sample.parse_arithmetic(expression, 64) == terms
+
+
+@pytest.mark.parametrize('expression,message', [
+    ('', 'is empty'), ('  ', 'is empty'), ('3,,4', "group '3,,4'"), ('3 ++ 4', "group ''"),
+    ('3 -', "group ''"), ('3 * 4', "group '3*4'"), ('a,b', "group 'a,b'"),
+    ('1 - 64', 'index 64 is outside the grid of --num=64 samples (indices 0..63'),
+])
+def test_parse_arithmetic_mistakes(expression, message):
+  with pytest.raises(UserError, match=re.escape(message)):
+    sample.parse_arithmetic(expression, 64)
+
+
+def test_latent_arithmetic_averages_groups_and_adds_them(run_dir, tmp_path):
+  """The grid's cells are the chosen samples, their groups' mean latents, the result and its
+  noisy variations; every latent is the one of the sample grid with the same --num/--seed."""
+  grid_path, out = tmp_path / 'grid.png', tmp_path / 'arithmetic.png'
+  sample.main(['sample', f'--workdir={run_dir}', '--num=10', f'--out={grid_path}', '--seed=3'])
+  sample.main(['sample', f'--workdir={run_dir}', '--num=10', f'--out={out}', '--seed=3',
+               '--arithmetic=0,1 - 2 + 3,4,5'])
+  picked, grid = np.asarray(Image.open(grid_path)), np.asarray(Image.open(out))
+  # 3 groups + the result row; the widest group (3) + its mean: 4 columns.
+  assert grid.shape[::-1] == grid_size(rows=4, columns=4, side=_SIDE)
+  for row, indices in enumerate([[0, 1], [2], [3, 4, 5]]):
+    for column, index in enumerate(indices):  # The chosen samples, as in the grid (4 columns).
+      np.testing.assert_array_equal(_cell(grid, row, column), _cell(picked, *divmod(index, 4)))
+    for column in range(len(indices), 3):  # Blank cells: black, like the padding.
+      assert not _cell(grid, row, column).any()
+  generator, variables, config, _ = sample.load_generator(str(run_dir))
+  z = sample.latents(jax.random.key(3), (10, int(config.latent_dim)))
+  means = [z[:2].mean(0), z[2], z[3:6].mean(0)]
+  result = means[0] - means[1] + means[2]
+  expected = sample_grid.to_uint8(
+      sample.generate(generator, variables, jnp.stack(means + [result])))
+  for row in range(3):
+    np.testing.assert_array_equal(_cell(grid, row, 3), expected[row, ..., 0])
+  np.testing.assert_array_equal(_cell(grid, 3, 0), expected[3, ..., 0])
+  variations = [_cell(grid, 3, c) for c in range(1, 4)]
+  assert all(not np.array_equal(v, _cell(grid, 3, 0)) for v in variations)
+  # Without noise, the variations are the result itself; the function returns its latent.
+  quiet, latent = sample.latent_arithmetic(str(run_dir), str(tmp_path / 'q.png'),
+                                           '0,1 - 2 + 3,4,5', num=10, seed=3, noise=0.0)
+  np.testing.assert_allclose(latent, result, atol=1e-6)
+  for c in range(1, 4):
+    np.testing.assert_array_equal(_cell(quiet, 3, c), _cell(quiet, 3, 0))
+
+
 @pytest.mark.parametrize('args,message', [
     (['--num=0'], '--num'),
     (['--interpolate', '--steps=1'], '--steps'),
     (['--truncation=-1'], '--truncation must be 0 (off) or a positive bound'),
+    (['--arithmetic=1 - 99'], 'index 99 is outside the grid of --num=64'),
+    (['--arithmetic=1 -'], 'is not a list of sample indices'),
+    (['--arithmetic=1', '--arithmetic_noise=-1'], '--arithmetic_noise must be >= 0'),
+    (['--arithmetic=1', '--interpolate'], 'cannot be combined with --interpolate or --out_dir'),
+    (['--arithmetic=1', '--label=1'], 'class-conditional'),
 ])
 def test_sample_bad_flags_are_one_line(run_dir, tmp_path, capsys, args, message):
   with pytest.raises(SystemExit) as exit_info:
