@@ -20,18 +20,23 @@ are generated from seeded latents and scored:
 A class-conditional run draws its classes in turn. With ``--label=K`` it draws class K only and
 the dataset reference holds the real images of class K alone (cached as
 ``..._class<K>.npz``): FID within one class, whose mean over the classes is the intra-FID of
-conditional GAN papers (e.g. Miyato & Koyama 2018).
+conditional GAN papers (e.g. Miyato & Koyama 2018). ``--intra_fid`` computes that mean in one
+run: every class in turn, ``--num_samples`` generated images per class, one Inception network
+and one read of the dataset for all of them; it prints each class's FID and writes
+``eval_step_XXXXXX_intra.json`` beside the per-class files.
 
 The numbers are printed with their protocol (samples, reference, preprocessing) and written to
-``<workdir>/eval_step_XXXXXX.json`` (``eval_step_XXXXXX_class<K>.json`` with ``--label``). Mistakes (missing workdir, checkpoint, weights, a bad
-reference file, ...) print one sentence on stderr and exit with status 2.
+``<workdir>/eval_step_XXXXXX.json`` (``eval_step_XXXXXX_class<K>.json`` with ``--label``).
+Mistakes (missing workdir, checkpoint, weights, a bad reference file, ...) print one sentence on
+stderr and exit with status 2.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
@@ -72,6 +77,9 @@ flags.DEFINE_integer('seed', 0, 'Seed of the generated latents.', flag_values=FL
 flags.DEFINE_integer('label', None, 'Class-conditional runs: score this class alone, against '
                      "the dataset's images of that class (default: every class in turn, "
                      'against the whole dataset).', flag_values=FLAGS)
+flags.DEFINE_bool('intra_fid', False, 'Class-conditional runs: score every class against the '
+                  "dataset's images of that class and report the mean FID (intra-FID); "
+                  '--num_samples is then per class.', flag_values=FLAGS)
 flags.DEFINE_bool('library_logs', False, 'Also print the INFO logs of orbax, tensorflow-datasets '
                   'and JAX start-up (hidden by default; warnings and errors always show).',
                   flag_values=FLAGS)
@@ -205,11 +213,15 @@ def reference_cache_path(workdir: str | os.PathLike, config, preprocessing: str,
 
 
 def dataset_reference(workdir: str, config, extractor, num_reference: int,
-                      batch_size: int, label: int | None = None
+                      batch_size: int, label: int | None = None,
+                      load_labelled: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
                       ) -> tuple[Any, np.ndarray, dict[str, Any]]:
   """Statistics (and KID features) of the run's dataset, from the cache or computed and cached.
 
-  With ``label``, of the dataset's images of that class only (the first ``num_reference``).
+  With ``label``, of the dataset's images of that class only (the first ``num_reference``);
+  ``load_labelled`` then gives the dataset's ``(images, labels)`` when the cache misses (a
+  memoised loader lets the classes of :func:`intra_fid` share one read), by default
+  ``data.load_all_images(config, with_labels=True)``.
 
   Returns:
     (FeatureStatistics, features [<= MAX_KID_FEATURES, 2048] float32, protocol dict).
@@ -238,7 +250,8 @@ def dataset_reference(workdir: str, config, extractor, num_reference: int,
   if label is None:
     images = data.load_all_images(config, max_examples=num_reference)
   else:
-    images, labels = data.load_all_images(config, with_labels=True)
+    images, labels = (load_labelled() if load_labelled is not None
+                      else data.load_all_images(config, with_labels=True))
     images = images[labels == label][:num_reference]
     if len(images) < 2:
       raise UserError(f'The dataset has {len(images)} images of class {label}; FID needs at '
@@ -315,17 +328,14 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
     UserError: any mistake in the arguments or files (one sentence).
   """
   from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import models  # pylint: disable=g-import-not-at-top
 
-  if num_samples < 2:
-    raise UserError(f'--num_samples must be at least 2 (got {num_samples}); 50000 is standard.')
-  if batch_size < 1:
-    raise UserError(f'--batch_size must be positive (got {batch_size}).')
+  _check_counts(num_samples, batch_size)
   workdir = os.fspath(pathlib.Path(workdir).expanduser().absolute())
   # Cheap checks first: the run, its checkpoint, the reference file, then the weights.
   config = load_run_config(workdir)
-  from dcgan_jax import models  # pylint: disable=g-import-not-at-top
   models.check_label(label, int(config.get('num_classes', 0) or 0))
-  ref_stats = ref_features = None
+  file_ref = None
   if reference:
     ref_stats, ref_protocol = file_reference(reference, preprocessing)
     # A file with per-image features (fid --save_stats --precision_recall) allows KID and
@@ -333,12 +343,42 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
     ref_features = ref_protocol.pop('features')
     if ref_features is not None:
       ref_protocol['num_features'] = int(ref_features.shape[0])
+    file_ref = (ref_stats, ref_features, ref_protocol)
   extractor = evaluation.InceptionExtractor.from_file(
       inception_weights, preprocessing=preprocessing, precision=precision, batch_size=batch_size)
-  generator, variables, step, used_ema = load_generator(workdir, config, step, use_ema)
-  if ref_stats is None:
-    ref_stats, ref_features, ref_protocol = dataset_reference(workdir, config, extractor,
-                                                              num_reference, batch_size, label)
+  loaded = load_generator(workdir, config, step, use_ema)
+  return _score(workdir, config, extractor, loaded, num_samples=num_samples, seed=seed,
+                batch_size=batch_size, label=label, file_ref=file_ref,
+                num_reference=num_reference, inception_weights=inception_weights)
+
+
+def _check_counts(num_samples: int, batch_size: int) -> None:
+  if num_samples < 2:
+    raise UserError(f'--num_samples must be at least 2 (got {num_samples}); 50000 is standard.')
+  if batch_size < 1:
+    raise UserError(f'--batch_size must be positive (got {batch_size}).')
+
+
+def _score(workdir: str, config, extractor, loaded, *, num_samples: int, seed: int,
+           batch_size: int, label: int | None, file_ref, num_reference: int,
+           inception_weights: str | None,
+           load_labelled: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
+           ) -> dict[str, Any]:
+  """Generates and scores the images of one evaluation (see :func:`evaluate`); writes its JSON.
+
+  Args:
+    loaded: ``(generator, variables, step, used_ema)`` from :func:`load_generator`.
+    file_ref: ``(stats, features or None, protocol)`` of a ``--reference`` file, or None for
+      the run's dataset (of class ``label``).
+  """
+  from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
+
+  generator, variables, step, used_ema = loaded
+  if file_ref is None:
+    ref_stats, ref_features, ref_protocol = dataset_reference(
+        workdir, config, extractor, num_reference, batch_size, label, load_labelled)
+  else:
+    ref_stats, ref_features, ref_protocol = file_ref
 
   value_range = (-1.0, 1.0) if config.output_activation == 'tanh' else (0.0, 1.0)
   fake = evaluation.FeatureStatistics()
@@ -415,6 +455,88 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
   return result
 
 
+def intra_fid(workdir: str, inception_weights: str | None, *, num_samples: int = 5_000,
+              num_reference: int = 50_000, step: int | None = None, batch_size: int = 200,
+              preprocessing: str = 'pytorch_fid', precision: str = 'default',
+              use_ema: bool = True, seed: int = 0) -> dict[str, Any]:
+  """Intra-FID of a class-conditional run: the mean over its classes of the FID of each class.
+
+  Class ``k`` is scored as ``evaluate(..., label=k)`` does it (``num_samples`` images of class
+  ``k`` against the dataset's images of class ``k``, cached per class, each with its own
+  ``eval_step_XXXXXX_class<k>.json``), with one Inception network, one restored generator and
+  at most one read of the dataset for all classes. The summary is written to
+  ``<workdir>/eval_step_XXXXXX_intra.json``.
+
+  Args:
+    num_samples: Generated images per class.
+    num_reference: Dataset images per class at most (each class has its own reference).
+    Others: as :func:`evaluate`.
+
+  Returns:
+    ``{'step', 'intra_fid', 'classes': [{'label', 'fid', 'inception_score', 'kid', 'precision',
+    'recall', 'num_reference', 'path'}, ...], 'protocol', 'path'}``.
+
+  Raises:
+    UserError: an unconditional run, or any mistake :func:`evaluate` refuses.
+  """
+  from dcgan_jax import data  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
+
+  _check_counts(num_samples, batch_size)
+  workdir = os.fspath(pathlib.Path(workdir).expanduser().absolute())
+  config = load_run_config(workdir)
+  num_classes = int(config.get('num_classes', 0) or 0)
+  if not num_classes:
+    raise UserError('--intra_fid scores each class of a class-conditional run; this run was '
+                    'trained without labels (num_classes 0). Leave --intra_fid out for its FID.')
+  extractor = evaluation.InceptionExtractor.from_file(
+      inception_weights, preprocessing=preprocessing, precision=precision, batch_size=batch_size)
+  loaded = load_generator(workdir, config, step, use_ema)
+  load_labelled = functools.cache(lambda: data.load_all_images(config, with_labels=True))
+  classes = []
+  for label in range(num_classes):
+    result = _score(workdir, config, extractor, loaded, num_samples=num_samples, seed=seed,
+                    batch_size=batch_size, label=label, file_ref=None,
+                    num_reference=num_reference, inception_weights=inception_weights,
+                    load_labelled=load_labelled)
+    logging.info('Class %d: FID %.4f', label, result['fid'])
+    classes.append({'label': label, 'num_reference': result['protocol']['reference']['num_samples'],
+                    'path': result['path'],
+                    **{key: result[key] for key in ('fid', 'inception_score', 'kid', 'precision',
+                                                    'recall')}})
+  step, used_ema = loaded[2], loaded[3]
+  summary = {
+      'step': step, 'intra_fid': float(np.mean([c['fid'] for c in classes])),
+      'classes': classes,
+      'protocol': {
+          'num_samples_per_class': int(num_samples), 'seed': int(seed),
+          'used_ema': bool(used_ema), 'num_classes': num_classes,
+          'reference': 'the dataset images of each class (cached per class)',
+          'num_reference_per_class_requested': int(num_reference),
+          'preprocessing': extractor.preprocessing, 'precision': extractor.precision,
+          'inception_weights': os.path.abspath(inception_weights) if inception_weights else None,
+          'dataset': str(config.dataset), 'image_size': int(config.image_size)},
+  }
+  path = json_files.write_json_atomically(
+      pathlib.Path(workdir) / f'eval_step_{step:06d}_intra.json', summary)
+  summary['path'] = str(path)
+  return summary
+
+
+def format_intra_result(result: dict[str, Any]) -> str:
+  """A few lines: the intra-FID, its protocol and each class's FID."""
+  protocol = result['protocol']
+  lines = [f"Step {result['step']} ({'EMA' if protocol['used_ema'] else 'trained'} weights): "
+           f"intra-FID {result['intra_fid']:.4f}, the mean FID of {protocol['num_classes']} "
+           f"classes ({protocol['num_samples_per_class']} generated images per class, seed "
+           f"{protocol['seed']}, each against the dataset's images of its class; "
+           f"preprocessing {protocol['preprocessing']})."]
+  lines += [f"  class {c['label']}: FID {c['fid']:.4f} ({c['num_reference']} reference images)"
+            for c in result['classes']]
+  lines.append(f"Written to {result['path']} (and one eval_step_*_class<k>.json per class)")
+  return '\n'.join(lines)
+
+
 def format_result(result: dict[str, Any]) -> str:
   """A few human-readable lines: the scores and the protocol they were measured with."""
   protocol = result['protocol']
@@ -457,6 +579,16 @@ def main(argv: list[str]) -> None:
   cli_logging.quiet_library_logs(not FLAGS.library_logs)
   try:
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    if FLAGS.intra_fid:
+      if FLAGS.label is not None or FLAGS.reference:
+        raise UserError('--intra_fid scores every class against its own dataset images; it '
+                        'cannot be combined with --label or --reference.')
+      print(format_intra_result(intra_fid(
+          FLAGS.workdir, FLAGS.inception_weights, num_samples=FLAGS.num_samples,
+          num_reference=FLAGS.num_reference, step=FLAGS.step, batch_size=FLAGS.batch_size,
+          preprocessing=FLAGS.preprocessing, precision=FLAGS.precision,
+          use_ema=not FLAGS.no_ema, seed=FLAGS.seed)))
+      return
     result = evaluate(FLAGS.workdir, FLAGS.inception_weights, num_samples=FLAGS.num_samples,
                       reference=FLAGS.reference, num_reference=FLAGS.num_reference,
                       step=FLAGS.step, batch_size=FLAGS.batch_size,

@@ -329,3 +329,60 @@ def test_class_reference_holds_that_class_alone(tmp_path):
   _, _, protocol = evaluate.dataset_reference(str(tmp_path), config, _PixelFeatures(),
                                               num_reference=50, batch_size=8)
   assert 'label' not in protocol
+
+
+class _MeanPixelExtractor:
+  """A stand-in Inception: features are each image's mean pixel and its row means (no compile);
+  logits are the row means, for the Inception Score."""
+  preprocessing = 'pytorch_fid'
+  precision = 'default'
+
+  def device_batches(self, images):
+    pixels = np.asarray(images, np.float32)
+    rows = pixels.mean(axis=(2, 3))
+    yield {'pool': np.concatenate([pixels.mean(axis=(1, 2, 3))[:, None], rows], axis=1),
+           'logits': rows / 64.0}
+
+
+def test_intra_fid_is_the_mean_of_the_per_class_fids(tmp_path, monkeypatch, capsys):
+  config = tiny_config(str(tmp_path / 'tfds'), num_train_steps=1, checkpoint_every_steps=1,
+                       sample_every_steps=0, num_classes=10)
+  run = tmp_path / 'run'
+  train.train_and_evaluate(config, run)
+  monkeypatch.setattr(evaluation.InceptionExtractor, 'from_file',
+                      classmethod(lambda cls, path, **kwargs: _MeanPixelExtractor()))
+  from dcgan_jax import data  # pylint: disable=g-import-not-at-top
+  reads = []
+  load_all_images = data.load_all_images
+
+  def counted(*args, **kwargs):
+    reads.append(kwargs)
+    return load_all_images(*args, **kwargs)
+
+  monkeypatch.setattr(data, 'load_all_images', counted)
+  args = [f'--workdir={run}', '--inception_weights=unused.npz', '--num_samples=24',
+          '--num_reference=40', '--batch_size=8']
+  status, out, err = _cli(args + ['--intra_fid'], capsys)
+  assert status == 0, err
+  summary = json.loads((run / 'eval_step_000001_intra.json').read_text())
+  assert [c['label'] for c in summary['classes']] == list(range(10))
+  fids = [c['fid'] for c in summary['classes']]
+  assert summary['intra_fid'] == pytest.approx(np.mean(fids)) and len(set(fids)) == 10
+  assert summary['protocol']['num_samples_per_class'] == 24
+  assert all(c['num_reference'] == 40 for c in summary['classes'])  # Digits: ~180 per class.
+  assert len(reads) == 1  # One read of the dataset for the ten class references.
+  assert 'intra-FID' in out and out.count('  class ') == 10
+  # Each class is exactly what --label gives, from the per-class caches (no read at all).
+  one = evaluate.evaluate(str(run), 'unused.npz', num_samples=24, num_reference=40,
+                          batch_size=8, label=7)
+  assert one['fid'] == pytest.approx(fids[7]) and len(reads) == 1
+  assert json.loads((run / 'eval_step_000001_class7.json').read_text())['fid'] == one['fid']
+  # Mistakes: one line each.
+  status, _, err = _cli(args + ['--intra_fid', '--label=3'], capsys)
+  assert status == EXIT_USER_ERROR and 'cannot be combined with --label' in err
+  plain = tmp_path / 'plain'
+  train.train_and_evaluate(tiny_config(str(tmp_path / 'tfds'), num_train_steps=1,
+                                       checkpoint_every_steps=1, sample_every_steps=0), plain)
+  status, _, err = _cli([f'--workdir={plain}', '--intra_fid'], capsys)
+  assert status == EXIT_USER_ERROR and 'trained without labels' in err
+  assert len(err.strip().splitlines()) == 1
