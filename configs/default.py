@@ -125,6 +125,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 0.0
   config.eval_num_samples = 5000
   config.eval_preprocessing = 'pytorch_fid'  # 'pytorch_fid' or 'tf' (TTUR / torch-fidelity).
+  # Also log precision, recall, density and coverage (k=3) on the same Inception features.
+  config.eval_precision_recall = True
 
   # --- Parallelism ------------------------------------------------------------------------------
   config.parallelism = 'shard_map'  # 'shard_map' (jit over a 1-D mesh) or 'pmap'.

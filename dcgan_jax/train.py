@@ -537,6 +537,12 @@ class _InceptionFIDHook:
   Every process takes part: each generates and scores its share of the latents (and of the real
   images) on its own devices, and the feature statistics are summed across processes, so every
   process gets the same FID (process 0 logs it).
+
+  With ``eval_precision_recall`` (default on) it also logs precision, recall, density and
+  coverage (k = 3, :func:`dcgan_jax.evaluation.manifold_metrics`) on the same Inception
+  features: FID mixes poor samples and missing modes into one number, these keep them apart.
+  The features of every process's share are gathered for them (``eval_num_samples`` x 2048
+  float32 per side, on the host).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, sampler: _Sampler):
@@ -555,8 +561,11 @@ class _InceptionFIDHook:
                       f'processes ({jax.process_count()}).')
     self._extractor = evaluation.InceptionExtractor.from_file(config.inception_weights,
                                                               preprocessing=preprocessing)
+    self._precision_recall = bool(config.get('eval_precision_recall', True))
+    self.last_manifold: dict[str, float] = {}  # The latest precision, recall, ... (if on).
     real = data.load_all_images(config, max_examples=num_samples)
-    self._real = self._statistics(real[evaluation.process_share(len(real))])
+    self._real, self._real_features = self._statistics(
+        real[evaluation.process_share(len(real))], len(real))
     share = evaluation.process_share(num_samples)
     self._latents = _latents(int(config.seed), _EVAL_TAG, num_samples,
                              int(config.latent_dim))[share]
@@ -570,28 +579,46 @@ class _InceptionFIDHook:
                  config.eval_every_steps, num_samples, self._real.count, self.protocol['real'],
                  preprocessing)
 
-  def _statistics(self, uint8_images: np.ndarray | jax.Array):
-    """Feature statistics of every process's images (a collective: all processes call it)."""
+  def _statistics(self, uint8_images: np.ndarray | jax.Array, num_total: int):
+    """Feature statistics of every process's images (a collective: all processes call it),
+    and with precision/recall on, the features of all ``num_total`` images (else None)."""
     stats = self._evaluation.FeatureStatistics()
+    features = []
     if hasattr(self._extractor, 'device_batches'):
       # Features stay on the device and are summed there; one host copy of the sums at the end.
       for out in self._extractor.device_batches(uint8_images):
         stats.update(out['pool'])
+        features.append(out['pool'])
     else:  # A stand-in extractor (tests): any callable mapping numpy uint8 images to features.
-      stats.update(self._extractor(np.asarray(uint8_images))['pool'])
-    return self._evaluation.allgather_statistics(stats, stats.dim)
+      features.append(self._extractor(np.asarray(uint8_images))['pool'])
+      stats.update(features[-1])
+    stats = self._evaluation.allgather_statistics(stats, stats.dim)
+    if not self._precision_recall:
+      return stats, None
+    mine = (np.concatenate([np.asarray(f, np.float32) for f in features]) if features
+            else np.zeros((0, stats.dim), np.float32))
+    return stats, self._evaluation.allgather_rows(mine, num_total)
 
   def __call__(self, step: int, variables: dict[str, Any], writer) -> float:
     """The FID at ``step``, on every process; process 0 writes and logs it."""
-    fake = self._statistics(self._sampler.generate_uint8(variables, self._latents,
-                                                         self._labels))
+    fake, fake_features = self._statistics(
+        self._sampler.generate_uint8(variables, self._latents, self._labels),
+        self.protocol['num_generated'])
     fid = self._evaluation.frechet_distance(self._real.mean, self._real.covariance, fake.mean,
                                             fake.covariance)
+    k = self._evaluation.manifold.DEFAULT_K
+    if fake_features is not None and min(len(fake_features), len(self._real_features)) > k:
+      self.last_manifold = self._evaluation.manifold_metrics(self._real_features, fake_features,
+                                                             k=k)
     if jax.process_index() == 0:
-      writer.write_scalars(step, {'eval/fid': fid})
-      logging.info('Step %d: FID %.3f (%d generated vs %d %s images, preprocessing %s).', step,
-                   fid, self.protocol['num_generated'], self.protocol['num_real'],
-                   self.protocol['real'], self.protocol['preprocessing'])
+      writer.write_scalars(step, {'eval/fid': fid, **{f'eval/{name}': value for name, value
+                                                      in self.last_manifold.items()}})
+      manifold_text = ''.join(f', {name} {value:.3f}' for name, value
+                              in self.last_manifold.items())
+      logging.info('Step %d: FID %.3f%s (%d generated vs %d %s images, preprocessing %s).',
+                   step, fid, manifold_text, self.protocol['num_generated'],
+                   self.protocol['num_real'], self.protocol['real'],
+                   self.protocol['preprocessing'])
     return fid
 
 
@@ -971,7 +998,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       json_files.write_json_atomically(os.path.join(workdir, BEST_FID_FILE),
                              {'step': step, 'fid': fid, 'used_ema': state.ema is not None,
                               'checkpoint': os.path.join(workdir, BEST_FID_DIR),
-                              **fid_hook.protocol})
+                              **fid_hook.last_manifold, **fid_hook.protocol})
       logging.info('Step %d: best FID so far (%.3f); checkpoint kept in %s.', step, fid,
                    os.path.join(workdir, BEST_FID_DIR))
 

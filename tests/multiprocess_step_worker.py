@@ -1,7 +1,8 @@
 """Worker for test_multiprocess_step: one process of a (possibly) multi-process GAN step.
 
 Usage: python multiprocess_step_worker.py OUT.npz NUM_PROCESSES PROCESS_ID PORT
-Each process owns its rows of one fixed global batch and runs two data-parallel steps.
+Each process owns its rows of one fixed global batch and runs two data-parallel steps; it also
+gathers unevenly shared rows (``evaluation.allgather_rows``).
 """
 import os
 import sys
@@ -32,7 +33,13 @@ def main():
   leaves = jax.tree.leaves((host.generator.params, host.generator.batch_stats,
                             host.discriminator.params, host.discriminator.batch_stats, host.ema))
   metrics = step.host_metrics(metrics)
-  np.savez(out, *[np.asarray(x) for x in leaves], **{f'metric_{k}': v for k, v in metrics.items()})
+  # Rows shared unevenly (7 over 2 processes: 3 and 4), gathered back in order (the in-training
+  # precision/recall gather their features this way).
+  from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
+  all_rows = np.arange(14, dtype=np.float32).reshape(7, 2)
+  gathered = evaluation.allgather_rows(all_rows[evaluation.process_share(7)], 7)
+  np.savez(out, *[np.asarray(x) for x in leaves], gathered_rows=gathered,
+           **{f'metric_{k}': v for k, v in metrics.items()})
 
 
 if __name__ == '__main__':

@@ -89,7 +89,10 @@ def test_two_processes_train_one_run(tmp_path):
   best = json.loads((workdir / 'best_fid.json').read_text())
   assert best['step'] == 2 and best['num_generated'] == 40 and best['num_real'] == 40
   assert 'Step 2: FID' in outputs[0][1] and 'Step 2: FID' not in outputs[1][1]
-  assert best['fid'] == pytest.approx(_expected_stand_in_fid(workdir, 40), rel=1e-5)
+  fid, manifold = _expected_stand_in_fid(workdir, 40)
+  assert best['fid'] == pytest.approx(fid, rel=1e-5)
+  # Precision, recall, density and coverage on the features gathered from both processes.
+  assert {name: best[name] for name in manifold} == pytest.approx(manifold, abs=1e-6)
   for i in range(2):
     folder = workdir / 'profile' / f'process_{i}'
     assert list(folder.rglob('perfetto_trace.json.gz'))
@@ -118,7 +121,8 @@ def test_two_processes_stop_together_at_a_non_finite_loss_behind_a_queued_grid(t
 
 
 def _expected_stand_in_fid(workdir, num):
-  """The stand-in FID of the run's final EMA generator, computed in this (single) process."""
+  """The stand-in FID of the run's final EMA generator, computed in this (single) process, and
+  its precision, recall, density and coverage."""
   from dcgan_jax import data, evaluation, sample, train  # pylint: disable=g-import-not-at-top
   from stand_in_inception import stand_in_features  # pylint: disable=g-import-not-at-top
 
@@ -128,5 +132,6 @@ def _expected_stand_in_fid(workdir, num):
   real = stand_in_features(data.load_all_images(config, max_examples=num))
   fake_stats = evaluation.FeatureStatistics().update(fake['pool'])
   real_stats = evaluation.FeatureStatistics().update(real['pool'])
-  return evaluation.frechet_distance(real_stats.mean, real_stats.covariance, fake_stats.mean,
-                                     fake_stats.covariance)
+  return (evaluation.frechet_distance(real_stats.mean, real_stats.covariance, fake_stats.mean,
+                                      fake_stats.covariance),
+          evaluation.manifold_metrics(real['pool'], fake['pool']))

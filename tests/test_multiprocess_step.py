@@ -41,6 +41,7 @@ def test_two_processes_match_one_process(tmp_path, parallelism):
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-3000:]
   ref = np.load(single)
+  np.testing.assert_array_equal(ref['gathered_rows'], np.arange(14).reshape(7, 2))
   for out in outs:
     got = np.load(out)
     assert set(got.files) == set(ref.files)

@@ -299,7 +299,8 @@ def test_digits_run_leaves_checkpoints_events_samples_and_quality(tfds_dir, tmp_
   _, tags = _event_tags(tmp_path)
   assert {'quality/frechet_distance', 'quality/num_classes_covered',
           'quality/min_class_fraction', 'quality/frechet_distance_ratio', 'quality/precision',
-          'quality/recall', 'quality/density', 'quality/coverage', 'eval/fid'} <= tags
+          'quality/recall', 'quality/density', 'quality/coverage', 'eval/fid',
+          'eval/precision', 'eval/recall', 'eval/density', 'eval/coverage'} <= tags
   assert 0.0 <= summary['precision'] <= 1.0 and 0.0 <= summary['recall'] <= 1.0
   # 40 real images once, then 40 generated ones at step 4 (the end).
   assert extracted_shapes == [(40, 8, 8, 1), (40, 8, 8, 1)]

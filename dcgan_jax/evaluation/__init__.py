@@ -60,6 +60,7 @@ from dcgan_jax.evaluation.preprocessing import preprocess
 from dcgan_jax.evaluation.preprocessing import to_uint8
 from dcgan_jax.evaluation.preprocessing import to_uint8_jax
 from dcgan_jax.evaluation.statistics import FeatureStatistics
+from dcgan_jax.evaluation.statistics import allgather_rows
 from dcgan_jax.evaluation.statistics import allgather_statistics
 from dcgan_jax.evaluation.statistics import frechet_distance
 from dcgan_jax.evaluation.statistics import frechet_distance_jax
@@ -75,6 +76,7 @@ __all__ = [
     'FeatureStatistics',
     'InceptionExtractor',
     'PYTORCH_FID_WEIGHTS_URL',
+    'allgather_rows',
     'allgather_statistics',
     'download_inception_weights',
     'frechet_distance',

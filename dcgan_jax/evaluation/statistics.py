@@ -332,6 +332,27 @@ def allgather_statistics(stats: FeatureStatistics, dim: int) -> FeatureStatistic
   return merged
 
 
+def allgather_rows(rows: np.ndarray, num_total: int) -> np.ndarray:
+  """Every process's rows, in process order, on every process (a collective).
+
+  Each process passes its :func:`process_share` of ``num_total`` rows (shares may differ by
+  one); the result is all ``num_total`` rows. With one process, ``rows`` comes back as it is.
+  """
+  if jax.process_count() == 1:
+    return rows
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  count = jax.process_count()
+  sizes = [num_total * (i + 1) // count - num_total * i // count for i in range(count)]
+  if rows.shape[0] != sizes[jax.process_index()]:
+    raise ValueError(f'This process holds {rows.shape[0]} rows; its share of {num_total} is '
+                     f'{sizes[jax.process_index()]}.')
+  # process_allgather needs one shape everywhere: pad every share to the largest, then cut.
+  padded = np.zeros((max(sizes),) + rows.shape[1:], rows.dtype)
+  padded[:rows.shape[0]] = rows
+  gathered = np.asarray(multihost_utils.process_allgather(padded))  # [processes, max, ...]
+  return np.concatenate([gathered[i, :size] for i, size in enumerate(sizes)])
+
+
 def process_share(num: int) -> slice:
   """This process's contiguous share of ``num`` items (the shares cover them exactly once)."""
   index, count = jax.process_index(), jax.process_count()
