@@ -160,7 +160,8 @@ def generate(generator, variables, num_samples: int, latent_dim: int, batch_size
   Batch i uses latents ``normal(fold_in(key(seed), i))``, so the samples depend only on the
   seed and the batch size. A class-conditional generator (``num_classes > 0``) draws the
   classes in turn (image j of the whole sample shows class ``j mod num_classes``), so every
-  class is scored equally often; with ``label`` every image shows that class. Sampling (and quantisation) is one jitted program per batch;
+  class is scored equally often; with ``label`` every image shows that class. Sampling (and
+  quantisation) is one jitted program per batch, compiled once per generator and batch shape;
   nothing waits for the device, so the caller can queue the scoring of each batch behind it.
 
   Args:
@@ -173,26 +174,41 @@ def generate(generator, variables, num_samples: int, latent_dim: int, batch_size
       yields them quantised on the device, ``uint8 [b, H, W, C]`` (`evaluation.to_uint8_jax`).
   """
   import jax  # pylint: disable=g-import-not-at-top
+
+  try:  # One compiled sampler per generator and shape, whatever the seed or label (intra-FID).
+    sample = _sampler(generator, latent_dim, batch_size, value_range, label is not None)
+  except TypeError:  # An unhashable (custom) generator: compiled for this call alone.
+    sample = _sampler.__wrapped__(generator, latent_dim, batch_size, value_range,
+                                  label is not None)
+  base = jax.random.key(seed)
+  label_value = np.int32(0 if label is None else label)
+  for i, start in enumerate(range(0, num_samples, batch_size)):
+    images = sample(variables, jax.random.fold_in(base, i), np.int32(start), label_value)
+    yield images if num_samples - start >= batch_size else images[:num_samples - start]
+
+
+@functools.lru_cache(maxsize=16)
+def _sampler(generator, latent_dim: int, batch_size: int,
+             value_range: tuple[float, float] | None, one_label: bool):
+  """The jitted ``(variables, key, start, label) -> images`` of :func:`generate`."""
+  import jax  # pylint: disable=g-import-not-at-top
   from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
   from dcgan_jax import models  # pylint: disable=g-import-not-at-top
 
   num_classes = getattr(generator, 'num_classes', 0)
 
   @jax.jit
-  def sample(variables, key, start):
+  def sample(variables, key, start, label):
     z = jax.random.normal(key, (batch_size, latent_dim))
     labels = None
     if num_classes:
       labels = (start + jax.numpy.arange(batch_size)) % num_classes
-      if label is not None:
+      if one_label:
         labels = jax.numpy.full((batch_size,), label)
     images = generator.apply(variables, z, train=False, **models.label_kwargs(labels))
     return images if value_range is None else evaluation.to_uint8_jax(images, *value_range)
 
-  base = jax.random.key(seed)
-  for i, start in enumerate(range(0, num_samples, batch_size)):
-    images = sample(variables, jax.random.fold_in(base, i), np.int32(start))
-    yield images if num_samples - start >= batch_size else images[:num_samples - start]
+  return sample
 
 
 def _first_rows(x, count: int):

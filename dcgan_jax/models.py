@@ -31,8 +31,11 @@ UPSAMPLE_MODES: tuple[str, ...] = ('transpose', 'resize_conv')
 OUTPUT_ACTIVATIONS: tuple[str, ...] = ('tanh', 'sigmoid')
 # How D normalises its hidden layers (see Discriminator.norm).
 DISCRIMINATOR_NORMS: tuple[str, ...] = ('batch', 'layer', 'spectral', 'none')
-# How a class-conditional G takes its label (see Generator.conditioning).
-GENERATOR_CONDITIONINGS: tuple[str, ...] = ('concat', 'batchnorm', 'concat_batchnorm')
+# How a class-conditional G takes its label (see Generator.conditioning): for each mode, whether
+# the one-hot label is appended to z and whether G's BatchNorms are class-conditional.
+_CONDITIONING_PARTS: dict[str, tuple[bool, bool]] = {
+    'concat': (True, False), 'batchnorm': (False, True), 'concat_batchnorm': (True, True)}
+GENERATOR_CONDITIONINGS: tuple[str, ...] = tuple(_CONDITIONING_PARTS)
 COMPUTE_DTYPES: dict[str, Any] = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 # The reference initialises every conv kernel N(0, 0.02) and BN scale N(1, 0.02), bias 0.
@@ -531,7 +534,7 @@ class Generator(nn.Module):
 
   def _batch_norm(self, x: jax.Array, train: bool, dtype: Any,
                   labels: jax.Array | None) -> jax.Array:
-    if labels is not None and self.conditioning.endswith('batchnorm'):
+    if labels is not None and _CONDITIONING_PARTS[self.conditioning][1]:
       return ClassConditionalBatchNorm(self.num_classes, use_running_average=not train,
                                        dtype=dtype, axis_name=self.axis_name)(x, labels)
     return nn.BatchNorm(
@@ -566,7 +569,7 @@ class Generator(nn.Module):
     inputs = z.astype(dtype)
     if not _check_labels(labels, self.num_classes, z.shape[0], 'z'):
       labels = None
-    elif self.conditioning.startswith('concat'):
+    elif _CONDITIONING_PARTS[self.conditioning][0]:
       inputs = jnp.concatenate([inputs, jax.nn.one_hot(labels, self.num_classes, dtype=dtype)], -1)
     features = self.width * 2 ** (k - 1)
     # A dense projection of z is the reference's 4x4 transposed conv on a 1x1 input: same

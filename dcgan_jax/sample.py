@@ -474,9 +474,8 @@ def main(argv: list[str] | None = None) -> None:
       latent_arithmetic(f.workdir, f.out, f.arithmetic, num=f.num, seed=f.seed, use_ema=f.ema,
                         step=f.step, label=f.label, truncation=f.truncation,
                         noise=f.arithmetic_noise)
-      grid_rows = len(parse_arithmetic(f.arithmetic, f.num)) + 1
-      print(f'Wrote {f.out}: rows 1-{grid_rows - 1} one group each (its samples, then their mean '
-            f"latent's image), row {grid_rows} the result, then its variations.")
+      print(f"Wrote {f.out}: a row per group (its samples, then their mean latent's image), "
+            'then the result and its variations.')
     elif f.interpolate:
       gif_out = f.gif_out or os.path.splitext(f.out)[0] + '.gif'
       interpolation(f.workdir, f.out, gif_out, rows=f.rows, steps=f.steps, seed=f.seed,

@@ -607,6 +607,7 @@ class _InceptionFIDHook:
     fid = self._evaluation.frechet_distance(self._real.mean, self._real.covariance, fake.mean,
                                             fake.covariance)
     k = self._evaluation.manifold.DEFAULT_K
+    self.last_manifold = {}
     if fake_features is not None and min(len(fake_features), len(self._real_features)) > k:
       self.last_manifold = self._evaluation.manifold_metrics(self._real_features, fake_features,
                                                              k=k)

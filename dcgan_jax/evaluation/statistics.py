@@ -342,7 +342,7 @@ def allgather_rows(rows: np.ndarray, num_total: int) -> np.ndarray:
     return rows
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   count = jax.process_count()
-  sizes = [num_total * (i + 1) // count - num_total * i // count for i in range(count)]
+  sizes = [len(range(num_total)[_share(num_total, i, count)]) for i in range(count)]
   if rows.shape[0] != sizes[jax.process_index()]:
     raise ValueError(f'This process holds {rows.shape[0]} rows; its share of {num_total} is '
                      f'{sizes[jax.process_index()]}.')
@@ -353,10 +353,13 @@ def allgather_rows(rows: np.ndarray, num_total: int) -> np.ndarray:
   return np.concatenate([gathered[i, :size] for i, size in enumerate(sizes)])
 
 
+def _share(num: int, index: int, count: int) -> slice:
+  return slice(num * index // count, num * (index + 1) // count)
+
+
 def process_share(num: int) -> slice:
   """This process's contiguous share of ``num`` items (the shares cover them exactly once)."""
-  index, count = jax.process_index(), jax.process_count()
-  return slice(num * index // count, num * (index + 1) // count)
+  return _share(num, jax.process_index(), jax.process_count())
 
 
 def frechet_distance_jax(mu1: jax.Array, sigma1: jax.Array, mu2: jax.Array,
