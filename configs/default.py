@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   # DiffAugment (Zhao et al. 2020) for small datasets: transform every image D sees, real and
   # fake, in D's and G's updates, differentiably: a comma-separated subset of
   # 'color,translation,cutout' (the paper's full policy), or '' for none (the DCGAN paper).
+  # ADA's groups may be named too: 'blit' (flips, quarter turns, whole-pixel shifts), 'geom'
+  # (scaling, rotation, sub-pixel shifts), 'ada_color' (brightness, contrast, luma flip, hue,
+  # saturation); 'bgc' is all three, ADA's recommended pipeline (with ada_target below).
   config.augment = ''
   # Apply each transformation to each image with this probability (1: always, DiffAugment).
   config.augment_probability = 1.0

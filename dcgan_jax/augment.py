@@ -22,9 +22,26 @@ Limited Data", NeurIPS 2020): each transformation is applied to each image with 
 ``r = E[sign(D(real))]`` (D's outputs on the augmented training images) approaches 1 as D
 memorises them; every step ``p`` moves up by ``images / speed_images`` while ``r`` exceeds the
 target (0.6 in the paper) and down by the same amount otherwise (:func:`adapt_probability`),
-so it can go from 0 to 1 in ``speed_images`` (500k) images. The paper's pipeline has 18
-transformations; here they are DiffAugment's three. The paper adjusts every 4th step from the
-mean of 4 steps' ``r``; here every step from its own, at the same rate per image.
+so it can go from 0 to 1 in ``speed_images`` (500k) images. The paper adjusts every 4th step
+from the mean of 4 steps' ``r``; here every step from its own, at the same rate per image.
+
+ADA's own transformations, the groups its paper recommends (``bgc``), are here too, each of
+their transformations applied to each image with probability ``p`` on its own, with the
+paper's parameter distributions (its appendix B):
+
+- ``blit``: x-flip, rotation by a multiple of 90°, integer translation by up to 1/8 of the
+  side. These move whole pixels, so they are exact.
+- ``geom``: isotropic scaling (log2-normal, std 0.2), rotation by U(-π, π) (twice, before and
+  after the next one, each with probability ``1 - sqrt(1 - p)``, so that a rotation happens
+  with probability ``p``), anisotropic scaling (log2-normal, std 0.2) and fractional
+  translation (normal, std 1/8 of the side). Blit and geom are one resampling of the image:
+  reflect-padded, bilinear (the paper filters with a wavelet to avoid aliasing; bilinear
+  interpolation is the simpler choice here).
+- ``ada_color``: brightness (+N(0, 0.2²)), contrast (×log2-normal, std 0.5), luma flip,
+  hue rotation by U(-π, π) about the grey axis and saturation (×log2-normal, std 1) as one
+  affine map of each pixel's RGB value; grey images are taken as R = G = B.
+
+They run before DiffAugment's, in the order listed. ``bgc`` is short for all three.
 
 The module separates drawing the random parameters (:func:`draw_params`) from applying them
 (:func:`apply`), so a data-parallel step can draw them for the global batch and give each device
@@ -33,6 +50,7 @@ its rows, like the latents: the update is then the same on any number of devices
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import jax
@@ -40,8 +58,13 @@ import jax.numpy as jnp
 
 from dcgan_jax.errors import UserError
 
-# In the order they are applied, which is the paper's.
-POLICIES = ('color', 'translation', 'cutout')
+# DiffAugment's transformations, in the order they are applied (the paper's).
+DIFFAUGMENT_POLICIES = ('color', 'translation', 'cutout')
+# ADA's groups (Karras et al. 2020), in its order; they run before DiffAugment's.
+ADA_POLICIES = ('blit', 'geom', 'ada_color')
+POLICIES = ADA_POLICIES + DIFFAUGMENT_POLICIES
+# Names that stand for several: ADA's recommended pipeline.
+ALIASES = {'bgc': ADA_POLICIES}
 TRANSLATION_RATIO = 1 / 8
 CUTOUT_RATIO = 1 / 2
 # ADA's defaults (Karras et al. 2020): the target of E[sign(D(real))], and the images over which
@@ -51,6 +74,16 @@ ADA_SPEED_IMAGES = 500_000
 # fold_in data of the per-image "apply this transformation" draws: their own stream, so the
 # transformations' parameters are the same with or without a probability.
 _APPLY_STREAM = 0x41444121
+# fold_in data of ADA's groups: streams of their own, so adding them left DiffAugment's draws
+# (and the runs that use them) as they were.
+_BLIT_STREAM, _GEOM_STREAM, _ADA_COLOR_STREAM = 0x424C4954, 0x47454F4D, 0x434F4C52
+# ADA's parameter distributions (appendix B of the paper).
+ADA_INTEGER_TRANSLATION = 0.125  # U(-0.125, 0.125) of the side, rounded to whole pixels.
+ADA_SCALE_STD = 0.2  # Isotropic and anisotropic scaling: 2^N(0, 0.2^2).
+ADA_FRACTIONAL_TRANSLATION_STD = 0.125  # N(0, 0.125^2) of the side.
+ADA_BRIGHTNESS_STD = 0.2
+ADA_CONTRAST_STD = 0.5  # 2^N(0, 0.5^2).
+ADA_SATURATION_STD = 1.0  # 2^N(0, 1).
 
 Params = dict[str, jax.Array]
 
@@ -59,7 +92,8 @@ def parse_policy(policy: str | Iterable[str] | None) -> tuple[str, ...]:
   """Normalises a policy: ``'color,translation'`` or a sequence of names; '' means none.
 
   Returns:
-    The names in the order they are applied (:data:`POLICIES`), each once.
+    The names in the order they are applied (:data:`POLICIES`), each once; ``bgc`` stands for
+    ADA's three groups.
 
   Raises:
     UserError: an unknown name; the message lists the valid ones.
@@ -68,10 +102,12 @@ def parse_policy(policy: str | Iterable[str] | None) -> tuple[str, ...]:
     return ()
   names = policy.split(',') if isinstance(policy, str) else list(policy)
   names = [str(name).strip() for name in names if str(name).strip()]
+  names = [part for name in names for part in ALIASES.get(name, (name,))]
   unknown = [name for name in names if name not in POLICIES]
   if unknown:
     raise UserError(f'augment must be a comma-separated subset of {", ".join(POLICIES)} '
-                    f"or '' for none (got {unknown[0]!r}).")
+                    f"('bgc' is ADA's blit,geom,ada_color) or '' for none "
+                    f'(got {unknown[0]!r}).')
   return tuple(name for name in POLICIES if name in names)
 
 
@@ -96,7 +132,10 @@ def draw_params(key: jax.Array, batch_size: int, height: int, width: int,
     A dict of arrays with leading axis ``batch_size``: ``brightness``, ``saturation``,
     ``contrast`` (float32) for color; ``shift`` (int32 ``[B, 2]``, rows then columns) for
     translation; ``cutout_center`` (int32 ``[B, 2]``) for cutout; with a ``probability``,
-    ``apply_<name>`` (bool) per transformation too.
+    ``apply_<name>`` (bool) per DiffAugment transformation too. ADA's groups give matrices
+    in which each of their transformations is already drawn or left out: ``blit_matrix`` and
+    ``geom_matrix`` (float32 ``[B, 3, 3]``, from an output pixel's centred (x, y, 1) to where
+    it is read from) and ``ada_color_matrix`` (float32 ``[B, 3, 4]``, applied to (R, G, B, 1)).
   """
   params: Params = {}
   color_key, shift_key, cut_key = jax.random.split(key, 3)
@@ -114,12 +153,177 @@ def draw_params(key: jax.Array, batch_size: int, height: int, width: int,
     params['cutout_center'] = jax.random.randint(cut_key, (batch_size, 2), 0,
                                                  jnp.array([height, width], jnp.int32),
                                                  dtype=jnp.int32)
+  if 'blit' in policy:
+    params['blit_matrix'] = _blit_matrix(jax.random.fold_in(key, _BLIT_STREAM), batch_size,
+                                         height, width, probability)
+  if 'geom' in policy:
+    params['geom_matrix'] = _geom_matrix(jax.random.fold_in(key, _GEOM_STREAM), batch_size,
+                                         height, width, probability)
+  if 'ada_color' in policy:
+    params['ada_color_matrix'] = _ada_color_matrix(jax.random.fold_in(key, _ADA_COLOR_STREAM),
+                                                   batch_size, probability)
   if probability is not None:
-    apply_keys = jax.random.split(jax.random.fold_in(key, _APPLY_STREAM), len(POLICIES))
-    for name, apply_key in zip(POLICIES, apply_keys):
+    apply_keys = jax.random.split(jax.random.fold_in(key, _APPLY_STREAM),
+                                  len(DIFFAUGMENT_POLICIES))
+    for name, apply_key in zip(DIFFAUGMENT_POLICIES, apply_keys):
       if name in policy:
         params[f'apply_{name}'] = jax.random.uniform(apply_key, (batch_size,)) < probability
   return params
+
+
+# ---- ADA's groups: per-image matrices -----------------------------------------------------------
+# Each transformation is drawn for every image and replaced by the identity where the image's
+# own draw (probability p) leaves it out; None (no probability) applies all of them. The
+# geometric matrices are inverses: they take an output pixel's centre, in pixels from the
+# image's centre, to the point of the input that is read there.
+
+
+def _chosen(key: jax.Array, batch_size: int, probability) -> jax.Array:
+  if probability is None:
+    return jnp.ones((batch_size,), bool)
+  return jax.random.uniform(key, (batch_size,)) < probability
+
+
+def _matrices(rows: list[list[jax.Array | float]], batch_size: int) -> jax.Array:
+  """``[B, len(rows), len(rows[0])]`` from entries that are per-image arrays or numbers."""
+  full = lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (batch_size,))
+  return jnp.stack([jnp.stack([full(v) for v in row], -1) for row in rows], -2)
+
+
+def _scale(sx, sy, n):
+  return _matrices([[sx, 0.0, 0.0], [0.0, sy, 0.0], [0.0, 0.0, 1.0]], n)
+
+
+def _rotate(cos, sin, n):
+  return _matrices([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]], n)
+
+
+def _translate_matrix(tx, ty, n):
+  return _matrices([[1.0, 0.0, tx], [0.0, 1.0, ty], [0.0, 0.0, 1.0]], n)
+
+
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Batched matrix product as sums of products: exact where XLA's matmul would round (TF32)."""
+  return jnp.sum(a[:, :, :, None] * b[:, None, :, :], axis=2)
+
+
+def _compose(matrices: list[jax.Array]) -> jax.Array:
+  out = matrices[0]
+  for matrix in matrices[1:]:
+    out = _matmul(out, matrix)
+  return out
+
+
+def _blit_matrix(key, batch_size, height, width, probability):
+  flip_key, rot_key, shift_key, *choice_keys = jax.random.split(key, 6)
+  chosen = [_chosen(k, batch_size, probability) for k in choice_keys]
+  flip = jax.random.randint(flip_key, (batch_size,), 0, 2) * chosen[0]
+  quarter = jax.random.randint(rot_key, (batch_size,), 0, 4) * chosen[1]
+  # cos and sin of a multiple of 90° from a table: exactly 0 and ±1.
+  cos, sin = jnp.array([1.0, 0.0, -1.0, 0.0])[quarter], jnp.array([0.0, 1.0, 0.0, -1.0])[quarter]
+  shift = jax.random.uniform(shift_key, (batch_size, 2), minval=-ADA_INTEGER_TRANSLATION,
+                             maxval=ADA_INTEGER_TRANSLATION)
+  shift = jnp.round(shift * jnp.array([width, height])) * chosen[2][:, None]
+  return _compose([_scale(1.0 - 2.0 * flip, 1.0, batch_size), _rotate(cos, -sin, batch_size),
+                   _translate_matrix(-shift[:, 0], -shift[:, 1], batch_size)])
+
+
+def _geom_matrix(key, batch_size, height, width, probability):
+  keys = jax.random.split(key, 10)
+  rotation_probability = None if probability is None else 1.0 - jnp.sqrt(1.0 - probability)
+  chosen = [_chosen(k, batch_size, p) for k, p in zip(
+      keys[5:], (probability, rotation_probability, probability, rotation_probability,
+                 probability))]
+  normal = lambda k, shape=(batch_size,): jax.random.normal(k, shape)
+  scale = jnp.exp2(normal(keys[0]) * ADA_SCALE_STD * chosen[0])
+  angles = [jax.random.uniform(k, (batch_size,), minval=-math.pi, maxval=math.pi) * c
+            for k, c in ((keys[1], chosen[1]), (keys[3], chosen[3]))]
+  aniso = jnp.exp2(normal(keys[2]) * ADA_SCALE_STD * chosen[2])
+  shift = (normal(keys[4], (batch_size, 2)) * ADA_FRACTIONAL_TRANSLATION_STD
+           * jnp.array([width, height]) * chosen[4][:, None])
+  return _compose([_scale(1.0 / scale, 1.0 / scale, batch_size),
+                   _rotate(jnp.cos(angles[0]), -jnp.sin(angles[0]), batch_size),
+                   _scale(1.0 / aniso, aniso, batch_size),
+                   _rotate(jnp.cos(angles[1]), -jnp.sin(angles[1]), batch_size),
+                   _translate_matrix(-shift[:, 0], -shift[:, 1], batch_size)])
+
+
+def _ada_color_matrix(key, batch_size, probability):
+  keys = jax.random.split(key, 10)
+  chosen = [_chosen(k, batch_size, probability) for k in keys[5:]]
+  normal = lambda k: jax.random.normal(k, (batch_size,))
+  brightness = normal(keys[0]) * ADA_BRIGHTNESS_STD * chosen[0]
+  contrast = jnp.exp2(normal(keys[1]) * ADA_CONTRAST_STD * chosen[1])
+  luma_flip = jax.random.randint(keys[2], (batch_size,), 0, 2) * chosen[2]
+  hue = jax.random.uniform(keys[3], (batch_size,), minval=-math.pi, maxval=math.pi) * chosen[3]
+  saturation = jnp.exp2(normal(keys[4]) * ADA_SATURATION_STD * chosen[4])
+  # 4x4 maps of homogeneous (R, G, B, 1), applied in the paper's order.
+  v = jnp.full((3,), 1.0 / math.sqrt(3.0))  # The grey (luma) axis.
+  vv = jnp.outer(v, v)
+  eye = jnp.eye(3)
+  cross = jnp.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+  per_image = lambda x: x[:, None, None]
+
+  def linear(m):  # [B, 3, 3] -> [B, 4, 4]
+    m = jnp.concatenate([m, jnp.zeros((batch_size, 3, 1))], axis=2)
+    return jnp.concatenate([m, jnp.broadcast_to(jnp.array([[[0.0, 0.0, 0.0, 1.0]]]),
+                                                (batch_size, 1, 4))], axis=1)
+
+  steps = [
+      _matrices([[1.0, 0.0, 0.0, brightness], [0.0, 1.0, 0.0, brightness],
+                 [0.0, 0.0, 1.0, brightness], [0.0, 0.0, 0.0, 1.0]], batch_size),
+      linear(per_image(contrast) * eye),
+      linear(eye - 2.0 * per_image(luma_flip) * vv),
+      # Rodrigues: rotation by `hue` about v.
+      linear(per_image(jnp.cos(hue)) * eye + per_image(jnp.sin(hue)) * cross
+             + per_image(1.0 - jnp.cos(hue)) * vv),
+      linear(vv + per_image(saturation) * (eye - vv)),
+  ]
+  return _compose(steps[::-1])[:, :3, :]  # The last step leftmost; (R, G, B, 1) -> RGB.
+
+
+def _mirror(index: jax.Array, size: int) -> jax.Array:
+  """Reflect padding (the edge pixel is not repeated): ..., 2, 1, 0, 1, 2, ..., n-1, n-2, ..."""
+  if size == 1:
+    return jnp.zeros_like(index)
+  period = 2 * (size - 1)
+  index = jnp.mod(index, period)
+  return jnp.where(index > size - 1, period - index, index)
+
+
+def _resample(images: jax.Array, matrix: jax.Array) -> jax.Array:
+  """Reads each output pixel at ``matrix @ (x, y, 1)`` of the reflect-padded input, bilinearly.
+
+  Where that point is a pixel centre (blit alone), the weights are 1 and 0: the pixel exactly.
+  """
+  _, height, width, _ = images.shape
+  x = (jnp.arange(width, dtype=jnp.float32) - (width - 1) / 2)[None, None, :]
+  y = (jnp.arange(height, dtype=jnp.float32) - (height - 1) / 2)[None, :, None]
+  m = lambda i, j: matrix[:, i, j][:, None, None]
+  # Products and sums, not a matmul: exact for the whole-pixel moves at any matmul precision.
+  source_x = m(0, 0) * x + m(0, 1) * y + m(0, 2) + (width - 1) / 2  # [B, H, W]
+  source_y = m(1, 0) * x + m(1, 1) * y + m(1, 2) + (height - 1) / 2
+  x0, y0 = jnp.floor(source_x), jnp.floor(source_y)
+  fx = (source_x - x0).astype(images.dtype)[..., None]
+  fy = (source_y - y0).astype(images.dtype)[..., None]
+  x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
+  xs = (_mirror(x0, width), _mirror(x0 + 1, width))
+  ys = (_mirror(y0, height), _mirror(y0 + 1, height))
+  take = jax.vmap(lambda image, r, c: image[r, c])  # A gather: exact, differentiable in pixels.
+  top = take(images, ys[0], xs[0]) * (1 - fx) + take(images, ys[0], xs[1]) * fx
+  bottom = take(images, ys[1], xs[0]) * (1 - fx) + take(images, ys[1], xs[1]) * fx
+  return top * (1 - fy) + bottom * fy
+
+
+def _ada_color(images: jax.Array, matrix: jax.Array) -> jax.Array:
+  channels = images.shape[-1]
+  if channels not in (1, 3):
+    raise ValueError(f'ada_color transforms RGB or grey images (1 or 3 channels), not '
+                     f'{channels} channels.')
+  rgb = images if channels == 3 else jnp.repeat(images, 3, axis=-1)
+  matrix = matrix.astype(images.dtype)[:, None, None]  # [B, 1, 1, 3, 4]
+  out = jnp.sum(matrix[..., :3] * rgb[..., None, :], axis=-1) + matrix[..., 3]
+  return out if channels == 3 else jnp.mean(out, axis=-1, keepdims=True)
 
 
 def adapt_probability(probability: jax.Array, real_sign: jax.Array, num_images: int | jax.Array,
@@ -199,10 +403,16 @@ def apply(images: jax.Array, params: Params, policy: tuple[str, ...],
 
 
 def _apply_centred(images: jax.Array, params: Params, policy: tuple[str, ...]) -> jax.Array:
+  # ADA's groups first: blit and geom as one resampling, then its colour map.
+  geometric = [params[f'{name}_matrix'] for name in ('blit', 'geom') if name in policy]
+  if geometric:
+    images = _resample(images, _compose(geometric))
+  if 'ada_color' in policy:
+    images = _ada_color(images, params['ada_color_matrix'])
   transforms = {'color': lambda x: _color(x, params),
                 'translation': lambda x: _translate(x, params['shift']),
                 'cutout': lambda x: _cutout(x, params['cutout_center'])}
-  for name in POLICIES:
+  for name in DIFFAUGMENT_POLICIES:
     if name not in policy:
       continue
     transformed = transforms[name](images)

@@ -30,14 +30,18 @@ def _uint8_images(n=32, seed=0):
     ('cutout,color', ('color', 'cutout')),  # Applied in the paper's order whatever the spelling.
     (' translation , color,', ('color', 'translation')),
     (('translation', 'translation'), ('translation',)),
-    (FULL, augment.POLICIES),
+    (FULL, augment.DIFFAUGMENT_POLICIES),
+    ('bgc', augment.ADA_POLICIES),  # ADA's recommended pipeline.
+    ('cutout, bgc', ('blit', 'geom', 'ada_color', 'cutout')),  # ADA's before DiffAugment's.
+    ('bgc,' + FULL, augment.POLICIES),
 ])
 def test_parse_policy(policy, expected):
   assert augment.parse_policy(policy) == expected
 
 
 def test_unknown_policy_names_the_valid_ones():
-  with pytest.raises(UserError, match=r"subset of color, translation, cutout .*got 'flip'"):
+  with pytest.raises(UserError, match=r"subset of blit, geom, ada_color, color, translation, "
+                                      r"cutout \('bgc' is ADA's blit,geom,ada_color\) .*got 'flip'"):
     augment.parse_policy('color,flip')
   with pytest.raises(UserError, match="got 'colour'"):
     StepConfig(augment='colour')
@@ -92,7 +96,7 @@ def test_color_is_brightness_then_saturation_then_contrast():
 
 
 def test_draws_cover_the_papers_ranges_and_differ_per_image():
-  params = augment.draw_params(jax.random.key(0), 4096, 16, 32, augment.POLICIES)
+  params = augment.draw_params(jax.random.key(0), 4096, 16, 32, augment.DIFFAUGMENT_POLICIES)
   params = jax.tree.map(np.asarray, params)
   assert set(params) == {'brightness', 'saturation', 'contrast', 'shift', 'cutout_center'}
   for name, low, high in [('brightness', -0.5, 0.5), ('saturation', 0.0, 2.0),
@@ -136,10 +140,140 @@ def test_augment_in_one_call_and_empty_policy_is_the_identity():
   images = jnp.asarray(_images())
   assert augment.augment(images, jax.random.key(0), '') is images
   out = augment.augment(images, jax.random.key(0), FULL)
-  expected = augment.apply(images, augment.draw_params(jax.random.key(0), 4, 16, 16,
-                                                       augment.POLICIES), augment.POLICIES)
+  policy = augment.DIFFAUGMENT_POLICIES
+  expected = augment.apply(images, augment.draw_params(jax.random.key(0), 4, 16, 16, policy),
+                           policy)
   np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
   assert not np.allclose(np.asarray(out), images)
+
+
+# ---- ADA's transformations (blit, geom, ada_color) ---------------------------------------------
+
+
+def _dihedral(image):
+  """The 8 flips and quarter turns of an [H, W, C] image."""
+  flips = (image, image[:, ::-1])
+  return [np.rot90(f, k, axes=(0, 1)) for f in flips for k in range(4)]
+
+
+def test_blit_moves_whole_pixels_exactly():
+  """Each image is one of its 8 flips/quarter turns moved by whole pixels (reflect-padded), to
+  the bit; every flip/turn and every shift up to 1/8 of the side is drawn."""
+  images = _images(n=96)
+  out = np.asarray(jax.jit(augment.augment, static_argnums=2)(images, jax.random.key(5), 'blit'))
+  seen_turns, seen_shifts = set(), set()
+  for image, result in zip(images, out):
+    found = [(t, dy, dx) for t, turned in enumerate(_dihedral(image))
+             for dy in range(-2, 3) for dx in range(-2, 3)
+             if np.array_equal(np.pad(turned, ((2, 2), (2, 2), (0, 0)), mode='reflect')[
+                 2 - dy:18 - dy, 2 - dx:18 - dx], result)]
+    assert found, 'not a whole-pixel move of the image'
+    seen_turns.add(found[0][0])
+    seen_shifts.add(found[0][1:])
+  assert seen_turns == set(range(8))
+  assert {dy for dy, _ in seen_shifts} == set(range(-2, 3))
+
+
+def _scipy_resample(image, matrix):
+  """The same resampling through scipy: `matrix` in centred (x, y), scipy in (row, column)."""
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  height, width, _ = image.shape
+  (a, b, c), (d, e, f) = matrix[0], matrix[1]
+  cy, cx = (height - 1) / 2, (width - 1) / 2
+  rows_cols = np.array([[e, d], [b, a]])  # (row, column) in -> out.
+  offset = np.array([f - e * cy - d * cx + cy, c - b * cy - a * cx + cx])
+  return np.stack([ndimage.affine_transform(image[..., k], rows_cols, offset, order=1,
+                                            mode='mirror') for k in range(image.shape[-1])], -1)
+
+
+def test_geometric_resampling_is_bilinear_with_reflect_padding_like_scipy():
+  images = _images(n=6)
+  angle, scale = 0.7, 1.3
+  rotation = [[np.cos(angle), -np.sin(angle), 0.4], [np.sin(angle), np.cos(angle), -1.7],
+              [0, 0, 1]]
+  matrices = np.array([np.eye(3), [[1, 0, 0.5], [0, 1, 0], [0, 0, 1]],  # Half a pixel.
+                       [[scale, 0, 0], [0, scale, 0], [0, 0, 1]], rotation,
+                       [[0.8, 0.3, 2.6], [-0.2, 1.4, 9.5], [0, 0, 1]],  # Far past the border.
+                       [[-1, 0, 0], [0, 1, 0], [0, 0, 1]]], np.float32)
+  out = np.asarray(augment.apply(images, {'geom_matrix': jnp.asarray(matrices)}, ('geom',)))
+  for image, matrix, result in zip(images, matrices, out):
+    np.testing.assert_allclose(result, _scipy_resample(image, matrix), atol=2e-5)
+  np.testing.assert_array_equal(out[0], images[0])
+  # A constant image stays constant, whatever the transformation.
+  params = augment.draw_params(jax.random.key(6), 8, 16, 16, ('blit', 'geom'))
+  flat = np.asarray(augment.apply(np.full((8, 16, 16, 3), 0.3, np.float32), params,
+                                  ('blit', 'geom')))
+  np.testing.assert_allclose(flat, 0.3, atol=1e-6)
+
+
+def test_geom_and_ada_color_draw_the_papers_distributions():
+  """Without a probability every transformation applies: the determinant of the geometric map
+  is 1/s² (isotropic scale s = 2^N(0, 0.2²)); on colours, the grey axis is an eigenvector with
+  eigenvalue ±c (contrast 2^N(0, 0.5²), luma flip half the time), the plane across it is
+  stretched by c·s (saturation 2^N(0, 1)), and brightness N(0, 0.2²) moves along the grey axis."""
+  n = 4096
+  params = jax.tree.map(np.asarray, augment.draw_params(jax.random.key(7), n, 16, 16,
+                                                        ('geom', 'ada_color')))
+  assert set(params) == {'geom_matrix', 'ada_color_matrix'}
+  log_det = np.log2(np.abs(np.linalg.det(params['geom_matrix'][:, :2, :2])))
+  assert abs(np.std(log_det) - 2 * 0.2) < 0.03 and abs(np.mean(log_det)) < 0.03
+  linear, offset = params['ada_color_matrix'][:, :, :3], params['ada_color_matrix'][:, :, 3]
+  grey = np.ones(3) / np.sqrt(3)
+  on_grey = linear @ grey
+  eigenvalue = on_grey @ grey
+  np.testing.assert_allclose(on_grey, eigenvalue[:, None] * grey, atol=1e-5)
+  assert abs(np.std(np.log2(np.abs(eigenvalue))) - 0.5) < 0.03
+  assert 0.45 < np.mean(eigenvalue < 0) < 0.55  # Luma flip.
+  across = np.array([1.0, -1.0, 0.0]) / np.sqrt(2)
+  stretch = np.linalg.norm(linear @ across, axis=1) / np.abs(eigenvalue)
+  assert abs(np.std(np.log2(stretch)) - 1.0) < 0.05
+  np.testing.assert_allclose(offset, offset[:, :1].repeat(3, 1), atol=1e-6)  # Along grey.
+  assert abs(np.std(offset[:, 0] / eigenvalue) - 0.2) < 0.015
+  # Hue: the angle the plane across the grey axis turns by is uniform over the whole circle.
+  turned = (linear @ across) / (stretch * np.abs(eigenvalue))[:, None]
+  cosine = np.clip(turned @ across, -1, 1)
+  assert abs(np.mean(cosine)) < 0.05 and np.mean(cosine < -0.9) > 0.05
+
+
+def test_ada_color_maps_each_pixel_and_grey_images_as_r_equals_g_equals_b():
+  params = augment.draw_params(jax.random.key(8), 4, 16, 16, ('ada_color',))
+  images = _images(n=4)
+  out = np.asarray(augment.apply(images, params, ('ada_color',)))
+  matrix = np.asarray(params['ada_color_matrix'])
+  expected = np.einsum('bij,bhwj->bhwi', matrix[:, :, :3], images) + matrix[:, None, None, :, 3]
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+  grey = _images(n=4, channels=1)
+  out_grey = np.asarray(augment.apply(grey, params, ('ada_color',)))
+  as_rgb = np.asarray(augment.apply(np.repeat(grey, 3, -1), params, ('ada_color',)))
+  assert out_grey.shape == grey.shape
+  np.testing.assert_allclose(out_grey[..., 0], as_rgb.mean(-1), atol=1e-6)
+  np.testing.assert_allclose(as_rgb[..., 0], as_rgb[..., 2], atol=1e-5)  # Grey stays grey.
+  with pytest.raises(ValueError, match=r'\(1 or 3 channels\), not 4 channels'):
+    augment.apply(_images(n=4, channels=4), params, ('ada_color',))
+
+
+def test_ada_groups_with_a_probability():
+  """Each transformation of a group is left out on its own with probability 1 - p: with p = 0
+  every image passes through unchanged; with p = 0.5, geom leaves an image as it was when none
+  of its 3 transformations and 2 rotations (each 1 - sqrt(1 - p)) was drawn: 1/8 · 1/2 = 1/16."""
+  policy = augment.ADA_POLICIES
+  images = _images(n=8)
+  never = augment.draw_params(jax.random.key(9), 8, 16, 16, policy, probability=0.0)
+  assert not any(name.startswith('apply_') for name in never)  # Drawn into the matrices.
+  np.testing.assert_array_equal(np.asarray(augment.apply(images, never, policy)), images)
+  half = jax.tree.map(np.asarray, augment.draw_params(jax.random.key(9), 4096, 16, 16, policy,
+                                                      probability=0.5))
+  untouched = np.all(np.isclose(half['geom_matrix'], np.eye(3), atol=0), axis=(1, 2))
+  assert 180 < untouched.sum() < 330  # 256 expected.
+  # Blit: flip, turn and shift are each chosen half the time, then drawn (the flip and turn
+  # may draw the identity): P(identity) = (1 - p/2)(1 - 3p/4)(1 - p(1 - 1/25)) with 16 / 8 = 2
+  # pixels of shift either way, 5 x 5 shifts.
+  blit_identity = np.all(half['blit_matrix'] == np.eye(3), axis=(1, 2)).mean()
+  expected = (1 - 0.25) * (1 - 0.375) * (1 - 0.5 * 24 / 25)
+  assert abs(blit_identity - expected) < 0.03
+  colour_identity = np.all(np.isclose(half['ada_color_matrix'], np.eye(4)[:3], atol=0),
+                           axis=(1, 2)).mean()
+  assert abs(colour_identity - 0.5 ** 5 * 1.5) < 0.02  # Luma flip draws "no flip" half the time.
 
 
 # ---- with a probability (ADA) -----------------------------------------------------------------
@@ -246,8 +380,10 @@ def _leaves(state):
 
 @pytest.mark.parametrize('step_config', [
     StepConfig(augment=FULL),
-    pytest.param(StepConfig(augment=FULL, loss='wasserstein', gradient_penalty_weight=10.0,
-                            r1_weight=1.0, d_steps=2, ada_target=0.6, ada_speed_images=64),
+    # All six groups, ADA's and DiffAugment's.
+    pytest.param(StepConfig(augment='bgc,' + FULL, loss='wasserstein',
+                            gradient_penalty_weight=10.0, r1_weight=1.0, d_steps=2,
+                            ada_target=0.6, ada_speed_images=64),
                  marks=pytest.mark.slow),
 ], ids=['non_saturating', 'wgan_gp_r1_ada'])
 def test_augmented_step_is_the_same_on_one_and_eight_devices(initial_state, step_config):
