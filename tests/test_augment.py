@@ -41,7 +41,7 @@ def test_parse_policy(policy, expected):
 
 def test_unknown_policy_names_the_valid_ones():
   with pytest.raises(UserError, match=r"subset of blit, geom, ada_color, color, translation, "
-                                      r"cutout \('bgc' is ADA's blit,geom,ada_color\) .*got 'flip'"):
+                     r"cutout \('bgc' is ADA's blit,geom,ada_color\) .*got 'flip'"):
     augment.parse_policy('color,flip')
   with pytest.raises(UserError, match="got 'colour'"):
     StepConfig(augment='colour')
