@@ -257,29 +257,22 @@ def _ada_color_matrix(key, batch_size, probability):
   luma_flip = jax.random.randint(keys[2], (batch_size,), 0, 2) * chosen[2]
   hue = jax.random.uniform(keys[3], (batch_size,), minval=-math.pi, maxval=math.pi) * chosen[3]
   saturation = jnp.exp2(normal(keys[4]) * ADA_SATURATION_STD * chosen[4])
-  # 4x4 maps of homogeneous (R, G, B, 1), applied in the paper's order.
+  # Brightness first, then linear maps (the paper's order): x -> L (x + b) = L x + b L 1.
   v = jnp.full((3,), 1.0 / math.sqrt(3.0))  # The grey (luma) axis.
   vv = jnp.outer(v, v)
   eye = jnp.eye(3)
   cross = jnp.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
   per_image = lambda x: x[:, None, None]
-
-  def linear(m):  # [B, 3, 3] -> [B, 4, 4]
-    m = jnp.concatenate([m, jnp.zeros((batch_size, 3, 1))], axis=2)
-    return jnp.concatenate([m, jnp.broadcast_to(jnp.array([[[0.0, 0.0, 0.0, 1.0]]]),
-                                                (batch_size, 1, 4))], axis=1)
-
-  steps = [
-      _matrices([[1.0, 0.0, 0.0, brightness], [0.0, 1.0, 0.0, brightness],
-                 [0.0, 0.0, 1.0, brightness], [0.0, 0.0, 0.0, 1.0]], batch_size),
-      linear(per_image(contrast) * eye),
-      linear(eye - 2.0 * per_image(luma_flip) * vv),
+  linear = _compose([  # The last map leftmost.
+      vv + per_image(saturation) * (eye - vv),
       # Rodrigues: rotation by `hue` about v.
-      linear(per_image(jnp.cos(hue)) * eye + per_image(jnp.sin(hue)) * cross
-             + per_image(1.0 - jnp.cos(hue)) * vv),
-      linear(vv + per_image(saturation) * (eye - vv)),
-  ]
-  return _compose(steps[::-1])[:, :3, :]  # The last step leftmost; (R, G, B, 1) -> RGB.
+      per_image(jnp.cos(hue)) * eye + per_image(jnp.sin(hue)) * cross
+      + per_image(1.0 - jnp.cos(hue)) * vv,
+      eye - 2.0 * per_image(luma_flip) * vv,
+      per_image(contrast) * eye,
+  ])
+  offset = brightness[:, None] * jnp.sum(linear, axis=2)  # b L (1, 1, 1).
+  return jnp.concatenate([linear, offset[:, :, None]], axis=2)  # Applied to (R, G, B, 1).
 
 
 def _mirror(index: jax.Array, size: int) -> jax.Array:

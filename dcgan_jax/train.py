@@ -588,7 +588,8 @@ class _InceptionFIDHook:
       # Features stay on the device and are summed there; one host copy of the sums at the end.
       for out in self._extractor.device_batches(uint8_images):
         stats.update(out['pool'])
-        features.append(out['pool'])
+        if self._precision_recall:  # Otherwise no batch's features are kept.
+          features.append(out['pool'])
     else:  # A stand-in extractor (tests): any callable mapping numpy uint8 images to features.
       features.append(self._extractor(np.asarray(uint8_images))['pool'])
       stats.update(features[-1])
