@@ -77,7 +77,8 @@ def get_config() -> ml_collections.ConfigDict:
   # 'color,translation,cutout' (the paper's full policy), or '' for none (the DCGAN paper).
   # ADA's groups may be named too: 'blit' (flips, quarter turns, whole-pixel shifts), 'geom'
   # (scaling, rotation, sub-pixel shifts), 'ada_color' (brightness, contrast, luma flip, hue,
-  # saturation); 'bgc' is all three, ADA's recommended pipeline (with ada_target below).
+  # saturation), 'filter' (frequency bands scaled), 'noise' (additive Gaussian); 'bgc' is the
+  # first three, ADA's recommended pipeline (with ada_target below), 'bgcfnc' all with cutout.
   config.augment = ''
   # Apply each transformation to each image with this probability (1: always, DiffAugment).
   config.augment_probability = 1.0

@@ -41,7 +41,18 @@ paper's parameter distributions (its appendix B):
   hue rotation by U(-π, π) about the grey axis and saturation (×log2-normal, std 1) as one
   affine map of each pixel's RGB value; grey images are taken as R = G = B.
 
-They run before DiffAugment's, in the order listed. ``bgc`` is short for all three.
+- ``filter``: image-space filtering. Four frequency bands, [0, π/8], [π/8, π/4], [π/4, π/2]
+  and [π/2, π], are each amplified or attenuated by a gain 2^N(0, 1) drawn with probability
+  ``p``; after each band's draw the gains are rescaled so that an image whose power falls off
+  as 1/f (10/13 of it in the lowest band, 1/13 in each other) keeps its expected power, as in
+  the paper. The filter is one separable symmetric FIR kernel per image (33 taps,
+  reflect-padded) applied along rows and then columns; its bands are Hann-windowed sinc
+  low-passes and their differences (the paper builds them from a wavelet).
+- ``noise``: additive Gaussian noise per pixel and channel, with a standard deviation drawn
+  per image as |N(0, 0.1²)| (with probability ``p``; 0 otherwise).
+
+They run before DiffAugment's, in the order listed. ``bgc`` is short for the first three (the
+paper's recommended pipeline), ``bgcfnc`` for all five with ``cutout`` (the paper's full one).
 
 The module separates drawing the random parameters (:func:`draw_params`) from applying them
 (:func:`apply`), so a data-parallel step can draw them for the global batch and give each device
@@ -55,16 +66,18 @@ from typing import Iterable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dcgan_jax.errors import UserError
 
 # DiffAugment's transformations, in the order they are applied (the paper's).
 DIFFAUGMENT_POLICIES = ('color', 'translation', 'cutout')
 # ADA's groups (Karras et al. 2020), in its order; they run before DiffAugment's.
-ADA_POLICIES = ('blit', 'geom', 'ada_color')
+ADA_POLICIES = ('blit', 'geom', 'ada_color', 'filter', 'noise')
 POLICIES = ADA_POLICIES + DIFFAUGMENT_POLICIES
-# Names that stand for several: ADA's recommended pipeline.
-ALIASES = {'bgc': ADA_POLICIES}
+# Names that stand for several: ADA's recommended pipeline (blit, geometry, colour) and its
+# full one (with filtering, noise and cutout).
+ALIASES = {'bgc': ADA_POLICIES[:3], 'bgcfnc': ADA_POLICIES + ('cutout',)}
 TRANSLATION_RATIO = 1 / 8
 CUTOUT_RATIO = 1 / 2
 # ADA's defaults (Karras et al. 2020): the target of E[sign(D(real))], and the images over which
@@ -77,6 +90,7 @@ _APPLY_STREAM = 0x41444121
 # fold_in data of ADA's groups: streams of their own, so adding them left DiffAugment's draws
 # (and the runs that use them) as they were.
 _BLIT_STREAM, _GEOM_STREAM, _ADA_COLOR_STREAM = 0x424C4954, 0x47454F4D, 0x434F4C52
+_FILTER_STREAM, _NOISE_STREAM = 0x46494C54, 0x4E4F4953
 # ADA's parameter distributions (appendix B of the paper).
 ADA_INTEGER_TRANSLATION = 0.125  # U(-0.125, 0.125) of the side, rounded to whole pixels.
 ADA_SCALE_STD = 0.2  # Isotropic and anisotropic scaling: 2^N(0, 0.2^2).
@@ -84,6 +98,38 @@ ADA_FRACTIONAL_TRANSLATION_STD = 0.125  # N(0, 0.125^2) of the side.
 ADA_BRIGHTNESS_STD = 0.2
 ADA_CONTRAST_STD = 0.5  # 2^N(0, 0.5^2).
 ADA_SATURATION_STD = 1.0  # 2^N(0, 1).
+ADA_FILTER_STD = 1.0  # Each band's gain: 2^N(0, 1).
+# The share of each band (lowest first) in the power of an image whose spectrum falls as 1/f:
+# the gains are rescaled to keep sum(share * gain^2) = 1. Integers over their sum, so that
+# gains of 1 stay exactly 1.
+ADA_FILTER_EXPECTED_POWER = (10, 1, 1, 1)
+ADA_NOISE_STD = 0.1  # Per-image noise std: |N(0, 0.1^2)|.
+FILTER_HALF_TAPS = 16  # 33-tap kernels: >= 85% of each band's response energy is in the band.
+
+
+def filter_bank(half_taps: int = FILTER_HALF_TAPS) -> np.ndarray:
+  """The image filter's four bands as symmetric FIR kernels, lowest frequencies first.
+
+  Low-passes with cut-offs π/8, π/4 and π/2 (sinc, Hann window, unit gain at 0) give the bands
+  [0, π/8], [π/8, π/4], [π/4, π/2] as the first and as differences of neighbours, and [π/2, π]
+  as a unit impulse minus the last. The four add up to the impulse: gains of 1 leave the image
+  as it was.
+
+  Returns:
+    float64 ``[4, 2 * half_taps + 1]``.
+  """
+  n = np.arange(-half_taps, half_taps + 1)
+  window = 0.5 + 0.5 * np.cos(np.pi * n / (half_taps + 1))
+  lowpass = []
+  for cutoff in (1 / 8, 1 / 4, 1 / 2):  # Of π.
+    kernel = cutoff * np.sinc(cutoff * n) * window
+    lowpass.append(kernel / kernel.sum())
+  impulse = (n == 0).astype(np.float64)
+  return np.stack([lowpass[0], lowpass[1] - lowpass[0], lowpass[2] - lowpass[1],
+                   impulse - lowpass[2]])
+
+
+_FILTER_BANK = filter_bank()
 
 Params = dict[str, jax.Array]
 
@@ -93,7 +139,7 @@ def parse_policy(policy: str | Iterable[str] | None) -> tuple[str, ...]:
 
   Returns:
     The names in the order they are applied (:data:`POLICIES`), each once; ``bgc`` stands for
-    ADA's three groups.
+    ADA's recommended three groups, ``bgcfnc`` for all of ADA's with ``cutout``.
 
   Raises:
     UserError: an unknown name; the message lists the valid ones.
@@ -106,8 +152,8 @@ def parse_policy(policy: str | Iterable[str] | None) -> tuple[str, ...]:
   unknown = [name for name in names if name not in POLICIES]
   if unknown:
     raise UserError(f'augment must be a comma-separated subset of {", ".join(POLICIES)} '
-                    f"('bgc' is ADA's blit,geom,ada_color) or '' for none "
-                    f'(got {unknown[0]!r}).')
+                    f"('bgc' is ADA's blit,geom,ada_color; 'bgcfnc' adds filter,noise,cutout) "
+                    f"or '' for none (got {unknown[0]!r}).")
   return tuple(name for name in POLICIES if name in names)
 
 
@@ -116,7 +162,8 @@ def _cutout_size(length: int) -> int:
 
 
 def draw_params(key: jax.Array, batch_size: int, height: int, width: int,
-                policy: tuple[str, ...], probability: float | jax.Array | None = None) -> Params:
+                policy: tuple[str, ...], probability: float | jax.Array | None = None,
+                channels: int = 3) -> Params:
   """Draws each image's transformation.
 
   Args:
@@ -127,6 +174,7 @@ def draw_params(key: jax.Array, batch_size: int, height: int, width: int,
     probability: None (every transformation applies to every image: DiffAugment) or the
       probability ``p`` (a float or traced scalar) with which each transformation applies to
       each image, drawn independently (ADA).
+    channels: the images' channels (the shape of ``noise``'s pixels).
 
   Returns:
     A dict of arrays with leading axis ``batch_size``: ``brightness``, ``saturation``,
@@ -135,7 +183,9 @@ def draw_params(key: jax.Array, batch_size: int, height: int, width: int,
     ``apply_<name>`` (bool) per DiffAugment transformation too. ADA's groups give matrices
     in which each of their transformations is already drawn or left out: ``blit_matrix`` and
     ``geom_matrix`` (float32 ``[B, 3, 3]``, from an output pixel's centred (x, y, 1) to where
-    it is read from) and ``ada_color_matrix`` (float32 ``[B, 3, 4]``, applied to (R, G, B, 1)).
+    it is read from) and ``ada_color_matrix`` (float32 ``[B, 3, 4]``, applied to (R, G, B, 1));
+    ``filter_gains`` (float32 ``[B, 4]``, the bands' gains, 1 where not drawn) and ``noise``
+    (float32 ``[B, height, width, channels]``, 0 where not drawn).
   """
   params: Params = {}
   color_key, shift_key, cut_key = jax.random.split(key, 3)
@@ -162,6 +212,12 @@ def draw_params(key: jax.Array, batch_size: int, height: int, width: int,
   if 'ada_color' in policy:
     params['ada_color_matrix'] = _ada_color_matrix(jax.random.fold_in(key, _ADA_COLOR_STREAM),
                                                    batch_size, probability)
+  if 'filter' in policy:
+    params['filter_gains'] = _filter_gains(jax.random.fold_in(key, _FILTER_STREAM), batch_size,
+                                           probability)
+  if 'noise' in policy:
+    params['noise'] = _noise(jax.random.fold_in(key, _NOISE_STREAM),
+                             (batch_size, height, width, channels), probability)
   if probability is not None:
     apply_keys = jax.random.split(jax.random.fold_in(key, _APPLY_STREAM),
                                   len(DIFFAUGMENT_POLICIES))
@@ -275,6 +331,29 @@ def _ada_color_matrix(key, batch_size, probability):
   return jnp.concatenate([linear, offset[:, :, None]], axis=2)  # Applied to (R, G, B, 1).
 
 
+def _filter_gains(key, batch_size, probability):
+  """Each band's gain; after each band's draw all four are rescaled to keep the expected power
+  of a 1/f image (the paper's order), so gains of 1 (nothing drawn) stay exactly 1."""
+  shares = jnp.asarray(ADA_FILTER_EXPECTED_POWER, jnp.float32)
+  num_bands = len(ADA_FILTER_EXPECTED_POWER)
+  keys = jax.random.split(key, 2 * num_bands)
+  gains = jnp.ones((batch_size, num_bands), jnp.float32)
+  for band in range(num_bands):
+    chosen = _chosen(keys[num_bands + band], batch_size, probability)
+    gain = jnp.exp2(jax.random.normal(keys[band], (batch_size,)) * ADA_FILTER_STD * chosen)
+    step = jnp.ones((batch_size, num_bands), jnp.float32).at[:, band].set(gain)
+    power = jnp.sum(shares * step**2, axis=1, keepdims=True) / jnp.sum(shares)
+    gains = gains * step / jnp.sqrt(power)
+  return gains
+
+
+def _noise(key, shape, probability):
+  sigma_key, chosen_key, pixel_key = jax.random.split(key, 3)
+  sigma = jnp.abs(jax.random.normal(sigma_key, shape[:1])) * ADA_NOISE_STD
+  sigma = sigma * _chosen(chosen_key, shape[0], probability)
+  return sigma[:, None, None, None] * jax.random.normal(pixel_key, shape)
+
+
 def _mirror(index: jax.Array, size: int) -> jax.Array:
   """Reflect padding (the edge pixel is not repeated): ..., 2, 1, 0, 1, 2, ..., n-1, n-2, ..."""
   if size == 1:
@@ -317,6 +396,36 @@ def _ada_color(images: jax.Array, matrix: jax.Array) -> jax.Array:
   matrix = matrix.astype(images.dtype)[:, None, None]  # [B, 1, 1, 3, 4]
   out = jnp.sum(matrix[..., :3] * rgb[..., None, :], axis=-1) + matrix[..., 3]
   return out if channels == 3 else jnp.mean(out, axis=-1, keepdims=True)
+
+
+def _convolve_axis(images: jax.Array, kernels: jax.Array, axis: int) -> jax.Array:
+  """Each image filtered along ``axis`` by its own symmetric ``[taps]`` kernel, reflect-padded."""
+  size, taps = images.shape[axis], kernels.shape[1]
+  half = taps // 2
+  padded = jnp.take(images, _mirror(jnp.arange(size + 2 * half) - half, size), axis=axis)
+  out = 0
+  for tap in range(taps):  # Products and sums: exact where a kernel is the unit impulse.
+    out = out + (kernels[:, tap, None, None, None]
+                 * jax.lax.slice_in_dim(padded, tap, tap + size, axis=axis))
+  return out
+
+
+def _filter(images: jax.Array, gains: jax.Array) -> jax.Array:
+  """Amplifies each band by its gain: one separable kernel per image, rows then columns."""
+  bank = jnp.asarray(_FILTER_BANK, jnp.float32)
+  impulse = jnp.asarray(_FILTER_BANK.shape[1] // 2 == np.arange(_FILTER_BANK.shape[1]),
+                        jnp.float32)
+  # The impulse plus (gain - 1) times each band: exactly the impulse where no gain was drawn.
+  kernels = impulse + jnp.sum((gains - 1.0)[:, :, None] * bank[None], axis=1)
+  kernels = kernels.astype(images.dtype)
+  return _convolve_axis(_convolve_axis(images, kernels, axis=2), kernels, axis=1)
+
+
+def _add_noise(images: jax.Array, noise: jax.Array) -> jax.Array:
+  if noise.shape[1:] != images.shape[1:]:
+    raise ValueError(f'noise was drawn for images of shape {tuple(noise.shape[1:])}, not '
+                     f'{tuple(images.shape[1:])}: pass their channels to draw_params.')
+  return images + noise.astype(images.dtype)
 
 
 def adapt_probability(probability: jax.Array, real_sign: jax.Array, num_images: int | jax.Array,
@@ -402,6 +511,10 @@ def _apply_centred(images: jax.Array, params: Params, policy: tuple[str, ...]) -
     images = _resample(images, _compose(geometric))
   if 'ada_color' in policy:
     images = _ada_color(images, params['ada_color_matrix'])
+  if 'filter' in policy:
+    images = _filter(images, params['filter_gains'])
+  if 'noise' in policy:
+    images = _add_noise(images, params['noise'])
   transforms = {'color': lambda x: _color(x, params),
                 'translation': lambda x: _translate(x, params['shift']),
                 'cutout': lambda x: _cutout(x, params['cutout_center'])}
@@ -429,6 +542,6 @@ def augment(images: jax.Array, key: jax.Array, policy: str | Iterable[str],
   policy = parse_policy(policy)
   if not policy:
     return images
-  batch, height, width, _ = images.shape
-  params = draw_params(key, batch, height, width, policy, probability)
+  batch, height, width, channels = images.shape
+  params = draw_params(key, batch, height, width, policy, probability, channels)
   return apply(images, params, policy, value_range)

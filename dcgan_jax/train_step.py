@@ -224,8 +224,8 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     """Each image's DiffAugment transformation (None when augmentation is off)."""
     if not policy:
       return None
-    _, height, width, _ = images.shape
-    draw = lambda k, n: augment.draw_params(k, n, height, width, policy, probability)
+    _, height, width, channels = images.shape
+    draw = lambda k, n: augment.draw_params(k, n, height, width, policy, probability, channels)
     return global_slice(draw, key, images.shape[0])
 
   value_range = (-1.0, 1.0) if output_activation == 'tanh' else (0.0, 1.0)

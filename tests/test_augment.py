@@ -31,17 +31,20 @@ def _uint8_images(n=32, seed=0):
     (' translation , color,', ('color', 'translation')),
     (('translation', 'translation'), ('translation',)),
     (FULL, augment.DIFFAUGMENT_POLICIES),
-    ('bgc', augment.ADA_POLICIES),  # ADA's recommended pipeline.
+    ('bgc', ('blit', 'geom', 'ada_color')),  # ADA's recommended pipeline.
     ('cutout, bgc', ('blit', 'geom', 'ada_color', 'cutout')),  # ADA's before DiffAugment's.
-    ('bgc,' + FULL, augment.POLICIES),
+    ('bgcfnc', augment.ADA_POLICIES + ('cutout',)),  # ADA's full pipeline.
+    ('noise,filter', ('filter', 'noise')),
+    ('bgcfnc,translation,color', augment.POLICIES),
 ])
 def test_parse_policy(policy, expected):
   assert augment.parse_policy(policy) == expected
 
 
 def test_unknown_policy_names_the_valid_ones():
-  with pytest.raises(UserError, match=r"subset of blit, geom, ada_color, color, translation, "
-                     r"cutout \('bgc' is ADA's blit,geom,ada_color\) .*got 'flip'"):
+  with pytest.raises(UserError, match=r"subset of blit, geom, ada_color, filter, noise, color, "
+                     r"translation, cutout \('bgc' is ADA's blit,geom,ada_color; 'bgcfnc' adds "
+                     r"filter,noise,cutout\) .*got 'flip'"):
     augment.parse_policy('color,flip')
   with pytest.raises(UserError, match="got 'colour'"):
     StepConfig(augment='colour')
@@ -276,6 +279,87 @@ def test_ada_groups_with_a_probability():
   assert abs(colour_identity - 0.5 ** 5 * 1.5) < 0.02  # Luma flip draws "no flip" half the time.
 
 
+def test_filter_bank_splits_the_spectrum_into_four_octave_bands():
+  """The bands add up to the unit impulse (gains of 1: no change), are symmetric (no shift), and
+  each keeps >= 85% of its response's energy in [0, π/8], [π/8, π/4], [π/4, π/2], [π/2, π]."""
+  bank = augment.filter_bank()
+  taps = bank.shape[1]
+  impulse = np.eye(taps)[taps // 2]
+  np.testing.assert_allclose(bank.sum(0), impulse, atol=1e-15)
+  np.testing.assert_array_equal(bank, bank[:, ::-1])
+  omega = np.linspace(0, np.pi, 4097)
+  response = np.cos(np.outer(omega, np.arange(taps) - taps // 2)) @ bank.T  # Real: symmetric.
+  edges = np.pi * np.array([0, 1 / 8, 1 / 4, 1 / 2, 1 + 1e-9])
+  for band in range(4):
+    inside = (omega >= edges[band]) & (omega < edges[band + 1])
+    energy = response[:, band] ** 2
+    assert energy[inside].sum() / energy.sum() >= 0.85, band
+  np.testing.assert_allclose(response[0], [1, 0, 0, 0], atol=1e-12)  # Mean: lowest band only.
+  np.testing.assert_allclose(response[-1], [0, 0, 0, 1], atol=2e-3)
+
+
+def _scipy_filter(image, gains):
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  kernel = gains @ augment.filter_bank()
+  along_rows = ndimage.convolve1d(image.astype(np.float64), kernel, axis=1, mode='mirror')
+  return ndimage.convolve1d(along_rows, kernel, axis=0, mode='mirror')
+
+
+def test_filter_is_one_separable_kernel_per_image_like_scipy():
+  images = _images(n=4, size=16)
+  gains = np.array([[1, 1, 1, 1], [2, 1, 1, 1], [1, 0.5, 3, 1], [0.7, 1.2, 0.9, 4]], np.float32)
+  out = np.asarray(augment.apply(images, {'filter_gains': jnp.asarray(gains)}, ('filter',)))
+  np.testing.assert_array_equal(out[0], images[0])  # Gains of 1: exactly the image.
+  for image, gain, result in zip(images, gains, out):
+    np.testing.assert_allclose(result, _scipy_filter(image, gain), atol=2e-5)
+  # Smaller than the kernel (8 < 33 taps): the reflection repeats, as scipy's 'mirror'.
+  small = _images(n=4, size=8)
+  out = np.asarray(augment.apply(small, {'filter_gains': jnp.asarray(gains)}, ('filter',)))
+  np.testing.assert_allclose(out[3], _scipy_filter(small[3], gains[3]), atol=2e-5)
+
+
+def test_filter_gains_and_noise_draw_the_papers_distributions():
+  """Band gains 2^N(0, 1): the rescaling is common to the four, so the log2 ratio of two bands
+  is N(0, 2). Where one band alone was drawn, a 1/f image keeps its expected power. The noise's
+  std is |N(0, 0.1²)| per image (mean 0.1·sqrt(2/π)), over every pixel and channel."""
+  n = 4096
+  params = jax.tree.map(np.asarray, augment.draw_params(jax.random.key(10), n, 8, 8,
+                                                        ('filter', 'noise'), channels=1))
+  assert params['noise'].shape == (n, 8, 8, 1)
+  log_gains = np.log2(params['filter_gains'])
+  for i, j in ((0, 1), (1, 2), (2, 3), (0, 3)):
+    assert abs(np.std(log_gains[:, i] - log_gains[:, j]) - np.sqrt(2)) < 0.06
+  sigma = params['noise'].reshape(n, -1).std(axis=1)
+  assert abs(np.mean(sigma) - 0.1 * np.sqrt(2 / np.pi)) < 0.004
+  assert abs(np.std(sigma) - 0.1 * np.sqrt(1 - 2 / np.pi)) < 0.004
+  assert abs(np.mean(params['noise'])) < 1e-3
+  rare = jax.tree.map(np.asarray, augment.draw_params(jax.random.key(11), n, 8, 8,
+                                                      ('filter', 'noise'), probability=0.2))
+  gains = rare['filter_gains']
+  untouched = np.all(gains == 1.0, axis=1)
+  assert abs(untouched.mean() - 0.8 ** 4) < 0.03
+  # One band drawn: the other three keep one common value.
+  one_band = ~untouched & (np.sum(np.isclose(gains[:, :, None], gains[:, None, :], rtol=1e-6,
+                                             atol=0), axis=(1, 2)) == 10)
+  assert one_band.sum() > 500
+  shares = np.array(augment.ADA_FILTER_EXPECTED_POWER) / sum(augment.ADA_FILTER_EXPECTED_POWER)
+  np.testing.assert_allclose((gains[one_band] ** 2) @ shares, 1.0, rtol=1e-5)
+  noiseless = np.all(rare['noise'] == 0, axis=(1, 2, 3))
+  assert abs(noiseless.mean() - 0.8) < 0.03
+
+
+def test_noise_is_added_and_must_match_the_images_shape():
+  images = _images(n=4)
+  params = augment.draw_params(jax.random.key(12), 4, 16, 16, ('noise',))
+  out = np.asarray(augment.apply(images, params, ('noise',)))
+  np.testing.assert_allclose(out - images, np.asarray(params['noise']), atol=1e-6)
+  grey = augment.augment(jnp.asarray(_images(n=4, channels=1)), jax.random.key(0), 'noise')
+  assert grey.shape == (4, 16, 16, 1)
+  with pytest.raises(ValueError, match=r'noise was drawn for images of shape \(16, 16, 3\), '
+                     r'not \(16, 16, 1\): pass their channels to draw_params'):
+    augment.apply(_images(n=4, channels=1), params, ('noise',))
+
+
 # ---- with a probability (ADA) -----------------------------------------------------------------
 
 
@@ -380,8 +464,8 @@ def _leaves(state):
 
 @pytest.mark.parametrize('step_config', [
     StepConfig(augment=FULL),
-    # All six groups, ADA's and DiffAugment's.
-    pytest.param(StepConfig(augment='bgc,' + FULL, loss='wasserstein',
+    # All eight groups, ADA's and DiffAugment's.
+    pytest.param(StepConfig(augment='bgcfnc,color,translation', loss='wasserstein',
                             gradient_penalty_weight=10.0, r1_weight=1.0, d_steps=2,
                             ada_target=0.6, ada_speed_images=64),
                  marks=pytest.mark.slow),

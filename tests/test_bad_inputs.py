@@ -45,8 +45,9 @@ ROWS = [
      "discriminator_norm must be one of batch, layer, spectral, none (got 'instance')"),
     ('unknown_augment', 'dcgan_jax.main',
      [CONFIG, '--workdir={w}', '--config.augment=color,flip'],
-     "augment must be a comma-separated subset of blit, geom, ada_color, color, translation, "
-     "cutout ('bgc' is ADA's blit,geom,ada_color) or '' for none (got 'flip')"),
+     "augment must be a comma-separated subset of blit, geom, ada_color, filter, noise, color, "
+     "translation, cutout ('bgc' is ADA's blit,geom,ada_color; 'bgcfnc' adds filter,noise,cutout) "
+     "or '' for none (got 'flip')"),
     ('ada_without_augment', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.ada_target=0.6'],
      'set augment too'),
     ('conditioning_without_classes', 'dcgan_jax.main',

@@ -650,7 +650,7 @@ def test_a_checkpoint_due_after_a_non_finite_loss_is_not_saved(tfds_dir, tmp_pat
     ({'batch_size': 12}, 'batch_size 12 is not divisible by the 8 devices'),
     ({'dataset': 'no_such_dataset'}, "Unknown dataset 'no_such_dataset'; use one of digits"),
     ({'loss': 'nope'}, 'nope'),
-    ({'augment': 'flip'}, 'augment must be a comma-separated subset of blit, geom, ada_color, color'),
+    ({'augment': 'flip'}, 'augment must be a comma-separated subset of blit, geom, ada_color, filter, noise'),
     ({'steps_per_dispatch': 0}, 'steps_per_dispatch must be a positive integer'),
 ])
 def test_bad_config_fails_before_touching_the_workdir(tfds_dir, tmp_path, overrides, message):
