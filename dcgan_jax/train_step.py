@@ -51,14 +51,16 @@ class StepConfig:
     d_steps: Discriminator updates per generator update; each draws fresh latents and reuses
       the same real batch.
     ema_decay: Decay of G's EMA, used when the state carries one.
-    augment: DiffAugment policy applied to every image D sees, real and fake, in both updates:
-      a comma-separated subset of ``color,translation,cutout`` (see :mod:`dcgan_jax.augment`);
-      '' (the default, the paper's setup) for none. Normalised to a tuple of names.
+    augment: Augmentation policy applied to every image D sees, real and fake, in both
+      updates: a comma-separated subset of DiffAugment's ``color,translation,cutout`` and
+      ADA's ``blit,geom,ada_color,filter,noise`` (``bgc``, ``bgcfnc`` for short; see
+      :mod:`dcgan_jax.augment`); '' (the default, the paper's setup) for none. Normalised to
+      a tuple of names.
     augment_probability: With ``augment`` and without ADA: the probability with which each
       transformation applies to each image (1, the default, is DiffAugment: always).
     ada_target: > 0 turns on adaptive augmentation (ADA, Karras et al. 2020): the probability
-      lives in the state (``AdaptiveAugmentState.augment_probability``, from 0) and after every step moves
-      towards more augmentation while ``E[sign(D(real))]`` exceeds this target (0.6 in the
+      lives in the state (``AdaptiveAugmentState.augment_probability``, from 0) and after
+      every step moves towards more augmentation while ``E[sign(D(real))]`` exceeds this target (0.6 in the
       paper), towards less otherwise. Needs ``augment``; 0 (default) disables.
     ada_speed_images: Real images over which ADA's probability can move from 0 to 1 (500k in
       the paper).
