@@ -141,6 +141,18 @@ def test_other_value_ranges_are_augmented_as_their_image_in_minus_one_to_one():
   assert np.isclose(np.asarray(cut), 0.5).any() and np.isclose(np.asarray(cut), 0.0).any()
 
 
+def test_bfloat16_images_stay_bfloat16_and_match_float32():
+  """A bfloat16 step augments bfloat16 images: every group keeps the dtype (no float32 noise or
+  kernels promote it) and agrees with the float32 result to bfloat16's precision."""
+  images = _images(n=4)
+  params = augment.draw_params(jax.random.key(13), 4, 16, 16, augment.POLICIES)
+  apply = jax.jit(augment.apply, static_argnums=2)
+  low = apply(jnp.asarray(images, jnp.bfloat16), params, augment.POLICIES)
+  assert low.dtype == jnp.bfloat16
+  high = np.asarray(apply(images, params, augment.POLICIES))
+  assert np.mean(np.abs(np.asarray(low, np.float32) - high)) < 0.02 * np.mean(np.abs(high))
+
+
 def test_augment_in_one_call_and_empty_policy_is_the_identity():
   images = jnp.asarray(_images())
   assert augment.augment(images, jax.random.key(0), '') is images
