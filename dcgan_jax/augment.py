@@ -44,8 +44,8 @@ paper's parameter distributions (its appendix B):
 - ``filter``: image-space filtering. Four frequency bands, [0, π/8], [π/8, π/4], [π/4, π/2]
   and [π/2, π], are each amplified or attenuated by a gain 2^N(0, 1) drawn with probability
   ``p``; after each band's draw the gains are rescaled so that an image whose power falls off
-  as 1/f (10/13 of it in the lowest band, 1/13 in each other) keeps its expected power, as in
-  the paper. The filter is one separable symmetric FIR kernel per image (33 taps,
+  as 1/f (10/13 of it in the lowest band, 1/13 in each other) keeps its expected power, in
+  the order of ADA's released pipeline. The filter is one separable symmetric FIR kernel per image (33 taps,
   reflect-padded) applied along rows and then columns; its bands are Hann-windowed sinc
   low-passes and their differences (the paper builds them from a wavelet).
 - ``noise``: additive Gaussian noise per pixel and channel, with a standard deviation drawn
@@ -333,7 +333,8 @@ def _ada_color_matrix(key, batch_size, probability):
 
 def _filter_gains(key, batch_size, probability):
   """Each band's gain; after each band's draw all four are rescaled to keep the expected power
-  of a 1/f image (the paper's order), so gains of 1 (nothing drawn) stay exactly 1."""
+  of a 1/f image (the order of ADA's released pipeline), so gains of 1 (nothing drawn) stay
+  exactly 1."""
   shares = jnp.asarray(ADA_FILTER_EXPECTED_POWER, jnp.float32)
   num_bands = len(ADA_FILTER_EXPECTED_POWER)
   keys = jax.random.split(key, 2 * num_bands)
