@@ -162,8 +162,7 @@ def _cutout_size(length: int) -> int:
 
 
 def draw_params(key: jax.Array, batch_size: int, height: int, width: int,
-                policy: tuple[str, ...], probability: float | jax.Array | None = None,
-                channels: int = 3) -> Params:
+                policy: tuple[str, ...], probability: float | jax.Array | None = None) -> Params:
   """Draws each image's transformation.
 
   Args:
@@ -174,7 +173,6 @@ def draw_params(key: jax.Array, batch_size: int, height: int, width: int,
     probability: None (every transformation applies to every image: DiffAugment) or the
       probability ``p`` (a float or traced scalar) with which each transformation applies to
       each image, drawn independently (ADA).
-    channels: the images' channels (the shape of ``noise``'s pixels).
 
   Returns:
     A dict of arrays with leading axis ``batch_size``: ``brightness``, ``saturation``,
@@ -184,8 +182,9 @@ def draw_params(key: jax.Array, batch_size: int, height: int, width: int,
     in which each of their transformations is already drawn or left out: ``blit_matrix`` and
     ``geom_matrix`` (float32 ``[B, 3, 3]``, from an output pixel's centred (x, y, 1) to where
     it is read from) and ``ada_color_matrix`` (float32 ``[B, 3, 4]``, applied to (R, G, B, 1));
-    ``filter_gains`` (float32 ``[B, 4]``, the bands' gains, 1 where not drawn) and ``noise``
-    (float32 ``[B, height, width, channels]``, 0 where not drawn).
+    ``filter_gains`` (float32 ``[B, 4]``, the bands' gains, 1 where not drawn); ``noise_std``
+    (float32, 0 where not drawn) and ``noise_seed`` (uint32, each image's own seed of its noise
+    pixels, drawn where they are added: a data-parallel step draws only its own images').
   """
   params: Params = {}
   color_key, shift_key, cut_key = jax.random.split(key, 3)
@@ -216,8 +215,8 @@ def draw_params(key: jax.Array, batch_size: int, height: int, width: int,
     params['filter_gains'] = _filter_gains(jax.random.fold_in(key, _FILTER_STREAM), batch_size,
                                            probability)
   if 'noise' in policy:
-    params['noise'] = _noise(jax.random.fold_in(key, _NOISE_STREAM),
-                             (batch_size, height, width, channels), probability)
+    params['noise_std'], params['noise_seed'] = _noise(jax.random.fold_in(key, _NOISE_STREAM),
+                                                       batch_size, probability)
   if probability is not None:
     apply_keys = jax.random.split(jax.random.fold_in(key, _APPLY_STREAM),
                                   len(DIFFAUGMENT_POLICIES))
@@ -348,11 +347,11 @@ def _filter_gains(key, batch_size, probability):
   return gains
 
 
-def _noise(key, shape, probability):
-  sigma_key, chosen_key, pixel_key = jax.random.split(key, 3)
-  sigma = jnp.abs(jax.random.normal(sigma_key, shape[:1])) * ADA_NOISE_STD
-  sigma = sigma * _chosen(chosen_key, shape[0], probability)
-  return sigma[:, None, None, None] * jax.random.normal(pixel_key, shape)
+def _noise(key, batch_size, probability):
+  sigma_key, chosen_key, seed_key = jax.random.split(key, 3)
+  sigma = jnp.abs(jax.random.normal(sigma_key, (batch_size,))) * ADA_NOISE_STD
+  sigma = sigma * _chosen(chosen_key, batch_size, probability)
+  return sigma, jax.random.bits(seed_key, (batch_size,), jnp.uint32)
 
 
 def _mirror(index: jax.Array, size: int) -> jax.Array:
@@ -422,11 +421,10 @@ def _filter(images: jax.Array, gains: jax.Array) -> jax.Array:
   return _convolve_axis(_convolve_axis(images, kernels, axis=2), kernels, axis=1)
 
 
-def _add_noise(images: jax.Array, noise: jax.Array) -> jax.Array:
-  if noise.shape[1:] != images.shape[1:]:
-    raise ValueError(f'noise was drawn for images of shape {tuple(noise.shape[1:])}, not '
-                     f'{tuple(images.shape[1:])}: pass their channels to draw_params.')
-  return images + noise.astype(images.dtype)
+def _add_noise(images: jax.Array, std: jax.Array, seed: jax.Array) -> jax.Array:
+  """Per-pixel noise from each image's own seed, in the images' shape."""
+  pixels = jax.vmap(lambda s: jax.random.normal(jax.random.key(s), images.shape[1:]))(seed)
+  return images + (std[:, None, None, None] * pixels).astype(images.dtype)
 
 
 def adapt_probability(probability: jax.Array, real_sign: jax.Array, num_images: int | jax.Array,
@@ -515,7 +513,7 @@ def _apply_centred(images: jax.Array, params: Params, policy: tuple[str, ...]) -
   if 'filter' in policy:
     images = _filter(images, params['filter_gains'])
   if 'noise' in policy:
-    images = _add_noise(images, params['noise'])
+    images = _add_noise(images, params['noise_std'], params['noise_seed'])
   transforms = {'color': lambda x: _color(x, params),
                 'translation': lambda x: _translate(x, params['shift']),
                 'cutout': lambda x: _cutout(x, params['cutout_center'])}
@@ -543,6 +541,6 @@ def augment(images: jax.Array, key: jax.Array, policy: str | Iterable[str],
   policy = parse_policy(policy)
   if not policy:
     return images
-  batch, height, width, channels = images.shape
-  params = draw_params(key, batch, height, width, policy, probability, channels)
+  batch, height, width, _ = images.shape
+  params = draw_params(key, batch, height, width, policy, probability)
   return apply(images, params, policy, value_range)

@@ -60,8 +60,8 @@ class StepConfig:
       transformation applies to each image (1, the default, is DiffAugment: always).
     ada_target: > 0 turns on adaptive augmentation (ADA, Karras et al. 2020): the probability
       lives in the state (``AdaptiveAugmentState.augment_probability``, from 0) and after
-      every step moves towards more augmentation while ``E[sign(D(real))]`` exceeds this target (0.6 in the
-      paper), towards less otherwise. Needs ``augment``; 0 (default) disables.
+      every step moves towards more augmentation while ``E[sign(D(real))]`` exceeds this
+      target (0.6 in the paper), towards less otherwise. Needs ``augment``; 0 (default) disables.
     ada_speed_images: Real images over which ADA's probability can move from 0 to 1 (500k in
       the paper).
   """
@@ -223,11 +223,11 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     return {} if labels is None else {'labels': labels}
 
   def augment_params(key, images, probability):
-    """Each image's DiffAugment transformation (None when augmentation is off)."""
+    """Each image's augmentation parameters (None when augmentation is off)."""
     if not policy:
       return None
-    _, height, width, channels = images.shape
-    draw = lambda k, n: augment.draw_params(k, n, height, width, policy, probability, channels)
+    _, height, width, _ = images.shape
+    draw = lambda k, n: augment.draw_params(k, n, height, width, policy, probability)
     return global_slice(draw, key, images.shape[0])
 
   value_range = (-1.0, 1.0) if output_activation == 'tanh' else (0.0, 1.0)

@@ -338,15 +338,16 @@ def test_filter_gains_and_noise_draw_the_papers_distributions():
   std is |N(0, 0.1²)| per image (mean 0.1·sqrt(2/π)), over every pixel and channel."""
   n = 4096
   params = jax.tree.map(np.asarray, augment.draw_params(jax.random.key(10), n, 8, 8,
-                                                        ('filter', 'noise'), channels=1))
-  assert params['noise'].shape == (n, 8, 8, 1)
+                                                        ('filter', 'noise')))
+  noise = _noise_of(params, (n, 8, 8, 1))
+  assert noise.shape == (n, 8, 8, 1)
   log_gains = np.log2(params['filter_gains'])
   for i, j in ((0, 1), (1, 2), (2, 3), (0, 3)):
     assert abs(np.std(log_gains[:, i] - log_gains[:, j]) - np.sqrt(2)) < 0.06
-  sigma = params['noise'].reshape(n, -1).std(axis=1)
+  sigma = noise.reshape(n, -1).std(axis=1)
   assert abs(np.mean(sigma) - 0.1 * np.sqrt(2 / np.pi)) < 0.004
   assert abs(np.std(sigma) - 0.1 * np.sqrt(1 - 2 / np.pi)) < 0.004
-  assert abs(np.mean(params['noise'])) < 1e-3
+  assert abs(np.mean(noise)) < 1e-3
   rare = jax.tree.map(np.asarray, augment.draw_params(jax.random.key(11), n, 8, 8,
                                                       ('filter', 'noise'), probability=0.2))
   gains = rare['filter_gains']
@@ -358,20 +359,32 @@ def test_filter_gains_and_noise_draw_the_papers_distributions():
   assert one_band.sum() > 500
   shares = np.array(augment.ADA_FILTER_EXPECTED_POWER) / sum(augment.ADA_FILTER_EXPECTED_POWER)
   np.testing.assert_allclose((gains[one_band] ** 2) @ shares, 1.0, rtol=1e-5)
-  noiseless = np.all(rare['noise'] == 0, axis=(1, 2, 3))
+  noiseless = np.all(_noise_of(rare, (n, 8, 8, 1)) == 0, axis=(1, 2, 3))
   assert abs(noiseless.mean() - 0.8) < 0.03
 
 
-def test_noise_is_added_and_must_match_the_images_shape():
+def _noise_of(params, shape):
+  """The noise the parameters add to images of `shape` (added to zeros)."""
+  return np.asarray(jax.jit(augment.apply, static_argnums=2)(
+      np.zeros(shape, np.float32), params, ('noise',)))
+
+
+def test_noise_is_added_in_the_images_shape_from_each_images_seed():
+  """Each image's pixels come from its own seed, drawn where they are added (a data-parallel
+  step draws only its own images'), in the images' shape, with that image's std."""
   images = _images(n=4)
   params = augment.draw_params(jax.random.key(12), 4, 16, 16, ('noise',))
   out = np.asarray(augment.apply(images, params, ('noise',)))
-  np.testing.assert_allclose(out - images, np.asarray(params['noise']), atol=1e-6)
-  grey = augment.augment(jnp.asarray(_images(n=4, channels=1)), jax.random.key(0), 'noise')
-  assert grey.shape == (4, 16, 16, 1)
-  with pytest.raises(ValueError, match=r'noise was drawn for images of shape \(16, 16, 3\), '
-                     r'not \(16, 16, 1\): pass their channels to draw_params'):
-    augment.apply(_images(n=4, channels=1), params, ('noise',))
+  np.testing.assert_allclose(out - images, _noise_of(params, images.shape), atol=1e-6)
+  std = np.asarray(params['noise_std'])
+  np.testing.assert_allclose((out - images).reshape(4, -1).std(axis=1), std, rtol=0.1)
+  grey = _noise_of(params, (4, 16, 16, 1))
+  np.testing.assert_allclose(grey.reshape(4, -1).std(axis=1), std, rtol=0.25)
+  # An image's noise depends on its own seed alone: the same with other images beside it.
+  np.testing.assert_array_equal(_noise_of(jax.tree.map(lambda x: x[2:3], params),
+                                          (1, 16, 16, 3)), _noise_of(params, images.shape)[2:3])
+  assert augment.augment(jnp.asarray(_images(n=4, channels=1)), jax.random.key(0),
+                         'noise').shape == (4, 16, 16, 1)
 
 
 # ---- with a probability (ADA) -----------------------------------------------------------------
