@@ -144,12 +144,18 @@ def load_generator(workdir: str, config, step: int | None, use_ema: bool):
   Raises:
     UserError: no checkpoint (of that step), or none restorable with the run's config.
   """
+  import jax  # pylint: disable=g-import-not-at-top
   from dcgan_jax import models  # pylint: disable=g-import-not-at-top
 
   state, restored_step = load_state(workdir, config, step)
   used_ema = use_ema and state.ema is not None
-  return (models.generator_from_config(config), state.sampling_variables(use_ema=used_ema),
-          restored_step, used_ema)
+  variables = state.sampling_variables(use_ema=used_ema)
+  # NaN images would quantise to black and score an ordinary-looking FID: refuse them here.
+  if not all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(variables)):
+    raise UserError(f"The generator's {'EMA ' if used_ema else ''}weights at step "
+                    f'{restored_step} in {workdir} are not finite (NaN or infinite); evaluate '
+                    'an earlier step (--step).')
+  return models.generator_from_config(config), variables, restored_step, used_ema
 
 
 def generate(generator, variables, num_samples: int, latent_dim: int, batch_size: int,
@@ -228,6 +234,10 @@ def reference_cache_path(workdir: str | os.PathLike, config, preprocessing: str,
   return pathlib.Path(workdir) / f'{name}.npz'
 
 
+def _absolute(path: str) -> str:
+  return os.path.abspath(path) if path else ''
+
+
 def dataset_reference(workdir: str, config, extractor, num_reference: int,
                       batch_size: int, label: int | None = None,
                       load_labelled: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
@@ -246,9 +256,15 @@ def dataset_reference(workdir: str, config, extractor, num_reference: int,
   from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
 
   path = reference_cache_path(workdir, config, extractor.preprocessing, label)
+  # Everything that changes the statistics: a cache made with other settings is recomputed.
   description = {'dataset': str(config.dataset), 'split': str(config.get('split', 'train')),
                  'image_size': int(config.image_size), 'channels': int(config.channels),
-                 'preprocessing': extractor.preprocessing, 'requested': int(num_reference)}
+                 'preprocessing': extractor.preprocessing, 'requested': int(num_reference),
+                 'dataset_path': _absolute(config.get('dataset_path', '')),
+                 'crop_size': int(config.get('crop_size', 0)),
+                 'data_dir': str(config.get('data_dir', '')),
+                 'precision': str(getattr(extractor, 'precision', '')),
+                 'inception_weights': str(getattr(extractor, 'weights_fingerprint', ''))}
   if label is not None:  # (Caches of the whole dataset keep the keys they always had.)
     description['label'] = int(label)
   if path.is_file():

@@ -72,14 +72,20 @@ def _is_statistics_file(path: str) -> bool:
 
 
 def _decode_rgb(data: bytes | None) -> np.ndarray | None:
-  """pytorch-fid's reading: PIL, converted to RGB, at the file's own size; None if unreadable."""
+  """pytorch-fid's reading: PIL, converted to RGB, at the file's own size; None if unreadable.
+
+  One difference: 16-bit grey files are scaled to 8 bits first. PIL's conversion (and so
+  pytorch-fid) clips them at 255, which makes nearly every pixel white; 8-bit files, the usual
+  case, are read exactly as pytorch-fid reads them.
+  """
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  from dcgan_jax.data import image_files  # pylint: disable=g-import-not-at-top
 
   if data is None:
     return None
   try:
     with Image.open(io.BytesIO(data)) as image:
-      return np.asarray(image.convert('RGB'), np.uint8)
+      return np.asarray(image_files.eight_bit_grey(image).convert('RGB'), np.uint8)
   except (OSError, ValueError, Image.DecompressionBombError):
     return None
 

@@ -179,8 +179,9 @@ class DataParallelStep:
     Args:
       local_batch: images ``[global_batch / process_count, H, W, C]`` (with one process, the
         whole global batch), or for class-conditional models the pair ``(images, labels)``
-        with labels ``[global_batch / process_count]``. Arrays already laid out for the step
-        pass through unchanged.
+        with labels ``[global_batch / process_count]``. With shard_map, arrays already laid
+        out for the step pass through unchanged; with pmap, rows are always split into a new
+        leading device axis, so place each batch once.
     """
     if isinstance(local_batch, (tuple, list)):
       rows = {int(np.shape(x)[0]) for x in local_batch}

@@ -95,6 +95,9 @@ def make_schedule(learning_rate: float, kind: str = 'constant', num_steps: int =
     raise UserError(f'lr_schedule must be one of constant, cosine or linear (got {kind!r}).')
   if learning_rate <= 0:
     raise UserError(f'learning rates must be positive (got {learning_rate!r}).')
+  if kind != 'constant' and num_steps < 1:
+    raise UserError(f'The {kind} schedule decays over num_steps updates; give num_steps >= 1 '
+                    f'(got {num_steps}).')
   decay_steps = max(num_steps - warmup_steps, 1)
   if kind == 'constant':
     main = optax.constant_schedule(learning_rate)

@@ -123,8 +123,12 @@ def images_to_model_range(images: jax.Array, output_activation: str = 'tanh') ->
   """Scales a batch to the generator's output range on the device.
 
   uint8 images (what input pipelines yield) map to [-1, 1] for tanh or [0, 1] for sigmoid;
-  floating images are assumed to be in that range already.
+  floating images are assumed to be in that range already. Other integer types are an error
+  (their range is not known: uint16 may hold 0..65535).
   """
+  if images.dtype != jnp.uint8 and not jnp.issubdtype(images.dtype, jnp.floating):
+    raise UserError(f'Training images must be uint8 (0..255) or floating point in the '
+                    f"generator's range, got {images.dtype}.")
   if images.dtype == jnp.uint8:
     images = images.astype(jnp.float32)
     return images / 127.5 - 1.0 if output_activation == 'tanh' else images / 255.0
@@ -173,10 +177,12 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     real images, ``[B, H, W, C]`` (uint8 or already scaled floats), or for class-conditional
     models (``generator.num_classes > 0``) the pair ``(images, labels)`` with int labels
     ``[B]``; generated images get labels drawn uniformly over the classes. ``rng`` is the same
-    key on every device. Metrics (scalars, averaged over devices): ``d_loss``, ``g_loss``, ``d_real``
-    (D(x)), ``d_fake_before`` and ``d_fake_after`` (D(G(z)) before and after the D update),
-    ``d_grad_norm``, ``g_grad_norm``, and the penalties when enabled. With ``augment`` the
-    D outputs are those of the augmented images, which D really saw.
+    key on every device. Metrics (scalars, averaged over devices): ``d_loss``, ``g_loss``,
+    ``d_real`` (D(x)), ``d_fake_before`` and ``d_fake_after`` (D(G(z)) before and after the D
+    update), ``d_grad_norm``, ``g_grad_norm``, and the penalties when enabled. With
+    ``augment`` the D outputs are those of the augmented images, which D really saw; with ADA
+    also ``ada_real_sign`` (E[sign(D(real))]) and ``augment_probability`` (the p this step
+    used).
   """
   if hasattr(generator, 'axis_name'):
     generator = generator.clone(axis_name=axis_name)

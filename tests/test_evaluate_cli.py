@@ -249,8 +249,10 @@ def test_reference_file_with_features_gives_kid_and_precision_recall(run_dir, in
     ('bad_reference', 'not a statistics file'),
     ('missing_reference', 'reference statistics file'),
     ('bad_step', 'no checkpoint of step 7'),
+    ('nan_weights', "generator's EMA weights at step 2 in "),
 ])
-def test_user_mistakes_are_one_line(case, message, run_dir, inception_npz, tmp_path, capsys):
+def test_user_mistakes_are_one_line(case, message, run_dir, inception_npz, tmp_path, capsys,
+                                    monkeypatch):
   args = {'workdir': str(run_dir), 'inception_weights': inception_npz, 'num_samples': str(NUM)}
   if case == 'missing_workdir':
     args['workdir'] = str(tmp_path / 'nope')
@@ -266,6 +268,13 @@ def test_user_mistakes_are_one_line(case, message, run_dir, inception_npz, tmp_p
     args['reference'] = str(tmp_path / 'missing.npz')
   elif case == 'bad_step':
     args['step'] = '7'
+  elif case == 'nan_weights':  # A checkpoint whose G diverged (training never saves one).
+    from dcgan_jax import state as state_lib  # pylint: disable=g-import-not-at-top
+    variables = state_lib.GANState.sampling_variables
+    monkeypatch.setattr(state_lib.GANState, 'sampling_variables', lambda self, use_ema=True: (
+        jax.tree.map(lambda x: np.full(np.shape(x), np.nan, np.float32),
+                     variables(self, use_ema))))
+    message += f'{run_dir} are not finite (NaN or infinite); evaluate an earlier step (--step)'
   status, out, err = _cli([f'--{k}={v}' for k, v in args.items()], capsys)
   assert status == EXIT_USER_ERROR
   assert message.lower() in err.lower()
@@ -386,3 +395,59 @@ def test_intra_fid_is_the_mean_of_the_per_class_fids(tmp_path, monkeypatch, caps
   status, _, err = _cli([f'--workdir={plain}', '--intra_fid'], capsys)
   assert status == EXIT_USER_ERROR and 'trained without labels' in err
   assert len(err.strip().splitlines()) == 1
+
+
+class _CheapExtractor:
+  """Features are per-image channel means (no network): enough to tell references apart."""
+  preprocessing = 'pytorch_fid'
+
+  def __init__(self, precision='default', weights_fingerprint='weights-a'):
+    self.precision, self.weights_fingerprint = precision, weights_fingerprint
+
+  def device_batches(self, images):
+    pixels = np.asarray(images, np.float64)
+    yield {'pool': np.concatenate([pixels.mean(axis=(1, 2)), pixels.std(axis=(1, 2))], axis=1)}
+
+
+def test_cached_reference_is_remade_when_anything_that_made_it_changes(tmp_path, monkeypatch):
+  """The extractor's weights or precision, or the images' source or crop, change the reference
+  statistics: a cache made otherwise must not be reused (as it once silently was)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import data  # pylint: disable=g-import-not-at-top
+
+  reads = []
+
+  def load_all_images(config, max_examples=None):
+    reads.append(config.dataset_path)
+    seed = len(config.dataset_path) + int(config.crop_size)  # Other source or crop: other pixels.
+    return np.random.default_rng(seed).integers(0, 256, (6, 8, 8, 1), np.uint8)
+
+  monkeypatch.setattr(data, 'load_all_images', load_all_images)
+  config = ml_collections.ConfigDict(dict(dataset='folder', dataset_path='faces', split='train',
+                                          image_size=8, channels=1, crop_size=0, data_dir=''))
+
+  def reference(extractor=None, **changes):
+    run_config = ml_collections.ConfigDict(config.to_dict())
+    run_config.update(changes)
+    stats, _, protocol = evaluate.dataset_reference(
+        str(tmp_path), run_config, extractor or _CheapExtractor(), num_reference=6, batch_size=6)
+    return stats.mean, protocol['cached']
+
+  first, cached = reference()
+  assert not cached and len(reads) == 1
+  again, cached = reference()
+  assert cached and len(reads) == 1
+  np.testing.assert_array_equal(again, first)
+  for extractor, changes in ((_CheapExtractor(precision='highest'), {}),
+                             (_CheapExtractor(weights_fingerprint='weights-b'), {}),
+                             (None, {'dataset_path': 'other_faces'}),
+                             (None, {'crop_size': 6})):
+    count = len(reads)
+    _, cached = reference(extractor, **changes)
+    assert not cached and len(reads) == count + 1, (extractor, changes)
+    _, cached = reference(extractor, **changes)  # Now cached with these settings.
+    assert cached and len(reads) == count + 1
+  # Back to the first settings: recomputed (one cache file per dataset and size), same numbers.
+  back, cached = reference()
+  assert not cached
+  np.testing.assert_array_equal(back, first)

@@ -112,3 +112,15 @@ def test_folded_variables_fit_the_folded_network():
   assert set(declared) == {'params'}
   assert (jax.tree.map(lambda a: (a.shape, np.dtype(a.dtype)), folded['params'])
           == jax.tree.map(lambda a: (a.shape, np.dtype(a.dtype)), declared['params']))
+
+
+def test_weights_fingerprint_names_the_weights_not_their_folded_form(variables):
+  """Cached reference statistics record it: equal for equal weights (whatever the extractor's
+  performance options), different when any value changes."""
+  same = evaluation.InceptionExtractor(variables, batch_size=BATCH_SIZE, merge_siblings=False)
+  assert same.weights_fingerprint == evaluation.InceptionExtractor(
+      variables, batch_size=BATCH_SIZE).weights_fingerprint
+  changed = jax.tree.map(np.copy, variables)
+  changed['params']['Mixed_7c']['branch1x1']['conv']['kernel'][0, 0, 5, 7] = 1e-3
+  assert evaluation.InceptionExtractor(changed, batch_size=BATCH_SIZE).weights_fingerprint != (
+      same.weights_fingerprint)

@@ -165,6 +165,10 @@ def test_feature_statistics_warns_when_rank_deficient():
   stats = evaluation.FeatureStatistics().update(np.random.default_rng(7).normal(size=(10, 16)))
   with pytest.warns(UserWarning, match='rank-deficient'):
     _ = stats.covariance
+  # As many samples as dimensions still span only dim - 1 of them around their mean.
+  square = evaluation.FeatureStatistics().update(np.random.default_rng(7).normal(size=(16, 16)))
+  with pytest.warns(UserWarning, match='rank-deficient'):
+    assert np.linalg.matrix_rank(square.covariance) == 15
   full = evaluation.FeatureStatistics().update(np.random.default_rng(7).normal(size=(20, 16)))
   with warnings.catch_warnings():
     warnings.simplefilter('error')
@@ -219,6 +223,13 @@ def test_statistics_load_rejects_other_files(tmp_path):
     evaluation.FeatureStatistics.load(path)
   with pytest.raises(UserError):
     evaluation.FeatureStatistics.load(tmp_path / 'missing.npz')
+  np.savez(path, mu=np.array(['a', 'b']), sigma=np.zeros((2, 2)))
+  with pytest.raises(UserError, match='mu'):
+    evaluation.FeatureStatistics.load(path)
+  # A corrupt file would give FID nan: refused when read, with what to do.
+  np.savez(path, mu=np.array([0.0, np.nan]), sigma=np.eye(2))
+  with pytest.raises(UserError, match='non-finite .* make it again'):
+    evaluation.FeatureStatistics.load(path)
 
 
 def _relative_error(ours, expected):

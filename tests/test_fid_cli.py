@@ -192,3 +192,26 @@ def test_mistakes_are_one_line_and_exit_2(folders, tmp_path, capsys, args, messa
   assert message in lines[-1] and 'Traceback' not in err, err
   assert sorted(p.name for p in tmp_path.iterdir()) == before  # Nothing written.
 
+
+
+def test_files_are_read_as_pytorch_fid_reads_them_but_16_bit_grey_is_scaled(tmp_path):
+  """8-bit files: PIL's convert('RGB'), exactly (alpha dropped, grey repeated). 16-bit grey:
+  scaled to 8 bits, where PIL (and so pytorch-fid) would clip it to nearly all white."""
+  import io  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+
+  def encoded(image):
+    buffer = io.BytesIO()
+    image.save(buffer, format='PNG')
+    return buffer.getvalue()
+
+  for mode, shape in (('RGB', (5, 7, 3)), ('RGBA', (5, 7, 4)), ('L', (5, 7))):
+    image = Image.fromarray(rng.integers(0, 256, shape, np.uint8), mode)
+    np.testing.assert_array_equal(fid._decode_rgb(encoded(image)),  # pylint: disable=protected-access
+                                  np.asarray(image.convert('RGB')))
+  wide = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (4, 1))
+  decoded = fid._decode_rgb(encoded(Image.fromarray(wide)))  # pylint: disable=protected-access
+  assert decoded.shape == (4, 256, 3) and decoded.dtype == np.uint8
+  np.testing.assert_array_equal(decoded[..., 0], np.round(wide / 257.0).astype(np.uint8))
+  assert np.mean(np.asarray(Image.fromarray(wide).convert('RGB')) == 255) > 0.9  # PIL's way.
+  assert fid._decode_rgb(b'not an image') is None  # pylint: disable=protected-access

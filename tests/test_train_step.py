@@ -22,7 +22,8 @@ def _leaves(state):
   return (jax.tree.leaves(state.generator.params) + jax.tree.leaves(state.discriminator.params)
           + jax.tree.leaves(state.generator.batch_stats)
           + jax.tree.leaves(state.discriminator.batch_stats)
-          + jax.tree.leaves(state.generator.opt_state) + jax.tree.leaves(state.ema))
+          + jax.tree.leaves(state.generator.opt_state)
+          + jax.tree.leaves(state.discriminator.opt_state) + jax.tree.leaves(state.ema))
 
 
 @pytest.fixture(scope='module')
@@ -240,3 +241,27 @@ def test_auto_compiler_options_follow_the_platform(initial_state, monkeypatch, c
   with caplog.at_level(logging.WARNING):
     assert default_compiler_options([_fake_device('gpu', 'cuda 12.8')]) == {}
   assert 'NO_SUCH_COMMAND' in caplog.text and 'compiling without them' in caplog.text
+
+
+def test_images_reach_the_models_range_and_other_integers_are_refused():
+  from dcgan_jax.train_step import images_to_model_range  # pylint: disable=g-import-not-at-top
+  pixels = np.array([[0, 128, 255]], np.uint8)
+  np.testing.assert_allclose(images_to_model_range(pixels), [[-1.0, 128 / 127.5 - 1, 1.0]],
+                             atol=1e-6)
+  np.testing.assert_allclose(images_to_model_range(pixels, 'sigmoid'), [[0.0, 128 / 255, 1.0]],
+                             atol=1e-6)
+  scaled = np.array([[-0.5, 0.25]], np.float32)
+  np.testing.assert_array_equal(images_to_model_range(scaled), scaled)  # Already in range.
+  for dtype in (np.int32, np.uint16):  # Their range is unknown: no silent 0..255 pass-through.
+    with pytest.raises(UserError, match='must be uint8 .* got ' + np.dtype(dtype).name):
+      images_to_model_range(pixels.astype(dtype))
+
+
+def test_decaying_learning_rate_schedules_need_their_length():
+  from dcgan_jax.state import make_schedule  # pylint: disable=g-import-not-at-top
+  for kind in ('cosine', 'linear'):
+    with pytest.raises(UserError, match=f'{kind} schedule decays over num_steps'):
+      make_schedule(2e-4, kind)
+    schedule = make_schedule(2e-4, kind, num_steps=100)
+    assert float(schedule(0)) == pytest.approx(2e-4) and 0 < float(schedule(50)) < 2e-4
+  assert float(make_schedule(2e-4)(10**6)) == pytest.approx(2e-4)  # Constant needs none.

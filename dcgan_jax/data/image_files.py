@@ -193,13 +193,22 @@ def _walk(root: str) -> Iterator[tuple[str, int, int]]:
         yield relative, stat.st_size, stat.st_mtime_ns
 
 
+def eight_bit_grey(image: Image.Image) -> Image.Image:
+  """16/32-bit grey images scaled to 8-bit 'L'; any other image as it is.
+
+  PIL's ``convert('L')`` / ``convert('RGB')`` clip such images at 255 instead of scaling them,
+  which turns a 16-bit photograph almost white.
+  """
+  if image.mode not in ('I;16', 'I;16B', 'I;16L', 'I'):
+    return image
+  array = np.asarray(image, dtype=np.float64)
+  peak = 65535.0 if image.mode.startswith('I;16') or array.max() > 255 else 255.0
+  return Image.fromarray(np.clip(array * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8))
+
+
 def _to_channels(image: Image.Image, channels: int) -> Image.Image:
   """Converts any PIL mode to 'L' (channels=1) or 'RGB' (channels=3)."""
-  if image.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
-    # 16/32-bit grey: PIL's convert('L') clips instead of scaling, so scale by hand.
-    array = np.asarray(image, dtype=np.float64)
-    peak = 65535.0 if image.mode.startswith('I;16') or array.max() > 255 else 255.0
-    image = Image.fromarray(np.clip(array * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8))
+  image = eight_bit_grey(image)
   if image.mode == 'P' or 'transparency' in image.info:
     image = image.convert('RGBA')
   if image.mode in ('RGBA', 'LA', 'RGBa', 'La', 'PA'):

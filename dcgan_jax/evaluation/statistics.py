@@ -152,7 +152,7 @@ class FeatureStatistics:
     if self._loaded is not None:
       return self._loaded[1]
     self._require(2)
-    if self.count < self._dim:
+    if self.count <= self._dim:  # n samples span at most n - 1 dimensions around their mean.
       warnings.warn(
           f'Covariance of {self.count} samples in {self._dim} dimensions is rank-deficient; '
           f'FID needs at least {self._dim} samples and is comparable only at equal sample counts '
@@ -200,8 +200,12 @@ class FeatureStatistics:
     mean = contents.pop(MEAN_KEY, None)
     covariance = contents.pop(COVARIANCE_KEY, None)
     if (mean is None or covariance is None or mean.ndim != 1
-        or covariance.shape != (mean.shape[0],) * 2):
+        or covariance.shape != (mean.shape[0],) * 2
+        or mean.dtype.kind not in 'fiu' or covariance.dtype.kind not in 'fiu'):
       raise UserError(f'{path} is not a statistics file: it needs arrays mu [d] and sigma [d, d].')
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(covariance))):
+      raise UserError(f'{path} holds non-finite (NaN or infinite) statistics; make it again '
+                      'from images.')
     stats = cls(dim=mean.shape[0])
     stats.count = int(contents.pop(COUNT_KEY, 0))
     stats._loaded = (mean.astype(np.float64), covariance.astype(np.float64))
