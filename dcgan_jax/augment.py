@@ -15,6 +15,8 @@ generator's [0, 1], are mapped there and back):
 - ``translation``: shift by a whole number of pixels in ``[-H/8, H/8]`` (and ``W/8``) on each
   axis, filling with zeros.
 - ``cutout``: zero a square of half the image's side at a random centre (clipped at the border).
+  Centres are whole pixels in ``[0, H - 1]``, or ``[0, H]`` when the square's side is even, as
+  in DiffAugment's code (and likewise along W).
 
 Adaptive augmentation (ADA, Karras et al., "Training Generative Adversarial Networks with
 Limited Data", NeurIPS 2020): each transformation is applied to each image with probability
@@ -199,9 +201,11 @@ def draw_params(key: jax.Array, batch_size: int, height: int, width: int,
     params['shift'] = jax.random.randint(shift_key, (batch_size, 2), -max_shift, max_shift + 1,
                                          dtype=jnp.int32)
   if 'cutout' in policy:
+    # One more centre for an even side (DiffAugment's bound): the square then reaches the
+    # last row as often as the first.
+    bounds = [length + 1 - _cutout_size(length) % 2 for length in (height, width)]
     params['cutout_center'] = jax.random.randint(cut_key, (batch_size, 2), 0,
-                                                 jnp.array([height, width], jnp.int32),
-                                                 dtype=jnp.int32)
+                                                 jnp.array(bounds, jnp.int32), dtype=jnp.int32)
   if 'blit' in policy:
     params['blit_matrix'] = _blit_matrix(jax.random.fold_in(key, _BLIT_STREAM), batch_size,
                                          height, width, probability)

@@ -110,8 +110,13 @@ def test_draws_cover_the_papers_ranges_and_differ_per_image():
   # Shifts: 16/8 = 2 rows and 32/8 = 4 columns either way, every whole value drawn.
   assert sorted(set(params['shift'][:, 0])) == list(range(-2, 3))
   assert sorted(set(params['shift'][:, 1])) == list(range(-4, 5))
-  assert sorted(set(params['cutout_center'][:, 0])) == list(range(16))
-  assert sorted(set(params['cutout_center'][:, 1])) == list(range(32))
+  # Cutout squares of even sides 8 and 16: centres 0..H and 0..W (DiffAugment's bounds); an
+  # odd side (7 of 13) keeps 0..12.
+  assert sorted(set(params['cutout_center'][:, 0])) == list(range(17))
+  assert sorted(set(params['cutout_center'][:, 1])) == list(range(33))
+  odd = np.asarray(augment.draw_params(jax.random.key(1), 4096, 13, 13, ('cutout',))[
+      'cutout_center'])
+  assert sorted(set(odd.ravel())) == list(range(13))
   # Only what the policy asks for is drawn.
   assert set(augment.draw_params(jax.random.key(0), 2, 16, 16, ('cutout',))) == {'cutout_center'}
 
