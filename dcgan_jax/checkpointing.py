@@ -32,6 +32,7 @@ import json
 import os
 import pathlib
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -93,6 +94,29 @@ def _os_error_reason(exc: BaseException) -> str | None:
     if match := _TENSORSTORE_OS_ERROR.search(str(link)):
       return os.strerror(int(match.group(1)))
   return None
+
+
+def _drop_orbax_read_leftovers() -> None:
+  """Keeps the reads a failed restore abandoned from printing tracebacks later.
+
+  When one array of a damaged checkpoint cannot be read, orbax's other pending reads (asyncio
+  coroutines) are dropped with their own errors, and Python reports each as "Exception ignored
+  in: <coroutine ...>" with a traceback whenever it collects them, often after the run's last
+  line. The warning above already says what happened, so those reports (and only those) are
+  dropped, from then on in this process.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, '_drops_orbax_reads', False):
+    return
+
+  def hook(unraisable):
+    code = getattr(unraisable.object, 'cr_code', None)  # A coroutine's code object.
+    if code is not None and f'{os.sep}orbax{os.sep}' in code.co_filename:
+      return
+    previous(unraisable)
+
+  hook._drops_orbax_reads = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
 
 
 def _short_reason(exc: BaseException) -> str:
@@ -632,6 +656,7 @@ class Checkpointer:
       try:
         restored = self._restore_step(candidate, target_state)
       except Exception as e:  # pylint: disable=broad-except
+        _drop_orbax_read_leftovers()
         logging.warning('The checkpoint of step %d in %s cannot be restored (%s); falling back '
                         'to the previous one.', candidate, self.directory, _short_reason(e))
         failed.append((candidate, e))

@@ -2,22 +2,53 @@
 ``fid``)."""
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
 from dcgan_jax.errors import exit_with_user_error, first_line
 
 
-def parse_workdir_flags(flag_values: Any, argv: list[str] | None) -> Any:
+HELP_FLAGS = ('--help', '-h', '-?', '--helpshort', '--helpfull')
+
+
+def exit_with_help_if_asked(flag_values: Any, argv: list[str], usage: str | None) -> None:
+  """With ``--help`` (or ``-h``, ...) in ``argv``: prints ``usage`` and the flags, exits 0."""
+  if not any(arg in HELP_FLAGS for arg in argv[1:]):
+    return
+  text = flag_values.get_help(include_special_flags=False).strip()
+  print(((usage or '').strip() + '\n\nFlags:\n' + text).strip())
+  sys.exit(0)
+
+
+def unknown_config_field_message(error: Exception, argv: list[str]) -> str:
+  """'Unknown config field ...' naming the offending --config.<field> and close matches."""
+  text = error
+  while isinstance(text, BaseException) and text.args:  # AttributeError(KeyError("'name'..."))
+    text = text.args[0]
+  match = re.search(r"'([^']+)'", str(text))
+  name = match.group(1) if match else str(text).strip('\'" ')
+  overrides = [arg[len('--config.'):].split('=', 1)[0] for arg in argv
+               if arg.startswith('--config.')]
+  path = next((p for p in overrides if name in p.split('.')), name)
+  suggestion = re.search(r'Did you mean "([^"]+)"', str(text))  # ml_collections' guess.
+  hint = f'did you mean {suggestion.group(1)!r}? ' if suggestion else ''
+  return (f'Unknown config field {path!r} (--config.{path}); {hint}the valid fields are listed '
+          'in configs/default.py.')
+
+
+def parse_workdir_flags(flag_values: Any, argv: list[str] | None, usage: str | None = None) -> Any:
   """Parses ``argv`` (default ``sys.argv``) into absl ``flag_values``, which define ``workdir``.
 
-  A flag error, a stray positional argument or a missing ``--workdir`` prints one line and
-  exits with status 2.
+  ``--help`` prints ``usage`` (the program's docstring) and the flags. A flag error, a stray
+  positional argument or a missing ``--workdir`` prints one line and exits with status 2.
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
 
+  argv = list(sys.argv if argv is None else argv)
+  exit_with_help_if_asked(flag_values, argv, usage)
   try:
-    remaining = flag_values(list(sys.argv if argv is None else argv))
+    remaining = flag_values(argv)
   except flags.Error as e:
     exit_with_user_error(first_line(e))
   if len(remaining) > 1:

@@ -23,6 +23,14 @@ def exit_with_user_error(message: object) -> NoReturn:
   sys.exit(EXIT_USER_ERROR)
 
 
-def first_line(error: BaseException, default: str = 'bad command line') -> str:
-  """The first line of an error's message (absl's flag errors append a usage text)."""
-  return (str(error).strip().splitlines() or [default])[0]
+def first_line(error: BaseException, default: str = 'bad command line',
+               max_chars: int | None = None) -> str:
+  """The first line of an error's message (absl's flag errors append a usage text).
+
+  With ``max_chars``, a longer line is cut at a space and ends in '...' (not mid-word).
+  """
+  line = (str(error).strip().splitlines() or [default])[0]
+  if max_chars is None or len(line) <= max_chars:
+    return line
+  cut = line[:max_chars].rsplit(' ', 1)[0] if ' ' in line[:max_chars] else line[:max_chars]
+  return cut.rstrip(' ,;:(') + '...'

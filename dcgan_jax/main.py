@@ -16,7 +16,7 @@ during training saves a checkpoint of the step in flight, says so in one line an
 from __future__ import annotations
 
 import os
-import re
+import signal
 import sys
 
 from absl import app
@@ -25,6 +25,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from dcgan_jax import cli_logging
+from dcgan_jax import command_line
 from dcgan_jax import preemption
 from dcgan_jax.errors import UserError, exit_with_user_error, first_line
 
@@ -60,22 +61,6 @@ def _config_arg(argv: list[str]) -> str | None:
   return path
 
 
-def _unknown_field_message(error: Exception, argv: list[str]) -> str:
-  """'Unknown config field ...' naming the offending --config.<field> and close matches."""
-  text = error
-  while isinstance(text, BaseException) and text.args:  # AttributeError(KeyError("'name'..."))
-    text = text.args[0]
-  match = re.search(r"'([^']+)'", str(text))
-  name = match.group(1) if match else str(text).strip('\'" ')
-  overrides = [arg[len('--config.'):].split('=', 1)[0] for arg in argv
-               if arg.startswith('--config.')]
-  path = next((p for p in overrides if name in p.split('.')), name)
-  suggestion = re.search(r'Did you mean "([^"]+)"', str(text))  # ml_collections' guess.
-  hint = f'did you mean {suggestion.group(1)!r}? ' if suggestion else ''
-  return (f'Unknown config field {path!r} (--config.{path}); {hint}the valid fields are listed '
-          'in configs/default.py.')
-
-
 def _config_load_message(error: Exception, config_path: str | None) -> str:
   """'Cannot load the config file ...' with the root cause (e.g. the missing file)."""
   reason = error
@@ -95,7 +80,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     _fail(first_line(e))
   except (AttributeError, KeyError) as e:  # ml_collections: --config.<unknown field>=...
-    _fail(_unknown_field_message(e, argv))
+    _fail(command_line.unknown_config_field_message(e, argv))
   except Exception as e:  # pylint: disable=broad-except  # A config file that cannot load.
     _fail(_config_load_message(e, config_path))
   if len(remaining) > 1:
@@ -155,7 +140,25 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
   """Console entry point."""
-  app.run(main, flags_parser=parse_flags)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt:  # Ctrl-C while starting, or a second one: stopped at once.
+    _exit_at_the_next_ctrl_c()
+    logging.flush()
+    sys.stderr.write('Interrupted: stopped at once, without saving the current step; the same '
+                     'command resumes from the latest checkpoint in the workdir.\n')
+    sys.stderr.flush()
+    sys.exit(128 + signal.SIGINT)  # As a shell reports SIGINT.
+  except SystemExit:
+    _exit_at_the_next_ctrl_c()
+    raise
+
+
+def _exit_at_the_next_ctrl_c() -> None:
+  """Once the program has said how it ends, a further Ctrl-C ends the process at once, instead
+  of raising KeyboardInterrupt inside the interpreter's clean-up (a traceback after the last
+  line; everything is saved by then)."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 if __name__ == '__main__':

@@ -89,8 +89,11 @@ def make_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = AXIS
 
 def check_batch_size(global_batch: int, num_devices: int, process_count: int = 1) -> None:
   """Raises a UserError unless the global batch splits evenly over devices and processes."""
-  if global_batch <= 0 or global_batch % num_devices:
-    valid = ', '.join(str(num_devices * m) for m in (1, 2, 4, 8, 16))
+  valid = ', '.join(str(num_devices * m) for m in (1, 2, 4, 8, 16))
+  if global_batch <= 0:
+    raise UserError(f'batch_size must be positive (got {global_batch}); use a multiple of the '
+                    f'{num_devices} devices such as {valid}.')
+  if global_batch % num_devices:
     raise UserError(f'batch_size {global_batch} is not divisible by the {num_devices} devices; '
                     f'use a multiple of {num_devices} such as {valid}.')
   if global_batch % process_count:

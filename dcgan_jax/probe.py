@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
 
   flag_values = flags.FlagValues()
   _define_flags(flag_values)
-  f = command_line.parse_workdir_flags(flag_values, argv)
+  f = command_line.parse_workdir_flags(flag_values, argv, usage=__doc__)
   cli_logging.quiet_library_logs(not f.library_logs)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   try:

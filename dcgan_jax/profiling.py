@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
                       flag_values=flag_values)
 
   fail = exit_with_user_error
-  f = command_line.parse_workdir_flags(flag_values, argv)
+  f = command_line.parse_workdir_flags(flag_values, argv, usage=__doc__)
   try:
     hlo_text = None
     if f.hlo:

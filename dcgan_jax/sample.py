@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> None:
   _define_flags(flag_values)
 
   fail = exit_with_user_error
-  f = command_line.parse_workdir_flags(flag_values, argv)
+  f = command_line.parse_workdir_flags(flag_values, argv, usage=__doc__)
   cli_logging.quiet_library_logs(not f.library_logs)
   try:
     if f.interpolate and f.out_dir:
@@ -470,6 +470,11 @@ def main(argv: list[str] | None = None) -> None:
     if f.arithmetic and (f.interpolate or f.out_dir):
       raise UserError('--arithmetic writes one grid to --out; it cannot be combined with '
                       '--interpolate or --out_dir.')
+    gif_out = f.gif_out or os.path.splitext(f.out)[0] + '.gif'
+    if not f.out_dir:  # Checked before the generator is restored and run.
+      _check_output_file(f.out, '--out')
+      if f.interpolate:
+        _check_output_file(gif_out, '--gif_out')
     if f.arithmetic:
       latent_arithmetic(f.workdir, f.out, f.arithmetic, num=f.num, seed=f.seed, use_ema=f.ema,
                         step=f.step, label=f.label, truncation=f.truncation,
@@ -477,7 +482,6 @@ def main(argv: list[str] | None = None) -> None:
       print(f"Wrote {f.out}: a row per group (its samples, then their mean latent's image), "
             'then the result and its variations.')
     elif f.interpolate:
-      gif_out = f.gif_out or os.path.splitext(f.out)[0] + '.gif'
       interpolation(f.workdir, f.out, gif_out, rows=f.rows, steps=f.steps, seed=f.seed,
                     use_ema=f.ema, step=f.step, bounce=f.bounce, label=f.label,
                     truncation=f.truncation)
@@ -492,6 +496,22 @@ def main(argv: list[str] | None = None) -> None:
       print(f'Wrote {f.out}.')
   except UserError as e:
     fail(str(e))
+  except OSError as e:  # E.g. a full disk while writing.
+    fail(f'Cannot write {e.filename or "the output"} ({e.strerror or e}); give a writable path.')
+
+
+def _check_output_file(path: str, flag: str) -> None:
+  """Raises a UserError when ``path`` cannot become a file: a directory, or in a folder that is
+  missing or not writable."""
+  if os.path.isdir(path):
+    raise UserError(f'{flag} {path} is a directory; give a file name such as '
+                    f"{os.path.join(path, 'samples.png' if flag == '--out' else 'walk.gif')}.")
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise UserError(f'{flag} {path}: the folder {folder} does not exist; create it or give '
+                    'another path.')
+  if not os.access(folder, os.W_OK):
+    raise UserError(f'{flag} {path}: the folder {folder} is not writable; give another path.')
 
 
 if __name__ == '__main__':

@@ -113,7 +113,15 @@ def make_schedule(learning_rate: float, kind: str = 'constant', num_steps: int =
 
 def make_optimizer(learning_rate: float | optax.Schedule = 2e-4, b1: float = 0.5,
                    b2: float = 0.999) -> optax.GradientTransformation:
-  """Adam as the DCGAN paper tunes it (lr 2e-4, beta1 0.5); a schedule may replace the rate."""
+  """Adam as the DCGAN paper tunes it (lr 2e-4, beta1 0.5); a schedule may replace the rate.
+
+  Raises:
+    UserError: a beta outside [0, 1) (Adam's moment averages would not decay).
+  """
+  for name, beta in (('adam_b1', b1), ('adam_b2', b2)):
+    if not 0.0 <= beta < 1.0:
+      raise UserError(f'{name} must be in [0, 1) (got {beta!r}); the paper uses adam_b1=0.5, '
+                      'adam_b2=0.999.')
   return optax.adam(learning_rate, b1=b1, b2=b2)
 
 

@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
+  from dcgan_jax import command_line  # pylint: disable=g-import-not-at-top
   # pylint: disable-next=g-import-not-at-top
   from dcgan_jax.errors import UserError, exit_with_user_error, first_line
 
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
                                   flag_values=flag_values, lock_config=True, sys_argv=argv)
 
   fail = exit_with_user_error
+  command_line.exit_with_help_if_asked(flag_values, argv, __doc__)
 
   try:
     flag_values(argv)
@@ -182,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
       config.keys()  # The file is loaded lazily, on first use.
   except flags.Error as e:
     fail(first_line(e))
+  except (AttributeError, KeyError) as e:  # ml_collections: --config.<unknown field>=...
+    fail(command_line.unknown_config_field_message(e, argv))
   except Exception as e:  # pylint: disable=broad-except  # Unknown field, unloadable file.
     fail(f'Cannot load the config ({type(e).__name__}: {(str(e).splitlines() or [""])[0]}); '
          'pass --config=configs/<name>.py and fields listed in configs/default.py.')

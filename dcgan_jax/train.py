@@ -273,6 +273,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                           int(config.get('warmup_steps', 0)))
   if int(config.get('warmup_steps', 0)) < 0:
     raise UserError(f'warmup_steps must be >= 0 (got {config.warmup_steps}).')
+  state_lib.make_optimizer(1.0, b1=float(config.adam_b1), b2=float(config.adam_b2))
+  num_train_steps = int(config.num_train_steps)  # (-1: from num_epochs and the data's size.)
+  if num_train_steps == 0 or num_train_steps < -1:
+    raise UserError(f'num_train_steps must be positive, or -1 to derive it from num_epochs '
+                    f'(got {num_train_steps}).')
+  if num_train_steps == -1 and not float(config.num_epochs) > 0:
+    raise UserError(f'num_epochs must be positive with num_train_steps=-1 (got '
+                    f'{config.num_epochs}).')
   if int(config.num_sample_images) < 1:
     raise UserError(f'num_sample_images must be positive (got {config.num_sample_images}).')
   step_loop.check_steps_per_dispatch(config.get('steps_per_dispatch', 1))
@@ -367,6 +375,29 @@ def check_resume_config(config: ml_collections.ConfigDict, saved: dict[str, Any]
     raise UserError(f'The checkpoints in {workdir} hold models of another shape than this '
                     f'config asks for ({", ".join(changed)}); resume with the config they were '
                     'written with (its config.json) or use a new --workdir.')
+
+
+def changed_settings(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> list[str]:
+  """``'name old -> new'`` for every config field whose value differs from the saved config's
+  (fields only one of them has included), in field order."""
+  def flat(tree, prefix=''):
+    items = {}
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        items.update(flat(value, f'{prefix}{key}.'))
+      else:
+        items[f'{prefix}{key}'] = list(value) if isinstance(value, tuple) else value
+    return items
+
+  before, now = flat(saved), flat(config.to_dict())
+  missing = object()
+  changes = []
+  for name in list(now) + [n for n in before if n not in now]:
+    old, new = before.get(name, missing), now.get(name, missing)
+    if old != new:
+      describe = lambda v: 'unset' if v is missing else repr(v)
+      changes.append(f'{name} {describe(old)} -> {describe(new)}')
+  return changes
 
 
 def check_workdir_path(workdir: str | os.PathLike) -> None:
@@ -851,7 +882,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     state = parallel.replicate(initial_state, step_fn.mesh)
     start_step = 0
     if checkpointer.latest_step() is not None:
-      check_resume_config(config, checkpointing.restore_config(workdir), workdir)
+      saved_config = checkpointing.restore_config(workdir)
+      check_resume_config(config, saved_config, workdir)
+      changes = changed_settings(config, saved_config)
+      if changes and is_chief:  # Allowed (e.g. a longer run), but never silently.
+        logging.warning('Resuming with changed settings: %s. config.json will hold the new ones; '
+                        'each checkpoint keeps the config it was saved with.', ', '.join(changes))
       target = {'gan': state,
                 'train_key': parallel.replicate(jax.random.key_data(train_key), step_fn.mesh)}
       restored, _, start_step = checkpointer.restore(target)

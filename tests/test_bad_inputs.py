@@ -96,10 +96,19 @@ ROWS = [
       '--config.num_classes=10'], 'has no class labels'),
     ('workdir_under_a_file', 'dcgan_jax.main', [CONFIG, '--workdir={t}/a_file/run'],
      'not writable'),
+    ('data_dir_is_a_file', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.data_dir={t}/a_file'],
+     "a_file' is a file; give a directory for the prepared datasets"),
+    ('data_dir_unwritable', 'dcgan_jax.main',
+     [CONFIG, '--workdir={w}', '--config.data_dir={t}/a_file/tfds'],
+     'Cannot write the prepared digits dataset into'),
     ('sample_missing_workdir', 'dcgan_jax.sample', ['--workdir={t}/nowhere'], 'does not exist'),
     ('sample_workdir_without_run', 'dcgan_jax.sample', ['--workdir={w}'], 'no run config'),
     ('sample_bad_num', 'dcgan_jax.sample', ['--workdir={w}', '--num=0'],
      '--num must be between 1 and 4096'),
+    ('sample_out_is_a_folder', 'dcgan_jax.sample', ['--workdir={w}', '--out={t}/empty'],
+     'empty is a directory; give a file name such as'),
+    ('sample_out_folder_missing', 'dcgan_jax.sample', ['--workdir={w}', '--out={t}/no/grid.png'],
+     'does not exist; create it or give another path'),
     ('evaluate_missing_workdir', 'dcgan_jax.evaluate',
      ['--workdir={t}/nowhere', '--inception_weights={t}/w.pth'], 'does not exist'),
     ('evaluate_workdir_without_run', 'dcgan_jax.evaluate',
@@ -120,7 +129,7 @@ ROWS = [
 # while tfds prepares the folder, finds the unreadable images). Every other row runs with
 # TensorFlow made unimportable, which proves its message comes before the seconds that loading
 # TensorFlow takes.
-NEEDS_TENSORFLOW = {'unknown_dataset', 'only_corrupt_images'}
+NEEDS_TENSORFLOW = {'unknown_dataset', 'only_corrupt_images', 'data_dir_unwritable'}
 FORK_SERVER = str(ROOT / 'tests' / 'cli_fork_server.py')
 
 
@@ -227,3 +236,14 @@ def test_table_in_readme_lists_every_row():
   readme = (ROOT / 'README.md').read_text()
   for row_id, *_ in ROWS:
     assert f'`{row_id}`' in readme, row_id
+
+
+def test_long_reasons_are_cut_at_a_word_not_mid_token():
+  """Messages quoting a library's error (e.g. tfds' failed download) keep to one short line."""
+  from dcgan_jax.errors import first_line  # pylint: disable=g-import-not-at-top
+  error = ConnectionError("Max retries exceeded with url: /x (Caused by NewConnectionError(host="
+                          "'storage.googleapis.com', port=443))\nsecond line")
+  short = first_line(error, max_chars=60)
+  assert short == 'Max retries exceeded with url: /x (Caused by...'
+  assert first_line(error) == str(error).splitlines()[0]  # No limit: the whole first line.
+  assert first_line(ValueError('short'), max_chars=60) == 'short'

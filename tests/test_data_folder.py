@@ -135,6 +135,7 @@ def test_prepared_once_then_reused_until_the_folder_changes(image_folder, tmp_pa
     ('zip_without_images', 'holds no images'),
     ('corrupt', 'None of the 2 image files'),
     ('not_a_folder', 'neither a directory nor a .zip'),
+    ('damaged_zip', r'data.zip\' is not a readable .zip file \(damaged or cut short\?\)'),
     ('unset', 'dataset_path is empty'),
 ])
 def test_bad_folders_are_user_errors(tmp_path, setup, message):
@@ -149,6 +150,11 @@ def test_bad_folders_are_user_errors(tmp_path, setup, message):
   elif setup == 'not_a_folder':
     path = tmp_path / 'file.txt'
     path.write_text('hello')
+  elif setup == 'damaged_zip':  # The first half of a real archive: no central directory.
+    path = tmp_path / 'data.zip'
+    with zipfile.ZipFile(path, 'w') as archive:
+      archive.writestr('images/a.png', b'x' * 1000)
+    path.write_bytes(path.read_bytes()[:500])
   elif setup == 'zip_without_images':
     path = tmp_path / 'data.zip'
     with zipfile.ZipFile(path, 'w') as archive:

@@ -223,6 +223,9 @@ def test_statistics_load_rejects_other_files(tmp_path):
     evaluation.FeatureStatistics.load(path)
   with pytest.raises(UserError):
     evaluation.FeatureStatistics.load(tmp_path / 'missing.npz')
+  np.save(tmp_path / 'array.npy', np.zeros(3))  # One array, not an archive.
+  with pytest.raises(UserError, match='not a statistics file'):
+    evaluation.FeatureStatistics.load(tmp_path / 'array.npy')
   np.savez(path, mu=np.array(['a', 'b']), sigma=np.zeros((2, 2)))
   with pytest.raises(UserError, match='mu'):
     evaluation.FeatureStatistics.load(path)

@@ -273,6 +273,34 @@ def test_the_command_saves_says_so_in_one_line_and_exits_128_plus_the_signal(
 
 
 @pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_in_one_line_and_the_run_resumes(images_file, tmp_path):
+  """The second SIGINT gets Python's KeyboardInterrupt wherever the run is (saving the first
+  one's checkpoint, most likely): exit 130 with one line, no traceback, a usable workdir."""
+  workdir = tmp_path / 'run'
+  log_path = tmp_path / 'run.log'
+  log = open(log_path, 'w', encoding='utf-8')  # pylint: disable=consider-using-with
+  process = subprocess.Popen(_command(workdir, images_file), cwd=_ROOT, env=_env(),
+                             stdout=log, stderr=subprocess.STDOUT)
+  _wait_for_training(log_path, [process])
+  process.send_signal(signal.SIGINT)
+  time.sleep(0.3)  # Handled (Python runs handlers between bytecodes), not coalesced.
+  if process.poll() is None:
+    process.send_signal(signal.SIGINT)
+  returncode = _finish(process, log)
+  text = log_path.read_text()
+  assert 'Traceback' not in text, text[-3000:]
+  last = text.rstrip().splitlines()[-1]
+  # The second signal came while the first one's checkpoint was being saved (stopped at once),
+  # or after it was saved and said so (the process then ends at once, killed by the signal).
+  assert ((last.startswith('Interrupted: stopped at once') and returncode == 128 + signal.SIGINT)
+          or (_STOPPED.search(last) and returncode in (128 + signal.SIGINT, -signal.SIGINT))
+         ), (returncode, text[-3000:])
+  result = subprocess.run(_command(workdir, images_file, num_train_steps=5), cwd=_ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(images_file, tmp_path):
   """JAX's preemption service: SIGTERM to process 1 only; both save one step and exit 143."""
   with socket.socket() as s:

@@ -114,6 +114,28 @@ def test_summary_cli_bad_size_is_one_line(capsys):
   assert len(err.splitlines()) == 1 and 'image_size' in err
 
 
+def test_summary_cli_misspelt_field_names_it_and_the_right_one(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    summary.main(['summary', f'--config={_ROOT}/configs/default.py', '--config.batch_sise=3'])
+  assert exit_info.value.code == EXIT_USER_ERROR
+  err = capsys.readouterr().err.strip()
+  assert err == ("Unknown config field 'batch_sise' (--config.batch_sise); did you mean "
+                 "'batch_size'? the valid fields are listed in configs/default.py.")
+
+
+@pytest.mark.parametrize('module,flag', [(sample, '--help'), (summary, '-h'), (probe, '--help'),
+                                         ('profiling', '--helpfull')])
+def test_every_cli_answers_help_with_its_usage_and_flags(module, flag, capsys):
+  if module == 'profiling':
+    from dcgan_jax import profiling as module  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as exit_info:
+    module.main(['prog', flag])
+  assert exit_info.value.code == 0
+  out = capsys.readouterr().out
+  assert out.startswith(module.__doc__.strip().splitlines()[0])  # The usage first.
+  assert 'Flags:' in out and ('--workdir:' in out or '--config:' in out)
+
+
 # ---- slerp ----------------------------------------------------------------------------------
 
 

@@ -433,6 +433,18 @@ def test_resume_is_bit_identical(tfds_dir, tmp_path, monkeypatch, device_residen
 
 
 @_ORBAX_READ_NOISE
+def test_changed_settings_name_each_field_its_old_and_new_value():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict({'loss': 'hinge', 'batch_size': 32, 'seed': 0,
+                                      'nested': {'a': 1}, 'betas': (0.5, 0.9), 'new_field': 1})
+  saved = {'loss': 'non_saturating', 'batch_size': 32, 'seed': 0, 'nested': {'a': 2},
+           'betas': [0.5, 0.9], 'old_field': 'x'}  # (JSON gives lists for tuples.)
+  assert train.changed_settings(config, saved) == [
+      "loss 'non_saturating' -> 'hinge'", 'nested.a 2 -> 1', 'new_field unset -> 1',
+      "old_field 'x' -> unset"]
+  assert train.changed_settings(config, json.loads(json.dumps(config.to_dict()))) == []
+
+
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tfds_dir, tmp_path, caplog):
   config = tiny_config(tfds_dir, sample_every_steps=0)
   train.train_and_evaluate(config, tmp_path)
@@ -446,6 +458,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tfds_dir, tmp_path, ca
   text = caplog.text
   assert 'checkpoint of step 4' in text and 'falling back' in text
   assert 'Resumed from the checkpoint of step 2' in text
+  # A longer run is a changed setting like any other: allowed, and said.
+  assert 'Resuming with changed settings: num_train_steps 4 -> 6. config.json' in text
   assert int(state.step) == 6
   assert _checkpoint_steps(tmp_path) == [2, 4, 6]  # Step 4 was trained and saved again.
   assert any((tmp_path / 'corrupt_checkpoints').iterdir())
@@ -652,6 +666,11 @@ def test_a_checkpoint_due_after_a_non_finite_loss_is_not_saved(tfds_dir, tmp_pat
     ({'loss': 'nope'}, 'nope'),
     ({'augment': 'flip'}, 'augment must be a comma-separated subset of blit, geom, ada_color, filter, noise'),
     ({'steps_per_dispatch': 0}, 'steps_per_dispatch must be a positive integer'),
+    ({'batch_size': 0}, r'batch_size must be positive \(got 0\); use a multiple of the 8'),
+    ({'num_train_steps': 0}, r'num_train_steps must be positive, or -1 .* \(got 0\)'),
+    ({'num_train_steps': -5}, r'num_train_steps must be positive, or -1 .* \(got -5\)'),
+    ({'num_train_steps': -1, 'num_epochs': 0.0}, 'num_epochs must be positive with'),
+    ({'adam_b1': 1.5}, r'adam_b1 must be in \[0, 1\) \(got 1.5\)'),
 ])
 def test_bad_config_fails_before_touching_the_workdir(tfds_dir, tmp_path, overrides, message):
   marker = tmp_path / 'checkpoints' / '7' / 'marker'

@@ -25,6 +25,7 @@ from absl import logging
 
 from dcgan_jax.data import image_files as image_files_lib
 from dcgan_jax.data import prepared
+from dcgan_jax import errors
 from dcgan_jax.errors import UserError
 
 PARTITION_FILES = ('list_eval_partition.txt', 'list_eval_partition.csv')
@@ -175,7 +176,7 @@ def prepare_tfds_celeb_a(data_dir: str | None = None):
   except Exception as error:  # pylint: disable=broad-except
     # NonMatchingChecksumError (the quota page instead of the zip), DownloadError, OSError,
     # requests' connection errors, ...: whatever the form, the remedy is the same.
-    first_line = (str(error).strip().splitlines() or [''])[0][:200]
+    first_line = errors.first_line(error, '', max_chars=200)
     raise UserError(f"tfds could not download celeb_a ({type(error).__name__}: {first_line}); "
                     f"{_HAND_DOWNLOAD_HINT}.") from error
   return builder

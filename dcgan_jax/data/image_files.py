@@ -64,6 +64,9 @@ def check_path(path: str, *, what: str = 'dataset_path', needs_images: bool = Fa
   if not os.path.exists(path):
     raise UserError(f'{what} {path!r} does not exist; give a directory or .zip of images.')
   is_zip = os.path.isfile(path) and zipfile.is_zipfile(path)
+  if not os.path.isdir(path) and not is_zip and path.lower().endswith('.zip'):
+    raise UserError(f'{what} {path!r} is not a readable .zip file (damaged or cut short?); '
+                    'give a directory or a complete .zip of images.')
   if not os.path.isdir(path) and not is_zip:
     raise UserError(f'{what} {path!r} is neither a directory nor a .zip file; '
                     'give a directory or .zip of images.')

@@ -129,18 +129,23 @@ def prepare_image_files(
     builder.download_and_prepare()
   except Exception as error:  # pylint: disable=broad-except
     # tfds may wrap exceptions from the generator; surface our own message if one is inside.
-    user_error = _find_user_error(error)
+    user_error = _find_in_chain(error, UserError)
     if user_error is not None:
       raise user_error from None
+    os_error = _find_in_chain(error, OSError)
+    if os_error is not None:  # Not a directory, read-only, full disk, ...
+      from dcgan_jax.data import sources  # pylint: disable=g-import-not-at-top
+      raise sources.filesystem_error(os_error, f'images of {files.path}',
+                                     builder.data_dir) from None
     raise
   return builder
 
 
-def _find_user_error(error: BaseException) -> UserError | None:
-  """The first UserError in an exception's cause/context chain, if any."""
+def _find_in_chain(error: BaseException, kind: type[BaseException]) -> BaseException | None:
+  """The first ``kind`` exception in an exception's cause/context chain, if any."""
   seen = set()
   while error is not None and id(error) not in seen:
-    if isinstance(error, UserError):
+    if isinstance(error, kind):
       return error
     seen.add(id(error))
     error = error.__cause__ or error.__context__

@@ -12,12 +12,14 @@ Sources:
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from typing import Any
 
 from absl import logging
 
 from dcgan_jax.data import image_files
+from dcgan_jax import errors
 from dcgan_jax.errors import UserError
 
 LOCAL_SOURCES = ('digits', 'folder', 'array')
@@ -81,7 +83,18 @@ def _unknown_dataset(name: str) -> UserError:
 
 
 def _data_dir(config) -> str | None:
-  return config.get('data_dir', '') or None
+  data_dir = config.get('data_dir', '') or None
+  if data_dir is not None and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    raise UserError(f'data_dir {data_dir!r} is a file; give a directory for the prepared '
+                    "datasets ('' means tfds' default, ~/tensorflow_datasets).")
+  return data_dir
+
+
+def filesystem_error(error: OSError, what: str, data_dir: str) -> UserError:
+  """The one-line error for a prepared dataset that cannot be written into ``data_dir``."""
+  return UserError(f'Cannot write the prepared {what} into {data_dir} '
+                   f'({type(error).__name__}: {error.strerror or error}); set '
+                   '--config.data_dir to a writable directory with free space.')
 
 
 def _image_key(builder, name: str) -> str:
@@ -121,7 +134,7 @@ def _prepare_named_tfds(name: str, data_dir: str | None):
   except tfds.core.DatasetNotFoundError:
     raise _unknown_dataset(name) from None
   except ValueError as error:  # E.g. an unknown config or version of a known dataset.
-    first_line = (str(error).strip().splitlines() or [''])[0][:200]
+    first_line = errors.first_line(error, '', max_chars=200)
     raise UserError(f'tfds cannot build dataset {name!r} ({first_line}); check the name, config '
                     'and version.') from None
   if not builder.is_prepared():
@@ -129,7 +142,7 @@ def _prepare_named_tfds(name: str, data_dir: str | None):
   try:
     builder.download_and_prepare()
   except Exception as error:  # pylint: disable=broad-except
-    first_line = (str(error).strip().splitlines() or [''])[0][:200]
+    first_line = errors.first_line(error, '', max_chars=200)
     raise UserError(f'tfds could not download or prepare {name!r} into {builder.data_dir} '
                     f'({type(error).__name__}: {first_line}); check the network or the '
                     'manual-download instructions of that dataset.') from error
@@ -145,11 +158,11 @@ def check_dataset_path(config) -> None:
   reported before the seconds that loading it takes.
 
   Args:
-    config: reads ``dataset`` and ``dataset_path``.
+    config: reads ``dataset``, ``dataset_path`` and ``data_dir``.
 
   Raises:
     UserError: the path is empty, missing, neither a directory nor a .zip file, or a folder
-      source without an image file.
+      source without an image file; or ``data_dir`` is a file.
   """
   name = str(config.dataset).strip()
   dataset_path = config.get('dataset_path', '')
@@ -158,6 +171,7 @@ def check_dataset_path(config) -> None:
   elif name == 'celeb_a' and dataset_path:
     # The images may sit in a subfolder or a zip beside the partition file: left to celeba.
     image_files.check_path(dataset_path, what='The CelebA dataset_path')
+  _data_dir(config)  # Not a file.
 
 
 def resolve_source(config, *, split: str | None = None) -> Source:
@@ -201,7 +215,10 @@ def resolve_source(config, *, split: str | None = None) -> Source:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     from dcgan_jax.data import digits  # pylint: disable=g-import-not-at-top,unused-import
     builder = tfds.builder('digits', data_dir=data_dir)
-    builder.download_and_prepare()
+    try:
+      builder.download_and_prepare()
+    except OSError as error:
+      raise filesystem_error(error, 'digits dataset', builder.data_dir) from None
     source = Source('digits', builder, split, crop_size=crop_size)
   elif not name or not re.fullmatch(r'[\w\-./:]+', name):
     raise _unknown_dataset(name)

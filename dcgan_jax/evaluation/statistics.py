@@ -193,7 +193,14 @@ class FeatureStatistics:
       UserError: missing file, or no `mu`/`sigma` arrays of matching shapes.
     """
     try:
-      with np.load(path, allow_pickle=False) as archive:
+      loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+      raise UserError(f'Cannot read statistics from {path}: {e}') from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # A bare .npy array.
+      raise UserError(f'{path} is not a statistics file: it needs arrays mu [d] and sigma [d, d] '
+                      '(an .npz, as pytorch-fid --save-stats writes).')
+    try:
+      with loaded as archive:
         contents = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError) as e:
       raise UserError(f'Cannot read statistics from {path}: {e}') from None
