@@ -380,22 +380,17 @@ def check_resume_config(config: ml_collections.ConfigDict, saved: dict[str, Any]
 def changed_settings(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> list[str]:
   """``'name old -> new'`` for every config field whose value differs from the saved config's
   (fields only one of them has included), in field order."""
-  def flat(tree, prefix=''):
-    items = {}
-    for key, value in tree.items():
-      if isinstance(value, dict):
-        items.update(flat(value, f'{prefix}{key}.'))
-      else:
-        items[f'{prefix}{key}'] = list(value) if isinstance(value, tuple) else value
-    return items
+  def flat(tree):  # JSON turns tuples into lists: compare them as lists.
+    return {name: list(value) if isinstance(value, tuple) else value
+            for name, value in flax.traverse_util.flatten_dict(tree, sep='.').items()}
 
   before, now = flat(saved), flat(config.to_dict())
   missing = object()
+  describe = lambda value: 'unset' if value is missing else repr(value)
   changes = []
   for name in list(now) + [n for n in before if n not in now]:
     old, new = before.get(name, missing), now.get(name, missing)
     if old != new:
-      describe = lambda v: 'unset' if v is missing else repr(v)
       changes.append(f'{name} {describe(old)} -> {describe(new)}')
   return changes
 
