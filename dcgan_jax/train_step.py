@@ -333,7 +333,9 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     local_batch = real.shape[0]
     metrics: Metrics = {}
     g = state.generator
-    forward = lambda params, z, labels: generate(params, g.batch_stats, z, labels)
+    # G runs in training mode for every D update's fakes, so each forward moves its running
+    # statistics, as each `netG(noise)` of a PyTorch loop with several critic steps does.
+    g_stats = g.batch_stats
     # Augmentation and generated labels draw from their own streams, so turning either on
     # leaves latents and penalty interpolation exactly as they were.
     augment_key = jax.random.fold_in(rng, _AUGMENT_STREAM)
@@ -351,11 +353,13 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
       z = global_normal_slice(z_key, local_batch, (latent_dim,))
       labels = fake_labels(jax.random.fold_in(label_key, i), local_batch)
       if i + 1 < step_config.d_steps:
-        fake, _ = forward(g.params, z, labels)
+        fake, g_updates = generate(g.params, g_stats, z, labels)
+        g_stats = g_updates.get('batch_stats', g_stats)
       else:
         # The last D update's fakes also feed G's update (D's update leaves G unchanged).
-        fake, g_vjp, g_updates = jax.vjp(lambda p: forward(p, z, labels), g.params,
-                                         has_aux=True)
+        fake, g_vjp, g_updates = jax.vjp(
+            lambda p, stats=g_stats, z=z, labels=labels: generate(p, stats, z, labels),
+            g.params, has_aux=True)
       real_key, fake_key = jax.random.split(jax.random.fold_in(augment_key, i))
       state, d_metrics = d_update(state, real, fake, real_labels, labels, penalty_key,
                                   augment_params(real_key, real, probability),

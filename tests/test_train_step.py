@@ -106,9 +106,25 @@ def test_step_updates_everything_and_reports_metrics(initial_state):
 
 
 def test_d_steps_update_discriminator_more_often(initial_state):
-  step = jax.jit(make_train_step(G, D, StepConfig(d_steps=3)))
-  new, _ = step(initial_state, _images(8), jax.random.key(3))
+  """D updates 3 times per G update, and each of the 3 batches of fakes G made in training mode
+  moved G's BatchNorm running statistics (as three `netG(noise)` calls of a PyTorch loop do)."""
+  rng, batch = jax.random.key(3), 8
+  new, _ = jax.jit(make_train_step(G, D, StepConfig(d_steps=3)))(initial_state, _images(batch),
+                                                                 rng)
   assert int(new.discriminator.step) == 3 and int(new.generator.step) == 1
+  # The latents the step draws for its i-th D update (one device: the whole batch).
+  stats = initial_state.generator.batch_stats
+  for i in range(3):
+    z = jax.random.normal(jax.random.split(jax.random.fold_in(rng, i))[0], (batch, G.latent_dim))
+    _, updates = G.apply({'params': initial_state.generator.params, 'batch_stats': stats}, z,
+                         train=True, mutable=['batch_stats'])
+    stats = updates['batch_stats']
+    if i == 0:
+      after_one = stats
+  for ours, three, one in zip(jax.tree.leaves(new.generator.batch_stats), jax.tree.leaves(stats),
+                              jax.tree.leaves(after_one)):
+    np.testing.assert_allclose(ours, three, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ours, one, rtol=1e-5, atol=1e-6)
 
 
 def test_bfloat16_step_keeps_float32_state():
