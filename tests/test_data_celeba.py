@@ -1,5 +1,6 @@
 """CelebA from hand-downloaded files (a fake img_align_celeba.zip), and tfds' failing download."""
 import io
+import socket
 import pathlib
 import zipfile
 
@@ -107,6 +108,8 @@ def test_failed_tfds_download_explains_the_manual_route(tmp_path, monkeypatch):
     raise download_manager.NonMatchingChecksumError('simulated: wrong checksum')
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', quota_exceeded)
+  # A machine with a network (this one may have none: see tests/test_data_network.py).
+  monkeypatch.setattr(socket, 'getaddrinfo', lambda *args, **kwargs: [])
   config = _config(data_dir=str(tmp_path / 'tfds'))
   with pytest.raises(UserError, match='NonMatchingChecksumError') as caught:
     input_pipeline.dataset_info(config)

@@ -24,6 +24,7 @@ import posixpath
 from absl import logging
 
 from dcgan_jax.data import image_files as image_files_lib
+from dcgan_jax.data import network
 from dcgan_jax.data import prepared
 from dcgan_jax import errors
 from dcgan_jax.errors import UserError
@@ -167,6 +168,7 @@ def prepare_tfds_celeb_a(data_dir: str | None = None):
   builder = tfds.builder('celeb_a', data_dir=data_dir)
   if builder.is_prepared():
     return builder
+  network.check_download_hosts(builder, 'celeb_a', builder.data_dir, _HAND_DOWNLOAD_HINT)
   logging.warning(
       "Downloading CelebA with tfds' celeb_a builder from Google Drive. This often fails with "
       "'quota exceeded' / NonMatchingChecksumError (tensorflow/datasets issues 1482, 3544, "

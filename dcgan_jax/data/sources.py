@@ -19,6 +19,7 @@ from typing import Any
 from absl import logging
 
 from dcgan_jax.data import image_files
+from dcgan_jax.data import network
 from dcgan_jax import errors
 from dcgan_jax.errors import UserError
 
@@ -138,6 +139,7 @@ def _prepare_named_tfds(name: str, data_dir: str | None):
     raise UserError(f'tfds cannot build dataset {name!r} ({first_line}); check the name, config '
                     'and version.') from None
   if not builder.is_prepared():
+    network.check_download_hosts(builder, name, builder.data_dir)
     logging.info('Preparing tfds dataset %s into %s (once).', name, builder.data_dir)
   try:
     builder.download_and_prepare()
