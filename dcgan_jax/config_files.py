@@ -24,7 +24,9 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> ml_collections.Con
       ``load_config('configs/default.py', num_train_steps=200)``.
 
   Returns:
-    The config, with the overrides applied.
+    The config, with the overrides applied, locked: its fields can be changed, but assigning
+    one it does not have (a misspelling) raises AttributeError; add new fields inside
+    ``with config.unlocked():``.
 
   Raises:
     UserError: a missing or broken file, or an override that names no field or has the wrong
@@ -51,4 +53,8 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> ml_collections.Con
       config[name] = value
     except (TypeError, ValueError) as e:  # ml_collections refuses a type change.
       raise UserError(f'config.{name} cannot be set to {value!r}: {e}') from e
+  # Locked, as the CLI's --config is: a misspelt field set later (config.num_train_step = 10)
+  # raises instead of being carried along unread. Fields of one's own can still be added
+  # inside `with config.unlocked():`.
+  config.lock()
   return config

@@ -11,7 +11,8 @@ with any discriminator (and with BatchNorm in training mode).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import inspect
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -96,6 +97,29 @@ LOSSES: dict[str, GANLoss] = {
 _BUILTIN_LOSSES = frozenset(LOSSES)
 
 
+def _check_signature(role: str, function: Callable[..., Any], num_args: int, shown: str) -> None:
+  """A UserError unless ``function`` takes ``num_args`` positional arguments."""
+  try:
+    signature = inspect.signature(function)
+  except (TypeError, ValueError):  # Some builtins have none: let the call decide.
+    return
+  try:
+    signature.bind(*range(num_args))
+  except TypeError:
+    raise UserError(f'{role} must take {num_args} positional argument'
+                    f'{"s" if num_args > 1 else ""} {shown}; {getattr(function, "__name__", role)}'
+                    f'{signature} does not (d_loss and g_loss swapped?).') from None
+
+
+def check_scalar_loss(role: str, loss: Any) -> Array:
+  """Returns ``loss`` if it is a scalar; a UserError names the loss otherwise (while tracing)."""
+  shape = getattr(loss, 'shape', None)
+  if shape is None or tuple(shape) != ():
+    raise UserError(f'{role} must return a scalar (e.g. the mean over the batch); it returned '
+                    f'{"shape " + str(tuple(shape)) if shape is not None else type(loss).__name__}.')
+  return loss
+
+
 def register_loss(name: str, d_loss: Callable[..., Array], g_loss: Callable[[Array], Array],
                   *, overwrite: bool = False) -> GANLoss:
   """Makes a custom objective selectable by name (``StepConfig(loss=name)``, ``config.loss``).
@@ -127,6 +151,8 @@ def register_loss(name: str, d_loss: Callable[..., Array], g_loss: Callable[[Arr
   if not callable(d_loss) or not callable(g_loss):
     raise UserError('d_loss and g_loss must be callables: d_loss(real_logits, fake_logits, '
                     'real_label) -> scalar and g_loss(fake_logits) -> scalar.')
+  _check_signature('d_loss', d_loss, 3, '(real_logits, fake_logits, real_label)')
+  _check_signature('g_loss', g_loss, 1, '(fake_logits)')
   LOSSES[name] = GANLoss(name, d_loss, g_loss)
   return LOSSES[name]
 

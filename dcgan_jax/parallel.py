@@ -144,6 +144,9 @@ class DataParallelStep:
     self.num_devices = len(self.devices)
     self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
     per_device = make_train_step(generator, discriminator, step_config, axis_name=axis_name)
+    # For place_batch's checks of host batches.
+    self._num_classes = int(getattr(generator, 'num_classes', 0) or 0)
+    self._output_activation = getattr(generator, 'output_activation', 'tanh')
     donate_argnums = (0,) if donate else ()
     if parallelism == 'shard_map':
       # check_vma=False keeps pmap's semantics: each device differentiates its own loss and the
@@ -185,14 +188,53 @@ class DataParallelStep:
         with labels ``[global_batch / process_count]``. With shard_map, arrays already laid
         out for the step pass through unchanged; with pmap, rows are always split into a new
         leading device axis, so place each batch once.
+
+    Raises:
+      UserError: images and labels of different lengths; and for numpy batches (checked on
+        the host, where it costs little; device arrays are not read back), float images far
+        outside the generator's range (such as floats in 0..255), or labels that are not
+        integers in ``[0, num_classes)``, which would otherwise train on silently (wrong
+        scale) or turn every parameter into NaN (an embedding lookup out of range).
     """
     if isinstance(local_batch, (tuple, list)):
       rows = {int(np.shape(x)[0]) for x in local_batch}
       if len(rows) != 1:
-        raise ValueError('The images and labels of a batch must have the same number of rows '
-                         f'(got {[np.shape(x) for x in local_batch]}).')
+        raise UserError('The images and labels of a batch must have the same number of rows '
+                        f'(got {[np.shape(x) for x in local_batch]}).')
+      if len(local_batch) == 2:
+        self._check_host_images(local_batch[0])
+        self._check_host_labels(local_batch[1])
       return tuple(self._place_rows(x) for x in local_batch)
+    self._check_host_images(local_batch)
     return self._place_rows(local_batch)
+
+  def _check_host_images(self, images: Any) -> None:
+    if not isinstance(images, np.ndarray) or not np.issubdtype(images.dtype, np.floating):
+      return  # uint8 is scaled by the step; other types are refused there.
+    if not images.size:
+      return
+    low, high = (-1.0, 1.0) if self._output_activation == 'tanh' else (0.0, 1.0)
+    # Generous bounds: resampled or augmented images may overshoot a little; 0..255 may not.
+    margin = 0.5 * (high - low)
+    smallest, largest = float(np.min(images)), float(np.max(images))
+    if not (np.isfinite(smallest) and np.isfinite(largest)):
+      raise UserError('Training images contain NaN or infinite values.')
+    if smallest < low - margin or largest > high + margin:
+      raise UserError(
+          f'Training images are {images.dtype} in [{smallest:g}, {largest:g}], outside the '
+          f"generator's range [{low:g}, {high:g}] ({self._output_activation}): pass uint8 "
+          f'images (0..255; the step scales them) or floats already in [{low:g}, {high:g}].')
+
+  def _check_host_labels(self, labels: Any) -> None:
+    if not isinstance(labels, np.ndarray) or not self._num_classes:
+      return
+    if not np.issubdtype(labels.dtype, np.integer):
+      raise UserError(f'Labels must be integer class indices in [0, {self._num_classes}), '
+                      f'got {labels.dtype}.')
+    if labels.size and (labels.min() < 0 or labels.max() >= self._num_classes):
+      raise UserError(f'Labels must be class indices in [0, {self._num_classes}) '
+                      f'(num_classes={self._num_classes}); got values in [{labels.min()}, '
+                      f'{labels.max()}].')
 
   def _place_rows(self, local_rows: np.ndarray | jax.Array) -> jax.Array:
     if self.parallelism == 'shard_map':

@@ -122,6 +122,11 @@ def slerp(a: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
   return wa * a[:, None, :] + wb * b[:, None, :]
 
 
+# Fields load_generator needs to rebuild a run's models (the rest have defaults there).
+_MODEL_FIELDS = ('image_size', 'channels', 'latent_dim', 'generator_width',
+                 'discriminator_width')
+
+
 def load_generator(workdir: str | os.PathLike, step: int | None = None,
                    use_ema: bool = True) -> tuple[Any, dict[str, Any], ml_collections.ConfigDict,
                                                   int]:
@@ -137,11 +142,19 @@ def load_generator(workdir: str | os.PathLike, step: int | None = None,
     running BatchNorm statistics), its variables, the run's config and the restored step.
 
   Raises:
-    UserError: the workdir does not exist, holds no (readable) checkpoint, or has no such step.
+    UserError: the workdir does not exist, holds no (readable) checkpoint, or has no such step,
+      or its checkpoints were not saved by the training program (no run config).
   """
   from dcgan_jax import train  # pylint: disable=g-import-not-at-top  # Builds the state layout.
 
   config = ml_collections.ConfigDict(checkpointing.restore_config(workdir))
+  missing = [name for name in _MODEL_FIELDS if name not in config]
+  if missing:
+    raise UserError(
+        f'The checkpoints in {workdir} were saved with a config that lacks '
+        f'{", ".join(missing)}: not a run of the training program (a custom loop?), whose '
+        'models load_generator cannot rebuild. Restore such a state with '
+        'dcgan_jax.checkpointing.Checkpointer(workdir).restore(target) and your own modules.')
   # The optimizer layout does not depend on the run length, so any num_train_steps restores.
   target = {'gan': train.create_train_state(config, jax.random.key(0), num_train_steps=1),
             'train_key': jax.random.key_data(jax.random.key(0))}

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable
+import warnings
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from dcgan_jax import augment
@@ -90,8 +92,11 @@ class StepConfig:
       raise UserError(f'real_label must be in (0, 1] (got {self.real_label!r}).')
     if self.gradient_penalty_weight < 0 or self.r1_weight < 0:
       raise UserError('gradient_penalty_weight and r1_weight must be >= 0.')
-    if not isinstance(self.d_steps, int) or self.d_steps < 1:
+    # numpy integers (from a config or an array) count; bools and 2.0 do not.
+    if (isinstance(self.d_steps, bool) or not isinstance(self.d_steps, (int, np.integer))
+        or self.d_steps < 1):
       raise UserError(f'd_steps must be a positive integer (got {self.d_steps!r}).')
+    object.__setattr__(self, 'd_steps', int(self.d_steps))  # Hashable and static either way.
     if not 0.0 <= self.ema_decay < 1.0:
       raise UserError(f'ema_decay must be in [0, 1) (got {self.ema_decay!r}).')
     if not 0.0 <= self.augment_probability <= 1.0:
@@ -143,21 +148,78 @@ def split_batch(batch: Batch, num_classes: int) -> tuple[jax.Array, jax.Array | 
   """``(images, labels)`` of a step's batch; labels are None for an unconditional model.
 
   Raises:
-    ValueError: labels are missing for a conditional model, or given to an unconditional one.
+    UserError (a ValueError): labels are missing for a conditional model, given to an
+      unconditional one, or not integers of shape ``[N]`` for ``N`` images.
   """
   if isinstance(batch, (tuple, list)):
     if len(batch) != 2:
-      raise ValueError(f'A batch is images or (images, labels); got a sequence of {len(batch)}.')
+      raise UserError(f'A batch is images or (images, labels); got a sequence of {len(batch)}.')
     images, labels = batch
   else:
     images, labels = batch, None
   if num_classes and labels is None:
-    raise ValueError(f'The models are class-conditional (num_classes={num_classes}): the batch '
-                     'must be (images, labels).')
+    raise UserError(f'The models are class-conditional (num_classes={num_classes}): the batch '
+                    'must be (images, labels).')
   if not num_classes and labels is not None:
-    raise ValueError('The batch carries labels but the models are unconditional '
-                     '(num_classes=0); pass the images alone.')
+    raise UserError('The batch carries labels but the models are unconditional '
+                    '(num_classes=0); pass the images alone.')
+  if labels is not None and (labels.shape != images.shape[:1]
+                             or not jnp.issubdtype(labels.dtype, jnp.integer)):
+    raise UserError(f'Labels must be integer class indices of shape [N] for N images: got '
+                    f'{labels.dtype} {tuple(labels.shape)} for images {tuple(images.shape)} '
+                    '(not one-hot, not [N, 1]).')
   return images, labels
+
+
+# BatchNorm layers already reported by _apply_with_batch_norm_check (one warning per layer).
+_REPORTED_UNSYNCED_BATCH_NORMS: set[tuple[str, str]] = set()
+
+
+def _apply_with_batch_norm_check(module: nn.Module, axis_name: str | None, *args, **kwargs):
+  """``module.apply(*args, **kwargs)``, warning when a BatchNorm layer ignores ``axis_name``.
+
+  A user's module without an ``axis_name`` field (so the step cannot rebind it) computes batch
+  statistics over each device's share of the batch: training then differs from one device,
+  and the devices' copies of the running statistics drift apart, without any error. Looking at
+  the layers while the step is traced costs nothing at run time.
+  """
+  if axis_name is None:
+    return module.apply(*args, **kwargs)
+  unsynced = []
+
+  def interceptor(next_fun, call_args, call_kwargs, context):
+    layer = context.module
+    if isinstance(layer, nn.BatchNorm) and context.method_name == '__call__':
+      at_call = call_kwargs.get('use_running_average',
+                                call_args[1] if len(call_args) > 1 else None)
+      uses_batch = not (layer.use_running_average if at_call is None else at_call)
+      if uses_batch and layer.axis_name is None:
+        unsynced.append('/'.join(layer.scope.path) if layer.scope else layer.name)
+    return next_fun(*call_args, **call_kwargs)
+
+  with nn.intercept_methods(interceptor):
+    out = module.apply(*args, **kwargs)
+  new = [path for path in dict.fromkeys(unsynced)
+         if (type(module).__name__, path) not in _REPORTED_UNSYNCED_BATCH_NORMS]
+  if new and jax.lax.psum(1, axis_name) > 1:
+    _REPORTED_UNSYNCED_BATCH_NORMS.update((type(module).__name__, path) for path in new)
+    warnings.warn(
+        f'{type(module).__name__}: BatchNorm layer(s) {", ".join(new)} have no axis_name, so '
+        f'each device normalises with the statistics of its own share of the batch: training '
+        'differs from one device, and the devices\' copies of the running statistics drift '
+        'apart. Give the module an `axis_name` field passed to nn.BatchNorm(axis_name=...); '
+        "the step sets it (as dcgan_jax's Generator and Discriminator have).", stacklevel=2)
+  return out
+
+
+def _check_generated_shape(generator, real: jax.Array, fake: jax.Array) -> None:
+  """D sees real and generated images alike: their shapes must agree (checked while tracing)."""
+  if tuple(fake.shape[1:]) != tuple(real.shape[1:]) or fake.shape[0] != real.shape[0]:
+    h_w_c = lambda shape: ', '.join(map(str, shape[1:]))
+    raise UserError(
+        f'The training images are [N, {h_w_c(real.shape)}] but {type(generator).__name__} '
+        f'makes [N, {h_w_c(fake.shape)}]: D scores both, so they must match (images NHWC, '
+        "channels last; the generator's image size and channels as the data's).")
 
 
 def make_train_step(generator: nn.Module, discriminator: nn.Module,
@@ -242,13 +304,14 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     return images if params is None else augment.apply(images, params, policy, value_range)
 
   def generate(g_params, g_stats, z, labels):
-    return generator.apply({'params': g_params, 'batch_stats': g_stats}, z, train=True,
-                           mutable=['batch_stats'], **label_kwargs(labels))
+    return _apply_with_batch_norm_check(
+        generator, axis_name, {'params': g_params, 'batch_stats': g_stats}, z, train=True,
+        mutable=['batch_stats'], **label_kwargs(labels))
 
   def discriminate(d_params, d_stats, images, labels, **kwargs):
-    logits, updates = discriminator.apply({'params': d_params, 'batch_stats': d_stats}, images,
-                                          train=True, mutable=['batch_stats'],
-                                          **label_kwargs(labels), **kwargs)
+    logits, updates = _apply_with_batch_norm_check(
+        discriminator, axis_name, {'params': d_params, 'batch_stats': d_stats}, images,
+        train=True, mutable=['batch_stats'], **label_kwargs(labels), **kwargs)
     # A discriminator without BatchNorm or spectral norm ('layer', 'none') has no statistics.
     return logits, updates.get('batch_stats', {})
 
@@ -276,7 +339,9 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
       real_logits, fake_logits, stats = discriminate_real_then_fake(
           d_params, d.batch_stats, augmented(real, real_aug), augmented(fake, fake_aug),
           real_labels, fake_labels)
-      loss = objective.d_loss(real_logits, fake_logits, step_config.real_label)
+      loss = losses.check_scalar_loss(
+          f'{objective.name} d_loss',
+          objective.d_loss(real_logits, fake_logits, step_config.real_label))
       aux = {'d_real': _mean_sigmoid(real_logits), 'd_fake_before': _mean_sigmoid(fake_logits)}
       if step_config.adaptive:  # ADA's overfitting heuristic, on the images D saw.
         aux['ada_real_sign'] = jnp.mean(jnp.sign(real_logits.astype(jnp.float32)))
@@ -315,7 +380,7 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
       # G's gradient flows through the augmentation back to its un-augmented images.
       fake_logits, d_stats = discriminate(d.params, d.batch_stats, augmented(images, fake_aug),
                                           labels)
-      loss = objective.g_loss(fake_logits)
+      loss = losses.check_scalar_loss(f'{objective.name} g_loss', objective.g_loss(fake_logits))
       return loss, (d_stats, {'g_loss': loss, 'd_fake_after': _mean_sigmoid(fake_logits)})
 
     d_images, (d_stats, aux) = jax.grad(loss_fn, has_aux=True)(fake)
@@ -360,6 +425,7 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
         fake, g_vjp, g_updates = jax.vjp(
             lambda p, stats=g_stats, z=z, labels=labels: generate(p, stats, z, labels),
             g.params, has_aux=True)
+      _check_generated_shape(generator, real, fake)  # Before D stacks the two.
       real_key, fake_key = jax.random.split(jax.random.fold_in(augment_key, i))
       state, d_metrics = d_update(state, real, fake, real_labels, labels, penalty_key,
                                   augment_params(real_key, real, probability),

@@ -231,6 +231,35 @@ def test_place_batch_checks_that_images_and_labels_match():
     step.place_batch((images, labels[:8]))
 
 
+@pytest.mark.parametrize('parallelism', ['shard_map', 'pmap'])
+def test_labels_outside_the_classes_are_refused_before_they_turn_the_state_to_nan(
+    initial_state, parallelism):
+  """An embedding row that does not exist reads as NaN on the device; numpy labels are checked
+  on the host (SVHN-style 1..10 labels for 10 classes are the usual slip)."""
+  step = DataParallelStep(G, D, StepConfig(), parallelism=parallelism)
+  images, labels = _batch(16)
+  for bad, shown in ((labels + 1, r'\[1, 4\]'), (labels - 1, r'\[-1, 2\]')):
+    with pytest.raises(UserError, match=rf'class indices in \[0, 4\) \(num_classes=4\); got '
+                                        rf'values in {shown}'):
+      step.place_batch((images, bad))
+  with pytest.raises(UserError, match=r'integer class indices in \[0, 4\), got float32'):
+    step.place_batch((images, labels.astype(np.float32)))
+  # What the check prevents: the same labels placed as device arrays (not read back) poison
+  # every parameter in one step.
+  placed = (step.place_batch(images), step.place_batch(jnp.asarray(labels + 1)))
+  state, _ = step(step.place_state(initial_state), placed, jax.random.key(0))
+  assert not all(np.isfinite(x).all() for x in jax.tree.leaves(step.host_state(state).generator.params))
+
+
+def test_labels_of_the_wrong_shape_or_type_are_one_clear_error(initial_state):
+  images, labels = _batch(8)
+  step = jax.jit(make_train_step(G, D))
+  for bad in (labels[:, None], jax.nn.one_hot(labels, CLASSES), labels.astype(np.float32)):
+    with pytest.raises(UserError, match=r'Labels must be integer class indices of shape \[N\] '
+                                        r'for N images: got .* for images \(8, 16, 16, 3\)'):
+      step(initial_state, (images, bad), jax.random.key(0))
+
+
 # Class-conditional BatchNorm learns the classes more slowly here: at 8x8 G has one BatchNorm,
 # whose per-class offsets start at 0 and move by Adam's step size, while the one-hot rows of
 # the projection act before the normalisation, which amplifies them. Measured (mean of bright

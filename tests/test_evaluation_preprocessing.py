@@ -1,4 +1,6 @@
 """The two preprocessing protocols against PyTorch, TensorFlow 1 and a plain numpy resize."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -88,6 +90,28 @@ def test_to_uint8_rounds_like_image_files():
   np.testing.assert_array_equal(evaluation.to_uint8(images), expected)
   np.testing.assert_array_equal(evaluation.to_uint8((images + 1) / 2, low=0.0, high=1.0),
                                 expected)
+
+
+def test_preprocess_with_an_unknown_mode_is_a_user_error():
+  with pytest.raises(UserError, match="Unknown Inception preprocessing 'tf1'"):
+    evaluation.preprocess(np.zeros((1, 8, 8, 3), np.uint8), mode='tf1')
+
+
+@pytest.mark.parametrize('quantise', ['to_uint8', 'to_uint8_jax'])
+def test_uint8_images_need_no_quantising_and_other_integers_are_refused(quantise):
+  """Real images (uint8) passed by mistake come back unchanged, not as 128s and 255s."""
+  function = getattr(evaluation, quantise)
+  images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+  arrays = [images, jnp.asarray(images)] if quantise == 'to_uint8_jax' else [images]
+  for x in arrays:
+    np.testing.assert_array_equal(np.asarray(function(x)), images)
+    np.testing.assert_array_equal(np.asarray(function(x, 0.0, 1.0)), images)
+  # Inside a jitted function too (the dtype is known while tracing).
+  if quantise == 'to_uint8_jax':
+    np.testing.assert_array_equal(np.asarray(jax.jit(function)(images)), images)
+  for dtype in (np.int32, np.uint16, np.bool_):
+    with pytest.raises(UserError, match=f'got {np.dtype(dtype)} images.*uint8 images'):
+      function(images.astype(dtype))
 
 
 def test_to_uint8_jax_equals_to_uint8_on_rounding_boundaries():

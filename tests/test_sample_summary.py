@@ -429,3 +429,15 @@ def test_custom_gan_example_runs(capsys):
   assert lines[-1] == 'samples (4, 8, 8, 1)'
   assert int(state.step) == 3
   assert np.all(np.isfinite(samples)) and np.all(np.abs(samples) <= 1.0)
+
+
+def test_a_custom_loops_checkpoints_are_not_taken_for_a_run(tmp_path):
+  """Saved with checkpointing.Checkpointer and a config of the user's own: one clear error that
+  says how to restore them, not an AttributeError for the first model field."""
+  from dcgan_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  with checkpointing.Checkpointer(tmp_path) as checkpointer:
+    checkpointer.save(3, {'w': np.zeros(2, np.float32)}, {'learning_rate': 0.1}, force=True)
+  with pytest.raises(UserError, match=r'lacks image_size, channels, latent_dim, generator_width, '
+                                      r'discriminator_width: not a run of the training program.*'
+                                      r'Checkpointer\(workdir\)\.restore\(target\)'):
+    sample.load_generator(tmp_path)

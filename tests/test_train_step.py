@@ -1,4 +1,5 @@
 """The GAN step: one device == shard_map == pmap (8 CPU devices), bf16, options, bad batches."""
+import functools
 import logging
 import types
 
@@ -127,6 +128,91 @@ def test_d_steps_update_discriminator_more_often(initial_state):
     assert not np.allclose(ours, one, rtol=1e-5, atol=1e-6)
 
 
+def _small_generator(with_axis_name_field):
+  """A user's generator: BatchNorm with or without the `axis_name` field the step rebinds."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class Plain(nn.Module):
+    latent_dim: int = 16
+
+    @nn.compact
+    def __call__(self, z, train=True):
+      x = nn.Dense(8 * 8 * 8)(z).reshape((-1, 8, 8, 8))
+      x = nn.BatchNorm(use_running_average=not train, axis_name=getattr(self, 'axis_name', None),
+                       name='bn')(x)
+      # Running averages only: no batch statistics, so nothing to synchronise.
+      x = nn.BatchNorm(use_running_average=True, name='frozen')(nn.relu(x))
+      return jax.numpy.tanh(nn.ConvTranspose(3, (4, 4), strides=(2, 2))(x))
+
+  class WithAxisName(Plain):
+    axis_name: str | None = None
+
+  return WithAxisName() if with_axis_name_field else Plain()
+
+
+@pytest.mark.parametrize('parallelism', ['shard_map', 'pmap'])
+def test_batch_norm_without_axis_name_on_several_devices_warns(monkeypatch, parallelism):
+  """Such a layer normalises per device and its copies drift apart: say so, naming the layer."""
+  from dcgan_jax import train_step  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(train_step, '_REPORTED_UNSYNCED_BATCH_NORMS', set())
+  generator = _small_generator(with_axis_name_field=False)
+  state = create_gan_state(jax.random.key(0), generator, D)
+  step = DataParallelStep(generator, D, parallelism=parallelism)
+  with pytest.warns(UserWarning, match=r'Plain: BatchNorm layer\(s\) bn have no axis_name') as caught:
+    new, _ = step(step.place_state(state), step.place_batch(_images(8)), jax.random.key(1))
+  assert len(caught) == 1  # 'frozen' uses running averages only; D's layers are synced.
+  # The drift it warns about: the devices' running statistics differ.
+  if parallelism == 'pmap':
+    means = np.asarray(new.generator.batch_stats['bn']['mean'])
+    assert np.abs(means - means[0]).max() > 1e-4
+
+
+def test_batch_norm_with_axis_name_or_on_one_device_does_not_warn(monkeypatch):
+  import warnings  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import train_step  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(train_step, '_REPORTED_UNSYNCED_BATCH_NORMS', set())
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    synced = _small_generator(with_axis_name_field=True)
+    state = create_gan_state(jax.random.key(0), synced, D)
+    step = DataParallelStep(synced, D)
+    new, _ = step(step.place_state(state), step.place_batch(_images(8)), jax.random.key(1))
+    plain = _small_generator(with_axis_name_field=False)
+    jax.jit(make_train_step(plain, D))(create_gan_state(jax.random.key(0), plain, D), _images(8),
+                                       jax.random.key(1))
+  assert int(step.host_state(new).step) == 1
+
+
+def test_images_unlike_the_generators_are_one_clear_error(initial_state):
+  """Caught while tracing, before D stacks the two batches (a raw concatenate error)."""
+  step = jax.jit(make_train_step(G, D))
+  images = _images(8)  # [8, 16, 16, 3]
+  for bad, shown in ((images[:, :8, :8], r'\[N, 8, 8, 3\]'),
+                     (images.transpose(0, 3, 1, 2), r'\[N, 3, 16, 16\]'),
+                     (images[..., :1], r'\[N, 16, 16, 1\]')):
+    with pytest.raises(UserError, match=rf'The training images are {shown} but Generator makes '
+                                        r'\[N, 16, 16, 3\]'):
+      step(initial_state, bad, jax.random.key(0))
+
+
+@pytest.mark.parametrize('activation', ['tanh', 'sigmoid'])
+def test_float_images_far_outside_the_generators_range_are_refused(activation):
+  g = G.clone(output_activation=activation)
+  step = DataParallelStep(g, D)
+  images = _images(8)
+  with pytest.raises(UserError, match=r'Training images are float32 in \[.*\], outside the '
+                                      r"generator's range .*pass uint8 images"):
+    step.place_batch(images.astype(np.float32))  # 0..255 as floats.
+  low = -1.0 if activation == 'tanh' else 0.0
+  in_range = low + images.astype(np.float32) / 255.0 * (1.0 - low)
+  assert step.place_batch(in_range).shape == images.shape
+  assert step.place_batch(np.clip(in_range * 1.05, low - 0.05, 1.05)).shape == images.shape
+  nan = in_range.copy()
+  nan[0, 0, 0, 0] = np.nan
+  with pytest.raises(UserError, match='NaN or infinite'):
+    step.place_batch(nan)
+
+
 def test_bfloat16_step_keeps_float32_state():
   g, d = G.clone(dtype='bfloat16'), D.clone(dtype='bfloat16')
   state = create_gan_state(jax.random.key(0), g, d)
@@ -149,8 +235,11 @@ def test_batch_not_divisible_by_devices_is_a_clear_error(initial_state):
 def test_bad_step_options_are_rejected():
   with pytest.raises(UserError, match='loss must be one of'):
     StepConfig(loss='nope')
-  with pytest.raises(UserError, match='d_steps'):
-    StepConfig(d_steps=0)
+  for bad in (0, -1, 2.0, True, '2'):
+    with pytest.raises(UserError, match='d_steps must be a positive integer'):
+      StepConfig(d_steps=bad)
+  assert StepConfig(d_steps=np.int64(2)) == StepConfig(d_steps=2)  # Read from numpy: fine.
+  assert type(StepConfig(d_steps=np.int64(2)).d_steps) is int
   with pytest.raises(UserError, match='parallelism'):
     DataParallelStep(G, D, parallelism='dp')
 
@@ -188,12 +277,29 @@ def test_registered_loss_drives_the_step(initial_state, registry):
     ('hinge', {}, "'hinge' is a built-in loss and cannot be replaced"),
     ('has space', {}, 'A loss name must be an identifier'),
     ('custom', {'g_loss': 3}, 'd_loss and g_loss must be callables'),
+    ('two_args', {'d_loss': lambda real, fake: real.mean()},
+     r'd_loss must take 3 positional arguments \(real_logits, fake_logits, real_label\); '
+     r'<lambda>\(real, fake\) does not'),
+    ('swapped', {'d_loss': losses.hinge_g_loss, 'g_loss': losses.hinge_d_loss},
+     r'd_loss must take 3 positional arguments .*\(d_loss and g_loss swapped\?\)'),
 ])
 def test_register_loss_rejects_bad_input(registry, name, kwargs, message):
   args = {'d_loss': losses.hinge_d_loss, 'g_loss': losses.hinge_g_loss, **kwargs}
   with pytest.raises(UserError, match=message):
     register_loss(name, **args)
   assert name not in losses.LOSSES or name == 'hinge'
+
+
+def test_a_loss_that_is_not_a_scalar_is_named_while_tracing(initial_state, registry):
+  register_loss('per_example', lambda real, fake, label: jax.nn.softplus(-real) + fake,
+                losses.hinge_g_loss)
+  with pytest.raises(UserError, match=r'per_example d_loss must return a scalar \(e.g. the mean '
+                                      r'over the batch\); it returned shape \(8,\)'):
+    jax.jit(make_train_step(G, D, StepConfig(loss='per_example')))(initial_state, _images(8),
+                                                                   jax.random.key(0))
+  # *args and functools.partial objects pass the signature check.
+  register_loss('flexible', lambda *logits: losses.hinge_d_loss(*logits),
+                functools.partial(losses.least_squares_g_loss))
 
 
 def test_register_loss_twice_needs_overwrite(registry):

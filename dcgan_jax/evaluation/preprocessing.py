@@ -99,7 +99,22 @@ def preprocess(images: jax.Array, mode: str = 'pytorch_fid', size: int = INPUT_S
     return 2.0 * resize_bilinear_pytorch(x / 255.0, size) - 1.0
   if mode == 'tf':
     return (resize_bilinear_tf1(x, size) - 128.0) / 128.0
-  raise ValueError(f'unknown mode {mode!r}')
+  check_mode(mode)
+  raise AssertionError(mode)  # Every known mode returned above.
+
+
+def _already_uint8(images) -> bool:
+  """True for uint8 images (nothing to quantise); a UserError for other integer images."""
+  dtype = getattr(images, 'dtype', None)
+  if dtype is None:
+    return False
+  dtype = np.dtype(dtype)
+  if dtype == np.uint8:
+    return True
+  if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+    raise UserError(f'to_uint8 quantises generated float images in [low, high]; got {dtype} '
+                    'images. uint8 images (0..255) need no quantising: pass them as they are.')
+  return False
 
 
 def to_uint8(images: np.ndarray | jax.Array, low: float = -1.0, high: float = 1.0) -> np.ndarray:
@@ -109,17 +124,21 @@ def to_uint8(images: np.ndarray | jax.Array, low: float = -1.0, high: float = 1.
   same quantisation: round(255 * (x - low) / (high - low)), clipped to 0..255.
 
   Args:
-    images: [N, H, W, C] floats.
+    images: [N, H, W, C] floats (uint8 images are returned as they are).
     low, high: the value range of `images` (-1, 1 for tanh generators; 0, 1 for sigmoid).
 
   Returns:
     [N, H, W, C] uint8 numpy array.
+
+  Raises:
+    UserError: integer images other than uint8.
   """
+  if _already_uint8(images):
+    return np.asarray(images)
   x = (np.asarray(images, np.float32) - low) * (255.0 / (high - low))
   return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
 
 
-@functools.partial(jax.jit, static_argnames=('low', 'high'))
 def to_uint8_jax(images: jax.Array, low: float = -1.0, high: float = 1.0) -> jax.Array:
   """`to_uint8` on the device: the same uint8 values, without copying the images to the host.
 
@@ -128,12 +147,22 @@ def to_uint8_jax(images: jax.Array, low: float = -1.0, high: float = 1.0) -> jax
   numpy).
 
   Args:
-    images: [N, H, W, C] floats.
+    images: [N, H, W, C] floats (uint8 images are returned as they are).
     low, high: the value range of `images` (-1, 1 for tanh generators; 0, 1 for sigmoid).
 
   Returns:
     [N, H, W, C] uint8 `jax.Array` on the devices of `images`, equal to `to_uint8(images)`.
+
+  Raises:
+    UserError: integer images other than uint8.
   """
+  if _already_uint8(images):
+    return images
+  return _quantise_on_device(images, low=low, high=high)
+
+
+@functools.partial(jax.jit, static_argnames=('low', 'high'))
+def _quantise_on_device(images: jax.Array, low: float, high: float) -> jax.Array:
   x = (images.astype(jnp.float32) - low) * (255.0 / (high - low))
   # The barrier keeps the compiler from contracting the multiply and the +0.5 below into one
   # fused multiply-add (GPUs do so by default), whose single rounding could move values that
