@@ -132,6 +132,14 @@ def test_load_config_applies_overrides_and_rejects_mistakes(tmp_path):
   broken.write_text('def get_config():\n  return undefined_name\n')
   with pytest.raises(UserError, match="Cannot load the config file .*NameError"):
     train.load_config(broken)
+  # Locked, as the CLI's config: a misspelt field set afterwards raises instead of being
+  # carried along unread; existing fields change, and new ones can be added on purpose.
+  config.num_train_steps = 9
+  with pytest.raises(AttributeError, match='"num_train_step" does not exist'):
+    config.num_train_step = 1000
+  with config.unlocked():
+    config.my_note = 'mine'
+  assert (config.num_train_steps, config.my_note) == (9, 'mine')
 
 
 def test_read_scalars_needs_a_run(tmp_path):
