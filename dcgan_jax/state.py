@@ -7,6 +7,7 @@ jitted, sharded, donated and checkpointed as one value.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import flax
@@ -133,6 +134,31 @@ def class_labels_kwargs(module: flax.linen.Module, batch: int) -> dict[str, jax.
   return {}
 
 
+def check_module_interface(module: flax.linen.Module, role: str, conditional: bool) -> None:
+  """A UserError when a module lacks what the step calls it with (instead of a flax traceback).
+
+  Both networks are called with ``train=`` (and ``labels=`` when class-conditional); the
+  generator's ``latent_dim`` sizes the latents. Modules whose ``__call__`` takes ``**kwargs``
+  are left to decide.
+  """
+  name = type(module).__name__
+  if role == 'generator' and getattr(module, 'latent_dim', None) is None:
+    raise UserError(f'The generator {name} needs a `latent_dim` attribute (the size of the '
+                    'latents it maps to images).')
+  try:
+    parameters = inspect.signature(type(module).__call__).parameters
+  except (TypeError, ValueError):
+    return
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    return
+  needed = ['train'] + (['labels'] if conditional else [])
+  missing = [argument for argument in needed if argument not in parameters]
+  if missing:
+    raise UserError(f'The {role} {name} must take {" and ".join(f"{m}=" for m in missing)} in '
+                    f'__call__: the step calls it with train=True/False'
+                    f'{" and the class labels" if "labels" in missing else ""}.')
+
+
 def create_gan_state(rng: jax.Array, generator: flax.linen.Module,
                      discriminator: flax.linen.Module,
                      generator_tx: optax.GradientTransformation | None = None,
@@ -156,6 +182,11 @@ def create_gan_state(rng: jax.Array, generator: flax.linen.Module,
   Returns:
     A :class:`GANState` (or :class:`AdaptiveAugmentState`) at step 0.
   """
+  conditional = bool(getattr(generator, 'num_classes', 0))
+  check_module_interface(generator, 'generator', conditional)
+  # The step hands D the labels of a conditional G's batches.
+  check_module_interface(discriminator, 'discriminator',
+                         conditional or bool(getattr(discriminator, 'num_classes', 0)))
   generator_tx = generator_tx or make_optimizer()
   discriminator_tx = discriminator_tx or make_optimizer()
   # Modules with an axis_name cannot initialise outside a mapped context; init without it (the

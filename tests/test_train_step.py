@@ -213,6 +213,35 @@ def test_float_images_far_outside_the_generators_range_are_refused(activation):
     step.place_batch(nan)
 
 
+def test_modules_without_what_the_step_calls_them_with_are_one_clear_error():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class NoTrainArgument(nn.Module):
+    @nn.compact
+    def __call__(self, images):
+      return nn.Dense(1)(images.reshape((images.shape[0], -1)))[:, 0]
+
+  class NoLatentDim(nn.Module):
+    @nn.compact
+    def __call__(self, z, train=True):
+      return nn.Dense(16 * 16 * 3)(z).reshape((-1, 16, 16, 3))
+
+  class TakesKeywords(NoTrainArgument):
+    def __call__(self, images, **kwargs):  # Decides for itself.
+      return super().__call__(images)
+
+  conditional_g = G.clone(num_classes=3)
+  for generator, discriminator, message in (
+      (G, NoTrainArgument(), r'The discriminator NoTrainArgument must take train= in __call__'),
+      (NoLatentDim(), D, r'The generator NoLatentDim needs a `latent_dim` attribute'),
+      (conditional_g, NoTrainArgument(),
+       r'must take train= and labels= in __call__: .* and the class labels')):
+    with pytest.raises(UserError, match=message):
+      create_gan_state(jax.random.key(0), generator, discriminator)
+  state = create_gan_state(jax.random.key(0), G, TakesKeywords())
+  assert set(state.discriminator.params) == {'Dense_0'}
+
+
 def test_bfloat16_step_keeps_float32_state():
   g, d = G.clone(dtype='bfloat16'), D.clone(dtype='bfloat16')
   state = create_gan_state(jax.random.key(0), g, d)
