@@ -30,10 +30,11 @@ from dcgan_jax.errors import UserError
 from dcgan_jax.state import EMAState, GANState
 
 Metrics = dict[str, jax.Array]
-# fold_in data of the augmentation's and the generated labels' random streams (any constants
-# apart from the d_steps indices).
+# fold_in data of the augmentation's, the generated labels' and dropout's random streams (any
+# constants apart from the d_steps indices).
 _AUGMENT_STREAM = 0x41554721
 _LABEL_STREAM = 0x4C41424C
+_DROPOUT_STREAM = 0x44524F50
 # (The StepConfig field named augment hides the module inside the class body.)
 _ADA_SPEED_IMAGES = augment.ADA_SPEED_IMAGES
 # A batch is the real images, or ``(images, labels)`` for class-conditional models.
@@ -303,15 +304,25 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
   def augmented(images, params):
     return images if params is None else augment.apply(images, params, policy, value_range)
 
+  # Modules that draw random numbers in training (nn.Dropout, or make_rng('dropout')) get a
+  # fresh 'dropout' key at every call; others ignore it (the same program). Set per traced
+  # step; calls are numbered in the order the step makes them, which tracing fixes.
+  dropout = {'key': None, 'calls': 0}
+
+  def dropout_rngs():
+    dropout['calls'] += 1
+    return {'dropout': jax.random.fold_in(dropout['key'], dropout['calls'])}
+
   def generate(g_params, g_stats, z, labels):
     return _apply_with_batch_norm_check(
         generator, axis_name, {'params': g_params, 'batch_stats': g_stats}, z, train=True,
-        mutable=['batch_stats'], **label_kwargs(labels))
+        mutable=['batch_stats'], rngs=dropout_rngs(), **label_kwargs(labels))
 
   def discriminate(d_params, d_stats, images, labels, **kwargs):
     logits, updates = _apply_with_batch_norm_check(
         discriminator, axis_name, {'params': d_params, 'batch_stats': d_stats}, images,
-        train=True, mutable=['batch_stats'], **label_kwargs(labels), **kwargs)
+        train=True, mutable=['batch_stats'], rngs=dropout_rngs(), **label_kwargs(labels),
+        **kwargs)
     # A discriminator without BatchNorm or spectral norm ('layer', 'none') has no statistics.
     return logits, updates.get('batch_stats', {})
 
@@ -405,6 +416,11 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     # leaves latents and penalty interpolation exactly as they were.
     augment_key = jax.random.fold_in(rng, _AUGMENT_STREAM)
     label_key = jax.random.fold_in(rng, _LABEL_STREAM)
+    # Each device drops its own units, as separate processes of a data-parallel loop would.
+    dropout_key = jax.random.fold_in(rng, _DROPOUT_STREAM)
+    if axis_name is not None:
+      dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
+    dropout.update(key=dropout_key, calls=0)
     if step_config.adaptive:
       probability = getattr(state, 'augment_probability', None)
       if probability is None:

@@ -242,6 +242,50 @@ def test_modules_without_what_the_step_calls_them_with_are_one_clear_error():
   assert set(state.discriminator.params) == {'Dense_0'}
 
 
+def _dropout_discriminator(rate):
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class DropoutD(nn.Module):
+    """A user's D with dropout (as in the original GAN's maxout discriminator)."""
+
+    @nn.compact
+    def __call__(self, images, train=True):
+      x = nn.leaky_relu(nn.Conv(8, (4, 4), strides=(2, 2))(images), 0.2)
+      x = nn.Dropout(rate, deterministic=not train)(x)
+      return nn.Dense(1)(x.reshape((x.shape[0], -1)))[:, 0]
+
+  return DropoutD()
+
+
+@pytest.mark.parametrize('parallelism', [None, 'shard_map'])
+def test_modules_with_dropout_get_their_random_numbers(parallelism):
+  """Dropout draws its masks from the step's key: it trains (it would fail without a
+  'dropout' key), a rate of 0 is the deterministic network, and the masks follow `rng`."""
+  images = _images(16)
+  results = {}
+  for rate in (0.0, 0.5):
+    d = _dropout_discriminator(rate)
+    state = create_gan_state(jax.random.key(0), G, d)
+    if parallelism is None:
+      step = jax.jit(make_train_step(G, d))
+      run = lambda rng, step=step, state=state: step(state, images, rng)[1]  # pylint: disable=cell-var-from-loop
+      metrics_of = lambda m: {k: float(v) for k, v in m.items()}
+    else:
+      step = DataParallelStep(G, d, parallelism=parallelism, donate=False)
+      placed = (step.place_state(state), step.place_batch(images))
+      run = lambda rng, step=step, placed=placed: step(*placed, rng)[1]  # pylint: disable=cell-var-from-loop
+      metrics_of = step.host_metrics
+    results[rate] = [metrics_of(run(jax.random.key(i))) for i in (1, 1, 2)]
+  for rate, (first, again, other) in results.items():
+    assert first == again  # Same key, same masks.
+    assert all(np.isfinite(v) for v in first.values())
+  # D's verdict on the same real images (before its update) changes with the key only when
+  # it drops units.
+  assert results[0.0][0]['d_real'] == results[0.0][2]['d_real']
+  assert results[0.5][0]['d_real'] != results[0.5][2]['d_real']
+  assert results[0.5][0]['d_real'] != results[0.0][0]['d_real']
+
+
 def test_bfloat16_step_keeps_float32_state():
   g, d = G.clone(dtype='bfloat16'), D.clone(dtype='bfloat16')
   state = create_gan_state(jax.random.key(0), g, d)
