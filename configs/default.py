@@ -108,6 +108,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_train_steps = -1
   config.num_epochs = 30.0  # 843 steps of 64 over the 1,797 digits.
   config.log_every_steps = 50
+  config.log_every_epochs = 0.0
   config.checkpoint_every_steps = 500
   config.checkpoint_every_epochs = 0.0
   config.keep_checkpoints = 3
