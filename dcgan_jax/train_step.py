@@ -206,7 +206,7 @@ def _apply_with_batch_norm_check(module: nn.Module, axis_name: str | None, *args
     _REPORTED_UNSYNCED_BATCH_NORMS.update((type(module).__name__, path) for path in new)
     warnings.warn(
         f'{type(module).__name__}: BatchNorm layer(s) {", ".join(new)} have no axis_name, so '
-        f'each device normalises with the statistics of its own share of the batch: training '
+        'each device normalises with the statistics of its own share of the batch: training '
         'differs from one device, and the devices\' copies of the running statistics drift '
         'apart. Give the module an `axis_name` field passed to nn.BatchNorm(axis_name=...); '
         "the step sets it (as dcgan_jax's Generator and Discriminator have).", stacklevel=2)
