@@ -47,6 +47,7 @@ import math
 import os
 import time
 from typing import Any
+import warnings as warnings_lib
 
 from absl import logging
 import flax
@@ -828,9 +829,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                info.num_examples, info.image_shape,
                f', {info.num_classes} classes' if info.num_classes else '')
   durations = resolve_durations(config, info.num_examples)
-  step_fn = parallel.DataParallelStep(
-      models.generator_from_config(config), models.discriminator_from_config(config),
-      train_step_lib.StepConfig.from_config(config), parallelism=config.parallelism)
+  with warnings_lib.catch_warnings():
+    # config_warnings has said so already, in the config's own terms.
+    warnings_lib.simplefilter('ignore', train_step_lib.PenaltyWithBatchNormWarning)
+    step_fn = parallel.DataParallelStep(
+        models.generator_from_config(config), models.discriminator_from_config(config),
+        train_step_lib.StepConfig.from_config(config), parallelism=config.parallelism)
   device_resident = data.use_device_resident(config, info.num_bytes)
   if device_resident and config.parallelism == 'pmap' and jax.process_count() > 1:
     # pmap takes host rows per device; the sampler's global batch would need a cross-process

@@ -172,6 +172,10 @@ def split_batch(batch: Batch, num_classes: int) -> tuple[jax.Array, jax.Array | 
   return images, labels
 
 
+class PenaltyWithBatchNormWarning(UserWarning):
+  """A gradient penalty through a BatchNorm discriminator (valid, rarely what was meant)."""
+
+
 # BatchNorm layers already reported by _apply_with_batch_norm_check (one warning per layer).
 _REPORTED_UNSYNCED_BATCH_NORMS: set[tuple[str, str]] = set()
 
@@ -252,6 +256,12 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
   if hasattr(discriminator, 'axis_name'):
     discriminator = discriminator.clone(axis_name=axis_name)
   objective = losses.get_loss(step_config.loss)
+  if step_config.gradient_penalty_weight > 0 and getattr(discriminator, 'norm', None) == 'batch':
+    # The training program says this in its config's terms (train.config_warnings).
+    warnings.warn('gradient_penalty_weight > 0 with a BatchNorm discriminator: BatchNorm mixes '
+                  "the examples of a batch, so the penalty does not see each example's own "
+                  "gradient; WGAN-GP's critic uses Discriminator(norm='layer') (or 'none').",
+                  PenaltyWithBatchNormWarning, stacklevel=2)
   output_activation = getattr(generator, 'output_activation', 'tanh')
   latent_dim = generator.latent_dim
   num_classes = getattr(generator, 'num_classes', 0)

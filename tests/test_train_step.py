@@ -286,6 +286,19 @@ def test_modules_with_dropout_get_their_random_numbers(parallelism):
   assert results[0.5][0]['d_real'] != results[0.0][0]['d_real']
 
 
+def test_a_gradient_penalty_through_batch_norm_warns_in_a_custom_loop():
+  """As the training program does (train.config_warnings), and only there once."""
+  import warnings  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import train_step  # pylint: disable=g-import-not-at-top
+  penalty = StepConfig(loss='wasserstein', gradient_penalty_weight=10.0)
+  with pytest.warns(train_step.PenaltyWithBatchNormWarning, match="Discriminator\\(norm='layer'\\)"):
+    make_train_step(G, D, penalty)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    make_train_step(G, D.clone(norm='layer'), penalty)
+    make_train_step(G, D, StepConfig(r1_weight=1.0))
+
+
 def test_bfloat16_step_keeps_float32_state():
   g, d = G.clone(dtype='bfloat16'), D.clone(dtype='bfloat16')
   state = create_gan_state(jax.random.key(0), g, d)
