@@ -412,7 +412,8 @@ def _score(workdir: str, config, extractor, loaded, *, num_samples: int, seed: i
   else:
     ref_stats, ref_features, ref_protocol = file_ref
 
-  value_range = (-1.0, 1.0) if config.output_activation == 'tanh' else (0.0, 1.0)
+  from dcgan_jax import models  # pylint: disable=g-import-not-at-top
+  value_range = models.output_range(config.output_activation)
   fake = evaluation.FeatureStatistics()
   logits, kid_features = [], []
   kept = 0

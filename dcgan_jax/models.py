@@ -52,6 +52,11 @@ def _join(options: Sequence[Any]) -> str:
   return ', '.join(items[:-1]) + ' or ' + items[-1]
 
 
+def output_range(output_activation: str) -> tuple[float, float]:
+  """The value range of a generator's images: (-1, 1) for 'tanh', (0, 1) for 'sigmoid'."""
+  return (-1.0, 1.0) if output_activation == 'tanh' else (0.0, 1.0)
+
+
 def validate_image_size(image_size: int) -> int:
   """Returns ``k`` such that ``image_size == 4 * 2**k``, or raises a UserError naming valid sizes."""
   if image_size not in VALID_IMAGE_SIZES:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from dcgan_jax import models
 from dcgan_jax.errors import UserError
 from dcgan_jax.state import GANState
 from dcgan_jax.train_step import Metrics, StepConfig, make_train_step
@@ -89,13 +90,14 @@ def make_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = AXIS
 
 def check_batch_size(global_batch: int, num_devices: int, process_count: int = 1) -> None:
   """Raises a UserError unless the global batch splits evenly over devices and processes."""
-  valid = ', '.join(str(num_devices * m) for m in (1, 2, 4, 8, 16))
+  # Built only for an error: place_batch checks every step's batch.
+  valid = lambda: ', '.join(str(num_devices * m) for m in (1, 2, 4, 8, 16))
   if global_batch <= 0:
     raise UserError(f'batch_size must be positive (got {global_batch}); use a multiple of the '
-                    f'{num_devices} devices such as {valid}.')
+                    f'{num_devices} devices such as {valid()}.')
   if global_batch % num_devices:
     raise UserError(f'batch_size {global_batch} is not divisible by the {num_devices} devices; '
-                    f'use a multiple of {num_devices} such as {valid}.')
+                    f'use a multiple of {num_devices} such as {valid()}.')
   if global_batch % process_count:
     raise UserError(f'batch_size {global_batch} is not divisible by the {process_count} '
                     'processes.')
@@ -213,7 +215,7 @@ class DataParallelStep:
       return  # uint8 is scaled by the step; other types are refused there.
     if not images.size:
       return
-    low, high = (-1.0, 1.0) if self._output_activation == 'tanh' else (0.0, 1.0)
+    low, high = models.output_range(self._output_activation)
     # Generous bounds: resampled or augmented images may overshoot a little; 0..255 may not.
     margin = 0.5 * (high - low)
     smallest, largest = float(np.min(images)), float(np.max(images))

@@ -195,7 +195,7 @@ def sample_labels(config: ml_collections.ConfigDict, num: int,
 
 
 def _value_range(config: ml_collections.ConfigDict) -> tuple[float, float]:
-  return (-1.0, 1.0) if config.output_activation == 'tanh' else (0.0, 1.0)
+  return models.output_range(config.output_activation)
 
 
 def sample_grid_png(workdir: str, out: str, num: int = 64, seed: int = 0, use_ema: bool = True,

@@ -427,7 +427,7 @@ class _Sampler:
     self._apply = jax.jit(lambda variables, z, labels: generator.apply(
         variables, z, train=False, **models.label_kwargs(labels)))
     self.output_activation = config.output_activation
-    self.value_range = (-1.0, 1.0) if config.output_activation == 'tanh' else (0.0, 1.0)
+    self.value_range = models.output_range(config.output_activation)
     self._apply_uint8 = None  # Built on first use: only FID needs it.
 
   def variables(self, state: state_lib.GANState) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import optax
 
 from dcgan_jax import augment
 from dcgan_jax import losses
+from dcgan_jax import models
 from dcgan_jax.errors import UserError
 from dcgan_jax.state import EMAState, GANState
 
@@ -309,7 +310,7 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     draw = lambda k, n: augment.draw_params(k, n, height, width, policy, probability)
     return global_slice(draw, key, images.shape[0])
 
-  value_range = (-1.0, 1.0) if output_activation == 'tanh' else (0.0, 1.0)
+  value_range = models.output_range(output_activation)
 
   def augmented(images, params):
     return images if params is None else augment.apply(images, params, policy, value_range)
