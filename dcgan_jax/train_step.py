@@ -228,6 +228,23 @@ def _check_generated_shape(generator, real: jax.Array, fake: jax.Array) -> None:
         "channels last; the generator's image size and channels as the data's).")
 
 
+def _check_axis_bound(axis_name: str | None) -> None:
+  """Names the fix when a per-device step runs outside a mapping with its axis (while tracing).
+
+  jax alone says only "unbound axis name", deep inside the first collective.
+  """
+  if axis_name is None:
+    return
+  try:
+    jax.lax.axis_size(axis_name)
+  except NameError as e:
+    raise UserError(
+        f'make_train_step(..., axis_name={axis_name!r}) builds the per-device body of a '
+        f'data-parallel step, but it runs where no mapped axis is named {axis_name!r}: run it '
+        f'under jax.shard_map or jax.pmap with that axis name (parallel.DataParallelStep '
+        'does), or build it with axis_name=None for a plain jax.jit on one device.') from e
+
+
 def make_train_step(generator: nn.Module, discriminator: nn.Module,
                     step_config: StepConfig = StepConfig(),
                     axis_name: str | None = None) -> StepFn:
@@ -415,6 +432,7 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     return state.replace(generator=g, discriminator=d), aux
 
   def step(state: GANState, batch: Batch, rng: jax.Array) -> tuple[GANState, Metrics]:
+    _check_axis_bound(axis_name)
     real_images, real_labels = split_batch(batch, num_classes)
     real = images_to_model_range(real_images, output_activation)
     local_batch = real.shape[0]

@@ -195,6 +195,14 @@ def test_images_unlike_the_generators_are_one_clear_error(initial_state):
       step(initial_state, bad, jax.random.key(0))
 
 
+def test_a_per_device_step_outside_its_mapping_is_one_clear_error(initial_state):
+  """jax alone says "unbound axis name" from inside the first collective."""
+  step = jax.jit(make_train_step(G, D, axis_name='batch'))
+  with pytest.raises(UserError, match=r"axis_name='batch'.*no mapped axis is named 'batch'.*"
+                                      r"axis_name=None for a plain jax.jit"):
+    step(initial_state, _images(8), jax.random.key(0))
+
+
 @pytest.mark.parametrize('activation', ['tanh', 'sigmoid'])
 def test_float_images_far_outside_the_generators_range_are_refused(activation):
   g = G.clone(output_activation=activation)
