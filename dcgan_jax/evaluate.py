@@ -433,8 +433,7 @@ def _score(workdir: str, config, extractor, loaded, *, num_samples: int, seed: i
   fake_features = (np.concatenate([np.asarray(x) for x in kid_features])
                    if ref_features is not None else None)
 
-  fid = evaluation.frechet_distance(fake.mean, fake.covariance, ref_stats.mean,
-                                    ref_stats.covariance)
+  fid = evaluation.frechet_distance(fake, ref_stats)
   splits = min(IS_SPLITS, num_samples)
   is_mean, is_std = evaluation.inception_score(logits, splits=splits)
   kid_mean = kid_std = None

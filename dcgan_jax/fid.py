@@ -248,7 +248,7 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
     return {'fid': None, 'sources': [results[0][1]], 'saved': save_stats,
             'precision_recall': None}
   (a, _, real), (b, _, fake) = results  # Under 2048 images FeatureStatistics warns.
-  value = evaluation.frechet_distance(a.mean, a.covariance, b.mean, b.covariance)
+  value = evaluation.frechet_distance(a, b)
   manifold = None
   if precision_recall:
     k = evaluation.manifold.DEFAULT_K

@@ -632,8 +632,7 @@ class _InceptionFIDHook:
     fake, fake_features = self._statistics(
         self._sampler.generate_uint8(variables, self._latents, self._labels),
         self.protocol['num_generated'])
-    fid = self._evaluation.frechet_distance(self._real.mean, self._real.covariance, fake.mean,
-                                            fake.covariance)
+    fid = self._evaluation.frechet_distance(self._real, fake)
     k = self._evaluation.manifold.DEFAULT_K
     self.last_manifold = {}
     if fake_features is not None and min(len(fake_features), len(self._real_features)) > k:

@@ -64,6 +64,19 @@ def test_frechet_distance_rejects_mismatched_shapes():
     evaluation.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 
 
+
+def test_frechet_distance_takes_two_feature_statistics():
+  rng = np.random.default_rng(3)
+  a = evaluation.FeatureStatistics().update(rng.normal(size=(40, 5)))
+  b = evaluation.FeatureStatistics().update(rng.normal(1.0, 2.0, size=(40, 5)))
+  expected = evaluation.frechet_distance(a.mean, a.covariance, b.mean, b.covariance)
+  assert expected > 1.0
+  assert evaluation.frechet_distance(a, b) == expected
+  with pytest.raises(UserError, match=r'two FeatureStatistics.*got FeatureStatistics, ndarray'):
+    evaluation.frechet_distance(a, b.covariance)
+  with pytest.raises(UserError, match='needs both means and both covariances'):
+    evaluation.frechet_distance(a.mean, a.covariance)
+
 def _inception_score_reference(logits, splits):
   """The original OpenAI / torch-fidelity formula (without shuffling), written out directly."""
   logits = logits.astype(np.float64)

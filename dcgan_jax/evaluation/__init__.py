@@ -29,7 +29,7 @@ Use
   # on the device; what the evaluate CLI and in-training FID do):
   for out in extractor.device_batches(evaluation.to_uint8_jax(generated_on_device)):
     fake.update(out['pool'])
-  fid = evaluation.frechet_distance(real.mean, real.covariance, fake.mean, fake.covariance)
+  fid = evaluation.frechet_distance(real, fake)  # Or (mu1, sigma1, mu2, sigma2), as pytorch-fid
   is_mean, is_std = evaluation.inception_score(out['logits'])
   kid_mean, kid_std = evaluation.kernel_inception_distance(real_features, out['pool'])
   scores = evaluation.manifold_metrics(real_features, out['pool'])  # precision, recall, ...

@@ -402,19 +402,34 @@ def frechet_distance_jax(mu1: jax.Array, sigma1: jax.Array, mu2: jax.Array,
 _frechet_distance_jit = jax.jit(frechet_distance_jax)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+def frechet_distance(mu1, sigma1, mu2=None, sigma2=None) -> float:
   """The FID between two feature distributions, computed in float64.
 
+  Called either with the two distributions' moments, ``frechet_distance(mu1, sigma1, mu2,
+  sigma2)`` (as pytorch-fid's ``calculate_frechet_distance``), or with two
+  :class:`FeatureStatistics`, ``frechet_distance(real_stats, fake_stats)``.
+
   Args:
-    mu1, mu2: [d] feature means.
+    mu1, mu2: [d] feature means (or ``mu1``, ``sigma1`` two FeatureStatistics).
     sigma1, sigma2: [d, d] unbiased feature covariances.
 
   Returns:
     The distance as a Python float.
 
   Raises:
-    UserError: shapes disagree.
+    UserError: shapes disagree, or the two forms are mixed.
   """
+  given = (mu1, sigma1, mu2, sigma2)
+  if any(isinstance(a, FeatureStatistics) for a in given):
+    if not (isinstance(mu1, FeatureStatistics) and isinstance(sigma1, FeatureStatistics)
+            and mu2 is None and sigma2 is None):
+      raise UserError('frechet_distance takes two FeatureStatistics, frechet_distance(a, b), '
+                      'or four arrays, frechet_distance(mu1, sigma1, mu2, sigma2); got '
+                      f'{", ".join(type(a).__name__ for a in given if a is not None)}.')
+    mu1, sigma1, mu2, sigma2 = mu1.mean, mu1.covariance, sigma1.mean, sigma1.covariance
+  elif mu2 is None or sigma2 is None:
+    raise UserError('frechet_distance needs both means and both covariances, '
+                    'frechet_distance(mu1, sigma1, mu2, sigma2), or two FeatureStatistics.')
   mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
   sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
   d = mu1.shape[0]
