@@ -29,12 +29,15 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging as std_logging
 import os
 import pathlib
 import re
 import sys
 import tempfile
 import time
+import traceback
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,6 +59,25 @@ _CONFIG_ITEM = 'config'
 
 PyTree = Any
 PathLike = str | os.PathLike
+
+
+class _DropReadOnlyNotice(std_logging.Filter):
+  """Drops orbax's "Given directory is read only" warning: we ask for read-only on purpose."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Given directory is read only')
+
+
+@contextlib.contextmanager
+def _quiet_read_only_notice():
+  """While opening a read-only CheckpointManager (absl logs through the 'absl' logger)."""
+  logger = std_logging.getLogger('absl')
+  notice_filter = _DropReadOnlyNotice()
+  logger.addFilter(notice_filter)
+  try:
+    yield
+  finally:
+    logger.removeFilter(notice_filter)
 
 
 class CheckpointError(UserError):
@@ -96,18 +118,47 @@ def _os_error_reason(exc: BaseException) -> str | None:
   return None
 
 
+_NEVER_RETRIEVED = ('Task exception was never retrieved', 'Future exception was never retrieved')
+
+
+def _is_orbax_read_error(error: BaseException | None) -> bool:
+  """An error of one of orbax's (TensorStore's) reads: raised in orbax's code or naming a spec."""
+  if error is None:
+    return False
+  if 'tensorstore' in str(error).lower():
+    return True
+  frames = traceback.extract_tb(error.__traceback__) if error.__traceback__ else []
+  return any(f'{os.sep}orbax{os.sep}' in frame.filename for frame in frames)
+
+
+class _DropAbandonedOrbaxReads(std_logging.Filter):
+  """Drops asyncio's "... exception was never retrieved" reports of orbax's abandoned reads."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not (str(record.msg).startswith(_NEVER_RETRIEVED) and _is_orbax_read_error(error))
+
+
 def _drop_orbax_read_leftovers() -> None:
   """Keeps the reads a failed restore abandoned from printing tracebacks later.
 
   When one array of a damaged checkpoint cannot be read, orbax's other pending reads (asyncio
-  coroutines) are dropped with their own errors, and Python reports each as "Exception ignored
-  in: <coroutine ...>" with a traceback whenever it collects them, often after the run's last
-  line. The warning above already says what happened, so those reports (and only those) are
-  dropped, from then on in this process.
+  coroutines, tasks and TensorStore futures) are dropped with their own errors. Whenever Python
+  collects them, often after the run's last line, it reports each with a traceback: a coroutine
+  as "Exception ignored in: <coroutine ...>" (sys.unraisablehook), a task or future as "Task
+  (Future) exception was never retrieved" (asyncio's logger), an unstarted coroutine as a
+  "never awaited" RuntimeWarning. The warning above already says what happened, so those
+  reports (and only those) are dropped, from then on in this process.
   """
+  asyncio_logger = std_logging.getLogger('asyncio')
+  if not any(isinstance(f, _DropAbandonedOrbaxReads) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_DropAbandonedOrbaxReads())
   previous = sys.unraisablehook
   if getattr(previous, '_drops_orbax_reads', False):
     return
+  # orbax's array-metadata read (the only one seen unstarted; a warning has no source filter).
+  warnings.filterwarnings('ignore', message=r"coroutine 'Store\._get_array_metadatas' was never "
+                          'awaited', category=RuntimeWarning)
 
   def hook(unraisable):
     code = getattr(unraisable.object, 'cr_code', None)  # A coroutine's code object.
@@ -511,10 +562,11 @@ class Checkpointer:
         enable_async_checkpointing=async_save,
     )
     try:
-      self._manager = ocp.CheckpointManager(
-          self.directory, options=options,
-          item_handlers={_STATE_ITEM: StateCheckpointHandler(),
-                         _CONFIG_ITEM: ocp.JsonCheckpointHandler()})
+      with _quiet_read_only_notice():
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={_STATE_ITEM: StateCheckpointHandler(),
+                           _CONFIG_ITEM: ocp.JsonCheckpointHandler()})
     except OSError as e:
       raise CheckpointError(
           f'Cannot open the checkpoint directory {self.directory} ({_short_reason(e)}); pass a '
@@ -646,6 +698,7 @@ class Checkpointer:
       try:
         return self._restore_step(step, target_state)
       except Exception as e:  # pylint: disable=broad-except
+        _drop_orbax_read_leftovers()
         raise UserError(f'The checkpoint of step {step} in {self.directory} cannot be restored '
                         f'({_short_reason(e)}); pick another step from {sorted(steps)}.') from e
     if not steps:
@@ -743,9 +796,11 @@ def restore_config(workdir: PathLike) -> dict[str, Any]:
     raise UserError(f'The workdir {path} does not exist; pass the --workdir of a training run.')
   checkpoint_dir = path / CHECKPOINT_DIR
   if checkpoint_dir.is_dir():
-    manager = ocp.CheckpointManager(
-        checkpoint_dir,
-        options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0))
+    with _quiet_read_only_notice():
+      manager = ocp.CheckpointManager(
+          checkpoint_dir,
+          options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                               save_interval_steps=0))
     try:
       for step in sorted(manager.all_steps(), reverse=True):
         try:

@@ -298,6 +298,35 @@ def test_after_a_failed_restore_only_orbaxs_abandoned_reads_stop_reporting(monke
     assert reported[-1] is other
 
 
+
+def test_after_a_failed_restore_asyncio_says_nothing_of_orbaxs_abandoned_reads(monkeypatch,
+                                                                               caplog):
+  """Their tasks and TensorStore futures are reported as "Task (Future) exception was never
+  retrieved" with a traceback, by asyncio's logger, when collected; its other errors show."""
+  logger = logging.getLogger('asyncio')
+  monkeypatch.setattr(logger, 'filters', [])
+  monkeypatch.setattr(sys, 'unraisablehook', sys.unraisablehook)
+
+  def report(message, error):
+    try:
+      raise error
+    except ValueError:
+      logger.error(message + '\nfuture: <Future finished>', exc_info=True)
+
+  read_error = ValueError('NOT_FOUND: Error opening "zarr" driver [tensorstore_spec=...]')
+  report('Future exception was never retrieved', read_error)
+  assert len(caplog.records) == 1  # Before any failed restore: reported.
+  checkpointing._drop_orbax_read_leftovers()  # pylint: disable=protected-access
+  checkpointing._drop_orbax_read_leftovers()
+  assert len(logger.filters) == 1
+  report('Future exception was never retrieved', read_error)
+  report('Task exception was never retrieved', read_error)
+  assert len(caplog.records) == 1
+  report('Task exception was never retrieved', ValueError('a task of the user'))
+  report('Exception in callback', read_error)
+  assert [r.getMessage().splitlines()[0] for r in caplog.records[1:]] == [
+      'Task exception was never retrieved', 'Exception in callback']
+
 @_ORBAX_READ_NOISE
 def test_no_restorable_checkpoint_is_a_user_error(tmp_path):
   _save_steps(tmp_path, [1, 2])
@@ -330,6 +359,24 @@ def test_explicit_step(tmp_path):
     with pytest.raises(UserError, match=r'no checkpoint of step 7 .* saved steps are \[1, 2\]'):
       checkpointer.restore(_gan_state(), step=7)
 
+
+
+def test_read_only_opening_keeps_orbaxs_read_only_notice_out_of_the_log(tmp_path, caplog,
+                                                                         monkeypatch):
+  """We ask for read-only on purpose; orbax warned "Given directory is read only" each time."""
+  # As a library: without the filters a command-line program (run earlier in this worker) puts
+  # on the absl logger.
+  monkeypatch.setattr(logging.getLogger('absl'), 'filters', [])
+  _save_steps(tmp_path, [1])
+  caplog.set_level(logging.INFO)
+  with Checkpointer(tmp_path, read_only=True) as checkpointer:
+    checkpointer.restore(_gan_state())
+  assert restore_config(tmp_path)['seed'] == 1
+  assert not [r for r in caplog.records if 'read only' in r.getMessage()]
+  # Only while opening: orbax's other messages, and this one later, still reach the log.
+  ocp.CheckpointManager(tmp_path / 'checkpoints',
+                        options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+  assert [r for r in caplog.records if 'Given directory is read only' in r.getMessage()]
 
 def test_empty_directory_restore_is_a_user_error(tmp_path):
   with pytest.raises(UserError, match='does not exist'):
