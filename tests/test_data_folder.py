@@ -78,6 +78,34 @@ def test_folder_decodes_crops_and_counts_unreadable(image_folder, tmp_path, capl
   assert input_pipeline.dataset_info(config).num_examples == counts['readable']
 
 
+
+def test_skipped_files_say_why_and_an_emptied_class_is_named(tmp_path, caplog, monkeypatch):
+  """A huge image was "not a readable image" (PIL's decompression-bomb guard); a class whose
+  files are all unreadable left a class-conditional run without real images of it, silently."""
+  folder = tmp_path / 'pets'
+  for name in ('bird', 'cat', 'dog'):
+    (folder / name).mkdir(parents=True)
+  Image.new('RGB', (12, 12), (255, 0, 0)).save(folder / 'cat' / 'small.png')
+  Image.new('RGB', (40, 40), (0, 0, 255)).save(folder / 'dog' / 'huge.png')  # 1600 pixels.
+  Image.new('RGB', (12, 12)).save(folder / 'dog' / 'small.png')
+  (folder / 'bird' / 'a.jpg').write_bytes(b'corrupt')
+  monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 500)  # Refused above twice this.
+  config = _config(dataset_path=str(folder), data_dir=str(tmp_path / 'tfds'), image_size=8)
+  with caplog.at_level(logging.WARNING):
+    images = input_pipeline.load_all_images(config)
+  assert len(images) == 2
+  assert 'huge.png' in caplog.text and 'too large for PIL to open (Image size (1600 pixels)' in (
+      caplog.text)
+  assert 'a.jpg' in caplog.text and 'not a readable image' in caplog.text
+  assert "Class folder(s) 'bird' of split 'train'" in caplog.text
+  # None readable: the error names the first file and why.
+  (folder / 'cat' / 'small.png').unlink()
+  (folder / 'dog' / 'small.png').unlink()
+  with pytest.raises(UserError, match=r'None of the 2 image files .*\(bird/a.jpg: not a '
+                                      r'readable image\)'):
+    input_pipeline.load_all_images(config)
+
+
 def test_grey_output_and_transparency_on_white(tmp_path):
   folder = tmp_path / 'imgs'
   folder.mkdir()
@@ -203,6 +231,42 @@ def test_class_folders_follow_the_image_folder_convention():
   assert image_files.class_folders(['loose.png', 'cat/1.png', 'dog/2.png']) is None
   assert image_files.class_folders(['cat/1.png', 'cat/2.png']) is None  # One class.
   assert image_files.class_folders(['a.png', 'b.png']) is None
+  # Zips named './cat/1.png' (zip -r x.zip ./cat ./dog) or with Windows separators.
+  for names in (['./cat/1.png', './dog/2.png'], ['cat\\1.png', 'dog\\2.png']):
+    assert image_files.class_folders(names) == (['cat', 'dog'], [0, 1])
+
+
+def test_zips_of_odd_layouts_keep_their_images_once(tmp_path):
+  """'./'-prefixed entries were taken for hidden files; a name added twice was two examples
+  (tfds: "Two examples share the same hashed key")."""
+  png = tmp_path / 'one.png'
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(png)
+  archive = tmp_path / 'odd.zip'
+  with zipfile.ZipFile(archive, 'w') as zf:  # ZipInfo keeps names as given (write() cleans).
+    for name in ('./cat/1.png', './dog/2.png', './.hidden/3.png', 'dog\\4.png'):
+      zf.writestr(zipfile.ZipInfo(name), png.read_bytes())
+  with zipfile.ZipFile(archive, 'a') as zf, pytest.warns(UserWarning, match='Duplicate name'):
+    zf.writestr(zipfile.ZipInfo('./cat/1.png'), png.read_bytes())  # Appended again.
+  assert image_files.ImageFiles(str(archive)).names == ['./cat/1.png', './dog/2.png',
+                                                        'dog\\4.png']
+
+
+def test_a_link_back_up_the_tree_lists_each_image_once(tmp_path):
+  """os.walk(followlinks=True) listed cat/loop/cat/a.png, cat/loop/dog/b.png, ... (labelled
+  'cat') some 40 levels deep."""
+  for name in ('cat', 'dog', 'more'):
+    (tmp_path / 'pets' / name).mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / 'pets' / name / 'a.png')
+  os.symlink('..', tmp_path / 'pets' / 'cat' / 'loop')
+  os.symlink(tmp_path / 'pets' / 'more', tmp_path / 'pets' / 'dog' / 'linked')
+  os.symlink(tmp_path / 'missing', tmp_path / 'pets' / 'broken')
+  (tmp_path / 'elsewhere').mkdir()
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / 'elsewhere' / 'b.png')
+  os.symlink(tmp_path / 'elsewhere', tmp_path / 'pets' / 'dog' / 'outside')
+  # Linked folders are still followed (each real folder once: 'more' is reached first by
+  # its own name, as names are sorted).
+  assert image_files.ImageFiles(str(tmp_path / 'pets')).names == [
+      'cat/a.png', 'dog/a.png', 'dog/outside/b.png', 'more/a.png']
 
 
 @pytest.mark.parametrize('as_zip', [False, True])

@@ -154,6 +154,26 @@ def test_unknown_split_lists_the_splits(digits_config):
     digits_config.split = 'train'
 
 
+
+@pytest.mark.parametrize('split,message', [
+    ('train[:abc]', r"Split 'train\[:abc\]' of dataset 'digits' is not a valid tfds split "
+                    r'\(Error parsing .*slices look like "train\[:90%\]"'),
+    ('train[:200%]', r'not a valid tfds split .*percentages within 0..100'),
+    ('train[:0]', r"Split 'train\[:0\]' of dataset 'digits' selects no examples \(train has "
+                  r'1797\)'),
+    ('train[:10]+train[5:2]', r"Split 'train\[5:2\]' of dataset 'digits' selects no examples"),
+])
+def test_bad_split_slices_are_one_clear_error(digits_config, split, message):
+  """tfds alone: a traceback once reading starts, "Instruction [] corresponds to no data!", or a
+  reversed slice counted as -3 examples."""
+  digits_config.split = split
+  try:
+    with pytest.raises(UserError, match=message):
+      input_pipeline.dataset_info(digits_config)
+  finally:
+    digits_config.split = 'train'
+
+
 def test_split_slices_and_max_examples(digits_config):
   digits_config.split = 'train[1500:]'
   try:
@@ -166,6 +186,36 @@ def test_split_slices_and_max_examples(digits_config):
   full = input_pipeline.load_all_images(digits_config)
   np.testing.assert_array_equal(head, full[:10])
   np.testing.assert_array_equal(tail, full[1500:])
+
+
+
+def test_tfds_images_with_16_bits_or_alpha_become_what_the_folder_source_makes():
+  """A tfds dataset of uint16 or RGBA images: scaled and composited on white, as the folder
+  source's PIL path does (before: clipped to white, and the alpha channel dropped)."""
+  import io  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from dcgan_jax.data import image_files  # pylint: disable=g-import-not-at-top
+
+  def png(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format='PNG')
+    return buffer.getvalue()
+
+  grey16 = np.full((8, 8, 1), 32768, np.uint16)
+  grey16[:4] = 200
+  rgba = np.zeros((8, 8, 4), np.uint8)
+  rgba[..., 0] = 255  # Red, fully transparent on top ...
+  rgba[4:] = (0, 255, 0, 128)  # ... half-transparent green below.
+  for image, encoded, channels in ((grey16, png(grey16[..., 0]), 1),
+                                   (grey16, png(grey16[..., 0]), 3),
+                                   (rgba, png(rgba), 3), (rgba, png(rgba), 1)):
+    ours = input_pipeline._square_images(  # pylint: disable=protected-access
+        tf.constant(image), 8, channels, 0).numpy()
+    folder = image_files.square_image(encoded, 8, channels)
+    assert ours.dtype == np.uint8 and ours.shape == (8, 8, channels)
+    np.testing.assert_allclose(ours.astype(int), folder.astype(int), atol=1)
+  assert ours.min() > 100  # Transparent red over white is white; the grey of half green, light.
 
 
 def test_no_shuffle_buffer_keeps_stored_order(digits_config):

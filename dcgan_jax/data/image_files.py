@@ -31,9 +31,15 @@ PREPROCESSING_VERSION = 1
 _DECODE_CHUNK = 256
 
 
+def _path_parts(relative_name: str) -> list[str]:
+  """The folders and file of a name in a directory or zip, whichever separator the zip used,
+  without ``.`` parts (zips made with ``zip -r ./images.zip ./cat ./dog`` name ``./cat/1.jpg``)."""
+  return [part for part in relative_name.replace('\\', '/').split('/') if part not in ('', '.')]
+
+
 def _is_image_name(relative_name: str) -> bool:
   """Whether a path inside the source looks like an image we should read."""
-  parts = relative_name.replace('\\', '/').split('/')
+  parts = _path_parts(relative_name)
   # Hidden files and macOS zip metadata (`__MACOSX/`, `._name.jpg`) are not images even when
   # their extension says so; counting them as unreadable would only alarm the user.
   if any(part.startswith('.') or part == '__MACOSX' for part in parts):
@@ -110,7 +116,8 @@ class ImageFiles:
     if self.is_zip:
       with zipfile.ZipFile(self.path) as archive:
         infos = [i for i in archive.infolist() if not i.is_dir()]
-      self.names = sorted(i.filename for i in infos if _is_image_name(i.filename))
+      # An archive may hold a name twice (appended to); it is one image, read as zipfile does.
+      self.names = sorted({i.filename for i in infos if _is_image_name(i.filename)})
       self._stats = (os.path.getsize(self.path), os.stat(self.path).st_mtime_ns)
     else:
       entries = sorted(_walk(self.path))
@@ -166,13 +173,13 @@ def class_folders(names: Sequence[str]) -> tuple[list[str], list[int]] | None:
   folder, that folder is skipped first. Classes are numbered in sorted name order.
 
   Args:
-    names: relative ``/``-separated image paths (:attr:`ImageFiles.names`).
+    names: relative image paths (:attr:`ImageFiles.names`; ``/`` or ``\\`` separated).
 
   Returns:
     ``(class_names, labels)`` with one label per name, or None when some image lies outside
     any class folder or there are fewer than two classes (an unlabelled folder).
   """
-  parts = [name.split('/') for name in names]
+  parts = [_path_parts(name) for name in names]
   while parts and all(len(p) > 2 for p in parts) and len({p[0] for p in parts}) == 1:
     parts = [p[1:] for p in parts]
   if not parts or any(len(p) < 2 for p in parts):
@@ -185,9 +192,26 @@ def class_folders(names: Sequence[str]) -> tuple[list[str], list[int]] | None:
 
 
 def _walk(root: str) -> Iterator[tuple[str, int, int]]:
-  """Yields ``(relative name, size, mtime_ns)`` of the image files under ``root``."""
+  """Yields ``(relative name, size, mtime_ns)`` of the image files under ``root``.
+
+  Linked folders are followed, each real folder once: a link back up the tree (``cat/loop ->
+  ..``) would otherwise list every image again at each level, some 40 deep, under other classes.
+  """
+  stat = os.stat(root)
+  seen = {(stat.st_dev, stat.st_ino)}
   for directory, subdirs, files in os.walk(root, followlinks=True):
-    subdirs[:] = [d for d in subdirs if not d.startswith('.') and d != '__MACOSX']
+    kept = []
+    for d in sorted(subdirs):
+      if d.startswith('.') or d == '__MACOSX':
+        continue
+      try:
+        stat = os.stat(os.path.join(directory, d))
+      except OSError:  # A broken link.
+        continue
+      if (stat.st_dev, stat.st_ino) not in seen:
+        seen.add((stat.st_dev, stat.st_ino))
+        kept.append(d)
+    subdirs[:] = kept
     for file_name in files:
       full = os.path.join(directory, file_name)
       relative = os.path.relpath(full, root).replace(os.sep, '/')
@@ -256,7 +280,7 @@ def decode_all(
     names: Sequence[str],
     decode: Callable[[bytes], np.ndarray],
     num_threads: int | None = None,
-) -> Iterator[tuple[str, np.ndarray | None]]:
+) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
   """Decodes ``names`` in order on a thread pool (PIL releases the GIL while decoding).
 
   Args:
@@ -266,16 +290,21 @@ def decode_all(
     num_threads: pool size; defaults to the number of CPUs.
 
   Yields:
-    ``(name, array)``, with ``None`` instead of the array for a file that could not be read.
+    ``(name, array, None)``, or ``(name, None, reason)`` for a file that could not be read,
+    with a few words on why (``'not a readable image'``, or too large for PIL).
   """
 
-  def safe_decode(data: bytes | None) -> np.ndarray | None:
+  def safe_decode(data: bytes | None) -> tuple[np.ndarray | None, str | None]:
     if data is None:
-      return None
+      return None, 'the file cannot be read'
     try:
-      return decode(data)
-    except Exception:  # pylint: disable=broad-except  # Any failure means "unreadable file".
-      return None
+      return decode(data), None
+    except Image.DecompressionBombError as error:
+      # PIL refuses images over twice MAX_IMAGE_PIXELS (a guard against decompression bombs).
+      return None, (f'too large for PIL to open ({str(error).split(",")[0]}); downscale it '
+                    'first')
+    except Exception:  # pylint: disable=broad-except  # Any other failure: unreadable file.
+      return None, 'not a readable image'
 
   workers = num_threads or os.cpu_count() or 1
   reader = files.read_all(names)
@@ -285,5 +314,6 @@ def decode_all(
       chunk = [item for _, item in zip(range(_DECODE_CHUNK), reader)]
       if not chunk:
         return
-      arrays = pool.map(safe_decode, [data for _, data in chunk])
-      yield from zip([name for name, _ in chunk], arrays)
+      results = pool.map(safe_decode, [data for _, data in chunk])
+      for (name, _), (array, reason) in zip(chunk, results):
+        yield name, array, reason

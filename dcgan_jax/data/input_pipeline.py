@@ -107,8 +107,12 @@ def check_num_classes(config, info: DatasetInfo) -> None:
 def _square_images(image, image_size: int, channels: int, crop_size: int):
   """Centre-crops, resizes and converts one image (a TF graph function).
 
+  As the folder source (:mod:`dcgan_jax.data.image_files`) does with PIL: 16-bit images are
+  scaled to 8 bits (not clipped, which would turn them white) and transparency is composited
+  onto white.
+
   Args:
-    image: ``uint8 [height, width, channels_in]`` with channels_in in 1, 3, 4.
+    image: ``uint8`` or ``uint16 [height, width, channels_in]`` with channels_in in 1, 3, 4.
     image_size: output side.
     channels: output channels, 1 or 3.
     crop_size: side of the centred square to cut out; 0 for the largest.
@@ -122,11 +126,14 @@ def _square_images(image, image_size: int, channels: int, crop_size: int):
   static_height, static_width = image.shape[0], image.shape[1]
   already_square = (static_height == image_size and static_width == image_size
                     and (crop_size == 0 or crop_size >= image_size))
-  if already_square and channels_in == channels:
+  if already_square and channels_in == channels and image.dtype == tf.uint8:
     return tf.ensure_shape(image, (image_size, image_size, channels))
   pixels = tf.cast(image, tf.float32)
-  if channels_in == 4:
-    pixels = pixels[..., :3]  # tfds image datasets with alpha are rare; keep the colours.
+  if image.dtype == tf.uint16:
+    pixels = pixels * (255.0 / 65535.0)
+  if channels_in == 4:  # Over white, as a viewer shows it (transparent pixels' colours vary).
+    alpha = pixels[..., 3:] / 255.0
+    pixels = pixels[..., :3] * alpha + 255.0 * (1.0 - alpha)
     channels_in = 3
   if not already_square:
     height, width = tf.shape(pixels)[0], tf.shape(pixels)[1]
@@ -156,6 +163,10 @@ def _image_dataset(source: sources.Source, split: str, config, with_labels: bool
   image_size, channels = int(config.image_size), int(config.channels)
   if with_labels and not source.label_key:
     raise UserError(f'Dataset {source.name!r} has no class labels; set num_classes to 0.')
+  dtype = np.dtype(source.builder.info.features[source.image_key].np_dtype)
+  if dtype not in (np.uint8, np.uint16):
+    raise UserError(f'The images of dataset {source.name!r} are {dtype}; dcgan_jax reads uint8 '
+                    'or uint16 images (tfds.features.Image with dtype uint8 or uint16).')
 
   def prepare(example):
     image = _square_images(example[source.image_key], image_size, channels, source.crop_size)

@@ -103,23 +103,32 @@ def prepare_image_files(
 
     def _generate_examples(self, split, names):
       failed = []
-      for name, image in image_files_lib.decode_all(files, names, decode):
+      per_class = [0] * len(class_names or ())
+      for name, image, reason in image_files_lib.decode_all(files, names, decode):
         if image is None:
-          failed.append(name)
+          failed.append((name, reason))
           if len(failed) <= _NAMED_FAILURES:
-            logging.warning('Skipping %s in %s: not a readable image.', name, files.path)
+            logging.warning('Skipping %s in %s: %s.', name, files.path, reason)
           continue
         example = {'image': image, 'file_name': name}
         if class_names:
           example['label'] = classes[1][name]
+          per_class[example['label']] += 1
         yield name, example
       if failed:
         logging.warning('Skipped %d of %d files of split %r in %s that could not be read as '
                         'images.', len(failed), len(names), split, files.path)
       if len(failed) == len(names):
+        first_name, first_reason = failed[0]
         raise UserError(f'None of the {len(names)} image files of split {split!r} in '
-                        f'{files.path!r} could be read; give a source of valid JPEG, PNG, WebP '
-                        'or BMP images.')
+                        f'{files.path!r} could be read ({first_name}: {first_reason}); give a '
+                        'source of valid JPEG, PNG, WebP or BMP images.')
+      empty = [c for c, count in zip(class_names or (), per_class) if count == 0]
+      if empty:
+        # A class-conditional run would teach G classes that D never sees real images of.
+        logging.warning('Class folder(s) %s of split %r in %s hold no readable image; for '
+                        'class-conditional training (num_classes > 0) remove them or add '
+                        'images.', ', '.join(map(repr, empty)), split, files.path)
 
   builder = Builder(config=config.name, data_dir=data_dir)
   if not builder.is_prepared():

@@ -114,16 +114,34 @@ def _image_key(builder, name: str) -> str:
                   f'{", ".join(TFDS_IMAGE_DATASETS)}.')
 
 
+_SLICE_EXAMPLES = '"train[:90%]", "train[1000:]" or "train+test"'
+
+
 def _check_split(builder, split: str, name: str) -> None:
-  """Raises UserError when the split's base name is not one of the prepared splits."""
+  """Raises UserError unless every part of the split names a prepared split and selects examples.
+
+  tfds itself reports a mistyped slice only when reading starts (a traceback), an empty one as
+  "Instruction [] corresponds to no data!", and counts a reversed one (``train[5:2]``) as -3
+  examples, which a sum of parts silently absorbs.
+  """
   available = list(builder.info.splits.keys())
   if not available:  # Unknown before preparation (e.g. under tfds' mock_data): let tfds decide.
     return
-  for part in split.split('+'):
-    base = re.split(r'[\[(]', part.strip(), maxsplit=1)[0]
+  for part in (p.strip() for p in split.split('+')):
+    base = re.split(r'[\[(]', part, maxsplit=1)[0]
     if base not in available:
       raise UserError(f'Split {split!r} is not available for dataset {name!r}; its splits are '
                       f'{", ".join(sorted(available))} (tfds slices like "train[:90%]" work).')
+    try:
+      num_examples = builder.info.splits[part].num_examples
+    except (ValueError, KeyError, TypeError) as error:
+      raise UserError(f'Split {split!r} of dataset {name!r} is not a valid tfds split '
+                      f'({errors.first_line(error, "", max_chars=120)}); slices look like '
+                      f'{_SLICE_EXAMPLES}, percentages within 0..100.') from None
+    if num_examples <= 0:
+      total = builder.info.splits[base].num_examples
+      raise UserError(f'Split {part!r} of dataset {name!r} selects no examples ({base} has '
+                      f'{total}); give a slice that selects some, such as {_SLICE_EXAMPLES}.')
 
 
 def _prepare_named_tfds(name: str, data_dir: str | None):
