@@ -299,7 +299,25 @@ def test_class_subfolders_become_labels(tmp_path, as_zip):
 def test_a_folder_of_loose_images_has_no_labels(image_folder, tmp_path):
   folder, _ = image_folder
   config = _config(dataset_path=str(folder), data_dir=str(tmp_path / 'tfds'), num_classes=2)
+  # Found from the file names, before a single image is decoded (was after preparing them all).
+  with pytest.raises(UserError, match='has no class labels.*one subfolder per class'):
+    input_pipeline.dataset_info(config)
+  assert not (tmp_path / 'tfds').exists()
+  config.num_classes = 0
   info = input_pipeline.dataset_info(config)
   assert info.num_classes == 0
+  config.num_classes = 2
   with pytest.raises(UserError, match='has no class labels.*one subfolder per class'):
     input_pipeline.check_num_classes(config, info)
+
+
+def test_a_folder_with_other_classes_is_refused_before_decoding(tmp_path):
+  for name in ('bird', 'cat', 'dog'):
+    (tmp_path / 'pets' / name).mkdir(parents=True)
+    Image.new('RGB', (12, 12)).save(tmp_path / 'pets' / name / '1.png')
+  config = _config(dataset_path=str(tmp_path / 'pets'), data_dir=str(tmp_path / 'tfds'),
+                   num_classes=10)
+  with pytest.raises(UserError, match=r"num_classes is 10 but dataset 'folder:.*pets' has 3 "
+                                      'classes; set num_classes to 3'):
+    input_pipeline.dataset_info(config)
+  assert not (tmp_path / 'tfds').exists()

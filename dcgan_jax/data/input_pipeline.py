@@ -87,21 +87,12 @@ def check_num_classes(config, info: DatasetInfo) -> None:
   many classes as the dataset has.
   """
   wanted = int(config.get('num_classes', 0) or 0)
-  if not wanted:
-    return
-  if not info.num_classes:
-    raise UserError(f'num_classes is {wanted} but dataset {info.name!r} has no class labels; '
-                    'use a labelled dataset (digits, mnist, fashion_mnist, cifar10, ..., a '
-                    f'folder with one subfolder per class, or an array .npz with '
-                    f'{array.LABELS_KEY!r}) or set num_classes to 0.')
-  if _is_array(config):
+  if _is_array(config) and wanted and info.num_classes:
     if info.num_classes > wanted:
       raise UserError(f'num_classes is {wanted} but the labels of {info.name!r} go up to '
                       f'{info.num_classes - 1}; set num_classes to at least {info.num_classes}.')
-  elif info.num_classes != wanted:
-    raise UserError(f'num_classes is {wanted} but dataset {info.name!r} has '
-                    f'{info.num_classes} classes; set num_classes to {info.num_classes} (or 0 '
-                    'for unconditional training).')
+    return
+  sources.check_num_classes(wanted, info.name, info.num_classes)
 
 
 def _square_images(image, image_size: int, channels: int, crop_size: int):

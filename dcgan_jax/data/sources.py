@@ -18,6 +18,7 @@ from typing import Any
 
 from absl import logging
 
+from dcgan_jax.data import array
 from dcgan_jax.data import image_files
 from dcgan_jax.data import network
 from dcgan_jax import errors
@@ -169,12 +170,27 @@ def _prepare_named_tfds(name: str, data_dir: str | None):
   return builder
 
 
+def check_num_classes(wanted: int, name: str, num_classes: int) -> None:
+  """Raises a UserError unless a dataset with ``num_classes`` labels (0: none) has ``wanted``."""
+  if not wanted:
+    return
+  if not num_classes:
+    raise UserError(f'num_classes is {wanted} but dataset {name!r} has no class labels; '
+                    'use a labelled dataset (digits, mnist, fashion_mnist, cifar10, ..., a '
+                    f'folder with one subfolder per class, or an array .npz with '
+                    f'{array.LABELS_KEY!r}) or set num_classes to 0.')
+  if num_classes != wanted:
+    raise UserError(f'num_classes is {wanted} but dataset {name!r} has {num_classes} classes; '
+                    f'set num_classes to {num_classes} (or 0 for unconditional training).')
+
+
 def check_dataset_path(config) -> None:
   """Checks a folder or hand-downloaded CelebA ``dataset_path`` before anything is read.
 
   Only the path itself is looked at: it exists, is a directory or a .zip file, and holds an
-  image file (a folder is searched until the first one); listing and decoding the images happen
-  in :func:`resolve_source`. Needs no TensorFlow, so a mistyped path or an empty folder is
+  image file (a folder is searched until the first one); decoding the images happens in
+  :func:`resolve_source`. A folder for class-conditional training (``num_classes > 0``) is
+  listed, and its class subfolders counted. Needs no TensorFlow, so a mistyped path or an empty folder is
   reported before the seconds that loading it takes.
 
   Args:
@@ -187,7 +203,13 @@ def check_dataset_path(config) -> None:
   name = str(config.dataset).strip()
   dataset_path = config.get('dataset_path', '')
   if name == 'folder':
-    image_files.check_path(dataset_path, what='The folder dataset_path', needs_images=True)
+    path = image_files.check_path(dataset_path, what='The folder dataset_path', needs_images=True)
+    wanted = int(config.get('num_classes', 0) or 0)
+    if wanted:
+      # The labels are the folder names: checked here, not after minutes of decoding images.
+      found = image_files.class_folders(
+          image_files.ImageFiles(path, what='The folder dataset_path').names)
+      check_num_classes(wanted, f'folder:{dataset_path}', len(found[0]) if found else 0)
   elif name == 'celeb_a' and dataset_path:
     # The images may sit in a subfolder or a zip beside the partition file: left to celeba.
     image_files.check_path(dataset_path, what='The CelebA dataset_path')
