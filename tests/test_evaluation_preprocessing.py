@@ -85,7 +85,8 @@ def test_unknown_mode_is_a_user_error():
 
 
 def test_to_uint8_rounds_like_image_files():
-  images = np.array([-1.0, -0.999, 0.0, 0.5, 1.0, 1.5, -3.0], np.float32).reshape(1, 1, 7, 1)
+  # A generator without a squashing activation may overshoot: clipped, as image files would be.
+  images = np.array([-1.0, -0.999, 0.0, 0.5, 1.0, 1.5, -1.9], np.float32).reshape(1, 1, 7, 1)
   expected = np.array([0, 0, 128, 191, 255, 255, 0], np.uint8).reshape(1, 1, 7, 1)
   np.testing.assert_array_equal(evaluation.to_uint8(images), expected)
   np.testing.assert_array_equal(evaluation.to_uint8((images + 1) / 2, low=0.0, high=1.0),
@@ -112,6 +113,30 @@ def test_uint8_images_need_no_quantising_and_other_integers_are_refused(quantise
   for dtype in (np.int32, np.uint16, np.bool_):
     with pytest.raises(UserError, match=f'got {np.dtype(dtype)} images.*uint8 images'):
       function(images.astype(dtype))
+
+
+@pytest.mark.parametrize('quantise', ['to_uint8', 'to_uint8_jax'])
+def test_images_far_outside_the_range_or_not_finite_are_refused(quantise):
+  """Pixel values 0..255 with the default [-1, 1] became 128..255 (nearly white), NaN black,
+  and the FID computed from them was garbage, silently."""
+  function = getattr(evaluation, quantise)
+  convert = jnp.asarray if quantise == 'to_uint8_jax' else np.asarray
+  pixels = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype(np.float32)
+  with pytest.raises(UserError, match=r'span \[.*, 25\d\.?\d*\], far outside the \[-1, 1\] .*'
+                                      'low=0, high=255 for pixel values'):
+    function(convert(pixels))
+  assert np.asarray(function(convert(pixels), 0.0, 255.0)).max() >= 250  # Told their range.
+  with pytest.raises(UserError, match=r'far outside the \[0, 1\]'):
+    function(convert(pixels / 127.5 - 1.0), 0.0, 1.0)  # tanh outputs told sigmoid's range.
+  for bad in (np.nan, np.inf):
+    broken = pixels / 255.0
+    broken[1, 2, 3, 0] = bad
+    with pytest.raises(UserError, match='NaN or infinite values'):
+      function(convert(broken), 0.0, 1.0)
+  with pytest.raises(UserError, match='needs high > low, got low=1.0, high=1.0'):
+    function(convert(pixels), 1.0, 1.0)
+  if quantise == 'to_uint8_jax':  # Traced values cannot be looked at: quantised and clipped.
+    assert np.asarray(jax.jit(function)(pixels)).min() >= 128
 
 
 def test_to_uint8_jax_equals_to_uint8_on_rounding_boundaries():

@@ -103,6 +103,13 @@ def preprocess(images: jax.Array, mode: str = 'pytorch_fid', size: int = INPUT_S
   raise AssertionError(mode)  # Every known mode returned above.
 
 
+def _numpy_range_summary(images: np.ndarray) -> tuple[float, float, bool]:
+  finite = np.isfinite(images)
+  if finite.all():
+    return float(images.min()), float(images.max()), True
+  return 0.0, 0.0, False
+
+
 def _already_uint8(images) -> bool:
   """True for uint8 images (nothing to quantise); a UserError for other integer images."""
   dtype = getattr(images, 'dtype', None)
@@ -115,6 +122,38 @@ def _already_uint8(images) -> bool:
     raise UserError(f'to_uint8 quantises generated float images in [low, high]; got {dtype} '
                     'images. uint8 images (0..255) need no quantising: pass them as they are.')
   return False
+
+
+# Values this far outside [low, high] (a fraction of its width) are a wrong range, not a
+# generator's overshoot (one without a squashing output activation can overshoot a little, and
+# is clipped as image files would be): floats in 0..255 told [-1, 1] are almost all clipped to
+# white.
+_RANGE_SLACK = 0.5
+
+
+def _check_range(low: float, high: float, seen_min: float | None = None,
+                 seen_max: float | None = None, finite: bool = True) -> None:
+  """UserErrors for an empty range, non-finite images, and images far outside [low, high]."""
+  if not high > low:
+    raise UserError(f'to_uint8 needs high > low, got low={low}, high={high}.')
+  if seen_min is None:
+    return
+  if not finite:
+    raise UserError('The images contain NaN or infinite values (they would quantise to black); '
+                    'check the generator (a diverged run?) before scoring it.')
+  slack = _RANGE_SLACK * (high - low)
+  if seen_min < low - slack or seen_max > high + slack:
+    raise UserError(f'The images span [{seen_min:.4g}, {seen_max:.4g}], far outside the '
+                    f'[{low:g}, {high:g}] given to to_uint8; pass their range: low=-1, high=1 '
+                    'for tanh outputs, low=0, high=1 for sigmoid, low=0, high=255 for pixel '
+                    'values.')
+
+
+@jax.jit
+def _range_summary(images: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  finite = jnp.isfinite(images)
+  return (jnp.min(jnp.where(finite, images, jnp.inf)),
+          jnp.max(jnp.where(finite, images, -jnp.inf)), jnp.all(finite))
 
 
 def to_uint8(images: np.ndarray | jax.Array, low: float = -1.0, high: float = 1.0) -> np.ndarray:
@@ -131,11 +170,15 @@ def to_uint8(images: np.ndarray | jax.Array, low: float = -1.0, high: float = 1.
     [N, H, W, C] uint8 numpy array.
 
   Raises:
-    UserError: integer images other than uint8.
+    UserError: integer images other than uint8; high <= low; NaN or infinite values; values
+      far outside [low, high] (such as pixel values 0..255 with the default range), which
+      clipping would turn into a few grey levels.
   """
   if _already_uint8(images):
     return np.asarray(images)
-  x = (np.asarray(images, np.float32) - low) * (255.0 / (high - low))
+  images = np.asarray(images, np.float32)
+  _check_range(low, high, *(_numpy_range_summary(images) if images.size else (None, None)))
+  x = (images - low) * (255.0 / (high - low))
   return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
 
 
@@ -154,10 +197,18 @@ def to_uint8_jax(images: jax.Array, low: float = -1.0, high: float = 1.0) -> jax
     [N, H, W, C] uint8 `jax.Array` on the devices of `images`, equal to `to_uint8(images)`.
 
   Raises:
-    UserError: integer images other than uint8.
+    UserError: as :func:`to_uint8`. Called on a concrete array, the check costs one small
+      reduction and a wait for ``images``; inside ``jax.jit`` (as the library's samplers call
+      it, on a generator's known range) values cannot be looked at, and only ``low < high``
+      is checked.
   """
   if _already_uint8(images):
     return images
+  if isinstance(images, jax.core.Tracer) or not np.size(images):
+    _check_range(low, high)
+  else:
+    seen_min, seen_max, finite = (v.item() for v in _range_summary(jnp.asarray(images)))
+    _check_range(low, high, seen_min, seen_max, bool(finite))
   return _quantise_on_device(images, low=low, high=high)
 
 
