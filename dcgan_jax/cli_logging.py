@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import warnings
 
 # Path fragments of the packages whose INFO records are hidden (matched against the file that
 # made the record, with '/' separators).
@@ -23,6 +25,7 @@ LIBRARY_PATHS: tuple[str, ...] = (
     '/tensorflow_datasets/core/logging/',
     '/jax/_src/xla_bridge.py',  # "Unable to initialize backend 'tpu'" on every GPU/CPU host.
     '/jax/_src/profiler.py',  # Trace conversion steps (profile_steps); our own line says where.
+    '/tensorflow_datasets/core/load.py',  # "Failed to load ... from files" before a build.
 )
 # Library warnings that state what the program asked for and are hidden too: orbax warns once
 # per checkpoint that it was opened read-only, which is how sample and evaluate open a run
@@ -54,7 +57,7 @@ class LibraryInfoFilter(logging.Filter):
 def quiet_library_logs(enabled: bool = True) -> LibraryInfoFilter | None:
   """Installs :class:`LibraryInfoFilter` on absl's handler (where every record is printed) and
   on the ``absl`` logger (whose records reach other handlers when a program runs without
-  ``absl.app``, as ``sample`` does).
+  ``absl.app``, as ``sample`` does), and :func:`short_own_warnings`.
 
   Args:
     enabled: False leaves logging as it is (``--library_logs``).
@@ -64,6 +67,7 @@ def quiet_library_logs(enabled: bool = True) -> LibraryInfoFilter | None:
   """
   if not enabled:
     return None
+  short_own_warnings()
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   library_filter = None
   for target in (absl_logging.get_absl_handler(), logging.getLogger('absl')):
@@ -74,3 +78,29 @@ def quiet_library_logs(enabled: bool = True) -> LibraryInfoFilter | None:
     library_filter = library_filter or LibraryInfoFilter()
     target.addFilter(library_filter)
   return library_filter
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def short_own_warnings() -> None:
+  """Our own warnings print as one line, ``UserWarning: <message>``, without the file path and
+  source line Python adds (they point into dcgan_jax, which says nothing to a user of the
+  program). Other packages' warnings print as Python prints them. Idempotent.
+  """
+  previous = warnings.showwarning
+  if getattr(previous, '_dcgan_jax_short', False):
+    return
+
+  def show(message, category, filename, lineno, file=None, line=None):
+    if os.path.abspath(filename).startswith(_PACKAGE_DIR):
+      stream = file if file is not None else sys.stderr
+      try:
+        stream.write(f'{category.__name__}: {message}\n')
+      except OSError:  # As Python's own: a closed stderr is no reason to fail.
+        pass
+      return
+    previous(message, category, filename, lineno, file, line)
+
+  show._dcgan_jax_short = True  # pylint: disable=protected-access
+  warnings.showwarning = show

@@ -2,6 +2,7 @@
 ``fid``)."""
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 from typing import Any
@@ -49,6 +50,8 @@ def parse_workdir_flags(flag_values: Any, argv: list[str] | None, usage: str | N
   exit_with_help_if_asked(flag_values, argv, usage)
   try:
     remaining = flag_values(argv)
+  except flags.UnrecognizedFlagError as e:
+    exit_with_user_error(unknown_flag_message(e.flagname, list(flag_values)))
   except flags.Error as e:
     exit_with_user_error(first_line(e))
   if len(remaining) > 1:
@@ -74,5 +77,18 @@ def parse_private_flags(flag_values: Any, argv: list[str]) -> list[str]:
   try:
     remaining = flag_values(argv, known_only=True)
     return flags.FLAGS(remaining)
+  except flags.UnrecognizedFlagError as e:
+    exit_with_user_error(unknown_flag_message(e.flagname, list(flag_values)))
   except flags.Error as e:
     exit_with_user_error(first_line(e))
+
+
+def unknown_flag_message(name: str, known: list[str]) -> str:
+  """'Unknown flag --name', with this program's spelling or the closest of its flags."""
+  bare = name.lstrip('-').split('=', 1)[0]
+  underscored = bare.replace('-', '_')
+  if underscored != bare and underscored in known:
+    return f'Unknown flag --{bare}; this program spells it --{underscored}.'
+  close = difflib.get_close_matches(underscored, known, n=1, cutoff=0.7)
+  hint = f'did you mean --{close[0]}? ' if close else ''
+  return f'Unknown flag --{bare}; {hint}--help lists the flags.'

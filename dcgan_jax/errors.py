@@ -5,6 +5,7 @@ checkpoint) raises :class:`UserError` with one sentence that says what was wrong
 valid. The command-line entry points print that sentence alone (no traceback) and exit with
 :data:`EXIT_USER_ERROR`; library callers can catch it like any ``ValueError``.
 """
+import numbers
 import sys
 from typing import NoReturn
 
@@ -13,6 +14,12 @@ EXIT_USER_ERROR = 2
 
 class UserError(ValueError):
   """A mistake in the user's input, explained in one sentence."""
+
+
+def is_integer(value: object) -> bool:
+  """Whether ``value`` is an integer count (Python or numpy; not a bool, not a float)."""
+  # numpy's integer types register as numbers.Integral; numpy's bool does not, Python's does.
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def exit_with_user_error(message: object) -> NoReturn:

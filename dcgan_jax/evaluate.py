@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
+import zipfile
 from typing import Any, Callable
 
 from absl import app
@@ -316,6 +317,12 @@ def file_reference(path: str, preprocessing: str) -> tuple[Any, dict[str, Any]]:
   """
   from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
 
+  make_stats = (f'make statistics with `python -m dcgan_jax.fid {path} --save_stats=stats.npz '
+                '--precision_recall` and pass that file')
+  if os.path.isdir(path) or (os.path.isfile(path) and not path.lower().endswith('.npz')
+                             and zipfile.is_zipfile(path)):  # (An .npz is a zip too.)
+    raise UserError(f'The reference {path} is a {"folder" if os.path.isdir(path) else "zip"} of '
+                    f'images, not a statistics file; {make_stats}.')
   if not os.path.isfile(path):
     raise UserError(f'The reference statistics file {path} does not exist; pass a mu/sigma .npz '
                     '(e.g. from pytorch-fid --save-stats) or omit --reference.')
@@ -325,8 +332,11 @@ def file_reference(path: str, preprocessing: str) -> tuple[Any, dict[str, Any]]:
                     'pool_3 statistics.')
   file_mode = metadata.get('preprocessing')
   if file_mode is not None and str(file_mode) != preprocessing:
-    logging.warning('%s was computed with preprocessing=%s, but --preprocessing=%s.', path,
-                    file_mode, preprocessing)
+    # The two modes resize differently: FIDs across them differ by more than many model gaps.
+    raise UserError(f'{path} was computed with preprocessing={file_mode}, but this evaluation '
+                    f'uses --preprocessing={preprocessing}, and FIDs under different '
+                    f'preprocessing are not comparable; pass --preprocessing={file_mode}, or '
+                    f'recompute the statistics with --preprocessing={preprocessing}.')
   features = metadata.get(FEATURES_KEY)
   if features is not None:
     features = np.asarray(features, np.float32)
@@ -362,7 +372,7 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
   from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
   from dcgan_jax import models  # pylint: disable=g-import-not-at-top
 
-  _check_counts(num_samples, batch_size)
+  _check_counts(num_samples, batch_size, num_reference)
   workdir = os.fspath(pathlib.Path(workdir).expanduser().absolute())
   # Cheap checks first: the run, its checkpoint, the reference file, then the weights.
   config = load_run_config(workdir)
@@ -384,9 +394,12 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
                 num_reference=num_reference, inception_weights=inception_weights)
 
 
-def _check_counts(num_samples: int, batch_size: int) -> None:
+def _check_counts(num_samples: int, batch_size: int, num_reference: int = 2) -> None:
   if num_samples < 2:
     raise UserError(f'--num_samples must be at least 2 (got {num_samples}); 50000 is standard.')
+  if num_reference < 2:  # A negative count would slice the dataset from its end.
+    raise UserError(f'--num_reference must be at least 2 (got {num_reference}); 50000 is '
+                    'standard (the whole dataset when it is smaller).')
   if batch_size < 1:
     raise UserError(f'--batch_size must be positive (got {batch_size}).')
 
@@ -514,7 +527,7 @@ def intra_fid(workdir: str, inception_weights: str | None, *, num_samples: int =
   from dcgan_jax import data  # pylint: disable=g-import-not-at-top
   from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
 
-  _check_counts(num_samples, batch_size)
+  _check_counts(num_samples, batch_size, num_reference)
   workdir = os.fspath(pathlib.Path(workdir).expanduser().absolute())
   config = load_run_config(workdir)
   num_classes = int(config.get('num_classes', 0) or 0)

@@ -1,4 +1,5 @@
-r"""FID between two sets of images, with the same command line as pytorch-fid.
+r"""FID between two sets of images, with pytorch-fid's command line (its dashed flag spellings,
+``--batch-size``, ``--save-stats``, ``--dims 2048``, ``--device``, ``--num-workers``, work too).
 
   python -m dcgan_jax.fid PATH1 PATH2 [--inception_weights=pt_inception-2015-12-05-6726825d.pth]
       [--batch_size=50] [--preprocessing=pytorch_fid|tf] [--precision=default|high|highest]
@@ -7,7 +8,8 @@ r"""FID between two sets of images, with the same command line as pytorch-fid.
 
 Each PATH is one of:
 
-* a folder (searched recursively) or a .zip of images (.jpg .jpeg .png .webp .bmp). The images
+* a folder (searched recursively) or a .zip of images (.jpg .jpeg .png .webp .bmp .tif .tiff .ppm
+  .pgm, pytorch-fid's set). The images
   are read as pytorch-fid reads them: decoded by PIL, converted to RGB, at their own size (the
   network resizes them to 299x299), so the samples of any GAN, saved as files, can be scored.
   Images may differ in size: consecutive images of one size share batches, and each size
@@ -65,6 +67,13 @@ flags.DEFINE_bool('library_logs', False, 'Also print the INFO logs of JAX start-
                   'default; warnings and errors always show).', flag_values=FLAGS)
 
 _fail = exit_with_user_error
+
+
+def _check_count(path: str, count: int, what: str) -> None:
+  """A covariance needs 2 images: named by PATH, before Inception runs where possible."""
+  if count < 2:
+    raise UserError(f'{path} holds {count} {what}; FID needs at least 2 images per PATH (and '
+                    'thousands for a meaningful value: 50,000 is standard).')
 
 
 def _is_statistics_file(path: str) -> bool:
@@ -141,7 +150,8 @@ def image_statistics(path: str, extractor,
   flush()
   if stats.count == 0:
     raise UserError(f'None of the {len(files.names)} image files under {files.path} could be '
-                    'read; give a folder or .zip of JPEG/PNG/WebP/BMP images.')
+                    'read; give a folder or .zip of JPEG/PNG/WebP/BMP/TIFF/PPM images.')
+  _check_count(path, stats.count, f'readable images (of {len(files.names)} files)')
   if skipped:
     logging.warning('Skipped %d of %d files under %s that could not be read as images.',
                     skipped, len(files.names), files.path)
@@ -224,6 +234,7 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
                       'of images, or a mu/sigma .npz.')
     if not _is_statistics_file(path):
       image_files.check_path(path, what='path', needs_images=True)
+      _check_count(path, len(image_files.ImageFiles(path, what='path').names), 'image file(s)')
     elif precision_recall and not save_stats:
       path_statistics(path, None, preprocessing, keep_features=1)  # Raises if no features.
   extractor = None
@@ -282,8 +293,56 @@ def main(argv: list[str]) -> None:
     print(f'FID: {result["fid"]}')
 
 
+# pytorch-fid's own flags, as its command line spells them (dashes), and what they become.
+_PYTORCH_FID_FLAGS = {'batch-size': 'batch_size', 'save-stats': 'save_stats'}
+# pytorch-fid flags that have no counterpart here: accepted (for drop-in scripts) and ignored.
+_IGNORED_PYTORCH_FID_FLAGS = {
+    'device': 'JAX picks the accelerator (CUDA_VISIBLE_DEVICES selects a GPU)',
+    'num-workers': 'images are decoded on the main thread, batch by batch',
+}
+
+
+def pytorch_fid_argv(argv: list[str]) -> list[str]:
+  """pytorch-fid's flag spellings (``--batch-size 50``, ``--save-stats``, ``--dims 2048``,
+  ``--device cuda``, ``--num-workers 8``) in this program's terms.
+
+  Returns:
+    ``argv`` with those flags renamed, or dropped (``--dims 2048``, ``--device``,
+    ``--num-workers``: each logged); any other ``--dims`` is a UserError (only the 2048-dim
+    pool_3 features are computed).
+  """
+  result, i = [], 0
+  while i < len(argv):
+    arg = argv[i]
+    name, has_value, value = arg[2:].partition('=') if arg.startswith('--') else ('', False, '')
+    takes_value = name in _PYTORCH_FID_FLAGS or name in _IGNORED_PYTORCH_FID_FLAGS or (
+        name == 'dims')
+    if takes_value and not has_value and i + 1 < len(argv):  # `--flag value`, as argparse.
+      value, i = argv[i + 1], i + 1
+    i += 1
+    if name in _PYTORCH_FID_FLAGS:
+      result.append(f'--{_PYTORCH_FID_FLAGS[name]}={value}')
+    elif name in _IGNORED_PYTORCH_FID_FLAGS:
+      logging.info('Ignoring pytorch-fid\'s --%s=%s: %s.', name, value,
+                   _IGNORED_PYTORCH_FID_FLAGS[name])
+    elif name == 'dims':
+      if value.strip() != '2048':
+        raise UserError(f'--dims={value}: this program computes the 2048-dim pool_3 features '
+                        "(pytorch-fid's default), the ones FID is reported with; drop --dims.")
+    else:
+      result.append(arg)
+  return result
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """Parses this program's flags, then absl's own (--verbosity, ...); mistakes exit 2."""
+  """Parses this program's flags, then absl's own (--verbosity, ...); mistakes exit 2.
+
+  pytorch-fid's spellings of its flags are accepted too (:func:`pytorch_fid_argv`).
+  """
+  try:
+    argv = argv[:1] + pytorch_fid_argv(argv[1:])
+  except UserError as e:
+    _fail(str(e))
   return command_line.parse_private_flags(FLAGS, argv)
 
 

@@ -1,5 +1,8 @@
 """The programs hide their libraries' INFO logs (orbax, tfds' reader, JAX start-up), not ours."""
+import io
 import logging
+import os
+import warnings
 
 from dcgan_jax import cli_logging
 
@@ -16,6 +19,9 @@ def test_filter_hides_library_info_but_keeps_warnings_and_our_logs():
   assert not library_filter.filter(_record('/venv/site-packages/jax/_src/xla_bridge.py'))
   assert not library_filter.filter(
       _record('/venv/site-packages/tensorflow_datasets/core/reader.py'))
+  # tfds' "Failed to load dataset ... from files" before an unknown name's one-line error.
+  assert not library_filter.filter(
+      _record('/venv/site-packages/tensorflow_datasets/core/load.py'))
   # Warnings and errors of the same libraries show...
   assert library_filter.filter(_record(orbax, logging.WARNING))
   assert library_filter.filter(_record(orbax, logging.ERROR))
@@ -47,3 +53,17 @@ def test_quiet_library_logs_installs_one_filter_on_absls_handler_and_logger():
       for f in target.filters[:]:
         if isinstance(f, cli_logging.LibraryInfoFilter) and f not in before[id(target)]:
           target.removeFilter(f)
+
+
+def test_our_warnings_print_as_one_line_in_the_programs(monkeypatch):
+  """E.g. FID's rank-deficiency warning printed the library's file path and source line."""
+  printed = []
+  monkeypatch.setattr(warnings, 'showwarning', lambda *args, **kwargs: printed.append(args))
+  cli_logging.short_own_warnings()
+  cli_logging.short_own_warnings()  # Idempotent: one wrapper.
+  ours = os.path.join(os.path.dirname(cli_logging.__file__), 'evaluation', 'statistics.py')
+  stream = io.StringIO()
+  warnings.showwarning(UserWarning('Covariance of 5 samples'), UserWarning, ours, 158, stream)
+  assert stream.getvalue() == 'UserWarning: Covariance of 5 samples\n' and not printed
+  warnings.showwarning(UserWarning('theirs'), DeprecationWarning, '/venv/jax/x.py', 3, stream)
+  assert len(printed) == 1 and printed[0][2] == '/venv/jax/x.py'  # Left to Python's format.

@@ -248,6 +248,11 @@ def test_reference_file_with_features_gives_kid_and_precision_recall(run_dir, in
     ('missing_weights', 'Inception weights not found'),
     ('bad_reference', 'not a statistics file'),
     ('missing_reference', 'reference statistics file'),
+    ('folder_reference', 'is a folder of images, not a statistics file; make statistics with '
+                         '`python -m dcgan_jax.fid'),
+    ('other_preprocessing', 'was computed with preprocessing=tf, but this evaluation uses '
+                            '--preprocessing=pytorch_fid'),
+    ('negative_num_reference', '--num_reference must be at least 2 (got -5)'),
     ('bad_step', 'no checkpoint of step 7'),
     ('nan_weights', "generator's EMA weights at step 2 in "),
 ])
@@ -266,6 +271,15 @@ def test_user_mistakes_are_one_line(case, message, run_dir, inception_npz, tmp_p
     args['reference'] = str(bad)
   elif case == 'missing_reference':
     args['reference'] = str(tmp_path / 'missing.npz')
+  elif case == 'folder_reference':
+    (tmp_path / 'real').mkdir()
+    args['reference'] = str(tmp_path / 'real')
+  elif case == 'other_preprocessing':  # Was a warning, and FID/KID went on to be reported.
+    other = tmp_path / 'tf_stats.npz'
+    evaluation.FeatureStatistics().update(np.eye(3, 2048)).save(other, preprocessing='tf')
+    args['reference'] = str(other)
+  elif case == 'negative_num_reference':  # Sliced the dataset from its end, or a traceback.
+    args['num_reference'] = '-5'
   elif case == 'bad_step':
     args['step'] = '7'
   elif case == 'nan_weights':  # A checkpoint whose G diverged (training never saves one).

@@ -1,4 +1,5 @@
 """FID / IS / KID and feature statistics against pytorch-fid and independent numpy formulas."""
+import pathlib
 import warnings
 
 import jax
@@ -76,6 +77,18 @@ def test_frechet_distance_takes_two_feature_statistics():
     evaluation.frechet_distance(a, b.covariance)
   with pytest.raises(UserError, match='needs both means and both covariances'):
     evaluation.frechet_distance(a.mean, a.covariance)
+
+def test_counts_that_are_not_integers_are_one_clear_error():
+  """Were raw TypeErrors deep inside (splits=2.5, subset_size=100.0), or k=True ran as k=1."""
+  features = np.random.default_rng(0).normal(size=(20, 4))
+  with pytest.raises(UserError, match='splits must be an integer, got 2.5'):
+    evaluation.inception_score(features, splits=2.5)
+  with pytest.raises(UserError, match='must be integers, got 10.0 and 100'):
+    evaluation.kernel_inception_distance(features, features, subset_size=10.0)
+  with pytest.raises(UserError, match='k must be a positive integer \\(got True\\)'):
+    evaluation.manifold_metrics(features, features, k=True)
+  assert evaluation.inception_score(features, splits=np.int64(2))[0] > 0  # numpy ints are fine.
+
 
 def _inception_score_reference(logits, splits):
   """The original OpenAI / torch-fidelity formula (without shuffling), written out directly."""
@@ -208,6 +221,13 @@ def test_statistics_save_load_round_trip(tmp_path):
   assert metadata == {'preprocessing': 'pytorch_fid', 'image_size': 32}
   with pytest.raises(UserError):
     loaded.update(np.zeros((2, 12)))
+  # Metadata that only pickle could load was written, then the file refused: now refused first.
+  stats.save(path, source=pathlib.Path('/data/real'))  # A path is saved as its string.
+  assert evaluation.FeatureStatistics.load(path)[1] == {'source': '/data/real'}
+  for bad in ({'source': None}, {'note': {'a': 1}}, {'mu': 1}):
+    with pytest.raises(UserError, match='cannot be saved|is reserved'):
+      stats.save(tmp_path / 'bad.npz', **bad)
+    assert not (tmp_path / 'bad.npz').exists()
 
 
 def test_statistics_files_are_compatible_with_pytorch_fid(tmp_path):

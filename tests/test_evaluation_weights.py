@@ -245,6 +245,9 @@ def test_missing_weights_say_how_to_get_them(tmp_path, monkeypatch):
     assert weights.PYTORCH_FID_WEIGHTS_URL in message
     assert 'python -m dcgan_jax.evaluation.download_weights' in message
     assert str(tmp_path / 'cache' / 'dcgan_jax') in message
+  with pytest.raises(UserError, match=f'--inception_weights {tmp_path} is a folder; give the '
+                                      f'weights file, {weights.WEIGHTS_FILENAME}'):
+    evaluation.InceptionExtractor.from_file(tmp_path)  # Was "not found at <the folder>".
 
 
 def test_download_verifies_and_caches(tmp_path, pth_file):

@@ -179,9 +179,15 @@ def test_a_zip_of_mixed_sizes_with_a_broken_file(weights, folders, tmp_path, cap
     (['{real}', '{fake}', '--inception_weights={t}/missing.pth'], 'not found'),
     (['{real}', '{fake}', '--batch_size=0'], '--batch_size must be positive'),
     (['{real}', '{t}/stats.npz', '--precision_recall'], 'holds none; give the folder'),
+    (['{real}', '{t}/one'], '/one holds 1 image file(s); FID needs at least 2 images per PATH'),
+    (['{t}/one', '--save_stats={t}/one.npz'], 'FID needs at least 2 images per PATH'),
+    (['{real}', '{fake}', '--dims=768'], '--dims=768: this program computes the 2048-dim'),
+    (['{real}', '{fake}', '--batch_siz=8'], 'Unknown flag --batch_siz; did you mean '
+                                            '--batch_size?'),
 ])
 def test_mistakes_are_one_line_and_exit_2(folders, tmp_path, capsys, args, message):
   (tmp_path / 'empty').mkdir()
+  _write_images(tmp_path / 'one', 1, seed=3)
   (tmp_path / 'bad.npz').write_bytes(b'junk')
   evaluation.FeatureStatistics().update(np.ones((3, 2048))).save(tmp_path / 'stats.npz')
   argv = [a.format(t=tmp_path, real=folders[0], fake=folders[1]) for a in args]
@@ -192,6 +198,16 @@ def test_mistakes_are_one_line_and_exit_2(folders, tmp_path, capsys, args, messa
   assert message in lines[-1] and 'Traceback' not in err, err
   assert sorted(p.name for p in tmp_path.iterdir()) == before  # Nothing written.
 
+
+def test_pytorch_fids_flag_spellings_work():
+  """Scripts written for pytorch-fid (argparse: dashes, `--flag value`) run unchanged."""
+  positional = fid.parse_flags(['fid', 'real', 'fake', '--batch-size', '16', '--save-stats',
+                                's.npz', '--dims=2048', '--device', 'cuda:0',
+                                '--num-workers=4'])
+  assert positional == ['fid', 'real', 'fake']
+  assert (fid.FLAGS.batch_size, fid.FLAGS.save_stats) == (16, 's.npz')
+  assert fid.parse_flags(['fid', 'a', '--save_stats=t.npz']) == ['fid', 'a']
+  assert (fid.FLAGS.batch_size, fid.FLAGS.save_stats) == (50, 't.npz')  # Reset between parses.
 
 
 def test_files_are_read_as_pytorch_fid_reads_them_but_16_bit_grey_is_scaled(tmp_path):

@@ -1,4 +1,5 @@
-"""The ``folder`` source: any directory or .zip of JPEG/PNG/WebP/BMP images, searched recursively.
+"""The ``folder`` source: any directory or .zip of JPEG/PNG/WebP/BMP/TIFF/PPM/PGM images, searched
+recursively.
 
 The images are squared (centre crop, antialiased resize), converted to the configured channels and
 stored once as a tfds dataset with a single ``train`` split (see :mod:`dcgan_jax.data.prepared`).

@@ -25,7 +25,8 @@ from PIL import Image, ImageOps
 
 from dcgan_jax.errors import UserError
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
+# pytorch-fid's set (its fid_score.IMAGE_EXTENSIONS), so that both score the same files.
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff', '.ppm', '.pgm')
 # Bump when the preprocessing below changes, so prepared datasets are rebuilt.
 PREPROCESSING_VERSION = 1
 _DECODE_CHUNK = 256

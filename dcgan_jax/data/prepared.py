@@ -122,7 +122,7 @@ def prepare_image_files(
         first_name, first_reason = failed[0]
         raise UserError(f'None of the {len(names)} image files of split {split!r} in '
                         f'{files.path!r} could be read ({first_name}: {first_reason}); give a '
-                        'source of valid JPEG, PNG, WebP or BMP images.')
+                        'source of valid JPEG, PNG, WebP, BMP, TIFF or PPM/PGM images.')
       empty = [c for c, count in zip(class_names or (), per_class) if count == 0]
       if empty:
         # A class-conditional run would teach G classes that D never sees real images of.

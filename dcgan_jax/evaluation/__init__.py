@@ -21,18 +21,27 @@ Use
   extractor = evaluation.InceptionExtractor.from_file(
       'pt_inception-2015-12-05-6726825d.pth', preprocessing='pytorch_fid')
   real, fake = evaluation.FeatureStatistics(), evaluation.FeatureStatistics()
+  real_features = []
   for batch in real_batches:            # uint8 [N, H, W, 1 or 3], any size
-    real.update(extractor(batch)['pool'])
-  out = extractor(evaluation.to_uint8(generated))   # generated in [-1, 1]
+    real_features.append(extractor(batch)['pool'])
+    real.update(real_features[-1])
+  real_features = np.concatenate(real_features)  # Or keep the first 10k for KID, precision...
+  out = extractor(evaluation.to_uint8(generated))   # generated floats in [-1, 1]
   fake.update(out['pool'])
+  fake_features, fake_logits = out['pool'], out['logits']
   # Or keep generated images and features on the device (no host copies, statistics summed
-  # on the device; what the evaluate CLI and in-training FID do):
-  for out in extractor.device_batches(evaluation.to_uint8_jax(generated_on_device)):
+  # on the device; what the evaluate CLI and in-training FID do), collecting what IS, KID and
+  # precision/recall read from every batch:
+  outs = list(extractor.device_batches(evaluation.to_uint8_jax(generated_on_device)))
+  for out in outs:
     fake.update(out['pool'])
+  fake_features = np.concatenate([np.asarray(out['pool']) for out in outs])
+  fake_logits = np.concatenate([np.asarray(out['logits']) for out in outs])
+
   fid = evaluation.frechet_distance(real, fake)  # Or (mu1, sigma1, mu2, sigma2), as pytorch-fid
-  is_mean, is_std = evaluation.inception_score(out['logits'])
-  kid_mean, kid_std = evaluation.kernel_inception_distance(real_features, out['pool'])
-  scores = evaluation.manifold_metrics(real_features, out['pool'])  # precision, recall, ...
+  is_mean, is_std = evaluation.inception_score(fake_logits)
+  kid_mean, kid_std = evaluation.kernel_inception_distance(real_features, fake_features)
+  scores = evaluation.manifold_metrics(real_features, fake_features)  # precision, recall, ...
   real.save('reference_stats.npz')      # `mu`/`sigma`, readable by pytorch-fid
 
 Protocol choices (report them with every number)
@@ -42,7 +51,7 @@ Protocol choices (report them with every number)
   code, torch-fidelity and torchmetrics. The two differ noticeably on small images.
 * precision='default' lets GPUs use TF32 convolutions (what PyTorch does by default);
   'highest' computes in full float32 (used by the parity tests).
-* FID needs at least 2048 samples (a warning says so) and is comparable only at equal sample
+* FID needs more than 2048 samples (a warning says so) and is comparable only at equal sample
   counts; 50,000 is the standard. IS: 10 splits, no shuffling, bias-free logits. KID: 100
   subsets of 1000, cubic polynomial kernel, unbiased estimator (torch-fidelity's defaults).
 * Precision / recall (Kynkäänniemi et al.) and density / coverage (Naeem et al.): k = 3, on the

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from dcgan_jax.errors import UserError
+from dcgan_jax.errors import UserError, is_integer
 from dcgan_jax.evaluation import inception
 from dcgan_jax.evaluation import preprocessing as preprocessing_lib
 from dcgan_jax.evaluation import weights
@@ -119,8 +119,8 @@ class InceptionExtractor:
     if precision not in inception.PRECISIONS:
       raise UserError(f'Unknown precision {precision!r}; valid: '
                       f'{", ".join(inception.PRECISIONS)}.')
-    if batch_size < 1:
-      raise UserError(f'batch_size must be positive, got {batch_size}.')
+    if not is_integer(batch_size) or batch_size < 1:
+      raise UserError(f'batch_size must be a positive integer, got {batch_size!r}.')
     if merge_pool_branches and not merge_siblings:
       raise UserError('merge_pool_branches=True needs merge_siblings=True (the pool branches '
                       'join the merged sibling convolutions).')

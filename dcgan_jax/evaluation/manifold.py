@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dcgan_jax.errors import UserError
+from dcgan_jax.errors import UserError, is_integer
 
 DEFAULT_K = 3
 # The names of manifold_metrics' results, in its order (also the keys callers report under).
@@ -121,7 +121,7 @@ def manifold_metrics(real_features, fake_features, k: int = DEFAULT_K) -> dict[s
   if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
     raise UserError(f'Precision/recall need two [N, d] feature arrays, got {real.shape} and '
                     f'{fake.shape}.')
-  if not isinstance(k, (int, np.integer)) or k < 1:
+  if not is_integer(k) or k < 1:
     raise UserError(f'k must be a positive integer (got {k!r}); the papers use 3.')
   if min(real.shape[0], fake.shape[0]) <= k:
     raise UserError(f'Precision/recall with k={k} need more than {k} samples in each set, got '

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dcgan_jax.errors import UserError
+from dcgan_jax.errors import UserError, is_integer
 
 # pytorch-fid's `--save-stats` files hold exactly these two arrays.
 MEAN_KEY = 'mu'
@@ -155,7 +155,7 @@ class FeatureStatistics:
     if self.count <= self._dim:  # n samples span at most n - 1 dimensions around their mean.
       warnings.warn(
           f'Covariance of {self.count} samples in {self._dim} dimensions is rank-deficient; '
-          f'FID needs at least {self._dim} samples and is comparable only at equal sample counts '
+          f'FID needs more than {self._dim} samples and is comparable only at equal sample counts '
           f'(10,000+ recommended, 50,000 is the standard).', UserWarning, stacklevel=2)
     self._flush()
     mean = self._sum / self.count
@@ -173,14 +173,19 @@ class FeatureStatistics:
       path: target `.npz` file.
       **metadata: extra scalars or strings to record (e.g. preprocessing='pytorch_fid').
     """
+    checked = {}
+    for key, value in metadata.items():  # Before anything is computed or written.
+      if key in (MEAN_KEY, COVARIANCE_KEY, COUNT_KEY):
+        raise UserError(f'Metadata key {key!r} is reserved.')
+      array = np.asarray(os.fspath(value) if isinstance(value, os.PathLike) else value)
+      if array.dtype.kind not in 'biufU':  # Object arrays would need pickle to load.
+        raise UserError(f'Metadata {key}={value!r} cannot be saved; give numbers, strings or '
+                        'numeric arrays.')
+      checked[key] = array
     arrays = {MEAN_KEY: self.mean, COVARIANCE_KEY: self.covariance}
     if self.count:
       arrays[COUNT_KEY] = np.asarray(self.count, np.int64)
-    for key, value in metadata.items():
-      if key in arrays:
-        raise UserError(f'Metadata key {key!r} is reserved.')
-      arrays[key] = np.asarray(value)
-    np.savez_compressed(path, **arrays)
+    np.savez_compressed(path, **arrays, **checked)
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> tuple['FeatureStatistics', dict[str, object]]:
@@ -455,6 +460,8 @@ def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]
   Returns:
     (mean, population standard deviation) over the parts.
   """
+  if not is_integer(splits):
+    raise UserError(f'Inception Score splits must be an integer, got {splits!r} (10 is standard).')
   logits = np.asarray(logits, np.float64)
   if logits.ndim != 2 or not 1 <= splits <= logits.shape[0]:
     raise UserError(f'Inception Score needs [N, classes] logits with N >= splits={splits}, '
@@ -510,6 +517,9 @@ def kernel_inception_distance(features1, features2, num_subsets: int = 100,
     raise UserError(f'KID needs two [N, d] feature arrays, got {features1.shape} and '
                     f'{features2.shape}.')
   n = min(features1.shape[0], features2.shape[0])
+  if not (is_integer(subset_size) and is_integer(num_subsets)):
+    raise UserError(f'KID subset_size and num_subsets must be integers, got {subset_size!r} and '
+                    f'{num_subsets!r}.')
   if not 2 <= subset_size <= n or num_subsets < 1:
     raise UserError(f'KID subset_size must be in [2, {n}] (the smaller sample count) and '
                     f'num_subsets >= 1, got {subset_size} and {num_subsets}.')

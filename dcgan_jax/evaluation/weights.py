@@ -91,6 +91,9 @@ def resolve_weights_path(path: str | os.PathLike | None) -> pathlib.Path:
     UserError: no file exists there, with instructions to get one.
   """
   candidate = pathlib.Path(path) if path else default_cache_dir() / WEIGHTS_FILENAME
+  if path and candidate.is_dir():
+    raise UserError(f'--inception_weights {candidate} is a folder; give the weights file, '
+                    f'{WEIGHTS_FILENAME} (or an .npz copy); {how_to_get_weights()}.')
   if not candidate.is_file():
     where = f'at {candidate}' if path else f'(no --inception_weights given and none at {candidate})'
     raise UserError(f'Inception weights not found {where}; {how_to_get_weights()}.')
