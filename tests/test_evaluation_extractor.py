@@ -40,6 +40,11 @@ def test_extractor_input_validation(extractor, variables):
     extractor(np.zeros((2, 32, 32, 3), np.float32))
   with pytest.raises(UserError, match='uint8'):
     extractor(np.zeros((2, 32, 32, 4), np.uint8))
+  with pytest.raises(UserError, match=r'got \(2, 3, 32, 32\), which looks channels-first '
+                                      r'\(NCHW.*images.transpose\(0, 2, 3, 1\)'):
+    extractor(np.zeros((2, 3, 32, 32), np.uint8))
+  with pytest.raises(UserError, match='batch_size must be a positive integer, got 50.0'):
+    evaluation.InceptionExtractor(variables, batch_size=50.0)
   empty = extractor(np.zeros((0, 32, 32, 3), np.uint8))
   assert empty['pool'].shape == (0, 2048) and empty['logits'].shape == (0, 1008)
   with pytest.raises(UserError, match='precision'):

@@ -86,3 +86,14 @@ def test_bad_input_is_one_clear_error(real_shape, fake_shape, k, message):
   with pytest.raises(UserError, match=message):
     manifold.manifold_metrics(np.zeros(real_shape, np.float32), np.zeros(fake_shape, np.float32),
                               k=k)
+
+
+def test_features_that_are_not_finite_give_nan_not_zeros():
+  """Were 0.0 for all four (distances to NaN compare False), as if G had learnt nothing."""
+  rng = np.random.default_rng(4)
+  real, fake = rng.normal(size=(20, 6)), rng.normal(size=(20, 6))
+  assert manifold.manifold_metrics(real, fake)['recall'] > 0
+  fake[3, 2] = np.nan
+  scores = manifold.manifold_metrics(real, fake)
+  assert set(scores) == {'precision', 'recall', 'density', 'coverage'}
+  assert all(np.isnan(v) for v in scores.values())

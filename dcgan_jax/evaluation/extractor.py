@@ -171,6 +171,10 @@ class InceptionExtractor:
     # made FID-50k spend seconds outside the network.
     if not isinstance(images, jax.Array):
       images = np.asarray(images)
+    if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
+      raise UserError(f'Images must be channels-last, [N, H, W, 1 or 3]; got {images.shape}, '
+                      'which looks channels-first (NCHW, as torch stores them): pass '
+                      'images.transpose(0, 2, 3, 1).')
     if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
       raise UserError(f'Images must be a uint8 [N, H, W, 1 or 3] array, got {images.dtype} '
                       f'{images.shape}; convert float images with dcgan_jax.evaluation.to_uint8 '

@@ -111,7 +111,8 @@ def manifold_metrics(real_features, fake_features, k: int = DEFAULT_K) -> dict[s
     k: the neighbourhood size; each set needs more than k points.
 
   Returns:
-    ``{'precision', 'recall', 'density', 'coverage'}`` as Python floats.
+    ``{'precision', 'recall', 'density', 'coverage'}`` as Python floats; all NaN when a
+    feature is not finite.
 
   Raises:
     UserError: feature arrays of the wrong shape, or a set with k points or fewer.
@@ -127,6 +128,10 @@ def manifold_metrics(real_features, fake_features, k: int = DEFAULT_K) -> dict[s
     raise UserError(f'Precision/recall with k={k} need more than {k} samples in each set, got '
                     f'{real.shape[0]} real and {fake.shape[0]} generated.')
   k = int(k)
+  if not (bool(jnp.isfinite(real).all()) and bool(jnp.isfinite(fake).all())):
+    # Distances to NaN compare False, which read as "no sample inside any ball": all four
+    # scores came out 0.0, a number; NaN says what FID, IS and KID say (from a diverged G).
+    return {name: float('nan') for name in ('precision', 'recall', 'density', 'coverage')}
   real_radii = _kth_neighbour_radii(real, k)
   fake_radii = _kth_neighbour_radii(fake, k)
   fake_in_real, real_balls_per_fake, real_ball_covered = _membership(fake, real, real_radii)
