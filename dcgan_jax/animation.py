@@ -16,6 +16,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from dcgan_jax import json_files
+
 PROGRESS_GIF = 'progress.gif'
 _STEP_PNG = re.compile(r'step_(\d+)\.png$')
 
@@ -44,6 +46,7 @@ def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike,
     images[0].save(tmp, format='GIF', save_all=True, append_images=images[1:],
                    duration=duration_ms if isinstance(duration_ms, int) else list(duration_ms),
                    loop=loop, disposal=1, optimize=False)
+    json_files.give_new_file_permissions(tmp)
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)

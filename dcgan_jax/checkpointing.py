@@ -46,6 +46,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dcgan_jax import json_files
 from dcgan_jax.errors import UserError
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -375,6 +376,7 @@ def save_config_json(workdir: PathLike, config: Mapping[str, Any]) -> pathlib.Pa
       f.write(text)
       f.flush()
       os.fsync(f.fileno())
+    json_files.give_new_file_permissions(tmp_path)
     os.replace(tmp_path, path)
   except OSError as e:
     if tmp_path is not None:

@@ -1,4 +1,5 @@
-"""Writing the JSON results a run and its tools leave in the workdir."""
+"""Writing the files a run and its tools leave in the workdir: JSON results, and the permissions
+of files written through a temporary file."""
 
 from __future__ import annotations
 
@@ -6,6 +7,18 @@ import json
 import os
 import pathlib
 from typing import Any
+
+# The process's umask, read once at import (reading it means setting it, which is not safe
+# while other threads create files).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def give_new_file_permissions(path: str | os.PathLike) -> None:
+  """Gives a file made by ``tempfile`` (always 0600) the permissions of any new file (0666
+  less the umask: usually 0644), so that renamed into place it is readable as the other outputs
+  are (by colleagues, a web server) rather than by its owner alone."""
+  os.chmod(path, 0o666 & ~_UMASK)
 
 
 def write_json_atomically(path: str | os.PathLike, value: Any) -> pathlib.Path:

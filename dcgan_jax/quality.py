@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dcgan_jax import json_files
 from dcgan_jax.errors import UserError
 from dcgan_jax.evaluation import manifold
 
@@ -420,6 +421,7 @@ def _write_params_atomically(params: dict[str, Any], path: str) -> None:
   try:
     with os.fdopen(fd, 'wb') as f:
       np.savez(f, **{k: np.asarray(v) for k, v in _flatten(params).items()})
+    json_files.give_new_file_permissions(tmp_path)
     os.replace(tmp_path, path)  # Atomic: readers see the old file or the complete new one.
   except BaseException:
     if os.path.exists(tmp_path):

@@ -14,6 +14,8 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from dcgan_jax import json_files
+
 
 def to_uint8(images: np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
   """Maps images in ``value_range`` to uint8 0..255 (values outside are clipped).
@@ -89,6 +91,7 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
     tmp_path = f.name
   try:
     pil_image.save(tmp_path, format='PNG')
+    json_files.give_new_file_permissions(tmp_path)
     os.replace(tmp_path, path)
   except BaseException:
     if os.path.exists(tmp_path):

@@ -441,3 +441,18 @@ def test_a_custom_loops_checkpoints_are_not_taken_for_a_run(tmp_path):
                                       r'discriminator_width: not a run of the training program.*'
                                       r'Checkpointer\(workdir\)\.restore\(target\)'):
     sample.load_generator(tmp_path)
+
+
+def test_written_outputs_have_the_permissions_of_any_new_file(tmp_path):
+  """Written through tempfile (0600) and renamed: samples, GIFs and config.json were readable by
+  their owner alone, unlike the event files and quality.json beside them."""
+  import stat  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import checkpointing, json_files  # pylint: disable=g-import-not-at-top
+  image = np.zeros((4, 4, 3), np.uint8)
+  sample_grid.save_png(image, tmp_path / 'grid.png')
+  animation.save_gif([image, image], tmp_path / 'walk.gif')
+  checkpointing.save_config_json(tmp_path, {'seed': 0})
+  expected = 0o666 & ~json_files._UMASK  # pylint: disable=protected-access
+  for name in ('grid.png', 'walk.gif', 'config.json'):
+    assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == expected, name
+  assert expected != 0o600  # The test process's umask is the usual 022 (or 002).

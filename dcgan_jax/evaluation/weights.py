@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from dcgan_jax import json_files
 from dcgan_jax.errors import UserError
 from dcgan_jax.evaluation import inception
 from dcgan_jax.evaluation import safe_pth
@@ -234,6 +235,7 @@ def download_inception_weights(url: str = PYTORCH_FID_WEIGHTS_URL,
     if prefix is not None and not sha256_of(partial).startswith(prefix.lower()):
       raise UserError(f'The file downloaded from {url} does not have the expected SHA-256 prefix '
                       f'{prefix}; nothing was kept, try again or download it by hand.')
+    json_files.give_new_file_permissions(partial)
     os.replace(partial, target)
   except (urllib.error.URLError, OSError) as e:
     raise UserError(f'Downloading {url} failed ({e}); download it by hand and pass its path.'
