@@ -536,6 +536,20 @@ class _DigitsQualityHook:
     self.history.append({'step': step, **_jsonable(result)})
     return result
 
+  def keep_history(self, workdir: str, start_step: int) -> None:
+    """A resumed run keeps the scores its earlier processes wrote into ``quality.json`` (they
+    were rewritten with this process's alone), up to the step it resumes from: later ones were
+    of steps trained again now, and are scored again."""
+    try:
+      with open(os.path.join(workdir, QUALITY_FILE), encoding='utf-8') as f:
+        saved = json.load(f)
+    except (OSError, ValueError):  # None yet, or unreadable: nothing to keep.
+      return
+    history = saved.get('history') if isinstance(saved, dict) else None
+    if isinstance(history, list):
+      self.history = [entry for entry in history if isinstance(entry, dict)
+                      and isinstance(entry.get('step'), int) and entry['step'] <= start_step]
+
   def write_json(self, workdir: str, step: int, result: dict[str, Any], used_ema: bool) -> None:
     """Writes ``quality.json``: the final score, the untrained one, their ratio and the bar."""
     summary = {'step': step, 'num_samples': int(self._latents.shape[0]), 'used_ema': used_ema,
@@ -953,6 +967,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   if quality_enabled and is_chief:
     quality_hook = _DigitsQualityHook(config, image_sampler)
     quality_hook.score_untrained(image_sampler.variables(initial_state))
+    if start_step > 0:
+      quality_hook.keep_history(workdir, start_step)
   if durations.eval_every_steps > 0 and not config.inception_weights:
     logging.warning('FID evaluation skipped: eval_every_steps is %d but no inception_weights '
                     'is set (python -m dcgan_jax.evaluation.download_weights gets them).',

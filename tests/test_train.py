@@ -312,6 +312,14 @@ def test_digits_run_leaves_checkpoints_events_samples_and_quality(tfds_dir, tmp_
   assert 0.0 <= summary['precision'] <= 1.0 and 0.0 <= summary['recall'] <= 1.0
   # 40 real images once, then 40 generated ones at step 4 (the end).
   assert extracted_shapes == [(40, 8, 8, 1), (40, 8, 8, 1)]
+  # Resumed (here: extended), the run keeps the scores already written, up to the step it
+  # resumes from (it wrote its own alone). A score past it was of steps now trained again.
+  summary['history'].append(dict(summary['history'][-1], step=5))
+  (tmp_path / 'quality.json').write_text(json.dumps(summary))
+  config.num_train_steps = 6
+  train.train_and_evaluate(config, tmp_path)
+  summary = json.loads((tmp_path / 'quality.json').read_text())
+  assert [h['step'] for h in summary['history']] == [2, 4, 6] and summary['step'] == 6
 
 
 def test_tfds_mock_dataset_run_through_tf_data(tfds_dir, tmp_path):
