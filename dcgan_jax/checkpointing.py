@@ -187,6 +187,10 @@ def _short_reason(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _missing_or_file(path: pathlib.Path) -> str:
+  return 'is a file, not a folder' if path.exists() else 'does not exist'
+
+
 def check_workdir_writable(workdir: PathLike) -> pathlib.Path:
   """Creates `workdir` if needed and checks that files can be written in it.
 
@@ -548,8 +552,8 @@ class Checkpointer:
     self._read_only = read_only
     if read_only:
       if not self.workdir.is_dir():
-        raise UserError(f'The workdir {self.workdir} does not exist; pass the --workdir of a '
-                        'training run.')
+        raise UserError(f'The workdir {self.workdir} {_missing_or_file(self.workdir)}; pass the '
+                        '--workdir of a training run.')
     else:
       check_workdir_writable(self.workdir)
     # `save` decides the interval itself: orbax's default policy would also save whatever step
@@ -795,7 +799,8 @@ def restore_config(workdir: PathLike) -> dict[str, Any]:
   """
   path = pathlib.Path(workdir).expanduser().absolute()
   if not path.is_dir():
-    raise UserError(f'The workdir {path} does not exist; pass the --workdir of a training run.')
+    raise UserError(f'The workdir {path} {_missing_or_file(path)}; pass the --workdir of a '
+                    'training run.')
   checkpoint_dir = path / CHECKPOINT_DIR
   if checkpoint_dir.is_dir():
     with _quiet_read_only_notice():

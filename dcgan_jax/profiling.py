@@ -370,10 +370,20 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarise_trace(f.workdir, top=max(f.rows, 25), hlo_text=hlo_text)
   except UserError as e:
     fail(str(e))
+  if f.json_out:  # Checked before printing: a mistake is one line, not a table and a traceback.
+    folder = os.path.dirname(os.path.abspath(f.json_out))
+    if os.path.isdir(f.json_out) or not os.path.isdir(folder):
+      fail(f'--json_out {f.json_out}: ' + ('a folder; name a file in it, e.g. '
+                                           f'{os.path.join(f.json_out, "profile.json")}.'
+                                           if os.path.isdir(f.json_out) else
+                                           f'the folder {folder} does not exist.'))
   print(format_summary(summary, f.rows))
   if f.json_out:
-    with open(f.json_out, 'w', encoding='utf-8') as out:
-      json.dump(summary, out, indent=1)
+    try:
+      with open(f.json_out, 'w', encoding='utf-8') as out:
+        json.dump(summary, out, indent=1)
+    except OSError as e:
+      fail(f'Cannot write --json_out {f.json_out}: {e.strerror}.')
 
 
 if __name__ == '__main__':

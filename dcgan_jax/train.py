@@ -260,6 +260,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   schedules, checkpointing and profiling settings, and the device-resident mode.
   """
   models.validate_image_size(config.image_size)
+  for name in ('generator_width', 'discriminator_width'):  # The modules say "width" alone.
+    width = config[name]
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+      raise UserError(f'{name} must be a positive integer such as 64 (got {width!r}).')
   models.generator_from_config(config)  # Constructing validates every model field.
   models.discriminator_from_config(config)
   train_step_lib.StepConfig.from_config(config)

@@ -360,7 +360,6 @@ def test_explicit_step(tmp_path):
       checkpointer.restore(_gan_state(), step=7)
 
 
-
 def test_read_only_opening_keeps_orbaxs_read_only_notice_out_of_the_log(tmp_path, caplog,
                                                                          monkeypatch):
   """We ask for read-only on purpose; orbax warned "Given directory is read only" each time."""
@@ -382,6 +381,11 @@ def test_empty_directory_restore_is_a_user_error(tmp_path):
   with pytest.raises(UserError, match='does not exist'):
     Checkpointer(tmp_path / 'missing', read_only=True)
   assert not (tmp_path / 'missing').exists()
+  (tmp_path / 'a_file').write_text('')  # Said "does not exist".
+  with pytest.raises(UserError, match='a_file is a file, not a folder; pass the --workdir'):
+    Checkpointer(tmp_path / 'a_file', read_only=True)
+  with pytest.raises(UserError, match='a_file is a file, not a folder'):
+    restore_config(tmp_path / 'a_file')
   for read_only in (True, False):
     with Checkpointer(tmp_path, read_only=read_only) as checkpointer:
       assert checkpointer.latest_step() is None

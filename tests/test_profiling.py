@@ -220,6 +220,13 @@ def test_summary_command_prints_the_report(tmp_path, capsys):
   # A TPU trace has only its op rows: they are the device work.
   assert '1 steps on /device:TPU:0: 1 kernels/step' in report and 'convolution.4' in report
   assert json.loads(out_json.read_text())['kernel_ms_per_step'] == pytest.approx(0.003)
+  # A --json_out that cannot be written: one line (was a FileNotFoundError traceback).
+  for bad, message in ((tmp_path / 'nowhere' / 's.json', 'nowhere does not exist'),
+                       (tmp_path, 'a folder; name a file in it')):
+    with pytest.raises(SystemExit) as exit_info:
+      profiling.main(['profiling', f'--workdir={tmp_path}', f'--json_out={bad}'])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize('case, message', [
