@@ -19,20 +19,41 @@ is the per-class-affine BatchNorm of ``Generator(..., conditioning='batchnorm')`
 generators.
 """
 
-from dcgan_jax.errors import UserError
-from dcgan_jax.losses import LOSSES, get_loss, gradient_penalty, r1_penalty, register_loss
-from dcgan_jax.models import (ClassConditionalBatchNorm, Discriminator, Generator,
-                              VALID_IMAGE_SIZES, count_params)
-from dcgan_jax.parallel import DataParallelStep, make_mesh
-from dcgan_jax.state import (AdaptiveAugmentState, EMAState, GANState, TrainState, create_gan_state,
-                             make_optimizer)
-from dcgan_jax.train_step import StepConfig, make_train_step
+import importlib
+
+# The public names and their modules, imported on first use (PEP 562): `python -m
+# dcgan_jax.main` then starts without JAX, so that its Ctrl-C handler is in place before JAX
+# loads (a Ctrl-C inside JAX's import-time garbage-collection callback is otherwise dropped by
+# Python, and the run trains to its end), and `--help` answers at once.
+_EXPORTS = {
+    'UserError': 'dcgan_jax.errors',
+    'LOSSES': 'dcgan_jax.losses', 'get_loss': 'dcgan_jax.losses',
+    'gradient_penalty': 'dcgan_jax.losses', 'r1_penalty': 'dcgan_jax.losses',
+    'register_loss': 'dcgan_jax.losses',
+    'ClassConditionalBatchNorm': 'dcgan_jax.models', 'Discriminator': 'dcgan_jax.models',
+    'Generator': 'dcgan_jax.models', 'VALID_IMAGE_SIZES': 'dcgan_jax.models',
+    'count_params': 'dcgan_jax.models',
+    'DataParallelStep': 'dcgan_jax.parallel', 'make_mesh': 'dcgan_jax.parallel',
+    'AdaptiveAugmentState': 'dcgan_jax.state', 'EMAState': 'dcgan_jax.state',
+    'GANState': 'dcgan_jax.state', 'TrainState': 'dcgan_jax.state',
+    'create_gan_state': 'dcgan_jax.state', 'make_optimizer': 'dcgan_jax.state',
+    'StepConfig': 'dcgan_jax.train_step', 'make_train_step': 'dcgan_jax.train_step',
+}
+
+
+def __getattr__(name: str):
+  module = _EXPORTS.get(name)
+  if module is None:
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  value = getattr(importlib.import_module(module), name)
+  globals()[name] = value  # Later lookups are plain attribute reads.
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_EXPORTS))
+
 
 __version__ = '0.1.0'
 
-__all__ = [
-    'AdaptiveAugmentState', 'ClassConditionalBatchNorm', 'DataParallelStep', 'Discriminator',
-    'EMAState', 'GANState', 'Generator', 'LOSSES', 'StepConfig', 'TrainState', 'UserError',
-    'VALID_IMAGE_SIZES', 'count_params', 'create_gan_state', 'get_loss', 'gradient_penalty',
-    'make_mesh', 'make_optimizer', 'make_train_step', 'r1_penalty', 'register_loss',
-]
+__all__ = sorted(_EXPORTS)

@@ -140,6 +140,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
   """Console entry point."""
+  preemption.listen_during_start_up()  # Before JAX loads (in main).
   try:
     app.run(main, flags_parser=parse_flags)
   except KeyboardInterrupt:  # Ctrl-C while starting, or a second one: stopped at once.

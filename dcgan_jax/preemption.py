@@ -19,6 +19,7 @@ Ctrl-C keeps its default there (it reaches each process at a different step).
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -26,6 +27,38 @@ from absl import logging
 
 # Signals that ask a single-process run to stop; their names for messages.
 SIGNAL_NAMES = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'SIGINT (Ctrl-C)'}
+# Set by :func:`interrupt_start_up`: a Ctrl-C came before the training loop listened.
+_start_up_interrupted = threading.Event()
+
+
+def interrupt_start_up(signum: int, frame: Any) -> None:
+  """The SIGINT handler of a command-line program until its training loop listens.
+
+  Raises KeyboardInterrupt, as Python's own handler does, and also remembers the Ctrl-C: one
+  that arrives while a garbage-collection callback runs (JAX's, during start-up) is reported
+  as "Exception ignored" and dropped by Python, and the run would then train to its end.
+  :meth:`StopSignals.install` raises it again, before the first step.
+  """
+  del signum, frame
+  _start_up_interrupted.set()
+  raise KeyboardInterrupt
+
+
+def listen_during_start_up() -> None:
+  """For command-line programs, first thing: Ctrl-C raises through :func:`interrupt_start_up`
+  (unless SIGINT is ignored, as in a background job), and a KeyboardInterrupt that Python drops
+  is not reported as "Exception ignored" with a traceback (it is remembered instead)."""
+  if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    return
+  signal.signal(signal.SIGINT, interrupt_start_up)
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _start_up_interrupted.is_set():
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -98,7 +131,13 @@ class StopSignals:
     self.restore()
 
   def install(self) -> None:
-    """Starts listening (what entering the context does)."""
+    """Starts listening (what entering the context does).
+
+    Raises:
+      KeyboardInterrupt: a Ctrl-C during start-up was dropped (see :func:`interrupt_start_up`).
+    """
+    if _start_up_interrupted.is_set():
+      raise KeyboardInterrupt
     self._multi_process = _preemption_service_active()
     if self._multi_process:
       # JAX's SIGTERM notifier must keep SIGTERM; Ctrl-C keeps its default (see the module).

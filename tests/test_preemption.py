@@ -57,6 +57,37 @@ def test_first_signal_asks_to_stop_and_the_second_acts_as_before(restore_handler
     assert signal.getsignal(signum) is handler
 
 
+def test_a_ctrl_c_during_start_up_that_python_dropped_stops_before_the_first_step(
+    restore_handlers, monkeypatch):
+  """Raised inside JAX's garbage-collection callback, the KeyboardInterrupt was reported as
+  "Exception ignored" and lost: the run trained to its end. The program's start-up handler
+  remembers it, and the training loop's StopSignals raises it again."""
+  monkeypatch.setattr(preemption, '_start_up_interrupted', threading.Event())
+  reported = []
+  monkeypatch.setattr(sys, 'unraisablehook', reported.append)
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+  preemption.listen_during_start_up()
+  with preemption.StopSignals() as stop:  # No Ctrl-C yet: listens as always.
+    assert stop.requested(0, 1) is None
+  assert signal.getsignal(signal.SIGINT) is preemption.interrupt_start_up  # Restored.
+
+  def dropping_callback():  # What Python does with an exception in a gc callback.
+    try:
+      signal.raise_signal(signal.SIGINT)
+    except KeyboardInterrupt:
+      pass
+
+  dropping_callback()
+  # Python's "Exception ignored ... KeyboardInterrupt" report is not printed; others are.
+  import types  # pylint: disable=g-import-not-at-top
+  for error in (KeyboardInterrupt(), ValueError()):
+    sys.unraisablehook(types.SimpleNamespace(exc_value=error))
+  assert [type(r.exc_value) for r in reported] == [ValueError]
+  with pytest.raises(KeyboardInterrupt):
+    preemption.StopSignals().install()
+  assert signal.getsignal(signal.SIGINT) is preemption.interrupt_start_up  # Nothing installed.
+
+
 def test_sigterm_is_caught_and_the_handlers_are_restored_on_exit(restore_handlers):
   stop = preemption.StopSignals()
   stop.install()
