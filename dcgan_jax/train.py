@@ -73,7 +73,7 @@ from dcgan_jax import step_loop
 from dcgan_jax import summary
 from dcgan_jax import train_step as train_step_lib
 from dcgan_jax import writers
-from dcgan_jax.errors import UserError
+from dcgan_jax.errors import UserError, is_integer
 
 # Tags folded into the run seed, one per independent stream of randomness. (The data order uses
 # its own tag inside dcgan_jax.data.)
@@ -262,7 +262,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   models.validate_image_size(config.image_size)
   for name in ('generator_width', 'discriminator_width'):  # The modules say "width" alone.
     width = config[name]
-    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+    if not is_integer(width) or width < 1:
       raise UserError(f'{name} must be a positive integer such as 64 (got {width!r}).')
   models.generator_from_config(config)  # Constructing validates every model field.
   models.discriminator_from_config(config)
