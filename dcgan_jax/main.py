@@ -19,6 +19,20 @@ import os
 import signal
 import sys
 
+
+def _stop_while_importing(signum, frame):
+  """SIGINT while the program imports its libraries (before :func:`run`): nothing has started,
+  so stop now, in one line (Python's own handler would print a traceback of the import)."""
+  del signum, frame
+  sys.stderr.write('Interrupted while starting: nothing ran.\n')
+  raise SystemExit(128 + signal.SIGINT)  # SystemExit ends the program without a traceback.
+
+
+# First thing, as `python -m dcgan_jax.main`; left alone when imported (and where SIGINT is ignored).
+if __name__ == '__main__' and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+  signal.signal(signal.SIGINT, _stop_while_importing)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging
@@ -140,6 +154,8 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
   """Console entry point."""
+  if signal.getsignal(signal.SIGINT) is _stop_while_importing:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
   preemption.listen_during_start_up()  # Before JAX loads (in main).
   try:
     app.run(main, flags_parser=parse_flags)

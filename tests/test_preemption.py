@@ -88,6 +88,48 @@ def test_a_ctrl_c_during_start_up_that_python_dropped_stops_before_the_first_ste
   assert signal.getsignal(signal.SIGINT) is preemption.interrupt_start_up  # Nothing installed.
 
 
+# Runs `python -m dcgan_jax.main` and sends it SIGINT while it imports ml_collections (the
+# program's first imports, before its main function), then reports what `--help` would not.
+_CTRL_C_WHILE_IMPORTING = r"""
+import importlib.abc, os, runpy, signal, sys
+
+class CtrlCOnImport(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name == 'ml_collections':
+      sys.meta_path.remove(self)
+      os.kill(os.getpid(), signal.SIGINT)  # Handled at the next bytecode: inside the import.
+    return None
+
+sys.meta_path.insert(0, CtrlCOnImport())
+sys.argv = ['dcgan_jax.main', '--config=configs/default.py', '--workdir=' + sys.argv[1]]
+runpy.run_module('dcgan_jax.main', run_name='__main__', alter_sys=True)
+print('trained anyway')
+"""
+
+
+def test_a_ctrl_c_while_the_program_imports_stops_it_in_one_line(tmp_path):
+  """Before the program's own start-up handler exists (its imports: ~0.1-0.3 s), Ctrl-C was
+  Python's KeyboardInterrupt with a traceback of the import; now one line, exit 130."""
+  result = subprocess.run(
+      [sys.executable, '-c', _CTRL_C_WHILE_IMPORTING, str(tmp_path / 'run')], cwd=_ROOT,
+      capture_output=True, text=True, timeout=120,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # As in a terminal.
+  assert result.returncode == 128 + signal.SIGINT, (result.returncode, result.stderr[-3000:])
+  assert result.stderr == 'Interrupted while starting: nothing ran.\n', result.stderr[-3000:]
+  assert 'trained anyway' not in result.stdout
+  assert not (tmp_path / 'run').exists()
+
+
+def test_importing_the_program_module_leaves_sigint_alone():
+  """Only `python -m dcgan_jax.main` takes SIGINT while importing; a library import does not."""
+  code = ('import signal; import dcgan_jax.main; '
+          'assert signal.getsignal(signal.SIGINT) is signal.default_int_handler; print("ok")')
+  result = subprocess.run([sys.executable, '-c', code], cwd=_ROOT, capture_output=True, text=True,
+                          timeout=120,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  assert result.stdout.strip() == 'ok', result.stderr[-3000:]
+
+
 def test_sigterm_is_caught_and_the_handlers_are_restored_on_exit(restore_handlers):
   stop = preemption.StopSignals()
   stop.install()
