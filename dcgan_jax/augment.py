@@ -499,6 +499,12 @@ def apply(images: jax.Array, params: Params, policy: tuple[str, ...],
       brightness shifts by up to a quarter of it, fills are its middle), so other ranges are mapped
       there and back: a sigmoid generator's [0, 1] images get the same augmentation.
   """
+  if not jnp.issubdtype(jnp.result_type(images), jnp.floating):
+    # uint8 pixels would come back as floats far outside any image range (-44..299 with
+    # 'color'), and D would train on them.
+    raise UserError(f'augment takes floating images in value_range {tuple(value_range)}, got '
+                    f'{jnp.result_type(images)}: scale them first, e.g. '
+                    'dcgan_jax.train_step.images_to_model_range(images).')
   low, high = value_range
   if (low, high) == (-1.0, 1.0):
     return _apply_centred(images, params, policy)

@@ -192,11 +192,12 @@ class DataParallelStep:
         leading device axis, so place each batch once.
 
     Raises:
-      UserError: images and labels of different lengths; and for numpy batches (checked on
-        the host, where it costs little; device arrays are not read back), float images far
-        outside the generator's range (such as floats in 0..255), or labels that are not
-        integers in ``[0, num_classes)``, which would otherwise train on silently (wrong
-        scale) or turn every parameter into NaN (an embedding lookup out of range).
+      UserError: images and labels of different lengths, or labels not of shape
+        ``[batch]``; and for numpy batches (checked on the host, where it costs little;
+        device arrays are not read back), float images far outside the generator's range
+        (such as floats in 0..255), or labels that are not integers in ``[0, num_classes)``,
+        which would otherwise train on silently (wrong scale) or turn every parameter into
+        NaN (an embedding lookup out of range).
     """
     if isinstance(local_batch, (tuple, list)):
       rows = {int(np.shape(x)[0]) for x in local_batch}
@@ -204,6 +205,9 @@ class DataParallelStep:
         raise UserError('The images and labels of a batch must have the same number of rows '
                         f'(got {[np.shape(x) for x in local_batch]}).')
       if len(local_batch) == 2:
+        if np.ndim(local_batch[1]) != 1:
+          raise UserError('Labels must be one class index per image, shape [batch] (got '
+                          f'{np.shape(local_batch[1])} for images {np.shape(local_batch[0])}).')
         self._check_host_images(local_batch[0])
         self._check_host_labels(local_batch[1])
       return tuple(self._place_rows(x) for x in local_batch)
@@ -254,7 +258,38 @@ class DataParallelStep:
     return jax.device_put(rows, _leading_axis_sharding(self.local_devices))
 
   def __call__(self, state: GANState, batch: Any, rng: jax.Array) -> tuple[GANState, Metrics]:
+    self._check_arguments(state, batch, rng)
     return self._step(state, batch, rng)
+
+  def _check_arguments(self, state: GANState, batch: Any, rng: jax.Array) -> None:
+    """Mistakes that jax reports badly, checked on shapes only (microseconds, no device work).
+
+    A donated state given again crashed the process (a segmentation fault inside XLA with
+    several devices, jax 0.10); with pmap an unplaced state or batch, or one key per device,
+    failed deep inside jax with an IndexError or a squeeze error.
+    """
+    if any(isinstance(x, jax.Array) and x.is_deleted() for x in jax.tree.leaves(state)):
+      raise UserError('This state was donated to an earlier step call, which consumed it: pass '
+                      'the state that call returned (state, metrics = step(state, batch, rng)).')
+    if self.parallelism != 'pmap':
+      return
+    devices = len(self.local_devices)
+    if np.ndim(state.step) != 1 or np.shape(state.step)[0] != devices:
+      raise UserError(f'With pmap the state needs a leading axis of {devices} devices (got a '
+                      f'step counter of shape {np.shape(state.step)}): pass it through '
+                      'step.place_state(state) first.')
+    images = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if np.ndim(images) != 5 or np.shape(images)[0] != devices:
+      raise UserError(f'With pmap the batch needs a leading axis of {devices} devices (got '
+                      f'images of shape {np.shape(images)}): pass it through '
+                      'step.place_batch(images) first.')
+    key_shape = np.shape(rng)
+    dtype = getattr(rng, 'dtype', None)
+    if dtype is None or not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+      key_shape = key_shape[:-1]  # A raw uint32 key's data axis.
+    if key_shape:
+      raise UserError(f'The step takes one PRNG key (got keys of shape {key_shape}); it derives '
+                      "each device's key itself.")
 
   def compiled_text(self, state: GANState, batch: jax.Array, rng: jax.Array) -> str:
     """The optimized HLO of the step for these arguments (nothing is donated or run; after a

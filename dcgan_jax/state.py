@@ -134,6 +134,19 @@ def class_labels_kwargs(module: flax.linen.Module, batch: int) -> dict[str, jax.
   return {}
 
 
+def check_same_classes(generator: flax.linen.Module, discriminator: flax.linen.Module) -> int:
+  """G's ``num_classes`` (0: unconditional), after checking that D has the same.
+
+  Raises:
+    UserError: the two modules disagree (a conditional G with an unconditional D, or the reverse).
+  """
+  num_classes = getattr(generator, 'num_classes', 0)
+  if getattr(discriminator, 'num_classes', num_classes) != num_classes:
+    raise UserError(f'The generator has num_classes={num_classes} but the discriminator '
+                    f'{discriminator.num_classes}; conditional models need the same classes.')
+  return num_classes
+
+
 def check_module_interface(module: flax.linen.Module, role: str, conditional: bool) -> None:
   """A UserError when a module lacks what the step calls it with (instead of a flax traceback).
 
@@ -182,7 +195,7 @@ def create_gan_state(rng: jax.Array, generator: flax.linen.Module,
   Returns:
     A :class:`GANState` (or :class:`AdaptiveAugmentState`) at step 0.
   """
-  conditional = bool(getattr(generator, 'num_classes', 0))
+  conditional = bool(check_same_classes(generator, discriminator))
   check_module_interface(generator, 'generator', conditional)
   # The step hands D the labels of a conditional G's batches.
   check_module_interface(discriminator, 'discriminator',

@@ -28,7 +28,7 @@ from dcgan_jax import augment
 from dcgan_jax import losses
 from dcgan_jax import models
 from dcgan_jax.errors import UserError
-from dcgan_jax.state import EMAState, GANState
+from dcgan_jax.state import EMAState, GANState, check_same_classes
 
 Metrics = dict[str, jax.Array]
 # fold_in data of the augmentation's, the generated labels' and dropout's random streams (any
@@ -261,8 +261,11 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     ``step(state, batch, rng) -> (state, metrics)``. ``batch`` is this device's share of the
     real images, ``[B, H, W, C]`` (uint8 or already scaled floats), or for class-conditional
     models (``generator.num_classes > 0``) the pair ``(images, labels)`` with int labels
-    ``[B]``; generated images get labels drawn uniformly over the classes. ``rng`` is the same
-    key on every device. Metrics (scalars, averaged over devices): ``d_loss``, ``g_loss``,
+    ``[B]`` in ``[0, num_classes)``; generated images get labels drawn uniformly over the
+    classes. Traced labels are not checked: one >= num_classes makes every parameter NaN (an
+    embedding lookup out of range), a negative one trains on a wrong class;
+    ``DataParallelStep.place_batch`` checks numpy labels before they reach the step. ``rng`` is
+    the same key on every device. Metrics (scalars, averaged over devices): ``d_loss``, ``g_loss``,
     ``d_real`` (D(x)), ``d_fake_before`` and ``d_fake_after`` (D(G(z)) before and after the D
     update), ``d_grad_norm``, ``g_grad_norm``, and the penalties when enabled. With
     ``augment`` the D outputs are those of the augmented images, which D really saw; with ADA
@@ -282,10 +285,7 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
                   PenaltyWithBatchNormWarning, stacklevel=2)
   output_activation = getattr(generator, 'output_activation', 'tanh')
   latent_dim = generator.latent_dim
-  num_classes = getattr(generator, 'num_classes', 0)
-  if getattr(discriminator, 'num_classes', num_classes) != num_classes:
-    raise UserError(f'The generator has num_classes={num_classes} but the discriminator '
-                    f'{discriminator.num_classes}; conditional models need the same classes.')
+  num_classes = check_same_classes(generator, discriminator)
   policy = step_config.augment
 
   def pmean(tree):

@@ -9,7 +9,8 @@ import pytest
 from jax.test_util import check_grads
 
 from dcgan_jax import (AdaptiveAugmentState, DataParallelStep, Discriminator, GANState, Generator,
-                       StepConfig, UserError, augment, create_gan_state, make_train_step)
+                       StepConfig, UserError, augment, create_gan_state, make_train_step,
+                       train_step)
 
 G = Generator(image_size=16, channels=3, latent_dim=16, width=8)
 D = Discriminator(image_size=16, channels=3, width=8)
@@ -156,6 +157,17 @@ def test_bfloat16_images_stay_bfloat16_and_match_float32():
   assert low.dtype == jnp.bfloat16
   high = np.asarray(apply(images, params, augment.POLICIES))
   assert np.mean(np.abs(np.asarray(low, np.float32) - high)) < 0.02 * np.mean(np.abs(high))
+
+
+def test_integer_images_are_refused_with_the_scaling_to_use():
+  """uint8 pixels came back as floats in -44..299 (for 'color'), which D then trained on."""
+  images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+  with pytest.raises(UserError, match=r'floating images in value_range \(-1.0, 1.0\), got '
+                                      r'uint8.*images_to_model_range'):
+    augment.augment(jnp.asarray(images), jax.random.key(0), 'color')
+  scaled = train_step.images_to_model_range(jnp.asarray(images))
+  out = augment.augment(scaled, jax.random.key(0), 'color')
+  assert out.dtype == jnp.float32 and float(jnp.max(jnp.abs(out))) < 3
 
 
 def test_augment_in_one_call_and_empty_policy_is_the_identity():

@@ -120,6 +120,22 @@ def test_a_ctrl_c_while_the_program_imports_stops_it_in_one_line(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+def test_stopping_at_once_does_not_wait_for_threads_a_broken_off_save_left():
+  """A second Ctrl-C during the stop checkpoint breaks off orbax's save; its threads then never
+  finished, and Python's exit waited for them (minutes, 1 try in 10). The program now ends
+  at once, after its one line."""
+  code = ('import threading; from dcgan_jax import main\n'
+          'threading.Thread(target=threading.Event().wait).start()  # Never ends, not a daemon.\n'
+          'def interrupted(*args, **kwargs): raise KeyboardInterrupt\n'
+          'main.app.run = interrupted\n'
+          'main.run()\n')
+  result = subprocess.run([sys.executable, '-c', code], cwd=_ROOT, capture_output=True,
+                          text=True, timeout=60)
+  assert result.returncode == 128 + signal.SIGINT, result.stderr[-3000:]
+  assert result.stderr.startswith('Interrupted: stopped at once'), result.stderr[-3000:]
+  assert len(result.stderr.splitlines()) == 1, result.stderr[-3000:]
+
+
 def test_importing_the_program_module_leaves_sigint_alone():
   """Only `python -m dcgan_jax.main` takes SIGINT while importing; a library import does not."""
   code = ('import signal; import dcgan_jax.main; '
