@@ -4,6 +4,8 @@ same as step-by-step dispatch, resumes bit for bit, and still stops on a non-fin
 Runs use the tiny digits config of tests/test_train.py (8x8 images, width 8, batch 16) on the
 8 fake CPU devices of conftest.
 """
+import types
+
 import jax
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from dcgan_jax import parallel
 from dcgan_jax import run_logs
 from dcgan_jax import step_loop
 from dcgan_jax import train
+from dcgan_jax import writers
 from dcgan_jax import train_step as train_step_lib
 from dcgan_jax.errors import UserError
 
@@ -83,12 +86,16 @@ def test_fused_run_trains_like_step_by_step_dispatch(tfds_dir, tmp_path, monkeyp
   # 1797 digits / 64 = 28 steps per epoch: 34 steps cross an epoch end.
   config = tiny_config(tfds_dir, device_resident='always', batch_size=64, num_train_steps=34,
                        log_every_steps=12, checkpoint_every_steps=20, sample_every_steps=10)
+  reported = _record_progress_calls(monkeypatch)
   per_step = train.train_and_evaluate(dict_config(config, steps_per_dispatch=1),
                                       tmp_path / 'per_step')
   instances = []
   chunks = _count_chunks(monkeypatch, instances)
   fused = train.train_and_evaluate(dict_config(config, steps_per_dispatch=8),
                                    tmp_path / 'fused')
+  # The progress clock starts when the first dispatch has run (the fused one at its last step,
+  # 8: steps 1..7 would count as taking no time), then every step is reported once.
+  assert reported == [list(range(1, 35)), list(range(8, 35))]
   assert chunks == [(0, 8), (8, 10), (10, 12), (12, 16), (16, 20), (20, 24), (24, 28), (28, 30),
                     (30, 32), (32, 34)]
   # Every chunk length, epoch and fresh metric accumulator ran the one compiled program.
@@ -113,6 +120,49 @@ def test_fused_run_trains_like_step_by_step_dispatch(tfds_dir, tmp_path, monkeyp
     np.testing.assert_array_equal(scalars['fused'][tag][0], [12, 24, 34])
     np.testing.assert_array_equal(scalars['fused'][tag][0], scalars['per_step'][tag][0])
     np.testing.assert_allclose(scalars['fused'][tag][1], scalars['per_step'][tag][1], rtol=1e-4)
+
+
+def test_progress_clock_waits_for_the_device_at_its_start_and_at_the_first_report(monkeypatch):
+  """Dispatch is asynchronous: without these two waits the first steps/s counted steps that
+  were only queued (2519 steps/s logged at step 5 of a run doing 25)."""
+  events = []
+  monkeypatch.setattr(train.jax, 'block_until_ready', lambda x: events.append(('wait', x)))
+  clock = train._ProgressClock(lambda step: events.append(step), every_steps=5)  # pylint: disable=protected-access
+  state = types.SimpleNamespace(step='state.step')
+  for first, done in [(1, 3), (4, 4), (5, 6), (7, 10), (11, 15)]:  # Dispatches (fused or not).
+    clock(first, done, state)
+  assert events == [('wait', 'state.step'), 3,  # The clock starts when the first chunk ran.
+                    4, ('wait', 'state.step'), 5, 6,  # The first report (5) ends a real window.
+                    7, 8, 9, 10, 11, 12, 13, 14, 15]  # Then the loop's own log waits suffice.
+  events.clear()
+  quiet = train._ProgressClock(events.append, every_steps=0)  # pylint: disable=protected-access
+  quiet(1, 1, state)
+  quiet(2, 3, state)
+  assert events == [('wait', 'state.step'), 1, 2, 3]
+
+
+def _record_progress_calls(monkeypatch):
+  """Lists, per run, the steps the loop reports to its progress action."""
+  runs = []
+  create_progress = writers.create_progress
+
+  def create(*args, **kwargs):
+    progress, steps = create_progress(*args, **kwargs), []
+    runs.append(steps)
+
+    class Recorded:
+
+      def __call__(self, step):
+        steps.append(step)
+        return progress(step)
+
+      def __getattr__(self, name):
+        return getattr(progress, name)
+
+    return Recorded()
+
+  monkeypatch.setattr(writers, 'create_progress', create)
+  return runs
 
 
 def dict_config(config, **overrides):
