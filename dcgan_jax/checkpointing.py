@@ -171,6 +171,63 @@ def _drop_orbax_read_leftovers() -> None:
   sys.unraisablehook = hook
 
 
+def _is_orbax_record(record: std_logging.LogRecord) -> bool:
+  return f'{os.sep}orbax{os.sep}' in (record.pathname or '')
+
+
+class _DropOrbaxStorageErrors(std_logging.Filter):
+  """Drops orbax's own error logs of a save the disk refused (full, unwritable, ...).
+
+  A failed save logs one error with a full traceback per orbax thread it ran on (four or five,
+  each with TensorStore's spec of the array: 500-1000 lines on a full disk). The save's
+  :class:`CheckpointError` says the same in one sentence, and it is always raised: by the next
+  ``save``, ``wait_until_finished`` or ``close``. Other orbax errors are kept.
+  """
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.levelno < std_logging.ERROR or not _is_orbax_record(record):
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    if error is not None:
+      return _os_error_reason(error) is None
+    return not _TENSORSTORE_OS_ERROR.search(str(record.msg))
+
+
+def _is_closed_loop_callback(unraisable: Any) -> bool:
+  """TensorStore calling back into an event loop orbax has closed (after a failed save)."""
+  error = unraisable.exc_value
+  if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+    return False
+  frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+  return bool(frames) and all(f'{os.sep}asyncio{os.sep}' in frame.filename for frame in frames)
+
+
+def _quiet_orbax_save_failures() -> None:
+  """Keeps a failed save (disk full, ...) to its one CheckpointError, from now on.
+
+  Besides orbax's error logs (:class:`_DropOrbaxStorageErrors`), the save's abandoned
+  TensorStore writes report themselves: as "RuntimeError: Event loop is closed" tracebacks
+  (TensorStore's callbacks into orbax's closed loops, through sys.unraisablehook: 0 to 170 of
+  them per failed save) and as asyncio's "Task exception was never retrieved".
+  """
+  absl_logger = std_logging.getLogger('absl')  # orbax logs through absl.logging.
+  if not any(isinstance(f, _DropOrbaxStorageErrors) for f in absl_logger.filters):
+    absl_logger.addFilter(_DropOrbaxStorageErrors())
+  asyncio_logger = std_logging.getLogger('asyncio')
+  if not any(isinstance(f, _DropAbandonedOrbaxReads) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_DropAbandonedOrbaxReads())
+  previous = sys.unraisablehook
+  if getattr(previous, '_drops_closed_loop_callbacks', False):
+    return
+
+  def hook(unraisable):
+    if not _is_closed_loop_callback(unraisable):
+      previous(unraisable)
+
+  hook._drops_closed_loop_callbacks = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+
+
 def _short_reason(exc: BaseException) -> str:
   """One short line describing `exc`, for error messages and warnings."""
   if reason := _os_error_reason(exc):
@@ -556,6 +613,7 @@ class Checkpointer:
                         '--workdir of a training run.')
     else:
       check_workdir_writable(self.workdir)
+      _quiet_orbax_save_failures()
     # `save` decides the interval itself: orbax's default policy would also save whatever step
     # comes first in an empty directory.
     self._save_interval_steps = save_interval_steps
@@ -579,6 +637,9 @@ class Checkpointer:
           'writable --workdir.') from e
     # The step whose asynchronous write may still be running; its errors surface on waiting.
     self._pending_step: int | None = None
+    # The step whose failed save was raised as a CheckpointError: orbax raises that failure
+    # again on every later wait, which must not report it a second time (as "the last step").
+    self._failed_step: int | None = None
 
   @property
   def directory(self) -> pathlib.Path:
@@ -650,6 +711,8 @@ class Checkpointer:
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
+      if step is None and self._failed_step is not None and _os_error_reason(e):
+        return  # The failure raised already, again (e.g. from `close` while it propagates).
       self._raise_save_error(step, e)
 
   def _raise_save_error(self, step: int | None, exc: Exception) -> None:
@@ -664,7 +727,8 @@ class Checkpointer:
     kept_text = (f'the checkpoint of step {kept} is kept' if kept is not None
                  else 'no earlier checkpoint exists')
     which = f'step {step}' if step is not None else 'the last step'
-    logging.error('Saving the checkpoint of %s in %s failed: %s', which, self.directory, exc)
+    self._failed_step = step if step is not None else -1
+    logging.error('Saving the checkpoint of %s in %s failed: %s', which, self.directory, reason)
     raise CheckpointError(
         f'Could not write the checkpoint of {which} in {self.directory} ({reason}); free some '
         f'disk space or pass a writable --workdir ({kept_text}).') from exc

@@ -1,4 +1,5 @@
 """Tests of dcgan_jax.checkpointing: exact resume, fallback, crashes, workdir lock, disk errors."""
+import asyncio
 import logging
 import os
 import pathlib
@@ -7,6 +8,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import types
 from typing import Any
 
 import flax.linen as nn
@@ -594,6 +597,63 @@ def test_failed_save_is_reported_and_keeps_earlier_checkpoints(tmp_path):
     restored, _, step = checkpointer.restore(target)
   assert step == 2
   _assert_bit_identical(restored, state_at(2))
+
+
+def test_a_failed_save_is_reported_once_in_one_line(tmp_path, caplog):
+  """A full disk logged a traceback per orbax thread (500-1000 lines with TensorStore's specs),
+  and orbax raised the failure again when another thread waited (the loop, after the
+  checkpoint worker had raised it): a second error, about "the last step"."""
+  def state_at(step):
+    return {'w': jax.random.normal(jax.random.key(step), (4_000_000,)), 'step': step}
+  errors = []
+  caplog.set_level(logging.INFO)
+  with Checkpointer(tmp_path, max_to_keep=1) as checkpointer:
+    checkpointer.save(1, state_at(1), CONFIG)
+    checkpointer.wait_until_finished()
+    with _failing_writes(4 * 1024 * 1024):
+      checkpointer.save(2, state_at(2), CONFIG)
+
+      def worker():  # As dcgan_jax.background_checkpoints' worker waits.
+        try:
+          checkpointer.wait_until_finished()
+        except CheckpointError as e:
+          errors.append(str(e))
+
+      thread = threading.Thread(target=worker)
+      thread.start()
+      thread.join()
+      checkpointer.wait_until_finished()  # The loop's wait: reported already, not again.
+  assert len(errors) == 1 and errors[0].startswith('Could not write the checkpoint of step 2 '), errors
+  logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+  assert logged == [f'Saving the checkpoint of step 2 in {tmp_path / "checkpoints"} failed: '
+                    'File too large'], logged
+
+
+def test_tensorstore_callbacks_into_closed_loops_are_not_reported(monkeypatch):
+  """After a failed save TensorStore calls back into orbax's closed event loops: up to 170
+  "RuntimeError: Event loop is closed" tracebacks through sys.unraisablehook."""
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(print)
+  except RuntimeError as e:
+    closed = e
+  reported = []
+  monkeypatch.setattr(sys, 'unraisablehook', reported.append)  # Python's printing hook.
+  checkpointing._quiet_orbax_save_failures()  # pylint: disable=protected-access
+  checkpointing._quiet_orbax_save_failures()  # Installed once.  pylint: disable=protected-access
+  report = lambda error, tb: sys.unraisablehook(types.SimpleNamespace(
+      exc_type=type(error), exc_value=error, exc_traceback=tb, err_msg=None, object=None))
+  report(closed, closed.__traceback__.tb_next)  # From C (TensorStore): asyncio's frames only.
+  assert not reported
+  try:
+    raise RuntimeError('Event loop is closed')  # Not from asyncio's callback: reported.
+  except RuntimeError as e:
+    other = e
+  report(other, other.__traceback__)
+  report(ValueError('other'), None)
+  assert [r.exc_value for r in reported] == [other, reported[1].exc_value]
+  assert isinstance(reported[1].exc_value, ValueError)
 
 
 # ---- the run's config -----------------------------------------------------------------------
