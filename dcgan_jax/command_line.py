@@ -38,6 +38,34 @@ def unknown_config_field_message(error: Exception, argv: list[str]) -> str:
           'in configs/default.py.')
 
 
+def nested_override_message(argv: list[str], config_path: str | None) -> str | None:
+  """The message for ``--config.<field>.<sub>=...`` where ``<field>`` holds a plain value, or
+  None when no override does that (ml_collections fails with an unrelated TypeError, such as
+  "string indices must be integers", which read as a broken config file)."""
+  if not config_path:
+    return None
+  from dcgan_jax import config_files  # pylint: disable=g-import-not-at-top
+  try:
+    config = config_files.load_config(config_path)
+  except Exception:  # pylint: disable=broad-except  # The file itself is broken: not this case.
+    return None
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    path = arg[len('--config.'):].split('=', 1)[0]
+    parts = path.split('.')
+    node = config
+    for depth, part in enumerate(parts[:-1]):
+      if not hasattr(node, 'keys') or part not in node:
+        break
+      node = node[part]
+      if not hasattr(node, 'keys'):
+        field = '.'.join(parts[:depth + 1])
+        return (f'--config.{path}: {field!r} is a single value ({type(node).__name__} '
+                f'{node!r}), not a group of fields; pass --config.{field}=<value>.')
+  return None
+
+
 def parse_workdir_flags(flag_values: Any, argv: list[str] | None, usage: str | None = None) -> Any:
   """Parses ``argv`` (default ``sys.argv``) into absl ``flag_values``, which define ``workdir``.
 

@@ -94,9 +94,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     _fail(first_line(e))
   except (AttributeError, KeyError) as e:  # ml_collections: --config.<unknown field>=...
-    _fail(command_line.unknown_config_field_message(e, argv))
+    _fail(command_line.nested_override_message(argv, config_path)
+          or command_line.unknown_config_field_message(e, argv))
   except Exception as e:  # pylint: disable=broad-except  # A config file that cannot load.
-    _fail(_config_load_message(e, config_path))
+    _fail(command_line.nested_override_message(argv, config_path)
+          or _config_load_message(e, config_path))
   if len(remaining) > 1:
     _fail(f'Unexpected arguments {" ".join(remaining[1:])!r}; pass options as --name=value.')
   if config_path is None:

@@ -286,6 +286,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if num_train_steps == -1 and not float(config.num_epochs) > 0:
     raise UserError(f'num_epochs must be positive with num_train_steps=-1 (got '
                     f'{config.num_epochs}).')
+  for name in ('log_every', 'checkpoint_every', 'sample_every', 'quality_every', 'eval_every'):
+    _steps_from_config(config, name, steps_per_epoch=1.0)  # Only its checks: no data yet.
   if int(config.num_sample_images) < 1:
     raise UserError(f'num_sample_images must be positive (got {config.num_sample_images}).')
   step_loop.check_steps_per_dispatch(config.get('steps_per_dispatch', 1))

@@ -25,6 +25,14 @@ CONFIG = '--config=configs/default.py'
 ROWS = [
     ('unknown_config_field', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.batch_sise=8'],
      "Unknown config field 'batch_sise' (--config.batch_sise); did you mean 'batch_size'?"),
+    ('sub_field_of_a_value', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.dataset.foo=1'],
+     "--config.dataset.foo: 'dataset' is a single value (str 'digits'), not a group of fields; "
+     'pass --config.dataset=<value>.'),
+    ('sub_sub_field_of_a_value', 'dcgan_jax.main',
+     [CONFIG, '--workdir={w}', '--config.batch_size.x.y=1'],
+     "--config.batch_size.x.y: 'batch_size' is a single value (int 64)"),
+    ('negative_period', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.checkpoint_every_steps=-5'],
+     'checkpoint_every_steps is -5; use a number of steps, 0 to disable or -1'),
     ('bad_field_value', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.batch_size=abc'],
      'flag --config.batch_size=abc'),
     ('missing_config_file', 'dcgan_jax.main', ['--config=configs/nope.py', '--workdir={w}'],
