@@ -234,6 +234,9 @@ def _short_reason(exc: BaseException) -> str:
     return reason
   text = str(exc).strip().splitlines()
   first = text[0] if text else ''
+  # orbax appends the repr of a bound method ("See full TensorStore details: <bound method
+  # pybind11_...>"), which tells a user nothing.
+  first = re.sub(r'\s*See full TensorStore details:.*$', '', first)
   if len(first) > 160:
     first = first[:157] + '...'
   return f'{type(exc).__name__}: {first}' if first else type(exc).__name__

@@ -415,9 +415,10 @@ def check_workdir_path(workdir: str | os.PathLike) -> None:
     ancestor = os.path.dirname(ancestor)
   if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
     what = 'is not a directory' if not os.path.isdir(ancestor) else 'is not writable'
+    problem = (f'The workdir {path} {what}' if ancestor == path else
+               f'The workdir {path} is not writable ({ancestor} {what})')
     raise checkpointing.CheckpointError(
-        f'The workdir {path} is not writable ({ancestor} {what}); pass a --workdir in a '
-        'directory you can write to.')
+        f'{problem}; pass a --workdir in a directory you can write to.')
 
 
 # ---- sampling and quality -------------------------------------------------------------------

@@ -543,6 +543,29 @@ def test_workdir_under_a_regular_file_is_a_clear_error(tmp_path):
   assert issubclass(CheckpointError, UserError)
 
 
+def test_an_unwritable_workdir_is_named_once(tmp_path, monkeypatch):
+  """It said "The workdir X is not writable (X is not writable)"."""
+  from dcgan_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  monkeypatch.setattr(train.os, 'access', lambda path, mode: False)  # As on a read-only mount.
+  with pytest.raises(CheckpointError) as excinfo:
+    train.check_workdir_path(workdir)
+  assert str(excinfo.value) == (f'The workdir {workdir} is not writable; pass a --workdir in a '
+                                'directory you can write to.')
+  with pytest.raises(CheckpointError) as excinfo:
+    train.check_workdir_path(workdir / 'new')
+  assert str(excinfo.value).startswith(
+      f'The workdir {workdir / "new"} is not writable ({workdir} is not writable); ')
+
+
+def test_short_reasons_leave_out_orbax_s_method_repr():
+  error = Exception('Encountered error while reading array index: (slice(0, 100, 1),). See full '
+                    'TensorStore details: <bound method pybind11_detail_function_record_v1>')
+  assert checkpointing._short_reason(error) == (  # pylint: disable=protected-access
+      'Exception: Encountered error while reading array index: (slice(0, 100, 1),).')
+
+
 @pytest.mark.skipif(IS_ROOT, reason='root ignores directory permissions; covered by the '
                     'regular-file and file-size-limit tests')
 def test_read_only_workdir_is_a_clear_error(tmp_path):
