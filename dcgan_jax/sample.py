@@ -170,7 +170,18 @@ def load_generator(workdir: str | os.PathLike, step: int | None = None,
 def generate(generator: Any, variables: dict[str, Any], z: jax.Array,
              labels: np.ndarray | None = None) -> np.ndarray:
   """Images ``float32 [N, H, W, C]`` for latents ``[N, latent_dim]`` (in chunks, train=False);
-  a class-conditional generator also takes the classes ``[N]``."""
+  a class-conditional generator also takes the classes ``[N]``.
+
+  Raises:
+    UserError: latents that are not floats of shape ``[N, latent_dim]`` (integer ones were
+      used as they were: a handful of distinct values instead of Gaussian draws).
+  """
+  latent_dim = getattr(generator, 'latent_dim', None)
+  dtype = getattr(z, 'dtype', None)
+  if (dtype is None or not jnp.issubdtype(dtype, jnp.floating) or np.ndim(z) != 2
+      or (latent_dim is not None and np.shape(z)[1] != latent_dim)):
+    raise UserError(f'z must be floating latents of shape [N, {latent_dim or "latent_dim"}] '
+                    f'(e.g. from sample.latents), got {dtype} {tuple(np.shape(z))}.')
   apply = jax.jit(lambda v, z, labels: generator.apply(v, z, train=False,
                                                        **models.label_kwargs(labels)))
   return np.concatenate([
