@@ -458,13 +458,17 @@ def test_written_outputs_have_the_permissions_of_any_new_file(tmp_path):
   assert expected != 0o600  # The test process's umask is the usual 022 (or 002).
 
 
-def test_generate_refuses_latents_that_are_not_float_vectors_of_latent_dim():
+def test_generate_compiles_once_and_refuses_latents_that_are_not_float_vectors():
   """Integer latents were used as they were (a few distinct values, not Gaussian draws)."""
   from dcgan_jax import Generator  # pylint: disable=g-import-not-at-top
   generator = Generator(image_size=8, channels=1, latent_dim=4, width=4)
   variables = generator.init(jax.random.key(0), jnp.zeros((1, 4)), train=False)
   z = sample.latents(jax.random.key(1), (3, 4))
   assert sample.generate(generator, variables, z).shape == (3, 8, 8, 1)
+  # Compiled once per generator (each call compiled anew: ~0.6 s each in a notebook loop).
+  same = Generator(image_size=8, channels=1, latent_dim=4, width=4)
+  assert sample._jitted_apply(same) is sample._jitted_apply(generator)  # pylint: disable=protected-access
+  assert sample._jitted_apply(generator.clone(width=8)) is not sample._jitted_apply(generator)  # pylint: disable=protected-access
   for bad, shown in [(jnp.ones((3, 4), jnp.int32), 'int32 (3, 4)'),
                      (jnp.zeros((3, 5)), 'float32 (3, 5)'), (jnp.zeros((4,)), 'float32 (4,)')]:
     with pytest.raises(UserError, match=re.escape(f'z must be floating latents of shape [N, 4] '
