@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import sys
 from typing import Any
@@ -18,7 +19,11 @@ def exit_with_help_if_asked(flag_values: Any, argv: list[str], usage: str | None
   if not any(arg in HELP_FLAGS for arg in argv[1:]):
     return
   text = flag_values.get_help(include_special_flags=False).strip()
-  print(((usage or '').strip() + '\n\nFlags:\n' + text).strip())
+  try:
+    print(((usage or '').strip() + '\n\nFlags:\n' + text).strip())
+    sys.stdout.flush()
+  except BrokenPipeError:  # `--help | head`: the reader left, which is fine.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flushes.
   sys.exit(0)
 
 
@@ -90,17 +95,19 @@ def parse_workdir_flags(flag_values: Any, argv: list[str] | None, usage: str | N
   return flag_values
 
 
-def parse_private_flags(flag_values: Any, argv: list[str]) -> list[str]:
+def parse_private_flags(flag_values: Any, argv: list[str], usage: str | None = None) -> list[str]:
   """Parses a program's private absl ``flag_values``, then absl's own (--verbosity, ...).
 
-  The flag set is reset first, so tests can parse more than once in one process. A flag error
-  prints one line and exits with status 2.
+  The flag set is reset first, so tests can parse more than once in one process. ``--help``
+  prints ``usage`` (the program's docstring) and these flags, and exits 0 (absl's own help
+  knows only its global flags). A flag error prints one line and exits with status 2.
 
   Returns:
     What absl leaves: the program name and the positional arguments.
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
 
+  exit_with_help_if_asked(flag_values, argv, usage)
   flag_values.unparse_flags()
   try:
     remaining = flag_values(argv, known_only=True)

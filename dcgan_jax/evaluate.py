@@ -647,7 +647,7 @@ def main(argv: list[str]) -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """Parses this program's flags, then absl's own (--verbosity, ...); mistakes exit 2."""
-  return command_line.parse_private_flags(FLAGS, argv)
+  return command_line.parse_private_flags(FLAGS, argv, __doc__)
 
 
 def run() -> None:

@@ -124,16 +124,23 @@ def test_summary_cli_misspelt_field_names_it_and_the_right_one(capsys):
 
 
 @pytest.mark.parametrize('module,flag', [(sample, '--help'), (summary, '-h'), (probe, '--help'),
-                                         ('profiling', '--helpfull')])
+                                         ('profiling', '--helpfull'), ('evaluate', '--help'),
+                                         ('fid', '-h')])
 def test_every_cli_answers_help_with_its_usage_and_flags(module, flag, capsys):
-  if module == 'profiling':
-    from dcgan_jax import profiling as module  # pylint: disable=g-import-not-at-top
+  """evaluate and fid printed their docstring and absl's "Try --helpfull", which listed none of
+  their flags either, though their errors say "--help lists the flags"."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  if isinstance(module, str):
+    module = importlib.import_module(f'dcgan_jax.{module}')
+  # evaluate and fid parse in app.run's flags_parser; the others in main.
+  entry = module.parse_flags if module.__name__.endswith(('evaluate', 'fid')) else module.main
   with pytest.raises(SystemExit) as exit_info:
-    module.main(['prog', flag])
+    entry(['prog', flag])
   assert exit_info.value.code == 0
   out = capsys.readouterr().out
   assert out.startswith(module.__doc__.strip().splitlines()[0])  # The usage first.
-  assert 'Flags:' in out and ('--workdir:' in out or '--config:' in out)
+  assert 'Flags:' in out and any(f'--{name}:' in out for name in ('workdir', 'config',
+                                                                   'inception_weights'))
 
 
 # ---- slerp ----------------------------------------------------------------------------------
