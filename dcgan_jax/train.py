@@ -17,7 +17,8 @@ Exact resume: the batch of step ``i`` is a pure function of ``(seed, i)`` (devic
 sampler, or the tf.data stream restarted at ``i``), the step's random key is
 ``fold_in(train_key, i)``, and checkpoints hold everything else (both TrainStates with their
 optimizer states, the EMA, the step, the key). A run interrupted at any checkpoint and restarted
-with the same config therefore ends bit-identical (on CPU) to an uninterrupted one; so does a
+with the same config on the same devices therefore ends bit-identical (on CPU) to an
+uninterrupted one (other device counts sum in another order: equal up to rounding); so does a
 finished N/2-step run extended to N steps when the learning rates are constant (decaying
 schedules depend on num_train_steps).
 
@@ -883,9 +884,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     fid_hook = _InceptionFIDHook(config, image_sampler)
   workdir = os.fspath(checkpointing.check_workdir_writable(workdir))
   _sync_processes('validated')
-  logging.info('Run: %d steps (%.1f per epoch), global batch %d on %d devices (%s), data %s.',
+  logging.info('Run: %d steps (%.1f per epoch), global batch %d on %d device%s (%s), data %s.',
                durations.num_train_steps, durations.steps_per_epoch, config.batch_size,
-               step_fn.num_devices, config.parallelism,
+               step_fn.num_devices, '' if step_fn.num_devices == 1 else 's', config.parallelism,
                'device-resident' if device_resident else 'tf.data')
   if is_chief:
     logging.info('%s', describe_objective(config))
@@ -1108,6 +1109,10 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
                                  steps_per_dispatch)
     if steps_per_dispatch > 1:
       logging.info('Up to %d steps per device program (steps_per_dispatch).', steps_per_dispatch)
+  elif steps_per_dispatch > 1:  # Valid, but it would do nothing without a word.
+    logging.warning('steps_per_dispatch=%d fuses steps only with device-resident data and '
+                    'parallelism=shard_map; this run (%s) dispatches one step at a time.',
+                    steps_per_dispatch, 'pmap' if pmap_layout else 'data streamed by tf.data')
 
   profiler = profiling.StepProfiler.from_config(config, workdir, start_step, num_train_steps)
 

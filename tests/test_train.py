@@ -326,14 +326,18 @@ def test_digits_run_leaves_checkpoints_events_samples_and_quality(tfds_dir, tmp_
   assert [h['step'] for h in summary['history']] == [2, 4, 6] and summary['step'] == 6
 
 
-def test_tfds_mock_dataset_run_through_tf_data(tfds_dir, tmp_path):
+def test_tfds_mock_dataset_run_through_tf_data(tfds_dir, tmp_path, caplog):
   tfds = pytest.importorskip('tensorflow_datasets')
   config = tiny_config(str(tmp_path / 'tfds'), dataset='mnist', device_resident='never',
                        num_train_steps=2, checkpoint_every_steps=1, sample_every_steps=0,
-                       parallelism='pmap')
+                       parallelism='pmap', steps_per_dispatch=4)
   with tfds.testing.mock_data(num_examples=24):
     state = train.train_and_evaluate(config, tmp_path / 'run')
   assert int(state.step) == 2
+  # Fused steps need device-resident data and shard_map: said, not silently dropped.
+  assert any('steps_per_dispatch=4 fuses steps only with device-resident data and '
+             'parallelism=shard_map; this run (pmap) dispatches one step at a time.'
+             in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
   assert state.generator.params['project']['kernel'].ndim == 2  # pmap's device axis dropped.
   assert _checkpoint_steps(tmp_path / 'run') == [1, 2]
   # sample_every_steps=0 disables periodic grids; the final one (and its animation) is always written.
