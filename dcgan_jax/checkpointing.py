@@ -39,7 +39,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -151,24 +151,42 @@ def _drop_orbax_read_leftovers() -> None:
   "never awaited" RuntimeWarning. The warning above already says what happened, so those
   reports (and only those) are dropped, from then on in this process.
   """
-  asyncio_logger = std_logging.getLogger('asyncio')
-  if not any(isinstance(f, _DropAbandonedOrbaxReads) for f in asyncio_logger.filters):
-    asyncio_logger.addFilter(_DropAbandonedOrbaxReads())
+  _add_filter_once('asyncio', _DropAbandonedOrbaxReads)
+  if _drop_unraisable_reports('_drops_orbax_reads', _is_orbax_coroutine):
+    # orbax's array-metadata read (the only one seen unstarted; a warning has no source filter).
+    warnings.filterwarnings('ignore', message=r"coroutine 'Store\._get_array_metadatas' was "
+                            'never awaited', category=RuntimeWarning)
+
+
+def _is_orbax_coroutine(unraisable: Any) -> bool:
+  code = getattr(unraisable.object, 'cr_code', None)  # A coroutine's code object.
+  return code is not None and f'{os.sep}orbax{os.sep}' in code.co_filename
+
+
+def _add_filter_once(logger_name: str, filter_class: type[std_logging.Filter]) -> None:
+  logger = std_logging.getLogger(logger_name)
+  if not any(isinstance(f, filter_class) for f in logger.filters):
+    logger.addFilter(filter_class())
+
+
+def _drop_unraisable_reports(marker: str, should_drop: Callable[[Any], bool]) -> bool:
+  """Chains a sys.unraisablehook that drops the reports ``should_drop`` accepts, once per
+  ``marker`` (the hook it wraps stays its first closure cell).
+
+  Returns:
+    Whether it was installed now (False: already there).
+  """
   previous = sys.unraisablehook
-  if getattr(previous, '_drops_orbax_reads', False):
-    return
-  # orbax's array-metadata read (the only one seen unstarted; a warning has no source filter).
-  warnings.filterwarnings('ignore', message=r"coroutine 'Store\._get_array_metadatas' was never "
-                          'awaited', category=RuntimeWarning)
+  if getattr(previous, marker, False):
+    return False
 
   def hook(unraisable):
-    code = getattr(unraisable.object, 'cr_code', None)  # A coroutine's code object.
-    if code is not None and f'{os.sep}orbax{os.sep}' in code.co_filename:
-      return
-    previous(unraisable)
+    if not should_drop(unraisable):
+      previous(unraisable)
 
-  hook._drops_orbax_reads = True  # pylint: disable=protected-access
+  setattr(hook, marker, True)
   sys.unraisablehook = hook
+  return True
 
 
 def _is_orbax_record(record: std_logging.LogRecord) -> bool:
@@ -210,22 +228,9 @@ def _quiet_orbax_save_failures() -> None:
   (TensorStore's callbacks into orbax's closed loops, through sys.unraisablehook: 0 to 170 of
   them per failed save) and as asyncio's "Task exception was never retrieved".
   """
-  absl_logger = std_logging.getLogger('absl')  # orbax logs through absl.logging.
-  if not any(isinstance(f, _DropOrbaxStorageErrors) for f in absl_logger.filters):
-    absl_logger.addFilter(_DropOrbaxStorageErrors())
-  asyncio_logger = std_logging.getLogger('asyncio')
-  if not any(isinstance(f, _DropAbandonedOrbaxReads) for f in asyncio_logger.filters):
-    asyncio_logger.addFilter(_DropAbandonedOrbaxReads())
-  previous = sys.unraisablehook
-  if getattr(previous, '_drops_closed_loop_callbacks', False):
-    return
-
-  def hook(unraisable):
-    if not _is_closed_loop_callback(unraisable):
-      previous(unraisable)
-
-  hook._drops_closed_loop_callbacks = True  # pylint: disable=protected-access
-  sys.unraisablehook = hook
+  _add_filter_once('absl', _DropOrbaxStorageErrors)  # orbax logs through absl.logging.
+  _add_filter_once('asyncio', _DropAbandonedOrbaxReads)
+  _drop_unraisable_reports('_drops_closed_loop_callbacks', _is_closed_loop_callback)
 
 
 def _short_reason(exc: BaseException) -> str:
