@@ -339,9 +339,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
   pytorch-fid's spellings of its flags are accepted too (:func:`pytorch_fid_argv`).
   """
-  command_line.exit_with_help_if_asked(FLAGS, argv, __doc__)
   try:
-    argv = argv[:1] + pytorch_fid_argv(argv[1:])
+    argv = argv[:1] + pytorch_fid_argv(argv[1:])  # Passes --help through.
   except UserError as e:
     _fail(str(e))
   return command_line.parse_private_flags(FLAGS, argv, __doc__)
