@@ -4,7 +4,8 @@ Layout of a workdir (only the parts this module owns)::
 
   <workdir>/.lock                    flock-ed by the run that uses the workdir; holds its pid
   <workdir>/config.json              the run's config, written atomically
-  <workdir>/checkpoints/<step>/      one orbax checkpoint per saved step: items `state`, `config`
+  <workdir>/checkpoints/<step>/      one orbax checkpoint per saved step: items `state`, `config`;
+                                     the run setup (devices, data path, versions) in its metadata
   <workdir>/corrupt_checkpoints/     unreadable checkpoints moved aside when a run resumes
 
 The state is any pytree (a flax struct of TrainStates, optax states, EMA params, a step and a
@@ -592,7 +593,8 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: PathLike, *, save_interval_steps: int = 1,
-               max_to_keep: int | None = 3, async_save: bool = True, read_only: bool = False):
+               max_to_keep: int | None = 3, async_save: bool = True, read_only: bool = False,
+               run_setup: Mapping[str, Any] | None = None):
     """Opens (and unless `read_only`, creates) the checkpoint directory.
 
     Leftover temporary directories of a run killed mid-save are removed here.
@@ -604,6 +606,9 @@ class Checkpointer:
       async_save: Write checkpoint files in a background thread.
       read_only: Only restore (sampling/evaluation next to a live run): nothing is created,
         deleted or moved.
+      run_setup: JSON-able facts about the machine and run that wrote the checkpoints (device
+        count, data path, versions: what the config does not say but the numbers depend on).
+        Every save records them in orbax's step metadata; :meth:`saved_run_setup` reads them.
 
     Raises:
       CheckpointError: the workdir is not writable (unless `read_only`).
@@ -615,6 +620,7 @@ class Checkpointer:
       raise UserError(f'max_to_keep must be a positive integer or None, got {max_to_keep}.')
     self.workdir = pathlib.Path(workdir).expanduser().absolute()
     self._read_only = read_only
+    self._run_setup = _to_json_dict(run_setup) if run_setup else None
     if read_only:
       if not self.workdir.is_dir():
         raise UserError(f'The workdir {self.workdir} {_missing_or_file(self.workdir)}; pass the '
@@ -703,7 +709,7 @@ class Checkpointer:
         _CONFIG_ITEM: ocp.args.JsonSave(_to_json_dict(config)),
     })
     try:
-      self._manager.save(step, args=args, force=True)
+      self._manager.save(step, args=args, force=True, custom_metadata=self._run_setup)
     except Exception as e:  # pylint: disable=broad-except
       self._raise_save_error(step, e)
     self._pending_step = step
@@ -809,6 +815,19 @@ class Checkpointer:
     restored = self._manager.restore(step, args=args)
     state = _match_target(restored[_STATE_ITEM], target_state)
     return state, dict(restored[_CONFIG_ITEM]), step
+
+  def saved_run_setup(self, step: int) -> dict[str, Any]:
+    """The `run_setup` that the checkpoint of `step` was saved with.
+
+    Empty when it has none (saved without one, or by a version from before this record) or its
+    metadata cannot be read: the record informs, and never stops a restore.
+    """
+    try:
+      metadata = self._manager.metadata(step)
+    except Exception:  # pylint: disable=broad-except
+      return {}
+    saved = getattr(metadata, 'custom_metadata', None)
+    return dict(saved) if isinstance(saved, Mapping) else {}
 
   def _move_aside(self, steps: list[int]) -> None:
     """Moves damaged step directories out of orbax's sight, keeping them for inspection."""

@@ -403,6 +403,55 @@ def changed_settings(config: ml_collections.ConfigDict, saved: dict[str, Any]) -
   return changes
 
 
+# What a checkpoint's numbers depend on beyond its config: the arithmetic (how many devices sum
+# the batch's statistics and gradients, and in which order; which kernels; which versions) and
+# the data path (device-resident batches and tf.data's come in different orders).
+_ARITHMETIC_SETUP = ('devices', 'processes', 'device_kind', 'jax', 'dcgan_jax')
+
+
+def run_setup(num_devices: int, device_resident: bool) -> dict[str, Any]:
+  """The facts each checkpoint records about the run that saved it (see :func:`setup_changes`).
+
+  Args:
+    num_devices: The devices that share each step (all processes').
+    device_resident: Whether the run draws its batches on the devices (else through tf.data):
+      with ``device_resident='auto'`` that depends on the device's memory, not on the config.
+  """
+  import dcgan_jax  # pylint: disable=g-import-not-at-top  # (Lazy: no import cycle.)
+  return {'devices': int(num_devices), 'processes': jax.process_count(),
+          'device_kind': jax.devices()[0].device_kind,
+          'data': 'device-resident' if device_resident else 'tf.data',
+          'jax': jax.__version__, 'dcgan_jax': dcgan_jax.__version__}
+
+
+def setup_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+  """``'name old -> new'`` for every :func:`run_setup` fact that differs from the saved one.
+
+  A fact the saved record lacks (a checkpoint from before it was recorded) is not compared.
+  """
+  return [f'{name} {saved[name]!r} -> {now[name]!r}' for name in now
+          if name in saved and saved[name] != now[name]]
+
+
+def describe_setup_changes(step: int, changes: list[str], saved: dict[str, Any],
+                           now: dict[str, Any], config: ml_collections.ConfigDict) -> str:
+  """The warning a resume on another setup logs: what changed and what that does to the run."""
+  effects = []
+  if any(saved.get(name) != now.get(name) for name in _ARITHMETIC_SETUP if name in saved):
+    effects.append('its sums are reduced in another order or by other kernels (~1e-6 apart '
+                   'at first; like any two runs that differ in rounding, the curves drift apart '
+                   'over hundreds of steps)')
+  if 'data' in saved and saved['data'] != now['data']:
+    effect = f"its batches after step {step} are drawn in another order"
+    if str(config.get('device_resident', 'auto')).strip() == 'auto':
+      effect += (" (device_resident='auto' chose by this device's memory; set it to 'always' "
+                 "or 'never' to keep one data path)")
+    effects.append(effect)
+  return (f'Resuming the checkpoint of step {step} on another setup than it was saved on: '
+          f'{", ".join(changes)}. Training goes on from it, but not bit-identically to a run '
+          f'never stopped: {"; ".join(effects)}.')
+
+
 def check_workdir_path(workdir: str | os.PathLike) -> None:
   """Fails early, without creating anything, when ``workdir`` can obviously not be created.
 
@@ -893,8 +942,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     logging.info('Models:\n%s', summary.summarize(config))
 
   # --- 2. Lock, restore, write the run's config. ---------------------------------------------
+  setup = run_setup(step_fn.num_devices, device_resident)
   with checkpointing.acquire_workdir_lock(workdir), checkpointing.Checkpointer(
-      workdir, max_to_keep=int(config.keep_checkpoints)) as checkpointer:
+      workdir, max_to_keep=int(config.keep_checkpoints), run_setup=setup) as checkpointer:
     root_key = jax.random.key(int(config.seed))
     initial_state = create_train_state(config, jax.random.fold_in(root_key, _INIT_TAG),
                                        durations.num_train_steps)
@@ -917,6 +967,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       key_data = np.asarray(restored['train_key'].addressable_data(0))
       train_key = jax.random.wrap_key_data(key_data, impl=jax.random.key_impl(train_key))
       logging.info('Resumed from the checkpoint of step %d.', start_step)
+      saved_setup = checkpointer.saved_run_setup(start_step)
+      setup_diff = setup_changes(saved_setup, setup)
+      if setup_diff and is_chief:
+        logging.warning('%s', describe_setup_changes(start_step, setup_diff, saved_setup, setup,
+                                                     config))
     if step_fn.parallelism == 'pmap':
       # pmap wants host values to stack per device; every process holds a full replica.
       state = step_fn.place_state(
@@ -929,7 +984,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     writer = writers.create_writer(workdir, just_logging=not is_chief)
     # Every process saves the best-FID checkpoint together (orbax writes collectively).
     best_checkpointer = (checkpointing.Checkpointer(os.path.join(workdir, BEST_FID_DIR),
-                                                    max_to_keep=1)
+                                                    max_to_keep=1, run_setup=setup)
                          if _fid_enabled(config, durations) else None)
     # Periodic saves in a worker thread where that is safe (see background_checkpoints).
     background = (bool(config.get('background_checkpoints', True))

@@ -456,6 +456,58 @@ def test_resume_is_bit_identical(tfds_dir, tmp_path, monkeypatch, device_residen
     np.testing.assert_array_equal(a, b)
 
 
+def test_resume_on_another_setup_says_what_changed_and_what_it_does(tfds_dir, tmp_path,
+                                                                    monkeypatch, caplog):
+  """Each checkpoint records the devices, data path and versions that saved it; a resume where
+  they differ (another machine; 'auto' choosing tf.data for a smaller device) says so once."""
+  from dcgan_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from dcgan_jax.data import device_resident  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tfds_dir, num_train_steps=2, sample_every_steps=0, log_every_steps=1)
+  train.train_and_evaluate(config, tmp_path)
+  with checkpointing.Checkpointer(tmp_path, read_only=True) as checkpointer:
+    saved = checkpointer.saved_run_setup(2)
+  assert saved == train.run_setup(jax.device_count(), device_resident=True)
+  assert saved['devices'] == 8 and saved['data'] == 'device-resident'
+  # As if saved on a machine with 2 devices; this one's device memory fits no dataset, so
+  # device_resident='auto' reads through tf.data.
+  metadata_file = tmp_path / 'checkpoints' / '2' / '_CHECKPOINT_METADATA'
+  metadata = json.loads(metadata_file.read_text())
+  metadata['custom_metadata']['devices'] = 2
+  metadata_file.write_text(json.dumps(metadata))
+  monkeypatch.setattr(device_resident, '_memory_stats', lambda device: {'bytes_limit': 4})
+  config.num_train_steps = 4
+  with caplog.at_level(logging.WARNING):
+    assert int(train.train_and_evaluate(config, tmp_path).step) == 4
+  warnings = [r.getMessage() for r in caplog.records if 'another setup' in r.getMessage()]
+  assert len(warnings) == 1, caplog.text
+  assert warnings[0].startswith(
+      "Resuming the checkpoint of step 2 on another setup than it was saved on: devices 2 -> 8, "
+      "data 'device-resident' -> 'tf.data'. Training goes on from it, but not bit-identically")
+  assert 'reduced in another order' in warnings[0]
+  assert "batches after step 2 are drawn in another order (device_resident='auto'" in warnings[0]
+  # The new checkpoint records the setup that saved it: resuming here again says nothing.
+  caplog.clear()
+  config.num_train_steps = 6
+  with caplog.at_level(logging.WARNING):
+    assert int(train.train_and_evaluate(config, tmp_path).step) == 6
+  assert 'another setup' not in caplog.text
+
+
+def test_setup_changes_skip_facts_an_older_checkpoint_did_not_record(tmp_path):
+  now = train.run_setup(8, device_resident=False)
+  assert train.setup_changes({}, now) == []  # Saved before the record existed.
+  assert train.setup_changes({'devices': 4, 'data': 'tf.data'}, now) == ['devices 4 -> 8']
+  message = train.describe_setup_changes(10, ['devices 4 -> 8'], {'devices': 4}, now,
+                                         tiny_config(str(tmp_path)))
+  assert 'reduced in another order' in message and 'batches' not in message
+  # An explicit device_resident gets no advice to set it.
+  config = tiny_config(str(tmp_path), device_resident='never')
+  message = train.describe_setup_changes(10, ["data 'device-resident' -> 'tf.data'"],
+                                         {'data': 'device-resident'}, now, config)
+  assert 'batches after step 10 are drawn in another order.' in message
+  assert 'reduced' not in message
+
+
 @_ORBAX_READ_NOISE
 def test_changed_settings_name_each_field_its_old_and_new_value():
   import ml_collections  # pylint: disable=g-import-not-at-top
