@@ -255,6 +255,7 @@ def dataset_reference(workdir: str, config, extractor, num_reference: int,
   """
   from dcgan_jax import data  # pylint: disable=g-import-not-at-top
   from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from dcgan_jax.data import image_files  # pylint: disable=g-import-not-at-top
 
   path = reference_cache_path(workdir, config, extractor.preprocessing, label)
   # Everything that changes the statistics: a cache made with other settings is recomputed.
@@ -268,6 +269,10 @@ def dataset_reference(workdir: str, config, extractor, num_reference: int,
                  'inception_weights': str(getattr(extractor, 'weights_fingerprint', ''))}
   if label is not None:  # (Caches of the whole dataset keep the keys they always had.)
     description['label'] = int(label)
+  if description['dataset_path']:
+    # The files there now: images replaced under the same path make another reference.
+    description['source_fingerprint'] = image_files.source_fingerprint(
+        description['dataset_path'])
   if path.is_file():
     try:
       stats, metadata = evaluation.FeatureStatistics.load(path)

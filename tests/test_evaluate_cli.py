@@ -199,6 +199,40 @@ def test_evaluate_writes_json_and_reuses_the_reference_cache(run_dir, inception_
   assert again['fid'] != result['fid']
 
 
+def test_reference_cache_follows_the_files_of_a_folder_dataset(tmp_path):
+  """Images replaced under the same dataset_path make a new reference, not the cached one; a
+  damaged cache is made again."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'images'
+  folder.mkdir()
+
+  def write_images(value, mtime):
+    for i in range(6):
+      path = folder / f'{i}.png'
+      Image.new('RGB', (8, 8), (value, value, value)).save(path)
+      os.utime(path, (mtime, mtime))
+
+  write_images(50, 1_700_000_000)
+  config = tiny_config(str(tmp_path / 'tfds'), dataset='folder', dataset_path=str(folder),
+                       channels=3)
+  extractor = _MeanPixelExtractor()  # (Defined below: feature 0 is the mean pixel.)
+
+  def reference():
+    stats, _, protocol = evaluate.dataset_reference(str(tmp_path), config, extractor, 6, 8)
+    return float(np.asarray(stats.mean)[0]), protocol['cached']
+
+  assert reference() == (pytest.approx(50.0), False)
+  assert reference() == (pytest.approx(50.0), True)  # Nothing changed: the cache is used.
+  write_images(200, 1_700_000_100)  # The same names and sizes, other pixels.
+  assert reference() == (pytest.approx(200.0), False)
+  assert reference() == (pytest.approx(200.0), True)
+  # A cache cut short (a full disk, a copy interrupted) is made again, not an error forever.
+  cache = evaluate.reference_cache_path(tmp_path, config, 'pytorch_fid')
+  cache.write_bytes(cache.read_bytes()[:300])
+  assert reference() == (pytest.approx(200.0), False)
+  assert reference() == (pytest.approx(200.0), True)
+
+
 def test_reference_file_gives_fid_and_skips_kid(run_dir, inception_npz, tmp_path, capsys):
   # Statistics of random features stand in for a pytorch-fid --save-stats file.
   rng = np.random.default_rng(1)

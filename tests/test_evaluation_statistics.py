@@ -266,6 +266,18 @@ def test_statistics_load_rejects_other_files(tmp_path):
   np.savez(path, mu=np.array([0.0, np.nan]), sigma=np.eye(2))
   with pytest.raises(UserError, match='non-finite .* make it again'):
     evaluation.FeatureStatistics.load(path)
+  # A file cut short (an interrupted copy) and one that is no NumPy file at all: one sentence
+  # each (zipfile's BadZipFile, and numpy's advice to allow pickles, are not it).
+  evaluation.FeatureStatistics().update(np.eye(3)).save(path)
+  whole = path.read_bytes()
+  for size in (len(whole) // 2, 100):
+    (tmp_path / 'cut.npz').write_bytes(whole[:size])
+    with pytest.raises(UserError, match=r'cut.npz \(damaged or cut short\?\)'):
+      evaluation.FeatureStatistics.load(tmp_path / 'cut.npz')
+  (tmp_path / 'text.npz').write_text('mu, sigma\n')
+  with pytest.raises(UserError, match='not a statistics file.*not a NumPy file at all') as caught:
+    evaluation.FeatureStatistics.load(tmp_path / 'text.npz')
+  assert 'pickle' not in str(caught.value)
 
 
 def _relative_error(ours, expected):

@@ -175,7 +175,8 @@ def test_a_zip_of_mixed_sizes_with_a_broken_file(weights, folders, tmp_path, cap
     (['{real}', '--save_stats={t}/out.txt'], '--save_stats must name an .npz file'),
     (['{real}', '--save_stats={t}/no/such/folder/s.npz'], 'does not exist'),
     (['{t}/empty', '{real}'], 'holds no images'),
-    (['{t}/bad.npz', '{real}'], 'Cannot read statistics'),
+    (['{t}/bad.npz', '{real}'], 'bad.npz is not a statistics file'),
+    (['{t}/cut.npz', '{real}'], 'cut.npz (damaged or cut short?)'),
     (['{real}', '{fake}', '--inception_weights={t}/missing.pth'], 'not found'),
     (['{real}', '{fake}', '--batch_size=0'], '--batch_size must be positive'),
     (['{real}', '{t}/stats.npz', '--precision_recall'], 'holds none; give the folder'),
@@ -190,6 +191,7 @@ def test_mistakes_are_one_line_and_exit_2(folders, tmp_path, capsys, args, messa
   _write_images(tmp_path / 'one', 1, seed=3)
   (tmp_path / 'bad.npz').write_bytes(b'junk')
   evaluation.FeatureStatistics().update(np.ones((3, 2048))).save(tmp_path / 'stats.npz')
+  (tmp_path / 'cut.npz').write_bytes((tmp_path / 'stats.npz').read_bytes()[:1000])
   argv = [a.format(t=tmp_path, real=folders[0], fake=folders[1]) for a in args]
   before = sorted(p.name for p in tmp_path.iterdir())
   status, out, err = _cli(argv, capsys)

@@ -192,6 +192,32 @@ def class_folders(names: Sequence[str]) -> tuple[list[str], list[int]] | None:
   return class_names, [index[p[0]] for p in parts]
 
 
+def source_fingerprint(path: str) -> str:
+  """A short hash of what a local dataset source holds now, for caches derived from it.
+
+  Args:
+    path: a directory (its image files' names, sizes and modification times count), or a
+      file (a .zip, .npy or .npz: its size and modification time count).
+
+  Returns:
+    16 hex digits that change when an image is added, removed, rewritten or touched; '' for an
+    empty ``path`` (a named tfds dataset), or one that does not exist.
+  """
+  if not path:
+    return ''
+  path = os.path.abspath(os.path.expanduser(path))
+  try:
+    if os.path.isdir(path):
+      contents = tuple(sorted(_walk(path)))
+    else:
+      stat = os.stat(path)
+      contents = (stat.st_size, stat.st_mtime_ns)
+  except OSError:
+    return ''
+  digest = hashlib.sha256(repr((path, contents)).encode())
+  return digest.hexdigest()[:16]
+
+
 def _walk(root: str) -> Iterator[tuple[str, int, int]]:
   """Yields ``(relative name, size, mtime_ns)`` of the image files under ``root``.
 

@@ -15,6 +15,8 @@ only when the statistics are read, merged, gathered or saved.
 """
 import os
 import warnings
+import zipfile
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +28,9 @@ from dcgan_jax.errors import UserError, is_integer
 MEAN_KEY = 'mu'
 COVARIANCE_KEY = 'sigma'
 COUNT_KEY = 'num_samples'
+# The first bytes of an .npz (a zip archive) and of a bare .npy file.
+_ZIP_MAGIC = b'PK'
+_NPY_MAGIC = b'\x93NUMPY'
 
 
 class FeatureStatistics:
@@ -197,18 +202,29 @@ class FeatureStatistics:
     Raises:
       UserError: missing file, or no `mu`/`sigma` arrays of matching shapes.
     """
+    not_statistics = (f'{path} is not a statistics file: it needs arrays mu [d] and sigma '
+                      '[d, d] (an .npz, as pytorch-fid --save-stats writes)')
+    try:
+      with open(path, 'rb') as f:
+        head = f.read(len(_NPY_MAGIC))
+    except OSError as e:
+      raise UserError(f'Cannot read statistics from {path}: {e}') from None
+    # numpy takes any other file for a pickle, and its error would suggest allow_pickle.
+    if not head.startswith((_ZIP_MAGIC, _NPY_MAGIC)):
+      raise UserError(f'{not_statistics}; this file is not a NumPy file at all.')
+    # A damaged or cut-short archive fails in zipfile or zlib, when opened or when read.
+    damaged = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
     try:
       loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-      raise UserError(f'Cannot read statistics from {path}: {e}') from None
+    except damaged as e:
+      raise UserError(f'Cannot read statistics from {path} (damaged or cut short?): {e}') from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):  # A bare .npy array.
-      raise UserError(f'{path} is not a statistics file: it needs arrays mu [d] and sigma [d, d] '
-                      '(an .npz, as pytorch-fid --save-stats writes).')
+      raise UserError(f'{not_statistics}.')
     try:
       with loaded as archive:
         contents = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError) as e:
-      raise UserError(f'Cannot read statistics from {path}: {e}') from None
+    except damaged as e:
+      raise UserError(f'Cannot read statistics from {path} (damaged or cut short?): {e}') from None
     mean = contents.pop(MEAN_KEY, None)
     covariance = contents.pop(COVARIANCE_KEY, None)
     if (mean is None or covariance is None or mean.ndim != 1
