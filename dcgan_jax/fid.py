@@ -5,6 +5,7 @@ r"""FID between two sets of images, with pytorch-fid's command line (its dashed 
       [--batch_size=50] [--preprocessing=pytorch_fid|tf] [--precision=default|high|highest]
       [--precision_recall]
   python -m dcgan_jax.fid PATH --save_stats=stats.npz
+  python -m dcgan_jax.fid --save-stats PATH stats.npz      # pytorch-fid's spelling of it
 
 Each PATH is one of:
 
@@ -12,9 +13,10 @@ Each PATH is one of:
   .pgm, pytorch-fid's set). The images
   are read as pytorch-fid reads them: decoded by PIL, converted to RGB, at their own size (the
   network resizes them to 299x299), so the samples of any GAN, saved as files, can be scored.
-  Images may differ in size: consecutive images of one size share batches, and each size
-  compiles the network once (sort mixed folders by size, or resize them, for speed). Files
-  that cannot be decoded are skipped and counted.
+  Images may differ in size: images of one size share batches, in whatever order the sizes
+  come, and each size compiles the network for its full batches and once more for its last,
+  part batch (resize folders of many sizes, for speed). Files that cannot be decoded are
+  skipped and counted.
 * a ``mu``/``sigma`` .npz of statistics: pytorch-fid's ``--save-stats`` output, or a file this
   program wrote with ``--save_stats`` (which records the image count and preprocessing too, and
   is also what ``dcgan_jax.evaluate --reference`` takes).
@@ -31,6 +33,7 @@ print one sentence on stderr and exit with status 2.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from typing import Any
@@ -67,6 +70,10 @@ flags.DEFINE_bool('library_logs', False, 'Also print the INFO logs of JAX start-
                   'default; warnings and errors always show).', flag_values=FLAGS)
 
 _fail = exit_with_user_error
+# Decoded images held back while they wait for a full batch of their size (image_statistics).
+_MAX_PENDING_BYTES = 1 << 30
+# `--save_stats` set by pytorch-fid's bare `--save-stats`: the second PATH is the file to write.
+SECOND_PATH = '<the second PATH>'
 
 
 def _check_count(path: str, count: int, what: str) -> None:
@@ -74,6 +81,15 @@ def _check_count(path: str, count: int, what: str) -> None:
   if count < 2:
     raise UserError(f'{path} holds {count} {what}; FID needs at least 2 images per PATH (and '
                     'thousands for a meaningful value: 50,000 is standard).')
+
+
+def _check_manifold_count(path: str, count: int, what: str) -> None:
+  """Precision/recall need more than k images per PATH: said before Inception runs."""
+  from dcgan_jax.evaluation import manifold  # pylint: disable=g-import-not-at-top
+  if count <= manifold.DEFAULT_K:
+    raise UserError(f'{path} holds {count} {what}; --precision_recall (k={manifold.DEFAULT_K}) '
+                    f'needs more than {manifold.DEFAULT_K} per PATH (and thousands for '
+                    'meaningful values); drop --precision_recall or give more images.')
 
 
 def _is_statistics_file(path: str) -> bool:
@@ -103,14 +119,16 @@ def image_statistics(path: str, extractor,
                      keep_features: int = 0) -> tuple[Any, int, np.ndarray | None]:
   """Inception pool statistics of the images under a folder or in a .zip.
 
-  Consecutive images of one size go through the network together, in batches of the
-  extractor's ``batch_size``; the statistics accumulate in float64.
+  Images are batched by size, in batches of the extractor's ``batch_size``: each size fills
+  its own batch however the sizes alternate in the folder, so the network compiles for one
+  full batch per size, plus one smaller (power-of-two, padded) batch per size for the
+  remainder. The statistics accumulate in float64; they do not depend on the order.
 
   Args:
     path: a folder (searched recursively) or a .zip of images.
     extractor: an ``evaluation.InceptionExtractor``.
-    keep_features: also return the pool features of the first this many images (in file-name
-      order), e.g. for precision and recall; 0 keeps none.
+    keep_features: also return the pool features of this many images (the first batches to go
+      through the network), e.g. for precision and recall; 0 keeps none.
 
   Returns:
     (``evaluation.FeatureStatistics``, number of files skipped because they could not be read,
@@ -125,29 +143,39 @@ def image_statistics(path: str, extractor,
   files = image_files.ImageFiles(path, what='path')
   stats = evaluation.FeatureStatistics()
   skipped = 0
-  batch: list[np.ndarray] = []
+  pending: dict[tuple[int, ...], list[np.ndarray]] = {}  # Images waiting, by shape.
   kept: list[np.ndarray] = []
   num_kept = 0
 
-  def flush():
+  def flush(shape):
     nonlocal num_kept
-    if batch:
-      pool = extractor(np.stack(batch))['pool']
-      stats.update(pool)
-      if num_kept < keep_features:
-        kept.append(np.asarray(pool[:keep_features - num_kept], np.float32))
-        num_kept += kept[-1].shape[0]
-      batch.clear()
+    batch = pending.pop(shape)
+    images = np.stack(batch)
+    # A part batch is padded to a power of two: a few shapes to compile, not one per length.
+    padded = min(extractor.batch_size, 1 << (len(batch) - 1).bit_length())
+    if padded > len(batch):
+      images = np.concatenate([images, np.zeros((padded - len(batch),) + images.shape[1:],
+                                                images.dtype)])
+    pool = extractor(images)['pool'][:len(batch)]
+    stats.update(pool)
+    if num_kept < keep_features:
+      kept.append(np.asarray(pool[:keep_features - num_kept], np.float32))
+      num_kept += kept[-1].shape[0]
 
   for _, data in files.read_all(files.names):
     image = _decode_rgb(data)
     if image is None:
       skipped += 1
       continue
-    if batch and (image.shape != batch[0].shape or len(batch) == extractor.batch_size):
-      flush()
-    batch.append(image)
-  flush()
+    group = pending.setdefault(image.shape, [])
+    group.append(image)
+    if len(group) == extractor.batch_size:
+      flush(image.shape)
+    elif sum(len(g) * g[0].nbytes for g in pending.values()) > _MAX_PENDING_BYTES:
+      # Many sizes, each with a part batch: the fullest goes first, to bound the memory.
+      flush(max(pending, key=lambda shape: len(pending[shape]) * pending[shape][0].nbytes))
+  for shape in list(pending):  # The part batches, in the order their sizes first came.
+    flush(shape)
   if stats.count == 0:
     raise UserError(f'None of the {len(files.names)} image files under {files.path} could be '
                     'read; give a folder or .zip of JPEG/PNG/WebP/BMP/TIFF/PPM images.')
@@ -211,6 +239,11 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
   """
   from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
 
+  if save_stats == SECOND_PATH:  # pytorch-fid's `--save-stats PATH OUTPUT`.
+    if len(paths) != 2:
+      raise UserError("pytorch-fid's --save-stats takes two PATHs, the images and the .npz to "
+                      f'write, got {len(paths)}; or write --save_stats=stats.npz and one PATH.')
+    paths, save_stats = paths[:1], paths[1]
   wanted = 1 if save_stats else 2
   if len(paths) != wanted:
     usage = ('one PATH with --save_stats' if save_stats else
@@ -226,6 +259,10 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
     directory = os.path.dirname(os.path.abspath(save_stats))
     if not os.path.isdir(directory):
       raise UserError(f'The folder of --save_stats, {directory}, does not exist.')
+    if os.path.isdir(save_stats):
+      raise UserError(f'--save_stats {save_stats} is a folder; name the .npz file to write.')
+    if not os.access(directory, os.W_OK | os.X_OK):
+      raise UserError(f'The folder of --save_stats, {directory}, is not writable.')
   # Cheap checks first: every path exists and is usable, before the weights load.
   from dcgan_jax.data import image_files  # pylint: disable=g-import-not-at-top
   for path in paths:
@@ -234,9 +271,15 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
                       'of images, or a mu/sigma .npz.')
     if not _is_statistics_file(path):
       image_files.check_path(path, what='path', needs_images=True)
-      _check_count(path, len(image_files.ImageFiles(path, what='path').names), 'image file(s)')
+      count = len(image_files.ImageFiles(path, what='path').names)
+      _check_count(path, count, 'image file(s)')
+      if precision_recall and not save_stats:
+        _check_manifold_count(path, count, 'image file(s)')
     elif precision_recall and not save_stats:
-      path_statistics(path, None, preprocessing, keep_features=1)  # Raises if no features.
+      from dcgan_jax import evaluate  # pylint: disable=g-import-not-at-top
+      _, _, features = path_statistics(  # Raises when the file holds no features.
+          path, None, preprocessing, keep_features=evaluate.MAX_KID_FEATURES)
+      _check_manifold_count(path, features.shape[0], 'features')
   extractor = None
 
   def make_extractor():
@@ -254,8 +297,15 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
     stats, _, features = results[0]
     extra = {} if features is None else {evaluate.FEATURES_KEY: features}
     tmp_path = save_stats[:-len('.npz')] + '.tmp.npz'
-    stats.save(tmp_path, preprocessing=preprocessing, source=os.path.abspath(paths[0]), **extra)
-    os.replace(tmp_path, save_stats)  # Readers never see half a file.
+    try:
+      stats.save(tmp_path, preprocessing=preprocessing, source=os.path.abspath(paths[0]),
+                 **extra)
+      os.replace(tmp_path, save_stats)  # Readers never see half a file.
+    except OSError as e:
+      with contextlib.suppress(OSError):
+        os.remove(tmp_path)
+      raise UserError(f'Could not write --save_stats {save_stats} '
+                      f'({e.strerror or e}); name a file in a writable folder.') from None
     return {'fid': None, 'sources': [results[0][1]], 'saved': save_stats,
             'precision_recall': None}
   (a, _, real), (b, _, fake) = results  # Under 2048 images FeatureStatistics warns.
@@ -271,6 +321,8 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
 
 def main(argv: list[str]) -> None:
   cli_logging.quiet_library_logs(not FLAGS.library_logs)
+  for note in _DROPPED_FLAG_NOTES:
+    logging.warning('%s', note)
   try:
     result = fid(argv[1:], FLAGS.inception_weights, batch_size=FLAGS.batch_size,
                  preprocessing=FLAGS.preprocessing, precision=FLAGS.precision,
@@ -295,26 +347,41 @@ def main(argv: list[str]) -> None:
 
 # pytorch-fid's own flags, as its command line spells them (dashes), and what they become.
 _PYTORCH_FID_FLAGS = {'batch-size': 'batch_size', 'save-stats': 'save_stats'}
-# pytorch-fid flags that have no counterpart here: accepted (for drop-in scripts) and ignored.
+# pytorch-fid flags that have no counterpart here: accepted (for drop-in scripts) and ignored,
+# with a warning (parse_flags collects them in _DROPPED_FLAG_NOTES; main logs them).
 _IGNORED_PYTORCH_FID_FLAGS = {
     'device': 'JAX picks the accelerator (CUDA_VISIBLE_DEVICES selects a GPU)',
     'num-workers': 'images are decoded on the main thread, batch by batch',
 }
+_DROPPED_FLAG_NOTES: list[str] = []
 
 
-def pytorch_fid_argv(argv: list[str]) -> list[str]:
+def pytorch_fid_argv(argv: list[str], notes: list[str] | None = None) -> list[str]:
   """pytorch-fid's flag spellings (``--batch-size 50``, ``--save-stats``, ``--dims 2048``,
   ``--device cuda``, ``--num-workers 8``) in this program's terms.
 
+  pytorch-fid's ``--save-stats`` is a switch: its two PATHs are then the images and the .npz to
+  write. Here it becomes ``--save_stats=<SECOND_PATH>``, which :func:`fid` resolves; the value
+  form ``--save-stats=stats.npz`` is this program's ``--save_stats``.
+
+  Args:
+    argv: the arguments after the program name.
+    notes: if given, one sentence is appended per flag dropped (``--device``,
+      ``--num-workers``), for the program to show once its logging is set up.
+
   Returns:
     ``argv`` with those flags renamed, or dropped (``--dims 2048``, ``--device``,
-    ``--num-workers``: each logged); any other ``--dims`` is a UserError (only the 2048-dim
-    pool_3 features are computed).
+    ``--num-workers``); any other ``--dims`` is a UserError (only the 2048-dim pool_3 features
+    are computed).
   """
   result, i = [], 0
   while i < len(argv):
     arg = argv[i]
     name, has_value, value = arg[2:].partition('=') if arg.startswith('--') else ('', False, '')
+    if name == 'save-stats' and not has_value:
+      result.append(f'--save_stats={SECOND_PATH}')
+      i += 1
+      continue
     takes_value = name in _PYTORCH_FID_FLAGS or name in _IGNORED_PYTORCH_FID_FLAGS or (
         name == 'dims')
     if takes_value and not has_value and i + 1 < len(argv):  # `--flag value`, as argparse.
@@ -323,8 +390,9 @@ def pytorch_fid_argv(argv: list[str]) -> list[str]:
     if name in _PYTORCH_FID_FLAGS:
       result.append(f'--{_PYTORCH_FID_FLAGS[name]}={value}')
     elif name in _IGNORED_PYTORCH_FID_FLAGS:
-      logging.info('Ignoring pytorch-fid\'s --%s=%s: %s.', name, value,
-                   _IGNORED_PYTORCH_FID_FLAGS[name])
+      if notes is not None:
+        notes.append(f"Ignoring pytorch-fid's --{name}={value}: "
+                     f'{_IGNORED_PYTORCH_FID_FLAGS[name]}.')
     elif name == 'dims':
       if value.strip() != '2048':
         raise UserError(f'--dims={value}: this program computes the 2048-dim pool_3 features '
@@ -339,8 +407,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 
   pytorch-fid's spellings of its flags are accepted too (:func:`pytorch_fid_argv`).
   """
+  _DROPPED_FLAG_NOTES.clear()
   try:
-    argv = argv[:1] + pytorch_fid_argv(argv[1:])  # Passes --help through.
+    argv = argv[:1] + pytorch_fid_argv(argv[1:], _DROPPED_FLAG_NOTES)  # Passes --help through.
   except UserError as e:
     _fail(str(e))
   return command_line.parse_private_flags(FLAGS, argv, __doc__)

@@ -4,6 +4,7 @@ The parity check runs pytorch-fid itself (its file reading, its InceptionV3 wrap
 Fréchet distance) on the same folders with the same random Inception weights, since tests
 cannot download the real ones (tests/evaluation_torch_reference.py).
 """
+import logging
 import zipfile
 
 import numpy as np
@@ -98,7 +99,8 @@ def test_fid_of_two_folders_matches_pytorch_fid(weights, folders, tmp_path, caps
   # With --precision_recall the file also keeps the per-image features, so that it can stand in
   # for the folder there too.
   stats_path = tmp_path / 'real_stats.npz'
-  status, out, err = _cli([str(folders[0]), f'--save_stats={stats_path}',
+  # (pytorch-fid's spelling: --save-stats, then the images and the file to write.)
+  status, out, err = _cli(['--save-stats', str(folders[0]), str(stats_path),
                            f'--inception_weights={path}', '--precision=highest',
                            '--batch_size=8', '--precision_recall'], capsys)
   assert status == 0, err
@@ -177,6 +179,10 @@ def test_a_zip_of_mixed_sizes_with_a_broken_file(weights, folders, tmp_path, cap
     (['{t}/empty', '{real}'], 'holds no images'),
     (['{t}/bad.npz', '{real}'], 'bad.npz is not a statistics file'),
     (['{t}/cut.npz', '{real}'], 'cut.npz (damaged or cut short?)'),
+    (['{real}', '--save_stats={t}/folder.npz'], 'folder.npz is a folder; name the .npz file'),
+    (['--save-stats', '{real}'], "pytorch-fid's --save-stats takes two PATHs"),
+    (['{real}', '{t}/three', '--precision_recall'],
+     'three holds 3 image file(s); --precision_recall (k=3) needs more than 3 per PATH'),
     (['{real}', '{fake}', '--inception_weights={t}/missing.pth'], 'not found'),
     (['{real}', '{fake}', '--batch_size=0'], '--batch_size must be positive'),
     (['{real}', '{t}/stats.npz', '--precision_recall'], 'holds none; give the folder'),
@@ -192,6 +198,8 @@ def test_mistakes_are_one_line_and_exit_2(folders, tmp_path, capsys, args, messa
   (tmp_path / 'bad.npz').write_bytes(b'junk')
   evaluation.FeatureStatistics().update(np.ones((3, 2048))).save(tmp_path / 'stats.npz')
   (tmp_path / 'cut.npz').write_bytes((tmp_path / 'stats.npz').read_bytes()[:1000])
+  (tmp_path / 'folder.npz').mkdir()
+  _write_images(tmp_path / 'three', 3, seed=4)
   argv = [a.format(t=tmp_path, real=folders[0], fake=folders[1]) for a in args]
   before = sorted(p.name for p in tmp_path.iterdir())
   status, out, err = _cli(argv, capsys)
@@ -202,12 +210,24 @@ def test_mistakes_are_one_line_and_exit_2(folders, tmp_path, capsys, args, messa
 
 
 def test_pytorch_fids_flag_spellings_work():
-  """Scripts written for pytorch-fid (argparse: dashes, `--flag value`) run unchanged."""
-  positional = fid.parse_flags(['fid', 'real', 'fake', '--batch-size', '16', '--save-stats',
-                                's.npz', '--dims=2048', '--device', 'cuda:0',
-                                '--num-workers=4'])
+  """Scripts written for pytorch-fid (argparse: dashes, `--flag value`; --save-stats a switch
+  whose two PATHs are the images and the file to write) run unchanged."""
+  positional = fid.parse_flags(['fid', 'real', 'fake', '--batch-size', '16', '--dims=2048',
+                                '--device', 'cuda:0', '--num-workers=4'])
   assert positional == ['fid', 'real', 'fake']
-  assert (fid.FLAGS.batch_size, fid.FLAGS.save_stats) == (16, 's.npz')
+  assert (fid.FLAGS.batch_size, fid.FLAGS.save_stats) == (16, None)
+  # The dropped flags are said (main logs these once logging is set up).
+  assert fid._DROPPED_FLAG_NOTES == [  # pylint: disable=protected-access
+      "Ignoring pytorch-fid's --device=cuda:0: JAX picks the accelerator (CUDA_VISIBLE_DEVICES "
+      'selects a GPU).',
+      "Ignoring pytorch-fid's --num-workers=4: images are decoded on the main thread, batch by "
+      'batch.']
+  for argv in (['--save-stats', 'real', 's.npz'], ['real', 's.npz', '--save-stats'],
+               ['real', '--save-stats', 's.npz', '--batch-size', '8']):
+    assert fid.parse_flags(['fid', *argv]) == ['fid', 'real', 's.npz']
+    assert fid.FLAGS.save_stats == fid.SECOND_PATH
+  assert fid.parse_flags(['fid', 'a', '--save-stats=t.npz']) == ['fid', 'a']
+  assert fid.FLAGS.save_stats == 't.npz'
   assert fid.parse_flags(['fid', 'a', '--save_stats=t.npz']) == ['fid', 'a']
   assert (fid.FLAGS.batch_size, fid.FLAGS.save_stats) == (50, 't.npz')  # Reset between parses.
 
@@ -233,3 +253,73 @@ def test_files_are_read_as_pytorch_fid_reads_them_but_16_bit_grey_is_scaled(tmp_
   np.testing.assert_array_equal(decoded[..., 0], np.round(wide / 257.0).astype(np.uint8))
   assert np.mean(np.asarray(Image.fromarray(wide).convert('RGB')) == 255) > 0.9  # PIL's way.
   assert fid._decode_rgb(b'not an image') is None  # pylint: disable=protected-access
+
+
+class _RecordingExtractor:
+  """Stands in for Inception: features are each image's mean and spread; calls are recorded."""
+  batch_size = 4
+
+  def __init__(self):
+    self.shapes = []
+
+  def __call__(self, images):
+    self.shapes.append(images.shape)
+    pixels = images.reshape(len(images), -1).astype(np.float64)
+    return {'pool': np.stack([pixels.mean(1), pixels.std(1)], axis=1)}
+
+
+def test_images_of_each_size_share_batches_however_the_sizes_alternate(tmp_path):
+  """Sizes alternating in file order still fill whole batches (one shape to compile per size
+  and a padded remainder), and the padding rows never reach the statistics."""
+  folder = tmp_path / 'alternating'
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  sizes = ['a', 'b'] * 5 + ['a', 'a']  # 7 of 16x16, 5 of 12 wide x 20 high.
+  decoded = []
+  for i, size in enumerate(sizes):
+    shape = (16, 16, 3) if size == 'a' else (20, 12, 3)
+    pixels = rng.integers(0, 256, shape, np.uint8)
+    Image.fromarray(pixels).save(folder / f'{i:02d}.png')
+    decoded.append(pixels)
+  extractor = _RecordingExtractor()
+  stats, skipped, kept = fid.image_statistics(str(folder), extractor, keep_features=20)
+  assert extractor.shapes == [(4, 16, 16, 3), (4, 20, 12, 3),  # Full batches as they fill.
+                              (4, 16, 16, 3), (1, 20, 12, 3)]  # Remainders: 3 padded to 4; 1.
+  assert (stats.count, skipped, kept.shape) == (12, 0, (12, 2))
+  expected = np.array([[d.astype(np.float64).mean(), d.astype(np.float64).std()]
+                       for d in decoded])
+  np.testing.assert_allclose(stats.mean, expected.mean(0), rtol=1e-12)
+  np.testing.assert_allclose(stats.covariance, np.cov(expected, rowvar=False), rtol=1e-10)
+
+
+def test_a_failed_save_stats_write_is_one_line_and_leaves_no_temporary_file(
+    folders, tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(evaluation.InceptionExtractor, 'from_file',
+                      classmethod(lambda cls, *args, **kwargs: _RecordingExtractor()))
+  original_save = evaluation.FeatureStatistics.save
+
+  def save_then_fill_the_disk(self, path, **metadata):
+    original_save(self, path, **metadata)  # Half a file lies there when the disk fills.
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(evaluation.FeatureStatistics, 'save', save_then_fill_the_disk)
+  before = sorted(p.name for p in tmp_path.iterdir())
+  status, _, err = _cli([str(folders[0]), f'--save_stats={tmp_path / "s.npz"}'], capsys)
+  assert status == EXIT_USER_ERROR and 'Traceback' not in err
+  assert err.strip().splitlines()[-1].endswith(
+      f'Could not write --save_stats {tmp_path / "s.npz"} (No space left on device); name a '
+      'file in a writable folder.')
+  assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_ignored_pytorch_fid_flags_are_said(tmp_path, capsys, caplog):
+  for name, seed in (('a.npz', 0), ('b.npz', 1)):
+    features = np.random.default_rng(seed).normal(size=(5, 2048))
+    evaluation.FeatureStatistics().update(features).save(tmp_path / name)
+  with caplog.at_level(logging.WARNING):
+    status, out, err = _cli([str(tmp_path / 'a.npz'), str(tmp_path / 'b.npz'), '--device',
+                             'cuda:1', '--num-workers', '4'], capsys)
+  assert status == 0, err
+  assert out.strip().splitlines()[-1].startswith('FID: ')
+  assert "Ignoring pytorch-fid's --device=cuda:1: JAX picks the accelerator" in caplog.text
+  assert "Ignoring pytorch-fid's --num-workers=4" in caplog.text
