@@ -452,6 +452,24 @@ def describe_setup_changes(step: int, changes: list[str], saved: dict[str, Any],
           f'never stopped: {"; ".join(effects)}.')
 
 
+def warn_about_empty_classes(labels: np.ndarray, num_classes: int, dataset: str) -> list[int]:
+  """Warns when some of the ``num_classes`` classes have no image; returns those classes.
+
+  G is asked for every class in turn, and a class without real images gives D nothing to compare
+  its samples with: they train on noise (e.g. an array whose labels stop below num_classes, or a
+  class folder whose images are all unreadable).
+  """
+  counts = np.bincount(np.asarray(labels, np.int64).ravel(), minlength=num_classes)
+  empty = [int(c) for c in np.flatnonzero(counts[:num_classes] == 0)]
+  if empty:
+    shown = ', '.join(map(str, empty[:10])) + (', ...' if len(empty) > 10 else '')
+    logging.warning('%d of the num_classes=%d classes have no images in dataset %s (class %s): '
+                    'G learns to draw them with nothing real for D to compare them with. Give '
+                    'them images, or number the classes 0..K-1 and set num_classes to K.',
+                    len(empty), num_classes, dataset, shown)
+  return empty
+
+
 def check_workdir_path(workdir: str | os.PathLike) -> None:
   """Fails early, without creating anything, when ``workdir`` can obviously not be created.
 
@@ -921,6 +939,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                       'of the dataset; use a smaller batch_size.')
     if data.conditional(config):
       images, labels = data.load_all_images(config, with_labels=True)
+      if is_chief:
+        warn_about_empty_classes(labels, int(config.num_classes), info.name)
     else:
       images, labels = data.load_all_images(config), None
     sampler = data.DeviceResidentSampler(images, int(config.batch_size), int(config.seed),

@@ -94,6 +94,14 @@ ROWS = [
     ('array_wrong_shape', 'dcgan_jax.main',
      [CONFIG, '--workdir={w}', '--config.dataset=array', '--config.dataset_path={t}/rgb64.npy'],
      'expected uint8 [N, 32, 32, 1]'),
+    ('array_split', 'dcgan_jax.main',
+     [CONFIG, '--workdir={w}', '--config.dataset=array', '--config.dataset_path={t}/grey32.npy',
+      "--config.split=train[:50%]"],
+     "dataset 'array' has no splits: it trains on the whole file (split 'train'), not "
+     "'train[:50%]'"),
+    ('array_not_numpy', 'dcgan_jax.main',
+     [CONFIG, '--workdir={w}', '--config.dataset=array', '--config.dataset_path={t}/text.npy'],
+     "text.npy' is not a numpy file (damaged, or another format)"),
     ('array_not_device_resident', 'dcgan_jax.main',
      [CONFIG, '--workdir={w}', '--config.dataset=array', '--config.dataset_path={t}/grey32.npy',
       '--config.device_resident=never'], "is read on the devices only"),
@@ -188,6 +196,7 @@ def places(tmp_path):
   (tmp_path / 'a_file').write_text('a regular file, not a directory')
   np.save(tmp_path / 'rgb64.npy', np.zeros((4, 64, 64, 3), np.uint8))
   np.save(tmp_path / 'grey32.npy', np.zeros((4, 32, 32, 1), np.uint8))
+  (tmp_path / 'text.npy').write_text('not an array')
   return workdir, sentinel
 
 

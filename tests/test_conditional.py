@@ -2,6 +2,7 @@
 labelled batches in the step, and the program around them (labelled data, training, resume,
 sampling, scoring)."""
 import json
+import logging
 import pathlib
 
 import jax
@@ -491,3 +492,20 @@ def test_objective_line_and_summary_name_the_conditioning(tfds_dir):
   assert 'class_embedding (Embed)' in text and f'{10 * 4 * 4 * 8:,}' in text
   # G's projection takes latent + classes inputs: (8 + 10) * 4*4*8 weights (8x8: one block).
   assert f'{(8 + 10) * 4 * 4 * 8:,}' in text
+
+
+def test_classes_without_images_are_warned_about(caplog):
+  """An array whose labels stop below num_classes, or a class folder whose images were all
+  unreadable, leaves classes G is asked for with nothing real for D: said at every run."""
+  from dcgan_jax import train  # pylint: disable=g-import-not-at-top
+  with caplog.at_level(logging.WARNING):
+    assert train.warn_about_empty_classes(np.array([0, 1, 1, 3]), 4, 'array:x.npz') == [2]
+  assert ('1 of the num_classes=4 classes have no images in dataset array:x.npz (class 2)'
+          in caplog.text)
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    assert train.warn_about_empty_classes(np.arange(3), 15, 'd') == list(range(3, 15))
+    assert train.warn_about_empty_classes(np.arange(3), 3, 'd') == []
+  assert '12 of the num_classes=15 classes' in caplog.text and '(class 3, 4, 5, 6, 7, 8, 9, 10, ' \
+      '11, 12, ...)' in caplog.text
+  assert caplog.text.count('have no images') == 1

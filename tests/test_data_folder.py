@@ -321,3 +321,92 @@ def test_a_folder_with_other_classes_is_refused_before_decoding(tmp_path):
                                       'classes; set num_classes to 3'):
     input_pipeline.dataset_info(config)
   assert not (tmp_path / 'tfds').exists()
+
+
+def _patch_zip_member(archive: pathlib.Path, member: int, *, flag: int = 0,
+                      method: int | None = None) -> None:
+  """Sets bits of a member's general-purpose flag (and its compression method) in both of its
+  headers, as zip tools write them: bit 0 marks encryption, method 9 is Deflate64."""
+  data = bytearray(archive.read_bytes())
+  with zipfile.ZipFile(archive) as zf:
+    local = zf.infolist()[member].header_offset
+  central = [i for i in range(len(data)) if data[i:i + 4] == b'PK\x01\x02'][member]
+  for flag_at in (local + 6, central + 8):
+    data[flag_at] |= flag
+    if method is not None:
+      data[flag_at + 2:flag_at + 4] = method.to_bytes(2, 'little')
+  archive.write_bytes(bytes(data))
+
+
+def test_zip_members_zipfile_cannot_read_are_skipped_not_a_crash(tmp_path, caplog):
+  """An encrypted member (zipfile raises RuntimeError) and a Deflate64 one (Windows writes
+  them; NotImplementedError) are unreadable files like any other, not a traceback."""
+  folder = tmp_path / 'imgs'
+  folder.mkdir()
+  for i in range(3):
+    Image.new('RGB', (12, 12), (80 * i, 0, 0)).save(folder / f'{i}.png')
+  archive = tmp_path / 'imgs.zip'
+  _zip_folder(folder, archive)
+  _patch_zip_member(archive, 0, flag=0x1)
+  _patch_zip_member(archive, 1, method=9)
+  files = image_files.ImageFiles(str(archive))
+  assert [data is None for _, data in files.read_all(files.names)] == [True, True, False]
+  with caplog.at_level(logging.WARNING):
+    images = input_pipeline.load_all_images(
+        _config(dataset_path=str(archive), data_dir=str(tmp_path / 'tfds'), image_size=8))
+  assert len(images) == 1 and 'Skipped 2 of 3 files' in caplog.text
+
+
+def test_names_that_are_not_utf8_are_stored_escaped(tmp_path, caplog):
+  """os.walk hands such names over with surrogates, which tfds cannot store as text."""
+  folder = tmp_path / 'imgs'
+  (folder / 'ok').mkdir(parents=True)
+  Image.new('RGB', (12, 12), (10, 20, 30)).save(folder / 'ok' / 'plain.png')
+  with open(os.path.join(os.fsencode(folder), b'caf\xe9.png'), 'wb') as f:
+    Image.new('RGB', (12, 12), (200, 100, 0)).save(f, format='PNG')
+  (folder / 'notes.txt').write_text('not an image')
+  (folder / 'photo.jfif').write_bytes(b'a JPEG by another name')
+  assert image_files.printable_name(os.fsdecode(b'caf\xe9.png')) == 'caf\\xe9.png'
+  files = image_files.ImageFiles(str(folder))
+  assert len(files.names) == 2 and files.other_files == {'.txt': 1, '.jfif': 1}
+  with caplog.at_level(logging.INFO):
+    images = input_pipeline.load_all_images(
+        _config(dataset_path=str(folder), data_dir=str(tmp_path / 'tfds'), image_size=8))
+  assert sorted(images[:, 0, 0, 0].tolist()) == [10, 200]
+  assert 'Passed over 2 files that are not images by their extension (1 .jfif, 1 .txt)' in (
+      caplog.text)
+
+
+@pytest.mark.parametrize('values,expected', [
+    ([0.0, 0.5, 1.0], [0, 128, 255]),  # A float image in [0, 1] (PIL's convert truncates to 0).
+    ([0.0, 2.0, 255.0], [0, 2, 255]),  # 0..255 floats stay.
+    ([0.0, 1000.0, 65535.0], [0, 4, 255]),  # Beyond 255: read as 16-bit.
+    ([float('nan'), 0.25, 1.0], [0, 64, 255]),  # NaN is 0.
+])
+def test_floating_point_images_are_scaled_to_eight_bits(values, expected):
+  image = Image.fromarray(np.array([values], np.float32), 'F')
+  converted = image_files.eight_bit_grey(image)
+  assert converted.mode == 'L' and np.asarray(converted)[0].tolist() == expected
+
+
+def test_images_another_process_prepared_first_are_used(tmp_path, monkeypatch, caplog):
+  """Runs of a sweep started together prepare the same new folder at once; the one whose tfds
+  rename comes second fails (FileExistsError) and must use the other's copy."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'imgs'
+  folder.mkdir()
+  for i in range(3):
+    Image.new('RGB', (12, 12), (60 * i, 0, 0)).save(folder / f'{i}.png')
+  prepare = tfds.core.GeneratorBasedBuilder.download_and_prepare
+
+  def prepared_by_the_other_process_first(self, *args, **kwargs):
+    prepare(self, *args, **kwargs)  # The other process's copy, complete and in place.
+    raise FileExistsError(f'Cannot rename {self.data_dir}: destination already exists.')
+
+  monkeypatch.setattr(tfds.core.GeneratorBasedBuilder, 'download_and_prepare',
+                      prepared_by_the_other_process_first)
+  config = _config(dataset_path=str(folder), data_dir=str(tmp_path / 'tfds'), image_size=8)
+  with caplog.at_level(logging.INFO):
+    images = input_pipeline.load_all_images(config)
+  assert sorted(images[:, 0, 0, 0].tolist()) == [0, 60, 120]
+  assert 'Another process prepared the images of' in caplog.text

@@ -7,7 +7,8 @@ the devices (device-resident sampling), so neither tensorflow nor tensorflow-dat
 The file holds ``uint8 [N, image_size, image_size, channels]`` (``[N, H, W]`` when channels is 1);
 an ``.npz`` holds it under the key ``images`` or as its only array, and for class-conditional
 training the classes under ``labels`` (integers ``[N]``). Images are used as they are: resize
-and crop them beforehand. Every ``split`` names the whole array.
+and crop them beforehand. There are no splits: the whole array is split ``'train'`` (another
+``split`` is refused, so that a slice is never silently ignored).
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from dcgan_jax.errors import UserError
 NAME = 'array'
 NPZ_KEY = 'images'
 LABELS_KEY = 'labels'
+# The first bytes of an .npz (a zip archive) and of an .npy file.
+_ZIP_MAGIC = b'PK'
+_NPY_MAGIC = b'\x93NUMPY'
 
 
 def _expected(image_size: int, channels: int) -> str:
@@ -49,6 +53,12 @@ def load_array(path: str, image_size: int,
   if not os.path.isfile(path):
     raise UserError(f'dataset_path {path!r} is not a file; pass a .npy or .npz file of '
                     f'{expected}.')
+  with open(path, 'rb') as f:
+    head = f.read(len(_NPY_MAGIC))
+  # numpy takes any other file for a pickle, and its error would suggest allow_pickle.
+  if not head.startswith((_ZIP_MAGIC, _NPY_MAGIC)):
+    raise UserError(f'{path!r} is not a numpy file (damaged, or another format); pass a .npy or '
+                    f'.npz file of {expected} (np.save / np.savez).')
   try:
     if path.endswith('.npz'):
       with np.load(path, allow_pickle=False) as archive:

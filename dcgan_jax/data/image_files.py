@@ -12,6 +12,7 @@ bilinear filter, which widens its support when shrinking (antialiased), the same
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
 import io
@@ -36,6 +37,15 @@ def _path_parts(relative_name: str) -> list[str]:
   """The folders and file of a name in a directory or zip, whichever separator the zip used,
   without ``.`` parts (zips made with ``zip -r ./images.zip ./cat ./dog`` name ``./cat/1.jpg``)."""
   return [part for part in relative_name.replace('\\', '/').split('/') if part not in ('', '.')]
+
+
+def _other_extension(relative_name: str) -> str | None:
+  """The lower-case extension of a visible file that is not read as an image, else None."""
+  parts = _path_parts(relative_name)
+  if (not parts or any(part.startswith('.') or part == '__MACOSX' for part in parts)
+      or parts[-1].lower().endswith(IMAGE_EXTENSIONS)):
+    return None
+  return os.path.splitext(parts[-1])[1].lower() or '(none)'
 
 
 def _is_image_name(relative_name: str) -> bool:
@@ -114,14 +124,17 @@ class ImageFiles:
     """
     self.path = check_path(path, what=what)
     self.is_zip = not os.path.isdir(self.path)  # check_path let through a directory or a .zip.
+    # Files passed over for their extension, by extension (e.g. {'.gif': 2, '.txt': 1}).
+    self.other_files: collections.Counter = collections.Counter()
     if self.is_zip:
       with zipfile.ZipFile(self.path) as archive:
         infos = [i for i in archive.infolist() if not i.is_dir()]
       # An archive may hold a name twice (appended to); it is one image, read as zipfile does.
       self.names = sorted({i.filename for i in infos if _is_image_name(i.filename)})
+      self.other_files.update(filter(None, map(_other_extension, {i.filename for i in infos})))
       self._stats = (os.path.getsize(self.path), os.stat(self.path).st_mtime_ns)
     else:
-      entries = sorted(_walk(self.path))
+      entries = sorted(_walk(self.path, self.other_files))
       self.names = [name for name, _, _ in entries]
       self._stats = tuple(entries)
     if not self.names:
@@ -155,7 +168,9 @@ class ImageFiles:
         for name in names:
           try:
             yield name, archive.read(name)
-          except (OSError, zipfile.BadZipFile, KeyError, ValueError):
+          # (Encrypted members raise RuntimeError; Deflate64 ones, NotImplementedError.)
+          except (OSError, zipfile.BadZipFile, KeyError, ValueError, RuntimeError,
+                  NotImplementedError):
             yield name, None
     else:
       for name in names:
@@ -218,8 +233,10 @@ def source_fingerprint(path: str) -> str:
   return digest.hexdigest()[:16]
 
 
-def _walk(root: str) -> Iterator[tuple[str, int, int]]:
-  """Yields ``(relative name, size, mtime_ns)`` of the image files under ``root``.
+def _walk(root: str, others: collections.Counter | None = None
+          ) -> Iterator[tuple[str, int, int]]:
+  """Yields ``(relative name, size, mtime_ns)`` of the image files under ``root``; counts the
+  other visible files' extensions into ``others``, if given.
 
   Linked folders are followed, each real folder once: a link back up the tree (``cat/loop ->
   ..``) would otherwise list every image again at each level, some 40 deep, under other classes.
@@ -245,19 +262,32 @@ def _walk(root: str) -> Iterator[tuple[str, int, int]]:
       if _is_image_name(relative) and os.path.isfile(full):
         stat = os.stat(full)
         yield relative, stat.st_size, stat.st_mtime_ns
+      elif others is not None and (extension := _other_extension(relative)):
+        others[extension] += 1
 
 
 def eight_bit_grey(image: Image.Image) -> Image.Image:
-  """16/32-bit grey images scaled to 8-bit 'L'; any other image as it is.
+  """16/32-bit integer and floating-point grey images scaled to 8-bit 'L'; others as they are.
 
   PIL's ``convert('L')`` / ``convert('RGB')`` clip such images at 255 instead of scaling them,
-  which turns a 16-bit photograph almost white.
+  which turns a 16-bit photograph almost white, and truncate floats, which turns one in [0, 1]
+  black. Floats are read as [0, 1] when they lie in it, else like 32-bit integers (0..255, or
+  0..65535 when larger); NaN becomes 0.
   """
-  if image.mode not in ('I;16', 'I;16B', 'I;16L', 'I'):
+  if image.mode not in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
     return image
-  array = np.asarray(image, dtype=np.float64)
-  peak = 65535.0 if image.mode.startswith('I;16') or array.max() > 255 else 255.0
+  array = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+  if image.mode == 'F' and array.size and array.min() >= 0.0 and array.max() <= 1.0:
+    peak = 1.0
+  else:
+    peak = 65535.0 if image.mode.startswith('I;16') or array.max() > 255 else 255.0
   return Image.fromarray(np.clip(array * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8))
+
+
+def printable_name(name: str) -> str:
+  """A file or folder name as valid UTF-8 text: bytes that are not UTF-8 (os.walk hands them
+  over as surrogates) become ``\\xNN`` escapes, so the name can be stored and logged."""
+  return name.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
 
 
 def _to_channels(image: Image.Image, channels: int) -> Image.Image:

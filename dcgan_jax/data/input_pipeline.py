@@ -71,6 +71,11 @@ def _load_array(config) -> tuple[np.ndarray, np.ndarray | None]:
   if int(config.get('crop_size', 0)):
     raise UserError("crop_size applies only to datasets read through tensorflow-datasets; for "
                     "dataset 'array' crop the images beforehand and set crop_size to 0.")
+  split = str(config.get('split', 'train') or 'train').strip()
+  if split != 'train':
+    raise UserError(f"dataset 'array' has no splits: it trains on the whole file (split "
+                    f"'train'), not {split!r}; slice the array before saving it, or leave split "
+                    "at 'train'.")
   return array.load_array(str(config.get('dataset_path', '')), int(config.image_size),
                           int(config.channels))
 

@@ -90,7 +90,8 @@ def prepare_image_files(
           'file_name': tfds.features.Text(),
       }
       if class_names:
-        features['label'] = tfds.features.ClassLabel(names=class_names)
+        features['label'] = tfds.features.ClassLabel(
+            names=[image_files_lib.printable_name(c) for c in class_names])
       return tfds.core.DatasetInfo(
           builder=self,
           description=config.description,
@@ -108,13 +109,15 @@ def prepare_image_files(
         if image is None:
           failed.append((name, reason))
           if len(failed) <= _NAMED_FAILURES:
-            logging.warning('Skipping %s in %s: %s.', name, files.path, reason)
+            logging.warning('Skipping %s in %s: %s.', image_files_lib.printable_name(name),
+                            files.path, reason)
           continue
-        example = {'image': image, 'file_name': name}
+        stored_name = image_files_lib.printable_name(name)  # tfds stores text as UTF-8.
+        example = {'image': image, 'file_name': stored_name}
         if class_names:
           example['label'] = classes[1][name]
           per_class[example['label']] += 1
-        yield name, example
+        yield stored_name, example
       if failed:
         logging.warning('Skipped %d of %d files of split %r in %s that could not be read as '
                         'images.', len(failed), len(names), split, files.path)
@@ -134,9 +137,21 @@ def prepare_image_files(
   if not builder.is_prepared():
     logging.info('Preparing %d images from %s into %s (once).',
                  sum(len(n) for n in splits.values()), files.path, builder.data_dir)
+    if files.other_files:  # Passed over without a word they would look lost.
+      counts = ', '.join(f'{count} {ext}' for ext, count in sorted(files.other_files.items()))
+      logging.info('Passed over %d files that are not images by their extension (%s); read are '
+                   '%s.', sum(files.other_files.values()), counts,
+                   ' '.join(image_files_lib.IMAGE_EXTENSIONS))
   try:
     builder.download_and_prepare()
   except Exception as error:  # pylint: disable=broad-except
+    # Another process (runs of a sweep started together) may have prepared the same images
+    # first; tfds' final rename then fails here, and the copy there is complete and the same.
+    finished = Builder(config=config.name, data_dir=data_dir)
+    if finished.is_prepared():
+      logging.info('Another process prepared the images of %s at the same time; using its '
+                   'copy in %s.', files.path, finished.data_dir)
+      return finished
     # tfds may wrap exceptions from the generator; surface our own message if one is inside.
     user_error = _find_in_chain(error, UserError)
     if user_error is not None:

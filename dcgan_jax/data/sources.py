@@ -260,7 +260,10 @@ def resolve_source(config, *, split: str | None = None) -> Source:
     try:
       builder.download_and_prepare()
     except OSError as error:
-      raise filesystem_error(error, 'digits dataset', builder.data_dir) from None
+      # Another process may have prepared it at the same time (its rename came first).
+      if not tfds.builder('digits', data_dir=data_dir).is_prepared():
+        raise filesystem_error(error, 'digits dataset', builder.data_dir) from None
+      builder = tfds.builder('digits', data_dir=data_dir)
     source = Source('digits', builder, split, crop_size=crop_size)
   elif not name or not re.fullmatch(r'[\w\-./:]+', name):
     raise _unknown_dataset(name)
