@@ -13,7 +13,7 @@ are generated from seeded latents and scored:
   else against the run's own dataset, whose statistics are computed once and cached as
   ``<workdir>/fid_reference_<dataset>_<size>_<preprocessing>.npz`` (with a subset of the
   reference features, for KID);
-* the Inception Score (10 splits);
+* the Inception Score (10 splits; fewer, of 2 images at least, for under 20 images);
 * KID against the cached reference features (skipped, with a note, when only `--reference`
   statistics are given: KID needs features, not moments).
 
@@ -452,7 +452,8 @@ def _score(workdir: str, config, extractor, loaded, *, num_samples: int, seed: i
                    if ref_features is not None else None)
 
   fid = evaluation.frechet_distance(fake, ref_stats)
-  splits = min(IS_SPLITS, num_samples)
+  # Two images per split at least: a split of one image has an IS of exactly 1, whatever G does.
+  splits = min(IS_SPLITS, max(1, num_samples // 2))
   is_mean, is_std = evaluation.inception_score(logits, splits=splits)
   kid_mean = kid_std = None
   kid_protocol: dict[str, Any] = {'skipped': 'a --reference file holds statistics only; KID '
@@ -614,11 +615,16 @@ def format_result(result: dict[str, Any]) -> str:
       f"{protocol['precision']}.",
       f"FID {result['fid']:.4f}",
       f"IS {result['inception_score']:.4f} ± {result['inception_score_std']:.4f} "
-      f"({protocol['inception_score_splits']} splits)",
+      f"({_splits_text(protocol['inception_score_splits'], protocol['num_samples'])})",
       kid_text,
       manifold_text,
       f"Written to {result['path']}",
   ])
+
+
+def _splits_text(splits: int, num_samples: int) -> str:
+  return (f"{splits} split{'' if splits == 1 else 's'} of "
+          f"{'~' if num_samples % splits else ''}{num_samples / splits:.0f} images")
 
 
 def main(argv: list[str]) -> None:

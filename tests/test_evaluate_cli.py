@@ -181,6 +181,10 @@ def test_evaluate_writes_json_and_reuses_the_reference_cache(run_dir, inception_
   stats, metadata = evaluation.FeatureStatistics.load(cache)
   assert stats.count == NUM and metadata['kid_features'].shape == (NUM, 2048)
   assert f'{NUM} generated images' in out and 'pytorch_fid' in out and 'FID' in out
+  # Splits hold two images at least: one image's IS is exactly 1, whatever G draws.
+  assert protocol['inception_score_splits'] == 1 and '(1 split of 2 images)' in out
+  assert evaluate._splits_text(10, 50_000) == '10 splits of 5000 images'  # pylint: disable=protected-access
+  assert evaluate._splits_text(3, 7) == '3 splits of ~2 images'  # pylint: disable=protected-access
 
   # Second call: the dataset is not read again, and the same latents give the same FID.
   def no_data(*args, **kwargs):

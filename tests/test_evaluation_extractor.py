@@ -38,8 +38,9 @@ def test_extractor_shards_over_all_local_devices(extractor, variables):
 def test_extractor_input_validation(extractor, variables):
   with pytest.raises(UserError, match='uint8'):
     extractor(np.zeros((2, 32, 32, 3), np.float32))
-  with pytest.raises(UserError, match='uint8'):
+  with pytest.raises(UserError, match=r'alpha channel; drop it \(images\[..., :-1\]\)') as caught:
     extractor(np.zeros((2, 32, 32, 4), np.uint8))
+  assert 'float' not in str(caught.value)  # (They are uint8 already.)
   with pytest.raises(UserError, match=r'got \(2, 3, 32, 32\), which looks channels-first '
                                       r'\(NCHW.*images.transpose\(0, 2, 3, 1\)'):
     extractor(np.zeros((2, 3, 32, 32), np.uint8))

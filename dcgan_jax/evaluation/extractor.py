@@ -175,6 +175,10 @@ class InceptionExtractor:
       raise UserError(f'Images must be channels-last, [N, H, W, 1 or 3]; got {images.shape}, '
                       'which looks channels-first (NCHW, as torch stores them): pass '
                       'images.transpose(0, 2, 3, 1).')
+    if images.ndim == 4 and images.shape[-1] in (2, 4) and images.dtype == np.uint8:
+      raise UserError(f'Images must be a uint8 [N, H, W, 1 or 3] array, got {images.shape}: '
+                      'grey or RGB with an alpha channel; drop it (images[..., :-1]) or '
+                      'composite it onto a background first.')
     if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
       raise UserError(f'Images must be a uint8 [N, H, W, 1 or 3] array, got {images.dtype} '
                       f'{images.shape}; convert float images with dcgan_jax.evaluation.to_uint8 '
