@@ -231,8 +231,8 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
 
   Returns:
     ``{'fid': float or None, 'sources': [description per path], 'saved': path or None,
-    'precision_recall': {'precision', 'recall', 'density', 'coverage', 'k', 'num_features'}
-    or None}``.
+    'precision_recall': {'precision', 'recall', 'density', 'coverage', 'k', 'num_features'},
+    {'skipped': why} (too few readable images) or None}``.
 
   Raises:
     UserError: any mistake in the arguments or the files (one sentence).
@@ -313,8 +313,11 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
   manifold = None
   if precision_recall:
     k = evaluation.manifold.DEFAULT_K
-    manifold = dict(evaluation.manifold_metrics(real, fake, k=k), k=k,
-                    num_features=[int(real.shape[0]), int(fake.shape[0])])
+    try:
+      manifold = dict(evaluation.manifold_metrics(real, fake, k=k), k=k,
+                      num_features=[int(real.shape[0]), int(fake.shape[0])])
+    except UserError as e:  # Too few readable images (counted up front as files): FID stands.
+      manifold = {'skipped': str(e)}
   return {'fid': float(value), 'sources': [r[1] for r in results], 'saved': None,
           'precision_recall': manifold}
 
@@ -336,7 +339,9 @@ def main(argv: list[str]) -> None:
     print(f'Statistics written to {result["saved"]} (preprocessing {FLAGS.preprocessing}).')
   else:
     manifold = result['precision_recall']
-    if manifold:
+    if manifold and 'skipped' in manifold:
+      print(f'Precision/recall skipped: {manifold["skipped"]}')
+    elif manifold:
       real_count, fake_count = manifold['num_features']
       print(f'Precision: {manifold["precision"]:.4f}  Recall: {manifold["recall"]:.4f}  '
             f'Density: {manifold["density"]:.4f}  Coverage: {manifold["coverage"]:.4f}  '

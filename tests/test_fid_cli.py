@@ -323,3 +323,19 @@ def test_ignored_pytorch_fid_flags_are_said(tmp_path, capsys, caplog):
   assert out.strip().splitlines()[-1].startswith('FID: ')
   assert "Ignoring pytorch-fid's --device=cuda:1: JAX picks the accelerator" in caplog.text
   assert "Ignoring pytorch-fid's --num-workers=4" in caplog.text
+
+
+def test_too_few_readable_images_for_precision_recall_still_print_the_fid(
+    folders, tmp_path, capsys, monkeypatch):
+  """Counted as files up front there were enough; two were unreadable, so precision/recall
+  (k=3) is skipped with the reason, after the FID that was computed."""
+  monkeypatch.setattr(evaluation.InceptionExtractor, 'from_file',
+                      classmethod(lambda cls, *args, **kwargs: _RecordingExtractor()))
+  sparse = _write_images(tmp_path / 'sparse', 2, seed=5)
+  (sparse / 'x.png').write_bytes(b'not an image')
+  (sparse / 'y.png').write_bytes(b'not an image either')
+  status, out, err = _cli([str(folders[0]), str(sparse), '--precision_recall'], capsys)
+  assert status == 0, err
+  lines = out.strip().splitlines()
+  assert lines[-2].startswith('Precision/recall skipped: ') and 'need more than 3' in lines[-2]
+  assert lines[-1].startswith('FID: ') and float(lines[-1][5:]) >= 0
