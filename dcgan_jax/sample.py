@@ -53,9 +53,11 @@ Mistakes (no checkpoint, a bad --num, ...) print one sentence on stderr and exit
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import sys
 from typing import Any, Callable
 
 import jax
@@ -201,6 +203,19 @@ def generate(generator: Any, variables: dict[str, Any], z: jax.Array,
       or (latent_dim is not None and np.shape(z)[1] != latent_dim)):
     raise UserError(f'z must be floating latents of shape [N, {latent_dim or "latent_dim"}] '
                     f'(e.g. from sample.latents), got {dtype} {tuple(np.shape(z))}.')
+  if np.shape(z)[0] == 0:
+    raise UserError('z holds no latents (shape [0, ...]); give at least one.')
+  num_classes = int(getattr(generator, 'num_classes', 0) or 0)
+  if labels is not None:  # (generate runs eagerly: labels are concrete.)
+    values = np.asarray(labels)
+    # A class outside the model's one-hot range is all zeros there: an image of no class.
+    if (values.shape != (np.shape(z)[0],) or not np.issubdtype(values.dtype, np.integer)
+        or (num_classes and values.size and not 0 <= values.min() <= values.max() < num_classes)):
+      raise UserError(f'labels must be integer classes [{np.shape(z)[0]}] in '
+                      f'0..{num_classes - 1 if num_classes else "num_classes - 1"}, one per '
+                      f'latent; got {values.dtype} {values.shape}'
+                      + (f' with values {values.min()}..{values.max()}' if values.size
+                         and np.issubdtype(values.dtype, np.number) else '') + '.')
   apply = _jitted_apply(generator)
   return np.concatenate([
       np.asarray(apply(variables, z[i:i + _CHUNK],
@@ -295,7 +310,17 @@ def sample_files(workdir: str, out_dir: str, num: int, seed: int = 0, use_ema: b
         generate(generator, variables, z[start:start + _FILE_CHUNK], chunk_labels), value_range)
     for offset, image in enumerate(images):
       path = os.path.join(out_dir, f'{start + offset:0{digits}d}.png')
-      Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+      # Whole files only, even when stopped (Ctrl-C, a full disk): a half-written PNG would
+      # be scored, or crash the FID tool, and a rerun refuses the non-empty folder.
+      tmp_path = os.path.join(out_dir, f'.{start + offset:0{digits}d}.png.tmp')
+      try:
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+            tmp_path, format='PNG')
+        os.replace(tmp_path, path)
+      except BaseException:
+        with contextlib.suppress(OSError):
+          os.remove(tmp_path)
+        raise
       paths.append(path)
   return paths
 
@@ -372,6 +397,9 @@ def parse_arithmetic(expression: str, num: int) -> list[tuple[int, list[int]]]:
   Raises:
     UserError: an empty group, a token that is not an index, or an index outside the grid.
   """
+  if re.search(r'\d\s+\d', expression):  # '1 2' would read as 12.
+    raise UserError(f'--arithmetic {expression!r} has a space between two digits; separate the '
+                    f'indices of a group with commas: {_ARITHMETIC_SYNTAX}.')
   text = re.sub(r'\s+', '', expression)
   if not text:
     raise UserError(f'--arithmetic is empty; give {_ARITHMETIC_SYNTAX}.')
@@ -383,7 +411,7 @@ def parse_arithmetic(expression: str, num: int) -> list[tuple[int, list[int]]]:
   terms = []
   for sign, group in zip(signs, groups):
     indices = group.split(',')
-    if not group or not all(i.isdigit() for i in indices):
+    if not group or not all(i.isascii() and i.isdigit() for i in indices):
       raise UserError(f'--arithmetic {expression!r} has a group {group!r} that is not a list of '
                       f'sample indices; give {_ARITHMETIC_SYNTAX}.')
     values = [int(i) for i in indices]
@@ -538,13 +566,29 @@ def main(argv: list[str] | None = None) -> None:
       print(f'Wrote {f.out}.')
   except UserError as e:
     fail(str(e))
+  except KeyboardInterrupt:
+    # Every file already written is whole (sample_files writes each atomically).
+    print('Interrupted.', file=sys.stderr)
+    sys.exit(130)
   except OSError as e:  # E.g. a full disk while writing.
     fail(f'Cannot write {e.filename or "the output"} ({e.strerror or e}); give a writable path.')
 
 
 def _check_output_file(path: str, flag: str) -> None:
-  """Raises a UserError when ``path`` cannot become a file: a directory, or in a folder that is
-  missing or not writable."""
+  """Raises a UserError when ``path`` cannot become the file ``flag`` names: empty, without the
+  format's extension (.png for --out, .gif for --gif_out), a directory or another non-regular
+  file (a device or pipe would be replaced, not written into), or in a folder that is missing
+  or not writable."""
+  extension = '.png' if flag == '--out' else '.gif'
+  if not path or path.endswith((os.sep, '/')):
+    raise UserError(f'{flag} {path!r} names no file; give a file name such as '
+                    f"{'samples.png' if flag == '--out' else 'walk.gif'}.")
+  if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+    raise UserError(f'{flag} {path} is not a regular file (a device or pipe); give a file '
+                    'name.')
+  if not os.path.isdir(path) and not path.lower().endswith(extension):
+    raise UserError(f'{flag} {path}: the file is written as {extension[1:].upper()}; give a '
+                    f'name ending in {extension}.')
   if os.path.isdir(path):
     raise UserError(f'{flag} {path} is a directory; give a file name such as '
                     f"{os.path.join(path, 'samples.png' if flag == '--out' else 'walk.gif')}.")

@@ -9,6 +9,7 @@ import math
 import os
 import pathlib
 import re
+import stat
 import subprocess
 import sys
 
@@ -233,10 +234,18 @@ def test_sample_files_are_the_grids_images(run_dir, tmp_path):
     (['--out_dir={t}/full/kept.txt'], 'is a file'),
     (['--out_dir={t}/new', '--num=0'], '--num must be between 1 and 1,000,000'),
     (['--out_dir={t}/new', '--interpolate'], 'cannot be combined with --interpolate'),
+    # --out is a PNG and --gif_out a GIF: --out=walk.gif made both the same file, the grid lost.
+    (['--interpolate', '--out={t}/new.gif'], 'is written as PNG; give a name ending in .png'),
+    (['--interpolate', '--out={t}/w.png', '--gif_out={t}/w.png'], 'ending in .gif'),
+    (['--out={t}/new.jpg'], 'new.jpg: the file is written as PNG'),
+    (['--out={t}/new/'], "names no file; give a file name such as samples.png"),
+    (['--out='], "--out '' names no file"),
+    (['--out={t}/pipe.png'], 'is not a regular file (a device or pipe)'),
 ])
 def test_sample_files_mistakes_touch_nothing(run_dir, tmp_path, capsys, args, message):
   (tmp_path / 'full').mkdir()
   (tmp_path / 'full' / 'kept.txt').write_text('earlier work')
+  os.mkfifo(tmp_path / 'pipe.png')  # Was replaced by a regular file (as /dev/null would be).
   with pytest.raises(SystemExit) as exit_info:
     sample.main(['sample', f'--workdir={run_dir}'] + [a.format(t=tmp_path) for a in args])
   assert exit_info.value.code == EXIT_USER_ERROR
@@ -245,6 +254,30 @@ def test_sample_files_mistakes_touch_nothing(run_dir, tmp_path, capsys, args, me
   assert os.listdir(tmp_path / 'full') == ['kept.txt']
   assert (tmp_path / 'full' / 'kept.txt').read_text() == 'earlier work'
   assert not (tmp_path / 'new').exists()
+  assert sorted(os.listdir(tmp_path)) == ['full', 'pipe.png']
+  assert stat.S_ISFIFO(os.stat(tmp_path / 'pipe.png').st_mode)
+
+
+def test_sample_files_stopped_midway_leave_only_whole_files(run_dir, tmp_path, monkeypatch):
+  """Ctrl-C (or a full disk) while a file is written: no half PNG is left for a FID tool."""
+  from PIL import Image as PILImage  # pylint: disable=g-import-not-at-top
+  save, calls = PILImage.Image.save, []
+
+  def save_three_then_stop(self, path, *args, **kwargs):
+    calls.append(path)
+    if len(calls) == 4:
+      with open(path, 'wb') as f:
+        f.write(b'\x89PNG half')  # What an interrupted write leaves.
+      raise KeyboardInterrupt
+    return save(self, path, *args, **kwargs)
+
+  monkeypatch.setattr(PILImage.Image, 'save', save_three_then_stop)
+  with pytest.raises(KeyboardInterrupt):
+    sample.sample_files(str(run_dir), str(tmp_path / 'files'), num=6)
+  assert sorted(os.listdir(tmp_path / 'files')) == ['000000.png', '000001.png', '000002.png']
+  for name in os.listdir(tmp_path / 'files'):
+    with PILImage.open(tmp_path / 'files' / name) as image:
+      image.load()
 
 
 def test_interpolation_in_process(run_dir, tmp_path):
@@ -311,6 +344,8 @@ def test_parse_arithmetic(expression, terms):
     ('', 'is empty'), ('  ', 'is empty'), ('3,,4', "group '3,,4'"), ('3 ++ 4', "group ''"),
     ('3 -', "group ''"), ('3 * 4', "group '3*4'"), ('a,b', "group 'a,b'"),
     ('1 - 64', 'index 64 is outside the grid of --num=64 samples (indices 0..63'),
+    ('1 2 - 3', 'has a space between two digits'),  # Was read as 12 - 3.
+    ('\u00b2', "group '\u00b2'"),  # A superscript two: isdigit() but not int(): a traceback.
 ])
 def test_parse_arithmetic_mistakes(expression, message):
   with pytest.raises(UserError, match=re.escape(message)):
@@ -481,3 +516,22 @@ def test_generate_compiles_once_and_refuses_latents_that_are_not_float_vectors()
     with pytest.raises(UserError, match=re.escape(f'z must be floating latents of shape [N, 4] '
                                                   f'(e.g. from sample.latents), got {shown}.')):
       sample.generate(generator, variables, bad)
+  with pytest.raises(UserError, match=r'z holds no latents'):  # Was numpy's concatenate error.
+    sample.generate(generator, variables, jnp.zeros((0, 4)))
+
+
+def test_generate_refuses_classes_the_model_does_not_have():
+  """A class outside the one-hot range is all zeros there: an image of no class, silently."""
+  from dcgan_jax import Generator  # pylint: disable=g-import-not-at-top
+  generator = Generator(image_size=8, channels=1, latent_dim=4, width=4, num_classes=3)
+  z = sample.latents(jax.random.key(1), (3, 4))
+  labels = np.array([0, 1, 2])
+  variables = generator.init(jax.random.key(0), z, labels=labels, train=False)
+  assert sample.generate(generator, variables, z, labels).shape == (3, 8, 8, 1)
+  for bad, shown in [(np.array([0, 1, 3]), 'int64 (3,) with values 0..3'),
+                     (np.array([-1, 0, 1]), 'int64 (3,) with values -1..1'),
+                     (np.array([0, 1]), 'int64 (2,) with values 0..1'),
+                     (np.array([0.0, 1.0, 2.0]), 'float64 (3,) with values 0.0..2.0')]:
+    with pytest.raises(UserError, match=re.escape(
+        f'labels must be integer classes [3] in 0..2, one per latent; got {shown}.')):
+      sample.generate(generator, variables, z, bad)
