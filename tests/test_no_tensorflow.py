@@ -50,8 +50,10 @@ def test_array_dataset_reads_npy_npz_and_grey_hw(tmp_path):
     (lambda p: np.save(p, np.zeros((3, 8, 8, 3), np.uint8)), 'expected uint8 [N, 8, 8, 1]'),
     (lambda p: np.save(p, np.zeros((3, 8, 8, 1), np.float32)), 'holds float32 [3, 8, 8, 1]'),
     (lambda p: np.save(p, np.zeros((0, 8, 8, 1), np.uint8)), 'holds uint8 [0, 8, 8, 1]'),
-    (lambda p: p.write_bytes(b'not numpy at all'), 'Cannot read'),
-], ids=['no_path', 'missing', 'rgb', 'float', 'empty', 'garbage'])
+    (lambda p: p.write_bytes(b'not numpy at all'), 'is not a numpy file .damaged, or another'),
+    (lambda p: (np.save(p, np.zeros((3, 8, 8, 1), np.uint8)),
+                p.write_bytes(p.read_bytes()[:100])), 'Cannot read'),
+], ids=['no_path', 'missing', 'rgb', 'float', 'empty', 'garbage', 'cut_short'])
 def test_array_dataset_bad_inputs(tmp_path, make, message):
   path = tmp_path / 'images.npy'
   if make is not None:
