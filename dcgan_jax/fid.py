@@ -144,12 +144,14 @@ def image_statistics(path: str, extractor,
   stats = evaluation.FeatureStatistics()
   skipped = 0
   pending: dict[tuple[int, ...], list[np.ndarray]] = {}  # Images waiting, by shape.
+  pending_bytes = 0
   kept: list[np.ndarray] = []
   num_kept = 0
 
   def flush(shape):
-    nonlocal num_kept
+    nonlocal num_kept, pending_bytes
     batch = pending.pop(shape)
+    pending_bytes -= len(batch) * batch[0].nbytes
     images = np.stack(batch)
     # A part batch is padded to a power of two: a few shapes to compile, not one per length.
     padded = min(extractor.batch_size, 1 << (len(batch) - 1).bit_length())
@@ -169,9 +171,10 @@ def image_statistics(path: str, extractor,
       continue
     group = pending.setdefault(image.shape, [])
     group.append(image)
+    pending_bytes += image.nbytes
     if len(group) == extractor.batch_size:
       flush(image.shape)
-    elif sum(len(g) * g[0].nbytes for g in pending.values()) > _MAX_PENDING_BYTES:
+    elif pending_bytes > _MAX_PENDING_BYTES:
       # Many sizes, each with a part batch: the fullest goes first, to bound the memory.
       flush(max(pending, key=lambda shape: len(pending[shape]) * pending[shape][0].nbytes))
   for shape in list(pending):  # The part batches, in the order their sizes first came.

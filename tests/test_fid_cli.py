@@ -339,3 +339,18 @@ def test_too_few_readable_images_for_precision_recall_still_print_the_fid(
   lines = out.strip().splitlines()
   assert lines[-2].startswith('Precision/recall skipped: ') and 'need more than 3' in lines[-2]
   assert lines[-1].startswith('FID: ') and float(lines[-1][5:]) >= 0
+
+
+def test_waiting_part_batches_are_bounded_in_memory(tmp_path, monkeypatch):
+  """Many sizes, each with a part batch waiting: past the bound the fullest goes through."""
+  folder = tmp_path / 'sizes'
+  folder.mkdir()
+  for i, side in enumerate((8, 9, 10, 8, 11)):
+    Image.fromarray(np.full((side, side, 3), 10 * i, np.uint8)).save(folder / f'{i}.png')
+  monkeypatch.setattr(fid, '_MAX_PENDING_BYTES', 700)  # Two or three small images.
+  extractor = _RecordingExtractor()
+  stats, _, _ = fid.image_statistics(str(folder), extractor)
+  assert stats.count == 5
+  # 8x8 (192 B) + 9x9 (243 B) + 10x10 (300 B) > 700: the 10x10 one went first, alone.
+  assert extractor.shapes[0] == (1, 10, 10, 3)
+  assert sorted(extractor.shapes[1:]) == [(1, 9, 9, 3), (1, 11, 11, 3), (2, 8, 8, 3)]
