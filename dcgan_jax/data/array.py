@@ -17,14 +17,12 @@ import zipfile
 
 import numpy as np
 
+from dcgan_jax import numpy_files
 from dcgan_jax.errors import UserError
 
 NAME = 'array'
 NPZ_KEY = 'images'
 LABELS_KEY = 'labels'
-# The first bytes of an .npz (a zip archive) and of an .npy file.
-_ZIP_MAGIC = b'PK'
-_NPY_MAGIC = b'\x93NUMPY'
 
 
 def _expected(image_size: int, channels: int) -> str:
@@ -53,10 +51,7 @@ def load_array(path: str, image_size: int,
   if not os.path.isfile(path):
     raise UserError(f'dataset_path {path!r} is not a file; pass a .npy or .npz file of '
                     f'{expected}.')
-  with open(path, 'rb') as f:
-    head = f.read(len(_NPY_MAGIC))
-  # numpy takes any other file for a pickle, and its error would suggest allow_pickle.
-  if not head.startswith((_ZIP_MAGIC, _NPY_MAGIC)):
+  if not numpy_files.looks_like_numpy(path):
     raise UserError(f'{path!r} is not a numpy file (damaged, or another format); pass a .npy or '
                     f'.npz file of {expected} (np.save / np.savez).')
   try:

@@ -22,15 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dcgan_jax import numpy_files
 from dcgan_jax.errors import UserError, is_integer
 
 # pytorch-fid's `--save-stats` files hold exactly these two arrays.
 MEAN_KEY = 'mu'
 COVARIANCE_KEY = 'sigma'
 COUNT_KEY = 'num_samples'
-# The first bytes of an .npz (a zip archive) and of a bare .npy file.
-_ZIP_MAGIC = b'PK'
-_NPY_MAGIC = b'\x93NUMPY'
 
 
 class FeatureStatistics:
@@ -205,12 +203,10 @@ class FeatureStatistics:
     not_statistics = (f'{path} is not a statistics file: it needs arrays mu [d] and sigma '
                       '[d, d] (an .npz, as pytorch-fid --save-stats writes)')
     try:
-      with open(path, 'rb') as f:
-        head = f.read(len(_NPY_MAGIC))
+      is_numpy = numpy_files.looks_like_numpy(path)
     except OSError as e:
       raise UserError(f'Cannot read statistics from {path}: {e}') from None
-    # numpy takes any other file for a pickle, and its error would suggest allow_pickle.
-    if not head.startswith((_ZIP_MAGIC, _NPY_MAGIC)):
+    if not is_numpy:
       raise UserError(f'{not_statistics}; this file is not a NumPy file at all.')
     # A damaged or cut-short archive fails in zipfile or zlib, when opened or when read.
     damaged = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
