@@ -211,26 +211,24 @@ def source_fingerprint(path: str) -> str:
   """A short hash of what a local dataset source holds now, for caches derived from it.
 
   Args:
-    path: a directory (its image files' names, sizes and modification times count), or a
-      file (a .zip, .npy or .npz: its size and modification time count).
+    path: a directory or .zip of images (hashed as :meth:`ImageFiles.fingerprint` hashes it,
+      as for the prepared dataset), or another file, such as an ``array`` dataset's .npy/.npz
+      (its size and modification time count).
 
   Returns:
     16 hex digits that change when an image is added, removed, rewritten or touched; '' for an
-    empty ``path`` (a named tfds dataset), or one that does not exist.
+    empty ``path`` (a named tfds dataset), or one that cannot be read.
   """
   if not path:
     return ''
-  path = os.path.abspath(os.path.expanduser(path))
   try:
-    if os.path.isdir(path):
-      contents = tuple(sorted(_walk(path)))
-    else:
-      stat = os.stat(path)
-      contents = (stat.st_size, stat.st_mtime_ns)
-  except OSError:
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(path) or zipfile.is_zipfile(path):
+      return ImageFiles(path).fingerprint()
+    stat = os.stat(path)
+  except (OSError, UserError):
     return ''
-  digest = hashlib.sha256(repr((path, contents)).encode())
-  return digest.hexdigest()[:16]
+  return hashlib.sha256(repr((path, stat.st_size, stat.st_mtime_ns)).encode()).hexdigest()[:16]
 
 
 def _walk(root: str, others: collections.Counter | None = None
