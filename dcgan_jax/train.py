@@ -433,9 +433,13 @@ def setup_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
           if name in saved and saved[name] != now[name]]
 
 
-def describe_setup_changes(step: int, changes: list[str], saved: dict[str, Any],
-                           now: dict[str, Any], config: ml_collections.ConfigDict) -> str:
-  """The warning a resume on another setup logs: what changed and what that does to the run."""
+def describe_setup_changes(step: int, saved: dict[str, Any], now: dict[str, Any],
+                           config: ml_collections.ConfigDict) -> str | None:
+  """The warning a resume on another setup logs: what changed and what that does to the run;
+  None when nothing changed."""
+  changes = setup_changes(saved, now)
+  if not changes:
+    return None
   effects = []
   if any(saved.get(name) != now.get(name) for name in _ARITHMETIC_SETUP if name in saved):
     effects.append('its sums are reduced in another order or by other kernels (~1e-6 apart '
@@ -987,11 +991,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       key_data = np.asarray(restored['train_key'].addressable_data(0))
       train_key = jax.random.wrap_key_data(key_data, impl=jax.random.key_impl(train_key))
       logging.info('Resumed from the checkpoint of step %d.', start_step)
-      saved_setup = checkpointer.saved_run_setup(start_step)
-      setup_diff = setup_changes(saved_setup, setup)
-      if setup_diff and is_chief:
-        logging.warning('%s', describe_setup_changes(start_step, setup_diff, saved_setup, setup,
-                                                     config))
+      setup_warning = describe_setup_changes(
+          start_step, checkpointer.saved_run_setup(start_step), setup, config)
+      if setup_warning and is_chief:
+        logging.warning('%s', setup_warning)
     if step_fn.parallelism == 'pmap':
       # pmap wants host values to stack per device; every process holds a full replica.
       state = step_fn.place_state(
