@@ -238,8 +238,12 @@ def _short_reason(exc: BaseException) -> str:
   """One short line describing `exc`, for error messages and warnings."""
   if reason := _os_error_reason(exc):
     return reason
-  text = str(exc).strip().splitlines()
+  text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
   first = text[0] if text else ''
+  if first.endswith(':') and len(text) > 1:
+    # The message's subject is on the next line (orbax's tree mismatch puts the first differing
+    # path there: "... do not match:\ngenerator.opt_state[0]:").
+    first = f'{first} {text[1].rstrip(":")}'
   # orbax appends the repr of a bound method ("See full TensorStore details: <bound method
   # pybind11_...>"), which tells a user nothing.
   first = re.sub(r'\s*See full TensorStore details:.*$', '', first)
@@ -794,8 +798,9 @@ class Checkpointer:
         restored = self._restore_step(candidate, target_state)
       except Exception as e:  # pylint: disable=broad-except
         _drop_orbax_read_leftovers()
-        logging.warning('The checkpoint of step %d in %s cannot be restored (%s); falling back '
-                        'to the previous one.', candidate, self.directory, _short_reason(e))
+        logging.warning('The checkpoint of step %d in %s cannot be restored (%s)%s.', candidate,
+                        self.directory, _short_reason(e),
+                        '; falling back to the previous one' if candidate != steps[-1] else '')
         failed.append((candidate, e))
         continue
       if failed and not self._read_only:
@@ -804,8 +809,9 @@ class Checkpointer:
     latest_step, latest_error = failed[0]
     raise UserError(
         f'No checkpoint in {self.directory} can be restored (steps {sorted(steps)}; step '
-        f'{latest_step} failed with: {_short_reason(latest_error)}); resume with the config that '
-        'wrote them or use a new --workdir.') from latest_error
+        f'{latest_step} failed with: {_short_reason(latest_error)}); restore into a state built '
+        'as the saved one was (the config that wrote them: the same models and optimizers), or '
+        'start in a new workdir.') from latest_error
 
   def _restore_step(self, step: int, target_state: PyTree) -> tuple[PyTree, dict[str, Any], int]:
     args = ocp.args.Composite(**{

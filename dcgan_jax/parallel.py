@@ -16,6 +16,7 @@ array from the process-local rows.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Mapping, Sequence
 
 from absl import logging
@@ -103,6 +104,10 @@ def check_batch_size(global_batch: int, num_devices: int, process_count: int = 1
                     'processes.')
 
 
+# Below this many values a batch of bright images could hold no pixel under mid-grey.
+_MIN_PIXELS_FOR_RANGE_WARNING = 4096
+
+
 class DataParallelStep:
   """A jitted, donated, data-parallel GAN step plus the helpers to place its inputs.
 
@@ -149,6 +154,8 @@ class DataParallelStep:
     # For place_batch's checks of host batches.
     self._num_classes = int(getattr(generator, 'num_classes', 0) or 0)
     self._output_activation = getattr(generator, 'output_activation', 'tanh')
+    self._warned_about_range = False
+    self._replicated = NamedSharding(self.mesh, P())
     donate_argnums = (0,) if donate else ()
     if parallelism == 'shard_map':
       # check_vma=False keeps pmap's semantics: each device differentiates its own loss and the
@@ -200,16 +207,21 @@ class DataParallelStep:
         NaN (an embedding lookup out of range).
     """
     if isinstance(local_batch, (tuple, list)):
-      rows = {int(np.shape(x)[0]) for x in local_batch}
+      if len(local_batch) != 2:
+        raise UserError(f'A batch is images or (images, labels); got a sequence of '
+                        f'{len(local_batch)} (stack a list of images into one array first).')
+      # Plain lists (labels written out as [0, 1, ...]) are arrays to everything below.
+      local_batch = [x if isinstance(x, (np.ndarray, jax.Array)) else np.asarray(x)
+                     for x in local_batch]
+      rows = {int(np.shape(x)[0]) if np.ndim(x) else 0 for x in local_batch}
       if len(rows) != 1:
         raise UserError('The images and labels of a batch must have the same number of rows '
                         f'(got {[np.shape(x) for x in local_batch]}).')
-      if len(local_batch) == 2:
-        if np.ndim(local_batch[1]) != 1:
-          raise UserError('Labels must be one class index per image, shape [batch] (got '
-                          f'{np.shape(local_batch[1])} for images {np.shape(local_batch[0])}).')
-        self._check_host_images(local_batch[0])
-        self._check_host_labels(local_batch[1])
+      if np.ndim(local_batch[1]) != 1:
+        raise UserError('Labels must be one class index per image, shape [batch] (got '
+                        f'{np.shape(local_batch[1])} for images {np.shape(local_batch[0])}).')
+      self._check_host_images(local_batch[0])
+      self._check_host_labels(local_batch[1])
       return tuple(self._place_rows(x) for x in local_batch)
     self._check_host_images(local_batch)
     return self._place_rows(local_batch)
@@ -230,6 +242,16 @@ class DataParallelStep:
           f'Training images are {images.dtype} in [{smallest:g}, {largest:g}], outside the '
           f"generator's range [{low:g}, {high:g}] ({self._output_activation}): pass uint8 "
           f'images (0..255; the step scales them) or floats already in [{low:g}, {high:g}].')
+    if low < 0 and smallest >= 0 and images.size >= _MIN_PIXELS_FOR_RANGE_WARNING:
+      # Inside the range, so not refused; but no real batch in [-1, 1] lacks every pixel below
+      # mid-grey: this is nearly always x / 255 without the `* 2 - 1`.
+      if not self._warned_about_range:
+        self._warned_about_range = True
+        warnings.warn(
+            f'Training images are {images.dtype} in [{smallest:g}, {largest:g}] but the '
+            f'generator makes [{low:g}, {high:g}] ({self._output_activation}): D would see '
+            'real images in the upper half of that range only. Scale [0, 1] images with '
+            'x * 2 - 1, or pass uint8 images (0..255; the step scales them).', stacklevel=3)
 
   def _check_host_labels(self, labels: Any) -> None:
     if not isinstance(labels, np.ndarray) or not self._num_classes:
@@ -275,6 +297,7 @@ class DataParallelStep:
       raise UserError('This state was donated to an earlier step call, which consumed it: pass '
                       'the state that call returned (state, metrics = step(state, batch, rng)).')
     if self.parallelism != 'pmap':
+      self._check_shard_map_arguments(counter, batch)
       return
     devices = len(self.local_devices)
     if np.ndim(state.step) != 1 or np.shape(state.step)[0] != devices:
@@ -293,6 +316,23 @@ class DataParallelStep:
     if key_shape:
       raise UserError(f'The step takes one PRNG key (got keys of shape {key_shape}); it derives '
                       "each device's key itself.")
+
+  def _check_shard_map_arguments(self, counter: Any, batch: Any) -> None:
+    """A state not laid out on the mesh would be moved there and the caller's arrays donated
+    (deleted) without a word; a batch whose rows do not split over the devices fails inside
+    shard_map with a long message."""
+    if (isinstance(counter, jax.Array) and counter.sharding != self._replicated
+        and not counter.sharding.is_equivalent_to(self._replicated, counter.ndim)):
+      raise UserError(f'The state is not laid out for this step (it sits on '
+                      f'{_describe_devices(counter.sharding.device_set)}, the step runs on '
+                      f'{self.num_devices} device(s) with a replicated state): pass it through '
+                      'step.place_state(state) first. (The step donates its state: the arrays '
+                      'passed in would be deleted.)')
+    images = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if np.ndim(images):
+      rows = np.shape(images)[0]
+      if not rows or rows % self.num_devices:
+        check_batch_size(rows, self.num_devices)
 
   def compiled_text(self, state: GANState, batch: jax.Array, rng: jax.Array) -> str:
     """The optimized HLO of the step for these arguments (nothing is donated or run; after a
@@ -315,6 +355,11 @@ class DataParallelStep:
     if self.parallelism == 'pmap':
       metrics = jax.tree.map(lambda x: x[0], metrics)
     return {k: float(np.asarray(jax.device_get(v))) for k, v in metrics.items()}
+
+
+def _describe_devices(devices: Any) -> str:
+  names = sorted(str(d) for d in devices)
+  return ', '.join(names) if len(names) <= 2 else f'{len(names)} devices'
 
 
 def _to_host(x: Any) -> Any:

@@ -8,6 +8,8 @@ jitted, sharded, donated and checkpointed as one value.
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 from typing import Any, Callable
 
 import flax
@@ -81,6 +83,15 @@ class AdaptiveAugmentState(GANState):
   augment_probability: jax.Array | None = None
 
 
+def _check_learning_rate(learning_rate: Any) -> None:
+  """A UserError unless a constant learning rate is a finite number > 0 (NaN, 0 or a negative
+  rate would train on without an error: no updates, or gradient ascent)."""
+  if (isinstance(learning_rate, (str, bytes, bool)) or not isinstance(learning_rate, numbers.Real)
+      or not math.isfinite(learning_rate) or learning_rate <= 0):
+    raise UserError(f'learning rates must be positive numbers, such as the paper\'s 2e-4 '
+                    f'(got {learning_rate!r}).')
+
+
 def make_schedule(learning_rate: float, kind: str = 'constant', num_steps: int = 0,
                   warmup_steps: int = 0) -> optax.Schedule:
   """A learning-rate schedule: 'constant', 'cosine' or 'linear' decay to 0, with linear warmup.
@@ -94,8 +105,7 @@ def make_schedule(learning_rate: float, kind: str = 'constant', num_steps: int =
   kinds = ('constant', 'cosine', 'linear')
   if kind not in kinds:
     raise UserError(f'lr_schedule must be one of constant, cosine or linear (got {kind!r}).')
-  if learning_rate <= 0:
-    raise UserError(f'learning rates must be positive (got {learning_rate!r}).')
+  _check_learning_rate(learning_rate)
   if kind != 'constant' and num_steps < 1:
     raise UserError(f'The {kind} schedule decays over num_steps updates; give num_steps >= 1 '
                     f'(got {num_steps}).')
@@ -117,10 +127,14 @@ def make_optimizer(learning_rate: float | optax.Schedule = 2e-4, b1: float = 0.5
   """Adam as the DCGAN paper tunes it (lr 2e-4, beta1 0.5); a schedule may replace the rate.
 
   Raises:
-    UserError: a beta outside [0, 1) (Adam's moment averages would not decay).
+    UserError: a constant rate that is not a positive number, or a beta outside [0, 1) (Adam's
+      moment averages would not decay).
   """
+  # A schedule, or an array (optax.inject_hyperparams passes traced values), is not checked.
+  if not callable(learning_rate) and not isinstance(learning_rate, jax.Array):
+    _check_learning_rate(learning_rate)
   for name, beta in (('adam_b1', b1), ('adam_b2', b2)):
-    if not 0.0 <= beta < 1.0:
+    if not isinstance(beta, jax.Array) and not 0.0 <= beta < 1.0:
       raise UserError(f'{name} must be in [0, 1) (got {beta!r}); the paper uses adam_b1=0.5, '
                       'adam_b2=0.999.')
   return optax.adam(learning_rate, b1=b1, b2=b2)

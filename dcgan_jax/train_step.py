@@ -15,6 +15,7 @@ batch kept apart); then G updated through the updated D on the same fakes.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 import warnings
 
@@ -90,10 +91,14 @@ class StepConfig:
     # Raises a UserError naming the valid policies; a tuple keeps the config hashable.
     object.__setattr__(self, 'augment', augment.parse_policy(self.augment))
     losses.get_loss(self.loss)  # Raises a UserError naming the valid losses.
+    for name in _NUMBER_FIELDS:
+      object.__setattr__(self, name, _finite_number(name, getattr(self, name)))
     if not 0.0 < self.real_label <= 1.0:
       raise UserError(f'real_label must be in (0, 1] (got {self.real_label!r}).')
-    if self.gradient_penalty_weight < 0 or self.r1_weight < 0:
-      raise UserError('gradient_penalty_weight and r1_weight must be >= 0.')
+    for name in ('gradient_penalty_weight', 'r1_weight'):
+      if getattr(self, name) < 0:
+        raise UserError(f'{name} must be >= 0 (0 turns the penalty off; got '
+                        f'{getattr(self, name)!r}).')
     # numpy integers (from a config or an array) count; bools and 2.0 do not.
     if (isinstance(self.d_steps, bool) or not isinstance(self.d_steps, (int, np.integer))
         or self.d_steps < 1):
@@ -124,6 +129,26 @@ class StepConfig:
                augment_probability=float(config.get('augment_probability', 1.0)),
                ada_target=float(config.get('ada_target', 0.0)),
                ada_speed_images=int(config.get('ada_speed_images', augment.ADA_SPEED_IMAGES)))
+
+
+# StepConfig's real-valued fields: each must be a finite number. (A NaN weight would pass every
+# range check and the step's `> 0` tests alike, silently turning its penalty off.)
+_NUMBER_FIELDS = ('real_label', 'gradient_penalty_weight', 'r1_weight', 'ema_decay',
+                  'augment_probability', 'ada_target')
+
+
+def _finite_number(name: str, value: Any) -> float:
+  """``value`` as a float, or a UserError when it is not a finite number (a string, a bool,
+  NaN, an infinity)."""
+  number = None
+  if not isinstance(value, (str, bytes, bool, np.bool_)):
+    try:
+      number = float(value)
+    except (TypeError, ValueError):
+      pass
+  if number is None or not math.isfinite(number):
+    raise UserError(f'{name} must be a finite number (got {value!r}).')
+  return number
 
 
 def images_to_model_range(images: jax.Array, output_activation: str = 'tanh') -> jax.Array:
@@ -436,6 +461,9 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     real_images, real_labels = split_batch(batch, num_classes)
     real = images_to_model_range(real_images, output_activation)
     local_batch = real.shape[0]
+    if not local_batch:  # Means over no rows would be NaN and poison every parameter.
+      raise UserError(f'The batch has no images (shape {tuple(real_images.shape)}); a step '
+                      'needs at least one image per device.')
     metrics: Metrics = {}
     g = state.generator
     # G runs in training mode for every D update's fakes, so each forward moves its running

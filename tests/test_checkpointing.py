@@ -348,9 +348,25 @@ def test_mismatched_target_is_a_user_error_and_moves_nothing(tmp_path):
   other = _gan_state()
   other = other.replace(ema_params={'extra': jnp.zeros((3,))})
   with Checkpointer(tmp_path) as checkpointer:
-    with pytest.raises(UserError, match='can be restored'):
+    # The message names where the trees differ (orbax puts that on its second line) and gives
+    # advice a custom loop can follow as well as the command line.
+    with pytest.raises(UserError, match=r'can be restored .*do not match: ema_params\b.*'
+                                        r'restore into a state built as the saved one was'):
       checkpointer.restore(other)
     assert checkpointer.all_steps() == [1, 2]
+
+
+@_ORBAX_READ_NOISE
+def test_the_oldest_checkpoint_failing_does_not_promise_a_fallback(tmp_path, caplog):
+  _save_steps(tmp_path, [1, 2])
+  other = _gan_state().replace(ema_params={'extra': jnp.zeros((3,))})
+  with Checkpointer(tmp_path, read_only=True) as checkpointer, caplog.at_level(logging.WARNING):
+    with pytest.raises(UserError):
+      checkpointer.restore(other)
+  warnings = [r.getMessage() for r in caplog.records if 'cannot be restored' in r.getMessage()]
+  assert len(warnings) == 2
+  assert 'falling back to the previous one' in warnings[0]  # Step 2: step 1 is next.
+  assert 'falling back' not in warnings[1]  # Step 1: nothing older.
 
 
 def test_explicit_step(tmp_path):

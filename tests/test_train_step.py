@@ -2,9 +2,12 @@
 import functools
 import logging
 import types
+import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from dcgan_jax import (DataParallelStep, Discriminator, Generator, StepConfig, UserError,
@@ -168,7 +171,6 @@ def test_batch_norm_without_axis_name_on_several_devices_warns(monkeypatch, para
 
 
 def test_batch_norm_with_axis_name_or_on_one_device_does_not_warn(monkeypatch):
-  import warnings  # pylint: disable=g-import-not-at-top
   from dcgan_jax import train_step  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(train_step, '_REPORTED_UNSYNCED_BATCH_NORMS', set())
   with warnings.catch_warnings():
@@ -296,7 +298,6 @@ def test_modules_with_dropout_get_their_random_numbers(parallelism):
 
 def test_a_gradient_penalty_through_batch_norm_warns_in_a_custom_loop():
   """As the training program does (train.config_warnings), and only there once."""
-  import warnings  # pylint: disable=g-import-not-at-top
   from dcgan_jax import train_step  # pylint: disable=g-import-not-at-top
   penalty = StepConfig(loss='wasserstein', gradient_penalty_weight=10.0)
   with pytest.warns(train_step.PenaltyWithBatchNormWarning, match="Discriminator\\(norm='layer'\\)"):
@@ -384,6 +385,80 @@ def test_bad_step_options_are_rejected():
   assert type(StepConfig(d_steps=np.int64(2)).d_steps) is int
   with pytest.raises(UserError, match='parallelism'):
     DataParallelStep(G, D, parallelism='dp')
+  # A NaN weight passed every range check and the step's `> 0` tests alike: WGAN-GP silently
+  # trained as a plain WGAN. Strings (a config typo) were a TypeError from a comparison.
+  for field in ('gradient_penalty_weight', 'r1_weight', 'real_label', 'ema_decay',
+                'augment_probability', 'ada_target'):
+    for bad in (float('nan'), float('inf'), '10', True, None):
+      with pytest.raises(UserError, match=f'{field} must be a finite number'):
+        StepConfig(**{field: bad})
+  with pytest.raises(UserError, match=r'r1_weight must be >= 0 \(0 turns the penalty off; got '
+                                      r'-1.0\)'):
+    StepConfig(r1_weight=-1)
+  numpy_weights = StepConfig(r1_weight=np.float32(2), gradient_penalty_weight=1)
+  assert type(numpy_weights.r1_weight) is float and numpy_weights.r1_weight == 2.0
+  assert hash(numpy_weights) == hash(StepConfig(r1_weight=2.0, gradient_penalty_weight=1.0))
+
+
+def test_make_optimizer_refuses_rates_that_cannot_train_and_takes_traced_ones():
+  from dcgan_jax import state as state_lib  # pylint: disable=g-import-not-at-top
+  for bad in (-2e-4, 0.0, float('nan'), '2e-4', True):
+    with pytest.raises(UserError, match='learning rates must be positive numbers'):
+      state_lib.make_optimizer(bad)
+    with pytest.raises(UserError, match='learning rates must be positive numbers'):
+      state_lib.make_schedule(bad)
+  # optax.inject_hyperparams passes traced values inside jit: no check may read them. (The
+  # betas' check used to fail there with a TracerBoolConversionError.)
+  tx = optax.inject_hyperparams(state_lib.make_optimizer)(learning_rate=1e-3, b1=0.5)
+  params = {'w': jnp.ones(3)}
+  updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
+  np.testing.assert_allclose(updates['w'], -1e-3, rtol=1e-4)
+
+
+def test_an_empty_batch_is_refused_while_tracing(initial_state):
+  """It ran: every metric NaN, G's parameters NaN and the step counter advanced."""
+  with pytest.raises(UserError, match=r'The batch has no images \(shape \(0, 16, 16, 3\)\)'):
+    jax.jit(make_train_step(G, D))(initial_state, _images(0), jax.random.key(1))
+
+
+def test_shard_map_step_refuses_an_unplaced_state_and_keeps_it(initial_state):
+  """A state on one device was moved to the mesh and its arrays donated (deleted) without a
+  word; pmap already refused it."""
+  step = DataParallelStep(G, D, StepConfig(), parallelism='shard_map')
+  one_device = jax.device_put(initial_state, jax.devices()[0])
+  with pytest.raises(UserError, match=r'not laid out for this step \(it sits on .*8 device\(s\).*'
+                                      r'step.place_state\(state\) first'):
+    step(one_device, step.place_batch(_images()), jax.random.key(1))
+  assert not any(x.is_deleted() for x in jax.tree.leaves(one_device))
+  # An unplaced batch that does not split over the devices: one line, not shard_map's message.
+  with pytest.raises(UserError, match='batch_size 12 is not divisible by the 8 devices'):
+    step(step.place_state(one_device), _images(12), jax.random.key(1))
+  state, _ = step(step.place_state(one_device), _images(), jax.random.key(1))  # Placed: runs.
+  state, _ = step(state, step.place_batch(_images()), jax.random.key(2))  # Its own output too.
+  assert int(step.host_state(state).step) == 2
+
+
+def test_place_batch_takes_label_lists_and_warns_about_unit_range_floats():
+  g = Generator(image_size=16, channels=3, latent_dim=16, width=8, num_classes=10)
+  d = Discriminator(image_size=16, channels=3, width=8, num_classes=10)
+  step = DataParallelStep(g, d, StepConfig(), parallelism='shard_map')
+  labels = [i % 10 for i in range(16)]
+  placed = step.place_batch((_images(16), labels))  # Was an AttributeError ('list' ... shape).
+  np.testing.assert_array_equal(np.asarray(placed[1]), labels)
+  with pytest.raises(UserError, match='class indices in \\[0, 10\\)'):
+    step.place_batch((_images(16), [10] * 16))
+  with pytest.raises(UserError, match='got a sequence of 16 .*stack a list of images'):
+    step.place_batch(list(_images(16)))
+  # x / 255 without the `* 2 - 1`: inside tanh's range, so not refused, but named once.
+  unit = _images(16).astype(np.float32) / 255
+  with pytest.warns(UserWarning, match=r'float32 in \[0, .*\] but the generator makes \[-1, 1\] '
+                                       r'\(tanh\).*x \* 2 - 1'):
+    step.place_batch((unit, labels))
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    step.place_batch((unit, labels))  # Once per step object.
+    fresh = DataParallelStep(g, d, StepConfig(), parallelism='shard_map')
+    fresh.place_batch((unit * 2 - 1, labels))  # Scaled right: no warning.
 
 
 @pytest.fixture
