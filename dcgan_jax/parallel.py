@@ -329,10 +329,9 @@ class DataParallelStep:
                       'step.place_state(state) first. (The step donates its state: the arrays '
                       'passed in would be deleted.)')
     images = batch[0] if isinstance(batch, (tuple, list)) else batch
-    if np.ndim(images):
-      rows = np.shape(images)[0]
-      if not rows or rows % self.num_devices:
-        check_batch_size(rows, self.num_devices)
+    shape = getattr(images, 'shape', ())  # (np.shape costs microseconds on a jax array.)
+    if shape and (not shape[0] or shape[0] % self.num_devices):
+      check_batch_size(shape[0], self.num_devices)
 
   def compiled_text(self, state: GANState, batch: jax.Array, rng: jax.Array) -> str:
     """The optimized HLO of the step for these arguments (nothing is donated or run; after a
