@@ -153,6 +153,10 @@ def _drop_orbax_read_leftovers() -> None:
   reports (and only those) are dropped, from then on in this process.
   """
   _add_filter_once('asyncio', _DropAbandonedOrbaxReads)
+  # TensorStore's reads that end after orbax closed its loop call back into it, as a failed
+  # save's writes do: 100-200 "Event loop is closed" tracebacks (read-only openings, such as
+  # `sample` on a workdir whose newest checkpoint is damaged, had no filter for them).
+  _drop_unraisable_reports('_drops_closed_loop_callbacks', _is_closed_loop_callback)
   if _drop_unraisable_reports('_drops_orbax_reads', _is_orbax_coroutine):
     # orbax's array-metadata read (the only one seen unstarted; a warning has no source filter).
     warnings.filterwarnings('ignore', message=r"coroutine 'Store\._get_array_metadatas' was "
