@@ -15,12 +15,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   # --- Data -------------------------------------------------------------------------------------
-  # 'digits' (embedded, offline), any tfds image dataset name ('mnist', 'cifar10', 'celeb_a', ...)
-  # or 'folder' (a directory or .zip of images given by dataset_path).
+  # 'digits' (embedded, offline), any tfds image dataset name ('mnist', 'cifar10', 'celeb_a', ...),
+  # 'folder' (a directory or .zip of images given by dataset_path) or 'array' (a .npy of uint8
+  # images, or a .npz with 'images' and optional 'labels', given by dataset_path).
   config.dataset = 'digits'
   config.data_dir = ''  # tfds data_dir; '' means tfds' default (~/tensorflow_datasets).
-  # For 'folder': the directory or .zip. For 'celeb_a': optional hand-downloaded
-  # img_align_celeba.zip or its extracted folder (used instead of tfds' broken download).
+  # For 'folder': the directory or .zip. For 'array': the .npy or .npz file. For 'celeb_a':
+  # optional hand-downloaded img_align_celeba.zip or its extracted folder (used instead of tfds'
+  # broken download).
   config.dataset_path = ''
   config.split = 'train'
   config.image_size = 32  # Must be 4*2^k: 8, 16, 32, 64, 128 or 256.

@@ -674,7 +674,7 @@ class _InceptionFIDHook:
     if num_samples < 2:
       raise UserError(f'eval_num_samples must be at least 2 (got {num_samples}); FID needs '
                       '2048+ samples to be meaningful, 50000 is the standard.')
-    # eval_preprocessing is not a configs/default.py field yet; pytorch_fid is the default.
+    # Configs written before eval_preprocessing was a field have pytorch-fid's preprocessing.
     preprocessing = config.get('eval_preprocessing', 'pytorch_fid')
     if num_samples < jax.process_count():
       raise UserError(f'eval_num_samples ({num_samples}) must be at least the number of '

@@ -30,6 +30,12 @@ def test_filter_hides_library_info_but_keeps_warnings_and_our_logs():
   assert not library_filter.filter(_record(orbax, logging.WARNING, read_only))
   assert library_filter.filter(_record(orbax, logging.ERROR, read_only))
   assert library_filter.filter(_record('/repo/dcgan_jax/x.py', logging.WARNING, read_only))
+  # ... and tfds' note of a version folder without dataset_info.json (a failed download's
+  # leftover), which came before an offline download's one-line error.
+  file_utils = '/venv/site-packages/tensorflow_datasets/core/utils/file_utils.py'
+  variant = 'Variant folder /data/mnist/3.0.1 has no dataset_info.json'
+  assert not library_filter.filter(_record(file_utils, logging.WARNING, variant))
+  assert library_filter.filter(_record(file_utils, logging.WARNING, 'Something else'))
   # Ours, our metrics writer (clu) and tfds' builder (where data comes from, downloads) stay.
   for kept in ('/repo/dcgan_jax/train.py', '/venv/site-packages/clu/metric_writers/x.py',
                '/venv/site-packages/tensorflow_datasets/core/dataset_builder.py'):
