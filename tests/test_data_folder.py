@@ -2,6 +2,8 @@
 import logging
 import os
 import pathlib
+import re
+import shutil
 import zipfile
 
 import numpy as np
@@ -136,7 +138,8 @@ def test_zip_gives_the_same_images_as_the_folder(image_folder, tmp_path, caplog)
   assert preparations == ['images', 'my_images']  # One per source, named after it.
 
 
-def test_prepared_once_then_reused_until_the_folder_changes(image_folder, tmp_path, monkeypatch):
+def test_prepared_once_then_reused_until_the_folder_changes(image_folder, tmp_path, monkeypatch,
+                                                            caplog):
   folder, counts = image_folder
   config = _config(dataset_path=str(folder), data_dir=str(tmp_path / 'tfds'))
   first = input_pipeline.load_all_images(config)
@@ -152,9 +155,24 @@ def test_prepared_once_then_reused_until_the_folder_changes(image_folder, tmp_pa
     with pytest.raises(AssertionError, match='read again'):
       input_pipeline.load_all_images(_config(dataset_path=str(folder),
                                              data_dir=str(tmp_path / 'tfds'), image_size=8))
-  # A new file changes the fingerprint: prepared anew, with the extra image.
+  input_pipeline.load_all_images(_config(dataset_path=str(folder), data_dir=str(tmp_path / 'tfds'),
+                                         image_size=8))
+  # Another folder with the same base name is another source: not counted below.
+  other = tmp_path / 'elsewhere' / folder.name
+  shutil.copytree(folder, other)
+  input_pipeline.load_all_images(_config(dataset_path=str(other), data_dir=str(tmp_path / 'tfds')))
+  # A new file changes the fingerprint: prepared anew, with the extra image; the two earlier
+  # copies of this folder (sizes 16 and 8) stay, and the log says where and how large they are.
   _centre_white(16, 16).save(folder / 'new.png')
-  assert input_pipeline.load_all_images(config).shape[0] == counts['readable'] + 1
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    assert input_pipeline.load_all_images(config).shape[0] == counts['readable'] + 1
+  notes = [r.getMessage() for r in caplog.records if 'other preparation' in r.getMessage()]
+  assert len(notes) == 1, notes
+  assert re.match(r'data_dir holds 2 other preparation\(s\) of the same source .*, [\d.]+ MB: ',
+                  notes[0]), notes[0]
+  listed = notes[0].split(' MB: ')[1].split('. Delete')[0].split(', ')
+  assert all(pathlib.Path(p).is_dir() for p in listed) and len(listed) == 2
 
 
 @pytest.mark.parametrize('setup,message', [

@@ -13,6 +13,8 @@ unchanged one is found there and reused without opening a single image.
 from __future__ import annotations
 
 import functools
+import json
+import os
 from collections.abc import Mapping, Sequence
 
 from absl import logging
@@ -137,6 +139,7 @@ def prepare_image_files(
   if not builder.is_prepared():
     logging.info('Preparing %d images from %s into %s (once).',
                  sum(len(n) for n in splits.values()), files.path, builder.data_dir)
+    _note_other_preparations(builder.data_dir, config.name, config.description)
     if files.other_files:  # Passed over without a word they would look lost.
       counts = ', '.join(f'{count} {ext}' for ext, count in sorted(files.other_files.items()))
       logging.info('Passed over %d files that are not images by their extension (%s); read are '
@@ -163,6 +166,41 @@ def prepare_image_files(
                                      builder.data_dir) from None
     raise
   return builder
+
+
+def _note_other_preparations(version_dir: str, name: str, description: str) -> None:
+  """Logs the other prepared copies of the same source in ``data_dir``, with their size.
+
+  Each change to a folder (or another image size) is prepared anew beside the older copies, and
+  nothing removes those: a folder edited now and then fills the disk unseen. Whether an older
+  copy is still wanted (another config's image size, a run still reading it) only the user
+  knows, so this says where they are instead of deleting them.
+  """
+  kind_dir = os.path.dirname(os.path.dirname(version_dir))
+  source = name.rsplit('_', 1)[0]
+  others, total = [], 0
+  try:
+    entries = sorted(os.scandir(kind_dir), key=lambda e: e.name)
+  except OSError:  # Not prepared before, or not a local path (gs://...).
+    return
+  for entry in entries:
+    if entry.name == name or entry.name.rsplit('_', 1)[0] != source:
+      continue
+    info_path = os.path.join(entry.path, _VERSION, 'dataset_info.json')
+    try:
+      with open(info_path, encoding='utf-8') as f:
+        if json.load(f).get('description') != description:
+          continue  # Another source with the same base name.
+    except (OSError, ValueError):
+      continue
+    others.append(entry.path)
+    total += sum(os.path.getsize(os.path.join(root, file))
+                 for root, _, files in os.walk(entry.path) for file in files)
+  if others:
+    logging.info('data_dir holds %d other preparation(s) of the same source (another image size '
+                 'or channels, or its files as they were before a change), %.1f MB: %s. Delete '
+                 'those that no config or run needs.', len(others), total / 1e6,
+                 ', '.join(others))
 
 
 def _find_in_chain(error: BaseException, kind: type[BaseException]) -> BaseException | None:
