@@ -155,6 +155,11 @@ class StopSignals:
       self._previous[signum] = previous
       signal.signal(signum, self._handle)
 
+  @property
+  def received(self) -> int | None:
+    """The signal received while listening (single-process runs), or None."""
+    return self._received
+
   def restore(self) -> None:
     """Puts the previous handlers back (what leaving the context does; idempotent)."""
     for signum, previous in self._previous.items():

@@ -46,6 +46,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import time
 from typing import Any
 import warnings as warnings_lib
@@ -381,8 +382,9 @@ def check_resume_config(config: ml_collections.ConfigDict, saved: dict[str, Any]
                    f"{config.get('ada_target', 0.0)!r} (adaptive augmentation on/off)")
   if changed:
     raise UserError(f'The checkpoints in {workdir} hold models of another shape than this '
-                    f'config asks for ({", ".join(changed)}); resume with the config they were '
-                    'written with (its config.json) or use a new --workdir.')
+                    f'config asks for ({", ".join(changed)}); resume with the settings they were '
+                    'written with (the values left of each ->, as --config.<field> overrides; '
+                    "the workdir's config.json lists them all) or use a new --workdir.")
 
 
 def changed_settings(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> list[str]:
@@ -454,6 +456,19 @@ def describe_setup_changes(step: int, saved: dict[str, Any], now: dict[str, Any]
   return (f'Resuming the checkpoint of step {step} on another setup than it was saved on: '
           f'{", ".join(changes)}. Training goes on from it, but not bit-identically to a run '
           f'never stopped: {"; ".join(effects)}.')
+
+
+def fid_skipped_warning(config: ml_collections.ConfigDict, eval_every_steps: int) -> str:
+  """The warning of a run whose FID is due but has no Inception weights, naming the field the
+  user set (the cifar10, mnist and celeba configs give the period in epochs) and how to turn
+  it off."""
+  if int(config.get('eval_every_steps', 0)) == -1 and float(config.get('eval_every_epochs', 0)):
+    period = f'eval_every_epochs is {float(config.eval_every_epochs):g}'
+    off = 'eval_every_epochs=0'
+  else:
+    period, off = f'eval_every_steps is {eval_every_steps}', 'eval_every_steps=0'
+  return (f'FID evaluation skipped: {period} but no inception_weights is set (python -m '
+          f'dcgan_jax.evaluation.download_weights gets them; --config.{off} turns this off).')
 
 
 def warn_about_empty_classes(labels: np.ndarray, num_classes: int, dataset: str) -> list[int]:
@@ -1088,9 +1103,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     if start_step > 0:
       quality_hook.keep_history(workdir, start_step)
   if durations.eval_every_steps > 0 and not config.inception_weights:
-    logging.warning('FID evaluation skipped: eval_every_steps is %d but no inception_weights '
-                    'is set (python -m dcgan_jax.evaluation.download_weights gets them).',
-                    durations.eval_every_steps)
+    logging.warning(fid_skipped_warning(config, durations.eval_every_steps))
   best_fid = _read_best_fid(workdir)
   del initial_state
   _sync_processes('start')
@@ -1358,21 +1371,41 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
           # Their scalars (FID, quality) belong to a step a resumed run does not evaluate again.
           writer.flush()
       step = done
-  finally:  # A trace still on here (training failed or stopped) is stopped and written.
+  except BaseException:
     stop_signals.restore()
+    raise
+  finally:  # A trace still on here (training failed or stopped) is stopped and written.
     profiler.close(step)
 
   # --- The end: a last checkpoint, samples and scores of the final state. -------------------
-  write_samples()
-  write_log()
-  _check_finite(tracker, checkpointer)
-  final_step = max(start_step, num_train_steps)
   if start_step >= num_train_steps:
-    logging.info('The checkpoint is already at step %d >= num_train_steps %d; nothing to train.',
+    stop_signals.restore()
+    # The run that reached this step saved it and wrote its final samples and scores; doing
+    # that again would add a second point at the same step to every curve.
+    logging.info('The checkpoint is already at step %d >= num_train_steps %d; nothing to train '
+                 '(raise num_train_steps to train on; sample and evaluate read this run).',
                  start_step, num_train_steps)
-  writer.flush()  # As before every checkpoint (see the loop).
-  _save(checkpointer, final_step, state, train_key, config, step_fn, force=True)
-  hooks(final_step, state, final=True)
+    return step_fn.host_state(state)
+  final_step = num_train_steps
+  # A first SIGTERM or Ctrl-C still waits for the final checkpoint (it used to stop at once and
+  # lose every step since the last periodic one); the final samples and scores are skipped then.
+  try:
+    write_samples()
+    write_log()
+    _check_finite(tracker, checkpointer)
+    writer.flush()  # As before every checkpoint (see the loop).
+    _save(checkpointer, final_step, state, train_key, config, step_fn, force=True)
+    checkpointer.wait_until_finished()
+  finally:
+    stop_signals.restore()
+  if stop_signals.received is not None:
+    raise preemption.TrainingStopped(stop_signals.received, final_step, workdir)
+  try:
+    hooks(final_step, state, final=True)
+  except preemption.TrainingStopped:
+    raise
+  except KeyboardInterrupt:  # Ctrl-C during the final scores: the final step is saved.
+    raise preemption.TrainingStopped(signal.SIGINT, final_step, workdir) from None
   checkpointer.wait_until_finished()
   if is_chief:  # The sample grids over the run, as one animation.
     animation.write_progress_gif(os.path.join(workdir, SAMPLES_DIR))

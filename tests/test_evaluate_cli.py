@@ -93,7 +93,8 @@ def run_dir(tmp_path_factory):
 
 def test_training_without_weights_says_fid_is_skipped(run_dir):
   log = run_dir.joinpath('train_log.txt').read_text()
-  assert 'FID evaluation skipped' in log
+  assert ('FID evaluation skipped: eval_every_steps is 1 but no inception_weights is set' in log
+          and '--config.eval_every_steps=0 turns this off' in log)
   assert not (run_dir / train.BEST_FID_FILE).exists()
   assert not (run_dir / train.BEST_FID_DIR).exists()
 
@@ -503,3 +504,12 @@ def test_cached_reference_is_remade_when_anything_that_made_it_changes(tmp_path,
   back, cached = reference()
   assert not cached
   np.testing.assert_array_equal(back, first)
+
+
+def test_the_fid_skipped_warning_names_the_field_the_config_set():
+  """The cifar10, mnist and celeba configs set eval_every_epochs (eval_every_steps=-1): the
+  warning named eval_every_steps and a step count the user never wrote."""
+  config = train.load_config('configs/cifar10.py')
+  text = train.fid_skipped_warning(config, 1124)
+  assert 'eval_every_epochs is 10 but' in text and '--config.eval_every_epochs=0' in text
+  assert '1124' not in text

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from dcgan_jax import preemption
+from dcgan_jax import run_logs
 from dcgan_jax import train
 from dcgan_jax import writers
 
@@ -283,12 +284,48 @@ def test_a_stopped_run_writes_the_sample_grid_it_had_queued(images_file, tmp_pat
   assert grids() == [f'step_{s:06d}.png' for s in (3, 6, 9, 12)]
 
 
-def test_a_signal_at_the_last_step_lets_the_run_finish(images_file, tmp_path, monkeypatch,
-                                                       restore_handlers):
-  del restore_handlers
-  _raise_signal_after(monkeypatch, 12, signal.SIGTERM)
-  state = train.train_and_evaluate(_config(images_file), tmp_path)  # No TrainingStopped.
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_at_the_last_step_waits_for_the_final_checkpoint(
+    images_file, tmp_path, monkeypatch, restore_handlers, signum):
+  """After the loop the handlers used to be given back before the final save: one Ctrl-C
+  then stopped at once, and every step since the last periodic checkpoint was lost."""
+  config = _config(images_file, sample_every_steps=6)
+  _raise_signal_after(monkeypatch, 12, signum)
+  with pytest.raises(preemption.TrainingStopped) as stopped:
+    train.train_and_evaluate(config, tmp_path)
+  assert (stopped.value.signal_number, stopped.value.step) == (signum, 12)
+  assert _checkpoint_steps(tmp_path) == [6, 12]
+  for number, handler in restore_handlers.items():
+    assert signal.getsignal(number) is handler
+  # The final samples and scores are skipped (a stop was asked for); the grid of step 6 stays.
+  grids = lambda: sorted(p.name for p in (tmp_path / 'samples').glob('*'))
+  assert grids() == ['step_000006.png']
+  monkeypatch.undo()
+  # Run again: nothing to train, and nothing written again (no second point at step 12).
+  def logged_values():
+    return sum(len(event.summary.value) for path in tmp_path.glob(run_logs.EVENTS_GLOB)
+               for event in run_logs._events(path))  # pylint: disable=protected-access
+
+  before = logged_values()
+  assert before > 0
+  state = train.train_and_evaluate(config, tmp_path)
   assert int(state.step) == 12
+  assert _checkpoint_steps(tmp_path) == [6, 12] and grids() == ['step_000006.png']
+  assert logged_values() == before
+
+
+def test_a_ctrl_c_during_the_final_scores_says_the_final_step_is_saved(
+    images_file, tmp_path, monkeypatch, restore_handlers):
+  del restore_handlers
+  config = _config(images_file)
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(train, 'write_sample_grid', interrupted)  # The final hooks' first output.
+  with pytest.raises(preemption.TrainingStopped) as stopped:
+    train.train_and_evaluate(config, tmp_path)
+  assert (stopped.value.signal_number, stopped.value.step) == (signal.SIGINT, 12)
   assert _checkpoint_steps(tmp_path) == [6, 12]
 
 
