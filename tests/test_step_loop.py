@@ -122,18 +122,24 @@ def test_fused_run_trains_like_step_by_step_dispatch(tfds_dir, tmp_path, monkeyp
     np.testing.assert_allclose(scalars['fused'][tag][1], scalars['per_step'][tag][1], rtol=1e-4)
 
 
-def test_progress_clock_waits_for_the_device_at_its_start_and_at_the_first_report(monkeypatch):
-  """Dispatch is asynchronous: without these two waits the first steps/s counted steps that
-  were only queued (2519 steps/s logged at step 5 of a run doing 25)."""
+def test_progress_clock_waits_for_the_device_at_its_start_and_at_every_report(monkeypatch):
+  """Dispatch is asynchronous: without these waits the first steps/s counted steps that were
+  only queued (2519 steps/s logged at step 5 of a run doing 25), and with a wait at the first
+  report only, the second window was 17x too fast (it ended at a dispatch, not a finished
+  step)."""
   events = []
   monkeypatch.setattr(train.jax, 'block_until_ready', lambda x: events.append(('wait', x)))
+  monkeypatch.setattr(train.time, 'monotonic', lambda: 42.0)
   clock = train._ProgressClock(lambda step: events.append(step), every_steps=5)  # pylint: disable=protected-access
   state = types.SimpleNamespace(step='state.step')
+  assert clock.start is None
   for first, done in [(1, 3), (4, 4), (5, 6), (7, 10), (11, 15)]:  # Dispatches (fused or not).
     clock(first, done, state)
-  assert events == [('wait', 'state.step'), 3,  # The clock starts when the first chunk ran.
-                    4, ('wait', 'state.step'), 5, 6,  # The first report (5) ends a real window.
-                    7, 8, 9, 10, 11, 12, 13, 14, 15]  # Then the loop's own log waits suffice.
+  wait = ('wait', 'state.step')
+  assert events == [wait, 3,  # The clock starts when the first chunk ran.
+                    4, wait, 5, 6,  # Each report (5, 10, 15) ends a window of finished steps.
+                    wait, 7, 8, 9, 10, wait, 11, 12, 13, 14, 15]
+  assert clock.start == (42.0, 3)  # Where the loop's own first img/s window begins.
   events.clear()
   quiet = train._ProgressClock(events.append, every_steps=0)  # pylint: disable=protected-access
   quiet(1, 1, state)
