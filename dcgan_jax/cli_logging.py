@@ -54,7 +54,11 @@ class LibraryInfoFilter(logging.Filter):
     path = (record.pathname or '').replace(os.sep, '/')
     if record.levelno >= logging.WARNING:
       if record.levelno >= logging.ERROR:
-        return True
+        # A library thread broken off by Ctrl-C (orbax's "Save Finalize thread failed", with
+        # a traceback ending in KeyboardInterrupt): the program says in one line that it was
+        # interrupted.
+        interrupted = record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt)
+        return not (interrupted and any(fragment in path for fragment in self.paths))
       message = record.getMessage()
       return not any(fragment in path and message.startswith(start)
                      for fragment, start in EXPECTED_WARNINGS)

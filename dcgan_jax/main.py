@@ -164,8 +164,10 @@ def run() -> None:
   except KeyboardInterrupt:  # Ctrl-C while starting, or a second one: stopped at once.
     _exit_at_the_next_ctrl_c()
     logging.flush()
-    sys.stderr.write('Interrupted: stopped at once, without saving the current step; the same '
-                     'command resumes from the latest checkpoint in the workdir.\n')
+    # Not "without saving": a second Ctrl-C often lands while the first one's checkpoint is
+    # being written, and that save may well have completed.
+    sys.stderr.write('Interrupted: stopped at once; the same command resumes from the latest '
+                     'checkpoint saved in the workdir (steps after it are trained again).\n')
     sys.stdout.flush()
     sys.stderr.flush()
     # Without the interpreter's clean-up: a Ctrl-C that broke off an orbax save leaves orbax's

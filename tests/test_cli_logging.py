@@ -2,6 +2,7 @@
 import io
 import logging
 import os
+import sys
 import warnings
 
 from dcgan_jax import cli_logging
@@ -36,6 +37,17 @@ def test_filter_hides_library_info_but_keeps_warnings_and_our_logs():
   variant = 'Variant folder /data/mnist/3.0.1 has no dataset_info.json'
   assert not library_filter.filter(_record(file_utils, logging.WARNING, variant))
   assert library_filter.filter(_record(file_utils, logging.WARNING, 'Something else'))
+  # An orbax thread's error that a Ctrl-C broke off (its traceback ends in KeyboardInterrupt)
+  # is the program's own one-line "Interrupted"; other errors, and ours, show.
+  try:
+    raise KeyboardInterrupt
+  except KeyboardInterrupt:
+    broken_off = sys.exc_info()
+  record = _record(orbax, logging.ERROR, 'Save Finalize thread (save_finalize) failed.')
+  record.exc_info = broken_off
+  assert not library_filter.filter(record)
+  record.pathname = '/repo/dcgan_jax/train.py'
+  assert library_filter.filter(record)
   # Ours, our metrics writer (clu) and tfds' builder (where data comes from, downloads) stay.
   for kept in ('/repo/dcgan_jax/train.py', '/venv/site-packages/clu/metric_writers/x.py',
                '/venv/site-packages/tensorflow_datasets/core/dataset_builder.py'):
