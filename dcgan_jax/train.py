@@ -976,9 +976,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                durations.num_train_steps, durations.steps_per_epoch, config.batch_size,
                step_fn.num_devices, '' if step_fn.num_devices == 1 else 's', config.parallelism,
                'device-resident' if device_resident else 'tf.data')
-  if is_chief:
-    logging.info('%s', describe_objective(config))
-    logging.info('Models:\n%s', summary.summarize(config))
 
   # --- 2. Lock, restore, write the run's config. ---------------------------------------------
   setup = run_setup(step_fn.num_devices, device_resident)
@@ -1010,6 +1007,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
           start_step, checkpointer.saved_run_setup(start_step), setup, config)
       if setup_warning and is_chief:
         logging.warning('%s', setup_warning)
+    if is_chief:  # After the lock and the resume checks, whose errors it would bury.
+      logging.info('%s', describe_objective(config))
+      logging.info('Models:\n%s', summary.summarize(config))
     if step_fn.parallelism == 'pmap':
       # pmap wants host values to stack per device; every process holds a full replica.
       state = step_fn.place_state(
