@@ -933,8 +933,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   info = data.dataset_info(config)
   data.check_num_classes(config, info)
   logging.info('Dataset %s (split %s): %d examples of %s%s.', info.name, info.split,
-               info.num_examples, info.image_shape,
-               f', {info.num_classes} classes' if info.num_classes else '')
+               info.num_examples, info.image_shape, info.describe_classes())
   durations = resolve_durations(config, info.num_examples)
   with warnings_lib.catch_warnings():
     # config_warnings has said so already, in the config's own terms.

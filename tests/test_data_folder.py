@@ -303,6 +303,9 @@ def test_class_subfolders_become_labels(tmp_path, as_zip):
                    num_classes=3)
   info = input_pipeline.dataset_info(config)
   assert info.num_classes == 3
+  # The run's log names them: the labels are the folders in sorted order.
+  assert info.class_names == ('bird', 'cat', 'dog')
+  assert info.describe_classes() == ', 3 classes (0 bird, 1 cat, 2 dog)'
   input_pipeline.check_num_classes(config, info)
   images, labels = input_pipeline.load_all_images(config, with_labels=True)
   assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
@@ -428,3 +431,13 @@ def test_images_another_process_prepared_first_are_used(tmp_path, monkeypatch, c
     images = input_pipeline.load_all_images(config)
   assert sorted(images[:, 0, 0, 0].tolist()) == [0, 60, 120]
   assert 'Another process prepared the images of' in caplog.text
+
+
+def test_class_names_that_only_repeat_their_index_are_left_out_of_the_log():
+  info = input_pipeline.DatasetInfo('digits', 'train', 10, (8, 8, 1), 10,
+                                    tuple(str(i) for i in range(10)))
+  assert info.describe_classes() == ', 10 classes'
+  many = input_pipeline.DatasetInfo('x', 'train', 30, (8, 8, 1), 30,
+                                    tuple(f'c{i}' for i in range(30)))
+  assert many.describe_classes(limit=3) == ', 30 classes (0 c0, 1 c1, 2 c2, ...)'
+  assert input_pipeline.DatasetInfo('x', 'train', 3, (8, 8, 1)).describe_classes() == ''

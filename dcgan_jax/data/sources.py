@@ -58,6 +58,14 @@ class Source:
     """Classes of :attr:`label_key`; 0 without labels."""
     return _label_classes(self.builder)
 
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    """The names of the classes in label order (a folder's class folders, tfds' names;
+    ``'0'``, ``'1'``, ... where the dataset names none); empty without labels."""
+    if not self.num_classes:
+      return ()
+    return tuple(self.builder.info.features[LABEL_KEY].names)
+
 
 LABEL_KEY = 'label'
 
