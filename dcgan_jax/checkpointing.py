@@ -182,14 +182,17 @@ def _drop_unraisable_reports(marker: str, should_drop: Callable[[Any], bool]) ->
     Whether it was installed now (False: already there).
   """
   previous = sys.unraisablehook
-  if getattr(previous, marker, False):
+  # Each hook carries the markers of the chain below it: with two kinds installed in turn,
+  # checking only the top one installed both again at every call.
+  markers = getattr(previous, '_dcgan_jax_markers', frozenset())
+  if marker in markers:
     return False
 
   def hook(unraisable):
     if not should_drop(unraisable):
       previous(unraisable)
 
-  setattr(hook, marker, True)
+  hook._dcgan_jax_markers = markers | {marker}  # pylint: disable=protected-access
   sys.unraisablehook = hook
   return True
 

@@ -287,16 +287,32 @@ def test_after_a_failed_restore_only_orbaxs_abandoned_reads_stop_reporting(monke
   checkpointing._drop_orbax_read_leftovers()  # pylint: disable=protected-access
   checkpointing._drop_orbax_read_leftovers()  # Once is enough: not wrapped twice.
   hook = sys.unraisablehook
-  assert hook is not reported.append and hook.__closure__[0].cell_contents == reported.append
+  # Two wrappers, each once (a wrapper's first cell is the hook it wraps): one for the reads'
+  # coroutines, one for TensorStore's callbacks into orbax's closed event loop.
+  inner = hook.__closure__[0].cell_contents
+  assert hook is not reported.append and inner.__closure__[0].cell_contents == reported.append
+
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(lambda: None)
+  except RuntimeError as error:
+    closed = error
+  # As TensorStore reports it: a traceback of asyncio's frames alone (not this test's).
+  hook(types.SimpleNamespace(exc_value=closed, exc_traceback=closed.__traceback__.tb_next,
+                             object=None))
+  assert not reported
 
   def coroutine_from(filename):
     code = compile('async def read(): pass', filename, 'exec').co_consts[0]
-    return types.SimpleNamespace(object=types.SimpleNamespace(cr_code=code))
+    return types.SimpleNamespace(object=types.SimpleNamespace(cr_code=code), exc_value=None,
+                                 exc_traceback=None)
 
   orbax_file = os.path.join(os.path.dirname(ocp.__file__), '_src', 'serialization', 'x.py')
   hook(coroutine_from(orbax_file))
   assert not reported
-  for other in (coroutine_from(__file__), types.SimpleNamespace(object=None)):
+  for other in (coroutine_from(__file__),
+                types.SimpleNamespace(object=None, exc_value=None, exc_traceback=None)):
     hook(other)
     assert reported[-1] is other
 
