@@ -5,9 +5,12 @@ checkpoint) raises :class:`UserError` with one sentence that says what was wrong
 valid. The command-line entry points print that sentence alone (no traceback) and exit with
 :data:`EXIT_USER_ERROR`; library callers can catch it like any ``ValueError``.
 """
+import math
 import numbers
 import sys
 from typing import NoReturn
+
+import numpy as np
 
 EXIT_USER_ERROR = 2
 
@@ -20,6 +23,18 @@ def is_integer(value: object) -> bool:
   """Whether ``value`` is an integer count (Python or numpy; not a bool, not a float)."""
   # numpy's integer types register as numbers.Integral; numpy's bool does not, Python's does.
   return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def finite_number(value: object) -> float | None:
+  """``value`` as a float when it is a finite number (Python, numpy or a concrete JAX scalar),
+  else None: strings, bools, NaN and infinities are not numbers a setting can take."""
+  if isinstance(value, (str, bytes, bool, np.bool_)):
+    return None
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    return None
+  return number if math.isfinite(number) else None
 
 
 def exit_with_user_error(message: object) -> NoReturn:

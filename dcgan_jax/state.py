@@ -8,8 +8,6 @@ jitted, sharded, donated and checkpointed as one value.
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 from typing import Any, Callable
 
 import flax
@@ -19,7 +17,7 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from dcgan_jax.errors import UserError
+from dcgan_jax.errors import UserError, finite_number
 
 
 class TrainState(train_state.TrainState):
@@ -86,8 +84,8 @@ class AdaptiveAugmentState(GANState):
 def _check_learning_rate(learning_rate: Any) -> None:
   """A UserError unless a constant learning rate is a finite number > 0 (NaN, 0 or a negative
   rate would train on without an error: no updates, or gradient ascent)."""
-  if (isinstance(learning_rate, (str, bytes, bool)) or not isinstance(learning_rate, numbers.Real)
-      or not math.isfinite(learning_rate) or learning_rate <= 0):
+  number = finite_number(learning_rate)
+  if number is None or number <= 0:
     raise UserError(f'learning rates must be positive numbers, such as the paper\'s 2e-4 '
                     f'(got {learning_rate!r}).')
 

@@ -15,7 +15,6 @@ batch kept apart); then G updated through the updated D on the same fakes.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable
 import warnings
 
@@ -28,7 +27,7 @@ import optax
 from dcgan_jax import augment
 from dcgan_jax import losses
 from dcgan_jax import models
-from dcgan_jax.errors import UserError
+from dcgan_jax.errors import UserError, finite_number
 from dcgan_jax.state import EMAState, GANState, check_same_classes
 
 Metrics = dict[str, jax.Array]
@@ -140,13 +139,8 @@ _NUMBER_FIELDS = ('real_label', 'gradient_penalty_weight', 'r1_weight', 'ema_dec
 def _finite_number(name: str, value: Any) -> float:
   """``value`` as a float, or a UserError when it is not a finite number (a string, a bool,
   NaN, an infinity)."""
-  number = None
-  if not isinstance(value, (str, bytes, bool, np.bool_)):
-    try:
-      number = float(value)
-    except (TypeError, ValueError):
-      pass
-  if number is None or not math.isfinite(number):
+  number = finite_number(value)
+  if number is None:
     raise UserError(f'{name} must be a finite number (got {value!r}).')
   return number
 
