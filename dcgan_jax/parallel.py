@@ -155,7 +155,9 @@ class DataParallelStep:
     self._num_classes = int(getattr(generator, 'num_classes', 0) or 0)
     self._output_activation = getattr(generator, 'output_activation', 'tanh')
     self._warned_about_range = False
+    # Built once: the argument checks compare against them before every step.
     self._replicated = NamedSharding(self.mesh, P())
+    self._batch_sharding = NamedSharding(self.mesh, P(axis_name))
     donate_argnums = (0,) if donate else ()
     if parallelism == 'shard_map':
       # check_vma=False keeps pmap's semantics: each device differentiates its own loss and the
@@ -175,11 +177,11 @@ class DataParallelStep:
 
   @property
   def replicated_sharding(self) -> NamedSharding:
-    return NamedSharding(self.mesh, P())
+    return self._replicated
 
   @property
   def batch_sharding(self) -> NamedSharding:
-    return NamedSharding(self.mesh, P(self.axis_name))
+    return self._batch_sharding
 
   def place_state(self, state: GANState) -> GANState:
     """Puts a host (or single-device) state where the step expects it."""
@@ -321,8 +323,8 @@ class DataParallelStep:
     """A state not laid out on the mesh would be moved there and the caller's arrays donated
     (deleted) without a word; a batch whose rows do not split over the devices fails inside
     shard_map with a long message."""
-    if (isinstance(counter, jax.Array) and counter.sharding != self._replicated
-        and not counter.sharding.is_equivalent_to(self._replicated, counter.ndim)):
+    if (isinstance(counter, jax.Array) and counter.sharding != self.replicated_sharding
+        and not counter.sharding.is_equivalent_to(self.replicated_sharding, counter.ndim)):
       raise UserError(f'The state is not laid out for this step (it sits on '
                       f'{_describe_devices(counter.sharding.device_set)}, the step runs on '
                       f'{self.num_devices} device(s) with a replicated state): pass it through '
