@@ -66,8 +66,7 @@ class DatasetInfo:
     if not self.num_classes:
       return ''
     text = f', {self.num_classes} classes'
-    named = [(i, n) for i, n in enumerate(self.class_names) if n != str(i)]
-    if named:
+    if any(name != str(i) for i, name in enumerate(self.class_names)):
       shown = ', '.join(f'{i} {n}' for i, n in enumerate(self.class_names[:limit]))
       text += f' ({shown}{", ..." if len(self.class_names) > limit else ""})'
     return text
