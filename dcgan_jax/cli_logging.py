@@ -26,6 +26,7 @@ LIBRARY_PATHS: tuple[str, ...] = (
     '/jax/_src/xla_bridge.py',  # "Unable to initialize backend 'tpu'" on every GPU/CPU host.
     '/jax/_src/profiler.py',  # Trace conversion steps (profile_steps); our own line says where.
     '/tensorflow_datasets/core/load.py',  # "Failed to load ... from files" before a build.
+    '/tensorflow_datasets/core/writer.py',  # "Done writing <shard pattern>. Number of examples".
 )
 # Library warnings that state what the program asked for and are hidden too: orbax warns once
 # per checkpoint that it was opened read-only, which is how sample and evaluate open a run
@@ -41,10 +42,23 @@ EXPECTED_WARNINGS: tuple[tuple[str, str], ...] = (
     ('/tensorflow_datasets/core/utils/file_utils.py', 'Variant folder '),
 )
 
+# Library INFO records that are not hidden with the rest of their package, but are hidden or
+# reworded: clu's LoggingWriter puts the whole config on one ~1,500-character line
+# ("[Hyperparameters] {...}"), which config.json holds in readable form; clu's progress line
+# ("Setting work unit notes: 18.0 steps/s, 33.3% (10/30), ETA: 0m") is the one that shows the
+# share done and the ETA, but names a platform's notes field a local run does not have.
+HIDDEN_INFO: tuple[tuple[str, str], ...] = (
+    ('/clu/metric_writers/logging_writer.py', '[Hyperparameters]'),
+)
+REWORDED_INFO: tuple[tuple[str, str, str], ...] = (
+    ('/clu/platform/', 'Setting work unit notes: ', 'Progress: '),
+)
+
 
 class LibraryInfoFilter(logging.Filter):
-  """Drops records below WARNING whose source file lies in one of :data:`LIBRARY_PATHS`, and
-  the warnings of :data:`EXPECTED_WARNINGS`."""
+  """Drops records below WARNING whose source file lies in one of :data:`LIBRARY_PATHS`, the
+  records of :data:`HIDDEN_INFO` and the warnings of :data:`EXPECTED_WARNINGS`, and rewords
+  those of :data:`REWORDED_INFO`."""
 
   def __init__(self, paths: tuple[str, ...] = LIBRARY_PATHS):
     super().__init__()
@@ -62,7 +76,15 @@ class LibraryInfoFilter(logging.Filter):
       message = record.getMessage()
       return not any(fragment in path and message.startswith(start)
                      for fragment, start in EXPECTED_WARNINGS)
-    return not any(fragment in path for fragment in self.paths)
+    if any(fragment in path for fragment in self.paths):
+      return False
+    message = record.getMessage()
+    if any(fragment in path and message.startswith(start) for fragment, start in HIDDEN_INFO):
+      return False
+    for fragment, start, replacement in REWORDED_INFO:
+      if fragment in path and message.startswith(start):
+        record.msg, record.args = replacement + message[len(start):], None
+    return True
 
 
 def quiet_library_logs(enabled: bool = True) -> LibraryInfoFilter | None:

@@ -71,6 +71,35 @@ def nested_override_message(argv: list[str], config_path: str | None) -> str | N
   return None
 
 
+_TYPE_WORDS = {bool: 'true or false', int: 'a whole number', float: 'a number',
+               str: 'text'}
+
+
+def config_value_message(error: Exception, config_path: str | None) -> str | None:
+  """The message for ``--config.<field>=<value>`` whose value does not parse as the field's
+  type, or None for any other flag error.
+
+  ml_collections' own text (``invalid literal for int() with base 10: 'abc'``,
+  ``('Non-boolean argument to boolean flag', 'maybe')``) says neither what the field takes nor
+  what the config file sets; this one names both.
+  """
+  match = re.match(r'flag --config\.([\w.]+)=(.*?): ', first_line(error))
+  if not match or not config_path:
+    return None
+  from dcgan_jax import config_files  # pylint: disable=g-import-not-at-top
+  try:
+    node = config_files.load_config(config_path)
+    for part in match.group(1).split('.'):
+      node = node[part]
+  except Exception:  # pylint: disable=broad-except  # Not a plain field of a loadable file.
+    return None
+  if type(node) not in _TYPE_WORDS:
+    return None
+  path, value = match.groups()
+  return (f'--config.{path}={value}: {path} takes {_TYPE_WORDS[type(node)]} (the config file '
+          f'sets {node!r}); {value!r} is not one.')
+
+
 def parse_workdir_flags(flag_values: Any, argv: list[str] | None, usage: str | None = None) -> Any:
   """Parses ``argv`` (default ``sys.argv``) into absl ``flag_values``, which define ``workdir``.
 

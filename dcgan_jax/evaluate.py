@@ -44,6 +44,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from dcgan_jax import class_names
 from dcgan_jax import cli_logging
 from dcgan_jax import command_line
 from dcgan_jax import json_files
@@ -75,9 +76,10 @@ flags.DEFINE_enum('precision', 'default', ['default', 'high', 'highest'], 'Matmu
 flags.DEFINE_bool('no_ema', False, "Use the trained weights even when the checkpoint holds EMA "
                   'ones (the default uses the EMA weights when present).', flag_values=FLAGS)
 flags.DEFINE_integer('seed', 0, 'Seed of the generated latents.', flag_values=FLAGS)
-flags.DEFINE_integer('label', None, 'Class-conditional runs: score this class alone, against '
-                     "the dataset's images of that class (default: every class in turn, "
-                     'against the whole dataset).', flag_values=FLAGS)
+flags.DEFINE_string('label', '', 'Class-conditional runs: score this class alone (by number, '
+                    "or by name from the run's classes.json), against the dataset's images of "
+                    'that class (default: every class in turn, against the whole dataset).',
+                    flag_values=FLAGS)
 flags.DEFINE_bool('intra_fid', False, 'Class-conditional runs: score every class against the '
                   "dataset's images of that class and report the mean FID (intra-FID); "
                   '--num_samples is then per class.', flag_values=FLAGS)
@@ -304,9 +306,7 @@ def dataset_reference(workdir: str, config, extractor, num_reference: int,
       kept += kid_features[-1].shape[0]
   features = (np.concatenate([np.asarray(x) for x in kid_features]) if kid_features
               else np.zeros((0, 2048), np.float32))
-  tmp_path = path.with_name(path.name + '.tmp.npz')
-  stats.save(tmp_path, **description, **{FEATURES_KEY: features})
-  os.replace(tmp_path, path)  # Readers never see half a file.
+  stats.save(path, **description, **{FEATURES_KEY: features})  # Whole files only.
   logging.info('Cached the reference statistics of %d images in %s.', stats.count, path)
   protocol = {'source': str(path), 'cached': False, 'num_samples': int(stats.count),
               **description}
@@ -635,8 +635,9 @@ def main(argv: list[str]) -> None:
   cli_logging.quiet_library_logs(not FLAGS.library_logs)
   try:
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    label = class_names.parse_label(FLAGS.label, FLAGS.workdir)
     if FLAGS.intra_fid:
-      if FLAGS.label is not None or FLAGS.reference:
+      if label is not None or FLAGS.reference:
         raise UserError('--intra_fid scores every class against its own dataset images; it '
                         'cannot be combined with --label or --reference.')
       print(format_intra_result(intra_fid(
@@ -649,7 +650,7 @@ def main(argv: list[str]) -> None:
                       reference=FLAGS.reference, num_reference=FLAGS.num_reference,
                       step=FLAGS.step, batch_size=FLAGS.batch_size,
                       preprocessing=FLAGS.preprocessing, precision=FLAGS.precision,
-                      use_ema=not FLAGS.no_ema, seed=FLAGS.seed, label=FLAGS.label)
+                      use_ema=not FLAGS.no_ema, seed=FLAGS.seed, label=label)
   except UserError as e:
     logging.flush()
     _fail(str(e))

@@ -33,7 +33,6 @@ print one sentence on stderr and exit with status 2.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 from typing import Any
@@ -299,14 +298,10 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
   if save_stats:
     stats, _, features = results[0]
     extra = {} if features is None else {evaluate.FEATURES_KEY: features}
-    tmp_path = save_stats[:-len('.npz')] + '.tmp.npz'
-    try:
-      stats.save(tmp_path, preprocessing=preprocessing, source=os.path.abspath(paths[0]),
+    try:  # (Through a temporary file: readers never see half a file.)
+      stats.save(save_stats, preprocessing=preprocessing, source=os.path.abspath(paths[0]),
                  **extra)
-      os.replace(tmp_path, save_stats)  # Readers never see half a file.
     except OSError as e:
-      with contextlib.suppress(OSError):
-        os.remove(tmp_path)
       raise UserError(f'Could not write --save_stats {save_stats} '
                       f'({e.strerror or e}); name a file in a writable folder.') from None
     return {'fid': None, 'sources': [results[0][1]], 'saved': save_stats,

@@ -17,7 +17,9 @@ The model is rebuilt from the config saved with the checkpoint, and the newest r
 checkpoint is used unless --step names one; a live training run may keep using the workdir.
 
 A class-conditional run (``num_classes > 0``) draws the classes in turn (0, 1, ..., 0, 1, ...;
-a grid then has one column per class, up to 16 classes) or, with ``--label=K``, class K only;
+a grid then has one column per class, up to 16 classes) or, with ``--label=K``, class K only
+(K is a number, or a name where the run saved its classes' names in ``classes.json``: a folder's
+class folders, a tfds dataset with named classes);
 each latent walk of ``--interpolate`` stays within one class (row ``r`` draws class
 ``r mod num_classes``, or K).
 
@@ -60,6 +62,7 @@ import re
 import sys
 from typing import Any, Callable
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -67,6 +70,7 @@ import numpy as np
 
 from dcgan_jax import animation
 from dcgan_jax import checkpointing
+from dcgan_jax import class_names
 from dcgan_jax import cli_logging
 from dcgan_jax import command_line
 from dcgan_jax import models
@@ -110,19 +114,35 @@ def slerp(a: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
 
   Returns:
     ``[N, T, D]``: the points at angle fraction ``t`` along the great circle from ``a`` to ``b``,
-    with norms interpolated between theirs (exactly linear interpolation where ``a`` and ``b``
-    are parallel, whose angle is 0).
+    with norms interpolated linearly between theirs. Where ``a`` and ``b`` point the same way
+    (angle 0) this is linear interpolation. Opposite points (``b = -c * a``, angle pi, e.g. a
+    walk from ``z`` to ``-z``) lie on many great circles: the walk takes the one through the
+    coordinate axis closest to perpendicular to ``a`` (a straight line would pass through the
+    origin, a latent the generator never saw).
   """
-  a_unit = a / jnp.linalg.norm(a, axis=-1, keepdims=True)
-  b_unit = b / jnp.linalg.norm(b, axis=-1, keepdims=True)
-  omega = jnp.arccos(jnp.clip(jnp.sum(a_unit * b_unit, axis=-1), -1.0, 1.0))[:, None, None]
-  sin_omega = jnp.sin(omega)
-  t = t[None, :, None]
-  parallel = sin_omega < 1e-6
-  safe_sin = jnp.where(parallel, 1.0, sin_omega)
-  wa = jnp.where(parallel, 1.0 - t, jnp.sin((1.0 - t) * omega) / safe_sin)
-  wb = jnp.where(parallel, t, jnp.sin(t * omega) / safe_sin)
-  return wa * a[:, None, :] + wb * b[:, None, :]
+  a_norm = jnp.linalg.norm(a, axis=-1, keepdims=True)
+  b_norm = jnp.linalg.norm(b, axis=-1, keepdims=True)
+  a_unit, b_unit = a / a_norm, b / b_norm
+  cos_omega = jnp.sum(a_unit * b_unit, axis=-1, keepdims=True)
+  # The part of b's direction perpendicular to a's. Its length is sin(omega), and the angle from
+  # atan2 stays accurate near 0 and pi, where arccos of the cosine is not (near pi the textbook
+  # sin((1 - t) omega) / sin(omega) weights then blew up to thousands).
+  b_across = b_unit - cos_omega * a_unit
+  sin_omega = jnp.linalg.norm(b_across, axis=-1, keepdims=True)
+  omega = jnp.arctan2(sin_omega, cos_omega)
+  # Where b's direction is a's or its opposite, any perpendicular serves: the coordinate axis
+  # least aligned with a, made perpendicular to it.
+  axis = jax.nn.one_hot(jnp.argmin(jnp.abs(a_unit), axis=-1), a.shape[-1], dtype=a.dtype)
+  axis_across = axis - jnp.sum(axis * a_unit, axis=-1, keepdims=True) * a_unit
+  defined = sin_omega > 1e-6
+  across = jnp.where(defined, b_across / jnp.where(defined, sin_omega, 1.0),
+                     axis_across / jnp.linalg.norm(axis_across, axis=-1, keepdims=True))
+  angle = omega[:, None, :] * t[None, :, None]
+  unit = jnp.cos(angle) * a_unit[:, None, :] + jnp.sin(angle) * across[:, None, :]
+  # Unit up to rounding, which the division by a small sin(omega) above magnifies.
+  unit = unit / jnp.linalg.norm(unit, axis=-1, keepdims=True)
+  norms = (1.0 - t[None, :, None]) * a_norm[:, None, :] + t[None, :, None] * b_norm[:, None, :]
+  return norms * unit
 
 
 # Fields load_generator needs to rebuild a run's models (the rest have defaults there).
@@ -167,6 +187,13 @@ def load_generator(workdir: str | os.PathLike, step: int | None = None,
                       '--workdir of a run that saved one.')
     restored, _, restored_step = checkpointer.restore(target, step=step)
   variables = restored['gan'].sampling_variables(use_ema=use_ema)
+  if restored['gan'].ema is None:
+    weights = "the generator's own weights; the run kept no EMA"
+  else:
+    weights = 'EMA weights' if use_ema else "the generator's own weights, not the EMA"
+  # Which checkpoint answered matters: the newest may be unreadable (the previous one is then
+  # used) or a live run may have saved a newer one since the command started.
+  logging.info('Sampling the checkpoint of step %d in %s (%s).', restored_step, workdir, weights)
   return models.generator_from_config(config), variables, config, int(restored_step)
 
 
@@ -512,8 +539,9 @@ def _define_flags(flag_values):
          'default; warnings and errors show).')
   define('float', 'truncation', 0.0, 'Draw latents from the normal truncated to [-T, T] (the '
          'truncation trick; e.g. 0.7); 0 (default) draws the plain normal.')
-  define('integer', 'label', None, 'Class-conditional runs: draw only this class; default: '
-         'the classes in turn (one grid column each).')
+  define('string', 'label', '', 'Class-conditional runs: draw only this class, by number or '
+         "by name (the run's classes.json); default: the classes in turn (one grid column "
+         'each).')
   define('string', 'arithmetic', '', 'Latent vector arithmetic of the DCGAN paper: groups of '
          'indices into the grid of the same --num/--seed/--truncation, joined by + and -, e.g. '
          '"3,17,22 - 5,9,40 + 11,30,61"; each group is averaged.')
@@ -533,7 +561,9 @@ def main(argv: list[str] | None = None) -> None:
   fail = exit_with_user_error
   f = command_line.parse_workdir_flags(flag_values, argv, usage=__doc__)
   cli_logging.quiet_library_logs(not f.library_logs)
+  logging.set_verbosity(logging.INFO)  # Says which checkpoint and weights were sampled.
   try:
+    label = class_names.parse_label(f.label, f.workdir)
     if f.interpolate and f.out_dir:
       raise UserError('--out_dir writes separate samples; it cannot be combined with '
                       '--interpolate (which writes --out and --gif_out).')
@@ -547,22 +577,22 @@ def main(argv: list[str] | None = None) -> None:
         _check_output_file(gif_out, '--gif_out')
     if f.arithmetic:
       latent_arithmetic(f.workdir, f.out, f.arithmetic, num=f.num, seed=f.seed, use_ema=f.ema,
-                        step=f.step, label=f.label, truncation=f.truncation,
+                        step=f.step, label=label, truncation=f.truncation,
                         noise=f.arithmetic_noise)
       print(f"Wrote {f.out}: a row per group (its samples, then their mean latent's image), "
             'then the result and its variations.')
     elif f.interpolate:
       interpolation(f.workdir, f.out, gif_out, rows=f.rows, steps=f.steps, seed=f.seed,
-                    use_ema=f.ema, step=f.step, bounce=f.bounce, label=f.label,
+                    use_ema=f.ema, step=f.step, bounce=f.bounce, label=label,
                     truncation=f.truncation)
       print(f'Wrote {f.out} and {gif_out}.')
     elif f.out_dir:
       paths = sample_files(f.workdir, f.out_dir, num=f.num, seed=f.seed, use_ema=f.ema,
-                           step=f.step, label=f.label, truncation=f.truncation)
+                           step=f.step, label=label, truncation=f.truncation)
       print(f'Wrote {len(paths)} PNG files to {f.out_dir}.')
     else:
       sample_grid_png(f.workdir, f.out, num=f.num, seed=f.seed, use_ema=f.ema, step=f.step,
-                      label=f.label, truncation=f.truncation)
+                      label=label, truncation=f.truncation)
       print(f'Wrote {f.out}.')
   except UserError as e:
     fail(str(e))

@@ -26,6 +26,9 @@ What lands in the workdir (process 0 writes all but the checkpoints, which every
 writes together)::
 
   config.json                   the run's config
+  classes.json                  (class-conditional runs on a dataset with class names) the
+                                names in label order, for sample/evaluate --label=<name>
+  parameters.txt                every parameter's shape, mean and std at initialisation
   checkpoints/<step>/           orbax: both TrainStates (params, batch_stats, opt_state), EMA,
                                 the step, the training key and the config
   events.out.tfevents.*         TensorBoard scalars (losses, D(x), D(G(z)), grad norms, learning
@@ -61,6 +64,7 @@ import numpy as np
 from dcgan_jax import animation
 from dcgan_jax import background_checkpoints
 from dcgan_jax import checkpointing
+from dcgan_jax import class_names
 from dcgan_jax.config_files import load_config  # pylint: disable=unused-import  # Public here too.
 from dcgan_jax import data
 from dcgan_jax import json_files
@@ -89,6 +93,7 @@ QUALITY_FILE = 'quality.json'
 BEST_FID_FILE = 'best_fid.json'
 BEST_FID_DIR = 'best_fid'
 SAMPLES_DIR = 'samples'
+PARAMETERS_TXT = 'parameters.txt'
 # The quality bar of the default run (issue: digits quality after the default budget).
 QUALITY_BAR = {'max_frechet_distance_ratio': 0.10, 'num_classes_covered': 10,
                'min_class_fraction': 0.03}
@@ -578,6 +583,11 @@ def _latents(seed: int, tag: int, num: int, latent_dim: int) -> jax.Array:
   return jax.random.normal(key, (num, latent_dim), jnp.float32)
 
 
+def _classes(count: int) -> str:
+  """'1 class', '3 classes'."""
+  return f'{count} class' if count == 1 else f'{count} classes'
+
+
 class _DigitsQualityHook:
   """Scores generated digits with :class:`dcgan_jax.quality.DigitsQuality` (process 0 only)."""
 
@@ -607,9 +617,9 @@ class _DigitsQualityHook:
   def score_untrained(self, variables: dict[str, Any]) -> None:
     self.untrained = self.score(variables)
     accuracy = self.untrained.get('label_accuracy')
-    logging.info('Digits quality of the untrained generator: Fréchet distance %.3f, %d classes '
+    logging.info('Digits quality of the untrained generator: Fréchet distance %.3f, %s '
                  'covered%s.', self.untrained['frechet_distance'],
-                 self.untrained['num_classes_covered'],
+                 _classes(self.untrained['num_classes_covered']),
                  '' if accuracy is None else f', label accuracy {accuracy:.3f}')
 
   def __call__(self, step: int, variables: dict[str, Any], writer) -> dict[str, Any]:
@@ -1015,6 +1025,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
           jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state))
     if is_chief:
       checkpointing.save_config_json(workdir, config.to_dict())
+      if config.get('num_classes', 0) and class_names.has_names(info.class_names):
+        class_names.save(workdir, info.class_names)  # For sample/evaluate --label=<name>.
 
     # TensorBoard through clu (TensorFlow loads here, keeping imports and config checks fast),
     # or metrics.jsonl where TensorFlow is not installed.
@@ -1090,9 +1102,12 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   if start_step == 0 and is_chief:
     writer.write_hparams({k: v for k, v in config.to_dict().items()
                           if isinstance(v, (int, float, str, bool))})
-  parameter_overview.log_parameter_overview(initial_state.generator.params, msg='Generator')
-  parameter_overview.log_parameter_overview(initial_state.discriminator.params,
-                                            msg='Discriminator')
+    # Every parameter's shape, mean and std at initialisation goes to a file, not the console:
+    # the model table logged above already counts them, and 30 more lines bury the run's own.
+    with open(os.path.join(workdir, PARAMETERS_TXT), 'w', encoding='utf-8') as f:
+      for name, params in (('Generator', initial_state.generator.params),
+                           ('Discriminator', initial_state.discriminator.params)):
+        f.write(f'{name}\n{parameter_overview.get_parameter_overview(params)}\n\n')
 
   sample_latents = _latents(int(config.seed), _SAMPLE_TAG, int(config.num_sample_images),
                             int(config.latent_dim))
@@ -1157,10 +1172,10 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
           if result.get('label_accuracy') is not None:
             manifold_text += f", label accuracy {result['label_accuracy']:.3f}"
           logging.info('Step %d digits quality: Fréchet distance %.3f (%.1f%% of untrained), '
-                       '%d classes covered, smallest class %.3f%s.', step,
+                       '%s covered, smallest class %.3f%s.', step,
                        result['frechet_distance'],
                        100 * result['frechet_distance'] / quality_hook.untrained['frechet_distance'],
-                       result['num_classes_covered'], result['min_class_fraction'], manifold_text)
+                       _classes(result['num_classes_covered']), result['min_class_fraction'], manifold_text)
           if final:
             quality_hook.write_json(workdir, step, result, used_ema=state.ema is not None)
     if need_fid:  # Every process scores its share of the images; all get the same FID.

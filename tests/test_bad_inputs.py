@@ -34,7 +34,10 @@ ROWS = [
     ('negative_period', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.checkpoint_every_steps=-5'],
      'checkpoint_every_steps is -5; use a number of steps, 0 to disable or -1'),
     ('bad_field_value', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.batch_size=abc'],
-     'flag --config.batch_size=abc'),
+     'batch_size takes a whole number (the config file sets'),
+    ('bad_bool_value', 'dcgan_jax.main',
+     [CONFIG, '--workdir={w}', '--config.background_checkpoints=maybe'],
+     'background_checkpoints takes true or false'),
     ('missing_config_file', 'dcgan_jax.main', ['--config=configs/nope.py', '--workdir={w}'],
      "Cannot load the config file 'configs/nope.py'"),
     ('missing_workdir_flag', 'dcgan_jax.main', [CONFIG], '--workdir is required'),
@@ -217,6 +220,10 @@ def test_mistake_is_one_clear_line(tmp_path, tmp_path_factory, places, fork_serv
     proc = subprocess.run([sys.executable, '-m', module] + argv, cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     returncode, stderr = proc.returncode, proc.stderr
+    # No tqdm bars (cursor codes) in a log that is not a terminal, and no tfds banner about
+    # downloading while a local folder is prepared.
+    assert 'Generating splits' not in stderr and '\x1b[A' not in stderr, stderr[-2000:]
+    assert 'Downloading and preparing' not in proc.stdout, proc.stdout[-2000:]
   else:  # Outside tmp_path, which must stay unchanged.
     returncode, _, stderr = fork_server.run(module, argv, env, tmp_path_factory.mktemp('out'))
   assert returncode == EXIT_USER_ERROR, stderr[-2000:]

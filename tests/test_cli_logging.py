@@ -54,6 +54,25 @@ def test_filter_hides_library_info_but_keeps_warnings_and_our_logs():
     assert library_filter.filter(_record(kept)), kept
 
 
+def test_clus_config_line_is_hidden_and_its_progress_line_reworded():
+  library_filter = cli_logging.LibraryInfoFilter()
+  writer = '/venv/site-packages/clu/metric_writers/logging_writer.py'
+  hparams = logging.LogRecord('absl', logging.INFO, writer, 80, '[Hyperparameters] %s',
+                              ({'batch_size': 64},), None)
+  assert not library_filter.filter(hparams)  # config.json holds it, readably.
+  scalars = logging.LogRecord('absl', logging.INFO, writer, 48, '[%d] %s', (10, 'd_loss=0.7'),
+                              None)
+  assert library_filter.filter(scalars) and scalars.getMessage() == '[10] d_loss=0.7'
+  notes = logging.LogRecord('absl', logging.INFO, '/venv/site-packages/clu/platform/local.py',
+                            41, 'Setting work unit notes: %s', ('18.0 steps/s, 33.3% (10/30)',),
+                            None)
+  assert library_filter.filter(notes)
+  assert notes.getMessage() == 'Progress: 18.0 steps/s, 33.3% (10/30)'
+  assert library_filter.filter(notes) and notes.getMessage().startswith('Progress: 18.0')
+  ours = _record('/repo/dcgan_jax/train.py', message='Setting work unit notes: kept')
+  assert library_filter.filter(ours) and ours.getMessage() == 'Setting work unit notes: kept'
+
+
 def test_quiet_library_logs_installs_one_filter_on_absls_handler_and_logger():
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   targets = (absl_logging.get_absl_handler(), logging.getLogger('absl'))

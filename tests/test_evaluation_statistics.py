@@ -41,6 +41,10 @@ def test_frechet_distance_is_zero_for_identical_and_symmetric():
   mu1, sigma1 = _moments(_features(rng, 300, 32))
   mu2, sigma2 = _moments(_features(rng, 300, 32, shift=0.5))
   assert abs(evaluation.frechet_distance(mu1, sigma1, mu1, sigma1)) < 1e-9
+  # Fewer images than dimensions: rounding pushed the formula to about -5e-6, never below 0 now.
+  for seed in range(3):
+    mu, sigma = _moments(np.random.default_rng(seed).normal(size=(10, 64)))
+    assert 0.0 <= evaluation.frechet_distance(mu, sigma, mu, sigma) < 1e-4
   assert evaluation.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(
       evaluation.frechet_distance(mu2, sigma2, mu1, sigma1), rel=1e-9)
 
@@ -228,6 +232,26 @@ def test_statistics_save_load_round_trip(tmp_path):
     with pytest.raises(UserError, match='cannot be saved|is reserved'):
       stats.save(tmp_path / 'bad.npz', **bad)
     assert not (tmp_path / 'bad.npz').exists()
+
+
+def test_statistics_are_saved_where_asked_and_whole(tmp_path, monkeypatch):
+  stats = evaluation.FeatureStatistics().update(_features(np.random.default_rng(3), 20, 4))
+  stats.save(tmp_path / 'stats')  # numpy's savez would have written stats.npz.
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['stats']
+  np.testing.assert_array_equal(evaluation.FeatureStatistics.load(tmp_path / 'stats')[0].mean,
+                                stats.mean)
+  # A save that fails part-way (a full disk) leaves the earlier file whole and no leftovers.
+  before = (tmp_path / 'stats').read_bytes()
+
+  def fail(file, **arrays):
+    file.write(b'PK half an archive')
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(np, 'savez_compressed', fail)
+  with pytest.raises(OSError, match='No space'):
+    stats.save(tmp_path / 'stats')
+  assert (tmp_path / 'stats').read_bytes() == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['stats']
 
 
 def test_statistics_files_are_compatible_with_pytorch_fid(tmp_path):

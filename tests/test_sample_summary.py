@@ -168,6 +168,35 @@ def test_slerp_ends_and_norms():
   np.testing.assert_allclose(same[:, 1], a, atol=1e-5)
 
 
+def test_slerp_between_opposite_points_turns_half_a_circle():
+  a = jax.random.normal(jax.random.key(2), (3, 16))
+  t = jnp.linspace(0.0, 1.0, 9)
+  path = sample.slerp(a, -2.0 * a, t)  # z to -2z: any great circle joins them.
+  assert bool(jnp.all(jnp.isfinite(path)))
+  np.testing.assert_allclose(path[:, 0], a, atol=1e-5)
+  np.testing.assert_allclose(path[:, -1], -2.0 * a, atol=1e-5)
+  # Never through the origin (the straight line's midpoint): the norm grows linearly from |a|
+  # to 2|a|, and the angle from a grows by pi/8 a step.
+  a_norm = jnp.linalg.norm(a, axis=-1)
+  np.testing.assert_allclose(jnp.linalg.norm(path, axis=-1),
+                             a_norm[:, None] * (1.0 + t[None, :]), rtol=1e-5)
+  cosines = jnp.sum(path * a[:, None, :], axis=-1) / (jnp.linalg.norm(path, axis=-1)
+                                                      * a_norm[:, None])
+  np.testing.assert_allclose(cosines, jnp.broadcast_to(jnp.cos(jnp.pi * t), cosines.shape),
+                             atol=1e-5)
+  # One plane per walk: every point is a mix of a and one direction perpendicular to a.
+  middle = path[:, 4] / jnp.linalg.norm(path[:, 4], axis=-1, keepdims=True)
+  np.testing.assert_allclose(jnp.sum(middle * a, axis=-1), 0.0, atol=1e-5)
+  # Nearly opposite ends: the textbook weights divide by sin(omega) ~ 1e-4 (norms of thousands).
+  b = -a + 1e-4 * jax.random.normal(jax.random.key(3), a.shape)
+  near = sample.slerp(a, b, t)
+  np.testing.assert_allclose(near[:, -1], b, atol=1e-5)
+  b_norm = jnp.linalg.norm(b, axis=-1)
+  np.testing.assert_allclose(jnp.linalg.norm(near, axis=-1),
+                             (1 - t[None, :]) * a_norm[:, None] + t[None, :] * b_norm[:, None],
+                             rtol=1e-5)
+
+
 # ---- a tiny run, then sampling ----------------------------------------------------------------
 
 _SIDE = 8

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+from dcgan_jax.data.prepared import LocalSourceLogs
+
 NUM_EXAMPLES = 1797
 NUM_CLASSES = 10
 _MAX_INK = 16
@@ -33,7 +35,7 @@ def digit_images() -> tuple[np.ndarray, np.ndarray]:
   return images, digits.target.astype(np.int64)
 
 
-class Digits(tfds.core.GeneratorBasedBuilder):
+class Digits(LocalSourceLogs, tfds.core.GeneratorBasedBuilder):
   """scikit-learn's 8x8 handwritten digits (offline)."""
 
   VERSION = tfds.core.Version('1.0.0')

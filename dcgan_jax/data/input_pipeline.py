@@ -27,6 +27,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from dcgan_jax import class_names as class_names_lib
 from dcgan_jax.data import array
 from dcgan_jax.data import sources
 from dcgan_jax.errors import UserError
@@ -66,7 +67,7 @@ class DatasetInfo:
     if not self.num_classes:
       return ''
     text = f', {self.num_classes} classes'
-    if any(name != str(i) for i, name in enumerate(self.class_names)):
+    if class_names_lib.has_names(self.class_names):
       shown = ', '.join(f'{i} {n}' for i, n in enumerate(self.class_names[:limit]))
       text += f' ({shown}{", ..." if len(self.class_names) > limit else ""})'
     return text

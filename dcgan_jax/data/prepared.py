@@ -27,6 +27,24 @@ _VERSION = '1.0.0'
 _NAMED_FAILURES = 10
 
 
+class LocalSourceLogs:
+  """Mixin for tfds builders of local data (nothing downloaded): logs one line when the data
+  is prepared instead of tfds' stdout banners.
+
+  tfds prints "Downloading and preparing dataset Unknown size (download: Unknown size, ...)"
+  before preparing any builder and "... downloaded and prepared ... Subsequent calls will
+  reuse this data." after it, with print, so no logging setting hides them; for data read from
+  a local folder or bundled with a package both are wrong, and our own log lines say what is
+  prepared where. (They override tfds' private hooks; a tfds without them prints its banners.)
+  """
+
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    logging.info('Prepared %s in %s.', self.name, self.data_dir)
+
+
 def prepare_image_files(
     files: image_files_lib.ImageFiles,
     *,
@@ -77,7 +95,7 @@ def prepare_image_files(
   decode = functools.partial(image_files_lib.square_image, image_size=image_size,
                              channels=channels, crop_size=crop_size)
 
-  class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  class Builder(LocalSourceLogs, tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """One preparation: a fixed source and preprocessing (never registered by name)."""
     name = kind
     VERSION = tfds.core.Version(_VERSION)

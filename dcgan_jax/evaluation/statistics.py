@@ -13,6 +13,7 @@ computed in float32 at `Precision.HIGHEST` (never TF32) and added into float32 h
 (error-free "double-float" sums, about 48 significant bits). The host converts them to float64
 only when the statistics are read, merged, gathered or saved.
 """
+import contextlib
 import os
 import warnings
 import zipfile
@@ -172,8 +173,12 @@ class FeatureStatistics:
   def save(self, path: str | os.PathLike, **metadata) -> None:
     """Writes `mu`, `sigma` (as pytorch-fid's `--save-stats`), the sample count and metadata.
 
+    The file is written to ``path`` exactly (numpy's own savez would add ``.npz`` to a name
+    without it, and the file would not be where it was asked for), through a temporary file
+    beside it: a reader, or a file already at ``path``, never sees half a file.
+
     Args:
-      path: target `.npz` file.
+      path: target file, conventionally ending in `.npz`.
       **metadata: extra scalars or strings to record (e.g. preprocessing='pytorch_fid').
     """
     checked = {}
@@ -188,7 +193,16 @@ class FeatureStatistics:
     arrays = {MEAN_KEY: self.mean, COVARIANCE_KEY: self.covariance}
     if self.count:
       arrays[COUNT_KEY] = np.asarray(self.count, np.int64)
-    np.savez_compressed(path, **arrays, **checked)
+    path = os.fspath(path)
+    tmp_path = f'{path}.tmp'
+    try:
+      with open(tmp_path, 'wb') as f:  # A file object: numpy adds no suffix to it.
+        np.savez_compressed(f, **arrays, **checked)
+      os.replace(tmp_path, path)
+    except BaseException:
+      with contextlib.suppress(OSError):
+        os.remove(tmp_path)
+      raise
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> tuple['FeatureStatistics', dict[str, object]]:
@@ -398,7 +412,7 @@ def frechet_distance_jax(mu1: jax.Array, sigma1: jax.Array, mu2: jax.Array,
   tr sqrt(S1 S2) = sum_i sqrt(lambda_i(S1^1/2 S2 S1^1/2)) because S1 S2 is similar to that
   symmetric positive semi-definite matrix. Two symmetric eigendecompositions replace scipy's
   general `sqrtm`; they run on GPU and under jit. Eigenvalues that rounding pushes below zero are
-  clipped. Call it with float64 inputs (inside `jax.enable_x64`): float32 is not accurate enough.
+  clipped, and so is a result that rounding pushes below zero. Call it with float64 inputs (inside `jax.enable_x64`): float32 is not accurate enough.
 
   Args:
     mu1, mu2: [d] means.
@@ -413,7 +427,9 @@ def frechet_distance_jax(mu1: jax.Array, sigma1: jax.Array, mu2: jax.Array,
   product = (product + product.T) / 2
   trace_sqrt = jnp.sum(jnp.sqrt(jnp.clip(jnp.linalg.eigvalsh(product), 0)))
   diff = mu1 - mu2
-  return diff @ diff + jnp.trace(sigma1) + jnp.trace(sigma2) - 2 * trace_sqrt
+  # A distance is never negative; rounding made it about -5e-6 for two identical rank-deficient
+  # covariances (10 images of 64 features: fewer images than dimensions), printed as "-0.0000".
+  return jnp.maximum(diff @ diff + jnp.trace(sigma1) + jnp.trace(sigma2) - 2 * trace_sqrt, 0.0)
 
 
 _frechet_distance_jit = jax.jit(frechet_distance_jax)
