@@ -1175,7 +1175,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
                        '%s covered, smallest class %.3f%s.', step,
                        result['frechet_distance'],
                        100 * result['frechet_distance'] / quality_hook.untrained['frechet_distance'],
-                       _classes(result['num_classes_covered']), result['min_class_fraction'], manifold_text)
+                       _classes(result['num_classes_covered']), result['min_class_fraction'],
+                       manifold_text)
           if final:
             quality_hook.write_json(workdir, step, result, used_ema=state.ema is not None)
     if need_fid:  # Every process scores its share of the images; all get the same FID.

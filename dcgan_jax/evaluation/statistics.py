@@ -412,7 +412,8 @@ def frechet_distance_jax(mu1: jax.Array, sigma1: jax.Array, mu2: jax.Array,
   tr sqrt(S1 S2) = sum_i sqrt(lambda_i(S1^1/2 S2 S1^1/2)) because S1 S2 is similar to that
   symmetric positive semi-definite matrix. Two symmetric eigendecompositions replace scipy's
   general `sqrtm`; they run on GPU and under jit. Eigenvalues that rounding pushes below zero are
-  clipped, and so is a result that rounding pushes below zero. Call it with float64 inputs (inside `jax.enable_x64`): float32 is not accurate enough.
+  clipped, and so is a result that rounding pushes below zero. Call it with float64 inputs
+  (inside `jax.enable_x64`): float32 is not accurate enough.
 
   Args:
     mu1, mu2: [d] means.
