@@ -70,7 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 'non_saturating', 'minimax', 'hinge', 'least_squares' or 'wasserstein', or a name given to
   # dcgan_jax.register_loss in the process that calls dcgan_jax.train.train_and_evaluate.
   config.loss = 'non_saturating'
-  config.real_label = 1.0  # One-sided label smoothing: e.g. 0.9.
+  config.real_label = 1.0  # One-sided label smoothing: e.g. 0.9 (not with 'wasserstein').
   config.gradient_penalty_weight = 0.0  # WGAN-GP lambda (10 in the paper); 0 disables.
   config.r1_weight = 0.0  # R1 gamma; 0 disables.
   config.d_steps = 1  # Discriminator updates per generator update.

@@ -259,6 +259,23 @@ def _short_reason(exc: BaseException) -> str:
   return f'{type(exc).__name__}: {first}' if first else type(exc).__name__
 
 
+def _restore_advice(exc: BaseException) -> str:
+  """What to do when no checkpoint fits the target: the general advice, or for a target placed
+  for pmap (every leaf stacked along a leading device axis the saved state lacks) the fix."""
+  match = re.search(r'Requested shape: \(([^)]*)\) is not compatible with the stored shape: '
+                    r'\(([^)]*)\)', str(exc))
+  if match:
+    requested, stored = ([int(d) for d in group.replace(' ', '').split(',') if d]
+                         for group in match.groups())
+    if len(requested) == len(stored) + 1 and requested[1:] == stored:
+      return (f"the target has a leading axis of {requested[0]} (pmap's, from "
+              'DataParallelStep.place_state) that the saved arrays lack: restore into the state '
+              'before placing it (as create_gan_state returns it), then call place_state on '
+              'the result')
+  return ('restore into a state built as the saved one was (the config that wrote them: the '
+          'same models and optimizers), or start in a new workdir')
+
+
 # --------------------------------------------------------------------------------------------
 # Workdir: writability, lock, config.json
 # --------------------------------------------------------------------------------------------
@@ -816,9 +833,8 @@ class Checkpointer:
     latest_step, latest_error = failed[0]
     raise UserError(
         f'No checkpoint in {self.directory} can be restored (steps {sorted(steps)}; step '
-        f'{latest_step} failed with: {_short_reason(latest_error)}); restore into a state built '
-        'as the saved one was (the config that wrote them: the same models and optimizers), or '
-        'start in a new workdir.') from latest_error
+        f'{latest_step} failed with: {_short_reason(latest_error)}); '
+        f'{_restore_advice(latest_error)}.') from latest_error
 
   def _restore_step(self, step: int, target_state: PyTree) -> tuple[PyTree, dict[str, Any], int]:
     args = ocp.args.Composite(**{

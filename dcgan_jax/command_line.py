@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import signal
 import sys
 from typing import Any
 
@@ -12,6 +13,19 @@ from dcgan_jax.errors import exit_with_user_error, first_line
 
 
 HELP_FLAGS = ('--help', '-h', '-?', '--helpshort', '--helpfull')
+# Flags that name files or folders. A shell expands '~' only at the start of a word, not after
+# '--flag=', so the programs expand it themselves (as they always did for --workdir and PATHs).
+PATH_FLAGS = ('workdir', 'inception_weights', 'save_stats', 'reference', 'out', 'out_dir',
+              'gif_out', 'dataset_path', 'hlo', 'json_out')
+
+
+def expand_user_paths(flag_values: Any) -> None:
+  """Expands a leading ``~`` in the values of :data:`PATH_FLAGS` that ``flag_values`` has."""
+  for name in PATH_FLAGS:
+    if name in flag_values:
+      value = flag_values[name].value
+      if isinstance(value, str) and value.startswith('~'):
+        flag_values[name].value = os.path.expanduser(value)
 
 
 def exit_with_help_if_asked(flag_values: Any, argv: list[str], usage: str | None) -> None:
@@ -25,6 +39,38 @@ def exit_with_help_if_asked(flag_values: Any, argv: list[str], usage: str | None
   except BrokenPipeError:  # `--help | head`: the reader left, which is fine.
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flushes.
   sys.exit(0)
+
+
+def exit_interrupted(note: str = '') -> None:
+  """Ends a program stopped by Ctrl-C: one line on stderr (``Interrupted.`` and ``note``),
+  exit status 130 as a shell reports SIGINT.
+
+  Without the interpreter's clean-up: interrupted inside JAX (compiling, or waiting for the
+  device), the clean-up printed a traceback of some fifty frames and at times died of a
+  segmentation fault (exit -11). Call it only where every file the program writes is whole:
+  written through a temporary file and a rename, or not at all.
+  """
+  signal.signal(signal.SIGINT, signal.SIG_DFL)  # A further Ctrl-C ends the process at once.
+  try:
+    sys.stdout.flush()
+  except (OSError, ValueError):
+    pass
+  try:
+    sys.stderr.write(f"Interrupted.{' ' + note if note else ''}\n")
+    sys.stderr.flush()
+  except (OSError, ValueError):
+    pass
+  os._exit(128 + signal.SIGINT)  # pylint: disable=protected-access
+
+
+def run_app(main: Any, flags_parser: Any, interrupted_note: str = '') -> None:
+  """``absl.app.run(main, flags_parser)``, with Ctrl-C ending as :func:`exit_interrupted`."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+
+  try:
+    app.run(main, flags_parser=flags_parser)
+  except KeyboardInterrupt:
+    exit_interrupted(interrupted_note)
 
 
 def unknown_config_field_message(error: Exception, argv: list[str]) -> str:
@@ -119,6 +165,7 @@ def parse_workdir_flags(flag_values: Any, argv: list[str] | None, usage: str | N
   if len(remaining) > 1:
     exit_with_user_error(f'Unexpected arguments {" ".join(remaining[1:])!r}; pass options as '
                          '--name=value.')
+  expand_user_paths(flag_values)
   if not flag_values.workdir:
     exit_with_user_error('--workdir is required, e.g. --workdir=/tmp/dcgan_digits.')
   return flag_values
@@ -140,6 +187,7 @@ def parse_private_flags(flag_values: Any, argv: list[str], usage: str | None = N
   flag_values.unparse_flags()
   try:
     remaining = flag_values(argv, known_only=True)
+    expand_user_paths(flag_values)
     return flags.FLAGS(remaining)
   except flags.UnrecognizedFlagError as e:
     exit_with_user_error(unknown_flag_message(e.flagname, list(flag_values)))

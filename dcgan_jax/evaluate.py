@@ -1,4 +1,4 @@
-r"""Scores a trained generator with FID, Inception Score and KID.
+r"""Scores a trained generator: FID, Inception Score, KID, precision/recall, density/coverage.
 
   python -m dcgan_jax.evaluate --workdir=/tmp/dcgan_celeba \
       --inception_weights=pt_inception-2015-12-05-6726825d.pth [--num_samples=50000] \
@@ -14,8 +14,10 @@ are generated from seeded latents and scored:
   ``<workdir>/fid_reference_<dataset>_<size>_<preprocessing>.npz`` (with a subset of the
   reference features, for KID);
 * the Inception Score (10 splits; fewer, of 2 images at least, for under 20 images);
-* KID against the cached reference features (skipped, with a note, when only `--reference`
-  statistics are given: KID needs features, not moments).
+* KID, and precision/recall with density/coverage (k = 3), against the reference features:
+  the cached ones, or those of a `--reference` file that holds them (``python -m dcgan_jax.fid
+  PATH --save_stats=F --precision_recall`` writes them). Against a file of statistics only
+  (pytorch-fid's) they are skipped with a note: they need features, not moments.
 
 A class-conditional run draws its classes in turn. With ``--label=K`` it draws class K only and
 the dataset reference holds the real images of class K alone (cached as
@@ -27,6 +29,10 @@ and one read of the dataset for all of them; it prints each class's FID and writ
 
 The numbers are printed with their protocol (samples, reference, preprocessing) and written to
 ``<workdir>/eval_step_XXXXXX.json`` (``eval_step_XXXXXX_class<K>.json`` with ``--label``).
+A file there that holds a result under another protocol (other weights, reference, sample count,
+``--no_ema``, ...) is kept: the new result goes to ``eval_step_XXXXXX-2.json`` (then ``-3``, ...)
+and a warning names the settings that differ. The generated images depend on ``--seed`` alone
+(image j's latent is drawn from the seed and j), not on ``--batch_size``.
 Mistakes (missing workdir, checkpoint, weights, a bad reference file, ...) print one sentence on
 stderr and exit with status 2.
 """
@@ -34,12 +40,13 @@ stderr and exit with status 2.
 from __future__ import annotations
 
 import functools
+import itertools
+import json
 import os
 import pathlib
 import zipfile
 from typing import Any, Callable
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
@@ -95,6 +102,9 @@ KID_SUBSETS = 100
 IS_SPLITS = 10
 # Per-image reference features in .npz statistics files (the dataset cache, fid --save_stats).
 FEATURES_KEY = 'kid_features'
+# The metadata key of the Inception network's fingerprint (extractor.weights_fingerprint) in
+# statistics files: the dataset caches and `fid --save_stats` record it.
+WEIGHTS_KEY = 'inception_weights'
 
 
 _fail = exit_with_user_error
@@ -166,8 +176,8 @@ def generate(generator, variables, num_samples: int, latent_dim: int, batch_size
              label: int | None = None):
   """Yields batches of generated images, `num_samples` in all, as device arrays.
 
-  Batch i uses latents ``normal(fold_in(key(seed), i))``, so the samples depend only on the
-  seed and the batch size. A class-conditional generator (``num_classes > 0``) draws the
+  Image j of the whole sample has the latent ``normal(fold_in(key(seed), j))``, so the samples
+  (and the scores) depend on the seed alone, not on the batch size. A class-conditional generator (``num_classes > 0``) draws the
   classes in turn (image j of the whole sample shows class ``j mod num_classes``), so every
   class is scored equally often; with ``label`` every image shows that class. Sampling (and
   quantisation) is one jitted program per batch, compiled once per generator and batch shape;
@@ -191,8 +201,8 @@ def generate(generator, variables, num_samples: int, latent_dim: int, batch_size
                                   label is not None)
   base = jax.random.key(seed)
   label_value = np.int32(0 if label is None else label)
-  for i, start in enumerate(range(0, num_samples, batch_size)):
-    images = sample(variables, jax.random.fold_in(base, i), np.int32(start), label_value)
+  for start in range(0, num_samples, batch_size):
+    images = sample(variables, base, np.int32(start), label_value)
     yield images if num_samples - start >= batch_size else images[:num_samples - start]
 
 
@@ -208,10 +218,11 @@ def _sampler(generator, latent_dim: int, batch_size: int,
 
   @jax.jit
   def sample(variables, key, start, label):
-    z = jax.random.normal(key, (batch_size, latent_dim))
+    index = start + jax.numpy.arange(batch_size)
+    z = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (latent_dim,)))(index)
     labels = None
     if num_classes:
-      labels = (start + jax.numpy.arange(batch_size)) % num_classes
+      labels = index % num_classes
       if one_label:
         labels = jax.numpy.full((batch_size,), label)
     images = generator.apply(variables, z, train=False, **models.label_kwargs(labels))
@@ -268,7 +279,7 @@ def dataset_reference(workdir: str, config, extractor, num_reference: int,
                  'crop_size': int(config.get('crop_size', 0)),
                  'data_dir': str(config.get('data_dir', '')),
                  'precision': str(getattr(extractor, 'precision', '')),
-                 'inception_weights': str(getattr(extractor, 'weights_fingerprint', ''))}
+                 WEIGHTS_KEY: str(getattr(extractor, 'weights_fingerprint', ''))}
   if label is not None:  # (Caches of the whole dataset keep the keys they always had.)
     description['label'] = int(label)
   if description['dataset_path']:
@@ -338,8 +349,8 @@ def file_reference(path: str, preprocessing: str) -> tuple[Any, dict[str, Any]]:
   file_mode = metadata.get('preprocessing')
   if file_mode is not None and str(file_mode) != preprocessing:
     # The two modes resize differently: FIDs across them differ by more than many model gaps.
-    raise UserError(f'{path} was computed with preprocessing={file_mode}, but this evaluation '
-                    f'uses --preprocessing={preprocessing}, and FIDs under different '
+    raise UserError(f'{path} was computed with preprocessing={file_mode}, but '
+                    f'--preprocessing is {preprocessing}, and FIDs under different '
                     f'preprocessing are not comparable; pass --preprocessing={file_mode}, or '
                     f'recompute the statistics with --preprocessing={preprocessing}.')
   features = metadata.get(FEATURES_KEY)
@@ -348,9 +359,25 @@ def file_reference(path: str, preprocessing: str) -> tuple[Any, dict[str, Any]]:
     if features.ndim != 2 or features.shape[1] != 2048:
       raise UserError(f'{path} holds {FEATURES_KEY} of shape {features.shape}; they must be '
                       '[n, 2048] Inception pool_3 features.')
+  weights = metadata.get(WEIGHTS_KEY)
   return stats, {'source': os.path.abspath(path), 'num_samples': int(stats.count) or None,
                  'preprocessing': None if file_mode is None else str(file_mode),
-                 'features': features}
+                 'features': features,
+                 'inception_weights': str(weights) if weights is not None else None}
+
+
+def check_same_weights(path: str, recorded: str | None, fingerprint: str | None,
+                       other: str = "this evaluation's --inception_weights") -> None:
+  """Refuses statistics made by another Inception network than ``fingerprint``'s.
+
+  FIDs from two networks are not comparable (two random-weight networks gave 1,279 and 265,307
+  for the same folders), and nothing else in the numbers shows the mix-up. Files without the
+  record (pytorch-fid's, or ours before it was kept) pass.
+  """
+  if recorded and fingerprint and recorded != fingerprint:
+    raise UserError(f'{path} was computed with other Inception weights (fingerprint {recorded}) '
+                    f'than {other} ({fingerprint}); FIDs from different networks are not '
+                    'comparable: pass the weights that made it, or make the statistics again.')
 
 
 # ---- the evaluation ---------------------------------------------------------------------------
@@ -385,6 +412,7 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
   file_ref = None
   if reference:
     ref_stats, ref_protocol = file_reference(reference, preprocessing)
+    ref_weights = ref_protocol.pop('inception_weights')
     # A file with per-image features (fid --save_stats --precision_recall) allows KID and
     # precision/recall too; the protocol records how many, not the features.
     ref_features = ref_protocol.pop('features')
@@ -393,6 +421,8 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
     file_ref = (ref_stats, ref_features, ref_protocol)
   extractor = evaluation.InceptionExtractor.from_file(
       inception_weights, preprocessing=preprocessing, precision=precision, batch_size=batch_size)
+  if reference:
+    check_same_weights(reference, ref_weights, getattr(extractor, 'weights_fingerprint', None))
   loaded = load_generator(workdir, config, step, use_ema)
   return _score(workdir, config, extractor, loaded, num_samples=num_samples, seed=seed,
                 batch_size=batch_size, label=label, file_ref=file_ref,
@@ -462,10 +492,13 @@ def _score(workdir: str, config, extractor, loaded, *, num_samples: int, seed: i
                                              '--precision_recall)'}
   if ref_features is not None:
     subset = min(KID_SUBSET_SIZE, fake_features.shape[0], ref_features.shape[0])
+    # Subsets as large as both sets are all the same one: one round says it all (100 gave a
+    # "± 0" that read as a measured spread).
+    subsets = 1 if subset == fake_features.shape[0] == ref_features.shape[0] else KID_SUBSETS
     if subset >= 2:
       kid_mean, kid_std = evaluation.kernel_inception_distance(
-          fake_features, ref_features, num_subsets=KID_SUBSETS, subset_size=subset)
-      kid_protocol = {'subsets': KID_SUBSETS, 'subset_size': subset,
+          fake_features, ref_features, num_subsets=subsets, subset_size=subset)
+      kid_protocol = {'subsets': subsets, 'subset_size': subset,
                       'num_generated_features': int(fake_features.shape[0]),
                       'num_reference_features': int(ref_features.shape[0])}
     else:
@@ -501,9 +534,50 @@ def _score(workdir: str, config, extractor, loaded, *, num_samples: int, seed: i
   }
   suffix = '' if label is None else f'_class{label}'
   path = json_files.write_json_atomically(
-      pathlib.Path(workdir) / f'eval_step_{step:06d}{suffix}.json', result)
+      result_path(workdir, f'eval_step_{step:06d}{suffix}', result['protocol']), result)
   result['path'] = str(path)
   return result
+
+
+def _comparable(protocol: Any) -> Any:
+  """A protocol without what differs between two runs of the same evaluation (whether the
+  reference came from the cache)."""
+  if not isinstance(protocol, dict):
+    return protocol
+  reference = protocol.get('reference')
+  if isinstance(reference, dict):
+    protocol = {**protocol, 'reference': {k: v for k, v in reference.items() if k != 'cached'}}
+  return json.loads(json.dumps(protocol))  # Tuples and numpy scalars as JSON reads them back.
+
+
+def _protocol_in(path: pathlib.Path) -> Any:
+  """The comparable protocol of the result file at ``path``; None when it cannot be read."""
+  try:
+    return _comparable(json.loads(path.read_text(encoding='utf-8')).get('protocol'))
+  except (OSError, ValueError, AttributeError):
+    return None
+
+
+def result_path(workdir: str, name: str, protocol: dict[str, Any]) -> pathlib.Path:
+  """Where a result of ``protocol`` goes: ``<workdir>/<name>.json``, unless that holds a result
+  under another protocol (other weights, reference, sample count, EMA, ...), which is kept: the
+  new one then goes to the first ``<name>-<n>.json`` (n = 2, 3, ...) that is free or holds the
+  same protocol, and a warning says which settings differ."""
+  wanted = _comparable(protocol)
+  first = pathlib.Path(workdir) / f'{name}.json'
+  path = first
+  for n in itertools.count(2):
+    if not path.exists() or _protocol_in(path) == wanted:
+      break
+    path = pathlib.Path(workdir) / f'{name}-{n}.json'
+  if path != first:
+    earlier = _protocol_in(first)
+    differ = (sorted(key for key in set(wanted) | set(earlier)
+                     if earlier.get(key) != wanted.get(key))
+              if isinstance(earlier, dict) else ['(unreadable)'])
+    logging.warning('%s holds a result under another protocol (differing: %s); it is kept, and '
+                    'this one goes to %s.', first.name, ', '.join(differ), path.name)
+  return path
 
 
 def intra_fid(workdir: str, inception_weights: str | None, *, num_samples: int = 5_000,
@@ -569,7 +643,7 @@ def intra_fid(workdir: str, inception_weights: str | None, *, num_samples: int =
           'dataset': str(config.dataset), 'image_size': int(config.image_size)},
   }
   path = json_files.write_json_atomically(
-      pathlib.Path(workdir) / f'eval_step_{step:06d}_intra.json', summary)
+      result_path(workdir, f'eval_step_{step:06d}_intra', summary['protocol']), summary)
   summary['path'] = str(path)
   return summary
 
@@ -596,9 +670,13 @@ def format_result(result: dict[str, Any]) -> str:
   ref_text = (f"{reference['source']} ({ref_count if ref_count else 'unknown number of'} "
               'images)')
   kid = protocol['kid']
-  kid_text = (f"KID {result['kid']:.6f} ± {result['kid_std']:.6f} ({kid['subsets']} subsets of "
-              f"{kid['subset_size']})" if result['kid'] is not None
-              else f"KID skipped: {kid['skipped']}")
+  if result['kid'] is None:
+    kid_text = f"KID skipped: {kid['skipped']}"
+  elif kid['subsets'] == 1:
+    kid_text = f"KID {result['kid']:.6f} (all {kid['subset_size']} features of each side, once)"
+  else:
+    kid_text = (f"KID {result['kid']:.6f} ± {result['kid_std']:.6f} ({kid['subsets']} subsets "
+                f"of {kid['subset_size']})")
   manifold = protocol.get('precision_recall', {'skipped': 'not computed'})
   manifold_text = (
       f"Precision {result['precision']:.4f}, recall {result['recall']:.4f}, density "
@@ -623,8 +701,9 @@ def format_result(result: dict[str, Any]) -> str:
 
 
 def _splits_text(splits: int, num_samples: int) -> str:
-  return (f"{splits} split{'' if splits == 1 else 's'} of "
-          f"{'~' if num_samples % splits else ''}{num_samples / splits:.0f} images")
+  size = num_samples // splits
+  sizes = f'{size}-{size + 1}' if num_samples % splits else f'{size}'
+  return f"{splits} split{'' if splits == 1 else 's'} of {sizes} images"
 
 
 def main(argv: list[str]) -> None:
@@ -664,7 +743,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def run() -> None:
   """Console entry point."""
-  app.run(main, flags_parser=parse_flags)
+  # The reference cache and the result are written through temporary files: whole or absent.
+  command_line.run_app(main, parse_flags, 'No half-written file was left.')
 
 
 if __name__ == '__main__':

@@ -10,7 +10,7 @@ r"""FID between two sets of images, with pytorch-fid's command line (its dashed 
 Each PATH is one of:
 
 * a folder (searched recursively) or a .zip of images (.jpg .jpeg .png .webp .bmp .tif .tiff .ppm
-  .pgm, pytorch-fid's set). The images
+  .pgm, pytorch-fid's set, in any case; hidden files are left out). The images
   are read as pytorch-fid reads them: decoded by PIL, converted to RGB, at their own size (the
   network resizes them to 299x299), so the samples of any GAN, saved as files, can be scored.
   Images may differ in size: images of one size share batches, in whatever order the sizes
@@ -37,7 +37,6 @@ import io
 import os
 from typing import Any
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
@@ -188,6 +187,18 @@ def image_statistics(path: str, extractor,
   return stats, skipped, (np.concatenate(kept) if keep_features else None)
 
 
+def _recorded_weights(path: str) -> str | None:
+  """The Inception fingerprint a statistics file records, or None (image PATHs, files without
+  it). Reads that one entry of the archive."""
+  if not _is_statistics_file(path):
+    return None
+  from dcgan_jax import evaluate  # pylint: disable=g-import-not-at-top
+  with np.load(path, allow_pickle=False) as archive:
+    if evaluate.WEIGHTS_KEY not in archive.files:
+      return None
+    return str(archive[evaluate.WEIGHTS_KEY]) or None
+
+
 def path_statistics(path: str, make_extractor, preprocessing: str = 'pytorch_fid',
                     keep_features: int = 0) -> tuple[Any, str, np.ndarray | None]:
   """The statistics a PATH stands for, a description of them for the report, and (for image
@@ -263,12 +274,15 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
       raise UserError(f'The folder of --save_stats, {directory}, does not exist.')
     if os.path.isdir(save_stats):
       raise UserError(f'--save_stats {save_stats} is a folder; name the .npz file to write.')
+    if os.path.lexists(save_stats):  # As pytorch-fid ("Existing output file").
+      raise UserError(f'--save_stats {save_stats} already exists; remove it or name a new file '
+                      '(statistics files are never overwritten).')
     if not os.access(directory, os.W_OK | os.X_OK):
       raise UserError(f'The folder of --save_stats, {directory}, is not writable.')
   # Cheap checks first: every path exists and is usable, before the weights load.
   from dcgan_jax.data import image_files  # pylint: disable=g-import-not-at-top
   for path in paths:
-    if path.lower().endswith('.npz') and not os.path.isfile(path):
+    if path.lower().endswith('.npz') and not os.path.exists(path):  # (A folder x.npz is read.)
       raise UserError(f'The statistics file {path} does not exist; a PATH is a folder or .zip '
                       'of images, or a mu/sigma .npz.')
     if not _is_statistics_file(path):
@@ -295,9 +309,12 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
   from dcgan_jax import evaluate  # pylint: disable=g-import-not-at-top
   keep = evaluate.MAX_KID_FEATURES if precision_recall else 0
   results = [path_statistics(path, make_extractor, preprocessing, keep) for path in paths]
+  fingerprint = getattr(extractor, 'weights_fingerprint', None)
   if save_stats:
     stats, _, features = results[0]
     extra = {} if features is None else {evaluate.FEATURES_KEY: features}
+    if fingerprint:  # So that FIDs against the file check they use the same network.
+      extra[evaluate.WEIGHTS_KEY] = fingerprint
     try:  # (Through a temporary file: readers never see half a file.)
       stats.save(save_stats, preprocessing=preprocessing, source=os.path.abspath(paths[0]),
                  **extra)
@@ -306,6 +323,11 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
                       f'({e.strerror or e}); name a file in a writable folder.') from None
     return {'fid': None, 'sources': [results[0][1]], 'saved': save_stats,
             'precision_recall': None}
+  recorded = [_recorded_weights(path) for path in paths]
+  for path, weights in zip(paths, recorded):
+    evaluate.check_same_weights(path, weights, fingerprint)
+  if fingerprint is None and all(recorded):  # Two statistics files: no network ran.
+    evaluate.check_same_weights(paths[1], recorded[1], recorded[0], other=paths[0])
   (a, _, real), (b, _, fake) = results  # Under 2048 images FeatureStatistics warns.
   value = evaluation.frechet_distance(a, b)
   manifold = None
@@ -420,7 +442,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def run() -> None:
   """Console entry point."""
-  app.run(main, flags_parser=parse_flags)
+  command_line.run_app(main, parse_flags, 'No half-written file was left.')
 
 
 if __name__ == '__main__':

@@ -619,6 +619,9 @@ class Discriminator(nn.Module):
         The train step scores real and fake images in one call, so the estimate advances
         once per D update and once per G update.
       * ``'none'``: no normalisation.
+
+      At ``image_size`` 8 D has its input layer alone, which ``'batch'`` and ``'layer'`` leave
+      unnormalised: there both equal ``'none'``.
     num_classes: 0 (the paper: unconditional) or the number of classes of a class-conditional
       discriminator, which then takes integer ``labels`` and adds to its logit the inner
       product of the last feature map (flattened) with a learned embedding of the label: the

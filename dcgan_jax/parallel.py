@@ -108,6 +108,34 @@ def check_batch_size(global_batch: int, num_devices: int, process_count: int = 1
 _MIN_PIXELS_FOR_RANGE_WARNING = 4096
 
 
+# Typed key dtypes seen as one key (key<fry>, key<rbg>, ...): checked once each.
+_TYPED_KEY_DTYPES: set[Any] = set()
+
+
+def _check_key(rng: Any) -> None:
+  """The step's key must be one key: a typed key of shape (), or a raw uint32 key [2]. A split
+  key array or an int seed failed inside jax ("fold_in accepts a single key", "invalid PRNG key
+  data")."""
+  shape, dtype = getattr(rng, 'shape', None), getattr(rng, 'dtype', None)
+  if shape == () and dtype in _TYPED_KEY_DTYPES:  # The usual case, in a fraction of a us.
+    return
+  if shape is None or dtype is None:
+    raise UserError(f'The step takes one PRNG key, such as jax.random.key(seed) (got '
+                    f'{type(rng).__name__} {rng!r:.40}).')
+  key_shape = tuple(shape)
+  if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if not key_shape:
+      _TYPED_KEY_DTYPES.add(dtype)
+  else:
+    if dtype != np.uint32 or not key_shape:
+      raise UserError(f'The step takes one PRNG key, such as jax.random.key(seed) (got an '
+                      f'array of {dtype} of shape {key_shape}).')
+    key_shape = key_shape[:-1]  # A raw uint32 key's data axis.
+  if key_shape:
+    raise UserError(f'The step takes one PRNG key (got keys of shape {key_shape}); it derives '
+                    "each device's key itself.")
+
+
 class DataParallelStep:
   """A jitted, donated, data-parallel GAN step plus the helpers to place its inputs.
 
@@ -298,6 +326,7 @@ class DataParallelStep:
     if isinstance(counter, jax.Array) and counter.is_deleted():
       raise UserError('This state was donated to an earlier step call, which consumed it: pass '
                       'the state that call returned (state, metrics = step(state, batch, rng)).')
+    _check_key(rng)
     if self.parallelism != 'pmap':
       self._check_shard_map_arguments(counter, batch)
       return
@@ -311,13 +340,6 @@ class DataParallelStep:
       raise UserError(f'With pmap the batch needs a leading axis of {devices} devices (got '
                       f'images of shape {np.shape(images)}): pass it through '
                       'step.place_batch(images) first.')
-    key_shape = np.shape(rng)
-    dtype = getattr(rng, 'dtype', None)
-    if dtype is None or not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-      key_shape = key_shape[:-1]  # A raw uint32 key's data axis.
-    if key_shape:
-      raise UserError(f'The step takes one PRNG key (got keys of shape {key_shape}); it derives '
-                      "each device's key itself.")
 
   def _check_shard_map_arguments(self, counter: Any, batch: Any) -> None:
     """A state not laid out on the mesh would be moved there and the caller's arrays donated

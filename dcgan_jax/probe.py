@@ -339,6 +339,8 @@ def main(argv: list[str] | None = None) -> None:
                    batch_size=f.batch_size, seed=f.seed, baselines=f.baselines)
   except UserError as e:
     exit_with_user_error(str(e))
+  except KeyboardInterrupt:
+    command_line.exit_interrupted('No result was written.')
   print(format_result(result))
 
 

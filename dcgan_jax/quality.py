@@ -210,6 +210,12 @@ def _to_unit_range(images: Any, value_range: tuple[float, float]) -> np.ndarray:
   images = images.astype(np.float32)
   if not np.all(np.isfinite(images)):
     raise UserError('images contain NaN or infinite values; only finite values can be scored.')
+  smallest, largest = float(images.min()), float(images.max())
+  margin = (high - low) / 2  # A generator without tanh may overshoot a little; not this much.
+  if smallest < low - margin or largest > high + margin:
+    # Clipped, 0..255 floats scored as nearly all white (Fréchet distance 695 instead of 6).
+    raise UserError(f'images are floats in [{smallest:g}, {largest:g}], far outside value_range '
+                    f'({low:g}, {high:g}); pass the range they are in, or uint8 images (0..255).')
   return np.clip((images - low) / (high - low), 0.0, 1.0)
 
 

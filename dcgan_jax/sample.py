@@ -59,7 +59,6 @@ import contextlib
 import functools
 import os
 import re
-import sys
 from typing import Any, Callable
 
 from absl import logging
@@ -598,8 +597,7 @@ def main(argv: list[str] | None = None) -> None:
     fail(str(e))
   except KeyboardInterrupt:
     # Every file already written is whole (sample_files writes each atomically).
-    print('Interrupted.', file=sys.stderr)
-    sys.exit(130)
+    command_line.exit_interrupted()
   except OSError as e:  # E.g. a full disk while writing.
     fail(f'Cannot write {e.filename or "the output"} ({e.strerror or e}); give a writable path.')
 

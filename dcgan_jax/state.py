@@ -17,7 +17,7 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from dcgan_jax.errors import UserError, finite_number
+from dcgan_jax.errors import UserError, finite_number, is_integer
 
 
 class TrainState(train_state.TrainState):
@@ -104,6 +104,9 @@ def make_schedule(learning_rate: float, kind: str = 'constant', num_steps: int =
   if kind not in kinds:
     raise UserError(f'lr_schedule must be one of constant, cosine or linear (got {kind!r}).')
   _check_learning_rate(learning_rate)
+  if not is_integer(warmup_steps) or warmup_steps < 0:  # -5 stretched the decay by 5 steps.
+    raise UserError(f'warmup_steps must be a whole number >= 0 (0: no warmup; got '
+                    f'{warmup_steps!r}).')
   if kind != 'constant' and num_steps < 1:
     raise UserError(f'The {kind} schedule decays over num_steps updates; give num_steps >= 1 '
                     f'(got {num_steps}).')
@@ -131,10 +134,10 @@ def make_optimizer(learning_rate: float | optax.Schedule = 2e-4, b1: float = 0.5
   # A schedule, or an array (optax.inject_hyperparams passes traced values), is not checked.
   if not callable(learning_rate) and not isinstance(learning_rate, jax.Array):
     _check_learning_rate(learning_rate)
-  for name, beta in (('adam_b1', b1), ('adam_b2', b2)):
+  for name, beta in (('b1', b1), ('b2', b2)):  # (The config's fields are adam_b1, adam_b2.)
     if not isinstance(beta, jax.Array) and not 0.0 <= beta < 1.0:
-      raise UserError(f'{name} must be in [0, 1) (got {beta!r}); the paper uses adam_b1=0.5, '
-                      'adam_b2=0.999.')
+      raise UserError(f'{name} (adam_{name}) must be in [0, 1) (got {beta!r}); the paper uses '
+                      'b1=0.5, b2=0.999.')
   return optax.adam(learning_rate, b1=b1, b2=b2)
 
 
@@ -227,6 +230,13 @@ def create_gan_state(rng: jax.Array, generator: flax.linen.Module,
     g_labels = class_labels_kwargs(generator, 2)
     g_vars = generator.init(g_rng, z, train=False, **g_labels)
     images = jax.eval_shape(lambda v: generator.apply(v, z, train=False, **g_labels), g_vars)
+    d_size = getattr(discriminator, 'image_size', None)
+    d_channels = getattr(discriminator, 'channels', None)
+    if d_size is not None and d_channels is not None and (
+        tuple(images.shape[1:]) != (d_size, d_size, d_channels)):
+      raise UserError(f"The generator makes images of shape {tuple(images.shape[1:])} but the "
+                      f'discriminator takes ({d_size}, {d_size}, {d_channels}); give both the '
+                      'same image_size and channels.')
     d_vars = discriminator.init(d_rng, jnp.zeros(images.shape, jnp.float32), train=False,
                                 **class_labels_kwargs(discriminator, 2))
     g_state = TrainState.create(apply_fn=generator.apply, params=g_vars['params'],

@@ -319,11 +319,13 @@ def config_warnings(config: ml_collections.ConfigDict) -> list[str]:
   """Settings that are valid but probably not what a researcher meant, one message each."""
   warnings = []
   norm = config.get('discriminator_norm', 'batch')
-  if float(config.get('gradient_penalty_weight', 0.0)) > 0 and norm == 'batch':
+  penalties = [name for name in ('gradient_penalty_weight', 'r1_weight')
+               if float(config.get(name, 0.0)) > 0]
+  if penalties and norm == 'batch' and int(config.image_size) >= 16:  # (8x8: no BatchNorm.)
     warnings.append(
-        'gradient_penalty_weight > 0 with discriminator_norm=batch: BatchNorm mixes the '
+        f'{" and ".join(penalties)} > 0 with discriminator_norm=batch: BatchNorm mixes the '
         "examples of a batch, so the penalty does not see each example's own gradient; "
-        "WGAN-GP's critic uses discriminator_norm=layer (or none).")
+        "WGAN-GP's critic (and StyleGAN's, for R1) uses discriminator_norm=layer (or none).")
   return warnings
 
 
@@ -972,7 +974,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     else:
       images, labels = data.load_all_images(config), None
     sampler = data.DeviceResidentSampler(images, int(config.batch_size), int(config.seed),
-                                         mesh=step_fn.mesh, labels=labels)
+                                         mesh=step_fn.mesh, labels=labels,
+                                         num_classes=int(config.get('num_classes', 0)) or None)
     del images, labels
   image_sampler = _Sampler(config, step_fn)
   fid_hook = None

@@ -27,7 +27,7 @@ import optax
 from dcgan_jax import augment
 from dcgan_jax import losses
 from dcgan_jax import models
-from dcgan_jax.errors import UserError, finite_number
+from dcgan_jax.errors import UserError, finite_number, is_integer
 from dcgan_jax.state import EMAState, GANState, check_same_classes
 
 Metrics = dict[str, jax.Array]
@@ -49,7 +49,10 @@ class StepConfig:
 
   Attributes:
     loss: Objective name, see :data:`dcgan_jax.losses.LOSSES`.
-    real_label: Target for real images in the BCE/LS losses (<1 for one-sided label smoothing).
+    real_label: Target for real images (<1 for one-sided label smoothing): the BCE target of
+      the non-saturating and minimax losses, the least-squares target, and the hinge loss's
+      real margin (``relu(real_label - D(x))``). The Wasserstein critic has no target, so
+      ``loss='wasserstein'`` refuses a value other than 1.
     gradient_penalty_weight: WGAN-GP weight (0 disables).
     r1_weight: R1 weight gamma (0 disables).
     d_steps: Discriminator updates per generator update; each draws fresh latents and reuses
@@ -94,13 +97,15 @@ class StepConfig:
       object.__setattr__(self, name, _finite_number(name, getattr(self, name)))
     if not 0.0 < self.real_label <= 1.0:
       raise UserError(f'real_label must be in (0, 1] (got {self.real_label!r}).')
+    if self.loss == 'wasserstein' and self.real_label != 1.0:  # It would be ignored.
+      raise UserError(f"real_label {self.real_label} has no effect with loss 'wasserstein' (the "
+                      'critic has no targets); leave it at 1.')
     for name in ('gradient_penalty_weight', 'r1_weight'):
       if getattr(self, name) < 0:
         raise UserError(f'{name} must be >= 0 (0 turns the penalty off; got '
                         f'{getattr(self, name)!r}).')
     # numpy integers (from a config or an array) count; bools and 2.0 do not.
-    if (isinstance(self.d_steps, bool) or not isinstance(self.d_steps, (int, np.integer))
-        or self.d_steps < 1):
+    if not is_integer(self.d_steps) or self.d_steps < 1:
       raise UserError(f'd_steps must be a positive integer (got {self.d_steps!r}).')
     object.__setattr__(self, 'd_steps', int(self.d_steps))  # Hashable and static either way.
     if not 0.0 <= self.ema_decay < 1.0:
@@ -114,9 +119,13 @@ class StepConfig:
     if self.ada_target > 0 and not self.augment:
       raise UserError(f'ada_target {self.ada_target} adapts the augmentation probability but '
                       "augment is ''; set augment too, e.g. 'color,translation,cutout'.")
-    if not isinstance(self.ada_speed_images, int) or self.ada_speed_images <= 0:
-      raise UserError(f'ada_speed_images must be a positive number of images (got '
-                      f'{self.ada_speed_images!r}).')
+    speed = self.ada_speed_images  # As d_steps: numpy integers and whole floats (5e4) count.
+    if isinstance(speed, (float, np.floating)) and float(speed).is_integer():
+      speed = int(speed)
+    if not is_integer(speed) or speed <= 0:
+      raise UserError(f'ada_speed_images must be a positive whole number of images (got '
+                      f'{self.ada_speed_images!r}; ADA uses 500000).')
+    object.__setattr__(self, 'ada_speed_images', int(speed))
 
   @classmethod
   def from_config(cls, config: Any) -> 'StepConfig':
@@ -184,12 +193,24 @@ def split_batch(batch: Batch, num_classes: int) -> tuple[jax.Array, jax.Array | 
   if not num_classes and labels is not None:
     raise UserError('The batch carries labels but the models are unconditional '
                     '(num_classes=0); pass the images alone.')
+  if labels is not None and not hasattr(labels, 'shape'):  # Under jit a list is a pytree.
+    raise UserError(f'Labels must be an array of integer class indices [N], not a Python '
+                    f'{type(labels).__name__}; pass np.asarray(labels, np.int32).')
   if labels is not None and (labels.shape != images.shape[:1]
                              or not jnp.issubdtype(labels.dtype, jnp.integer)):
     raise UserError(f'Labels must be integer class indices of shape [N] for N images: got '
                     f'{labels.dtype} {tuple(labels.shape)} for images {tuple(images.shape)} '
                     '(not one-hot, not [N, 1]).')
   return images, labels
+
+
+def has_batch_norm(discriminator: Any) -> bool:
+  """Whether a discriminator normalises with batch statistics: ``norm='batch'``, except at
+  image size 8, where D has its input layer alone and the paper leaves BatchNorm off that."""
+  if getattr(discriminator, 'norm', None) != 'batch':
+    return False
+  size = getattr(discriminator, 'image_size', None)
+  return not (isinstance(size, int) and size < 16)
 
 
 class PenaltyWithBatchNormWarning(UserWarning):
@@ -296,11 +317,14 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
   if hasattr(discriminator, 'axis_name'):
     discriminator = discriminator.clone(axis_name=axis_name)
   objective = losses.get_loss(step_config.loss)
-  if step_config.gradient_penalty_weight > 0 and getattr(discriminator, 'norm', None) == 'batch':
+  penalties = [name for name in ('gradient_penalty_weight', 'r1_weight')
+               if getattr(step_config, name) > 0]
+  if penalties and has_batch_norm(discriminator):
     # The training program says this in its config's terms (train.config_warnings).
-    warnings.warn('gradient_penalty_weight > 0 with a BatchNorm discriminator: BatchNorm mixes '
-                  "the examples of a batch, so the penalty does not see each example's own "
-                  "gradient; WGAN-GP's critic uses Discriminator(norm='layer') (or 'none').",
+    warnings.warn(f'{" and ".join(penalties)} > 0 with a BatchNorm discriminator: BatchNorm '
+                  "mixes the examples of a batch, so the penalty does not see each example's "
+                  "own gradient; WGAN-GP's critic (and StyleGAN's, for R1) uses "
+                  "Discriminator(norm='layer') (or 'none').",
                   PenaltyWithBatchNormWarning, stacklevel=2)
   output_activation = getattr(generator, 'output_activation', 'tanh')
   latent_dim = generator.latent_dim
@@ -478,6 +502,14 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
         raise ValueError('ada_target is set but the state has no augment_probability; create '
                          'it with create_gan_state(..., augment_probability=0.0).')
     else:  # A constant; 1 draws nothing more than DiffAugment does.
+      if step_config.augment and getattr(state, 'augment_probability', None) is not None:
+        # Used as it stood, the state's p would be ignored for StepConfig's (1 by default).
+        raise UserError(
+            "The state carries ADA's augment_probability, but StepConfig's ada_target is 0, so "
+            "the step would ignore it and augment with StepConfig's augment_probability "
+            f'({step_config.augment_probability}); set ada_target > 0 for adaptive '
+            'augmentation, or pass a fixed probability as StepConfig(augment_probability=p) '
+            'and build the state without augment_probability.')
       probability = (None if step_config.augment_probability >= 1.0
                      else step_config.augment_probability)
     for i in range(step_config.d_steps):

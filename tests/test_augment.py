@@ -470,6 +470,10 @@ def test_ada_step_uses_the_states_probability_and_adapts_it(initial_state):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match='augment_probability=0.0'):
     make_train_step(G, D, ada)(initial_state, images, rng)  # A GANState has no probability.
+  # The other way round, the state's probability would be ignored for StepConfig's (1).
+  with pytest.raises(UserError, match="The state carries ADA's augment_probability, but "
+                     "StepConfig's ada_target is 0"):
+    make_train_step(G, D, StepConfig(augment=FULL))(_adaptive(initial_state, 0.0), images, rng)
 
 
 @pytest.mark.parametrize('kwargs,message', [
@@ -477,10 +481,18 @@ def test_ada_step_uses_the_states_probability_and_adapts_it(initial_state):
     (dict(augment=FULL, ada_target=1.0), 'ada_target must be in [0, 1)'),
     (dict(ada_target=0.6), "set augment too"),
     (dict(augment=FULL, ada_target=0.6, ada_speed_images=0), 'ada_speed_images must be'),
+    (dict(augment=FULL, ada_target=0.6, ada_speed_images=True), 'got True; ADA uses 500000'),
+    (dict(augment=FULL, ada_target=0.6, ada_speed_images=2.5), 'positive whole number'),
 ])
 def test_bad_ada_settings_are_one_clear_error(kwargs, message):
   with pytest.raises(UserError, match=re.escape(message)):
     StepConfig(**kwargs)
+
+
+def test_ada_speed_takes_numpy_integers_and_whole_floats():
+  for speed in (np.int64(50_000), 5e4, 50_000):
+    config = StepConfig(augment=FULL, ada_target=0.6, ada_speed_images=speed)
+    assert type(config.ada_speed_images) is int and config.ada_speed_images == 50_000
 
 
 def test_create_gan_state_with_a_probability_is_adaptive(initial_state):

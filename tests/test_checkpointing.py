@@ -370,6 +370,16 @@ def test_mismatched_target_is_a_user_error_and_moves_nothing(tmp_path):
                                         r'restore into a state built as the saved one was'):
       checkpointer.restore(other)
     assert checkpointer.all_steps() == [1, 2]
+    # A target placed for pmap (each array stacked per device) gets the fix, not the generic
+    # advice ("is not compatible with the stored shape" said nothing of pmap).
+    stacked = jax.tree.map(
+        lambda x: jnp.stack([x, x]) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+        _gan_state())
+    with pytest.raises(UserError, match=r"the target has a leading axis of 2 \(pmap's, from "
+                                        r'DataParallelStep.place_state\) that the saved arrays '
+                                        r'lack: restore into the state before placing it'):
+      checkpointer.restore(stacked)
+    assert checkpointer.all_steps() == [1, 2]
 
 
 @_ORBAX_READ_NOISE

@@ -259,6 +259,8 @@ def test_labels_of_the_wrong_shape_or_type_are_one_clear_error(initial_state):
     with pytest.raises(UserError, match=r'Labels must be integer class indices of shape \[N\] '
                                         r'for N images: got .* for images \(8, 16, 16, 3\)'):
       step(initial_state, (images, bad), jax.random.key(0))
+  with pytest.raises(UserError, match=r'not a Python list; pass np.asarray\(labels, np.int32\)'):
+    step(initial_state, (images, [int(x) for x in labels]), jax.random.key(0))
 
 
 # Class-conditional BatchNorm learns the classes more slowly here: at 8x8 G has one BatchNorm,
@@ -437,9 +439,14 @@ def test_sample_draws_the_classes_asked_for(tfds_dir, tmp_path):
   np.testing.assert_array_equal(sample.sample_labels(config, 12), np.arange(12) % 10)
   # evaluate generates the classes in turn across its batches.
   batches = list(evaluate.generate(generator, variables, 7, 8, 4, seed=3))
-  expected = generator.apply(variables, jax.random.normal(jax.random.fold_in(
-      jax.random.key(3), 1), (4, 8)), train=False, labels=jnp.arange(4, 8) % 10)
+  z = jnp.stack([jax.random.normal(jax.random.fold_in(jax.random.key(3), j), (8,))
+                 for j in range(4, 8)])  # Image j's latent comes from j alone.
+  expected = generator.apply(variables, z, train=False, labels=jnp.arange(4, 8) % 10)
   np.testing.assert_allclose(np.asarray(batches[1]), np.asarray(expected)[:3], atol=1e-6)
+  # The batch size changes no image (it used to draw each batch's latents from one key).
+  one_batch = next(evaluate.generate(generator, variables, 7, 8, 7, seed=3))
+  np.testing.assert_allclose(np.asarray(one_batch),
+                             np.concatenate([np.asarray(b) for b in batches]), atol=1e-6)
 
 
 def test_digits_quality_reports_label_accuracy(digits_classifier_cache):

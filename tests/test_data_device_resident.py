@@ -109,3 +109,17 @@ def test_cached_epoch_permutation_gives_the_traced_batches_across_epochs():
   for step in [0, 1, 4, 5, 9, 3, 12, 0]:  # 5 steps per epoch: several epochs, out of order.
     np.testing.assert_array_equal(_indices_of(sampler.batch(step)),
                                   _indices_of(sampler.batch(jnp.int32(step))))
+
+
+def test_labels_must_be_classes_of_the_model():
+  images = _indexed_images(40)
+  with pytest.raises(UserError, match=r'labels must be integer classes; got float64 values'):
+    device_resident.DeviceResidentSampler(images, 8, seed=0, labels=np.full(40, 0.7))
+  with pytest.raises(UserError, match=r'labels must be classes in 0\.\.3; got values from 0 to 9'):
+    device_resident.DeviceResidentSampler(images, 8, seed=0, labels=np.arange(40) % 10,
+                                          num_classes=4)
+  with pytest.raises(UserError, match='labels must be classes >= 0; got values from -1'):
+    device_resident.DeviceResidentSampler(images, 8, seed=0, labels=np.arange(40) - 1)
+  sampler = device_resident.DeviceResidentSampler(images, 8, seed=0, labels=np.arange(40) % 4,
+                                                  num_classes=4)
+  assert sampler.labels.dtype == np.int32

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -62,6 +63,12 @@ def one_device_extractor(monkeypatch):
 @pytest.fixture(scope='module')
 def inception_npz(tmp_path_factory):
   return str(_random_inception_npz(tmp_path_factory.mktemp('weights') / 'inception.npz'))
+
+
+def _written(out: str) -> pathlib.Path:
+  """The result file a run of the program says it wrote (the tests of one run_dir share it,
+  and a result under another protocol goes to eval_step_XXXXXX-<n>.json)."""
+  return pathlib.Path(re.search(r'Written to (\S+)', out).group(1))
 
 
 class _Records(logging.Handler):
@@ -157,7 +164,8 @@ def test_evaluate_writes_json_and_reuses_the_reference_cache(run_dir, inception_
   monkeypatch.setattr(evaluation.manifold, 'DEFAULT_K', 1)
   status, out, _ = _cli(args, capsys)
   assert status == 0
-  result_path = run_dir / 'eval_step_000002.json'
+  result_path = _written(out)
+  assert result_path.name.startswith('eval_step_000002')
   result = json.loads(result_path.read_text())
   assert {'step', 'fid', 'inception_score', 'inception_score_std', 'kid', 'kid_std',
           'protocol'} <= set(result)
@@ -170,6 +178,8 @@ def test_evaluate_writes_json_and_reuses_the_reference_cache(run_dir, inception_
   assert protocol['preprocessing'] == 'pytorch_fid'
   assert protocol['reference']['num_samples'] == NUM and not protocol['reference']['cached']
   assert protocol['kid']['subset_size'] == NUM
+  # As many features on each side as a subset holds: every subset would be the same one.
+  assert protocol['kid']['subsets'] == 1 and f'(all {NUM} features of each side, once)' in out
   # Precision/recall/density/coverage on the same features as KID.
   assert all(0.0 <= result[name] <= 1.0 for name in ('precision', 'recall', 'coverage'))
   assert result['density'] >= 0.0
@@ -185,7 +195,7 @@ def test_evaluate_writes_json_and_reuses_the_reference_cache(run_dir, inception_
   # Splits hold two images at least: one image's IS is exactly 1, whatever G draws.
   assert protocol['inception_score_splits'] == 1 and '(1 split of 2 images)' in out
   assert evaluate._splits_text(10, 50_000) == '10 splits of 5000 images'  # pylint: disable=protected-access
-  assert evaluate._splits_text(3, 7) == '3 splits of ~2 images'  # pylint: disable=protected-access
+  assert evaluate._splits_text(3, 7) == '3 splits of 2-3 images'  # pylint: disable=protected-access
 
   # Second call: the dataset is not read again, and the same latents give the same FID.
   def no_data(*args, **kwargs):
@@ -196,7 +206,9 @@ def test_evaluate_writes_json_and_reuses_the_reference_cache(run_dir, inception_
   monkeypatch.setattr(evaluation.manifold, 'DEFAULT_K', 3)
   status, out, _ = _cli(args + ['--step=2', '--no_ema'], capsys)
   assert status == 0
-  again = json.loads(result_path.read_text())
+  # Another protocol (G's own weights, k=3): the earlier result is kept beside the new one.
+  assert _written(out) != result_path and json.loads(result_path.read_text()) == result
+  again = json.loads(_written(out).read_text())
   assert again['precision'] is None and 'need more than k=3' in out
   assert again['protocol']['reference']['cached']
   assert not again['protocol']['used_ema']
@@ -247,7 +259,7 @@ def test_reference_file_gives_fid_and_skips_kid(run_dir, inception_npz, tmp_path
                          f'--num_samples={NUM}', '--batch_size=8', f'--reference={stats_path}'],
                         capsys)
   assert status == 0
-  result = json.loads((run_dir / 'eval_step_000002.json').read_text())
+  result = json.loads(_written(out).read_text())
   assert np.isfinite(result['fid']) and result['fid'] > 0
   assert result['kid'] is None and 'statistics only' in result['protocol']['kid']['skipped']
   assert result['protocol']['reference']['source'] == str(stats_path)
@@ -255,6 +267,15 @@ def test_reference_file_gives_fid_and_skips_kid(run_dir, inception_npz, tmp_path
   assert all(result[name] is None for name in ('precision', 'recall', 'density', 'coverage'))
   assert 'statistics only' in result['protocol']['precision_recall']['skipped']
   assert 'Precision/recall skipped' in out
+  # A file that records another Inception network is refused before anything is generated.
+  other = tmp_path / 'other_weights.npz'
+  evaluation.FeatureStatistics().update(rng.normal(size=(40, 2048))).save(
+      other, inception_weights='0123456789abcdef')
+  status, _, err = _cli([f'--workdir={run_dir}', f'--inception_weights={inception_npz}',
+                         f'--num_samples={NUM}', '--batch_size=8', f'--reference={other}'], capsys)
+  assert status == EXIT_USER_ERROR
+  assert (f'{other} was computed with other Inception weights (fingerprint 0123456789abcdef) '
+          "than this evaluation's --inception_weights") in err
 
 
 def test_reference_file_with_features_gives_kid_and_precision_recall(run_dir, inception_npz,
@@ -271,9 +292,10 @@ def test_reference_file_with_features_gives_kid_and_precision_recall(run_dir, in
                          f'--num_samples={NUM}', '--batch_size=8', f'--reference={stats_path}'],
                         capsys)
   assert status == 0
-  result = json.loads((run_dir / 'eval_step_000002.json').read_text())
+  result = json.loads(_written(out).read_text())
   assert np.isfinite(result['fid']) and np.isfinite(result['kid'])
   assert result['protocol']['kid']['num_reference_features'] == 40
+  assert result['protocol']['kid']['subsets'] == evaluate.KID_SUBSETS  # 40 to draw from.
   assert result['protocol']['reference']['num_features'] == 40
   assert 'features' not in result['protocol']['reference']  # Counted, not copied.
   assert 0.0 <= result['precision'] <= 1.0 and 0.0 <= result['recall'] <= 1.0
@@ -289,8 +311,8 @@ def test_reference_file_with_features_gives_kid_and_precision_recall(run_dir, in
     ('missing_reference', 'reference statistics file'),
     ('folder_reference', 'is a folder of images, not a statistics file; make statistics with '
                          '`python -m dcgan_jax.fid'),
-    ('other_preprocessing', 'was computed with preprocessing=tf, but this evaluation uses '
-                            '--preprocessing=pytorch_fid'),
+    ('other_preprocessing', 'was computed with preprocessing=tf, but --preprocessing is '
+                            'pytorch_fid'),
     ('negative_num_reference', '--num_reference must be at least 2 (got -5)'),
     ('bad_step', 'no checkpoint of step 7'),
     ('nan_weights', "generator's EMA weights at step 2 in "),
@@ -438,7 +460,7 @@ def test_intra_fid_is_the_mean_of_the_per_class_fids(tmp_path, monkeypatch, caps
   one = evaluate.evaluate(str(run), 'unused.npz', num_samples=24, num_reference=40,
                           batch_size=8, label=7)
   assert one['fid'] == pytest.approx(fids[7]) and len(reads) == 1
-  assert json.loads((run / 'eval_step_000001_class7.json').read_text())['fid'] == one['fid']
+  assert json.loads(pathlib.Path(one['path']).read_text())['fid'] == one['fid']
   # Mistakes: one line each.
   status, _, err = _cli(args + ['--intra_fid', '--label=3'], capsys)
   assert status == EXIT_USER_ERROR and 'cannot be combined with --label' in err
@@ -513,3 +535,26 @@ def test_the_fid_skipped_warning_names_the_field_the_config_set():
   text = train.fid_skipped_warning(config, 1124)
   assert 'eval_every_epochs is 10 but' in text and '--config.eval_every_epochs=0' in text
   assert '1124' not in text
+
+
+def test_a_result_under_another_protocol_is_kept(tmp_path, caplog):
+  protocol = {'num_samples': 100, 'used_ema': True,
+              'reference': {'source': 'cache.npz', 'cached': False}}
+  first = evaluate.result_path(str(tmp_path), 'eval_step_000004', protocol)
+  assert first == tmp_path / 'eval_step_000004.json'
+  first.write_text(json.dumps({'fid': 1.0, 'protocol': protocol}))
+  # The same protocol (the reference now from the cache): the result is replaced.
+  cached = {**protocol, 'reference': {'source': 'cache.npz', 'cached': True}}
+  assert evaluate.result_path(str(tmp_path), 'eval_step_000004', cached) == first
+  # Another protocol goes beside it, and says why; a third finds its own file again.
+  with caplog.at_level(logging.WARNING):
+    other = evaluate.result_path(str(tmp_path), 'eval_step_000004',
+                                 {**protocol, 'used_ema': False})
+  assert other == tmp_path / 'eval_step_000004-2.json'
+  assert ('eval_step_000004.json holds a result under another protocol (differing: used_ema); '
+          'it is kept, and this one goes to eval_step_000004-2.json.') in caplog.text
+  other.write_text(json.dumps({'fid': 2.0, 'protocol': {**protocol, 'used_ema': False}}))
+  assert evaluate.result_path(str(tmp_path), 'eval_step_000004',
+                              {**protocol, 'used_ema': False}) == other
+  assert evaluate.result_path(str(tmp_path), 'eval_step_000004',
+                              {**protocol, 'num_samples': 5}) == tmp_path / 'eval_step_000004-3.json'

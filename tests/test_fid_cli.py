@@ -5,6 +5,7 @@ Fréchet distance) on the same folders with the same random Inception weights, s
 cannot download the real ones (tests/evaluation_torch_reference.py).
 """
 import logging
+import os
 import zipfile
 
 import numpy as np
@@ -107,6 +108,8 @@ def test_fid_of_two_folders_matches_pytorch_fid(weights, folders, tmp_path, caps
   assert f'Statistics written to {stats_path}' in out
   with np.load(stats_path) as saved:
     assert int(saved['num_samples']) == 6 and str(saved['preprocessing']) == 'pytorch_fid'
+    # Which network made it: an FID against it with other weights is refused.
+    assert len(str(saved['inception_weights'])) == 16
     np.testing.assert_allclose(saved['kid_features'], features[0], rtol=1e-3,
                                atol=1e-4 * np.abs(features[0]).max())
     scale = np.abs(moments[0][1]).max()
@@ -180,6 +183,10 @@ def test_a_zip_of_mixed_sizes_with_a_broken_file(weights, folders, tmp_path, cap
     (['{t}/bad.npz', '{real}'], 'bad.npz is not a statistics file'),
     (['{t}/cut.npz', '{real}'], 'cut.npz (damaged or cut short?)'),
     (['{real}', '--save_stats={t}/folder.npz'], 'folder.npz is a folder; name the .npz file'),
+    (['{real}', '--save_stats={t}/kept.npz'], 'kept.npz already exists; remove it or name a new'),
+    (['{t}/w_a.npz', '{t}/w_b.npz'], 'w_b.npz was computed with other Inception weights '
+                                     '(fingerprint bbbb) than {t}/w_a.npz (aaaa); FIDs from'),
+    (['--save-stats', '{real}', '{t}/kept.npz'], 'kept.npz already exists'),
     (['--save-stats', '{real}'], "pytorch-fid's --save-stats takes two PATHs"),
     (['{real}', '{t}/three', '--precision_recall'],
      'three holds 3 image file(s); --precision_recall (k=3) needs more than 3 per PATH'),
@@ -200,6 +207,12 @@ def test_mistakes_are_one_line_and_exit_2(folders, tmp_path, capsys, args, messa
   (tmp_path / 'cut.npz').write_bytes((tmp_path / 'stats.npz').read_bytes()[:1000])
   (tmp_path / 'folder.npz').mkdir()
   _write_images(tmp_path / 'three', 3, seed=4)
+  (tmp_path / 'kept.npz').write_bytes((tmp_path / 'stats.npz').read_bytes())
+  kept = (tmp_path / 'kept.npz').read_bytes()
+  for name, weights in (('w_a.npz', 'aaaa'), ('w_b.npz', 'bbbb')):
+    features = np.random.default_rng(len(name)).normal(size=(5, 2048))
+    evaluation.FeatureStatistics().update(features).save(tmp_path / name, inception_weights=weights)
+  message = message.format(t=tmp_path)
   argv = [a.format(t=tmp_path, real=folders[0], fake=folders[1]) for a in args]
   before = sorted(p.name for p in tmp_path.iterdir())
   status, out, err = _cli(argv, capsys)
@@ -207,6 +220,7 @@ def test_mistakes_are_one_line_and_exit_2(folders, tmp_path, capsys, args, messa
   lines = err.strip().splitlines()
   assert message in lines[-1] and 'Traceback' not in err, err
   assert sorted(p.name for p in tmp_path.iterdir()) == before  # Nothing written.
+  assert (tmp_path / 'kept.npz').read_bytes() == kept  # An earlier file is never overwritten.
 
 
 def test_pytorch_fids_flag_spellings_work():
@@ -230,6 +244,10 @@ def test_pytorch_fids_flag_spellings_work():
   assert fid.FLAGS.save_stats == 't.npz'
   assert fid.parse_flags(['fid', 'a', '--save_stats=t.npz']) == ['fid', 'a']
   assert (fid.FLAGS.batch_size, fid.FLAGS.save_stats) == (50, 't.npz')  # Reset between parses.
+  # '~' after '--flag=' is left to the program by the shell: it is expanded as in PATHs.
+  fid.parse_flags(['fid', 'a', '--save_stats=~/t.npz', '--inception_weights=~/w.pth'])
+  assert fid.FLAGS.save_stats == os.path.expanduser('~/t.npz') != '~/t.npz'
+  assert fid.FLAGS.inception_weights == os.path.expanduser('~/w.pth')
 
 
 def test_files_are_read_as_pytorch_fid_reads_them_but_16_bit_grey_is_scaled(tmp_path):
@@ -296,13 +314,12 @@ def test_a_failed_save_stats_write_is_one_line_and_leaves_no_temporary_file(
     folders, tmp_path, capsys, monkeypatch):
   monkeypatch.setattr(evaluation.InceptionExtractor, 'from_file',
                       classmethod(lambda cls, *args, **kwargs: _RecordingExtractor()))
-  original_save = evaluation.FeatureStatistics.save
 
-  def save_then_fill_the_disk(self, path, **metadata):
-    original_save(self, path, **metadata)  # Half a file lies there when the disk fills.
+  def fill_the_disk(file, **arrays):
+    file.write(b'PK half an archive')  # Half a file lies there when the disk fills.
     raise OSError(28, 'No space left on device')
 
-  monkeypatch.setattr(evaluation.FeatureStatistics, 'save', save_then_fill_the_disk)
+  monkeypatch.setattr(np, 'savez_compressed', fill_the_disk)
   before = sorted(p.name for p in tmp_path.iterdir())
   status, _, err = _cli([str(folders[0]), f'--save_stats={tmp_path / "s.npz"}'], capsys)
   assert status == EXIT_USER_ERROR and 'Traceback' not in err
@@ -354,3 +371,14 @@ def test_waiting_part_batches_are_bounded_in_memory(tmp_path, monkeypatch):
   # 8x8 (192 B) + 9x9 (243 B) + 10x10 (300 B) > 700: the 10x10 one went first, alone.
   assert extractor.shapes[0] == (1, 10, 10, 3)
   assert sorted(extractor.shapes[1:]) == [(1, 9, 9, 3), (1, 11, 11, 3), (2, 8, 8, 3)]
+
+
+def test_a_folder_named_like_a_statistics_file_is_read_as_images(tmp_path, capsys,
+                                                                  monkeypatch):
+  monkeypatch.setattr(evaluation.InceptionExtractor, 'from_file',
+                      classmethod(lambda cls, *args, **kwargs: _RecordingExtractor()))
+  folder = _write_images(tmp_path / 'images.npz', 3, seed=5)  # Was "does not exist".
+  status, out, err = _cli([str(folder), f'--save_stats={tmp_path / "s.npz"}'], capsys)
+  assert status == 0, err
+  assert f'Statistics written to {tmp_path / "s.npz"}' in out
+  assert evaluation.FeatureStatistics.load(tmp_path / 's.npz')[0].count == 3

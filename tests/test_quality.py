@@ -223,6 +223,10 @@ def test_uint8_and_float_inputs_score_the_same(scorer):
     assert other['frechet_distance'] == pytest.approx(as_uint8['frechet_distance'], rel=1e-3,
                                                       abs=1e-3)
     np.testing.assert_array_equal(other['class_fractions'], as_uint8['class_fractions'])
+  # 0..255 as floats: clipped to [-1, 1] they scored as nearly all white; now refused.
+  with pytest.raises(UserError, match=r'images are floats in \[0, 255\], far outside '
+                     r'value_range \(-1, 1\); pass the range they are in, or uint8'):
+    scorer.score(images.astype(np.float32))
 
 
 def test_grey_and_rgb_copies_score_the_same(scorer):

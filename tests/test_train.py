@@ -393,23 +393,27 @@ def test_resume_check_refuses_turning_ada_on_or_off_but_not_retuning_it(tmp_path
 
 
 def test_config_warnings_name_a_gradient_penalty_on_a_batch_normalised_critic(tmp_path):
-  config = tiny_config(str(tmp_path), gradient_penalty_weight=10.0)
+  config = tiny_config(str(tmp_path), gradient_penalty_weight=10.0, image_size=16)
   (message,) = train.config_warnings(config)
   assert 'discriminator_norm=batch' in message and 'discriminator_norm=layer' in message
+  (message,) = train.config_warnings(tiny_config(str(tmp_path), r1_weight=1.0,
+                                                 image_size=16))
+  assert message.startswith('r1_weight > 0 with discriminator_norm=batch')
+  # An 8x8 D has its input layer alone, without BatchNorm: nothing to warn of.
   for fixed in (dict(discriminator_norm='layer'), dict(discriminator_norm='none'),
-                dict(gradient_penalty_weight=0.0)):
+                dict(gradient_penalty_weight=0.0), dict(image_size=8)):
     assert train.config_warnings(tiny_config(str(tmp_path), **{
-        'gradient_penalty_weight': 10.0, **fixed})) == []
+        'gradient_penalty_weight': 10.0, 'image_size': 16, **fixed})) == []
 
 
 def test_describe_objective_names_what_differs_from_the_paper(tmp_path):
   assert train.describe_objective(tiny_config(str(tmp_path))) == (
       'Objective: non_saturating loss, d_steps 1, discriminator_norm batch, augment none.')
-  config = tiny_config(str(tmp_path), loss='wasserstein', gradient_penalty_weight=10.0, d_steps=5,
+  config = tiny_config(str(tmp_path), loss='hinge', gradient_penalty_weight=10.0, d_steps=5,
                        discriminator_norm='layer', r1_weight=0.5, real_label=0.9,
                        augment='translation,color')
   assert train.describe_objective(config) == (
-      'Objective: wasserstein loss, d_steps 5, discriminator_norm layer, gradient penalty 10, '
+      'Objective: hinge loss, d_steps 5, discriminator_norm layer, gradient penalty 10, '
       'R1 0.5, real_label 0.9, augment color,translation.')
   assert train.describe_objective(tiny_config(str(tmp_path), augment='cutout', ada_target=0.6)) \
       .endswith('augment cutout (ADA: adaptive probability, target 0.6, 500,000 images per '
@@ -745,7 +749,7 @@ def test_a_checkpoint_due_after_a_non_finite_loss_is_not_saved(tfds_dir, tmp_pat
     ({'num_train_steps': 0}, r'num_train_steps must be positive, or -1 .* \(got 0\)'),
     ({'num_train_steps': -5}, r'num_train_steps must be positive, or -1 .* \(got -5\)'),
     ({'num_train_steps': -1, 'num_epochs': 0.0}, 'num_epochs must be positive with'),
-    ({'adam_b1': 1.5}, r'adam_b1 must be in \[0, 1\) \(got 1.5\)'),
+    ({'adam_b1': 1.5}, r'b1 \(adam_b1\) must be in \[0, 1\) \(got 1.5\)'),
 ])
 def test_bad_config_fails_before_touching_the_workdir(tfds_dir, tmp_path, overrides, message):
   marker = tmp_path / 'checkpoints' / '7' / 'marker'

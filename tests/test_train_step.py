@@ -302,10 +302,14 @@ def test_a_gradient_penalty_through_batch_norm_warns_in_a_custom_loop():
   penalty = StepConfig(loss='wasserstein', gradient_penalty_weight=10.0)
   with pytest.warns(train_step.PenaltyWithBatchNormWarning, match="Discriminator\\(norm='layer'\\)"):
     make_train_step(G, D, penalty)
+  # R1 is a gradient penalty too (on real images), with the same trouble.
+  with pytest.warns(train_step.PenaltyWithBatchNormWarning, match='^r1_weight > 0 with a Batch'):
+    make_train_step(G, D, StepConfig(r1_weight=1.0))
   with warnings.catch_warnings():
     warnings.simplefilter('error')
     make_train_step(G, D.clone(norm='layer'), penalty)
-    make_train_step(G, D, StepConfig(r1_weight=1.0))
+    # At 8x8 D has its input layer alone, which carries no BatchNorm.
+    make_train_step(G.clone(image_size=8), D.clone(image_size=8), penalty)
 
 
 def test_bfloat16_step_keeps_float32_state():
@@ -332,6 +336,14 @@ def test_a_state_given_again_after_the_step_consumed_it_is_a_clear_error(initial
   in XLA with 8 devices, jax 0.10) instead of raising."""
   step = DataParallelStep(G, D, StepConfig(), parallelism='shard_map')
   state, batch, rng = step.place_state(initial_state), step.place_batch(_images()), jax.random.key(1)
+  # Keys: split ones and an int seed were raw jax errors (fold_in's, "invalid PRNG key data").
+  for keys in (jax.random.split(rng, 8), jax.random.split(jax.random.PRNGKey(1), 8)):
+    with pytest.raises(UserError, match=r'one PRNG key \(got keys of shape \(8,\)\)'):
+      step(state, batch, keys)
+  for seed in (0, np.float32(1), np.zeros((), np.int32)):
+    with pytest.raises(UserError, match=r'The step takes one PRNG key, such as '
+                                        r'jax.random.key\(seed\)'):
+      step(state, batch, seed)
   step(state, batch, rng)  # The result is dropped: a common slip.
   with pytest.raises(UserError, match='donated to an earlier step call.*state, metrics = step'):
     step(state, batch, rng)
@@ -373,6 +385,13 @@ def test_create_gan_state_refuses_generator_and_discriminator_of_other_classes()
   g = Generator(image_size=16, channels=3, latent_dim=16, width=8, num_classes=10)
   with pytest.raises(UserError, match='generator has num_classes=10 but the discriminator 0'):
     create_gan_state(jax.random.key(0), g, D)
+  # Sizes or channels that differ: named as G's and D's (was D's shape error on G's images).
+  with pytest.raises(UserError, match=r'The generator makes images of shape \(8, 8, 3\) but the '
+                                      r'discriminator takes \(16, 16, 3\)'):
+    create_gan_state(jax.random.key(0), G.clone(image_size=8), D)
+  with pytest.raises(UserError, match=r'shape \(16, 16, 3\) but the discriminator takes '
+                                      r'\(16, 16, 1\)'):
+    create_gan_state(jax.random.key(0), G, D.clone(channels=1))
 
 
 def test_bad_step_options_are_rejected():
@@ -604,3 +623,12 @@ def test_decaying_learning_rate_schedules_need_their_length():
     schedule = make_schedule(2e-4, kind, num_steps=100)
     assert float(schedule(0)) == pytest.approx(2e-4) and 0 < float(schedule(50)) < 2e-4
   assert float(make_schedule(2e-4)(10**6)) == pytest.approx(2e-4)  # Constant needs none.
+
+
+def test_warmup_must_be_a_whole_number_of_steps():
+  from dcgan_jax.state import make_schedule  # pylint: disable=g-import-not-at-top
+  for bad in (-5, 2.5, True, '10'):
+    with pytest.raises(UserError, match=r'warmup_steps must be a whole number >= 0'):
+      make_schedule(1e-3, 'cosine', 100, warmup_steps=bad)
+  schedule = make_schedule(1e-3, 'cosine', 100, warmup_steps=np.int64(10))
+  assert float(schedule(0)) == 0.0 and float(schedule(100)) == pytest.approx(0.0, abs=1e-12)

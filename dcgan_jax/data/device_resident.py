@@ -103,6 +103,21 @@ def default_mesh() -> jax.sharding.Mesh:
   return jax.make_mesh((jax.device_count(),), (BATCH_AXIS,), axis_types=(AxisType.Auto,))
 
 
+def _checked_labels(labels: np.ndarray, num_classes: int | None) -> np.ndarray:
+  """``labels`` as int32 after checking that they are classes (a float label was truncated to
+  its class without a word, and one past the last class made the state NaN)."""
+  raw = np.asarray(labels)
+  if raw.dtype.kind not in 'iu':
+    raise UserError(f'labels must be integer classes; got {raw.dtype} values (cast them with '
+                    '.astype(np.int32) only if they are whole numbers).')
+  if raw.size and (int(raw.min()) < 0
+                   or (num_classes is not None and int(raw.max()) >= num_classes)):
+    valid = f'in 0..{num_classes - 1}' if num_classes is not None else '>= 0'
+    raise UserError(f'labels must be classes {valid}; got values from {int(raw.min())} to '
+                    f'{int(raw.max())}.')
+  return raw.astype(np.int32)
+
+
 class DeviceResidentSampler:
   """Keeps uint8 images on the devices and draws each global batch there.
 
@@ -124,7 +139,8 @@ class DeviceResidentSampler:
   """
 
   def __init__(self, images_uint8: np.ndarray, global_batch: int, seed: int,
-               mesh: jax.sharding.Mesh | None = None, labels: np.ndarray | None = None):
+               mesh: jax.sharding.Mesh | None = None, labels: np.ndarray | None = None,
+               num_classes: int | None = None):
     """Copies the images (and labels) to every device of the mesh.
 
     Args:
@@ -134,9 +150,13 @@ class DeviceResidentSampler:
       mesh: a mesh with an axis named ``'batch'``; defaults to :func:`default_mesh`.
       labels: integer classes ``[num_examples]`` for class-conditional training; batches are
         then ``(images, labels)`` pairs.
+      num_classes: the models' class count; with it, labels outside ``[0, num_classes)`` are
+        refused here (on the devices nothing checks them, and such a label turns the train
+        state into NaN).
 
     Raises:
-      UserError: the batch does not divide over the devices or exceeds the dataset.
+      UserError: the batch does not divide over the devices or exceeds the dataset, or labels
+        that are not integer classes (below ``num_classes`` where given).
     """
     images_uint8 = np.asarray(images_uint8)
     if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4:
@@ -163,7 +183,7 @@ class DeviceResidentSampler:
         images_uint8.shape, replicated, lambda index: images_uint8[index])
     self.labels = None
     if labels is not None:
-      labels = np.asarray(labels, np.int32)
+      labels = _checked_labels(labels, num_classes)
       if labels.shape != (self.num_examples,):
         raise ValueError(f'labels must be [{self.num_examples}], one per image; got '
                          f'{labels.shape}.')

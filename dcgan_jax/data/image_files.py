@@ -26,7 +26,10 @@ from PIL import Image, ImageOps
 
 from dcgan_jax.errors import UserError
 
-# pytorch-fid's set (its fid_score.IMAGE_EXTENSIONS), so that both score the same files.
+# pytorch-fid's set of extensions (its fid_score.IMAGE_EXTENSIONS). Which files are read still
+# differs from pytorch-fid in three ways, on purpose: subfolders are searched, the extension's
+# case does not matter (a.PNG, b.JPG), and hidden files (.name) are left out. pytorch-fid reads
+# only the top level, lower-case extensions, hidden files included.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff', '.ppm', '.pgm')
 # Bump when the preprocessing below changes, so prepared datasets are rebuilt.
 PREPROCESSING_VERSION = 1
