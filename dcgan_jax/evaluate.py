@@ -177,8 +177,8 @@ def generate(generator, variables, num_samples: int, latent_dim: int, batch_size
   """Yields batches of generated images, `num_samples` in all, as device arrays.
 
   Image j of the whole sample has the latent ``normal(fold_in(key(seed), j))``, so the samples
-  (and the scores) depend on the seed alone, not on the batch size. A class-conditional generator (``num_classes > 0``) draws the
-  classes in turn (image j of the whole sample shows class ``j mod num_classes``), so every
+  (and the scores) depend on the seed alone, not on the batch size. A class-conditional
+  generator (``num_classes > 0``) draws the classes in turn (image j of the whole sample shows class ``j mod num_classes``), so every
   class is scored equally often; with ``label`` every image shows that class. Sampling (and
   quantisation) is one jitted program per batch, compiled once per generator and batch shape;
   nothing waits for the device, so the caller can queue the scoring of each batch behind it.
