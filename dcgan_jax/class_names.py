@@ -42,9 +42,9 @@ def load(workdir: str | os.PathLike) -> tuple[str, ...]:
 
 
 def parse_label(text: str | None, workdir: str | os.PathLike) -> int | None:
-  """A ``--label`` flag's class: None for empty, a class number as written, or the number of
-  the class with that name in the run's classes file (a name that is also a number, such as a
-  folder called ``7``, is read as the number).
+  """A ``--label`` flag's class: None for empty, the number of the class with that name in the
+  run's classes file, or a class number as written. A name wins over a number: with class
+  folders ``1``, ``10``, ``2`` (labels 0, 1, 2 in sorted order), ``--label=1`` is folder ``1``.
 
   The range of a number is checked against the run's ``num_classes`` later
   (:func:`dcgan_jax.models.check_label`).
@@ -55,13 +55,13 @@ def parse_label(text: str | None, workdir: str | os.PathLike) -> int | None:
   if text is None or not str(text).strip():
     return None
   text = str(text).strip()
+  names = load(workdir)
+  if text in names:
+    return names.index(text)
   try:
     return int(text)
   except ValueError:
     pass
-  names = load(workdir)
-  if text in names:
-    return names.index(text)
   folded = [i for i, name in enumerate(names) if name.casefold() == text.casefold()]
   if len(folded) == 1:
     return folded[0]

@@ -113,6 +113,23 @@ def quiet_library_logs(enabled: bool = True) -> LibraryInfoFilter | None:
   return library_filter
 
 
+def no_progress_bars_off_a_terminal() -> bool:
+  """Turns tqdm's progress bars off (``TQDM_DISABLE=1``, unless set) when stderr is not a
+  terminal; returns whether it did.
+
+  tensorflow-datasets draws them while it prepares a dataset, redrawing lines with cursor codes:
+  in a log file they are raw "[A" codes glued onto the next record. In a terminal they stay.
+  """
+  try:
+    terminal = sys.stderr.isatty()
+  except (AttributeError, ValueError):  # Replaced or closed.
+    terminal = False
+  if terminal:
+    return False
+  os.environ.setdefault('TQDM_DISABLE', '1')
+  return True
+
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 

@@ -714,6 +714,7 @@ def main(argv: list[str]) -> None:
   cli_logging.quiet_library_logs(not FLAGS.library_logs)
   try:
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    cli_logging.no_progress_bars_off_a_terminal()  # (It may prepare the dataset.)
     label = class_names.parse_label(FLAGS.label, FLAGS.workdir)
     if FLAGS.intra_fid:
       if label is not None or FLAGS.reference:

@@ -128,13 +128,6 @@ def _initialize_distributed() -> None:
   logging.info('JAX process %d of %d.', jax.process_index(), jax.process_count())
 
 
-def _is_a_terminal(stream) -> bool:
-  try:
-    return stream.isatty()
-  except (AttributeError, ValueError):  # Replaced or closed.
-    return False
-
-
 def main(argv: list[str]) -> None:
   del argv
   from dcgan_jax import train  # pylint: disable=g-import-not-at-top
@@ -150,10 +143,7 @@ def main(argv: list[str]) -> None:
     train.validate_config(FLAGS.config)
     train.check_workdir_path(FLAGS.workdir)
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    if not _is_a_terminal(sys.stderr):
-      # tensorflow-datasets' progress bars (tqdm) redraw lines with cursor codes; in a log file
-      # they are raw "[A" codes glued onto the next record. tqdm reads this variable.
-      os.environ.setdefault('TQDM_DISABLE', '1')
+    cli_logging.no_progress_bars_off_a_terminal()
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except UserError as e:
     logging.flush()

@@ -330,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
   _define_flags(flag_values)
   f = command_line.parse_workdir_flags(flag_values, argv, usage=__doc__)
   cli_logging.quiet_library_logs(not f.library_logs)
+  cli_logging.no_progress_bars_off_a_terminal()
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   try:
     result = probe(f.workdir, step=f.step, dataset=f.dataset, dataset_path=f.dataset_path,

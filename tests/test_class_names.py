@@ -29,7 +29,8 @@ def test_labels_parse_as_numbers_or_the_runs_names(tmp_path):
   assert class_names.load(tmp_path) == ('bird', 'Cat', '7', 'dog')
   assert class_names.parse_label('dog', tmp_path) == 3
   assert class_names.parse_label('cat', tmp_path) == 1  # One name fits whatever the case.
-  assert class_names.parse_label('7', tmp_path) == 7  # A number stays a number.
+  assert class_names.parse_label('7', tmp_path) == 2  # A class named 7 wins over the number.
+  assert class_names.parse_label('3', tmp_path) == 3  # Otherwise a number is a number.
   with pytest.raises(UserError, match=r"--label=zebra is not a class of this run; pass a "
                      r"number or a name \(0 bird, 1 Cat, 2 7, 3 dog\)\."):
     class_names.parse_label('zebra', tmp_path)
@@ -56,11 +57,13 @@ def _class_folders(root: pathlib.Path) -> None:
       Image.fromarray(rng.integers(0, 256, (8, 8), np.uint8), 'L').save(root / name / f'{i}.png')
 
 
-def test_a_run_on_class_folders_saves_their_names_for_sample(tmp_path, capsys, caplog):
+def test_a_run_on_class_folders_saves_their_names_for_sample(tmp_path, capsys, caplog,
+                                                             monkeypatch):
   _class_folders(tmp_path / 'images')
   config = train.load_config(_ROOT / 'configs' / 'default.py')
+  monkeypatch.chdir(tmp_path)
   config.update(dict(
-      dataset='folder', dataset_path=str(tmp_path / 'images'), data_dir=str(tmp_path / 'tfds'),
+      dataset='folder', dataset_path='images', data_dir=str(tmp_path / 'tfds'),
       image_size=8, channels=1, num_classes=2, generator_width=8, discriminator_width=8,
       latent_dim=8, batch_size=8, num_train_steps=1, log_every_steps=1,
       checkpoint_every_steps=0, sample_every_steps=0, quality_every_steps=0,
@@ -68,6 +71,9 @@ def test_a_run_on_class_folders_saves_their_names_for_sample(tmp_path, capsys, c
   workdir = tmp_path / 'run'
   train.train_and_evaluate(config, workdir)
   assert class_names.load(workdir) == ('cat', 'dog')
+  # A relative dataset_path is saved absolute: probe and evaluate read it from anywhere.
+  saved = json.loads((workdir / 'config.json').read_text())
+  assert saved['dataset_path'] == str(tmp_path / 'images')
   # The parameter statistics go to a file, not the console.
   overview = (workdir / 'parameters.txt').read_text()
   assert overview.startswith('Generator\n') and '\nDiscriminator\n' in overview
@@ -86,3 +92,15 @@ def test_a_run_on_class_folders_saves_their_names_for_sample(tmp_path, capsys, c
   assert capsys.readouterr().err.strip().endswith(
       '--label=zebra is not a class of this run; pass a number or a name (0 cat, 1 dog).')
   assert not (tmp_path / 'z.png').exists()
+
+
+def test_renamed_class_folders_are_warned_about_on_resume(caplog):
+  from dcgan_jax import train  # pylint: disable=g-import-not-at-top
+  with caplog.at_level(logging.WARNING):
+    assert not train.warn_about_changed_class_names((), ('ant', 'cat'))  # A new workdir.
+    assert not train.warn_about_changed_class_names(('cat', 'dog'), ('cat', 'dog'))
+    assert train.warn_about_changed_class_names(('cat', 'dog', 'zebra fish'),
+                                                ('ant', 'cat', 'dog'))
+  assert ("The classes are not those this workdir was trained on (0 'cat' -> 'ant', "
+          "1 'dog' -> 'cat', 2 'zebra fish' -> 'dog'): label k now means another class") \
+      in caplog.text

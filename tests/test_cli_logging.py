@@ -104,3 +104,24 @@ def test_our_warnings_print_as_one_line_in_the_programs(monkeypatch):
   assert stream.getvalue() == 'UserWarning: Covariance of 5 samples\n' and not printed
   warnings.showwarning(UserWarning('theirs'), DeprecationWarning, '/venv/jax/x.py', 3, stream)
   assert len(printed) == 1 and printed[0][2] == '/venv/jax/x.py'  # Left to Python's format.
+
+
+def test_progress_bars_are_off_when_stderr_is_not_a_terminal(monkeypatch):
+  monkeypatch.delenv('TQDM_DISABLE', raising=False)
+  monkeypatch.setattr(sys, 'stderr', io.StringIO())  # A pipe or a log file.
+  assert cli_logging.no_progress_bars_off_a_terminal()
+  assert os.environ['TQDM_DISABLE'] == '1'
+
+  class Terminal(io.StringIO):
+
+    def isatty(self):
+      return True
+
+  monkeypatch.delenv('TQDM_DISABLE')
+  monkeypatch.setattr(sys, 'stderr', Terminal())
+  assert not cli_logging.no_progress_bars_off_a_terminal()
+  assert 'TQDM_DISABLE' not in os.environ
+  monkeypatch.setattr(sys, 'stderr', io.StringIO())
+  monkeypatch.setenv('TQDM_DISABLE', '0')  # The user's own choice stays.
+  cli_logging.no_progress_bars_off_a_terminal()
+  assert os.environ['TQDM_DISABLE'] == '0'

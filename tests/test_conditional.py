@@ -516,3 +516,11 @@ def test_classes_without_images_are_warned_about(caplog):
   assert '12 of the num_classes=15 classes' in caplog.text and '(class 3, 4, 5, 6, 7, 8, 9, 10, ' \
       '11, 12, ...)' in caplog.text
   assert caplog.text.count('have no images') == 1
+  # A folder's class folders are named, with advice that can be followed (num_classes must be
+  # the folders' count, so "set num_classes to K" was refused).
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    assert train.warn_about_empty_classes(np.array([1, 2, 2, 3]), 4, 'folder:pets',
+                                          ('bird', 'cat', 'dog', 'fish')) == [0]
+  assert ("(class 0 'bird'): G learns to draw them with nothing real for D to compare them "
+          'with. Add readable images to those class folders, or remove the folders') in caplog.text

@@ -342,6 +342,15 @@ def test_a_folder_with_other_classes_is_refused_before_decoding(tmp_path):
                                       'classes; set num_classes to 3'):
     input_pipeline.dataset_info(config)
   assert not (tmp_path / 'tfds').exists()
+  # One image beside the class folders: named, not "has no class labels" (it has them).
+  Image.new('RGB', (12, 12)).save(tmp_path / 'pets' / 'cover.png')
+  config.num_classes = 3
+  with pytest.raises(UserError, match=r"num_classes is 3 but 1 image\(s\) of folder:.*pets lie "
+                                      r"outside any class folder \(e.g. 'cover.png'\); move them"):
+    input_pipeline.dataset_info(config)
+  assert image_files.loose_images(['a/1.png', 'b/2.png', 'c.png']) == ['c.png']
+  assert image_files.loose_images(['a/1.png', 'c.png']) == []  # One folder: not labelled.
+  assert image_files.loose_images(['top/a/1.png', 'top/b/2.png']) == []  # A zip's top folder.
 
 
 def _patch_zip_member(archive: pathlib.Path, member: int, *, flag: int = 0,

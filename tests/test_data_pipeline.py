@@ -1,5 +1,6 @@
 """create_train_iterator: named tfds datasets, seeded order, resuming, per-process sharding."""
 import itertools
+import logging
 import pathlib
 
 import numpy as np
@@ -136,6 +137,25 @@ def test_unknown_dataset_lists_the_known_ones(tmp_path, name):
   for known in ('digits', 'folder', 'mnist', 'fashion_mnist', 'cifar10', 'celeb_a'):
     assert known in message
   assert '\n' not in message
+
+
+def test_a_dataset_path_the_dataset_ignores_is_said_once(digits_config, tmp_path, caplog):
+  """Forgetting dataset=folder trained on the digits without a word."""
+  config = _config(data_dir=digits_config.data_dir, image_size=8,
+                   dataset_path=str(tmp_path / 'my_images'))
+  with caplog.at_level(logging.WARNING):
+    input_pipeline.dataset_info(config)
+    input_pipeline.dataset_info(config)  # A run resolves its source twice.
+  said = [r.getMessage() for r in caplog.records if 'is ignored for dataset' in r.getMessage()]
+  assert said == [f"dataset_path={str(tmp_path / 'my_images')!r} is ignored for dataset "
+                  "'digits': it is read for 'folder', 'celeb_a' and 'array'; set "
+                  "dataset='folder' to train on a folder of images."]
+  # An unknown name is its one-line error alone (the warning came first, naming it as read).
+  caplog.clear()
+  with caplog.at_level(logging.WARNING), pytest.raises(UserError, match='Unknown dataset'):
+    input_pipeline.dataset_info(_config(dataset='Folder', data_dir=str(tmp_path),
+                                        dataset_path=str(tmp_path)))
+  assert 'is ignored' not in caplog.text
 
 
 def test_dataset_without_images_is_rejected(tmp_path):

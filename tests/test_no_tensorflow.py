@@ -46,14 +46,15 @@ def test_array_dataset_reads_npy_npz_and_grey_hw(tmp_path):
 
 @pytest.mark.parametrize('make,message', [
     (None, "dataset 'array' needs dataset_path"),
-    (lambda p: None, 'is not a file'),
+    (lambda p: None, 'images.npy. does not exist; pass a .npy or .npz'),
+    (lambda p: p.mkdir(), 'images.npy. is not a file'),
     (lambda p: np.save(p, np.zeros((3, 8, 8, 3), np.uint8)), 'expected uint8 [N, 8, 8, 1]'),
     (lambda p: np.save(p, np.zeros((3, 8, 8, 1), np.float32)), 'holds float32 [3, 8, 8, 1]'),
     (lambda p: np.save(p, np.zeros((0, 8, 8, 1), np.uint8)), 'holds uint8 [0, 8, 8, 1]'),
     (lambda p: p.write_bytes(b'not numpy at all'), 'is not a numpy file .damaged, or another'),
     (lambda p: (np.save(p, np.zeros((3, 8, 8, 1), np.uint8)),
                 p.write_bytes(p.read_bytes()[:100])), 'Cannot read'),
-], ids=['no_path', 'missing', 'rgb', 'float', 'empty', 'garbage', 'cut_short'])
+], ids=['no_path', 'missing', 'folder', 'rgb', 'float', 'empty', 'garbage', 'cut_short'])
 def test_array_dataset_bad_inputs(tmp_path, make, message):
   path = tmp_path / 'images.npy'
   if make is not None:

@@ -350,12 +350,19 @@ def test_tfds_mock_dataset_run_through_tf_data(tfds_dir, tmp_path, caplog):
 # ---- resume ---------------------------------------------------------------------------------
 
 
-def test_resume_with_models_of_another_shape_is_one_clear_error(tfds_dir, tmp_path, caplog):
+def test_resume_with_models_of_another_shape_is_one_clear_error(tfds_dir, tmp_path, caplog,
+                                                               monkeypatch):
   config = tiny_config(tfds_dir, num_train_steps=2, sample_every_steps=0)
   train.train_and_evaluate(config, tmp_path)
   before = sorted((str(p), p.stat().st_size) for p in tmp_path.rglob('*') if p.is_file())
   config.update(num_train_steps=4, generator_width=16, ema_decay=0.0, discriminator_norm='layer')
-  with caplog.at_level(logging.WARNING), pytest.raises(UserError) as caught:
+
+  def not_yet(*args, **kwargs):  # A folder of another size would be prepared (minutes) first.
+    raise AssertionError('the data was read before the resume was refused')
+
+  with monkeypatch.context() as patch, caplog.at_level(logging.WARNING), pytest.raises(
+      UserError) as caught:
+    patch.setattr(train.data, 'dataset_info', not_yet)
     train.train_and_evaluate(config, tmp_path)
   message = str(caught.value)
   assert 'generator_width 8 -> 16' in message and 'EMA on/off' in message

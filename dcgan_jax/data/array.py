@@ -48,9 +48,10 @@ def load_array(path: str, image_size: int,
   expected = _expected(image_size, channels)
   if not path:
     raise UserError(f"dataset 'array' needs dataset_path: a .npy or .npz file of {expected}.")
+  path = os.path.expanduser(path)  # As the folder sources do.
   if not os.path.isfile(path):
-    raise UserError(f'dataset_path {path!r} is not a file; pass a .npy or .npz file of '
-                    f'{expected}.')
+    state = 'is not a file' if os.path.exists(path) else 'does not exist'
+    raise UserError(f'dataset_path {path!r} {state}; pass a .npy or .npz file of {expected}.')
   if not numpy_files.looks_like_numpy(path):
     raise UserError(f'{path!r} is not a numpy file (damaged, or another format); pass a .npy or '
                     f'.npz file of {expected} (np.save / np.savez).')

@@ -184,6 +184,23 @@ class ImageFiles:
           yield name, None
 
 
+def _class_parts(names: Sequence[str]) -> list[list[str]]:
+  """Path parts of each name below the top folder that every image shares (a zip's)."""
+  parts = [_path_parts(name) for name in names]
+  while parts and all(len(p) > 2 for p in parts) and len({p[0] for p in parts}) == 1:
+    parts = [p[1:] for p in parts]
+  return parts
+
+
+def loose_images(names: Sequence[str]) -> list[str]:
+  """The images that lie beside class folders rather than in one: empty unless at least two
+  folders hold images (then the folder was meant to be labelled) and some image does not."""
+  parts = _class_parts(names)
+  if len({p[0] for p in parts if len(p) >= 2}) < 2:
+    return []
+  return [name for name, p in zip(names, parts) if len(p) < 2]
+
+
 def class_folders(names: Sequence[str]) -> tuple[list[str], list[int]] | None:
   """Classes from folder names, as torchvision's ``ImageFolder`` reads them.
 
@@ -198,9 +215,7 @@ def class_folders(names: Sequence[str]) -> tuple[list[str], list[int]] | None:
     ``(class_names, labels)`` with one label per name, or None when some image lies outside
     any class folder or there are fewer than two classes (an unlabelled folder).
   """
-  parts = [_path_parts(name) for name in names]
-  while parts and all(len(p) > 2 for p in parts) and len({p[0] for p in parts}) == 1:
-    parts = [p[1:] for p in parts]
+  parts = _class_parts(names)
   if not parts or any(len(p) < 2 for p in parts):
     return None
   class_names = sorted({p[0] for p in parts})

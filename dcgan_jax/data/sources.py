@@ -215,13 +215,22 @@ def check_dataset_path(config) -> None:
     wanted = int(config.get('num_classes', 0) or 0)
     if wanted:
       # The labels are the folder names: checked here, not after minutes of decoding images.
-      found = image_files.class_folders(
-          image_files.ImageFiles(path, what='The folder dataset_path').names)
+      names = image_files.ImageFiles(path, what='The folder dataset_path').names
+      found = image_files.class_folders(names)
+      loose = image_files.loose_images(names) if not found else []
+      if loose:  # Class folders, and images beside them: "no class labels" misled.
+        raise UserError(f'num_classes is {wanted} but {len(loose)} image(s) of folder:'
+                        f'{dataset_path} lie outside any class folder (e.g. {loose[0]!r}); move '
+                        'them into a class folder or out of the dataset.')
       check_num_classes(wanted, f'folder:{dataset_path}', len(found[0]) if found else 0)
   elif name == 'celeb_a' and dataset_path:
     # The images may sit in a subfolder or a zip beside the partition file: left to celeba.
     image_files.check_path(dataset_path, what='The CelebA dataset_path')
   _data_dir(config)  # Not a file.
+
+
+# (dataset, dataset_path) pairs whose ignored path was warned about (sources resolve twice a run).
+_IGNORED_PATHS_SAID: set[tuple[str, str]] = set()
 
 
 def resolve_source(config, *, split: str | None = None) -> Source:
@@ -276,9 +285,6 @@ def resolve_source(config, *, split: str | None = None) -> Source:
   elif not name or not re.fullmatch(r'[\w\-./:]+', name):
     raise _unknown_dataset(name)
   else:
-    if dataset_path:
-      logging.warning('dataset_path=%r is ignored for dataset %r (it is read only for folder and '
-                      'celeb_a).', dataset_path, name)
     if name == 'celeb_a':
       from dcgan_jax.data import celeba  # pylint: disable=g-import-not-at-top
       builder = celeba.prepare_tfds_celeb_a(data_dir)
@@ -286,4 +292,11 @@ def resolve_source(config, *, split: str | None = None) -> Source:
       builder = _prepare_named_tfds(name, data_dir)
     source = Source(name, builder, split, _image_key(builder, name), crop_size)
   _check_split(source.builder, split, name)
+  if (dataset_path and name not in ('folder', 'celeb_a')  # Said once the name is known good,
+      and (name, dataset_path) not in _IGNORED_PATHS_SAID):  # once per process.
+    # Forgetting dataset=folder trained on the default digits without a word.
+    _IGNORED_PATHS_SAID.add((name, dataset_path))
+    logging.warning("dataset_path=%r is ignored for dataset %r: it is read for 'folder', "
+                    "'celeb_a' and 'array'; set dataset='folder' to train on a folder of images.",
+                    dataset_path, name)
   return source
