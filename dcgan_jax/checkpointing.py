@@ -801,6 +801,10 @@ class Checkpointer:
     """
     if not self._read_only:
       self.wait_until_finished()
+    # Before any read, not after one fails: a damaged array's abandoned TensorStore reads can
+    # call back into orbax's closed loop while the failing restore is still unwinding (1 run in
+    # ~20 printed a traceback before the fallback warning). Only those callbacks are dropped.
+    _drop_unraisable_reports('_drops_closed_loop_callbacks', _is_closed_loop_callback)
     self._manager.reload()  # Another process (a live training run) may have saved since.
     steps = sorted(self._manager.all_steps(), reverse=True)
     if step is not None:

@@ -978,7 +978,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   validate_config(config)
   check_workdir_path(workdir)
   if _has_checkpoints(workdir):  # Refused now, not after minutes of preparing the data.
-    check_resume_config(config, checkpointing.restore_config(workdir), workdir)
+    try:
+      saved_config = checkpointing.restore_config(workdir)
+    except UserError:  # No readable config: the restore below reports what is wrong.
+      saved_config = None
+    if saved_config is not None:
+      check_resume_config(config, saved_config, workdir)
   if is_chief:
     for message in config_warnings(config):
       logging.warning('%s', message)
