@@ -7,7 +7,9 @@ valid. The command-line entry points print that sentence alone (no traceback) an
 """
 import math
 import numbers
+import os
 import sys
+import warnings
 from typing import NoReturn
 
 import numpy as np
@@ -56,3 +58,34 @@ def first_line(error: BaseException, default: str = 'bad command line',
     return line
   cut = line[:max_chars].rsplit(' ', 1)[0] if ' ' in line[:max_chars] else line[:max_chars]
   return cut.rstrip(' ,;:(') + '...'
+
+
+# The packages whose frames stand between a user's call and a warning raised inside the library:
+# dcgan_jax itself, and JAX's and Flax's tracing when the warning comes from a traced step.
+_LIBRARY_PACKAGES = ('dcgan_jax', 'jax', 'jaxlib', 'flax', 'optax')
+
+
+def _library_folders() -> tuple[str, ...]:
+  folders = []
+  for name in _LIBRARY_PACKAGES:
+    module = sys.modules.get(name)
+    if module is not None and getattr(module, '__file__', None):
+      folders.append(os.path.dirname(os.path.abspath(module.__file__)) + os.sep)
+  return tuple(folders)
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+  """``warnings.warn`` pointed at the user's own line: the first caller outside dcgan_jax (and
+  outside JAX's and Flax's tracing, for warnings raised while a step traces).
+
+  A fixed ``stacklevel`` is right for one call path only: the same warning reached through
+  ``DataParallelStep`` or a jitted step would name a line of ours, which the user cannot change.
+  Where every frame is the library's (its own programs), the outermost one is named.
+  """
+  folders = _library_folders()
+  frame, level = sys._getframe(1), 2  # pylint: disable=protected-access
+  while frame is not None and frame.f_back is not None and (
+      os.path.abspath(frame.f_code.co_filename).startswith(folders)):
+    frame, level = frame.f_back, level + 1
+  warnings.warn(message, category, stacklevel=level)
+

@@ -16,7 +16,6 @@ array from the process-local rows.
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any, Mapping, Sequence
 
 from absl import logging
@@ -26,7 +25,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dcgan_jax import models
-from dcgan_jax.errors import UserError
+from dcgan_jax.errors import UserError, warn_user
 from dcgan_jax.state import GANState
 from dcgan_jax.train_step import Metrics, StepConfig, make_train_step
 
@@ -277,11 +276,11 @@ class DataParallelStep:
       # mid-grey: this is nearly always x / 255 without the `* 2 - 1`.
       if not self._warned_about_range:
         self._warned_about_range = True
-        warnings.warn(
+        warn_user(
             f'Training images are {images.dtype} in [{smallest:g}, {largest:g}] but the '
             f'generator makes [{low:g}, {high:g}] ({self._output_activation}): D would see '
             'real images in the upper half of that range only. Scale [0, 1] images with '
-            'x * 2 - 1, or pass uint8 images (0..255; the step scales them).', stacklevel=3)
+            'x * 2 - 1, or pass uint8 images (0..255; the step scales them).')
 
   def _check_host_labels(self, labels: Any) -> None:
     if not isinstance(labels, np.ndarray) or not self._num_classes:

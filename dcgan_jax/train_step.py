@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable
-import warnings
 
 import flax.linen as nn
 import jax
@@ -27,7 +26,7 @@ import optax
 from dcgan_jax import augment
 from dcgan_jax import losses
 from dcgan_jax import models
-from dcgan_jax.errors import UserError, finite_number, is_integer
+from dcgan_jax.errors import UserError, finite_number, is_integer, warn_user
 from dcgan_jax.state import EMAState, GANState, check_same_classes
 
 Metrics = dict[str, jax.Array]
@@ -249,12 +248,12 @@ def _apply_with_batch_norm_check(module: nn.Module, axis_name: str | None, *args
          if (type(module).__name__, path) not in _REPORTED_UNSYNCED_BATCH_NORMS]
   if new and jax.lax.psum(1, axis_name) > 1:
     _REPORTED_UNSYNCED_BATCH_NORMS.update((type(module).__name__, path) for path in new)
-    warnings.warn(
+    warn_user(
         f'{type(module).__name__}: BatchNorm layer(s) {", ".join(new)} have no axis_name, so '
         'each device normalises with the statistics of its own share of the batch: training '
         'differs from one device, and the devices\' copies of the running statistics drift '
         'apart. Give the module an `axis_name` field passed to nn.BatchNorm(axis_name=...); '
-        "the step sets it (as dcgan_jax's Generator and Discriminator have).", stacklevel=2)
+        "the step sets it (as dcgan_jax's Generator and Discriminator have).")
   return out
 
 
@@ -321,11 +320,10 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
                if getattr(step_config, name) > 0]
   if penalties and has_batch_norm(discriminator):
     # The training program says this in its config's terms (train.config_warnings).
-    warnings.warn(f'{" and ".join(penalties)} > 0 with a BatchNorm discriminator: BatchNorm '
-                  "mixes the examples of a batch, so the penalty does not see each example's "
-                  "own gradient; WGAN-GP's critic (and StyleGAN's, for R1) uses "
-                  "Discriminator(norm='layer') (or 'none').",
-                  PenaltyWithBatchNormWarning, stacklevel=2)
+    warn_user(f'{" and ".join(penalties)} > 0 with a BatchNorm discriminator: BatchNorm '
+              "mixes the examples of a batch, so the penalty does not see each example's "
+              "own gradient; WGAN-GP's critic (and StyleGAN's, for R1) uses "
+              "Discriminator(norm='layer') (or 'none').", PenaltyWithBatchNormWarning)
   output_activation = getattr(generator, 'output_activation', 'tanh')
   latent_dim = generator.latent_dim
   num_classes = check_same_classes(generator, discriminator)

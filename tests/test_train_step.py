@@ -1,6 +1,7 @@
 """The GAN step: one device == shard_map == pmap (8 CPU devices), bf16, options, bad batches."""
 import functools
 import logging
+import pathlib
 import types
 import warnings
 
@@ -478,6 +479,28 @@ def test_place_batch_takes_label_lists_and_warns_about_unit_range_floats():
     step.place_batch((unit, labels))  # Once per step object.
     fresh = DataParallelStep(g, d, StepConfig(), parallelism='shard_map')
     fresh.place_batch((unit * 2 - 1, labels))  # Scaled right: no warning.
+
+
+def test_library_warnings_name_the_users_line_on_every_call_path(monkeypatch):
+  """A fixed stacklevel named one of our lines where the call came through DataParallelStep
+  or from inside a traced step; the user's own line is the one they can change."""
+  from dcgan_jax import train_step  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(train_step, '_REPORTED_UNSYNCED_BATCH_NORMS', set())
+  penalty = StepConfig(loss='wasserstein', gradient_penalty_weight=10.0)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    make_train_step(G, D, penalty)                       # Directly,
+    DataParallelStep(G, D, penalty, parallelism='pmap')  # through the data-parallel step,
+    step = DataParallelStep(G, D, StepConfig(), parallelism='shard_map')
+    step.place_batch(_images(8).astype(np.float32) / 255)  # from a method of ours,
+    generator = _small_generator(with_axis_name_field=False)
+    plain = DataParallelStep(generator, D, parallelism='shard_map')
+    plain(plain.place_state(create_gan_state(jax.random.key(0), generator, D)),
+          plain.place_batch(_images(8)), jax.random.key(1))  # and while the step traces.
+  messages = [str(w.message)[:40] for w in caught]
+  assert len(caught) == 4, messages
+  assert {pathlib.Path(w.filename).name for w in caught} == {'test_train_step.py'}, [
+      (w.filename, w.lineno) for w in caught]
 
 
 @pytest.fixture

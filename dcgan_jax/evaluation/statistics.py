@@ -15,7 +15,6 @@ only when the statistics are read, merged, gathered or saved.
 """
 import contextlib
 import os
-import warnings
 import zipfile
 import zlib
 
@@ -24,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dcgan_jax import numpy_files
-from dcgan_jax.errors import UserError, is_integer
+from dcgan_jax.errors import UserError, is_integer, warn_user
 
 # pytorch-fid's `--save-stats` files hold exactly these two arrays.
 MEAN_KEY = 'mu'
@@ -157,10 +156,10 @@ class FeatureStatistics:
       return self._loaded[1]
     self._require(2)
     if self.count <= self._dim:  # n samples span at most n - 1 dimensions around their mean.
-      warnings.warn(
+      warn_user(
           f'Covariance of {self.count} samples in {self._dim} dimensions is rank-deficient; '
           f'FID needs more than {self._dim} samples and is comparable only at equal sample counts '
-          f'(10,000+ recommended, 50,000 is the standard).', UserWarning, stacklevel=2)
+          f'(10,000+ recommended, 50,000 is the standard).')
     self._flush()
     mean = self._sum / self.count
     covariance = (self._outer_sum - self.count * np.outer(mean, mean)) / (self.count - 1)
