@@ -34,7 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.image_size = 64
   config.channels = 3
   config.crop_size = 0  # 0: the largest centred square (178x178); 108: a tighter face crop.
-  # The paper / pytorch-examples reference: G 3,576,704 and D 2,765,568 parameters.
+  # pytorch/examples' DCGAN: G 3,576,704 and D 2,765,568 parameters (its 4x4 kernels and 512-channel
+  # first block differ from the paper's Figure 1; README.md lists what else, e.g. the EMA below).
   config.latent_dim = 100
   config.generator_width = 64
   config.discriminator_width = 64
@@ -44,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.d_learning_rate = 2e-4
   config.adam_b1 = 0.5
   config.adam_b2 = 0.999
-  config.ema_decay = 0.999
+  config.ema_decay = 0.999  # Samples and evaluation only; 0 gives the paper's raw generator.
   config.num_epochs = 10.0  # ~12,700 steps over the 162,770 training images.
   config.log_every_steps = 100
   config.checkpoint_every_steps = 2000

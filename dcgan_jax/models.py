@@ -1,8 +1,11 @@
 """DCGAN generator and discriminator (Radford et al., 2015) in flax.linen.
 
-The layer layout, widths and initialisation follow the DCGAN paper and the pytorch/examples
-reference implementation, so that with the defaults (64x64x3, latent 100, width 64) the trainable
-parameter counts are exactly the reference's: 3,576,704 for G and 2,765,568 for D.
+The layer layout, widths and initialisation follow the DCGAN paper's rules as the pytorch/examples
+reference implementation builds them, so that with the defaults (64x64x3, latent 100, width 64)
+the trainable parameter counts are exactly the reference's: 3,576,704 for G and 2,765,568 for D.
+Like the reference, and unlike the paper's Figure 1, G starts at 4x4x(8 * width) = 512 channels
+(not 1024) and the kernels are 4x4 (not 5x5); README.md ("What 'paper-faithful' means here")
+lists these departures.
 
 Shape arithmetic, for ``image_size = 4 * 2**k``:
 

@@ -149,7 +149,8 @@ class DataParallelStep:
     mesh: The 1-D mesh (shard_map) the step runs on.
     num_devices: Devices the global batch is split over.
     compiler_options: XLA options the step (and a FusedSteps built on it) compiles with:
-      with ``'auto'`` (the default), :func:`default_compiler_options` for the mesh's devices.
+      with ``'auto'`` (the default), :func:`default_compiler_options` for the mesh's devices;
+      None under pmap, which takes no compiler options.
     mapped: With shard_map, the un-jitted ``(state, batch, rng) -> (state, metrics)`` over the
       whole mesh, to trace inside a larger program (:mod:`dcgan_jax.step_loop`); None with pmap.
   """

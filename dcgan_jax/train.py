@@ -400,7 +400,8 @@ def check_resume_config(config: ml_collections.ConfigDict, saved: dict[str, Any]
     workdir: the run's directory, for the message.
 
   Raises:
-    UserError: a field of ``_STATE_SHAPE_FIELDS`` or EMA on/off differs.
+    UserError: a field of ``_STATE_SHAPE_FIELDS`` differs, or EMA or adaptive augmentation
+      (ADA) is turned on or off.
   """
   changed = []
   for name in _STATE_SHAPE_FIELDS:
@@ -726,7 +727,7 @@ class _InceptionFIDHook:
   float32 per side, on the host).
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, sampler: _Sampler):
+  def __init__(self, config: ml_collections.ConfigDict, sampler: _Sampler, every_steps: int):
     from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
 
     self._evaluation = evaluation
@@ -756,8 +757,9 @@ class _InceptionFIDHook:
                      'real': f'{config.dataset} ({config.get("split", "train")} split)',
                      'preprocessing': preprocessing,
                      'inception_weights': os.fspath(config.inception_weights)}
-    logging.info('FID every %s steps: %d generated vs %d %s images, preprocessing %s.',
-                 config.eval_every_steps, num_samples, self._real.count, self.protocol['real'],
+    # The period as resolved (configs may give it in epochs: eval_every_steps is -1 there).
+    logging.info('FID every %d steps: %d generated vs %d %s images, preprocessing %s.',
+                 every_steps, num_samples, self._real.count, self.protocol['real'],
                  preprocessing)
 
   def _statistics(self, uint8_images: np.ndarray | jax.Array, num_total: int):
@@ -1028,7 +1030,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   fid_hook = None
   if durations.eval_every_steps > 0 and config.inception_weights:
     # Every process loads (and checks) the weights now; each scores its share of the images.
-    fid_hook = _InceptionFIDHook(config, image_sampler)
+    fid_hook = _InceptionFIDHook(config, image_sampler, durations.eval_every_steps)
   workdir = os.fspath(checkpointing.check_workdir_writable(workdir))
   _sync_processes('validated')
   logging.info('Run: %d steps (%.1f per epoch), global batch %d on %d device%s (%s), data %s.',
@@ -1198,10 +1200,14 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   last_log_time, last_log_step = time.monotonic(), start_step
 
   def hooks_due(step: int) -> bool:
-    """Whether any sample/quality/FID hook fires at ``step`` (the same on every process)."""
+    """Whether any sample/quality/FID hook fires at ``step`` (the same on every process).
+
+    A hook that is off (quality on other data than digits, FID without weights) is never due:
+    a due step ends a fused chunk and waits for the device.
+    """
     return (is_due(step, durations.sample_every_steps)
-            or is_due(step, durations.quality_every_steps)
-            or is_due(step, durations.eval_every_steps))
+            or (quality_enabled and is_due(step, durations.quality_every_steps))
+            or (fid_hook is not None and is_due(step, durations.eval_every_steps)))
 
   def hooks(step: int, state: state_lib.GANState, final: bool) -> None:
     """Sample grids and quality (process 0) and FID (all processes) at ``step``."""
@@ -1243,10 +1249,12 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       keep_best(step, state, fid)
 
   def keep_best(step: int, state: state_lib.GANState, fid: float | None) -> None:
-    """Saves the state as the best-FID checkpoint when the FID (process 0's) is a new best."""
+    """Saves the state as the best-FID checkpoint when the FID is a new best."""
     nonlocal best_fid
     improved = fid is not None and fid < best_fid
-    if jax.process_count() > 1:  # Only process 0 measured; every process takes part in saving.
+    if jax.process_count() > 1:
+      # Every process measured the same FID, but only process 0 keeps the best so far (it
+      # writes best_fid.json); every process takes part in saving, so its answer goes to all.
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       improved = bool(multihost_utils.broadcast_one_to_all(np.asarray(improved)))
     if not improved:

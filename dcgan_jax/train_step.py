@@ -8,8 +8,9 @@ global batch. Random numbers (latents, penalty interpolation, augmentation) are 
 data-parallel step compute the same update as one device fed the whole batch.
 
 The order follows the pytorch/examples DCGAN loop: one G forward per iteration (its VJP is kept
-for G's update); D updated with separate real and fake passes (BatchNorm statistics of each
-batch kept apart); then G updated through the updated D on the same fakes.
+for G's update); D updated on the real and the fake batch with each batch's own BatchNorm
+statistics, as the reference's two passes (our D scores both in one stacked call, other
+discriminators in two); then G updated through the updated D on the same fakes.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from dcgan_jax import evaluate
 from dcgan_jax import evaluation
 from dcgan_jax import train
 from dcgan_jax.errors import EXIT_USER_ERROR
+from dcgan_jax.data import digits
 from dcgan_jax.evaluation import weights
 
 from test_train import tiny_config  # pylint: disable=g-bad-import-order
@@ -106,7 +107,7 @@ def test_training_without_weights_says_fid_is_skipped(run_dir):
   assert not (run_dir / train.BEST_FID_DIR).exists()
 
 
-def test_training_keeps_the_best_fid_checkpoint(tmp_path, monkeypatch):
+def test_training_keeps_the_best_fid_checkpoint(tmp_path, monkeypatch, caplog):
   # A stand-in extractor (as in test_train.py) whose FID is 1/step: every evaluation improves,
   # so the kept checkpoint must follow the latest evaluated step.
   calls = []
@@ -122,10 +123,15 @@ def test_training_keeps_the_best_fid_checkpoint(tmp_path, monkeypatch):
 
   monkeypatch.setattr(evaluation.InceptionExtractor, 'from_file',
                       classmethod(lambda cls, path, **kwargs: fake_extractor))
+  # The period in epochs, as the cifar10, mnist and celeba configs give it: 1.9 batches' worth
+  # of images is 2 steps (the log said "FID every -1 steps", the field's value, before).
   config = tiny_config(str(tmp_path / 'tfds'), num_train_steps=4, checkpoint_every_steps=4,
                        sample_every_steps=0, inception_weights='stand_in.npz',
-                       eval_every_steps=2, eval_num_samples=20)
-  final_state = train.train_and_evaluate(config, tmp_path / 'run')
+                       eval_every_steps=-1, eval_every_epochs=1.9 * 16 / digits.NUM_EXAMPLES,
+                       eval_num_samples=20)
+  with caplog.at_level(logging.INFO):
+    final_state = train.train_and_evaluate(config, tmp_path / 'run')
+  assert 'FID every 2 steps: 20 generated' in caplog.text
   best = json.loads((tmp_path / 'run' / train.BEST_FID_FILE).read_text())
   assert best['step'] == 4 and np.isfinite(best['fid'])
   assert best['num_generated'] == 20 and best['num_real'] == 20

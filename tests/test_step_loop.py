@@ -84,8 +84,10 @@ def _count_chunks(monkeypatch, instances=None):
 
 def test_fused_run_trains_like_step_by_step_dispatch(tfds_dir, tmp_path, monkeypatch):
   # 1797 digits / 64 = 28 steps per epoch: 34 steps cross an epoch end.
+  # FID every 6 steps, but without weights it is off: it must not cut chunks (it did).
   config = tiny_config(tfds_dir, device_resident='always', batch_size=64, num_train_steps=34,
-                       log_every_steps=12, checkpoint_every_steps=20, sample_every_steps=10)
+                       log_every_steps=12, checkpoint_every_steps=20, sample_every_steps=10,
+                       eval_every_steps=6)
   reported = _record_progress_calls(monkeypatch)
   per_step = train.train_and_evaluate(dict_config(config, steps_per_dispatch=1),
                                       tmp_path / 'per_step')

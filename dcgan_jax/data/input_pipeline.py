@@ -1,6 +1,7 @@
 """tf.data input pipelines: uint8 image batches for training, and whole datasets for evaluation.
 
-Every source (:mod:`dcgan_jax.data.sources`) is read through tfds, then each image is squared
+Every source (:mod:`dcgan_jax.data.sources`) but ``array`` is read through tfds (an ``array``
+file is read with numpy alone, for the device-resident path), then each image is squared
 (centre crop of side ``crop_size`` or the largest square, antialiased bilinear resize to
 ``image_size``) and converted to ``channels`` (grey replicated, RGB to luma with ITU-R 601-2
 weights like PIL). Batches stay ``uint8``: scaling to [-1, 1] happens on the device, in the train
