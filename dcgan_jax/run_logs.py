@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import time
 
 import numpy as np
 from absl import logging
@@ -21,6 +22,8 @@ from dcgan_jax.errors import UserError
 
 EVENTS_GLOB = 'events.out.tfevents*'
 METRICS_JSONL = 'metrics.jsonl'  # dcgan_jax.writers.METRICS_JSONL (runs without TensorFlow).
+# Where set_aside_logs_after keeps the files it filtered, as they were.
+ROLLED_BACK_DIR = 'rolled_back_logs'
 
 
 def _scalar_value(value) -> float | None:
@@ -96,3 +99,79 @@ def read_scalars(workdir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.n
     steps = np.array(sorted(points), dtype=np.int64)
     result[tag] = (steps, np.array([points[s] for s in steps], dtype=np.float64))
   return result
+
+
+def set_aside_logs_after(workdir: str | os.PathLike, step: int) -> int:
+  """Removes the logged points after ``step`` from a run's logs; returns how many there were.
+
+  A run killed between two checkpoints (``kill -9``, a lost machine) has logged steps that its
+  resume trains again: TensorBoard would show two points at each of those steps (its steps/s
+  and losses from two different runs), and ``metrics.jsonl`` two records. Each event file and
+  ``metrics.jsonl`` that holds such points is rewritten without them; the file as it was is
+  moved to ``<workdir>/rolled_back_logs/<time>/`` first, so nothing logged is lost. Event files
+  are read and written only where TensorFlow imports (else they are left as they are).
+
+  Args:
+    workdir: The run's directory.
+    step: The step the run resumes from: points at later steps are set aside. -1 for a run
+      that starts again from scratch (killed before its first checkpoint): every point.
+  """
+  directory = pathlib.Path(workdir)
+  aside = directory / ROLLED_BACK_DIR / time.strftime('%Y%m%d-%H%M%S')
+  suffix = 1
+  while aside.exists():  # Two resumes within a second must not mix their files.
+    aside = aside.with_name(f'{aside.name.split("_")[0]}_{suffix}')
+    suffix += 1
+  removed = 0
+  jsonl = directory / METRICS_JSONL
+  if jsonl.is_file():
+    lines = jsonl.read_text(encoding='utf-8').splitlines()
+    kept = [line for line in lines if _jsonl_step(line) <= step]
+    if len(kept) < len(lines):
+      removed += len(lines) - len(kept)
+      _replace_keeping_original(jsonl, aside, kept and (lambda path: path.write_text(
+          ''.join(line + '\n' for line in kept), encoding='utf-8')))
+  files = sorted(directory.glob(EVENTS_GLOB))
+  if files:
+    try:
+      tensorflow_devices.hide_accelerators_from_tensorflow()
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      return removed
+  for path in files:
+    events = list(_events(path))
+    kept = [event for event in events if event.step <= step]
+    later = sum(1 for event in events if event.step > step and event.summary.value)
+    if len(kept) == len(events):
+      continue
+    removed += later
+
+    def write(new_path, kept=kept):
+      with tf.io.TFRecordWriter(str(new_path)) as writer:
+        for event in kept:
+          writer.write(event.SerializeToString())
+    # A file with no record left (a run restarted from step 0) is only moved.
+    _replace_keeping_original(path, aside,
+                              any(event.summary.value for event in kept) and write)
+  return removed
+
+
+def _jsonl_step(line: str) -> float:
+  """A metrics.jsonl record's step; a line a killed run cut short counts as after every step."""
+  try:
+    return int(json.loads(line)['step'])
+  except (ValueError, KeyError, TypeError):
+    return float('inf')
+
+
+def _replace_keeping_original(path: pathlib.Path, aside: pathlib.Path, write) -> None:
+  """Writes ``path`` anew through ``write(temporary_path)`` (none if ``write`` is falsy); the
+  old file goes to ``aside``."""
+  aside.mkdir(parents=True, exist_ok=True)
+  temporary = path.with_name('.filtering-' + path.name)  # Not matched by EVENTS_GLOB.
+  if write:
+    write(temporary)
+  os.replace(path, aside / path.name)  # Both on one file system: neither step copies.
+  if write:
+    os.replace(temporary, path)
+

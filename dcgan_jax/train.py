@@ -40,6 +40,8 @@ writes together)::
   quality.json                  (digits only) the offline quality score of the final generator
   best_fid.json, best_fid/      (with inception_weights and eval_every_steps) the best
                                 in-training FID with its protocol, and that step's checkpoint
+  rolled_back_logs/<time>/      (after a resume) the log files as a killed run left them, with
+                                the points after its last checkpoint, which the resume retrains
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ from dcgan_jax import models
 from dcgan_jax import parallel
 from dcgan_jax import preemption
 from dcgan_jax import profiling
+from dcgan_jax import run_logs
 from dcgan_jax import sample_grid
 from dcgan_jax import state as state_lib
 from dcgan_jax import step_loop
@@ -1079,6 +1082,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       checkpointing.save_config_json(workdir, config.to_dict())
       if config.get('num_classes', 0) and class_names.has_names(info.class_names):
         class_names.save(workdir, info.class_names)  # For sample/evaluate --label=<name>.
+      # A run killed between two checkpoints logged steps that this one trains again.
+      # Started from scratch, the step-0 records (hparams) of a run without checkpoints go too.
+      set_aside = run_logs.set_aside_logs_after(workdir, start_step or -1)
+      if set_aside:
+        logging.warning(
+            'The earlier run logged %d record%s after %s before it was stopped; this run '
+            'trains those steps again, so they are set aside (the files as they were are in '
+            '%s) and TensorBoard shows each step once.', set_aside,
+            '' if set_aside == 1 else 's',
+            f'step {start_step}, its last checkpoint,' if start_step else 'its start',
+            os.path.join(workdir, run_logs.ROLLED_BACK_DIR))
 
     # TensorBoard through clu (TensorFlow loads here, keeping imports and config checks fast),
     # or metrics.jsonl where TensorFlow is not installed.

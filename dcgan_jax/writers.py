@@ -10,6 +10,7 @@ to the sample PNGs, and progress (steps/s, ETA, time spent in hooks) goes to the
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import math
@@ -19,15 +20,31 @@ from typing import Any, Iterator, Mapping
 
 from absl import logging
 
+from dcgan_jax import errors
 from dcgan_jax import tensorflow_devices
 
 METRICS_JSONL = 'metrics.jsonl'
 HPARAMS_JSON = 'hparams.json'
 
 
+@functools.cache
 def have_tensorflow() -> bool:
-  """Whether TensorFlow is importable (without importing it)."""
-  return importlib.util.find_spec('tensorflow') is not None
+  """Whether TensorFlow is installed and imports (checked once per process).
+
+  An install that is there but broken (a CUDA or numpy version clash) counts as absent, with one
+  warning that names its error: the run then logs to metrics.jsonl rather than failing at its
+  first TensorBoard write.
+  """
+  if importlib.util.find_spec('tensorflow') is None:
+    return False
+  tensorflow_devices.hide_accelerators_from_tensorflow()  # Before TensorFlow starts.
+  try:
+    importlib.import_module('tensorflow')
+  except Exception as e:  # pylint: disable=broad-except  # Whatever a broken install raises.
+    logging.warning('TensorFlow is installed but does not import (%s: %s); logging as without '
+                    'it.', type(e).__name__, errors.first_line(e, max_chars=200))
+    return False
+  return True
 
 
 class JsonlWriter:
@@ -132,12 +149,11 @@ class ProgressLogger:
 
 def create_writer(workdir: str, just_logging: bool = False) -> Any:
   """clu's default writer (TensorBoard + log) when TensorFlow is installed, else a JsonlWriter."""
-  if have_tensorflow():
-    tensorflow_devices.hide_accelerators_from_tensorflow()  # Before clu's writers start TF.
+  if have_tensorflow():  # (Which has hidden the accelerators from TensorFlow.)
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
     return metric_writers.create_default_writer(workdir, just_logging=just_logging)
   if not just_logging:
-    logging.warning('TensorFlow is not installed: scalars go to %s (read them with '
+    logging.warning('Without TensorFlow, scalars go to %s (read them with '
                     'dcgan_jax.run_logs.read_scalars) instead of TensorBoard.',
                     os.path.join(workdir, METRICS_JSONL))
   return JsonlWriter(workdir, just_logging=just_logging)

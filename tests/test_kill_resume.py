@@ -17,6 +17,7 @@ the steps since the last checkpoint, but never a hole in the record of the steps
 Each process uses one CPU device (the reference too), which makes start-up cheaper than
 conftest's eight, and all share JAX's persistent compilation cache.
 """
+import json
 import os
 import pathlib
 import random
@@ -298,3 +299,15 @@ def test_killed_runs_log_the_same_curve_as_an_uninterrupted_one(runs, chain):
     assert not missing, f'{tag}: no record of steps {missing}'
     # TensorBoard keeps float32; metrics.jsonl the float64 of the same float32 value.
     np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32), err_msg=tag)
+  # And once each in the files themselves (read_scalars keeps one value per step, TensorBoard
+  # shows every point): the steps logged after a killed run's last checkpoint were set aside.
+  records = []
+  for path in sorted(workdir.glob('events.out.tfevents*')):
+    records += [(v.tag, e.step) for e in run_logs._events(path)  # pylint: disable=protected-access
+                for v in e.summary.value]
+  if (workdir / 'metrics.jsonl').is_file():
+    for line in (workdir / 'metrics.jsonl').read_text().splitlines():
+      record = json.loads(line)
+      records += [(tag, record['step']) for tag in record if tag != 'step']
+  twice = sorted({r for r in records if records.count(r) > 1})
+  assert not twice, f'logged more than once: {twice[:10]}'

@@ -103,6 +103,26 @@ def test_jsonl_writer_and_progress_round_trip(tmp_path):
   np.testing.assert_allclose(run_logs.read_scalars(tmp_path)['d_loss'][1], [.1, .2, .3, .4, .5])
 
 
+def test_a_tensorflow_that_is_installed_but_broken_counts_as_absent(monkeypatch, caplog):
+  """A CUDA or numpy clash makes `import tensorflow` fail: the run logs to metrics.jsonl, with
+  one warning naming the error, instead of a traceback at its first TensorBoard write."""
+  import importlib  # pylint: disable=g-import-not-at-top
+
+  def broken(name, *args):
+    if name == 'tensorflow':
+      raise ImportError('numpy.core.multiarray failed to import')
+    return real(name, *args)
+
+  real = importlib.import_module
+  monkeypatch.setattr(importlib, 'import_module', broken)
+  with caplog.at_level('WARNING'):
+    assert not writers.have_tensorflow.__wrapped__()
+  assert ('TensorFlow is installed but does not import (ImportError: numpy.core.multiarray '
+          'failed to import)') in caplog.text
+  monkeypatch.setattr(importlib, 'import_module', real)
+  assert writers.have_tensorflow.__wrapped__()  # This test machine's own TensorFlow imports.
+
+
 def _run(workdir, array_path, steps):
   flags = ['--config=configs/default.py', f'--workdir={workdir}', '--config.dataset=array',
            f'--config.dataset_path={array_path}', '--config.image_size=8',
@@ -123,7 +143,7 @@ def test_training_runs_and_resumes_without_tensorflow(tmp_path):
   workdir = tmp_path / 'run'
   proc = _run(workdir, tmp_path / 'images.npy', 4)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'TensorFlow is not installed' in proc.stderr
+  assert 'Without TensorFlow, scalars go to' in proc.stderr
   assert not list(workdir.glob('events.out.tfevents*'))
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['2', '4']
   assert (workdir / 'samples' / 'step_000004.png').is_file()

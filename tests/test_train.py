@@ -173,6 +173,45 @@ def test_read_scalars_reads_an_event_file_cut_short(tmp_path, caplog):
   assert 'cut short' in caplog.text
 
 
+def test_logs_after_the_resumed_step_are_set_aside_not_shown_twice(tmp_path):
+  """A run killed between checkpoints logged steps its resume trains again (a second point at
+  each of them in TensorBoard); they are moved out of the run's files, never deleted."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  writer = tf.summary.create_file_writer(str(tmp_path))
+  with writer.as_default():
+    tf.summary.text('hparams', 'kept', step=0)
+    for step in range(1, 8):
+      tf.summary.scalar('d_loss', step / 8, step=step)
+  writer.close()
+  (events,) = tmp_path.glob('events.out.tfevents*')
+  jsonl = tmp_path / run_logs.METRICS_JSONL
+  jsonl.write_text(''.join(f'{{"step": {s}, "g_loss": {s}}}\n' for s in range(1, 8))
+                   + '{"step": 8, "g_lo', encoding='utf-8')  # Cut short by the kill.
+  before = events.read_bytes(), jsonl.read_text(encoding='utf-8')
+
+  assert run_logs.set_aside_logs_after(tmp_path, 4) == 3 + 4
+  scalars = run_logs.read_scalars(tmp_path)
+  np.testing.assert_array_equal(scalars['d_loss'][0], [1, 2, 3, 4])
+  np.testing.assert_array_equal(scalars['g_loss'][0], [1, 2, 3, 4])
+  assert jsonl.read_text(encoding='utf-8').endswith('"g_loss": 4}\n')
+  tags = {v.tag for e in run_logs._events(events) for v in e.summary.value}  # pylint: disable=protected-access
+  assert tags == {'hparams', 'd_loss'}  # Step 0's record stays.
+  # The files as they were, byte for byte, and no stray file the reader would pick up.
+  (aside,) = (tmp_path / run_logs.ROLLED_BACK_DIR).iterdir()
+  assert ((aside / events.name).read_bytes(), (aside / jsonl.name).read_text()) == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+      [events.name, jsonl.name, run_logs.ROLLED_BACK_DIR])
+  # Nothing after the step: nothing changes.
+  assert run_logs.set_aside_logs_after(tmp_path, 4) == 0
+  assert len(list((tmp_path / run_logs.ROLLED_BACK_DIR).iterdir())) == 1
+  # A run started again from scratch (-1: killed before its first checkpoint): every record,
+  # step 0's too, and no file is left behind empty.
+  assert run_logs.set_aside_logs_after(tmp_path, -1) == 1 + 4 + 4
+  assert [p.name for p in tmp_path.iterdir()] == [run_logs.ROLLED_BACK_DIR]
+  assert len(list((tmp_path / run_logs.ROLLED_BACK_DIR).iterdir())) == 2
+
+
 def test_celeba_config_has_the_paper_model():
   from dcgan_jax import models  # pylint: disable=g-import-not-at-top
 
