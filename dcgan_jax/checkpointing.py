@@ -699,7 +699,7 @@ class Checkpointer:
   # ---- saving ---------------------------------------------------------------------------------
 
   def save(self, step: int, state: PyTree, config: Mapping[str, Any], *,
-           force: bool = False) -> bool:
+           force: bool = False, metadata: Mapping[str, Any] | None = None) -> bool:
     """Saves `state` and `config` as checkpoint `step`, if it is time to.
 
     Args:
@@ -707,6 +707,8 @@ class Checkpointer:
       state: Any pytree of arrays and scalars; typed PRNG keys are allowed.
       config: The run's config as a JSON-able mapping.
       force: Save even if `step` is not a multiple of `save_interval_steps` (e.g. the last step).
+      metadata: JSON-able facts about this step alone, recorded beside `run_setup` (same
+        names: these win); :meth:`saved_run_setup` reads both back.
 
     The arrays are copied off the devices before this returns, so the caller may donate or
     delete them at once (e.g. pass the state to a jitted step with ``donate_argnums``). Numpy
@@ -737,7 +739,10 @@ class Checkpointer:
         _CONFIG_ITEM: ocp.args.JsonSave(_to_json_dict(config)),
     })
     try:
-      self._manager.save(step, args=args, force=True, custom_metadata=self._run_setup)
+      custom_metadata = self._run_setup
+      if metadata:
+        custom_metadata = {**(self._run_setup or {}), **_to_json_dict(metadata)}
+      self._manager.save(step, args=args, force=True, custom_metadata=custom_metadata)
     except Exception as e:  # pylint: disable=broad-except
       self._raise_save_error(step, e)
     self._pending_step = step
@@ -850,7 +855,7 @@ class Checkpointer:
     return state, dict(restored[_CONFIG_ITEM]), step
 
   def saved_run_setup(self, step: int) -> dict[str, Any]:
-    """The `run_setup` that the checkpoint of `step` was saved with.
+    """The `run_setup` that the checkpoint of `step` was saved with, and its own `metadata`.
 
     Empty when it has none (saved without one, or by a version from before this record) or its
     metadata cannot be read: the record informs, and never stops a restore.

@@ -90,6 +90,9 @@ _INIT_TAG, _TRAIN_TAG, _SAMPLE_TAG, _QUALITY_TAG, _EVAL_TAG = 1, 2, 3, 4, 5
 # Generated images per forward pass when scoring many samples (bounds host/device memory).
 _GENERATE_CHUNK = 250
 QUALITY_FILE = 'quality.json'
+# Each checkpoint's metadata: the images trained on up to its step (a sum over the batch sizes
+# of every launch of the run).
+IMAGES_SEEN_KEY = 'images_seen'
 # The best in-training FID so far: its step, value and protocol; its checkpoint (the whole state,
 # restorable with `python -m dcgan_jax.evaluate --workdir=<workdir>/best_fid`) is kept in
 # <workdir>/best_fid/checkpoints/<step>.
@@ -114,6 +117,7 @@ class Durations:
   """Every duration of a run, in generator steps (0 disables a periodic hook).
 
   Attributes:
+    num_examples: Images in the dataset (one epoch).
     steps_per_epoch: Global batches per pass over the dataset (fractional).
     num_train_steps: Total generator updates.
     log_every_steps: Scalars and progress.
@@ -123,6 +127,7 @@ class Durations:
     eval_every_steps: Inception FID.
   """
 
+  num_examples: int
   steps_per_epoch: float
   num_train_steps: int
   log_every_steps: int
@@ -175,6 +180,7 @@ def resolve_durations(config: ml_collections.ConfigDict, num_examples: int) -> D
                     f'a positive num_epochs (got num_train_steps={config.num_train_steps}, '
                     f'num_epochs={config.num_epochs}).')
   return Durations(
+      num_examples=int(num_examples),
       steps_per_epoch=steps_per_epoch,
       num_train_steps=num_train_steps,
       log_every_steps=_steps_from_config(config, 'log_every', steps_per_epoch),
@@ -923,7 +929,8 @@ def _check_finite(tracker: _NonFiniteTracker, checkpointer) -> None:
 
 def _checkpoint(checkpointer: background_checkpoints.BackgroundCheckpointer, step: int,
                 state: state_lib.GANState, tracker: _NonFiniteTracker, train_key: jax.Array,
-                config: ml_collections.ConfigDict, step_fn: parallel.DataParallelStep) -> None:
+                config: ml_collections.ConfigDict, step_fn: parallel.DataParallelStep,
+                images_seen: int) -> None:
   """A periodic checkpoint of ``state`` at ``step``, unless a loss has become non-finite.
 
   In the background (see :mod:`dcgan_jax.background_checkpoints`) this only dispatches a device
@@ -934,21 +941,42 @@ def _checkpoint(checkpointer: background_checkpoints.BackgroundCheckpointer, ste
 
   def save(target: checkpointing.Checkpointer) -> None:
     _check_finite(tracker, target)
-    _save(target, step, state, train_key, config, step_fn)
+    _save(target, step, state, train_key, config, step_fn, images_seen)
 
   checkpointer.submit(save)
 
 
+def saved_images_seen(step: int, metadata: dict[str, Any], step_config: dict[str, Any],
+                      config: ml_collections.ConfigDict) -> int:
+  """The images a run had trained on at its checkpoint of ``step``.
+
+  Args:
+    step: The checkpoint's step.
+    metadata: Its run setup (:meth:`Checkpointer.saved_run_setup`), which records the count.
+    step_config: The config it was saved with: a checkpoint from before the count was recorded
+      is taken to have run at its batch_size throughout.
+    config: The run's config now, the last fallback.
+  """
+  seen = metadata.get(IMAGES_SEEN_KEY)
+  if is_integer(seen) and seen >= 0:
+    return int(seen)
+  batch_size = step_config.get('batch_size') if isinstance(step_config, dict) else None
+  return step * int(batch_size if is_integer(batch_size) else config.batch_size)
+
+
 def _save(checkpointer: checkpointing.Checkpointer, step: int, state: state_lib.GANState,
           train_key: jax.Array, config: ml_collections.ConfigDict,
-          step_fn: parallel.DataParallelStep, force: bool = False) -> None:
+          step_fn: parallel.DataParallelStep, images_seen: int, force: bool = False) -> None:
   # Host (numpy) copies: orbax would otherwise slice every replicated array per device, one
   # compiled op each; the state is small, and either parallelism mode can resume the other's.
   # The key travels as its raw uint32 data for the same reason (and because a single-device key
   # cannot be saved in a multi-process run).
   state = step_fn.host_state(state)
   key_data = np.asarray(jax.device_get(jax.random.key_data(train_key)))
-  checkpointer.save(step, {'gan': state, 'train_key': key_data}, config.to_dict(), force=force)
+  # The images trained on so far go into the step's metadata: with batch_size changed on a
+  # resume, step x batch_size no longer counts them (the epoch scalar does).
+  checkpointer.save(step, {'gan': state, 'train_key': key_data}, config.to_dict(), force=force,
+                    metadata={IMAGES_SEEN_KEY: int(images_seen)})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.GANState:
@@ -1050,17 +1078,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                                        durations.num_train_steps)
     train_key = jax.random.fold_in(root_key, _TRAIN_TAG)
     state = parallel.replicate(initial_state, step_fn.mesh)
-    start_step = 0
+    start_step = images_seen_start = 0
     if checkpointer.latest_step() is not None:
       saved_config = checkpointing.restore_config(workdir)
       check_resume_config(config, saved_config, workdir)
       changes = changed_settings(config, saved_config)
       if changes and is_chief:  # Allowed (e.g. a longer run), but never silently.
+        batch_note = ''
+        if saved_config.get('batch_size') != config.batch_size:
+          batch_note = (' With another batch_size the epoch scalar goes on counting the images '
+                        'trained on, but the data stream resumes at step x the new batch_size: '
+                        'some images of the current epoch are skipped or drawn twice.')
         logging.warning('Resuming with changed settings: %s. config.json will hold the new ones; '
-                        'each checkpoint keeps the config it was saved with.', ', '.join(changes))
+                        'each checkpoint keeps the config it was saved with.%s',
+                        ', '.join(changes), batch_note)
       target = {'gan': state,
                 'train_key': parallel.replicate(jax.random.key_data(train_key), step_fn.mesh)}
-      restored, _, start_step = checkpointer.restore(target)
+      restored, step_config, start_step = checkpointer.restore(target)
+      images_seen_start = saved_images_seen(
+          start_step, checkpointer.saved_run_setup(start_step), step_config, config)
       state = restored['gan']
       # Rebuilt from host data, the key is uncommitted like a fresh one, free to follow the
       # replicated state into the step.
@@ -1109,7 +1145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                                                          background) as loop_checkpointer:
         return _train_loop(config, workdir, durations, step_fn, sampler, image_sampler,
                            fid_hook, loop_checkpointer, writer, initial_state, state, train_key,
-                           start_step, best_checkpointer)
+                           start_step, images_seen_start, best_checkpointer)
     finally:
       if best_checkpointer is not None:
         best_checkpointer.close()
@@ -1160,15 +1196,20 @@ class _ProgressClock:
 
 def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid_hook,
                 checkpointer, writer, initial_state, state, train_key,
-                start_step, best_checkpointer=None) -> state_lib.GANState:
+                start_step, images_seen_start, best_checkpointer=None) -> state_lib.GANState:
   """The loop itself (see :func:`train_and_evaluate`); ``checkpointer`` is a
-  :class:`~dcgan_jax.background_checkpoints.BackgroundCheckpointer`."""
+  :class:`~dcgan_jax.background_checkpoints.BackgroundCheckpointer`, ``images_seen_start``
+  the images trained on up to ``start_step``."""
   from clu import parameter_overview  # pylint: disable=g-import-not-at-top
 
   is_chief = jax.process_index() == 0
   num_train_steps = durations.num_train_steps
   batch_size = int(config.batch_size)
   pmap_layout = step_fn.parallelism == 'pmap'
+
+  def images_seen(step: int) -> int:
+    """The images trained on up to ``step`` (earlier launches may have had other batch sizes)."""
+    return images_seen_start + (step - start_step) * batch_size
 
   if start_step == 0 and is_chief:
     writer.write_hparams({k: v for k, v in config.to_dict().items()
@@ -1273,7 +1314,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       improved = bool(multihost_utils.broadcast_one_to_all(np.asarray(improved)))
     if not improved:
       return
-    _save(best_checkpointer, step, state, train_key, config, step_fn, force=True)
+    _save(best_checkpointer, step, state, train_key, config, step_fn, images_seen(step),
+          force=True)
     if is_chief:
       best_fid = fid
       json_files.write_json_atomically(os.path.join(workdir, BEST_FID_FILE),
@@ -1386,7 +1428,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     scalars.update({
         'img_per_sec': steps_per_sec * batch_size,
         'eta_seconds': (num_train_steps - log_step) / steps_per_sec,
-        'epoch': log_step / durations.steps_per_epoch,
+        'epoch': images_seen(log_step) / durations.num_examples,
     })
     writer.write_scalars(log_step, scalars)
     # The next window starts where this one ended, so the windows tile the run's time (the
@@ -1449,7 +1491,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
         write_log()
         _check_finite(tracker, checkpointer)
         writer.flush()
-        _save(checkpointer, done, state, train_key, config, step_fn, force=True)
+        _save(checkpointer, done, state, train_key, config, step_fn, images_seen(done),
+              force=True)
         checkpointer.wait_until_finished()
         step = done
         raise preemption.TrainingStopped(signum, done, workdir)
@@ -1460,7 +1503,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
           write_samples()
           write_log()
           writer.flush()
-          _checkpoint(checkpointer, done, state, tracker, train_key, config, step_fn)
+          _checkpoint(checkpointer, done, state, tracker, train_key, config, step_fn,
+                      images_seen(done))
       if done < num_train_steps and hooks_due(done):
         if samples_only_due(done):
           queue_samples(done, state)
@@ -1495,7 +1539,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     write_log()
     _check_finite(tracker, checkpointer)
     writer.flush()  # As before every checkpoint (see the loop).
-    _save(checkpointer, final_step, state, train_key, config, step_fn, force=True)
+    _save(checkpointer, final_step, state, train_key, config, step_fn, images_seen(final_step),
+          force=True)
     checkpointer.wait_until_finished()
   finally:
     stop_signals.restore()

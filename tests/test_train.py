@@ -516,7 +516,9 @@ def test_resume_on_another_setup_says_what_changed_and_what_it_does(tfds_dir, tm
   train.train_and_evaluate(config, tmp_path)
   with checkpointing.Checkpointer(tmp_path, read_only=True) as checkpointer:
     saved = checkpointer.saved_run_setup(2)
-  assert saved == train.run_setup(jax.device_count(), device_resident=True)
+  # With the images trained on, a fact of the step alone (2 batches of 16).
+  assert saved == {**train.run_setup(jax.device_count(), device_resident=True),
+                   train.IMAGES_SEEN_KEY: 32}
   assert saved['devices'] == 8 and saved['data'] == 'device-resident'
   # As if saved on a machine with 2 devices; this one's device memory fits no dataset, so
   # device_resident='auto' reads through tf.data.
@@ -541,6 +543,35 @@ def test_resume_on_another_setup_says_what_changed_and_what_it_does(tfds_dir, tm
   with caplog.at_level(logging.WARNING):
     assert int(train.train_and_evaluate(config, tmp_path).step) == 6
   assert 'another setup' not in caplog.text
+
+
+def test_epoch_counts_the_images_trained_on_across_batch_size_changes(tfds_dir, tmp_path,
+                                                                       caplog):
+  """epoch was step / steps_per_epoch at the current batch size: a resume at another batch
+  size made it jump, or go backwards. Each checkpoint now records the images trained on."""
+  from dcgan_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from dcgan_jax.data import digits  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tfds_dir, num_train_steps=4, batch_size=16, log_every_steps=2,
+                       sample_every_steps=0, checkpoint_every_steps=2)
+  train.train_and_evaluate(config, tmp_path)
+  config.update(num_train_steps=8, batch_size=32)
+  with caplog.at_level(logging.WARNING):
+    train.train_and_evaluate(config, tmp_path)
+  assert 'batch_size 16 -> 32' in caplog.text
+  assert 'the epoch scalar goes on counting the images trained on' in caplog.text
+  config.update(num_train_steps=10, batch_size=8)
+  train.train_and_evaluate(config, tmp_path)
+  steps, epochs = run_logs.read_scalars(tmp_path)['epoch']
+  seen = [32, 64, 128, 192, 208]  # 2 x 16, then 2 x 32 per log, then 2 x 8.
+  np.testing.assert_array_equal(steps, [2, 4, 6, 8, 10])
+  np.testing.assert_allclose(epochs, np.array(seen) / digits.NUM_EXAMPLES, rtol=1e-6)
+  with checkpointing.Checkpointer(tmp_path, read_only=True) as checkpointer:
+    assert [checkpointer.saved_run_setup(s)[train.IMAGES_SEEN_KEY] for s in (6, 8, 10)] == [
+        128, 192, 208]
+  # A checkpoint from before the count: its step at its own config's batch size.
+  assert train.saved_images_seen(6, {}, {'batch_size': 32}, config) == 192
+  assert train.saved_images_seen(6, {'images_seen': 100}, {'batch_size': 32}, config) == 100
+  assert train.saved_images_seen(6, {'images_seen': 'x'}, {}, config) == 48  # Now's batch, 8.
 
 
 def test_setup_changes_skip_facts_an_older_checkpoint_did_not_record(tmp_path):
