@@ -82,7 +82,7 @@ from dcgan_jax import step_loop
 from dcgan_jax import summary
 from dcgan_jax import train_step as train_step_lib
 from dcgan_jax import writers
-from dcgan_jax.errors import UserError, is_integer
+from dcgan_jax.errors import UserError, finite_number, is_integer
 
 # Tags folded into the run seed, one per independent stream of randomness. (The data order uses
 # its own tag inside dcgan_jax.data.)
@@ -93,6 +93,16 @@ QUALITY_FILE = 'quality.json'
 # Each checkpoint's metadata: the images trained on up to its step (a sum over the batch sizes
 # of every launch of the run).
 IMAGES_SEEN_KEY = 'images_seen'
+# And (digits quality on) the untrained generator's score, so that a resume need not score the
+# initial state again (about 10 s on 2 CPU cores).
+UNTRAINED_QUALITY_KEY = 'untrained_quality'
+# Settings a resume may change without changing the initial state or how it is scored.
+_UNTRAINED_QUALITY_KEEPS = ('num_train_steps', 'num_epochs', 'keep_checkpoints',
+                            'background_checkpoints', 'steps_per_dispatch', 'device_resident')
+
+
+def _keeps_untrained_quality(field: str) -> bool:
+  return field in _UNTRAINED_QUALITY_KEEPS or field.endswith(('_every_steps', '_every_epochs'))
 # The best in-training FID so far: its step, value and protocol; its checkpoint (the whole state,
 # restorable with `python -m dcgan_jax.evaluate --workdir=<workdir>/best_fid`) is kept in
 # <workdir>/best_fid/checkpoints/<step>.
@@ -660,11 +670,17 @@ class _DigitsQualityHook:
     return self._quality.score(images, value_range=self._sampler.value_range,
                                labels=self._labels)
 
-  def score_untrained(self, variables: dict[str, Any]) -> None:
-    self.untrained = self.score(variables)
+  def score_untrained(self, variables: dict[str, Any],
+                      recorded: dict[str, Any] | None = None) -> None:
+    """Scores the untrained generator, or takes the score a checkpoint ``recorded`` of it."""
+    usable = (isinstance(recorded, dict)
+              and finite_number(recorded.get('frechet_distance')) is not None
+              and is_integer(recorded.get('num_classes_covered')))
+    self.untrained = dict(recorded) if usable else self.score(variables)
     accuracy = self.untrained.get('label_accuracy')
-    logging.info('Digits quality of the untrained generator: Fréchet distance %.3f, %s '
-                 'covered%s.', self.untrained['frechet_distance'],
+    logging.info('Digits quality of the untrained generator%s: Fréchet distance %.3f, %s '
+                 'covered%s.', ' (recorded in the checkpoint)' if usable else '',
+                 self.untrained['frechet_distance'],
                  _classes(self.untrained['num_classes_covered']),
                  '' if accuracy is None else f', label accuracy {accuracy:.3f}')
 
@@ -930,7 +946,7 @@ def _check_finite(tracker: _NonFiniteTracker, checkpointer) -> None:
 def _checkpoint(checkpointer: background_checkpoints.BackgroundCheckpointer, step: int,
                 state: state_lib.GANState, tracker: _NonFiniteTracker, train_key: jax.Array,
                 config: ml_collections.ConfigDict, step_fn: parallel.DataParallelStep,
-                images_seen: int) -> None:
+                metadata: dict[str, Any]) -> None:
   """A periodic checkpoint of ``state`` at ``step``, unless a loss has become non-finite.
 
   In the background (see :mod:`dcgan_jax.background_checkpoints`) this only dispatches a device
@@ -941,7 +957,7 @@ def _checkpoint(checkpointer: background_checkpoints.BackgroundCheckpointer, ste
 
   def save(target: checkpointing.Checkpointer) -> None:
     _check_finite(tracker, target)
-    _save(target, step, state, train_key, config, step_fn, images_seen)
+    _save(target, step, state, train_key, config, step_fn, metadata)
 
   checkpointer.submit(save)
 
@@ -966,17 +982,17 @@ def saved_images_seen(step: int, metadata: dict[str, Any], step_config: dict[str
 
 def _save(checkpointer: checkpointing.Checkpointer, step: int, state: state_lib.GANState,
           train_key: jax.Array, config: ml_collections.ConfigDict,
-          step_fn: parallel.DataParallelStep, images_seen: int, force: bool = False) -> None:
+          step_fn: parallel.DataParallelStep, metadata: dict[str, Any],
+          force: bool = False) -> None:
   # Host (numpy) copies: orbax would otherwise slice every replicated array per device, one
   # compiled op each; the state is small, and either parallelism mode can resume the other's.
   # The key travels as its raw uint32 data for the same reason (and because a single-device key
   # cannot be saved in a multi-process run).
   state = step_fn.host_state(state)
   key_data = np.asarray(jax.device_get(jax.random.key_data(train_key)))
-  # The images trained on so far go into the step's metadata: with batch_size changed on a
-  # resume, step x batch_size no longer counts them (the epoch scalar does).
+  # ``metadata`` (the loop's step_metadata) records facts of the step beside the run's setup.
   checkpointer.save(step, {'gan': state, 'train_key': key_data}, config.to_dict(), force=force,
-                    metadata={IMAGES_SEEN_KEY: int(images_seen)})
+                    metadata=metadata)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.GANState:
@@ -1079,6 +1095,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     train_key = jax.random.fold_in(root_key, _TRAIN_TAG)
     state = parallel.replicate(initial_state, step_fn.mesh)
     start_step = images_seen_start = 0
+    untrained_quality = None
     if checkpointer.latest_step() is not None:
       saved_config = checkpointing.restore_config(workdir)
       check_resume_config(config, saved_config, workdir)
@@ -1095,8 +1112,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       target = {'gan': state,
                 'train_key': parallel.replicate(jax.random.key_data(train_key), step_fn.mesh)}
       restored, step_config, start_step = checkpointer.restore(target)
-      images_seen_start = saved_images_seen(
-          start_step, checkpointer.saved_run_setup(start_step), step_config, config)
+      saved_metadata = checkpointer.saved_run_setup(start_step)
+      images_seen_start = saved_images_seen(start_step, saved_metadata, step_config, config)
+      if all(_keeps_untrained_quality(change.split(' ')[0])
+             for change in changed_settings(config, step_config)):
+        untrained_quality = saved_metadata.get(UNTRAINED_QUALITY_KEY)
       state = restored['gan']
       # Rebuilt from host data, the key is uncommitted like a fresh one, free to follow the
       # replicated state into the step.
@@ -1145,7 +1165,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                                                          background) as loop_checkpointer:
         return _train_loop(config, workdir, durations, step_fn, sampler, image_sampler,
                            fid_hook, loop_checkpointer, writer, initial_state, state, train_key,
-                           start_step, images_seen_start, best_checkpointer)
+                           start_step, images_seen_start, untrained_quality,
+                           best_checkpointer)
     finally:
       if best_checkpointer is not None:
         best_checkpointer.close()
@@ -1196,10 +1217,12 @@ class _ProgressClock:
 
 def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid_hook,
                 checkpointer, writer, initial_state, state, train_key,
-                start_step, images_seen_start, best_checkpointer=None) -> state_lib.GANState:
+                start_step, images_seen_start, untrained_quality=None,
+                best_checkpointer=None) -> state_lib.GANState:
   """The loop itself (see :func:`train_and_evaluate`); ``checkpointer`` is a
   :class:`~dcgan_jax.background_checkpoints.BackgroundCheckpointer`, ``images_seen_start``
-  the images trained on up to ``start_step``."""
+  the images trained on up to ``start_step``, ``untrained_quality`` the untrained generator's
+  digits score as the checkpoint recorded it (None: score it)."""
   from clu import parameter_overview  # pylint: disable=g-import-not-at-top
 
   is_chief = jax.process_index() == 0
@@ -1210,6 +1233,13 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   def images_seen(step: int) -> int:
     """The images trained on up to ``step`` (earlier launches may have had other batch sizes)."""
     return images_seen_start + (step - start_step) * batch_size
+
+  def step_metadata(step: int) -> dict[str, Any]:
+    """What the checkpoint of ``step`` records beside the run's setup."""
+    metadata = {IMAGES_SEEN_KEY: images_seen(step)}
+    if quality_hook is not None and quality_hook.untrained is not None:
+      metadata[UNTRAINED_QUALITY_KEY] = _jsonable(quality_hook.untrained)
+    return metadata
 
   if start_step == 0 and is_chief:
     writer.write_hparams({k: v for k, v in config.to_dict().items()
@@ -1229,7 +1259,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   quality_hook = None
   if quality_enabled and is_chief:
     quality_hook = _DigitsQualityHook(config, image_sampler)
-    quality_hook.score_untrained(image_sampler.variables(initial_state))
+    quality_hook.score_untrained(image_sampler.variables(initial_state), untrained_quality)
     if start_step > 0:
       quality_hook.keep_history(workdir, start_step)
   if durations.eval_every_steps > 0 and not config.inception_weights:
@@ -1244,8 +1274,12 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   if sampler is None:
     iterator = data.create_train_iterator(config, start_step=start_step)
 
-  report_progress = writers.create_progress(num_train_steps, writer if is_chief else None,
+  # The reporter logs progress only: steps_per_sec and uptime are written with the other
+  # scalars (write_log), from the clock img_per_sec and eta_seconds use. clu's own clock ran
+  # over other windows, so that img_per_sec / batch_size and steps_per_sec disagreed.
+  report_progress = writers.create_progress(num_train_steps, None,
                                             durations.log_every_steps or None)
+  uptime_start = time.monotonic()
   progress_clock = _ProgressClock(report_progress, durations.log_every_steps,
                                   last_step=num_train_steps)
   collection_cls = None
@@ -1314,7 +1348,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       improved = bool(multihost_utils.broadcast_one_to_all(np.asarray(improved)))
     if not improved:
       return
-    _save(best_checkpointer, step, state, train_key, config, step_fn, images_seen(step),
+    _save(best_checkpointer, step, state, train_key, config, step_fn, step_metadata(step),
           force=True)
     if is_chief:
       best_fid = fid
@@ -1426,8 +1460,10 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
           'd_learning_rate': float(d_schedule(log_step * d_steps - 1)),
       })
     scalars.update({
+        'steps_per_sec': steps_per_sec,
         'img_per_sec': steps_per_sec * batch_size,
         'eta_seconds': (num_train_steps - log_step) / steps_per_sec,
+        'uptime': now - uptime_start,  # Seconds since this process's loop started.
         'epoch': images_seen(log_step) / durations.num_examples,
     })
     writer.write_scalars(log_step, scalars)
@@ -1489,9 +1525,15 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       if signum is not None:
         write_samples()
         write_log()
+        if durations.log_every_steps > 0 and not is_due(done, durations.log_every_steps):
+          # The steps since the last log, as one shorter window: the resume logs from the next
+          # step on, so without this point they would be missing from every curve.
+          pending_log = (done, collection, background_checkpoints.device_copy(tracker))
+          collection = collection_cls.empty()
+          write_log()
         _check_finite(tracker, checkpointer)
         writer.flush()
-        _save(checkpointer, done, state, train_key, config, step_fn, images_seen(done),
+        _save(checkpointer, done, state, train_key, config, step_fn, step_metadata(done),
               force=True)
         checkpointer.wait_until_finished()
         step = done
@@ -1504,7 +1546,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
           write_log()
           writer.flush()
           _checkpoint(checkpointer, done, state, tracker, train_key, config, step_fn,
-                      images_seen(done))
+                      step_metadata(done))
       if done < num_train_steps and hooks_due(done):
         if samples_only_due(done):
           queue_samples(done, state)
@@ -1539,7 +1581,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     write_log()
     _check_finite(tracker, checkpointer)
     writer.flush()  # As before every checkpoint (see the loop).
-    _save(checkpointer, final_step, state, train_key, config, step_fn, images_seen(final_step),
+    _save(checkpointer, final_step, state, train_key, config, step_fn, step_metadata(final_step),
           force=True)
     checkpointer.wait_until_finished()
   finally:

@@ -264,6 +264,13 @@ def test_a_stopped_run_saves_its_step_and_resumes_bit_identical(
   assert int(resumed.step) == int(straight.step) == 12
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The steps between the last log and the stop are logged at the stop, as a shorter window:
+  # with the resume's window they average to the uninterrupted run's point at step 12.
+  logged = run_logs.read_scalars(tmp_path / 'stopped')['d_loss']
+  want = run_logs.read_scalars(tmp_path / 'straight')['d_loss']
+  assert logged[0].tolist() == [6, stop_step, 12] and want[0].tolist() == [6, 12]
+  weights = np.array([stop_step - 6, 12 - stop_step]) / 6
+  np.testing.assert_allclose(weights @ logged[1][1:], want[1][1], rtol=1e-5)
 
 
 def test_a_stopped_run_writes_the_sample_grid_it_had_queued(images_file, tmp_path, monkeypatch,

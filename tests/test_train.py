@@ -256,8 +256,16 @@ def _assert_run_outputs(workdir, steps, image_shape):
 
 
 @pytest.mark.filterwarnings('ignore:Digits classifier reached only')
+def _counting(function, calls):
+  """``function``, appending its arguments to ``calls`` at every call."""
+  def counted(*args, **kwargs):
+    calls.append(args)
+    return function(*args, **kwargs)
+  return counted
+
+
 def test_digits_run_leaves_checkpoints_events_samples_and_quality(tfds_dir, tmp_path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, caplog):
   from dcgan_jax import quality  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
@@ -359,10 +367,18 @@ def test_digits_run_leaves_checkpoints_events_samples_and_quality(tfds_dir, tmp_
   # resumes from (it wrote its own alone). A score past it was of steps now trained again.
   summary['history'].append(dict(summary['history'][-1], step=5))
   (tmp_path / 'quality.json').write_text(json.dumps(summary))
+  untrained = summary['untrained_frechet_distance']
   config.num_train_steps = 6
-  train.train_and_evaluate(config, tmp_path)
+  # The untrained generator's score comes from the checkpoint, not from scoring it again.
+  monkeypatch.setattr(train._DigitsQualityHook, 'score',  # pylint: disable=protected-access
+                      _counting(train._DigitsQualityHook.score, scored := []))  # pylint: disable=protected-access
+  with caplog.at_level(logging.INFO):
+    train.train_and_evaluate(config, tmp_path)
+  assert 'untrained generator (recorded in the checkpoint): Fréchet distance' in caplog.text
+  assert len(scored) == 1  # Step 6, the end, alone: not the untrained state again.
   summary = json.loads((tmp_path / 'quality.json').read_text())
   assert [h['step'] for h in summary['history']] == [2, 4, 6] and summary['step'] == 6
+  assert summary['untrained_frechet_distance'] == untrained
 
 
 def test_tfds_mock_dataset_run_through_tf_data(tfds_dir, tmp_path, caplog):
