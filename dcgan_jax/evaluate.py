@@ -253,7 +253,7 @@ def _absolute(path: str) -> str:
 
 
 def dataset_reference(workdir: str, config, extractor, num_reference: int,
-                      batch_size: int, label: int | None = None,
+                      label: int | None = None,
                       load_labelled: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
                       ) -> tuple[Any, np.ndarray, dict[str, Any]]:
   """Statistics (and KID features) of the run's dataset, from the cache or computed and cached.
@@ -456,7 +456,7 @@ def _score(workdir: str, config, extractor, loaded, *, num_samples: int, seed: i
   generator, variables, step, used_ema = loaded
   if file_ref is None:
     ref_stats, ref_features, ref_protocol = dataset_reference(
-        workdir, config, extractor, num_reference, batch_size, label, load_labelled)
+        workdir, config, extractor, num_reference, label, load_labelled)
   else:
     ref_stats, ref_features, ref_protocol = file_ref
 

@@ -776,6 +776,3 @@ def discriminator_from_config(config: Any, axis_name: str | None = None) -> Disc
       dtype=config.dtype, axis_name=axis_name,
       image_channel_multiple=config.get('image_channel_multiple', 0), norm=norm,
       num_classes=config.get('num_classes', 0))
-
-
-ModelFn = Callable[..., jax.Array]

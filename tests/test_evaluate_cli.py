@@ -241,7 +241,7 @@ def test_reference_cache_follows_the_files_of_a_folder_dataset(tmp_path):
   extractor = _MeanPixelExtractor()  # (Defined below: feature 0 is the mean pixel.)
 
   def reference():
-    stats, _, protocol = evaluate.dataset_reference(str(tmp_path), config, extractor, 6, 8)
+    stats, _, protocol = evaluate.dataset_reference(str(tmp_path), config, extractor, 6)
     return float(np.asarray(stats.mean)[0]), protocol['cached']
 
   assert reference() == (pytest.approx(50.0), False)
@@ -410,14 +410,14 @@ def test_class_reference_holds_that_class_alone(tmp_path):
   images, labels = data.load_all_images(config, with_labels=True)
   for label in (0, 1):
     stats, _, protocol = evaluate.dataset_reference(str(tmp_path), config, _PixelFeatures(),
-                                                    num_reference=50, batch_size=8, label=label)
+                                                    num_reference=50, label=label)
     wanted = images[labels == label][:50].astype(np.float32).mean(axis=(1, 2, 3))
     assert stats.count == 50 and protocol['label'] == label
     np.testing.assert_allclose(stats.mean[0], wanted.mean(), rtol=1e-5)
   assert not np.isclose(wanted.mean(), images[labels == 0][:50].mean())  # Classes differ.
   # The whole dataset's cache keeps the keys it always had (no 'label').
   _, _, protocol = evaluate.dataset_reference(str(tmp_path), config, _PixelFeatures(),
-                                              num_reference=50, batch_size=8)
+                                              num_reference=50)
   assert 'label' not in protocol
 
 
@@ -511,7 +511,7 @@ def test_cached_reference_is_remade_when_anything_that_made_it_changes(tmp_path,
     run_config = ml_collections.ConfigDict(config.to_dict())
     run_config.update(changes)
     stats, _, protocol = evaluate.dataset_reference(
-        str(tmp_path), run_config, extractor or _CheapExtractor(), num_reference=6, batch_size=6)
+        str(tmp_path), run_config, extractor or _CheapExtractor(), num_reference=6)
     return stats.mean, protocol['cached']
 
   first, cached = reference()

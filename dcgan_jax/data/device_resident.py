@@ -1,8 +1,8 @@
 """Device-resident data: the whole prepared dataset on the accelerators, batches drawn there.
 
-When the uint8 dataset fits (digits, MNIST, CIFAR-10, CelebA at 64x64 ≈ 2.4 GB), copying it to
-the devices once removes the host input pipeline from the training loop: each step's batch is a
-gather on the device, computed from the step number alone.
+When the uint8 dataset fits (digits, MNIST, CIFAR-10, CelebA's train split at 64x64 ≈ 2.0 GB),
+copying it to the devices once removes the host input pipeline from the training loop: each
+step's batch is a gather on the device, computed from the step number alone.
 
 Layout: the images are **replicated** on every device of the mesh (each holds the full dataset),
 so any device can gather any example without communication; each batch comes out sharded along

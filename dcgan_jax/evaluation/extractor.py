@@ -78,7 +78,7 @@ class InceptionExtractor:
   last partial batch is padded and the padding dropped from the result, so every image counts.
 
   In multi-process runs each process extracts the features of the images it holds on its own
-  devices; combine their `FeatureStatistics` with `merge` (after gathering them).
+  devices; `dcgan_jax.evaluation.allgather_statistics` combines their `FeatureStatistics`.
 
   Example:
     extractor = InceptionExtractor.from_file('pt_inception-2015-12-05-6726825d.pth')
