@@ -103,6 +103,8 @@ _UNTRAINED_QUALITY_KEEPS = ('num_train_steps', 'num_epochs', 'keep_checkpoints',
 
 def _keeps_untrained_quality(field: str) -> bool:
   return field in _UNTRAINED_QUALITY_KEEPS or field.endswith(('_every_steps', '_every_epochs'))
+
+
 # The best in-training FID so far: its step, value and protocol; its checkpoint (the whole state,
 # restorable with `python -m dcgan_jax.evaluate --workdir=<workdir>/best_fid`) is kept in
 # <workdir>/best_fid/checkpoints/<step>.
