@@ -139,20 +139,26 @@ def set_aside_logs_after(workdir: str | os.PathLike, step: int) -> int:
     except ImportError:
       return removed
   for path in files:
-    events = list(_events(path))
-    kept = [event for event in events if event.step <= step]
-    later = sum(1 for event in events if event.step > step and event.summary.value)
-    if len(kept) == len(events):
+    # Two passes over the file, not one list of its events: sample grids make event files of
+    # hundreds of MB in long runs.
+    later = later_values = keeps_values = 0
+    for event in _events(path):
+      if event.step > step:
+        later += 1
+        later_values += bool(event.summary.value)
+      else:
+        keeps_values = keeps_values or bool(event.summary.value)
+    if not later:
       continue
-    removed += later
+    removed += later_values
 
-    def write(new_path, kept=kept):
+    def write(new_path, path=path):
       with tf.io.TFRecordWriter(str(new_path)) as writer:
-        for event in kept:
-          writer.write(event.SerializeToString())
+        for event in _events(path):
+          if event.step <= step:
+            writer.write(event.SerializeToString())
     # A file with no record left (a run restarted from step 0) is only moved.
-    _replace_keeping_original(path, aside,
-                              any(event.summary.value for event in kept) and write)
+    _replace_keeping_original(path, aside, keeps_values and write)
   return removed
 
 
