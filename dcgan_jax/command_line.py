@@ -74,17 +74,26 @@ def run_app(main: Any, flags_parser: Any, interrupted_note: str = '') -> None:
 
 
 def unknown_config_field_message(error: Exception, argv: list[str]) -> str:
-  """'Unknown config field ...' naming the offending --config.<field> and close matches."""
+  """'Unknown config field ...' naming the offending --config.<field>, or the config file that
+  set it, and close matches."""
   text = error
   while isinstance(text, BaseException) and text.args:  # AttributeError(KeyError("'name'..."))
     text = text.args[0]
-  match = re.search(r"'([^']+)'", str(text))
+  # A locked config's own text names the field first ('Key "x" does not exist ...'), then lists
+  # every other field, quoted too; a plain lookup's is just the quoted name.
+  match = (re.search(r'Key "([^"]+)" does not exist', str(text))
+           or re.search(r"'([^']+)'", str(text)))
   name = match.group(1) if match else str(text).strip('\'" ')
   overrides = [arg[len('--config.'):].split('=', 1)[0] for arg in argv
                if arg.startswith('--config.')]
-  path = next((p for p in overrides if name in p.split('.')), name)
+  path = next((p for p in overrides if name in p.split('.')), None)
   suggestion = re.search(r'Did you mean "([^"]+)"', str(text))  # ml_collections' guess.
   hint = f'did you mean {suggestion.group(1)!r}? ' if suggestion else ''
+  if path is None:  # Set by the config file itself, not by an override.
+    config_file = next((arg.split('=', 1)[1] for arg in argv if arg.startswith('--config=')),
+                       'the config file')
+    return (f'Unknown config field {name!r}, set in {config_file}; {hint}the valid fields are '
+            'listed in configs/default.py.')
   return (f'Unknown config field {path!r} (--config.{path}); {hint}the valid fields are listed '
           'in configs/default.py.')
 

@@ -78,8 +78,8 @@ def _config_arg(argv: list[str]) -> str | None:
 def _config_load_message(error: Exception, config_path: str | None) -> str:
   """'Cannot load the config file ...' with the root cause (e.g. the missing file)."""
   reason = error
-  while reason.__cause__ is not None:
-    reason = reason.__cause__
+  while (reason.__cause__ or reason.__context__) is not None:
+    reason = reason.__cause__ or reason.__context__
   detail = next((line.strip() for line in str(reason).splitlines() if 'Errno' in line),
                 f'{type(reason).__name__}: {(str(reason).splitlines() or [""])[0]}')
   return (f'Cannot load the config file {config_path!r} ({detail}); pass --config=configs/'
@@ -92,7 +92,12 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     remaining = FLAGS(argv)
   except flags.Error as e:
-    _fail(command_line.config_value_message(e, config_path) or first_line(e))
+    message = command_line.config_value_message(e, config_path)
+    if message is None and (e.__cause__ or e.__context__) is not None:
+      # The config file's get_config() raised: absl's first line ends in a colon and puts the
+      # reason, which the user needs, on the lines below.
+      message = _config_load_message(e, config_path)
+    _fail(message or first_line(e))
   except (AttributeError, KeyError) as e:  # ml_collections: --config.<unknown field>=...
     _fail(command_line.nested_override_message(argv, config_path)
           or command_line.unknown_config_field_message(e, argv))

@@ -40,6 +40,13 @@ ROWS = [
      'background_checkpoints takes true or false'),
     ('missing_config_file', 'dcgan_jax.main', ['--config=configs/nope.py', '--workdir={w}'],
      "Cannot load the config file 'configs/nope.py'"),
+    # A config file of the user's own: its get_config() raises (absl's line ended in a colon, the
+    # reason below it), or sets a misspelt field (the first of the other fields was named).
+    ('config_file_raises', 'dcgan_jax.main', ['--config={t}/raises.py', '--workdir={w}'],
+     "raises.py' (ValueError: my own mistake in get_config)"),
+    ('config_file_misspells_a_field', 'dcgan_jax.main',
+     ['--config={t}/misspelt.py', '--workdir={w}'],
+     "Unknown config field 'generator_widht', set in"),
     ('missing_workdir_flag', 'dcgan_jax.main', [CONFIG], '--workdir is required'),
     ('unknown_dataset', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.dataset=nope'],
      "Unknown dataset 'nope'; use one of digits, folder, array, mnist"),
@@ -203,6 +210,12 @@ def places(tmp_path):
   np.save(tmp_path / 'rgb64.npy', np.zeros((4, 64, 64, 3), np.uint8))
   np.save(tmp_path / 'grey32.npy', np.zeros((4, 32, 32, 1), np.uint8))
   (tmp_path / 'text.npy').write_text('not an array')
+  (tmp_path / 'raises.py').write_text(
+      "def get_config():\n  raise ValueError('my own mistake in get_config\\nmore')\n")
+  (tmp_path / 'misspelt.py').write_text(
+      f"from dcgan_jax.config_files import load_config\n\n\ndef get_config():\n"
+      f"  config = load_config({str(ROOT / 'configs' / 'default.py')!r})\n"
+      f"  config.generator_widht = 32\n  return config\n")
   return workdir, sentinel
 
 
