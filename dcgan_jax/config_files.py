@@ -6,6 +6,7 @@ function.
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 from typing import Any
@@ -58,3 +59,27 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> ml_collections.Con
   # inside `with config.unlocked():`.
   config.lock()
   return config
+
+
+# configs/default.py beside the package (a clone or an editable install): it defines every
+# field the library reads.
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              'configs', 'default.py')
+
+
+def unknown_fields(config: ml_collections.ConfigDict) -> list[tuple[str, list[str]]]:
+  """The config's fields that configs/default.py does not define, each with close matches.
+
+  A config built without :func:`load_config` (``default.get_config()`` imported directly) is
+  not locked, so a misspelt field set in it (``config.generator_widht = 32``) is carried along
+  unread. Empty where configs/default.py is not beside the package (a plain pip install).
+  """
+  if not os.path.isfile(DEFAULT_CONFIG):
+    return []
+  try:
+    known = set(load_config(DEFAULT_CONFIG).keys())
+  except UserError:
+    return []
+  return [(name, difflib.get_close_matches(name, sorted(known), n=2, cutoff=0.75))
+          for name in config.keys() if name not in known]
+

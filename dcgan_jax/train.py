@@ -67,6 +67,7 @@ from dcgan_jax import animation
 from dcgan_jax import background_checkpoints
 from dcgan_jax import checkpointing
 from dcgan_jax import class_names
+from dcgan_jax import config_files
 from dcgan_jax.config_files import load_config  # pylint: disable=unused-import  # Public here too.
 from dcgan_jax import data
 from dcgan_jax import json_files
@@ -347,6 +348,31 @@ def config_warnings(config: ml_collections.ConfigDict) -> list[str]:
         f'{" and ".join(penalties)} > 0 with discriminator_norm=batch: BatchNorm mixes the '
         "examples of a batch, so the penalty does not see each example's own gradient; "
         "WGAN-GP's critic (and StyleGAN's, for R1) uses discriminator_norm=layer (or none).")
+  if (config.get('loss') == 'wasserstein' and not penalties
+      and norm != 'spectral'):
+    warnings.append(
+        'loss=wasserstein with no gradient_penalty_weight, r1_weight or spectral norm: nothing '
+        "keeps the critic Lipschitz, so its scores grow without bound (WGAN's weight clipping "
+        'is not offered); add --config.gradient_penalty_weight=10 with '
+        '--config.discriminator_norm=layer (WGAN-GP), or discriminator_norm=spectral.')
+  for name, close in config_files.unknown_fields(config):
+    warnings.append(
+        f"Config field {name!r} is not one dcgan_jax reads, so it has no effect"
+        + (f"; did you mean {' or '.join(map(repr, close))}?" if close else
+           ' (the fields are listed in configs/default.py).'))
+  return warnings
+
+
+def duration_warnings(config: ml_collections.ConfigDict, durations: Durations) -> list[str]:
+  """Like :func:`config_warnings`, for what only the resolved step counts show."""
+  warnings = []
+  warmup_steps = int(config.get('warmup_steps', 0))
+  if 0 < durations.num_train_steps <= warmup_steps:
+    warnings.append(
+        f'warmup_steps {warmup_steps} is not shorter than the run ({durations.num_train_steps} '
+        'steps): the learning rates never reach their peak, and the '
+        f"{config.get('lr_schedule', 'constant')} schedule after the warm-up never starts; "
+        'lower warmup_steps.')
   return warnings
 
 
@@ -1045,6 +1071,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   logging.info('Dataset %s (split %s): %d examples of %s%s.', info.name, info.split,
                info.num_examples, info.image_shape, info.describe_classes())
   durations = resolve_durations(config, info.num_examples)
+  if is_chief:
+    for message in duration_warnings(config, durations):
+      logging.warning('%s', message)
   with warnings_lib.catch_warnings():
     # config_warnings has said so already, in the config's own terms.
     warnings_lib.simplefilter('ignore', train_step_lib.PenaltyWithBatchNormWarning)
@@ -1060,11 +1089,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     raise UserError(f"dataset 'array' ({info.num_bytes / 2**20:.0f} MiB) is read on the devices "
                     "only; set device_resident to 'auto' or 'always' (with auto, raise "
                     "device_resident_max_bytes), and use shard_map for multi-process runs.")
+  # On either data path: tf.data would fill each batch by repeating images.
+  if int(config.batch_size) > info.num_examples:
+    raise UserError(f'batch_size {config.batch_size} exceeds the {info.num_examples} examples '
+                    'of the dataset; use a smaller batch_size.')
   sampler = None
   if device_resident:
-    if int(config.batch_size) > info.num_examples:
-      raise UserError(f'batch_size {config.batch_size} exceeds the {info.num_examples} examples '
-                      'of the dataset; use a smaller batch_size.')
     if data.conditional(config):
       images, labels = data.load_all_images(config, with_labels=True)
       if is_chief:

@@ -468,6 +468,37 @@ def test_config_warnings_name_a_gradient_penalty_on_a_batch_normalised_critic(tm
         'gradient_penalty_weight': 10.0, 'image_size': 16, **fixed})) == []
 
 
+def test_config_warnings_name_an_unconstrained_critic_and_fields_nothing_reads(tmp_path):
+  """A Wasserstein critic without a penalty or spectral norm diverges (d_loss -7.9 -> -86 in
+  400 steps); a config built without load_config is not locked, so a misspelt field set in
+  it was carried along unread."""
+  (message,) = train.config_warnings(tiny_config(str(tmp_path), loss='wasserstein'))
+  assert message.startswith('loss=wasserstein with no gradient_penalty_weight, r1_weight or '
+                            'spectral norm: nothing keeps the critic Lipschitz')
+  for fixed in (dict(gradient_penalty_weight=10.0, discriminator_norm='layer'),
+                dict(r1_weight=1.0, discriminator_norm='none'),
+                dict(discriminator_norm='spectral')):
+    assert train.config_warnings(tiny_config(str(tmp_path), loss='wasserstein', **fixed)) == []
+  config = tiny_config(str(tmp_path))
+  with config.unlocked():
+    config.generator_widht = 32
+    config.learning_rate = 1e-3
+    config.my_own_note = 'kept, but said'
+  assert train.config_warnings(config) == [
+      "Config field 'generator_widht' is not one dcgan_jax reads, so it has no effect; did you "
+      "mean 'generator_width'?",
+      "Config field 'learning_rate' is not one dcgan_jax reads, so it has no effect; did you "
+      "mean 'g_learning_rate' or 'd_learning_rate'?",
+      "Config field 'my_own_note' is not one dcgan_jax reads, so it has no effect (the fields "
+      "are listed in configs/default.py)."]
+  # A warm-up as long as the run: the schedule never gets past it.
+  config = tiny_config(str(tmp_path), lr_schedule='cosine', warmup_steps=100, num_train_steps=6)
+  (message,) = train.duration_warnings(config, train.resolve_durations(config, 1797))
+  assert message.startswith('warmup_steps 100 is not shorter than the run (6 steps)')
+  config.warmup_steps = 5
+  assert train.duration_warnings(config, train.resolve_durations(config, 1797)) == []
+
+
 def test_describe_objective_names_what_differs_from_the_paper(tmp_path):
   assert train.describe_objective(tiny_config(str(tmp_path))) == (
       'Objective: non_saturating loss, d_steps 1, discriminator_norm batch, augment none.')
@@ -846,6 +877,10 @@ def test_a_checkpoint_due_after_a_non_finite_loss_is_not_saved(tfds_dir, tmp_pat
     ({'num_train_steps': -5}, r'num_train_steps must be positive, or -1 .* \(got -5\)'),
     ({'num_train_steps': -1, 'num_epochs': 0.0}, 'num_epochs must be positive with'),
     ({'adam_b1': 1.5}, r'b1 \(adam_b1\) must be in \[0, 1\) \(got 1.5\)'),
+    # Refused on the tf.data path too (it filled batches by repeating images), not only on the
+    # device-resident one.
+    ({'batch_size': 2048, 'device_resident': 'never'},
+     'batch_size 2048 exceeds the 1797 examples of the dataset'),
 ])
 def test_bad_config_fails_before_touching_the_workdir(tfds_dir, tmp_path, overrides, message):
   marker = tmp_path / 'checkpoints' / '7' / 'marker'
