@@ -373,6 +373,16 @@ def duration_warnings(config: ml_collections.ConfigDict, durations: Durations) -
         'steps): the learning rates never reach their peak, and the '
         f"{config.get('lr_schedule', 'constant')} schedule after the warm-up never starts; "
         'lower warmup_steps.')
+  ema_decay = float(config.get('ema_decay', 0.0))
+  if 0 < ema_decay < 1 and durations.num_train_steps < 1 / (1 - ema_decay):
+    # The sample grids (and sample/evaluate by default) then show a nearly untrained G: flat
+    # grey squares after a short run on a small folder with folder.py's 0.999.
+    warnings.append(
+        f'ema_decay {ema_decay:g} averages over about {round(1 / (1 - ema_decay)):,} steps, '
+        f'more than this run has ({durations.num_train_steps:,}): the EMA weights, which the '
+        'sample grids, the scores, sample and evaluate use, stay close to the untrained '
+        'generator; set ema_decay nearer 1 - 1/num_train_steps (e.g. 0.99 for a few hundred '
+        'steps) or 0.')
   return warnings
 
 

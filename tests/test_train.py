@@ -492,10 +492,18 @@ def test_config_warnings_name_an_unconstrained_critic_and_fields_nothing_reads(t
       "Config field 'my_own_note' is not one dcgan_jax reads, so it has no effect (the fields "
       "are listed in configs/default.py)."]
   # A warm-up as long as the run: the schedule never gets past it.
-  config = tiny_config(str(tmp_path), lr_schedule='cosine', warmup_steps=100, num_train_steps=6)
+  config = tiny_config(str(tmp_path), lr_schedule='cosine', warmup_steps=100, num_train_steps=6,
+                       ema_decay=0.0)
   (message,) = train.duration_warnings(config, train.resolve_durations(config, 1797))
   assert message.startswith('warmup_steps 100 is not shorter than the run (6 steps)')
   config.warmup_steps = 5
+  assert train.duration_warnings(config, train.resolve_durations(config, 1797)) == []
+  # An EMA whose horizon is longer than the run: its samples stay near the untrained G.
+  config.update(ema_decay=0.999, num_train_steps=125)
+  (message,) = train.duration_warnings(config, train.resolve_durations(config, 1797))
+  assert message.startswith('ema_decay 0.999 averages over about 1,000 steps, more than this '
+                            'run has (125)')
+  config.num_train_steps = 1000
   assert train.duration_warnings(config, train.resolve_durations(config, 1797)) == []
 
 
