@@ -12,6 +12,10 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   """Returns the default configuration."""
   config = ml_collections.ConfigDict()
+  # Every random stream derives from it: initialisation, each step's key (latents, penalties,
+  # augmentation), the data order, the sample grids' and scores' latents. The same seed and
+  # command on the same devices train bit-identically. A resume keeps the checkpoint's step key,
+  # so changing seed there changes only the data order and the grids' latents from then on.
   config.seed = 0
 
   # --- Data -------------------------------------------------------------------------------------
@@ -138,8 +142,9 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Parallelism ------------------------------------------------------------------------------
   config.parallelism = 'shard_map'  # 'shard_map' (jit over a 1-D mesh) or 'pmap'.
   # With device-resident data and shard_map, up to this many steps run in one device program
-  # (a loop on the device; chunks still end at every log, checkpoint, hook and epoch end, so the
-  # results are those of per-step dispatch). 1 (default) dispatches each step from Python as one
+  # (a loop on the device; chunks still end at every log, checkpoint, hook and epoch end, so
+  # these fall at the same steps; the numbers agree with per-step dispatch to rounding, not bit
+  # for bit). 1 (default) dispatches each step from Python as one
   # program. More saves host dispatch work (for TPUs and fast GPUs), but measure: XLA:CPU runs
   # the loop body ~1.5x slower than the lone step, so on CPU keep 1.
   config.steps_per_dispatch = 1

@@ -498,6 +498,23 @@ def changed_settings(config: ml_collections.ConfigDict, saved: dict[str, Any]) -
   return changes
 
 
+def changed_settings_effects(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> str:
+  """What changing some settings on a resume does beyond the obvious, as sentences ('' if
+  none applies): each says what a user would not guess."""
+  effects = ''
+  if saved.get('batch_size') != config.get('batch_size'):
+    effects += (' With another batch_size the epoch scalar goes on counting the images trained '
+                'on, but the data stream resumes at step x the new batch_size: some images of '
+                'the current epoch are skipped or drawn twice.')
+  if saved.get('steps_per_dispatch', 1) != config.get('steps_per_dispatch', 1):
+    effects += (' With another steps_per_dispatch the steps run in another program, which '
+                'rounds differently: training goes on, agreeing to rounding, not bit for bit.')
+  if saved.get('seed') != config.get('seed'):
+    effects += (" The step key comes from the checkpoint, so the new seed changes only the data "
+                "order and the sample grids' latents from here on.")
+  return effects
+
+
 # What a checkpoint's numbers depend on beyond its config: the arithmetic (how many devices sum
 # the batch's statistics and gradients, and in which order; which kernels; which versions) and
 # the data path (device-resident batches and tf.data's come in different orders).
@@ -537,8 +554,8 @@ def describe_setup_changes(step: int, saved: dict[str, Any], now: dict[str, Any]
     return None
   effects = []
   if any(saved.get(name) != now.get(name) for name in _ARITHMETIC_SETUP if name in saved):
-    effects.append('its sums are reduced in another order or by other kernels (~1e-6 apart '
-                   'at first; like any two runs that differ in rounding, the curves drift apart '
+    effects.append('its sums are reduced in another order or by other kernels (~1e-6 to 1e-5 '
+                   'apart at first; like any two runs that differ in rounding, the curves drift apart '
                    'over hundreds of steps)')
   if 'data' in saved and saved['data'] != now['data']:
     effect = f"its batches after step {step} are drawn in another order"
@@ -1143,14 +1160,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       check_resume_config(config, saved_config, workdir)
       changes = changed_settings(config, saved_config)
       if changes and is_chief:  # Allowed (e.g. a longer run), but never silently.
-        batch_note = ''
-        if saved_config.get('batch_size') != config.batch_size:
-          batch_note = (' With another batch_size the epoch scalar goes on counting the images '
-                        'trained on, but the data stream resumes at step x the new batch_size: '
-                        'some images of the current epoch are skipped or drawn twice.')
         logging.warning('Resuming with changed settings: %s. config.json will hold the new ones; '
                         'each checkpoint keeps the config it was saved with.%s',
-                        ', '.join(changes), batch_note)
+                        ', '.join(changes), changed_settings_effects(config, saved_config))
       target = {'gan': state,
                 'train_key': parallel.replicate(jax.random.key_data(train_key), step_fn.mesh)}
       restored, step_config, start_step = checkpointer.restore(target)

@@ -617,6 +617,7 @@ def test_epoch_counts_the_images_trained_on_across_batch_size_changes(tfds_dir, 
     train.train_and_evaluate(config, tmp_path)
   assert 'batch_size 16 -> 32' in caplog.text
   assert 'the epoch scalar goes on counting the images trained on' in caplog.text
+  assert 'another steps_per_dispatch' not in caplog.text and 'new seed' not in caplog.text
   config.update(num_train_steps=10, batch_size=8)
   train.train_and_evaluate(config, tmp_path)
   steps, epochs = run_logs.read_scalars(tmp_path)['epoch']
@@ -630,6 +631,16 @@ def test_epoch_counts_the_images_trained_on_across_batch_size_changes(tfds_dir, 
   assert train.saved_images_seen(6, {}, {'batch_size': 32}, config) == 192
   assert train.saved_images_seen(6, {'images_seen': 100}, {'batch_size': 32}, config) == 100
   assert train.saved_images_seen(6, {'images_seen': 'x'}, {}, config) == 48  # Now's batch, 8.
+
+
+def test_changed_settings_effects_say_what_a_user_would_not_guess(tmp_path):
+  config = tiny_config(str(tmp_path), steps_per_dispatch=4, seed=1)
+  saved = tiny_config(str(tmp_path)).to_dict()
+  effects = train.changed_settings_effects(config, saved)
+  assert 'another steps_per_dispatch' in effects and 'not bit for bit' in effects
+  assert "the new seed changes only the data order and the sample grids' latents" in effects
+  assert 'batch_size' not in effects
+  assert train.changed_settings_effects(tiny_config(str(tmp_path)), saved) == ''
 
 
 def test_setup_changes_skip_facts_an_older_checkpoint_did_not_record(tmp_path):
