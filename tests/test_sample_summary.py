@@ -360,6 +360,19 @@ def test_sample_falls_back_from_a_damaged_checkpoint_in_one_warning(run_dir, tmp
   assert Image.open(out).size[0] > 0
 
 
+def test_fewer_samples_are_the_first_of_more(run_dir, tmp_path):
+  """README: a smaller --num gives the first images of a larger one (each latent's numbers
+  depend on its position, not on how many are drawn: JAX's partitionable threefry)."""
+  for truncation in (0.0, 0.7):
+    few = sample.latents(jax.random.key(3), (16, 8), truncation)
+    many = sample.latents(jax.random.key(3), (300, 8), truncation)
+    np.testing.assert_array_equal(np.asarray(few), np.asarray(many)[:16])
+  few = sample.sample_files(str(run_dir), str(tmp_path / 'few'), num=2)
+  many = sample.sample_files(str(run_dir), str(tmp_path / 'many'), num=5)
+  for a, b in zip(few, many):
+    np.testing.assert_array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
 def test_truncated_latents_stay_within_the_bound(run_dir, tmp_path):
   z = sample.latents(jax.random.key(0), (4000, 8), truncation=0.5)
   assert float(jnp.max(jnp.abs(z))) <= 0.5
