@@ -10,9 +10,10 @@ millisecond or two on the accelerator, that host work can hold the loop below th
 rate); with more, it is the body of a ``lax.fori_loop`` that runs up to ``steps_per_dispatch``
 steps per call. The loop is opt-in because its gain depends on the backend: on XLA:CPU the
 looped step runs ~1.5x slower than the lone one (2-core CPU, tiny model: 3.7 vs 2.6 ms/step);
-on an H200 (paper-sized bfloat16 step, batch 128) 100 steps per dispatch ran 2.05 ms/step
-against 2.21 at one per dispatch, a gain within that run's noise (experiments/PERF.md). The one-step program costs the same
-as four dispatches on CPU (2 cores, tiny model: ~2.2 ms/step either way, within noise).
+on an H200 (paper-sized bfloat16 step, batch 128) the chunks alone ran 2.05 ms/step at 100 steps
+per dispatch against 2.21 at one, but whole-loop runs did not settle it (experiments/PERF.md).
+The one-step program costs the same as four dispatches on CPU (2 cores, tiny model: ~2.2
+ms/step either way, within noise).
 
 Chunks end wherever the host has work: at every step where a log, checkpoint or hook is due, at
 each epoch's end (the permutation changes) and at the end of training. They also end at multiples

@@ -555,8 +555,8 @@ def describe_setup_changes(step: int, saved: dict[str, Any], now: dict[str, Any]
   effects = []
   if any(saved.get(name) != now.get(name) for name in _ARITHMETIC_SETUP if name in saved):
     effects.append('its sums are reduced in another order or by other kernels (~1e-6 to 1e-5 '
-                   'apart at first; like any two runs that differ in rounding, the curves drift apart '
-                   'over hundreds of steps)')
+                   'apart at first; like any two runs that differ in rounding, the curves drift '
+                   'apart over hundreds of steps)')
   if 'data' in saved and saved['data'] != now['data']:
     effect = f"its batches after step {step} are drawn in another order"
     if str(config.get('device_resident', 'auto')).strip() == 'auto':
