@@ -102,15 +102,15 @@ def seed_digits_classifier(digits_classifier_cache):
 # collection order (`--no-loadscope-reorder`; xdist's own order is by test count, which put the
 # one-test notebook last). These files hold most of the suite's time; started first, the two
 # workers stay busy to the end instead of one finishing a long file alone (longest first is the
-# classic greedy schedule). Seconds per file on 2 cores (2026-11-27, whole suite ~1550 s of work):
-# benchmarks 290, notebook 175 (with the digits classifier), train 170, kill_resume 135,
-# train_step 105, evaluate_cli 90, models 85, preemption 70; conditional ~70 (2026-11-29);
-# augment ~90 with ADA (2026-11-29, estimated).
+# classic greedy schedule). Seconds per file on 2 cores (2026-12-06, --durations, a run slowed
+# by other work beside it; whole suite ~2,660 s of work): augment 308, train 303, train_step
+# 272, benchmarks 255, fid_cli 181, evaluate_cli 181, notebook 170 (one test: it goes early),
+# conditional 169, kill_resume 143, main_cli 82, models 76, preemption 75.
 # Every other file follows in pytest's order.
-LONGEST_FILES_FIRST = ('test_benchmarks.py', 'test_notebook.py', 'test_train.py',
-                       'test_kill_resume.py', 'test_train_step.py', 'test_evaluate_cli.py',
-                       'test_augment.py', 'test_conditional.py', 'test_models.py',
-                       'test_preemption.py')
+LONGEST_FILES_FIRST = ('test_augment.py', 'test_train.py', 'test_notebook.py',
+                       'test_train_step.py', 'test_benchmarks.py', 'test_fid_cli.py',
+                       'test_evaluate_cli.py', 'test_conditional.py', 'test_kill_resume.py',
+                       'test_main_cli.py', 'test_models.py', 'test_preemption.py')
 
 
 def pytest_collection_modifyitems(items):
