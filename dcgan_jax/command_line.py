@@ -73,6 +73,17 @@ def run_app(main: Any, flags_parser: Any, interrupted_note: str = '') -> None:
     exit_interrupted(interrupted_note)
 
 
+def config_arg(argv: list[str]) -> str | None:
+  """The value of the last --config flag (absl keeps the last), or None."""
+  path = None
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      path = arg.split('=', 1)[1]
+    elif arg == '--config' and i + 1 < len(argv):
+      path = argv[i + 1]
+  return path
+
+
 def unknown_config_field_message(error: Exception, argv: list[str]) -> str:
   """'Unknown config field ...' naming the offending --config.<field>, or the config file that
   set it, and close matches."""
@@ -90,8 +101,7 @@ def unknown_config_field_message(error: Exception, argv: list[str]) -> str:
   suggestion = re.search(r'Did you mean "([^"]+)"', str(text))  # ml_collections' guess.
   hint = f'did you mean {suggestion.group(1)!r}? ' if suggestion else ''
   if path is None:  # Set by the config file itself, not by an override.
-    config_file = next((arg.split('=', 1)[1] for arg in argv if arg.startswith('--config=')),
-                       'the config file')
+    config_file = config_arg(argv) or 'the config file'
     return (f'Unknown config field {name!r}, set in {config_file}; {hint}the valid fields are '
             'listed in configs/default.py.')
   return (f'Unknown config field {path!r} (--config.{path}); {hint}the valid fields are listed '

@@ -64,17 +64,6 @@ flags.DEFINE_integer('process_id', None, 'Index of this process in a multi-proce
 _fail = exit_with_user_error
 
 
-def _config_arg(argv: list[str]) -> str | None:
-  """The value of the last --config flag (absl keeps the last), or None."""
-  path = None
-  for i, arg in enumerate(argv):
-    if arg.startswith('--config='):
-      path = arg.split('=', 1)[1]
-    elif arg == '--config' and i + 1 < len(argv):
-      path = argv[i + 1]
-  return path
-
-
 def _config_load_message(error: Exception, config_path: str | None) -> str:
   """'Cannot load the config file ...' with the root cause (e.g. the missing file)."""
   reason = error
@@ -88,7 +77,7 @@ def _config_load_message(error: Exception, config_path: str | None) -> str:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with every mistake turned into one line on stderr and exit 2."""
-  config_path = _config_arg(argv)
+  config_path = command_line.config_arg(argv)
   try:
     remaining = FLAGS(argv)
   except flags.Error as e:

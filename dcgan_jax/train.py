@@ -480,22 +480,29 @@ def check_resume_config(config: ml_collections.ConfigDict, saved: dict[str, Any]
                     "the workdir's config.json lists them all) or use a new --workdir.")
 
 
-def changed_settings(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> list[str]:
-  """``'name old -> new'`` for every config field whose value differs from the saved config's
-  (fields only one of them has included), in field order."""
+_UNSET = object()  # A field only one of two configs has.
+
+
+def _changed_fields(config: ml_collections.ConfigDict,
+                    saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+  """``(name, old, new)`` for every config field whose value differs from the saved config's
+  (fields only one of them has included, with :data:`_UNSET`), in field order."""
   def flat(tree):  # JSON turns tuples into lists: compare them as lists.
     return {name: list(value) if isinstance(value, tuple) else value
             for name, value in flax.traverse_util.flatten_dict(tree, sep='.').items()}
 
   before, now = flat(saved), flat(config.to_dict())
-  missing = object()
-  describe = lambda value: 'unset' if value is missing else repr(value)
-  changes = []
-  for name in list(now) + [n for n in before if n not in now]:
-    old, new = before.get(name, missing), now.get(name, missing)
-    if old != new:
-      changes.append(f'{name} {describe(old)} -> {describe(new)}')
-  return changes
+  return [(name, before.get(name, _UNSET), now.get(name, _UNSET))
+          for name in list(now) + [n for n in before if n not in now]
+          if before.get(name, _UNSET) != now.get(name, _UNSET)]
+
+
+def changed_settings(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> list[str]:
+  """``'name old -> new'`` for every config field whose value differs from the saved config's
+  (fields only one of them has included), in field order."""
+  describe = lambda value: 'unset' if value is _UNSET else repr(value)
+  return [f'{name} {describe(old)} -> {describe(new)}'
+          for name, old, new in _changed_fields(config, saved)]
 
 
 def changed_settings_effects(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> str:
@@ -1168,8 +1175,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       restored, step_config, start_step = checkpointer.restore(target)
       saved_metadata = checkpointer.saved_run_setup(start_step)
       images_seen_start = saved_images_seen(start_step, saved_metadata, step_config, config)
-      if all(_keeps_untrained_quality(change.split(' ')[0])
-             for change in changed_settings(config, step_config)):
+      if all(_keeps_untrained_quality(name)
+             for name, _, _ in _changed_fields(config, step_config)):
         untrained_quality = saved_metadata.get(UNTRAINED_QUALITY_KEY)
       state = restored['gan']
       # Rebuilt from host data, the key is uncommitted like a fresh one, free to follow the
@@ -1348,8 +1355,11 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     A hook that is off (quality on other data than digits, FID without weights) is never due:
     a due step ends a fused chunk and waits for the device.
     """
-    return (is_due(step, durations.sample_every_steps)
-            or (quality_enabled and is_due(step, durations.quality_every_steps))
+    return is_due(step, durations.sample_every_steps) or scores_due(step)
+
+  def scores_due(step: int) -> bool:
+    """Whether the quality score or FID (when on) falls at ``step``."""
+    return ((quality_enabled and is_due(step, durations.quality_every_steps))
             or (fid_hook is not None and is_due(step, durations.eval_every_steps)))
 
   def hooks(step: int, state: state_lib.GANState, final: bool) -> None:
@@ -1476,9 +1486,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
 
   def samples_only_due(step: int) -> bool:
     """Whether the sample grid is the only hook due at ``step`` (so it can be deferred)."""
-    return (is_due(step, durations.sample_every_steps)
-            and not (quality_enabled and is_due(step, durations.quality_every_steps))
-            and not (fid_hook is not None and is_due(step, durations.eval_every_steps)))
+    return is_due(step, durations.sample_every_steps) and not scores_due(step)
 
   def write_log() -> None:
     """Writes the pending log (if any): its scalars, rates and the non-finite check.
