@@ -124,6 +124,7 @@ def _initialize_distributed() -> None:
 
 def main(argv: list[str]) -> None:
   del argv
+  from dcgan_jax import run_checks  # pylint: disable=g-import-not-at-top
   from dcgan_jax import train  # pylint: disable=g-import-not-at-top
 
   cli_logging.quiet_library_logs(not FLAGS.library_logs)
@@ -134,8 +135,8 @@ def main(argv: list[str]) -> None:
     # train_and_evaluate checks the data settings next, and TensorFlow loads only where the
     # input pipeline or the TensorBoard writer needs it, hidden from the accelerators then
     # (dcgan_jax.tensorflow_devices), so it takes no GPU memory that JAX needs.
-    train.validate_config(FLAGS.config)
-    train.check_workdir_path(FLAGS.workdir)
+    run_checks.validate_config(FLAGS.config)
+    run_checks.check_workdir_path(FLAGS.workdir)
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     cli_logging.no_progress_bars_off_a_terminal()
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -10,8 +10,11 @@ gathers the batch, derives the step's key, trains and accumulates the metrics, f
 pieces step by step. The loop waits for the devices only where it must: each log is written
 once the next step is queued, and periodic checkpoints are saved from a device copy by a worker
 thread (:mod:`dcgan_jax.background_checkpoints`). Durations given in epochs are converted to
-steps in one place (:func:`resolve_durations`), and every periodic hook asks one helper whether
-it is due (:func:`is_due`).
+steps in one place (:func:`dcgan_jax.durations.resolve_durations`), and every periodic hook asks
+one helper whether it is due (:func:`dcgan_jax.durations.is_due`). The checks and warnings live
+in :mod:`dcgan_jax.run_checks`, the hooks (sample grids, quality, FID) in
+:mod:`dcgan_jax.train_hooks`, the metrics' accumulation and the progress clock in
+:mod:`dcgan_jax.train_metrics`.
 
 Exact resume: the batch of step ``i`` is a pure function of ``(seed, i)`` (device-resident
 sampler, or the tf.data stream restarted at ``i``), the step's random key is
@@ -46,18 +49,13 @@ writes together)::
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
-import math
 import os
 import signal
 import time
-from typing import Any, Sequence
+from typing import Any
 import warnings as warnings_lib
 
 from absl import logging
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -67,30 +65,26 @@ from dcgan_jax import animation
 from dcgan_jax import background_checkpoints
 from dcgan_jax import checkpointing
 from dcgan_jax import class_names
-from dcgan_jax import config_files
 from dcgan_jax.config_files import load_config  # pylint: disable=unused-import  # Public here too.
 from dcgan_jax import data
+from dcgan_jax import durations as durations_lib
+from dcgan_jax.durations import is_due
 from dcgan_jax import json_files
-from dcgan_jax.data import device_resident as data_device_resident
 from dcgan_jax import models
 from dcgan_jax import parallel
 from dcgan_jax import preemption
 from dcgan_jax import profiling
+from dcgan_jax import run_checks
 from dcgan_jax import run_logs
-from dcgan_jax import sample_grid
 from dcgan_jax import state as state_lib
 from dcgan_jax import step_loop
 from dcgan_jax import summary
+from dcgan_jax import train_hooks
+from dcgan_jax import train_metrics
 from dcgan_jax import train_step as train_step_lib
 from dcgan_jax import writers
-from dcgan_jax.errors import UserError, finite_number, is_integer
+from dcgan_jax.errors import UserError, is_integer
 
-# Tags folded into the run seed, one per independent stream of randomness. (The data order uses
-# its own tag inside dcgan_jax.data.)
-_INIT_TAG, _TRAIN_TAG, _SAMPLE_TAG, _QUALITY_TAG, _EVAL_TAG = 1, 2, 3, 4, 5
-# Generated images per forward pass when scoring many samples (bounds host/device memory).
-_GENERATE_CHUNK = 250
-QUALITY_FILE = 'quality.json'
 # Each checkpoint's metadata: the images trained on up to its step (a sum over the batch sizes
 # of every launch of the run).
 IMAGES_SEEN_KEY = 'images_seen'
@@ -106,109 +100,9 @@ def _keeps_untrained_quality(field: str) -> bool:
   return field in _UNTRAINED_QUALITY_KEEPS or field.endswith(('_every_steps', '_every_epochs'))
 
 
-# The best in-training FID so far: its step, value and protocol; its checkpoint (the whole state,
-# restorable with `python -m dcgan_jax.evaluate --workdir=<workdir>/best_fid`) is kept in
-# <workdir>/best_fid/checkpoints/<step>.
-BEST_FID_FILE = 'best_fid.json'
-BEST_FID_DIR = 'best_fid'
-SAMPLES_DIR = 'samples'
 PARAMETERS_TXT = 'parameters.txt'
-# The quality bar of the default run (issue: digits quality after the default budget).
-QUALITY_BAR = {'max_frechet_distance_ratio': 0.10, 'num_classes_covered': 10,
-               'min_class_fraction': 0.03}
-
-
-class NonFiniteLossError(UserError):
-  """A loss became NaN or infinite; the run stopped without saving the bad state."""
-
-
-# ---- durations ------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Durations:
-  """Every duration of a run, in generator steps (0 disables a periodic hook).
-
-  Attributes:
-    num_examples: Images in the dataset (one epoch).
-    steps_per_epoch: Global batches per pass over the dataset (fractional).
-    num_train_steps: Total generator updates.
-    log_every_steps: Scalars and progress.
-    checkpoint_every_steps: Periodic checkpoints (one is always saved at the end).
-    sample_every_steps: Sample grids (one is always written at the end).
-    quality_every_steps: Digits quality score (also at step 0 and at the end when enabled).
-    eval_every_steps: Inception FID.
-  """
-
-  num_examples: int
-  steps_per_epoch: float
-  num_train_steps: int
-  log_every_steps: int
-  checkpoint_every_steps: int
-  sample_every_steps: int
-  quality_every_steps: int
-  eval_every_steps: int
-
-
-def _steps_from_config(config: ml_collections.ConfigDict, name: str, steps_per_epoch: float,
-                       epochs_field: str | None = None) -> int:
-  """Reads ``<name>_steps``; -1 means derive it from ``<name>_epochs`` and the epoch length."""
-  steps_field = f'{name}_steps'
-  epochs_field = epochs_field or f'{name}_epochs'
-  steps = int(config.get(steps_field, 0))
-  if steps >= 0:
-    return steps
-  if steps != -1:
-    raise UserError(f'{steps_field} is {steps}; use a number of steps, 0 to disable or -1 to '
-                    f'derive it from {epochs_field}.')
-  epochs = float(config.get(epochs_field, 0.0))
-  if epochs < 0:
-    raise UserError(f'{epochs_field} is {epochs}; use a non-negative number of epochs.')
-  if epochs == 0:
-    return 0
-  return max(1, math.ceil(epochs * steps_per_epoch))
-
-
-def resolve_durations(config: ml_collections.ConfigDict, num_examples: int) -> Durations:
-  """Converts every step-or-epoch duration of the config to steps (the only place that does).
-
-  Args:
-    config: The run config: ``num_train_steps``/``num_epochs``, ``log_every_steps``,
-      ``checkpoint_every_steps``, ``sample_every_steps``, ``quality_every_steps``,
-      ``eval_every_steps``; each ``*_steps`` field may be -1, meaning derive it from the matching
-      ``*_epochs`` field.
-    num_examples: Examples in the training split.
-
-  Returns:
-    The :class:`Durations`.
-
-  Raises:
-    UserError: the run would have no steps, or a field is negative.
-  """
-  steps_per_epoch = num_examples / int(config.batch_size)
-  num_train_steps = _steps_from_config(config, 'num_train', steps_per_epoch,
-                                       epochs_field='num_epochs')
-  if num_train_steps <= 0:
-    raise UserError('The run has no steps; set num_train_steps to a positive number, or -1 with '
-                    f'a positive num_epochs (got num_train_steps={config.num_train_steps}, '
-                    f'num_epochs={config.num_epochs}).')
-  return Durations(
-      num_examples=int(num_examples),
-      steps_per_epoch=steps_per_epoch,
-      num_train_steps=num_train_steps,
-      log_every_steps=_steps_from_config(config, 'log_every', steps_per_epoch),
-      checkpoint_every_steps=_steps_from_config(config, 'checkpoint_every', steps_per_epoch),
-      sample_every_steps=_steps_from_config(config, 'sample_every', steps_per_epoch),
-      quality_every_steps=_steps_from_config(config, 'quality_every', steps_per_epoch),
-      eval_every_steps=_steps_from_config(config, 'eval_every', steps_per_epoch),
-  )
-
-
-def is_due(step: int, every_steps: int, num_train_steps: int | None = None) -> bool:
-  """The one "is it time?" rule: every ``every_steps`` steps, and at the last step if given."""
-  if num_train_steps is not None and step == num_train_steps:
-    return True
-  return every_steps > 0 and step > 0 and step % every_steps == 0
+# Raised by train_and_evaluate when a loss blows up (defined beside the check that raises it).
+NonFiniteLossError = train_metrics.NonFiniteLossError
 
 
 # ---- state ----------------------------------------------------------------------------------
@@ -271,742 +165,12 @@ def _sync_processes(name: str) -> None:
   ocp.multihost.get_barrier_sync_fn()(key=f'dcgan_jax_{name}', timeout_ms=3600 * 1000)
 
 
-def _local_copy(x: jax.Array, pmap_layout: bool) -> jax.Array:
-  """One device's copy of a replicated array (pmap layout: the first row of the device axis)."""
-  if pmap_layout:
-    return x[0]
-  return x.addressable_data(0)
-
-
-# ---- validation -----------------------------------------------------------------------------
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Checks the settings that need no data and no files; raises a UserError on the first mistake.
-
-  Covers the image size (4·2^k), model choices (upsampling, activation, dtype, widths), the
-  objective, the parallelism mode and the batch size against the device and process counts, the
-  schedules, checkpointing and profiling settings, and the device-resident mode.
-  """
-  models.validate_image_size(config.image_size)
-  for name in ('generator_width', 'discriminator_width'):  # The modules say "width" alone.
-    width = config[name]
-    if not is_integer(width) or width < 1:
-      raise UserError(f'{name} must be a positive integer such as 64 (got {width!r}).')
-  models.generator_from_config(config)  # Constructing validates every model field.
-  models.discriminator_from_config(config)
-  train_step_lib.StepConfig.from_config(config)
-  if config.parallelism not in parallel.PARALLELISM_MODES:
-    raise UserError(f'parallelism must be shard_map or pmap (got {config.parallelism!r}).')
-  parallel.check_batch_size(int(config.batch_size), jax.device_count(), jax.process_count())
-  for name in ('g_learning_rate', 'd_learning_rate'):
-    if not float(config[name]) > 0:
-      raise UserError(f'{name} must be positive (got {config[name]!r}).')
-  # Building a schedule validates its kind before anything is written.
-  state_lib.make_schedule(float(config.g_learning_rate), config.lr_schedule, 1,
-                          int(config.get('warmup_steps', 0)))
-  if int(config.get('warmup_steps', 0)) < 0:
-    raise UserError(f'warmup_steps must be >= 0 (got {config.warmup_steps}).')
-  state_lib.make_optimizer(1.0, b1=float(config.adam_b1), b2=float(config.adam_b2))
-  num_train_steps = int(config.num_train_steps)  # (-1: from num_epochs and the data's size.)
-  if num_train_steps == 0 or num_train_steps < -1:
-    raise UserError(f'num_train_steps must be positive, or -1 to derive it from num_epochs '
-                    f'(got {num_train_steps}).')
-  if num_train_steps == -1 and not float(config.num_epochs) > 0:
-    raise UserError(f'num_epochs must be positive with num_train_steps=-1 (got '
-                    f'{config.num_epochs}).')
-  for name in ('log_every', 'checkpoint_every', 'sample_every', 'quality_every', 'eval_every'):
-    _steps_from_config(config, name, steps_per_epoch=1.0)  # Only its checks: no data yet.
-  if int(config.num_sample_images) < 1:
-    raise UserError(f'num_sample_images must be positive (got {config.num_sample_images}).')
-  step_loop.check_steps_per_dispatch(config.get('steps_per_dispatch', 1))
-  profiling.check_profile_config(config)
-  if int(config.keep_checkpoints) < 1:
-    raise UserError(f'keep_checkpoints must be positive (got {config.keep_checkpoints}).')
-  data_device_resident.check_device_resident_mode(config)
-
-
-# Config fields that decide the shapes of the saved state: a checkpoint written with other
-# values cannot be restored. (Everything else, learning rates and durations included, may
-# change when a run is resumed.)
-_STATE_SHAPE_FIELDS = ('image_size', 'channels', 'latent_dim', 'generator_width',
-                       'discriminator_width', 'upsample', 'discriminator_norm', 'num_classes',
-                       'generator_conditioning')
-# What a field added after the first release meant before it existed (older config.json files).
-_STATE_SHAPE_DEFAULTS = {'discriminator_norm': 'batch', 'num_classes': 0,
-                         'generator_conditioning': 'concat'}
-
-
-def config_warnings(config: ml_collections.ConfigDict) -> list[str]:
-  """Settings that are valid but probably not what a researcher meant, one message each."""
-  warnings = []
-  norm = config.get('discriminator_norm', 'batch')
-  penalties = [name for name in ('gradient_penalty_weight', 'r1_weight')
-               if float(config.get(name, 0.0)) > 0]
-  if penalties and norm == 'batch' and int(config.image_size) >= 16:  # (8x8: no BatchNorm.)
-    warnings.append(
-        f'{" and ".join(penalties)} > 0 with discriminator_norm=batch: BatchNorm mixes the '
-        "examples of a batch, so the penalty does not see each example's own gradient; "
-        "WGAN-GP's critic (and StyleGAN's, for R1) uses discriminator_norm=layer (or none).")
-  if (config.get('loss') == 'wasserstein' and not penalties
-      and norm != 'spectral'):
-    warnings.append(
-        'loss=wasserstein with no gradient_penalty_weight, r1_weight or spectral norm: nothing '
-        "keeps the critic Lipschitz, so its scores grow without bound (WGAN's weight clipping "
-        'is not offered); add --config.gradient_penalty_weight=10 with '
-        '--config.discriminator_norm=layer (WGAN-GP), or discriminator_norm=spectral.')
-  for name, close in config_files.unknown_fields(config):
-    warnings.append(
-        f"Config field {name!r} is not one dcgan_jax reads, so it has no effect"
-        + (f"; did you mean {' or '.join(map(repr, close))}?" if close else
-           ' (the fields are listed in configs/default.py).'))
-  return warnings
-
-
-def duration_warnings(config: ml_collections.ConfigDict, durations: Durations) -> list[str]:
-  """Like :func:`config_warnings`, for what only the resolved step counts show."""
-  warnings = []
-  warmup_steps = int(config.get('warmup_steps', 0))
-  if 0 < durations.num_train_steps <= warmup_steps:
-    warnings.append(
-        f'warmup_steps {warmup_steps} is not shorter than the run ({durations.num_train_steps} '
-        'steps): the learning rates never reach their peak, and the '
-        f"{config.get('lr_schedule', 'constant')} schedule after the warm-up never starts; "
-        'lower warmup_steps.')
-  ema_decay = float(config.get('ema_decay', 0.0))
-  if 0 < ema_decay < 1 and durations.num_train_steps < 1 / (1 - ema_decay):
-    # The sample grids (and sample/evaluate by default) then show a nearly untrained G: flat
-    # grey squares after a short run on a small folder with folder.py's 0.999.
-    warnings.append(
-        f'ema_decay {ema_decay:g} averages over about {round(1 / (1 - ema_decay)):,} steps, '
-        f'more than this run has ({durations.num_train_steps:,}): the EMA weights, which the '
-        'sample grids, the scores, sample and evaluate use, stay close to the untrained '
-        'generator; set ema_decay nearer 1 - 1/num_train_steps (e.g. 0.99 for a few hundred '
-        'steps) or 0.')
-  return warnings
-
-
-def describe_objective(config: ml_collections.ConfigDict) -> str:
-  """One line naming the objective a run trains with (logged at its start)."""
-  step_config = train_step_lib.StepConfig.from_config(config)
-  parts = [f'{step_config.loss} loss', f'd_steps {step_config.d_steps}',
-           f"discriminator_norm {config.get('discriminator_norm', 'batch')}"]
-  if step_config.gradient_penalty_weight > 0:
-    parts.append(f'gradient penalty {step_config.gradient_penalty_weight:g}')
-  if step_config.r1_weight > 0:
-    parts.append(f'R1 {step_config.r1_weight:g}')
-  if step_config.real_label < 1:
-    parts.append(f'real_label {step_config.real_label:g}')
-  augment_text = 'augment ' + (','.join(step_config.augment) or 'none')
-  if step_config.augment and step_config.adaptive:
-    augment_text += (f' (ADA: adaptive probability, target {step_config.ada_target:g}, '
-                     f'{step_config.ada_speed_images:,} images per unit)')
-  elif step_config.augment and step_config.augment_probability < 1:
-    augment_text += f' (probability {step_config.augment_probability:g})'
-  parts.append(augment_text)
-  num_classes = int(config.get('num_classes', 0) or 0)
-  if num_classes:
-    g_text = {'concat': 'one-hot label appended to z',
-              'batchnorm': 'class-conditional BatchNorm in G',
-              'concat_batchnorm': 'one-hot label appended to z and class-conditional BatchNorm '
-                                  'in G'}[
-                  config.get('generator_conditioning', 'concat')]
-    parts.append(f'class-conditional on {num_classes} classes ({g_text}, projection D)')
-  return 'Objective: ' + ', '.join(parts) + '.'
-
-
-def _has_checkpoints(workdir: str) -> bool:
-  """Whether ``workdir`` holds a checkpoint's step folder (a cheap look, no orbax)."""
-  directory = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
-  try:
-    return any(name.isdigit() for name in os.listdir(directory))
-  except OSError:
-    return False
-
-
-def warn_about_changed_class_names(saved: Sequence[str], now: Sequence[str]) -> bool:
-  """Warns when a resumed conditional run's classes are named otherwise than when it started.
-
-  Labels are class numbers in sorted folder order: renaming, adding or removing one class
-  folder renumbers the others, and the checkpoint's class k then learns another class's
-  images. Returns whether it warned.
-  """
-  if not saved or tuple(saved) == tuple(now):
-    return False
-  changed = [f'{i} {a!r} -> {b!r}' for i, (a, b) in enumerate(zip(saved, now)) if a != b]
-  if len(saved) != len(now):
-    changed.append(f'{len(saved)} -> {len(now)} classes')
-  logging.warning('The classes are not those this workdir was trained on (%s): label k now '
-                  'means another class than in its checkpoints. Restore the class folders, or '
-                  'train in a new workdir.', ', '.join(changed[:5] + (['...'] if len(changed) > 5
-                                                                     else [])))
-  return True
-
-
-def check_resume_config(config: ml_collections.ConfigDict, saved: dict[str, Any],
-                        workdir: str | os.PathLike) -> None:
-  """Refuses to resume a run whose checkpoints hold models of another shape.
-
-  Checked before any restore is tried, so the mistake is one line that names the fields rather
-  than a failed restore of every checkpoint (orbax reports each with a traceback).
-
-  Args:
-    config: the config of the run about to start.
-    saved: the config the workdir's checkpoints were written with
-      (:func:`dcgan_jax.checkpointing.restore_config`).
-    workdir: the run's directory, for the message.
-
-  Raises:
-    UserError: a field of ``_STATE_SHAPE_FIELDS`` differs, or EMA or adaptive augmentation
-      (ADA) is turned on or off.
-  """
-  changed = []
-  for name in _STATE_SHAPE_FIELDS:
-    default = _STATE_SHAPE_DEFAULTS.get(name)
-    before, now = saved.get(name, default), config.get(name, default)
-    if before is not None and before != now:
-      changed.append(f'{name} {before!r} -> {now!r}')
-  if 'ema_decay' in saved and (float(saved['ema_decay']) > 0) != (float(config.ema_decay) > 0):
-    changed.append(f'ema_decay {saved["ema_decay"]!r} -> {config.ema_decay!r} (EMA on/off)')
-  ada_before = float(saved.get('ada_target', 0.0) or 0.0) > 0
-  if ada_before != (float(config.get('ada_target', 0.0) or 0.0) > 0):
-    # ADA keeps its probability in the state: turning it on or off changes the state's shape.
-    changed.append(f"ada_target {saved.get('ada_target', 0.0)!r} -> "
-                   f"{config.get('ada_target', 0.0)!r} (adaptive augmentation on/off)")
-  if changed:
-    raise UserError(f'The checkpoints in {workdir} hold models of another shape than this '
-                    f'config asks for ({", ".join(changed)}); resume with the settings they were '
-                    'written with (the values left of each ->, as --config.<field> overrides; '
-                    "the workdir's config.json lists them all) or use a new --workdir.")
-
-
-_UNSET = object()  # A field only one of two configs has.
-
-
-def _changed_fields(config: ml_collections.ConfigDict,
-                    saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-  """``(name, old, new)`` for every config field whose value differs from the saved config's
-  (fields only one of them has included, with :data:`_UNSET`), in field order."""
-  def flat(tree):  # JSON turns tuples into lists: compare them as lists.
-    return {name: list(value) if isinstance(value, tuple) else value
-            for name, value in flax.traverse_util.flatten_dict(tree, sep='.').items()}
-
-  before, now = flat(saved), flat(config.to_dict())
-  return [(name, before.get(name, _UNSET), now.get(name, _UNSET))
-          for name in list(now) + [n for n in before if n not in now]
-          if before.get(name, _UNSET) != now.get(name, _UNSET)]
-
-
-def changed_settings(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> list[str]:
-  """``'name old -> new'`` for every config field whose value differs from the saved config's
-  (fields only one of them has included), in field order."""
-  describe = lambda value: 'unset' if value is _UNSET else repr(value)
-  return [f'{name} {describe(old)} -> {describe(new)}'
-          for name, old, new in _changed_fields(config, saved)]
-
-
-def changed_settings_effects(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> str:
-  """What changing some settings on a resume does beyond the obvious, as sentences ('' if
-  none applies): each says what a user would not guess."""
-  effects = ''
-  if saved.get('batch_size') != config.get('batch_size'):
-    effects += (' With another batch_size the epoch scalar goes on counting the images trained '
-                'on, but the data stream resumes at step x the new batch_size: some images of '
-                'the current epoch are skipped or drawn twice.')
-  if saved.get('steps_per_dispatch', 1) != config.get('steps_per_dispatch', 1):
-    effects += (' With another steps_per_dispatch the steps run in another program, which '
-                'rounds differently: training goes on, agreeing to rounding, not bit for bit.')
-  if saved.get('seed') != config.get('seed'):
-    effects += (" The step key comes from the checkpoint, so the new seed changes only the data "
-                "order and the sample grids' latents from here on.")
-  return effects
-
-
-# What a checkpoint's numbers depend on beyond its config: the arithmetic (how many devices sum
-# the batch's statistics and gradients, and in which order; which kernels; which versions) and
-# the data path (device-resident batches and tf.data's come in different orders).
-_ARITHMETIC_SETUP = ('devices', 'processes', 'device_kind', 'jax', 'dcgan_jax')
-
-
-def run_setup(num_devices: int, device_resident: bool) -> dict[str, Any]:
-  """The facts each checkpoint records about the run that saved it (see :func:`setup_changes`).
-
-  Args:
-    num_devices: The devices that share each step (all processes').
-    device_resident: Whether the run draws its batches on the devices (else through tf.data):
-      with ``device_resident='auto'`` that depends on the device's memory, not on the config.
-  """
-  import dcgan_jax  # pylint: disable=g-import-not-at-top  # (Lazy: no import cycle.)
-  return {'devices': int(num_devices), 'processes': jax.process_count(),
-          'device_kind': jax.devices()[0].device_kind,
-          'data': 'device-resident' if device_resident else 'tf.data',
-          'jax': jax.__version__, 'dcgan_jax': dcgan_jax.__version__}
-
-
-def setup_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-  """``'name old -> new'`` for every :func:`run_setup` fact that differs from the saved one.
-
-  A fact the saved record lacks (a checkpoint from before it was recorded) is not compared.
-  """
-  return [f'{name} {saved[name]!r} -> {now[name]!r}' for name in now
-          if name in saved and saved[name] != now[name]]
-
-
-def describe_setup_changes(step: int, saved: dict[str, Any], now: dict[str, Any],
-                           config: ml_collections.ConfigDict) -> str | None:
-  """The warning a resume on another setup logs: what changed and what that does to the run;
-  None when nothing changed."""
-  changes = setup_changes(saved, now)
-  if not changes:
-    return None
-  effects = []
-  if any(saved.get(name) != now.get(name) for name in _ARITHMETIC_SETUP if name in saved):
-    effects.append('its sums are reduced in another order or by other kernels (~1e-6 to 1e-5 '
-                   'apart at first; like any two runs that differ in rounding, the curves drift '
-                   'apart over hundreds of steps)')
-  if 'data' in saved and saved['data'] != now['data']:
-    effect = f"its batches after step {step} are drawn in another order"
-    if str(config.get('device_resident', 'auto')).strip() == 'auto':
-      effect += (" (device_resident='auto' chose by this device's memory; set it to 'always' "
-                 "or 'never' to keep one data path)")
-    effects.append(effect)
-  return (f'Resuming the checkpoint of step {step} on another setup than it was saved on: '
-          f'{", ".join(changes)}. Training goes on from it, but not bit-identically to a run '
-          f'never stopped: {"; ".join(effects)}.')
-
-
-def fid_skipped_warning(config: ml_collections.ConfigDict, eval_every_steps: int) -> str:
-  """The warning of a run whose FID is due but has no Inception weights, naming the field the
-  user set (the cifar10, mnist and celeba configs give the period in epochs) and how to turn
-  it off."""
-  if int(config.get('eval_every_steps', 0)) == -1 and float(config.get('eval_every_epochs', 0)):
-    period = f'eval_every_epochs is {float(config.eval_every_epochs):g}'
-    off = 'eval_every_epochs=0'
-  else:
-    period, off = f'eval_every_steps is {eval_every_steps}', 'eval_every_steps=0'
-  return (f'FID evaluation skipped: {period} but no inception_weights is set (python -m '
-          f'dcgan_jax.evaluation.download_weights gets them; --config.{off} turns this off).')
-
-
-def warn_about_empty_classes(labels: np.ndarray, num_classes: int, dataset: str,
-                             names: Sequence[str] = ()) -> list[int]:
-  """Warns when some of the ``num_classes`` classes have no image; returns those classes.
-
-  G is asked for every class in turn, and a class without real images gives D nothing to compare
-  its samples with: they train on noise (e.g. an array whose labels stop below num_classes, or a
-  class folder whose images are all unreadable). With ``names`` (a folder's class folders) the
-  classes are named, and the advice is the folders' own: num_classes is their count.
-  """
-  counts = np.bincount(np.asarray(labels, np.int64).ravel(), minlength=num_classes)
-  empty = [int(c) for c in np.flatnonzero(counts[:num_classes] == 0)]
-  if empty:
-    named = len(names) >= num_classes and class_names.has_names(names)
-    shown = ', '.join(f'{c} {names[c]!r}' if named else str(c) for c in empty[:10])
-    shown += ', ...' if len(empty) > 10 else ''
-    advice = ('Add readable images to those class folders, or remove the folders and lower '
-              'num_classes to match' if named else
-              'Give them images, or number the classes 0..K-1 and set num_classes to K')
-    logging.warning('%d of the num_classes=%d classes have no images in dataset %s (class %s): '
-                    'G learns to draw them with nothing real for D to compare them with. %s.',
-                    len(empty), num_classes, dataset, shown, advice)
-  return empty
-
-
-def check_workdir_path(workdir: str | os.PathLike) -> None:
-  """Fails early, without creating anything, when ``workdir`` can obviously not be created.
-
-  The nearest existing ancestor must be a writable directory. (The definitive check, which
-  writes a probe file, runs after the dataset is validated; this one keeps a mistyped path from
-  costing the seconds that loading TensorFlow and the dataset take.)
-  """
-  path = os.path.abspath(os.path.expanduser(os.fspath(workdir)))
-  ancestor = path
-  while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
-    ancestor = os.path.dirname(ancestor)
-  if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
-    what = 'is not a directory' if not os.path.isdir(ancestor) else 'is not writable'
-    problem = (f'The workdir {path} {what}' if ancestor == path else
-               f'The workdir {path} is not writable ({ancestor} {what})')
-    raise checkpointing.CheckpointError(
-        f'{problem}; pass a --workdir in a directory you can write to.')
-
-
-# ---- sampling and quality -------------------------------------------------------------------
-
-
-class _Sampler:
-  """Generates images from the current state on one local device (train=False)."""
-
-  def __init__(self, config: ml_collections.ConfigDict, step_fn: parallel.DataParallelStep):
-    generator = models.generator_from_config(config)
-    self._pmap_layout = step_fn.parallelism == 'pmap'
-    self.num_classes = generator.num_classes
-    self._apply = jax.jit(lambda variables, z, labels: generator.apply(
-        variables, z, train=False, **models.label_kwargs(labels)))
-    self.output_activation = config.output_activation
-    self.value_range = models.output_range(config.output_activation)
-    self._apply_uint8 = None  # Built on first use: only FID needs it.
-
-  def variables(self, state: state_lib.GANState) -> dict[str, Any]:
-    """G's sampling variables (EMA when kept) as single-device arrays."""
-    variables = state.sampling_variables(use_ema=True)
-    return jax.tree.map(lambda x: _local_copy(x, self._pmap_layout), variables)
-
-  def labels(self, num: int) -> np.ndarray | None:
-    """The classes ``num`` samples are generated with (:func:`models.cycled_labels`)."""
-    return models.cycled_labels(num, self.num_classes)
-
-  def generate(self, variables: dict[str, Any], z: np.ndarray | jax.Array,
-               labels: np.ndarray | None = None) -> np.ndarray:
-    """Images ``float32 [N, H, W, C]`` in the generator's range for latents ``[N, latent_dim]``
-    (and, for a conditional generator, classes ``[N]``)."""
-    return np.concatenate(jax.device_get(self.dispatch_generate(variables, z, labels)))
-
-  def dispatch_generate(self, variables: dict[str, Any], z: np.ndarray | jax.Array,
-                        labels: np.ndarray | None = None) -> list[jax.Array]:
-    """Queues :meth:`generate`'s programs and returns their outputs (chunks) without waiting.
-
-    ``np.concatenate`` of the chunks gives :meth:`generate`'s images. The programs read
-    ``variables`` in queue order, so later steps may donate the state they came from.
-    """
-    return [self._apply(variables, z[start:start + _GENERATE_CHUNK],
-                        _rows(labels, start, _GENERATE_CHUNK))
-            for start in range(0, z.shape[0], _GENERATE_CHUNK)]
-
-  def generate_uint8(self, variables: dict[str, Any], z: jax.Array,
-                     labels: np.ndarray | None = None) -> jax.Array:
-    """Images ``uint8 [N, H, W, C]`` left on the device (quantised as ``evaluation.to_uint8``).
-
-    For FID: the images go to the Inception network without a host round trip, and nothing
-    waits for the device here.
-    """
-    if self._apply_uint8 is None:
-      from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
-      apply, value_range = self._apply, self.value_range
-      self._apply_uint8 = jax.jit(lambda variables, z, labels: evaluation.to_uint8_jax(
-          apply(variables, z, labels), *value_range))
-    chunks = [self._apply_uint8(variables, z[start:start + _GENERATE_CHUNK],
-                                _rows(labels, start, _GENERATE_CHUNK))
-              for start in range(0, z.shape[0], _GENERATE_CHUNK)]
-    return chunks[0] if len(chunks) == 1 else jnp.concatenate(chunks)
-
-
-def _rows(labels: np.ndarray | None, start: int, size: int) -> np.ndarray | None:
-  return None if labels is None else labels[start:start + size]
-
-
-def _latents(seed: int, tag: int, num: int, latent_dim: int) -> jax.Array:
-  """A fixed batch of latents ``[num, latent_dim]`` for a seed and purpose."""
-  key = jax.random.fold_in(jax.random.key(seed), tag)
-  return jax.random.normal(key, (num, latent_dim), jnp.float32)
-
-
-def _classes(count: int) -> str:
-  """'1 class', '3 classes'."""
-  return f'{count} class' if count == 1 else f'{count} classes'
-
-
-class _DigitsQualityHook:
-  """Scores generated digits with :class:`dcgan_jax.quality.DigitsQuality` (process 0 only)."""
-
-  def __init__(self, config: ml_collections.ConfigDict, sampler: _Sampler):
-    from dcgan_jax import quality  # pylint: disable=g-import-not-at-top  # Digits runs only.
-    from dcgan_jax.evaluation import manifold  # pylint: disable=g-import-not-at-top
-
-    self._manifold_metrics = manifold.METRICS  # Precision, recall, ... (None for tiny samples).
-
-    cache_dir = config.get('quality_cache_dir', '') or None
-    self._quality = quality.DigitsQuality.load_or_train(cache_dir)
-    self._sampler = sampler
-    self._latents = _latents(int(config.seed), _QUALITY_TAG,
-                             int(config.get('num_quality_samples', 1000)),
-                             int(config.latent_dim))
-    # A conditional generator draws every digit equally often, and is also scored on whether
-    # it draws the digit it was asked for.
-    self._labels = sampler.labels(self._latents.shape[0])
-    self.untrained: dict[str, Any] | None = None
-    self.history: list[dict[str, Any]] = []
-
-  def score(self, variables: dict[str, Any]) -> dict[str, Any]:
-    images = self._sampler.generate(variables, self._latents, self._labels)
-    return self._quality.score(images, value_range=self._sampler.value_range,
-                               labels=self._labels)
-
-  def score_untrained(self, variables: dict[str, Any],
-                      recorded: dict[str, Any] | None = None) -> None:
-    """Scores the untrained generator, or takes the score a checkpoint ``recorded`` of it."""
-    usable = (isinstance(recorded, dict)
-              and finite_number(recorded.get('frechet_distance')) is not None
-              and is_integer(recorded.get('num_classes_covered')))
-    self.untrained = dict(recorded) if usable else self.score(variables)
-    accuracy = self.untrained.get('label_accuracy')
-    logging.info('Digits quality of the untrained generator%s: Fréchet distance %.3f, %s '
-                 'covered%s.', ' (recorded in the checkpoint)' if usable else '',
-                 self.untrained['frechet_distance'],
-                 _classes(self.untrained['num_classes_covered']),
-                 '' if accuracy is None else f', label accuracy {accuracy:.3f}')
-
-  def __call__(self, step: int, variables: dict[str, Any], writer) -> dict[str, Any]:
-    result = self.score(variables)
-    scalars = {
-        'quality/frechet_distance': result['frechet_distance'],
-        'quality/num_classes_covered': result['num_classes_covered'],
-        'quality/min_class_fraction': result['min_class_fraction'],
-        'quality/mean_confidence': result['mean_confidence'],
-    }
-    for name in (*self._manifold_metrics, 'label_accuracy'):
-      if result.get(name) is not None:
-        scalars[f'quality/{name}'] = result[name]
-    if self.untrained is not None:
-      scalars['quality/frechet_distance_ratio'] = (result['frechet_distance']
-                                                   / self.untrained['frechet_distance'])
-    writer.write_scalars(step, scalars)
-    self.history.append({'step': step, **_jsonable(result)})
-    return result
-
-  def keep_history(self, workdir: str, start_step: int) -> None:
-    """A resumed run keeps the scores its earlier processes wrote into ``quality.json`` (they
-    were rewritten with this process's alone), up to the step it resumes from: later ones were
-    of steps trained again now, and are scored again."""
-    try:
-      with open(os.path.join(workdir, QUALITY_FILE), encoding='utf-8') as f:
-        saved = json.load(f)
-    except (OSError, ValueError):  # None yet, or unreadable: nothing to keep.
-      return
-    history = saved.get('history') if isinstance(saved, dict) else None
-    if isinstance(history, list):
-      self.history = [entry for entry in history if isinstance(entry, dict)
-                      and isinstance(entry.get('step'), int) and entry['step'] <= start_step]
-
-  def write_json(self, workdir: str, step: int, result: dict[str, Any], used_ema: bool) -> None:
-    """Writes ``quality.json``: the final score, the untrained one, their ratio and the bar."""
-    summary = {'step': step, 'num_samples': int(self._latents.shape[0]), 'used_ema': used_ema,
-               **_jsonable(result)}
-    if self.untrained is not None:
-      ratio = result['frechet_distance'] / self.untrained['frechet_distance']
-      summary['untrained_frechet_distance'] = float(self.untrained['frechet_distance'])
-      summary['untrained_num_classes_covered'] = int(self.untrained['num_classes_covered'])
-      summary['frechet_distance_ratio'] = float(ratio)
-      summary['quality_bar'] = dict(QUALITY_BAR)
-      summary['meets_quality_bar'] = bool(
-          ratio <= QUALITY_BAR['max_frechet_distance_ratio']
-          and result['num_classes_covered'] >= QUALITY_BAR['num_classes_covered']
-          and result['min_class_fraction'] >= QUALITY_BAR['min_class_fraction'])
-    summary['history'] = self.history
-    json_files.write_json_atomically(os.path.join(workdir, QUALITY_FILE), summary)
-
-
-class _InceptionFIDHook:
-  """In-training Inception FID against the training images (needs ``inception_weights``).
-
-  The protocol (generated and real image counts, preprocessing, EMA or not) is logged with every
-  number: FID from ``eval_num_samples`` images is biased upwards and only comparable to FIDs of
-  the same count; ``python -m dcgan_jax.evaluate`` gives the standard 50,000-sample number.
-
-  Every process takes part: each generates and scores its share of the latents (and of the real
-  images) on its own devices, and the feature statistics are summed across processes, so every
-  process gets the same FID (process 0 logs it).
-
-  With ``eval_precision_recall`` (default on) it also logs precision, recall, density and
-  coverage (k = 3, :func:`dcgan_jax.evaluation.manifold_metrics`) on the same Inception
-  features: FID mixes poor samples and missing modes into one number, these keep them apart.
-  The features of every process's share are gathered for them (``eval_num_samples`` x 2048
-  float32 per side, on the host).
-  """
-
-  def __init__(self, config: ml_collections.ConfigDict, sampler: _Sampler, every_steps: int):
-    from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
-
-    self._evaluation = evaluation
-    self._sampler = sampler
-    num_samples = int(config.eval_num_samples)
-    if num_samples < 2:
-      raise UserError(f'eval_num_samples must be at least 2 (got {num_samples}); FID needs '
-                      '2048+ samples to be meaningful, 50000 is the standard.')
-    # Configs written before eval_preprocessing was a field have pytorch-fid's preprocessing.
-    preprocessing = config.get('eval_preprocessing', 'pytorch_fid')
-    if num_samples < jax.process_count():
-      raise UserError(f'eval_num_samples ({num_samples}) must be at least the number of '
-                      f'processes ({jax.process_count()}).')
-    self._extractor = evaluation.InceptionExtractor.from_file(config.inception_weights,
-                                                              preprocessing=preprocessing)
-    self._precision_recall = bool(config.get('eval_precision_recall', True))
-    self.last_manifold: dict[str, float] = {}  # The latest precision, recall, ... (if on).
-    real = data.load_all_images(config, max_examples=num_samples)
-    self._real, self._real_features = self._statistics(
-        real[evaluation.process_share(len(real))], len(real))
-    share = evaluation.process_share(num_samples)
-    self._latents = _latents(int(config.seed), _EVAL_TAG, num_samples,
-                             int(config.latent_dim))[share]
-    labels = sampler.labels(num_samples)  # Every class equally often (conditional G).
-    self._labels = None if labels is None else labels[share]
-    self.protocol = {'num_generated': num_samples, 'num_real': int(self._real.count),
-                     'real': f'{config.dataset} ({config.get("split", "train")} split)',
-                     'preprocessing': preprocessing,
-                     'inception_weights': os.fspath(config.inception_weights)}
-    # The period as resolved (configs may give it in epochs: eval_every_steps is -1 there).
-    logging.info('FID every %d steps: %d generated vs %d %s images, preprocessing %s.',
-                 every_steps, num_samples, self._real.count, self.protocol['real'],
-                 preprocessing)
-
-  def _statistics(self, uint8_images: np.ndarray | jax.Array, num_total: int):
-    """Feature statistics of every process's images (a collective: all processes call it),
-    and with precision/recall on, the features of all ``num_total`` images (else None)."""
-    stats = self._evaluation.FeatureStatistics()
-    features = []
-    if hasattr(self._extractor, 'device_batches'):
-      # Features stay on the device and are summed there; one host copy of the sums at the end.
-      for out in self._extractor.device_batches(uint8_images):
-        stats.update(out['pool'])
-        if self._precision_recall:  # Otherwise no batch's features are kept.
-          features.append(out['pool'])
-    else:  # A stand-in extractor (tests): any callable mapping numpy uint8 images to features.
-      features.append(self._extractor(np.asarray(uint8_images))['pool'])
-      stats.update(features[-1])
-    stats = self._evaluation.allgather_statistics(stats, stats.dim)
-    if not self._precision_recall:
-      return stats, None
-    mine = (np.concatenate([np.asarray(f, np.float32) for f in features]) if features
-            else np.zeros((0, stats.dim), np.float32))
-    return stats, self._evaluation.allgather_rows(mine, num_total)
-
-  def __call__(self, step: int, variables: dict[str, Any], writer) -> float:
-    """The FID at ``step``, on every process; process 0 writes and logs it."""
-    fake, fake_features = self._statistics(
-        self._sampler.generate_uint8(variables, self._latents, self._labels),
-        self.protocol['num_generated'])
-    fid = self._evaluation.frechet_distance(self._real, fake)
-    k = self._evaluation.manifold.DEFAULT_K
-    self.last_manifold = {}
-    if fake_features is not None and min(len(fake_features), len(self._real_features)) > k:
-      self.last_manifold = self._evaluation.manifold_metrics(self._real_features, fake_features,
-                                                             k=k)
-    if jax.process_index() == 0:
-      writer.write_scalars(step, {'eval/fid': fid, **{f'eval/{name}': value for name, value
-                                                      in self.last_manifold.items()}})
-      manifold_text = ''.join(f', {name} {value:.3f}' for name, value
-                              in self.last_manifold.items())
-      logging.info('Step %d: FID %.3f%s (%d generated vs %d %s images, preprocessing %s).',
-                   step, fid, manifold_text, self.protocol['num_generated'],
-                   self.protocol['num_real'], self.protocol['real'],
-                   self.protocol['preprocessing'])
-    return fid
-
-
-def _fid_enabled(config: ml_collections.ConfigDict, durations: Durations) -> bool:
-  """Whether in-training FID runs (the same answer on every process)."""
-  return durations.eval_every_steps > 0 and bool(config.inception_weights)
-
-
-def _read_best_fid(workdir: str) -> float:
-  """The best FID recorded by an earlier (interrupted) part of this run, else infinity."""
-  path = os.path.join(workdir, BEST_FID_FILE)
-  try:
-    with open(path, encoding='utf-8') as f:
-      return float(json.load(f)['fid'])
-  except (OSError, ValueError, KeyError, TypeError):
-    return math.inf
-
-
-def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
-  return {k: (np.asarray(v).tolist() if isinstance(v, (np.ndarray, np.generic)) else v)
-          for k, v in result.items()}
-
-
-def write_sample_grid(workdir: str, step: int, images: np.ndarray, writer,
-                      value_range: tuple[float, float], num_classes: int = 0) -> str:
-  """Writes ``samples/step_XXXXXX.png`` and the same grid to TensorBoard; returns the path.
-
-  A conditional generator's samples (classes cycled) get one column per class where that fits.
-  """
-  path = os.path.join(workdir, SAMPLES_DIR, f'step_{step:06d}.png')
-  grid = sample_grid.save_grid(images, path, value_range=value_range,
-                               num_columns=sample_grid.columns_for_classes(num_classes))
-  writer.write_images(step, {'samples': grid[None]})
-  return path
-
-
-# ---- metrics --------------------------------------------------------------------------------
-
-
-def _make_metrics_collection(names: list[str]):
-  """A clu Collection averaging each named scalar over the steps between two logs."""
-  from clu import metrics as clu_metrics  # pylint: disable=g-import-not-at-top
-  return clu_metrics.Collection.create(
-      **{name: clu_metrics.Average.from_output(name) for name in sorted(names)})
-
-
-@flax.struct.dataclass
-class _NonFiniteTracker:
-  """The first step whose d_loss or g_loss was not finite (-1: none), found on the device.
-
-  Checking on the host every step would stall asynchronous dispatch; this is read only when
-  logging, saving or sampling.
-  """
-
-  step: jax.Array
-  which: jax.Array  # 0: d_loss, 1: g_loss.
-
-  @classmethod
-  def empty(cls) -> _NonFiniteTracker:
-    return cls(step=jnp.asarray(-1, jnp.int32), which=jnp.asarray(0, jnp.int32))
-
-  def update(self, metrics: dict[str, jax.Array], step: jax.Array) -> _NonFiniteTracker:
-    d_bad = ~jnp.isfinite(metrics['d_loss'])
-    g_bad = ~jnp.isfinite(metrics['g_loss'])
-    first = (self.step < 0) & (d_bad | g_bad)
-    return _NonFiniteTracker(step=jnp.where(first, step, self.step),
-                             which=jnp.where(first, jnp.where(d_bad, 0, 1), self.which))
-
-
-def _make_accumulate(collection_cls, pmap_layout: bool, jit: bool = True):
-  """``(collection, tracker, metrics, step) -> (collection, tracker)`` (no host sync).
-
-  Jitted for step-by-step dispatch; ``jit=False`` gives the traceable function that
-  :class:`~dcgan_jax.step_loop.FusedSteps` runs inside its loop.
-  """
-
-  def accumulate(collection, tracker, metrics, step):
-    if pmap_layout:
-      metrics = jax.tree.map(lambda x: x[0], metrics)
-    update = collection_cls.single_from_model_output(**metrics)
-    return collection.merge(update), tracker.update(metrics, step)
-
-  return jax.jit(accumulate, donate_argnums=(0, 1)) if jit else accumulate
-
-
-def _on_host_cpu():
-  """A context in which jnp computations run on the host's CPU device (where JAX has one)."""
-  try:
-    return jax.default_device(jax.local_devices(backend='cpu')[0])
-  except RuntimeError:  # JAX_PLATFORMS leaves the CPU out.
-    return contextlib.nullcontext()
-
-
-def _check_finite(tracker: _NonFiniteTracker, checkpointer) -> None:
-  """Raises NonFiniteLossError (naming the step and the kept checkpoint) if a loss blew up.
-
-  ``checkpointer``: a :class:`~dcgan_jax.checkpointing.Checkpointer` or a
-  :class:`~dcgan_jax.background_checkpoints.BackgroundCheckpointer`.
-  """
-  bad_step = int(jax.device_get(tracker.step))
-  if bad_step < 0:
-    return
-  which = ('d_loss', 'g_loss')[int(jax.device_get(tracker.which))]
-  checkpointer.wait_until_finished()
-  kept = checkpointer.latest_step()
-  kept_text = (f'the last good checkpoint (step {kept}) is kept' if kept is not None
-               else 'no checkpoint was saved')
-  raise NonFiniteLossError(
-      f'non-finite {which} at step {bad_step}; {kept_text} (lower the learning rates, or try '
-      'another loss or seed).')
-
-
 # ---- the program ----------------------------------------------------------------------------
 
 
 def _checkpoint(checkpointer: background_checkpoints.BackgroundCheckpointer, step: int,
-                state: state_lib.GANState, tracker: _NonFiniteTracker, train_key: jax.Array,
+                state: state_lib.GANState, tracker: train_metrics.NonFiniteTracker,
+                train_key: jax.Array,
                 config: ml_collections.ConfigDict, step_fn: parallel.DataParallelStep,
                 metadata: dict[str, Any]) -> None:
   """A periodic checkpoint of ``state`` at ``step``, unless a loss has become non-finite.
@@ -1018,7 +182,7 @@ def _checkpoint(checkpointer: background_checkpoints.BackgroundCheckpointer, ste
     state, tracker = background_checkpoints.device_copy((state, tracker))
 
   def save(target: checkpointing.Checkpointer) -> None:
-    _check_finite(tracker, target)
+    train_metrics.check_finite(tracker, target)
     _save(target, step, state, train_key, config, step_fn, metadata)
 
   checkpointer.submit(save)
@@ -1086,27 +250,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   is_chief = jax.process_index() == 0
 
   # --- 1. Everything that can be wrong is checked before anything is written. ----------------
-  validate_config(config)
-  check_workdir_path(workdir)
-  if _has_checkpoints(workdir):  # Refused now, not after minutes of preparing the data.
+  run_checks.validate_config(config)
+  run_checks.check_workdir_path(workdir)
+  if run_checks.has_checkpoints(workdir):  # Refused now, not after minutes of preparing the data.
     try:
       saved_config = checkpointing.restore_config(workdir)
     except UserError:  # No readable config: the restore below reports what is wrong.
       saved_config = None
     if saved_config is not None:
-      check_resume_config(config, saved_config, workdir)
+      run_checks.check_resume_config(config, saved_config, workdir)
   if is_chief:
-    for message in config_warnings(config):
+    for message in run_checks.config_warnings(config):
       logging.warning('%s', message)
   info = data.dataset_info(config)
   data.check_num_classes(config, info)
   if is_chief and config.get('num_classes', 0):
-    warn_about_changed_class_names(class_names.load(workdir), info.class_names)
+    run_checks.warn_about_changed_class_names(class_names.load(workdir), info.class_names)
   logging.info('Dataset %s (split %s): %d examples of %s%s.', info.name, info.split,
                info.num_examples, info.image_shape, info.describe_classes())
-  durations = resolve_durations(config, info.num_examples)
+  durations = durations_lib.resolve_durations(config, info.num_examples)
   if is_chief:
-    for message in duration_warnings(config, durations):
+    for message in run_checks.duration_warnings(config, durations):
       logging.warning('%s', message)
   with warnings_lib.catch_warnings():
     # config_warnings has said so already, in the config's own terms.
@@ -1132,18 +296,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     if data.conditional(config):
       images, labels = data.load_all_images(config, with_labels=True)
       if is_chief:
-        warn_about_empty_classes(labels, int(config.num_classes), info.name, info.class_names)
+        run_checks.warn_about_empty_classes(labels, int(config.num_classes), info.name,
+                                            info.class_names)
     else:
       images, labels = data.load_all_images(config), None
     sampler = data.DeviceResidentSampler(images, int(config.batch_size), int(config.seed),
                                          mesh=step_fn.mesh, labels=labels,
                                          num_classes=int(config.get('num_classes', 0)) or None)
     del images, labels
-  image_sampler = _Sampler(config, step_fn)
+  image_sampler = train_hooks.Sampler(config, step_fn)
   fid_hook = None
   if durations.eval_every_steps > 0 and config.inception_weights:
     # Every process loads (and checks) the weights now; each scores its share of the images.
-    fid_hook = _InceptionFIDHook(config, image_sampler, durations.eval_every_steps)
+    fid_hook = train_hooks.InceptionFIDHook(config, image_sampler, durations.eval_every_steps)
   workdir = os.fspath(checkpointing.check_workdir_writable(workdir))
   _sync_processes('validated')
   logging.info('Run: %d steps (%.1f per epoch), global batch %d on %d device%s (%s), data %s.',
@@ -1152,31 +317,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                'device-resident' if device_resident else 'tf.data')
 
   # --- 2. Lock, restore, write the run's config. ---------------------------------------------
-  setup = run_setup(step_fn.num_devices, device_resident)
+  setup = run_checks.run_setup(step_fn.num_devices, device_resident)
   with checkpointing.acquire_workdir_lock(workdir), checkpointing.Checkpointer(
       workdir, max_to_keep=int(config.keep_checkpoints), run_setup=setup) as checkpointer:
     root_key = jax.random.key(int(config.seed))
-    initial_state = create_train_state(config, jax.random.fold_in(root_key, _INIT_TAG),
+    initial_state = create_train_state(config, jax.random.fold_in(root_key, train_hooks.INIT_TAG),
                                        durations.num_train_steps)
-    train_key = jax.random.fold_in(root_key, _TRAIN_TAG)
+    train_key = jax.random.fold_in(root_key, train_hooks.TRAIN_TAG)
     state = parallel.replicate(initial_state, step_fn.mesh)
     start_step = images_seen_start = 0
     untrained_quality = None
     if checkpointer.latest_step() is not None:
       saved_config = checkpointing.restore_config(workdir)
-      check_resume_config(config, saved_config, workdir)
-      changes = changed_settings(config, saved_config)
+      run_checks.check_resume_config(config, saved_config, workdir)
+      changes = run_checks.changed_settings(config, saved_config)
       if changes and is_chief:  # Allowed (e.g. a longer run), but never silently.
         logging.warning('Resuming with changed settings: %s. config.json will hold the new ones; '
                         'each checkpoint keeps the config it was saved with.%s',
-                        ', '.join(changes), changed_settings_effects(config, saved_config))
+                        ', '.join(changes),
+                        run_checks.changed_settings_effects(config, saved_config))
       target = {'gan': state,
                 'train_key': parallel.replicate(jax.random.key_data(train_key), step_fn.mesh)}
       restored, step_config, start_step = checkpointer.restore(target)
       saved_metadata = checkpointer.saved_run_setup(start_step)
       images_seen_start = saved_images_seen(start_step, saved_metadata, step_config, config)
       if all(_keeps_untrained_quality(name)
-             for name, _, _ in _changed_fields(config, step_config)):
+             for name, _, _ in run_checks.changed_fields(config, step_config)):
         untrained_quality = saved_metadata.get(UNTRAINED_QUALITY_KEY)
       state = restored['gan']
       # Rebuilt from host data, the key is uncommitted like a fresh one, free to follow the
@@ -1184,12 +350,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       key_data = np.asarray(restored['train_key'].addressable_data(0))
       train_key = jax.random.wrap_key_data(key_data, impl=jax.random.key_impl(train_key))
       logging.info('Resumed from the checkpoint of step %d.', start_step)
-      setup_warning = describe_setup_changes(
+      setup_warning = run_checks.describe_setup_changes(
           start_step, checkpointer.saved_run_setup(start_step), setup, config)
       if setup_warning and is_chief:
         logging.warning('%s', setup_warning)
     if is_chief:  # After the lock and the resume checks, whose errors it would bury.
-      logging.info('%s', describe_objective(config))
+      logging.info('%s', run_checks.describe_objective(config))
       logging.info('Models:\n%s', summary.summarize(config))
     if step_fn.parallelism == 'pmap':
       # pmap wants host values to stack per device; every process holds a full replica.
@@ -1215,9 +381,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     # or metrics.jsonl where TensorFlow is not installed.
     writer = writers.create_writer(workdir, just_logging=not is_chief)
     # Every process saves the best-FID checkpoint together (orbax writes collectively).
-    best_checkpointer = (checkpointing.Checkpointer(os.path.join(workdir, BEST_FID_DIR),
+    best_checkpointer = (checkpointing.Checkpointer(os.path.join(workdir, train_hooks.BEST_FID_DIR),
                                                     max_to_keep=1, run_setup=setup)
-                         if _fid_enabled(config, durations) else None)
+                         if train_hooks.fid_enabled(config, durations) else None)
     # Periodic saves in a worker thread where that is safe (see background_checkpoints).
     background = (bool(config.get('background_checkpoints', True))
                   and jax.process_count() == 1 and step_fn.parallelism == 'shard_map')
@@ -1233,47 +399,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         best_checkpointer.close()
       writer.flush()
       writer.close()
-
-
-class _ProgressClock:
-  """Calls the progress reporter (clu's ``ReportProgress`` or ``writers.ProgressLogger``) after
-  each dispatch, so that its steps/s measure the device's work rather than the dispatching.
-
-  Dispatch is asynchronous, and the reporter's clock starts at its first call, right after the
-  first (compiling) dispatch: the steps up to the first report were then only queued, and the
-  first steps/s logged was thousands (2519 at step 5 of a run doing 25). So the clock starts
-  once the first dispatch has finished (at its last step: a fused chunk's steps all end then),
-  and every report that ends a window waits for its steps to have run. (Waiting at the first
-  report only left the second window ending at a dispatch while it began at a finished step:
-  288 steps/s logged at step 40 of a run doing 17.) The wait costs one dispatch's latency per
-  log window, while the device would otherwise start the next step. clu also reports at the
-  run's last step, whatever the window: that report waits too (a 5-step run, or a resumed one
-  ending between windows, logged 1,400 steps/s for 60).
-
-  Attributes:
-    start: ``(time.monotonic(), step)`` when the clock started, or None before: where the
-      loop's own first img/s window begins (not at the compiling first dispatch).
-  """
-
-  def __init__(self, report_progress, every_steps: int, last_step: int | None = None):
-    self._report = report_progress
-    self._every_steps = every_steps
-    self._last_step = last_step
-    self.start: tuple[float, int] | None = None
-
-  def __call__(self, first: int, done: int, state: state_lib.GANState) -> None:
-    """Reports steps ``first .. done``, which the last dispatch ran."""
-    if self.start is None:
-      jax.block_until_ready(state.step)
-      self._report(done)  # The clock starts here (the first call never reports).
-      self.start = (time.monotonic(), done)
-      return
-    ends_window = (self._every_steps
-                   and done // self._every_steps > (first - 1) // self._every_steps)
-    if ends_window or (self._last_step is not None and done >= self._last_step):
-      jax.block_until_ready(state.step)  # A report falls in these steps: it ends a window.
-    for step in range(first, done + 1):  # clu's action wants every step once.
-      self._report(step)
 
 
 def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid_hook,
@@ -1299,7 +424,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     """What the checkpoint of ``step`` records beside the run's setup."""
     metadata = {IMAGES_SEEN_KEY: images_seen(step)}
     if quality_hook is not None and quality_hook.untrained is not None:
-      metadata[UNTRAINED_QUALITY_KEY] = _jsonable(quality_hook.untrained)
+      metadata[UNTRAINED_QUALITY_KEY] = train_hooks.jsonable(quality_hook.untrained)
     return metadata
 
   if start_step == 0 and is_chief:
@@ -1312,20 +437,20 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
                            ('Discriminator', initial_state.discriminator.params)):
         f.write(f'{name}\n{parameter_overview.get_parameter_overview(params)}\n\n')
 
-  sample_latents = _latents(int(config.seed), _SAMPLE_TAG, int(config.num_sample_images),
-                            int(config.latent_dim))
+  sample_latents = train_hooks.latents(int(config.seed), train_hooks.SAMPLE_TAG,
+                                       int(config.num_sample_images), int(config.latent_dim))
   sample_labels = image_sampler.labels(int(config.num_sample_images))
   # Decided from the config alone, so that every process agrees (the hook is process 0's).
   quality_enabled = config.dataset == 'digits' and durations.quality_every_steps > 0
   quality_hook = None
   if quality_enabled and is_chief:
-    quality_hook = _DigitsQualityHook(config, image_sampler)
+    quality_hook = train_hooks.DigitsQualityHook(config, image_sampler)
     quality_hook.score_untrained(image_sampler.variables(initial_state), untrained_quality)
     if start_step > 0:
       quality_hook.keep_history(workdir, start_step)
   if durations.eval_every_steps > 0 and not config.inception_weights:
-    logging.warning(fid_skipped_warning(config, durations.eval_every_steps))
-  best_fid = _read_best_fid(workdir)
+    logging.warning(run_checks.fid_skipped_warning(config, durations.eval_every_steps))
+  best_fid = train_hooks.read_best_fid(workdir)
   del initial_state
   _sync_processes('start')
 
@@ -1341,12 +466,12 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   report_progress = writers.create_progress(num_train_steps, None,
                                             durations.log_every_steps or None)
   uptime_start = time.monotonic()
-  progress_clock = _ProgressClock(report_progress, durations.log_every_steps,
+  progress_clock = train_metrics.ProgressClock(report_progress, durations.log_every_steps,
                                   last_step=num_train_steps)
   collection_cls = None
   accumulate = None
   collection = None
-  tracker = _NonFiniteTracker.empty()
+  tracker = train_metrics.NonFiniteTracker.empty()
   last_log_time, last_log_step = time.monotonic(), start_step
 
   def hooks_due(step: int) -> bool:
@@ -1377,7 +502,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       if need_samples:
         with report_progress.timed('samples'):
           images = image_sampler.generate(variables, sample_latents, sample_labels)
-          write_sample_grid(workdir, step, images, writer, image_sampler.value_range,
+          train_hooks.write_sample_grid(workdir, step, images, writer, image_sampler.value_range,
                             image_sampler.num_classes)
       if need_quality:
         with report_progress.timed('quality'):
@@ -1389,8 +514,10 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
           logging.info('Step %d digits quality: Fréchet distance %.3f (%.1f%% of untrained), '
                        '%s covered, smallest class %.3f%s.', step,
                        result['frechet_distance'],
-                       100 * result['frechet_distance'] / quality_hook.untrained['frechet_distance'],
-                       _classes(result['num_classes_covered']), result['min_class_fraction'],
+                       100 * result['frechet_distance']
+                       / quality_hook.untrained['frechet_distance'],
+                       train_hooks.count_classes(result['num_classes_covered']),
+                       result['min_class_fraction'],
                        manifold_text)
           if final:
             quality_hook.write_json(workdir, step, result, used_ema=state.ema is not None)
@@ -1416,12 +543,12 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
           force=True)
     if is_chief:
       best_fid = fid
-      json_files.write_json_atomically(os.path.join(workdir, BEST_FID_FILE),
+      json_files.write_json_atomically(os.path.join(workdir, train_hooks.BEST_FID_FILE),
                              {'step': step, 'fid': fid, 'used_ema': state.ema is not None,
-                              'checkpoint': os.path.join(workdir, BEST_FID_DIR),
+                              'checkpoint': os.path.join(workdir, train_hooks.BEST_FID_DIR),
                               **fid_hook.last_manifold, **fid_hook.protocol})
       logging.info('Step %d: best FID so far (%.3f); checkpoint kept in %s.', step, fid,
-                   os.path.join(workdir, BEST_FID_DIR))
+                   os.path.join(workdir, train_hooks.BEST_FID_DIR))
 
   fused = None
   steps_per_dispatch = step_loop.check_steps_per_dispatch(config.get('steps_per_dispatch', 1))
@@ -1430,10 +557,11 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     # un-jitted: a jit with compiler_options cannot be nested).
     metric_names = list(jax.eval_shape(step_fn.mapped, state, sampler.batch(start_step),
                                        train_key)[1])
-    collection_cls = _make_metrics_collection(metric_names)
+    collection_cls = train_metrics.make_metrics_collection(metric_names)
     collection = collection_cls.empty()
     fused = step_loop.FusedSteps(step_fn, sampler,
-                                 _make_accumulate(collection_cls, pmap_layout, jit=False),
+                                 train_metrics.make_accumulate(collection_cls, pmap_layout,
+                                                               jit=False),
                                  steps_per_dispatch)
     if steps_per_dispatch > 1:
       logging.info('Up to %d steps per device program (steps_per_dispatch).', steps_per_dispatch)
@@ -1464,9 +592,9 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     (sample_step, chunks, sample_tracker), pending_samples = pending_samples, None
     with report_progress.timed('samples'):
       chunks, sample_tracker = jax.device_get((chunks, sample_tracker))
-      _check_finite(sample_tracker, checkpointer)  # As before a grid written at once.
+      train_metrics.check_finite(sample_tracker, checkpointer)  # As before a grid written at once.
       if chunks is not None:
-        write_sample_grid(workdir, sample_step, np.concatenate(chunks), writer,
+        train_hooks.write_sample_grid(workdir, sample_step, np.concatenate(chunks), writer,
                           image_sampler.value_range, image_sampler.num_classes)
 
   def queue_samples(step: int, state: state_lib.GANState) -> None:
@@ -1513,10 +641,10 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       clock_time, clock_step = progress_clock.start
       if clock_step < log_step:  # The first window starts after the compiling dispatch.
         last_log_time, last_log_step = clock_time, clock_step
-    _check_finite(log_tracker, checkpointer)
+    train_metrics.check_finite(log_tracker, checkpointer)
     scalars = {k: float(v) for k, v in log_collection.compute().items()}  # numpy
     steps_per_sec = (log_step - last_log_step) / max(now - last_log_time, 1e-9)
-    with _on_host_cpu():
+    with train_metrics.on_host_cpu():
       scalars.update({
           'g_learning_rate': float(g_schedule(log_step - 1)),
           'd_learning_rate': float(d_schedule(log_step * d_steps - 1)),
@@ -1566,8 +694,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
         with profiler.annotate(step):
           state, metrics = step_fn(state, batch, rng)
         if collection_cls is None:
-          collection_cls = _make_metrics_collection(list(metrics))
-          accumulate = _make_accumulate(collection_cls, pmap_layout)
+          collection_cls = train_metrics.make_metrics_collection(list(metrics))
+          accumulate = train_metrics.make_accumulate(collection_cls, pmap_layout)
           collection = collection_cls.empty()
         collection, tracker = accumulate(collection, tracker, metrics, np.int32(step + 1))
         done = step + 1
@@ -1593,7 +721,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
           pending_log = (done, collection, background_checkpoints.device_copy(tracker))
           collection = collection_cls.empty()
           write_log()
-        _check_finite(tracker, checkpointer)
+        train_metrics.check_finite(tracker, checkpointer)
         writer.flush()
         _save(checkpointer, done, state, train_key, config, step_fn, step_metadata(done),
               force=True)
@@ -1615,7 +743,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
         else:
           write_samples()
           write_log()
-          _check_finite(tracker, checkpointer)
+          train_metrics.check_finite(tracker, checkpointer)
           hooks(done, state, final=False)
           # Their scalars (FID, quality) belong to a step a resumed run does not evaluate again.
           writer.flush()
@@ -1641,7 +769,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   try:
     write_samples()
     write_log()
-    _check_finite(tracker, checkpointer)
+    train_metrics.check_finite(tracker, checkpointer)
     writer.flush()  # As before every checkpoint (see the loop).
     _save(checkpointer, final_step, state, train_key, config, step_fn, step_metadata(final_step),
           force=True)
@@ -1658,6 +786,6 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     raise preemption.TrainingStopped(signal.SIGINT, final_step, workdir) from None
   checkpointer.wait_until_finished()
   if is_chief:  # The sample grids over the run, as one animation.
-    animation.write_progress_gif(os.path.join(workdir, SAMPLES_DIR))
+    animation.write_progress_gif(os.path.join(workdir, train_hooks.SAMPLES_DIR))
   logging.info('Finished at step %d; outputs in %s.', final_step, workdir)
   return step_fn.host_state(state)

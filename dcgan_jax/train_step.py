@@ -320,7 +320,7 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
   penalties = [name for name in ('gradient_penalty_weight', 'r1_weight')
                if getattr(step_config, name) > 0]
   if penalties and has_batch_norm(discriminator):
-    # The training program says this in its config's terms (train.config_warnings).
+    # The training program says this in its config's terms (run_checks.config_warnings).
     warn_user(f'{" and ".join(penalties)} > 0 with a BatchNorm discriminator: BatchNorm '
               "mixes the examples of a batch, so the penalty does not see each example's "
               "own gradient; WGAN-GP's critic (and StyleGAN's, for R1) uses "

@@ -208,6 +208,7 @@ def _time_dispatch(config, args, images: np.ndarray, mode: str,
   from dcgan_jax import data, models, parallel, step_loop  # pylint: disable=g-import-not-at-top
   from dcgan_jax import train  # pylint: disable=g-import-not-at-top
   from dcgan_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import train_metrics  # pylint: disable=g-import-not-at-top
   step = parallel.DataParallelStep(models.generator_from_config(config),
                                    models.discriminator_from_config(config),
                                    train_step_lib.StepConfig.from_config(config),
@@ -218,15 +219,15 @@ def _time_dispatch(config, args, images: np.ndarray, mode: str,
   holder = {'state': step.place_state(train.create_train_state(
       config, jax.random.key(0), int(config.num_train_steps))), 'step': 0}
   names = list(jax.eval_shape(step.mapped, holder['state'], sampler.batch(0), key)[1])
-  collection_cls = train._make_metrics_collection(names)  # pylint: disable=protected-access
-  accumulate = train._make_accumulate(collection_cls, False)  # pylint: disable=protected-access
-  fused = step_loop.FusedSteps(step, sampler, train._make_accumulate(  # pylint: disable=protected-access
+  collection_cls = train_metrics.make_metrics_collection(names)
+  accumulate = train_metrics.make_accumulate(collection_cls, False)
+  fused = step_loop.FusedSteps(step, sampler, train_metrics.make_accumulate(
       collection_cls, False, jit=False), 1 if mode == 'one_program' else args.fused_steps)
 
   def run_steps(n: int) -> None:
     state, first = holder['state'], holder['step']
     collection = collection_cls.empty()
-    tracker = train._NonFiniteTracker.empty()  # pylint: disable=protected-access
+    tracker = train_metrics.NonFiniteTracker.empty()
     s = first
     while s < first + n:
       if mode != 'per_step':

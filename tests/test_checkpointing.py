@@ -587,16 +587,16 @@ def test_workdir_under_a_regular_file_is_a_clear_error(tmp_path):
 
 def test_an_unwritable_workdir_is_named_once(tmp_path, monkeypatch):
   """It said "The workdir X is not writable (X is not writable)"."""
-  from dcgan_jax import train  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import run_checks  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'run'
   workdir.mkdir()
-  monkeypatch.setattr(train.os, 'access', lambda path, mode: False)  # As on a read-only mount.
+  monkeypatch.setattr(run_checks.os, 'access', lambda path, mode: False)  # As on a read-only mount.
   with pytest.raises(CheckpointError) as excinfo:
-    train.check_workdir_path(workdir)
+    run_checks.check_workdir_path(workdir)
   assert str(excinfo.value) == (f'The workdir {workdir} is not writable; pass a --workdir in a '
                                 'directory you can write to.')
   with pytest.raises(CheckpointError) as excinfo:
-    train.check_workdir_path(workdir / 'new')
+    run_checks.check_workdir_path(workdir / 'new')
   assert str(excinfo.value).startswith(
       f'The workdir {workdir / "new"} is not writable ({workdir} is not writable); ')
 

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from dcgan_jax import class_names
+from dcgan_jax import run_checks
 from dcgan_jax import sample
 from dcgan_jax import train
 from dcgan_jax.errors import UserError
@@ -95,11 +96,10 @@ def test_a_run_on_class_folders_saves_their_names_for_sample(tmp_path, capsys, c
 
 
 def test_renamed_class_folders_are_warned_about_on_resume(caplog):
-  from dcgan_jax import train  # pylint: disable=g-import-not-at-top
   with caplog.at_level(logging.WARNING):
-    assert not train.warn_about_changed_class_names((), ('ant', 'cat'))  # A new workdir.
-    assert not train.warn_about_changed_class_names(('cat', 'dog'), ('cat', 'dog'))
-    assert train.warn_about_changed_class_names(('cat', 'dog', 'zebra fish'),
+    assert not run_checks.warn_about_changed_class_names((), ('ant', 'cat'))  # A new workdir.
+    assert not run_checks.warn_about_changed_class_names(('cat', 'dog'), ('cat', 'dog'))
+    assert run_checks.warn_about_changed_class_names(('cat', 'dog', 'zebra fish'),
                                                 ('ant', 'cat', 'dog'))
   assert ("The classes are not those this workdir was trained on (0 'cat' -> 'ant', "
           "1 'dog' -> 'cat', 2 'zebra fish' -> 'dog'): label k now means another class") \

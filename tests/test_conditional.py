@@ -19,10 +19,12 @@ from dcgan_jax import evaluate
 from dcgan_jax import evaluation
 from dcgan_jax import models
 from dcgan_jax import quality
+from dcgan_jax import run_checks
 from dcgan_jax import sample
 from dcgan_jax import sample_grid
 from dcgan_jax import summary
 from dcgan_jax import train
+from dcgan_jax import train_hooks
 from dcgan_jax.data import DeviceResidentSampler
 
 CLASSES = 4
@@ -471,17 +473,17 @@ def test_in_training_fid_scores_every_class(tfds_dir, tmp_path, monkeypatch):
   monkeypatch.setattr(evaluation.InceptionExtractor, 'from_file',
                       classmethod(lambda cls, path, **kwargs: stand_in))
   made = []
-  original = train._Sampler.generate_uint8
+  original = train_hooks.Sampler.generate_uint8
 
   def recording(self, variables, z, labels=None):
     made.append(labels)
     return original(self, variables, z, labels)
 
-  monkeypatch.setattr(train._Sampler, 'generate_uint8', recording)
+  monkeypatch.setattr(train_hooks.Sampler, 'generate_uint8', recording)
   config = tiny_config(tfds_dir, inception_weights='stand_in.npz', eval_every_steps=2,
                        eval_num_samples=30)
   train.train_and_evaluate(config, tmp_path)
-  best = json.loads((tmp_path / train.BEST_FID_FILE).read_text())
+  best = json.loads((tmp_path / train_hooks.BEST_FID_FILE).read_text())
   assert np.isfinite(best['fid']) and seen == [30, 30, 30]  # Real once, then steps 2 and 4.
   assert len(made) == 2
   for labels in made:
@@ -491,10 +493,10 @@ def test_in_training_fid_scores_every_class(tfds_dir, tmp_path, monkeypatch):
 def test_objective_line_and_summary_name_the_conditioning(tfds_dir):
   config = tiny_config(tfds_dir)
   assert ('class-conditional on 10 classes (one-hot label appended to z, projection D)'
-          in train.describe_objective(config))
+          in run_checks.describe_objective(config))
   assert ('class-conditional on 10 classes (class-conditional BatchNorm in G, projection D)'
-          in train.describe_objective(tiny_config(tfds_dir, generator_conditioning='batchnorm')))
-  assert 'class' not in train.describe_objective(tiny_config(tfds_dir, num_classes=0))
+          in run_checks.describe_objective(tiny_config(tfds_dir, generator_conditioning='batchnorm')))
+  assert 'class' not in run_checks.describe_objective(tiny_config(tfds_dir, num_classes=0))
   text = summary.summarize(config)
   assert 'class_embedding (Embed)' in text and f'{10 * 4 * 4 * 8:,}' in text
   # G's projection takes latent + classes inputs: (8 + 10) * 4*4*8 weights (8x8: one block).
@@ -504,15 +506,14 @@ def test_objective_line_and_summary_name_the_conditioning(tfds_dir):
 def test_classes_without_images_are_warned_about(caplog):
   """An array whose labels stop below num_classes, or a class folder whose images were all
   unreadable, leaves classes G is asked for with nothing real for D: said at every run."""
-  from dcgan_jax import train  # pylint: disable=g-import-not-at-top
   with caplog.at_level(logging.WARNING):
-    assert train.warn_about_empty_classes(np.array([0, 1, 1, 3]), 4, 'array:x.npz') == [2]
+    assert run_checks.warn_about_empty_classes(np.array([0, 1, 1, 3]), 4, 'array:x.npz') == [2]
   assert ('1 of the num_classes=4 classes have no images in dataset array:x.npz (class 2)'
           in caplog.text)
   caplog.clear()
   with caplog.at_level(logging.WARNING):
-    assert train.warn_about_empty_classes(np.arange(3), 15, 'd') == list(range(3, 15))
-    assert train.warn_about_empty_classes(np.arange(3), 3, 'd') == []
+    assert run_checks.warn_about_empty_classes(np.arange(3), 15, 'd') == list(range(3, 15))
+    assert run_checks.warn_about_empty_classes(np.arange(3), 3, 'd') == []
   assert '12 of the num_classes=15 classes' in caplog.text and '(class 3, 4, 5, 6, 7, 8, 9, 10, ' \
       '11, 12, ...)' in caplog.text
   assert caplog.text.count('have no images') == 1
@@ -520,7 +521,7 @@ def test_classes_without_images_are_warned_about(caplog):
   # the folders' count, so "set num_classes to K" was refused).
   caplog.clear()
   with caplog.at_level(logging.WARNING):
-    assert train.warn_about_empty_classes(np.array([1, 2, 2, 3]), 4, 'folder:pets',
+    assert run_checks.warn_about_empty_classes(np.array([1, 2, 2, 3]), 4, 'folder:pets',
                                           ('bird', 'cat', 'dog', 'fish')) == [0]
   assert ("(class 0 'bird'): G learns to draw them with nothing real for D to compare them "
           'with. Add readable images to those class folders, or remove the folders') in caplog.text

@@ -19,7 +19,9 @@ import pytest
 
 from dcgan_jax import evaluate
 from dcgan_jax import evaluation
+from dcgan_jax import run_checks
 from dcgan_jax import train
+from dcgan_jax import train_hooks
 from dcgan_jax.errors import EXIT_USER_ERROR
 from dcgan_jax.data import digits
 from dcgan_jax.evaluation import weights
@@ -103,8 +105,8 @@ def test_training_without_weights_says_fid_is_skipped(run_dir):
   log = run_dir.joinpath('train_log.txt').read_text()
   assert ('FID evaluation skipped: eval_every_steps is 1 but no inception_weights is set' in log
           and '--config.eval_every_steps=0 turns this off' in log)
-  assert not (run_dir / train.BEST_FID_FILE).exists()
-  assert not (run_dir / train.BEST_FID_DIR).exists()
+  assert not (run_dir / train_hooks.BEST_FID_FILE).exists()
+  assert not (run_dir / train_hooks.BEST_FID_DIR).exists()
 
 
 def test_training_keeps_the_best_fid_checkpoint(tmp_path, monkeypatch, caplog):
@@ -132,11 +134,11 @@ def test_training_keeps_the_best_fid_checkpoint(tmp_path, monkeypatch, caplog):
   with caplog.at_level(logging.INFO):
     final_state = train.train_and_evaluate(config, tmp_path / 'run')
   assert 'FID every 2 steps: 20 generated' in caplog.text
-  best = json.loads((tmp_path / 'run' / train.BEST_FID_FILE).read_text())
+  best = json.loads((tmp_path / 'run' / train_hooks.BEST_FID_FILE).read_text())
   assert best['step'] == 4 and np.isfinite(best['fid'])
   assert best['num_generated'] == 20 and best['num_real'] == 20
   assert best['preprocessing'] == 'pytorch_fid'
-  best_dir = tmp_path / 'run' / train.BEST_FID_DIR
+  best_dir = tmp_path / 'run' / train_hooks.BEST_FID_DIR
   steps = sorted(p.name for p in (best_dir / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps == ['4']  # max_to_keep=1: step 2's checkpoint was replaced.
   # The evaluation program reads the best checkpoint like any run directory.
@@ -538,7 +540,7 @@ def test_the_fid_skipped_warning_names_the_field_the_config_set():
   """The cifar10, mnist and celeba configs set eval_every_epochs (eval_every_steps=-1): the
   warning named eval_every_steps and a step count the user never wrote."""
   config = train.load_config('configs/cifar10.py')
-  text = train.fid_skipped_warning(config, 1124)
+  text = run_checks.fid_skipped_warning(config, 1124)
   assert 'eval_every_epochs is 10 but' in text and '--config.eval_every_epochs=0' in text
   assert '1124' not in text
 

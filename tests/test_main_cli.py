@@ -123,11 +123,11 @@ def test_two_processes_stop_together_at_a_non_finite_loss_behind_a_queued_grid(t
 def _expected_stand_in_fid(workdir, num):
   """The stand-in FID of the run's final EMA generator, computed in this (single) process, and
   its precision, recall, density and coverage."""
-  from dcgan_jax import data, evaluation, sample, train  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import data, evaluation, sample, train_hooks  # pylint: disable=g-import-not-at-top
   from stand_in_inception import stand_in_features  # pylint: disable=g-import-not-at-top
 
   generator, variables, config, _ = sample.load_generator(workdir)
-  z = train._latents(int(config.seed), train._EVAL_TAG, num, int(config.latent_dim))  # pylint: disable=protected-access
+  z = train_hooks.latents(int(config.seed), train_hooks.EVAL_TAG, num, int(config.latent_dim))
   fake = stand_in_features(evaluation.to_uint8(sample.generate(generator, variables, z)))
   real = stand_in_features(data.load_all_images(config, max_examples=num))
   fake_stats = evaluation.FeatureStatistics().update(fake['pool'])

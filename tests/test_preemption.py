@@ -23,6 +23,7 @@ import pytest
 from dcgan_jax import preemption
 from dcgan_jax import run_logs
 from dcgan_jax import train
+from dcgan_jax import train_hooks
 from dcgan_jax import writers
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -329,7 +330,7 @@ def test_a_ctrl_c_during_the_final_scores_says_the_final_step_is_saved(
   def interrupted(*args, **kwargs):
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(train, 'write_sample_grid', interrupted)  # The final hooks' first output.
+  monkeypatch.setattr(train_hooks, 'write_sample_grid', interrupted)  # The final hooks' first output.
   with pytest.raises(preemption.TrainingStopped) as stopped:
     train.train_and_evaluate(config, tmp_path)
   assert (stopped.value.signal_number, stopped.value.step) == (signal.SIGINT, 12)

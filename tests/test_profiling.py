@@ -12,6 +12,7 @@ import ml_collections
 import pytest
 
 from dcgan_jax import profiling
+from dcgan_jax import run_checks
 from dcgan_jax import train
 from dcgan_jax.errors import UserError
 
@@ -126,7 +127,7 @@ def test_bad_profile_settings_are_one_clear_error(name, value):
 
 def test_validate_config_checks_the_profile_settings(tfds_dir):
   with pytest.raises(UserError, match='profile_skip_steps must be an integer >= 0'):
-    train.validate_config(tiny_config(tfds_dir, profile_skip_steps=-1))
+    run_checks.validate_config(tiny_config(tfds_dir, profile_skip_steps=-1))
 
 
 def _write_trace(folder, events):

@@ -15,6 +15,7 @@ from dcgan_jax import parallel
 from dcgan_jax import run_logs
 from dcgan_jax import step_loop
 from dcgan_jax import train
+from dcgan_jax import train_metrics
 from dcgan_jax import writers
 from dcgan_jax import train_step as train_step_lib
 from dcgan_jax.errors import UserError
@@ -130,9 +131,9 @@ def test_progress_clock_waits_for_the_device_at_its_start_and_at_every_report(mo
   report only, the second window was 17x too fast (it ended at a dispatch, not a finished
   step)."""
   events = []
-  monkeypatch.setattr(train.jax, 'block_until_ready', lambda x: events.append(('wait', x)))
-  monkeypatch.setattr(train.time, 'monotonic', lambda: 42.0)
-  clock = train._ProgressClock(lambda step: events.append(step), every_steps=5)  # pylint: disable=protected-access
+  monkeypatch.setattr(train_metrics.jax, 'block_until_ready', lambda x: events.append(('wait', x)))
+  monkeypatch.setattr(train_metrics.time, 'monotonic', lambda: 42.0)
+  clock = train_metrics.ProgressClock(lambda step: events.append(step), every_steps=5)
   state = types.SimpleNamespace(step='state.step')
   assert clock.start is None
   for first, done in [(1, 3), (4, 4), (5, 6), (7, 10), (11, 15)]:  # Dispatches (fused or not).
@@ -143,14 +144,14 @@ def test_progress_clock_waits_for_the_device_at_its_start_and_at_every_report(mo
                     wait, 7, 8, 9, 10, wait, 11, 12, 13, 14, 15]
   assert clock.start == (42.0, 3)  # Where the loop's own first img/s window begins.
   events.clear()
-  quiet = train._ProgressClock(events.append, every_steps=0)  # pylint: disable=protected-access
+  quiet = train_metrics.ProgressClock(events.append, every_steps=0)
   quiet(1, 1, state)
   quiet(2, 3, state)
   assert events == [('wait', 'state.step'), 1, 2, 3]
   # clu reports at the last step too, inside a window: that report waits as well (a 5-step run
   # logged 1,400 steps/s for 60).
   events.clear()
-  short = train._ProgressClock(events.append, every_steps=100, last_step=5)  # pylint: disable=protected-access
+  short = train_metrics.ProgressClock(events.append, every_steps=100, last_step=5)
   for first, done in [(1, 1), (2, 3), (4, 5)]:
     short(first, done, state)
   assert events == [wait, 1, 2, 3, wait, 4, 5]

@@ -17,17 +17,16 @@ from PIL import Image
 
 from dcgan_jax import augment
 from dcgan_jax import parallel
+from dcgan_jax import run_checks
 from dcgan_jax import run_logs
 from dcgan_jax import train
+from dcgan_jax import train_hooks
 from dcgan_jax.errors import UserError
+from tiny_configs import load_config, tiny_config
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Orbax's failed reads of a damaged checkpoint leave asyncio tasks that complain later.
 _ORBAX_READ_NOISE = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
-
-
-def load_config(name='default', **overrides):
-  return train.load_config(_ROOT / 'configs' / f'{name}.py', **overrides)
 
 
 @pytest.fixture(scope='module')
@@ -39,18 +38,6 @@ def tfds_dir(tmp_path_factory):
 def cache_home(tmp_path_factory):
   """An XDG_CACHE_HOME for the module's runs."""
   return tmp_path_factory.mktemp('cache_home')
-
-
-def tiny_config(tfds_dir, **overrides):
-  """The default config shrunk to seconds per run: 8x8 digits, width 8, batch 16, 4 steps."""
-  config = load_config()
-  config.update(dict(
-      data_dir=tfds_dir, image_size=8, generator_width=8, discriminator_width=8, latent_dim=8,
-      batch_size=16, num_train_steps=4, log_every_steps=2, checkpoint_every_steps=2,
-      sample_every_steps=2, quality_every_steps=0, num_sample_images=6, keep_checkpoints=3,
-      lr_schedule='constant'))
-  config.update(overrides)
-  return config
 
 
 def _tree_leaves(state):
@@ -75,48 +62,7 @@ def _checkpoint_steps(workdir):
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
-# ---- durations (pure) -----------------------------------------------------------------------
-
-
-def test_durations_from_epochs_and_steps(tfds_dir):
-  config = tiny_config(tfds_dir, batch_size=100, num_train_steps=-1, num_epochs=2.5,
-                       checkpoint_every_steps=-1, checkpoint_every_epochs=1.0,
-                       sample_every_steps=7, quality_every_steps=0)
-  durations = train.resolve_durations(config, num_examples=1000)
-  assert durations.steps_per_epoch == 10
-  assert durations.num_train_steps == 25
-  assert durations.checkpoint_every_steps == 10
-  assert durations.sample_every_steps == 7
-  assert durations.quality_every_steps == 0
-  config.num_train_steps = 3  # Steps win over epochs.
-  assert train.resolve_durations(config, num_examples=1000).num_train_steps == 3
-
-
-@pytest.mark.parametrize('overrides,message', [
-    ({'num_train_steps': -1, 'num_epochs': 0.0}, 'no steps'),
-    ({'sample_every_steps': -2}, 'sample_every_steps'),
-    ({'log_every_steps': -1, 'log_every_epochs': -1.0}, 'log_every_epochs'),
-])
-def test_bad_durations_are_user_errors(tfds_dir, overrides, message):
-  with pytest.raises(UserError, match=message):
-    train.resolve_durations(tiny_config(tfds_dir, **overrides), num_examples=100)
-
-
-def test_is_due():
-  assert [s for s in range(1, 11) if train.is_due(s, 4)] == [4, 8]
-  assert [s for s in range(1, 11) if train.is_due(s, 4, num_train_steps=10)] == [4, 8, 10]
-  assert not any(train.is_due(s, 0) for s in range(1, 11))
-
-
 # ---- configs --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize('name', ['default', 'mnist', 'cifar10', 'celeba', 'folder'])
-def test_every_config_is_valid_and_resolves_to_steps(name):
-  config = load_config(name)
-  train.validate_config(config)  # 8 devices: every batch size must split over them.
-  durations = train.resolve_durations(config, num_examples=10_000)
-  assert durations.num_train_steps > 0 and durations.checkpoint_every_steps > 0
 
 
 def test_load_config_applies_overrides_and_rejects_mistakes(tmp_path):
@@ -131,7 +77,7 @@ def test_load_config_applies_overrides_and_rejects_mistakes(tmp_path):
   for field in ('generator_width', 'discriminator_width'):  # Named: the modules say "width".
     with pytest.raises(UserError, match=f'{field} must be a positive integer such as 64 '
                                         r'\(got 0\)'):
-      train.validate_config(load_config(**{field: 0}))
+      run_checks.validate_config(load_config(**{field: 0}))
   broken = tmp_path / 'broken.py'
   broken.write_text('def get_config():\n  return undefined_name\n')
   with pytest.raises(UserError, match="Cannot load the config file .*NameError"):
@@ -313,7 +259,7 @@ def test_digits_run_leaves_checkpoints_events_samples_and_quality(tfds_dir, tmp_
       return getattr(self._inner, name)
 
   def recording_save(checkpointer, step, *args, **kwargs):
-    if checkpointer.workdir.name != train.BEST_FID_DIR:  # Resume points only.
+    if checkpointer.workdir.name != train_hooks.BEST_FID_DIR:  # Resume points only.
       events.append(('save', step))
     return save(checkpointer, step, *args, **kwargs)
 
@@ -370,8 +316,8 @@ def test_digits_run_leaves_checkpoints_events_samples_and_quality(tfds_dir, tmp_
   untrained = summary['untrained_frechet_distance']
   config.num_train_steps = 6
   # The untrained generator's score comes from the checkpoint, not from scoring it again.
-  monkeypatch.setattr(train._DigitsQualityHook, 'score',  # pylint: disable=protected-access
-                      _counting(train._DigitsQualityHook.score, scored := []))  # pylint: disable=protected-access
+  monkeypatch.setattr(train_hooks.DigitsQualityHook, 'score',
+                      _counting(train_hooks.DigitsQualityHook.score, scored := []))
   with caplog.at_level(logging.INFO):
     train.train_and_evaluate(config, tmp_path)
   assert 'untrained generator (recorded in the checkpoint): Fréchet distance' in caplog.text
@@ -432,98 +378,6 @@ def test_resume_with_models_of_another_shape_is_one_clear_error(tfds_dir, tmp_pa
   assert int(train.train_and_evaluate(config, tmp_path).step) == 4
 
 
-def test_resume_check_reads_a_config_json_from_before_discriminator_norm(tmp_path):
-  """Runs saved before the field existed had BatchNorm in D."""
-  saved = {name: value for name, value in tiny_config(str(tmp_path)).to_dict().items()
-           if name != 'discriminator_norm'}
-  config = tiny_config(str(tmp_path))
-  train.check_resume_config(config, saved, tmp_path)  # 'batch' then and now: resumes.
-  config.discriminator_norm = 'spectral'
-  with pytest.raises(UserError, match="discriminator_norm 'batch' -> 'spectral'"):
-    train.check_resume_config(config, saved, tmp_path)
-
-
-def test_resume_check_refuses_turning_ada_on_or_off_but_not_retuning_it(tmp_path):
-  """ADA's probability is part of the state; runs saved before ADA existed had none."""
-  saved = {name: value for name, value in tiny_config(str(tmp_path)).to_dict().items()
-           if not name.startswith('ada_')}
-  config = tiny_config(str(tmp_path), augment='translation', ada_target=0.6)
-  with pytest.raises(UserError, match=r'ada_target 0.0 -> 0.6 \(adaptive augmentation on/off\)'):
-    train.check_resume_config(config, saved, tmp_path)
-  saved.update(augment='translation', ada_target=0.5, ada_speed_images=100_000)
-  train.check_resume_config(config, saved, tmp_path)  # Another target or speed resumes.
-
-
-def test_config_warnings_name_a_gradient_penalty_on_a_batch_normalised_critic(tmp_path):
-  config = tiny_config(str(tmp_path), gradient_penalty_weight=10.0, image_size=16)
-  (message,) = train.config_warnings(config)
-  assert 'discriminator_norm=batch' in message and 'discriminator_norm=layer' in message
-  (message,) = train.config_warnings(tiny_config(str(tmp_path), r1_weight=1.0,
-                                                 image_size=16))
-  assert message.startswith('r1_weight > 0 with discriminator_norm=batch')
-  # An 8x8 D has its input layer alone, without BatchNorm: nothing to warn of.
-  for fixed in (dict(discriminator_norm='layer'), dict(discriminator_norm='none'),
-                dict(gradient_penalty_weight=0.0), dict(image_size=8)):
-    assert train.config_warnings(tiny_config(str(tmp_path), **{
-        'gradient_penalty_weight': 10.0, 'image_size': 16, **fixed})) == []
-
-
-def test_config_warnings_name_an_unconstrained_critic_and_fields_nothing_reads(tmp_path):
-  """A Wasserstein critic without a penalty or spectral norm diverges (d_loss -7.9 -> -86 in
-  400 steps); a config built without load_config is not locked, so a misspelt field set in
-  it was carried along unread."""
-  (message,) = train.config_warnings(tiny_config(str(tmp_path), loss='wasserstein'))
-  assert message.startswith('loss=wasserstein with no gradient_penalty_weight, r1_weight or '
-                            'spectral norm: nothing keeps the critic Lipschitz')
-  for fixed in (dict(gradient_penalty_weight=10.0, discriminator_norm='layer'),
-                dict(r1_weight=1.0, discriminator_norm='none'),
-                dict(discriminator_norm='spectral')):
-    assert train.config_warnings(tiny_config(str(tmp_path), loss='wasserstein', **fixed)) == []
-  config = tiny_config(str(tmp_path))
-  with config.unlocked():
-    config.generator_widht = 32
-    config.learning_rate = 1e-3
-    config.my_own_note = 'kept, but said'
-  assert train.config_warnings(config) == [
-      "Config field 'generator_widht' is not one dcgan_jax reads, so it has no effect; did you "
-      "mean 'generator_width'?",
-      "Config field 'learning_rate' is not one dcgan_jax reads, so it has no effect; did you "
-      "mean 'g_learning_rate' or 'd_learning_rate'?",
-      "Config field 'my_own_note' is not one dcgan_jax reads, so it has no effect (the fields "
-      "are listed in configs/default.py)."]
-  # A warm-up as long as the run: the schedule never gets past it.
-  config = tiny_config(str(tmp_path), lr_schedule='cosine', warmup_steps=100, num_train_steps=6,
-                       ema_decay=0.0)
-  (message,) = train.duration_warnings(config, train.resolve_durations(config, 1797))
-  assert message.startswith('warmup_steps 100 is not shorter than the run (6 steps)')
-  config.warmup_steps = 5
-  assert train.duration_warnings(config, train.resolve_durations(config, 1797)) == []
-  # An EMA whose horizon is longer than the run: its samples stay near the untrained G.
-  config.update(ema_decay=0.999, num_train_steps=125)
-  (message,) = train.duration_warnings(config, train.resolve_durations(config, 1797))
-  assert message.startswith('ema_decay 0.999 averages over about 1,000 steps, more than this '
-                            'run has (125)')
-  config.num_train_steps = 1000
-  assert train.duration_warnings(config, train.resolve_durations(config, 1797)) == []
-
-
-def test_describe_objective_names_what_differs_from_the_paper(tmp_path):
-  assert train.describe_objective(tiny_config(str(tmp_path))) == (
-      'Objective: non_saturating loss, d_steps 1, discriminator_norm batch, augment none.')
-  config = tiny_config(str(tmp_path), loss='hinge', gradient_penalty_weight=10.0, d_steps=5,
-                       discriminator_norm='layer', r1_weight=0.5, real_label=0.9,
-                       augment='translation,color')
-  assert train.describe_objective(config) == (
-      'Objective: hinge loss, d_steps 5, discriminator_norm layer, gradient penalty 10, '
-      'R1 0.5, real_label 0.9, augment color,translation.')
-  assert train.describe_objective(tiny_config(str(tmp_path), augment='cutout', ada_target=0.6)) \
-      .endswith('augment cutout (ADA: adaptive probability, target 0.6, 500,000 images per '
-                'unit).')
-  assert train.describe_objective(tiny_config(
-      str(tmp_path), augment='cutout', augment_probability=0.3)).endswith(
-          'augment cutout (probability 0.3).')
-
-
 # Device-resident data with BatchNorm resumes bit-identically in tests/test_preemption.py (a
 # stop's checkpoint, then the rest); here tf.data, and device-resident data with the extra
 # state of spectral norm and ADA.
@@ -575,7 +429,7 @@ def test_resume_on_another_setup_says_what_changed_and_what_it_does(tfds_dir, tm
   with checkpointing.Checkpointer(tmp_path, read_only=True) as checkpointer:
     saved = checkpointer.saved_run_setup(2)
   # With the images trained on, a fact of the step alone (2 batches of 16).
-  assert saved == {**train.run_setup(jax.device_count(), device_resident=True),
+  assert saved == {**run_checks.run_setup(jax.device_count(), device_resident=True),
                    train.IMAGES_SEEN_KEY: 32}
   assert saved['devices'] == 8 and saved['data'] == 'device-resident'
   # As if saved on a machine with 2 devices; this one's device memory fits no dataset, so
@@ -633,43 +487,7 @@ def test_epoch_counts_the_images_trained_on_across_batch_size_changes(tfds_dir, 
   assert train.saved_images_seen(6, {'images_seen': 'x'}, {}, config) == 48  # Now's batch, 8.
 
 
-def test_changed_settings_effects_say_what_a_user_would_not_guess(tmp_path):
-  config = tiny_config(str(tmp_path), steps_per_dispatch=4, seed=1)
-  saved = tiny_config(str(tmp_path)).to_dict()
-  effects = train.changed_settings_effects(config, saved)
-  assert 'another steps_per_dispatch' in effects and 'not bit for bit' in effects
-  assert "the new seed changes only the data order and the sample grids' latents" in effects
-  assert 'batch_size' not in effects
-  assert train.changed_settings_effects(tiny_config(str(tmp_path)), saved) == ''
-
-
-def test_setup_changes_skip_facts_an_older_checkpoint_did_not_record(tmp_path):
-  now = train.run_setup(8, device_resident=False)
-  assert train.setup_changes({}, now) == []  # Saved before the record existed.
-  assert train.describe_setup_changes(10, {}, now, tiny_config(str(tmp_path))) is None
-  assert train.setup_changes({'devices': 4, 'data': 'tf.data'}, now) == ['devices 4 -> 8']
-  message = train.describe_setup_changes(10, {'devices': 4}, now, tiny_config(str(tmp_path)))
-  assert 'reduced in another order' in message and 'batches' not in message
-  # An explicit device_resident gets no advice to set it.
-  config = tiny_config(str(tmp_path), device_resident='never')
-  message = train.describe_setup_changes(10, {'data': 'device-resident'}, now, config)
-  assert 'batches after step 10 are drawn in another order.' in message
-  assert 'reduced' not in message
-
-
 @_ORBAX_READ_NOISE
-def test_changed_settings_name_each_field_its_old_and_new_value():
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  config = ml_collections.ConfigDict({'loss': 'hinge', 'batch_size': 32, 'seed': 0,
-                                      'nested': {'a': 1}, 'betas': (0.5, 0.9), 'new_field': 1})
-  saved = {'loss': 'non_saturating', 'batch_size': 32, 'seed': 0, 'nested': {'a': 2},
-           'betas': [0.5, 0.9], 'old_field': 'x'}  # (JSON gives lists for tuples.)
-  assert train.changed_settings(config, saved) == [
-      "loss 'non_saturating' -> 'hinge'", 'nested.a 2 -> 1', 'new_field unset -> 1',
-      "old_field 'x' -> unset"]
-  assert train.changed_settings(config, json.loads(json.dumps(config.to_dict()))) == []
-
-
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tfds_dir, tmp_path, caplog):
   config = tiny_config(tfds_dir, sample_every_steps=0)
   train.train_and_evaluate(config, tmp_path)
@@ -811,13 +629,13 @@ def test_sample_grids_are_written_after_later_steps_are_queued(tfds_dir, tmp_pat
   """A grid due alone is written once the loop has moved on, and shows the state of its step."""
   from dcgan_jax import sample, sample_grid  # pylint: disable=g-import-not-at-top
   calls, written = _counting_step(monkeypatch), {}
-  write_grid = train.write_sample_grid
+  write_grid = train_hooks.write_sample_grid
 
   def recording_write(workdir, step, *args, **kwargs):
     written[step] = calls[0]
     return write_grid(workdir, step, *args, **kwargs)
 
-  monkeypatch.setattr(train, 'write_sample_grid', recording_write)
+  monkeypatch.setattr(train_hooks, 'write_sample_grid', recording_write)
   config = tiny_config(tfds_dir, num_train_steps=6, device_resident='never', log_every_steps=1,
                        checkpoint_every_steps=2, sample_every_steps=2, keep_checkpoints=10,
                        ema_decay=0.0, g_learning_rate=0.02)  # Grids that change step to step.
@@ -825,7 +643,7 @@ def test_sample_grids_are_written_after_later_steps_are_queued(tfds_dir, tmp_pat
   assert sorted(written) == [2, 4, 6]
   # Steps 2 and 4: written while later steps were queued (at once, they would show 2 and 4).
   assert written[2] > 2 and written[4] > 4 and written[6] == 6
-  latents = train._latents(int(config.seed), train._SAMPLE_TAG,  # pylint: disable=protected-access
+  latents = train_hooks.latents(int(config.seed), train_hooks.SAMPLE_TAG,
                            int(config.num_sample_images), int(config.latent_dim))
   grids = []
   for step in (2, 4, 6):

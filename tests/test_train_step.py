@@ -298,7 +298,7 @@ def test_modules_with_dropout_get_their_random_numbers(parallelism):
 
 
 def test_a_gradient_penalty_through_batch_norm_warns_in_a_custom_loop():
-  """As the training program does (train.config_warnings), and only there once."""
+  """As the training program does (run_checks.config_warnings), and only there once."""
   from dcgan_jax import train_step  # pylint: disable=g-import-not-at-top
   penalty = StepConfig(loss='wasserstein', gradient_penalty_weight=10.0)
   with pytest.warns(train_step.PenaltyWithBatchNormWarning, match="Discriminator\\(norm='layer'\\)"):

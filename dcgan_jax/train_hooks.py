@@ -1,0 +1,343 @@
+"""What the training loop does at its periodic hooks: sample grids, digits quality and FID.
+
+:class:`Sampler` generates images from the training state on one local device (EMA weights when
+kept); :class:`DigitsQualityHook` scores them with the offline digits classifier (process 0),
+:class:`InceptionFIDHook` with Inception-v3 against the training images (every process its
+share). Each scalar they log goes through the run's writer; the files they keep
+(``quality.json``, ``best_fid.json``, ``samples/``) are named here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dcgan_jax import data
+from dcgan_jax import durations as durations_lib
+from dcgan_jax import json_files
+from dcgan_jax import models
+from dcgan_jax import parallel
+from dcgan_jax import sample_grid
+from dcgan_jax import state as state_lib
+from dcgan_jax.errors import UserError, finite_number, is_integer
+
+# Tags folded into the run seed, one per independent stream of randomness, kept together so that
+# none is used twice. (The data order uses its own tag inside dcgan_jax.data.)
+INIT_TAG, TRAIN_TAG, SAMPLE_TAG, QUALITY_TAG, EVAL_TAG = 1, 2, 3, 4, 5
+# Generated images per forward pass when scoring many samples (bounds host/device memory).
+GENERATE_CHUNK = 250
+QUALITY_FILE = 'quality.json'
+# The best in-training FID so far: its step, value and protocol; its checkpoint (the whole state,
+# restorable with `python -m dcgan_jax.evaluate --workdir=<workdir>/best_fid`) is kept in
+# <workdir>/best_fid/checkpoints/<step>.
+BEST_FID_FILE = 'best_fid.json'
+BEST_FID_DIR = 'best_fid'
+SAMPLES_DIR = 'samples'
+# The quality bar of the default run (issue: digits quality after the default budget).
+QUALITY_BAR = {'max_frechet_distance_ratio': 0.10, 'num_classes_covered': 10,
+               'min_class_fraction': 0.03}
+
+
+def local_copy(x: jax.Array, pmap_layout: bool) -> jax.Array:
+  """One device's copy of a replicated array (pmap layout: the first row of the device axis)."""
+  if pmap_layout:
+    return x[0]
+  return x.addressable_data(0)
+
+class Sampler:
+  """Generates images from the current state on one local device (train=False)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, step_fn: parallel.DataParallelStep):
+    generator = models.generator_from_config(config)
+    self._pmap_layout = step_fn.parallelism == 'pmap'
+    self.num_classes = generator.num_classes
+    self._apply = jax.jit(lambda variables, z, labels: generator.apply(
+        variables, z, train=False, **models.label_kwargs(labels)))
+    self.output_activation = config.output_activation
+    self.value_range = models.output_range(config.output_activation)
+    self._apply_uint8 = None  # Built on first use: only FID needs it.
+
+  def variables(self, state: state_lib.GANState) -> dict[str, Any]:
+    """G's sampling variables (EMA when kept) as single-device arrays."""
+    variables = state.sampling_variables(use_ema=True)
+    return jax.tree.map(lambda x: local_copy(x, self._pmap_layout), variables)
+
+  def labels(self, num: int) -> np.ndarray | None:
+    """The classes ``num`` samples are generated with (:func:`models.cycled_labels`)."""
+    return models.cycled_labels(num, self.num_classes)
+
+  def generate(self, variables: dict[str, Any], z: np.ndarray | jax.Array,
+               labels: np.ndarray | None = None) -> np.ndarray:
+    """Images ``float32 [N, H, W, C]`` in the generator's range for latents ``[N, latent_dim]``
+    (and, for a conditional generator, classes ``[N]``)."""
+    return np.concatenate(jax.device_get(self.dispatch_generate(variables, z, labels)))
+
+  def dispatch_generate(self, variables: dict[str, Any], z: np.ndarray | jax.Array,
+                        labels: np.ndarray | None = None) -> list[jax.Array]:
+    """Queues :meth:`generate`'s programs and returns their outputs (chunks) without waiting.
+
+    ``np.concatenate`` of the chunks gives :meth:`generate`'s images. The programs read
+    ``variables`` in queue order, so later steps may donate the state they came from.
+    """
+    return [self._apply(variables, z[start:start + GENERATE_CHUNK],
+                        _rows(labels, start, GENERATE_CHUNK))
+            for start in range(0, z.shape[0], GENERATE_CHUNK)]
+
+  def generate_uint8(self, variables: dict[str, Any], z: jax.Array,
+                     labels: np.ndarray | None = None) -> jax.Array:
+    """Images ``uint8 [N, H, W, C]`` left on the device (quantised as ``evaluation.to_uint8``).
+
+    For FID: the images go to the Inception network without a host round trip, and nothing
+    waits for the device here.
+    """
+    if self._apply_uint8 is None:
+      from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
+      apply, value_range = self._apply, self.value_range
+      self._apply_uint8 = jax.jit(lambda variables, z, labels: evaluation.to_uint8_jax(
+          apply(variables, z, labels), *value_range))
+    chunks = [self._apply_uint8(variables, z[start:start + GENERATE_CHUNK],
+                                _rows(labels, start, GENERATE_CHUNK))
+              for start in range(0, z.shape[0], GENERATE_CHUNK)]
+    return chunks[0] if len(chunks) == 1 else jnp.concatenate(chunks)
+
+
+def _rows(labels: np.ndarray | None, start: int, size: int) -> np.ndarray | None:
+  return None if labels is None else labels[start:start + size]
+
+
+def latents(seed: int, tag: int, num: int, latent_dim: int) -> jax.Array:
+  """A fixed batch of latents ``[num, latent_dim]`` for a seed and purpose."""
+  key = jax.random.fold_in(jax.random.key(seed), tag)
+  return jax.random.normal(key, (num, latent_dim), jnp.float32)
+
+
+def count_classes(count: int) -> str:
+  """'1 class', '3 classes'."""
+  return f'{count} class' if count == 1 else f'{count} classes'
+
+
+class DigitsQualityHook:
+  """Scores generated digits with :class:`dcgan_jax.quality.DigitsQuality` (process 0 only)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, sampler: Sampler):
+    from dcgan_jax import quality  # pylint: disable=g-import-not-at-top  # Digits runs only.
+    from dcgan_jax.evaluation import manifold  # pylint: disable=g-import-not-at-top
+
+    self._manifold_metrics = manifold.METRICS  # Precision, recall, ... (None for tiny samples).
+
+    cache_dir = config.get('quality_cache_dir', '') or None
+    self._quality = quality.DigitsQuality.load_or_train(cache_dir)
+    self._sampler = sampler
+    self._latents = latents(int(config.seed), QUALITY_TAG,
+                             int(config.get('num_quality_samples', 1000)),
+                             int(config.latent_dim))
+    # A conditional generator draws every digit equally often, and is also scored on whether
+    # it draws the digit it was asked for.
+    self._labels = sampler.labels(self._latents.shape[0])
+    self.untrained: dict[str, Any] | None = None
+    self.history: list[dict[str, Any]] = []
+
+  def score(self, variables: dict[str, Any]) -> dict[str, Any]:
+    images = self._sampler.generate(variables, self._latents, self._labels)
+    return self._quality.score(images, value_range=self._sampler.value_range,
+                               labels=self._labels)
+
+  def score_untrained(self, variables: dict[str, Any],
+                      recorded: dict[str, Any] | None = None) -> None:
+    """Scores the untrained generator, or takes the score a checkpoint ``recorded`` of it."""
+    usable = (isinstance(recorded, dict)
+              and finite_number(recorded.get('frechet_distance')) is not None
+              and is_integer(recorded.get('num_classes_covered')))
+    self.untrained = dict(recorded) if usable else self.score(variables)
+    accuracy = self.untrained.get('label_accuracy')
+    logging.info('Digits quality of the untrained generator%s: Fréchet distance %.3f, %s '
+                 'covered%s.', ' (recorded in the checkpoint)' if usable else '',
+                 self.untrained['frechet_distance'],
+                 count_classes(self.untrained['num_classes_covered']),
+                 '' if accuracy is None else f', label accuracy {accuracy:.3f}')
+
+  def __call__(self, step: int, variables: dict[str, Any], writer) -> dict[str, Any]:
+    result = self.score(variables)
+    scalars = {
+        'quality/frechet_distance': result['frechet_distance'],
+        'quality/num_classes_covered': result['num_classes_covered'],
+        'quality/min_class_fraction': result['min_class_fraction'],
+        'quality/mean_confidence': result['mean_confidence'],
+    }
+    for name in (*self._manifold_metrics, 'label_accuracy'):
+      if result.get(name) is not None:
+        scalars[f'quality/{name}'] = result[name]
+    if self.untrained is not None:
+      scalars['quality/frechet_distance_ratio'] = (result['frechet_distance']
+                                                   / self.untrained['frechet_distance'])
+    writer.write_scalars(step, scalars)
+    self.history.append({'step': step, **jsonable(result)})
+    return result
+
+  def keep_history(self, workdir: str, start_step: int) -> None:
+    """A resumed run keeps the scores its earlier processes wrote into ``quality.json`` (they
+    were rewritten with this process's alone), up to the step it resumes from: later ones were
+    of steps trained again now, and are scored again."""
+    try:
+      with open(os.path.join(workdir, QUALITY_FILE), encoding='utf-8') as f:
+        saved = json.load(f)
+    except (OSError, ValueError):  # None yet, or unreadable: nothing to keep.
+      return
+    history = saved.get('history') if isinstance(saved, dict) else None
+    if isinstance(history, list):
+      self.history = [entry for entry in history if isinstance(entry, dict)
+                      and isinstance(entry.get('step'), int) and entry['step'] <= start_step]
+
+  def write_json(self, workdir: str, step: int, result: dict[str, Any], used_ema: bool) -> None:
+    """Writes ``quality.json``: the final score, the untrained one, their ratio and the bar."""
+    summary = {'step': step, 'num_samples': int(self._latents.shape[0]), 'used_ema': used_ema,
+               **jsonable(result)}
+    if self.untrained is not None:
+      ratio = result['frechet_distance'] / self.untrained['frechet_distance']
+      summary['untrained_frechet_distance'] = float(self.untrained['frechet_distance'])
+      summary['untrained_num_classes_covered'] = int(self.untrained['num_classes_covered'])
+      summary['frechet_distance_ratio'] = float(ratio)
+      summary['quality_bar'] = dict(QUALITY_BAR)
+      summary['meets_quality_bar'] = bool(
+          ratio <= QUALITY_BAR['max_frechet_distance_ratio']
+          and result['num_classes_covered'] >= QUALITY_BAR['num_classes_covered']
+          and result['min_class_fraction'] >= QUALITY_BAR['min_class_fraction'])
+    summary['history'] = self.history
+    json_files.write_json_atomically(os.path.join(workdir, QUALITY_FILE), summary)
+
+
+class InceptionFIDHook:
+  """In-training Inception FID against the training images (needs ``inception_weights``).
+
+  The protocol (generated and real image counts, preprocessing, EMA or not) is logged with every
+  number: FID from ``eval_num_samples`` images is biased upwards and only comparable to FIDs of
+  the same count; ``python -m dcgan_jax.evaluate`` gives the standard 50,000-sample number.
+
+  Every process takes part: each generates and scores its share of the latents (and of the real
+  images) on its own devices, and the feature statistics are summed across processes, so every
+  process gets the same FID (process 0 logs it).
+
+  With ``eval_precision_recall`` (default on) it also logs precision, recall, density and
+  coverage (k = 3, :func:`dcgan_jax.evaluation.manifold_metrics`) on the same Inception
+  features: FID mixes poor samples and missing modes into one number, these keep them apart.
+  The features of every process's share are gathered for them (``eval_num_samples`` x 2048
+  float32 per side, on the host).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, sampler: Sampler, every_steps: int):
+    from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
+
+    self._evaluation = evaluation
+    self._sampler = sampler
+    num_samples = int(config.eval_num_samples)
+    if num_samples < 2:
+      raise UserError(f'eval_num_samples must be at least 2 (got {num_samples}); FID needs '
+                      '2048+ samples to be meaningful, 50000 is the standard.')
+    # Configs written before eval_preprocessing was a field have pytorch-fid's preprocessing.
+    preprocessing = config.get('eval_preprocessing', 'pytorch_fid')
+    if num_samples < jax.process_count():
+      raise UserError(f'eval_num_samples ({num_samples}) must be at least the number of '
+                      f'processes ({jax.process_count()}).')
+    self._extractor = evaluation.InceptionExtractor.from_file(config.inception_weights,
+                                                              preprocessing=preprocessing)
+    self._precision_recall = bool(config.get('eval_precision_recall', True))
+    self.last_manifold: dict[str, float] = {}  # The latest precision, recall, ... (if on).
+    real = data.load_all_images(config, max_examples=num_samples)
+    self._real, self._real_features = self._statistics(
+        real[evaluation.process_share(len(real))], len(real))
+    share = evaluation.process_share(num_samples)
+    self._latents = latents(int(config.seed), EVAL_TAG, num_samples,
+                             int(config.latent_dim))[share]
+    labels = sampler.labels(num_samples)  # Every class equally often (conditional G).
+    self._labels = None if labels is None else labels[share]
+    self.protocol = {'num_generated': num_samples, 'num_real': int(self._real.count),
+                     'real': f'{config.dataset} ({config.get("split", "train")} split)',
+                     'preprocessing': preprocessing,
+                     'inception_weights': os.fspath(config.inception_weights)}
+    # The period as resolved (configs may give it in epochs: eval_every_steps is -1 there).
+    logging.info('FID every %d steps: %d generated vs %d %s images, preprocessing %s.',
+                 every_steps, num_samples, self._real.count, self.protocol['real'],
+                 preprocessing)
+
+  def _statistics(self, uint8_images: np.ndarray | jax.Array, num_total: int):
+    """Feature statistics of every process's images (a collective: all processes call it),
+    and with precision/recall on, the features of all ``num_total`` images (else None)."""
+    stats = self._evaluation.FeatureStatistics()
+    features = []
+    if hasattr(self._extractor, 'device_batches'):
+      # Features stay on the device and are summed there; one host copy of the sums at the end.
+      for out in self._extractor.device_batches(uint8_images):
+        stats.update(out['pool'])
+        if self._precision_recall:  # Otherwise no batch's features are kept.
+          features.append(out['pool'])
+    else:  # A stand-in extractor (tests): any callable mapping numpy uint8 images to features.
+      features.append(self._extractor(np.asarray(uint8_images))['pool'])
+      stats.update(features[-1])
+    stats = self._evaluation.allgather_statistics(stats, stats.dim)
+    if not self._precision_recall:
+      return stats, None
+    mine = (np.concatenate([np.asarray(f, np.float32) for f in features]) if features
+            else np.zeros((0, stats.dim), np.float32))
+    return stats, self._evaluation.allgather_rows(mine, num_total)
+
+  def __call__(self, step: int, variables: dict[str, Any], writer) -> float:
+    """The FID at ``step``, on every process; process 0 writes and logs it."""
+    fake, fake_features = self._statistics(
+        self._sampler.generate_uint8(variables, self._latents, self._labels),
+        self.protocol['num_generated'])
+    fid = self._evaluation.frechet_distance(self._real, fake)
+    k = self._evaluation.manifold.DEFAULT_K
+    self.last_manifold = {}
+    if fake_features is not None and min(len(fake_features), len(self._real_features)) > k:
+      self.last_manifold = self._evaluation.manifold_metrics(self._real_features, fake_features,
+                                                             k=k)
+    if jax.process_index() == 0:
+      writer.write_scalars(step, {'eval/fid': fid, **{f'eval/{name}': value for name, value
+                                                      in self.last_manifold.items()}})
+      manifold_text = ''.join(f', {name} {value:.3f}' for name, value
+                              in self.last_manifold.items())
+      logging.info('Step %d: FID %.3f%s (%d generated vs %d %s images, preprocessing %s).',
+                   step, fid, manifold_text, self.protocol['num_generated'],
+                   self.protocol['num_real'], self.protocol['real'],
+                   self.protocol['preprocessing'])
+    return fid
+
+
+def fid_enabled(config: ml_collections.ConfigDict, durations: durations_lib.Durations) -> bool:
+  """Whether in-training FID runs (the same answer on every process)."""
+  return durations.eval_every_steps > 0 and bool(config.inception_weights)
+
+
+def read_best_fid(workdir: str) -> float:
+  """The best FID recorded by an earlier (interrupted) part of this run, else infinity."""
+  path = os.path.join(workdir, BEST_FID_FILE)
+  try:
+    with open(path, encoding='utf-8') as f:
+      return float(json.load(f)['fid'])
+  except (OSError, ValueError, KeyError, TypeError):
+    return math.inf
+
+
+def jsonable(result: dict[str, Any]) -> dict[str, Any]:
+  return {k: (np.asarray(v).tolist() if isinstance(v, (np.ndarray, np.generic)) else v)
+          for k, v in result.items()}
+
+
+def write_sample_grid(workdir: str, step: int, images: np.ndarray, writer,
+                      value_range: tuple[float, float], num_classes: int = 0) -> str:
+  """Writes ``samples/step_XXXXXX.png`` and the same grid to TensorBoard; returns the path.
+
+  A conditional generator's samples (classes cycled) get one column per class where that fits.
+  """
+  path = os.path.join(workdir, SAMPLES_DIR, f'step_{step:06d}.png')
+  grid = sample_grid.save_grid(images, path, value_range=value_range,
+                               num_columns=sample_grid.columns_for_classes(num_classes))
+  writer.write_images(step, {'samples': grid[None]})
+  return path

@@ -1,0 +1,193 @@
+"""Tests of dcgan_jax.durations and dcgan_jax.run_checks: pure functions of the config.
+
+Steps from epochs, the shipped configs' validity, the resume checks (models of another shape,
+what changed and what that does), and the warnings for settings that are valid but probably not
+meant. No data is read and nothing is trained.
+"""
+import json
+
+import pytest
+
+from dcgan_jax import durations as durations_lib
+from dcgan_jax import run_checks
+from dcgan_jax.errors import UserError
+from tiny_configs import load_config, tiny_config
+
+
+# ---- durations ------------------------------------------------------------------------------
+
+
+def test_durations_from_epochs_and_steps(tmp_path):
+  config = tiny_config(tmp_path, batch_size=100, num_train_steps=-1, num_epochs=2.5,
+                       checkpoint_every_steps=-1, checkpoint_every_epochs=1.0,
+                       sample_every_steps=7, quality_every_steps=0)
+  durations = durations_lib.resolve_durations(config, num_examples=1000)
+  assert durations.steps_per_epoch == 10
+  assert durations.num_train_steps == 25
+  assert durations.checkpoint_every_steps == 10
+  assert durations.sample_every_steps == 7
+  assert durations.quality_every_steps == 0
+  config.num_train_steps = 3  # Steps win over epochs.
+  assert durations_lib.resolve_durations(config, num_examples=1000).num_train_steps == 3
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'num_train_steps': -1, 'num_epochs': 0.0}, 'no steps'),
+    ({'sample_every_steps': -2}, 'sample_every_steps'),
+    ({'log_every_steps': -1, 'log_every_epochs': -1.0}, 'log_every_epochs'),
+])
+def test_bad_durations_are_user_errors(tmp_path, overrides, message):
+  with pytest.raises(UserError, match=message):
+    durations_lib.resolve_durations(tiny_config(tmp_path, **overrides), num_examples=100)
+
+
+def test_is_due():
+  assert [s for s in range(1, 11) if durations_lib.is_due(s, 4)] == [4, 8]
+  assert [s for s in range(1, 11) if durations_lib.is_due(s, 4, num_train_steps=10)] == [4, 8, 10]
+  assert not any(durations_lib.is_due(s, 0) for s in range(1, 11))
+
+
+# ---- the shipped configs ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('name', ['default', 'mnist', 'cifar10', 'celeba', 'folder'])
+def test_every_config_is_valid_and_resolves_to_steps(name):
+  config = load_config(name)
+  run_checks.validate_config(config)  # 8 devices: every batch size must split over them.
+  durations = durations_lib.resolve_durations(config, num_examples=10_000)
+  assert durations.num_train_steps > 0 and durations.checkpoint_every_steps > 0
+
+
+# ---- resuming -------------------------------------------------------------------------------
+
+
+def test_resume_check_reads_a_config_json_from_before_discriminator_norm(tmp_path):
+  """Runs saved before the field existed had BatchNorm in D."""
+  saved = {name: value for name, value in tiny_config(str(tmp_path)).to_dict().items()
+           if name != 'discriminator_norm'}
+  config = tiny_config(str(tmp_path))
+  run_checks.check_resume_config(config, saved, tmp_path)  # 'batch' then and now: resumes.
+  config.discriminator_norm = 'spectral'
+  with pytest.raises(UserError, match="discriminator_norm 'batch' -> 'spectral'"):
+    run_checks.check_resume_config(config, saved, tmp_path)
+
+
+def test_resume_check_refuses_turning_ada_on_or_off_but_not_retuning_it(tmp_path):
+  """ADA's probability is part of the state; runs saved before ADA existed had none."""
+  saved = {name: value for name, value in tiny_config(str(tmp_path)).to_dict().items()
+           if not name.startswith('ada_')}
+  config = tiny_config(str(tmp_path), augment='translation', ada_target=0.6)
+  with pytest.raises(UserError, match=r'ada_target 0.0 -> 0.6 \(adaptive augmentation on/off\)'):
+    run_checks.check_resume_config(config, saved, tmp_path)
+  saved.update(augment='translation', ada_target=0.5, ada_speed_images=100_000)
+  run_checks.check_resume_config(config, saved, tmp_path)  # Another target or speed resumes.
+
+
+# ---- warnings -------------------------------------------------------------------------------
+
+
+def test_config_warnings_name_a_gradient_penalty_on_a_batch_normalised_critic(tmp_path):
+  config = tiny_config(str(tmp_path), gradient_penalty_weight=10.0, image_size=16)
+  (message,) = run_checks.config_warnings(config)
+  assert 'discriminator_norm=batch' in message and 'discriminator_norm=layer' in message
+  (message,) = run_checks.config_warnings(tiny_config(str(tmp_path), r1_weight=1.0,
+                                                      image_size=16))
+  assert message.startswith('r1_weight > 0 with discriminator_norm=batch')
+  # An 8x8 D has its input layer alone, without BatchNorm: nothing to warn of.
+  for fixed in (dict(discriminator_norm='layer'), dict(discriminator_norm='none'),
+                dict(gradient_penalty_weight=0.0), dict(image_size=8)):
+    assert run_checks.config_warnings(tiny_config(str(tmp_path), **{
+        'gradient_penalty_weight': 10.0, 'image_size': 16, **fixed})) == []
+
+
+def test_config_warnings_name_an_unconstrained_critic_and_fields_nothing_reads(tmp_path):
+  """A Wasserstein critic without a penalty or spectral norm diverges (d_loss -7.9 -> -86 in
+  400 steps); a config built without load_config is not locked, so a misspelt field set in
+  it was carried along unread."""
+  (message,) = run_checks.config_warnings(tiny_config(str(tmp_path), loss='wasserstein'))
+  assert message.startswith('loss=wasserstein with no gradient_penalty_weight, r1_weight or '
+                            'spectral norm: nothing keeps the critic Lipschitz')
+  for fixed in (dict(gradient_penalty_weight=10.0, discriminator_norm='layer'),
+                dict(r1_weight=1.0, discriminator_norm='none'),
+                dict(discriminator_norm='spectral')):
+    config = tiny_config(str(tmp_path), loss='wasserstein', **fixed)
+    assert run_checks.config_warnings(config) == []
+  config = tiny_config(str(tmp_path))
+  with config.unlocked():
+    config.generator_widht = 32
+    config.learning_rate = 1e-3
+    config.my_own_note = 'kept, but said'
+  assert run_checks.config_warnings(config) == [
+      "Config field 'generator_widht' is not one dcgan_jax reads, so it has no effect; did you "
+      "mean 'generator_width'?",
+      "Config field 'learning_rate' is not one dcgan_jax reads, so it has no effect; did you "
+      "mean 'g_learning_rate' or 'd_learning_rate'?",
+      "Config field 'my_own_note' is not one dcgan_jax reads, so it has no effect (the fields "
+      "are listed in configs/default.py)."]
+  # A warm-up as long as the run: the schedule never gets past it.
+  config = tiny_config(str(tmp_path), lr_schedule='cosine', warmup_steps=100, num_train_steps=6,
+                       ema_decay=0.0)
+  (message,) = run_checks.duration_warnings(config, durations_lib.resolve_durations(config, 1797))
+  assert message.startswith('warmup_steps 100 is not shorter than the run (6 steps)')
+  config.warmup_steps = 5
+  assert run_checks.duration_warnings(config, durations_lib.resolve_durations(config, 1797)) == []
+  # An EMA whose horizon is longer than the run: its samples stay near the untrained G.
+  config.update(ema_decay=0.999, num_train_steps=125)
+  (message,) = run_checks.duration_warnings(config, durations_lib.resolve_durations(config, 1797))
+  assert message.startswith('ema_decay 0.999 averages over about 1,000 steps, more than this '
+                            'run has (125)')
+  config.num_train_steps = 1000
+  assert run_checks.duration_warnings(config, durations_lib.resolve_durations(config, 1797)) == []
+
+
+def test_describe_objective_names_what_differs_from_the_paper(tmp_path):
+  assert run_checks.describe_objective(tiny_config(str(tmp_path))) == (
+      'Objective: non_saturating loss, d_steps 1, discriminator_norm batch, augment none.')
+  config = tiny_config(str(tmp_path), loss='hinge', gradient_penalty_weight=10.0, d_steps=5,
+                       discriminator_norm='layer', r1_weight=0.5, real_label=0.9,
+                       augment='translation,color')
+  assert run_checks.describe_objective(config) == (
+      'Objective: hinge loss, d_steps 5, discriminator_norm layer, gradient penalty 10, '
+      'R1 0.5, real_label 0.9, augment color,translation.')
+  config = tiny_config(str(tmp_path), augment='cutout', ada_target=0.6)
+  assert run_checks.describe_objective(config).endswith(
+      'augment cutout (ADA: adaptive probability, target 0.6, 500,000 images per unit).')
+  assert run_checks.describe_objective(tiny_config(
+      str(tmp_path), augment='cutout', augment_probability=0.3)).endswith(
+          'augment cutout (probability 0.3).')
+
+
+def test_changed_settings_effects_say_what_a_user_would_not_guess(tmp_path):
+  config = tiny_config(str(tmp_path), steps_per_dispatch=4, seed=1)
+  saved = tiny_config(str(tmp_path)).to_dict()
+  effects = run_checks.changed_settings_effects(config, saved)
+  assert 'another steps_per_dispatch' in effects and 'not bit for bit' in effects
+  assert "the new seed changes only the data order and the sample grids' latents" in effects
+  assert 'batch_size' not in effects
+  assert run_checks.changed_settings_effects(tiny_config(str(tmp_path)), saved) == ''
+
+
+def test_setup_changes_skip_facts_an_older_checkpoint_did_not_record(tmp_path):
+  now = run_checks.run_setup(8, device_resident=False)
+  assert run_checks.setup_changes({}, now) == []  # Saved before the record existed.
+  assert run_checks.describe_setup_changes(10, {}, now, tiny_config(str(tmp_path))) is None
+  assert run_checks.setup_changes({'devices': 4, 'data': 'tf.data'}, now) == ['devices 4 -> 8']
+  message = run_checks.describe_setup_changes(10, {'devices': 4}, now, tiny_config(str(tmp_path)))
+  assert 'reduced in another order' in message and 'batches' not in message
+  # An explicit device_resident gets no advice to set it.
+  config = tiny_config(str(tmp_path), device_resident='never')
+  message = run_checks.describe_setup_changes(10, {'data': 'device-resident'}, now, config)
+  assert 'batches after step 10 are drawn in another order.' in message
+  assert 'reduced' not in message
+
+
+def test_changed_settings_name_each_field_its_old_and_new_value():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict({'loss': 'hinge', 'batch_size': 32, 'seed': 0,
+                                      'nested': {'a': 1}, 'betas': (0.5, 0.9), 'new_field': 1})
+  saved = {'loss': 'non_saturating', 'batch_size': 32, 'seed': 0, 'nested': {'a': 2},
+           'betas': [0.5, 0.9], 'old_field': 'x'}  # (JSON gives lists for tuples.)
+  assert run_checks.changed_settings(config, saved) == [
+      "loss 'non_saturating' -> 'hinge'", 'nested.a 2 -> 1', 'new_field unset -> 1',
+      "old_field 'x' -> unset"]
+  assert run_checks.changed_settings(config, json.loads(json.dumps(config.to_dict()))) == []
