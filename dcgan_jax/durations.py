@@ -56,10 +56,17 @@ def steps_from_config(config: ml_collections.ConfigDict, name: str, steps_per_ep
     raise UserError(f'{epochs_field} is {epochs}; use a non-negative number of epochs.')
   if epochs == 0:
     return 0
-  return max(1, math.ceil(epochs * steps_per_epoch))
+  return max(1, _ceil(epochs * steps_per_epoch))
 
 
-def resolve_durations(config: ml_collections.ConfigDict, num_examples: int) -> Durations:
+def _ceil(steps: float) -> int:
+  """Whole steps covering ``steps``, where ``steps`` is a product or quotient of floats: 15 for
+  15.000000000000002 (an epoch count written as images / num_examples comes back so)."""
+  return math.ceil(round(steps, 9))
+
+
+def resolve_durations(config: ml_collections.ConfigDict, num_examples: int,
+                      resumed_at: tuple[int, int] | None = None) -> Durations:
   """Converts every step-or-epoch duration of the config to steps (the only place that does).
 
   Args:
@@ -68,6 +75,12 @@ def resolve_durations(config: ml_collections.ConfigDict, num_examples: int) -> D
       ``eval_every_steps``; each ``*_steps`` field may be -1, meaning derive it from the matching
       ``*_epochs`` field.
     num_examples: Examples in the training split.
+    resumed_at: ``(step, images_seen)`` of the checkpoint a run resumes from. When earlier
+      launches trained at another batch size (``images_seen != step * batch_size``), a length
+      in ``num_epochs`` ends once the run has trained on that many epochs of images: the
+      images left are counted at the current batch size. (Converting the whole length at the
+      current batch size would end a run resumed at twice the batch after too few images, or
+      before its checkpoint's step.) The periods keep their conversion.
 
   Returns:
     The :class:`Durations`.
@@ -78,6 +91,11 @@ def resolve_durations(config: ml_collections.ConfigDict, num_examples: int) -> D
   steps_per_epoch = num_examples / int(config.batch_size)
   num_train_steps = steps_from_config(config, 'num_train', steps_per_epoch,
                                        epochs_field='num_epochs')
+  if resumed_at is not None and int(config.num_train_steps) == -1 and num_train_steps > 0:
+    step, images_seen = resumed_at
+    if images_seen != step * int(config.batch_size):  # Another batch size before.
+      images_left = float(config.num_epochs) * num_examples - images_seen
+      num_train_steps = step + max(0, _ceil(images_left / int(config.batch_size)))
   if num_train_steps <= 0:
     raise UserError('The run has no steps; set num_train_steps to a positive number, or -1 with '
                     f'a positive num_epochs (got num_train_steps={config.num_train_steps}, '

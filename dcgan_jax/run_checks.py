@@ -264,9 +264,9 @@ def changed_settings_effects(config: ml_collections.ConfigDict, saved: dict[str,
   none applies): each says what a user would not guess."""
   effects = ''
   if saved.get('batch_size') != config.get('batch_size'):
-    effects += (' With another batch_size the epoch scalar goes on counting the images trained '
-                'on, but the data stream resumes at step x the new batch_size: some images of '
-                'the current epoch are skipped or drawn twice.')
+    effects += (' With another batch_size the epoch scalar and a length in num_epochs go on '
+                'counting the images trained on, but the data stream resumes at step x the new '
+                'batch_size: some images of the current epoch are skipped or drawn twice.')
   if saved.get('steps_per_dispatch', 1) != config.get('steps_per_dispatch', 1):
     effects += (' With another steps_per_dispatch the steps run in another program, which '
                 'rounds differently: training goes on, agreeing to rounding, not bit for bit.')

@@ -206,6 +206,33 @@ def saved_images_seen(step: int, metadata: dict[str, Any], step_config: dict[str
   return step * int(batch_size if is_integer(batch_size) else config.batch_size)
 
 
+def _resumed_durations(config: ml_collections.ConfigDict, workdir: str,
+                       durations: durations_lib.Durations,
+                       checkpointer: checkpointing.Checkpointer) -> durations_lib.Durations:
+  """The durations of a run that resumes after training at another batch size.
+
+  A length in ``num_epochs`` then counts the images left (see
+  :func:`~dcgan_jax.durations.resolve_durations`); the change is logged. Read from the latest
+  checkpoint before the state is built, since the decaying schedules depend on the length.
+  """
+  latest = checkpointer.latest_step()
+  if latest is None or int(config.num_train_steps) != -1:
+    return durations
+  try:
+    saved_config = checkpointing.restore_config(workdir)
+  except UserError:  # The restore reports what is wrong.
+    return durations
+  images_seen = saved_images_seen(latest, checkpointer.saved_run_setup(latest), saved_config,
+                                  config)
+  resumed = durations_lib.resolve_durations(config, durations.num_examples,
+                                            resumed_at=(latest, images_seen))
+  if resumed.num_train_steps != durations.num_train_steps and jax.process_index() == 0:
+    logging.info('num_epochs %g counts images: the run had trained on %d by step %d (at another '
+                 'batch_size), so it ends at step %d rather than %d.', float(config.num_epochs),
+                 images_seen, latest, resumed.num_train_steps, durations.num_train_steps)
+  return resumed
+
+
 def _save(checkpointer: checkpointing.Checkpointer, step: int, state: state_lib.GANState,
           train_key: jax.Array, config: ml_collections.ConfigDict,
           step_fn: parallel.DataParallelStep, metadata: dict[str, Any],
@@ -278,15 +305,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     step_fn = parallel.DataParallelStep(
         models.generator_from_config(config), models.discriminator_from_config(config),
         train_step_lib.StepConfig.from_config(config), parallelism=config.parallelism)
-  device_resident = data.use_device_resident(config, info.num_bytes)
+  # Why the data path was chosen goes into the run's log line: 'auto' decides by sizes a user
+  # may want to change.
+  device_resident, data_reason = data.choose_device_resident(config, info.num_bytes)
   if device_resident and config.parallelism == 'pmap' and jax.process_count() > 1:
     # pmap takes host rows per device; the sampler's global batch would need a cross-process
     # gather, so multi-process pmap runs read through tf.data instead.
     device_resident = False
+    data_reason = 'parallelism=pmap with several processes'
   if not device_resident and str(config.dataset).strip() == 'array':
     raise UserError(f"dataset 'array' ({info.num_bytes / 2**20:.0f} MiB) is read on the devices "
-                    "only; set device_resident to 'auto' or 'always' (with auto, raise "
-                    "device_resident_max_bytes), and use shard_map for multi-process runs.")
+                    f"only, but this run would stream it ({data_reason}); set device_resident "
+                    "to 'auto' or 'always' (with auto, raise device_resident_max_bytes), and use "
+                    "shard_map for multi-process runs.")
   # On either data path: tf.data would fill each batch by repeating images.
   if int(config.batch_size) > info.num_examples:
     raise UserError(f'batch_size {config.batch_size} exceeds the {info.num_examples} examples '
@@ -311,15 +342,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     fid_hook = train_hooks.InceptionFIDHook(config, image_sampler, durations.eval_every_steps)
   workdir = os.fspath(checkpointing.check_workdir_writable(workdir))
   _sync_processes('validated')
-  logging.info('Run: %d steps (%.1f per epoch), global batch %d on %d device%s (%s), data %s.',
-               durations.num_train_steps, durations.steps_per_epoch, config.batch_size,
+  logging.info('Run: %d steps (%.1f per epoch), global batch %d on %d device%s (%s), data %s '
+               '(%s).', durations.num_train_steps, durations.steps_per_epoch, config.batch_size,
                step_fn.num_devices, '' if step_fn.num_devices == 1 else 's', config.parallelism,
-               'device-resident' if device_resident else 'tf.data')
+               'device-resident' if device_resident else 'streamed by tf.data', data_reason)
 
   # --- 2. Lock, restore, write the run's config. ---------------------------------------------
   setup = run_checks.run_setup(step_fn.num_devices, device_resident)
   with checkpointing.acquire_workdir_lock(workdir), checkpointing.Checkpointer(
       workdir, max_to_keep=int(config.keep_checkpoints), run_setup=setup) as checkpointer:
+    durations = _resumed_durations(config, workdir, durations, checkpointer)
     root_key = jax.random.key(int(config.seed))
     initial_state = create_train_state(config, jax.random.fold_in(root_key, train_hooks.INIT_TAG),
                                        durations.num_train_steps)

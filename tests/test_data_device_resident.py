@@ -101,6 +101,32 @@ def test_use_device_resident_modes():
     device_resident.use_device_resident(config, 1)
 
 
+def test_the_data_path_choice_says_which_setting_and_sizes_decided(monkeypatch):
+  """A run logs why its data is streamed or kept on the devices: 'auto' decides by sizes that
+  a user may want to change, and the reason names the one to change."""
+  config = ml_collections.ConfigDict(dict(device_resident='auto',
+                                          device_resident_max_bytes=4 * 2**30))
+  monkeypatch.setattr(device_resident, '_memory_stats', lambda device: None)  # As on CPU.
+  assert device_resident.choose_device_resident(config, 12 * 2**20) == (
+      True, "device_resident='auto': the 12 MiB dataset is within device_resident_max_bytes "
+            '(4 GiB)')
+  chosen, reason = device_resident.choose_device_resident(config, 5 * 2**30)
+  assert not chosen and reason.endswith(
+      'the 5 GiB dataset is larger than device_resident_max_bytes (4 GiB); raise it to keep '
+      'the data on the devices')
+  # A device that reports its memory: at most a quarter of it holds the data.
+  monkeypatch.setattr(device_resident, '_memory_stats',
+                      lambda device: {'bytes_limit': 8 * 2**30})
+  chosen, reason = device_resident.choose_device_resident(config, 3 * 2**30)
+  assert not chosen and "more than a quarter of the device's 8 GiB" in reason
+  chosen, reason = device_resident.choose_device_resident(config, 2 * 2**30)
+  assert chosen and reason.endswith("and a quarter of the device's 8 GiB")
+  config.device_resident = 'never'
+  assert device_resident.choose_device_resident(config, 1) == (False, "device_resident='never'")
+  assert device_resident.format_bytes(512) == '512 B'
+  assert device_resident.format_bytes(1536) == '1.5 KiB'
+
+
 def test_cached_epoch_permutation_gives_the_traced_batches_across_epochs():
   """The loop's int steps use a per-epoch permutation kept on the devices; the batches must be
   the ones the traceable definition gives, also across epoch boundaries and going back."""

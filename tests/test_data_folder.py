@@ -69,7 +69,7 @@ def image_folder(tmp_path):
 def test_folder_decodes_crops_and_counts_unreadable(image_folder, tmp_path, caplog):
   folder, counts = image_folder
   config = _config(dataset_path=str(folder), data_dir=str(tmp_path / 'tfds'))
-  with caplog.at_level(logging.WARNING):
+  with caplog.at_level(logging.INFO):
     images = input_pipeline.load_all_images(config)
   assert images.shape == (counts['readable'], 16, 16, 3)
   # Every image is white inside its centred square, black outside: cropping that square and
@@ -77,7 +77,30 @@ def test_folder_decodes_crops_and_counts_unreadable(image_folder, tmp_path, capl
   assert images.min() >= 235, images.reshape(len(images), -1).min(axis=1)
   assert f"Skipped {counts['corrupt']} of 7 files" in caplog.text
   assert 'broken.jpg' in caplog.text
+  # wide.png, tall.JPG and photo.webp lose the edges of their longer side: said once.
+  assert (f"3 of the 6 images of split 'train' in {folder} are not square: only their centred "
+          'square is kept') in caplog.text
+  assert 'enlarged' not in caplog.text  # Every short side is at least 16.
   assert input_pipeline.dataset_info(config).num_examples == counts['readable']
+
+
+def test_the_size_tally_counts_enlarged_and_cut_images():
+  """A folder of mixed sizes: small images come out blurrier than the rest once enlarged."""
+  tally = image_files.SizeTally(image_size=32)
+  for size in [(60, 40), (30, 50), (32, 32), (36, 24), (20, 20), (64, 64)]:
+    tally.add(size)
+  (enlarged,), (cut,) = tally.warnings('here'), tally.notes('here')
+  assert enlarged.startswith('3 of the 6 images of here are smaller than 32x32 and were enlarged '
+                             'to it (the smallest is 20x20)')
+  assert cut.startswith('3 of the 6 images of here are not square')
+  # With a crop_size every image is cut on purpose: only a crop smaller than 32 is enlarged.
+  cropped = image_files.SizeTally(image_size=32, crop_size=40)
+  for size in [(60, 40), (100, 30), (50, 50)]:
+    cropped.add(size)
+  (message,) = cropped.warnings('there')
+  assert message.startswith('1 of the 3 images of there are smaller than 32x32')
+  assert cropped.notes('there') == []
+  assert image_files.SizeTally(16).warnings('x') == image_files.SizeTally(16).notes('x') == []
 
 
 

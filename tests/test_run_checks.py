@@ -41,6 +41,28 @@ def test_bad_durations_are_user_errors(tmp_path, overrides, message):
     durations_lib.resolve_durations(tiny_config(tmp_path, **overrides), num_examples=100)
 
 
+def test_a_length_in_epochs_counts_the_images_left_after_a_batch_size_change(tmp_path):
+  """A run of 10 epochs of 1000 images stopped at step 100 of batch 64 (6,400 images) and resumed
+  at batch 128 has 3,600 images left: 29 more steps. Converted at 128 alone it would end at step
+  79, before its checkpoint, after 6.4 epochs."""
+  config = tiny_config(tmp_path, batch_size=128, num_train_steps=-1, num_epochs=10.0)
+  assert durations_lib.resolve_durations(config, 1000).num_train_steps == 79
+  resumed = durations_lib.resolve_durations(config, 1000, resumed_at=(100, 6400))
+  assert resumed.num_train_steps == 129
+  # The same batch size throughout: the usual conversion, whatever the step.
+  assert durations_lib.resolve_durations(config, 1000, resumed_at=(50, 6400)).num_train_steps == 79
+  # Past the length already: nothing left to train.
+  assert durations_lib.resolve_durations(config, 1000,
+                                         resumed_at=(300, 12_000)).num_train_steps == 300
+  # A length in steps is a length in steps.
+  config.num_train_steps = 500
+  resumed = durations_lib.resolve_durations(config, 1000, resumed_at=(100, 6400))
+  assert resumed.num_train_steps == 500
+  # An epoch count written as images / num_examples is not rounded up a step by float error.
+  config.update(num_train_steps=-1, num_epochs=240 / 1797, batch_size=16)
+  assert durations_lib.resolve_durations(config, 1797).num_train_steps == 15
+
+
 def test_is_due():
   assert [s for s in range(1, 11) if durations_lib.is_due(s, 4)] == [4, 8]
   assert [s for s in range(1, 11) if durations_lib.is_due(s, 4, num_train_steps=10)] == [4, 8, 10]

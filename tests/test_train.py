@@ -332,6 +332,7 @@ def test_tfds_mock_dataset_run_through_tf_data(tfds_dir, tmp_path, caplog):
   config = tiny_config(str(tmp_path / 'tfds'), dataset='mnist', device_resident='never',
                        num_train_steps=2, checkpoint_every_steps=1, sample_every_steps=0,
                        parallelism='pmap', steps_per_dispatch=4)
+  caplog.set_level(logging.INFO)
   with tfds.testing.mock_data(num_examples=24):
     state = train.train_and_evaluate(config, tmp_path / 'run')
   assert int(state.step) == 2
@@ -339,6 +340,9 @@ def test_tfds_mock_dataset_run_through_tf_data(tfds_dir, tmp_path, caplog):
   assert any('steps_per_dispatch=4 fuses steps only with device-resident data and '
              'parallelism=shard_map; this run (pmap) dispatches one step at a time.'
              in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+  # The run's line says which data path it took and why.
+  assert any(r.getMessage().endswith("data streamed by tf.data (device_resident='never').")
+             for r in caplog.records), [r.getMessage() for r in caplog.records]
   assert state.generator.params['project']['kernel'].ndim == 2  # pmap's device axis dropped.
   assert _checkpoint_steps(tmp_path / 'run') == [1, 2]
   # sample_every_steps=0 disables periodic grids; the final one (and its animation) is always written.
@@ -470,7 +474,7 @@ def test_epoch_counts_the_images_trained_on_across_batch_size_changes(tfds_dir, 
   with caplog.at_level(logging.WARNING):
     train.train_and_evaluate(config, tmp_path)
   assert 'batch_size 16 -> 32' in caplog.text
-  assert 'the epoch scalar goes on counting the images trained on' in caplog.text
+  assert 'the epoch scalar and a length in num_epochs go on counting the images' in caplog.text
   assert 'another steps_per_dispatch' not in caplog.text and 'new seed' not in caplog.text
   config.update(num_train_steps=10, batch_size=8)
   train.train_and_evaluate(config, tmp_path)
@@ -481,10 +485,21 @@ def test_epoch_counts_the_images_trained_on_across_batch_size_changes(tfds_dir, 
   with checkpointing.Checkpointer(tmp_path, read_only=True) as checkpointer:
     assert [checkpointer.saved_run_setup(s)[train.IMAGES_SEEN_KEY] for s in (6, 8, 10)] == [
         128, 192, 208]
+  # A length in epochs ends after that many epochs of images: 208 seen at step 10, 32 left at
+  # batch 16 is 2 more steps (converted at batch 16 alone, 240 images would end at step 15).
+  config.update(num_train_steps=-1, num_epochs=240 / digits.NUM_EXAMPLES, batch_size=16)
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    state = train.train_and_evaluate(config, tmp_path)
+  assert int(state.step) == 12
+  assert ('the run had trained on 208 by step 10 (at another batch_size), so it ends at step 12 '
+          'rather than 15') in caplog.text
+  with checkpointing.Checkpointer(tmp_path, read_only=True) as checkpointer:
+    assert checkpointer.saved_run_setup(12)[train.IMAGES_SEEN_KEY] == 240
   # A checkpoint from before the count: its step at its own config's batch size.
   assert train.saved_images_seen(6, {}, {'batch_size': 32}, config) == 192
   assert train.saved_images_seen(6, {'images_seen': 100}, {'batch_size': 32}, config) == 100
-  assert train.saved_images_seen(6, {'images_seen': 'x'}, {}, config) == 48  # Now's batch, 8.
+  assert train.saved_images_seen(6, {'images_seen': 'x'}, {}, config) == 96  # Now's batch, 16.
 
 
 @_ORBAX_READ_NOISE

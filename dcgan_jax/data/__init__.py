@@ -4,7 +4,8 @@ Importing this package is cheap: TensorFlow, tfds and JAX load only when a funct
 
 * :func:`create_train_iterator`, :func:`dataset_info`, :func:`load_all_images`,
   :class:`DatasetInfo` (:mod:`.input_pipeline`);
-* :class:`DeviceResidentSampler`, :func:`use_device_resident` (:mod:`.device_resident`);
+* :class:`DeviceResidentSampler`, :func:`use_device_resident`, :func:`choose_device_resident`
+  (:mod:`.device_resident`);
 * sources: :mod:`.digits`, :mod:`.folder`, :mod:`.celeba`, :mod:`.sources`.
 """
 import importlib
@@ -18,6 +19,7 @@ _EXPORTS = {
     'DatasetInfo': 'input_pipeline',
     'DeviceResidentSampler': 'device_resident',
     'use_device_resident': 'device_resident',
+    'choose_device_resident': 'device_resident',
     'known_dataset_names': 'sources',
 }
 

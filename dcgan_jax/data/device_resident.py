@@ -58,13 +58,42 @@ def use_device_resident(config, num_bytes: int) -> bool:
   Raises:
     UserError: an unknown mode.
   """
+  return choose_device_resident(config, num_bytes)[0]
+
+
+def choose_device_resident(config, num_bytes: int) -> tuple[bool, str]:
+  """:func:`use_device_resident`'s answer and why, in words for the run's log.
+
+  The reason names the setting that decided and, for ``'auto'``, the sizes it compared, so that
+  a run which streams its data through tf.data says which number to raise.
+  """
   mode = check_device_resident_mode(config)
   if mode != 'auto':
-    return mode == 'always'
-  if num_bytes > int(config.get('device_resident_max_bytes', 4 * 1024**3)):
-    return False
+    return mode == 'always', f"device_resident='{mode}'"
+  max_bytes = int(config.get('device_resident_max_bytes', 4 * 1024**3))
+  size = f'the {format_bytes(num_bytes)} dataset'
+  if num_bytes > max_bytes:
+    return False, (f"device_resident='auto': {size} is larger than device_resident_max_bytes "
+                   f'({format_bytes(max_bytes)}); raise it to keep the data on the devices')
   stats = _memory_stats(jax.local_devices()[0])
-  return not stats or num_bytes <= stats.get('bytes_limit', float('inf')) // 4
+  limit = (stats or {}).get('bytes_limit')
+  if limit is None:
+    return True, (f"device_resident='auto': {size} is within device_resident_max_bytes "
+                  f'({format_bytes(max_bytes)})')
+  if num_bytes > limit // 4:
+    return False, (f"device_resident='auto': {size} is more than a quarter of the device's "
+                   f"{format_bytes(limit)}, which the models and activations need; "
+                   "device_resident='always' keeps it there anyway")
+  return True, (f"device_resident='auto': {size} is within device_resident_max_bytes "
+                f"({format_bytes(max_bytes)}) and a quarter of the device's {format_bytes(limit)}")
+
+
+def format_bytes(num_bytes: int) -> str:
+  """'512 B', '12.3 MiB', '4 GiB': a size as a person reads it."""
+  for unit, scale in (('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10)):
+    if num_bytes >= scale:
+      return f'{num_bytes / scale:.3g} {unit}'
+  return f'{num_bytes} B'
 
 
 def _memory_stats(device) -> dict | None:

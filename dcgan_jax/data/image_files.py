@@ -20,6 +20,7 @@ import os
 import re
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -34,6 +35,7 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff', '
 # Bump when the preprocessing below changes, so prepared datasets are rebuilt.
 PREPROCESSING_VERSION = 1
 _DECODE_CHUNK = 256
+T = TypeVar('T')  # What a decode function gives for one file.
 
 
 def _path_parts(relative_name: str) -> list[str]:
@@ -322,6 +324,8 @@ def _to_channels(image: Image.Image, channels: int) -> Image.Image:
 def square_image(data: bytes, image_size: int, channels: int, crop_size: int = 0) -> np.ndarray:
   """Decodes one image file and turns it into a square of the configured size.
 
+  :func:`square_image_and_size` also gives the file's own size.
+
   Args:
     data: the encoded file (JPEG, PNG, WebP, BMP, ...).
     image_size: side of the output square.
@@ -335,6 +339,13 @@ def square_image(data: bytes, image_size: int, channels: int, crop_size: int = 0
   Raises:
     Exception: whatever PIL raises for an unreadable or truncated file.
   """
+  return square_image_and_size(data, image_size, channels, crop_size)[0]
+
+
+def square_image_and_size(data: bytes, image_size: int, channels: int,
+                          crop_size: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
+  """:func:`square_image`'s array and the image's ``(width, height)`` as stored (after its
+  EXIF rotation), from which a preparation counts the images it upscaled or cut."""
   with Image.open(io.BytesIO(data)) as opened:
     opened.load()  # Decode fully now: truncated files fail here, not later.
     image = _to_channels(ImageOps.exif_transpose(opened), channels)
@@ -345,29 +356,75 @@ def square_image(data: bytes, image_size: int, channels: int, crop_size: int = 0
   if side != image_size:
     image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
   array = np.asarray(image, dtype=np.uint8)
-  return array.reshape(image_size, image_size, channels)
+  return array.reshape(image_size, image_size, channels), (width, height)
+
+
+class SizeTally:
+  """Counts the images a preparation had to upscale or cut to a square, for its log.
+
+  An image smaller than ``image_size`` is enlarged, so it comes out blurrier than the rest (a GAN
+  learns that blur too); a non-square one keeps only its centred square (with ``crop_size`` 0).
+  """
+
+  def __init__(self, image_size: int, crop_size: int = 0):
+    self._image_size = image_size
+    self._crop_size = crop_size
+    self.count = self.upscaled = self.not_square = 0
+    self.smallest: tuple[int, int] | None = None
+
+  def add(self, size: tuple[int, int]) -> None:
+    """Counts one image of ``(width, height)``."""
+    width, height = size
+    self.count += 1
+    side = min(width, height) if self._crop_size <= 0 else min(self._crop_size, width, height)
+    if side < self._image_size:
+      self.upscaled += 1
+      if self.smallest is None or min(size) < min(self.smallest):
+        self.smallest = size
+    if width != height and self._crop_size <= 0:
+      self.not_square += 1
+
+  def warnings(self, where: str) -> list[str]:
+    """The enlarged images, as a warning ([] when none was)."""
+    if not self.upscaled:
+      return []
+    width, height = self.smallest
+    return [f'{self.upscaled:,} of the {self.count:,} images of {where} are smaller than '
+            f'{self._image_size}x{self._image_size} and were enlarged to it (the smallest is '
+            f'{width}x{height}), so they are blurrier than the others and G learns that blur '
+            'too; leave them out, or lower image_size.']
+
+  def notes(self, where: str) -> list[str]:
+    """The images cut to their centred square, as a note ([] when none was): what a folder of
+    photos expects, and CelebA's documented preprocessing."""
+    if not self.not_square:
+      return []
+    return [f'{self.not_square:,} of the {self.count:,} images of {where} are not square: only '
+            'their centred square is kept (the edges of the longer side are cut off; crop_size '
+            'sets a tighter square).']
 
 
 def decode_all(
     files: ImageFiles,
     names: Sequence[str],
-    decode: Callable[[bytes], np.ndarray],
+    decode: Callable[[bytes], T],
     num_threads: int | None = None,
-) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+) -> Iterator[tuple[str, T | None, str | None]]:
   """Decodes ``names`` in order on a thread pool (PIL releases the GIL while decoding).
 
   Args:
     files: where the files live.
     names: which files, in the order wanted.
-    decode: bytes -> array, e.g. a ``functools.partial`` of :func:`square_image`.
+    decode: bytes -> a value (an array, or an array and a size), e.g. a
+      ``functools.partial`` of :func:`square_image` or :func:`square_image_and_size`.
     num_threads: pool size; defaults to the number of CPUs.
 
   Yields:
-    ``(name, array, None)``, or ``(name, None, reason)`` for a file that could not be read,
+    ``(name, decoded, None)``, or ``(name, None, reason)`` for a file that could not be read,
     with a few words on why (``'not a readable image'``, or too large for PIL).
   """
 
-  def safe_decode(data: bytes | None) -> tuple[np.ndarray | None, str | None]:
+  def safe_decode(data: bytes | None) -> tuple[T | None, str | None]:
     if data is None:
       return None, 'the file cannot be read'
     try:

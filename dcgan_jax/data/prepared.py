@@ -92,7 +92,7 @@ def prepare_image_files(
   config = tfds.core.BuilderConfig(
       name=f'{files.label()}_{fingerprint}', version=_VERSION,
       description=description or f'Images from {files.path}')
-  decode = functools.partial(image_files_lib.square_image, image_size=image_size,
+  decode = functools.partial(image_files_lib.square_image_and_size, image_size=image_size,
                              channels=channels, crop_size=crop_size)
 
   class Builder(LocalSourceLogs, tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -125,13 +125,16 @@ def prepare_image_files(
     def _generate_examples(self, split, names):
       failed = []
       per_class = [0] * len(class_names or ())
-      for name, image, reason in image_files_lib.decode_all(files, names, decode):
-        if image is None:
+      sizes = image_files_lib.SizeTally(image_size, crop_size)
+      for name, decoded, reason in image_files_lib.decode_all(files, names, decode):
+        if decoded is None:
           failed.append((name, reason))
           if len(failed) <= _NAMED_FAILURES:
             logging.warning('Skipping %s in %s: %s.', image_files_lib.printable_name(name),
                             files.path, reason)
           continue
+        image, size = decoded
+        sizes.add(size)
         stored_name = image_files_lib.printable_name(name)  # tfds stores text as UTF-8.
         example = {'image': image, 'file_name': stored_name}
         if class_names:
@@ -141,6 +144,11 @@ def prepare_image_files(
       if failed:
         logging.warning('Skipped %d of %d files of split %r in %s that could not be read as '
                         'images.', len(failed), len(names), split, files.path)
+      where = f'split {split!r} in {files.path}'
+      for message in sizes.warnings(where):
+        logging.warning('%s', message)
+      for message in sizes.notes(where):
+        logging.info('%s', message)
       if len(failed) == len(names):
         first_name, first_reason = failed[0]
         raise UserError(f'None of the {len(names)} image files of split {split!r} in '
