@@ -492,14 +492,12 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   if sampler is None:
     iterator = data.create_train_iterator(config, start_step=start_step)
 
-  # The reporter logs progress only: steps_per_sec and uptime are written with the other
-  # scalars (write_log), from the clock img_per_sec and eta_seconds use. clu's own clock ran
-  # over other windows, so that img_per_sec / batch_size and steps_per_sec disagreed.
+  # The reporter logs progress only, on the console: steps_per_sec and uptime are written with
+  # the other scalars (write_log), and the ProgressClock gives the reporter the same windows.
   report_progress = writers.create_progress(num_train_steps, None,
                                             durations.log_every_steps or None)
   uptime_start = time.monotonic()
-  progress_clock = train_metrics.ProgressClock(report_progress, durations.log_every_steps,
-                                  last_step=num_train_steps)
+  progress_clock = train_metrics.ProgressClock(report_progress)
   collection_cls = None
   accumulate = None
   collection = None
@@ -689,6 +687,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
         'epoch': images_seen(log_step) / durations.num_examples,
     })
     writer.write_scalars(log_step, scalars)
+    progress_clock.logged(log_step, now)  # The console's progress line, over the same window.
     # The next window starts where this one ended, so the windows tile the run's time (the
     # writes above count in the next one) and steps_per_sec is the loop's real rate.
     last_log_time, last_log_step = now, log_step
@@ -712,7 +711,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
         with profiler.annotate(step, done - step):
           state, collection, tracker = fused(state, collection, tracker, train_key, step, done)
         profiler.after_dispatch(done, state)
-        progress_clock(step + 1, done, state)
+        progress_clock.dispatched(done, state)
       else:
         if sampler is not None:
           batch = sampler.batch(step)
@@ -732,7 +731,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
         collection, tracker = accumulate(collection, tracker, metrics, np.int32(step + 1))
         done = step + 1
         profiler.after_dispatch(done, state)
-        progress_clock(done, done, state)
+        progress_clock.dispatched(done, state)
 
       # The previous step's log, now that this step is queued behind it (see write_log).
       write_log()

@@ -95,41 +95,41 @@ def check_finite(tracker: NonFiniteTracker, checkpointer) -> None:
 
 
 class ProgressClock:
-  """Calls the progress reporter (clu's ``ReportProgress`` or ``writers.ProgressLogger``) after
-  each dispatch, so that its steps/s measure the device's work rather than the dispatching.
+  """Drives the progress reporter (clu's ``ReportProgress`` or ``writers.ProgressLogger``) from
+  the loop's own clock, so that its steps/s is the logged ``steps_per_sec``.
 
-  Dispatch is asynchronous, and the reporter's clock starts at its first call, right after the
-  first (compiling) dispatch: the steps up to the first report were then only queued, and the
-  first steps/s logged was thousands (2519 at step 5 of a run doing 25). So the clock starts
-  once the first dispatch has finished (at its last step: a fused chunk's steps all end then),
-  and every report that ends a window waits for its steps to have run. (Waiting at the first
-  report only left the second window ending at a dispatch while it began at a finished step:
-  288 steps/s logged at step 40 of a run doing 17.) The wait costs one dispatch's latency per
-  log window, while the device would otherwise start the next step. clu also reports at the
-  run's last step, whatever the window: that report waits too (a 5-step run, or a resumed one
-  ending between windows, logged 1,400 steps/s for 60).
+  Dispatch is asynchronous and the first dispatch compiles: a clock started when that dispatch
+  returns counts steps that were only queued (2519 steps/s logged at step 5 of a run doing 25).
+  So the clock starts once the first dispatch has finished (at its last step: a fused chunk's
+  steps all end then). After that the reporter hears of steps only when a log's metrics have
+  been fetched, which waited for them, and with that moment's time: its windows are the logged
+  ones, and nothing waits for the device on its account. (Reporting after every dispatch needed
+  a wait for the device at the end of every window, one drain per log, and still printed
+  another rate than the one logged beside it.)
 
   Attributes:
     start: ``(time.monotonic(), step)`` when the clock started, or None before: where the
       loop's own first img/s window begins (not at the compiling first dispatch).
   """
 
-  def __init__(self, report_progress, every_steps: int, last_step: int | None = None):
+  def __init__(self, report_progress):
     self._report = report_progress
-    self._every_steps = every_steps
-    self._last_step = last_step
+    self._reported = -1  # The last step the reporter has heard of.
     self.start: tuple[float, int] | None = None
 
-  def __call__(self, first: int, done: int, state: state_lib.GANState) -> None:
-    """Reports steps ``first .. done``, which the last dispatch ran."""
-    if self.start is None:
-      jax.block_until_ready(state.step)
-      self._report(done)  # The clock starts here (the first call never reports).
-      self.start = (time.monotonic(), done)
+  def dispatched(self, done: int, state: state_lib.GANState) -> None:
+    """After a dispatch that runs up to step ``done``: the first one starts the clock."""
+    if self.start is not None:
       return
-    ends_window = (self._every_steps
-                   and done // self._every_steps > (first - 1) // self._every_steps)
-    if ends_window or (self._last_step is not None and done >= self._last_step):
-      jax.block_until_ready(state.step)  # A report falls in these steps: it ends a window.
-    for step in range(first, done + 1):  # clu's action wants every step once.
-      self._report(step)
+    jax.block_until_ready(state.step)
+    now = time.monotonic()
+    self._report(done, t=now)  # The reporter's clock starts here (its first call never reports).
+    self.start, self._reported = (now, done), done
+
+  def logged(self, step: int, now: float) -> None:
+    """Reports the steps up to ``step``, whose metrics were fetched at ``now``."""
+    if self.start is None or step <= self._reported:
+      return
+    for each in range(self._reported + 1, step + 1):  # clu's action wants every step once.
+      self._report(each, t=now)
+    self._reported = step

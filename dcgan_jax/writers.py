@@ -120,13 +120,14 @@ class ProgressLogger:
     self._last_step: int | None = None
     self._timed: dict[str, float] = {}
 
-  def __call__(self, step: int) -> None:
+  def __call__(self, step: int, t: float | None = None) -> None:
+    """Step ``step`` has finished (at time ``t``, default now)."""
+    now = time.monotonic() if t is None else t
     if self._last_step is None:  # The first call (after the first, compiling step) starts the
-      self._last_step, self._last_time = step, time.monotonic()  # clock, as clu's does.
+      self._last_step, self._last_time = step, now  # clock, as clu's does.
       return
     if not self._every_steps or step % self._every_steps:
       return
-    now = time.monotonic()
     steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
     eta_min = (self._num_train_steps - step) / steps_per_sec / 60
     spent = ', '.join(f'{name} {100 * t / max(now - self._last_time, 1e-9):.1f}%'

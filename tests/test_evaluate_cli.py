@@ -26,7 +26,7 @@ from dcgan_jax.errors import EXIT_USER_ERROR
 from dcgan_jax.data import digits
 from dcgan_jax.evaluation import weights
 
-from test_train import tiny_config  # pylint: disable=g-bad-import-order
+from tiny_configs import tiny_config  # pylint: disable=g-bad-import-order
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM = 2  # Images per side: Inception costs ~0.5 s per image on CPU.

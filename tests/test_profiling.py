@@ -17,7 +17,7 @@ from dcgan_jax import train
 from dcgan_jax.errors import UserError
 
 from test_step_loop import poison_g_loss_at  # pylint: disable=g-bad-import-order
-from test_train import tiny_config  # pylint: disable=g-bad-import-order
+from tiny_configs import tiny_config  # pylint: disable=g-bad-import-order
 
 
 @pytest.fixture(scope='module')
