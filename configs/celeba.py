@@ -13,21 +13,17 @@ of many GAN papers) and resized to 64x64 once, stored as a tfds dataset under da
 reused. With dataset_path empty, tfds' own builder is tried (it needs the network).
 At 64x64 the prepared split (~162k images, ~2 GB uint8) is kept on the accelerator when it fits.
 """
-import pathlib
 
 import ml_collections
 
-from dcgan_jax.config_files import load_config
-
-
-def _default_config() -> ml_collections.ConfigDict:
-  """configs/default.py, loaded from next to this file so the config works from any directory."""
-  return load_config(pathlib.Path(__file__).with_name('default.py'))
+from dcgan_jax import config_files
 
 
 def get_config() -> ml_collections.ConfigDict:
   """CelebA at 64x64 RGB with the paper's model and optimiser."""
-  config = _default_config()
+  # default.py beside this file, or the repository's: a copy made elsewhere (to start a
+  # sweep) still loads.
+  config = config_files.default_config(__file__)
   config.dataset = 'celeb_a'
   config.dataset_path = ''  # img_align_celeba.zip, its extracted folder, or their folder.
   config.split = 'train'

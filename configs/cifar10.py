@@ -7,21 +7,17 @@ Run it with (tfds downloads CIFAR-10 into --config.data_dir once):
 With --config.inception_weights=/path/to/pt_inception-2015-12-05-6726825d.pth the run also
 reports Inception FID (against the training images) every 10 epochs.
 """
-import pathlib
 
 import ml_collections
 
-from dcgan_jax.config_files import load_config
-
-
-def _default_config() -> ml_collections.ConfigDict:
-  """configs/default.py, loaded from next to this file so the config works from any directory."""
-  return load_config(pathlib.Path(__file__).with_name('default.py'))
+from dcgan_jax import config_files
 
 
 def get_config() -> ml_collections.ConfigDict:
   """CIFAR-10: 50,000 colour 32x32 images."""
-  config = _default_config()
+  # default.py beside this file, or the repository's: a copy made elsewhere (to start a
+  # sweep) still loads.
+  config = config_files.default_config(__file__)
   config.dataset = 'cifar10'
   config.image_size = 32
   config.channels = 3

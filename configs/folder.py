@@ -11,21 +11,17 @@ Use --config.image_size=32 (or 128, ...) and --config.channels=1 for other shape
 subfolder per class (path/cat/..., path/dog/...), --config.num_classes=2 trains class-conditional
 models on them.
 """
-import pathlib
 
 import ml_collections
 
-from dcgan_jax.config_files import load_config
-
-
-def _default_config() -> ml_collections.ConfigDict:
-  """configs/default.py, loaded from next to this file so the config works from any directory."""
-  return load_config(pathlib.Path(__file__).with_name('default.py'))
+from dcgan_jax import config_files
 
 
 def get_config() -> ml_collections.ConfigDict:
   """A user's image folder with the paper's model and optimiser."""
-  config = _default_config()
+  # default.py beside this file, or the repository's: a copy made elsewhere (to start a
+  # sweep) still loads.
+  config = config_files.default_config(__file__)
   config.dataset = 'folder'
   config.dataset_path = ''  # Required: a directory or .zip of images.
   config.image_size = 64

@@ -6,21 +6,17 @@ Run it with (tfds downloads MNIST into --config.data_dir once):
 
 Overrides work as for every config, e.g. --config.num_epochs=5 --config.batch_size=256.
 """
-import pathlib
 
 import ml_collections
 
-from dcgan_jax.config_files import load_config
-
-
-def _default_config() -> ml_collections.ConfigDict:
-  """configs/default.py, loaded from next to this file so the config works from any directory."""
-  return load_config(pathlib.Path(__file__).with_name('default.py'))
+from dcgan_jax import config_files
 
 
 def get_config() -> ml_collections.ConfigDict:
   """MNIST: 60,000 grey 28x28 digits, upsampled to 32x32."""
-  config = _default_config()
+  # default.py beside this file, or the repository's: a copy made elsewhere (to start a
+  # sweep) still loads.
+  config = config_files.default_config(__file__)
   config.dataset = 'mnist'
   config.image_size = 32
   config.channels = 1

@@ -959,5 +959,10 @@ def restore_config(workdir: PathLike) -> dict[str, Any]:
       return config
     raise UserError(f'{config_path} does not hold a JSON object; pass the --workdir of a '
                     'training run.')
+  hint = ''
+  if path.parent.name == CHECKPOINT_DIR and path.name.isdigit():  # <run>/checkpoints/<step>
+    hint = f' (for this checkpoint: --workdir={path.parent.parent} --step={path.name})'
+  elif path.name == CHECKPOINT_DIR:
+    hint = f' (here: --workdir={path.parent})'
   raise UserError(f'The workdir {path} holds no run config (no readable checkpoint and no '
-                  f'{CONFIG_FILE}); pass the --workdir of a training run.')
+                  f'{CONFIG_FILE}); pass the --workdir of a training run{hint}.')

@@ -133,17 +133,32 @@ def no_progress_bars_off_a_terminal() -> bool:
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
+def _is_program_frame(filename: str) -> bool:
+  """Whether a warning attributed to ``filename`` came from no user's code: dcgan_jax's own, or
+  (for warnings that name the caller, ``errors.warn_user``) the frames that start a program:
+  absl's ``app.run`` and ``python -m``'s runpy."""
+  if filename.startswith('<frozen ') or os.path.basename(filename) == 'runpy.py':
+    return True
+  path = os.path.abspath(filename)
+  if path.startswith(_PACKAGE_DIR):
+    return True
+  absl = sys.modules.get('absl')
+  absl_dir = os.path.dirname(os.path.abspath(getattr(absl, '__file__', '') or '')) + os.sep
+  return absl is not None and absl_dir != os.sep and path.startswith(absl_dir)
+
+
 def short_own_warnings() -> None:
   """Our own warnings print as one line, ``UserWarning: <message>``, without the file path and
-  source line Python adds (they point into dcgan_jax, which says nothing to a user of the
-  program). Other packages' warnings print as Python prints them. Idempotent.
+  source line Python adds (they point into dcgan_jax, or at absl's ``app.run`` for a warning
+  that names its caller, which says nothing to a user of the program). Other packages'
+  warnings print as Python prints them. Idempotent.
   """
   previous = warnings.showwarning
   if getattr(previous, '_dcgan_jax_short', False):
     return
 
   def show(message, category, filename, lineno, file=None, line=None):
-    if os.path.abspath(filename).startswith(_PACKAGE_DIR):
+    if _is_program_frame(filename):
       stream = file if file is not None else sys.stderr
       try:
         stream.write(f'{category.__name__}: {message}\n')

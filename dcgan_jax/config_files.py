@@ -67,6 +67,29 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
                               'configs', 'default.py')
 
 
+def default_config(beside: str | os.PathLike | None = None) -> ml_collections.ConfigDict:
+  """configs/default.py, the config the other configs build on, loaded from any directory.
+
+  Args:
+    beside: A config file (its ``__file__``): the ``default.py`` next to it is used when there
+      is one, so that a copy of the configs folder keeps its own defaults; otherwise, as for a
+      single config copied elsewhere to start a sweep, :data:`DEFAULT_CONFIG`.
+
+  Raises:
+    UserError: neither file exists (a plain pip install has no configs folder).
+  """
+  candidates = []
+  if beside is not None:
+    candidates.append(os.path.join(os.path.dirname(os.path.abspath(beside)), 'default.py'))
+  candidates.append(DEFAULT_CONFIG)
+  for path in candidates:
+    if os.path.isfile(path):
+      return load_config(path)
+  raise UserError(f'This config builds on configs/default.py, which is in none of '
+                  f'{", ".join(candidates)}; copy default.py beside it, or build on a clone of '
+                  'the repository.')
+
+
 def unknown_fields(config: ml_collections.ConfigDict) -> list[tuple[str, list[str]]]:
   """The config's fields that configs/default.py does not define, each with close matches.
 

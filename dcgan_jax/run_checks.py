@@ -90,6 +90,9 @@ _STATE_SHAPE_DEFAULTS = {'discriminator_norm': 'batch', 'num_classes': 0,
                          'generator_conditioning': 'concat'}
 
 
+_ADA_SPEED_DEFAULT = 500_000  # configs/default.py's (ADA's own) ada_speed_images.
+
+
 def config_warnings(config: ml_collections.ConfigDict) -> list[str]:
   """Settings that are valid but probably not what a researcher meant, one message each."""
   warnings = []
@@ -108,6 +111,22 @@ def config_warnings(config: ml_collections.ConfigDict) -> list[str]:
         "keeps the critic Lipschitz, so its scores grow without bound (WGAN's weight clipping "
         'is not offered); add --config.gradient_penalty_weight=10 with '
         '--config.discriminator_norm=layer (WGAN-GP), or discriminator_norm=spectral.')
+  # Augmentation fields that the other settings make unread (two runs differing only there
+  # trained alike, without a word).
+  augment, adaptive = str(config.get('augment', '') or ''), float(config.get('ada_target', 0)) > 0
+  probability = float(config.get('augment_probability', 1.0))
+  if adaptive and probability != 1.0:
+    warnings.append(
+        f'augment_probability {probability:g} has no effect with ada_target > 0: ADA sets the '
+        'probability itself (from 0, logged as augment_probability); set ada_target=0 for a '
+        'fixed probability.')
+  elif not augment and probability != 1.0:
+    warnings.append(f'augment_probability {probability:g} has no effect without augment (no '
+                    'augmentation is on); set augment, e.g. --config.augment=translation,color.')
+  speed = config.get('ada_speed_images', _ADA_SPEED_DEFAULT)
+  if not adaptive and speed != _ADA_SPEED_DEFAULT:
+    warnings.append(f'ada_speed_images {speed:,} has no effect without ada_target > 0 (ADA is '
+                    'off); set ada_target, e.g. 0.6.')
   for name, close in config_files.unknown_fields(config):
     warnings.append(
         f"Config field {name!r} is not one dcgan_jax reads, so it has no effect"

@@ -284,7 +284,8 @@ def sample_grid_png(workdir: str, out: str, num: int = 64, seed: int = 0, use_em
     UserError: a bad ``num``, or see :func:`load_generator`.
   """
   if not 1 <= num <= MAX_NUM:
-    raise UserError(f'--num must be between 1 and {MAX_NUM} (got {num}).')
+    more = (f'; --out_dir writes up to {MAX_FILES:,} separate files' if num > MAX_NUM else '')
+    raise UserError(f'--num must be between 1 and {MAX_NUM} for a grid (got {num}){more}.')
   check_truncation(truncation)  # Before the restore (seconds).
   generator, variables, config, _ = load_generator(workdir, step, use_ema)
   labels = sample_labels(config, num, label)
@@ -562,6 +563,7 @@ def main(argv: list[str] | None = None) -> None:
   cli_logging.quiet_library_logs(not f.library_logs)
   logging.set_verbosity(logging.INFO)  # Says which checkpoint and weights were sampled.
   try:
+    _check_flags_apply(flag_values)
     label = class_names.parse_label(f.label, f.workdir)
     if f.interpolate and f.out_dir:
       raise UserError('--out_dir writes separate samples; it cannot be combined with '
@@ -570,21 +572,26 @@ def main(argv: list[str] | None = None) -> None:
       raise UserError('--arithmetic writes one grid to --out; it cannot be combined with '
                       '--interpolate or --out_dir.')
     gif_out = f.gif_out or os.path.splitext(f.out)[0] + '.gif'
+    replaced = ''
     if not f.out_dir:  # Checked before the generator is restored and run.
       _check_output_file(f.out, '--out')
       if f.interpolate:
         _check_output_file(gif_out, '--gif_out')
+      # Said, not refused: writing the same name again is how a grid is refreshed.
+      existing = [p for p in [f.out] + ([gif_out] if f.interpolate else []) if os.path.isfile(p)]
+      if existing:
+        replaced = f' (replacing the earlier {" and ".join(existing)})'
     if f.arithmetic:
       latent_arithmetic(f.workdir, f.out, f.arithmetic, num=f.num, seed=f.seed, use_ema=f.ema,
                         step=f.step, label=label, truncation=f.truncation,
                         noise=f.arithmetic_noise)
-      print(f"Wrote {f.out}: a row per group (its samples, then their mean latent's image), "
-            'then the result and its variations.')
+      print(f"Wrote {f.out}{replaced}: a row per group (its samples, then their mean latent's "
+            'image), then the result and its variations.')
     elif f.interpolate:
       interpolation(f.workdir, f.out, gif_out, rows=f.rows, steps=f.steps, seed=f.seed,
                     use_ema=f.ema, step=f.step, bounce=f.bounce, label=label,
                     truncation=f.truncation)
-      print(f'Wrote {f.out} and {gif_out}.')
+      print(f'Wrote {f.out} and {gif_out}{replaced}.')
     elif f.out_dir:
       paths = sample_files(f.workdir, f.out_dir, num=f.num, seed=f.seed, use_ema=f.ema,
                            step=f.step, label=label, truncation=f.truncation)
@@ -592,7 +599,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
       sample_grid_png(f.workdir, f.out, num=f.num, seed=f.seed, use_ema=f.ema, step=f.step,
                       label=label, truncation=f.truncation)
-      print(f'Wrote {f.out}.')
+      print(f'Wrote {f.out}{replaced}.')
   except UserError as e:
     fail(str(e))
   except KeyboardInterrupt:
@@ -600,6 +607,31 @@ def main(argv: list[str] | None = None) -> None:
     command_line.exit_interrupted()
   except OSError as e:  # E.g. a full disk while writing.
     fail(f'Cannot write {e.filename or "the output"} ({e.strerror or e}); give a writable path.')
+
+
+# Flags that only one way of sampling reads: given for another, they used to do nothing without
+# a word (--steps=150 for --step=150 sampled the newest checkpoint).
+_INTERPOLATE_ONLY = ('rows', 'steps', 'gif_out', 'bounce')
+
+
+def _check_flags_apply(flag_values) -> None:
+  """Raises a UserError for a flag given on the command line that this way of sampling ignores."""
+  given = lambda name: bool(flag_values[name].present)
+  if not flag_values.interpolate:
+    for name in _INTERPOLATE_ONLY:
+      if given(name):
+        hint = ' (to sample the checkpoint of a step, --step=N)' if name == 'steps' else ''
+        raise UserError(f'--{name} applies to --interpolate only, which this command does not '
+                        f'ask for{hint}; add --interpolate or leave --{name} out.')
+  elif given('num'):
+    raise UserError('--num does not apply to --interpolate, which draws --rows walks of '
+                    '--steps points; leave --num out.')
+  if flag_values.out_dir and given('out'):
+    raise UserError('--out names the grid file, and --out_dir writes separate files instead; '
+                    'give one of them.')
+  if given('arithmetic_noise') and not flag_values.arithmetic:
+    raise UserError('--arithmetic_noise applies to --arithmetic only; add --arithmetic or leave '
+                    '--arithmetic_noise out.')
 
 
 def _check_output_file(path: str, flag: str) -> None:

@@ -3,6 +3,7 @@ import asyncio
 import logging
 import os
 import pathlib
+import re
 import resource
 import shutil
 import signal
@@ -743,6 +744,13 @@ def test_restore_config_prefers_the_checkpoint(tmp_path):
     restore_config(tmp_path)
   save_config_json(tmp_path, dict(CONFIG, seed=100))
   _save_steps(tmp_path, [1, 2])
+  # A step's folder, or the checkpoints folder, given as the workdir: the message says what to
+  # pass instead.
+  with pytest.raises(UserError, match=re.escape(
+      f'(for this checkpoint: --workdir={tmp_path} --step=2)')):
+    restore_config(tmp_path / 'checkpoints' / '2')
+  with pytest.raises(UserError, match=re.escape(f'(here: --workdir={tmp_path})')):
+    restore_config(tmp_path / 'checkpoints')
   assert restore_config(tmp_path) == dict(CONFIG, seed=2, betas=[0.5, 0.999])
   shutil.rmtree(tmp_path / 'checkpoints' / '2' / 'config')  # Damaged: the previous step's.
   assert restore_config(tmp_path)['seed'] == 1

@@ -104,6 +104,15 @@ def test_our_warnings_print_as_one_line_in_the_programs(monkeypatch):
   assert stream.getvalue() == 'UserWarning: Covariance of 5 samples\n' and not printed
   warnings.showwarning(UserWarning('theirs'), DeprecationWarning, '/venv/jax/x.py', 3, stream)
   assert len(printed) == 1 and printed[0][2] == '/venv/jax/x.py'  # Left to Python's format.
+  # errors.warn_user names the caller: in `python -m dcgan_jax.evaluate` that is absl's app.run
+  # (it printed "absl/app.py:355: UserWarning: ... sys.exit(main(argv))") or runpy.
+  from absl import app  # pylint: disable=g-import-not-at-top
+  for entry in (app.__file__, '<frozen runpy>'):
+    stream = io.StringIO()
+    warnings.showwarning(UserWarning('Covariance of 300 samples'), UserWarning, entry, 355,
+                         stream)
+    assert stream.getvalue() == 'UserWarning: Covariance of 300 samples\n', entry
+  assert len(printed) == 1
 
 
 def test_progress_bars_are_off_when_stderr_is_not_a_terminal(monkeypatch):

@@ -80,6 +80,23 @@ def test_every_config_is_valid_and_resolves_to_steps(name):
   assert durations.num_train_steps > 0 and durations.checkpoint_every_steps > 0
 
 
+def test_a_shipped_config_copied_elsewhere_still_loads(tmp_path):
+  """A sweep starts from a copy of configs/folder.py: it loaded default.py from beside itself
+  and failed ("No config file at .../default.py")."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import config_files  # pylint: disable=g-import-not-at-top
+  for name in ('mnist', 'cifar10', 'celeba', 'folder'):
+    copy = tmp_path / f'my_{name}.py'
+    shutil.copy(config_files.DEFAULT_CONFIG.replace('default.py', f'{name}.py'), copy)
+    assert config_files.load_config(copy).to_dict() == load_config(name).to_dict()
+  # A default.py beside the copy is the one it builds on.
+  (tmp_path / 'default.py').write_text(
+      'from dcgan_jax import config_files\n\n\ndef get_config():\n'
+      '  config = config_files.load_config(config_files.DEFAULT_CONFIG)\n'
+      '  config.seed = 42\n  return config\n')
+  assert config_files.load_config(tmp_path / 'my_mnist.py').seed == 42
+
+
 # ---- resuming -------------------------------------------------------------------------------
 
 
@@ -160,6 +177,22 @@ def test_config_warnings_name_an_unconstrained_critic_and_fields_nothing_reads(t
                             'run has (125)')
   config.num_train_steps = 1000
   assert run_checks.duration_warnings(config, durations_lib.resolve_durations(config, 1797)) == []
+
+
+def test_config_warnings_name_augmentation_fields_the_other_settings_leave_unread(tmp_path):
+  """ADA sets its own probability: two runs differing only in augment_probability trained
+  alike (same Frechet distance), without a word."""
+  (message,) = run_checks.config_warnings(tiny_config(
+      tmp_path, augment='bgc', ada_target=0.6, augment_probability=0.5))
+  assert message.startswith('augment_probability 0.5 has no effect with ada_target > 0')
+  (message,) = run_checks.config_warnings(tiny_config(tmp_path, augment_probability=0.5))
+  assert message.startswith('augment_probability 0.5 has no effect without augment')
+  (message,) = run_checks.config_warnings(tiny_config(tmp_path, augment='bgc',
+                                                      ada_speed_images=5000))
+  assert message.startswith('ada_speed_images 5,000 has no effect without ada_target > 0')
+  for used in (dict(augment='bgc', ada_target=0.6, ada_speed_images=5000),
+               dict(augment='translation', augment_probability=0.5)):
+    assert run_checks.config_warnings(tiny_config(tmp_path, **used)) == []
 
 
 def test_describe_objective_names_what_differs_from_the_paper(tmp_path):

@@ -231,9 +231,13 @@ def test_training_writes_the_progress_animation(run_dir):
     assert gif.size == Image.open(pngs[-1]).size
 
 
-def test_sample_grid_in_process(run_dir, tmp_path):
+def test_sample_grid_in_process(run_dir, tmp_path, capsys):
   out = tmp_path / 'grid.png'
   sample.main(['sample', f'--workdir={run_dir}', '--num=10', f'--out={out}', '--seed=3'])
+  assert capsys.readouterr().out.strip().endswith(f'Wrote {out}.')
+  # Written again: the earlier grid is replaced, and the line says so.
+  sample.main(['sample', f'--workdir={run_dir}', '--num=10', f'--out={out}', '--seed=3'])
+  assert capsys.readouterr().out.strip().endswith(f'Wrote {out} (replacing the earlier {out}).')
   with Image.open(out) as image:
     assert image.size == grid_size(rows=3, columns=4, side=_SIDE)  # ceil(sqrt(10)) = 4 columns.
     first = np.asarray(image)
@@ -271,6 +275,9 @@ def test_sample_files_are_the_grids_images(run_dir, tmp_path):
     (['--out={t}/new/'], "names no file; give a file name such as samples.png"),
     (['--out='], "--out '' names no file"),
     (['--out={t}/pipe.png'], 'is not a regular file (a device or pipe)'),
+    (['--out={t}/grid.png', '--out_dir={t}/new'], '--out names the grid file, and --out_dir '
+                                                  'writes separate files instead'),
+    (['--gif_out={t}/new.gif'], '--gif_out applies to --interpolate only'),
 ])
 def test_sample_files_mistakes_touch_nothing(run_dir, tmp_path, capsys, args, message):
   (tmp_path / 'full').mkdir()
@@ -459,6 +466,14 @@ def test_latent_arithmetic_averages_groups_and_adds_them(run_dir, tmp_path):
     (['--arithmetic=1', '--arithmetic_noise=-1'], '--arithmetic_noise must be >= 0'),
     (['--arithmetic=1', '--interpolate'], 'cannot be combined with --interpolate or --out_dir'),
     (['--arithmetic=1', '--label=1'], 'class-conditional'),
+    # Flags of another way of sampling did nothing: --steps=150 (for --step) sampled step 4.
+    (['--steps=150'], '--steps applies to --interpolate only, which this command does not ask '
+                      'for (to sample the checkpoint of a step, --step=N)'),
+    (['--rows=2'], '--rows applies to --interpolate only'),
+    (['--nobounce'], '--bounce applies to --interpolate only'),
+    (['--interpolate', '--num=16'], '--num does not apply to --interpolate'),
+    (['--arithmetic_noise=0.1'], '--arithmetic_noise applies to --arithmetic only'),
+    (['--num=5000'], 'for a grid (got 5000); --out_dir writes up to 1,000,000 separate files'),
 ])
 def test_sample_bad_flags_are_one_line(run_dir, tmp_path, capsys, args, message):
   with pytest.raises(SystemExit) as exit_info:
