@@ -49,6 +49,7 @@ writes together)::
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -233,6 +234,47 @@ def _resumed_durations(config: ml_collections.ConfigDict, workdir: str,
   return resumed
 
 
+def _schedule_change(config: ml_collections.ConfigDict, saved: dict[str, Any],
+                     durations: durations_lib.Durations, step: int,
+                     d_updates: int) -> str | None:
+  """The warning of a resume whose settings move the learning-rate schedules, else None.
+
+  The schedules are functions of the run's length (cosine and linear decay over it), warm-up
+  and ``d_steps`` (D's schedule counts D's updates): extending a decayed run raises its rate
+  again, and another ``d_steps`` leaves D's decay ending elsewhere than G's. Both are allowed;
+  the warning gives the rates the next update uses against those the checkpoint's own
+  settings would have given.
+
+  Args:
+    config: The config now.
+    saved: The config the checkpoint was saved with.
+    durations: The run's durations now.
+    step: The checkpoint's step (G's updates).
+    d_updates: D's updates up to it.
+  """
+  try:
+    before_config = ml_collections.ConfigDict(saved)
+    before_steps = durations_lib.resolve_durations(before_config,
+                                                   durations.num_examples).num_train_steps
+    before = make_schedules(before_config, before_steps)
+  except (UserError, KeyError, AttributeError, TypeError, ValueError):
+    return None  # A config from before some field existed: nothing to compare with.
+  now = make_schedules(config, durations.num_train_steps)
+  with train_metrics.on_host_cpu():
+    rates = [(name, float(old(count)), float(new(count))) for name, old, new, count in
+             (('G', before[0], now[0], step), ('D', before[1], now[1], d_updates))]
+  moved = [f"{name}'s from {old:.3g} to {new:.3g}" for name, old, new in rates
+           if not math.isclose(old, new, rel_tol=1e-3, abs_tol=1e-12)]
+  if not moved:
+    return None
+  return (f'The learning-rate schedules move at step {step}: {" and ".join(moved)} (the rate '
+          "of the next update, against the checkpoint's own settings). lr_schedule "
+          f"{config.get('lr_schedule', 'constant')!r} runs over num_train_steps "
+          f'({durations.num_train_steps} now, {before_steps} before) and D\'s over its own '
+          'updates (d_steps per step); changing them on a resume restarts the decay from '
+          'there. d_learning_rate logs the rate D uses.')
+
+
 def _save(checkpointer: checkpointing.Checkpointer, step: int, state: state_lib.GANState,
           train_key: jax.Array, config: ml_collections.ConfigDict,
           step_fn: parallel.DataParallelStep, metadata: dict[str, Any],
@@ -357,7 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                                        durations.num_train_steps)
     train_key = jax.random.fold_in(root_key, train_hooks.TRAIN_TAG)
     state = parallel.replicate(initial_state, step_fn.mesh)
-    start_step = images_seen_start = 0
+    start_step = images_seen_start = d_updates_start = 0
     untrained_quality = None
     if checkpointer.latest_step() is not None:
       saved_config = checkpointing.restore_config(workdir)
@@ -382,6 +424,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       key_data = np.asarray(restored['train_key'].addressable_data(0))
       train_key = jax.random.wrap_key_data(key_data, impl=jax.random.key_impl(train_key))
       logging.info('Resumed from the checkpoint of step %d.', start_step)
+      d_updates_start = int(np.asarray(state.discriminator.step.addressable_data(0)))
+      schedule_warning = _schedule_change(config, step_config, durations, start_step,
+                                          d_updates_start)
+      if schedule_warning and is_chief:
+        logging.warning('%s', schedule_warning)
       setup_warning = run_checks.describe_setup_changes(
           start_step, checkpointer.saved_run_setup(start_step), setup, config)
       if setup_warning and is_chief:
@@ -425,7 +472,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         return _train_loop(config, workdir, durations, step_fn, sampler, image_sampler,
                            fid_hook, loop_checkpointer, writer, initial_state, state, train_key,
                            start_step, images_seen_start, untrained_quality,
-                           best_checkpointer)
+                           best_checkpointer, d_updates_start)
     finally:
       if best_checkpointer is not None:
         best_checkpointer.close()
@@ -436,11 +483,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
 def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid_hook,
                 checkpointer, writer, initial_state, state, train_key,
                 start_step, images_seen_start, untrained_quality=None,
-                best_checkpointer=None) -> state_lib.GANState:
+                best_checkpointer=None, d_updates_start=0) -> state_lib.GANState:
   """The loop itself (see :func:`train_and_evaluate`); ``checkpointer`` is a
   :class:`~dcgan_jax.background_checkpoints.BackgroundCheckpointer`, ``images_seen_start``
   the images trained on up to ``start_step``, ``untrained_quality`` the untrained generator's
-  digits score as the checkpoint recorded it (None: score it)."""
+  digits score as the checkpoint recorded it (None: score it), ``d_updates_start`` D's
+  updates up to ``start_step`` (earlier launches may have had another ``d_steps``)."""
   from clu import parameter_overview  # pylint: disable=g-import-not-at-top
 
   is_chief = jax.process_index() == 0
@@ -677,7 +725,10 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     with train_metrics.on_host_cpu():
       scalars.update({
           'g_learning_rate': float(g_schedule(log_step - 1)),
-          'd_learning_rate': float(d_schedule(log_step * d_steps - 1)),
+          # D's schedule counts D's own updates, which after a change of d_steps are not
+          # step x d_steps: the rate logged is the one D used.
+          'd_learning_rate': float(d_schedule(
+              d_updates_start + (log_step - start_step) * d_steps - 1)),
       })
     scalars.update({
         'steps_per_sec': steps_per_sec,

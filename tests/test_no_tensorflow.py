@@ -48,13 +48,20 @@ def test_array_dataset_reads_npy_npz_and_grey_hw(tmp_path):
     (None, "dataset 'array' needs dataset_path"),
     (lambda p: None, 'images.npy. does not exist; pass a .npy or .npz'),
     (lambda p: p.mkdir(), 'images.npy. is not a file'),
-    (lambda p: np.save(p, np.zeros((3, 8, 8, 3), np.uint8)), 'expected uint8 [N, 8, 8, 1]'),
-    (lambda p: np.save(p, np.zeros((3, 8, 8, 1), np.float32)), 'holds float32 [3, 8, 8, 1]'),
+    (lambda p: np.save(p, np.zeros((3, 8, 8, 3), np.uint8)),
+     'expected uint8 [N, 8, 8, 1] .values 0..255.. Only the channels differ: set channels=3.'),
+    # Only the type wrong: the advice was to resize the images.
+    (lambda p: np.save(p, np.zeros((3, 8, 8, 1), np.float32)),
+     'holds float32 [3, 8, 8, 1]; expected uint8 [N, 8, 8, 1] .values 0..255.. Only the type '
+     'differs: convert it, e.g. np.clip'),
+    (lambda p: np.save(p, np.zeros((3, 4, 4, 1), np.uint8)),
+     'Resize the images or set image_size and channels to match'),
     (lambda p: np.save(p, np.zeros((0, 8, 8, 1), np.uint8)), 'holds uint8 [0, 8, 8, 1]'),
     (lambda p: p.write_bytes(b'not numpy at all'), 'is not a numpy file .damaged, or another'),
     (lambda p: (np.save(p, np.zeros((3, 8, 8, 1), np.uint8)),
                 p.write_bytes(p.read_bytes()[:100])), 'Cannot read'),
-], ids=['no_path', 'missing', 'folder', 'rgb', 'float', 'empty', 'garbage', 'cut_short'])
+], ids=['no_path', 'missing', 'folder', 'rgb', 'float', 'small', 'empty', 'garbage',
+        'cut_short'])
 def test_array_dataset_bad_inputs(tmp_path, make, message):
   path = tmp_path / 'images.npy'
   if make is not None:

@@ -552,6 +552,20 @@ def test_custom_gan_example_runs(capsys):
   assert np.all(np.isfinite(samples)) and np.all(np.abs(samples) <= 1.0)
 
 
+def test_readme_snippet_that_loads_a_run_runs_as_written(run_dir):
+  """README, "Look at a run": a run's generator from Python."""
+  import re  # pylint: disable=g-import-not-at-top
+  text = (_ROOT / 'README.md').read_text()
+  section = text[text.index('## Look at a run'):text.index('## Evaluation')]
+  code = re.search(r'```python\n(.*?)```', section, re.S).group(1)
+  namespace = {}
+  exec(compile(code.replace('/tmp/dcgan_digits', str(run_dir)), 'README.md', 'exec'),  # pylint: disable=exec-used
+       namespace)
+  assert namespace['step'] == 4
+  assert namespace['images'].shape == (16, _SIDE, _SIDE, 1)
+  assert np.all(np.abs(namespace['images']) <= 1.0)
+
+
 def test_a_custom_loops_checkpoints_are_not_taken_for_a_run(tmp_path):
   """Saved with checkpointing.Checkpointer and a config of the user's own: one clear error that
   says how to restore them, not an AttributeError for the first model field."""

@@ -562,7 +562,7 @@ def test_background_checkpoints_save_what_the_loop_would_have_saved(tfds_dir, tm
                              _tree_leaves(restored[True][3]['gan'].generator.params)))
 
 
-def test_logged_learning_rates_follow_the_schedules(tfds_dir, tmp_path):
+def test_logged_learning_rates_follow_the_schedules(tfds_dir, tmp_path, caplog):
   """Each log's rates are the schedules' values at its step (computed on the host's CPU)."""
   config = tiny_config(tfds_dir, num_train_steps=6, log_every_steps=1, checkpoint_every_steps=0,
                        sample_every_steps=0, lr_schedule='cosine', warmup_steps=2, d_steps=2)
@@ -576,6 +576,23 @@ def test_logged_learning_rates_follow_the_schedules(tfds_dir, tmp_path):
     np.testing.assert_allclose(logged, np.asarray(values, np.float32), rtol=1e-6)
   g = scalars['g_learning_rate'][1]
   assert g[0] < g[1] < g[2] and g[2] > g[3] > g[4] > g[5]  # Warmup, then decay.
+  # Extended to 10 steps with d_steps 3: the decay starts again from where the longer schedule
+  # is at step 6 (said on resuming), and D's schedule, which counts D's 12 updates so far (not
+  # 6 x 3), logs the rate D used (it logged a rate near 0 where D used ~16% of its peak).
+  config.update(num_train_steps=10, d_steps=3)
+  with caplog.at_level(logging.WARNING):
+    train.train_and_evaluate(config, tmp_path)
+  g_schedule, d_schedule = train.make_schedules(config, 10)
+  old_g, old_d = train.make_schedules(tiny_config(tfds_dir, num_train_steps=6,
+                                                  lr_schedule='cosine', warmup_steps=2,
+                                                  d_steps=2), 6)
+  assert (f"The learning-rate schedules move at step 6: G's from {float(old_g(6)):.3g} to "
+          f"{float(g_schedule(6)):.3g} and D's from {float(old_d(12)):.3g} to "
+          f"{float(d_schedule(12)):.3g}") in caplog.text
+  steps, logged = run_logs.read_scalars(tmp_path)['d_learning_rate']
+  assert list(steps) == list(range(1, 11))
+  np.testing.assert_allclose(logged[6:], np.asarray(
+      [d_schedule(12 + 3 * (s - 6) - 1) for s in range(7, 11)], np.float32), rtol=1e-6)
 
 
 def test_training_goes_on_while_a_background_checkpoint_is_saved(tfds_dir, tmp_path,

@@ -77,10 +77,21 @@ def load_array(path: str, image_size: int,
                     f'.npy or .npz file of {expected} (np.save / np.savez).') from e
   if images.ndim == 3 and channels == 1:
     images = images[..., None]
-  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (
-      image_size, image_size, channels) or images.shape[0] < 1:
+  shape_ok = (images.ndim == 4 and images.shape[1:] == (image_size, image_size, channels)
+              and images.shape[0] >= 1)
+  if images.dtype != np.uint8 or not shape_ok:
+    # Say what to change: the element type alone, the channels alone, or the size.
+    if shape_ok:
+      advice = ('Only the type differs: convert it, e.g. np.clip(np.round(x * 255), 0, '
+                '255).astype(np.uint8) for values in [0, 1].')
+    elif images.ndim == 4 and images.shape[1:3] == (image_size, image_size) and images.shape[0]:
+      advice = (f'Only the channels differ: set channels={images.shape[3]}' + (
+          ', or repeat the grey channel: np.repeat(x, 3, axis=-1).' if images.shape[3] == 1
+          else '.'))
+    else:
+      advice = 'Resize the images or set image_size and channels to match.'
     raise UserError(f'{path!r} holds {images.dtype} {list(images.shape)}; expected {expected} '
-                    '(values 0..255). Resize the images or set image_size and channels to match.')
+                    f'(values 0..255). {advice}')
   if labels is not None and (labels.shape != (images.shape[0],)
                              or not np.issubdtype(labels.dtype, np.integer)
                              or (labels.size and labels.min() < 0)):
