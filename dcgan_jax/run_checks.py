@@ -139,6 +139,13 @@ def duration_warnings(config: ml_collections.ConfigDict,
                       durations: durations_lib.Durations) -> list[str]:
   """Like :func:`config_warnings`, for what only the resolved step counts show."""
   warnings = []
+  if durations.quality_every_steps > 0 and str(config.get('dataset', '')).strip() != 'digits':
+    # The run would otherwise end without quality.json and without a word why.
+    warnings.append(
+        f'The digits quality score (quality_every_steps {durations.quality_every_steps}) is '
+        f"for dataset='digits' only; this run on {config.dataset!r} has none. Set "
+        'quality_every_steps=0 to silence this; for other data, eval_every_steps with '
+        'inception_weights logs FID.')
   warmup_steps = int(config.get('warmup_steps', 0))
   if 0 < durations.num_train_steps <= warmup_steps:
     warnings.append(

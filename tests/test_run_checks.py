@@ -163,6 +163,13 @@ def test_config_warnings_name_an_unconstrained_critic_and_fields_nothing_reads(t
       "mean 'g_learning_rate' or 'd_learning_rate'?",
       "Config field 'my_own_note' is not one dcgan_jax reads, so it has no effect (the fields "
       "are listed in configs/default.py)."]
+  # A quality period on data other than digits: no score, said once.
+  config = tiny_config(str(tmp_path), dataset='array', quality_every_steps=30, ema_decay=0.0)
+  (message,) = run_checks.duration_warnings(config, durations_lib.resolve_durations(config, 200))
+  assert message.startswith("The digits quality score (quality_every_steps 30) is for "
+                            "dataset='digits' only; this run on 'array' has none.")
+  config.quality_every_steps = 0
+  assert run_checks.duration_warnings(config, durations_lib.resolve_durations(config, 200)) == []
   # A warm-up as long as the run: the schedule never gets past it.
   config = tiny_config(str(tmp_path), lr_schedule='cosine', warmup_steps=100, num_train_steps=6,
                        ema_decay=0.0)
