@@ -285,15 +285,34 @@ def changed_settings(config: ml_collections.ConfigDict, saved: dict[str, Any]) -
           for name, old, new in changed_fields(config, saved)]
 
 
-def changed_settings_effects(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> str:
+def fused_steps(config: ml_collections.ConfigDict | dict[str, Any],
+                data_path: str | None) -> int:
+  """The steps per device program a run actually fuses: ``steps_per_dispatch`` with
+  device-resident data and shard_map (see :mod:`dcgan_jax.step_loop`), else 1. ``data_path``
+  is :func:`run_setup`'s ``'data'`` (None: unknown, taken as fusing)."""
+  fuses = (data_path in (None, 'device-resident')
+           and config.get('parallelism', 'shard_map') == 'shard_map')
+  return int(config.get('steps_per_dispatch', 1)) if fuses else 1
+
+
+def changed_settings_effects(config: ml_collections.ConfigDict, saved: dict[str, Any],
+                             data_paths: tuple[str | None, str | None] = (None, None)) -> str:
   """What changing some settings on a resume does beyond the obvious, as sentences ('' if
-  none applies): each says what a user would not guess."""
+  none applies): each says what a user would not guess.
+
+  Args:
+    config: The config now.
+    saved: The config the checkpoint was saved with.
+    data_paths: The data path (:func:`run_setup`'s ``'data'``) then and now, where known.
+  """
   effects = ''
   if saved.get('batch_size') != config.get('batch_size'):
     effects += (' With another batch_size the epoch scalar and a length in num_epochs go on '
                 'counting the images trained on, but the data stream resumes at step x the new '
                 'batch_size: some images of the current epoch are skipped or drawn twice.')
-  if saved.get('steps_per_dispatch', 1) != config.get('steps_per_dispatch', 1):
+  # Only where the steps fuse: a pmap or tf.data run dispatches one step at a time whatever
+  # steps_per_dispatch says.
+  if fused_steps(saved, data_paths[0]) != fused_steps(config, data_paths[1]):
     effects += (' With another steps_per_dispatch the steps run in another program, which '
                 'rounds differently: training goes on, agreeing to rounding, not bit for bit.')
   if saved.get('seed') != config.get('seed'):

@@ -409,7 +409,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         logging.warning('Resuming with changed settings: %s. config.json will hold the new ones; '
                         'each checkpoint keeps the config it was saved with.%s',
                         ', '.join(changes),
-                        run_checks.changed_settings_effects(config, saved_config))
+                        run_checks.changed_settings_effects(
+                            config, saved_config,
+                            (checkpointer.saved_run_setup(checkpointer.latest_step()).get('data'),
+                             setup['data'])))
       target = {'gan': state,
                 'train_key': parallel.replicate(jax.random.key_data(train_key), step_fn.mesh)}
       restored, step_config, start_step = checkpointer.restore(target)

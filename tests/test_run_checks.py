@@ -227,6 +227,16 @@ def test_changed_settings_effects_say_what_a_user_would_not_guess(tmp_path):
   assert "the new seed changes only the data order and the sample grids' latents" in effects
   assert 'batch_size' not in effects
   assert run_checks.changed_settings_effects(tiny_config(str(tmp_path)), saved) == ''
+  # A run that never fused its steps (pmap, or data streamed by tf.data) ran the lone step
+  # whatever steps_per_dispatch said: nothing to say about it.
+  pmap = tiny_config(str(tmp_path), parallelism='pmap', steps_per_dispatch=5).to_dict()
+  assert 'steps_per_dispatch' not in run_checks.changed_settings_effects(
+      tiny_config(str(tmp_path)), pmap, ('device-resident', 'device-resident'))
+  streamed = tiny_config(str(tmp_path), steps_per_dispatch=5).to_dict()
+  assert 'steps_per_dispatch' not in run_checks.changed_settings_effects(
+      tiny_config(str(tmp_path)), streamed, ('tf.data', 'tf.data'))
+  assert 'another steps_per_dispatch' in run_checks.changed_settings_effects(
+      tiny_config(str(tmp_path)), streamed, ('device-resident', 'device-resident'))
 
 
 def test_setup_changes_skip_facts_an_older_checkpoint_did_not_record(tmp_path):
