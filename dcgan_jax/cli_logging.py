@@ -83,7 +83,9 @@ class LibraryInfoFilter(logging.Filter):
       return False
     for fragment, start, replacement in REWORDED_INFO:
       if fragment in path and message.startswith(start):
-        record.msg, record.args = replacement + message[len(start):], None
+        # clu rounds the ETA down to whole minutes: under a minute read "ETA: 0m".
+        rest = message[len(start):].replace(', ETA: 0m', ', ETA: <1m')
+        record.msg, record.args = replacement + rest, None
     return True
 
 
