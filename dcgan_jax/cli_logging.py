@@ -83,8 +83,10 @@ class LibraryInfoFilter(logging.Filter):
       return False
     for fragment, start, replacement in REWORDED_INFO:
       if fragment in path and message.startswith(start):
-        # clu rounds the ETA down to whole minutes: under a minute read "ETA: 0m".
-        rest = message[len(start):].replace(', ETA: 0m', ', ETA: <1m')
+        # clu rounds the ETA down to whole minutes: under a minute read "ETA: 0m" (at the end,
+        # where nothing is left, it goes).
+        eta = '' if '100.0% (' in message else ', ETA: <1m'
+        rest = message[len(start):].replace(', ETA: 0m', eta)
         record.msg, record.args = replacement + rest, None
     return True
 

@@ -1,7 +1,7 @@
 """What the training program checks and warns about before and while it resumes a run.
 
-Pure functions of the config (and, for a resume, of the config and setup a checkpoint was saved
-with): :func:`validate_config` raises a :class:`~dcgan_jax.errors.UserError` on the first
+Mostly functions of the config (and, for a resume, of the config and setup a checkpoint was
+saved with; a few also look at the workdir or the devices): :func:`validate_config` raises a :class:`~dcgan_jax.errors.UserError` on the first
 mistake; :func:`config_warnings` and :func:`duration_warnings` list settings that are valid but
 probably not meant; :func:`check_resume_config` refuses checkpoints of another shape, and
 :func:`changed_settings` / :func:`describe_setup_changes` say what a resume changes. The
@@ -125,8 +125,8 @@ def config_warnings(config: ml_collections.ConfigDict) -> list[str]:
                     'augmentation is on); set augment, e.g. --config.augment=translation,color.')
   speed = config.get('ada_speed_images', _ADA_SPEED_DEFAULT)
   if not adaptive and speed != _ADA_SPEED_DEFAULT:
-    warnings.append(f'ada_speed_images {speed:,} has no effect without ada_target > 0 (ADA is '
-                    'off); set ada_target, e.g. 0.6.')
+    warnings.append(f'ada_speed_images {float(speed):,.6g} has no effect without ada_target > 0 '
+                    '(ADA is off); set ada_target, e.g. 0.6.')
   for name, close in config_files.unknown_fields(config):
     warnings.append(
         f"Config field {name!r} is not one dcgan_jax reads, so it has no effect"
@@ -312,9 +312,12 @@ def changed_settings_effects(config: ml_collections.ConfigDict, saved: dict[str,
                 'batch_size: some images of the current epoch are skipped or drawn twice.')
   # Only where the steps fuse: a pmap or tf.data run dispatches one step at a time whatever
   # steps_per_dispatch says.
-  if fused_steps(saved, data_paths[0]) != fused_steps(config, data_paths[1]):
-    effects += (' With another steps_per_dispatch the steps run in another program, which '
-                'rounds differently: training goes on, agreeing to rounding, not bit for bit.')
+  fused = (fused_steps(saved, data_paths[0]), fused_steps(config, data_paths[1]))
+  if fused[0] != fused[1]:
+    effects += (f' The steps now fuse differently ({fused[0]} -> {fused[1]} per device program, '
+                'from steps_per_dispatch, the data path and parallelism): they run in another '
+                'program, which rounds differently: training goes on, agreeing to rounding, not '
+                'bit for bit.')
   if saved.get('seed') != config.get('seed'):
     effects += (" The step key comes from the checkpoint, so the new seed changes only the data "
                 "order and the sample grids' latents from here on.")

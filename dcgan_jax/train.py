@@ -235,8 +235,8 @@ def _resumed_durations(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _schedule_change(config: ml_collections.ConfigDict, saved: dict[str, Any],
-                     durations: durations_lib.Durations, step: int,
-                     d_updates: int) -> str | None:
+                     durations: durations_lib.Durations, step: int, d_updates: int,
+                     images_seen: int) -> str | None:
   """The warning of a resume whose settings move the learning-rate schedules, else None.
 
   The schedules are functions of the run's length (cosine and linear decay over it), warm-up
@@ -251,11 +251,13 @@ def _schedule_change(config: ml_collections.ConfigDict, saved: dict[str, Any],
     durations: The run's durations now.
     step: The checkpoint's step (G's updates).
     d_updates: D's updates up to it.
+    images_seen: The images trained on up to it: the checkpoint's own length, like the one now,
+      counts a length in epochs from them (see :func:`_resumed_durations`).
   """
   try:
     before_config = ml_collections.ConfigDict(saved)
-    before_steps = durations_lib.resolve_durations(before_config,
-                                                   durations.num_examples).num_train_steps
+    before_steps = durations_lib.resolve_durations(
+        before_config, durations.num_examples, resumed_at=(step, images_seen)).num_train_steps
     before = make_schedules(before_config, before_steps)
   except (UserError, KeyError, AttributeError, TypeError, ValueError):
     return None  # A config from before some field existed: nothing to compare with.
@@ -429,7 +431,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       logging.info('Resumed from the checkpoint of step %d.', start_step)
       d_updates_start = int(np.asarray(state.discriminator.step.addressable_data(0)))
       schedule_warning = _schedule_change(config, step_config, durations, start_step,
-                                          d_updates_start)
+                                          d_updates_start, images_seen_start)
       if schedule_warning and is_chief:
         logging.warning('%s', schedule_warning)
       setup_warning = run_checks.describe_setup_changes(

@@ -69,6 +69,11 @@ def test_clus_config_line_is_hidden_and_its_progress_line_reworded():
   assert library_filter.filter(notes)
   # clu rounds the ETA down to minutes: under one it printed "ETA: 0m".
   assert notes.getMessage() == 'Progress: 18.0 steps/s, 33.3% (10/30), ETA: <1m'
+  done = logging.LogRecord('absl', logging.INFO, '/venv/site-packages/clu/platform/local.py',
+                           41, 'Setting work unit notes: %s',
+                           ('18.0 steps/s, 100.0% (30/30), ETA: 0m',), None)
+  assert library_filter.filter(done)
+  assert done.getMessage() == 'Progress: 18.0 steps/s, 100.0% (30/30)'  # Nothing left.
   assert library_filter.filter(notes) and notes.getMessage().startswith('Progress: 18.0')
   ours = _record('/repo/dcgan_jax/train.py', message='Setting work unit notes: kept')
   assert library_filter.filter(ours) and ours.getMessage() == 'Setting work unit notes: kept'

@@ -125,6 +125,8 @@ def test_the_data_path_choice_says_which_setting_and_sizes_decided(monkeypatch):
   assert device_resident.choose_device_resident(config, 1) == (False, "device_resident='never'")
   assert device_resident.format_bytes(512) == '512 B'
   assert device_resident.format_bytes(1536) == '1.5 KiB'
+  assert device_resident.format_bytes(1000 * 2**20) == '1,000 MiB'  # Not 1e+03.
+  assert device_resident.format_bytes(1500 * 2**30) == '1,500 GiB'
 
 
 def test_cached_epoch_permutation_gives_the_traced_batches_across_epochs():

@@ -93,13 +93,21 @@ def test_the_size_tally_counts_enlarged_and_cut_images():
   assert enlarged.startswith('3 of the 6 images of here are smaller than 32x32 and were enlarged '
                              'to it (the smallest is 20x20)')
   assert cut.startswith('3 of the 6 images of here are not square')
-  # With a crop_size every image is cut on purpose: only a crop smaller than 32 is enlarged.
+  # With a crop_size every image is cut on purpose: only an image smaller than 32 is enlarged.
   cropped = image_files.SizeTally(image_size=32, crop_size=40)
   for size in [(60, 40), (100, 30), (50, 50)]:
     cropped.add(size)
   (message,) = cropped.warnings('there')
-  assert message.startswith('1 of the 3 images of there are smaller than 32x32')
+  assert message.startswith('1 of the 3 images of there is smaller than 32x32')
   assert cropped.notes('there') == []
+  # A crop smaller than image_size enlarges every crop: said as the crop's doing (CelebA's
+  # 178x218 images at image_size 128 with the 108 face crop).
+  faces = image_files.SizeTally(image_size=128, crop_size=108)
+  for _ in range(3):
+    faces.add((178, 218))
+  (message,) = faces.warnings('celeba')
+  assert message.startswith('crop_size 108 is smaller than image_size 128: the crops of 3 of '
+                            'the 3 images of celeba were enlarged to 128x128')
   assert image_files.SizeTally(16).warnings('x') == image_files.SizeTally(16).notes('x') == []
 
 

@@ -56,11 +56,15 @@ def test_array_dataset_reads_npy_npz_and_grey_hw(tmp_path):
      'differs: convert it, e.g. np.clip'),
     (lambda p: np.save(p, np.zeros((3, 4, 4, 1), np.uint8)),
      'Resize the images or set image_size and channels to match'),
-    (lambda p: np.save(p, np.zeros((0, 8, 8, 1), np.uint8)), 'holds uint8 [0, 8, 8, 1]'),
+    # Integers within 0..255 only need the type (x * 255 would saturate them).
+    (lambda p: np.save(p, np.zeros((3, 8, 8, 1), np.int64)),
+     'Only the type differs: convert it with x.astype.np.uint8. once its values'),
+    (lambda p: np.save(p, np.zeros((0, 8, 8, 1), np.uint8)),
+     'holds uint8 [0, 8, 8, 1]; expected uint8 [N, 8, 8, 1] .values 0..255.. It holds no images.'),
     (lambda p: p.write_bytes(b'not numpy at all'), 'is not a numpy file .damaged, or another'),
     (lambda p: (np.save(p, np.zeros((3, 8, 8, 1), np.uint8)),
                 p.write_bytes(p.read_bytes()[:100])), 'Cannot read'),
-], ids=['no_path', 'missing', 'folder', 'rgb', 'float', 'small', 'empty', 'garbage',
+], ids=['no_path', 'missing', 'folder', 'rgb', 'float', 'small', 'int', 'empty', 'garbage',
         'cut_short'])
 def test_array_dataset_bad_inputs(tmp_path, make, message):
   path = tmp_path / 'images.npy'

@@ -1,6 +1,6 @@
 """Profiling a window of training steps (dcgan_jax.profiling, config.profile_steps).
 
-Runs use the tiny digits config of tests/test_train.py on the 8 fake CPU devices of conftest;
+Runs use the tiny digits config of tests/tiny_configs.py on the 8 fake CPU devices of conftest;
 the traces are jax.profiler's own (no TensorFlow needed), read back from perfetto_trace.json.gz.
 """
 import gzip

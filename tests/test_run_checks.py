@@ -223,19 +223,20 @@ def test_changed_settings_effects_say_what_a_user_would_not_guess(tmp_path):
   config = tiny_config(str(tmp_path), steps_per_dispatch=4, seed=1)
   saved = tiny_config(str(tmp_path)).to_dict()
   effects = run_checks.changed_settings_effects(config, saved)
-  assert 'another steps_per_dispatch' in effects and 'not bit for bit' in effects
+  assert 'The steps now fuse differently (1 -> 4 per device program' in effects
+  assert 'not bit for bit' in effects
   assert "the new seed changes only the data order and the sample grids' latents" in effects
   assert 'batch_size' not in effects
   assert run_checks.changed_settings_effects(tiny_config(str(tmp_path)), saved) == ''
   # A run that never fused its steps (pmap, or data streamed by tf.data) ran the lone step
   # whatever steps_per_dispatch said: nothing to say about it.
   pmap = tiny_config(str(tmp_path), parallelism='pmap', steps_per_dispatch=5).to_dict()
-  assert 'steps_per_dispatch' not in run_checks.changed_settings_effects(
+  assert 'fuse' not in run_checks.changed_settings_effects(
       tiny_config(str(tmp_path)), pmap, ('device-resident', 'device-resident'))
   streamed = tiny_config(str(tmp_path), steps_per_dispatch=5).to_dict()
-  assert 'steps_per_dispatch' not in run_checks.changed_settings_effects(
+  assert 'fuse' not in run_checks.changed_settings_effects(
       tiny_config(str(tmp_path)), streamed, ('tf.data', 'tf.data'))
-  assert 'another steps_per_dispatch' in run_checks.changed_settings_effects(
+  assert 'fuse differently (5 -> 1' in run_checks.changed_settings_effects(
       tiny_config(str(tmp_path)), streamed, ('device-resident', 'device-resident'))
 
 

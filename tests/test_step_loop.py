@@ -1,7 +1,7 @@
 """Fused training steps (dcgan_jax.step_loop): where chunks end, and that a fused run trains the
 same as step-by-step dispatch, resumes bit for bit, and still stops on a non-finite loss.
 
-Runs use the tiny digits config of tests/test_train.py (8x8 images, width 8, batch 16) on the
+Runs use the tiny digits config of tests/tiny_configs.py (8x8 images, width 8, batch 16) on the
 8 fake CPU devices of conftest.
 """
 import logging

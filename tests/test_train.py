@@ -475,7 +475,7 @@ def test_epoch_counts_the_images_trained_on_across_batch_size_changes(tfds_dir, 
     train.train_and_evaluate(config, tmp_path)
   assert 'batch_size 16 -> 32' in caplog.text
   assert 'the epoch scalar and a length in num_epochs go on counting the images' in caplog.text
-  assert 'another steps_per_dispatch' not in caplog.text and 'new seed' not in caplog.text
+  assert 'fuse differently' not in caplog.text and 'new seed' not in caplog.text
   config.update(num_train_steps=10, batch_size=8)
   train.train_and_evaluate(config, tmp_path)
   steps, epochs = run_logs.read_scalars(tmp_path)['epoch']
@@ -487,7 +487,8 @@ def test_epoch_counts_the_images_trained_on_across_batch_size_changes(tfds_dir, 
         128, 192, 208]
   # A length in epochs ends after that many epochs of images: 208 seen at step 10, 32 left at
   # batch 16 is 2 more steps (converted at batch 16 alone, 240 images would end at step 15).
-  config.update(num_train_steps=-1, num_epochs=240 / digits.NUM_EXAMPLES, batch_size=16)
+  config.update(num_train_steps=-1, num_epochs=240 / digits.NUM_EXAMPLES, batch_size=16,
+                lr_schedule='cosine')
   caplog.clear()
   with caplog.at_level(logging.INFO):
     state = train.train_and_evaluate(config, tmp_path)
@@ -496,6 +497,12 @@ def test_epoch_counts_the_images_trained_on_across_batch_size_changes(tfds_dir, 
           'rather than 15') in caplog.text
   with checkpointing.Checkpointer(tmp_path, read_only=True) as checkpointer:
     assert checkpointer.saved_run_setup(12)[train.IMAGES_SEEN_KEY] == 240
+  # The same launch again (a decaying schedule): the schedules did not move, though the
+  # checkpoint's length converted without its images seen (15 steps) differs from the run's 12.
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    train.train_and_evaluate(config, tmp_path)
+  assert 'learning-rate schedules move' not in caplog.text
   # A checkpoint from before the count: its step at its own config's batch size.
   assert train.saved_images_seen(6, {}, {'batch_size': 32}, config) == 192
   assert train.saved_images_seen(6, {'images_seen': 100}, {'batch_size': 32}, config) == 100

@@ -81,13 +81,20 @@ def load_array(path: str, image_size: int,
               and images.shape[0] >= 1)
   if images.dtype != np.uint8 or not shape_ok:
     # Say what to change: the element type alone, the channels alone, or the size.
-    if shape_ok:
+    side = images.shape[1:3] == (image_size, image_size) if images.ndim >= 3 else False
+    if images.ndim == 0 or images.shape[0] < 1:
+      advice = 'It holds no images.'
+    elif shape_ok and np.issubdtype(images.dtype, np.floating):
       advice = ('Only the type differs: convert it, e.g. np.clip(np.round(x * 255), 0, '
                 '255).astype(np.uint8) for values in [0, 1].')
-    elif images.ndim == 4 and images.shape[1:3] == (image_size, image_size) and images.shape[0]:
-      advice = (f'Only the channels differ: set channels={images.shape[3]}' + (
-          ', or repeat the grey channel: np.repeat(x, 3, axis=-1).' if images.shape[3] == 1
-          else '.'))
+    elif shape_ok:
+      advice = ('Only the type differs: convert it with x.astype(np.uint8) once its values are '
+                'within 0..255.')
+    elif side and images.ndim in (3, 4):
+      have = 1 if images.ndim == 3 else images.shape[3]
+      advice = f'Only the channels differ: set channels={have}' + (
+          ', or repeat the grey channel: np.repeat(x.reshape(*x.shape[:3], 1), 3, axis=-1).'
+          if have == 1 and channels == 3 else '.')
     else:
       advice = 'Resize the images or set image_size and channels to match.'
     raise UserError(f'{path!r} holds {images.dtype} {list(images.shape)}; expected {expected} '

@@ -92,7 +92,9 @@ def format_bytes(num_bytes: int) -> str:
   """'512 B', '12.3 MiB', '4 GiB': a size as a person reads it."""
   for unit, scale in (('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10)):
     if num_bytes >= scale:
-      return f'{num_bytes / scale:.3g} {unit}'
+      value = num_bytes / scale
+      # Three significant digits, in plain notation also from 1,000 on (.3g writes 1e+03).
+      return f'{value:,.0f} {unit}' if value >= 100 else f'{value:.3g} {unit}'
   return f'{num_bytes} B'
 
 

@@ -369,39 +369,56 @@ class SizeTally:
   def __init__(self, image_size: int, crop_size: int = 0):
     self._image_size = image_size
     self._crop_size = crop_size
-    self.count = self.upscaled = self.not_square = 0
+    self.count = self.upscaled = self.not_square = self.crop_upscaled = 0
     self.smallest: tuple[int, int] | None = None
 
   def add(self, size: tuple[int, int]) -> None:
     """Counts one image of ``(width, height)``."""
     width, height = size
     self.count += 1
-    side = min(width, height) if self._crop_size <= 0 else min(self._crop_size, width, height)
-    if side < self._image_size:
+    if min(width, height) < self._image_size:  # The image itself is too small.
       self.upscaled += 1
       if self.smallest is None or min(size) < min(self.smallest):
         self.smallest = size
+    elif 0 < self._crop_size < self._image_size:  # Large enough, but its crop is not.
+      self.crop_upscaled += 1
     if width != height and self._crop_size <= 0:
       self.not_square += 1
 
   def warnings(self, where: str) -> list[str]:
-    """The enlarged images, as a warning ([] when none was)."""
-    if not self.upscaled:
-      return []
-    width, height = self.smallest
-    return [f'{self.upscaled:,} of the {self.count:,} images of {where} are smaller than '
-            f'{self._image_size}x{self._image_size} and were enlarged to it (the smallest is '
-            f'{width}x{height}), so they are blurrier than the others and G learns that blur '
-            'too; leave them out, or lower image_size.']
+    """The enlarged images, as warnings ([] when none was)."""
+    messages = []
+    if self.upscaled:
+      width, height = self.smallest
+      messages.append(
+          f'{_of(self.upscaled, self.count)} images of {where} {_are(self.upscaled)} smaller '
+          f'than {self._image_size}x{self._image_size} and were enlarged to it (the smallest is '
+          f'{width}x{height}), so they are blurrier than the others and G learns that blur '
+          'too; leave them out, or lower image_size.')
+    if self.crop_upscaled:
+      messages.append(
+          f'crop_size {self._crop_size} is smaller than image_size {self._image_size}: the '
+          f'crops of {_of(self.crop_upscaled, self.count)} images of {where} were enlarged to '
+          f'{self._image_size}x{self._image_size}, so they are blurry; raise crop_size, or '
+          'lower image_size.')
+    return messages
 
   def notes(self, where: str) -> list[str]:
     """The images cut to their centred square, as a note ([] when none was): what a folder of
     photos expects, and CelebA's documented preprocessing."""
     if not self.not_square:
       return []
-    return [f'{self.not_square:,} of the {self.count:,} images of {where} are not square: only '
-            'their centred square is kept (the edges of the longer side are cut off; crop_size '
+    return [f'{_of(self.not_square, self.count)} images of {where} {_are(self.not_square)} not '
+            'square: only their centred square is kept (the edges of the longer side are cut off; crop_size '
             'sets a tighter square).']
+
+
+def _of(part: int, count: int) -> str:
+  return f'{part:,} of the {count:,}'
+
+
+def _are(count: int) -> str:
+  return 'is' if count == 1 else 'are'
 
 
 def decode_all(
