@@ -1,8 +1,8 @@
 """What the training program checks and warns about before and while it resumes a run.
 
 Mostly functions of the config (and, for a resume, of the config and setup a checkpoint was
-saved with; a few also look at the workdir or the devices): :func:`validate_config` raises a :class:`~dcgan_jax.errors.UserError` on the first
-mistake; :func:`config_warnings` and :func:`duration_warnings` list settings that are valid but
+saved with; a few also look at the workdir or the devices): :func:`validate_config` raises a
+:class:`~dcgan_jax.errors.UserError` on the first mistake; :func:`config_warnings` and :func:`duration_warnings` list settings that are valid but
 probably not meant; :func:`check_resume_config` refuses checkpoints of another shape, and
 :func:`changed_settings` / :func:`describe_setup_changes` say what a resume changes. The
 training loop (:mod:`dcgan_jax.train`) calls them; ``main`` calls :func:`validate_config` and

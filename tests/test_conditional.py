@@ -495,7 +495,8 @@ def test_objective_line_and_summary_name_the_conditioning(tfds_dir):
   assert ('class-conditional on 10 classes (one-hot label appended to z, projection D)'
           in run_checks.describe_objective(config))
   assert ('class-conditional on 10 classes (class-conditional BatchNorm in G, projection D)'
-          in run_checks.describe_objective(tiny_config(tfds_dir, generator_conditioning='batchnorm')))
+          in run_checks.describe_objective(tiny_config(tfds_dir,
+                                                       generator_conditioning='batchnorm')))
   assert 'class' not in run_checks.describe_objective(tiny_config(tfds_dir, num_classes=0))
   text = summary.summarize(config)
   assert 'class_embedding (Embed)' in text and f'{10 * 4 * 4 * 8:,}' in text

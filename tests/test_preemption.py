@@ -330,7 +330,8 @@ def test_a_ctrl_c_during_the_final_scores_says_the_final_step_is_saved(
   def interrupted(*args, **kwargs):
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(train_hooks, 'write_sample_grid', interrupted)  # The final hooks' first output.
+  # The final hooks' first output.
+  monkeypatch.setattr(train_hooks, 'write_sample_grid', interrupted)
   with pytest.raises(preemption.TrainingStopped) as stopped:
     train.train_and_evaluate(config, tmp_path)
   assert (stopped.value.signal_number, stopped.value.step) == (signal.SIGINT, 12)

@@ -409,8 +409,8 @@ class SizeTally:
     if not self.not_square:
       return []
     return [f'{_of(self.not_square, self.count)} images of {where} {_are(self.not_square)} not '
-            'square: only their centred square is kept (the edges of the longer side are cut off; crop_size '
-            'sets a tighter square).']
+            'square: only their centred square is kept (the edges of the longer side are cut '
+            'off; crop_size sets a tighter square).']
 
 
 def _of(part: int, count: int) -> str:
