@@ -24,7 +24,7 @@ from dcgan_jax import preemption
 from dcgan_jax import run_logs
 from dcgan_jax import train
 from dcgan_jax import train_hooks
-from dcgan_jax import writers
+from dcgan_jax import train_metrics
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 NO_TENSORFLOW_RUNNER = str(_ROOT / 'tests' / 'no_tensorflow_runner.py')
@@ -215,25 +215,18 @@ def _config(images_file, **overrides):
 
 
 def _raise_signal_after(monkeypatch, step, signum):
-  """Raises `signum` in this process once the loop reports `step` as trained."""
-  create_progress = writers.create_progress
+  """Raises `signum` in this process right after the loop dispatches the program that trains
+  `step` (with fused chunks, the chunk that holds it)."""
+  dispatched = train_metrics.ProgressClock.dispatched
+  last_done = {}
 
-  def create(*args, **kwargs):
-    progress = create_progress(*args, **kwargs)
+  def dispatched_then_signal(clock, done, state):
+    dispatched(clock, done, state)
+    before, last_done[id(clock)] = last_done.get(id(clock), -1), done
+    if before < step <= done:
+      signal.raise_signal(signum)
 
-    class Progress:
-
-      def __call__(self, done):
-        progress(done)
-        if done == step:
-          signal.raise_signal(signum)
-
-      def __getattr__(self, name):
-        return getattr(progress, name)
-
-    return Progress()
-
-  monkeypatch.setattr(writers, 'create_progress', create)
+  monkeypatch.setattr(train_metrics.ProgressClock, 'dispatched', dispatched_then_signal)
 
 
 def _checkpoint_steps(workdir):
