@@ -207,24 +207,19 @@ def saved_images_seen(step: int, metadata: dict[str, Any], step_config: dict[str
   return step * int(batch_size if is_integer(batch_size) else config.batch_size)
 
 
-def _resumed_durations(config: ml_collections.ConfigDict, workdir: str,
-                       durations: durations_lib.Durations,
-                       checkpointer: checkpointing.Checkpointer) -> durations_lib.Durations:
+def _resumed_durations(config: ml_collections.ConfigDict, durations: durations_lib.Durations,
+                       latest: int, saved_config: dict[str, Any],
+                       latest_setup: dict[str, Any]) -> durations_lib.Durations:
   """The durations of a run that resumes after training at another batch size.
 
   A length in ``num_epochs`` then counts the images left (see
-  :func:`~dcgan_jax.durations.resolve_durations`); the change is logged. Read from the latest
-  checkpoint before the state is built, since the decaying schedules depend on the length.
+  :func:`~dcgan_jax.durations.resolve_durations`); the change is logged. Taken from the latest
+  checkpoint (its step, config and setup record) before the state is built, since the
+  decaying schedules depend on the length.
   """
-  latest = checkpointer.latest_step()
-  if latest is None or int(config.num_train_steps) != -1:
+  if int(config.num_train_steps) != -1:
     return durations
-  try:
-    saved_config = checkpointing.restore_config(workdir)
-  except UserError:  # The restore reports what is wrong.
-    return durations
-  images_seen = saved_images_seen(latest, checkpointer.saved_run_setup(latest), saved_config,
-                                  config)
+  images_seen = saved_images_seen(latest, latest_setup, saved_config, config)
   resumed = durations_lib.resolve_durations(config, durations.num_examples,
                                             resumed_at=(latest, images_seen))
   if resumed.num_train_steps != durations.num_train_steps and jax.process_index() == 0:
@@ -395,7 +390,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   setup = run_checks.run_setup(step_fn.num_devices, device_resident)
   with checkpointing.acquire_workdir_lock(workdir), checkpointing.Checkpointer(
       workdir, max_to_keep=int(config.keep_checkpoints), run_setup=setup) as checkpointer:
-    durations = _resumed_durations(config, workdir, durations, checkpointer)
+    # The latest checkpoint's config and setup, read once: the resume checks and messages and
+    # (before the state is built) the run's length need them.
+    latest = checkpointer.latest_step()
+    saved_config = latest_setup = None
+    if latest is not None:
+      saved_config = checkpointing.restore_config(workdir)
+      run_checks.check_resume_config(config, saved_config, workdir)
+      latest_setup = checkpointer.saved_run_setup(latest)
+      durations = _resumed_durations(config, durations, latest, saved_config, latest_setup)
     root_key = jax.random.key(int(config.seed))
     initial_state = create_train_state(config, jax.random.fold_in(root_key, train_hooks.INIT_TAG),
                                        durations.num_train_steps)
@@ -403,18 +406,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     state = parallel.replicate(initial_state, step_fn.mesh)
     start_step = images_seen_start = d_updates_start = 0
     untrained_quality = None
-    if checkpointer.latest_step() is not None:
-      saved_config = checkpointing.restore_config(workdir)
-      run_checks.check_resume_config(config, saved_config, workdir)
+    if latest is not None:
       changes = run_checks.changed_settings(config, saved_config)
       if changes and is_chief:  # Allowed (e.g. a longer run), but never silently.
         logging.warning('Resuming with changed settings: %s. config.json will hold the new ones; '
                         'each checkpoint keeps the config it was saved with.%s',
                         ', '.join(changes),
                         run_checks.changed_settings_effects(
-                            config, saved_config,
-                            (checkpointer.saved_run_setup(checkpointer.latest_step()).get('data'),
-                             setup['data'])))
+                            config, saved_config, (latest_setup.get('data'), setup['data'])))
       target = {'gan': state,
                 'train_key': parallel.replicate(jax.random.key_data(train_key), step_fn.mesh)}
       restored, step_config, start_step = checkpointer.restore(target)
@@ -434,8 +433,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                                           d_updates_start, images_seen_start)
       if schedule_warning and is_chief:
         logging.warning('%s', schedule_warning)
-      setup_warning = run_checks.describe_setup_changes(
-          start_step, checkpointer.saved_run_setup(start_step), setup, config)
+      setup_warning = run_checks.describe_setup_changes(start_step, saved_metadata, setup,
+                                                        config)
       if setup_warning and is_chief:
         logging.warning('%s', setup_warning)
     if is_chief:  # After the lock and the resume checks, whose errors it would bury.
