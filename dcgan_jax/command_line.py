@@ -84,6 +84,22 @@ def config_arg(argv: list[str]) -> str | None:
   return path
 
 
+def _config_fields(argv: list[str], path: str | None) -> list[str]:
+  """The field names beside the unknown one (``path``'s parent), from the config file of
+  ``argv``; empty where it cannot be read."""
+  config_path = config_arg(argv)
+  if not config_path:
+    return []
+  from dcgan_jax import config_files  # pylint: disable=g-import-not-at-top
+  try:
+    node = config_files.load_config(config_path)
+    for part in (path or '').split('.')[:-1]:
+      node = node[part]
+    return sorted(node.keys())
+  except Exception:  # pylint: disable=broad-except  # Then ml_collections' guess alone.
+    return []
+
+
 def unknown_config_field_message(error: Exception, argv: list[str]) -> str:
   """'Unknown config field ...' naming the offending --config.<field>, or the config file that
   set it, and close matches."""
@@ -98,8 +114,14 @@ def unknown_config_field_message(error: Exception, argv: list[str]) -> str:
   overrides = [arg[len('--config.'):].split('=', 1)[0] for arg in argv
                if arg.startswith('--config.')]
   path = next((p for p in overrides if name in p.split('.')), None)
+  # Close matches among the config file's fields, since ml_collections' own guess names only
+  # one ('learning_rate' is close to both g_learning_rate and d_learning_rate).
+  close = difflib.get_close_matches(name.split('.')[-1], _config_fields(argv, path), n=2,
+                                    cutoff=0.75)
   suggestion = re.search(r'Did you mean "([^"]+)"', str(text))  # ml_collections' guess.
-  hint = f'did you mean {suggestion.group(1)!r}? ' if suggestion else ''
+  if suggestion and suggestion.group(1) not in close:
+    close = [suggestion.group(1)] + close[:1]
+  hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ''
   if path is None:  # Set by the config file itself, not by an override.
     config_file = config_arg(argv) or 'the config file'
     return (f'Unknown config field {name!r}, set in {config_file}; {hint}the valid fields are '

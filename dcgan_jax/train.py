@@ -335,9 +335,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   logging.info('Dataset %s (split %s): %d examples of %s%s.', info.name, info.split,
                info.num_examples, info.image_shape, info.describe_classes())
   durations = durations_lib.resolve_durations(config, info.num_examples)
-  if is_chief:
-    for message in run_checks.duration_warnings(config, durations):
-      logging.warning('%s', message)
   with warnings_lib.catch_warnings():
     # config_warnings has said so already, in the config's own terms.
     warnings_lib.simplefilter('ignore', train_step_lib.PenaltyWithBatchNormWarning)
@@ -381,10 +378,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     fid_hook = train_hooks.InceptionFIDHook(config, image_sampler, durations.eval_every_steps)
   workdir = os.fspath(checkpointing.check_workdir_writable(workdir))
   _sync_processes('validated')
-  logging.info('Run: %d steps (%.1f per epoch), global batch %d on %d device%s (%s), data %s '
-               '(%s).', durations.num_train_steps, durations.steps_per_epoch, config.batch_size,
-               step_fn.num_devices, '' if step_fn.num_devices == 1 else 's', config.parallelism,
-               'device-resident' if device_resident else 'streamed by tf.data', data_reason)
 
   # --- 2. Lock, restore, write the run's config. ---------------------------------------------
   setup = run_checks.run_setup(step_fn.num_devices, device_resident)
@@ -399,6 +392,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       run_checks.check_resume_config(config, saved_config, workdir)
       latest_setup = checkpointer.saved_run_setup(latest)
       durations = _resumed_durations(config, durations, latest, saved_config, latest_setup)
+    # Logged with the length a resume at another batch size has just recounted.
+    if is_chief:
+      for message in run_checks.duration_warnings(config, durations):
+        logging.warning('%s', message)
+    logging.info('Run: %d steps (%.1f per epoch), global batch %d on %d device%s (%s), data %s '
+                 '(%s).', durations.num_train_steps, durations.steps_per_epoch,
+                 config.batch_size, step_fn.num_devices, '' if step_fn.num_devices == 1 else 's',
+                 config.parallelism,
+                 'device-resident' if device_resident else 'streamed by tf.data', data_reason)
     root_key = jax.random.key(int(config.seed))
     initial_state = create_train_state(config, jax.random.fold_in(root_key, train_hooks.INIT_TAG),
                                        durations.num_train_steps)

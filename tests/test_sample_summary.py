@@ -123,6 +123,11 @@ def test_summary_cli_misspelt_field_names_it_and_the_right_one(capsys):
   err = capsys.readouterr().err.strip()
   assert err == ("Unknown config field 'batch_sise' (--config.batch_sise); did you mean "
                  "'batch_size'? the valid fields are listed in configs/default.py.")
+  # A name close to two fields names both (ml_collections' own guess gives one).
+  with pytest.raises(SystemExit):
+    summary.main(['summary', f'--config={_ROOT}/configs/default.py',
+                  '--config.learning_rate=1e-3'])
+  assert "did you mean 'g_learning_rate' or 'd_learning_rate'?" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('module,flag', [(sample, '--help'), (summary, '-h'), (probe, '--help'),

@@ -495,6 +495,8 @@ def test_epoch_counts_the_images_trained_on_across_batch_size_changes(tfds_dir, 
   assert int(state.step) == 12
   assert ('the run had trained on 208 by step 10 (at another batch_size), so it ends at step 12 '
           'rather than 15') in caplog.text
+  # The run's line gives the recounted length too (it was logged before the recount).
+  assert 'Run: 12 steps' in caplog.text and 'Run: 15 steps' not in caplog.text
   with checkpointing.Checkpointer(tmp_path, read_only=True) as checkpointer:
     assert checkpointer.saved_run_setup(12)[train.IMAGES_SEEN_KEY] == 240
   # The same launch again (a decaying schedule): the schedules did not move, though the
