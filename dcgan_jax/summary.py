@@ -120,6 +120,28 @@ def shape_arithmetic(image_size: int, upsample: str = 'transpose') -> str:
   ])
 
 
+def state_memory_line(config: Any, generator: nn.Module, discriminator: nn.Module) -> str:
+  """'Train state: 72.6 MiB (...)': the bytes of the whole train state, from its shapes.
+
+  The state holds more than the parameters: Adam's two moments per parameter, BatchNorm
+  statistics, the EMA copy of G and the optimizers' counters. Activations come on top and
+  grow with the batch; XLA's buffer assignment decides them, so they are not estimated here.
+  """
+  from dcgan_jax.data.device_resident import format_bytes  # pylint: disable=g-import-not-at-top
+
+  use_ema = float(config.get('ema_decay', 0.0)) > 0
+  adaptive = float(config.get('ada_target', 0.0)) > 0
+  state = jax.eval_shape(lambda key: state_lib.create_gan_state(
+      key, generator, discriminator, use_ema=use_ema,
+      augment_probability=0.0 if adaptive else None), jax.random.key(0))
+  total = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state)
+              if hasattr(leaf, 'dtype') and not jax.dtypes.issubdtype(leaf.dtype,
+                                                                      jax.dtypes.prng_key))
+  parts = 'parameters, Adam moments, BatchNorm statistics' + (', EMA of G' if use_ema else '')
+  return (f'Train state: {format_bytes(total)} ({parts}; per device, as each holds a replica), '
+          'activations not counted.')
+
+
 def summarize(config: Any) -> str:
   """The summary table of G and D for a run config, as text.
 
@@ -154,6 +176,7 @@ def summarize(config: Any) -> str:
       _format_table(f'Discriminator (width {config.discriminator_width}, {norm} norm)', d_rows,
                     images.shape),
       f'Total params: G {g_total:,} + D {d_total:,} = {g_total + d_total:,}',
+      state_memory_line(config, generator, discriminator),
       shape_arithmetic(size, config.upsample),
   ])
 

@@ -81,6 +81,16 @@ def test_summary_totals_match_the_paper_model():
   assert 'Total params: 3,576,704' in text
   assert 'Total params: 2,765,568' in text
   assert 'G 3,576,704 + D 2,765,568 = 6,342,272' in text
+  # The state: float32 parameters with Adam's two moments (3 x 4 bytes each), G's EMA copy
+  # (4 bytes per G parameter), BatchNorm statistics (small) on top.
+  for ema_decay, ema_words in ((0.0, ''), (0.999, ', EMA of G')):
+    config.ema_decay = ema_decay
+    line = next(line for line in summary.summarize(config).splitlines()
+                if line.startswith('Train state: '))
+    mib = float(re.match(r'Train state: ([\d.]+) MiB', line).group(1))
+    expected = (12 * 6_342_272 + (4 * 3_576_704 if ema_decay else 0)) / 2**20
+    assert abs(mib - expected) < 0.01 * expected, line  # Shown to 3 digits.
+    assert f'BatchNorm statistics{ema_words}; per device' in line
 
 
 @pytest.mark.parametrize('norm,d_params', [('batch', 2_765_568), ('layer', 2_765_568),
