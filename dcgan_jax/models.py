@@ -56,7 +56,14 @@ def _join(options: Sequence[Any]) -> str:
 
 
 def output_range(output_activation: str) -> tuple[float, float]:
-  """The value range of a generator's images: (-1, 1) for 'tanh', (0, 1) for 'sigmoid'."""
+  """The value range of a generator's images: (-1, 1) for 'tanh', (0, 1) for 'sigmoid'.
+
+  Raises:
+    UserError: another value: the real images would be scaled to a range the generator's
+      images are not in (a custom module's ``'Tanh'`` gave [0, 1] reals against [-1, 1] fakes,
+      which D tells apart at once, without a word).
+  """
+  _validate_choice('output_activation', output_activation, OUTPUT_ACTIVATIONS)
   return (-1.0, 1.0) if output_activation == 'tanh' else (0.0, 1.0)
 
 

@@ -185,6 +185,7 @@ class DataParallelStep:
     self._warned_about_range = False
     # Built once: the argument checks compare against them before every step.
     self._replicated = NamedSharding(self.mesh, P())
+    self._device_set = frozenset(self.devices)
     self._batch_sharding = NamedSharding(self.mesh, P(axis_name))
     donate_argnums = (0,) if donate else ()
     if parallelism == 'shard_map':
@@ -250,11 +251,29 @@ class DataParallelStep:
       if np.ndim(local_batch[1]) != 1:
         raise UserError('Labels must be one class index per image, shape [batch] (got '
                         f'{np.shape(local_batch[1])} for images {np.shape(local_batch[0])}).')
+      self._check_image_rank(local_batch[0])
       self._check_host_images(local_batch[0])
       self._check_host_labels(local_batch[1])
       return tuple(self._place_rows(x) for x in local_batch)
+    self._check_image_rank(local_batch)
     self._check_host_images(local_batch)
     return self._place_rows(local_batch)
+
+  def _check_image_rank(self, images: Any) -> None:
+    """Images are [rows, H, W, C] here: with pmap, rows of any other rank were split into a
+    device axis all the same, and the step then blamed a missing place_batch."""
+    rank = np.ndim(images)
+    if rank == 4:
+      return
+    if rank == 5 and self.parallelism == 'pmap':
+      hint = ('; this batch already has the leading device axis (place each batch once, '
+              'before the step)')
+    elif rank == 3:
+      hint = '; for grey images add the channel axis, images[..., None]'
+    else:
+      hint = ''
+    raise UserError(f'place_batch takes images of shape [batch, height, width, channels] (got '
+                    f'{np.shape(images)}){hint}.')
 
   def _check_host_images(self, images: Any) -> None:
     if not isinstance(images, np.ndarray) or not np.issubdtype(images.dtype, np.floating):
@@ -328,6 +347,7 @@ class DataParallelStep:
                       'the state that call returned (state, metrics = step(state, batch, rng)).')
     _check_key(rng)
     if self.parallelism != 'pmap':
+      self._check_key_devices(rng)
       self._check_shard_map_arguments(counter, batch)
       return
     devices = len(self.local_devices)
@@ -337,9 +357,10 @@ class DataParallelStep:
                       'step.place_state(state) first.')
     images = batch[0] if isinstance(batch, (tuple, list)) else batch
     if np.ndim(images) != 5 or np.shape(images)[0] != devices:
-      raise UserError(f'With pmap the batch needs a leading axis of {devices} devices (got '
-                      f'images of shape {np.shape(images)}): pass it through '
-                      'step.place_batch(images) first.')
+      raise UserError(f'With pmap the batch needs a leading axis of {devices} devices, '
+                      '[devices, per_device_batch, height, width, channels] (got images of '
+                      f'shape {np.shape(images)}): pass it through step.place_batch(images) '
+                      'first.')
 
   def _check_shard_map_arguments(self, counter: Any, batch: Any) -> None:
     """A state not laid out on the mesh would be moved there and the caller's arrays donated
@@ -347,6 +368,11 @@ class DataParallelStep:
     shard_map with a long message."""
     if (isinstance(counter, jax.Array) and counter.sharding != self.replicated_sharding
         and not counter.sharding.is_equivalent_to(self.replicated_sharding, counter.ndim)):
+      if counter.ndim == 1:  # pmap's layout: one replica per device along a leading axis.
+        raise UserError(f'The state has a leading axis of {counter.shape[0]} devices, as a pmap '
+                        "step's place_state lays it out; this step uses shard_map: take one "
+                        'replica (pmap_step.host_state(state)) and pass it through '
+                        'step.place_state first.')
       raise UserError(f'The state is not laid out for this step (it sits on '
                       f'{_describe_devices(counter.sharding.device_set)}, the step runs on '
                       f'{self.num_devices} device(s) with a replicated state): pass it through '
@@ -356,6 +382,23 @@ class DataParallelStep:
     shape = getattr(images, 'shape', ())  # (np.shape costs microseconds on a jax array.)
     if shape and (not shape[0] or shape[0] % self.num_devices):
       check_batch_size(shape[0], self.num_devices)
+    # jax's own error for an array committed elsewhere names the state's first leaf and lists
+    # device ids; place_batch puts a batch where the step wants it.
+    if (isinstance(images, jax.Array) and images.sharding != self._batch_sharding
+        and images.committed and images.sharding.device_set != self._device_set):
+      raise UserError(f'The batch sits on {_describe_devices(images.sharding.device_set)}, but '
+                      f'this step runs on {_describe_devices(self._device_set)}: pass it '
+                      'through step.place_batch(images) (or create it uncommitted, e.g. with '
+                      'jnp.asarray).')
+
+  def _check_key_devices(self, rng: Any) -> None:
+    """A key committed to one device (device_put, or out of a jit on committed arguments)."""
+    if (isinstance(rng, jax.Array) and rng.committed
+        and rng.sharding.device_set != self._device_set):
+      raise UserError(f'The key sits on {_describe_devices(rng.sharding.device_set)}, but this '
+                      f'step runs on {_describe_devices(self._device_set)}: pass an uncommitted '
+                      'key (jax.random.key(seed), or split one) or '
+                      'jax.device_put(key, step.replicated_sharding).')
 
   def compiled_text(self, state: GANState, batch: jax.Array, rng: jax.Array) -> str:
     """The optimized HLO of the step for these arguments (nothing is donated or run; after a

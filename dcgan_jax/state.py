@@ -170,6 +170,10 @@ def check_module_interface(module: flax.linen.Module, role: str, conditional: bo
   are left to decide.
   """
   name = type(module).__name__
+  if not isinstance(module, flax.linen.Module):
+    # An nnx.Module (or anything else) has no init/apply: it failed with an AttributeError.
+    raise UserError(f'The {role} {name} must be a flax.linen Module (the step initialises and '
+                    f'applies it functionally); got {type(module).__module__}.{name}.')
   if role == 'generator' and getattr(module, 'latent_dim', None) is None:
     raise UserError(f'The generator {name} needs a `latent_dim` attribute (the size of the '
                     'latents it maps to images).')

@@ -16,8 +16,9 @@ discriminators in two); then G updated through the updated D on the same fakes.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -164,6 +165,7 @@ def images_to_model_range(images: jax.Array, output_activation: str = 'tanh') ->
   if images.dtype != jnp.uint8 and not jnp.issubdtype(images.dtype, jnp.floating):
     raise UserError(f'Training images must be uint8 (0..255) or floating point in the '
                     f"generator's range, got {images.dtype}.")
+  models.output_range(output_activation)  # Refuses an unknown activation.
   if images.dtype == jnp.uint8:
     images = images.astype(jnp.float32)
     return images / 127.5 - 1.0 if output_activation == 'tanh' else images / 255.0
@@ -217,21 +219,33 @@ class PenaltyWithBatchNormWarning(UserWarning):
   """A gradient penalty through a BatchNorm discriminator (valid, rarely what was meant)."""
 
 
-# BatchNorm layers already reported by _apply_with_batch_norm_check (one warning per layer).
+def _penalty_with_batch_norm_message(penalties: Sequence[str], discriminator: str) -> str:
+  return (f'{" and ".join(penalties)} > 0 with {discriminator}: BatchNorm mixes the examples '
+          "of a batch, so the penalty does not see each example's own gradient; WGAN-GP's "
+          "critic (and StyleGAN's, for R1) uses Discriminator(norm='layer') (or 'none').")
+
+
+# BatchNorm layers already reported by _apply_with_batch_norm_check (one warning per layer),
+# and (module name, 'penalty') for the penalty warning (one per module).
 _REPORTED_UNSYNCED_BATCH_NORMS: set[tuple[str, str]] = set()
 
 
-def _apply_with_batch_norm_check(module: nn.Module, axis_name: str | None, *args, **kwargs):
+def _apply_with_batch_norm_check(module: nn.Module, axis_name: str | None, *args,
+                                 penalties: Sequence[str] = (), **kwargs):
   """``module.apply(*args, **kwargs)``, warning when a BatchNorm layer ignores ``axis_name``.
 
   A user's module without an ``axis_name`` field (so the step cannot rebind it) computes batch
   statistics over each device's share of the batch: training then differs from one device,
   and the devices' copies of the running statistics drift apart, without any error. Looking at
   the layers while the step is traced costs nothing at run time.
+
+  With ``penalties`` (the gradient penalties a user's discriminator trains with; ours says
+  its norm in an attribute, see :func:`has_batch_norm`), a BatchNorm layer using batch
+  statistics gets :class:`PenaltyWithBatchNormWarning`.
   """
-  if axis_name is None:
+  if axis_name is None and not penalties:
     return module.apply(*args, **kwargs)
-  unsynced = []
+  unsynced, batch_normed = [], []
 
   def interceptor(next_fun, call_args, call_kwargs, context):
     layer = context.module
@@ -239,12 +253,23 @@ def _apply_with_batch_norm_check(module: nn.Module, axis_name: str | None, *args
       at_call = call_kwargs.get('use_running_average',
                                 call_args[1] if len(call_args) > 1 else None)
       uses_batch = not (layer.use_running_average if at_call is None else at_call)
+      path = '/'.join(layer.scope.path) if layer.scope else layer.name
+      if uses_batch:
+        batch_normed.append(path)
       if uses_batch and layer.axis_name is None:
-        unsynced.append('/'.join(layer.scope.path) if layer.scope else layer.name)
+        unsynced.append(path)
     return next_fun(*call_args, **call_kwargs)
 
   with nn.intercept_methods(interceptor):
     out = module.apply(*args, **kwargs)
+  key = (type(module).__name__, 'penalty')
+  if penalties and batch_normed and key not in _REPORTED_UNSYNCED_BATCH_NORMS:
+    _REPORTED_UNSYNCED_BATCH_NORMS.add(key)
+    warn_user(_penalty_with_batch_norm_message(
+        penalties, f'{type(module).__name__}, which has BatchNorm layers'),
+              PenaltyWithBatchNormWarning)
+  if axis_name is None:
+    return out
   new = [path for path in dict.fromkeys(unsynced)
          if (type(module).__name__, path) not in _REPORTED_UNSYNCED_BATCH_NORMS]
   if new and jax.lax.psum(1, axis_name) > 1:
@@ -285,6 +310,12 @@ def _check_axis_bound(axis_name: str | None) -> None:
         'does), or build it with axis_name=None for a plain jax.jit on one device.') from e
 
 
+# What flax raises when a state's variables are not those of the module applied to them.
+_MODEL_MISMATCH_ERRORS = (flax.errors.ScopeParamShapeError, flax.errors.ScopeParamNotFoundError,
+                          flax.errors.ScopeCollectionNotFound,
+                          flax.errors.ScopeVariableNotFoundError)
+
+
 def make_train_step(generator: nn.Module, discriminator: nn.Module,
                     step_config: StepConfig = StepConfig(),
                     axis_name: str | None = None) -> StepFn:
@@ -305,13 +336,20 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     classes. Traced labels are not checked: one >= num_classes makes every parameter NaN (an
     embedding lookup out of range), a negative one trains on a wrong class;
     ``DataParallelStep.place_batch`` checks numpy labels before they reach the step. ``rng`` is
-    the same key on every device. Metrics (scalars, averaged over devices): ``d_loss``, ``g_loss``,
-    ``d_real`` (D(x)), ``d_fake_before`` and ``d_fake_after`` (D(G(z)) before and after the D
-    update), ``d_grad_norm``, ``g_grad_norm``, and the penalties when enabled. With
-    ``augment`` the D outputs are those of the augmented images, which D really saw; with ADA
-    also ``ada_real_sign`` (E[sign(D(real))]) and ``augment_probability`` (the p this step
-    used).
+    the same key on every device. Metrics (scalars, averaged over devices; a pmapped step
+    returns each as a ``[devices]`` array of equal values, which
+    ``DataParallelStep.host_metrics`` reads as one number): ``d_loss`` (the weighted gradient
+    penalties included), ``g_loss``, ``d_real`` (D(x)), ``d_fake_before`` and
+    ``d_fake_after`` (D(G(z)) before and after the D update), ``d_grad_norm``,
+    ``g_grad_norm``, and when enabled the penalties unweighted (``gradient_penalty``,
+    ``r1_penalty``). With ``augment`` the D outputs are those of the augmented images, which D
+    really saw; with ADA also ``ada_real_sign`` (E[sign(D(real))]) and
+    ``augment_probability`` (the p this step used).
   """
+  for module, role in ((generator, 'generator'), (discriminator, 'discriminator')):
+    if not isinstance(module, nn.Module):  # Else an AttributeError on clone/apply.
+      raise UserError(f'The {role} {type(module).__name__} must be a flax.linen Module (the '
+                      'step applies it functionally).')
   if hasattr(generator, 'axis_name'):
     generator = generator.clone(axis_name=axis_name)
   if hasattr(discriminator, 'axis_name'):
@@ -321,11 +359,12 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
                if getattr(step_config, name) > 0]
   if penalties and has_batch_norm(discriminator):
     # The training program says this in its config's terms (run_checks.config_warnings).
-    warn_user(f'{" and ".join(penalties)} > 0 with a BatchNorm discriminator: BatchNorm '
-              "mixes the examples of a batch, so the penalty does not see each example's "
-              "own gradient; WGAN-GP's critic (and StyleGAN's, for R1) uses "
-              "Discriminator(norm='layer') (or 'none').", PenaltyWithBatchNormWarning)
+    warn_user(_penalty_with_batch_norm_message(penalties, 'a BatchNorm discriminator'),
+              PenaltyWithBatchNormWarning)
+  # A discriminator of the user's own is looked at while the step is traced.
+  d_penalties = tuple(penalties) if not hasattr(discriminator, 'norm') else ()
   output_activation = getattr(generator, 'output_activation', 'tanh')
+  models.output_range(output_activation)  # Refused now, not at the first trace.
   latent_dim = generator.latent_dim
   num_classes = check_same_classes(generator, discriminator)
   policy = step_config.augment
@@ -391,8 +430,8 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
   def discriminate(d_params, d_stats, images, labels, **kwargs):
     logits, updates = _apply_with_batch_norm_check(
         discriminator, axis_name, {'params': d_params, 'batch_stats': d_stats}, images,
-        train=True, mutable=['batch_stats'], rngs=dropout_rngs(), **label_kwargs(labels),
-        **kwargs)
+        train=True, mutable=['batch_stats'], rngs=dropout_rngs(), penalties=d_penalties,
+        **label_kwargs(labels), **kwargs)
     # A discriminator without BatchNorm or spectral norm ('layer', 'none') has no statistics.
     return logits, updates.get('batch_stats', {})
 
@@ -553,4 +592,15 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     state = state.replace(step=state.step + 1)
     return state, pmean(metrics)
 
-  return step
+  def checked_step(state: GANState, batch: Batch, rng: jax.Array) -> tuple[GANState, Metrics]:
+    try:
+      return step(state, batch, rng)
+    except _MODEL_MISMATCH_ERRORS as e:
+      # flax's own text names the variable but not the cause: a state created from other
+      # modules (another latent_dim or width) than the step's.
+      detail = str(e).split(' (https://', 1)[0]
+      raise UserError(f"The state does not fit this step's models: {detail} Create the state "
+                      '(create_gan_state) from the same generator and discriminator as the '
+                      'step.') from e
+
+  return checked_step

@@ -251,6 +251,22 @@ def test_modules_without_what_the_step_calls_them_with_are_one_clear_error():
       create_gan_state(jax.random.key(0), generator, discriminator)
   state = create_gan_state(jax.random.key(0), G, TakesKeywords())
   assert set(state.discriminator.params) == {'Dense_0'}
+  # Not linen modules (an nnx.Module has no init/apply): said at once, by both entry points.
+  not_linen = types.SimpleNamespace(latent_dim=16)
+  with pytest.raises(UserError, match='The generator SimpleNamespace must be a flax.linen Module'):
+    create_gan_state(jax.random.key(0), not_linen, D)
+  with pytest.raises(UserError, match='The discriminator SimpleNamespace must be a flax.linen Module'):
+    make_train_step(G, not_linen)
+
+
+def test_a_state_of_other_models_than_the_steps_is_one_clear_error(initial_state):
+  """flax's ScopeParamShapeError (11 frames deep) named the variable, not the cause."""
+  step = jax.jit(make_train_step(G.clone(latent_dim=32), D))
+  with pytest.raises(UserError, match=r"The state does not fit this step's models: For "
+                                      r'parameter "kernel" in "/project".*\(32, .*\(16, .*'
+                                      r'Create the state \(create_gan_state\) from the same '
+                                      r'generator and discriminator'):
+    step(initial_state, _images(4), jax.random.key(1))
 
 
 def _dropout_discriminator(rate):
@@ -311,6 +327,32 @@ def test_a_gradient_penalty_through_batch_norm_warns_in_a_custom_loop():
     make_train_step(G, D.clone(norm='layer'), penalty)
     # At 8x8 D has its input layer alone, which carries no BatchNorm.
     make_train_step(G.clone(image_size=8), D.clone(image_size=8), penalty)
+  # A user's D says nothing of its norm: its BatchNorm layers are found while tracing, once.
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class BatchNormD(nn.Module):
+    batch_norm: bool = True
+
+    @nn.compact
+    def __call__(self, images, train=True):
+      x = nn.Conv(8, (4, 4), strides=(2, 2))(images)
+      if self.batch_norm:
+        x = nn.BatchNorm(use_running_average=not train)(x)
+      return nn.Dense(1)(x.reshape((x.shape[0], -1)))[:, 0]
+
+  for discriminator, warns in ((BatchNormD(), True), (BatchNormD(batch_norm=False), False)):
+    state = create_gan_state(jax.random.key(0), G, discriminator)
+    step = jax.jit(make_train_step(G, discriminator, penalty))
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter('always')
+      state, _ = step(state, _images(4), jax.random.key(1))
+      step(state, _images(4), jax.random.key(2))
+    said = [str(w.message) for w in caught
+            if issubclass(w.category, train_step.PenaltyWithBatchNormWarning)]
+    assert said == (['gradient_penalty_weight > 0 with BatchNormD, which has BatchNorm layers: '
+                     'BatchNorm mixes the examples of a batch, so the penalty does not see each '
+                     "example's own gradient; WGAN-GP's critic (and StyleGAN's, for R1) uses "
+                     "Discriminator(norm='layer') (or 'none')."] if warns else []), said
 
 
 def test_bfloat16_step_keeps_float32_state():
@@ -364,6 +406,14 @@ def test_pmap_mistakes_are_clear_errors(initial_state):
   for keys in (jax.random.split(rng, 8), jax.random.split(jax.random.PRNGKey(1), 8)):
     with pytest.raises(UserError, match=r'one PRNG key \(got keys of shape \(8,\)\)'):
       step(placed_state, placed_batch, keys)
+  # place_batch wants [rows, H, W, C]: it split any array into a device axis all the same,
+  # and the step then said to call place_batch, which had been called.
+  with pytest.raises(UserError, match=r'\[batch, height, width, channels\] \(got \(32, 16, '
+                                      r'16\)\); for grey images add the channel axis'):
+    step.place_batch(images[..., 0])
+  with pytest.raises(UserError, match=r'already has the leading device axis \(place each batch '
+                                      r'once'):
+    step.place_batch(placed_batch)
   # Right: both key forms run.
   state, _ = step(placed_state, placed_batch, rng)
   state, _ = step(state, step.place_batch(images), jax.random.PRNGKey(2))
@@ -456,6 +506,21 @@ def test_shard_map_step_refuses_an_unplaced_state_and_keeps_it(initial_state):
   state, _ = step(step.place_state(one_device), _images(), jax.random.key(1))  # Placed: runs.
   state, _ = step(state, step.place_batch(_images()), jax.random.key(2))  # Its own output too.
   assert int(step.host_state(state).step) == 2
+  # A batch or key committed to one device: jax's error named the state's step counter.
+  on_one = jax.device_put(_images(), jax.devices()[0])
+  with pytest.raises(UserError, match=r'The batch sits on .*0, but this step runs on 8 devices: '
+                                      r'pass it through step.place_batch'):
+    step(state, on_one, jax.random.key(3))
+  with pytest.raises(UserError, match=r'The key sits on .*0, but this step runs on 8 devices'):
+    step(state, step.place_batch(_images()),
+         jax.device_put(jax.random.key(3), jax.devices()[0]))
+  state, _ = step(state, jnp.asarray(_images()), jax.random.key(3))  # Uncommitted: runs.
+  # A state laid out by a pmap step (a leading device axis).
+  pmap_state = DataParallelStep(G, D, parallelism='pmap').place_state(initial_state)
+  with pytest.raises(UserError, match=r'leading axis of 8 devices, as a pmap step.*'
+                                      r'pmap_step.host_state\(state\)'):
+    step(pmap_state, step.place_batch(_images()), jax.random.key(4))
+  assert int(step.host_state(state).step) == 3
 
 
 def test_place_batch_takes_label_lists_and_warns_about_unit_range_floats():
@@ -636,6 +701,25 @@ def test_images_reach_the_models_range_and_other_integers_are_refused():
   for dtype in (np.int32, np.uint16):  # Their range is unknown: no silent 0..255 pass-through.
     with pytest.raises(UserError, match='must be uint8 .* got ' + np.dtype(dtype).name):
       images_to_model_range(pixels.astype(dtype))
+  # Anything but the two activations was taken as sigmoid: a custom G's 'Tanh' trained on
+  # [0, 1] reals against [-1, 1] fakes without a word.
+  with pytest.raises(UserError, match=r"output_activation must be one of tanh or sigmoid "
+                                      r"\(got 'Tanh'\)"):
+    images_to_model_range(pixels, 'Tanh')
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class MisspeltActivation(nn.Module):
+    latent_dim: int = 16
+    output_activation: str = 'Tanh'
+
+    @nn.compact
+    def __call__(self, z, train=True):
+      return jnp.tanh(nn.Dense(16 * 16 * 3)(z)).reshape((-1, 16, 16, 3))
+
+  for build in (lambda: make_train_step(MisspeltActivation(), D),
+                lambda: DataParallelStep(MisspeltActivation(), D)):
+    with pytest.raises(UserError, match=r"output_activation .* \(got 'Tanh'\)"):
+      build()
 
 
 def test_decaying_learning_rate_schedules_need_their_length():
