@@ -49,6 +49,7 @@ writes together)::
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -92,6 +93,12 @@ IMAGES_SEEN_KEY = 'images_seen'
 # And (digits quality on) the untrained generator's score, so that a resume need not score the
 # initial state again (about 10 s on 2 CPU cores).
 UNTRAINED_QUALITY_KEY = 'untrained_quality'
+# And the step the run that saved it was to end at: a checkpoint at that step is the run's
+# final one, whose samples and scores come after it (see FINISHED_FILE).
+RUN_END_KEY = 'run_end_step'
+# Written once the final samples, scores and progress.gif are done: ``{"step": N}``. A run
+# stopped after its final checkpoint but before these makes them when launched again.
+FINISHED_FILE = 'finished.json'
 # Settings a resume may change without changing the initial state or how it is scored.
 _UNTRAINED_QUALITY_KEEPS = ('num_train_steps', 'num_epochs', 'keep_checkpoints',
                             'background_checkpoints', 'steps_per_dispatch', 'device_resident')
@@ -227,6 +234,19 @@ def _resumed_durations(config: ml_collections.ConfigDict, durations: durations_l
                  'batch_size), so it ends at step %d rather than %d.', float(config.num_epochs),
                  images_seen, latest, resumed.num_train_steps, durations.num_train_steps)
   return resumed
+
+
+def _final_outputs_missing(workdir: str, step: int, metadata: dict[str, Any]) -> bool:
+  """Whether the checkpoint of ``step`` ended its run (its metadata says so) but the final
+  samples and scores after it were never made: the run was stopped (Ctrl-C, SIGTERM, a kill)
+  between its final save and the end. Checkpoints from before the record are taken as done."""
+  if metadata.get(RUN_END_KEY) != step:
+    return False
+  try:
+    with open(os.path.join(workdir, FINISHED_FILE), encoding='utf-8') as f:
+      return json.load(f).get('step') != step
+  except (OSError, ValueError, AttributeError):  # None yet, or unreadable: make them again.
+    return True
 
 
 def _schedule_change(config: ml_collections.ConfigDict, saved: dict[str, Any],
@@ -408,6 +428,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     state = parallel.replicate(initial_state, step_fn.mesh)
     start_step = images_seen_start = d_updates_start = 0
     untrained_quality = None
+    final_outputs_missing = False
     if latest is not None:
       changes = run_checks.changed_settings(config, saved_config)
       if changes and is_chief:  # Allowed (e.g. a longer run), but never silently.
@@ -421,6 +442,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       restored, step_config, start_step = checkpointer.restore(target)
       saved_metadata = checkpointer.saved_run_setup(start_step)
       images_seen_start = saved_images_seen(start_step, saved_metadata, step_config, config)
+      final_outputs_missing = _final_outputs_missing(workdir, start_step, saved_metadata)
       if all(_keeps_untrained_quality(name)
              for name, _, _ in run_checks.changed_fields(config, step_config)):
         untrained_quality = saved_metadata.get(UNTRAINED_QUALITY_KEY)
@@ -478,7 +500,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         return _train_loop(config, workdir, durations, step_fn, sampler, image_sampler,
                            fid_hook, loop_checkpointer, writer, initial_state, state, train_key,
                            start_step, images_seen_start, untrained_quality,
-                           best_checkpointer, d_updates_start)
+                           best_checkpointer, d_updates_start, final_outputs_missing)
     finally:
       if best_checkpointer is not None:
         best_checkpointer.close()
@@ -489,12 +511,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
 def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid_hook,
                 checkpointer, writer, initial_state, state, train_key,
                 start_step, images_seen_start, untrained_quality=None,
-                best_checkpointer=None, d_updates_start=0) -> state_lib.GANState:
+                best_checkpointer=None, d_updates_start=0,
+                final_outputs_missing=False) -> state_lib.GANState:
   """The loop itself (see :func:`train_and_evaluate`); ``checkpointer`` is a
   :class:`~dcgan_jax.background_checkpoints.BackgroundCheckpointer`, ``images_seen_start``
   the images trained on up to ``start_step``, ``untrained_quality`` the untrained generator's
   digits score as the checkpoint recorded it (None: score it), ``d_updates_start`` D's
-  updates up to ``start_step`` (earlier launches may have had another ``d_steps``)."""
+  updates up to ``start_step`` (earlier launches may have had another ``d_steps``),
+  ``final_outputs_missing`` whether ``start_step`` is a run's final checkpoint whose samples
+  and scores were never made (:func:`_final_outputs_missing`)."""
   from clu import parameter_overview  # pylint: disable=g-import-not-at-top
 
   is_chief = jax.process_index() == 0
@@ -508,7 +533,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
 
   def step_metadata(step: int) -> dict[str, Any]:
     """What the checkpoint of ``step`` records beside the run's setup."""
-    metadata = {IMAGES_SEEN_KEY: images_seen(step)}
+    metadata = {IMAGES_SEEN_KEY: images_seen(step), RUN_END_KEY: num_train_steps}
     if quality_hook is not None and quality_hook.untrained is not None:
       metadata[UNTRAINED_QUALITY_KEY] = train_hooks.jsonable(quality_hook.untrained)
     return metadata
@@ -842,15 +867,37 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   finally:  # A trace still on here (training failed or stopped) is stopped and written.
     profiler.close(step)
 
+  def finish(final_step: int, state: state_lib.GANState) -> state_lib.GANState:
+    """The final samples and scores of the saved final step, then progress.gif."""
+    try:
+      hooks(final_step, state, final=True)
+    except preemption.TrainingStopped:
+      raise
+    except KeyboardInterrupt:  # Ctrl-C during the final scores: the final step is saved.
+      raise preemption.TrainingStopped(signal.SIGINT, final_step, workdir) from None
+    checkpointer.wait_until_finished()
+    if is_chief:  # The sample grids over the run, as one animation.
+      animation.write_progress_gif(os.path.join(workdir, train_hooks.SAMPLES_DIR))
+      json_files.write_json_atomically(os.path.join(workdir, FINISHED_FILE),
+                                       {'step': final_step})
+    logging.info('Finished at step %d; outputs in %s.', final_step, workdir)
+    return step_fn.host_state(state)
+
   # --- The end: a last checkpoint, samples and scores of the final state. -------------------
-  if start_step >= num_train_steps:
+  if start_step >= num_train_steps and not final_outputs_missing:
     stop_signals.restore()
     # The run that reached this step saved it and wrote its final samples and scores; doing
-    # that again would add a second point at the same step to every curve.
-    logging.info('The checkpoint is already at step %d >= num_train_steps %d; nothing to train '
-                 '(raise num_train_steps to train on; sample and evaluate read this run).',
-                 start_step, num_train_steps)
+    # that again would add a second point at the same step to every curve. A warning: a
+    # notebook's re-run cell shows no INFO line, and would otherwise end without a word.
+    logging.warning('The checkpoint is already at step %d >= num_train_steps %d; nothing to '
+                    'train (raise num_train_steps to train on; sample and evaluate read this '
+                    'run).', start_step, num_train_steps)
     return step_fn.host_state(state)
+  if start_step >= num_train_steps:
+    stop_signals.restore()
+    logging.warning('The run was stopped after its final checkpoint (step %d) but before its '
+                    'final samples and scores; making them now.', start_step)
+    return finish(start_step, state)
   final_step = num_train_steps
   # A first SIGTERM or Ctrl-C still waits for the final checkpoint (it used to stop at once and
   # lose every step since the last periodic one); the final samples and scores are skipped then.
@@ -866,14 +913,4 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     stop_signals.restore()
   if stop_signals.received is not None:
     raise preemption.TrainingStopped(stop_signals.received, final_step, workdir)
-  try:
-    hooks(final_step, state, final=True)
-  except preemption.TrainingStopped:
-    raise
-  except KeyboardInterrupt:  # Ctrl-C during the final scores: the final step is saved.
-    raise preemption.TrainingStopped(signal.SIGINT, final_step, workdir) from None
-  checkpointer.wait_until_finished()
-  if is_chief:  # The sample grids over the run, as one animation.
-    animation.write_progress_gif(os.path.join(workdir, train_hooks.SAMPLES_DIR))
-  logging.info('Finished at step %d; outputs in %s.', final_step, workdir)
-  return step_fn.host_state(state)
+  return finish(final_step, state)

@@ -6,6 +6,8 @@ to the end and compared with a run never stopped), and the command line as sched
 people use it (a real signal from outside to ``python -m dcgan_jax.main``; and two processes of
 one run, where only one gets SIGTERM and both must stop at the same step).
 """
+import json
+import logging
 import os
 import pathlib
 import re
@@ -301,22 +303,31 @@ def test_a_signal_at_the_last_step_waits_for_the_final_checkpoint(
   # The final samples and scores are skipped (a stop was asked for); the grid of step 6 stays.
   grids = lambda: sorted(p.name for p in (tmp_path / 'samples').glob('*'))
   assert grids() == ['step_000006.png']
+  assert not (tmp_path / train.FINISHED_FILE).exists()
   monkeypatch.undo()
-  # Run again: nothing to train, and nothing written again (no second point at step 12).
+  # Run again: the final samples are made now (they were promised to the resume), and nothing
+  # else is written again (no second point at step 12).
   def logged_values():
     return sum(len(event.summary.value) for path in tmp_path.glob(run_logs.EVENTS_GLOB)
                for event in run_logs._events(path))  # pylint: disable=protected-access
 
-  before = logged_values()
-  assert before > 0
+  d_loss_steps = run_logs.read_scalars(tmp_path)['d_loss'][0].tolist()
+  assert d_loss_steps[-1] == 12
   state = train.train_and_evaluate(config, tmp_path)
   assert int(state.step) == 12
-  assert _checkpoint_steps(tmp_path) == [6, 12] and grids() == ['step_000006.png']
-  assert logged_values() == before
+  assert _checkpoint_steps(tmp_path) == [6, 12]
+  assert grids() == ['progress.gif', 'step_000006.png', 'step_000012.png']
+  assert run_logs.read_scalars(tmp_path)['d_loss'][0].tolist() == d_loss_steps
+  assert json.loads((tmp_path / train.FINISHED_FILE).read_text()) == {'step': 12}
+  # And once more: nothing to train, nothing written.
+  before = logged_values()
+  state = train.train_and_evaluate(config, tmp_path)
+  assert int(state.step) == 12 and logged_values() == before
+  assert grids() == ['progress.gif', 'step_000006.png', 'step_000012.png']
 
 
 def test_a_ctrl_c_during_the_final_scores_says_the_final_step_is_saved(
-    images_file, tmp_path, monkeypatch, restore_handlers):
+    images_file, tmp_path, monkeypatch, restore_handlers, caplog):
   del restore_handlers
   config = _config(images_file)
 
@@ -329,6 +340,21 @@ def test_a_ctrl_c_during_the_final_scores_says_the_final_step_is_saved(
     train.train_and_evaluate(config, tmp_path)
   assert (stopped.value.signal_number, stopped.value.step) == (signal.SIGINT, 12)
   assert _checkpoint_steps(tmp_path) == [6, 12]
+  # Launched again (a notebook's cell run again), the run makes what the stop skipped; it
+  # said "nothing to train" and never wrote them.
+  monkeypatch.undo()
+  with caplog.at_level(logging.WARNING):
+    train.train_and_evaluate(config, tmp_path)
+  assert ('stopped after its final checkpoint (step 12) but before its final samples and '
+          'scores; making them now') in caplog.text
+  assert (tmp_path / 'samples' / 'step_000012.png').is_file()
+  assert (tmp_path / 'samples' / 'progress.gif').is_file()
+  assert _checkpoint_steps(tmp_path) == [6, 12]
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    train.train_and_evaluate(config, tmp_path)
+  assert 'The checkpoint is already at step 12 >= num_train_steps 12; nothing to train' in (
+      caplog.text)
 
 
 # ---- the command line -------------------------------------------------------------------------
