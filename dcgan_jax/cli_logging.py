@@ -117,6 +117,19 @@ def quiet_library_logs(enabled: bool = True) -> LibraryInfoFilter | None:
   return library_filter
 
 
+def show_training_logs() -> LibraryInfoFilter | None:
+  """In a notebook or a script of one's own: the programs' console, progress lines included.
+
+  absl prints warnings only until its flags are parsed (the programs parse them; a notebook
+  does not), so a run from Python showed no progress, no "Resumed from ..." and no "Finished";
+  INFO alone brings orbax's ~40 lines per checkpoint. This sets absl's verbosity to INFO and
+  filters the libraries' INFO lines as the programs do. Idempotent.
+  """
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.INFO)
+  return quiet_library_logs()
+
+
 def no_progress_bars_off_a_terminal() -> bool:
   """Turns tqdm's progress bars off (``TQDM_DISABLE=1``, unless set) when stderr is not a
   terminal; returns whether it did.

@@ -161,7 +161,9 @@ def get_loss(name: str) -> GANLoss:
   """Returns the objective called ``name``; unknown names raise a UserError listing valid ones."""
   if name not in LOSSES:
     names = list(LOSSES)
-    raise UserError(f'loss must be one of {", ".join(names[:-1])} or {names[-1]} (got {name!r}).')
+    raise UserError(f'loss must be one of {", ".join(names[:-1])} or {names[-1]} (got {name!r}); '
+                    'a loss of your own must be registered (dcgan_jax.register_loss) in this '
+                    'process before the step or run that uses it, also to resume a run.')
   return LOSSES[name]
 
 

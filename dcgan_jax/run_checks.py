@@ -11,6 +11,7 @@ training loop (:mod:`dcgan_jax.train`) calls them; ``main`` calls :func:`validat
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Sequence
 
 from absl import logging
@@ -38,8 +39,36 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
   Covers the image size (4·2^k), model choices (upsampling, activation, dtype, widths), the
   objective, the parallelism mode and the batch size against the device and process counts, the
-  schedules, checkpointing and profiling settings, and the device-resident mode.
+  schedules, checkpointing and profiling settings, and the device-resident mode. A config that
+  lacks fields (one built by hand) gets a UserError naming them, not ml_collections' bare
+  ``AttributeError: 'image_size'``.
   """
+  try:
+    _validate_config(config)
+  except (AttributeError, KeyError) as e:
+    missing = [name for name in _default_field_names() if name not in config]
+    if not missing:
+      raise
+    asked = re.search(r"'(\w+)'", str(e))  # The field the check asked for goes first.
+    if asked and asked.group(1) in missing:
+      missing.remove(asked.group(1))
+      missing.insert(0, asked.group(1))
+    shown = ', '.join(missing[:8]) + (f' and {len(missing) - 8} more' if len(missing) > 8 else '')
+    raise UserError(f'The config lacks {len(missing)} field{"s" if len(missing) > 1 else ""} '
+                    f'that configs/default.py defines ({shown}); start from the defaults, e.g. '
+                    'config = dcgan_jax.train.load_config(dcgan_jax.config_files.DEFAULT_CONFIG) '
+                    'or a file in configs/, then config.update(...) your changes.') from e
+
+
+def _default_field_names() -> list[str]:
+  """The fields of configs/default.py, in its order (none where it is not beside the package)."""
+  try:
+    return list(config_files.default_config().keys())
+  except UserError:
+    return []
+
+
+def _validate_config(config: ml_collections.ConfigDict) -> None:
   models.validate_image_size(config.image_size)
   for name in ('generator_width', 'discriminator_width'):  # The modules say "width" alone.
     width = config[name]

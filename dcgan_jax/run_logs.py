@@ -101,8 +101,8 @@ def read_scalars(workdir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.n
   return result
 
 
-def set_aside_logs_after(workdir: str | os.PathLike, step: int) -> int:
-  """Removes the logged points after ``step`` from a run's logs; returns how many there were.
+def set_aside_logs_after(workdir: str | os.PathLike, step: int) -> list[int]:
+  """Removes the logged points after ``step`` from a run's logs; returns their steps.
 
   A run killed between two checkpoints (``kill -9``, a lost machine) has logged steps that its
   resume trains again: TensorBoard would show two points at each of those steps (its steps/s
@@ -115,6 +115,10 @@ def set_aside_logs_after(workdir: str | os.PathLike, step: int) -> int:
     workdir: The run's directory.
     step: The step the run resumes from: points at later steps are set aside. -1 for a run
       that starts again from scratch (killed before its first checkpoint): every point.
+
+  Returns:
+    The steps whose points were set aside, ascending (each once, however many scalars it
+    logged; a ``metrics.jsonl`` line cut short by a kill has no step and is not counted).
   """
   directory = pathlib.Path(workdir)
   aside = directory / ROLLED_BACK_DIR / time.strftime('%Y%m%d-%H%M%S')
@@ -122,13 +126,13 @@ def set_aside_logs_after(workdir: str | os.PathLike, step: int) -> int:
   while aside.exists():  # Two resumes within a second must not mix their files.
     aside = aside.with_name(f'{aside.name.split("_")[0]}_{suffix}')
     suffix += 1
-  removed = 0
+  removed: set[int] = set()
   jsonl = directory / METRICS_JSONL
   if jsonl.is_file():
     lines = jsonl.read_text(encoding='utf-8').splitlines()
     kept = [line for line in lines if _jsonl_step(line) <= step]
     if len(kept) < len(lines):
-      removed += len(lines) - len(kept)
+      removed.update(int(s) for s in map(_jsonl_step, lines) if step < s < float('inf'))
       _replace_keeping_original(jsonl, aside, kept and (lambda path: path.write_text(
           ''.join(line + '\n' for line in kept), encoding='utf-8')))
   files = sorted(directory.glob(EVENTS_GLOB))
@@ -137,20 +141,20 @@ def set_aside_logs_after(workdir: str | os.PathLike, step: int) -> int:
       tensorflow_devices.hide_accelerators_from_tensorflow()
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
     except ImportError:
-      return removed
+      return sorted(removed)
   for path in files:
     # Two passes over the file, not one list of its events: sample grids make event files of
     # hundreds of MB in long runs.
-    later = later_values = keeps_values = 0
+    later = keeps_values = 0
     for event in _events(path):
       if event.step > step:
         later += 1
-        later_values += bool(event.summary.value)
+        if event.summary.value:
+          removed.add(int(event.step))
       else:
         keeps_values = keeps_values or bool(event.summary.value)
     if not later:
       continue
-    removed += later_values
 
     def write(new_path, path=path):
       with tf.io.TFRecordWriter(str(new_path)) as writer:
@@ -159,7 +163,17 @@ def set_aside_logs_after(workdir: str | os.PathLike, step: int) -> int:
             writer.write(event.SerializeToString())
     # A file with no record left (a run restarted from step 0) is only moved.
     _replace_keeping_original(path, aside, keeps_values and write)
-  return removed
+  return sorted(removed)
+
+
+def describe_steps(steps: list[int]) -> str:
+  """'step 15', 'steps 15 and 20', '4 steps (15 to 30)': logged steps, ascending, as a person
+  reads them (one step holds a record per scalar, so records would overstate it)."""
+  if len(steps) == 1:
+    return f'step {steps[0]}'
+  if len(steps) == 2:
+    return f'steps {steps[0]} and {steps[1]}'
+  return f'{len(steps)} steps ({steps[0]} to {steps[-1]})'
 
 
 def _jsonl_step(line: str) -> float:

@@ -54,6 +54,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Mapping
 from typing import Any
 import warnings as warnings_lib
 
@@ -327,7 +328,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       ``KeyboardInterrupt``; from the main thread only, or in multi-process runs SIGTERM
       through JAX's preemption service.)
   """
-  config = ml_collections.ConfigDict(config.to_dict())  # A private copy we may annotate.
+  if isinstance(config, ml_collections.ConfigDict):
+    config = config.to_dict()
+  elif not isinstance(config, Mapping):
+    raise UserError(f'config must be an ml_collections.ConfigDict (train.load_config(path)) or '
+                    f'a dict of its fields; got {type(config).__name__}.')
+  config = ml_collections.ConfigDict(dict(config))  # A private copy we may annotate.
   if str(config.get('dataset_path', '') or ''):
     # Saved as an absolute path: config.json is what `probe` and `evaluate` read, from
     # whatever folder they run in (a relative 'pets' was then looked for in the wrong place).
@@ -468,6 +474,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       # pmap wants host values to stack per device; every process holds a full replica.
       state = step_fn.place_state(
           jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state))
+    if start_step >= durations.num_train_steps and not final_outputs_missing:
+      # The run that reached this step saved it and wrote its final samples and scores; doing
+      # that again would add a second point at the same step to every curve. Said before
+      # anything is written (an empty event file, config.json). A warning: a notebook's re-run
+      # cell shows no INFO line, and would otherwise end without a word.
+      logging.warning('The checkpoint is already at step %d >= num_train_steps %d; nothing to '
+                      'train (raise num_train_steps to train on; sample and evaluate read this '
+                      'run).', start_step, durations.num_train_steps)
+      return step_fn.host_state(state)
     if is_chief:
       checkpointing.save_config_json(workdir, config.to_dict())
       if config.get('num_classes', 0) and class_names.has_names(info.class_names):
@@ -477,10 +492,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       set_aside = run_logs.set_aside_logs_after(workdir, start_step or -1)
       if set_aside:
         logging.warning(
-            'The earlier run logged %d record%s after %s before it was stopped; this run '
-            'trains those steps again, so they are set aside (the files as they were are in '
-            '%s) and TensorBoard shows each step once.', set_aside,
-            '' if set_aside == 1 else 's',
+            'The earlier run logged %s after %s before it was stopped; this run trains those '
+            'steps again, so their points are set aside (the files as they were are in %s) '
+            'and TensorBoard shows each step once.', run_logs.describe_steps(set_aside),
             f'step {start_step}, its last checkpoint,' if start_step else 'its start',
             os.path.join(workdir, run_logs.ROLLED_BACK_DIR))
 
@@ -884,16 +898,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     return step_fn.host_state(state)
 
   # --- The end: a last checkpoint, samples and scores of the final state. -------------------
-  if start_step >= num_train_steps and not final_outputs_missing:
-    stop_signals.restore()
-    # The run that reached this step saved it and wrote its final samples and scores; doing
-    # that again would add a second point at the same step to every curve. A warning: a
-    # notebook's re-run cell shows no INFO line, and would otherwise end without a word.
-    logging.warning('The checkpoint is already at step %d >= num_train_steps %d; nothing to '
-                    'train (raise num_train_steps to train on; sample and evaluate read this '
-                    'run).', start_step, num_train_steps)
-    return step_fn.host_state(state)
-  if start_step >= num_train_steps:
+  if start_step >= num_train_steps:  # (A finished run returned in train_and_evaluate.)
     stop_signals.restore()
     logging.warning('The run was stopped after its final checkpoint (step %d) but before its '
                     'final samples and scores; making them now.', start_step)

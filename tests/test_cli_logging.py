@@ -98,6 +98,30 @@ def test_quiet_library_logs_installs_one_filter_on_absls_handler_and_logger():
           target.removeFilter(f)
 
 
+def test_show_training_logs_prints_info_without_the_libraries_lines():
+  """A notebook's run printed warnings only (absl's verbosity before its flags are parsed)."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  targets = (absl_logging.get_absl_handler(), logging.getLogger('absl'))
+  verbosity = absl_logging.get_verbosity()
+  before = {id(t): list(t.filters) for t in targets}
+  try:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    installed = cli_logging.show_training_logs()
+    assert absl_logging.get_verbosity() == absl_logging.INFO
+    assert cli_logging.show_training_logs() is installed  # Idempotent: one filter.
+    orbax = logging.LogRecord('absl', logging.INFO, '/x/orbax/checkpoint/manager.py', 1,
+                              'Saving checkpoint', None, None)
+    ours = logging.LogRecord('absl', logging.INFO, '/x/dcgan_jax/train.py', 1,
+                             'Resumed from the checkpoint of step 4.', None, None)
+    assert not installed.filter(orbax) and installed.filter(ours)
+  finally:
+    absl_logging.set_verbosity(verbosity)
+    for target in targets:
+      for f in target.filters[:]:
+        if f not in before[id(target)]:
+          target.removeFilter(f)
+
+
 def test_our_warnings_print_as_one_line_in_the_programs(monkeypatch):
   """E.g. FID's rank-deficiency warning printed the library's file path and source line."""
   printed = []

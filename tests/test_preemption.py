@@ -319,10 +319,11 @@ def test_a_signal_at_the_last_step_waits_for_the_final_checkpoint(
   assert grids() == ['progress.gif', 'step_000006.png', 'step_000012.png']
   assert run_logs.read_scalars(tmp_path)['d_loss'][0].tolist() == d_loss_steps
   assert json.loads((tmp_path / train.FINISHED_FILE).read_text()) == {'step': 12}
-  # And once more: nothing to train, nothing written.
-  before = logged_values()
+  # And once more: nothing to train, nothing written (not even an empty event file).
+  before, files = logged_values(), sorted(tmp_path.glob(run_logs.EVENTS_GLOB))
   state = train.train_and_evaluate(config, tmp_path)
   assert int(state.step) == 12 and logged_values() == before
+  assert sorted(tmp_path.glob(run_logs.EVENTS_GLOB)) == files
   assert grids() == ['progress.gif', 'step_000006.png', 'step_000012.png']
 
 

@@ -264,3 +264,25 @@ def test_changed_settings_name_each_field_its_old_and_new_value():
       "loss 'non_saturating' -> 'hinge'", 'nested.a 2 -> 1', 'new_field unset -> 1',
       "old_field 'x' -> unset"]
   assert run_checks.changed_settings(config, json.loads(json.dumps(config.to_dict()))) == []
+
+
+def test_a_config_built_by_hand_names_the_fields_it_lacks(tmp_path):
+  """ml_collections said only AttributeError: "'image_size'", from inside the validation."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import train  # pylint: disable=g-import-not-at-top
+  partial = ml_collections.ConfigDict({'num_train_steps': 10, 'batch_size': 32})
+  with pytest.raises(UserError, match=r'The config lacks \d+ fields that configs/default.py '
+                                      r'defines \(image_size, .* and \d+ more\); start from the '
+                                      r'defaults, e.g. config = dcgan_jax.train.load_config'):
+    run_checks.validate_config(partial)
+  # One field short (a config file of an older version, or a deleted line): named alone.
+  config = load_config().to_dict()
+  del config['latent_dim']
+  config = ml_collections.ConfigDict(config)
+  with pytest.raises(UserError, match=r'lacks 1 field that configs/default.py defines '
+                                      r'\(latent_dim\)'):
+    run_checks.validate_config(config)
+  with pytest.raises(UserError, match='config must be an ml_collections.ConfigDict .* or a dict '
+                                      'of its fields; got int'):
+    train.train_and_evaluate(5, tmp_path / 'run')
+  assert not (tmp_path / 'run').exists()

@@ -136,7 +136,10 @@ def test_logs_after_the_resumed_step_are_set_aside_not_shown_twice(tmp_path):
                    + '{"step": 8, "g_lo', encoding='utf-8')  # Cut short by the kill.
   before = events.read_bytes(), jsonl.read_text(encoding='utf-8')
 
-  assert run_logs.set_aside_logs_after(tmp_path, 4) == 3 + 4
+  assert run_logs.set_aside_logs_after(tmp_path, 4) == [5, 6, 7]  # Steps, each once.
+  # The resume's warning counts steps: "14 records" once meant one step's 14 scalars.
+  assert [run_logs.describe_steps(s) for s in ([15], [15, 20], [5, 6, 7])] == [
+      'step 15', 'steps 15 and 20', '3 steps (5 to 7)']
   scalars = run_logs.read_scalars(tmp_path)
   np.testing.assert_array_equal(scalars['d_loss'][0], [1, 2, 3, 4])
   np.testing.assert_array_equal(scalars['g_loss'][0], [1, 2, 3, 4])
@@ -149,11 +152,11 @@ def test_logs_after_the_resumed_step_are_set_aside_not_shown_twice(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
       [events.name, jsonl.name, run_logs.ROLLED_BACK_DIR])
   # Nothing after the step: nothing changes.
-  assert run_logs.set_aside_logs_after(tmp_path, 4) == 0
+  assert run_logs.set_aside_logs_after(tmp_path, 4) == []
   assert len(list((tmp_path / run_logs.ROLLED_BACK_DIR).iterdir())) == 1
   # A run started again from scratch (-1: killed before its first checkpoint): every record,
   # step 0's too, and no file is left behind empty.
-  assert run_logs.set_aside_logs_after(tmp_path, -1) == 1 + 4 + 4
+  assert run_logs.set_aside_logs_after(tmp_path, -1) == [0, 1, 2, 3, 4]
   assert [p.name for p in tmp_path.iterdir()] == [run_logs.ROLLED_BACK_DIR]
   assert len(list((tmp_path / run_logs.ROLLED_BACK_DIR).iterdir())) == 2
 
@@ -514,7 +517,7 @@ def test_epoch_counts_the_images_trained_on_across_batch_size_changes(tfds_dir, 
 @_ORBAX_READ_NOISE
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tfds_dir, tmp_path, caplog):
   config = tiny_config(tfds_dir, sample_every_steps=0)
-  train.train_and_evaluate(config, tmp_path)
+  train.train_and_evaluate(config.to_dict(), tmp_path)  # A plain dict of the fields does too.
   assert _checkpoint_steps(tmp_path) == [2, 4]
   for path in (tmp_path / 'checkpoints' / '4' / 'state').rglob('*'):
     if path.is_file() and path.parent.name == 'd':
