@@ -88,7 +88,11 @@ def test_fid_of_two_folders_matches_pytorch_fid(weights, folders, tmp_path, caps
   moments = [(np.mean(f, axis=0), np.cov(f, rowvar=False)) for f in features]
   expected = evaluation.frechet_distance(*moments[0], *moments[1])
   assert expected > 0
-  assert ours == pytest.approx(expected, rel=1e-6)  # FID_FACTS: 1e-6 published agreement.
+  # FID_FACTS' published 1e-6 agreement is for full-rank statistics. With 6 and 5 images the
+  # covariances have rank 5 and 4 in 2048 dimensions, and the features' float32 noise (ours and
+  # torch's agree to ~1e-6 of their largest value, checked below) moves this FID by 2e-6
+  # (measured with torch 2.14.1, pillow 13, numpy 2.4; 1e-6 passed with earlier builds).
+  assert ours == pytest.approx(expected, rel=1e-5)
   # --precision_recall: the same numbers as on pytorch-fid's features (second PATH generated).
   manifold = evaluation.manifold_metrics(features[0], features[1])
   assert (f'Precision: {manifold["precision"]:.4f}  Recall: {manifold["recall"]:.4f}  '
@@ -110,8 +114,9 @@ def test_fid_of_two_folders_matches_pytorch_fid(weights, folders, tmp_path, caps
     assert int(saved['num_samples']) == 6 and str(saved['preprocessing']) == 'pytorch_fid'
     # Which network made it: an FID against it with other weights is refused.
     assert len(str(saved['inception_weights'])) == 16
-    np.testing.assert_allclose(saved['kid_features'], features[0], rtol=1e-3,
-                               atol=1e-4 * np.abs(features[0]).max())
+    # To ~1e-6 of the largest feature (measured 9.9e-7): the float32 noise the FID above sees.
+    np.testing.assert_allclose(saved['kid_features'], features[0], rtol=0,
+                               atol=1e-5 * np.abs(features[0]).max())
     scale = np.abs(moments[0][1]).max()
     np.testing.assert_allclose(saved['mu'], moments[0][0], atol=1e-4 * np.abs(moments[0][0]).max())
     np.testing.assert_allclose(saved['sigma'], moments[0][1], atol=1e-4 * scale)
