@@ -385,19 +385,18 @@ class DataParallelStep:
     # jax's own error for an array committed elsewhere names the state's first leaf and lists
     # device ids; place_batch puts a batch where the step wants it.
     if (isinstance(images, jax.Array) and images.sharding != self._batch_sharding
-        and images.committed and images.sharding.device_set != self._device_set):
-      raise UserError(f'The batch sits on {_describe_devices(images.sharding.device_set)}, but '
-                      f'this step runs on {_describe_devices(self._device_set)}: pass it '
-                      'through step.place_batch(images) (or create it uncommitted, e.g. with '
-                      'jnp.asarray).')
+        and images.committed and images.devices() != self._device_set):
+      raise UserError(f'The batch sits on {_describe_devices(images.devices())}, but this step '
+                      f'runs on {_describe_devices(self._device_set)}: pass it through '
+                      'step.place_batch(images), or pass the numpy array itself.')
 
   def _check_key_devices(self, rng: Any) -> None:
     """A key committed to one device (device_put, or out of a jit on committed arguments)."""
-    if (isinstance(rng, jax.Array) and rng.committed
-        and rng.sharding.device_set != self._device_set):
-      raise UserError(f'The key sits on {_describe_devices(rng.sharding.device_set)}, but this '
-                      f'step runs on {_describe_devices(self._device_set)}: pass an uncommitted '
-                      'key (jax.random.key(seed), or split one) or '
+    # (devices(), not sharding.device_set: ~0.4 us against ~20 us for a typed key's sharding.)
+    if isinstance(rng, jax.Array) and rng.committed and rng.devices() != self._device_set:
+      raise UserError(f'The key sits on {_describe_devices(rng.devices())}, but this step runs '
+                      f'on {_describe_devices(self._device_set)}: pass an uncommitted key '
+                      '(jax.random.key(seed), or one split from such a key) or '
                       'jax.device_put(key, step.replicated_sharding).')
 
   def compiled_text(self, state: GANState, batch: jax.Array, rng: jax.Array) -> str:

@@ -47,12 +47,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _validate_config(config)
   except (AttributeError, KeyError) as e:
     missing = [name for name in _default_field_names() if name not in config]
-    if not missing:
-      raise
     asked = re.search(r"'(\w+)'", str(e))  # The field the check asked for goes first.
-    if asked and asked.group(1) in missing:
-      missing.remove(asked.group(1))
-      missing.insert(0, asked.group(1))
+    if not asked or asked.group(1) not in missing:
+      raise  # Not a missing field: a real error, left as it is.
+    missing.remove(asked.group(1))
+    missing.insert(0, asked.group(1))
     shown = ', '.join(missing[:8]) + (f' and {len(missing) - 8} more' if len(missing) > 8 else '')
     raise UserError(f'The config lacks {len(missing)} field{"s" if len(missing) > 1 else ""} '
                     f'that configs/default.py defines ({shown}); start from the defaults, e.g. '

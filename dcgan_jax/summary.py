@@ -137,7 +137,8 @@ def state_memory_line(config: Any, generator: nn.Module, discriminator: nn.Modul
   total = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state)
               if hasattr(leaf, 'dtype') and not jax.dtypes.issubdtype(leaf.dtype,
                                                                       jax.dtypes.prng_key))
-  parts = 'parameters, Adam moments, BatchNorm statistics' + (', EMA of G' if use_ema else '')
+  parts = 'parameters, Adam moments, normalisation statistics' + (', EMA of G' if use_ema
+                                                                    else '')
   return (f'Train state: {format_bytes(total)} ({parts}; per device, as each holds a replica), '
           'activations not counted.')
 

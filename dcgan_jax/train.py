@@ -49,6 +49,7 @@ writes together)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -449,6 +450,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       saved_metadata = checkpointer.saved_run_setup(start_step)
       images_seen_start = saved_images_seen(start_step, saved_metadata, step_config, config)
       final_outputs_missing = _final_outputs_missing(workdir, start_step, saved_metadata)
+      if jax.process_count() > 1:  # Process 0 wrote the file: its reading decides for all.
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        final_outputs_missing = bool(multihost_utils.broadcast_one_to_all(
+            np.asarray(final_outputs_missing)))
       if all(_keeps_untrained_quality(name)
              for name, _, _ in run_checks.changed_fields(config, step_config)):
         untrained_quality = saved_metadata.get(UNTRAINED_QUALITY_KEY)
@@ -467,6 +472,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                                                         config)
       if setup_warning and is_chief:
         logging.warning('%s', setup_warning)
+    if latest is None and is_chief:
+      # A fresh start in a workdir whose checkpoints were deleted: the old run's record must
+      # not mark this one's final outputs as made.
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(workdir, FINISHED_FILE))
     if is_chief:  # After the lock and the resume checks, whose errors it would bury.
       logging.info('%s', run_checks.describe_objective(config))
       logging.info('Models:\n%s', summary.summarize(config))
@@ -479,9 +489,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       # that again would add a second point at the same step to every curve. Said before
       # anything is written (an empty event file, config.json). A warning: a notebook's re-run
       # cell shows no INFO line, and would otherwise end without a word.
-      logging.warning('The checkpoint is already at step %d >= num_train_steps %d; nothing to '
-                      'train (raise num_train_steps to train on; sample and evaluate read this '
-                      'run).', start_step, durations.num_train_steps)
+      if is_chief:
+        logging.warning('The checkpoint is already at step %d >= num_train_steps %d; nothing '
+                        'to train (raise num_train_steps to train on; sample and evaluate read '
+                        'this run).', start_step, durations.num_train_steps)
       return step_fn.host_state(state)
     if is_chief:
       checkpointing.save_config_json(workdir, config.to_dict())
@@ -514,7 +525,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         return _train_loop(config, workdir, durations, step_fn, sampler, image_sampler,
                            fid_hook, loop_checkpointer, writer, initial_state, state, train_key,
                            start_step, images_seen_start, untrained_quality,
-                           best_checkpointer, d_updates_start, final_outputs_missing)
+                           best_checkpointer, d_updates_start)
     finally:
       if best_checkpointer is not None:
         best_checkpointer.close()
@@ -525,15 +536,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
 def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid_hook,
                 checkpointer, writer, initial_state, state, train_key,
                 start_step, images_seen_start, untrained_quality=None,
-                best_checkpointer=None, d_updates_start=0,
-                final_outputs_missing=False) -> state_lib.GANState:
+                best_checkpointer=None, d_updates_start=0) -> state_lib.GANState:
   """The loop itself (see :func:`train_and_evaluate`); ``checkpointer`` is a
   :class:`~dcgan_jax.background_checkpoints.BackgroundCheckpointer`, ``images_seen_start``
   the images trained on up to ``start_step``, ``untrained_quality`` the untrained generator's
   digits score as the checkpoint recorded it (None: score it), ``d_updates_start`` D's
-  updates up to ``start_step`` (earlier launches may have had another ``d_steps``),
-  ``final_outputs_missing`` whether ``start_step`` is a run's final checkpoint whose samples
-  and scores were never made (:func:`_final_outputs_missing`)."""
+  updates up to ``start_step`` (earlier launches may have had another ``d_steps``). A
+  ``start_step`` at or past the run's end is a final checkpoint whose samples and scores were
+  never made (:func:`_final_outputs_missing`; a finished run returns before the loop)."""
   from clu import parameter_overview  # pylint: disable=g-import-not-at-top
 
   is_chief = jax.process_index() == 0
@@ -610,8 +620,10 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     return ((quality_enabled and is_due(step, durations.quality_every_steps))
             or (fid_hook is not None and is_due(step, durations.eval_every_steps)))
 
-  def hooks(step: int, state: state_lib.GANState, final: bool) -> None:
-    """Sample grids and quality (process 0) and FID (all processes) at ``step``."""
+  def hooks(step: int, state: state_lib.GANState, final: bool, hook_writer=None) -> None:
+    """Sample grids and quality (process 0) and FID (all processes) at ``step``, written to
+    ``hook_writer`` (default: the run's writer)."""
+    hook_writer = hook_writer or writer
     # At the end every enabled hook runs, whatever its period.
     need_samples = final or is_due(step, durations.sample_every_steps)
     need_quality = quality_hook is not None and (final
@@ -625,11 +637,12 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       if need_samples:
         with report_progress.timed('samples'):
           images = image_sampler.generate(variables, sample_latents, sample_labels)
-          train_hooks.write_sample_grid(workdir, step, images, writer, image_sampler.value_range,
+          train_hooks.write_sample_grid(workdir, step, images, hook_writer,
+                                        image_sampler.value_range,
                             image_sampler.num_classes)
       if need_quality:
         with report_progress.timed('quality'):
-          result = quality_hook(step, variables, writer)
+          result = quality_hook(step, variables, hook_writer)
           manifold_text = ('' if result.get('precision') is None else
                            f", precision {result['precision']:.2f}, recall {result['recall']:.2f}")
           if result.get('label_accuracy') is not None:
@@ -646,7 +659,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
             quality_hook.write_json(workdir, step, result, used_ema=state.ema is not None)
     if need_fid:  # Every process scores its share of the images; all get the same FID.
       with report_progress.timed('fid'):
-        fid = fid_hook(step, variables, writer)
+        fid = fid_hook(step, variables, hook_writer)
     _sync_processes(f'hooks_{step}')  # The others wait here, not in the next step's collective.
     if best_checkpointer is not None and (final or is_due(step, durations.eval_every_steps)):
       keep_best(step, state, fid)
@@ -883,12 +896,16 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
 
   def finish(final_step: int, state: state_lib.GANState) -> state_lib.GANState:
     """The final samples and scores of the saved final step, then progress.gif."""
+    # Their scalars and images reach the logs only once all are made: a stop among them would
+    # otherwise leave some logged, and the launch that makes them again log those twice.
+    deferred = writers.DeferredWriter()
     try:
-      hooks(final_step, state, final=True)
+      hooks(final_step, state, final=True, hook_writer=deferred)
     except preemption.TrainingStopped:
       raise
     except KeyboardInterrupt:  # Ctrl-C during the final scores: the final step is saved.
       raise preemption.TrainingStopped(signal.SIGINT, final_step, workdir) from None
+    deferred.replay(writer)
     checkpointer.wait_until_finished()
     if is_chief:  # The sample grids over the run, as one animation.
       animation.write_progress_gif(os.path.join(workdir, train_hooks.SAMPLES_DIR))
@@ -900,8 +917,9 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
   # --- The end: a last checkpoint, samples and scores of the final state. -------------------
   if start_step >= num_train_steps:  # (A finished run returned in train_and_evaluate.)
     stop_signals.restore()
-    logging.warning('The run was stopped after its final checkpoint (step %d) but before its '
-                    'final samples and scores; making them now.', start_step)
+    if is_chief:
+      logging.warning('The run was stopped after its final checkpoint (step %d) but before '
+                      'its final samples and scores; making them now.', start_step)
     return finish(start_step, state)
   final_step = num_train_steps
   # A first SIGTERM or Ctrl-C still waits for the final checkpoint (it used to stop at once and

@@ -310,6 +310,8 @@ def _check_axis_bound(axis_name: str | None) -> None:
         'does), or build it with axis_name=None for a plain jax.jit on one device.') from e
 
 
+# The variable collections a state holds per network (create_gan_state).
+_STATE_COLLECTIONS = ('params', 'batch_stats')
 # What flax raises when a state's variables are not those of the module applied to them.
 _MODEL_MISMATCH_ERRORS = (flax.errors.ScopeParamShapeError, flax.errors.ScopeParamNotFoundError,
                           flax.errors.ScopeCollectionNotFound,
@@ -362,9 +364,12 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     warn_user(_penalty_with_batch_norm_message(penalties, 'a BatchNorm discriminator'),
               PenaltyWithBatchNormWarning)
   # A discriminator of the user's own is looked at while the step is traced.
-  d_penalties = tuple(penalties) if not hasattr(discriminator, 'norm') else ()
+  d_penalties = tuple(penalties) if not isinstance(discriminator, models.Discriminator) else ()
   output_activation = getattr(generator, 'output_activation', 'tanh')
-  models.output_range(output_activation)  # Refused now, not at the first trace.
+  if output_activation not in models.OUTPUT_ACTIVATIONS:  # Refused now, not at the first trace.
+    raise UserError(f'The generator {type(generator).__name__} has output_activation '
+                    f'{output_activation!r}; the step scales the real images to its range, '
+                    "so it must be 'tanh' ([-1, 1]) or 'sigmoid' ([0, 1]).")
   latent_dim = generator.latent_dim
   num_classes = check_same_classes(generator, discriminator)
   policy = step_config.augment
@@ -596,6 +601,9 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     try:
       return step(state, batch, rng)
     except _MODEL_MISMATCH_ERRORS as e:
+      if (isinstance(e, flax.errors.ScopeCollectionNotFound)
+          and not any(f'"{name}"' in str(e) for name in _STATE_COLLECTIONS)):
+        raise  # A module's own collection, which no state holds: flax's text says so.
       # flax's own text names the variable but not the cause: a state created from other
       # modules (another latent_dim or width) than the step's.
       detail = str(e).split(' (https://', 1)[0]

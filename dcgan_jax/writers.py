@@ -148,6 +148,32 @@ class ProgressLogger:
       self._timed[name] = self._timed.get(name, 0.0) + time.monotonic() - start
 
 
+class DeferredWriter:
+  """Takes a metric writer's ``write_*`` calls and holds them until :meth:`replay`.
+
+  For outputs that must reach the logs together or not at all: the final samples and scores,
+  which a stop among them would otherwise leave half logged (and the launch that makes them
+  again would log that half twice). The values are host data (numpy arrays, floats).
+  """
+
+  def __init__(self):
+    self._calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+  def __getattr__(self, name: str) -> Any:
+    if not name.startswith('write_'):
+      raise AttributeError(name)
+    return lambda *args, **kwargs: self._calls.append((name, args, kwargs))
+
+  def flush(self) -> None:
+    """Nothing reaches a file before :meth:`replay`."""
+
+  def replay(self, writer: Any) -> None:
+    """Makes the held calls on ``writer``, in their order."""
+    calls, self._calls = self._calls, []
+    for name, args, kwargs in calls:
+      getattr(writer, name)(*args, **kwargs)
+
+
 def create_writer(workdir: str, just_logging: bool = False) -> Any:
   """clu's default writer (TensorBoard + log) when TensorFlow is installed, else a JsonlWriter."""
   if have_tensorflow():  # (Which has hidden the accelerators from TensorFlow.)

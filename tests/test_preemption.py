@@ -11,6 +11,7 @@ import logging
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -324,6 +325,13 @@ def test_a_signal_at_the_last_step_waits_for_the_final_checkpoint(
   state = train.train_and_evaluate(config, tmp_path)
   assert int(state.step) == 12 and logged_values() == before
   assert sorted(tmp_path.glob(run_logs.EVENTS_GLOB)) == files
+  # The checkpoints deleted, a new run starts afresh: the old run's record of its final outputs
+  # goes, or this run's (stopped at its last step again) would count as made.
+  shutil.rmtree(tmp_path / 'checkpoints')
+  _raise_signal_after(monkeypatch, 12, signum)
+  with pytest.raises(preemption.TrainingStopped):
+    train.train_and_evaluate(config, tmp_path)
+  assert not (tmp_path / train.FINISHED_FILE).exists()
   assert grids() == ['progress.gif', 'step_000006.png', 'step_000012.png']
 
 
@@ -332,10 +340,12 @@ def test_a_ctrl_c_during_the_final_scores_says_the_final_step_is_saved(
   del restore_handlers
   config = _config(images_file)
 
+  write_sample_grid = train_hooks.write_sample_grid
+
   def interrupted(*args, **kwargs):
+    write_sample_grid(*args, **kwargs)  # Written, then the stop (among the final outputs).
     raise KeyboardInterrupt
 
-  # The final hooks' first output.
   monkeypatch.setattr(train_hooks, 'write_sample_grid', interrupted)
   with pytest.raises(preemption.TrainingStopped) as stopped:
     train.train_and_evaluate(config, tmp_path)
@@ -351,6 +361,12 @@ def test_a_ctrl_c_during_the_final_scores_says_the_final_step_is_saved(
   assert (tmp_path / 'samples' / 'step_000012.png').is_file()
   assert (tmp_path / 'samples' / 'progress.gif').is_file()
   assert _checkpoint_steps(tmp_path) == [6, 12]
+  # The interrupted launch's final outputs never reached the logs (they reach them together,
+  # at the end): the final grid is logged once, by the launch that finished.
+  final_grids = [event.step for path in tmp_path.glob(run_logs.EVENTS_GLOB)
+                 for event in run_logs._events(path)  # pylint: disable=protected-access
+                 for value in event.summary.value if value.tag == 'samples']
+  assert final_grids.count(12) == 1, final_grids
   caplog.clear()
   with caplog.at_level(logging.WARNING):
     train.train_and_evaluate(config, tmp_path)

@@ -282,6 +282,21 @@ def test_a_config_built_by_hand_names_the_fields_it_lacks(tmp_path):
   with pytest.raises(UserError, match=r'lacks 1 field that configs/default.py defines '
                                       r'\(latent_dim\)'):
     run_checks.validate_config(config)
+  # An AttributeError that is not about a missing field is left as it is (a bug, not the
+  # config), though an optional field is missing too.
+  config = load_config().to_dict()
+  del config['steps_per_dispatch']
+  config = ml_collections.ConfigDict(config)
+
+  def buggy(config):
+    raise AttributeError("'int' object has no attribute 'bit_length_typo'")
+
+  original, run_checks._validate_config = run_checks._validate_config, buggy  # pylint: disable=protected-access
+  try:
+    with pytest.raises(AttributeError, match='bit_length_typo'):
+      run_checks.validate_config(config)
+  finally:
+    run_checks._validate_config = original  # pylint: disable=protected-access
   with pytest.raises(UserError, match='config must be an ml_collections.ConfigDict .* or a dict '
                                       'of its fields; got int'):
     train.train_and_evaluate(5, tmp_path / 'run')

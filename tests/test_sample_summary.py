@@ -90,7 +90,7 @@ def test_summary_totals_match_the_paper_model():
     mib = float(re.match(r'Train state: ([\d.]+) MiB', line).group(1))
     expected = (12 * 6_342_272 + (4 * 3_576_704 if ema_decay else 0)) / 2**20
     assert abs(mib - expected) < 0.01 * expected, line  # Shown to 3 digits.
-    assert f'BatchNorm statistics{ema_words}; per device' in line
+    assert f'normalisation statistics{ema_words}; per device' in line
 
 
 @pytest.mark.parametrize('norm,d_params', [('batch', 2_765_568), ('layer', 2_765_568),

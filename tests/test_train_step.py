@@ -267,6 +267,21 @@ def test_a_state_of_other_models_than_the_steps_is_one_clear_error(initial_state
                                       r'Create the state \(create_gan_state\) from the same '
                                       r'generator and discriminator'):
     step(initial_state, _images(4), jax.random.key(1))
+  # A collection of a module's own, which no state holds, is not blamed on the state.
+  import flax  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class CountingD(nn.Module):
+    @nn.compact
+    def __call__(self, images, train=True):
+      seen = self.variable('counters', 'seen', lambda: jnp.zeros((), jnp.int32))
+      if train and not self.is_initializing():
+        seen.value += 1
+      return nn.Dense(1)(images.reshape((images.shape[0], -1)))[:, 0]
+
+  state = create_gan_state(jax.random.key(0), G, CountingD())
+  with pytest.raises(flax.errors.ScopeCollectionNotFound, match='counters'):
+    jax.jit(make_train_step(G, CountingD()))(state, _images(4), jax.random.key(1))
 
 
 def _dropout_discriminator(rate):
@@ -340,6 +355,8 @@ def test_a_gradient_penalty_through_batch_norm_warns_in_a_custom_loop():
         x = nn.BatchNorm(use_running_average=not train)(x)
       return nn.Dense(1)(x.reshape((x.shape[0], -1)))[:, 0]
 
+  # (Said once per module name and process: forget an earlier run of this test.)
+  train_step._REPORTED_UNSYNCED_BATCH_NORMS.discard(('BatchNormD', 'penalty'))  # pylint: disable=protected-access
   for discriminator, warns in ((BatchNormD(), True), (BatchNormD(batch_norm=False), False)):
     state = create_gan_state(jax.random.key(0), G, discriminator)
     step = jax.jit(make_train_step(G, discriminator, penalty))
@@ -720,7 +737,8 @@ def test_images_reach_the_models_range_and_other_integers_are_refused():
 
   for build in (lambda: make_train_step(MisspeltActivation(), D),
                 lambda: DataParallelStep(MisspeltActivation(), D)):
-    with pytest.raises(UserError, match=r"output_activation .* \(got 'Tanh'\)"):
+    with pytest.raises(UserError, match=r"The generator MisspeltActivation has output_activation "
+                                        r"'Tanh'; .* must be 'tanh' \(\[-1, 1\]\) or 'sigmoid'"):
       build()
 
 
