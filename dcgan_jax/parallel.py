@@ -255,7 +255,8 @@ class DataParallelStep:
       self._check_host_images(local_batch[0])
       self._check_host_labels(local_batch[1])
       return tuple(self._place_rows(x) for x in local_batch)
-    self._check_image_rank(local_batch)
+    if np.ndim(local_batch) != 1:  # (Labels placed on their own pass as they are.)
+      self._check_image_rank(local_batch)
     self._check_host_images(local_batch)
     return self._place_rows(local_batch)
 
