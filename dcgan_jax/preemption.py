@@ -80,7 +80,8 @@ class TrainingStopped(KeyboardInterrupt):
     self.exit_status = 128 + self.signal_number
     name = SIGNAL_NAMES.get(self.signal_number, f'signal {self.signal_number}')
     super().__init__(f'Stopped by {name} at step {self.step}: its checkpoint is saved in '
-                     f'{workdir}; run the same command again to resume from it.')
+                     f'{workdir}; run the same command (or train_and_evaluate call) again to '
+                     'resume from it.')
 
 
 def _process_count() -> int:

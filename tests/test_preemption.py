@@ -32,7 +32,8 @@ from dcgan_jax import train_metrics
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 NO_TENSORFLOW_RUNNER = str(_ROOT / 'tests' / 'no_tensorflow_runner.py')
 _STOPPED = re.compile(r'Stopped by (SIGTERM|SIGINT \(Ctrl-C\)) at step (\d+): its checkpoint is '
-                      r'saved in .*; run the same command again to resume from it\.')
+                      r'saved in .*; run the same command \(or train_and_evaluate call\) again to '
+                      r'resume from it\.')
 
 
 @pytest.fixture
