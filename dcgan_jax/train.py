@@ -906,6 +906,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     except KeyboardInterrupt:  # Ctrl-C during the final scores: the final step is saved.
       raise preemption.TrainingStopped(signal.SIGINT, final_step, workdir) from None
     deferred.replay(writer)
+    writer.flush()  # On disk before finished.json says they are made.
     checkpointer.wait_until_finished()
     if is_chief:  # The sample grids over the run, as one animation.
       animation.write_progress_gif(os.path.join(workdir, train_hooks.SAMPLES_DIR))

@@ -435,9 +435,10 @@ def test_resume_on_another_setup_says_what_changed_and_what_it_does(tfds_dir, tm
   train.train_and_evaluate(config, tmp_path)
   with checkpointing.Checkpointer(tmp_path, read_only=True) as checkpointer:
     saved = checkpointer.saved_run_setup(2)
-  # With the images trained on, a fact of the step alone (2 batches of 16).
+  # With the images trained on, a fact of the step alone (2 batches of 16), and the step the
+  # run was to end at (this final checkpoint's own: its samples and scores come after it).
   assert saved == {**run_checks.run_setup(jax.device_count(), device_resident=True),
-                   train.IMAGES_SEEN_KEY: 32}
+                   train.IMAGES_SEEN_KEY: 32, train.RUN_END_KEY: 2}
   assert saved['devices'] == 8 and saved['data'] == 'device-resident'
   # As if saved on a machine with 2 devices; this one's device memory fits no dataset, so
   # device_resident='auto' reads through tf.data.
