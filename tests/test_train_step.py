@@ -255,7 +255,8 @@ def test_modules_without_what_the_step_calls_them_with_are_one_clear_error():
   not_linen = types.SimpleNamespace(latent_dim=16)
   with pytest.raises(UserError, match='The generator SimpleNamespace must be a flax.linen Module'):
     create_gan_state(jax.random.key(0), not_linen, D)
-  with pytest.raises(UserError, match='The discriminator SimpleNamespace must be a flax.linen Module'):
+  with pytest.raises(UserError,
+                     match='The discriminator SimpleNamespace must be a flax.linen Module'):
     make_train_step(G, not_linen)
 
 
