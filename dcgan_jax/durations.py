@@ -52,8 +52,8 @@ def steps_from_config(config: ml_collections.ConfigDict, name: str, steps_per_ep
     raise UserError(f'{steps_field} is {steps}; use a number of steps, 0 to disable or -1 to '
                     f'derive it from {epochs_field}.')
   epochs = float(config.get(epochs_field, 0.0))
-  if epochs < 0:
-    raise UserError(f'{epochs_field} is {epochs}; use a non-negative number of epochs.')
+  if not (math.isfinite(epochs) and epochs >= 0):  # (NaN and inf failed in the rounding.)
+    raise UserError(f'{epochs_field} is {epochs}; use a finite, non-negative number of epochs.')
   if epochs == 0:
     return 0
   return max(1, _ceil(epochs * steps_per_epoch))

@@ -10,6 +10,7 @@ training loop (:mod:`dcgan_jax.train`) calls them; ``main`` calls :func:`validat
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import Any, Sequence
@@ -31,6 +32,7 @@ from dcgan_jax import state as state_lib
 from dcgan_jax import step_loop
 from dcgan_jax import train_step as train_step_lib
 from dcgan_jax.data import device_resident as data_device_resident
+from dcgan_jax.evaluation import preprocessing as eval_preprocessing
 from dcgan_jax.errors import UserError, is_integer
 
 
@@ -59,6 +61,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                     'or a file in configs/, then config.update(...) your changes.') from e
 
 
+# Far past any DCGAN that fits a device; sizes beyond failed deep inside jax or aborted.
+_MAX_WIDTH = 8192
+_SIZE_LIMITS = (('latent_dim', 65_536, 100), ('image_channel_multiple', 1024, 8),
+                ('num_sample_images', 10_000, 64), ('d_steps', 1000, 5))
+
+
 def _default_field_names() -> list[str]:
   """The fields of configs/default.py, in its order (none where it is not beside the package)."""
   try:
@@ -71,8 +79,19 @@ def _validate_config(config: ml_collections.ConfigDict) -> None:
   models.validate_image_size(config.image_size)
   for name in ('generator_width', 'discriminator_width'):  # The modules say "width" alone.
     width = config[name]
-    if not is_integer(width) or width < 1:
-      raise UserError(f'{name} must be a positive integer such as 64 (got {width!r}).')
+    if not is_integer(width) or not 1 <= width <= _MAX_WIDTH:
+      raise UserError(f'{name} must be a positive integer such as 64, at most {_MAX_WIDTH:,} '
+                      f'(got {width!r}).')
+  # Sizes far past any model that fits a device failed deep inside jax (an allocation of
+  # terabytes, "random bits array of size exceeding 2 ** 64", or an abort after training).
+  for name, largest, example in _SIZE_LIMITS:
+    value = config.get(name, None)
+    if value is not None and is_integer(value) and value > largest:
+      raise UserError(f'{name} {value:,} is far larger than any model or run fits; use at most '
+                      f'{largest:,} (such as {example}).')
+  seed = config.get('seed', 0)
+  if not is_integer(seed) or not -2**63 <= seed < 2**63:
+    raise UserError(f'seed must be a whole number that fits in 64 bits, such as 0 (got {seed!r}).')
   models.generator_from_config(config)  # Constructing validates every model field.
   models.discriminator_from_config(config)
   train_step_lib.StepConfig.from_config(config)
@@ -80,8 +99,9 @@ def _validate_config(config: ml_collections.ConfigDict) -> None:
     raise UserError(f'parallelism must be shard_map or pmap (got {config.parallelism!r}).')
   parallel.check_batch_size(int(config.batch_size), jax.device_count(), jax.process_count())
   for name in ('g_learning_rate', 'd_learning_rate'):
-    if not float(config[name]) > 0:
-      raise UserError(f'{name} must be positive (got {config[name]!r}).')
+    if not (math.isfinite(float(config[name])) and float(config[name]) > 0):
+      raise UserError(f"{name} must be a finite positive number, such as the paper's 2e-4 (got "
+                      f'{config[name]!r}).')
   # Building a schedule validates its kind before anything is written.
   state_lib.make_schedule(float(config.g_learning_rate), config.lr_schedule, 1,
                           int(config.get('warmup_steps', 0)))
@@ -92,14 +112,31 @@ def _validate_config(config: ml_collections.ConfigDict) -> None:
   if num_train_steps == 0 or num_train_steps < -1:
     raise UserError(f'num_train_steps must be positive, or -1 to derive it from num_epochs '
                     f'(got {num_train_steps}).')
-  if num_train_steps == -1 and not float(config.num_epochs) > 0:
-    raise UserError(f'num_epochs must be positive with num_train_steps=-1 (got '
+  if num_train_steps == -1 and not (math.isfinite(float(config.num_epochs))
+                                    and float(config.num_epochs) > 0):
+    raise UserError(f'num_epochs must be a finite positive number with num_train_steps=-1 (got '
                     f'{config.num_epochs}).')
   for name in ('log_every', 'checkpoint_every', 'sample_every', 'quality_every', 'eval_every'):
     # Only its checks: no data yet.
     durations_lib.steps_from_config(config, name, steps_per_epoch=1.0)
   if int(config.num_sample_images) < 1:
     raise UserError(f'num_sample_images must be positive (got {config.num_sample_images}).')
+  # Counts of samples a score needs: refused now, not after training up to the first score.
+  for period, count in (('quality_every', 'num_quality_samples'),
+                        ('eval_every', 'eval_num_samples')):
+    scored = (int(config.get(f'{period}_steps', 0)) != 0
+              and (int(config.get(f'{period}_steps', 0)) > 0
+                   or float(config.get(f'{period}_epochs', 0.0)) > 0))
+    if scored and count in config and not int(config[count]) >= 2:
+      raise UserError(f'{count} must be at least 2 to score (got {config[count]}); or set '
+                      f'{period}_steps=0 to turn the score off.')
+  for name in ('device_resident_max_bytes', 'shuffle_buffer_size'):
+    if name in config and (not is_integer(config[name]) or config[name] < 0):
+      raise UserError(f'{name} must be a whole number >= 0 (got {config[name]!r}).')
+  preprocessing = config.get('eval_preprocessing', 'pytorch_fid')
+  if preprocessing not in eval_preprocessing.MODES:  # Checked with FID off too, as other choices.
+    raise UserError(f"eval_preprocessing must be one of {' or '.join(eval_preprocessing.MODES)} "
+                    f'(got {preprocessing!r}).')
   step_loop.check_steps_per_dispatch(config.get('steps_per_dispatch', 1))
   profiling.check_profile_config(config)
   if int(config.keep_checkpoints) < 1:

@@ -301,3 +301,40 @@ def test_a_config_built_by_hand_names_the_fields_it_lacks(tmp_path):
                                       'of its fields; got int'):
     train.train_and_evaluate(5, tmp_path / 'run')
   assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('overrides,message', [
+    # NaN and inf epoch counts failed in the rounding (a traceback, exit 1).
+    ({'log_every_steps': -1, 'log_every_epochs': float('nan')},
+     'log_every_epochs is nan; use a finite, non-negative number of epochs'),
+    ({'sample_every_steps': -1, 'sample_every_epochs': float('inf')},
+     'sample_every_epochs is inf'),
+    ({'num_train_steps': -1, 'num_epochs': float('inf')},
+     'num_epochs must be a finite positive number with num_train_steps=-1'),
+    # inf passed the early check and failed inside training, naming neither field.
+    ({'d_learning_rate': float('inf')},
+     "d_learning_rate must be a finite positive number, such as the paper's 2e-4"),
+    # Sizes far past any device: an allocation of terabytes, or an abort after training.
+    ({'generator_width': 10**9}, 'generator_width must be a positive integer such as 64, at '
+                                 'most 8,192'),
+    ({'latent_dim': 10**9}, 'latent_dim 1,000,000,000 is far larger than any model or run '
+                            'fits; use at most 65,536'),
+    ({'num_sample_images': 10**9}, 'num_sample_images 1,000,000,000 .* at most 10,000'),
+    ({'d_steps': 10**9}, 'd_steps 1,000,000,000 .* at most 1,000'),
+    ({'seed': 10**20}, 'seed must be a whole number that fits in 64 bits'),
+    # A score of no samples failed at its first step, after training up to it.
+    ({'quality_every_steps': 1, 'num_quality_samples': 0},
+     'num_quality_samples must be at least 2 to score .*; or set quality_every_steps=0'),
+    ({'eval_every_steps': -1, 'eval_every_epochs': 1.0, 'eval_num_samples': -3},
+     'eval_num_samples must be at least 2'),
+    ({'shuffle_buffer_size': -3}, 'shuffle_buffer_size must be a whole number >= 0'),
+    ({'device_resident_max_bytes': -3}, 'device_resident_max_bytes must be a whole number >= 0'),
+    ({'eval_preprocessing': 'nope'}, "eval_preprocessing must be one of pytorch_fid or tf"),
+])
+def test_values_no_run_can_use_are_refused_before_anything_runs(tmp_path, overrides, message):
+  """Found by a sweep of every config field with bad values through the command line."""
+  with pytest.raises(UserError, match=message):
+    run_checks.validate_config(tiny_config(tmp_path, **overrides))
+  # The same counts are fine where their score is off.
+  if 'num_quality_samples' in overrides:
+    run_checks.validate_config(tiny_config(tmp_path, **dict(overrides, quality_every_steps=0)))

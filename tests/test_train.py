@@ -757,7 +757,7 @@ def test_a_checkpoint_due_after_a_non_finite_loss_is_not_saved(tfds_dir, tmp_pat
     ({'batch_size': 0}, r'batch_size must be positive \(got 0\); use a multiple of the 8'),
     ({'num_train_steps': 0}, r'num_train_steps must be positive, or -1 .* \(got 0\)'),
     ({'num_train_steps': -5}, r'num_train_steps must be positive, or -1 .* \(got -5\)'),
-    ({'num_train_steps': -1, 'num_epochs': 0.0}, 'num_epochs must be positive with'),
+    ({'num_train_steps': -1, 'num_epochs': 0.0}, 'num_epochs must be a finite positive number with'),
     ({'adam_b1': 1.5}, r'b1 \(adam_b1\) must be in \[0, 1\) \(got 1.5\)'),
     # Refused on the tf.data path too (it filled batches by repeating images), not only on the
     # device-resident one.
