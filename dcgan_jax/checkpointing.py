@@ -902,6 +902,14 @@ class Checkpointer:
       if not self._read_only:
         self.wait_until_finished()
     finally:
+      # orbax's close does not wait for the clean-up of temporary folders that opening starts
+      # in a thread: a run refused right after opening (an invalid learning rate, once) exited
+      # while it ran, and the thread printed a traceback ("cannot schedule new futures after
+      # shutdown"). Saving waits for it the same way.
+      await_cleanup = getattr(self._manager, '_maybe_await_cleanup_tmp_directory', None)
+      if await_cleanup is not None:
+        with contextlib.suppress(Exception):  # Its errors are not the caller's.
+          await_cleanup()
       self._manager.close()
 
   def __enter__(self) -> Checkpointer:

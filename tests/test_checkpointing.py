@@ -756,3 +756,15 @@ def test_restore_config_prefers_the_checkpoint(tmp_path):
   assert restore_config(tmp_path)['seed'] == 1
   shutil.rmtree(tmp_path / 'checkpoints')
   assert restore_config(tmp_path)['seed'] == 100
+
+
+def test_close_waits_for_the_temporary_folder_clean_up_that_opening_started(tmp_path):
+  """orbax's own close did not: a run refused right after opening its checkpointer exited while
+  that thread ran, which then printed "cannot schedule new futures after shutdown"."""
+  leftover = tmp_path / 'checkpoints' / '3.orbax-checkpoint-tmp-1'  # A killed run's save.
+  leftover.mkdir(parents=True)
+  checkpointer = Checkpointer(tmp_path)
+  manager = checkpointer._manager  # pylint: disable=protected-access
+  checkpointer.close()
+  assert getattr(manager, '_cleanup_tmp_directory_future', None) is None
+  assert not leftover.exists()
