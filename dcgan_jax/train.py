@@ -638,8 +638,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
         with report_progress.timed('samples'):
           images = image_sampler.generate(variables, sample_latents, sample_labels)
           train_hooks.write_sample_grid(workdir, step, images, hook_writer,
-                                        image_sampler.value_range,
-                            image_sampler.num_classes)
+                                        image_sampler.value_range, image_sampler.num_classes)
       if need_quality:
         with report_progress.timed('quality'):
           result = quality_hook(step, variables, hook_writer)
