@@ -245,8 +245,12 @@ class InceptionFIDHook:
     if num_samples < jax.process_count():
       raise UserError(f'eval_num_samples ({num_samples}) must be at least the number of '
                       f'processes ({jax.process_count()}).')
-    self._extractor = evaluation.InceptionExtractor.from_file(config.inception_weights,
-                                                              preprocessing=preprocessing)
+    try:
+      self._extractor = evaluation.InceptionExtractor.from_file(config.inception_weights,
+                                                                preprocessing=preprocessing)
+    except UserError as e:  # Its text names the file; the config's field is what to change.
+      raise UserError(f'inception_weights: {e} Or set eval_every_steps=0 to train without '
+                      'FID.') from e
     self._precision_recall = bool(config.get('eval_precision_recall', True))
     self.last_manifold: dict[str, float] = {}  # The latest precision, recall, ... (if on).
     real = data.load_all_images(config, max_examples=num_samples)

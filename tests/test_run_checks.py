@@ -338,3 +338,14 @@ def test_values_no_run_can_use_are_refused_before_anything_runs(tmp_path, overri
   # The same counts are fine where their score is off.
   if 'num_quality_samples' in overrides:
     run_checks.validate_config(tiny_config(tmp_path, **dict(overrides, quality_every_steps=0)))
+
+
+def test_missing_inception_weights_name_the_config_field(tmp_path):
+  """The evaluator's text named the file only; in a run, the field is what to change."""
+  from dcgan_jax import train_hooks  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path, eval_every_steps=2,
+                       inception_weights=str(tmp_path / 'missing.pth'))
+  with pytest.raises(UserError, match=r'^inception_weights: Inception weights not found at .*'
+                                      r'missing.pth; .* Or set eval_every_steps=0 to train '
+                                      r'without FID.$'):
+    train_hooks.InceptionFIDHook(config, sampler=None, every_steps=2)
