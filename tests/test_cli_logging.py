@@ -103,6 +103,9 @@ def test_show_training_logs_prints_info_without_the_libraries_lines():
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   targets = (absl_logging.get_absl_handler(), logging.getLogger('absl'))
   verbosity = absl_logging.get_verbosity()
+  # set_verbosity also sets the 'absl' logger's level, which was unset before (so pytest's
+  # caplog.at_level decided): left at WARNING, later tests in this worker saw no INFO records.
+  logger_level = logging.getLogger('absl').level
   before = {id(t): list(t.filters) for t in targets}
   try:
     absl_logging.set_verbosity(absl_logging.WARNING)
@@ -116,6 +119,7 @@ def test_show_training_logs_prints_info_without_the_libraries_lines():
     assert not installed.filter(orbax) and installed.filter(ours)
   finally:
     absl_logging.set_verbosity(verbosity)
+    logging.getLogger('absl').setLevel(logger_level)
     for target in targets:
       for f in target.filters[:]:
         if f not in before[id(target)]:

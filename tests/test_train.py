@@ -75,8 +75,8 @@ def test_load_config_applies_overrides_and_rejects_mistakes(tmp_path):
   with pytest.raises(UserError, match="No config file at .*nope.py"):
     load_config('nope')
   for field in ('generator_width', 'discriminator_width'):  # Named: the modules say "width".
-    with pytest.raises(UserError, match=f'{field} must be a positive integer such as 64 '
-                                        r'\(got 0\)'):
+    with pytest.raises(UserError, match=f'{field} must be a positive integer such as 64, at '
+                                        r'most 8,192 \(got 0\)'):
       run_checks.validate_config(load_config(**{field: 0}))
   broken = tmp_path / 'broken.py'
   broken.write_text('def get_config():\n  return undefined_name\n')
