@@ -90,6 +90,17 @@ def default_config(beside: str | os.PathLike | None = None) -> ml_collections.Co
                   'the repository.')
 
 
+def default_field_names() -> list[str]:
+  """The fields configs/default.py defines, sorted; empty where it is not beside the package
+  (a plain pip install) or cannot load."""
+  if not os.path.isfile(DEFAULT_CONFIG):
+    return []
+  try:
+    return sorted(load_config(DEFAULT_CONFIG).keys())
+  except UserError:
+    return []
+
+
 def unknown_fields(config: ml_collections.ConfigDict) -> list[tuple[str, list[str]]]:
   """The config's fields that configs/default.py does not define, each with close matches.
 
@@ -97,12 +108,9 @@ def unknown_fields(config: ml_collections.ConfigDict) -> list[tuple[str, list[st
   not locked, so a misspelt field set in it (``config.generator_widht = 32``) is carried along
   unread. Empty where configs/default.py is not beside the package (a plain pip install).
   """
-  if not os.path.isfile(DEFAULT_CONFIG):
+  known = default_field_names()
+  if not known:
     return []
-  try:
-    known = set(load_config(DEFAULT_CONFIG).keys())
-  except UserError:
-    return []
-  return [(name, difflib.get_close_matches(name, sorted(known), n=2, cutoff=0.75))
+  return [(name, difflib.get_close_matches(name, known, n=2, cutoff=0.75))
           for name in config.keys() if name not in known]
 

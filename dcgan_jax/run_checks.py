@@ -48,7 +48,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   try:
     _validate_config(config)
   except (AttributeError, KeyError) as e:
-    missing = [name for name in _default_field_names() if name not in config]
+    missing = [name for name in config_files.default_field_names() if name not in config]
     asked = re.search(r"'(\w+)'", str(e))  # The field the check asked for goes first.
     if not asked or asked.group(1) not in missing:
       raise  # Not a missing field: a real error, left as it is.
@@ -65,14 +65,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 _MAX_WIDTH = 8192
 _SIZE_LIMITS = (('latent_dim', 65_536, 100), ('image_channel_multiple', 1024, 8),
                 ('num_sample_images', 10_000, 64), ('d_steps', 1000, 5))
-
-
-def _default_field_names() -> list[str]:
-  """The fields of configs/default.py, in its order (none where it is not beside the package)."""
-  try:
-    return list(config_files.default_config().keys())
-  except UserError:
-    return []
 
 
 def _validate_config(config: ml_collections.ConfigDict) -> None:

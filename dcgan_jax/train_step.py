@@ -225,9 +225,10 @@ def _penalty_with_batch_norm_message(penalties: Sequence[str], discriminator: st
           "critic (and StyleGAN's, for R1) uses Discriminator(norm='layer') (or 'none').")
 
 
-# BatchNorm layers already reported by _apply_with_batch_norm_check (one warning per layer),
-# and (module name, 'penalty') for the penalty warning (one per module).
+# BatchNorm layers already reported by _apply_with_batch_norm_check (one warning per layer).
 _REPORTED_UNSYNCED_BATCH_NORMS: set[tuple[str, str]] = set()
+# Discriminators (by class name) already warned about a penalty through their BatchNorm.
+_REPORTED_PENALTY_WITH_BATCH_NORM: set[str] = set()
 
 
 def _apply_with_batch_norm_check(module: nn.Module, axis_name: str | None, *args,
@@ -262,11 +263,11 @@ def _apply_with_batch_norm_check(module: nn.Module, axis_name: str | None, *args
 
   with nn.intercept_methods(interceptor):
     out = module.apply(*args, **kwargs)
-  key = (type(module).__name__, 'penalty')
-  if penalties and batch_normed and key not in _REPORTED_UNSYNCED_BATCH_NORMS:
-    _REPORTED_UNSYNCED_BATCH_NORMS.add(key)
+  name = type(module).__name__
+  if penalties and batch_normed and name not in _REPORTED_PENALTY_WITH_BATCH_NORM:
+    _REPORTED_PENALTY_WITH_BATCH_NORM.add(name)
     warn_user(_penalty_with_batch_norm_message(
-        penalties, f'{type(module).__name__}, which has BatchNorm layers'),
+        penalties, f'{name}, which has BatchNorm layers'),
               PenaltyWithBatchNormWarning)
   if axis_name is None:
     return out

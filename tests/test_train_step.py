@@ -357,7 +357,7 @@ def test_a_gradient_penalty_through_batch_norm_warns_in_a_custom_loop():
       return nn.Dense(1)(x.reshape((x.shape[0], -1)))[:, 0]
 
   # (Said once per module name and process: forget an earlier run of this test.)
-  train_step._REPORTED_UNSYNCED_BATCH_NORMS.discard(('BatchNormD', 'penalty'))  # pylint: disable=protected-access
+  train_step._REPORTED_PENALTY_WITH_BATCH_NORM.discard('BatchNormD')  # pylint: disable=protected-access
   for discriminator, warns in ((BatchNormD(), True), (BatchNormD(batch_norm=False), False)):
     state = create_gan_state(jax.random.key(0), G, discriminator)
     step = jax.jit(make_train_step(G, discriminator, penalty))
