@@ -96,7 +96,7 @@ class FusedSteps:
     """
     if step_fn.mapped is None:
       raise ValueError("FusedSteps needs parallelism='shard_map' (pmap steps are per-step only).")
-    self.steps_per_dispatch = int(steps_per_dispatch)
+    self.steps_per_dispatch = steps_per_dispatch = int(steps_per_dispatch)
     self._sampler = sampler
     self._replicated = step_fn.replicated_sharding
     self._mesh = step_fn.mesh
@@ -113,7 +113,10 @@ class FusedSteps:
         collection, tracker = accumulate(collection, tracker, metrics, step + 1)
         return state, collection, tracker
 
-      if self.steps_per_dispatch == 1:  # Every chunk is one step: no loop around it.
+      # (Not self.steps_per_dispatch: a closure over self would make self -> jit -> run -> self
+      # a cycle, so the device-resident data would outlive the run until Python's cyclic
+      # collector ran: several finished runs' datasets on the device in a sweep.)
+      if steps_per_dispatch == 1:  # Every chunk is one step: no loop around it.
         del num_steps
         return body(0, (state, collection, tracker))
       # A traced trip count: one compilation serves every chunk length.
