@@ -139,17 +139,23 @@ def test_unknown_dataset_lists_the_known_ones(tmp_path, name):
   assert '\n' not in message
 
 
-def test_a_dataset_path_the_dataset_ignores_is_said_once(digits_config, tmp_path, caplog):
-  """Forgetting dataset=folder trained on the digits without a word."""
+def test_a_dataset_path_the_dataset_ignores_is_said_once_per_run(digits_config, tmp_path,
+                                                                  caplog):
+  """Forgetting dataset=folder trained on the digits without a word. A run resolves its source
+  twice (dataset_info, then the images): said once. Each run of a sweep in one process says it
+  (it was said once per process). The prepared digits are reused without tfds' 'Reusing
+  dataset' line at each call (logged twice a run)."""
   config = _config(data_dir=digits_config.data_dir, image_size=8,
                    dataset_path=str(tmp_path / 'my_images'))
-  with caplog.at_level(logging.WARNING):
-    input_pipeline.dataset_info(config)
-    input_pipeline.dataset_info(config)  # A run resolves its source twice.
+  with caplog.at_level(logging.INFO):
+    for _ in range(2):  # Two runs.
+      input_pipeline.dataset_info(config)
+      input_pipeline.load_all_images(config, max_examples=4)
   said = [r.getMessage() for r in caplog.records if 'is ignored for dataset' in r.getMessage()]
-  assert said == [f"dataset_path={str(tmp_path / 'my_images')!r} is ignored for dataset "
-                  "'digits': it is read for 'folder', 'celeb_a' and 'array'; set "
-                  "dataset='folder' to train on a folder of images."]
+  assert said == 2 * [f"dataset_path={str(tmp_path / 'my_images')!r} is ignored for dataset "
+                      "'digits': it is read for 'folder', 'celeb_a' and 'array'; set "
+                      "dataset='folder' to train on a folder of images."]
+  assert 'Reusing dataset' not in caplog.text
   # An unknown name is its one-line error alone (the warning came first, naming it as read).
   caplog.clear()
   with caplog.at_level(logging.WARNING), pytest.raises(UserError, match='Unknown dataset'):

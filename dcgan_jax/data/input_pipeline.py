@@ -240,6 +240,7 @@ def dataset_info(config) -> DatasetInfo:
   sources.check_dataset_path(config)
   hide_accelerators_from_tensorflow()
   source = sources.resolve_source(config)
+  sources.warn_if_path_ignored(config, source)  # Here: once per run (sources resolve twice).
   dataset = _image_dataset(source, source.split, config)
   return DatasetInfo(source.name, source.split, _num_examples(dataset, source, source.split),
                      shape, source.num_classes, source.class_names)

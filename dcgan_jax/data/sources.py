@@ -168,6 +168,8 @@ def _prepare_named_tfds(name: str, data_dir: str | None):
   if not builder.is_prepared():
     network.check_download_hosts(builder, name, builder.data_dir)
     logging.info('Preparing tfds dataset %s into %s (once).', name, builder.data_dir)
+  if builder.is_prepared():  # tfds would log 'Reusing dataset' at each of a run's calls.
+    return builder
   try:
     builder.download_and_prepare()
   except Exception as error:  # pylint: disable=broad-except
@@ -176,6 +178,20 @@ def _prepare_named_tfds(name: str, data_dir: str | None):
                     f'({type(error).__name__}: {first_line}); check the network or the '
                     'manual-download instructions of that dataset.') from error
   return builder
+
+
+def warn_if_path_ignored(config, source: Source) -> None:
+  """Warns when ``config.dataset_path`` is set for a dataset that does not read it.
+
+  Forgetting ``dataset='folder'`` trained on the default digits without a word. Called once per
+  run (by :func:`dcgan_jax.data.dataset_info`), once the dataset's name is known to be good.
+  """
+  dataset_path = str(config.get('dataset_path', '') or '')
+  name = str(config.dataset).strip()
+  if dataset_path and name not in ('folder', 'celeb_a'):
+    logging.warning("dataset_path=%r is ignored for dataset %r: it is read for 'folder', "
+                    "'celeb_a' and 'array'; set dataset='folder' to train on a folder of images.",
+                    dataset_path, name)
 
 
 def check_num_classes(wanted: int, name: str, num_classes: int) -> None:
@@ -229,10 +245,6 @@ def check_dataset_path(config) -> None:
   _data_dir(config)  # Not a file.
 
 
-# (dataset, dataset_path) pairs whose ignored path was warned about (sources resolve twice a run).
-_IGNORED_PATHS_SAID: set[tuple[str, str]] = set()
-
-
 def resolve_source(config, *, split: str | None = None) -> Source:
   """Prepares (once) the dataset the config names and says what to read.
 
@@ -275,7 +287,8 @@ def resolve_source(config, *, split: str | None = None) -> Source:
     from dcgan_jax.data import digits  # pylint: disable=g-import-not-at-top,unused-import
     builder = tfds.builder('digits', data_dir=data_dir)
     try:
-      builder.download_and_prepare()
+      if not builder.is_prepared():  # (Prepared, tfds logs 'Reusing dataset' at each call.)
+        builder.download_and_prepare()
     except OSError as error:
       # Another process may have prepared it at the same time (its rename came first).
       if not tfds.builder('digits', data_dir=data_dir).is_prepared():
@@ -292,11 +305,4 @@ def resolve_source(config, *, split: str | None = None) -> Source:
       builder = _prepare_named_tfds(name, data_dir)
     source = Source(name, builder, split, _image_key(builder, name), crop_size)
   _check_split(source.builder, split, name)
-  if (dataset_path and name not in ('folder', 'celeb_a')  # Said once the name is known good,
-      and (name, dataset_path) not in _IGNORED_PATHS_SAID):  # once per process.
-    # Forgetting dataset=folder trained on the default digits without a word.
-    _IGNORED_PATHS_SAID.add((name, dataset_path))
-    logging.warning("dataset_path=%r is ignored for dataset %r: it is read for 'folder', "
-                    "'celeb_a' and 'array'; set dataset='folder' to train on a folder of images.",
-                    dataset_path, name)
   return source
