@@ -63,8 +63,34 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 # Far past any DCGAN that fits a device; sizes beyond failed deep inside jax or aborted.
 _MAX_WIDTH = 8192
+# G's first block and D's last have width * 2**(k-1) = width * image_size / 8 channels; one
+# kernel between two such layers holds 8 * widest**2 parameters (8.6e9 at 32,768: 137 GB of
+# state with Adam and EMA). 256x256 at width 8,192 (262,144 channels) asked for 1.2 TB.
+_MAX_WIDEST_LAYER = 32_768
 _SIZE_LIMITS = (('latent_dim', 65_536, 100), ('image_channel_multiple', 1024, 8),
                 ('num_sample_images', 10_000, 64), ('d_steps', 1000, 5))
+
+
+def _scored(config: ml_collections.ConfigDict, period: str) -> bool:
+  """Whether ``<period>_steps`` / ``<period>_epochs`` turn a score on (before the data is known)."""
+  steps = int(config.get(f'{period}_steps', 0))
+  return steps > 0 or (steps != 0 and float(config.get(f'{period}_epochs', 0.0)) > 0)
+
+
+def _check_channels(config: ml_collections.ConfigDict) -> None:
+  """Channels every part of a run can handle, refused before TensorFlow loads (seconds)."""
+  channels, dataset = config.channels, str(config.get('dataset', '')).strip()
+  valid = (1, 3, 4) if dataset == 'array' else (1, 3)
+  if not is_integer(channels) or channels not in valid:
+    # Any other count trained, then failed at the first sample grid (a PNG has 1, 3 or 4).
+    raise UserError(f'channels must be 1 (grey) or 3 (RGB)'
+                    + (', or 4 (RGBA) for dataset array' if dataset == 'array' else
+                       '; 4 (RGBA) is read only from dataset array')
+                    + f' (got {channels!r}).')
+  if channels == 4 and _scored(config, 'eval_every'):
+    raise UserError('channels 4 (RGBA) cannot be scored: FID, IS and KID run Inception on grey '
+                    'or RGB images. Set eval_every_steps=0, or drop the alpha channel from the '
+                    'array and set channels=3.')
 
 
 def _validate_config(config: ml_collections.ConfigDict) -> None:
@@ -74,6 +100,13 @@ def _validate_config(config: ml_collections.ConfigDict) -> None:
     if not is_integer(width) or not 1 <= width <= _MAX_WIDTH:
       raise UserError(f'{name} must be a positive integer such as 64, at most {_MAX_WIDTH:,} '
                       f'(got {width!r}).')
+    widest = width * int(config.image_size) // 8
+    if widest > _MAX_WIDEST_LAYER:
+      most = max(1, _MAX_WIDEST_LAYER * 8 // int(config.image_size))
+      raise UserError(f'{name} {width:,} at image_size {config.image_size} makes the widest layer '
+                      f'{widest:,} channels ({name} x image_size / 8), far more than any device '
+                      f'holds; use at most {most:,} at this size (64 is the paper\'s).')
+  _check_channels(config)
   # Sizes far past any model that fits a device failed deep inside jax (an allocation of
   # terabytes, "random bits array of size exceeding 2 ** 64", or an abort after training).
   for name, largest, example in _SIZE_LIMITS:
@@ -86,7 +119,12 @@ def _validate_config(config: ml_collections.ConfigDict) -> None:
     raise UserError(f'seed must be a whole number that fits in 64 bits, such as 0 (got {seed!r}).')
   models.generator_from_config(config)  # Constructing validates every model field.
   models.discriminator_from_config(config)
-  train_step_lib.StepConfig.from_config(config)
+  step_config = train_step_lib.StepConfig.from_config(config)
+  if 'ada_color' in step_config.augment and int(config.channels) not in (1, 3):
+    # Found only while the first step compiled, after the workdir was started.
+    raise UserError(f'augment {config.augment!r} includes ada_color (as bgc and bgcfnc do), '
+                    f'which transforms grey or RGB images, not channels {config.channels}; '
+                    'leave it out, e.g. --config.augment=blit,geom,filter,noise,cutout.')
   if config.parallelism not in parallel.PARALLELISM_MODES:
     raise UserError(f'parallelism must be shard_map or pmap (got {config.parallelism!r}).')
   parallel.check_batch_size(int(config.batch_size), jax.device_count(), jax.process_count())
@@ -116,10 +154,7 @@ def _validate_config(config: ml_collections.ConfigDict) -> None:
   # Counts of samples a score needs: refused now, not after training up to the first score.
   for period, count in (('quality_every', 'num_quality_samples'),
                         ('eval_every', 'eval_num_samples')):
-    scored = (int(config.get(f'{period}_steps', 0)) != 0
-              and (int(config.get(f'{period}_steps', 0)) > 0
-                   or float(config.get(f'{period}_epochs', 0.0)) > 0))
-    if scored and count in config and not int(config[count]) >= 2:
+    if _scored(config, period) and count in config and not int(config[count]) >= 2:
       raise UserError(f'{count} must be at least 2 to score (got {config[count]}); or set '
                       f'{period}_steps=0 to turn the score off.')
   for name in ('device_resident_max_bytes', 'shuffle_buffer_size'):

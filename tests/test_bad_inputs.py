@@ -91,8 +91,9 @@ ROWS = [
      "real_label 0.9 has no effect with loss 'wasserstein'"),
     ('bad_device_resident', 'dcgan_jax.main',
      [CONFIG, '--workdir={w}', '--config.device_resident=maybe'], 'auto, always, never'),
-    ('zero_channels', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.channels=0'],
-     'channels must be a positive integer'),
+    # 2 trained, then failed at the first sample grid (a traceback), each time it was resumed.
+    ('two_channels', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.channels=2'],
+     'channels must be 1 (grey) or 3 (RGB)'),
     ('negative_image_channel_multiple', 'dcgan_jax.main',
      [CONFIG, '--workdir={w}', '--config.image_channel_multiple=-1'],
      'image_channel_multiple must be a non-negative integer'),

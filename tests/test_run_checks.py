@@ -330,14 +330,37 @@ def test_a_config_built_by_hand_names_the_fields_it_lacks(tmp_path):
     ({'shuffle_buffer_size': -3}, 'shuffle_buffer_size must be a whole number >= 0'),
     ({'device_resident_max_bytes': -3}, 'device_resident_max_bytes must be a whole number >= 0'),
     ({'eval_preprocessing': 'nope'}, "eval_preprocessing must be one of pytorch_fid or tf"),
+    # Found by a sweep of image shapes. The width limit alone let 256x256 at width 8,192 ask for
+    # 1.2 TB deep inside jax.
+    ({'image_size': 256, 'generator_width': 8192},
+     r'generator_width 8,192 at image_size 256 makes the widest layer 262,144 channels '
+     r'\(generator_width x image_size / 8\), .* use at most 1,024 at this size'),
+    ({'image_size': 64, 'discriminator_width': 4096 + 1}, 'discriminator_width 4,097 at '
+                                                          'image_size 64 .* at most 4,096'),
+    # Other channel counts trained, then failed at the first sample grid (2) or at the first
+    # step's compiling (4 with ADA's colour transform), after the workdir was started.
+    ({'channels': 2}, r'channels must be 1 \(grey\) or 3 \(RGB\); 4 \(RGBA\) is read only '
+                      r'from dataset array \(got 2\)'),
+    ({'channels': 4}, r'4 \(RGBA\) is read only from dataset array'),
+    ({'dataset': 'array', 'channels': 5}, r'or 4 \(RGBA\) for dataset array \(got 5\)'),
+    ({'dataset': 'array', 'channels': 4, 'augment': 'bgc'},
+     "augment 'bgc' includes ada_color .* not channels 4; leave it out"),
+    ({'dataset': 'array', 'channels': 4, 'eval_every_steps': 10},
+     r'channels 4 \(RGBA\) cannot be scored: .* Set eval_every_steps=0'),
 ])
 def test_values_no_run_can_use_are_refused_before_anything_runs(tmp_path, overrides, message):
   """Found by a sweep of every config field with bad values through the command line."""
   with pytest.raises(UserError, match=message):
     run_checks.validate_config(tiny_config(tmp_path, **overrides))
-  # The same counts are fine where their score is off.
+  # The same counts are fine where their score is off; the widths at the sizes they fit;
+  # RGBA arrays without ADA's colour transform and FID.
   if 'num_quality_samples' in overrides:
     run_checks.validate_config(tiny_config(tmp_path, **dict(overrides, quality_every_steps=0)))
+  if 'image_size' in overrides:
+    run_checks.validate_config(tiny_config(tmp_path, **dict(overrides, image_size=32)))
+  if overrides.get('channels') == 4 and overrides.get('dataset') == 'array':
+    run_checks.validate_config(tiny_config(tmp_path, **dict(overrides, eval_every_steps=0,
+                                                            augment='blit,geom,cutout')))
 
 
 def test_missing_inception_weights_name_the_config_field(tmp_path):
