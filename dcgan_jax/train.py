@@ -436,14 +436,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     start_step = images_seen_start = d_updates_start = 0
     untrained_quality = None
     final_outputs_missing = False
+    # Said once the run is known to train on: a finished run launched again with, say, another
+    # learning rate was told config.json would hold it, then that there was nothing to train.
+    changes, resume_warnings = [], []
     if latest is not None:
       changes = run_checks.changed_settings(config, saved_config)
-      if changes and is_chief:  # Allowed (e.g. a longer run), but never silently.
-        logging.warning('Resuming with changed settings: %s. config.json will hold the new ones; '
-                        'each checkpoint keeps the config it was saved with.%s',
-                        ', '.join(changes),
-                        run_checks.changed_settings_effects(
-                            config, saved_config, (latest_setup.get('data'), setup['data'])))
+      if changes:  # Allowed (e.g. a longer run), but never silently.
+        resume_warnings.append(
+            f'Resuming with changed settings: {", ".join(changes)}. config.json will hold the '
+            'new ones; each checkpoint keeps the config it was saved with.'
+            + run_checks.changed_settings_effects(config, saved_config,
+                                                  (latest_setup.get('data'), setup['data'])))
       target = {'gan': state,
                 'train_key': parallel.replicate(jax.random.key_data(train_key), step_fn.mesh)}
       restored, step_config, start_step = checkpointer.restore(target)
@@ -464,14 +467,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       train_key = jax.random.wrap_key_data(key_data, impl=jax.random.key_impl(train_key))
       logging.info('Resumed from the checkpoint of step %d.', start_step)
       d_updates_start = int(np.asarray(state.discriminator.step.addressable_data(0)))
-      schedule_warning = _schedule_change(config, step_config, durations, start_step,
-                                          d_updates_start, images_seen_start)
-      if schedule_warning and is_chief:
-        logging.warning('%s', schedule_warning)
-      setup_warning = run_checks.describe_setup_changes(start_step, saved_metadata, setup,
-                                                        config)
-      if setup_warning and is_chief:
-        logging.warning('%s', setup_warning)
+      resume_warnings.append(_schedule_change(config, step_config, durations, start_step,
+                                              d_updates_start, images_seen_start))
+      resume_warnings.append(run_checks.describe_setup_changes(start_step, saved_metadata, setup,
+                                                               config))
     if latest is None and is_chief:
       # A fresh start in a workdir whose checkpoints were deleted: the old run's record must
       # not mark this one's final outputs as made.
@@ -492,9 +491,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       if is_chief:
         logging.warning('The checkpoint is already at step %d >= num_train_steps %d; nothing '
                         'to train (raise num_train_steps to train on; sample and evaluate read '
-                        'this run).', start_step, durations.num_train_steps)
+                        'this run).%s', start_step, durations.num_train_steps,
+                        f' The changed settings ({", ".join(changes)}) are not applied: '
+                        'config.json keeps the run\'s.' if changes else '')
       return step_fn.host_state(state)
     if is_chief:
+      for message in filter(None, resume_warnings):
+        logging.warning('%s', message)
       checkpointing.save_config_json(workdir, config.to_dict())
       if config.get('num_classes', 0) and class_names.has_names(info.class_names):
         class_names.save(workdir, info.class_names)  # For sample/evaluate --label=<name>.

@@ -6,6 +6,7 @@ the whole training program when the data comes as a numpy array.
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -46,32 +47,47 @@ def test_array_dataset_reads_npy_npz_and_grey_hw(tmp_path):
 
 @pytest.mark.parametrize('make,message', [
     (None, "dataset 'array' needs dataset_path"),
-    (lambda p: None, 'images.npy. does not exist; pass a .npy or .npz'),
-    (lambda p: p.mkdir(), 'images.npy. is not a file'),
+    (lambda p: None, "images.npy' does not exist; pass a .npy or .npz"),
+    (lambda p: p.mkdir(), "images.npy' is not a file"),
     (lambda p: np.save(p, np.zeros((3, 8, 8, 3), np.uint8)),
-     'expected uint8 [N, 8, 8, 1] .values 0..255.. Only the channels differ: set channels=3.'),
+     'expected uint8 [N, 8, 8, 1] (values 0..255). Only the channels differ: set channels=3.'),
     # Only the type wrong: the advice was to resize the images.
     (lambda p: np.save(p, np.zeros((3, 8, 8, 1), np.float32)),
-     'holds float32 [3, 8, 8, 1]; expected uint8 [N, 8, 8, 1] .values 0..255.. Only the type '
-     'differs: convert it, e.g. np.clip'),
-    (lambda p: np.save(p, np.zeros((3, 4, 4, 1), np.uint8)),
-     'Resize the images or set image_size and channels to match'),
+     'holds float32 [3, 8, 8, 1]; expected uint8 [N, 8, 8, 1] (values 0..255). Only the type '
+     'differs: for values in [0, 1], np.clip(np.round(x * 255), 0, 255)'),
+    (lambda p: np.save(p, np.zeros((3, 16, 16, 1), np.uint8)),
+     'Set image_size=16 (and channels) to match, or resize the images.'),
+    # Found by a sweep of image shapes: the advice for each of these was to set image_size and
+    # channels to match (28 is refused; C first needed a transpose), and every float array was
+    # told to multiply by 255 (white images from [0, 255] data).
+    (lambda p: np.save(p, np.zeros((3, 28, 28), np.uint8)),
+     '28x28 is not a size the models take (4·2^k: 8 to 256): pad the images to 32x32, e.g. '
+     'np.pad(x, ((0, 0), (2, 2), (2, 2))) (black borders'),
+    (lambda p: np.save(p, np.zeros((3, 1, 8, 8), np.uint8)),
+     'The channels come first (N, C, H, W); np.transpose(x, (0, 2, 3, 1)) puts them last.'),
+    (lambda p: np.save(p, np.full((3, 8, 8, 1), 200.0, np.float32)),
+     'for values in [0, 255], np.clip(np.round(x), 0, 255)'),
+    (lambda p: np.save(p, np.full((3, 8, 8, 1), -0.5, np.float32)),
+     'for values in [-1, 1], np.clip(np.round((x + 1) * 127.5), 0, 255)'),
+    (lambda p: np.save(p, np.zeros((3, 8, 8, 1), bool)),
+     'convert it with x.astype(np.uint8) * 255 (True is white)'),
     # Integers within 0..255 only need the type (x * 255 would saturate them).
     (lambda p: np.save(p, np.zeros((3, 8, 8, 1), np.int64)),
-     'Only the type differs: convert it with x.astype.np.uint8. once its values'),
+     'Only the type differs: convert it with x.astype(np.uint8) once its values'),
     (lambda p: np.save(p, np.zeros((0, 8, 8, 1), np.uint8)),
-     'holds uint8 [0, 8, 8, 1]; expected uint8 [N, 8, 8, 1] .values 0..255.. It holds no images.'),
-    (lambda p: p.write_bytes(b'not numpy at all'), 'is not a numpy file .damaged, or another'),
+     'holds uint8 [0, 8, 8, 1]; expected uint8 [N, 8, 8, 1] (values 0..255). It holds no images.'),
+    (lambda p: p.write_bytes(b'not numpy at all'), 'is not a numpy file (damaged, or another'),
     (lambda p: (np.save(p, np.zeros((3, 8, 8, 1), np.uint8)),
                 p.write_bytes(p.read_bytes()[:100])), 'Cannot read'),
-], ids=['no_path', 'missing', 'folder', 'rgb', 'float', 'small', 'int', 'empty', 'garbage',
+], ids=['no_path', 'missing', 'folder', 'rgb', 'float', 'other_size', 'mnist_size',
+        'channels_first', 'float_0_255', 'float_minus_1_1', 'bool', 'int', 'empty', 'garbage',
         'cut_short'])
 def test_array_dataset_bad_inputs(tmp_path, make, message):
   path = tmp_path / 'images.npy'
   if make is not None:
     make(path)
   config = _array_config(path if make is not None else '')
-  with pytest.raises(UserError, match=message.replace('[', r'\[').replace(']', r'\]')):
+  with pytest.raises(UserError, match=re.escape(message)):
     data.dataset_info(config)
 
 

@@ -373,6 +373,16 @@ def test_a_ctrl_c_during_the_final_scores_says_the_final_step_is_saved(
     train.train_and_evaluate(config, tmp_path)
   assert 'The checkpoint is already at step 12 >= num_train_steps 12; nothing to train' in (
       caplog.text)
+  # With a changed setting: not told that config.json will hold it (it was not written).
+  caplog.clear()
+  saved_config = (tmp_path / 'config.json').read_text()
+  with caplog.at_level(logging.WARNING):
+    train.train_and_evaluate(dict(config.to_dict(), g_learning_rate=1e-4), tmp_path)
+  nothing = [r.getMessage() for r in caplog.records if 'nothing to train' in r.getMessage()]
+  assert len(nothing) == 1 and nothing[0].endswith(
+      "are not applied: config.json keeps the run's."), nothing
+  assert 'g_learning_rate' in nothing[0] and 'Resuming with changed settings' not in caplog.text
+  assert (tmp_path / 'config.json').read_text() == saved_config
 
 
 # ---- the command line -------------------------------------------------------------------------

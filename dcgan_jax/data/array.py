@@ -75,6 +75,7 @@ def load_array(path: str, image_size: int,
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     raise UserError(f'Cannot read {path!r} as a numpy array ({type(e).__name__}: {e}); pass a '
                     f'.npy or .npz file of {expected} (np.save / np.savez).') from e
+  stored_shape = images.shape  # What the user's array is (advice is about it).
   if images.ndim == 3 and channels == 1:
     images = images[..., None]
   shape_ok = (images.ndim == 4 and images.shape[1:] == (image_size, image_size, channels)
@@ -85,8 +86,9 @@ def load_array(path: str, image_size: int,
     if images.ndim == 0 or images.shape[0] < 1:
       advice = 'It holds no images.'
     elif shape_ok and np.issubdtype(images.dtype, np.floating):
-      advice = ('Only the type differs: convert it, e.g. np.clip(np.round(x * 255), 0, '
-                '255).astype(np.uint8) for values in [0, 1].')
+      advice = 'Only the type differs: ' + _float_advice(images)
+    elif shape_ok and images.dtype == np.bool_:
+      advice = 'Only the type differs: convert it with x.astype(np.uint8) * 255 (True is white).'
     elif shape_ok:
       advice = ('Only the type differs: convert it with x.astype(np.uint8) once its values are '
                 'within 0..255.')
@@ -96,8 +98,8 @@ def load_array(path: str, image_size: int,
           ', or repeat the grey channel: np.repeat(x.reshape(*x.shape[:3], 1), 3, axis=-1).'
           if have == 1 and channels == 3 else '.')
     else:
-      advice = 'Resize the images or set image_size and channels to match.'
-    raise UserError(f'{path!r} holds {images.dtype} {list(images.shape)}; expected {expected} '
+      advice = _shape_advice(stored_shape)
+    raise UserError(f'{path!r} holds {images.dtype} {list(stored_shape)}; expected {expected} '
                     f'(values 0..255). {advice}')
   if labels is not None and (labels.shape != (images.shape[0],)
                              or not np.issubdtype(labels.dtype, np.integer)
@@ -105,3 +107,41 @@ def load_array(path: str, image_size: int,
     raise UserError(f'{path!r} holds labels {labels.dtype} {list(labels.shape)}; expected '
                     f'non-negative integers [{images.shape[0]}], one class per image.')
   return images, labels
+
+
+def _float_advice(images: np.ndarray) -> str:
+  """How to turn float images into uint8, by the range their values are in (the first 1,024
+  images are looked at: the same advice for [0, 1], [-1, 1] and [0, 255] data turned the last
+  white and clipped half of the middle one)."""
+  head = np.asarray(images[:1024])
+  low, high = float(np.nanmin(head)), float(np.nanmax(head))
+  if low >= 0 and high <= 1:
+    return 'for values in [0, 1], np.clip(np.round(x * 255), 0, 255).astype(np.uint8).'
+  if low >= -1 and high <= 1:
+    return 'for values in [-1, 1], np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8).'
+  if low >= 0 and high <= 255:
+    return 'for values in [0, 255], np.clip(np.round(x), 0, 255).astype(np.uint8).'
+  return (f'its values run from {low:g} to {high:g}: scale them to 0..255, then '
+          'np.clip(np.round(x), 0, 255).astype(np.uint8).')
+
+
+def _shape_advice(shape: tuple[int, ...]) -> str:
+  """What to change when the array's shape is not the configured one."""
+  from dcgan_jax import models  # pylint: disable=g-import-not-at-top  (jax, only on this path)
+
+  if len(shape) == 4 and shape[1] in (1, 3, 4) and shape[2] == shape[3] > 4:
+    return ('The channels come first (N, C, H, W); np.transpose(x, (0, 2, 3, 1)) puts them '
+            'last.')
+  if len(shape) in (3, 4) and shape[1] == shape[2]:
+    side = shape[1]
+    if side in models.VALID_IMAGE_SIZES:
+      return f'Set image_size={side} (and channels) to match, or resize the images.'
+    larger = [size for size in models.VALID_IMAGE_SIZES if size > side]
+    if larger:
+      before, after = (larger[0] - side) // 2, (larger[0] - side + 1) // 2
+      pad = ', '.join(['(0, 0)', f'({before}, {after})', f'({before}, {after})']
+                      + ['(0, 0)'] * (len(shape) - 3))
+      return (f'{side}x{side} is not a size the models take (4·2^k: 8 to 256): pad the images '
+              f'to {larger[0]}x{larger[0]}, e.g. np.pad(x, ({pad})) (black borders, as for '
+              'MNIST), or resize them.')
+  return 'Resize the images to squares of a size the models take (8 to 256), or set image_size.'
