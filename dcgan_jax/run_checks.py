@@ -83,7 +83,7 @@ def _check_channels(config: ml_collections.ConfigDict) -> None:
   valid = (1, 3, 4) if dataset == 'array' else (1, 3)
   if not is_integer(channels) or channels not in valid:
     # Any other count trained, then failed at the first sample grid (a PNG has 1, 3 or 4).
-    raise UserError(f'channels must be 1 (grey) or 3 (RGB)'
+    raise UserError('channels must be 1 (grey) or 3 (RGB)'
                     + (', or 4 (RGBA) for dataset array' if dataset == 'array' else
                        '; 4 (RGBA) is read only from dataset array')
                     + f' (got {channels!r}).')
@@ -355,15 +355,17 @@ def check_resume_config(config: ml_collections.ConfigDict, saved: dict[str, Any]
 UNSET = object()  # A field only one of two configs has.
 
 
+def _flat_fields(tree: dict[str, Any]) -> dict[str, Any]:
+  """``{'dotted.name': value}``; JSON turns tuples into lists, so they are compared as lists."""
+  return {name: list(value) if isinstance(value, tuple) else value
+          for name, value in flax.traverse_util.flatten_dict(tree, sep='.').items()}
+
+
 def changed_fields(config: ml_collections.ConfigDict,
                     saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
   """``(name, old, new)`` for every config field whose value differs from the saved config's
   (fields only one of them has included, with :data:`UNSET`), in field order."""
-  def flat(tree):  # JSON turns tuples into lists: compare them as lists.
-    return {name: list(value) if isinstance(value, tuple) else value
-            for name, value in flax.traverse_util.flatten_dict(tree, sep='.').items()}
-
-  before, now = flat(saved), flat(config.to_dict())
+  before, now = _flat_fields(saved), _flat_fields(config.to_dict())
   return [(name, before.get(name, UNSET), now.get(name, UNSET))
           for name in list(now) + [n for n in before if n not in now]
           if before.get(name, UNSET) != now.get(name, UNSET)]
@@ -371,10 +373,28 @@ def changed_fields(config: ml_collections.ConfigDict,
 
 def changed_settings(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> list[str]:
   """``'name old -> new'`` for every config field whose value differs from the saved config's
-  (fields only one of them has included), in field order."""
+  (fields only one of them has included), in field order.
+
+  Fields the checkpoint's config lacks and this one holds at configs/default.py's value are
+  fields added to dcgan_jax since that run: one last item names them together (a run written
+  by an older version listed 9-14 of them as changes nobody made).
+  """
   describe = lambda value: 'unset' if value is UNSET else repr(value)
-  return [f'{name} {describe(old)} -> {describe(new)}'
-          for name, old, new in changed_fields(config, saved)]
+  defaults, listed, added = None, [], []
+  for name, old, new in changed_fields(config, saved):
+    if old is UNSET and new is not UNSET:
+      if defaults is None:  # (Not beside a plain pip install: then none are known.)
+        defaults = (_flat_fields(config_files.load_config(config_files.DEFAULT_CONFIG).to_dict())
+                    if os.path.isfile(config_files.DEFAULT_CONFIG) else {})
+      if name in defaults and defaults[name] == new:
+        added.append(name)
+        continue
+    listed.append(f'{name} {describe(old)} -> {describe(new)}')
+  if added:
+    listed.append(f'{len(added)} field{"s" if len(added) > 1 else ""} added to dcgan_jax since '
+                  f'the checkpoint, at {"their defaults" if len(added) > 1 else "its default"} '
+                  f'({", ".join(added)})')
+  return listed
 
 
 def fused_steps(config: ml_collections.ConfigDict | dict[str, Any],

@@ -266,6 +266,22 @@ def test_changed_settings_name_each_field_its_old_and_new_value():
   assert run_checks.changed_settings(config, json.loads(json.dumps(config.to_dict()))) == []
 
 
+def test_fields_added_since_an_older_checkpoint_are_named_together(tmp_path):
+  """A run written by an older dcgan_jax lacks the fields added since: at their defaults, they
+  are one item, not 9-14 'changes' nobody made (found resuming runs of older versions)."""
+  config = tiny_config(tmp_path)
+  saved = json.loads(json.dumps(config.to_dict()))
+  for name in ('augment', 'ada_target', 'profile_steps'):
+    del saved[name]
+  saved['image_channel_multiple'] = 1  # A default that changed: still a change.
+  del saved['g_learning_rate']  # Missing, but not at its default here: still listed.
+  config.g_learning_rate = 1e-3
+  assert run_checks.changed_settings(config, saved) == [
+      'g_learning_rate unset -> 0.001', 'image_channel_multiple 1 -> 0',
+      '3 fields added to dcgan_jax since the checkpoint, at their defaults (ada_target, augment, '
+      'profile_steps)']
+
+
 def test_a_config_built_by_hand_names_the_fields_it_lacks(tmp_path):
   """ml_collections said only AttributeError: "'image_size'", from inside the validation."""
   import ml_collections  # pylint: disable=g-import-not-at-top
