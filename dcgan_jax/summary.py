@@ -1,6 +1,7 @@
 r"""A Keras-``summary()``-like table of the generator and discriminator of a config.
 
   python -m dcgan_jax.summary --config=configs/default.py [--config.image_size=64]
+  python -m dcgan_jax.summary --workdir=<a training run>   # the models it was trained with
 
 For every layer (flax submodule) it lists the output shape and the number of parameters, then
 the totals, plus the shape arithmetic that answers the usual DCGAN question: how many
@@ -197,9 +198,16 @@ def main(argv: list[str] | None = None) -> None:
   config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py); fields '
                                   'can be overridden with --config.<field>=<value>.',
                                   flag_values=flag_values, lock_config=True, sys_argv=argv)
+  flags.DEFINE_string('workdir', None, "A training run's folder: the models of the config it "
+                      'was trained with (instead of --config).', flag_values=flag_values)
 
   fail = exit_with_user_error
   command_line.exit_with_help_if_asked(flag_values, argv, __doc__)
+  config_paths = [arg.split('=', 1)[1] for arg in argv if arg.startswith('--config=')]
+  if config_paths and config_paths[-1].endswith('.json'):
+    # ml_collections loads Python files only; it said "NameError: name 'true' is not defined".
+    fail(f'--config takes a Python config file (configs/*.py), not {config_paths[-1]!r}; for '
+         "a run's config.json pass --workdir=<the run's folder>.")
 
   try:
     flag_values(argv)
@@ -213,8 +221,17 @@ def main(argv: list[str] | None = None) -> None:
   except Exception as e:  # pylint: disable=broad-except  # Unknown field, unloadable file.
     fail(f'Cannot load the config ({type(e).__name__}: {(str(e).splitlines() or [""])[0]}); '
          'pass --config=configs/<name>.py and fields listed in configs/default.py.')
+  if flag_values.workdir:
+    if config is not None:
+      fail('Pass --config (a config file) or --workdir (a run), not both.')
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    from dcgan_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    try:
+      config = ml_collections.ConfigDict(checkpointing.restore_config(flag_values.workdir))
+    except UserError as e:
+      fail(str(e))
   if config is None:
-    fail('--config is required, e.g. --config=configs/default.py.')
+    fail('--config or --workdir is required, e.g. --config=configs/default.py.')
   try:
     print(summarize(config))
   except UserError as e:

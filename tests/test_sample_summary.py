@@ -163,6 +163,27 @@ def test_every_cli_answers_help_with_its_usage_and_flags(module, flag, capsys):
 # ---- slerp ----------------------------------------------------------------------------------
 
 
+def test_summary_of_a_run_reads_its_config(run_dir, tmp_path, capsys):
+  """README lists summary under "Look at a run", but it read config files only: --workdir was
+  an unknown flag and --config=<run>/config.json failed in ml_collections (NameError: 'true')."""
+  summary.main(['summary', f'--workdir={run_dir}'])
+  out = capsys.readouterr().out
+  assert f'(1, {_SIDE}, {_SIDE}, 1)' in out and 'Train state:' in out
+  for args, message in [
+      ([f'--config={run_dir}/config.json'], "--config takes a Python config file (configs/*.py), "
+                                            "not '%s/config.json'; for a run's config.json pass "
+                                            "--workdir=<the run's folder>." % run_dir),
+      ([f'--workdir={tmp_path}'], str(tmp_path)),
+      ([f'--workdir={run_dir}', f'--config={_ROOT}/configs/default.py'],
+       'Pass --config (a config file) or --workdir (a run), not both.'),
+      ([], '--config or --workdir is required')]:
+    with pytest.raises(SystemExit) as exit_info:
+      summary.main(['summary'] + args)
+    assert exit_info.value.code == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
 def test_slerp_ends_and_norms():
   a = jax.random.normal(jax.random.key(0), (3, 16))
   b = jax.random.normal(jax.random.key(1), (3, 16))
