@@ -10,8 +10,11 @@ training loop (:mod:`dcgan_jax.train`) calls them; ``main`` calls :func:`validat
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import os
+import pathlib
 import re
 from typing import Any, Sequence
 
@@ -442,6 +445,30 @@ def changed_settings_effects(config: ml_collections.ConfigDict, saved: dict[str,
 _ARITHMETIC_SETUP = ('devices', 'processes', 'device_kind', 'jax', 'dcgan_jax')
 
 
+def source_digest(root: str | os.PathLike) -> str:
+  """12 hex digits of SHA-256 over the ``.py`` files under ``root`` (their paths and bytes)."""
+  digest = hashlib.sha256()
+  root = pathlib.Path(root)
+  for path in sorted(root.rglob('*.py')):
+    digest.update(path.relative_to(root).as_posix().encode() + b'\0' + path.read_bytes() + b'\0')
+  return digest.hexdigest()[:12]
+
+
+@functools.cache
+def code_digest() -> str:
+  """:func:`source_digest` of the dcgan_jax package in use (once per process: ~5 ms).
+
+  The version string changes only at releases, so it could not tell a checkpoint written by
+  other code (a ``git pull`` or local edits in the middle of an experiment).
+  """
+  import dcgan_jax  # pylint: disable=g-import-not-at-top  # (Lazy: no import cycle.)
+  return source_digest(os.path.dirname(dcgan_jax.__file__))
+
+
+# Facts that say which code ran: changed alone, the step may well compute the same.
+_CODE_SETUP = ('dcgan_jax', 'dcgan_jax_code')
+
+
 def run_setup(num_devices: int, device_resident: bool) -> dict[str, Any]:
   """The facts each checkpoint records about the run that saved it (see :func:`setup_changes`).
 
@@ -454,7 +481,8 @@ def run_setup(num_devices: int, device_resident: bool) -> dict[str, Any]:
   return {'devices': int(num_devices), 'processes': jax.process_count(),
           'device_kind': jax.devices()[0].device_kind,
           'data': 'device-resident' if device_resident else 'tf.data',
-          'jax': jax.__version__, 'dcgan_jax': dcgan_jax.__version__}
+          'jax': jax.__version__, 'dcgan_jax': dcgan_jax.__version__,
+          'dcgan_jax_code': code_digest()}
 
 
 def setup_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -473,6 +501,11 @@ def describe_setup_changes(step: int, saved: dict[str, Any], now: dict[str, Any]
   changes = setup_changes(saved, now)
   if not changes:
     return None
+  if all(name in saved and saved[name] == now[name] for name in now if name not in _CODE_SETUP):
+    return (f'Resuming the checkpoint of step {step}, saved by other dcgan_jax code: '
+            f'{", ".join(changes)} (another version, or edits to its files). Training goes on '
+            'from it; bit-identically to a run never stopped only where the step computes as '
+            'it did.')
   effects = []
   if any(saved.get(name) != now.get(name) for name in _ARITHMETIC_SETUP if name in saved):
     effects.append('its sums are reduced in another order or by other kernels (~1e-6 to 1e-5 '

@@ -254,6 +254,35 @@ def test_setup_changes_skip_facts_an_older_checkpoint_did_not_record(tmp_path):
   assert 'reduced' not in message
 
 
+def test_checkpoints_record_which_code_wrote_them(tmp_path):
+  """The version string changes only at releases (it was 0.1.0 at every commit): a resume by
+  other code (a git pull or local edits mid-experiment) said nothing. The sources' digest
+  tells."""
+  package = tmp_path / 'package'
+  (package / 'sub').mkdir(parents=True)
+  (package / 'a.py').write_text('x = 1\n')
+  (package / 'sub' / 'b.py').write_text('y = 2\n')
+  (package / 'notes.txt').write_text('not code')
+  before = run_checks.source_digest(package)
+  (package / 'notes.txt').write_text('other notes')
+  assert run_checks.source_digest(package) == before and len(before) == 12
+  (package / 'sub' / 'b.py').write_text('y = 3\n')
+  assert run_checks.source_digest(package) != before
+  now = run_checks.run_setup(8, device_resident=False)
+  assert now['dcgan_jax_code'] == run_checks.code_digest()
+  saved = dict(now, dcgan_jax_code='0123456789ab')
+  message = run_checks.describe_setup_changes(10, saved, now, tiny_config(str(tmp_path)))
+  assert message == (
+      "Resuming the checkpoint of step 10, saved by other dcgan_jax code: dcgan_jax_code "
+      f"'0123456789ab' -> {now['dcgan_jax_code']!r} (another version, or edits to its files). "
+      'Training goes on from it; bit-identically to a run never stopped only where the step '
+      'computes as it did.')
+  # With another change beside it, that change's effects are said as before.
+  message = run_checks.describe_setup_changes(10, dict(saved, devices=4), now,
+                                              tiny_config(str(tmp_path)))
+  assert 'devices 4 -> 8' in message and 'reduced in another order' in message
+
+
 def test_changed_settings_name_each_field_its_old_and_new_value():
   import ml_collections  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict({'loss': 'hinge', 'batch_size': 32, 'seed': 0,
