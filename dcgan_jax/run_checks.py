@@ -10,6 +10,7 @@ training loop (:mod:`dcgan_jax.train`) calls them; ``main`` calls :func:`validat
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
@@ -90,7 +91,8 @@ def _check_channels(config: ml_collections.ConfigDict) -> None:
                     + (', or 4 (RGBA) for dataset array' if dataset == 'array' else
                        '; 4 (RGBA) is read only from dataset array')
                     + f' (got {channels!r}).')
-  if channels == 4 and _scored(config, 'eval_every'):
+  # (FID runs only with weights: the shipped configs turn it on by epochs, without them.)
+  if channels == 4 and _scored(config, 'eval_every') and config.get('inception_weights'):
     raise UserError('channels 4 (RGBA) cannot be scored: FID, IS and KID run Inception on grey '
                     'or RGB images. Set eval_every_steps=0, or drop the alpha channel from the '
                     'array and set channels=3.')
@@ -386,9 +388,12 @@ def changed_settings(config: ml_collections.ConfigDict, saved: dict[str, Any]) -
   defaults, listed, added = None, [], []
   for name, old, new in changed_fields(config, saved):
     if old is UNSET and new is not UNSET:
-      if defaults is None:  # (Not beside a plain pip install: then none are known.)
-        defaults = (_flat_fields(config_files.load_config(config_files.DEFAULT_CONFIG).to_dict())
-                    if os.path.isfile(config_files.DEFAULT_CONFIG) else {})
+      if defaults is None:  # (None known beside a plain pip install, or a broken file.)
+        defaults = {}
+        if os.path.isfile(config_files.DEFAULT_CONFIG):
+          with contextlib.suppress(UserError):
+            defaults = _flat_fields(
+                config_files.load_config(config_files.DEFAULT_CONFIG).to_dict())
       if name in defaults and defaults[name] == new:
         added.append(name)
         continue
@@ -450,7 +455,15 @@ def source_digest(root: str | os.PathLike) -> str:
   digest = hashlib.sha256()
   root = pathlib.Path(root)
   for path in sorted(root.rglob('*.py')):
-    digest.update(path.relative_to(root).as_posix().encode() + b'\0' + path.read_bytes() + b'\0')
+    # Not an editor's lock or backup (Emacs' .#train.py is a dangling link) or unreadable file:
+    # a run must not fail over them.
+    if path.name.startswith('.') or not path.is_file():
+      continue
+    try:
+      data = path.read_bytes()
+    except OSError:
+      continue
+    digest.update(path.relative_to(root).as_posix().encode() + b'\0' + data + b'\0')
   return digest.hexdigest()[:12]
 
 

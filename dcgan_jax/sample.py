@@ -149,6 +149,24 @@ _MODEL_FIELDS = ('image_size', 'channels', 'latent_dim', 'generator_width',
                  'discriminator_width')
 
 
+def run_model_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config a run's checkpoints were saved with, checked to hold its models' fields.
+
+  Raises:
+    UserError: the workdir does not exist or holds no run config, or the config lacks the
+      models' fields (checkpoints of a custom loop, not of the training program).
+  """
+  config = ml_collections.ConfigDict(checkpointing.restore_config(workdir))
+  missing = [name for name in _MODEL_FIELDS if name not in config]
+  if missing:
+    raise UserError(
+        f'The checkpoints in {workdir} were saved with a config that lacks '
+        f'{", ".join(missing)}: not a run of the training program (a custom loop?), whose '
+        'models cannot be rebuilt from it. Restore such a state with '
+        'dcgan_jax.checkpointing.Checkpointer(workdir).restore(target) and your own modules.')
+  return config
+
+
 def load_generator(workdir: str | os.PathLike, step: int | None = None,
                    use_ema: bool = True) -> tuple[Any, dict[str, Any], ml_collections.ConfigDict,
                                                   int]:
@@ -169,14 +187,7 @@ def load_generator(workdir: str | os.PathLike, step: int | None = None,
   """
   from dcgan_jax import train  # pylint: disable=g-import-not-at-top  # Builds the state layout.
 
-  config = ml_collections.ConfigDict(checkpointing.restore_config(workdir))
-  missing = [name for name in _MODEL_FIELDS if name not in config]
-  if missing:
-    raise UserError(
-        f'The checkpoints in {workdir} were saved with a config that lacks '
-        f'{", ".join(missing)}: not a run of the training program (a custom loop?), whose '
-        'models load_generator cannot rebuild. Restore such a state with '
-        'dcgan_jax.checkpointing.Checkpointer(workdir).restore(target) and your own modules.')
+  config = run_model_config(workdir)
   # The optimizer layout does not depend on the run length, so any num_train_steps restores.
   target = {'gan': train.create_train_state(config, jax.random.key(0), num_train_steps=1),
             'train_key': jax.random.key_data(jax.random.key(0))}

@@ -224,10 +224,9 @@ def main(argv: list[str] | None = None) -> None:
   if flag_values.workdir:
     if config is not None:
       fail('Pass --config (a config file) or --workdir (a run), not both.')
-    import ml_collections  # pylint: disable=g-import-not-at-top
-    from dcgan_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    from dcgan_jax import sample  # pylint: disable=g-import-not-at-top
     try:
-      config = ml_collections.ConfigDict(checkpointing.restore_config(flag_values.workdir))
+      config = sample.run_model_config(flag_values.workdir)
     except UserError as e:
       fail(str(e))
   if config is None:

@@ -69,6 +69,10 @@ def test_array_dataset_reads_npy_npz_and_grey_hw(tmp_path):
      'for values in [0, 255], np.clip(np.round(x), 0, 255)'),
     (lambda p: np.save(p, np.full((3, 8, 8, 1), -0.5, np.float32)),
      'for values in [-1, 1], np.clip(np.round((x + 1) * 127.5), 0, 255)'),
+    (lambda p: np.save(p, np.full((3, 8, 8, 1), np.nan, np.float32)),
+     'its values are not finite (NaN or inf): check how the array was made.'),
+    (lambda p: np.save(p, np.array([np.nan, 0.5, 1.0] * 64, np.float32).reshape(3, 8, 8, 1)),
+     'it holds NaN or inf values (np.nan_to_num(x) makes them 0); then, for values in [0, 1]'),
     (lambda p: np.save(p, np.zeros((3, 8, 8, 1), bool)),
      'convert it with x.astype(np.uint8) * 255 (True is white)'),
     # Integers within 0..255 only need the type (x * 255 would saturate them).
@@ -80,8 +84,8 @@ def test_array_dataset_reads_npy_npz_and_grey_hw(tmp_path):
     (lambda p: (np.save(p, np.zeros((3, 8, 8, 1), np.uint8)),
                 p.write_bytes(p.read_bytes()[:100])), 'Cannot read'),
 ], ids=['no_path', 'missing', 'folder', 'rgb', 'float', 'other_size', 'mnist_size',
-        'channels_first', 'float_0_255', 'float_minus_1_1', 'bool', 'int', 'empty', 'garbage',
-        'cut_short'])
+        'channels_first', 'float_0_255', 'float_minus_1_1', 'float_nan', 'float_some_nan',
+        'bool', 'int', 'empty', 'garbage', 'cut_short'])
 def test_array_dataset_bad_inputs(tmp_path, make, message):
   path = tmp_path / 'images.npy'
   if make is not None:

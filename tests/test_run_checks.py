@@ -264,6 +264,10 @@ def test_checkpoints_record_which_code_wrote_them(tmp_path):
   (package / 'sub' / 'b.py').write_text('y = 2\n')
   (package / 'notes.txt').write_text('not code')
   before = run_checks.source_digest(package)
+  # An editor's lock (Emacs' .#a.py: a dangling link) and a folder named like a module: skipped
+  # (the lock raised FileNotFoundError, failing the run).
+  (package / '.#a.py').symlink_to(package / 'nowhere')
+  (package / 'odd.py').mkdir()
   (package / 'notes.txt').write_text('other notes')
   assert run_checks.source_digest(package) == before and len(before) == 12
   (package / 'sub' / 'b.py').write_text('y = 3\n')
@@ -390,7 +394,7 @@ def test_a_config_built_by_hand_names_the_fields_it_lacks(tmp_path):
     ({'dataset': 'array', 'channels': 5}, r'or 4 \(RGBA\) for dataset array \(got 5\)'),
     ({'dataset': 'array', 'channels': 4, 'augment': 'bgc'},
      "augment 'bgc' includes ada_color .* not channels 4; leave it out"),
-    ({'dataset': 'array', 'channels': 4, 'eval_every_steps': 10},
+    ({'dataset': 'array', 'channels': 4, 'eval_every_steps': 10, 'inception_weights': 'w.pth'},
      r'channels 4 \(RGBA\) cannot be scored: .* Set eval_every_steps=0'),
 ])
 def test_values_no_run_can_use_are_refused_before_anything_runs(tmp_path, overrides, message):
@@ -405,6 +409,9 @@ def test_values_no_run_can_use_are_refused_before_anything_runs(tmp_path, overri
     run_checks.validate_config(tiny_config(tmp_path, **dict(overrides, image_size=32)))
   if overrides.get('channels') == 4 and overrides.get('dataset') == 'array':
     run_checks.validate_config(tiny_config(tmp_path, **dict(overrides, eval_every_steps=0,
+                                                            augment='blit,geom,cutout')))
+    # FID on without weights is off (cifar10.py, mnist.py and celeba.py turn it on by epochs).
+    run_checks.validate_config(tiny_config(tmp_path, **dict(overrides, inception_weights='',
                                                             augment='blit,geom,cutout')))
 
 

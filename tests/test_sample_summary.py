@@ -602,7 +602,7 @@ def test_readme_snippet_that_loads_a_run_runs_as_written(run_dir):
   assert np.all(np.abs(namespace['images']) <= 1.0)
 
 
-def test_a_custom_loops_checkpoints_are_not_taken_for_a_run(tmp_path):
+def test_a_custom_loops_checkpoints_are_not_taken_for_a_run(tmp_path, capsys):
   """Saved with checkpointing.Checkpointer and a config of the user's own: one clear error that
   says how to restore them, not an AttributeError for the first model field."""
   from dcgan_jax import checkpointing  # pylint: disable=g-import-not-at-top
@@ -612,6 +612,12 @@ def test_a_custom_loops_checkpoints_are_not_taken_for_a_run(tmp_path):
                                       r'discriminator_width: not a run of the training program.*'
                                       r'Checkpointer\(workdir\)\.restore\(target\)'):
     sample.load_generator(tmp_path)
+  # summary --workdir too (it ended in AttributeError: 'image_size', a traceback).
+  with pytest.raises(SystemExit) as exit_info:
+    summary.main(['summary', f'--workdir={tmp_path}'])
+  assert exit_info.value.code == EXIT_USER_ERROR
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and 'not a run of the training program' in err, err
 
 
 def test_written_outputs_have_the_permissions_of_any_new_file(tmp_path):

@@ -110,19 +110,27 @@ def load_array(path: str, image_size: int,
 
 
 def _float_advice(images: np.ndarray) -> str:
-  """How to turn float images into uint8, by the range their values are in (the first 1,024
+  """How to turn float images into uint8, by the range their values are in (the first 64
   images are looked at: the same advice for [0, 1], [-1, 1] and [0, 255] data turned the last
   white and clipped half of the middle one)."""
-  head = np.asarray(images[:1024])
-  low, high = float(np.nanmin(head)), float(np.nanmax(head))
+  head = np.asarray(images[:64])
+  finite = head[np.isfinite(head)]
+  if not finite.size:
+    return 'its values are not finite (NaN or inf): check how the array was made.'
+  nan_note = ('' if finite.size == head.size else
+              'it holds NaN or inf values (np.nan_to_num(x) makes them 0); then, ')
+  low, high = float(finite.min()), float(finite.max())
   if low >= 0 and high <= 1:
-    return 'for values in [0, 1], np.clip(np.round(x * 255), 0, 255).astype(np.uint8).'
-  if low >= -1 and high <= 1:
-    return 'for values in [-1, 1], np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8).'
-  if low >= 0 and high <= 255:
-    return 'for values in [0, 255], np.clip(np.round(x), 0, 255).astype(np.uint8).'
-  return (f'its values run from {low:g} to {high:g}: scale them to 0..255, then '
-          'np.clip(np.round(x), 0, 255).astype(np.uint8).')
+    advice = 'for values in [0, 1], np.clip(np.round(x * 255), 0, 255).astype(np.uint8).'
+  elif low >= -1 and high <= 1:
+    advice = ('for values in [-1, 1], np.clip(np.round((x + 1) * 127.5), 0, 255)'
+              '.astype(np.uint8).')
+  elif low >= 0 and high <= 255:
+    advice = 'for values in [0, 255], np.clip(np.round(x), 0, 255).astype(np.uint8).'
+  else:
+    advice = (f'its values run from {low:g} to {high:g}: scale them to 0..255, then '
+              'np.clip(np.round(x), 0, 255).astype(np.uint8).')
+  return nan_note + advice
 
 
 def _shape_advice(shape: tuple[int, ...]) -> str:
