@@ -527,7 +527,8 @@ def _score(workdir: str, config, extractor, loaded, *, num_samples: int, seed: i
       'step': step, 'fid': fid, 'inception_score': is_mean, 'inception_score_std': is_std,
       'kid': kid_mean, 'kid_std': kid_std, **manifold_scores,
       'protocol': {
-          'num_samples': int(num_samples), 'seed': int(seed), 'used_ema': bool(used_ema),
+          'num_samples': int(num_samples), 'seed': int(seed), 'latents': LATENTS,
+          'used_ema': bool(used_ema),
           'num_classes': int(config.get('num_classes', 0) or 0), 'label': label,
           'preprocessing': extractor.preprocessing, 'precision': extractor.precision,
           'inception_weights': os.path.abspath(inception_weights) if inception_weights else None,
@@ -540,6 +541,13 @@ def _score(workdir: str, config, extractor, loaded, *, num_samples: int, seed: i
       result_path(workdir, f'eval_step_{step:06d}{suffix}', result['protocol']), result)
   result['path'] = str(path)
   return result
+
+
+# How the generated images' latents are drawn, in each result's protocol. Until 80dde0a
+# (2026-12-06) batch i drew normal(fold_in(key(seed), i)) for a whole batch, so the images
+# depended on --batch_size; results from then lack this field, and a new one at the same seed
+# is kept beside them with "differing: latents" (same flags, other images: another FID).
+LATENTS = 'image j: normal(fold_in(key(seed), j))'
 
 
 def _comparable(protocol: Any) -> Any:
@@ -637,7 +645,7 @@ def intra_fid(workdir: str, inception_weights: str | None, *, num_samples: int =
       'step': step, 'intra_fid': float(np.mean([c['fid'] for c in classes])),
       'classes': classes,
       'protocol': {
-          'num_samples_per_class': int(num_samples), 'seed': int(seed),
+          'num_samples_per_class': int(num_samples), 'seed': int(seed), 'latents': LATENTS,
           'used_ema': bool(used_ema), 'num_classes': num_classes,
           'reference': 'the dataset images of each class (cached per class)',
           'num_reference_per_class_requested': int(num_reference),

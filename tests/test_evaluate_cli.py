@@ -183,6 +183,7 @@ def test_evaluate_writes_json_and_reuses_the_reference_cache(run_dir, inception_
   assert np.isfinite(result['kid'])
   protocol = result['protocol']
   assert protocol['num_samples'] == NUM and protocol['used_ema']
+  assert protocol['latents'] == evaluate.LATENTS
   assert protocol['preprocessing'] == 'pytorch_fid'
   assert protocol['reference']['num_samples'] == NUM and not protocol['reference']['cached']
   assert protocol['kid']['subset_size'] == NUM
@@ -566,3 +567,10 @@ def test_a_result_under_another_protocol_is_kept(tmp_path, caplog):
                               {**protocol, 'used_ema': False}) == other
   assert evaluate.result_path(str(tmp_path), 'eval_step_000004',
                               {**protocol, 'num_samples': 5}) == tmp_path / 'eval_step_000004-3.json'
+  # A result of a version that drew the latents per batch (no 'latents' field): the same flags
+  # gave other images and another FID, said as another protocol.
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    newer = evaluate.result_path(str(tmp_path), 'eval_step_000004',
+                                 {**protocol, 'latents': evaluate.LATENTS})
+  assert newer == tmp_path / 'eval_step_000004-3.json' and '(differing: latents)' in caplog.text
