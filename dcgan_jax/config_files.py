@@ -90,15 +90,20 @@ def default_config(beside: str | os.PathLike | None = None) -> ml_collections.Co
                   'the repository.')
 
 
-def default_field_names() -> list[str]:
-  """The fields configs/default.py defines, sorted; empty where it is not beside the package
+def default_values() -> dict[str, Any]:
+  """configs/default.py's fields and values as a dict; empty where it is not beside the package
   (a plain pip install) or cannot load."""
   if not os.path.isfile(DEFAULT_CONFIG):
-    return []
+    return {}
   try:
-    return sorted(load_config(DEFAULT_CONFIG).keys())
+    return load_config(DEFAULT_CONFIG).to_dict()
   except UserError:
-    return []
+    return {}
+
+
+def default_field_names() -> list[str]:
+  """The fields configs/default.py defines, sorted (empty as :func:`default_values`)."""
+  return sorted(default_values())
 
 
 def unknown_fields(config: ml_collections.ConfigDict) -> list[tuple[str, list[str]]]:

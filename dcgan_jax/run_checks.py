@@ -10,7 +10,6 @@ training loop (:mod:`dcgan_jax.train`) calls them; ``main`` calls :func:`validat
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import math
@@ -389,11 +388,7 @@ def changed_settings(config: ml_collections.ConfigDict, saved: dict[str, Any]) -
   for name, old, new in changed_fields(config, saved):
     if old is UNSET and new is not UNSET:
       if defaults is None:  # (None known beside a plain pip install, or a broken file.)
-        defaults = {}
-        if os.path.isfile(config_files.DEFAULT_CONFIG):
-          with contextlib.suppress(UserError):
-            defaults = _flat_fields(
-                config_files.load_config(config_files.DEFAULT_CONFIG).to_dict())
+        defaults = _flat_fields(config_files.default_values())
       if name in defaults and defaults[name] == new:
         added.append(name)
         continue

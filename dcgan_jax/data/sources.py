@@ -165,11 +165,10 @@ def _prepare_named_tfds(name: str, data_dir: str | None):
     first_line = errors.first_line(error, '', max_chars=200)
     raise UserError(f'tfds cannot build dataset {name!r} ({first_line}); check the name, config '
                     'and version.') from None
-  if not builder.is_prepared():
-    network.check_download_hosts(builder, name, builder.data_dir)
-    logging.info('Preparing tfds dataset %s into %s (once).', name, builder.data_dir)
   if builder.is_prepared():  # tfds would log 'Reusing dataset' at each of a run's calls.
     return builder
+  network.check_download_hosts(builder, name, builder.data_dir)
+  logging.info('Preparing tfds dataset %s into %s (once).', name, builder.data_dir)
   try:
     builder.download_and_prepare()
   except Exception as error:  # pylint: disable=broad-except
