@@ -418,7 +418,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       saved_config = checkpointing.restore_config(workdir)
       run_checks.check_resume_config(config, saved_config, workdir)
       latest_setup = checkpointer.saved_run_setup(latest)
-      durations = _resumed_durations(config, durations, latest, saved_config, latest_setup)
+      converted, durations = durations, _resumed_durations(config, durations, latest,
+                                                           saved_config, latest_setup)
     # Logged with the length a resume at another batch size has just recounted.
     if is_chief:
       for message in run_checks.duration_warnings(config, durations):
@@ -452,6 +453,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       restored, step_config, start_step = checkpointer.restore(target)
       saved_metadata = checkpointer.saved_run_setup(start_step)
       images_seen_start = saved_images_seen(start_step, saved_metadata, step_config, config)
+      if start_step != latest:
+        # Fell back past a damaged checkpoint: a length in epochs counts the images left from
+        # the one restored, which may have trained at yet another batch size.
+        fallback = _resumed_durations(config, converted, start_step, step_config, saved_metadata)
+        if fallback.num_train_steps != durations.num_train_steps:
+          if is_chief:
+            logging.info('Resumed from step %d, not the latest checkpoint (step %d): the run '
+                         'ends at step %d.', start_step, latest, fallback.num_train_steps)
+          durations = fallback
+          initial_state = create_train_state(
+              config, jax.random.fold_in(root_key, train_hooks.INIT_TAG), durations.num_train_steps)
+          # The schedules live in the optimizers (static fields): the restored arrays take the
+          # state's new structure, with the length now known.
+          restored['gan'] = jax.tree.unflatten(jax.tree.structure(initial_state),
+                                               jax.tree.leaves(restored['gan']))
       final_outputs_missing = _final_outputs_missing(workdir, start_step, saved_metadata)
       if jax.process_count() > 1:  # Process 0 wrote the file: its reading decides for all.
         from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top

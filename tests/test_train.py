@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import threading
 
 import jax
@@ -465,8 +466,9 @@ def test_resume_on_another_setup_says_what_changed_and_what_it_does(tfds_dir, tm
   assert 'another setup' not in caplog.text
 
 
+@_ORBAX_READ_NOISE
 def test_epoch_counts_the_images_trained_on_across_batch_size_changes(tfds_dir, tmp_path,
-                                                                       caplog):
+                                                                       caplog, monkeypatch):
   """epoch was step / steps_per_epoch at the current batch size: a resume at another batch
   size made it jump, or go backwards. Each checkpoint now records the images trained on."""
   from dcgan_jax import checkpointing  # pylint: disable=g-import-not-at-top
@@ -493,6 +495,29 @@ def test_epoch_counts_the_images_trained_on_across_batch_size_changes(tfds_dir, 
   # batch 16 is 2 more steps (converted at batch 16 alone, 240 images would end at step 15).
   config.update(num_train_steps=-1, num_epochs=240 / digits.NUM_EXAMPLES, batch_size=16,
                 lr_schedule='cosine')
+  # The same launch where step 10 is damaged: the restore falls back to step 8 (192 seen, at
+  # batch 32), so 48 images are left, 3 steps at 16; the length was first counted from step 10,
+  # and the optimizers' decaying schedules are rebuilt for the run's real length.
+  fallback_dir = tmp_path.parent / f'{tmp_path.name}_fallback'
+  shutil.copytree(tmp_path, fallback_dir)
+  for path in (fallback_dir / 'checkpoints' / '10' / 'state').rglob('*'):
+    if path.is_file() and path.parent.name == 'd':
+      path.write_bytes(b'garbage')
+  built, create = [], train.create_train_state
+  monkeypatch.setattr(train, 'create_train_state',
+                      lambda *args: built.append((args[2], create(*args))) or built[-1][1])
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    state = train.train_and_evaluate(config, fallback_dir)
+  assert int(state.step) == 11
+  assert 'Resumed from step 8, not the latest checkpoint (step 10): the run ends at step 11' in (
+      caplog.text)
+  # (The first state was built before the restore, from what step 10 could tell.)
+  assert len(built) == 2 and built[-1][0] == 11
+  assert state.generator.tx is built[-1][1].generator.tx  # Trained with the 11-step schedule.
+  with checkpointing.Checkpointer(fallback_dir, read_only=True) as checkpointer:
+    assert checkpointer.saved_run_setup(11)[train.IMAGES_SEEN_KEY] == 240
+  monkeypatch.undo()
   caplog.clear()
   with caplog.at_level(logging.INFO):
     state = train.train_and_evaluate(config, tmp_path)
