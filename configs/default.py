@@ -128,7 +128,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.quality_every_steps = 250  # Digits quality score (only for dataset='digits'); 0 disables.
   config.quality_every_epochs = 0.0
   config.num_quality_samples = 1000  # Generated digits scored each time.
-  config.quality_cache_dir = ''  # Cached digits classifier; '' means ~/.cache/dcgan_jax.
+  config.quality_cache_dir = ''  # Cached digits classifier; '' means $XDG_CACHE_HOME/dcgan_jax
+  # (~/.cache/dcgan_jax where XDG_CACHE_HOME is unset).
 
   # --- Evaluation (FID / IS / KID) --------------------------------------------------------------
   config.inception_weights = ''  # Path to pt_inception-2015-12-05-6726825d.pth or .npz.

@@ -1,4 +1,4 @@
-r"""Any folder (or .zip) of JPEG/PNG/WebP/BMP images, searched recursively, at 64x64 RGB.
+r"""Any folder (or .zip) of JPEG/PNG/WebP/BMP/TIFF/PPM/PGM images, searched recursively, at 64x64.
 
 Run it with:
 

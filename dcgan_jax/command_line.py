@@ -200,7 +200,8 @@ def parse_workdir_flags(flag_values: Any, argv: list[str] | None, usage: str | N
   try:
     remaining = flag_values(argv)
   except flags.UnrecognizedFlagError as e:
-    exit_with_user_error(unknown_flag_message(e.flagname, list(flag_values)))
+    exit_with_user_error(unknown_flag_message(e.flagname, list(flag_values),
+                                              _boolean_flags(flag_values)))
   except flags.Error as e:
     exit_with_user_error(first_line(e))
   if len(remaining) > 1:
@@ -231,17 +232,31 @@ def parse_private_flags(flag_values: Any, argv: list[str], usage: str | None = N
     expand_user_paths(flag_values)
     return flags.FLAGS(remaining)
   except flags.UnrecognizedFlagError as e:
-    exit_with_user_error(unknown_flag_message(e.flagname, list(flag_values)))
+    exit_with_user_error(unknown_flag_message(e.flagname, list(flag_values),
+                                              _boolean_flags(flag_values)))
   except flags.Error as e:
     exit_with_user_error(first_line(e))
 
 
-def unknown_flag_message(name: str, known: list[str]) -> str:
-  """'Unknown flag --name', with this program's spelling or the closest of its flags."""
+def _boolean_flags(flag_values: Any) -> list[str]:
+  return [name for name in flag_values if getattr(flag_values[name], 'boolean', False)]
+
+
+def unknown_flag_message(name: str, known: list[str], booleans: Any = ()) -> str:
+  """'Unknown flag --name', with this program's spelling or the closest of its flags.
+
+  Args:
+    name: The flag as given.
+    known: The program's flags.
+    booleans: Those of them that are booleans, which absl turns off as ``--no<name>``
+      (``--no_ema`` for the flag ``ema`` is told ``--noema``).
+  """
   bare = name.lstrip('-').split('=', 1)[0]
   underscored = bare.replace('-', '_')
   if underscored != bare and underscored in known:
     return f'Unknown flag --{bare}; this program spells it --{underscored}.'
+  if underscored.startswith('no_') and underscored[3:] in booleans:
+    return f'Unknown flag --{bare}; this program spells it --no{underscored[3:]}.'
   close = difflib.get_close_matches(underscored, known, n=1, cutoff=0.7)
   hint = f'did you mean --{close[0]}? ' if close else ''
   return f'Unknown flag --{bare}; {hint}--help lists the flags.'

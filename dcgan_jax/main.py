@@ -66,6 +66,10 @@ _fail = exit_with_user_error
 
 def _config_load_message(error: Exception, config_path: str | None) -> str:
   """'Cannot load the config file ...' with the root cause (e.g. the missing file)."""
+  if config_path and not os.path.isfile(config_path.split(':', 1)[0]):  # (path:args is allowed)
+    return (f'Cannot load the config file {config_path!r}: no such file relative to the '
+            f'working directory {os.getcwd()!r}. configs/ comes with the repository, not with '
+            'the installed package: run from the root of a clone, or pass the file\'s full path.')
   reason = error
   while (reason.__cause__ or reason.__context__) is not None:
     reason = reason.__cause__ or reason.__context__
@@ -80,6 +84,12 @@ def parse_flags(argv: list[str]) -> list[str]:
   config_path = command_line.config_arg(argv)
   try:
     remaining = FLAGS(argv)
+  except SystemExit as e:
+    # absl printed the help for --help (and -h, --helpshort, ...) and exits with status 1;
+    # like the other programs, asking for help succeeds.
+    if e.code == 1 and any(arg in command_line.HELP_FLAGS for arg in argv[1:]):
+      sys.exit(0)
+    raise
   except flags.Error as e:
     message = command_line.config_value_message(e, config_path)
     if message is None and (e.__cause__ or e.__context__) is not None:

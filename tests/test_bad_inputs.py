@@ -39,7 +39,8 @@ ROWS = [
      [CONFIG, '--workdir={w}', '--config.background_checkpoints=maybe'],
      'background_checkpoints takes true or false'),
     ('missing_config_file', 'dcgan_jax.main', ['--config=configs/nope.py', '--workdir={w}'],
-     "Cannot load the config file 'configs/nope.py'"),
+     "Cannot load the config file 'configs/nope.py': no such file relative to the working "
+     'directory'),
     # A config file of the user's own: its get_config() raises (absl's line ended in a colon, the
     # reason below it), or sets a misspelt field (the first of the other fields was named).
     ('config_file_raises', 'dcgan_jax.main', ['--config={t}/raises.py', '--workdir={w}'],

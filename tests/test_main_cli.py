@@ -17,8 +17,27 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_help_lists_the_flags():
   result = subprocess.run([sys.executable, '-m', 'dcgan_jax.main', '--helpshort'], cwd=_ROOT,
                           capture_output=True, text=True, timeout=120)
-  assert 'Traceback' not in result.stderr  # absl prints the help and exits (status 1).
+  assert 'Traceback' not in result.stderr
   assert '--workdir' in result.stdout and '--config' in result.stdout
+  assert result.returncode == 0  # As the other programs' --help (absl's own exits with 1).
+
+
+def test_a_boolean_flag_spelt_with_no_underscore_is_told_absl_spelling():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import command_line  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FlagValues()
+  flags.DEFINE_bool('ema', True, 'EMA weights.', flag_values=flag_values)
+  flags.DEFINE_integer('num', 1, 'Images.', flag_values=flag_values)
+  with pytest.raises(SystemExit) as exit_info:
+    command_line.parse_private_flags(flag_values, ['prog', '--no_ema'])
+  assert exit_info.value.code == 2
+  booleans = command_line._boolean_flags(flag_values)  # pylint: disable=protected-access
+  assert booleans == ['ema']
+  assert command_line.unknown_flag_message('--no_ema', list(flag_values), booleans) == (
+      'Unknown flag --no_ema; this program spells it --noema.')
+  # Not for a flag that is not a boolean: absl has no --nonum.
+  assert 'spells it' not in command_line.unknown_flag_message('--no_num', list(flag_values),
+                                                              booleans)
 
 
 def _run_two_processes(tmp_path, runner: str, flags: list[str], env_extra=None,
