@@ -350,7 +350,14 @@ def file_reference(path: str, preprocessing: str) -> tuple[Any, dict[str, Any]]:
     raise UserError(f'{path} holds {stats.dim}-dim statistics; FID needs the 2048-dim Inception '
                     'pool_3 statistics.')
   file_mode = metadata.get('preprocessing')
-  if file_mode is not None and str(file_mode) != preprocessing:
+  if file_mode is None:
+    # pytorch-fid's and TTUR's files record nothing; scored under the other mode, a review's
+    # FID came out 15% off with no word.
+    logging.warning('%s does not record the preprocessing its statistics were computed with; '
+                    'it is taken to be --preprocessing=%s. Files from pytorch-fid '
+                    '(--save-stats) were made with pytorch_fid, TTUR\'s fid_stats_*.npz with tf; '
+                    'FIDs across the two are not comparable.', path, preprocessing)
+  elif str(file_mode) != preprocessing:
     # The two modes resize differently: FIDs across them differ by more than many model gaps.
     raise UserError(f'{path} was computed with preprocessing={file_mode}, but '
                     f'--preprocessing is {preprocessing}, and FIDs under different '
@@ -501,6 +508,8 @@ def _score(workdir: str, config, extractor, loaded, *, num_samples: int, seed: i
     if subset >= 2:
       kid_mean, kid_std = evaluation.kernel_inception_distance(
           fake_features, ref_features, num_subsets=subsets, subset_size=subset)
+      if subsets == 1:
+        kid_std = None  # One round has no spread: a stored 0.0 read as a measured one.
       kid_protocol = {'subsets': subsets, 'subset_size': subset,
                       'num_generated_features': int(fake_features.shape[0]),
                       'num_reference_features': int(ref_features.shape[0])}
@@ -532,6 +541,7 @@ def _score(workdir: str, config, extractor, loaded, *, num_samples: int, seed: i
           'num_classes': int(config.get('num_classes', 0) or 0), 'label': label,
           'preprocessing': extractor.preprocessing, 'precision': extractor.precision,
           'inception_weights': os.path.abspath(inception_weights) if inception_weights else None,
+          FINGERPRINT_KEY: _fingerprint(extractor),
           'reference': ref_protocol, 'inception_score_splits': splits, 'kid': kid_protocol,
           'precision_recall': manifold_protocol,
           'dataset': str(config.dataset), 'image_size': int(config.image_size)},
@@ -550,11 +560,23 @@ def _score(workdir: str, config, extractor, loaded, *, num_samples: int, seed: i
 LATENTS = 'image j: normal(fold_in(key(seed), j))'
 
 
+# The protocol's record of which Inception network scored a result (its weights' digest, as
+# statistics files and reference caches record it): the file's path alone proved nothing.
+FINGERPRINT_KEY = 'inception_weights_fingerprint'
+
+
+def _fingerprint(extractor) -> str | None:
+  fingerprint = getattr(extractor, 'weights_fingerprint', None)
+  return str(fingerprint) if fingerprint else None
+
+
 def _comparable(protocol: Any) -> Any:
   """A protocol without what differs between two runs of the same evaluation (whether the
-  reference came from the cache)."""
+  reference came from the cache; where the weights file lay, when their digest is recorded)."""
   if not isinstance(protocol, dict):
     return protocol
+  if protocol.get(FINGERPRINT_KEY):
+    protocol = {k: v for k, v in protocol.items() if k != 'inception_weights'}
   reference = protocol.get('reference')
   if isinstance(reference, dict):
     protocol = {**protocol, 'reference': {k: v for k, v in reference.items() if k != 'cached'}}
@@ -651,6 +673,7 @@ def intra_fid(workdir: str, inception_weights: str | None, *, num_samples: int =
           'num_reference_per_class_requested': int(num_reference),
           'preprocessing': extractor.preprocessing, 'precision': extractor.precision,
           'inception_weights': os.path.abspath(inception_weights) if inception_weights else None,
+          FINGERPRINT_KEY: _fingerprint(extractor),
           'dataset': str(config.dataset), 'image_size': int(config.image_size)},
   }
   path = json_files.write_json_atomically(

@@ -257,6 +257,9 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
       raise UserError("pytorch-fid's --save-stats takes two PATHs, the images and the .npz to "
                       f'write, got {len(paths)}; or write --save_stats=stats.npz and one PATH.')
     paths, save_stats = paths[:1], paths[1]
+    if not save_stats.lower().endswith('.npz'):
+      # pytorch-fid hands the name to numpy, which adds the suffix: `... stats` writes stats.npz.
+      save_stats += '.npz'
   wanted = 1 if save_stats else 2
   if len(paths) != wanted:
     usage = ('one PATH with --save_stats' if save_stats else

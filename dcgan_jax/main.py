@@ -106,7 +106,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   if len(remaining) > 1:
     _fail(f'Unexpected arguments {" ".join(remaining[1:])!r}; pass options as --name=value.')
   if config_path is None:
-    _fail('--config is required, e.g. --config=configs/default.py.')
+    _fail('--config is required, e.g. --config=configs/default.py; to resume a run, pass the '
+          'config file and the overrides it was started with (its config.json lists its '
+          'settings).')
   try:
     FLAGS.config.keys()  # The file is loaded lazily, on first use.
   except Exception as e:  # pylint: disable=broad-except

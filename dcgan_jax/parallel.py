@@ -408,7 +408,7 @@ class DataParallelStep:
   def host_state(self, state: GANState) -> GANState:
     """One copy of the state as numpy arrays (drops pmap's device axis)."""
     if self.parallelism == 'pmap':
-      state = jax.tree.map(lambda x: x[0], state)
+      state = jax.tree.map(local_replica, state)
     # Start every transfer before waiting for the first (as jax.device_get does): one wait for
     # the whole state rather than one round trip per array.
     for x in jax.tree.leaves(state):
@@ -419,13 +419,27 @@ class DataParallelStep:
 
   def host_metrics(self, metrics: Metrics) -> dict[str, float]:
     if self.parallelism == 'pmap':
-      metrics = jax.tree.map(lambda x: x[0], metrics)
+      metrics = jax.tree.map(local_replica, metrics)
     return {k: float(np.asarray(jax.device_get(v))) for k, v in metrics.items()}
 
 
 def _describe_devices(devices: Any) -> str:
   names = sorted(str(d) for d in devices)
   return ', '.join(names) if len(names) <= 2 else f'{len(names)} devices'
+
+
+def local_replica(x: jax.Array) -> jax.Array:
+  """The first local device's row of a replicated array in pmap's layout ([devices, ...]).
+
+  Read from this process's own device, never through ``x[0]``: on a global array of a
+  multi-process run that indexing is a computation every process must enter in the same order,
+  and the processes reach their host copies (checkpoint, end of run) at different moments,
+  which hung runs.
+  """
+  shard = x.addressable_data(0)
+  # pmap's arrays keep a device axis of 1 in their shards (NamedSharding); older PmapSharding
+  # dropped it.
+  return shard[0] if shard.ndim == x.ndim else shard
 
 
 def _to_host(x: Any) -> Any:

@@ -48,7 +48,7 @@ QUALITY_BAR = {'max_frechet_distance_ratio': 0.10, 'num_classes_covered': 10,
 def local_copy(x: jax.Array, pmap_layout: bool) -> jax.Array:
   """One device's copy of a replicated array (pmap layout: the first row of the device axis)."""
   if pmap_layout:
-    return x[0]
+    return parallel.local_replica(x)
   return x.addressable_data(0)
 
 class Sampler:

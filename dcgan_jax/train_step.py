@@ -1,7 +1,8 @@
 """One GAN update as a pure function: ``(state, real_images, rng) -> (state, metrics)``.
 
 The step is written once, for one device. Given an ``axis_name`` it becomes the per-device body
-of a data-parallel step (under ``jax.shard_map`` or ``jax.pmap``, see :mod:`dcgan_jax.parallel`):
+of a data-parallel step (under ``jax.shard_map(..., check_vma=False)`` or ``jax.pmap``, see
+:mod:`dcgan_jax.parallel`):
 gradients, metrics and BatchNorm statistics are averaged over that axis, so BatchNorm sees the
 global batch. Random numbers (latents, penalty interpolation, augmentation) are drawn for the
 *global* batch from the one replicated key and each device takes its slice, which makes the
@@ -294,10 +295,24 @@ def _check_generated_shape(generator, real: jax.Array, fake: jax.Array) -> None:
         "channels last; the generator's image size and channels as the data's).")
 
 
-def _check_axis_bound(axis_name: str | None) -> None:
-  """Names the fix when a per-device step runs outside a mapping with its axis (while tracing).
+def _varying_axes(x: Any) -> frozenset:
+  """The mapped axes along which jax's shard_map types ``x`` as varying (check_vma=True), or
+  an empty set (no such typing: pmap, check_vma=False, a jax without it)."""
+  aval = jax.typeof(x)
+  vma = getattr(aval, 'vma', None)  # jax before 0.10.
+  if vma is None:
+    vma = getattr(getattr(aval, 'manual_axis_type', None), 'varying', None)
+  return frozenset(vma or ())
 
-  jax alone says only "unbound axis name", deep inside the first collective.
+
+def _check_axis_bound(axis_name: str | None, images: jax.Array) -> None:
+  """Names the fix when a per-device step runs outside a mapping with its axis, or under
+  ``jax.shard_map`` with its replication checking on (while tracing).
+
+  jax alone says only "unbound axis name", deep inside the first collective. With
+  ``check_vma=True`` (shard_map's default) jax sums the gradients of replicated parameters
+  across devices itself, so the step's own mean across devices came out the device count
+  times the true gradient (the library's BatchNorm then failed with a cotangent type error).
   """
   if axis_name is None:
     return
@@ -307,8 +322,16 @@ def _check_axis_bound(axis_name: str | None) -> None:
     raise UserError(
         f'make_train_step(..., axis_name={axis_name!r}) builds the per-device body of a '
         f'data-parallel step, but it runs where no mapped axis is named {axis_name!r}: run it '
-        f'under jax.shard_map or jax.pmap with that axis name (parallel.DataParallelStep '
-        'does), or build it with axis_name=None for a plain jax.jit on one device.') from e
+        f'under jax.shard_map(..., check_vma=False) or jax.pmap with that axis name '
+        '(parallel.DataParallelStep does), or build it with axis_name=None for a plain jax.jit '
+        'on one device.') from e
+  if axis_name in _varying_axes(images):
+    raise UserError(
+        f'make_train_step(..., axis_name={axis_name!r}) runs under jax.shard_map with '
+        "check_vma=True (shard_map's default), where jax sums replicated parameters' gradients "
+        "across devices itself and the step's mean across devices would multiply them by the "
+        'device count: pass check_vma=False to jax.shard_map (parallel.DataParallelStep does), '
+        'or use jax.pmap.')
 
 
 # The variable collections a state holds per network (create_gan_state).
@@ -519,8 +542,8 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     return state.replace(generator=g, discriminator=d), aux
 
   def step(state: GANState, batch: Batch, rng: jax.Array) -> tuple[GANState, Metrics]:
-    _check_axis_bound(axis_name)
     real_images, real_labels = split_batch(batch, num_classes)
+    _check_axis_bound(axis_name, real_images)
     real = images_to_model_range(real_images, output_activation)
     local_batch = real.shape[0]
     if not local_batch:  # Means over no rows would be NaN and poison every parameter.

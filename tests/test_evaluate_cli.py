@@ -10,6 +10,7 @@ import logging
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -189,6 +190,7 @@ def test_evaluate_writes_json_and_reuses_the_reference_cache(run_dir, inception_
   assert protocol['kid']['subset_size'] == NUM
   # As many features on each side as a subset holds: every subset would be the same one.
   assert protocol['kid']['subsets'] == 1 and f'(all {NUM} features of each side, once)' in out
+  assert result['kid_std'] is None  # One round has no spread (a 0.0 read as a measured one).
   # Precision/recall/density/coverage on the same features as KID.
   assert all(0.0 <= result[name] <= 1.0 for name in ('precision', 'recall', 'coverage'))
   assert result['density'] >= 0.0
@@ -216,13 +218,24 @@ def test_evaluate_writes_json_and_reuses_the_reference_cache(run_dir, inception_
   status, out, _ = _cli(args + ['--step=2', '--no_ema'], capsys)
   assert status == 0
   # Another protocol (G's own weights, k=3): the earlier result is kept beside the new one.
-  assert _written(out) != result_path and json.loads(result_path.read_text()) == result
-  again = json.loads(_written(out).read_text())
+  written_again = _written(out)
+  assert written_again != result_path and json.loads(result_path.read_text()) == result
+  again = json.loads(written_again.read_text())
   assert again['precision'] is None and 'need more than k=3' in out
   assert again['protocol']['reference']['cached']
   assert not again['protocol']['used_ema']
   # Other weights (trained rather than EMA) give another FID against the same reference.
   assert again['fid'] != result['fid']
+  # The result names its network by the weights' digest, as the reference cache does; the same
+  # weights from another path are the same protocol (the result is replaced, not added to).
+  fingerprint = again['protocol'][evaluate.FINGERPRINT_KEY]
+  assert fingerprint and fingerprint == metadata['inception_weights']
+  moved = pathlib.Path(inception_npz).parent / 'moved' / 'inception.npz'
+  moved.parent.mkdir(exist_ok=True)
+  shutil.copyfile(inception_npz, moved)
+  status, out, _ = _cli([f'--inception_weights={moved}' if a.startswith('--inception_weights')
+                         else a for a in args] + ['--step=2', '--no_ema'], capsys)
+  assert status == 0 and _written(out) == written_again
 
 
 def test_reference_cache_follows_the_files_of_a_folder_dataset(tmp_path):

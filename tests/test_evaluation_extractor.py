@@ -130,3 +130,12 @@ def test_weights_fingerprint_names_the_weights_not_their_folded_form(variables):
   changed['params']['Mixed_7c']['branch1x1']['conv']['kernel'][0, 0, 5, 7] = 1e-3
   assert evaluation.InceptionExtractor(changed, batch_size=BATCH_SIZE).weights_fingerprint != (
       same.weights_fingerprint)
+
+
+def test_default_precision_on_a_tpu_is_told_to_be_highest():
+  """On a TPU 'default' is one bfloat16 pass: FIDs far from pytorch-fid's, without a word."""
+  from dcgan_jax.evaluation import extractor as extractor_lib  # pylint: disable=g-import-not-at-top
+  assert 'bfloat16 on TPUs' in extractor_lib.precision_warning('default', {'tpu'})
+  assert extractor_lib.precision_warning('highest', {'tpu'}) is None
+  # TF32 on a GPU, as pytorch-fid's cuDNN convolutions by default.
+  assert extractor_lib.precision_warning('default', {'gpu', 'cpu'}) is None

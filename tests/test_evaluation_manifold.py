@@ -7,7 +7,8 @@ from dcgan_jax.evaluation import manifold
 
 
 def _reference(real, fake, k):
-  """The papers' definitions, written out with full float64 distance matrices."""
+  """The papers' definitions, written out with full float64 distance matrices: <= the radius in
+  Kynkäänniemi et al.'s precision and recall, < in Naeem et al.'s density and coverage."""
   real, fake = real.astype(np.float64), fake.astype(np.float64)
   dist = lambda a, b: np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
   rr, ff, fr = dist(real, real), dist(fake, fake), dist(fake, real)
@@ -17,9 +18,10 @@ def _reference(real, fake, k):
   fake_radius = np.sort(ff, axis=1)[:, k - 1]
   inside_real = fr <= real_radius[None, :]  # [fake, real]
   inside_fake = fr.T <= fake_radius[None, :]  # [real, fake]
+  strictly_inside_real = fr < real_radius[None, :]
   return {'precision': inside_real.any(1).mean(), 'recall': inside_fake.any(1).mean(),
-          'density': inside_real.sum() / (k * len(fake)),
-          'coverage': inside_real.any(0).mean()}
+          'density': strictly_inside_real.sum() / (k * len(fake)),
+          'coverage': strictly_inside_real.any(0).mean()}
 
 
 @pytest.mark.parametrize('n_real,n_fake,k', [(60, 45, 3), (30, 70, 1), (50, 50, 5)])
@@ -68,12 +70,24 @@ def test_mode_collapse_keeps_precision_and_loses_recall():
 
 def test_duplicated_points_are_their_own_neighbours():
   """A point's own index is excluded, not every zero distance: a set of exact pairs has k=1
-  radii of 0, and an identical generated set then still lies inside."""
+  radii of 0, and an identical generated set then still lies inside for precision and recall
+  (<=); density and coverage count points strictly inside (<), none for balls of radius 0, as
+  Naeem et al.'s prdc does."""
   rng = np.random.RandomState(3)
   base = rng.normal(size=(20, 4)).astype(np.float32)
   real = np.concatenate([base, base])
   metrics = manifold.manifold_metrics(real, real.copy(), k=1)
-  assert metrics == {'precision': 1.0, 'recall': 1.0, 'density': 2.0, 'coverage': 1.0}
+  assert metrics == {'precision': 1.0, 'recall': 1.0, 'density': 0.0, 'coverage': 0.0}
+
+
+@pytest.mark.parametrize('k', [1, 3, 5])
+def test_a_set_against_itself_has_density_and_coverage_one(k):
+  """Density (k + 1) / k came out for a set scored against itself: every point also sat on the
+  edge of its k-th neighbour's ball. prdc gives 1 (and the paper's "about 1" for one
+  distribution means this)."""
+  real = np.random.RandomState(k).normal(size=(50, 8)).astype(np.float32)
+  metrics = manifold.manifold_metrics(real, real.copy(), k=k)
+  assert metrics == {'precision': 1.0, 'recall': 1.0, 'density': 1.0, 'coverage': 1.0}
 
 
 @pytest.mark.parametrize('real_shape,fake_shape,k,message', [

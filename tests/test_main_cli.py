@@ -40,7 +40,7 @@ def test_a_boolean_flag_spelt_with_no_underscore_is_told_absl_spelling():
                                                               booleans)
 
 
-def _run_two_processes(tmp_path, runner: str, flags: list[str], env_extra=None,
+def _run_two_processes(tmp_path, runner: str | None, flags: list[str], env_extra=None,
                        library_logs: bool = False):
   """Runs ``runner -m dcgan_jax.main`` as 2 processes x 2 CPU devices (gloo) on the digits
   dataset at 8x8; returns ([Popen], [(stdout, stderr)]). Process 0 alone gets
@@ -58,7 +58,8 @@ def _run_two_processes(tmp_path, runner: str, flags: list[str], env_extra=None,
   from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
   data.dataset_info(ConfigDict({'dataset': 'digits', 'data_dir': str(tmp_path / 'tfds'),
                                 'image_size': 8, 'channels': 1}))
-  common = [sys.executable, str(_ROOT / 'tests' / runner), '-m', 'dcgan_jax.main',
+  common = [sys.executable, *([str(_ROOT / 'tests' / runner)] if runner else []), '-m',
+            'dcgan_jax.main',
             '--config=configs/default.py', f'--config.data_dir={tmp_path / "tfds"}',
             '--config.image_size=8', '--config.generator_width=8',
             '--config.discriminator_width=8', '--config.batch_size=16',
@@ -117,6 +118,25 @@ def test_two_processes_train_one_run(tmp_path):
     assert list(folder.rglob('perfetto_trace.json.gz'))
     assert (folder / 'train_program.hlo.txt').is_file()
     assert 'Profiled steps 2 to 2' in outputs[i][1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_with_pmap_through_periodic_checkpoints_and_grids(tmp_path):
+  """parallelism=pmap over 2 processes: the host copies of the state (for a checkpoint, a grid,
+  the end of the run) indexed pmap's global arrays, a computation each process entered at its
+  own moment, and runs hung at their first periodic checkpoint."""
+  workdir = tmp_path / 'run'
+  processes, outputs = _run_two_processes(tmp_path, None, [
+      f'--workdir={workdir}', '--config.parallelism=pmap', '--config.num_train_steps=6',
+      '--config.checkpoint_every_steps=3', '--config.sample_every_steps=3',
+      '--config.log_every_steps=2', '--config.quality_every_steps=0',
+      '--config.image_size=16', '--config.latent_dim=8', '--config.num_sample_images=8'])
+  for process, (_, stderr) in zip(processes, outputs):
+    assert process.returncode == 0, stderr[-3000:]
+    assert 'Finished at step 6' in stderr and '(pmap)' in stderr
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['3', '6']
+  assert sorted(p.name for p in (workdir / 'samples').glob('*.png')) == [
+      'step_000003.png', 'step_000006.png']
 
 
 @pytest.mark.slow

@@ -206,6 +206,29 @@ def test_a_per_device_step_outside_its_mapping_is_one_clear_error(initial_state)
     step(initial_state, _images(8), jax.random.key(0))
 
 
+def test_a_per_device_step_under_shard_maps_replication_checks_is_one_clear_error(
+    initial_state):
+  """With check_vma=True (shard_map's default) jax sums the replicated parameters' gradients
+  itself: the step's pmean then gave the device count times the gradient (the library's
+  BatchNorm failed with a cotangent type error instead)."""
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  mesh = jax.make_mesh((2,), ('batch',), devices=jax.devices()[:2])
+  body = make_train_step(G, D, axis_name='batch')
+  state = jax.device_put(initial_state, jax.sharding.NamedSharding(mesh, P()))
+  images = jax.device_put(_images(8), jax.sharding.NamedSharding(mesh, P('batch')))
+  key = jax.device_put(jax.random.key(0), jax.sharding.NamedSharding(mesh, P()))
+  for check_vma in (True, False):
+    step = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P('batch'), P()),
+                                 out_specs=(P(), P()), check_vma=check_vma))
+    if check_vma:
+      with pytest.raises(UserError, match=r'check_vma=True .* multiply them by the device count: '
+                                          r'pass check_vma=False to jax.shard_map'):
+        step(state, images, key)
+    else:  # As parallel.DataParallelStep runs it.
+      new_state, metrics = step(state, images, key)
+      assert int(new_state.step) == 1 and np.isfinite(float(metrics['d_loss']))
+
+
 @pytest.mark.parametrize('activation', ['tanh', 'sigmoid'])
 def test_float_images_far_outside_the_generators_range_are_refused(activation):
   g = G.clone(output_activation=activation)

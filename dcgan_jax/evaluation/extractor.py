@@ -4,6 +4,7 @@ import hashlib
 import os
 from typing import Any, Iterator, Mapping, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +16,19 @@ from dcgan_jax.evaluation import preprocessing as preprocessing_lib
 from dcgan_jax.evaluation import weights
 
 _BATCH_AXIS = 'batch'
+
+
+def precision_warning(precision: str, platforms: set[str]) -> str | None:
+  """The warning for a precision too coarse for pytorch-fid parity on these platforms, or None.
+
+  'default' on a GPU is TF32, as PyTorch's cuDNN convolutions (pytorch-fid's) run by default;
+  on a TPU it is one bfloat16 pass, far coarser.
+  """
+  if precision == 'default' and 'tpu' in platforms:
+    return ("precision 'default' runs Inception's convolutions in bfloat16 on TPUs; pass "
+            "precision 'highest' (--precision=highest) for features and FIDs comparable with "
+            'pytorch-fid.')
+  return None
 
 
 def network_for(variables: dict[str, Any], precision: str) -> inception.FIDInceptionV3:
@@ -128,10 +142,13 @@ class InceptionExtractor:
       raise UserError(f'input_channels must be in 3..{inception.MAX_INPUT_CHANNELS} (3 is RGB '
                       f'as is), got {input_channels}.')
     self.precision = precision
+    devices = list(devices) if devices is not None else jax.local_devices()
+    warning = precision_warning(precision, {d.platform for d in devices})
+    if warning:
+      logging.warning('%s', warning)
     # Of the weights as given (not of their folded, merged form: those options change no
     # feature beyond float rounding).
     self.weights_fingerprint = weights_fingerprint(variables)
-    devices = list(devices) if devices is not None else jax.local_devices()
     self.num_devices = len(devices)
     self.batch_size = -(-batch_size // self.num_devices) * self.num_devices
     mesh = jax.make_mesh((self.num_devices,), (_BATCH_AXIS,), axis_types=(AxisType.Auto,),

@@ -15,7 +15,10 @@ its points, each ball reaching the point's k-th nearest neighbour within its own
 
 Both papers use k = 3 (the default here) and VGG-16 features; :mod:`dcgan_jax.evaluate` computes
 them on the Inception pool_3 features it already has, so report the feature space and the sample
-counts with the numbers. A point lies inside a ball when its distance is <= the radius.
+counts with the numbers. As in each paper's reference code, a point lies inside a ball when its
+distance is <= the radius for precision and recall (Kynkäänniemi et al.'s), and < the radius for
+density and coverage (Naeem et al.'s ``prdc``): a set scored against itself then has density
+exactly 1, where <= would count each point on its neighbours' ball edges too ((k + 1) / k).
 
 Distances are computed on the device in chunks of rows (never the whole N x M matrix at once),
 as squared Euclidean distances in float32 at ``Precision.HIGHEST`` (no TF32 rounding).
@@ -64,13 +67,16 @@ def _membership_chunk(rows: jax.Array, num_valid: jax.Array, centres: jax.Array,
   rows (the rest padding).
 
   Returns:
-    Per row: whether any ball holds it, and how many do; per ball: whether any valid row of the
-    chunk lies in it.
+    Per row: whether any ball holds it (distance <= radius: precision, recall), and how many
+    hold it strictly (< radius: density); per ball: whether any valid row of the chunk lies
+    strictly inside it (coverage).
   """
-  inside = _squared_distances(rows, centres) <= radii[None, :]
+  distances = _squared_distances(rows, centres)
+  inside = distances <= radii[None, :]
+  strictly_inside = distances < radii[None, :]
   valid = jnp.arange(rows.shape[0]) < num_valid
-  return (jnp.any(inside, axis=1), jnp.sum(inside, axis=1),
-          jnp.any(inside & valid[:, None], axis=0))
+  return (jnp.any(inside, axis=1), jnp.sum(strictly_inside, axis=1),
+          jnp.any(strictly_inside & valid[:, None], axis=0))
 
 
 def _chunks(x: jax.Array):
@@ -91,7 +97,8 @@ def _kth_neighbour_radii(points: jax.Array, k: int) -> jax.Array:
 
 
 def _membership(points: jax.Array, centres: jax.Array, radii: jax.Array):
-  """``points`` against the balls: per point (inside any, how many), per ball (holds any)."""
+  """``points`` against the balls: per point (inside any, how many strictly), per ball (holds
+  any strictly)."""
   any_parts, count_parts = [], []
   ball_holds_any = jnp.zeros(centres.shape[0], bool)
   for _, rows, length in _chunks(points):

@@ -393,6 +393,14 @@ def _read_exactly(file: BinaryIO, n: int) -> bytes:
   return data
 
 
+def _starts_like_a_zip(path: str) -> bool:
+  try:
+    with open(path, 'rb') as file:
+      return file.read(4) == b'PK\x03\x04'
+  except OSError:
+    return False
+
+
 def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads a PyTorch state dict safely.
 
@@ -410,6 +418,11 @@ def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
   try:
     if zipfile.is_zipfile(path):
       state = _read_zip(path)
+    elif _starts_like_a_zip(path):
+      # A zip whose end (the central directory) is missing: an interrupted download. Read as a
+      # legacy pickle, it failed with "unsupported persistent id" and a run of binary.
+      raise UserError(f'{path} begins as a zip (a PyTorch .pth) but its end is missing: the file '
+                      'is incomplete, e.g. a download that was cut short; download it again.')
     else:
       with open(path, 'rb') as file:
         state = _read_legacy(file)
