@@ -201,7 +201,7 @@ def parse_workdir_flags(flag_values: Any, argv: list[str] | None, usage: str | N
     remaining = flag_values(argv)
   except flags.UnrecognizedFlagError as e:
     exit_with_user_error(unknown_flag_message(e.flagname, list(flag_values),
-                                              _boolean_flags(flag_values)))
+                                              boolean_flags(flag_values)))
   except flags.Error as e:
     exit_with_user_error(first_line(e))
   if len(remaining) > 1:
@@ -233,12 +233,12 @@ def parse_private_flags(flag_values: Any, argv: list[str], usage: str | None = N
     return flags.FLAGS(remaining)
   except flags.UnrecognizedFlagError as e:
     exit_with_user_error(unknown_flag_message(e.flagname, list(flag_values),
-                                              _boolean_flags(flag_values)))
+                                              boolean_flags(flag_values)))
   except flags.Error as e:
     exit_with_user_error(first_line(e))
 
 
-def _boolean_flags(flag_values: Any) -> list[str]:
+def boolean_flags(flag_values: Any) -> list[str]:
   return [name for name in flag_values if getattr(flag_values[name], 'boolean', False)]
 
 

@@ -406,7 +406,8 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
   Returns:
     The result written to ``<workdir>/eval_step_XXXXXX.json``: step, fid, inception_score,
     inception_score_std, kid, kid_std, precision, recall, density, coverage (None when
-    skipped: they need the reference's features) and protocol.
+    skipped: they need the reference's features; kid_std also when one round of KID is all
+    there is) and protocol.
 
   Raises:
     UserError: any mistake in the arguments or files (one sentence).
@@ -525,7 +526,7 @@ def _score(workdir: str, config, extractor, loaded, *, num_samples: int, seed: i
     k = evaluation.manifold.DEFAULT_K
     if smaller > k:
       manifold_scores = evaluation.manifold.manifold_metrics(ref_features, fake_features, k=k)
-      manifold_protocol = {'k': k, 'features': 'inception pool_3',
+      manifold_protocol = {'k': k, 'features': 'inception pool_3', 'inside': MANIFOLD_INSIDE,
                            'num_generated_features': int(fake_features.shape[0]),
                            'num_reference_features': int(ref_features.shape[0])}
     else:
@@ -553,6 +554,10 @@ def _score(workdir: str, config, extractor, loaded, *, num_samples: int, seed: i
   return result
 
 
+# How a point counts as inside a k-NN ball, in each result's protocol: results from before
+# 2026-12-07 counted <= for all four (density 4/3 for a set against itself).
+MANIFOLD_INSIDE = '<= radius for precision, recall; < for density, coverage (as prdc)'
+
 # How the generated images' latents are drawn, in each result's protocol. Until 80dde0a
 # (2026-12-06) batch i drew normal(fold_in(key(seed), i)) for a whole batch, so the images
 # depended on --batch_size; results from then lack this field, and a new one at the same seed
@@ -570,23 +575,27 @@ def _fingerprint(extractor) -> str | None:
   return str(fingerprint) if fingerprint else None
 
 
-def _comparable(protocol: Any) -> Any:
-  """A protocol without what differs between two runs of the same evaluation (whether the
-  reference came from the cache; where the weights file lay, when their digest is recorded)."""
+def _comparable(protocol: Any, weights_path: bool = False) -> Any:
+  """A protocol without what differs between two runs of the same evaluation: whether the
+  reference came from the cache, and where the weights file lay when their digest is recorded
+  (unless ``weights_path``: to name what differs). A field at None counts as absent (fields
+  added since an older result)."""
   if not isinstance(protocol, dict):
     return protocol
-  if protocol.get(FINGERPRINT_KEY):
-    protocol = {k: v for k, v in protocol.items() if k != 'inception_weights'}
+  protocol = {k: v for k, v in protocol.items() if v is not None}
+  if protocol.get(FINGERPRINT_KEY) and not weights_path:
+    protocol.pop('inception_weights', None)
   reference = protocol.get('reference')
   if isinstance(reference, dict):
     protocol = {**protocol, 'reference': {k: v for k, v in reference.items() if k != 'cached'}}
   return json.loads(json.dumps(protocol))  # Tuples and numpy scalars as JSON reads them back.
 
 
-def _protocol_in(path: pathlib.Path) -> Any:
+def _protocol_in(path: pathlib.Path, weights_path: bool = False) -> Any:
   """The comparable protocol of the result file at ``path``; None when it cannot be read."""
   try:
-    return _comparable(json.loads(path.read_text(encoding='utf-8')).get('protocol'))
+    return _comparable(json.loads(path.read_text(encoding='utf-8')).get('protocol'),
+                       weights_path)
   except (OSError, ValueError, AttributeError):
     return None
 
@@ -604,9 +613,10 @@ def result_path(workdir: str, name: str, protocol: dict[str, Any]) -> pathlib.Pa
       break
     path = pathlib.Path(workdir) / f'{name}-{n}.json'
   if path != first:
-    earlier = _protocol_in(first)
-    differ = (sorted(key for key in set(wanted) | set(earlier)
-                     if earlier.get(key) != wanted.get(key))
+    # Named from the protocols with their weights paths: an older result without the digest
+    # differs by the digest, not by a path that may well be the same.
+    earlier, now = _protocol_in(first, weights_path=True), _comparable(protocol, True)
+    differ = (sorted(key for key in set(now) | set(earlier) if earlier.get(key) != now.get(key))
               if isinstance(earlier, dict) else ['(unreadable)'])
     logging.warning('%s holds a result under another protocol (differing: %s); it is kept, and '
                     'this one goes to %s.', first.name, ', '.join(differ), path.name)

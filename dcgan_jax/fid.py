@@ -257,8 +257,10 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
       raise UserError("pytorch-fid's --save-stats takes two PATHs, the images and the .npz to "
                       f'write, got {len(paths)}; or write --save_stats=stats.npz and one PATH.')
     paths, save_stats = paths[:1], paths[1]
-    if not save_stats.lower().endswith('.npz'):
+    if (not save_stats.lower().endswith('.npz') and not os.path.isdir(save_stats)
+        and not save_stats.endswith(('/', os.sep))):
       # pytorch-fid hands the name to numpy, which adds the suffix: `... stats` writes stats.npz.
+      # (A folder is refused below, as pytorch-fid refuses an existing OUTPUT.)
       save_stats += '.npz'
   wanted = 1 if save_stats else 2
   if len(paths) != wanted:

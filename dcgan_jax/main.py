@@ -66,7 +66,13 @@ _fail = exit_with_user_error
 
 def _config_load_message(error: Exception, config_path: str | None) -> str:
   """'Cannot load the config file ...' with the root cause (e.g. the missing file)."""
-  if config_path and not os.path.isfile(config_path.split(':', 1)[0]):  # (path:args is allowed)
+  file = (config_path or '').split(':', 1)[0]  # (path:args is allowed)
+  if file and not os.path.isfile(file):
+    if file.startswith('~'):
+      return (f'Cannot load the config file {config_path!r}: no such file (a shell expands ~ '
+              "only at the start of a word, not after '--config='); write the full path.")
+    if os.path.isabs(file):
+      return f'Cannot load the config file {config_path!r}: no such file.'
     return (f'Cannot load the config file {config_path!r}: no such file relative to the '
             f'working directory {os.getcwd()!r}. configs/ comes with the repository, not with '
             'the installed package: run from the root of a clone, or pass the file\'s full path.')
@@ -82,6 +88,9 @@ def _config_load_message(error: Exception, config_path: str | None) -> str:
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with every mistake turned into one line on stderr and exit 2."""
   config_path = command_line.config_arg(argv)
+  # absl knows --help (and --helpshort, --helpfull) but not -h or -?, which the other programs
+  # take.
+  argv = [argv[0], *('--help' if arg in ('-h', '-?') else arg for arg in argv[1:])]
   try:
     remaining = FLAGS(argv)
   except SystemExit as e:
@@ -90,11 +99,16 @@ def parse_flags(argv: list[str]) -> list[str]:
     if e.code == 1 and any(arg in command_line.HELP_FLAGS for arg in argv[1:]):
       sys.exit(0)
     raise
+  except flags.UnrecognizedFlagError as e:  # A misspelt flag, or --no_library_logs.
+    _fail(command_line.unknown_flag_message(e.flagname, list(FLAGS),
+                                            command_line.boolean_flags(FLAGS)))
   except flags.Error as e:
     message = command_line.config_value_message(e, config_path)
-    if message is None and (e.__cause__ or e.__context__) is not None:
+    if (message is None and (e.__cause__ or e.__context__) is not None
+        and str(e).startswith('flag --config')):
       # The config file's get_config() raised: absl's first line ends in a colon and puts the
-      # reason, which the user needs, on the lines below.
+      # reason, which the user needs, on the lines below. (A bad value of another flag, e.g.
+      # --distributed=maybe, has a cause too: absl's own line names it.)
       message = _config_load_message(e, config_path)
     _fail(message or first_line(e))
   except (AttributeError, KeyError) as e:  # ml_collections: --config.<unknown field>=...

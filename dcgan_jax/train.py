@@ -218,7 +218,7 @@ def saved_images_seen(step: int, metadata: dict[str, Any], step_config: dict[str
 
 def _resumed_durations(config: ml_collections.ConfigDict, durations: durations_lib.Durations,
                        latest: int, saved_config: dict[str, Any],
-                       latest_setup: dict[str, Any]) -> durations_lib.Durations:
+                       latest_setup: dict[str, Any], log: bool = True) -> durations_lib.Durations:
   """The durations of a run that resumes after training at another batch size.
 
   A length in ``num_epochs`` then counts the images left (see
@@ -231,7 +231,7 @@ def _resumed_durations(config: ml_collections.ConfigDict, durations: durations_l
   images_seen = saved_images_seen(latest, latest_setup, saved_config, config)
   resumed = durations_lib.resolve_durations(config, durations.num_examples,
                                             resumed_at=(latest, images_seen))
-  if resumed.num_train_steps != durations.num_train_steps and jax.process_index() == 0:
+  if resumed.num_train_steps != durations.num_train_steps and log and jax.process_index() == 0:
     logging.info('num_epochs %g counts images: the run had trained on %d by step %d (at another '
                  'batch_size), so it ends at step %d rather than %d.', float(config.num_epochs),
                  images_seen, latest, resumed.num_train_steps, durations.num_train_steps)
@@ -456,11 +456,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       if start_step != latest:
         # Fell back past a damaged checkpoint: a length in epochs counts the images left from
         # the one restored, which may have trained at yet another batch size.
-        fallback = _resumed_durations(config, converted, start_step, step_config, saved_metadata)
+        fallback = _resumed_durations(config, converted, start_step, step_config, saved_metadata,
+                                      log=False)
         if fallback.num_train_steps != durations.num_train_steps:
           if is_chief:
             logging.info('Resumed from step %d, not the latest checkpoint (step %d): the run '
                          'ends at step %d.', start_step, latest, fallback.num_train_steps)
+            said = set(run_checks.duration_warnings(config, durations))
+            for message in run_checks.duration_warnings(config, fallback):
+              if message not in said:  # (Warm-up or EMA span against the new length.)
+                logging.warning('%s', message)
           durations = fallback
           initial_state = create_train_state(
               config, jax.random.fold_in(root_key, train_hooks.INIT_TAG), durations.num_train_steps)

@@ -299,13 +299,13 @@ def _varying_axes(x: Any) -> frozenset:
   """The mapped axes along which jax's shard_map types ``x`` as varying (check_vma=True), or
   an empty set (no such typing: pmap, check_vma=False, a jax without it)."""
   aval = jax.typeof(x)
-  vma = getattr(aval, 'vma', None)  # jax before 0.10.
+  vma = getattr(aval, 'vma', None)  # Its name in some jax versions.
   if vma is None:
     vma = getattr(getattr(aval, 'manual_axis_type', None), 'varying', None)
   return frozenset(vma or ())
 
 
-def _check_axis_bound(axis_name: str | None, images: jax.Array) -> None:
+def _check_axis_bound(axis_name: str | None) -> None:
   """Names the fix when a per-device step runs outside a mapping with its axis, or under
   ``jax.shard_map`` with its replication checking on (while tracing).
 
@@ -325,7 +325,9 @@ def _check_axis_bound(axis_name: str | None, images: jax.Array) -> None:
         f'under jax.shard_map(..., check_vma=False) or jax.pmap with that axis name '
         '(parallel.DataParallelStep does), or build it with axis_name=None for a plain jax.jit '
         'on one device.') from e
-  if axis_name in _varying_axes(images):
+  # The device's index varies along the axis exactly when jax types values so (whatever the
+  # batch's in_specs).
+  if axis_name in _varying_axes(jax.lax.axis_index(axis_name)):
     raise UserError(
         f'make_train_step(..., axis_name={axis_name!r}) runs under jax.shard_map with '
         "check_vma=True (shard_map's default), where jax sums replicated parameters' gradients "
@@ -542,8 +544,8 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     return state.replace(generator=g, discriminator=d), aux
 
   def step(state: GANState, batch: Batch, rng: jax.Array) -> tuple[GANState, Metrics]:
+    _check_axis_bound(axis_name)
     real_images, real_labels = split_batch(batch, num_classes)
-    _check_axis_bound(axis_name, real_images)
     real = images_to_model_range(real_images, output_activation)
     local_batch = real.shape[0]
     if not local_batch:  # Means over no rows would be NaN and poison every parameter.

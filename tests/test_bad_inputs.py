@@ -49,6 +49,11 @@ ROWS = [
      ['--config={t}/misspelt.py', '--workdir={w}'],
      "Unknown config field 'generator_widht', set in"),
     ('missing_workdir_flag', 'dcgan_jax.main', [CONFIG], '--workdir is required'),
+    # A bad value of one of main's own flags was reported as a config file that cannot load.
+    ('bad_main_flag_value', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--distributed=maybe'],
+     "flag --distributed=maybe: ('Non-boolean argument to boolean flag', 'maybe')"),
+    ('no_underscore_boolean', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--no_library_logs'],
+     'Unknown flag --no_library_logs; this program spells it --nolibrary_logs.'),
     ('unknown_dataset', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.dataset=nope'],
      "Unknown dataset 'nope'; use one of digits, folder, array, mnist"),
     ('image_size_not_4_2k', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.image_size=48'],

@@ -195,8 +195,8 @@ def test_evaluate_writes_json_and_reuses_the_reference_cache(run_dir, inception_
   assert all(0.0 <= result[name] <= 1.0 for name in ('precision', 'recall', 'coverage'))
   assert result['density'] >= 0.0
   assert protocol['precision_recall'] == {
-      'k': 1, 'features': 'inception pool_3', 'num_generated_features': NUM,
-      'num_reference_features': NUM}
+      'k': 1, 'features': 'inception pool_3', 'inside': evaluate.MANIFOLD_INSIDE,
+      'num_generated_features': NUM, 'num_reference_features': NUM}
   assert f"Precision {result['precision']:.4f}, recall {result['recall']:.4f}" in out
   cache = run_dir / 'fid_reference_digits_8_pytorch_fid.npz'
   assert protocol['reference']['source'] == str(cache) and cache.is_file()
@@ -587,3 +587,25 @@ def test_a_result_under_another_protocol_is_kept(tmp_path, caplog):
     newer = evaluate.result_path(str(tmp_path), 'eval_step_000004',
                                  {**protocol, 'latents': evaluate.LATENTS})
   assert newer == tmp_path / 'eval_step_000004-3.json' and '(differing: latents)' in caplog.text
+
+
+def test_a_result_from_before_a_protocol_field_is_kept_and_the_difference_named(tmp_path,
+                                                                               caplog):
+  """An older result lacks the weights' digest: it is kept, and the warning names the digest,
+  not the weights path (the same); a field at None counts as absent."""
+  old = {'num_samples': 10, 'inception_weights': '/w.npz', 'label': None}
+  (tmp_path / 'eval_step_000001.json').write_text(json.dumps({'protocol': old}))
+  new = {**old, evaluate.FINGERPRINT_KEY: 'abcd'}
+  with caplog.at_level(logging.WARNING):
+    path = evaluate.result_path(str(tmp_path), 'eval_step_000001', new)
+  assert path.name == 'eval_step_000001-2.json'
+  assert 'differing: inception_weights_fingerprint);' in caplog.text
+  # No digest recorded (None): the same protocol as the older result, whose file is reused.
+  assert evaluate.result_path(str(tmp_path), 'eval_step_000001',
+                              {**old, evaluate.FINGERPRINT_KEY: None}).name == (
+                                  'eval_step_000001.json')
+  # With digests on both sides, the weights' path is not part of the protocol.
+  (tmp_path / 'eval_step_000002.json').write_text(json.dumps({'protocol': new}))
+  assert evaluate.result_path(str(tmp_path), 'eval_step_000002',
+                              {**new, 'inception_weights': '/elsewhere/w.npz'}).name == (
+                                  'eval_step_000002.json')

@@ -194,6 +194,9 @@ def test_a_zip_of_mixed_sizes_with_a_broken_file(weights, folders, tmp_path, cap
     (['--save-stats', '{real}', '{t}/kept.npz'], 'kept.npz already exists'),
     # pytorch-fid's numpy adds the suffix to an OUTPUT without it: so does this spelling.
     (['--save-stats', '{real}', '{t}/kept'], 'kept.npz already exists'),
+    # ...but never to a folder, as pytorch-fid refuses an existing OUTPUT.
+    (['--save-stats', '{real}', '{t}/empty'], "must name an .npz file (got '{t}/empty')"),
+    (['--save-stats', '{real}', '{t}/new_folder/'], '--save_stats must name an .npz file'),
     (['--save-stats', '{real}'], "pytorch-fid's --save-stats takes two PATHs"),
     (['{real}', '{t}/three', '--precision_recall'],
      'three holds 3 image file(s); --precision_recall (k=3) needs more than 3 per PATH'),

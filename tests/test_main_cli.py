@@ -20,6 +20,9 @@ def test_help_lists_the_flags():
   assert 'Traceback' not in result.stderr
   assert '--workdir' in result.stdout and '--config' in result.stdout
   assert result.returncode == 0  # As the other programs' --help (absl's own exits with 1).
+  short = subprocess.run([sys.executable, '-m', 'dcgan_jax.main', '-h'], cwd=_ROOT,
+                         capture_output=True, text=True, timeout=120)
+  assert short.returncode == 0 and '--workdir' in short.stdout  # absl knew no -h.
 
 
 def test_a_boolean_flag_spelt_with_no_underscore_is_told_absl_spelling():
@@ -31,7 +34,7 @@ def test_a_boolean_flag_spelt_with_no_underscore_is_told_absl_spelling():
   with pytest.raises(SystemExit) as exit_info:
     command_line.parse_private_flags(flag_values, ['prog', '--no_ema'])
   assert exit_info.value.code == 2
-  booleans = command_line._boolean_flags(flag_values)  # pylint: disable=protected-access
+  booleans = command_line.boolean_flags(flag_values)
   assert booleans == ['ema']
   assert command_line.unknown_flag_message('--no_ema', list(flag_values), booleans) == (
       'Unknown flag --no_ema; this program spells it --noema.')

@@ -217,13 +217,14 @@ def test_a_per_device_step_under_shard_maps_replication_checks_is_one_clear_erro
   state = jax.device_put(initial_state, jax.sharding.NamedSharding(mesh, P()))
   images = jax.device_put(_images(8), jax.sharding.NamedSharding(mesh, P('batch')))
   key = jax.device_put(jax.random.key(0), jax.sharding.NamedSharding(mesh, P()))
-  for check_vma in (True, False):
-    step = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P('batch'), P()),
+  # Also with the batch replicated (P()): the sums come from the step's own draws then.
+  for check_vma, image_spec in ((True, P('batch')), (True, P()), (False, P('batch'))):
+    step = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), image_spec, P()),
                                  out_specs=(P(), P()), check_vma=check_vma))
     if check_vma:
       with pytest.raises(UserError, match=r'check_vma=True .* multiply them by the device count: '
                                           r'pass check_vma=False to jax.shard_map'):
-        step(state, images, key)
+        step(state, jax.device_put(images, jax.sharding.NamedSharding(mesh, image_spec)), key)
     else:  # As parallel.DataParallelStep runs it.
       new_state, metrics = step(state, images, key)
       assert int(new_state.step) == 1 and np.isfinite(float(metrics['d_loss']))

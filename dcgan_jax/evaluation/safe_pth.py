@@ -428,6 +428,8 @@ def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
         state = _read_legacy(file)
   except FileNotFoundError:
     raise UserError(f'The weights file {path} does not exist.') from None
+  except UserError:  # Already says what is wrong (a UserError is a ValueError).
+    raise
   except (PthFormatError, zipfile.BadZipFile, EOFError, KeyError, ValueError,
           TypeError, IndexError, AttributeError, OSError, struct.error,
           UnicodeDecodeError) as e:
