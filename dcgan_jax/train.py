@@ -430,8 +430,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                  config.parallelism,
                  'device-resident' if device_resident else 'streamed by tf.data', data_reason)
     root_key = jax.random.key(int(config.seed))
-    initial_state = create_train_state(config, jax.random.fold_in(root_key, train_hooks.INIT_TAG),
-                                       durations.num_train_steps)
+    init_key = jax.random.fold_in(root_key, train_hooks.INIT_TAG)
+    initial_state = create_train_state(config, init_key, durations.num_train_steps)
     train_key = jax.random.fold_in(root_key, train_hooks.TRAIN_TAG)
     state = parallel.replicate(initial_state, step_fn.mesh)
     start_step = images_seen_start = d_updates_start = 0
@@ -467,12 +467,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
               if message not in said:  # (Warm-up or EMA span against the new length.)
                 logging.warning('%s', message)
           durations = fallback
-          initial_state = create_train_state(
-              config, jax.random.fold_in(root_key, train_hooks.INIT_TAG), durations.num_train_steps)
-          # The schedules live in the optimizers (static fields): the restored arrays take the
-          # state's new structure, with the length now known.
-          restored['gan'] = jax.tree.unflatten(jax.tree.structure(initial_state),
-                                               jax.tree.leaves(restored['gan']))
+          # The schedules live in the optimizers (static fields of the state's structure): the
+          # restored arrays take the structure of a state of the length now known, traced
+          # abstractly (no second initialisation; the untrained state's arrays are the same).
+          structure = jax.tree.structure(jax.eval_shape(
+              lambda: create_train_state(config, init_key, fallback.num_train_steps)))
+          restored['gan'] = jax.tree.unflatten(structure, jax.tree.leaves(restored['gan']))
       final_outputs_missing = _final_outputs_missing(workdir, start_step, saved_metadata)
       if jax.process_count() > 1:  # Process 0 wrote the file: its reading decides for all.
         from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
