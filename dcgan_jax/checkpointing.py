@@ -47,12 +47,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dcgan_jax import config_files
 from dcgan_jax import json_files
 from dcgan_jax.errors import UserError
 
-CHECKPOINT_DIR = 'checkpoints'
+CHECKPOINT_DIR = config_files.RUN_CHECKPOINT_DIR
 CORRUPT_CHECKPOINT_DIR = 'corrupt_checkpoints'
-CONFIG_FILE = 'config.json'
+CONFIG_FILE = config_files.RUN_CONFIG_FILE
 LOCK_FILE = '.lock'
 
 # Item names inside each step directory.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import json
 import os
 from typing import Any
 
@@ -99,6 +100,65 @@ def default_values() -> dict[str, Any]:
     return load_config(DEFAULT_CONFIG).to_dict()
   except UserError:
     return {}
+
+
+# What state-shaping fields added after the first release meant before they existed (older
+# config.json files and checkpoints).
+BEFORE_THEY_EXISTED = {'discriminator_norm': 'batch', 'num_classes': 0,
+                       'generator_conditioning': 'concat'}
+
+# A training run's config and its checkpoints' folder, in its workdir (checkpointing's names).
+RUN_CONFIG_FILE = 'config.json'
+RUN_CHECKPOINT_DIR = 'checkpoints'
+
+
+def run_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config a training run was last started with, to resume it without its config file.
+
+  ``python -m dcgan_jax.main --workdir=RUN`` (no ``--config``) trains on with it. It is
+  ``<workdir>/config.json``, which every start of the run writes, overrides included (else,
+  where that file is gone, the newest checkpoint's config). Fields that configs/default.py
+  defines and the saved config lacks (added to dcgan_jax since the run started) take their
+  default values, as they would with ``--config=configs/default.py``; the resume names them.
+
+  Args:
+    workdir: A training run's directory.
+
+  Returns:
+    The config, locked as :func:`load_config`'s.
+
+  Raises:
+    UserError: the workdir holds no run, or its config.json cannot be read.
+  """
+  path = os.path.join(os.path.expanduser(os.fspath(workdir)), RUN_CONFIG_FILE)
+  if os.path.isfile(path):
+    try:
+      with open(path, encoding='utf-8') as f:
+        saved = json.load(f)
+    except (OSError, ValueError) as e:
+      raise UserError(f'{path} cannot be read ({type(e).__name__}: {e}); pass the config file '
+                      'and the overrides the run was started with, --config=... .') from e
+    if not isinstance(saved, dict):
+      raise UserError(f'{path} does not hold a JSON object; pass the config file and the '
+                      'overrides the run was started with, --config=... .')
+  else:
+    from dcgan_jax import checkpointing  # pylint: disable=g-import-not-at-top  # orbax: slow.
+    saved = checkpointing.restore_config(workdir)
+  config = ml_collections.ConfigDict({**default_values(), **BEFORE_THEY_EXISTED, **saved})
+  config.lock()
+  return config
+
+
+def holds_a_run(workdir: str | os.PathLike) -> bool:
+  """Whether `workdir` holds a training run's config.json or a checkpoint's step folder (cheap:
+  no orbax)."""
+  path = os.path.expanduser(os.fspath(workdir))
+  if os.path.isfile(os.path.join(path, RUN_CONFIG_FILE)):
+    return True
+  try:
+    return any(name.isdigit() for name in os.listdir(os.path.join(path, RUN_CHECKPOINT_DIR)))
+  except OSError:  # No such folder (or not one).
+    return False
 
 
 def default_field_names() -> list[str]:

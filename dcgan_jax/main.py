@@ -3,7 +3,8 @@ r"""Command line of the DCGAN trainer.
   python -m dcgan_jax.main --config=configs/default.py --workdir=/tmp/dcgan_digits \
       [--config.batch_size=128 --config.num_epochs=10 ...]
 
-Re-running with the same --workdir resumes from its latest checkpoint. Multi-process runs
+Re-running with the same --workdir resumes from its latest checkpoint; --workdir alone resumes
+with the settings the run was last started with (its config.json). Multi-process runs
 (several hosts, or several processes on one machine) pass --coordinator_address,
 --num_processes and --process_id, or --distributed to let JAX detect them (TPU pods, SLURM).
 
@@ -40,6 +41,7 @@ from ml_collections import config_flags
 
 from dcgan_jax import cli_logging
 from dcgan_jax import command_line
+from dcgan_jax import config_files
 from dcgan_jax import preemption
 from dcgan_jax.errors import UserError, exit_with_user_error, first_line
 
@@ -47,9 +49,10 @@ FLAGS = flags.FLAGS
 
 config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (configs/*.py); fields can be overridden with '
-    '--config.<field>=<value>.', lock_config=True)
+    '--config.<field>=<value>. Not needed to resume a run with its own settings.',
+    lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples; re-using it '
-                    'resumes the run.')
+                    'resumes the run (alone, with the settings in its config.json).')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (auto-detected '
                   'cluster settings, e.g. on TPU pods or SLURM; implied when the environment '
                   'sets JAX_COORDINATOR_ADDRESS).')
@@ -100,6 +103,10 @@ def parse_flags(argv: list[str]) -> list[str]:
       sys.exit(0)
     raise
   except flags.UnrecognizedFlagError as e:  # A misspelt flag, or --no_library_logs.
+    if config_path is None and e.flagname.startswith('config.'):
+      _fail(f'--{e.flagname} overrides a field of a config file: pass --config=<file> too, '
+            'e.g. --config=configs/default.py (to resume a run with a changed setting, the file '
+            'and overrides it was started with, and the change).')
     _fail(command_line.unknown_flag_message(e.flagname, list(FLAGS),
                                             command_line.boolean_flags(FLAGS)))
   except flags.Error as e:
@@ -120,9 +127,13 @@ def parse_flags(argv: list[str]) -> list[str]:
   if len(remaining) > 1:
     _fail(f'Unexpected arguments {" ".join(remaining[1:])!r}; pass options as --name=value.')
   if config_path is None:
-    _fail('--config is required, e.g. --config=configs/default.py; to resume a run, pass the '
-          'config file and the overrides it was started with (its config.json lists its '
-          'settings).')
+    if not FLAGS.workdir:
+      _fail('--config is required, e.g. --config=configs/default.py (to resume a run, '
+            '--workdir=<its folder> alone is enough).')
+    if not config_files.holds_a_run(FLAGS.workdir):
+      _fail(f'--config is required to start a run, e.g. --config=configs/default.py: the '
+            f'workdir {FLAGS.workdir} holds no run to resume (no {config_files.RUN_CONFIG_FILE}).')
+    return remaining  # FLAGS.config stays None: main() resumes with the run's own config.
   try:
     FLAGS.config.keys()  # The file is loaded lazily, on first use.
   except Exception as e:  # pylint: disable=broad-except
@@ -161,11 +172,16 @@ def main(argv: list[str]) -> None:
     # train_and_evaluate checks the data settings next, and TensorFlow loads only where the
     # input pipeline or the TensorBoard writer needs it, hidden from the accelerators then
     # (dcgan_jax.tensorflow_devices), so it takes no GPU memory that JAX needs.
-    run_checks.validate_config(FLAGS.config)
+    config = FLAGS.config
+    if config is None:  # --workdir alone: the run goes on with the settings it was started with.
+      config = config_files.run_config(FLAGS.workdir)
+      logging.info('No --config: %s goes on with the settings it was last started with.',
+                   FLAGS.workdir)
+    run_checks.validate_config(config)
     run_checks.check_workdir_path(FLAGS.workdir)
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     cli_logging.no_progress_bars_off_a_terminal()
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(config, FLAGS.workdir)
   except UserError as e:
     logging.flush()
     _fail(str(e))

@@ -181,9 +181,6 @@ def _validate_config(config: ml_collections.ConfigDict) -> None:
 _STATE_SHAPE_FIELDS = ('image_size', 'channels', 'latent_dim', 'generator_width',
                        'discriminator_width', 'upsample', 'discriminator_norm', 'num_classes',
                        'generator_conditioning')
-# What a field added after the first release meant before it existed (older config.json files).
-_STATE_SHAPE_DEFAULTS = {'discriminator_norm': 'batch', 'num_classes': 0,
-                         'generator_conditioning': 'concat'}
 
 
 _ADA_SPEED_DEFAULT = 500_000  # configs/default.py's (ADA's own) ada_speed_images.
@@ -338,7 +335,7 @@ def check_resume_config(config: ml_collections.ConfigDict, saved: dict[str, Any]
   """
   changed = []
   for name in _STATE_SHAPE_FIELDS:
-    default = _STATE_SHAPE_DEFAULTS.get(name)
+    default = config_files.BEFORE_THEY_EXISTED.get(name)
     before, now = saved.get(name, default), config.get(name, default)
     if before is not None and before != now:
       changed.append(f'{name} {before!r} -> {now!r}')

@@ -49,6 +49,12 @@ ROWS = [
      ['--config={t}/misspelt.py', '--workdir={w}'],
      "Unknown config field 'generator_widht', set in"),
     ('missing_workdir_flag', 'dcgan_jax.main', [CONFIG], '--workdir is required'),
+    # Without --config a workdir that holds a run resumes with its config.json; one that holds
+    # none is a mistake, as is an override with nothing to override.
+    ('no_config_and_no_run', 'dcgan_jax.main', ['--workdir={w}'],
+     '--config is required to start a run, e.g. --config=configs/default.py: the workdir'),
+    ('override_without_config', 'dcgan_jax.main', ['--workdir={w}', '--config.num_train_steps=5'],
+     '--config.num_train_steps overrides a field of a config file: pass --config=<file> too'),
     # A bad value of one of main's own flags was reported as a config file that cannot load.
     ('bad_main_flag_value', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--distributed=maybe'],
      "flag --distributed=maybe: ('Non-boolean argument to boolean flag', 'maybe')"),

@@ -458,6 +458,18 @@ def test_the_command_saves_says_so_in_one_line_and_exits_128_plus_the_signal(
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'Resumed from the checkpoint of step {stop_step}.' in result.stderr
   assert _checkpoint_steps(workdir) == [stop_step, stop_step + 5]
+  if signum == signal.SIGTERM:  # (Once is enough: one more launch.)
+    # --workdir alone goes on with the settings of the last start (config.json): the run is
+    # finished at its new end. (configs/default.py's own settings would have been refused:
+    # models of another shape.)
+    result = subprocess.run(
+        [sys.executable, NO_TENSORFLOW_RUNNER, '-m', 'dcgan_jax.main', f'--workdir={workdir}'],
+        cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f'No --config: {workdir} goes on with the settings' in result.stderr
+    assert (f'already at step {stop_step + 5} >= num_train_steps {stop_step + 5}; nothing to '
+            'train') in result.stderr, result.stderr[-3000:]
+    assert _checkpoint_steps(workdir) == [stop_step, stop_step + 5]
 
 
 @pytest.mark.slow

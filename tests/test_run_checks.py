@@ -111,6 +111,43 @@ def test_resume_check_reads_a_config_json_from_before_discriminator_norm(tmp_pat
     run_checks.check_resume_config(config, saved, tmp_path)
 
 
+def test_run_config_is_the_saved_config_with_fields_added_since(tmp_path):
+  """`main --workdir=RUN` alone resumes with this: config.json's values (overrides included),
+  fields the run predates at what they meant then or at their defaults, locked."""
+  from dcgan_jax import config_files  # pylint: disable=g-import-not-at-top
+  saved = tiny_config(str(tmp_path)).to_dict()
+  saved.update(num_train_steps=7, g_learning_rate=3e-4)
+  for name in ('discriminator_norm', 'ema_decay'):  # Fields a run of an older version lacks.
+    del saved[name]
+  run = tmp_path / 'run'
+  assert not config_files.holds_a_run(run)
+  (run / 'checkpoints').mkdir(parents=True)
+  (run / 'checkpoints' / 'notes.txt').write_text('no step folder')
+  assert not config_files.holds_a_run(run)  # main then asks for --config.
+  (run / 'checkpoints' / '10').mkdir()
+  assert config_files.holds_a_run(run)
+  (run / 'config.json').write_text(json.dumps(saved))
+  assert config_files.holds_a_run(run)
+  config = config_files.run_config(run)
+  assert {name: config[name] for name in saved} == saved
+  assert config.discriminator_norm == 'batch'  # What runs had before the field existed.
+  assert config.ema_decay == load_config('default').ema_decay
+  with pytest.raises(AttributeError):  # Locked: a misspelt field is not carried along.
+    config.num_train_step = 3
+  run_checks.validate_config(config)
+  run_checks.check_resume_config(config, saved, run)  # The same models: it resumes.
+
+  (run / 'config.json').write_text('[1, 2]')
+  with pytest.raises(UserError, match='does not hold a JSON object'):
+    config_files.run_config(run)
+  (run / 'config.json').write_text('{"seed": ')  # Cut short.
+  with pytest.raises(UserError, match='config.json cannot be read'):
+    config_files.run_config(run)
+  (run / 'config.json').unlink()
+  with pytest.raises(UserError, match='holds no run config'):
+    config_files.run_config(run)
+
+
 def test_resume_check_refuses_turning_ada_on_or_off_but_not_retuning_it(tmp_path):
   """ADA's probability is part of the state; runs saved before ADA existed had none."""
   saved = {name: value for name, value in tiny_config(str(tmp_path)).to_dict().items()
