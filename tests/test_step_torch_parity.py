@@ -325,6 +325,45 @@ def test_forward_passes_match(initial_state):
       assert _max_rel_diff(ours[module]['mean'], ref[module]['mean']) <= RTOL, module
 
 
+def test_inference_mode_forward_passes_match(initial_state):
+  # train=False (running statistics): what `sample`, `evaluate` and the sample grids run. The
+  # running statistics and BatchNorm affine maps are made non-trivial (at initialisation they
+  # are (0, 1) and (1, 0), which would hide a mixed-up mean/var or scale/bias). Both sides use
+  # the same statistics, so Bessel's factor (module docstring) does not enter.
+  rng = np.random.default_rng(7)
+
+  def perturbed(variables):
+    params = {k: dict(v) for k, v in variables['params'].items()}
+    stats = {}
+    for name, s in variables['batch_stats'].items():
+      shape = s['mean'].shape
+      stats[name] = {'mean': rng.normal(0.0, 0.3, shape).astype(np.float32),
+                     'var': rng.uniform(0.3, 3.0, shape).astype(np.float32)}
+      params[name] = {'scale': np.asarray(params[name]['scale']) + rng.normal(0.0, 0.2, shape),
+                      'bias': rng.normal(0.0, 0.2, shape)}
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    return {'params': params, 'batch_stats': jax.tree.map(jnp.asarray, stats)}
+
+  g_vars = perturbed(initial_state.generator.variables)
+  d_vars = perturbed(initial_state.discriminator.variables)
+  net_g, net_d = benchmark_train.torch_models(IMAGE_SIZE, WIDTH, nz=LATENT)
+  net_g, net_d = net_g.double().eval(), net_d.double().eval()
+  for net, kind, variables in [(net_g, 'g', g_vars), (net_d, 'd', d_vars)]:
+    params, stats = _entries(net, kind)
+    _load(params, variables['params'])
+    _load(stats, variables['batch_stats'])
+  z = _latents(jax.random.key(STEP_KEYS[0]))
+  real = _images(0)
+  fake = np.asarray(jax.jit(lambda v, z: G.apply(v, z, train=False))(g_vars, z))
+  logits = np.asarray(jax.jit(lambda v, x: D.apply(v, x.astype(jnp.float32) / 127.5 - 1.0,
+                                                   train=False))(d_vars, real))
+  with torch.no_grad():
+    torch_fake = net_g(_torch_z(z)).permute(0, 2, 3, 1).numpy()
+    torch_logits = net_d[:-1](_torch_images(real)).view(-1).numpy()
+  assert _max_rel_diff(fake, torch_fake) <= RTOL
+  assert _max_rel_diff(logits, torch_logits) <= RTOL
+
+
 @pytest.mark.parametrize('iteration', range(len(STEP_KEYS)))
 def test_losses_and_metrics_match(jax_run, torch_run, iteration):
   _, metrics = jax_run[iteration]
