@@ -42,13 +42,16 @@ EXPECTED_WARNINGS: tuple[tuple[str, str], ...] = (
     ('/tensorflow_datasets/core/utils/file_utils.py', 'Variant folder '),
 )
 
-# Library INFO records that are not hidden with the rest of their package, but are hidden or
-# reworded: clu's LoggingWriter puts the whole config on one ~1,500-character line
+# Library INFO records that are not hidden with the rest of their package, but are hidden (those
+# that contain a text) or reworded (those that start with one): clu's LoggingWriter puts the whole config on one ~1,500-character line
 # ("[Hyperparameters] {...}"), which config.json holds in readable form; clu's progress line
 # ("Setting work unit notes: 18.0 steps/s, 33.3% (10/30), ETA: 0m") is the one that shows the
 # share done and the ETA, but names a platform's notes field a local run does not have.
+# Its "[N] Got images: {'samples': (1, 274, 274, 1)}" follows every sample grid and says only
+# that one was written (the grid's PNG is in samples/).
 HIDDEN_INFO: tuple[tuple[str, str], ...] = (
     ('/clu/metric_writers/logging_writer.py', '[Hyperparameters]'),
+    ('/clu/metric_writers/logging_writer.py', ' Got images: '),
 )
 REWORDED_INFO: tuple[tuple[str, str, str], ...] = (
     ('/clu/platform/', 'Setting work unit notes: ', 'Progress: '),
@@ -79,7 +82,7 @@ class LibraryInfoFilter(logging.Filter):
     if any(fragment in path for fragment in self.paths):
       return False
     message = record.getMessage()
-    if any(fragment in path and message.startswith(start) for fragment, start in HIDDEN_INFO):
+    if any(fragment in path and text in message for fragment, text in HIDDEN_INFO):
       return False
     for fragment, start, replacement in REWORDED_INFO:
       if fragment in path and message.startswith(start):

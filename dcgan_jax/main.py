@@ -91,6 +91,10 @@ def _config_load_message(error: Exception, config_path: str | None) -> str:
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with every mistake turned into one line on stderr and exit 2."""
   config_path = command_line.config_arg(argv)
+  if config_path and config_path.split(':', 1)[0].endswith('.json'):
+    # ml_collections loads Python files only: it said "NameError: name 'true' is not defined".
+    _fail(f'--config takes a Python config file (configs/*.py), not {config_path!r}; to resume '
+          "a run with the settings in its config.json, pass --workdir=<the run's folder> alone.")
   # absl knows --help (and --helpshort, --helpfull) but not -h or -?, which the other programs
   # take.
   argv = [argv[0], *('--help' if arg in ('-h', '-?') else arg for arg in argv[1:])]

@@ -209,8 +209,17 @@ def main(argv: list[str] | None = None) -> None:
     fail(f'--config takes a Python config file (configs/*.py), not {config_paths[-1]!r}; for '
          "a run's config.json pass --workdir=<the run's folder>.")
 
+  # One config or run per call: absl keeps the last of repeated flags, and a second run after
+  # --workdir was dropped without a word (as if `summary` compared runs, which it does not).
+  workdirs = [arg for arg in argv[1:] if arg.split('=', 1)[0] in ('--workdir', '-workdir')]
+  if len(workdirs) > 1:
+    fail(f'summary describes one run; got --workdir {len(workdirs)} times. Run it once per '
+         'run.')
   try:
-    flag_values(argv)
+    remaining = flag_values(argv)
+    if len(remaining) > 1:
+      fail(f'Unexpected arguments {" ".join(remaining[1:])!r}; pass options as --name=value '
+           '(summary describes one config or run).')
     config = flag_values.config
     if config is not None:
       config.keys()  # The file is loaded lazily, on first use.

@@ -53,6 +53,8 @@ ROWS = [
     # none is a mistake, as is an override with nothing to override.
     ('no_config_and_no_run', 'dcgan_jax.main', ['--workdir={w}'],
      '--config is required to start a run, e.g. --config=configs/default.py: the workdir'),
+    ('json_config', 'dcgan_jax.main', ['--config={w}/config.json', '--workdir={w}'],
+     "--config takes a Python config file (configs/*.py), not '"),
     ('override_without_config', 'dcgan_jax.main', ['--workdir={w}', '--config.num_train_steps=5'],
      '--config.num_train_steps overrides a field of a config file: pass --config=<file> too'),
     # A bad value of one of main's own flags was reported as a config file that cannot load.

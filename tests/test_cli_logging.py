@@ -60,6 +60,9 @@ def test_clus_config_line_is_hidden_and_its_progress_line_reworded():
   hparams = logging.LogRecord('absl', logging.INFO, writer, 80, '[Hyperparameters] %s',
                               ({'batch_size': 64},), None)
   assert not library_filter.filter(hparams)  # config.json holds it, readably.
+  images = logging.LogRecord('absl', logging.INFO, writer, 51, '[%d]%s Got images: %s.',
+                             (10, '', {'samples': (1, 274, 274, 1)}), None)
+  assert not library_filter.filter(images)  # Said after every grid; samples/ holds them.
   scalars = logging.LogRecord('absl', logging.INFO, writer, 48, '[%d] %s', (10, 'd_loss=0.7'),
                               None)
   assert library_filter.filter(scalars) and scalars.getMessage() == '[10] d_loss=0.7'

@@ -176,7 +176,12 @@ def test_summary_of_a_run_reads_its_config(run_dir, tmp_path, capsys):
       ([f'--workdir={tmp_path}'], str(tmp_path)),
       ([f'--workdir={run_dir}', f'--config={_ROOT}/configs/default.py'],
        'Pass --config (a config file) or --workdir (a run), not both.'),
-      ([], '--config or --workdir is required')]:
+      ([], '--config or --workdir is required'),
+      # A second run was dropped without a word (absl keeps the last flag; a positional was
+      # ignored), as if summary compared runs.
+      ([f'--workdir={run_dir}', f'--workdir={tmp_path}'],
+       'summary describes one run; got --workdir 2 times. Run it once per run.'),
+      ([f'--workdir={run_dir}', str(tmp_path)], f"Unexpected arguments '{tmp_path}'")]:
     with pytest.raises(SystemExit) as exit_info:
       summary.main(['summary'] + args)
     assert exit_info.value.code == EXIT_USER_ERROR
