@@ -250,12 +250,15 @@ def duration_warnings(config: ml_collections.ConfigDict,
   if 0 < ema_decay < 1 and durations.num_train_steps < 1 / (1 - ema_decay):
     # The sample grids (and sample/evaluate by default) then show a nearly untrained G: flat
     # grey squares after a short run on a small folder with folder.py's 0.999.
+    steps = durations.num_train_steps
+    # A span of a tenth of the run (1 - 10/steps): late enough to leave the untrained G behind.
+    advice = (f'about {1 - 10 / steps:.3g} (an average over the last tenth of the run) or 0'
+              if steps >= 20 else '0 (the run is too short for an average)')
     warnings.append(
         f'ema_decay {ema_decay:g} averages over about {round(1 / (1 - ema_decay)):,} steps, '
-        f'more than this run has ({durations.num_train_steps:,}): the EMA weights, which the '
-        'sample grids, the scores, sample and evaluate use, stay close to the untrained '
-        'generator; set ema_decay nearer 1 - 1/num_train_steps (e.g. 0.99 for a few hundred '
-        'steps) or 0.')
+        f'more than this run has ({steps:,}): the EMA weights, which the sample grids, the '
+        f'scores, sample and evaluate use, stay close to the untrained generator; set ema_decay '
+        f'to {advice}.')
   return warnings
 
 

@@ -98,6 +98,8 @@ UNTRAINED_QUALITY_KEY = 'untrained_quality'
 # And the step the run that saved it was to end at: a checkpoint at that step is the run's
 # final one, whose samples and scores come after it (see FINISHED_FILE).
 RUN_END_KEY = 'run_end_step'
+# The hparams (TensorBoard's HPARAMS table, hparams.json) add the run's length in steps.
+RESOLVED_STEPS_HPARAM = 'resolved_num_train_steps'
 # Written once the final samples, scores and progress.gif are done: ``{"step": N}``. A run
 # stopped after its final checkpoint but before these makes them when launched again.
 FINISHED_FILE = 'finished.json'
@@ -587,8 +589,11 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     return metadata
 
   if start_step == 0 and is_chief:
-    writer.write_hparams({k: v for k, v in config.to_dict().items()
-                          if isinstance(v, (int, float, str, bool))})
+    # With the length resolved: a run set in epochs has num_train_steps -1, which says nothing
+    # in TensorBoard's HPARAMS table.
+    writer.write_hparams({**{k: v for k, v in config.to_dict().items()
+                             if isinstance(v, (int, float, str, bool))},
+                          RESOLVED_STEPS_HPARAM: num_train_steps})
     # Every parameter's shape, mean and std at initialisation goes to a file, not the console:
     # the model table logged above already counts them, and 30 more lines bury the run's own.
     with open(os.path.join(workdir, PARAMETERS_TXT), 'w', encoding='utf-8') as f:

@@ -179,7 +179,8 @@ def test_training_runs_and_resumes_without_tensorflow(tmp_path):
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['2', '4']
   assert (workdir / 'samples' / 'step_000004.png').is_file()
   assert (workdir / 'samples' / 'progress.gif').is_file()
-  assert json.loads((workdir / 'hparams.json').read_text())['dataset'] == 'array'
+  hparams = json.loads((workdir / 'hparams.json').read_text())
+  assert hparams['dataset'] == 'array' and hparams['resolved_num_train_steps'] == 4
   # Extended to 6 steps: resumes at 4 and appends to the same metrics.jsonl.
   proc = _run(workdir, tmp_path / 'images.npy', 6)
   assert proc.returncode == 0, proc.stderr[-3000:]

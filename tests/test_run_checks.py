@@ -219,6 +219,12 @@ def test_config_warnings_name_an_unconstrained_critic_and_fields_nothing_reads(t
   (message,) = run_checks.duration_warnings(config, durations_lib.resolve_durations(config, 1797))
   assert message.startswith('ema_decay 0.999 averages over about 1,000 steps, more than this '
                             'run has (125)')
+  # The advice fits the run (it said 0.99 whatever the length; 0.99 spans 100 steps).
+  assert message.endswith('set ema_decay to about 0.92 (an average over the last tenth of the '
+                          'run) or 0.'), message
+  config.num_train_steps = 12
+  (message,) = run_checks.duration_warnings(config, durations_lib.resolve_durations(config, 1797))
+  assert message.endswith('set ema_decay to 0 (the run is too short for an average).'), message
   config.num_train_steps = 1000
   assert run_checks.duration_warnings(config, durations_lib.resolve_durations(config, 1797)) == []
 
