@@ -186,6 +186,8 @@ def test_training_runs_and_resumes_without_tensorflow(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'Resumed from the checkpoint of step 4' in proc.stderr
   scalars = run_logs.read_scalars(workdir)
+  from test_readme import readme_scalar_tags  # pylint: disable=g-import-not-at-top
+  assert set(scalars) <= readme_scalar_tags(), set(scalars) - readme_scalar_tags()
   for tag in ('d_loss', 'g_loss', 'd_real', 'g_learning_rate', 'img_per_sec'):
     np.testing.assert_array_equal(scalars[tag][0], [2, 4, 6])
     assert np.all(np.isfinite(scalars[tag][1]))
