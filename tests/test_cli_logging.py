@@ -77,6 +77,13 @@ def test_clus_config_line_is_hidden_and_its_progress_line_reworded():
                            ('18.0 steps/s, 100.0% (30/30), ETA: 0m',), None)
   assert library_filter.filter(done)
   assert done.getMessage() == 'Progress: 18.0 steps/s, 100.0% (30/30)'  # Nothing left.
+  hooks = logging.LogRecord('absl', logging.INFO, '/venv/site-packages/clu/platform/local.py',
+                            41, 'Setting work unit notes: %s',
+                            ('18.0 steps/s, 40.0% (12/30), ETA: 2m (3m : 0.3% checkpoint, '
+                             '7.5% quality)',), None)
+  assert library_filter.filter(hooks)  # The elapsed time and the hooks' shares, labelled.
+  assert hooks.getMessage() == ('Progress: 18.0 steps/s, 40.0% (12/30), ETA: 2m (3m elapsed, '
+                                'of which 0.3% checkpoint, 7.5% quality)')
   assert library_filter.filter(notes) and notes.getMessage().startswith('Progress: 18.0')
   ours = _record('/repo/dcgan_jax/train.py', message='Setting work unit notes: kept')
   assert library_filter.filter(ours) and ours.getMessage() == 'Setting work unit notes: kept'
