@@ -8,12 +8,22 @@ with ``steps_per_dispatch`` 1 (the default) that program is one step, so the hos
 once per step instead of four times (gather, fold_in, step, accumulate: where a step takes a
 millisecond or two on the accelerator, that host work can hold the loop below the step's own
 rate); with more, it is the body of a ``lax.fori_loop`` that runs up to ``steps_per_dispatch``
-steps per call. The loop is opt-in because its gain depends on the backend: on XLA:CPU the
-looped step runs ~1.5x slower than the lone one (2-core CPU, tiny model: 3.7 vs 2.6 ms/step);
-on an H200 (paper-sized bfloat16 step, batch 128) the chunks alone ran 2.05 ms/step at 100 steps
-per dispatch against 2.21 at one, but whole-loop runs did not settle it (experiments/PERF.md).
-The one-step program costs the same as four dispatches on CPU (2 cores, tiny model: ~2.2
-ms/step either way, within noise).
+steps per call. The loop is opt-in because its gain depends on the backend. On an H200
+(paper-sized bfloat16 step, batch 128) the chunks alone ran 2.05 ms/step at 100 steps per
+dispatch against 2.21 at one, but whole-loop runs did not settle it (experiments/PERF.md).
+
+On XLA:CPU the loop is a trap: the looped step runs many times slower than the lone one (the
+digits config of configs/default.py, 2 cores: ~2 s against ~55 ms per step, ~30x; a 16x16
+width-8 model only 1.5-3.5x, which is all earlier measurements saw). Not a recompilation (one
+program serves every chunk) and not copies of the carry: XLA:CPU's pass that rewrites
+convolutions into the layout its fast (Eigen) kernels take, ``ConvCanonicalization``, visits
+only the entry computation, so convolutions inside a while loop's body keep the dimension
+numbers autodiff gave them (``f01b_i01o->01bf`` for kernel gradients, ``b01f_01oi->b01f`` for
+input gradients) and are emitted as XLA's naive loop nest. The lone step's program has no loop,
+so all its convolutions get the fast path. GPU backends rewrite convolutions in every
+computation. :data:`CPU_LOOP_WARNING` says so in a run; tests/test_step_loop.py checks the
+compiled programs. The one-step program costs the same as four dispatches on CPU (2 cores,
+tiny model: ~2.2 ms/step either way, within noise).
 
 Chunks end wherever the host has work: at every step where a log, checkpoint or hook is due, at
 each epoch's end (the permutation changes) and at the end of training. They also end at multiples
@@ -34,6 +44,13 @@ from dcgan_jax import parallel
 from dcgan_jax.errors import UserError
 
 # (collection, tracker, metrics, step_done) -> (collection, tracker): traceable, no host sync.
+
+# Logged (with steps_per_dispatch) when a run fuses steps on CPU devices; see the module's doc.
+CPU_LOOP_WARNING = (
+    'steps_per_dispatch=%d on CPU: XLA:CPU gives its fast convolution kernels only to '
+    'convolutions outside loops, so each step inside the fused loop runs many times slower than '
+    'a lone step (~2 s against ~55 ms per step for configs/default.py on 2 cores). Use '
+    'steps_per_dispatch=1 on CPU; fusing steps is for GPUs and TPUs.')
 Accumulate = Callable[[Any, Any, dict[str, jax.Array], jax.Array], tuple[Any, Any]]
 
 

@@ -729,6 +729,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
                                  steps_per_dispatch)
     if steps_per_dispatch > 1:
       logging.info('Up to %d steps per device program (steps_per_dispatch).', steps_per_dispatch)
+      if step_fn.mesh.devices.flat[0].platform == 'cpu':
+        logging.warning(step_loop.CPU_LOOP_WARNING, steps_per_dispatch)
   elif steps_per_dispatch > 1:  # Valid, but it would do nothing without a word.
     logging.warning('steps_per_dispatch=%d fuses steps only with device-resident data and '
                     'parallelism=shard_map; this run (%s) dispatches one step at a time.',

@@ -90,6 +90,47 @@ def test_a_fused_loop_is_freed_with_its_data_when_dropped():
     gc.enable()
 
 
+def _non_canonical_convolutions(hlo_text):
+  """The dim_labels of a compiled program's convolutions that XLA:CPU's fast (Eigen) kernels do
+  not take: all but input NHWC, kernel HWIO, output NHWC (its
+  PotentiallyImplementedAsEigenConvolution); those run as XLA's naive loop nest."""
+  labels = re.findall(r' convolution\(.*?dim_labels=([^,\s]+)', hlo_text)
+  assert labels, 'no convolutions found: has the HLO text format changed?'
+  return [label for label in labels if not re.fullmatch(r'b\d+f_\d+io->b\d+f', label)]
+
+
+def test_on_cpu_only_the_unlooped_step_keeps_the_fast_convolutions(tfds_dir):
+  """Why steps_per_dispatch > 1 is ~30x slower per step on CPU (configs/default.py, 2 cores:
+  ~2 s against ~55 ms), without timing anything: XLA:CPU canonicalises convolutions for its
+  Eigen kernels in the entry computation only, so the gradient convolutions inside the fused
+  loop's body keep autodiff's dimension numbers, while the one-step program (no loop) has none
+  left. If a jaxlib canonicalises loop bodies too, this fails: then drop CPU_LOOP_WARNING and
+  the README's and config's advice against fusing on CPU."""
+  config = tiny_config(tfds_dir)
+  step_fn = parallel.DataParallelStep(models.generator_from_config(config),
+                                      models.discriminator_from_config(config),
+                                      train_step_lib.StepConfig.from_config(config),
+                                      parallelism='shard_map')
+  if step_fn.mesh.devices.flat[0].platform != 'cpu':
+    pytest.skip('checks what XLA:CPU compiles')
+  sampler = device_resident.DeviceResidentSampler(
+      np.zeros((64, 8, 8, 1), np.uint8), global_batch=16, seed=0, mesh=step_fn.mesh)
+  key = jax.random.key(1)
+  state = step_fn.place_state(train.create_train_state(config, jax.random.key(0), 4))
+  names = list(jax.eval_shape(step_fn.mapped, state, sampler.batch(0), key)[1])
+  collection_cls = train_metrics.make_metrics_collection(names)
+  slow = {}
+  for steps_per_dispatch in (1, 2):
+    fused = step_loop.FusedSteps(step_fn, sampler, train_metrics.make_accumulate(
+        collection_cls, False, jit=False), steps_per_dispatch)
+    text = fused.compiled_text(state, collection_cls.empty(),
+                               train_metrics.NonFiniteTracker.empty(), key, 0,
+                               steps_per_dispatch)
+    slow[steps_per_dispatch] = _non_canonical_convolutions(text)
+  assert slow[1] == []
+  assert slow[2], 'XLA:CPU now gives looped convolutions its fast path (see the docstring)'
+
+
 def _count_chunks(monkeypatch, instances=None):
   """Records each chunk (and, if given a list, each FusedSteps made)."""
   calls = []
@@ -142,6 +183,10 @@ def test_fused_run_trains_like_step_by_step_dispatch(tfds_dir, tmp_path, monkeyp
                     (30, 32), (32, 34)]
   # Every chunk length, epoch and fresh metric accumulator ran the one compiled program.
   assert len(instances) == 1 and instances[0]._run._cache_size() == 1  # pylint: disable=protected-access
+  # On CPU the run warns that fusing costs far more than it saves there (see the test above).
+  cpu_warnings = [r for r in caplog.records
+                  if r.getMessage() == step_loop.CPU_LOOP_WARNING % 8]
+  assert len(cpu_warnings) == (1 if jax.devices()[0].platform == 'cpu' else 0)
   assert _checkpoint_steps(tmp_path / 'fused') == _checkpoint_steps(tmp_path / 'per_step')
   assert int(fused.step) == 34
   for a, b in zip(_tree_leaves(per_step), _tree_leaves(fused)):
