@@ -20,8 +20,8 @@ convolutions into the layout its fast (Eigen) kernels take, ``ConvCanonicalizati
 only the entry computation, so convolutions inside a while loop's body keep the dimension
 numbers autodiff gave them (``f01b_i01o->01bf`` for kernel gradients, ``b01f_01oi->b01f`` for
 input gradients) and are emitted as XLA's naive loop nest. The lone step's program has no loop,
-so all its convolutions get the fast path. GPU backends rewrite convolutions in every
-computation. :data:`CPU_LOOP_WARNING` says so in a run; tests/test_step_loop.py checks the
+so all its convolutions get the fast path. The H200 numbers above show no such cost on a
+GPU. :data:`CPU_LOOP_WARNING` says so in a run; tests/test_step_loop.py checks the
 compiled programs. The one-step program costs the same as four dispatches on CPU (2 cores,
 tiny model: ~2.2 ms/step either way, within noise).
 
@@ -43,14 +43,14 @@ import numpy as np
 from dcgan_jax import parallel
 from dcgan_jax.errors import UserError
 
-# (collection, tracker, metrics, step_done) -> (collection, tracker): traceable, no host sync.
-
 # Logged (with steps_per_dispatch) when a run fuses steps on CPU devices; see the module's doc.
 CPU_LOOP_WARNING = (
     'steps_per_dispatch=%d on CPU: XLA:CPU gives its fast convolution kernels only to '
     'convolutions outside loops, so each step inside the fused loop runs many times slower than '
     'a lone step (~2 s against ~55 ms per step for configs/default.py on 2 cores). Use '
-    'steps_per_dispatch=1 on CPU; fusing steps is for GPUs and TPUs.')
+    'steps_per_dispatch=1 on CPU; fusing steps is meant for accelerators (measure it there).')
+
+# (collection, tracker, metrics, step_done) -> (collection, tracker): traceable, no host sync.
 Accumulate = Callable[[Any, Any, dict[str, jax.Array], jax.Array], tuple[Any, Any]]
 
 
