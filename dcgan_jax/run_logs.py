@@ -24,6 +24,24 @@ EVENTS_GLOB = 'events.out.tfevents*'
 METRICS_JSONL = 'metrics.jsonl'  # dcgan_jax.writers.METRICS_JSONL (runs without TensorFlow).
 # Where set_aside_logs_after keeps the files it filtered, as they were.
 ROLLED_BACK_DIR = 'rolled_back_logs'
+# An event file set aside takes this in place of 'tfevents' in its name: TensorBoard reads every
+# file whose name holds 'tfevents' anywhere under its logdir, so a set-aside copy kept under the
+# original name showed as a second run with the rolled-back steps (and its hparams session).
+# Renamed back (set_aside_name's inverse), the copy is an ordinary event file again.
+SET_ASIDE_EVENTS_WORD = 'setaside'
+_EVENTS_WORD = 'tfevents'
+SET_ASIDE_EVENTS_GLOB = EVENTS_GLOB.replace(_EVENTS_WORD, SET_ASIDE_EVENTS_WORD)
+
+
+def set_aside_name(name: str) -> str:
+  """The name an event file is kept under in ``rolled_back_logs/`` (other files keep theirs):
+  ``events.out.tfevents.X`` becomes ``events.out.setaside.X``, which TensorBoard skips."""
+  return name.replace(_EVENTS_WORD, SET_ASIDE_EVENTS_WORD)
+
+
+def _creation_order(path: pathlib.Path) -> str:
+  """Sort key of event files: their names, set aside or not, hold the time they were made."""
+  return path.name.replace(SET_ASIDE_EVENTS_WORD, _EVENTS_WORD)
 
 
 def _scalar_value(value) -> float | None:
@@ -60,7 +78,9 @@ def read_scalars(workdir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.n
   """All scalars a run logged, by tag.
 
   Args:
-    workdir: The run's directory (holding ``events.out.tfevents.*`` or ``metrics.jsonl``).
+    workdir: The run's directory (holding ``events.out.tfevents.*`` or ``metrics.jsonl``), or
+      one of its ``rolled_back_logs/<time>/`` folders (the set-aside ``events.out.setaside.*``
+      files and ``metrics.jsonl`` a resume moved there).
 
   Returns:
     ``{tag: (steps, values)}`` with int64 steps in increasing order and float64 values. When a
@@ -72,7 +92,9 @@ def read_scalars(workdir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.n
   directory = pathlib.Path(workdir)
   if not directory.is_dir():
     raise UserError(f'No run directory at {os.fspath(workdir)!r}; pass the --workdir of a run.')
-  files = sorted(directory.glob(EVENTS_GLOB))
+  # (Only a rolled_back_logs folder holds set-aside files; a workdir keeps them below it.)
+  files = sorted([*directory.glob(EVENTS_GLOB), *directory.glob(SET_ASIDE_EVENTS_GLOB)],
+                 key=_creation_order)
   jsonl = directory / METRICS_JSONL
   if not files and not jsonl.is_file():
     raise UserError(f'{os.fspath(workdir)!r} holds no TensorBoard event files ({EVENTS_GLOB}) '
@@ -108,8 +130,12 @@ def set_aside_logs_after(workdir: str | os.PathLike, step: int) -> list[int]:
   resume trains again: TensorBoard would show two points at each of those steps (its steps/s
   and losses from two different runs), and ``metrics.jsonl`` two records. Each event file and
   ``metrics.jsonl`` that holds such points is rewritten without them; the file as it was is
-  moved to ``<workdir>/rolled_back_logs/<time>/`` first, so nothing logged is lost. Event files
-  are read and written only where TensorFlow imports (else they are left as they are).
+  moved to ``<workdir>/rolled_back_logs/<time>/`` first, so nothing logged is lost: event files
+  under :func:`set_aside_name` (``events.out.setaside.*``), which TensorBoard does not load
+  (under their own names it showed them as a second run, each rolled-back step twice);
+  :func:`read_scalars` of that folder reads them, and renamed back to ``events.out.tfevents.*``
+  they are ordinary event files. Event files are read and written only where TensorFlow
+  imports (else they are left as they are).
 
   Args:
     workdir: The run's directory.
@@ -121,6 +147,9 @@ def set_aside_logs_after(workdir: str | os.PathLike, step: int) -> list[int]:
     logged; a ``metrics.jsonl`` line cut short by a kill has no step and is not counted).
   """
   directory = pathlib.Path(workdir)
+  # Event files earlier versions set aside under their own names: TensorBoard shows them too.
+  for older in directory.glob(f'{ROLLED_BACK_DIR}/*/{EVENTS_GLOB}'):
+    os.replace(older, older.with_name(set_aside_name(older.name)))
   aside = directory / ROLLED_BACK_DIR / time.strftime('%Y%m%d-%H%M%S')
   suffix = 1
   while aside.exists():  # Two resumes within a second must not mix their files.
@@ -188,10 +217,12 @@ def _replace_keeping_original(path: pathlib.Path, aside: pathlib.Path, write) ->
   """Writes ``path`` anew through ``write(temporary_path)`` (none if ``write`` is falsy); the
   old file goes to ``aside``."""
   aside.mkdir(parents=True, exist_ok=True)
-  temporary = path.with_name('.filtering-' + path.name)  # Not matched by EVENTS_GLOB.
+  # Not matched by EVENTS_GLOB, and no 'tfevents' for TensorBoard to load while it is written.
+  temporary = path.with_name('.filtering-' + set_aside_name(path.name))
   if write:
     write(temporary)
-  os.replace(path, aside / path.name)  # Both on one file system: neither step copies.
+  # Both on one file system: neither step copies.
+  os.replace(path, aside / set_aside_name(path.name))
   if write:
     os.replace(temporary, path)
 

@@ -45,6 +45,7 @@ writes together)::
                                 in-training FID with its protocol, and that step's checkpoint
   rolled_back_logs/<time>/      (after a resume) the log files as a killed run left them, with
                                 the points after its last checkpoint, which the resume retrains
+                                (event files as events.out.setaside.*: TensorBoard skips them)
 """
 
 from __future__ import annotations

@@ -149,9 +149,23 @@ def test_logs_after_the_resumed_step_are_set_aside_not_shown_twice(tmp_path):
   assert tags == {'hparams', 'd_loss'}  # Step 0's record stays.
   # The files as they were, byte for byte, and no stray file the reader would pick up.
   (aside,) = (tmp_path / run_logs.ROLLED_BACK_DIR).iterdir()
-  assert ((aside / events.name).read_bytes(), (aside / jsonl.name).read_text()) == before
+  set_aside_events = aside / run_logs.set_aside_name(events.name)
+  assert (set_aside_events.read_bytes(), (aside / jsonl.name).read_text()) == before
   assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
       [events.name, jsonl.name, run_logs.ROLLED_BACK_DIR])
+  # TensorBoard loads every file with 'tfevents' in its name under its logdir: the set-aside
+  # copy showed as a second run, each rolled-back step twice. It holds none now, and reading
+  # the folder gives the points as they were.
+  assert [p for p in tmp_path.rglob('*') if 'tfevents' in p.name] == [events]
+  rolled_back = run_logs.read_scalars(aside)
+  np.testing.assert_array_equal(rolled_back['d_loss'][0], np.arange(1, 8))
+  np.testing.assert_array_equal(rolled_back['g_loss'][0], np.arange(1, 8))
+  # Renamed back, it is an ordinary event file again.
+  (tmp_path / 'copy').mkdir()
+  shutil.copy(set_aside_events, tmp_path / 'copy' / events.name)
+  np.testing.assert_array_equal(run_logs.read_scalars(tmp_path / 'copy')['d_loss'][0],
+                                np.arange(1, 8))
+  shutil.rmtree(tmp_path / 'copy')
   # Nothing after the step: nothing changes.
   assert run_logs.set_aside_logs_after(tmp_path, 4) == []
   assert len(list((tmp_path / run_logs.ROLLED_BACK_DIR).iterdir())) == 1
@@ -160,6 +174,11 @@ def test_logs_after_the_resumed_step_are_set_aside_not_shown_twice(tmp_path):
   assert run_logs.set_aside_logs_after(tmp_path, -1) == [0, 1, 2, 3, 4]
   assert [p.name for p in tmp_path.iterdir()] == [run_logs.ROLLED_BACK_DIR]
   assert len(list((tmp_path / run_logs.ROLLED_BACK_DIR).iterdir())) == 2
+  assert not [p for p in tmp_path.rglob('*') if 'tfevents' in p.name]
+  # Files an earlier version set aside under their own names are renamed at the next resume.
+  shutil.copy(set_aside_events, aside / events.name)
+  run_logs.set_aside_logs_after(tmp_path, 4)
+  assert not [p for p in tmp_path.rglob('*') if 'tfevents' in p.name]
 
 
 def test_celeba_config_has_the_paper_model():
