@@ -53,10 +53,16 @@ def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike,
     raise
 
 
+def grid_step(path: str | os.PathLike) -> int | None:
+  """The step of a ``step_XXXXXX.png`` grid, from its path; None for any other file."""
+  match = _STEP_PNG.search(os.path.basename(os.fspath(path)))
+  return int(match.group(1)) if match else None
+
+
 def step_pngs(samples_dir: str | os.PathLike) -> list[str]:
   """The ``step_XXXXXX.png`` files of a samples directory, in step order."""
   paths = glob.glob(os.path.join(os.fspath(samples_dir), 'step_*.png'))
-  numbered = [(int(m.group(1)), p) for p in paths if (m := _STEP_PNG.search(p))]
+  numbered = [(step, p) for p in paths if (step := grid_step(p)) is not None]
   return [p for _, p in sorted(numbered)]
 
 

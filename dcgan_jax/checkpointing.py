@@ -700,7 +700,8 @@ class Checkpointer:
   # ---- saving ---------------------------------------------------------------------------------
 
   def save(self, step: int, state: PyTree, config: Mapping[str, Any], *,
-           force: bool = False, metadata: Mapping[str, Any] | None = None) -> bool:
+           force: bool = False, metadata: Mapping[str, Any] | None = None,
+           replace: bool = False) -> bool:
     """Saves `state` and `config` as checkpoint `step`, if it is time to.
 
     Args:
@@ -710,6 +711,10 @@ class Checkpointer:
       force: Save even if `step` is not a multiple of `save_interval_steps` (e.g. the last step).
       metadata: JSON-able facts about this step alone, recorded beside `run_setup` (same
         names: these win); :meth:`saved_run_setup` reads both back.
+      replace: Delete the checkpoints of `step` and later steps first, so that this one is
+        saved (and, being the newest, kept) whatever is there: for a directory that holds the
+        best state by some measure (the best FID), where a newer step may be a worse state or
+        one of an earlier launch that a resume rolled back. Not for resume points.
 
     The arrays are copied off the devices before this returns, so the caller may donate or
     delete them at once (e.g. pass the state to a jitted step with ``donate_argnums``). Numpy
@@ -718,8 +723,8 @@ class Checkpointer:
 
     Returns:
       Whether a save was started: False when it is not time to save, or when `step` is not newer
-      than the latest checkpoint (so a final ``force=True`` save of a step just saved
-      periodically is a no-op).
+      than the latest checkpoint and `replace` is off (so a final ``force=True`` save of a step
+      just saved periodically is a no-op).
 
     Raises:
       CheckpointError: this or the previous asynchronous save could not be written (disk full,
@@ -730,6 +735,10 @@ class Checkpointer:
     self.wait_until_finished()
     if not force and step % self._save_interval_steps:
       return False
+    if replace:
+      for later in self.all_steps():
+        if later >= step:
+          self._manager.delete(later)
     latest = self.latest_step()
     if latest is not None and step <= latest:
       # Already saved (e.g. a final forced save right after a periodic one), or older than the

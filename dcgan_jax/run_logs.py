@@ -123,7 +123,28 @@ def read_scalars(workdir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.n
   return result
 
 
-def set_aside_logs_after(workdir: str | os.PathLike, step: int) -> list[int]:
+def new_aside_directory(workdir: str | os.PathLike) -> pathlib.Path:
+  """A ``<workdir>/rolled_back_logs/<time>/`` folder no earlier resume used (made only once a
+  file is moved there), for all that one resume or fresh start sets aside."""
+  directory = pathlib.Path(workdir)
+  aside = directory / ROLLED_BACK_DIR / time.strftime('%Y%m%d-%H%M%S')
+  suffix = 1
+  while aside.exists():  # Two resumes within a second must not mix their files.
+    aside = aside.with_name(f'{aside.name.split("_")[0]}_{suffix}')
+    suffix += 1
+  return aside
+
+
+def move_aside(workdir: str | os.PathLike, relative: str | os.PathLike,
+               aside: pathlib.Path) -> None:
+  """Moves ``<workdir>/<relative>`` (a file or folder) to ``<aside>/<relative>``, as it is."""
+  target = aside / relative
+  target.parent.mkdir(parents=True, exist_ok=True)
+  os.replace(pathlib.Path(workdir) / relative, target)  # One file system: nothing is copied.
+
+
+def set_aside_logs_after(workdir: str | os.PathLike, step: int,
+                         aside: pathlib.Path | None = None) -> list[int]:
   """Removes the logged points after ``step`` from a run's logs; returns their steps.
 
   A run killed between two checkpoints (``kill -9``, a lost machine) has logged steps that its
@@ -141,6 +162,7 @@ def set_aside_logs_after(workdir: str | os.PathLike, step: int) -> list[int]:
     workdir: The run's directory.
     step: The step the run resumes from: points at later steps are set aside. -1 for a run
       that starts again from scratch (killed before its first checkpoint): every point.
+    aside: The folder for the files as they were (default: :func:`new_aside_directory`).
 
   Returns:
     The steps whose points were set aside, ascending (each once, however many scalars it
@@ -150,11 +172,7 @@ def set_aside_logs_after(workdir: str | os.PathLike, step: int) -> list[int]:
   # Event files earlier versions set aside under their own names: TensorBoard shows them too.
   for older in directory.glob(f'{ROLLED_BACK_DIR}/*/{EVENTS_GLOB}'):
     os.replace(older, older.with_name(set_aside_name(older.name)))
-  aside = directory / ROLLED_BACK_DIR / time.strftime('%Y%m%d-%H%M%S')
-  suffix = 1
-  while aside.exists():  # Two resumes within a second must not mix their files.
-    aside = aside.with_name(f'{aside.name.split("_")[0]}_{suffix}')
-    suffix += 1
+  aside = aside or new_aside_directory(directory)
   removed: set[int] = set()
   jsonl = directory / METRICS_JSONL
   if jsonl.is_file():

@@ -45,7 +45,9 @@ writes together)::
                                 in-training FID with its protocol, and that step's checkpoint
   rolled_back_logs/<time>/      (after a resume) the log files as a killed run left them, with
                                 the points after its last checkpoint, which the resume retrains
-                                (event files as events.out.setaside.*: TensorBoard skips them)
+                                (event files as events.out.setaside.*: TensorBoard skips them);
+                                after a fresh start in a used workdir, also the earlier run's
+                                best_fid.json, best_fid/, quality.json and sample grids
 """
 
 from __future__ import annotations
@@ -300,7 +302,7 @@ def _schedule_change(config: ml_collections.ConfigDict, saved: dict[str, Any],
 def _save(checkpointer: checkpointing.Checkpointer, step: int, state: state_lib.GANState,
           train_key: jax.Array, config: ml_collections.ConfigDict,
           step_fn: parallel.DataParallelStep, metadata: dict[str, Any],
-          force: bool = False) -> None:
+          force: bool = False, replace: bool = False) -> bool:
   # Host (numpy) copies: orbax would otherwise slice every replicated array per device, one
   # compiled op each; the state is small, and either parallelism mode can resume the other's.
   # The key travels as its raw uint32 data for the same reason (and because a single-device key
@@ -308,8 +310,8 @@ def _save(checkpointer: checkpointing.Checkpointer, step: int, state: state_lib.
   state = step_fn.host_state(state)
   key_data = np.asarray(jax.device_get(jax.random.key_data(train_key)))
   # ``metadata`` (the loop's step_metadata) records facts of the step beside the run's setup.
-  checkpointer.save(step, {'gan': state, 'train_key': key_data}, config.to_dict(), force=force,
-                    metadata=metadata)
+  return checkpointer.save(step, {'gan': state, 'train_key': key_data}, config.to_dict(),
+                           force=force, metadata=metadata, replace=replace)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.GANState:
@@ -527,7 +529,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         class_names.save(workdir, info.class_names)  # For sample/evaluate --label=<name>.
       # A run killed between two checkpoints logged steps that this one trains again.
       # Started from scratch, the step-0 records (hparams) of a run without checkpoints go too.
-      set_aside = run_logs.set_aside_logs_after(workdir, start_step or -1)
+      aside = run_logs.new_aside_directory(workdir)
+      set_aside = run_logs.set_aside_logs_after(workdir, start_step or -1, aside)
       if set_aside:
         logging.warning(
             'The earlier run logged %s after %s before it was stopped; this run trains those '
@@ -535,6 +538,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
             'and TensorBoard shows each step once.', run_logs.describe_steps(set_aside),
             f'step {start_step}, its last checkpoint,' if start_step else 'its start',
             os.path.join(workdir, run_logs.ROLLED_BACK_DIR))
+      # Likewise the outputs this run makes anew (best FID, scores, sample grids).
+      moved = train_hooks.set_aside_earlier_outputs(workdir, start_step or -1, aside)
+      if moved:
+        logging.warning('An earlier run left %s in the workdir, which this run makes anew: '
+                        'set aside in %s.', train_hooks.describe_set_aside(moved), aside)
+    # Process 0 has moved the earlier best_fid/ before any process opens it below.
+    _sync_processes('set_aside')
 
     # TensorBoard through clu (TensorFlow loads here, keeping imports and config checks fast),
     # or metrics.jsonl where TensorFlow is not installed.
@@ -704,9 +714,14 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       improved = bool(multihost_utils.broadcast_one_to_all(np.asarray(improved)))
     if not improved:
       return
-    _save(best_checkpointer, step, state, train_key, config, step_fn, step_metadata(step),
-          force=True)
-    if is_chief:
+    # replace: a best of an earlier launch at this or a later step (one that a resume rolled
+    # back) would otherwise make the save a silent no-op, and best_fid.json name its weights.
+    saved = _save(best_checkpointer, step, state, train_key, config, step_fn,
+                  step_metadata(step), force=True, replace=True)
+    # On disk before best_fid.json names it: a run killed in between must not point at a
+    # checkpoint that was never completed (one save of the state: rare, and quick).
+    best_checkpointer.wait_until_finished()
+    if is_chief and saved:
       best_fid = fid
       json_files.write_json_atomically(os.path.join(workdir, train_hooks.BEST_FID_FILE),
                              {'step': step, 'fid': fid, 'used_ema': state.ema is not None,

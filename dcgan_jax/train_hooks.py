@@ -19,11 +19,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dcgan_jax import animation
 from dcgan_jax import data
 from dcgan_jax import durations as durations_lib
 from dcgan_jax import json_files
 from dcgan_jax import models
 from dcgan_jax import parallel
+from dcgan_jax import run_logs
 from dcgan_jax import sample_grid
 from dcgan_jax import state as state_lib
 from dcgan_jax.errors import UserError, finite_number, is_integer
@@ -327,6 +329,49 @@ def read_best_fid(workdir: str) -> float:
       return float(json.load(f)['fid'])
   except (OSError, ValueError, KeyError, TypeError):
     return math.inf
+
+
+def set_aside_earlier_outputs(workdir: str, step: int, aside) -> list[str]:
+  """Moves what an earlier run left in the workdir and this one makes anew to ``aside``.
+
+  A fresh start (``step`` -1: the checkpoints were deleted, or the run was killed before its
+  first) sets aside the earlier run's ``best_fid.json`` and ``best_fid/`` (else this run's FIDs
+  were compared with the old best, never logged as "best FID so far", and the file named the
+  old run's weights), ``quality.json`` and its sample grids with ``progress.gif``. Nothing is
+  deleted: they stay in ``aside`` (a ``rolled_back_logs/<time>/`` folder) as they were.
+
+  Args:
+    workdir: The run's directory.
+    step: -1 for a fresh start; a resume's step (nothing of its outputs is set aside).
+    aside: Where to (:func:`dcgan_jax.run_logs.new_aside_directory`).
+
+  Returns:
+    What was moved, as paths relative to the workdir.
+  """
+  moved = []
+
+  def move(relative: str) -> None:
+    if os.path.lexists(os.path.join(workdir, relative)):
+      run_logs.move_aside(workdir, relative, aside)
+      moved.append(relative)
+
+  if step < 0:
+    for relative in (BEST_FID_FILE, BEST_FID_DIR, QUALITY_FILE,
+                     os.path.join(SAMPLES_DIR, animation.PROGRESS_GIF)):
+      move(relative)
+    for path in animation.step_pngs(os.path.join(workdir, SAMPLES_DIR)):
+      move(os.path.join(SAMPLES_DIR, os.path.basename(path)))
+  return moved
+
+
+def describe_set_aside(moved: list[str]) -> str:
+  """'best_fid.json, best_fid/ and 3 sample grids': what set_aside_earlier_outputs moved."""
+  grids = sum(1 for m in moved if animation.grid_step(m) is not None)
+  names = [m + ('/' if m == BEST_FID_DIR else '') for m in moved
+           if animation.grid_step(m) is None]
+  if grids:
+    names.append(f'{grids} sample grid{"s" if grids > 1 else ""}')
+  return names[0] if len(names) == 1 else f'{", ".join(names[:-1])} and {names[-1]}'
 
 
 def jsonable(result: dict[str, Any]) -> dict[str, Any]:

@@ -232,6 +232,22 @@ def test_keeps_last_k_and_interval(tmp_path):
     assert reopened.all_steps() == [6, 7] and reopened.latest_step() == 7
 
 
+def test_replace_saves_a_step_not_newer_than_the_latest(tmp_path):
+  """The best-FID directory (max_to_keep=1) holds the best state, not the newest: a best of
+  an earlier launch at this or a later step was kept and the new best's save skipped."""
+  states = {step: _gan_state(seed=step, updates=1) for step in (2, 4)}
+  with Checkpointer(tmp_path, max_to_keep=1) as checkpointer:
+    assert checkpointer.save(4, states[4], CONFIG, force=True)
+    assert not checkpointer.save(4, states[2], CONFIG, force=True)  # Resume points: kept.
+    assert checkpointer.save(4, states[2], CONFIG, force=True, replace=True)
+    checkpointer.wait_until_finished()
+    _assert_bit_identical(checkpointer.restore(states[4])[0], states[2])
+    assert checkpointer.save(2, states[2], CONFIG, force=True, replace=True)  # Older: too.
+    checkpointer.wait_until_finished()
+    assert checkpointer.all_steps() == [2]
+    _assert_bit_identical(checkpointer.restore(states[4])[0], states[2])
+
+
 # ---- damaged checkpoints, crashes -----------------------------------------------------------
 
 

@@ -149,6 +149,36 @@ def test_training_keeps_the_best_fid_checkpoint(tmp_path, monkeypatch, caplog):
   for restored, trained in zip(jax.tree.leaves(variables),
                                jax.tree.leaves(final_state.ema.variables)):
     np.testing.assert_array_equal(np.asarray(restored), np.asarray(trained))
+  # The checkpoints deleted, a new run starts afresh in the workdir. The old run's best was
+  # kept: every FID of the new run compared with it (here: one it cannot beat), no "best FID
+  # so far" was logged and best_fid.json kept naming the old run's weights. Now the old best,
+  # its checkpoint and sample grids are set aside (not deleted), and the new run keeps its own.
+  run = tmp_path / 'run'
+  best['fid'] = 0.0
+  (run / train_hooks.BEST_FID_FILE).write_text(json.dumps(best))
+  shutil.rmtree(run / 'checkpoints')
+  calls.clear()
+  caplog.clear()
+  config = tiny_config(str(tmp_path / 'tfds'), num_train_steps=2, checkpoint_every_steps=2,
+                       sample_every_steps=0, inception_weights='stand_in.npz',
+                       eval_every_steps=2, eval_num_samples=20)
+  with caplog.at_level(logging.INFO):
+    train.train_and_evaluate(config, run)
+  assert 'Step 2: best FID so far' in caplog.text
+  assert re.search(r'An earlier run left best_fid\.json, best_fid/, samples/progress\.gif and '
+                   r'1 sample grid in the workdir, which this run makes anew: set aside in '
+                   r'.*rolled_back_logs', caplog.text)
+  new_best = json.loads((run / train_hooks.BEST_FID_FILE).read_text())
+  assert new_best['step'] == 2 and new_best['fid'] > 0
+  assert sorted(p.name for p in (best_dir / 'checkpoints').iterdir()) == ['2']
+  assert sorted(p.name for p in (run / 'samples').iterdir()) == ['progress.gif',
+                                                                  'step_000002.png']
+  (aside,) = (run / 'rolled_back_logs').iterdir()
+  assert json.loads((aside / train_hooks.BEST_FID_FILE).read_text()) == best
+  assert [p.name for p in (aside / 'best_fid' / 'checkpoints').iterdir()
+          if p.name.isdigit()] == ['4']
+  assert sorted(p.name for p in (aside / 'samples').iterdir()) == ['progress.gif',
+                                                                    'step_000004.png']
 
 
 def _cli(argv, capsys):

@@ -333,7 +333,12 @@ def test_a_signal_at_the_last_step_waits_for_the_final_checkpoint(
   with pytest.raises(preemption.TrainingStopped):
     train.train_and_evaluate(config, tmp_path)
   assert not (tmp_path / train.FINISHED_FILE).exists()
-  assert grids() == ['progress.gif', 'step_000006.png', 'step_000012.png']
+  # Nor are its grids and animation taken for this run's: they are set aside.
+  assert grids() == ['step_000006.png']
+  (aside,) = [d for d in (tmp_path / run_logs.ROLLED_BACK_DIR).iterdir()
+              if (d / 'samples').is_dir()]
+  assert sorted(p.name for p in (aside / 'samples').iterdir()) == [
+      'progress.gif', 'step_000006.png', 'step_000012.png']
 
 
 def test_a_ctrl_c_during_the_final_scores_says_the_final_step_is_saved(
