@@ -66,17 +66,20 @@ def step_pngs(samples_dir: str | os.PathLike) -> list[str]:
   return [p for _, p in sorted(numbered)]
 
 
-def write_progress_gif(samples_dir: str | os.PathLike, duration_ms: int = 300) -> str | None:
+def write_progress_gif(samples_dir: str | os.PathLike, duration_ms: int = 300,
+                       last_step: int | None = None) -> str | None:
   """Animates the sample grids of a run: ``<samples_dir>/progress.gif``, one frame per step.
 
   Args:
     samples_dir: A run's ``samples`` directory holding ``step_XXXXXX.png`` grids.
     duration_ms: Display time of each frame (the last one is held three times as long).
+    last_step: The run's final step: a grid of a later step (an earlier, longer run's, which
+      no resume or fresh start set aside) is no frame of it. None: every grid.
 
   Returns:
     The GIF's path, or None when there is no grid to animate.
   """
-  paths = step_pngs(samples_dir)
+  paths = [p for p in step_pngs(samples_dir) if last_step is None or grid_step(p) <= last_step]
   if not paths:
     return None
   frames = []

@@ -45,9 +45,10 @@ writes together)::
                                 in-training FID with its protocol, and that step's checkpoint
   rolled_back_logs/<time>/      (after a resume) the log files as a killed run left them, with
                                 the points after its last checkpoint, which the resume retrains
-                                (event files as events.out.setaside.*: TensorBoard skips them);
-                                after a fresh start in a used workdir, also the earlier run's
-                                best_fid.json, best_fid/, quality.json and sample grids
+                                (event files as events.out.setaside.*: TensorBoard skips them)
+                                and sample grids of those steps; after a fresh start in a used
+                                workdir, the earlier run's logs, best_fid.json, best_fid/,
+                                quality.json, sample grids and progress.gif
 """
 
 from __future__ import annotations
@@ -538,9 +539,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
             'and TensorBoard shows each step once.', run_logs.describe_steps(set_aside),
             f'step {start_step}, its last checkpoint,' if start_step else 'its start',
             os.path.join(workdir, run_logs.ROLLED_BACK_DIR))
-      # Likewise the outputs this run makes anew (best FID, scores, sample grids).
+      # Likewise the outputs this run makes anew (sample grids after the step; from scratch,
+      # the best FID and scores too).
       moved = train_hooks.set_aside_earlier_outputs(workdir, start_step or -1, aside)
-      if moved:
+      if moved and start_step:
+        logging.warning('The earlier run left %s of steps after step %d, its last checkpoint, '
+                        'which this run trains again: set aside in %s.',
+                        train_hooks.describe_set_aside(moved), start_step, aside)
+      elif moved:
         logging.warning('An earlier run left %s in the workdir, which this run makes anew: '
                         'set aside in %s.', train_hooks.describe_set_aside(moved), aside)
     # Process 0 has moved the earlier best_fid/ before any process opens it below.
@@ -955,7 +961,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     writer.flush()  # On disk before finished.json says they are made.
     checkpointer.wait_until_finished()
     if is_chief:  # The sample grids over the run, as one animation.
-      animation.write_progress_gif(os.path.join(workdir, train_hooks.SAMPLES_DIR))
+      animation.write_progress_gif(os.path.join(workdir, train_hooks.SAMPLES_DIR),
+                                   last_step=final_step)
       json_files.write_json_atomically(os.path.join(workdir, FINISHED_FILE),
                                        {'step': final_step})
     logging.info('Finished at step %d; outputs in %s.', final_step, workdir)

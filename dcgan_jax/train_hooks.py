@@ -334,15 +334,18 @@ def read_best_fid(workdir: str) -> float:
 def set_aside_earlier_outputs(workdir: str, step: int, aside) -> list[str]:
   """Moves what an earlier run left in the workdir and this one makes anew to ``aside``.
 
-  A fresh start (``step`` -1: the checkpoints were deleted, or the run was killed before its
-  first) sets aside the earlier run's ``best_fid.json`` and ``best_fid/`` (else this run's FIDs
-  were compared with the old best, never logged as "best FID so far", and the file named the
-  old run's weights), ``quality.json`` and its sample grids with ``progress.gif``. Nothing is
+  A resume sets aside the sample grids of the steps after its checkpoint: the run killed
+  between two checkpoints made them, this one trains those steps again (and, with other
+  settings, may never make a grid at them), and ``progress.gif`` would show both runs. A fresh
+  start (``step`` -1: the checkpoints were deleted, or the run was killed before its first)
+  sets aside every grid and ``progress.gif``, and the earlier run's ``best_fid.json`` and
+  ``best_fid/`` (else this run's FIDs were compared with the old best, never logged as "best
+  FID so far", and the file named the old run's weights) and ``quality.json``. Nothing is
   deleted: they stay in ``aside`` (a ``rolled_back_logs/<time>/`` folder) as they were.
 
   Args:
     workdir: The run's directory.
-    step: -1 for a fresh start; a resume's step (nothing of its outputs is set aside).
+    step: The step the run resumes from, -1 for a fresh start.
     aside: Where to (:func:`dcgan_jax.run_logs.new_aside_directory`).
 
   Returns:
@@ -359,7 +362,8 @@ def set_aside_earlier_outputs(workdir: str, step: int, aside) -> list[str]:
     for relative in (BEST_FID_FILE, BEST_FID_DIR, QUALITY_FILE,
                      os.path.join(SAMPLES_DIR, animation.PROGRESS_GIF)):
       move(relative)
-    for path in animation.step_pngs(os.path.join(workdir, SAMPLES_DIR)):
+  for path in animation.step_pngs(os.path.join(workdir, SAMPLES_DIR)):
+    if animation.grid_step(path) > step:
       move(os.path.join(SAMPLES_DIR, os.path.basename(path)))
   return moved
 

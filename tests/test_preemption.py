@@ -21,6 +21,7 @@ import time
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 
 from dcgan_jax import preemption
@@ -272,7 +273,7 @@ def test_a_stopped_run_saves_its_step_and_resumes_bit_identical(
 
 
 def test_a_stopped_run_writes_the_sample_grid_it_had_queued(images_file, tmp_path, monkeypatch,
-                                                            restore_handlers):
+                                                            restore_handlers, caplog):
   """The grid of step 3 waits for a log or checkpoint (none before 10); the stop at 5 writes it,
   so the resumed run, which starts after step 5, leaves every grid a straight run would."""
   del restore_handlers
@@ -287,6 +288,22 @@ def test_a_stopped_run_writes_the_sample_grid_it_had_queued(images_file, tmp_pat
   monkeypatch.undo()
   train.train_and_evaluate(config, tmp_path)
   assert grids() == [f'step_{s:06d}.png' for s in (3, 6, 9, 12)]
+  # Killed after the grid of step 12 but before its checkpoint (here: the checkpoint deleted),
+  # the run resumes from step 10, shortened to 11 steps: the grid of step 12 was of a run
+  # trained again since, and stayed among this one's, a frame of its animation after the last.
+  shutil.rmtree(tmp_path / 'checkpoints' / '12')
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    train.train_and_evaluate(dict(config.to_dict(), num_train_steps=11), tmp_path)
+  assert grids() == [f'step_{s:06d}.png' for s in (3, 6, 9, 11)]
+  assert re.search(r'The earlier run left 1 sample grid of steps after step 10, its last '
+                   r'checkpoint, which this run trains again: set aside in .*rolled_back_logs',
+                   caplog.text)
+  (aside,) = [d for d in (tmp_path / run_logs.ROLLED_BACK_DIR).iterdir()
+              if (d / 'samples').is_dir()]
+  assert [p.name for p in (aside / 'samples').iterdir()] == ['step_000012.png']
+  with Image.open(tmp_path / 'samples' / 'progress.gif') as gif:
+    assert gif.n_frames == 4
 
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])

@@ -272,6 +272,16 @@ def test_training_writes_the_progress_animation(run_dir):
     assert gif.size == Image.open(pngs[-1]).size
 
 
+def test_the_progress_animation_ends_at_the_runs_final_step(tmp_path):
+  """A grid of a later step than the run's last (an earlier, longer run's) is no frame."""
+  for step, value in ((2, 0), (4, 120), (6, 240)):
+    Image.fromarray(np.full((4, 4), value, np.uint8)).save(tmp_path / f'step_{step:06d}.png')
+  with Image.open(animation.write_progress_gif(tmp_path, last_step=4)) as gif:
+    assert gif.n_frames == 2
+  with Image.open(animation.write_progress_gif(tmp_path)) as gif:
+    assert gif.n_frames == 3
+
+
 def test_sample_grid_in_process(run_dir, tmp_path, capsys):
   out = tmp_path / 'grid.png'
   sample.main(['sample', f'--workdir={run_dir}', '--num=10', f'--out={out}', '--seed=3'])
