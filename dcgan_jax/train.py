@@ -41,6 +41,7 @@ writes together)::
   samples/step_XXXXXX.png       sample grids from a fixed noise batch (EMA weights when kept)
   samples/progress.gif          those grids as an animation, written at the end of the run
   quality.json                  (digits only) the offline quality score of the final generator
+                                (until the end, the latest), with every score so far (history)
   best_fid.json, best_fid/      (with inception_weights and eval_every_steps) the best
                                 in-training FID with its protocol, and that step's checkpoint
   rolled_back_logs/<time>/      (after a resume) the log files as a killed run left them, with
@@ -700,8 +701,9 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
                        train_hooks.count_classes(result['num_classes_covered']),
                        result['min_class_fraction'],
                        manifold_text)
-          if final:
-            quality_hook.write_json(workdir, step, result, used_ema=state.ema is not None)
+          # At every score, not only the last: the history of a run stopped before its end
+          # (Ctrl-C, a kill) is what a resume keeps of its scores (keep_history).
+          quality_hook.write_json(workdir, step, result, used_ema=state.ema is not None)
     if need_fid:  # Every process scores its share of the images; all get the same FID.
       with report_progress.timed('fid'):
         fid = fid_hook(step, variables, hook_writer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from typing import Any
 
 from absl import logging
@@ -180,25 +181,41 @@ class DigitsQualityHook:
       scalars['quality/frechet_distance_ratio'] = (result['frechet_distance']
                                                    / self.untrained['frechet_distance'])
     writer.write_scalars(step, scalars)
+    # A step scored again (the final scores made again after a stop among them) replaces its
+    # entry.
+    self.history = [entry for entry in self.history if entry['step'] != step]
     self.history.append({'step': step, **jsonable(result)})
     return result
 
   def keep_history(self, workdir: str, start_step: int) -> None:
-    """A resumed run keeps the scores its earlier processes wrote into ``quality.json`` (they
-    were rewritten with this process's alone), up to the step it resumes from: later ones were
-    of steps trained again now, and are scored again."""
+    """A resumed run keeps the scores its earlier processes wrote into ``quality.json`` (at
+    every score; they would be rewritten with this process's alone), up to the step it resumes
+    from: later ones were of steps trained again now, and are scored again. A file that holds
+    such later scores (a copy is set aside by :func:`set_aside_earlier_outputs`) is rewritten
+    at once without them, its latest kept score as the current one, so that a stop before the
+    next score leaves none of them behind."""
+    path = os.path.join(workdir, QUALITY_FILE)
     try:
-      with open(os.path.join(workdir, QUALITY_FILE), encoding='utf-8') as f:
+      with open(path, encoding='utf-8') as f:
         saved = json.load(f)
     except (OSError, ValueError):  # None yet, or unreadable: nothing to keep.
       return
     history = saved.get('history') if isinstance(saved, dict) else None
-    if isinstance(history, list):
-      self.history = [entry for entry in history if isinstance(entry, dict)
-                      and isinstance(entry.get('step'), int) and entry['step'] <= start_step]
+    if not isinstance(history, list):
+      return
+    self.history = [entry for entry in history if isinstance(entry, dict)
+                    and is_integer(entry.get('step')) and entry['step'] <= start_step]
+    if len(self.history) == len(history) and saved.get('step', -1) <= start_step:
+      return
+    if self.history:
+      latest = dict(self.history[-1])
+      self.write_json(workdir, latest.pop('step'), latest, bool(saved.get('used_ema')))
+    else:
+      os.remove(path)
 
   def write_json(self, workdir: str, step: int, result: dict[str, Any], used_ema: bool) -> None:
-    """Writes ``quality.json``: the final score, the untrained one, their ratio and the bar."""
+    """Writes ``quality.json``: the latest score (the final one once the run has ended), the
+    untrained one, their ratio and the bar, and the scores so far (``history``)."""
     summary = {'step': step, 'num_samples': int(self._latents.shape[0]), 'used_ema': used_ema,
                **jsonable(result)}
     if self.untrained is not None:
@@ -336,7 +353,9 @@ def set_aside_earlier_outputs(workdir: str, step: int, aside) -> list[str]:
 
   A resume sets aside the sample grids of the steps after its checkpoint: the run killed
   between two checkpoints made them, this one trains those steps again (and, with other
-  settings, may never make a grid at them), and ``progress.gif`` would show both runs. A fresh
+  settings, may never make a grid at them), and ``progress.gif`` would show both runs; and
+  keeps a copy of a ``quality.json`` that holds scores of those steps (the resume rewrites it
+  without them: :meth:`DigitsQualityHook.keep_history`). A fresh
   start (``step`` -1: the checkpoints were deleted, or the run was killed before its first)
   sets aside every grid and ``progress.gif``, and the earlier run's ``best_fid.json`` and
   ``best_fid/`` (else this run's FIDs were compared with the old best, never logged as "best
@@ -365,7 +384,27 @@ def set_aside_earlier_outputs(workdir: str, step: int, aside) -> list[str]:
   for path in animation.step_pngs(os.path.join(workdir, SAMPLES_DIR)):
     if animation.grid_step(path) > step:
       move(os.path.join(SAMPLES_DIR, os.path.basename(path)))
+  if step >= 0 and _scores_after(os.path.join(workdir, QUALITY_FILE), step):
+    # Copied, not moved: the resume keeps the scores up to its step from the file
+    # (DigitsQualityHook.keep_history, which drops the later ones).
+    os.makedirs(aside, exist_ok=True)
+    shutil.copy2(os.path.join(workdir, QUALITY_FILE), os.path.join(aside, QUALITY_FILE))
+    moved.append(QUALITY_FILE)
   return moved
+
+
+def _scores_after(path: str, step: int) -> bool:
+  """Whether the ``quality.json`` at ``path`` holds a score of a step after ``step``."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return False
+  if not isinstance(saved, dict):
+    return False
+  history = saved.get('history') if isinstance(saved.get('history'), list) else []
+  steps = [saved.get('step')] + [e.get('step') for e in history if isinstance(e, dict)]
+  return any(is_integer(s) and s > step for s in steps)
 
 
 def describe_set_aside(moved: list[str]) -> str:

@@ -8,6 +8,7 @@ import logging
 import os
 import pathlib
 import shutil
+import signal
 import threading
 
 import jax
@@ -18,10 +19,12 @@ from PIL import Image
 
 from dcgan_jax import augment
 from dcgan_jax import parallel
+from dcgan_jax import preemption
 from dcgan_jax import run_checks
 from dcgan_jax import run_logs
 from dcgan_jax import train
 from dcgan_jax import train_hooks
+from dcgan_jax import train_metrics
 from dcgan_jax.errors import UserError
 from tiny_configs import load_config, tiny_config
 
@@ -333,20 +336,38 @@ def test_digits_run_leaves_checkpoints_events_samples_and_quality(tfds_dir, tmp_
   # 40 real images once, then 40 generated ones at step 4 (the end).
   assert extracted_shapes == [(40, 8, 8, 1), (40, 8, 8, 1)]
   # Resumed (here: extended), the run keeps the scores already written, up to the step it
-  # resumes from (it wrote its own alone). A score past it was of steps now trained again.
+  # resumes from (it wrote its own alone). A score past it was of steps now trained again: the
+  # file is rewritten without it at once (a copy set aside).
   summary['history'].append(dict(summary['history'][-1], step=5))
   (tmp_path / 'quality.json').write_text(json.dumps(summary))
   untrained = summary['untrained_frechet_distance']
-  config.num_train_steps = 6
+  config.num_train_steps = 8
   # The untrained generator's score comes from the checkpoint, not from scoring it again.
   monkeypatch.setattr(train_hooks.DigitsQualityHook, 'score',
                       _counting(train_hooks.DigitsQualityHook.score, scored := []))
-  with caplog.at_level(logging.INFO):
+  # Stopped (SIGTERM, Ctrl-C) after step 7: quality.json was written at the end alone, so the
+  # score of step 6 was lost, and the resume kept the history of the first launch, [2, 4].
+  dispatched = train_metrics.ProgressClock.dispatched
+
+  def stop_after_step_7(clock, done, state):
+    dispatched(clock, done, state)
+    if done == 7:
+      signal.raise_signal(signal.SIGTERM)
+
+  monkeypatch.setattr(train_metrics.ProgressClock, 'dispatched', stop_after_step_7)
+  with caplog.at_level(logging.INFO), pytest.raises(preemption.TrainingStopped):
     train.train_and_evaluate(config, tmp_path)
+  monkeypatch.setattr(train_metrics.ProgressClock, 'dispatched', dispatched)
   assert 'untrained generator (recorded in the checkpoint): Fréchet distance' in caplog.text
-  assert len(scored) == 1  # Step 6, the end, alone: not the untrained state again.
   summary = json.loads((tmp_path / 'quality.json').read_text())
   assert [h['step'] for h in summary['history']] == [2, 4, 6] and summary['step'] == 6
+  (aside,) = (tmp_path / run_logs.ROLLED_BACK_DIR).iterdir()
+  set_aside = json.loads((aside / 'quality.json').read_text())
+  assert [h['step'] for h in set_aside['history']] == [2, 4, 5]
+  train.train_and_evaluate(config, tmp_path)
+  assert len(scored) == 2  # Steps 6 and 8 (the end): not the untrained state again.
+  summary = json.loads((tmp_path / 'quality.json').read_text())
+  assert [h['step'] for h in summary['history']] == [2, 4, 6, 8] and summary['step'] == 8
   assert summary['untrained_frechet_distance'] == untrained
 
 
