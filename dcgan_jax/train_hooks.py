@@ -205,12 +205,14 @@ class DigitsQualityHook:
       return
     self.history = [entry for entry in history if isinstance(entry, dict)
                     and is_integer(entry.get('step')) and entry['step'] <= start_step]
-    if len(self.history) == len(history) and saved.get('step', -1) <= start_step:
+    if max(_scored_steps(saved), default=-1) <= start_step:
       return
-    if self.history:
+    try:
       latest = dict(self.history[-1])
       self.write_json(workdir, latest.pop('step'), latest, bool(saved.get('used_ema')))
-    else:
+    except (IndexError, KeyError, TypeError, ZeroDivisionError):
+      # No score up to the step (or one this version cannot read): the next score writes the
+      # file; until then none of a step trained again stands as the current one.
       os.remove(path)
 
   def write_json(self, workdir: str, step: int, result: dict[str, Any], used_ema: bool) -> None:
@@ -400,11 +402,17 @@ def _scores_after(path: str, step: int) -> bool:
       saved = json.load(f)
   except (OSError, ValueError):
     return False
+  return max(_scored_steps(saved), default=-1) > step
+
+
+def _scored_steps(saved: Any) -> list[int]:
+  """The steps of the scores in a ``quality.json``'s contents: its current one and its
+  history's (entries without a step left out)."""
   if not isinstance(saved, dict):
-    return False
+    return []
   history = saved.get('history') if isinstance(saved.get('history'), list) else []
   steps = [saved.get('step')] + [e.get('step') for e in history if isinstance(e, dict)]
-  return any(is_integer(s) and s > step for s in steps)
+  return [s for s in steps if is_integer(s)]
 
 
 def describe_set_aside(moved: list[str]) -> str:
