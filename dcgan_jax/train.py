@@ -630,6 +630,9 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     quality_hook.score_untrained(image_sampler.variables(initial_state), untrained_quality)
     if start_step > 0:
       quality_hook.keep_history(workdir, start_step)
+    else:
+      quality_hook.write_untrained(writer)
+      writer.flush()  # As every hook's scalars (a run killed before its first log keeps it).
   if durations.eval_every_steps > 0 and not config.inception_weights:
     logging.warning(run_checks.fid_skipped_warning(config, durations.eval_every_steps))
   best_fid = train_hooks.read_best_fid(workdir)

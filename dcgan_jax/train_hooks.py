@@ -166,8 +166,22 @@ class DigitsQualityHook:
                  count_classes(self.untrained['num_classes_covered']),
                  '' if accuracy is None else f', label accuracy {accuracy:.3f}')
 
+  def write_untrained(self, writer) -> None:
+    """The untrained generator's score as the step-0 point of the quality curves (a fresh start
+    writes it; a resume keeps it), so that they start from where training did."""
+    writer.write_scalars(0, self._scalars(self.untrained))
+
   def __call__(self, step: int, variables: dict[str, Any], writer) -> dict[str, Any]:
     result = self.score(variables)
+    writer.write_scalars(step, self._scalars(result))
+    # A step scored again (the final scores made again after a stop among them) replaces its
+    # entry.
+    self.history = [entry for entry in self.history if entry['step'] != step]
+    self.history.append({'step': step, **jsonable(result)})
+    return result
+
+  def _scalars(self, result: dict[str, Any]) -> dict[str, Any]:
+    """The ``quality/*`` scalars of a score."""
     scalars = {
         'quality/frechet_distance': result['frechet_distance'],
         'quality/num_classes_covered': result['num_classes_covered'],
@@ -180,12 +194,7 @@ class DigitsQualityHook:
     if self.untrained is not None:
       scalars['quality/frechet_distance_ratio'] = (result['frechet_distance']
                                                    / self.untrained['frechet_distance'])
-    writer.write_scalars(step, scalars)
-    # A step scored again (the final scores made again after a stop among them) replaces its
-    # entry.
-    self.history = [entry for entry in self.history if entry['step'] != step]
-    self.history.append({'step': step, **jsonable(result)})
-    return result
+    return scalars
 
   def keep_history(self, workdir: str, start_step: int) -> None:
     """A resumed run keeps the scores its earlier processes wrote into ``quality.json`` (at

@@ -311,7 +311,8 @@ def test_digits_run_leaves_checkpoints_events_samples_and_quality(tfds_dir, tmp_
   assert pending == []  # The writer was flushed at the end.
   hook_writes = [i for i, e in enumerate(events)
                  if e[0] == 'write' and any(t.startswith(('quality/', 'eval/')) for t in e[2])]
-  assert len(hook_writes) == 3  # Quality at steps 2 and 4, FID at step 4.
+  # The untrained G's quality at step 0, quality at steps 2 and 4, FID at step 4.
+  assert [events[i][1] for i in hook_writes] == [0, 2, 4, 4]
   for i in hook_writes:
     assert ('flush',) in events[i + 1:], events[i:]
     following = events[i + 1:events.index(('flush',), i + 1)]
@@ -333,6 +334,12 @@ def test_digits_run_leaves_checkpoints_events_samples_and_quality(tfds_dir, tmp_
           'quality/recall', 'quality/density', 'quality/coverage', 'eval/fid',
           'eval/precision', 'eval/recall', 'eval/density', 'eval/coverage'} <= tags
   assert 0.0 <= summary['precision'] <= 1.0 and 0.0 <= summary['recall'] <= 1.0
+  # The quality curves start at the untrained generator's score (step 0, ratio 1).
+  scalars = run_logs.read_scalars(tmp_path)
+  steps, ratios = scalars['quality/frechet_distance_ratio']
+  assert steps.tolist() == [0, 2, 4] and ratios[0] == 1.0
+  assert np.isclose(scalars['quality/frechet_distance'][1][0],
+                    summary['untrained_frechet_distance'])
   # 40 real images once, then 40 generated ones at step 4 (the end).
   assert extracted_shapes == [(40, 8, 8, 1), (40, 8, 8, 1)]
   # Resumed (here: extended), the run keeps the scores already written, up to the step it
@@ -369,6 +376,9 @@ def test_digits_run_leaves_checkpoints_events_samples_and_quality(tfds_dir, tmp_
   summary = json.loads((tmp_path / 'quality.json').read_text())
   assert [h['step'] for h in summary['history']] == [2, 4, 6, 8] and summary['step'] == 8
   assert summary['untrained_frechet_distance'] == untrained
+  # The resumes kept the step-0 point and wrote no second one.
+  steps, ratios = run_logs.read_scalars(tmp_path)['quality/frechet_distance_ratio']
+  assert steps.tolist() == [0, 2, 4, 6, 8] and ratios[0] == 1.0
 
 
 def test_tfds_mock_dataset_run_through_tf_data(tfds_dir, tmp_path, caplog):
