@@ -77,9 +77,11 @@ def config_arg(argv: list[str]) -> str | None:
   """The value of the last --config flag (absl keeps the last), or None."""
   path = None
   for i, arg in enumerate(argv):
-    if arg.startswith('--config='):
+    if arg == '--':  # absl stops parsing flags here.
+      break
+    if arg.startswith(('--config=', '-config=')):  # absl takes one dash too.
       path = arg.split('=', 1)[1]
-    elif arg == '--config' and i + 1 < len(argv):
+    elif arg in ('--config', '-config') and i + 1 < len(argv):
       path = argv[i + 1]
   return path
 

@@ -17,6 +17,7 @@ during training saves a checkpoint of the step in flight, says so in one line an
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 
@@ -181,7 +182,17 @@ def main(argv: list[str]) -> None:
       config = config_files.run_config(FLAGS.workdir)
       logging.info('No --config: %s goes on with the settings it was last started with.',
                    FLAGS.workdir)
-    run_checks.validate_config(config)
+    try:
+      run_checks.validate_config(config)
+    except (AttributeError, KeyError) as e:
+      if FLAGS.config is not None:
+        raise
+      # An older config.json, where configs/default.py is not beside the package to fill in
+      # the fields added since (a plain pip install).
+      field = re.search(r"'(\w+)'", str(e))
+      raise UserError(f'The config.json of {FLAGS.workdir} lacks a field this version of '
+                      f"dcgan_jax reads ({field[1] if field else e}); pass the config file and "
+                      'the overrides the run was started with, --config=... .') from e
     run_checks.check_workdir_path(FLAGS.workdir)
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     cli_logging.no_progress_bars_off_a_terminal()

@@ -342,10 +342,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     raise UserError(f'config must be an ml_collections.ConfigDict (train.load_config(path)) or '
                     f'a dict of its fields; got {type(config).__name__}.')
   config = ml_collections.ConfigDict(dict(config))  # A private copy we may annotate.
-  if str(config.get('dataset_path', '') or ''):
-    # Saved as an absolute path: config.json is what `probe` and `evaluate` read, from
-    # whatever folder they run in (a relative 'pets' was then looked for in the wrong place).
-    config.dataset_path = os.path.abspath(os.path.expanduser(str(config.dataset_path)))
+  # Paths are saved absolute: config.json is what `probe` and `evaluate` read, and what
+  # `main --workdir=RUN` resumes with, from whatever folder they run in (a relative 'pets' was
+  # then looked for in the wrong place; a relative data_dir downloaded the dataset again).
+  for field in ('dataset_path', 'data_dir', 'quality_cache_dir', 'inception_weights'):
+    path = str(config.get(field, '') or '')
+    # (inception_weights may name a file to look up elsewhere: made absolute only if it exists.)
+    if path and (field != 'inception_weights' or os.path.exists(os.path.expanduser(path))):
+      config[field] = os.path.abspath(os.path.expanduser(path))
   workdir = os.fspath(workdir)
   is_chief = jax.process_index() == 0
 
@@ -538,14 +542,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
             'The earlier run logged %s after %s before it was stopped; this run trains those '
             'steps again, so their points are set aside (the files as they were are in %s) '
             'and TensorBoard shows each step once.', run_logs.describe_steps(set_aside),
-            f'step {start_step}, its last checkpoint,' if start_step else 'its start',
-            os.path.join(workdir, run_logs.ROLLED_BACK_DIR))
+            (f'step {start_step}, the checkpoint this run resumes from,' if start_step
+             else 'its start'), os.path.join(workdir, run_logs.ROLLED_BACK_DIR))
       # Likewise the outputs this run makes anew (sample grids after the step; from scratch,
       # the best FID and scores too).
       moved = train_hooks.set_aside_earlier_outputs(workdir, start_step or -1, aside)
+      if (start_step and train_hooks.QUALITY_FILE in moved
+          and not (config.dataset == 'digits' and durations.quality_every_steps > 0)):
+        # No quality hook will trim it (keep_history): its scores of later steps go now.
+        train_hooks.trim_quality_json(workdir, start_step)
       if moved and start_step:
-        logging.warning('The earlier run left %s of steps after step %d, its last checkpoint, '
-                        'which this run trains again: set aside in %s.',
+        logging.warning('The earlier run left %s of steps after step %d, the checkpoint this '
+                        'run resumes from, which it trains again: set aside in %s.',
                         train_hooks.describe_set_aside(moved), start_step, aside)
       elif moved:
         logging.warning('An earlier run left %s in the workdir, which this run makes anew: '

@@ -227,20 +227,61 @@ class DigitsQualityHook:
   def write_json(self, workdir: str, step: int, result: dict[str, Any], used_ema: bool) -> None:
     """Writes ``quality.json``: the latest score (the final one once the run has ended), the
     untrained one, their ratio and the bar, and the scores so far (``history``)."""
-    summary = {'step': step, 'num_samples': int(self._latents.shape[0]), 'used_ema': used_ema,
-               **jsonable(result)}
-    if self.untrained is not None:
-      ratio = result['frechet_distance'] / self.untrained['frechet_distance']
-      summary['untrained_frechet_distance'] = float(self.untrained['frechet_distance'])
-      summary['untrained_num_classes_covered'] = int(self.untrained['num_classes_covered'])
-      summary['frechet_distance_ratio'] = float(ratio)
-      summary['quality_bar'] = dict(QUALITY_BAR)
-      summary['meets_quality_bar'] = bool(
-          ratio <= QUALITY_BAR['max_frechet_distance_ratio']
-          and result['num_classes_covered'] >= QUALITY_BAR['num_classes_covered']
-          and result['min_class_fraction'] >= QUALITY_BAR['min_class_fraction'])
-    summary['history'] = self.history
-    json_files.write_json_atomically(os.path.join(workdir, QUALITY_FILE), summary)
+    json_files.write_json_atomically(
+        os.path.join(workdir, QUALITY_FILE),
+        _quality_summary(step, result, int(self._latents.shape[0]), used_ema, self.untrained,
+                         self.history))
+
+
+def _quality_summary(step: int, result: dict[str, Any], num_samples: int | None, used_ema: bool,
+                     untrained: dict[str, Any] | None,
+                     history: list[dict[str, Any]]) -> dict[str, Any]:
+  """The contents of ``quality.json`` (:meth:`DigitsQualityHook.write_json`)."""
+  summary = {'step': step, 'num_samples': num_samples, 'used_ema': used_ema, **jsonable(result)}
+  if untrained is not None:
+    ratio = result['frechet_distance'] / untrained['frechet_distance']
+    summary['untrained_frechet_distance'] = float(untrained['frechet_distance'])
+    summary['untrained_num_classes_covered'] = int(untrained['num_classes_covered'])
+    summary['frechet_distance_ratio'] = float(ratio)
+    summary['quality_bar'] = dict(QUALITY_BAR)
+    summary['meets_quality_bar'] = bool(
+        ratio <= QUALITY_BAR['max_frechet_distance_ratio']
+        and result['num_classes_covered'] >= QUALITY_BAR['num_classes_covered']
+        and result['min_class_fraction'] >= QUALITY_BAR['min_class_fraction'])
+  summary['history'] = history
+  return summary
+
+
+def trim_quality_json(workdir: str, step: int) -> None:
+  """Drops the scores of steps after ``step`` from ``quality.json``, for a resume that does not
+  score (quality off, another dataset), where :meth:`DigitsQualityHook.keep_history` never runs.
+
+  The latest kept score becomes the current one; with none kept (or a file this version cannot
+  read) the file goes. The copy :func:`set_aside_earlier_outputs` made keeps it as it was.
+  """
+  path = os.path.join(workdir, QUALITY_FILE)
+  try:
+    with open(path, encoding='utf-8') as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return
+  if max(_scored_steps(saved), default=-1) <= step:
+    return
+  history = saved.get('history') if isinstance(saved.get('history'), list) else []
+  kept = [entry for entry in history if isinstance(entry, dict)
+          and is_integer(entry.get('step')) and entry['step'] <= step]
+  try:
+    latest = dict(kept[-1])
+    untrained = None
+    if 'untrained_frechet_distance' in saved:
+      untrained = {'frechet_distance': saved['untrained_frechet_distance'],
+                   'num_classes_covered': saved['untrained_num_classes_covered']}
+    summary = _quality_summary(latest.pop('step'), latest, saved.get('num_samples'),
+                               bool(saved.get('used_ema')), untrained, kept)
+  except (IndexError, KeyError, TypeError, ZeroDivisionError):
+    os.remove(path)
+    return
+  json_files.write_json_atomically(path, summary)
 
 
 class InceptionFIDHook:

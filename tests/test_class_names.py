@@ -64,7 +64,7 @@ def test_a_run_on_class_folders_saves_their_names_for_sample(tmp_path, capsys, c
   config = train.load_config(_ROOT / 'configs' / 'default.py')
   monkeypatch.chdir(tmp_path)
   config.update(dict(
-      dataset='folder', dataset_path='images', data_dir=str(tmp_path / 'tfds'),
+      dataset='folder', dataset_path='images', data_dir='tfds', quality_cache_dir='cache',
       image_size=8, channels=1, num_classes=2, generator_width=8, discriminator_width=8,
       latent_dim=8, batch_size=8, num_train_steps=1, log_every_steps=1,
       checkpoint_every_steps=0, sample_every_steps=0, quality_every_steps=0,
@@ -72,9 +72,11 @@ def test_a_run_on_class_folders_saves_their_names_for_sample(tmp_path, capsys, c
   workdir = tmp_path / 'run'
   train.train_and_evaluate(config, workdir)
   assert class_names.load(workdir) == ('cat', 'dog')
-  # A relative dataset_path is saved absolute: probe and evaluate read it from anywhere.
+  # Relative paths are saved absolute: probe, evaluate and a resume read them from anywhere.
   saved = json.loads((workdir / 'config.json').read_text())
   assert saved['dataset_path'] == str(tmp_path / 'images')
+  assert saved['data_dir'] == str(tmp_path / 'tfds') and (tmp_path / 'tfds').is_dir()
+  assert saved['quality_cache_dir'] == str(tmp_path / 'cache')
   # The parameter statistics go to a file, not the console.
   overview = (workdir / 'parameters.txt').read_text()
   assert overview.startswith('Generator\n') and '\nDiscriminator\n' in overview

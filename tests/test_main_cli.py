@@ -177,3 +177,23 @@ def _expected_stand_in_fid(workdir, num):
   return (evaluation.frechet_distance(real_stats.mean, real_stats.covariance, fake_stats.mean,
                                       fake_stats.covariance),
           evaluation.manifold_metrics(real['pool'], fake['pool']))
+
+
+def test_workdir_alone_with_an_older_config_json_and_no_defaults_is_one_line(tmp_path):
+  """A plain pip install has no configs/default.py to fill in fields added since a run's
+  config.json was written: a field it lacks was an AttributeError with a traceback."""
+  from tiny_configs import tiny_config  # pylint: disable=g-import-not-at-top
+  saved = tiny_config(str(tmp_path)).to_dict()
+  del saved['parallelism']
+  (tmp_path / 'run').mkdir()
+  (tmp_path / 'run' / 'config.json').write_text(json.dumps(saved))
+  code = ('import sys\nfrom dcgan_jax import config_files, main\n'
+          'config_files.default_values = lambda: {}  # As without configs/ beside the package.\n'
+          f'sys.argv = ["main", "--workdir={tmp_path / "run"}"]\nmain.run()\n')
+  result = subprocess.run([sys.executable, '-c', code], cwd=_ROOT, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'The config.json of {tmp_path / "run"} lacks a field this version of dcgan_jax reads '
+      '(parallelism); pass the config file and the overrides the run was started with, '
+      '--config=... .')

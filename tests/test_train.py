@@ -381,6 +381,29 @@ def test_digits_run_leaves_checkpoints_events_samples_and_quality(tfds_dir, tmp_
   assert steps.tolist() == [0, 2, 4, 6, 8] and ratios[0] == 1.0
 
 
+def test_a_resume_that_does_not_score_trims_quality_json_itself(tmp_path):
+  """Only the quality hook trimmed the scores of steps a resume trains again: a resume with
+  quality off kept them as the current score (while the log said they were set aside)."""
+  def score(fd):
+    return {'frechet_distance': fd, 'num_classes_covered': 10, 'min_class_fraction': 0.05}
+
+  history = [dict(score(fd), step=step) for step, fd in ((2, 50.0), (4, 20.0), (6, 4.0))]
+  saved = dict(score(4.0), step=6, num_samples=200, used_ema=True, history=history,
+               untrained_frechet_distance=100.0, untrained_num_classes_covered=3,
+               frechet_distance_ratio=0.04, meets_quality_bar=True)
+  path = tmp_path / train_hooks.QUALITY_FILE
+  path.write_text(json.dumps(saved))
+  train_hooks.trim_quality_json(tmp_path, 6)  # Nothing after step 6: untouched.
+  assert json.loads(path.read_text()) == saved
+  train_hooks.trim_quality_json(tmp_path, 4)
+  trimmed = json.loads(path.read_text())
+  assert trimmed['step'] == 4 and [h['step'] for h in trimmed['history']] == [2, 4]
+  assert trimmed['frechet_distance'] == 20.0 and trimmed['frechet_distance_ratio'] == 0.2
+  assert not trimmed['meets_quality_bar'] and trimmed['num_samples'] == 200
+  train_hooks.trim_quality_json(tmp_path, 1)  # No score left: the file goes.
+  assert not path.exists()
+
+
 def test_tfds_mock_dataset_run_through_tf_data(tfds_dir, tmp_path, caplog):
   tfds = pytest.importorskip('tensorflow_datasets')
   config = tiny_config(str(tmp_path / 'tfds'), dataset='mnist', device_resident='never',
