@@ -44,8 +44,9 @@ EXPECTED_WARNINGS: tuple[tuple[str, str], ...] = (
 )
 
 # Library INFO records that are not hidden with the rest of their package, but are hidden (those
-# that contain a text) or reworded (those that start with one): clu's LoggingWriter puts the whole config on one ~1,500-character line
-# ("[Hyperparameters] {...}"), which config.json holds in readable form; clu's progress line
+# that contain a text) or reworded (those that start with one): clu's LoggingWriter puts the
+# whole config on one ~1,500-character line ("[Hyperparameters] {...}"), which config.json
+# holds in readable form; clu's progress line
 # ("Setting work unit notes: 18.0 steps/s, 33.3% (10/30), ETA: 0m") is the one that shows the
 # share done and the ETA, but names a platform's notes field a local run does not have.
 # Its "[N] Got images: {'samples': (1, 274, 274, 1)}" follows every sample grid and says only
