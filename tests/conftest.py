@@ -140,7 +140,7 @@ def _fast_compile_where_tests_only_compile(request):
     yield
     return
   import jax  # pylint: disable=g-import-not-at-top
-  before = bool(jax.config.values.get('jax_disable_most_optimizations', False))
+  before = bool(getattr(jax.config, 'values', {}).get('jax_disable_most_optimizations', False))
   # The flag is no part of JAX's in-memory cache keys: cleared on the way in, nothing compiled
   # at -O1 before (an eager op, a module-level jit) runs here beside the file's -O0 programs; on
   # the way out, nothing compiled here runs in the worker's later files.
