@@ -296,9 +296,9 @@ def test_a_stopped_run_writes_the_sample_grid_it_had_queued(images_file, tmp_pat
   with caplog.at_level(logging.WARNING):
     train.train_and_evaluate(dict(config.to_dict(), num_train_steps=11), tmp_path)
   assert grids() == [f'step_{s:06d}.png' for s in (3, 6, 9, 11)]
-  assert re.search(r'The earlier run left 1 sample grid of steps after step 10, its last '
-                   r'checkpoint, which this run trains again: set aside in .*rolled_back_logs',
-                   caplog.text)
+  assert re.search(r'The earlier run left 1 sample grid of steps after step 10, the checkpoint '
+                   r'this run resumes from, which it trains again: set aside in '
+                   r'.*rolled_back_logs', caplog.text)
   (aside,) = [d for d in (tmp_path / run_logs.ROLLED_BACK_DIR).iterdir()
               if (d / 'samples').is_dir()]
   assert [p.name for p in (aside / 'samples').iterdir()] == ['step_000012.png']
