@@ -508,9 +508,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       # not mark this one's final outputs as made.
       with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(workdir, FINISHED_FILE))
-    if is_chief:  # After the lock and the resume checks, whose errors it would bury.
-      logging.info('%s', run_checks.describe_objective(config))
-      logging.info('Models:\n%s', summary.summarize(config))
     if step_fn.parallelism == 'pmap':
       # pmap wants host values to stack per device; every process holds a full replica.
       state = step_fn.place_state(
@@ -528,6 +525,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                         'config.json keeps the run\'s.' if changes else '')
       return step_fn.host_state(state)
     if is_chief:
+      # After the lock and the resume checks, whose errors it would bury, and after the check
+      # above: a finished run launched again said nothing to train after 40 lines of tables.
+      logging.info('%s', run_checks.describe_objective(config))
+      logging.info('Models:\n%s', summary.summarize(config))
       for message in filter(None, resume_warnings):
         logging.warning('%s', message)
       checkpointing.save_config_json(workdir, config.to_dict())
