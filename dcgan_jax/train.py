@@ -548,10 +548,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       # Likewise the outputs this run makes anew (sample grids after the step; from scratch,
       # the best FID and scores too).
       moved = train_hooks.set_aside_earlier_outputs(workdir, start_step or -1, aside)
-      if (start_step and train_hooks.QUALITY_FILE in moved
-          and not (config.dataset == 'digits' and durations.quality_every_steps > 0)):
-        # No quality hook will trim it (keep_history): its scores of later steps go now.
-        train_hooks.trim_quality_json(workdir, start_step)
       if moved and start_step:
         logging.warning('The earlier run left %s of steps after step %d, the checkpoint this '
                         'run resumes from, which it trains again: set aside in %s.',

@@ -199,30 +199,17 @@ class DigitsQualityHook:
   def keep_history(self, workdir: str, start_step: int) -> None:
     """A resumed run keeps the scores its earlier processes wrote into ``quality.json`` (at
     every score; they would be rewritten with this process's alone), up to the step it resumes
-    from: later ones were of steps trained again now, and are scored again. A file that holds
-    such later scores (a copy is set aside by :func:`set_aside_earlier_outputs`) is rewritten
-    at once without them, its latest kept score as the current one, so that a stop before the
-    next score leaves none of them behind."""
-    path = os.path.join(workdir, QUALITY_FILE)
+    from: later ones were of steps trained again now, and are scored again (the resume has
+    already trimmed the file: :func:`set_aside_earlier_outputs`)."""
     try:
-      with open(path, encoding='utf-8') as f:
+      with open(os.path.join(workdir, QUALITY_FILE), encoding='utf-8') as f:
         saved = json.load(f)
     except (OSError, ValueError):  # None yet, or unreadable: nothing to keep.
       return
     history = saved.get('history') if isinstance(saved, dict) else None
-    if not isinstance(history, list):
-      return
-    self.history = [entry for entry in history if isinstance(entry, dict)
-                    and is_integer(entry.get('step')) and entry['step'] <= start_step]
-    if max(_scored_steps(saved), default=-1) <= start_step:
-      return
-    try:
-      latest = dict(self.history[-1])
-      self.write_json(workdir, latest.pop('step'), latest, bool(saved.get('used_ema')))
-    except (IndexError, KeyError, TypeError, ZeroDivisionError):
-      # No score up to the step (or one this version cannot read): the next score writes the
-      # file; until then none of a step trained again stands as the current one.
-      os.remove(path)
+    if isinstance(history, list):
+      self.history = [entry for entry in history if isinstance(entry, dict)
+                      and is_integer(entry.get('step')) and entry['step'] <= start_step]
 
   def write_json(self, workdir: str, step: int, result: dict[str, Any], used_ema: bool) -> None:
     """Writes ``quality.json``: the latest score (the final one once the run has ended), the
@@ -253,8 +240,8 @@ def _quality_summary(step: int, result: dict[str, Any], num_samples: int | None,
 
 
 def trim_quality_json(workdir: str, step: int) -> None:
-  """Drops the scores of steps after ``step`` from ``quality.json``, for a resume that does not
-  score (quality off, another dataset), where :meth:`DigitsQualityHook.keep_history` never runs.
+  """Drops the scores of steps after ``step`` from ``quality.json``: a resume's, whether it
+  scores quality or not, so that a stop before its next score leaves none of them behind.
 
   The latest kept score becomes the current one; with none kept (or a file this version cannot
   read) the file goes. The copy :func:`set_aside_earlier_outputs` made keeps it as it was.
@@ -406,8 +393,8 @@ def set_aside_earlier_outputs(workdir: str, step: int, aside) -> list[str]:
   A resume sets aside the sample grids of the steps after its checkpoint: the run killed
   between two checkpoints made them, this one trains those steps again (and, with other
   settings, may never make a grid at them), and ``progress.gif`` would show both runs; and
-  keeps a copy of a ``quality.json`` that holds scores of those steps (the resume rewrites it
-  without them: :meth:`DigitsQualityHook.keep_history`). A fresh
+  keeps a copy of a ``quality.json`` that holds scores of those steps before rewriting it
+  without them (:func:`trim_quality_json`). A fresh
   start (``step`` -1: the checkpoints were deleted, or the run was killed before its first)
   sets aside every grid and ``progress.gif``, and the earlier run's ``best_fid.json`` and
   ``best_fid/`` (else this run's FIDs were compared with the old best, never logged as "best
@@ -437,10 +424,11 @@ def set_aside_earlier_outputs(workdir: str, step: int, aside) -> list[str]:
     if animation.grid_step(path) > step:
       move(os.path.join(SAMPLES_DIR, os.path.basename(path)))
   if step >= 0 and _scores_after(os.path.join(workdir, QUALITY_FILE), step):
-    # Copied, not moved: the resume keeps the scores up to its step from the file
-    # (DigitsQualityHook.keep_history, which drops the later ones).
+    # Copied, then trimmed rather than moved: the resume keeps the scores up to its step
+    # (DigitsQualityHook.keep_history reads them back).
     os.makedirs(aside, exist_ok=True)
     shutil.copy2(os.path.join(workdir, QUALITY_FILE), os.path.join(aside, QUALITY_FILE))
+    trim_quality_json(workdir, step)
     moved.append(QUALITY_FILE)
   return moved
 
