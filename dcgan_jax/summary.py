@@ -203,10 +203,10 @@ def main(argv: list[str] | None = None) -> None:
 
   fail = exit_with_user_error
   command_line.exit_with_help_if_asked(flag_values, argv, __doc__)
-  config_paths = [arg.split('=', 1)[1] for arg in argv if arg.startswith('--config=')]
-  if config_paths and config_paths[-1].endswith('.json'):
+  config_path = command_line.config_arg(argv)  # (As main reads it: -config=, --config X.)
+  if config_path and config_path.endswith('.json'):
     # ml_collections loads Python files only; it said "NameError: name 'true' is not defined".
-    fail(f'--config takes a Python config file (configs/*.py), not {config_paths[-1]!r}; for '
+    fail(f'--config takes a Python config file (configs/*.py), not {config_path!r}; for '
          "a run's config.json pass --workdir=<the run's folder>.")
 
   # One config or run per call: absl keeps the last of repeated flags, and a second run after
