@@ -258,6 +258,33 @@ def _final_outputs_missing(workdir: str, step: int, metadata: dict[str, Any]) ->
     return True
 
 
+def _looks_finished(config: ml_collections.ConfigDict, workdir: str,
+                    durations: durations_lib.Durations,
+                    saved_config: dict[str, Any] | None) -> bool:
+  """Whether the workdir's latest checkpoint ends the run and its final outputs were made.
+
+  A cheap look (no state restored, nothing written), the same on every process.
+  ``saved_config`` is the run's saved config (:func:`checkpointing.restore_config`), None
+  without a readable one.
+  """
+  finished = False
+  if saved_config is not None:
+    try:
+      checkpoints = checkpointing.Checkpointer(workdir, read_only=True)
+      latest = checkpoints.latest_step()
+      if latest is not None:
+        setup = checkpoints.saved_run_setup(latest)
+        length = _resumed_durations(config, durations, latest, saved_config, setup,
+                                    log=False).num_train_steps
+        finished = latest >= length and not _final_outputs_missing(workdir, latest, setup)
+    except UserError:  # Unreadable: the restore below says what is wrong.
+      finished = False
+  if jax.process_count() > 1:  # Process 0's look decides for all: they prepare together.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    finished = bool(multihost_utils.broadcast_one_to_all(np.asarray(finished)))
+  return finished
+
+
 def _schedule_change(config: ml_collections.ConfigDict, saved: dict[str, Any],
                      durations: durations_lib.Durations, step: int, d_updates: int,
                      images_seen: int) -> str | None:
@@ -356,6 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   # --- 1. Everything that can be wrong is checked before anything is written. ----------------
   run_checks.validate_config(config)
   run_checks.check_workdir_path(workdir)
+  saved_config = None
   if run_checks.has_checkpoints(workdir):  # Refused now, not after minutes of preparing the data.
     try:
       saved_config = checkpointing.restore_config(workdir)
@@ -396,24 +424,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   if int(config.batch_size) > info.num_examples:
     raise UserError(f'batch_size {config.batch_size} exceeds the {info.num_examples} examples '
                     'of the dataset; use a smaller batch_size.')
-  sampler = None
-  if device_resident:
-    if data.conditional(config):
-      images, labels = data.load_all_images(config, with_labels=True)
-      if is_chief:
-        run_checks.warn_about_empty_classes(labels, int(config.num_classes), info.name,
-                                            info.class_names)
-    else:
-      images, labels = data.load_all_images(config), None
-    sampler = data.DeviceResidentSampler(images, int(config.batch_size), int(config.seed),
-                                         mesh=step_fn.mesh, labels=labels,
-                                         num_classes=int(config.get('num_classes', 0)) or None)
-    del images, labels
   image_sampler = train_hooks.Sampler(config, step_fn)
-  fid_hook = None
-  if durations.eval_every_steps > 0 and config.inception_weights:
-    # Every process loads (and checks) the weights now; each scores its share of the images.
-    fid_hook = train_hooks.InceptionFIDHook(config, image_sampler, durations.eval_every_steps)
+
+  def prepare_inputs() -> tuple[Any, Any]:
+    """The device-resident data and the FID hook: the slow part of preparing (the whole
+    dataset on the devices; the real images' Inception statistics)."""
+    sampler = None
+    if device_resident:
+      if data.conditional(config):
+        images, labels = data.load_all_images(config, with_labels=True)
+        if is_chief:
+          run_checks.warn_about_empty_classes(labels, int(config.num_classes), info.name,
+                                              info.class_names)
+      else:
+        images, labels = data.load_all_images(config), None
+      sampler = data.DeviceResidentSampler(images, int(config.batch_size), int(config.seed),
+                                           mesh=step_fn.mesh, labels=labels,
+                                           num_classes=int(config.get('num_classes', 0)) or None)
+      del images, labels
+    fid_hook = None
+    if durations.eval_every_steps > 0 and config.inception_weights:
+      # Every process loads (and checks) the weights now; each scores its share of the images.
+      fid_hook = train_hooks.InceptionFIDHook(config, image_sampler, durations.eval_every_steps)
+    return sampler, fid_hook
+
+  # A finished run launched again (a notebook cell re-run, a sweep driver started over) has
+  # nothing to train: it would load the dataset and score the real images for nothing. The
+  # restore below decides; this cheap look only lets the preparing wait until it has.
+  deferred = _looks_finished(config, workdir, durations, saved_config)
+  sampler, fid_hook = (None, None) if deferred else prepare_inputs()
   workdir = os.fspath(checkpointing.check_workdir_writable(workdir))
   _sync_processes('validated')
 
@@ -524,6 +563,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                         f' The changed settings ({", ".join(changes)}) are not applied: '
                         'config.json keeps the run\'s.' if changes else '')
       return step_fn.host_state(state)
+    if deferred:  # The look said finished, but the restore fell back past a damaged checkpoint.
+      sampler, fid_hook = prepare_inputs()
     if is_chief:
       # After the lock and the resume checks, whose errors it would bury, and after the check
       # above: a finished run launched again said nothing to train after 40 lines of tables.

@@ -634,6 +634,37 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tfds_dir, tmp_path, ca
   assert any((tmp_path / 'corrupt_checkpoints').iterdir())
 
 
+@_ORBAX_READ_NOISE
+def test_finished_run_launched_again_prepares_no_data(tfds_dir, tmp_path, monkeypatch, caplog):
+  """A finished run has nothing to train: the dataset is not loaded onto the devices (nor, with
+  FID on, are the real images scored) before the restore says so. If the restore falls back
+  past a damaged final checkpoint, there is training to do, and the data is prepared then."""
+  from dcgan_jax import data  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tfds_dir, sample_every_steps=0)
+  loads, load = [], data.load_all_images
+
+  def counting_load(*args, **kwargs):
+    loads.append(1)
+    return load(*args, **kwargs)
+
+  monkeypatch.setattr(data, 'load_all_images', counting_load)
+  train.train_and_evaluate(config, tmp_path)
+  assert len(loads) == 1 and _checkpoint_steps(tmp_path) == [2, 4]
+  with caplog.at_level(logging.INFO):
+    state = train.train_and_evaluate(config, tmp_path)
+  assert int(state.step) == 4 and 'nothing to train' in caplog.text
+  assert len(loads) == 1  # Not loaded again.
+  for path in (tmp_path / 'checkpoints' / '4' / 'state').rglob('*'):
+    if path.is_file() and path.parent.name == 'd':
+      path.write_bytes(b'garbage')  # The final checkpoint's arrays are destroyed.
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    state = train.train_and_evaluate(config, tmp_path)
+  assert 'Resumed from the checkpoint of step 2' in caplog.text
+  assert len(loads) == 2 and int(state.step) == 4  # Prepared after the restore, and trained.
+  assert _checkpoint_steps(tmp_path) == [2, 4]
+
+
 def test_background_checkpoints_save_what_the_loop_would_have_saved(tfds_dir, tmp_path,
                                                                     monkeypatch):
   """Periodic saves from the worker thread hold the same state as saves made in the loop."""
