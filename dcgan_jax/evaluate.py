@@ -108,6 +108,9 @@ FEATURES_KEY = 'kid_features'
 # The metadata key of the Inception network's fingerprint (extractor.weights_fingerprint) in
 # statistics files: the dataset caches and `fid --save_stats` record it.
 WEIGHTS_KEY = 'inception_weights'
+# And what the network computed in (extractor.arithmetic: 'float32', or e.g. 'precision default
+# on gpu', TF32): statistics from another arithmetic differ beyond rounding.
+ARITHMETIC_KEY = 'inception_arithmetic'
 
 
 _fail = exit_with_user_error
@@ -282,7 +285,8 @@ def dataset_reference(workdir: str, config, extractor, num_reference: int,
                  'crop_size': int(config.get('crop_size', 0)),
                  'data_dir': str(config.get('data_dir', '')),
                  'precision': str(getattr(extractor, 'precision', '')),
-                 WEIGHTS_KEY: str(getattr(extractor, 'weights_fingerprint', ''))}
+                 WEIGHTS_KEY: str(getattr(extractor, 'weights_fingerprint', '')),
+                 ARITHMETIC_KEY: str(getattr(extractor, 'arithmetic', ''))}
   if label is not None:  # (Caches of the whole dataset keep the keys they always had.)
     description['label'] = int(label)
   if description['dataset_path']:
@@ -370,10 +374,12 @@ def file_reference(path: str, preprocessing: str) -> tuple[Any, dict[str, Any]]:
       raise UserError(f'{path} holds {FEATURES_KEY} of shape {features.shape}; they must be '
                       '[n, 2048] Inception pool_3 features.')
   weights = metadata.get(WEIGHTS_KEY)
+  arithmetic = metadata.get(ARITHMETIC_KEY)
   return stats, {'source': os.path.abspath(path), 'num_samples': int(stats.count) or None,
                  'preprocessing': None if file_mode is None else str(file_mode),
                  'features': features,
-                 'inception_weights': str(weights) if weights is not None else None}
+                 'inception_weights': str(weights) if weights is not None else None,
+                 'inception_arithmetic': str(arithmetic) if arithmetic else None}
 
 
 def check_same_weights(path: str, recorded: str | None, fingerprint: str | None,
@@ -388,6 +394,24 @@ def check_same_weights(path: str, recorded: str | None, fingerprint: str | None,
     raise UserError(f'{path} was computed with other Inception weights (fingerprint {recorded}) '
                     f'than {other} ({fingerprint}); FIDs from different networks are not '
                     'comparable: pass the weights that made it, or make the statistics again.')
+
+
+def warn_about_other_arithmetic(path: str, recorded: str | None, arithmetic: str | None,
+                                other: str = 'this evaluation') -> bool:
+  """Warns when statistics were made in another arithmetic than ``arithmetic`` (see
+  :func:`dcgan_jax.evaluation.extractor.arithmetic`); returns whether it warned.
+
+  A warning, not a refusal: TF32 against float32 features moves an FID far less than other
+  weights or preprocessing do, but it moves it, and nothing in the numbers shows it. Files
+  without the record (pytorch-fid's, ours before it was kept) pass.
+  """
+  if not recorded or not arithmetic or recorded == arithmetic:
+    return False
+  logging.warning('%s was computed with Inception in %s, %s runs it in %s: the FID mixes the '
+                  'two and differs slightly from one computed in either alone; pass the same '
+                  '--precision on the same kind of device (--precision=highest is float32 '
+                  'everywhere), or make the statistics again.', path, recorded, other, arithmetic)
+  return True
 
 
 # ---- the evaluation ---------------------------------------------------------------------------
@@ -424,6 +448,7 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
   if reference:
     ref_stats, ref_protocol = file_reference(reference, preprocessing)
     ref_weights = ref_protocol.pop('inception_weights')
+    ref_arithmetic = ref_protocol.pop('inception_arithmetic')
     # A file with per-image features (fid --save_stats --precision_recall) allows KID and
     # precision/recall too; the protocol records how many, not the features.
     ref_features = ref_protocol.pop('features')
@@ -434,6 +459,7 @@ def evaluate(workdir: str, inception_weights: str | None, *, num_samples: int = 
       inception_weights, preprocessing=preprocessing, precision=precision, batch_size=batch_size)
   if reference:
     check_same_weights(reference, ref_weights, getattr(extractor, 'weights_fingerprint', None))
+    warn_about_other_arithmetic(reference, ref_arithmetic, getattr(extractor, 'arithmetic', None))
   loaded = load_generator(workdir, config, step, use_ema)
   return _score(workdir, config, extractor, loaded, num_samples=num_samples, seed=seed,
                 batch_size=batch_size, label=label, file_ref=file_ref,

@@ -187,16 +187,15 @@ def image_statistics(path: str, extractor,
   return stats, skipped, (np.concatenate(kept) if keep_features else None)
 
 
-def _recorded_weights(path: str) -> str | None:
-  """The Inception fingerprint a statistics file records, or None (image PATHs, files without
-  it). Reads that one entry of the archive."""
+def _recorded(path: str, key: str) -> str | None:
+  """What a statistics file records under ``key`` (the Inception fingerprint, its arithmetic),
+  or None (image PATHs, files without it). Reads that one entry of the archive."""
   if not _is_statistics_file(path):
     return None
-  from dcgan_jax import evaluate  # pylint: disable=g-import-not-at-top
   with np.load(path, allow_pickle=False) as archive:
-    if evaluate.WEIGHTS_KEY not in archive.files:
+    if key not in archive.files:
       return None
-    return str(archive[evaluate.WEIGHTS_KEY]) or None
+    return str(archive[key]) or None
 
 
 def path_statistics(path: str, make_extractor, preprocessing: str = 'pytorch_fid',
@@ -320,6 +319,8 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
     extra = {} if features is None else {evaluate.FEATURES_KEY: features}
     if fingerprint:  # So that FIDs against the file check they use the same network.
       extra[evaluate.WEIGHTS_KEY] = fingerprint
+    if getattr(extractor, 'arithmetic', None):  # And warn when they run it in another
+      extra[evaluate.ARITHMETIC_KEY] = extractor.arithmetic  # arithmetic.
     try:  # (Through a temporary file: readers never see half a file.)
       stats.save(save_stats, preprocessing=preprocessing, source=os.path.abspath(paths[0]),
                  **extra)
@@ -328,11 +329,17 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
                       f'({e.strerror or e}); name a file in a writable folder.') from None
     return {'fid': None, 'sources': [results[0][1]], 'saved': save_stats,
             'precision_recall': None}
-  recorded = [_recorded_weights(path) for path in paths]
+  recorded = [_recorded(path, evaluate.WEIGHTS_KEY) for path in paths]
   for path, weights in zip(paths, recorded):
     evaluate.check_same_weights(path, weights, fingerprint)
   if fingerprint is None and all(recorded):  # Two statistics files: no network ran.
     evaluate.check_same_weights(paths[1], recorded[1], recorded[0], other=paths[0])
+  arithmetic = [_recorded(path, evaluate.ARITHMETIC_KEY) for path in paths]
+  ran = getattr(extractor, 'arithmetic', None)
+  for path, recorded_arithmetic in zip(paths, arithmetic):
+    evaluate.warn_about_other_arithmetic(path, recorded_arithmetic, ran)
+  if ran is None:  # Two statistics files.
+    evaluate.warn_about_other_arithmetic(paths[1], arithmetic[1], arithmetic[0], other=paths[0])
   (a, _, real), (b, _, fake) = results  # Under 2048 images FeatureStatistics warns.
   value = evaluation.frechet_distance(a, b)
   manifold = None

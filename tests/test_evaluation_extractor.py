@@ -139,3 +139,13 @@ def test_default_precision_on_a_tpu_is_told_to_be_highest():
   assert extractor_lib.precision_warning('highest', {'tpu'}) is None
   # TF32 on a GPU, as pytorch-fid's cuDNN convolutions by default.
   assert extractor_lib.precision_warning('default', {'gpu', 'cpu'}) is None
+
+
+def test_arithmetic_says_what_the_network_computes_in(extractor):
+  """Recorded with statistics: float32 wherever the convolutions are exact float32."""
+  from dcgan_jax.evaluation import extractor as extractor_lib  # pylint: disable=g-import-not-at-top
+  assert extractor.arithmetic == 'float32'  # The tests' CPU devices, any precision.
+  assert extractor_lib.arithmetic('default', {'cpu'}) == 'float32'
+  assert extractor_lib.arithmetic('highest', {'gpu'}) == 'float32'
+  assert extractor_lib.arithmetic('default', {'gpu'}) == 'precision default on gpu'
+  assert extractor_lib.arithmetic('high', 'tpu') == 'precision high on tpu'

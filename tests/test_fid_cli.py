@@ -114,6 +114,8 @@ def test_fid_of_two_folders_matches_pytorch_fid(weights, folders, tmp_path, caps
     assert int(saved['num_samples']) == 6 and str(saved['preprocessing']) == 'pytorch_fid'
     # Which network made it: an FID against it with other weights is refused.
     assert len(str(saved['inception_weights'])) == 16
+    # And in what arithmetic (on a CPU, float32 whatever the precision).
+    assert str(saved['inception_arithmetic']) == 'float32'
     # To ~1e-6 of the largest feature (measured 9.9e-7): the float32 noise the FID above sees.
     np.testing.assert_allclose(saved['kid_features'], features[0], rtol=0,
                                atol=1e-5 * np.abs(features[0]).max())
@@ -412,3 +414,24 @@ def test_a_statistics_file_without_a_preprocessing_record_is_said_to_be_assumed(
   with caplog.at_level(logging.WARNING):
     _, protocol = evaluate.file_reference(str(recorded), 'tf')
   assert protocol['preprocessing'] == 'tf' and 'does not record' not in caplog.text
+
+
+def test_statistics_made_in_another_arithmetic_are_warned_about(tmp_path, capsys, caplog):
+  """TF32 features against float32 ones: an FID that neither arithmetic alone gives, which
+  nothing in the numbers shows. Said, not refused (the shift is small)."""
+  for name, seed, arithmetic in (('gpu.npz', 0, 'precision default on gpu'),
+                                 ('cpu.npz', 1, 'float32'), ('bare.npz', 2, None)):
+    stats = evaluation.FeatureStatistics().update(
+        np.random.default_rng(seed).normal(size=(5, 2048)))
+    stats.save(tmp_path / name, **({'inception_arithmetic': arithmetic} if arithmetic else {}))
+  with caplog.at_level(logging.WARNING):
+    status, out, err = _cli([str(tmp_path / 'cpu.npz'), str(tmp_path / 'gpu.npz')], capsys)
+  assert status == 0, err
+  assert 'FID: ' in out
+  assert (f'{tmp_path / "gpu.npz"} was computed with Inception in precision default on gpu, '
+          f'{tmp_path / "cpu.npz"} runs it in float32') in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):  # A file without the record (pytorch-fid's) passes.
+    status, _, err = _cli([str(tmp_path / 'cpu.npz'), str(tmp_path / 'bare.npz')], capsys)
+  assert status == 0, err
+  assert 'computed with Inception in' not in caplog.text

@@ -31,6 +31,19 @@ def precision_warning(precision: str, platforms: set[str]) -> str | None:
   return None
 
 
+def arithmetic(precision: str, platforms: set[str] | str) -> str:
+  """What Inception's float32 convolutions and matmuls compute in, for a record of statistics.
+
+  'float32' wherever they are exact float32 (any precision on CPUs; 'highest' anywhere);
+  otherwise the precision and platform, e.g. 'precision default on gpu' (TF32 there). Two
+  records that differ mean features that differ beyond float32 rounding.
+  """
+  platforms = {platforms} if isinstance(platforms, str) else set(platforms)
+  if precision == 'highest' or platforms <= {'cpu'}:
+    return 'float32'
+  return f'precision {precision} on {"+".join(sorted(platforms))}'
+
+
 def network_for(variables: dict[str, Any], precision: str) -> inception.FIDInceptionV3:
   """The `FIDInceptionV3` that ``variables`` fit: their structure says which form they have
   (folded: no batch_stats; merged: ``merged_1x1`` convolutions, with the pool branches' when
@@ -143,6 +156,8 @@ class InceptionExtractor:
                       f'as is), got {input_channels}.')
     self.precision = precision
     devices = list(devices) if devices is not None else jax.local_devices()
+    # Recorded with statistics files (fid --save_stats), which may be read on other machines.
+    self.arithmetic = arithmetic(precision, {d.platform for d in devices})
     warning = precision_warning(precision, {d.platform for d in devices})
     if warning:
       logging.warning('%s', warning)
