@@ -49,10 +49,21 @@ QUALITY_BAR = {'max_frechet_distance_ratio': 0.10, 'num_classes_covered': 10,
 
 
 def local_copy(x: jax.Array, pmap_layout: bool) -> jax.Array:
-  """One device's copy of a replicated array (pmap layout: the first row of the device axis)."""
-  if pmap_layout:
+  """One device's copy of a replicated array (pmap layout: the first row of the device axis).
+
+  Under pmap only the arrays laid out for it carry the device axis: a fresh state straight
+  from initialisation (the untrained generator's digits quality) is one array per leaf, whose
+  first row is no replica.
+  """
+  if pmap_layout and _leading_axis_split(x):
     return parallel.local_replica(x)
   return x.addressable_data(0)
+
+
+def _leading_axis_split(x: jax.Array) -> bool:
+  """Whether ``x``'s leading axis is split over devices (pmap's layout, even on one device)."""
+  spec = getattr(x.sharding, 'spec', None)
+  return bool(spec) and spec[0] is not None
 
 class Sampler:
   """Generates images from the current state on one local device (train=False)."""
