@@ -424,7 +424,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   if int(config.batch_size) > info.num_examples:
     raise UserError(f'batch_size {config.batch_size} exceeds the {info.num_examples} examples '
                     'of the dataset; use a smaller batch_size.')
-  image_sampler = train_hooks.Sampler(config, step_fn)
+  image_sampler = train_hooks.Sampler(config)
 
   def prepare_inputs() -> tuple[Any, Any]:
     """The device-resident data and the FID hook: the slow part of preparing (the whole

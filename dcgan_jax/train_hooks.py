@@ -1,7 +1,7 @@
 """What the training loop does at its periodic hooks: sample grids, digits quality and FID.
 
-:class:`Sampler` generates images from the training state on one local device (EMA weights when
-kept); :class:`DigitsQualityHook` scores them with the offline digits classifier (process 0),
+:class:`Sampler` generates images from the training state on every local device (EMA weights
+when kept); :class:`DigitsQualityHook` scores them with the offline digits classifier (process 0),
 :class:`InceptionFIDHook` with Inception-v3 against the training images (every process its
 share). Each scalar they log goes through the run's writer; the files they keep
 (``quality.json``, ``best_fid.json``, ``samples/``) are named here.
@@ -23,9 +23,9 @@ import numpy as np
 from dcgan_jax import animation
 from dcgan_jax import data
 from dcgan_jax import durations as durations_lib
+from dcgan_jax import generation
 from dcgan_jax import json_files
 from dcgan_jax import models
-from dcgan_jax import parallel
 from dcgan_jax import run_logs
 from dcgan_jax import sample_grid
 from dcgan_jax import state as state_lib
@@ -34,7 +34,8 @@ from dcgan_jax.errors import UserError, finite_number, is_integer
 # Tags folded into the run seed, one per independent stream of randomness, kept together so that
 # none is used twice. (The data order uses its own tag inside dcgan_jax.data.)
 INIT_TAG, TRAIN_TAG, SAMPLE_TAG, QUALITY_TAG, EVAL_TAG = 1, 2, 3, 4, 5
-# Generated images per forward pass when scoring many samples (bounds host/device memory).
+# Generated images per device per forward pass when scoring many samples (bounds host and device
+# memory).
 GENERATE_CHUNK = 250
 QUALITY_FILE = 'quality.json'
 # The best in-training FID so far: its step, value and protocol; its checkpoint (the whole state,
@@ -48,40 +49,37 @@ QUALITY_BAR = {'max_frechet_distance_ratio': 0.10, 'num_classes_covered': 10,
                'min_class_fraction': 0.03}
 
 
-def local_copy(x: jax.Array, pmap_layout: bool) -> jax.Array:
-  """One device's copy of a replicated array (pmap layout: the first row of the device axis).
-
-  Under pmap only the arrays laid out for it carry the device axis: a fresh state straight
-  from initialisation (the untrained generator's digits quality) is one array per leaf, whose
-  first row is no replica.
-  """
-  if pmap_layout and _leading_axis_split(x):
-    return parallel.local_replica(x)
-  return x.addressable_data(0)
-
-
-def _leading_axis_split(x: jax.Array) -> bool:
-  """Whether ``x``'s leading axis is split over devices (pmap's layout, even on one device)."""
-  spec = getattr(x.sharding, 'spec', None)
-  return bool(spec) and spec[0] is not None
-
 class Sampler:
-  """Generates images from the current state on one local device (train=False)."""
+  """Generates images from the current state on every local device of this process.
 
-  def __init__(self, config: ml_collections.ConfigDict, step_fn: parallel.DataParallelStep):
+  G runs with train=False on the EMA weights where the run keeps them, its latents split over a
+  1-D mesh of ``jax.local_devices()`` and its variables replicated there
+  (:class:`dcgan_jax.generation.LocalGenerator`): the images are the ones one device would make.
+  Grids and the digits quality come back to the host; FID's images stay on the devices, each
+  chunk already split over them as the Inception extractor takes its batches.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict):
     generator = models.generator_from_config(config)
-    self._pmap_layout = step_fn.parallelism == 'pmap'
+    self._generation = generation.LocalGenerator(generator)
     self.num_classes = generator.num_classes
-    self._apply = jax.jit(lambda variables, z, labels: generator.apply(
-        variables, z, train=False, **models.label_kwargs(labels)))
     self.output_activation = config.output_activation
     self.value_range = models.output_range(config.output_activation)
-    self._apply_uint8 = None  # Built on first use: only FID needs it.
+    self._chunk_size = GENERATE_CHUNK * self._generation.num_devices
+
+  @property
+  def num_devices(self) -> int:
+    """The devices the images are generated on."""
+    return self._generation.num_devices
 
   def variables(self, state: state_lib.GANState) -> dict[str, Any]:
-    """G's sampling variables (EMA when kept) as single-device arrays."""
-    variables = state.sampling_variables(use_ema=True)
-    return jax.tree.map(lambda x: local_copy(x, self._pmap_layout), variables)
+    """G's sampling variables (EMA when kept), replicated over this process's devices.
+
+    The shard_map step's state is used where it is (its arrays, not copies: the programs that
+    read it are queued before the next step donates it); pmap's first local replica, or a fresh
+    state not laid out for the step, is copied to every device.
+    """
+    return self._generation.replicate(state.sampling_variables(use_ema=True))
 
   def labels(self, num: int) -> np.ndarray | None:
     """The classes ``num`` samples are generated with (:func:`models.cycled_labels`)."""
@@ -91,7 +89,7 @@ class Sampler:
                labels: np.ndarray | None = None) -> np.ndarray:
     """Images ``float32 [N, H, W, C]`` in the generator's range for latents ``[N, latent_dim]``
     (and, for a conditional generator, classes ``[N]``)."""
-    return np.concatenate(jax.device_get(self.dispatch_generate(variables, z, labels)))
+    return self._generation(variables, z, labels, chunk_size=self._chunk_size)
 
   def dispatch_generate(self, variables: dict[str, Any], z: np.ndarray | jax.Array,
                         labels: np.ndarray | None = None) -> list[jax.Array]:
@@ -100,30 +98,23 @@ class Sampler:
     ``np.concatenate`` of the chunks gives :meth:`generate`'s images. The programs read
     ``variables`` in queue order, so later steps may donate the state they came from.
     """
-    return [self._apply(variables, z[start:start + GENERATE_CHUNK],
-                        _rows(labels, start, GENERATE_CHUNK))
-            for start in range(0, z.shape[0], GENERATE_CHUNK)]
+    return self._generation.dispatch(variables, z, labels, chunk_size=self._chunk_size)
 
-  def generate_uint8(self, variables: dict[str, Any], z: jax.Array,
-                     labels: np.ndarray | None = None) -> jax.Array:
-    """Images ``uint8 [N, H, W, C]`` left on the device (quantised as ``evaluation.to_uint8``).
+  def generate_uint8(self, variables: dict[str, Any], z: np.ndarray | jax.Array,
+                     labels: np.ndarray | None = None,
+                     chunk_size: int | None = None) -> list[jax.Array]:
+    """Images ``uint8 [N, H, W, C]`` left on the devices (quantised as ``evaluation.to_uint8``),
+    in chunks of ``chunk_size`` (default: as :meth:`generate`'s) split over the devices.
 
     For FID: the images go to the Inception network without a host round trip, and nothing
-    waits for the device here.
+    waits for the devices here. With the extractor's batch size as ``chunk_size`` each chunk is
+    one of its batches, laid out as it takes them (see
+    :meth:`dcgan_jax.generation.LocalGenerator.dispatch`, which also says where a last chunk
+    that does not split evenly over the devices lies).
     """
-    if self._apply_uint8 is None:
-      from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
-      apply, value_range = self._apply, self.value_range
-      self._apply_uint8 = jax.jit(lambda variables, z, labels: evaluation.to_uint8_jax(
-          apply(variables, z, labels), *value_range))
-    chunks = [self._apply_uint8(variables, z[start:start + GENERATE_CHUNK],
-                                _rows(labels, start, GENERATE_CHUNK))
-              for start in range(0, z.shape[0], GENERATE_CHUNK)]
-    return chunks[0] if len(chunks) == 1 else jnp.concatenate(chunks)
-
-
-def _rows(labels: np.ndarray | None, start: int, size: int) -> np.ndarray | None:
-  return None if labels is None else labels[start:start + size]
+    return self._generation.dispatch(variables, z, labels,
+                                     chunk_size=chunk_size or self._chunk_size,
+                                     value_range=self.value_range)
 
 
 def latents(seed: int, tag: int, num: int, latent_dim: int) -> jax.Array:
@@ -324,10 +315,13 @@ class InceptionFIDHook:
     self.last_manifold: dict[str, float] = {}  # The latest precision, recall, ... (if on).
     real = data.load_all_images(config, max_examples=num_samples)
     self._real, self._real_features = self._statistics(
-        real[evaluation.process_share(len(real))], len(real))
+        [real[evaluation.process_share(len(real))]], len(real))
     share = evaluation.process_share(num_samples)
-    self._latents = latents(int(config.seed), EVAL_TAG, num_samples,
-                             int(config.latent_dim))[share]
+    # On the host once: every FID splits them over the devices chunk by chunk.
+    self._latents = np.asarray(latents(int(config.seed), EVAL_TAG, num_samples,
+                                       int(config.latent_dim))[share])
+    # Generated in the extractor's batches: each chunk reaches Inception laid out as it is.
+    self._chunk_size = getattr(self._extractor, 'batch_size', None)
     labels = sampler.labels(num_samples)  # Every class equally often (conditional G).
     self._labels = None if labels is None else labels[share]
     self.protocol = {'num_generated': num_samples, 'num_real': int(self._real.count),
@@ -339,19 +333,24 @@ class InceptionFIDHook:
                  every_steps, num_samples, self._real.count, self.protocol['real'],
                  preprocessing)
 
-  def _statistics(self, uint8_images: np.ndarray | jax.Array, num_total: int):
+  def _statistics(self, uint8_chunks: list[np.ndarray | jax.Array], num_total: int):
     """Feature statistics of every process's images (a collective: all processes call it),
-    and with precision/recall on, the features of all ``num_total`` images (else None)."""
+    and with precision/recall on, the features of all ``num_total`` images (else None).
+
+    ``uint8_chunks``: this process's images, in chunks that concatenate to them.
+    """
     stats = self._evaluation.FeatureStatistics()
     features = []
     if hasattr(self._extractor, 'device_batches'):
       # Features stay on the device and are summed there; one host copy of the sums at the end.
-      for out in self._extractor.device_batches(uint8_images):
-        stats.update(out['pool'])
-        if self._precision_recall:  # Otherwise no batch's features are kept.
-          features.append(out['pool'])
+      for chunk in uint8_chunks:
+        for out in self._extractor.device_batches(chunk):
+          stats.update(out['pool'])
+          if self._precision_recall:  # Otherwise no batch's features are kept.
+            features.append(out['pool'])
     else:  # A stand-in extractor (tests): any callable mapping numpy uint8 images to features.
-      features.append(self._extractor(np.asarray(uint8_images))['pool'])
+      features.append(self._extractor(np.concatenate([np.asarray(c) for c in uint8_chunks]))
+                      ['pool'])
       stats.update(features[-1])
     stats = self._evaluation.allgather_statistics(stats, stats.dim)
     if not self._precision_recall:
@@ -363,7 +362,8 @@ class InceptionFIDHook:
   def __call__(self, step: int, variables: dict[str, Any], writer) -> float:
     """The FID at ``step``, on every process; process 0 writes and logs it."""
     fake, fake_features = self._statistics(
-        self._sampler.generate_uint8(variables, self._latents, self._labels),
+        self._sampler.generate_uint8(variables, self._latents, self._labels,
+                                     chunk_size=self._chunk_size),
         self.protocol['num_generated'])
     fid = self._evaluation.frechet_distance(self._real, fake)
     k = self._evaluation.manifold.DEFAULT_K

@@ -2,7 +2,8 @@
 
 Usage: python multiprocess_step_worker.py OUT.npz NUM_PROCESSES PROCESS_ID PORT
 Each process owns its rows of one fixed global batch and runs two data-parallel steps; it also
-gathers unevenly shared rows (``evaluation.allgather_rows``).
+gathers unevenly shared rows (``evaluation.allgather_rows``) and generates its share of images
+from the trained state (``generation.LocalGenerator``, as in-training FID does).
 """
 import os
 import sys
@@ -38,7 +39,17 @@ def main():
   from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
   all_rows = np.arange(14, dtype=np.float32).reshape(7, 2)
   gathered = evaluation.allgather_rows(all_rows[evaluation.process_share(7)], 7)
-  np.savez(out, *[np.asarray(x) for x in leaves], gathered_rows=gathered,
+  # The in-training FID's generation: each process makes its share of 7 images on its own
+  # devices alone, from its replicas of the trained (global) state.
+  from dcgan_jax import generation  # pylint: disable=g-import-not-at-top
+  local = generation.LocalGenerator(g)
+  assert set(local.devices) == set(jax.local_devices())
+  z = np.asarray(jax.random.normal(jax.random.key(5), (7, 8)))[evaluation.process_share(7)]
+  chunks = local.dispatch(state.sampling_variables(), z, chunk_size=2)
+  assert all(chunk.is_fully_addressable for chunk in chunks)
+  mine = np.concatenate([np.asarray(chunk) for chunk in chunks]).reshape(len(z), -1)
+  generated = evaluation.allgather_rows(mine, 7)
+  np.savez(out, *[np.asarray(x) for x in leaves], gathered_rows=gathered, generated=generated,
            **{f'metric_{k}': v for k, v in metrics.items()})
 
 

@@ -475,9 +475,9 @@ def test_in_training_fid_scores_every_class(tfds_dir, tmp_path, monkeypatch):
   made = []
   original = train_hooks.Sampler.generate_uint8
 
-  def recording(self, variables, z, labels=None):
+  def recording(self, variables, z, labels=None, **kwargs):
     made.append(labels)
-    return original(self, variables, z, labels)
+    return original(self, variables, z, labels, **kwargs)
 
   monkeypatch.setattr(train_hooks.Sampler, 'generate_uint8', recording)
   config = tiny_config(tfds_dir, inception_weights='stand_in.npz', eval_every_steps=2,

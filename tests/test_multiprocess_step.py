@@ -1,5 +1,6 @@
 """Two real processes (jax.distributed on 127.0.0.1, gloo CPU collectives), 2 devices each, give
-the same state as one process with 4 devices."""
+the same state as one process with 4 devices, and generate the same images from it (each
+process its share, on its own devices)."""
 import os
 import socket
 import subprocess
@@ -42,6 +43,7 @@ def test_two_processes_match_one_process(tmp_path, parallelism):
     assert p.returncode == 0, err[-3000:]
   ref = np.load(single)
   np.testing.assert_array_equal(ref['gathered_rows'], np.arange(14).reshape(7, 2))
+  assert ref['generated'].shape == (7, 8 * 8 * 1)  # Every process's share of the images.
   for out in outs:
     got = np.load(out)
     assert set(got.files) == set(ref.files)
