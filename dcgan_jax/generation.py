@@ -1,11 +1,11 @@
 """The generator's forward pass (train=False), data-parallel over this process's devices.
 
-The training hooks (sample grids, digits quality, in-training FID) generate with
-:class:`LocalGenerator`: the latents (and a conditional generator's classes) are split along the
-batch over a 1-D mesh of ``jax.local_devices()``, G's variables are replicated on it, and each
-device runs G on its own rows (``shard_map``: in eval mode G treats every example on its own,
-so no device waits for another). Chunks are padded to a multiple of the device count and the
-padding dropped, so any number of images works.
+The training hooks (sample grids, digits quality, in-training FID) and the ``sample`` command
+generate with :class:`LocalGenerator`: the latents (and a conditional generator's classes) are
+split along the batch over a 1-D mesh of ``jax.local_devices()``, G's variables are replicated
+on it, and each device runs G on its own rows (``shard_map``: in eval mode G treats every
+example on its own, so no device waits for another). Chunks are padded to a multiple of the
+device count and the padding dropped, so any number of images works.
 
 The mesh is the one :class:`dcgan_jax.evaluation.InceptionExtractor` splits its batches over, so
 uint8 images made for FID in chunks of the extractor's batch size reach Inception on the devices

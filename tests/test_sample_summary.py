@@ -659,8 +659,14 @@ def test_generate_compiles_once_and_refuses_latents_that_are_not_float_vectors()
   assert sample.generate(generator, variables, z).shape == (3, 8, 8, 1)
   # Compiled once per generator (each call compiled anew: ~0.6 s each in a notebook loop).
   same = Generator(image_size=8, channels=1, latent_dim=4, width=4)
-  assert sample._jitted_apply(same) is sample._jitted_apply(generator)  # pylint: disable=protected-access
-  assert sample._jitted_apply(generator.clone(width=8)) is not sample._jitted_apply(generator)  # pylint: disable=protected-access
+  cached = sample._local_generator  # pylint: disable=protected-access
+  assert cached(same) is cached(generator)
+  assert cached(generator.clone(width=8)) is not cached(generator)
+  # On every local device (tests/conftest.py gives 8), the images one device makes.
+  assert cached(generator).num_devices == jax.local_device_count() == 8
+  one_device = jax.jit(lambda v, z: generator.apply(v, z, train=False))
+  np.testing.assert_array_equal(sample.generate(generator, variables, z),
+                                np.asarray(one_device(variables, z)))
   for bad, shown in [(jnp.ones((3, 4), jnp.int32), 'int32 (3, 4)'),
                      (jnp.zeros((3, 5)), 'float32 (3, 5)'), (jnp.zeros((4,)), 'float32 (4,)')]:
     with pytest.raises(UserError, match=re.escape(f'z must be floating latents of shape [N, 4] '
