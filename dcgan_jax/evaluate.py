@@ -32,7 +32,9 @@ The numbers are printed with their protocol (samples, reference, preprocessing) 
 A file there that holds a result under another protocol (other weights, reference, sample count,
 ``--no_ema``, ...) is kept: the new result goes to ``eval_step_XXXXXX-2.json`` (then ``-3``, ...)
 and a warning names the settings that differ. The generated images depend on ``--seed`` alone
-(image j's latent is drawn from the seed and j), not on ``--batch_size``.
+(image j's latent is drawn from the seed and j), not on ``--batch_size`` or the device count.
+Each batch is generated split over the local devices (each draws its own rows' latents) and
+reaches Inception, which splits its batches over the same devices, where it was made.
 Mistakes (missing workdir, checkpoint, weights, a bad reference file, ...) print one sentence on
 stderr and exit with status 2.
 """
@@ -45,7 +47,7 @@ import json
 import os
 import pathlib
 import zipfile
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from absl import flags
 from absl import logging
@@ -76,8 +78,9 @@ flags.DEFINE_integer('num_reference', 50_000, 'Dataset images used for the cache
                      '(all of them when the split is smaller).', flag_values=FLAGS)
 flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate; default the latest.',
                      flag_values=FLAGS)
-flags.DEFINE_integer('batch_size', 200, 'Images per generator / Inception batch.',
-                     flag_values=FLAGS)
+flags.DEFINE_integer('batch_size', 200, 'Images per generator / Inception batch, over all '
+                     'local devices (rounded up to a multiple of their count; the images are '
+                     'the same at any batch size).', flag_values=FLAGS)
 flags.DEFINE_enum('preprocessing', 'pytorch_fid', ['pytorch_fid', 'tf'], 'Inception input '
                   'preprocessing: pytorch_fid (default) or tf (TTUR, torch-fidelity).',
                   flag_values=FLAGS)
@@ -179,32 +182,54 @@ def load_generator(workdir: str, config, step: int | None, use_ema: bool):
 
 def generate(generator, variables, num_samples: int, latent_dim: int, batch_size: int,
              seed: int, value_range: tuple[float, float] | None = None,
-             label: int | None = None):
+             label: int | None = None, devices: Sequence[Any] | None = None):
   """Yields batches of generated images, `num_samples` in all, as device arrays.
 
   Image j of the whole sample has the latent ``normal(fold_in(key(seed), j))``, so the samples
-  (and the scores) depend on the seed alone, not on the batch size. A class-conditional
-  generator (``num_classes > 0``) draws the classes in turn (image j of the whole sample shows class ``j mod num_classes``), so every
-  class is scored equally often; with ``label`` every image shows that class. Sampling (and
-  quantisation) is one jitted program per batch, compiled once per generator and batch shape;
-  nothing waits for the device, so the caller can queue the scoring of each batch behind it.
+  (and the scores) depend on the seed alone, not on the batch size or the device count. A
+  class-conditional generator (``num_classes > 0``) draws the classes in turn (image j of the
+  whole sample shows class ``j mod num_classes``), so every class is scored equally often; with
+  ``label`` every image shows that class.
+
+  Generation is data-parallel over ``devices``, on the mesh of
+  :class:`dcgan_jax.generation.LocalGenerator`: G's variables are replicated there and each
+  device draws the latents of its own rows of the batch and runs G on them (``shard_map``; in
+  eval mode G makes every image on its own, so the images are those one device would make). Each batch is split over the
+  devices as :class:`dcgan_jax.evaluation.InceptionExtractor` over the same devices splits its
+  batches of the same size, so Inception takes it as it is. Sampling (and quantisation) is one
+  jitted program per batch, compiled once per generator, batch shape and devices; nothing waits
+  for the device, so the caller can queue the scoring of each batch behind it.
 
   Args:
-    generator, variables: the flax generator and its sampling variables.
+    generator, variables: the flax generator and its sampling variables (on any device or the
+      host; replicated over ``devices`` once per call).
     num_samples: images in all (the last batch may be smaller).
     latent_dim: the generator's latent size.
-    batch_size: images per batch.
+    batch_size: images per batch, rounded up to a multiple of the device count (as the
+      extractor rounds its batches).
     seed: seed of the latents.
     value_range: None yields ``float32 [b, H, W, C]`` in the generator's range; ``(low, high)``
       yields them quantised on the device, ``uint8 [b, H, W, C]`` (`evaluation.to_uint8_jax`).
+    label: a conditional generator's one class for every image; None cycles the classes.
+    devices: the devices to generate on; default ``jax.local_devices()`` (the extractor's
+      default).
+
+  Yields:
+    Batches ``[b, H, W, C]`` in order, split over ``devices`` along the rows; a last, smaller
+    batch is the first rows of a whole one.
   """
   import jax  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import generation  # pylint: disable=g-import-not-at-top
 
+  local = generation.LocalGenerator(generator, devices)
+  batch_size = -(-batch_size // local.num_devices) * local.num_devices
+  mesh = local.batch_sharding.mesh
   try:  # One compiled sampler per generator and shape, whatever the seed or label (intra-FID).
-    sample = _sampler(generator, latent_dim, batch_size, value_range, label is not None)
+    sample = _sampler(generator, latent_dim, batch_size, value_range, label is not None, mesh)
   except TypeError:  # An unhashable (custom) generator: compiled for this call alone.
     sample = _sampler.__wrapped__(generator, latent_dim, batch_size, value_range,
-                                  label is not None)
+                                  label is not None, mesh)
+  variables = local.replicate(variables)
   base = jax.random.key(seed)
   label_value = np.int32(0 if label is None else label)
   for start in range(0, num_samples, batch_size):
@@ -214,27 +239,34 @@ def generate(generator, variables, num_samples: int, latent_dim: int, batch_size
 
 @functools.lru_cache(maxsize=16)
 def _sampler(generator, latent_dim: int, batch_size: int,
-             value_range: tuple[float, float] | None, one_label: bool):
-  """The jitted ``(variables, key, start, label) -> images`` of :func:`generate`."""
+             value_range: tuple[float, float] | None, one_label: bool, mesh):
+  """The jitted ``(variables, key, start, label) -> images`` of :func:`generate` over ``mesh``
+  (a 1-D mesh; ``batch_size`` a multiple of its size): images split along the rows."""
   import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from dcgan_jax import evaluation  # pylint: disable=g-import-not-at-top
   from dcgan_jax import models  # pylint: disable=g-import-not-at-top
 
   num_classes = getattr(generator, 'num_classes', 0)
+  (axis,) = mesh.axis_names
+  rows = batch_size // mesh.size
 
-  @jax.jit
   def sample(variables, key, start, label):
-    index = start + jax.numpy.arange(batch_size)
+    # This device's rows of the batch: the latents are drawn where they are used.
+    index = start + jax.lax.axis_index(axis) * rows + jax.numpy.arange(rows)
     z = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (latent_dim,)))(index)
     labels = None
     if num_classes:
       labels = index % num_classes
       if one_label:
-        labels = jax.numpy.full((batch_size,), label)
+        labels = jax.numpy.full((rows,), label)
     images = generator.apply(variables, z, train=False, **models.label_kwargs(labels))
     return images if value_range is None else evaluation.to_uint8_jax(images, *value_range)
 
-  return sample
+  # check_vma=False: G's transposed convolutions are written as jax.linear_transpose, which
+  # refuses rows typed as varying over the mesh (and G runs no collective here).
+  return jax.jit(jax.shard_map(sample, mesh=mesh, in_specs=(P(), P(), P(), P()),
+                               out_specs=P(axis), check_vma=False))
 
 
 def _first_rows(x, count: int):
@@ -502,11 +534,13 @@ def _score(workdir: str, config, extractor, loaded, *, num_samples: int, seed: i
   fake = evaluation.FeatureStatistics()
   logits, kid_features = [], []
   kept = 0
-  # Images, features and statistics stay on the device and nothing waits for it inside the
-  # loop: the logits (for IS) and the first KID features are gathered on the device and copied
-  # to the host once, after the last batch.
+  # Images, features and statistics stay on the devices and nothing waits for them inside the
+  # loop: the logits (for IS) and the first KID features are gathered on the devices and copied
+  # to the host once, after the last batch. Generated on the extractor's devices in its batch
+  # size, each batch reaches Inception split over them as it takes its batches.
   for images in generate(generator, variables, num_samples, int(config.latent_dim), batch_size,
-                         seed, value_range=value_range, label=label):
+                         seed, value_range=value_range, label=label,
+                         devices=getattr(extractor, 'devices', None)):
     for out in extractor.device_batches(images):
       fake.update(out['pool'])
       logits.append(out['logits'])

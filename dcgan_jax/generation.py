@@ -10,6 +10,8 @@ device count and the padding dropped, so any number of images works.
 The mesh is the one :class:`dcgan_jax.evaluation.InceptionExtractor` splits its batches over, so
 uint8 images made for FID in chunks of the extractor's batch size reach Inception on the devices
 that made them. In a multi-process run each process generates on its own devices only.
+``python -m dcgan_jax.evaluate`` (:func:`dcgan_jax.evaluate.generate`) generates over the same
+mesh, but draws each device's latents on that device, from the images' indices.
 """
 from __future__ import annotations
 

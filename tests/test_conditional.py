@@ -439,14 +439,15 @@ def test_sample_draws_the_classes_asked_for(tfds_dir, tmp_path):
     sample.sample_labels(tiny_config(tfds_dir, num_classes=0), 4, label=1)
   assert sample.sample_labels(tiny_config(tfds_dir, num_classes=0), 4) is None
   np.testing.assert_array_equal(sample.sample_labels(config, 12), np.arange(12) % 10)
-  # evaluate generates the classes in turn across its batches.
-  batches = list(evaluate.generate(generator, variables, 7, 8, 4, seed=3))
+  # evaluate generates the classes in turn across its batches (of 8: a multiple of the 8
+  # devices it splits them over).
+  batches = list(evaluate.generate(generator, variables, 13, 8, 8, seed=3))
   z = jnp.stack([jax.random.normal(jax.random.fold_in(jax.random.key(3), j), (8,))
-                 for j in range(4, 8)])  # Image j's latent comes from j alone.
-  expected = generator.apply(variables, z, train=False, labels=jnp.arange(4, 8) % 10)
-  np.testing.assert_allclose(np.asarray(batches[1]), np.asarray(expected)[:3], atol=1e-6)
+                 for j in range(8, 13)])  # Image j's latent comes from j alone.
+  expected = generator.apply(variables, z, train=False, labels=jnp.arange(8, 13) % 10)
+  np.testing.assert_allclose(np.asarray(batches[1]), np.asarray(expected), atol=1e-6)
   # The batch size changes no image (it used to draw each batch's latents from one key).
-  one_batch = next(evaluate.generate(generator, variables, 7, 8, 7, seed=3))
+  one_batch = next(evaluate.generate(generator, variables, 13, 8, 13, seed=3))
   np.testing.assert_allclose(np.asarray(one_batch),
                              np.concatenate([np.asarray(b) for b in batches]), atol=1e-6)
 

@@ -20,12 +20,14 @@ import pytest
 
 from dcgan_jax import evaluate
 from dcgan_jax import evaluation
+from dcgan_jax import models
 from dcgan_jax import run_checks
 from dcgan_jax import train
 from dcgan_jax import train_hooks
 from dcgan_jax.errors import EXIT_USER_ERROR
 from dcgan_jax.data import digits
 from dcgan_jax.evaluation import weights
+from dcgan_jax.evaluation.inception import variable_shapes
 
 from tiny_configs import tiny_config  # pylint: disable=g-bad-import-order
 
@@ -522,6 +524,99 @@ def test_intra_fid_is_the_mean_of_the_per_class_fids(tmp_path, monkeypatch, caps
   status, _, err = _cli([f'--workdir={plain}', '--intra_fid'], capsys)
   assert status == EXIT_USER_ERROR and 'trained without labels' in err
   assert len(err.strip().splitlines()) == 1
+
+
+def _one_device_generation(generator, variables, num, seed, value_range, label):
+  """What evaluate generated before it used every device: image j from normal(fold_in(key(seed),
+  j)) and class j mod num_classes (or ``label``), all of them in one program on one device."""
+  num_classes = generator.num_classes
+  device = jax.local_devices()[0]
+
+  @jax.jit
+  def images(variables):
+    index = jax.numpy.arange(num)
+    z = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(jax.random.key(seed), i),
+                                             (generator.latent_dim,)))(index)
+    labels = None
+    if num_classes:
+      labels = index % num_classes if label is None else jax.numpy.full((num,), label)
+    out = generator.apply(variables, z, train=False, **models.label_kwargs(labels))
+    return out if value_range is None else evaluation.to_uint8_jax(out, *value_range)
+
+  return np.asarray(images(jax.device_put(variables, device)))
+
+
+@pytest.mark.parametrize('num_classes', [0, 10])
+def test_generation_over_every_device_is_the_one_device_generation(num_classes):
+  """evaluate's images split over 8 (or 3) devices are one device's, bit for bit: float32 and
+  uint8, counts that are no multiple of the batch or of the devices, any batch size (rounded
+  up to a multiple of the devices), the classes in turn or one ``label``; every whole batch is
+  split over the devices as an extractor over them takes its batches of that size."""
+  assert jax.local_device_count() == 8  # tests/conftest.py's fake CPU devices.
+  generator = models.Generator(image_size=8, channels=1, latent_dim=8, width=8,
+                               num_classes=num_classes)
+  variables = generator.init(jax.random.key(0), np.zeros((1, 8), np.float32), train=False,
+                             **models.label_kwargs(models.cycled_labels(1, num_classes)))
+  zero_inception = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variable_shapes())
+  for value_range, label, num, batch_size, num_devices in [
+      (None, None, 13, 5, 8), ((-1.0, 1.0), None, 13, 5, 8), (None, None, 45, 16, 3),
+      ((-1.0, 1.0), 3 if num_classes else None, 21, 200, 8), ((-1.0, 1.0), None, 3, 8, 8)]:
+    devices = jax.local_devices()[:num_devices]
+    message = f'{num} images over {num_devices} devices in batches of {batch_size}'
+    batches = list(evaluate.generate(generator, variables, num, 8, batch_size, seed=3,
+                                     value_range=value_range, label=label, devices=devices))
+    expected = _one_device_generation(generator, variables, num, 3, value_range, label)
+    np.testing.assert_array_equal(np.concatenate(jax.device_get(batches)), expected,
+                                  err_msg=message)
+    rows = -(-batch_size // num_devices) * num_devices
+    assert [b.shape[0] for b in batches] == [min(rows, num - s) for s in range(0, num, rows)]
+    extractor = evaluation.InceptionExtractor(zero_inception, batch_size=batch_size,
+                                              devices=devices)
+    assert extractor.batch_size == rows
+    for batch in batches:
+      if batch.shape[0] == rows:  # Nothing to move before Inception.
+        # pylint: disable-next=protected-access
+        assert batch.sharding == extractor._data_sharding, message
+        assert len(batch.addressable_shards) == num_devices
+  # One program per generator, batch shape and devices, whatever the seed or the label.
+  evaluate._sampler.cache_clear()  # pylint: disable=protected-access
+  labels = [0, 9] if num_classes else [None, None]
+  for seed, label in zip((0, 1), labels):
+    list(evaluate.generate(generator, variables, 16, 8, 8, seed=seed, label=label))
+  assert evaluate._sampler.cache_info().misses == 1  # pylint: disable=protected-access
+
+
+def test_evaluate_generates_on_the_extractors_devices(run_dir, tmp_path, monkeypatch):
+  """The evaluation generates on the extractor's devices in its batch size: every whole batch
+  reaches it split as it takes its batches (no gather to one device and back), and the images
+  are those of one device."""
+  devices = jax.local_devices()[:4]
+  zero_inception = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variable_shapes())
+  extractor = evaluation.InceptionExtractor(zero_inception, batch_size=5, devices=devices)
+  generated = []
+
+  def mean_pixel_features(images):  # Records what it is given; runs no network.
+    if isinstance(images, jax.Array):
+      generated.append(images)
+    yield from _MeanPixelExtractor().device_batches(images)
+
+  monkeypatch.setattr(extractor, 'device_batches', mean_pixel_features)
+  monkeypatch.setattr(evaluation.InceptionExtractor, 'from_file',
+                      classmethod(lambda cls, path, **kwargs: extractor))
+  run = tmp_path / 'run'
+  shutil.copytree(run_dir, run)
+  result = evaluate.evaluate(str(run), 'unused.npz', num_samples=13, num_reference=16,
+                             batch_size=5)
+  assert np.isfinite(result['fid'])
+  assert [images.shape[0] for images in generated] == [8, 5]  # 5 rounded up to 4 devices.
+  # pylint: disable-next=protected-access
+  assert generated[0].sharding == extractor._data_sharding
+  config = evaluate.load_run_config(str(run))
+  generator, variables, _, _ = evaluate.load_generator(str(run), config, None, True)
+  value_range = models.output_range(config.output_activation)
+  np.testing.assert_array_equal(
+      np.concatenate(jax.device_get(generated)),
+      _one_device_generation(generator, variables, 13, 0, value_range, None))
 
 
 class _CheapExtractor:

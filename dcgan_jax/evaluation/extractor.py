@@ -168,6 +168,8 @@ class InceptionExtractor:
     self.batch_size = -(-batch_size // self.num_devices) * self.num_devices
     mesh = jax.make_mesh((self.num_devices,), (_BATCH_AXIS,), axis_types=(AxisType.Auto,),
                          devices=devices)
+    # Public: evaluate generates its images on them, already split as the batches are.
+    self.devices = list(mesh.devices.flat)
     self._data_sharding = NamedSharding(mesh, PartitionSpec(_BATCH_AXIS))
     # BatchNorm folded into the convolutions once, here: the same features with one pass less
     # over every activation (and conv + bias + ReLU as one cuDNN call on GPUs).
