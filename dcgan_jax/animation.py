@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from dcgan_jax import json_files
+from dcgan_jax import write_errors
 
 PROGRESS_GIF = 'progress.gif'
 _STEP_PNG = re.compile(r'step_(\d+)\.png$')
@@ -43,9 +44,10 @@ def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike,
   try:
     # disposal=1 and no optimisation keep every frame a full picture, so PIL reports (and
     # viewers show) exactly one frame per input even where consecutive grids barely differ.
-    images[0].save(tmp, format='GIF', save_all=True, append_images=images[1:],
-                   duration=duration_ms if isinstance(duration_ms, int) else list(duration_ms),
-                   loop=loop, disposal=1, optimize=False)
+    with write_errors.naming(path):  # PIL's failed write or close names no file.
+      images[0].save(tmp, format='GIF', save_all=True, append_images=images[1:],
+                     duration=duration_ms if isinstance(duration_ms, int) else list(duration_ms),
+                     loop=loop, disposal=1, optimize=False)
     json_files.give_new_file_permissions(tmp)
     os.replace(tmp, path)
   except BaseException:

@@ -3,10 +3,13 @@ of files written through a temporary file."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 from typing import Any
+
+from dcgan_jax import write_errors
 
 # The process's umask, read once at import (reading it means setting it, which is not safe
 # while other threads create files).
@@ -30,6 +33,14 @@ def write_json_atomically(path: str | os.PathLike, value: Any) -> pathlib.Path:
   """
   path = pathlib.Path(path)
   tmp_path = path.with_name(path.name + '.tmp')
-  tmp_path.write_text(json.dumps(value, indent=2, sort_keys=True) + '\n', encoding='utf-8')
-  os.replace(tmp_path, path)
+  text = json.dumps(value, indent=2, sort_keys=True) + '\n'
+  try:
+    with write_errors.naming(path):  # A failed write or close names no file.
+      tmp_path.write_text(text, encoding='utf-8')
+    os.replace(tmp_path, path)
+  except BaseException:
+    # (A full disk left a cut-short '.tmp' beside the file, which stays as it was.)
+    with contextlib.suppress(OSError):
+      os.remove(tmp_path)
+    raise
   return path

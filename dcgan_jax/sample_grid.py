@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from dcgan_jax import json_files
+from dcgan_jax import write_errors
 
 
 def to_uint8(images: np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
@@ -90,7 +91,8 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
                                    delete=False) as f:
     tmp_path = f.name
   try:
-    pil_image.save(tmp_path, format='PNG')
+    with write_errors.naming(path):  # PIL's failed write or close names no file.
+      pil_image.save(tmp_path, format='PNG')
     json_files.give_new_file_permissions(tmp_path)
     os.replace(tmp_path, path)
   except BaseException:

@@ -91,6 +91,7 @@ from dcgan_jax import summary
 from dcgan_jax import train_hooks
 from dcgan_jax import train_metrics
 from dcgan_jax import train_step as train_step_lib
+from dcgan_jax import write_errors
 from dcgan_jax import writers
 from dcgan_jax.errors import UserError, is_integer
 
@@ -458,8 +459,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
 
   # --- 2. Lock, restore, write the run's config. ---------------------------------------------
   setup = run_checks.run_setup(step_fn.num_devices, device_resident)
+  # A file the storage refuses from here on (a full disk) ends the run in one line that names
+  # it and the step the same command resumes from (write_errors.reported).
   with checkpointing.acquire_workdir_lock(workdir), checkpointing.Checkpointer(
-      workdir, max_to_keep=int(config.keep_checkpoints), run_setup=setup) as checkpointer:
+      workdir, max_to_keep=int(config.keep_checkpoints), run_setup=setup) as checkpointer, \
+      write_errors.reported(workdir, checkpointer):
     # The latest checkpoint's config and setup, read once: the resume checks and messages and
     # (before the state is built) the run's length need them.
     latest = checkpointer.latest_step()
@@ -612,15 +616,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     try:
       with background_checkpoints.BackgroundCheckpointer(checkpointer,
                                                          background) as loop_checkpointer:
-        return _train_loop(config, workdir, durations, step_fn, sampler, image_sampler,
-                           fid_hook, loop_checkpointer, writer, initial_state, state, train_key,
-                           start_step, images_seen_start, untrained_quality,
-                           best_checkpointer, d_updates_start)
-    finally:
+        final_state = _train_loop(config, workdir, durations, step_fn, sampler, image_sampler,
+                                  fid_hook, loop_checkpointer, writer, initial_state, state,
+                                  train_key, start_step, images_seen_start, untrained_quality,
+                                  best_checkpointer, d_updates_start)
+    except BaseException:
+      _close_while_failing(best_checkpointer, writer)
+      raise
+    try:
       if best_checkpointer is not None:
         best_checkpointer.close()
+    finally:
       writer.flush()
       writer.close()
+    return final_state
+
+
+def _close_while_failing(best_checkpointer: checkpointing.Checkpointer | None,
+                         writer: Any) -> None:
+  """Closes the best-FID checkpointer and the writer of a run that is already failing (a full
+  disk, a stop): their errors (clu raises a failed write again at every call) are logged in a
+  line each and must not hide why the run ended."""
+  closers = [('Saving the best-FID checkpoint',
+              best_checkpointer.close if best_checkpointer is not None else None),
+             ('Flushing the metric writer', writer.flush),
+             ('Closing the metric writer', writer.close)]
+  for what, close in closers:
+    try:
+      if close is not None:
+        close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('%s failed too: %s', what, write_errors.describe(e))
 
 
 def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid_hook,
@@ -660,7 +686,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
                           RESOLVED_STEPS_HPARAM: num_train_steps})
     # Every parameter's shape, mean and std at initialisation goes to a file, not the console:
     # the model table logged above already counts them, and 30 more lines bury the run's own.
-    with open(os.path.join(workdir, PARAMETERS_TXT), 'w', encoding='utf-8') as f:
+    parameters_path = os.path.join(workdir, PARAMETERS_TXT)
+    with write_errors.naming(parameters_path), open(parameters_path, 'w', encoding='utf-8') as f:
       for name, params in (('Generator', initial_state.generator.params),
                            ('Discriminator', initial_state.discriminator.params)):
         f.write(f'{name}\n{parameter_overview.get_parameter_overview(params)}\n\n')

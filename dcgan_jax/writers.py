@@ -22,6 +22,7 @@ from absl import logging
 
 from dcgan_jax import errors
 from dcgan_jax import tensorflow_devices
+from dcgan_jax import write_errors
 
 METRICS_JSONL = 'metrics.jsonl'
 HPARAMS_JSON = 'hparams.json'
@@ -69,7 +70,8 @@ class JsonlWriter:
       self._file = self._open_for_append(self._path)
     # NaN/inf stay readable: JSON has no literal for them, so they are written as strings.
     record = {k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}
-    self._file.write(json.dumps({'step': int(step), **record}) + '\n')
+    with write_errors.naming(self._path):  # A failed write names no file.
+      self._file.write(json.dumps({'step': int(step), **record}) + '\n')
 
   @staticmethod
   def _open_for_append(path: str):
@@ -97,12 +99,14 @@ class JsonlWriter:
 
   def flush(self) -> None:
     if self._file is not None:
-      self._file.flush()
+      with write_errors.naming(self._path):
+        self._file.flush()
 
   def close(self) -> None:
     if self._file is not None:
-      self._file.close()
-      self._file = None
+      file, self._file = self._file, None
+      with write_errors.naming(self._path):
+        file.close()
 
 
 class ProgressLogger:
@@ -178,6 +182,9 @@ def create_writer(workdir: str, just_logging: bool = False) -> Any:
   """clu's default writer (TensorBoard + log) when TensorFlow is installed, else a JsonlWriter."""
   if have_tensorflow():  # (Which has hidden the accelerators from TensorFlow.)
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    # A write the disk refuses is raised again, in one line (write_errors), not logged with
+    # TensorFlow's traceback as well.
+    write_errors.quiet_async_writer_failures()
     return metric_writers.create_default_writer(workdir, just_logging=just_logging)
   if not just_logging:
     logging.warning('Without TensorFlow, scalars go to %s (read them with '

@@ -3,6 +3,7 @@
 Every run uses a tiny variant of the default config (8x8 images, width 8) so that a run costs a
 few seconds; the 8 fake CPU devices of conftest make each run data parallel.
 """
+import errno
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from dcgan_jax import run_logs
 from dcgan_jax import train
 from dcgan_jax import train_hooks
 from dcgan_jax import train_metrics
+from dcgan_jax import write_errors
 from dcgan_jax.errors import UserError
 from tiny_configs import load_config, tiny_config
 
@@ -859,6 +861,48 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     train.train_and_evaluate(config, tmp_path)
   assert _checkpoint_steps(tmp_path) == [2]
   assert sorted(p.name for p in (tmp_path / 'samples').iterdir()) == ['step_000002.png']
+
+
+def test_a_full_disk_at_a_sample_grid_is_one_line_and_the_run_resumes(tfds_dir, tmp_path,
+                                                                     monkeypatch):
+  """A write the disk refused (PIL's, whose OSError names no file) ended the run with a
+  traceback; it is one line naming the file and the step the same command resumes from."""
+  def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(Image.Image, 'save', full_disk)
+  config = tiny_config(tfds_dir, num_train_steps=6, sample_every_steps=4)
+  with pytest.raises(write_errors.WriteError) as excinfo:
+    train.train_and_evaluate(config, tmp_path)
+  assert str(excinfo.value) == (
+      f'Could not write {tmp_path / "samples" / "step_000004.png"} (No space left on device); '
+      'free some disk space (or raise the quota or file-size limit) and run the same command '
+      f'again: the checkpoints in {tmp_path / "checkpoints"} are intact, and it resumes from '
+      'step 4.')
+  assert _checkpoint_steps(tmp_path) == [2, 4]
+  assert not list((tmp_path / 'samples').iterdir())  # No half-written grid left behind.
+  monkeypatch.undo()
+  assert int(train.train_and_evaluate(config, tmp_path).step) == 6
+
+
+def test_a_full_disk_at_the_event_file_is_one_line(tfds_dir, tmp_path, monkeypatch, caplog):
+  """TensorBoard's writer failed in clu's thread: clu logged TensorFlow's traceback and raised
+  it again at the writer's next call, as a traceback of clu's and TensorFlow's internals."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from clu.metric_writers import summary_writer  # pylint: disable=g-import-not-at-top
+  events = tmp_path / 'events.out.tfevents.1.host.2.0.v2'
+
+  def full_disk(*args, **kwargs):
+    raise tf.errors.ResourceExhaustedError(
+        None, None, f'{{{{function_node __wrapped__WriteSummary}}}} {events}; No space left on '
+        f'device\n\tFailed to flush 3 events to {events}\n\tCould not flush events file.')
+
+  monkeypatch.setattr(summary_writer.SummaryWriter, 'write_scalars', full_disk)
+  config = tiny_config(tfds_dir, num_train_steps=4, sample_every_steps=0)
+  with caplog.at_level(logging.INFO), pytest.raises(write_errors.WriteError) as excinfo:
+    train.train_and_evaluate(config, tmp_path)
+  assert str(excinfo.value).startswith(f'Could not write {events} (No space left on device); ')
+  assert 'Error in producer thread' not in caplog.text  # clu's traceback: said once, above.
 
 
 @pytest.mark.parametrize('background', [True, False])
