@@ -31,8 +31,10 @@ from dcgan_jax import durations as durations_lib
 from dcgan_jax import models
 from dcgan_jax import parallel
 from dcgan_jax import profiling
+from dcgan_jax import run_logs
 from dcgan_jax import state as state_lib
 from dcgan_jax import step_loop
+from dcgan_jax import train_hooks
 from dcgan_jax import train_step as train_step_lib
 from dcgan_jax.data import device_resident as data_device_resident
 from dcgan_jax.evaluation import preprocessing as eval_preprocessing
@@ -584,3 +586,21 @@ def check_workdir_path(workdir: str | os.PathLike) -> None:
                f'The workdir {path} is not writable ({ancestor} {what})')
     raise checkpointing.CheckpointError(
         f'{problem}; pass a --workdir in a directory you can write to.')
+  for name, what in _WORKDIR_FOLDERS:
+    folder = os.path.join(path, name)
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+      # Found here, not where the run first writes into it: that was after training, as a
+      # traceback (samples/), or as a workdir 'not writable (File exists)' (best_fid/).
+      raise UserError(f'{folder} is a file, not a folder: the run keeps its {what} there. '
+                      'Move or rename the file, or pass another --workdir.')
+
+
+# The folders a run makes in its workdir, with what each holds.
+_WORKDIR_FOLDERS = (
+    (checkpointing.CHECKPOINT_DIR, 'checkpoints'),
+    (checkpointing.CORRUPT_CHECKPOINT_DIR, 'damaged checkpoints'),
+    (train_hooks.SAMPLES_DIR, 'sample grids'),
+    (train_hooks.BEST_FID_DIR, 'best-FID checkpoint'),
+    (run_logs.ROLLED_BACK_DIR, 'set-aside logs'),
+    (profiling.PROFILE_DIR, 'profiler traces'),
+)

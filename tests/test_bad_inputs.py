@@ -141,6 +141,11 @@ ROWS = [
       '--config.num_classes=10'], 'has no class labels'),
     ('workdir_under_a_file', 'dcgan_jax.main', [CONFIG, '--workdir={t}/a_file/run'],
      'not writable'),
+    # A file where the run keeps a folder (samples/, best_fid/, ...): the run trained, then
+    # failed with a traceback at its first sample grid.
+    ('workdir_folder_is_a_file', 'dcgan_jax.main', [CONFIG, '--workdir={t}/filed'],
+     "filed/samples is a file, not a folder: the run keeps its sample grids there. Move or "
+     'rename the file'),
     ('data_dir_is_a_file', 'dcgan_jax.main', [CONFIG, '--workdir={w}', '--config.data_dir={t}/a_file'],
      "a_file' is a file; give a directory for the prepared datasets"),
     ('data_dir_unwritable', 'dcgan_jax.main',
@@ -223,6 +228,8 @@ def places(tmp_path):
   (tmp_path / 'corrupt').mkdir()
   (tmp_path / 'corrupt' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really')
   (tmp_path / 'a_file').write_text('a regular file, not a directory')
+  (tmp_path / 'filed').mkdir()  # A workdir whose samples/ is a file.
+  (tmp_path / 'filed' / 'samples').write_text('a regular file, not the folder of sample grids')
   np.save(tmp_path / 'rgb64.npy', np.zeros((4, 64, 64, 3), np.uint8))
   np.save(tmp_path / 'grey32.npy', np.zeros((4, 32, 32, 1), np.uint8))
   (tmp_path / 'text.npy').write_text('not an array')
