@@ -75,6 +75,7 @@ from dcgan_jax import command_line
 from dcgan_jax import generation
 from dcgan_jax import models
 from dcgan_jax import sample_grid
+from dcgan_jax import write_errors
 from dcgan_jax.errors import UserError, exit_with_user_error
 
 MAX_NUM = 4096  # Images per grid; more make an unreadable picture and a slow PNG.
@@ -348,8 +349,9 @@ def sample_files(workdir: str, out_dir: str, num: int, seed: int = 0, use_ema: b
       # be scored, or crash the FID tool, and a rerun refuses the non-empty folder.
       tmp_path = os.path.join(out_dir, f'.{start + offset:0{digits}d}.png.tmp')
       try:
-        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
-            tmp_path, format='PNG')
+        with write_errors.naming(path):  # PIL's failed write or close names no file.
+          Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+              tmp_path, format='PNG')
         os.replace(tmp_path, path)
       except BaseException:
         with contextlib.suppress(OSError):
@@ -613,7 +615,9 @@ def main(argv: list[str] | None = None) -> None:
     # Every file already written is whole (sample_files writes each atomically).
     command_line.exit_interrupted()
   except OSError as e:  # E.g. a full disk while writing.
-    fail(f'Cannot write {e.filename or "the output"} ({e.strerror or e}); give a writable path.')
+    advice = ('free some disk space (or raise the quota or file-size limit)'
+              if e.errno in write_errors.NO_SPACE else 'give a writable path')
+    fail(f'Cannot write {e.filename or "the output"} ({e.strerror or e}); {advice}.')
 
 
 # Flags that only one way of sampling reads: given for another, they used to do nothing without
@@ -661,6 +665,13 @@ def _check_output_file(path: str, flag: str) -> None:
                     f"{os.path.join(path, 'samples.png' if flag == '--out' else 'walk.gif')}.")
   folder = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(folder):
+    # (The nearest existing path up from it: a file there was said not to exist.)
+    above = folder
+    while not os.path.exists(above) and os.path.dirname(above) != above:
+      above = os.path.dirname(above)
+    if not os.path.isdir(above):
+      raise UserError(f'{flag} {path}: {above} is a file, not a folder; give a path in a '
+                      'folder.')
     raise UserError(f'{flag} {path}: the folder {folder} does not exist; create it or give '
                     'another path.')
   if not os.access(folder, os.W_OK):

@@ -4,6 +4,7 @@ linear-probe CLI.
 One tiny training run (8x8 digits, width 8, 4 steps) is shared by the whole module; the sample
 and probe CLIs then run on its checkpoint in-process (sample once as a subprocess too).
 """
+import errno
 import json
 import math
 import os
@@ -324,6 +325,9 @@ def test_sample_files_are_the_grids_images(run_dir, tmp_path):
     (['--interpolate', '--out={t}/w.png', '--gif_out={t}/w.png'], 'ending in .gif'),
     (['--out={t}/new.jpg'], 'new.jpg: the file is written as PNG'),
     (['--out={t}/new/'], "names no file; give a file name such as samples.png"),
+    # A file on the path: it was said not to exist.
+    (['--out={t}/full/kept.txt/grid.png'], 'kept.txt is a file, not a folder; give a path in a '
+                                           'folder'),
     (['--out='], "--out '' names no file"),
     (['--out={t}/pipe.png'], 'is not a regular file (a device or pipe)'),
     (['--out={t}/grid.png', '--out_dir={t}/new'], '--out names the grid file, and --out_dir '
@@ -344,6 +348,29 @@ def test_sample_files_mistakes_touch_nothing(run_dir, tmp_path, capsys, args, me
   assert not (tmp_path / 'new').exists()
   assert sorted(os.listdir(tmp_path)) == ['full', 'pipe.png']
   assert stat.S_ISFIFO(os.stat(tmp_path / 'pipe.png').st_mode)
+
+
+def test_sample_files_on_a_full_disk_is_one_line_naming_the_file(run_dir, tmp_path, monkeypatch,
+                                                                 capsys):
+  """PIL's failed write names no file: the line said 'Cannot write the output', and advised
+  a writable path for a full disk."""
+  from PIL import Image as PILImage  # pylint: disable=g-import-not-at-top
+  save, calls = PILImage.Image.save, []
+
+  def full_disk_at_the_third(self, path, *args, **kwargs):
+    calls.append(path)
+    if len(calls) == 3:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return save(self, path, *args, **kwargs)
+
+  monkeypatch.setattr(PILImage.Image, 'save', full_disk_at_the_third)
+  with pytest.raises(SystemExit) as exit_info:
+    sample.main(['sample', f'--workdir={run_dir}', f'--out_dir={tmp_path / "files"}', '--num=6'])
+  assert exit_info.value.code == EXIT_USER_ERROR
+  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+      f'Cannot write {tmp_path / "files" / "000002.png"} (No space left on device); free some '
+      'disk space (or raise the quota or file-size limit).')
+  assert sorted(os.listdir(tmp_path / 'files')) == ['000000.png', '000001.png']
 
 
 def test_sample_files_stopped_midway_leave_only_whole_files(run_dir, tmp_path, monkeypatch):
