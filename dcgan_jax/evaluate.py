@@ -57,6 +57,7 @@ from dcgan_jax import class_names
 from dcgan_jax import cli_logging
 from dcgan_jax import command_line
 from dcgan_jax import json_files
+from dcgan_jax import write_errors
 from dcgan_jax.errors import UserError, exit_with_user_error
 
 # A private flag set, so that this module and dcgan_jax.main (which also defines --workdir) can
@@ -356,8 +357,14 @@ def dataset_reference(workdir: str, config, extractor, num_reference: int,
       kept += kid_features[-1].shape[0]
   features = (np.concatenate([np.asarray(x) for x in kid_features]) if kid_features
               else np.zeros((0, 2048), np.float32))
-  stats.save(path, **description, **{FEATURES_KEY: features})  # Whole files only.
-  logging.info('Cached the reference statistics of %d images in %s.', stats.count, path)
+  try:
+    stats.save(path, **description, **{FEATURES_KEY: features})  # Whole files only.
+    logging.info('Cached the reference statistics of %d images in %s.', stats.count, path)
+  except OSError as e:  # A full disk: the cache only saves time, the evaluation goes on.
+    if write_errors.storage_failure(e) is None:
+      raise
+    logging.warning('Could not cache the reference statistics in %s (%s); the next evaluation '
+                    'computes them again.', path, e.strerror)
   protocol = {'source': str(path), 'cached': False, 'num_samples': int(stats.count),
               **description}
   return stats, features, protocol
@@ -608,10 +615,32 @@ def _score(workdir: str, config, extractor, loaded, *, num_samples: int, seed: i
           'dataset': str(config.dataset), 'image_size': int(config.image_size)},
   }
   suffix = '' if label is None else f'_class{label}'
-  path = json_files.write_json_atomically(
+  path = _write_result(
       result_path(workdir, f'eval_step_{step:06d}{suffix}', result['protocol']), result)
   result['path'] = str(path)
   return result
+
+
+# The numbers a result file holds, in the order a failed write of it gives them.
+_SCORES = ('intra_fid', 'fid', 'inception_score', 'kid', 'precision', 'recall', 'density',
+           'coverage')
+
+
+def _write_result(path: pathlib.Path, result: dict[str, Any]) -> pathlib.Path:
+  """Writes a result's JSON. A write the storage refuses (a full disk) is one line that still
+  gives the scores: on a CPU they took hours."""
+  try:
+    return json_files.write_json_atomically(path, result)
+  except OSError as e:
+    failure = write_errors.storage_failure(e)
+    if failure is None:
+      raise
+    scores = ', '.join(f'{name} {result[name]:.6g}' for name in _SCORES
+                       if isinstance(result.get(name), (int, float)))
+    raise write_errors.WriteError(
+        f'Could not write {path} ({os.strerror(failure[1])}); {write_errors.advice(failure[1])} '
+        f"and run again. The scores of step {result['step']}, which are not saved: {scores}."
+    ) from e
 
 
 # How a point counts as inside a k-NN ball, in each result's protocol: results from before
@@ -746,7 +775,7 @@ def intra_fid(workdir: str, inception_weights: str | None, *, num_samples: int =
           FINGERPRINT_KEY: _fingerprint(extractor),
           'dataset': str(config.dataset), 'image_size': int(config.image_size)},
   }
-  path = json_files.write_json_atomically(
+  path = _write_result(
       result_path(workdir, f'eval_step_{step:06d}_intra', summary['protocol']), summary)
   summary['path'] = str(path)
   return summary

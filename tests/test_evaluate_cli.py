@@ -5,6 +5,7 @@ Inception at 299x299 costs about half a second per image on CPU, so the in-proce
 only 16 generated and 16 reference images; the numbers are meaningless, the plumbing is what is
 under test (the metrics themselves are tested in tests/test_evaluation_statistics.py).
 """
+import errno
 import json
 import logging
 import os
@@ -673,6 +674,35 @@ def test_cached_reference_is_remade_when_anything_that_made_it_changes(tmp_path,
   back, cached = reference()
   assert not cached
   np.testing.assert_array_equal(back, first)
+
+
+def test_a_full_disk_keeps_the_scores_in_the_one_line(run_dir, monkeypatch, capsys, caplog):
+  """A full disk ended the evaluation with a traceback: at the reference cache (which only
+  saves time: now a warning) or at the result file, whose scores (hours of work on a CPU)
+  were lost; the one line now gives them."""
+  monkeypatch.setattr(evaluation.InceptionExtractor, 'from_file',
+                      classmethod(lambda cls, path, **kwargs: _MeanPixelExtractor()))
+
+  def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(evaluation.FeatureStatistics, 'save', full_disk)
+  monkeypatch.setattr(pathlib.Path, 'write_text', full_disk)
+  before = sorted(os.listdir(run_dir))
+  with caplog.at_level(logging.WARNING):
+    status, _, err = _cli([f'--workdir={run_dir}', '--inception_weights=unused.npz',
+                           '--num_samples=8', '--num_reference=8'], capsys)
+  assert status == EXIT_USER_ERROR and 'Traceback' not in err
+  line = err.strip().splitlines()[-1]
+  # (-<n>: the module's run holds results of the other tests, under other protocols.)
+  assert re.fullmatch(
+      re.escape(f'Could not write {run_dir}{os.sep}eval_step_000002') + r'(-\d+)?' + re.escape(
+          '.json (No space left on device); free some disk space (or raise the quota or '
+          'file-size limit) and run again. The scores of step 2, which are not saved: fid ')
+      + r'\S+, inception_score \S+, kid \S+, precision \S+, recall \S+, density \S+, '
+      r'coverage \S+\.', line), line
+  assert 'Could not cache the reference statistics in' in caplog.text
+  assert sorted(os.listdir(run_dir)) == before  # Nothing half-written left behind.
 
 
 def test_the_fid_skipped_warning_names_the_field_the_config_set():
