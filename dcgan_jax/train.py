@@ -93,7 +93,7 @@ from dcgan_jax import train_metrics
 from dcgan_jax import train_step as train_step_lib
 from dcgan_jax import write_errors
 from dcgan_jax import writers
-from dcgan_jax.errors import UserError, is_integer
+from dcgan_jax.errors import UserError, first_line, is_integer
 
 # Each checkpoint's metadata: the images trained on up to its step (a sum over the batch sizes
 # of every launch of the run).
@@ -600,6 +600,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       elif moved:
         logging.warning('An earlier run left %s in the workdir, which this run makes anew: '
                         'set aside in %s.', train_hooks.describe_set_aside(moved), aside)
+      # Records it reads back that cannot be read would be written over without a word.
+      for name, reason, with_it in train_hooks.set_aside_unreadable_records(workdir, aside):
+        logging.warning('%s in the workdir cannot be read (%s): set aside as it was%s in %s, '
+                        'and this run starts %s anew.', name, first_line(reason, max_chars=160),
+                        f', with {with_it},' if with_it else '', aside,
+                        'the history of its scores' if name == train_hooks.QUALITY_FILE
+                        else 'its best FID and best-FID checkpoint')
     # Process 0 has moved the earlier best_fid/ before any process opens it below.
     _sync_processes('set_aside')
 

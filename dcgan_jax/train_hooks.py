@@ -444,6 +444,46 @@ def set_aside_earlier_outputs(workdir: str, step: int, aside) -> list[str]:
   return moved
 
 
+def set_aside_unreadable_records(workdir: str, aside) -> list[tuple[str, str]]:
+  """Moves a ``quality.json`` or ``best_fid.json`` that cannot be read (cut short, garbled,
+  edited by hand) to ``aside`` as it is, with ``best_fid/`` for the latter.
+
+  The run would otherwise go on without a word as if there were none: write a new
+  ``quality.json`` over it (its history lost), and take the next FID for a new best, replacing
+  the earlier best-FID checkpoint, however good it was. Set aside, both are kept.
+
+  Args:
+    workdir: The run's directory.
+    aside: Where to (:func:`dcgan_jax.run_logs.new_aside_directory`).
+
+  Returns:
+    ``(file, why it cannot be read, what went with it)`` for each file set aside: its name
+    (relative to the workdir), and ``best_fid/`` with ``best_fid.json`` (else None).
+  """
+  moved = []
+  for name, usable in ((QUALITY_FILE, lambda saved: isinstance(saved, dict)),
+                       (BEST_FID_FILE, lambda saved: isinstance(saved, dict)
+                        and finite_number(saved.get('fid')) is not None)):
+    path = os.path.join(workdir, name)
+    if not os.path.lexists(path):
+      continue
+    try:
+      with open(path, encoding='utf-8') as f:
+        saved = json.load(f)
+      reason = None if usable(saved) else 'not the record this version writes'
+    except (OSError, ValueError) as e:  # (UnicodeDecodeError is a ValueError.)
+      reason = f'{type(e).__name__}: {e}'
+    if reason is None:
+      continue
+    run_logs.move_aside(workdir, name, aside)
+    with_it = None
+    if name == BEST_FID_FILE and os.path.lexists(os.path.join(workdir, BEST_FID_DIR)):
+      run_logs.move_aside(workdir, BEST_FID_DIR, aside)
+      with_it = f'{BEST_FID_DIR}/'
+    moved.append((name, reason, with_it))
+  return moved
+
+
 def _scores_after(path: str, step: int) -> bool:
   """Whether the ``quality.json`` at ``path`` holds a score of a step after ``step``."""
   try:

@@ -184,6 +184,32 @@ def test_training_keeps_the_best_fid_checkpoint(tmp_path, monkeypatch, caplog):
                                                                     'step_000004.png']
 
 
+def test_a_resume_sets_an_unreadable_best_fid_json_aside_with_its_checkpoint(tmp_path,
+                                                                             monkeypatch,
+                                                                             caplog):
+  """best_fid.json cut short was read as no best: the resume's first FID replaced the best-FID
+  checkpoint, however good it was, without a word."""
+  monkeypatch.setattr(evaluation.InceptionExtractor, 'from_file',
+                      classmethod(lambda cls, path, **kwargs: _MeanPixelExtractor()))
+  config = tiny_config(str(tmp_path / 'tfds'), num_train_steps=2, checkpoint_every_steps=2,
+                       sample_every_steps=0, inception_weights='stand_in.npz',
+                       eval_every_steps=2, eval_num_samples=16)
+  run = tmp_path / 'run'
+  train.train_and_evaluate(config, run)
+  best_json = run / train_hooks.BEST_FID_FILE
+  best_json.write_text(best_json.read_text()[:40])  # Cut short.
+  config.num_train_steps = 4
+  with caplog.at_level(logging.WARNING):
+    train.train_and_evaluate(config, run)
+  assert re.search(r'best_fid\.json in the workdir cannot be read \(JSONDecodeError: .*\): '
+                   r'set aside as it was, with best_fid/, in .*rolled_back_logs.*, and this run '
+                   r'starts its best FID and best-FID checkpoint anew\.', caplog.text)
+  (aside,) = (run / 'rolled_back_logs').iterdir()
+  assert [p.name for p in (aside / 'best_fid' / 'checkpoints').iterdir()
+          if p.name.isdigit()] == ['2']  # The earlier best is kept.
+  assert json.loads(best_json.read_text())['step'] == 4  # The resume keeps its own.
+
+
 def _cli(argv, capsys):
   """Runs the program in-process; returns (exit status, stdout, stderr)."""
   status = 0

@@ -383,6 +383,29 @@ def test_digits_run_leaves_checkpoints_events_samples_and_quality(tfds_dir, tmp_
   assert steps.tolist() == [0, 2, 4, 6, 8] and ratios[0] == 1.0
 
 
+def test_unreadable_quality_and_best_fid_records_are_set_aside_not_written_over(tmp_path):
+  """A quality.json or best_fid.json cut short (or edited by hand) was read as none: the resume
+  wrote a new quality.json over it without a word, and took its first FID for a new best,
+  deleting the earlier best-FID checkpoint."""
+  aside = tmp_path / 'rolled_back_logs' / 'now'
+  (tmp_path / train_hooks.QUALITY_FILE).write_text('{"step": 4, "history": [{"st')
+  (tmp_path / train_hooks.BEST_FID_FILE).write_text('{"step": 2, "fid": "n/a"}')
+  (tmp_path / train_hooks.BEST_FID_DIR / 'checkpoints' / '2').mkdir(parents=True)
+  moved = train_hooks.set_aside_unreadable_records(str(tmp_path), aside)
+  assert [(name, with_it) for name, _, with_it in moved] == [('quality.json', None),
+                                                             ('best_fid.json', 'best_fid/')]
+  assert moved[0][1].startswith('JSONDecodeError: Unterminated string')
+  assert moved[1][1] == 'not the record this version writes'
+  assert sorted(os.listdir(tmp_path)) == ['rolled_back_logs']
+  assert (aside / train_hooks.QUALITY_FILE).read_text() == '{"step": 4, "history": [{"st'
+  assert (aside / train_hooks.BEST_FID_DIR / 'checkpoints' / '2').is_dir()
+  # Readable records stay where they are.
+  (tmp_path / train_hooks.QUALITY_FILE).write_text('{"step": 4, "history": []}')
+  (tmp_path / train_hooks.BEST_FID_FILE).write_text('{"step": 2, "fid": 12.5}')
+  assert not train_hooks.set_aside_unreadable_records(str(tmp_path), aside)
+  assert sorted(os.listdir(tmp_path)) == ['best_fid.json', 'quality.json', 'rolled_back_logs']
+
+
 def test_a_resume_that_does_not_score_trims_quality_json_itself(tmp_path):
   """Only the quality hook trimmed the scores of steps a resume trains again: a resume with
   quality off kept them as the current score (while the log said they were set aside)."""
