@@ -632,15 +632,13 @@ def _write_result(path: pathlib.Path, result: dict[str, Any]) -> pathlib.Path:
   try:
     return json_files.write_json_atomically(path, result)
   except OSError as e:
-    failure = write_errors.storage_failure(e)
-    if failure is None:
-      raise
     scores = ', '.join(f'{name} {result[name]:.6g}' for name in _SCORES
                        if isinstance(result.get(name), (int, float)))
-    raise write_errors.WriteError(
-        f'Could not write {path} ({os.strerror(failure[1])}); {write_errors.advice(failure[1])} '
-        f"and run again. The scores of step {result['step']}, which are not saved: {scores}."
-    ) from e
+    error = write_errors.unsaved_result(
+        path, e, f"The scores of step {result['step']}, which are not saved: {scores}.")
+    if error is None:
+      raise
+    raise error from e
 
 
 # How a point counts as inside a k-NN ball, in each result's protocol: results from before

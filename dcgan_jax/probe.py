@@ -42,6 +42,7 @@ import numpy as np
 from dcgan_jax import cli_logging
 from dcgan_jax import command_line
 from dcgan_jax import json_files
+from dcgan_jax import write_errors
 from dcgan_jax.errors import UserError, exit_with_user_error
 
 
@@ -296,7 +297,16 @@ def probe(workdir: str, *, step: int | None = None, dataset: str = '', dataset_p
       'batch_norm': 'running statistics', 'device': jax.devices()[0].device_kind,
   })
   result = {'step': restored_step, 'rows': rows, 'protocol': protocol}
-  path = json_files.write_json_atomically(result_path(workdir, restored_step, dataset), result)
+  path = result_path(workdir, restored_step, dataset)
+  try:
+    json_files.write_json_atomically(path, result)
+  except OSError as e:  # A full disk: the line still gives what the probe measured.
+    accuracies = ', '.join(f"{row['features']} {row['test_accuracy']:.4f}" for row in rows)
+    error = write_errors.unsaved_result(
+        path, e, f'The test accuracies, which are not saved: {accuracies}.')
+    if error is None:
+      raise
+    raise error from e
   result['path'] = str(path)
   return result
 

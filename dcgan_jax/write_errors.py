@@ -78,6 +78,19 @@ def advice(number: int) -> str:
   return 'check the disk'
 
 
+def unsaved_result(path: str | os.PathLike, error: BaseException,
+                   result_text: str) -> WriteError | None:
+  """The error to raise when the result file of a long computation (an evaluation, a probe)
+  could not be written: one line that names it and still gives the result (``result_text``,
+  which would otherwise be lost); None when ``error`` is not a write the storage refused."""
+  failure = storage_failure(error)
+  if failure is None:
+    return None
+  number = failure[1]
+  return WriteError(f'Could not write {os.fspath(path)} ({os.strerror(number)}); '
+                    f'{advice(number)} and run again. {result_text}')
+
+
 @contextlib.contextmanager
 def naming(path: str | os.PathLike) -> Iterator[None]:
   """Makes an ``OSError`` raised inside (a write or close that failed, which often names no

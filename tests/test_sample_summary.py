@@ -593,6 +593,27 @@ def test_probe_cli_scores_d_and_its_anchors_on_held_out_digits(run_dir, capsys):
     assert row['test_accuracy'] > 0.5  # Ten classes: chance is 0.1.
 
 
+def test_probe_on_a_full_disk_gives_its_accuracies_in_one_line(run_dir, monkeypatch, capsys):
+  """The result file that could not be written ended the probe with a traceback, its
+  accuracies lost."""
+  def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(pathlib.Path, 'write_text', full_disk)
+  before = sorted(p.name for p in run_dir.iterdir())
+  with pytest.raises(SystemExit) as exit_info:
+    probe.main(['probe', f'--workdir={run_dir}', '--max_train_examples=100',
+                '--max_test_examples=50', '--l2=1', '--nobaselines', '--step=2'])
+  assert exit_info.value.code == EXIT_USER_ERROR
+  line = capsys.readouterr().err.strip().splitlines()[-1]
+  assert re.fullmatch(
+      re.escape(f'Could not write {run_dir / "probe_step_000002.json"} (No space left on '
+                'device); free some disk space (or raise the quota or file-size limit) and run '
+                'again. The test accuracies, which are not saved: D, step 2 ') + r'0\.\d{4}\.',
+      line), line
+  assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
 @pytest.mark.parametrize('args,message', [
     (['--dataset=array', '--dataset_path={t}/unlabelled.npy'],
      'has no class labels, which a linear probe needs'),
