@@ -807,11 +807,20 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
       return
     # replace: a best of an earlier launch at this or a later step (one that a resume rolled
     # back) would otherwise make the save a silent no-op, and best_fid.json name its weights.
-    saved = _save(best_checkpointer, step, state, train_key, config, step_fn,
-                  step_metadata(step), force=True, replace=True)
-    # On disk before best_fid.json names it: a run killed in between must not point at a
-    # checkpoint that was never completed (one save of the state: rare, and quick).
-    best_checkpointer.wait_until_finished()
+    try:
+      saved = _save(best_checkpointer, step, state, train_key, config, step_fn,
+                    step_metadata(step), force=True, replace=True)
+      # On disk before best_fid.json names it: a run killed in between must not point at a
+      # checkpoint that was never completed (one save of the state: rare, and quick).
+      best_checkpointer.wait_until_finished()
+    except checkpointing.CheckpointError as e:
+      # Its line speaks of best_fid/ alone: "no earlier checkpoint exists" read as if the run
+      # had none. (The run's latest save, if in flight, finishes first.)
+      latest = checkpointer.latest_step()
+      kept = (f"the run's own checkpoints in {checkpointer.checkpointer.directory} are intact, "
+              f'and the same command resumes from step {latest}' if latest is not None else
+              'the run had saved no checkpoint of its own yet')
+      raise checkpointing.CheckpointError(f'{e} That was the best-FID checkpoint: {kept}.') from e
     if is_chief and saved:
       best_fid = fid
       json_files.write_json_atomically(os.path.join(workdir, train_hooks.BEST_FID_FILE),

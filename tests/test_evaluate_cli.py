@@ -210,6 +210,36 @@ def test_a_resume_sets_an_unreadable_best_fid_json_aside_with_its_checkpoint(tmp
   assert json.loads(best_json.read_text())['step'] == 4  # The resume keeps its own.
 
 
+def test_a_failed_best_fid_save_says_the_runs_own_checkpoints_are_intact(tmp_path,
+                                                                          monkeypatch):
+  """A best-FID save the disk refused said "(no earlier checkpoint exists)" of best_fid/ alone,
+  which read as if the run had lost every checkpoint."""
+  from dcgan_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(evaluation.InceptionExtractor, 'from_file',
+                      classmethod(lambda cls, path, **kwargs: _MeanPixelExtractor()))
+  save = checkpointing.Checkpointer.save
+
+  def best_fid_disk_full(self, step, *args, **kwargs):
+    if self.directory.parent.name == train_hooks.BEST_FID_DIR:
+      raise checkpointing.CheckpointError(
+          f'Could not write the checkpoint of step {step} in {self.directory} (No space left on '
+          'device); free some disk space or pass a writable --workdir (no earlier checkpoint '
+          'exists).')
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpointing.Checkpointer, 'save', best_fid_disk_full)
+  config = tiny_config(str(tmp_path / 'tfds'), num_train_steps=2, checkpoint_every_steps=2,
+                       sample_every_steps=0, inception_weights='stand_in.npz',
+                       eval_every_steps=2, eval_num_samples=16)
+  run = tmp_path / 'run'
+  with pytest.raises(checkpointing.CheckpointError) as excinfo:
+    train.train_and_evaluate(config, run)
+  assert str(excinfo.value).endswith(
+      "(no earlier checkpoint exists). That was the best-FID checkpoint: the run's own "
+      f'checkpoints in {run / "checkpoints"} are intact, and the same command resumes from '
+      'step 2.')
+
+
 def _cli(argv, capsys):
   """Runs the program in-process; returns (exit status, stdout, stderr)."""
   status = 0
