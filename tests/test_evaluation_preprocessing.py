@@ -74,9 +74,13 @@ def test_the_two_modes_really_differ_on_small_images():
 def test_grayscale_is_replicated_to_rgb():
   gray = _images((32, 32), channels=1, seed=4)
   for mode in preprocessing.MODES:
-    np.testing.assert_array_equal(np.asarray(evaluation.preprocess(gray, mode=mode)),
-                                  np.asarray(evaluation.preprocess(np.repeat(gray, 3, -1),
-                                                                   mode=mode)))
+    ours = np.asarray(evaluation.preprocess(gray, mode=mode))
+    np.testing.assert_array_equal(ours, np.repeat(ours[..., :1], 3, -1))
+    # To float32 rounding, not bit for bit: XLA may compile the one- and three-channel programs
+    # differently (jax 0.12's XLA:CPU rounds 4% of the 'tf' mode's three-channel values 1-2 ulp
+    # apart from its one-channel ones; jax 0.10's gave the same bits).
+    np.testing.assert_allclose(ours, np.asarray(evaluation.preprocess(np.repeat(gray, 3, -1),
+                                                                      mode=mode)), atol=1e-6)
 
 
 def test_unknown_mode_is_a_user_error():
