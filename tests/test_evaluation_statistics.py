@@ -322,7 +322,10 @@ def test_device_statistics_match_float64_despite_a_large_mean():
   assert stats.count == 2000 and stats.dim == 64
   assert stats.mean.dtype == np.float64 and stats.covariance.dtype == np.float64
   assert _relative_error(stats.mean, mean) < 1e-7
-  assert _relative_error(stats.covariance, covariance) < 1e-6
+  # What is left is each batch's float32 Gram matrix, rounded as XLA's dot kernel accumulates
+  # it: 9.6e-7 on jax 0.10 (Eigen), 1.5e-6 on jax 0.12 (its XLA:CPU runs dots through
+  # YNNPACK; numpy's float32 matmul rounds the same batches alike). The naive way is 8e-3 off.
+  assert _relative_error(stats.covariance, covariance) < 3e-6
   np.testing.assert_array_equal(stats.covariance, stats.covariance.T)
 
 

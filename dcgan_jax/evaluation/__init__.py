@@ -58,7 +58,7 @@ Protocol choices (report them with every number)
   Inception pool_3 features (the papers use VGG-16 features, so compare like with like only).
 * Means and covariances are accumulated in float64 (device-resident features: float32 products
   of shifted features at HIGHEST precision, summed error-free on the device, folded into
-  float64 once; agrees to ~1e-7 relative); the Fréchet distance uses two symmetric
+  float64 once; agrees to ~1e-7 to 1e-6 relative); the Fréchet distance uses two symmetric
   eigendecompositions in float64 (under `jax.enable_x64` locally; global settings are untouched).
 """
 from dcgan_jax.evaluation.extractor import InceptionExtractor
