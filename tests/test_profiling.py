@@ -191,6 +191,9 @@ def test_summary_of_a_real_cpu_trace_names_the_jax_scopes(tmp_path):
   def program(x):
     with jax.named_scope('first_layer'):
       y = jax.numpy.tanh(x @ x)
+    # Keeps the two layers two operations: jax 0.12's XLA:CPU fuses the whole dot-tanh-dot-sin-
+    # sum chain into one YNNPACK fusion, which (as any fusion) is named after its root's scope.
+    y = jax.lax.optimization_barrier(y)
     with jax.named_scope('second_layer'):
       return jax.numpy.sin(y @ y).sum(axis=0)
 
