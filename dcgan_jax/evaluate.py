@@ -147,7 +147,7 @@ def load_state(workdir: str, config, step: int | None):
   # The restore target: the shapes of a fresh state (schedules do not change its structure),
   # traced with eval_shape so that nothing is initialised or compiled.
   num_steps = max(1, int(config.get('num_train_steps', 1)))
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  device = jax.sharding.make_single_device_sharding(jax.local_devices()[0])
   abstract = jax.eval_shape(
       lambda: {'gan': train.create_train_state(config, jax.random.key(0), num_steps),
                'train_key': jax.random.key_data(jax.random.key(0))})
