@@ -49,7 +49,7 @@ import orbax.checkpoint as ocp
 
 from dcgan_jax import config_files
 from dcgan_jax import json_files
-from dcgan_jax.errors import UserError
+from dcgan_jax.errors import UserError, exception_chain
 
 CHECKPOINT_DIR = config_files.RUN_CHECKPOINT_DIR
 CORRUPT_CHECKPOINT_DIR = 'corrupt_checkpoints'
@@ -96,15 +96,6 @@ class CheckpointError(UserError):
 # --------------------------------------------------------------------------------------------
 
 
-def _exception_chain(exc: BaseException) -> list[BaseException]:
-  chain, seen = [], set()
-  while exc is not None and id(exc) not in seen:
-    seen.add(id(exc))
-    chain.append(exc)
-    exc = exc.__cause__ or exc.__context__
-  return chain
-
-
 # TensorStore reports the OS error of a failed file write as text, e.g.
 # "... Failed to write 269803 bytes to file 7: File too large [os_error_code='27']".
 _TENSORSTORE_OS_ERROR = re.compile(r"os_error_code='?(\d+)")
@@ -112,10 +103,10 @@ _TENSORSTORE_OS_ERROR = re.compile(r"os_error_code='?(\d+)")
 
 def _os_error_reason(exc: BaseException) -> str | None:
   """Returns the OS-level reason (e.g. 'No space left on device') behind `exc`, if any."""
-  for link in _exception_chain(exc):
+  for link in exception_chain(exc):
     if isinstance(link, OSError) and link.strerror:
       return link.strerror
-  for link in _exception_chain(exc):
+  for link in exception_chain(exc):
     if match := _TENSORSTORE_OS_ERROR.search(str(link)):
       return os.strerror(int(match.group(1)))
   return None

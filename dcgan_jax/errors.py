@@ -65,6 +65,17 @@ def first_line(error: BaseException, default: str = 'bad command line',
 _LIBRARY_PACKAGES = ('dcgan_jax', 'jax', 'jaxlib', 'flax', 'optax')
 
 
+def exception_chain(error: BaseException | None) -> list[BaseException]:
+  """``error`` and the errors it was raised from or during (``__cause__``, else
+  ``__context__``), outermost first; a cycle is followed once."""
+  chain, seen = [], set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  return chain
+
+
 def _library_folders() -> tuple[str, ...]:
   folders = []
   for name in _LIBRARY_PACKAGES:

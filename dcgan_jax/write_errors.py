@@ -16,7 +16,7 @@ import os
 import re
 from typing import Any, Iterator
 
-from dcgan_jax.errors import UserError, first_line
+from dcgan_jax.errors import UserError, exception_chain, first_line
 
 # What the storage refuses: the disk or a limit is full, or the folder is not writable. Other
 # OSErrors (a missing file, a bug) keep their traceback.
@@ -38,19 +38,10 @@ class WriteError(UserError):
   """
 
 
-def _chain(error: BaseException) -> list[BaseException]:
-  chain, seen = [], set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    chain.append(error)
-    error = error.__cause__ or error.__context__
-  return chain
-
-
 def storage_failure(error: BaseException) -> tuple[str | None, int] | None:
   """``(file or None, errno)`` of a write the storage refused, found in ``error``'s chain (an
   ``OSError``, or TensorFlow's error text); None for any other error."""
-  chain = _chain(error)
+  chain = exception_chain(error)
   for link in chain:
     if isinstance(link, OSError) and link.errno in _STORAGE_ERRNOS:
       return (os.fspath(link.filename) if link.filename is not None else None), link.errno
