@@ -271,10 +271,10 @@ def _looks_finished(config: ml_collections.ConfigDict, workdir: str,
   finished = False
   if saved_config is not None:
     try:
-      checkpoints = checkpointing.Checkpointer(workdir, read_only=True)
-      latest = checkpoints.latest_step()
+      with checkpointing.Checkpointer(workdir, read_only=True) as checkpoints:
+        latest = checkpoints.latest_step()
+        setup = {} if latest is None else checkpoints.saved_run_setup(latest)
       if latest is not None:
-        setup = checkpoints.saved_run_setup(latest)
         length = _resumed_durations(config, durations, latest, saved_config, setup,
                                     log=False).num_train_steps
         finished = latest >= length and not _final_outputs_missing(workdir, latest, setup)
