@@ -187,15 +187,14 @@ def image_statistics(path: str, extractor,
   return stats, skipped, (np.concatenate(kept) if keep_features else None)
 
 
-def _recorded(path: str, key: str) -> str | None:
-  """What a statistics file records under ``key`` (the Inception fingerprint, its arithmetic),
-  or None (image PATHs, files without it). Reads that one entry of the archive."""
+def _recorded(path: str, *keys: str) -> tuple[str | None, ...]:
+  """What a statistics file records under each of ``keys`` (the Inception fingerprint, its
+  arithmetic), None for each it lacks (and for image PATHs). Reads those entries alone, in one
+  opening of the archive."""
   if not _is_statistics_file(path):
-    return None
+    return (None,) * len(keys)
   with np.load(path, allow_pickle=False) as archive:
-    if key not in archive.files:
-      return None
-    return str(archive[key]) or None
+    return tuple((str(archive[key]) or None) if key in archive.files else None for key in keys)
 
 
 def path_statistics(path: str, make_extractor, preprocessing: str = 'pytorch_fid',
@@ -329,12 +328,13 @@ def fid(paths: list[str], inception_weights: str | None = None, *, batch_size: i
                       f'({e.strerror or e}); name a file in a writable folder.') from None
     return {'fid': None, 'sources': [results[0][1]], 'saved': save_stats,
             'precision_recall': None}
-  recorded = [_recorded(path, evaluate.WEIGHTS_KEY) for path in paths]
+  records = [_recorded(path, evaluate.WEIGHTS_KEY, evaluate.ARITHMETIC_KEY) for path in paths]
+  recorded = [weights for weights, _ in records]
   for path, weights in zip(paths, recorded):
     evaluate.check_same_weights(path, weights, fingerprint)
   if fingerprint is None and all(recorded):  # Two statistics files: no network ran.
     evaluate.check_same_weights(paths[1], recorded[1], recorded[0], other=paths[0])
-  arithmetic = [_recorded(path, evaluate.ARITHMETIC_KEY) for path in paths]
+  arithmetic = [recorded_arithmetic for _, recorded_arithmetic in records]
   ran = getattr(extractor, 'arithmetic', None)
   for path, recorded_arithmetic in zip(paths, arithmetic):
     evaluate.warn_about_other_arithmetic(path, recorded_arithmetic, ran)

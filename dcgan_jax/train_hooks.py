@@ -444,7 +444,8 @@ def set_aside_earlier_outputs(workdir: str, step: int, aside) -> list[str]:
   return moved
 
 
-def set_aside_unreadable_records(workdir: str, aside) -> list[tuple[str, str]]:
+def set_aside_unreadable_records(workdir: str,
+                                aside) -> list[tuple[str, str, str | None]]:
   """Moves a ``quality.json`` or ``best_fid.json`` that cannot be read (cut short, garbled,
   edited by hand) to ``aside`` as it is, with ``best_fid/`` for the latter.
 
