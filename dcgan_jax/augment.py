@@ -150,6 +150,10 @@ def parse_policy(policy: str | Iterable[str] | None) -> tuple[str, ...]:
     return ()
   names = policy.split(',') if isinstance(policy, str) else list(policy)
   names = [str(name).strip() for name in names if str(name).strip()]
+  if not names and isinstance(policy, str) and policy.strip():
+    # Only separators (',' or ' , '): surely a slip, not a way of saying "none" ('' says that).
+    raise UserError(f'augment {policy!r} names no augmentation; give a comma-separated subset of '
+                    f"{', '.join(POLICIES)} (e.g. 'translation,color'), or '' for none.")
   names = [part for name in names for part in ALIASES.get(name, (name,))]
   unknown = [name for name in names if name not in POLICIES]
   if unknown:

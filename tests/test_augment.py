@@ -50,6 +50,10 @@ def test_unknown_policy_names_the_valid_ones():
   with pytest.raises(UserError, match="got 'colour'"):
     StepConfig(augment='colour')
   assert StepConfig(augment='translation,color').augment == ('color', 'translation')
+  for only_separators in (',', ' , ,'):
+    with pytest.raises(UserError, match=r"augment '[ ,]+' names no augmentation; .* or '' for "
+                       'none'):
+      augment.parse_policy(only_separators)
 
 
 def _numpy_translate(image, dy, dx):
