@@ -148,7 +148,7 @@ def get_config() -> ml_collections.ConfigDict:
   # for bit). 1 (default) dispatches each step from Python as one
   # program. More saves host dispatch work (for TPUs and fast GPUs), but measure. On CPU keep 1:
   # XLA:CPU gives its fast convolution kernels only to convolutions outside loops, so a fused
-  # step runs ~30x slower than a lone one (this config on 2 cores: ~2 s vs ~55 ms per step).
+  # step runs 20-30x slower than a lone one (this config on 2 cores: ~1 s vs 30-50 ms per step).
   config.steps_per_dispatch = 1
 
   # --- Profiling ----------------------------------------------------------------------------------

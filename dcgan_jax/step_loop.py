@@ -13,8 +13,8 @@ steps per call. The loop is opt-in because its gain depends on the backend. On a
 dispatch against 2.21 at one, but whole-loop runs did not settle it (experiments/PERF.md).
 
 On XLA:CPU the loop is a trap: the looped step runs many times slower than the lone one (the
-digits config of configs/default.py, 2 cores: ~2 s against ~55 ms per step, ~30x; a 16x16
-width-8 model only 1.5-3.5x, which is all earlier measurements saw). Not a recompilation (one
+digits config of configs/default.py, 2 cores: ~1 s against 30-50 ms per step, 20-30x, on jax
+0.10-0.12; a 16x16 width-8 model only 1.5-3.5x, which is all earlier measurements saw). Not a recompilation (one
 program serves every chunk) and not copies of the carry: XLA:CPU's pass that rewrites
 convolutions into the layout its fast (Eigen) kernels take, ``ConvCanonicalization``, visits
 only the entry computation, so convolutions inside a while loop's body keep the dimension
@@ -47,7 +47,7 @@ from dcgan_jax.errors import UserError
 CPU_LOOP_WARNING = (
     'steps_per_dispatch=%d on CPU: XLA:CPU gives its fast convolution kernels only to '
     'convolutions outside loops, so each step inside the fused loop runs many times slower than '
-    'a lone step (~2 s against ~55 ms per step for configs/default.py on 2 cores). Use '
+    'a lone step (~1 s against 30-50 ms per step for configs/default.py on 2 cores). Use '
     'steps_per_dispatch=1 on CPU; fusing steps is meant for accelerators (measure it there).')
 
 # (collection, tracker, metrics, step_done) -> (collection, tracker): traceable, no host sync.

@@ -100,8 +100,8 @@ def _non_canonical_convolutions(hlo_text):
 
 
 def test_on_cpu_only_the_unlooped_step_keeps_the_fast_convolutions(tfds_dir):
-  """Why steps_per_dispatch > 1 is ~30x slower per step on CPU (configs/default.py, 2 cores:
-  ~2 s against ~55 ms), without timing anything: XLA:CPU canonicalises convolutions for its
+  """Why steps_per_dispatch > 1 is 20-30x slower per step on CPU (configs/default.py, 2 cores:
+  ~1 s against 30-50 ms), without timing anything: XLA:CPU canonicalises convolutions for its
   Eigen kernels in the entry computation only, so the gradient convolutions inside the fused
   loop's body keep autodiff's dimension numbers, while the one-step program (no loop) has none
   left. If a jaxlib canonicalises loop bodies too, this fails: then drop CPU_LOOP_WARNING and
