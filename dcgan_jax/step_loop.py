@@ -14,10 +14,10 @@ dispatch against 2.21 at one, but whole-loop runs did not settle it (experiments
 
 On XLA:CPU the loop is a trap: the looped step runs many times slower than the lone one (the
 digits config of configs/default.py, 2 cores: ~1 s against 30-50 ms per step, 20-30x, on jax
-0.10-0.12; a 16x16 width-8 model only 1.5-3.5x, which is all earlier measurements saw). Not a recompilation (one
-program serves every chunk) and not copies of the carry: XLA:CPU's pass that rewrites
-convolutions into the layout its fast (Eigen) kernels take, ``ConvCanonicalization``, visits
-only the entry computation, so convolutions inside a while loop's body keep the dimension
+0.10-0.12; a 16x16 width-8 model only 1.5-3.5x, which is all earlier measurements saw). Not a
+recompilation (one program serves every chunk) and not copies of the carry: XLA:CPU's pass that
+rewrites convolutions into the layout its fast (Eigen) kernels take, ``ConvCanonicalization``,
+visits only the entry computation, so convolutions inside a while loop's body keep the dimension
 numbers autodiff gave them (``f01b_i01o->01bf`` for kernel gradients, ``b01f_01oi->b01f`` for
 input gradients) and are emitted as XLA's naive loop nest. The lone step's program has no loop,
 so all its convolutions get the fast path. The H200 numbers above show no such cost on a
