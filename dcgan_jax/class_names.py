@@ -28,17 +28,24 @@ def save(workdir: str | os.PathLike, names: Sequence[str]) -> None:
                                    {'class_names': [str(name) for name in names]})
 
 
-def load(workdir: str | os.PathLike) -> tuple[str, ...]:
-  """The run's class names in label order; () when it saved none (or the file is unreadable:
-  the names are a convenience, and class numbers still work)."""
+def _read(workdir: str | os.PathLike) -> tuple[str, ...] | None:
+  """The names in the classes file; () when there is none, None when it is unreadable."""
   try:
     with open(os.path.join(workdir, CLASSES_FILE), encoding='utf-8') as f:
       names = json.load(f)['class_names']
+  except FileNotFoundError:
+    return ()
   except (OSError, ValueError, KeyError, TypeError):
-    return ()
+    return None
   if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-    return ()
+    return None
   return tuple(names)
+
+
+def load(workdir: str | os.PathLike) -> tuple[str, ...]:
+  """The run's class names in label order; () when it saved none (or the file is unreadable:
+  the names are a convenience, and class numbers still work)."""
+  return _read(workdir) or ()
 
 
 def parse_label(text: str | None, workdir: str | os.PathLike) -> int | None:
@@ -65,6 +72,10 @@ def parse_label(text: str | None, workdir: str | os.PathLike) -> int | None:
   folded = [i for i, name in enumerate(names) if name.casefold() == text.casefold()]
   if len(folded) == 1:
     return folded[0]
+  if not names and _read(workdir) is None:  # Damaged: say so, not that the run saved none.
+    raise UserError(f'--label={text}: {os.path.join(workdir, CLASSES_FILE)} is unreadable (not '
+                    'a JSON object with a "class_names" list of strings), so names cannot be '
+                    'looked up; pass a class number.')
   if not names:
     raise UserError(f'--label={text}: this run saved no class names (no {CLASSES_FILE} in '
                     f'{workdir}); pass a class number.')

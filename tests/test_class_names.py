@@ -42,6 +42,11 @@ def test_a_damaged_classes_file_means_no_names(tmp_path):
     (tmp_path / 'classes.json').write_text(text)
     assert class_names.load(tmp_path) == ()
     assert class_names.parse_label('2', tmp_path) == 2
+    # A name cannot be looked up; the error says the file is damaged, not missing.
+    with pytest.raises(UserError, match=r'--label=cat: .*classes\.json is unreadable \(not a '
+                       r'JSON object with a "class_names" list of strings\).*pass a class '
+                       'number'):
+      class_names.parse_label('cat', tmp_path)
 
 
 def test_names_that_repeat_the_numbers_say_nothing():
