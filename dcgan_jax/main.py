@@ -48,6 +48,14 @@ from dcgan_jax.errors import UserError, exit_with_user_error, first_line
 
 FLAGS = flags.FLAGS
 
+# importlib.reload(dcgan_jax.main) (a notebook cell run again after an edit) defines the flags
+# below a second time, which absl refuses (DuplicateFlagError) wherever its own reload detection
+# misses: it watches imports from just before the last finder of sys.meta_path, and an
+# editable install (pip install -e, as the Colab notebook does) adds a finder after it. The
+# flags of the earlier definition go first; a first import finds none.
+for _flag in FLAGS.get_flags_for_module(__name__):
+  delattr(FLAGS, _flag.name)
+
 config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (configs/*.py); fields can be overridden with '
     '--config.<field>=<value>. Not needed to resume a run with its own settings.',

@@ -197,3 +197,21 @@ def test_workdir_alone_with_an_older_config_json_and_no_defaults_is_one_line(tmp
       f'The config.json of {tmp_path / "run"} lacks a field this version of dcgan_jax reads '
       '(parallelism); pass the config file and the overrides the run was started with, '
       '--config=... .')
+
+
+def test_reloading_the_program_module_defines_its_flags_again(monkeypatch):
+  """importlib.reload(dcgan_jax.main), as a notebook user does after an edit, raised absl's
+  DuplicateFlagError where absl's reload detection misses: its finder sits before the last one
+  of sys.meta_path, and an editable install (the notebook's own) adds a finder after it."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from dcgan_jax import main  # pylint: disable=g-import-not-at-top
+  # As with an editable install: absl's detector after the finder that finds the module.
+  detectors = [f for f in sys.meta_path if type(f).__name__ == 'ReloadDetector']
+  monkeypatch.setattr(sys, 'meta_path', [f for f in sys.meta_path if f not in detectors]
+                      + detectors)
+  own = lambda: sorted(f.name for f in main.FLAGS.get_flags_for_module(main.__name__))
+  before = own()
+  for _ in range(2):
+    importlib.reload(main)
+  assert own() == before and 'config' in before and 'workdir' in before
+  assert main.FLAGS['workdir'].default is None and not main.FLAGS['distributed'].default
