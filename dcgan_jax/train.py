@@ -622,11 +622,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                   and jax.process_count() == 1 and step_fn.parallelism == 'shard_map')
     try:
       with background_checkpoints.BackgroundCheckpointer(checkpointer,
-                                                         background) as loop_checkpointer:
+                                                         background) as loop_checkpointer, \
+          contextlib.ExitStack() as loop_resources:
         final_state = _train_loop(config, workdir, durations, step_fn, sampler, image_sampler,
-                                  fid_hook, loop_checkpointer, writer, initial_state, state,
-                                  train_key, start_step, images_seen_start, untrained_quality,
-                                  best_checkpointer, d_updates_start)
+                                  fid_hook, loop_checkpointer, writer, loop_resources,
+                                  initial_state, state, train_key, start_step, images_seen_start,
+                                  untrained_quality, best_checkpointer, d_updates_start)
     except BaseException:
       _close_while_failing(best_checkpointer, writer)
       raise
@@ -657,11 +658,13 @@ def _close_while_failing(best_checkpointer: checkpointing.Checkpointer | None,
 
 
 def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid_hook,
-                checkpointer, writer, initial_state, state, train_key,
+                checkpointer, writer, resources, initial_state, state, train_key,
                 start_step, images_seen_start, untrained_quality=None,
                 best_checkpointer=None, d_updates_start=0) -> state_lib.GANState:
   """The loop itself (see :func:`train_and_evaluate`); ``checkpointer`` is a
-  :class:`~dcgan_jax.background_checkpoints.BackgroundCheckpointer`, ``images_seen_start``
+  :class:`~dcgan_jax.background_checkpoints.BackgroundCheckpointer`, ``resources`` an
+  ``ExitStack`` that closes what the loop opens once the run ends, stopped or not (a notebook
+  keeps a stopped cell's traceback, and with it this frame), ``images_seen_start``
   the images trained on up to ``start_step``, ``untrained_quality`` the untrained generator's
   digits score as the checkpoint recorded it (None: score it), ``d_updates_start`` D's
   updates up to ``start_step`` (earlier launches may have had another ``d_steps``). A
@@ -727,8 +730,8 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
 
   # The reporter logs progress only, on the console: steps_per_sec and uptime are written with
   # the other scalars (write_log), and the ProgressClock gives the reporter the same windows.
-  report_progress = writers.create_progress(num_train_steps, None,
-                                            durations.log_every_steps or None)
+  report_progress = resources.enter_context(
+      writers.progress(num_train_steps, None, durations.log_every_steps or None))
   uptime_start = time.monotonic()
   progress_clock = train_metrics.ProgressClock(report_progress)
   collection_cls = None

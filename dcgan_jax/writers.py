@@ -200,3 +200,21 @@ def create_progress(num_train_steps: int, writer: Any, every_steps: int | None) 
     return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer,
                                            every_steps=every_steps, every_secs=None)
   return ProgressLogger(num_train_steps, writer=writer, every_steps=every_steps)
+
+
+@contextlib.contextmanager
+def progress(num_train_steps: int, writer: Any, every_steps: int | None) -> Iterator[Any]:
+  """:func:`create_progress`'s action, whose worker thread (clu's) ends on leaving.
+
+  clu's ``ReportProgress`` times the ``timed`` sections in a thread of its own and has no
+  ``close``: the thread lived as long as the action. A notebook keeps an interrupted cell's
+  traceback, and with it the training loop's frame, so every stopped run left one idle thread.
+  """
+  action = create_progress(num_train_steps, writer, every_steps)
+  try:
+    yield action
+  finally:
+    executor = getattr(action, '_executor', None)  # clu's; a ProgressLogger has none.
+    if executor is not None:
+      # Its queue holds at most the end of a timed section: waiting for the device's queue.
+      executor.shutdown(wait=True, cancel_futures=True)

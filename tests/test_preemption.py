@@ -247,6 +247,7 @@ def test_a_stopped_run_saves_its_step_and_resumes_bit_identical(
   stopped ends, bit for bit."""
   config = _config(images_file, steps_per_dispatch=steps_per_dispatch)
   straight = train.train_and_evaluate(config, tmp_path / 'straight')
+  threads = set(threading.enumerate())
 
   _raise_signal_after(monkeypatch, 7, signal.SIGTERM)
   with pytest.raises(preemption.TrainingStopped) as stopped:
@@ -255,6 +256,9 @@ def test_a_stopped_run_saves_its_step_and_resumes_bit_identical(
   assert _checkpoint_steps(tmp_path / 'stopped') == [6, stop_step]
   for signum, handler in restore_handlers.items():  # The loop gave the signals back.
     assert signal.getsignal(signum) is handler
+  # `stopped` keeps the traceback, and with it the loop's frames, as a notebook keeps a stopped
+  # cell's: the run's threads have ended all the same (clu's progress worker stayed).
+  assert set(threading.enumerate()) <= threads, set(threading.enumerate()) - threads
   assert not (tmp_path / 'stopped' / 'samples' / 'progress.gif').exists()  # No final hooks.
 
   monkeypatch.undo()
