@@ -18,12 +18,18 @@ Ctrl-C keeps its default there (it reaches each process at a different step).
 """
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 import threading
-from typing import Any
+import traceback
+from typing import Any, Callable, TypeVar
 
 from absl import logging
+
+from dcgan_jax.errors import exception_chain
+
+_Function = TypeVar('_Function', bound=Callable[..., Any])
 
 # Signals that ask a single-process run to stop; their names for messages.
 SIGNAL_NAMES = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'SIGINT (Ctrl-C)'}
@@ -82,6 +88,29 @@ class TrainingStopped(KeyboardInterrupt):
     super().__init__(f'Stopped by {name} at step {self.step}: its checkpoint is saved in '
                      f'{workdir}; run the same command (or train_and_evaluate call) again to '
                      'resume from it.')
+
+
+def drops_locals_when_stopped(function: _Function) -> _Function:
+  """Decorator: a stop (:class:`TrainingStopped`, or any ``KeyboardInterrupt``) that ends
+  ``function`` leaves its traceback without the local variables of the frames it ran through.
+
+  A notebook keeps the traceback of a stopped cell (``sys.last_traceback``, for ``%debug``),
+  and with it every frame of the run: its device arrays (the device-resident dataset, both
+  states), its input pipeline and its helpers' threads stayed until the next error, beside
+  those of the run started again. The traceback still says where the run stopped. Other
+  errors keep their frames whole, for post-mortem debugging.
+  """
+
+  @functools.wraps(function)
+  def wrapper(*args, **kwargs):
+    try:
+      return function(*args, **kwargs)
+    except KeyboardInterrupt as stop:
+      for error in exception_chain(stop):
+        traceback.clear_frames(error.__traceback__)  # (This frame, still running, stays.)
+      raise
+
+  return wrapper  # type: ignore[return-value]
 
 
 def _process_count() -> int:

@@ -344,6 +344,7 @@ def _save(checkpointer: checkpointing.Checkpointer, step: int, state: state_lib.
                            force=force, metadata=metadata, replace=replace)
 
 
+@preemption.drops_locals_when_stopped
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.GANState:
   """Trains a DCGAN as the config says, resuming from the workdir's latest checkpoint.
 

@@ -6,6 +6,7 @@ to the end and compared with a run never stopped), and the command line as sched
 people use it (a real signal from outside to ``python -m dcgan_jax.main``; and two processes of
 one run, where only one gets SIGTERM and both must stop at the same step).
 """
+import gc
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 
 import jax
 import numpy as np
@@ -248,6 +250,8 @@ def test_a_stopped_run_saves_its_step_and_resumes_bit_identical(
   config = _config(images_file, steps_per_dispatch=steps_per_dispatch)
   straight = train.train_and_evaluate(config, tmp_path / 'straight')
   threads = set(threading.enumerate())
+  gc.collect()
+  arrays = len(jax.live_arrays())
 
   _raise_signal_after(monkeypatch, 7, signal.SIGTERM)
   with pytest.raises(preemption.TrainingStopped) as stopped:
@@ -256,9 +260,13 @@ def test_a_stopped_run_saves_its_step_and_resumes_bit_identical(
   assert _checkpoint_steps(tmp_path / 'stopped') == [6, stop_step]
   for signum, handler in restore_handlers.items():  # The loop gave the signals back.
     assert signal.getsignal(signum) is handler
-  # `stopped` keeps the traceback, and with it the loop's frames, as a notebook keeps a stopped
-  # cell's: the run's threads have ended all the same (clu's progress worker stayed).
+  # `stopped` keeps the traceback, as a notebook keeps a stopped cell's: the run's threads have
+  # ended all the same (clu's progress worker stayed), and its frames no longer hold its device
+  # arrays (the dataset and both states stayed allocated beside the next run's).
   assert set(threading.enumerate()) <= threads, set(threading.enumerate()) - threads
+  gc.collect()
+  assert len(jax.live_arrays()) <= arrays, f'{len(jax.live_arrays()) - arrays} arrays more'
+  assert '_train_loop' in [frame.name for frame in traceback.extract_tb(stopped.tb)]  # Where.
   assert not (tmp_path / 'stopped' / 'samples' / 'progress.gif').exists()  # No final hooks.
 
   monkeypatch.undo()
