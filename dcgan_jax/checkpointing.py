@@ -49,6 +49,7 @@ import orbax.checkpoint as ocp
 
 from dcgan_jax import config_files
 from dcgan_jax import json_files
+from dcgan_jax import sync_points
 from dcgan_jax.errors import UserError, exception_chain
 
 CHECKPOINT_DIR = config_files.RUN_CHECKPOINT_DIR
@@ -886,9 +887,8 @@ class Checkpointer:
           logging.warning('Moved the damaged checkpoint of step %d to %s.', step, destination)
         except OSError as e:
           logging.warning('Could not move the damaged checkpoint %s aside: %s', source, e)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices('dcgan_jax_checkpointing_move_aside')
+    # The others wait until process 0 has moved them (and stop there if it failed).
+    sync_points.sync('checkpointing_move_aside')
     self._manager.reload()
 
   # ---- lifecycle ------------------------------------------------------------------------------

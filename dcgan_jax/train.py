@@ -88,6 +88,7 @@ from dcgan_jax import run_logs
 from dcgan_jax import state as state_lib
 from dcgan_jax import step_loop
 from dcgan_jax import summary
+from dcgan_jax import sync_points
 from dcgan_jax import train_hooks
 from dcgan_jax import train_metrics
 from dcgan_jax import train_step as train_step_lib
@@ -167,20 +168,6 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
   state = state_lib.create_gan_state(rng, generator, discriminator, g_tx, d_tx, use_ema=use_ema,
                                      augment_probability=0.0 if adaptive else None)
   return jax.tree.map(jnp.asarray, state)
-
-
-def _sync_processes(name: str) -> None:
-  """Waits until every process reaches this point (a no-op with one process).
-
-  Uses the coordination service's barrier, which waits up to an hour, rather than a device
-  collective: on CPU, gloo gives up when processes arrive more than ~30 s apart, which work done
-  by process 0 alone (data preparation, classifier training, sample grids, FID) easily exceeds.
-  """
-  if jax.process_count() == 1:
-    return
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
-  ocp.multihost.get_barrier_sync_fn()(key=f'dcgan_jax_{name}', timeout_ms=3600 * 1000)
 
 
 # ---- the program ----------------------------------------------------------------------------
@@ -280,10 +267,8 @@ def _looks_finished(config: ml_collections.ConfigDict, workdir: str,
         finished = latest >= length and not _final_outputs_missing(workdir, latest, setup)
     except UserError:  # Unreadable: the restore below says what is wrong.
       finished = False
-  if jax.process_count() > 1:  # Process 0's look decides for all: they prepare together.
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    finished = bool(multihost_utils.broadcast_one_to_all(np.asarray(finished)))
-  return finished
+  # Process 0's look decides for all: they prepare together.
+  return sync_points.agree('looked_finished', bool(finished))
 
 
 def _schedule_change(config: ml_collections.ConfigDict, saved: dict[str, Any],
@@ -333,6 +318,10 @@ def _save(checkpointer: checkpointing.Checkpointer, step: int, state: state_lib.
           train_key: jax.Array, config: ml_collections.ConfigDict,
           step_fn: parallel.DataParallelStep, metadata: dict[str, Any],
           force: bool = False, replace: bool = False) -> bool:
+  # Process 0 has just written the logs and grids of the steps the checkpoint keeps: the
+  # processes meet first, so that one that failed stops the others here, not in orbax's
+  # barriers (five minutes, then a traceback).
+  sync_points.sync(f'save_{step}')
   # Host (numpy) copies: orbax would otherwise slice every replicated array per device, one
   # compiled op each; the state is small, and either parallelism mode can resume the other's.
   # The key travels as its raw uint32 data for the same reason (and because a single-device key
@@ -364,7 +353,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       the step in flight finished and was saved, and calling again resumes from it. (A
       ``KeyboardInterrupt``; from the main thread only, or in multi-process runs SIGTERM
       through JAX's preemption service.)
+    dcgan_jax.sync_points.ProcessFailed: (multi-process runs) another process failed; every
+      process stops at the next point where they meet, with that process's one line.
   """
+  try:
+    return _train_and_evaluate(config, workdir)
+  except BaseException as e:
+    # Before this process waits for the others at exit (JAX's shutdown barrier): they would
+    # otherwise wait for it at their next sync point.
+    sync_points.report_failure(e)
+    raise
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict,
+                        workdir: str) -> state_lib.GANState:
+  """:func:`train_and_evaluate` itself."""
   if isinstance(config, ml_collections.ConfigDict):
     config = config.to_dict()
   elif not isinstance(config, Mapping):
@@ -456,7 +459,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   deferred = _looks_finished(config, workdir, durations, saved_config)
   sampler, fid_hook = (None, None) if deferred else prepare_inputs()
   workdir = os.fspath(checkpointing.check_workdir_writable(workdir))
-  _sync_processes('validated')
+  sync_points.sync('validated')
 
   # --- 2. Lock, restore, write the run's config. ---------------------------------------------
   setup = run_checks.run_setup(step_fn.num_devices, device_resident)
@@ -529,10 +532,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
               lambda: create_train_state(config, init_key, fallback.num_train_steps)))
           restored['gan'] = jax.tree.unflatten(structure, jax.tree.leaves(restored['gan']))
       final_outputs_missing = _final_outputs_missing(workdir, start_step, saved_metadata)
-      if jax.process_count() > 1:  # Process 0 wrote the file: its reading decides for all.
-        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-        final_outputs_missing = bool(multihost_utils.broadcast_one_to_all(
-            np.asarray(final_outputs_missing)))
+      # Process 0 wrote the file: its reading decides for all.
+      final_outputs_missing = sync_points.agree('final_outputs_missing',
+                                                bool(final_outputs_missing))
       if all(_keeps_untrained_quality(name)
              for name, _, _ in run_checks.changed_fields(config, step_config)):
         untrained_quality = saved_metadata.get(UNTRAINED_QUALITY_KEY)
@@ -608,20 +610,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
                         f', with {with_it},' if with_it else '', aside,
                         'the history of its scores' if name == train_hooks.QUALITY_FILE
                         else 'its best FID and best-FID checkpoint')
-    # Process 0 has moved the earlier best_fid/ before any process opens it below.
-    _sync_processes('set_aside')
-
     # TensorBoard through clu (TensorFlow loads here, keeping imports and config checks fast),
-    # or metrics.jsonl where TensorFlow is not installed.
+    # or metrics.jsonl where TensorFlow is not installed. Process 0 creates the event file
+    # before the processes meet, where a failure to write it stops them all.
     writer = writers.create_writer(workdir, just_logging=not is_chief)
-    # Every process saves the best-FID checkpoint together (orbax writes collectively).
-    best_checkpointer = (checkpointing.Checkpointer(os.path.join(workdir, train_hooks.BEST_FID_DIR),
-                                                    max_to_keep=1, run_setup=setup)
-                         if train_hooks.fid_enabled(config, durations) else None)
-    # Periodic saves in a worker thread where that is safe (see background_checkpoints).
-    background = (bool(config.get('background_checkpoints', True))
-                  and jax.process_count() == 1 and step_fn.parallelism == 'shard_map')
+    best_checkpointer = None
     try:
+      # Process 0 has moved the earlier best_fid/ before any process opens it below.
+      sync_points.sync('set_aside')
+      # Every process saves the best-FID checkpoint together (orbax writes collectively).
+      if train_hooks.fid_enabled(config, durations):
+        best_checkpointer = checkpointing.Checkpointer(
+            os.path.join(workdir, train_hooks.BEST_FID_DIR), max_to_keep=1, run_setup=setup)
+      # Periodic saves in a worker thread where that is safe (see background_checkpoints).
+      background = (bool(config.get('background_checkpoints', True))
+                    and jax.process_count() == 1 and step_fn.parallelism == 'shard_map')
       with background_checkpoints.BackgroundCheckpointer(checkpointer,
                                                          background) as loop_checkpointer, \
           contextlib.ExitStack() as loop_resources:
@@ -721,7 +724,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
     logging.warning(run_checks.fid_skipped_warning(config, durations.eval_every_steps))
   best_fid = train_hooks.read_best_fid(workdir)
   del initial_state
-  _sync_processes('start')
+  sync_points.sync('start')
 
   g_schedule, d_schedule = make_schedules(config, num_train_steps)
   d_steps = int(config.d_steps)
@@ -792,21 +795,23 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
           # (Ctrl-C, a kill) is what a resume keeps of its scores (keep_history).
           quality_hook.write_json(workdir, step, result, used_ema=state.ema is not None)
     if need_fid:  # Every process scores its share of the images; all get the same FID.
+      # Its gathers wait for every process: they meet first, so that a failure of process 0's
+      # (a grid, a score, a log it could not write) stops the others here instead.
+      sync_points.sync(f'fid_{step}')
       with report_progress.timed('fid'):
         fid = fid_hook(step, variables, hook_writer)
-    _sync_processes(f'hooks_{step}')  # The others wait here, not in the next step's collective.
     if best_checkpointer is not None and (final or is_due(step, durations.eval_every_steps)):
       keep_best(step, state, fid)
+    # The others wait here (for process 0's grids, scores and best_fid.json), not in the next
+    # step's collective, and stop here if it failed.
+    sync_points.sync(f'hooks_{step}')
 
   def keep_best(step: int, state: state_lib.GANState, fid: float | None) -> None:
     """Saves the state as the best-FID checkpoint when the FID is a new best."""
     nonlocal best_fid
-    improved = fid is not None and fid < best_fid
-    if jax.process_count() > 1:
-      # Every process measured the same FID, but only process 0 keeps the best so far (it
-      # writes best_fid.json); every process takes part in saving, so its answer goes to all.
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      improved = bool(multihost_utils.broadcast_one_to_all(np.asarray(improved)))
+    # Every process measured the same FID, but only process 0 keeps the best so far (it writes
+    # best_fid.json); every process takes part in saving, so its answer goes to all.
+    improved = sync_points.agree(f'best_fid_{step}', bool(fid is not None and fid < best_fid))
     if not improved:
       return
     # replace: a best of an earlier launch at this or a later step (one that a resume rolled
@@ -1063,6 +1068,7 @@ def _train_loop(config, workdir, durations, step_fn, sampler, image_sampler, fid
                                    last_step=final_step)
       json_files.write_json_atomically(os.path.join(workdir, FINISHED_FILE),
                                        {'step': final_step})
+    sync_points.sync('finished')  # Every process ends as process 0 does (a failed write too).
     logging.info('Finished at step %d; outputs in %s.', final_step, workdir)
     return step_fn.host_state(state)
 

@@ -1,9 +1,11 @@
 """The command line, run as users run it: ``python -m dcgan_jax.main --config=... --workdir=...``.
 
 Its help, a run split over two processes, and two processes stopping together at a
-non-finite loss. What a mistake on the command line does (exit
-status 2, one line, nothing written) is pinned down row by row in tests/test_bad_inputs.py.
+non-finite loss and when process 0 cannot write a file. What a mistake on the command line
+does (exit status 2, one line, nothing written) is pinned down row by row in
+tests/test_bad_inputs.py.
 """
+import contextlib
 import json
 import pathlib
 import subprocess
@@ -44,12 +46,14 @@ def test_a_boolean_flag_spelt_with_no_underscore_is_told_absl_spelling():
 
 
 def _run_two_processes(tmp_path, runner: str | None, flags: list[str], env_extra=None,
-                       library_logs: bool = False):
+                       library_logs: bool = False, failure: str | None = None):
   """Runs ``runner -m dcgan_jax.main`` as 2 processes x 2 CPU devices (gloo) on the digits
   dataset at 8x8; returns ([Popen], [(stdout, stderr)]). Process 0 alone gets
-  ``--library_logs`` if ``library_logs``."""
+  ``--library_logs`` if ``library_logs``. Once process 0's stderr has ``failure`` (what it says
+  as it fails), both processes must end within a minute: a hang fails the test then."""
   import os  # pylint: disable=g-import-not-at-top
   import socket  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
 
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
@@ -67,13 +71,25 @@ def _run_two_processes(tmp_path, runner: str | None, flags: list[str], env_extra
             '--config.image_size=8', '--config.generator_width=8',
             '--config.discriminator_width=8', '--config.batch_size=16',
             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2'] + flags
-  processes = [subprocess.Popen(common + [f'--process_id={i}']
-                                + ['--library_logs'] * (library_logs and i == 0),
-                                cwd=_ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-               for i in range(2)]
+  # Files, not pipes: process 0's stderr is read while the processes run.
+  logs = [(tmp_path / f'process{i}.out', tmp_path / f'process{i}.err') for i in range(2)]
+  with contextlib.ExitStack() as files:
+    processes = [subprocess.Popen(common + [f'--process_id={i}']
+                                  + ['--library_logs'] * (library_logs and i == 0),
+                                  cwd=_ROOT, env=env,
+                                  stdout=files.enter_context(open(out, 'w', encoding='utf-8')),
+                                  stderr=files.enter_context(open(err, 'w', encoding='utf-8')))
+                 for i, (out, err) in enumerate(logs)]
   try:
-    return processes, [p.communicate(timeout=300) for p in processes]
+    deadline = time.monotonic() + 300
+    if failure is not None:
+      while (time.monotonic() < deadline and failure not in logs[0][1].read_text()
+             and all(p.poll() is None for p in processes)):
+        time.sleep(0.5)
+      deadline = min(deadline, time.monotonic() + 60)
+    for p in processes:
+      p.wait(timeout=max(deadline - time.monotonic(), 1))
+    return processes, [(out.read_text(), err.read_text()) for out, err in logs]
   finally:  # A hang (processes disagreeing at a barrier) fails the test instead of lingering.
     for p in processes:
       p.kill()
@@ -160,6 +176,30 @@ def test_two_processes_stop_together_at_a_non_finite_loss_behind_a_queued_grid(t
     assert 'Traceback' not in stderr
   assert not list((workdir / 'samples').glob('*.png'))
   assert not (workdir / 'checkpoints').exists() or not list((workdir / 'checkpoints').iterdir())
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_when_process_0_cannot_write_a_grid(tmp_path):
+  """Process 0 alone writes the sample grids; a full disk ended it with its one line, but left
+  process 1 waiting at the sync point after the grids (an hour), and process 0 waiting for it at
+  exit (five minutes, then both crashed with a page of C++ logs). Now process 0 tells the
+  others, which stop at that point with a line that names it, and both end at once."""
+  workdir = tmp_path / 'run'
+  grid = workdir / 'samples' / 'step_000002.png'
+  processes, outputs = _run_two_processes(tmp_path, 'refused_write.py', [
+      f'--workdir={workdir}', '--config.num_train_steps=2', '--config.quality_every_steps=0',
+      '--config.sample_every_steps=0', '--config.log_every_steps=2'],
+      failure=f'Could not write {grid}')
+  failure = (f'Could not write {grid} (No space left on device); free some disk space (or raise '
+             'the quota or file-size limit) and run the same command again: the checkpoints in '
+             f'{workdir / "checkpoints"} are intact, and it resumes from step 2.')
+  expected = [failure, f'Process 0 of this multi-process run failed, so process 1 stopped too: '
+                       f'{failure}']
+  for process, (_, stderr), line in zip(processes, outputs, expected):
+    assert process.returncode == 2, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == line
+    assert 'Traceback' not in stderr
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['2']
 
 
 def _expected_stand_in_fid(workdir, num):
