@@ -476,7 +476,8 @@ def code_digest() -> str:
 
 
 # Facts that say which code ran: changed alone, the step may well compute the same.
-_CODE_SETUP = ('dcgan_jax', 'dcgan_jax_code')
+_CODE_DIGEST = 'dcgan_jax_code'
+_CODE_SETUP = ('dcgan_jax', _CODE_DIGEST)
 
 
 def run_setup(num_devices: int, device_resident: bool) -> dict[str, Any]:
@@ -492,16 +493,23 @@ def run_setup(num_devices: int, device_resident: bool) -> dict[str, Any]:
           'device_kind': jax.devices()[0].device_kind,
           'data': 'device-resident' if device_resident else 'tf.data',
           'jax': jax.__version__, 'dcgan_jax': dcgan_jax.__version__,
-          'dcgan_jax_code': code_digest()}
+          _CODE_DIGEST: code_digest()}
 
 
 def setup_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
   """``'name old -> new'`` for every :func:`run_setup` fact that differs from the saved one.
 
-  A fact the saved record lacks (a checkpoint from before it was recorded) is not compared.
+  A fact the saved record lacks (a checkpoint from before it was recorded) is not compared,
+  except the code's digest: every checkpoint records it since it was added, so one without it
+  was saved by an older dcgan_jax (``'dcgan_jax_code unrecorded -> ...'``).
   """
-  return [f'{name} {saved[name]!r} -> {now[name]!r}' for name in now
-          if name in saved and saved[name] != now[name]]
+  changes = []
+  for name in now:
+    if name in saved and saved[name] != now[name]:
+      changes.append(f'{name} {saved[name]!r} -> {now[name]!r}')
+    elif name == _CODE_DIGEST and name not in saved:
+      changes.append(f'{name} unrecorded -> {now[name]!r}')
+  return changes
 
 
 def describe_setup_changes(step: int, saved: dict[str, Any], now: dict[str, Any],
@@ -511,11 +519,13 @@ def describe_setup_changes(step: int, saved: dict[str, Any], now: dict[str, Any]
   changes = setup_changes(saved, now)
   if not changes:
     return None
-  if all(name in saved and saved[name] == now[name] for name in now if name not in _CODE_SETUP):
+  # (Facts the saved record lacks are not compared: they count as unchanged here.)
+  if all(saved.get(name, now[name]) == now[name] for name in now if name not in _CODE_SETUP):
+    which = ('an older version, from before checkpoints recorded a digest of the code'
+             if _CODE_DIGEST not in saved else 'another version, or edits to its files')
     return (f'Resuming the checkpoint of step {step}, saved by other dcgan_jax code: '
-            f'{", ".join(changes)} (another version, or edits to its files). Training goes on '
-            'from it; bit-identically to a run never stopped only where the step computes as '
-            'it did.')
+            f'{", ".join(changes)} ({which}). Training goes on from it; bit-identically to a '
+            'run never stopped only where the step computes as it did.')
   effects = []
   if any(saved.get(name) != now.get(name) for name in _ARITHMETIC_SETUP if name in saved):
     effects.append('its sums are reduced in another order or by other kernels (~1e-6 to 1e-5 '

@@ -285,9 +285,10 @@ def test_changed_settings_effects_say_what_a_user_would_not_guess(tmp_path):
 
 def test_setup_changes_skip_facts_an_older_checkpoint_did_not_record(tmp_path):
   now = run_checks.run_setup(8, device_resident=False)
-  assert run_checks.setup_changes({}, now) == []  # Saved before the record existed.
-  assert run_checks.describe_setup_changes(10, {}, now, tiny_config(str(tmp_path))) is None
-  assert run_checks.setup_changes({'devices': 4, 'data': 'tf.data'}, now) == ['devices 4 -> 8']
+  code = f"dcgan_jax_code unrecorded -> {now['dcgan_jax_code']!r}"
+  assert run_checks.setup_changes({}, now) == [code]  # Saved before the record existed.
+  assert run_checks.setup_changes({'devices': 4, 'data': 'tf.data'}, now) == ['devices 4 -> 8',
+                                                                              code]
   message = run_checks.describe_setup_changes(10, {'devices': 4}, now, tiny_config(str(tmp_path)))
   assert 'reduced in another order' in message and 'batches' not in message
   # An explicit device_resident gets no advice to set it.
@@ -295,6 +296,27 @@ def test_setup_changes_skip_facts_an_older_checkpoint_did_not_record(tmp_path):
   message = run_checks.describe_setup_changes(10, {'data': 'device-resident'}, now, config)
   assert 'batches after step 10 are drawn in another order.' in message
   assert 'reduced' not in message
+
+
+def test_a_checkpoint_from_before_the_code_digest_was_saved_by_older_code(tmp_path):
+  """Every checkpoint records the code's digest since it was added, so one without it (of a
+  run started before a `pip install -U`) was saved by other code: that resume said nothing,
+  where one across two versions that record it says so."""
+  now = run_checks.run_setup(8, device_resident=False)
+  config = tiny_config(str(tmp_path))
+  expected = (
+      "Resuming the checkpoint of step 10, saved by other dcgan_jax code: dcgan_jax_code "
+      f"unrecorded -> {now['dcgan_jax_code']!r} (an older version, from before checkpoints "
+      'recorded a digest of the code). Training goes on from it; bit-identically to a run never '
+      'stopped only where the step computes as it did.')
+  older = {name: value for name, value in now.items() if name != 'dcgan_jax_code'}
+  assert run_checks.describe_setup_changes(10, older, now, config) == expected
+  # A checkpoint from before any setup was recorded: its other facts are not compared.
+  assert run_checks.describe_setup_changes(10, {}, now, config) == expected
+  message = run_checks.describe_setup_changes(10, dict(older, devices=4), now, config)
+  assert message.startswith('Resuming the checkpoint of step 10 on another setup than it was '
+                            "saved on: devices 4 -> 8, dcgan_jax_code unrecorded -> ")
+  assert 'reduced in another order' in message
 
 
 def test_checkpoints_record_which_code_wrote_them(tmp_path):

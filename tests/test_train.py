@@ -561,7 +561,21 @@ def test_resume_on_another_setup_says_what_changed_and_what_it_does(tfds_dir, tm
   config.num_train_steps = 6
   with caplog.at_level(logging.WARNING):
     assert int(train.train_and_evaluate(config, tmp_path).step) == 6
-  assert 'another setup' not in caplog.text
+  assert 'another setup' not in caplog.text and 'other dcgan_jax code' not in caplog.text
+  # As if saved by a dcgan_jax from before the code's digest was recorded (then upgraded): the
+  # resume said nothing.
+  metadata_file = tmp_path / 'checkpoints' / '6' / '_CHECKPOINT_METADATA'
+  metadata = json.loads(metadata_file.read_text())
+  del metadata['custom_metadata']['dcgan_jax_code']
+  metadata_file.write_text(json.dumps(metadata))
+  caplog.clear()
+  config.num_train_steps = 8
+  with caplog.at_level(logging.WARNING):
+    assert int(train.train_and_evaluate(config, tmp_path).step) == 8
+  warnings = [r.getMessage() for r in caplog.records if 'dcgan_jax code' in r.getMessage()]
+  assert len(warnings) == 1 and warnings[0].startswith(
+      'Resuming the checkpoint of step 6, saved by other dcgan_jax code: dcgan_jax_code '
+      'unrecorded -> '), caplog.text
 
 
 @_ORBAX_READ_NOISE
