@@ -138,10 +138,5 @@ def report_failure(error: BaseException) -> None:
 def _describe(error: BaseException) -> str:
   """``error`` in one line: a UserError's own, else its type and first line (a refused write:
   the file and the reason)."""
-  if isinstance(error, UserError):
-    message = str(error)
-  elif str(error).strip():
-    message = write_errors.describe(error)
-  else:  # KeyboardInterrupt, and errors raised without a message.
-    message = type(error).__name__
+  message = str(error) if isinstance(error, UserError) else write_errors.describe(error)
   return ' '.join(message.split())

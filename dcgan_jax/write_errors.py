@@ -53,11 +53,13 @@ def storage_failure(error: BaseException) -> tuple[str | None, int] | None:
 
 def describe(error: BaseException) -> str:
   """One short line for ``error``: ``'<file>: <reason>'`` for a write the storage refused (clu's
-  and TensorFlow's own text spans lines of internals), else the error's first line."""
+  and TensorFlow's own text spans lines of internals), else the error's type and first line
+  (its type alone when it has no message)."""
   if failure := storage_failure(error):
     path, number = failure
     return f'{path}: {os.strerror(number)}' if path else os.strerror(number)
-  return f'{type(error).__name__}: {first_line(error, max_chars=200)}'
+  line = first_line(error, default='', max_chars=200)
+  return f'{type(error).__name__}: {line}' if line else type(error).__name__
 
 
 def advice(number: int) -> str:

@@ -42,6 +42,8 @@ def test_storage_failure_finds_the_file_and_reason_and_nothing_else():
                                                               errno.EFBIG)
   assert write_errors.describe(RuntimeError(text)) == (
       '/run/events.out.tfevents.1.v2: File too large')
+  assert write_errors.describe(ValueError('bad value\nmore')) == 'ValueError: bad value'
+  assert write_errors.describe(KeyboardInterrupt()) == 'KeyboardInterrupt'  # No message.
   # Not the storage's doing: left to its traceback.
   assert write_errors.storage_failure(FileNotFoundError(errno.ENOENT, 'gone', '/x')) is None
   assert write_errors.storage_failure(ValueError('bad value')) is None
