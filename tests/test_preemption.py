@@ -39,6 +39,19 @@ _STOPPED = re.compile(r'Stopped by (SIGTERM|SIGINT \(Ctrl-C\)) at step (\d+): it
                       r'resume from it\.')
 
 
+@pytest.fixture(autouse=True)
+def _sigint_as_in_a_terminal():
+  """Each test starts with the SIGINT handler Python gives a program run in a terminal.
+
+  A shell starts a background job (`pytest ... &` in a script, nohup) with SIGINT ignored; the
+  library then rightly stays deaf to Ctrl-C (test_an_ignored_signal_stays_ignored), and so would
+  the programs these tests start, since an ignored signal stays ignored across exec. A handler
+  installed here is reset to the default by exec, so those programs get Python's own again."""
+  saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, saved)
+
+
 @pytest.fixture
 def restore_handlers():
   """Whatever a test does to SIGTERM/SIGINT, they are as before afterwards."""
@@ -121,8 +134,7 @@ def test_a_ctrl_c_while_the_program_imports_stops_it_in_one_line(tmp_path):
   Python's KeyboardInterrupt with a traceback of the import; now one line, exit 130."""
   result = subprocess.run(
       [sys.executable, '-c', _CTRL_C_WHILE_IMPORTING, str(tmp_path / 'run')], cwd=_ROOT,
-      capture_output=True, text=True, timeout=120,
-      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # As in a terminal.
+      capture_output=True, text=True, timeout=120)
   assert result.returncode == 128 + signal.SIGINT, (result.returncode, result.stderr[-3000:])
   assert result.stderr == 'Interrupted while starting: nothing ran.\n', result.stderr[-3000:]
   assert 'trained anyway' not in result.stdout
@@ -150,8 +162,7 @@ def test_importing_the_program_module_leaves_sigint_alone():
   code = ('import signal; import dcgan_jax.main; '
           'assert signal.getsignal(signal.SIGINT) is signal.default_int_handler; print("ok")')
   result = subprocess.run([sys.executable, '-c', code], cwd=_ROOT, capture_output=True, text=True,
-                          timeout=120,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                          timeout=120)
   assert result.stdout.strip() == 'ok', result.stderr[-3000:]
 
 
