@@ -2,6 +2,8 @@
 import itertools
 import logging
 import pathlib
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -54,6 +56,20 @@ def test_named_tfds_datasets(tmp_path, name, channels, native_shape):
   assert np.std(np.concatenate(batches)) > 10  # Random mock pixels survive the resize.
   if channels == 3 and native_shape[-1] == 1:
     np.testing.assert_array_equal(batches[0][..., 0], batches[0][..., 2])
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason='autograph warns from Python 3.13 on')
+def test_the_image_map_is_traced_as_written_not_rewritten_by_autograph(digits_config):
+  """Our tf.data map function branches on Python values only; autograph's rewrite of it warned
+  on Python 3.13 at every converted call (~500 per test file), and what the rewrite relies on
+  goes in Python 3.15."""
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    batch = next(input_pipeline.create_train_iterator(digits_config, process_index=0,
+                                                      process_count=1))
+  assert batch.shape == (64, 8, 8, 1) and batch.dtype == np.uint8
+  rewritten = [str(w.message) for w in caught if '___pyct' in str(w.message)]
+  assert not rewritten, (len(rewritten), rewritten[:2])
 
 
 def test_seeded_order_is_deterministic(digits_config):
